@@ -1,0 +1,53 @@
+# modelpress — the two commands are `make demo` and `make test`; everything else builds on them.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+RECIPE ?= configs/minilm.toml
+NAME   ?= $(shell sed -n 's/^name *= *"\(.*\)"/\1/p' $(RECIPE) | head -1)
+RUN_DIR ?= artifacts/$(NAME)
+MAX_DROP ?=
+# CPU build of torch: pinned, because a loose spec pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+
+.PHONY: setup demo test test-fast run distill export quantize validate gate engine analyze bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup  ## the full pipeline on the packaged all-MiniLM-L6-v2
+	$(PY) -m modelpress run $(RECIPE)
+
+run: demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+distill: setup
+	$(PY) -m modelpress distill $(RECIPE)
+
+gate: setup
+	$(PY) -m modelpress gate $(RUN_DIR) $(if $(MAX_DROP),--max-drop $(MAX_DROP))
+
+engine: setup
+	$(PY) -m modelpress engine $(RUN_DIR)
+
+analyze: setup
+	$(PY) -m modelpress analyze $(RUN_DIR)
+
+bench: setup
+	$(PY) -m bench.run_bench
+
+clean:
+	rm -rf artifacts .pytest_cache

@@ -1,0 +1,55 @@
+"""Parity of an ONNX graph against reference outputs: every output reported, then one typed error.
+
+Shaped after optimum's export validation: each output gets a ``[✓]``/``[x]`` line with its max
+absolute difference; if any is over tolerance a single :class:`ParityError` names all of them.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from modelpress.errors import ParityError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    label: str
+    atol: float
+    max_abs_diff: float
+    per_output: tuple[tuple[str, float], ...]
+    feed_shape: tuple[int, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.atol
+
+
+def check_parity(onnx_path: str, feed: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], *,
+                 atol: float, label: str) -> ParityReport:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+    names = list(reference)
+    inputs = {i.name: feed[i.name] for i in session.get_inputs()}
+    got = dict(zip(names, session.run(names, inputs)))
+    diffs, failed = [], []
+    for name in names:
+        diff = float(np.max(np.abs(got[name].astype(np.float64) - reference[name]))) if got[name].shape == reference[name].shape else float("inf")
+        ok = diff <= atol
+        log.info("%s parity -[%s] %s: max |diff| %.3e (atol %.0e)", label, "✓" if ok else "x", name, diff, atol)
+        diffs.append((name, diff))
+        if not ok:
+            failed.append(f"{name} max |diff| {diff:.3e}")
+    shape = tuple(next(iter(feed.values())).shape)
+    report = ParityReport(label, atol, max(d for _, d in diffs), tuple(diffs), shape)
+    if failed:
+        raise ParityError(f"{label} parity failed on a {shape[0]}x{shape[1]} batch: {'; '.join(failed)} "
+                          f"(atol {atol:.0e}) in {onnx_path}")
+    return report

@@ -1,0 +1,48 @@
+"""Typed errors and the one place that maps them to process exit codes.
+
+Every stage raises one of these; ``modelpress.cli`` turns them into a one-line
+message on stderr and the exit code below. Anything else is an internal error.
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_GATE_FAILED = 3
+
+
+class ModelpressError(Exception):
+    """Base class: an expected failure with a message meant for the user."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class BadInputError(ModelpressError):
+    """A file, recipe key, CLI argument or data set is missing or malformed."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ParityError(ModelpressError):
+    """An exported or optimized graph disagrees with its reference beyond tolerance."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class BackendUnavailableError(ModelpressError):
+    """An optional backend (TensorRT, a GPU, onnxruntime-gpu) is not installed or usable here."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class GateFailedError(ModelpressError):
+    """The pipeline worked, but the candidate lost more accuracy than the gate allows."""
+
+    exit_code = EXIT_GATE_FAILED
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The process exit code for an exception escaping a CLI command."""
+    if isinstance(exc, ModelpressError):
+        return exc.exit_code
+    return EXIT_INTERNAL

@@ -1,0 +1,192 @@
+"""The stages of a recipe run, each reading and writing files of one run folder.
+
+``run_recipe`` chains distill → export → quantize → validate → gate into a staging folder and
+publishes it as ``<out>/<name>`` when everything (including the manifest) is written. The stage
+functions are also what the single-stage CLI commands call on a user's own files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from calibration_data.feeds import TokenizedFeed
+from calibration_data.loaders import load_texts, sample
+from modelpress.bundle import load as load_bundle, write_bundle_meta
+from modelpress.errors import BadInputError
+from modelpress.inference import Predictor
+from modelpress.manifest import write_manifest
+from modelpress.models import load_model_and_tokenizer, resolve_model_ref
+from modelpress.paths import RunPaths, publish, staging_dir
+from modelpress.recipe import Recipe
+from modelpress.tasks import make_head
+from runtimes.onnxruntime_runner import OnnxRuntimeRunner
+from runtimes.quantize.config import QuantizeConfig
+from runtimes.quantize.static import QuantizeSummary, quantize_static
+from runtimes.torch_runner import TorchRunner
+from validate.compare import evaluate, file_size_mb, ratios
+from validate.evalsets import load_eval_set
+from validate.gate import GateResult, decide
+from validate.report import REPORT_SCHEMA, write_reports
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    bundle: Path
+    gate: GateResult | None
+
+
+def calibration_feed(recipe: Recipe, tokenizer, input_names) -> TokenizedFeed:
+    cal = recipe.calibration
+    texts = sample(load_texts(cal.data, text_field=cal.text_field), cal.num_samples, seed=cal.seed)
+    return TokenizedFeed(texts, tokenizer, batch_size=cal.batch_size, max_length=cal.max_length,
+                         input_names=tuple(input_names))
+
+
+def quantize_stage(onnx_path: Path, out_path: Path, feed: TokenizedFeed, cfg: QuantizeConfig) -> QuantizeSummary:
+    if cfg.mode == "auto":
+        raise BadInputError("quantize.mode = \"auto\" (accuracy-aware search) is not available yet; use \"static\"")
+    return quantize_static(onnx_path, out_path, feed, cfg)
+
+
+def teacher_predictor(model, tokenizer, head, input_names, *, threads: int, max_length: int,
+                      name: str = "teacher") -> Predictor:
+    runner = TorchRunner(model, input_names=tuple(input_names), output_name=head.output_name,
+                         output_fn=head.torch_output, threads=threads, name=name)
+    return Predictor(runner, head, tokenizer, max_length=max_length, name=name)
+
+
+def fp32_onnx_predictor(onnx_path: Path, head, tokenizer, *, threads: int, max_length: int,
+                        name: str = "onnx-fp32") -> Predictor:
+    runner = OnnxRuntimeRunner(onnx_path, threads=threads, name=name).__enter__()
+    return Predictor(runner, head, tokenizer, max_length=max_length, name=name)
+
+
+def validate_stage(*, task: str, cfg, gate_cfg, head, tokenizer, teacher_model, input_names,
+                   candidates: list[Predictor], name: str) -> dict[str, Any]:
+    """Evaluate entered candidate predictors (the last one is gated) against the PyTorch teacher."""
+    es = load_eval_set(cfg.eval_data, fmt=cfg.eval_format, text_field=cfg.text_field,
+                       label_field=cfg.label_field, num_samples=cfg.num_samples)
+    teacher = teacher_predictor(teacher_model, tokenizer, head, input_names, threads=cfg.threads,
+                                max_length=cfg.max_length)
+    sizes = {c.name: file_size_mb(c.runner.model_path) for c in candidates if hasattr(c.runner, "model_path")}
+    with teacher.runner:
+        try:
+            models = evaluate(task, teacher, candidates, es, cfg, sizes_mb=sizes)
+        finally:
+            for c in candidates:
+                c.runner.close()
+    gated = candidates[-1].name
+    gate = decide(task, models["teacher"]["metrics"], models[gated]["metrics"],
+                  max_drop=gate_cfg.max_drop, metric=gate_cfg.metric, candidate_name=gated)
+    return {
+        "schema": REPORT_SCHEMA,
+        "name": name,
+        "task": task,
+        "head": head.describe(),
+        "eval": {"source": es.source, "format": es.format, "num_texts": len(es.texts),
+                 "num_pairs": len(es.pairs or ()), "has_labels": es.labels is not None},
+        "models": models,
+        "ratios": {n: ratios(models, reference="teacher", candidate=n) for n in models if n != "teacher"},
+        "gate": gate.to_dict(),
+    }
+
+
+def run_recipe(recipe: Recipe, out_dir: Path) -> RunOutcome:
+    out_dir = Path(out_dir)
+    staging = staging_dir(out_dir, recipe.name)
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    paths = RunPaths(staging)
+    if recipe.source:
+        shutil.copyfile(recipe.source, paths.recipe)
+
+    teacher_ref = resolve_model_ref(recipe.teacher)
+    head = make_head(recipe.task, model_dir=teacher_ref if Path(teacher_ref).is_dir() else None,
+                     options=recipe.task_options)
+    log.info("loading teacher %s", teacher_ref)
+    teacher_model, tokenizer = load_model_and_tokenizer(teacher_ref, head, trust_remote_code=recipe.trust_remote_code)
+
+    deployed_model = teacher_model
+    if recipe.distill_enabled:
+        deployed_model = distill_stage(recipe, teacher_ref, head, out_dir, paths)
+
+    from export.onnx_export import export_onnx
+
+    log.info("exporting %s", paths.model_onnx)
+    exported = export_onnx(deployed_model, tokenizer, paths.model_onnx, head=head, opset=recipe.export.opset,
+                           atol=recipe.export.atol)
+    tokenizer.save_pretrained(str(paths.tokenizer))
+    deployed_model.config.to_json_file(str(paths.config))
+
+    log.info("quantizing to %s", paths.model_int8_onnx)
+    feed = calibration_feed(recipe, tokenizer, exported.input_names)
+    summary = quantize_stage(paths.model_onnx, paths.model_int8_onnx, feed, recipe.quantize)
+    paths.quantization_json.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_bundle_meta(staging, head=head.describe(), input_names=exported.input_names,
+                      max_length=recipe.validate.max_length)
+
+    log.info("validating against the fp32 teacher")
+    v = recipe.validate
+    candidates = [fp32_onnx_predictor(paths.model_onnx, head, tokenizer, threads=v.threads, max_length=v.max_length),
+                  load_bundle(staging, threads=v.threads)]
+    report = validate_stage(task=recipe.task, cfg=v, gate_cfg=recipe.gate, head=head, tokenizer=tokenizer,
+                            teacher_model=teacher_model, input_names=exported.input_names,
+                            candidates=candidates, name=recipe.name)
+    report["export"] = {"opset": exported.opset, "seconds": exported.seconds, "input_names": list(exported.input_names),
+                        "parity_max_abs_diff": exported.parity.max_abs_diff,
+                        "parity_batch_shape": list(exported.parity.feed_shape)}
+    report["quantization"] = {k: v for k, v in summary.to_dict().items() if k != "tensors"}
+    write_reports(report, staging)
+    write_manifest(staging, recipe=recipe.to_dict(), head=head.describe(),
+                   metrics={k: m["metrics"] for k, m in report["models"].items()}, gate=report["gate"],
+                   input_names=list(exported.input_names))
+    final = out_dir / recipe.name
+    publish(staging, final)
+    return RunOutcome(final, GateResult(**report["gate"]))
+
+
+def distill_stage(recipe: Recipe, teacher_ref: str, head, out_dir: Path, paths: RunPaths):
+    """Train (or reuse) the student, copy it into the bundle, return it loaded for export."""
+    from distill.pipeline import run_distillation
+    from modelpress.models import load_model_and_tokenizer as _load
+
+    work = out_dir / f"{recipe.name}.distill"
+    student_dir = run_distillation(recipe.distill, teacher=teacher_ref, task=recipe.task,
+                                   task_options=head.describe(), out_dir=work)
+    shutil.copytree(student_dir, paths.student)
+    student, _ = _load(str(paths.student), head)
+    return student
+
+
+def run_distill_only(recipe: Recipe, out_dir: Path) -> Path:
+    """``modelpress distill``: train the student into ``<out>/<name>.distill/student``."""
+    from distill.pipeline import run_distillation
+
+    if recipe.distill is None:
+        raise BadInputError("distill: the recipe has no [distill] section")
+    teacher_ref = resolve_model_ref(recipe.teacher)
+    head = make_head(recipe.task, model_dir=teacher_ref if Path(teacher_ref).is_dir() else None,
+                     options=recipe.task_options)
+    return run_distillation(recipe.distill, teacher=teacher_ref, task=recipe.task,
+                            task_options=head.describe(), out_dir=Path(out_dir) / f"{recipe.name}.distill")
+
+
+def engine_stage(run_dir: Path, *, fp16: bool = False) -> Path:
+    """``modelpress engine``: a TensorRT plan from the run's Q/DQ model (GPU + TensorRT required)."""
+    from runtimes.tensorrt.engine import build_engine
+    from runtimes.tensorrt.config import EngineConfig
+
+    paths = RunPaths(Path(run_dir))
+    if not paths.model_int8_onnx.is_file():
+        raise BadInputError(f"{run_dir}: no model.int8.onnx (run the pipeline first)")
+    meta = json.loads((paths.root / "bundle.json").read_text(encoding="utf-8"))
+    cfg = EngineConfig(precision="both" if fp16 else "int8")
+    build_engine(paths.model_int8_onnx, paths.model_plan, cfg, input_names=meta["input_names"])
+    return paths.model_plan

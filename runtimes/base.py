@@ -1,0 +1,46 @@
+"""The one interface every backend implements; validation and benchmarks only ever see runners.
+
+A runner is created from a file (or an in-memory model), is a context manager, knows its input
+names, and maps a feed of numpy arrays to a dict of numpy outputs. Shaped after Polygraphy's
+``polygraphy/backend/*/runner.py``.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Mapping
+
+import numpy as np
+
+
+class Runner(abc.ABC):
+    """Runs one model on one backend. Subclasses implement ``_load``, ``run`` and ``input_names``."""
+
+    #: short human-readable label used in reports and benchmark tables
+    name: str = "runner"
+
+    def __enter__(self) -> "Runner":
+        self._load()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def _load(self) -> None:
+        """Create the session / engine; called on ``__enter__``."""
+
+    def close(self) -> None:
+        """Release the session / engine. Idempotent."""
+
+    @property
+    @abc.abstractmethod
+    def input_names(self) -> tuple[str, ...]:
+        """Names of the inputs the model takes (a subset of what a tokenizer produces)."""
+
+    @abc.abstractmethod
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One forward pass. ``feed`` may hold extra keys; only ``input_names`` are used."""
+
+    def select(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The part of ``feed`` this model takes (tokenizers also emit e.g. token_type_ids)."""
+        return {k: feed[k] for k in self.input_names if k in feed}

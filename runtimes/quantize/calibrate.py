@@ -1,0 +1,63 @@
+"""Run the fp32 model on calibration feeds and collect statistics of chosen tensors.
+
+The requested tensors are added as extra graph outputs of an in-memory copy of the model (no
+``augmented_model.onnx`` in the working directory). Rows that belong to padding tokens are
+dropped using the feed's ``attention_mask``: padding activations are not what the deployed model
+sees on real text, and they skew the ranges.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from modelpress.errors import BadInputError
+from runtimes.quantize.stats import TensorStats
+
+MASK_INPUT = "attention_mask"
+
+
+def _token_rows(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """A tensor's values as [rows, channels], keeping only the rows of real tokens when possible."""
+    if value.ndim == 0:
+        return value.reshape(1, 1)
+    if mask is not None:
+        if value.ndim >= 3 and value.shape[:2] == mask.shape:
+            return value[mask.astype(bool)].reshape(-1, value.shape[-1])
+        if value.ndim == 2 and value.shape[0] == mask.size:
+            return value[mask.reshape(-1).astype(bool)]
+    return value.reshape(-1, value.shape[-1])
+
+
+def collect_stats(model: onnx.ModelProto, tensor_names: Iterable[str],
+                  feeds: Iterable[Mapping[str, np.ndarray]], *, histogram: bool = False,
+                  num_bins: int = 2048, exclude_padding: bool = True,
+                  desc: str = "calibrating") -> dict[str, TensorStats]:
+    import onnxruntime as ort
+
+    names = list(dict.fromkeys(tensor_names))
+    augmented = copy.deepcopy(model)
+    existing = {o.name for o in augmented.graph.output}
+    for name in names:
+        if name not in existing:
+            augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    opts = ort.SessionOptions()
+    # basic fusions only: the requested intermediate tensors must survive as they are
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(augmented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    input_names = [i.name for i in session.get_inputs()]
+    stats = {n: TensorStats(num_bins=num_bins, histogram=histogram) for n in names}
+    batches = 0
+    for feed in tqdm(feeds, desc=desc, unit="batch", leave=False):
+        outputs = session.run(names, {k: feed[k] for k in input_names})
+        mask = feed.get(MASK_INPUT) if exclude_padding else None
+        for name, value in zip(names, outputs):
+            stats[name].update(_token_rows(value, mask))
+        batches += 1
+    if batches == 0:
+        raise BadInputError("calibration data produced no batches")
+    return stats

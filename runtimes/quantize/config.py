@@ -1,0 +1,81 @@
+"""Typed settings of the static int8 quantizer (recipe section ``[quantize]``) and its presets.
+
+The ``onnxruntime`` preset is what runs fastest and most accurately on x86 CPUs (VNNI/AMX):
+asymmetric uint8 activations, symmetric int8 per-channel weights, Q/DQ that ONNX Runtime fuses
+into ``MatMulIntegerToFloat``. The ``tensorrt`` preset is what TensorRT's explicit quantization
+accepts: symmetric int8 activations and weights, zero point 0 (TensorRT supports nothing else).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from modelpress.errors import BadInputError
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+PRESETS = ("onnxruntime", "tensorrt")
+MODES = ("static", "auto")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    mode: str = "static"                 # "static" | "auto" (accuracy-aware search, see README)
+    preset: str = "onnxruntime"          # "onnxruntime" (u8 act, CPU) | "tensorrt" (s8 symmetric act)
+    calibration_method: str = "minmax"   # "minmax" | "entropy" | "percentile"
+    percentile: float = 99.999           # kept share of |values| for calibration_method = "percentile"
+    num_bins: int = 2048                 # histogram bins per tensor (entropy / percentile); memory bound
+    op_types: tuple[str, ...] = ("MatMul", "Gemm")  # ops whose *constant-weight* nodes get int8
+    nodes_to_exclude: tuple[str, ...] = ()          # node names kept fp32
+    per_channel: bool = True             # per-output-channel weight scales
+    symmetric_activations: bool | None = None  # None: from the preset
+    exclude_padding: bool = True         # calibrate on real tokens only (attention_mask == 1)
+    smoothquant: bool = True             # migrate activation outliers into weights (SmoothQuant)
+    smoothquant_alpha: float = 0.8       # migration strength, 0..1
+    max_candidates: int = 8              # auto mode: most candidates tried
+
+    def __post_init__(self) -> None:
+        _check_choice("quantize.mode", self.mode, MODES)
+        _check_choice("quantize.preset", self.preset, PRESETS)
+        _check_choice("quantize.calibration_method", self.calibration_method, CALIBRATION_METHODS)
+        if not 50.0 < self.percentile <= 100.0:
+            raise BadInputError(f"quantize.percentile: expected a value in (50, 100], got {self.percentile}")
+        if not 128 <= self.num_bins <= 65536:
+            raise BadInputError(f"quantize.num_bins: expected 128..65536, got {self.num_bins}")
+        if not 0.0 <= self.smoothquant_alpha <= 1.0:
+            raise BadInputError(f"quantize.smoothquant_alpha: expected 0..1, got {self.smoothquant_alpha}")
+        if self.max_candidates < 1:
+            raise BadInputError("quantize.max_candidates must be >= 1")
+        unknown = set(self.op_types) - {"MatMul", "Gemm"}
+        if unknown:
+            raise BadInputError(f"quantize.op_types: unsupported {sorted(unknown)}; supported: MatMul, Gemm")
+
+    @property
+    def activation_symmetric(self) -> bool:
+        if self.symmetric_activations is not None:
+            return self.symmetric_activations
+        return self.preset == "tensorrt"
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "QuantizeConfig":
+        known = {f.name for f in fields(cls)}
+        for key in raw:
+            if key not in known:
+                raise BadInputError(f"quantize.{key}: unknown key; known keys: {', '.join(sorted(known))}")
+        values = dict(raw)
+        for key in ("op_types", "nodes_to_exclude"):
+            if key in values:
+                if not isinstance(values[key], (list, tuple)):
+                    raise BadInputError(f"quantize.{key}: expected a list of strings")
+                values[key] = tuple(str(v) for v in values[key])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise BadInputError(f"quantize: {exc}") from None
+
+    def with_(self, **changes: Any) -> "QuantizeConfig":
+        return replace(self, **changes)
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise BadInputError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")

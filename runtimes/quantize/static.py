@@ -1,0 +1,145 @@
+"""Static int8 quantization of an exported ONNX model for ONNX Runtime (and TensorRT's preset).
+
+Pipeline: find constant-weight MatMul/Gemm targets → (optional) SmoothQuant, from per-channel
+activation maxima over real tokens → calibrate the inputs of the targets (minmax / percentile /
+entropy, bounded memory) → write Q/DQ → save atomically. Returns a summary for the report.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx
+import psutil
+
+from modelpress.errors import BadInputError
+from runtimes.quantize.calibrate import collect_stats
+from runtimes.quantize.config import QuantizeConfig
+from runtimes.quantize.qdq import activation_params, insert_qdq
+from runtimes.quantize.smoothquant import apply_smoothing
+from runtimes.quantize.stats import TensorRange
+from runtimes.quantize.targets import QuantTarget, find_targets
+
+
+@dataclass(frozen=True)
+class TensorCalibration:
+    tensor: str
+    lo: float
+    hi: float
+    observed_min: float
+    observed_max: float
+    clipped: float
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class QuantizeSummary:
+    preset: str
+    calibration_method: str
+    smoothquant: bool
+    quantized_nodes: tuple[str, ...]
+    fp32_nodes: tuple[str, ...]           # MatMul/Gemm nodes left in fp32 (excluded or not eligible)
+    tensors: tuple[TensorCalibration, ...]
+    calibration_seconds: float
+    peak_rss_mb: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _PeakRss:
+    """Peak resident memory of this process, sampled around the calibration steps."""
+
+    def __init__(self) -> None:
+        self._proc = psutil.Process(os.getpid())
+        self.peak = self._proc.memory_info().rss
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def quantize_static(model_path: str | Path, out_path: str | Path,
+                    feeds: Iterable[Mapping[str, np.ndarray]], cfg: QuantizeConfig) -> QuantizeSummary:
+    """Write the int8 Q/DQ model to ``out_path`` (atomically) and return what was done."""
+    start = time.perf_counter()
+    rss = _PeakRss()
+    model = onnx.load(str(model_path))
+    all_matmuls = [n.name for n in model.graph.node if n.op_type in cfg.op_types]
+    unknown = set(cfg.nodes_to_exclude) - {n.name for n in model.graph.node}
+    if unknown:
+        raise BadInputError(f"quantize.nodes_to_exclude: no such node(s) in {model_path}: {sorted(unknown)}")
+    targets = find_targets(model, op_types=cfg.op_types, exclude=cfg.nodes_to_exclude)
+    if not targets:
+        raise BadInputError(f"{model_path}: no {'/'.join(cfg.op_types)} node with a constant weight to quantize")
+
+    method = cfg.calibration_method
+    needs_hist = method != "minmax"
+    acts = [t.activation for t in targets]
+    stats = collect_stats(model, acts, feeds, histogram=needs_hist and not cfg.smoothquant,
+                          num_bins=cfg.num_bins, exclude_padding=cfg.exclude_padding,
+                          desc="calibrating (pass 1)")
+    rss.sample()
+    if cfg.smoothquant:
+        model, targets, factors = apply_smoothing(
+            model, targets, {a: s.channel_absmax() for a, s in stats.items()}, cfg.smoothquant_alpha)
+        if needs_hist:
+            stats = collect_stats(model, [t.activation for t in targets], feeds, histogram=True,
+                                  num_bins=cfg.num_bins, exclude_padding=cfg.exclude_padding,
+                                  desc="calibrating (pass 2)")
+            rss.sample()
+        else:
+            stats = _rescaled_minmax(stats, targets, factors)
+    ranges: dict[str, TensorRange] = {}
+    observed: dict[str, tuple[float, float]] = {}
+    for t in targets:
+        if t.activation in ranges:
+            continue
+        s = stats[t.activation]
+        if isinstance(s, TensorRange):
+            ranges[t.activation] = s
+            observed[t.activation] = (s.lo, s.hi)
+        else:
+            ranges[t.activation] = s.range(method, percentile=cfg.percentile,
+                                           symmetric=cfg.activation_symmetric)
+            observed[t.activation] = (s.min, s.max)
+    qmodel = insert_qdq(model, targets, ranges, symmetric_activations=cfg.activation_symmetric,
+                        per_channel=cfg.per_channel)
+    rss.sample()
+    _save_atomically(qmodel, Path(out_path))
+    quantized = tuple(t.node_name for t in targets)
+    tensors = []
+    for act, rng in ranges.items():
+        p = activation_params(rng, symmetric=cfg.activation_symmetric)
+        tensors.append(TensorCalibration(act, rng.lo, rng.hi, observed[act][0], observed[act][1],
+                                         rng.clipped, p.scale, p.zero_point))
+    return QuantizeSummary(
+        preset=cfg.preset, calibration_method=method, smoothquant=cfg.smoothquant,
+        quantized_nodes=quantized, fp32_nodes=tuple(n for n in all_matmuls if n not in quantized),
+        tensors=tuple(tensors), calibration_seconds=round(time.perf_counter() - start, 2),
+        peak_rss_mb=round(rss.peak / 2**20, 1))
+
+
+def _rescaled_minmax(stats, targets: list[QuantTarget], factors: dict[str, np.ndarray]) -> dict[str, TensorRange]:
+    """Min/max of the smoothed activations X/s, exactly, from the per-channel min/max of X."""
+    out = {}
+    for t in targets:
+        s = factors.get(t.activation)
+        orig = t.activation[: -len("_smoothed")] if s is not None else t.activation
+        st = stats[orig]
+        if s is None:
+            out[t.activation] = TensorRange(st.min, st.max, 0.0)
+        else:
+            out[t.activation] = TensorRange(float((st.ch_min / s).min()), float((st.ch_max / s).max()), 0.0)
+    return out
+
+
+def _save_atomically(model: onnx.ModelProto, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)

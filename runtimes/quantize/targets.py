@@ -1,0 +1,59 @@
+"""Find the nodes static int8 applies to: MatMul/Gemm nodes with a constant 2-D weight.
+
+Attention-score MatMuls (both inputs computed at run time) are never targets: quantizing them
+brought neither speed nor accuracy on CPU (../shared/PEERS.md), and the mask arithmetic around
+them (-3.4e38 additive terms) wrecks any per-tensor range.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx import numpy_helper
+
+
+@dataclass(frozen=True)
+class QuantTarget:
+    node_name: str
+    op_type: str
+    activation: str      # name of the run-time input tensor
+    weight: str          # name of the constant weight initializer
+    weight_axis: int     # the weight's output-channel axis (per-channel scales)
+    input_axis: int      # the weight's input-channel axis (SmoothQuant scales its rows)
+
+
+def _gemm_attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    for attr in node.attribute:
+        if attr.name == name:
+            return attr.i
+    return default
+
+
+def find_targets(model: onnx.ModelProto, *, op_types=("MatMul", "Gemm"),
+                 exclude: tuple[str, ...] = ()) -> list[QuantTarget]:
+    inits = {i.name: i for i in model.graph.initializer}
+    targets = []
+    for node in model.graph.node:
+        if node.op_type not in op_types or node.name in exclude:
+            continue
+        if len(node.input) < 2 or node.input[1] not in inits or node.input[0] in inits:
+            continue
+        w = inits[node.input[1]]
+        if len(w.dims) != 2 or w.data_type != onnx.TensorProto.FLOAT:
+            continue
+        if node.op_type == "Gemm":
+            if _gemm_attr(node, "transA", 0):
+                continue
+            trans_b = _gemm_attr(node, "transB", 0)
+            out_axis, in_axis = (0, 1) if trans_b else (1, 0)
+        else:
+            out_axis, in_axis = 1, 0
+        targets.append(QuantTarget(node.name, node.op_type, node.input[0], node.input[1], out_axis, in_axis))
+    return targets
+
+
+def weight_array(model: onnx.ModelProto, name: str):
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    raise KeyError(name)

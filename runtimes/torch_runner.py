@@ -1,0 +1,47 @@
+"""PyTorch eager runner: the fp32 teacher (and fp16 on GPU) as validation's reference."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from runtimes.base import Runner
+
+
+class TorchRunner(Runner):
+    """Runs an in-memory HF model; ``output_fn`` picks the task's tensor from the model output."""
+
+    def __init__(self, model, *, input_names: tuple[str, ...], output_name: str, output_fn,
+                 threads: int = 0, device: str = "cpu", dtype=None, name: str = "pytorch-fp32"):
+        self.model = model
+        self._inputs = tuple(input_names)
+        self.output_name = output_name
+        self.output_fn = output_fn
+        self.threads = threads
+        self.device = device
+        self.dtype = dtype
+        self.name = name
+
+    def _load(self) -> None:
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.model.to(self.device)
+        if self.dtype is not None:
+            self.model.to(self.dtype)
+        self.model.eval()
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self._inputs
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            inputs = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in self.select(feed).items()}
+            out = self.output_fn(self.model(**inputs))
+            if self.device != "cpu":
+                torch.cuda.synchronize()
+            return {self.output_name: out.float().cpu().numpy()}

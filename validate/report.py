@@ -1,0 +1,78 @@
+"""report.json (stable keys, documented in the README) and report.md (the same, for people)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+REPORT_SCHEMA = 1
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    from modelpress.errors import BadInputError
+
+    if not path.is_file():
+        raise BadInputError(f"{path}: no report.json (run the pipeline first)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"{path}: not valid JSON ({exc.msg})") from None
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "" if v is None else str(v)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# modelpress report: {report['name']}", "",
+             f"- task: `{report['task']}`; head: `{json.dumps(report['head'])}`",
+             f"- eval set: `{report['eval']['source']}` ({report['eval']['format']}, "
+             f"{report['eval']['num_texts']} texts, {report['eval']['num_pairs']} pairs)", ""]
+    gate = report.get("gate")
+    if gate:
+        verdict = "PASS" if gate["passed"] else "FAIL"
+        lines += [f"## Gate: **{verdict}**", "",
+                  f"{gate['candidate_name']} {gate['metric']} {gate['candidate']:.2f} vs teacher {gate['teacher']:.2f}: "
+                  f"drop {gate['drop']:.2f} points (max {gate['max_drop']:.2f})", ""]
+    models = report["models"]
+    metric_keys = sorted({k for m in models.values() for k in m["metrics"]})
+    lines += ["## Fidelity vs the fp32 teacher", "", "| model | " + " | ".join(metric_keys) + " | size MB |",
+              "|---" * (len(metric_keys) + 2) + "|"]
+    for name, m in models.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(m["metrics"].get(k)) for k in metric_keys)
+                     + f" | {_fmt(m.get('size_mb'))} |")
+    lines += ["", "## Latency (ms, after warm-up; forward + head, tokenization excluded)", "",
+              "| model | batch × seq | p50 | p95 | p99 | texts/s |", "|---|---|---|---|---|---|"]
+    for name, m in models.items():
+        for row in m["latency"]:
+            lines.append(f"| {name} | {row['batch_size']} × {row['seq_len']} | {row['p50_ms']:.2f} | "
+                         f"{row['p95_ms']:.2f} | {row['p99_ms']:.2f} | {row['throughput_per_s']:.1f} |")
+    if any(m.get("real_workload") for m in models.values()):
+        lines += ["", "## Real workload (eval texts, length-sorted, batch 32, dynamic padding)", "",
+                  "| model | texts | seconds | texts/s |", "|---|---|---|---|"]
+        for name, m in models.items():
+            w = m.get("real_workload")
+            if w:
+                lines.append(f"| {name} | {w['texts']} | {w['seconds']:.2f} | {w['texts_per_s']:.1f} |")
+    if report.get("ratios"):
+        lines += ["", "## Latency ratios (candidate / teacher; < 1 is faster)", ""]
+        for name, r in report["ratios"].items():
+            lines.append(f"- {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
+    q = report.get("quantization")
+    if q:
+        lines += ["", "## Quantization", "",
+                  f"- preset `{q['preset']}`, calibration `{q['calibration_method']}`, SmoothQuant {q['smoothquant']}",
+                  f"- int8 nodes: {len(q['quantized_nodes'])}; fp32 MatMul/Gemm nodes: {len(q['fp32_nodes'])}",
+                  f"- calibration: {q['calibration_seconds']} s, peak RSS {q['peak_rss_mb']} MB"]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(report: dict[str, Any], root: Path) -> None:
+    write_json(report, root / "report.json")
+    (root / "report.md").write_text(render_markdown(report), encoding="utf-8")
