@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=float, default=None, help="points; default: the recipe's gate.max_drop")
     p.add_argument("--metric", default=None, help="metric key of report.json (default: the run's)")
 
+    p = sub.add_parser("analyze", help="per-node int8 error of a run (SQNR, weight vs activation), worst first")
+    p.add_argument("run_dir")
+    p.add_argument("--top", type=int, default=15, help="rows printed (default 15)")
+    p.add_argument("--out", default=None, help="folder for analysis.json and plots/ (default RUN_DIR/analysis)")
+
     p = sub.add_parser("engine", help="build a TensorRT engine from the run's Q/DQ model (needs a GPU)")
     p.add_argument("run_dir")
     p.add_argument("--fp16", action="store_true", help="also build an fp16 engine from model.onnx")
@@ -150,11 +155,15 @@ def cmd_quantize(args) -> int:
     names = tuple(i.name for i in onnx.load(args.onnx, load_external_data=False).graph.input)
     texts = sample(load_texts(args.data, text_field=args.text_field), args.num_samples)
     feed = TokenizedFeed(texts, tokenizer, batch_size=16, max_length=args.max_length, input_names=names)
+    from modelpress.memory import process_peak_rss_mb
+
     summary = quantize_static(args.onnx, args.out, feed, cfg)
     side = Path(args.out).with_suffix(".quantization.json")
-    side.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
+    details = {**summary.to_dict(), "process_peak_rss_mb": process_peak_rss_mb()}
+    side.write_text(json.dumps(details, indent=2) + "\n", encoding="utf-8")
     print(f"int8: {args.out} ({len(summary.quantized_nodes)} nodes int8, {len(summary.fp32_nodes)} fp32; "
-          f"calibration {summary.calibration_seconds}s, peak RSS {summary.peak_rss_mb} MB; details {side})")
+          f"calibration {summary.calibration_seconds}s, process peak RSS {details['process_peak_rss_mb']} MB; "
+          f"details {side})")
     return EXIT_OK
 
 
@@ -199,6 +208,19 @@ def cmd_gate(args) -> int:
     return EXIT_OK if result.passed else EXIT_GATE_FAILED
 
 
+def cmd_analyze(args) -> int:
+    from modelpress.pipeline import analyze_run
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / "analysis"
+    errors = analyze_run(Path(args.run_dir), out)
+    print(f"{'node':<40}{'SQNR dB':>9}{'weight-only':>13}{'act-only':>10}{'rel L2':>9}")
+    for e in errors[: args.top]:
+        print(f"{e.node:<40}{e.sqnr_db:>9.1f}{e.weight_only_sqnr_db:>13.1f}{e.activation_only_sqnr_db:>10.1f}"
+              f"{e.rel_l2:>9.4f}")
+    print(f"analysis: {out / 'analysis.json'}")
+    return EXIT_OK
+
+
 def cmd_engine(args) -> int:
     from modelpress.pipeline import engine_stage
 
@@ -208,7 +230,8 @@ def cmd_engine(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "distill": cmd_distill, "export": cmd_export, "quantize": cmd_quantize,
-            "validate": cmd_validate, "gate": cmd_gate, "engine": cmd_engine}
+            "validate": cmd_validate, "gate": cmd_gate, "analyze": cmd_analyze,
+            "engine": cmd_engine}
 
 
 def main(argv: list[str] | None = None) -> int:

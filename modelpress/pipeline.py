@@ -48,10 +48,53 @@ def calibration_feed(recipe: Recipe, tokenizer, input_names) -> TokenizedFeed:
                          input_names=tuple(input_names))
 
 
-def quantize_stage(onnx_path: Path, out_path: Path, feed: TokenizedFeed, cfg: QuantizeConfig) -> QuantizeSummary:
+@dataclass
+class QuantizeOutcome:
+    summary: QuantizeSummary
+    analysis: list            # NodeError, worst first
+    auto: dict | None         # the accuracy-aware search (mode "auto")
+
+
+def quantize_stage(onnx_path: Path, out_path: Path, feed: TokenizedFeed, cfg: QuantizeConfig, *,
+                   evaluate=None) -> QuantizeOutcome:
+    """Static int8 (or the accuracy-aware search when ``cfg.mode == "auto"``) plus per-node analysis."""
+    from runtimes.quantize.analysis import analyze_plan
+    from runtimes.quantize.auto import auto_quantize
+    from runtimes.quantize.static import plan_quantization, write_quantized
+
     if cfg.mode == "auto":
-        raise BadInputError("quantize.mode = \"auto\" (accuracy-aware search) is not available yet; use \"static\"")
-    return quantize_static(onnx_path, out_path, feed, cfg)
+        if evaluate is None:
+            raise BadInputError('quantize.mode = "auto" needs an eval set and the teacher (use `modelpress run`)')
+        result = auto_quantize(onnx_path, out_path, feed, cfg, evaluate=evaluate)
+        return QuantizeOutcome(result.summary, result.analysis, result.to_dict())
+    plan = plan_quantization(onnx_path, feed, cfg)
+    summary = write_quantized(plan, out_path)
+    return QuantizeOutcome(summary, analyze_plan(plan, feed), None)
+
+
+def candidate_evaluator(task: str, head, tokenizer, teacher_out, es, validate_cfg, gate_cfg, teacher_metrics):
+    """A callable for the auto search: ONNX path → Evaluation (gate metric through ONNX Runtime)."""
+    import numpy as np
+
+    from runtimes.quantize.auto import Evaluation
+    from validate.compare import fidelity
+    from validate.latency import time_calls
+
+    def evaluate(path: Path) -> Evaluation:
+        runner = OnnxRuntimeRunner(path, threads=validate_cfg.threads, name="candidate").__enter__()
+        try:
+            pred = Predictor(runner, head, tokenizer, max_length=validate_cfg.max_length)
+            metrics = fidelity(task, teacher_out, pred.predict(list(es.texts), batch_size=validate_cfg.batch_size), es)
+            gate = decide(task, teacher_metrics, metrics, max_drop=gate_cfg.max_drop, metric=gate_cfg.metric)
+            feed = pred.encode([es.texts[i % len(es.texts)] for i in range(max(validate_cfg.batch_sizes))],
+                               pad_to=max(validate_cfg.seq_lengths))
+            times = time_calls(lambda: pred.predict_feed(feed), runs=5, warmup=1)
+        finally:
+            runner.close()
+        score = -gate.candidate if gate.metric == "mean_kl" else gate.candidate
+        return Evaluation(score, gate.drop, gate.passed, 1e3 * float(np.median(times)))
+
+    return evaluate
 
 
 def teacher_predictor(model, tokenizer, head, input_names, *, threads: int, max_length: int,
@@ -127,8 +170,14 @@ def run_recipe(recipe: Recipe, out_dir: Path) -> RunOutcome:
 
     log.info("quantizing to %s", paths.model_int8_onnx)
     feed = calibration_feed(recipe, tokenizer, exported.input_names)
-    summary = quantize_stage(paths.model_onnx, paths.model_int8_onnx, feed, recipe.quantize)
-    paths.quantization_json.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
+    evaluate = None
+    if recipe.quantize.mode == "auto":
+        evaluate = _auto_evaluator(recipe, head, tokenizer, teacher_model, exported.input_names)
+    quant = quantize_stage(paths.model_onnx, paths.model_int8_onnx, feed, recipe.quantize, evaluate=evaluate)
+    summary = quant.summary
+    analysis = write_analysis(quant.analysis, paths)
+    paths.quantization_json.write_text(json.dumps({**summary.to_dict(), "auto": quant.auto}, indent=2) + "\n",
+                                       encoding="utf-8")
     write_bundle_meta(staging, head=head.describe(), input_names=exported.input_names,
                       max_length=recipe.validate.max_length)
 
@@ -142,7 +191,9 @@ def run_recipe(recipe: Recipe, out_dir: Path) -> RunOutcome:
     report["export"] = {"opset": exported.opset, "seconds": exported.seconds, "input_names": list(exported.input_names),
                         "parity_max_abs_diff": exported.parity.max_abs_diff,
                         "parity_batch_shape": list(exported.parity.feed_shape)}
-    report["quantization"] = {k: v for k, v in summary.to_dict().items() if k != "tensors"}
+    report["quantization"] = {**{k: v for k, v in summary.to_dict().items() if k != "tensors"},
+                              "mode": recipe.quantize.mode, "auto": quant.auto}
+    report["analysis"] = analysis
     write_reports(report, staging)
     write_manifest(staging, recipe=recipe.to_dict(), head=head.describe(),
                    metrics={k: m["metrics"] for k, m in report["models"].items()}, gate=report["gate"],
@@ -150,6 +201,31 @@ def run_recipe(recipe: Recipe, out_dir: Path) -> RunOutcome:
     final = out_dir / recipe.name
     publish(staging, final)
     return RunOutcome(final, GateResult(**report["gate"]))
+
+
+def _auto_evaluator(recipe: Recipe, head, tokenizer, teacher_model, input_names):
+    v = recipe.validate
+    es = load_eval_set(v.eval_data, fmt=v.eval_format, text_field=v.text_field, label_field=v.label_field,
+                       num_samples=v.num_samples)
+    teacher = teacher_predictor(teacher_model, tokenizer, head, input_names, threads=v.threads,
+                                max_length=v.max_length)
+    with teacher.runner:
+        teacher_out = teacher.predict(list(es.texts), batch_size=v.batch_size)
+    from validate.compare import fidelity
+
+    teacher_metrics = fidelity(recipe.task, teacher_out, None, es)
+    return candidate_evaluator(recipe.task, head, tokenizer, teacher_out, es, v, recipe.gate, teacher_metrics)
+
+
+def write_analysis(errors: list, paths: RunPaths, *, top: int = 15) -> dict[str, Any]:
+    """analysis.json (every node) and plots/sensitivity.png; returns the report's summary of it."""
+    from runtimes.quantize.analysis import plot_errors
+
+    rows = [e.to_dict() for e in errors]
+    (paths.root / "analysis.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    plot = plot_errors(errors, paths.plots / "sensitivity.png")
+    return {"nodes": len(rows), "worst": rows[:top],
+            "plot": str(plot.relative_to(paths.root)) if plot else None}
 
 
 def distill_stage(recipe: Recipe, teacher_ref: str, head, out_dir: Path, paths: RunPaths):
@@ -178,15 +254,55 @@ def run_distill_only(recipe: Recipe, out_dir: Path) -> Path:
                             task_options=head.describe(), out_dir=Path(out_dir) / f"{recipe.name}.distill")
 
 
+def analyze_run(run_dir: Path, out_dir: Path):
+    """``modelpress analyze``: re-plan the run's quantization (same recipe and calibration data, the
+    calibration method it chose) and write analysis.json + plots/sensitivity.png into ``out_dir``
+    (the bundle's own files, listed in its manifest, are left untouched)."""
+    from transformers import AutoTokenizer
+
+    from modelpress.recipe import load_recipe
+    from runtimes.quantize.analysis import analyze_plan
+    from runtimes.quantize.static import plan_quantization
+
+    paths = RunPaths(Path(run_dir))
+    for needed in (paths.model_onnx, paths.recipe, paths.tokenizer, paths.quantization_json):
+        if not needed.exists():
+            raise BadInputError(f"{run_dir}: no {needed.name} (not a completed modelpress run)")
+    recipe = load_recipe(paths.recipe)
+    done = json.loads(paths.quantization_json.read_text(encoding="utf-8"))
+    cfg = recipe.quantize.with_(mode="static", calibration_method=done["calibration_method"])
+    tokenizer = AutoTokenizer.from_pretrained(str(paths.tokenizer))
+    import onnx
+
+    names = tuple(i.name for i in onnx.load(str(paths.model_onnx), load_external_data=False).graph.input)
+    feed = calibration_feed(recipe, tokenizer, names)
+    plan = plan_quantization(paths.model_onnx, feed, cfg)
+    errors = analyze_plan(plan, feed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_analysis(errors, RunPaths(out_dir))
+    return errors
+
+
 def engine_stage(run_dir: Path, *, fp16: bool = False) -> Path:
-    """``modelpress engine``: a TensorRT plan from the run's Q/DQ model (GPU + TensorRT required)."""
-    from runtimes.tensorrt.engine import build_engine
+    """``modelpress engine``: TensorRT plan(s) from the run's Q/DQ model (GPU + TensorRT required).
+
+    The engine settings come from the run's recipe ``[engine]`` table when it has one.
+    """
     from runtimes.tensorrt.config import EngineConfig
+    from runtimes.tensorrt.stage import build_engines
 
     paths = RunPaths(Path(run_dir))
     if not paths.model_int8_onnx.is_file():
         raise BadInputError(f"{run_dir}: no model.int8.onnx (run the pipeline first)")
-    meta = json.loads((paths.root / "bundle.json").read_text(encoding="utf-8"))
-    cfg = EngineConfig(precision="both" if fp16 else "int8")
-    build_engine(paths.model_int8_onnx, paths.model_plan, cfg, input_names=meta["input_names"])
+    cfg = None
+    if paths.recipe.is_file():
+        from modelpress.recipe import load_recipe
+
+        cfg = load_recipe(paths.recipe).engine
+    cfg = cfg or EngineConfig()
+    if fp16:
+        from dataclasses import replace
+
+        cfg = replace(cfg, precision="both")
+    build_engines(paths.root, cfg)
     return paths.model_plan

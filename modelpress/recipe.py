@@ -53,7 +53,7 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         if self.pooling not in ("auto", "mean", "cls"):
-            raise BadInputError(f"task.pooling: expected auto, mean or cls, got {self.pooling!r}")
+            raise BadInputError(f"task_options.pooling: expected auto, mean or cls, got {self.pooling!r}")
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ def recipe_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> Reci
     engine_cfg = None
     if engine_raw:
         from runtimes.tensorrt.config import EngineConfig
-        engine_cfg = EngineConfig.from_dict(engine_raw, base_dir=Path.cwd())
+        engine_cfg = EngineConfig.from_dict(engine_raw, base_dir=base_dirs[1] if source is not None else Path.cwd())
 
     return Recipe(
         name=str(raw["name"]),

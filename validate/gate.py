@@ -35,7 +35,7 @@ def decide(task: str, teacher_metrics: Mapping[str, float], candidate_metrics: M
     t, c = 100.0 * teacher_metrics[name], 100.0 * candidate_metrics[name]
     # lower is better for KL; every other metric is higher-is-better
     drop = (c - t) if name == "mean_kl" else (t - c)
-    return GateResult(name, round(t, 4), round(c, 4), round(drop, 4), max_drop, drop <= max_drop, candidate_name)
+    return GateResult(name, round(t, 4), round(c, 4), round(drop, 4), max_drop, round(drop, 4) <= max_drop, candidate_name)
 
 
 def gate_report(report: Mapping, *, max_drop: float | None = None, metric: str | None = None) -> GateResult:

@@ -70,6 +70,25 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"- preset `{q['preset']}`, calibration `{q['calibration_method']}`, SmoothQuant {q['smoothquant']}",
                   f"- int8 nodes: {len(q['quantized_nodes'])}; fp32 MatMul/Gemm nodes: {len(q['fp32_nodes'])}",
                   f"- calibration: {q['calibration_seconds']} s, peak RSS {q['peak_rss_mb']} MB"]
+        auto = q.get("auto")
+        if auto:
+            lines += ["", f"### Accuracy-aware search (mode auto): {'passed' if auto['passed'] else 'NO candidate passed'}",
+                      "", "| # | calibration | fp32 nodes | int8 nodes | metric | drop | gate | p50 ms | chosen |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for c in auto["candidates"]:
+                lines.append(f"| {c['index']} | {c['calibration_method']} | {', '.join(c['fp32_nodes']) or '-'} | "
+                             f"{c['int8_nodes']} | {c['metric']:.3f} | {c['drop']:.3f} | "
+                             f"{'pass' if c['passed'] else 'fail'} | {c['latency_ms']:.1f} | "
+                             f"{'✔' if c['index'] == auto['chosen'] else ''} |")
+    a = report.get("analysis")
+    if a and a.get("worst"):
+        lines += ["", "## Per-node int8 error (worst first; SQNR in dB, higher is better)", ""]
+        if a.get("plot"):
+            lines += [f"![per-node error]({a['plot']})", ""]
+        lines += ["| node | SQNR | weight-only SQNR | activation-only SQNR | rel. L2 |", "|---|---|---|---|---|"]
+        for e in a["worst"]:
+            lines.append(f"| {e['node']} | {e['sqnr_db']:.1f} | {e['weight_only_sqnr_db']:.1f} | "
+                         f"{e['activation_only_sqnr_db']:.1f} | {e['rel_l2']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -32,13 +32,9 @@ def _token_rows(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return value.reshape(-1, value.shape[-1])
 
 
-def collect_stats(model: onnx.ModelProto, tensor_names: Iterable[str],
-                  feeds: Iterable[Mapping[str, np.ndarray]], *, histogram: bool = False,
-                  num_bins: int = 2048, exclude_padding: bool = True,
-                  desc: str = "calibrating") -> dict[str, TensorStats]:
+def _session_with_outputs(model: onnx.ModelProto, names: list[str]):
     import onnxruntime as ort
 
-    names = list(dict.fromkeys(tensor_names))
     augmented = copy.deepcopy(model)
     existing = {o.name for o in augmented.graph.output}
     for name in names:
@@ -48,7 +44,28 @@ def collect_stats(model: onnx.ModelProto, tensor_names: Iterable[str],
     # basic fusions only: the requested intermediate tensors must survive as they are
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.log_severity_level = 3
-    session = ort.InferenceSession(augmented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(augmented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def collect_tensors(model: onnx.ModelProto, tensor_names: Iterable[str],
+                    feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """The raw values of some tensors on a few batches (for analysis; memory grows with batches)."""
+    names = list(dict.fromkeys(tensor_names))
+    session = _session_with_outputs(model, names)
+    input_names = [i.name for i in session.get_inputs()]
+    values: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in feeds:
+        for name, value in zip(names, session.run(names, {k: feed[k] for k in input_names})):
+            values[name].append(value)
+    return values
+
+
+def collect_stats(model: onnx.ModelProto, tensor_names: Iterable[str],
+                  feeds: Iterable[Mapping[str, np.ndarray]], *, histogram: bool = False,
+                  num_bins: int = 2048, exclude_padding: bool = True,
+                  desc: str = "calibrating") -> dict[str, TensorStats]:
+    names = list(dict.fromkeys(tensor_names))
+    session = _session_with_outputs(model, names)
     input_names = [i.name for i in session.get_inputs()]
     stats = {n: TensorStats(num_bins=num_bins, histogram=histogram) for n in names}
     batches = 0

