@@ -7,6 +7,8 @@ Variants (all with the same pooling head, tokenization excluded from timings):
   ort-fp32-fused     the same after onnxruntime.transformers fusion
   ort-dyn-int8-pc    onnxruntime.quantization.quantize_dynamic, per-channel (the best peer)
   modelpress-int8    ours: static int8, SmoothQuant, padding-free calibration on our corpus
+                     (format "ort": MatMulIntegerToFloat with fused bias)
+  modelpress-int8-qdq  the same calibration written as portable Q/DQ
 Shapes: batch 1 × 128 and batch 32 × 128 (padded), and a real workload (every STS-B test sentence,
 length-sorted, batch 32, padded to the longest in each batch), at 1 and 2 threads. Runs are
 interleaved (round-robin across variants) with ORT thread spinning off (PEERS.md pitfall 9).
@@ -59,6 +61,7 @@ def build_variants(work: Path, threads: int, teacher_ref: str, head, model, toke
         "ort-fp32-fused": work / "model.fused.onnx",
         "ort-dyn-int8-pc": work / "model.dyn-int8-pc.onnx",
         "modelpress-int8": work / "model.int8.onnx",
+        "modelpress-int8-qdq": work / "model.int8.qdq.onnx",
     }
     preds = {}
     torch.set_num_threads(threads)
@@ -82,7 +85,7 @@ def prepare_models(work: Path, teacher_ref, head, model, tokenizer):
     from export.fusion import fuse
     from export.onnx_export import PARITY_SEQ, PARITY_TEXTS, encode, export_onnx
     from runtimes.quantize.config import QuantizeConfig
-    from runtimes.quantize.static import quantize_static
+    from runtimes.quantize.static import plan_quantization, write_quantized
 
     res = export_onnx(model, tokenizer, work / "model.onnx", head=head)
     feed = encode(tokenizer, PARITY_TEXTS, PARITY_SEQ, res.input_names)
@@ -98,10 +101,13 @@ def prepare_models(work: Path, teacher_ref, head, model, tokenizer):
                      weight_type=QuantType.QInt8)
     texts = sample(load_texts(ROOT / "calibration_data" / "en_default.txt"), 512)
     t0 = time.perf_counter()
-    summary = quantize_static(work / "model.onnx", work / "model.int8.onnx",
-                              TokenizedFeed(texts, tokenizer, batch_size=16, max_length=128,
-                                            input_names=res.input_names), QuantizeConfig())
-    return res.input_names, summary, time.perf_counter() - t0
+    plan = plan_quantization(work / "model.onnx", TokenizedFeed(texts, tokenizer, batch_size=16, max_length=128,
+                                                                input_names=res.input_names), QuantizeConfig())
+    summary = write_quantized(plan, work / "model.int8.onnx")
+    seconds = time.perf_counter() - t0
+    plan.cfg = plan.cfg.with_(format="qdq")  # same calibration, portable Q/DQ graph
+    write_quantized(plan, work / "model.int8.qdq.onnx")
+    return res.input_names, summary, seconds
 
 
 def interleaved(preds: dict, feeds: list, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
@@ -220,12 +226,12 @@ def main(argv=None) -> int:
 
 def print_table(threads: int, rows: dict) -> None:
     print(f"\n== {threads} thread(s); latency = time ratio (< 1 is faster) ==")
-    hdr = (f"{'variant':<17}{'b1 ms':>8}{'p95':>8}{'÷torch':>8}{'÷ortdyn':>8}"
+    hdr = (f"{'variant':<20}{'b1 ms':>8}{'p95':>8}{'÷torch':>8}{'÷ortdyn':>8}"
            f"{'b32 ms':>9}{'p95':>8}{'÷torch':>8}{'÷ortdyn':>8}{'real s':>8}{'÷torch':>8}{'÷ortdyn':>8}"
            f"{'cos':>8}{'ρ':>7}")
     print(hdr)
     for name, r in rows.items():
-        print(f"{name:<17}{r['b1_median_ms']:>8.2f}{r['b1_p95_ms']:>8.2f}{r['b1_vs_pytorch']:>8.3f}{r['b1_vs_ort_dyn']:>8.3f}"
+        print(f"{name:<20}{r['b1_median_ms']:>8.2f}{r['b1_p95_ms']:>8.2f}{r['b1_vs_pytorch']:>8.3f}{r['b1_vs_ort_dyn']:>8.3f}"
               f"{r['b32_median_ms']:>9.1f}{r['b32_p95_ms']:>8.1f}{r['b32_vs_pytorch']:>8.3f}{r['b32_vs_ort_dyn']:>8.3f}"
               f"{r['real_median_s']:>8.3f}{r['real_vs_pytorch']:>8.3f}{r['real_vs_ort_dyn']:>8.3f}"
               f"{r.get('mean_cosine', float('nan')):>8.4f}{r.get('spearman', float('nan')):>7.2f}")

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument("--percentile", type=float, default=99.999)
     p.add_argument("--preset", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--format", default="auto", choices=["auto", "qdq", "ort"])
     p.add_argument("--no-smoothquant", action="store_true")
     p.add_argument("--exclude", nargs="*", default=[], metavar="NODE", help="node names kept fp32")
 
@@ -150,6 +151,7 @@ def cmd_quantize(args) -> int:
     if not Path(args.onnx).is_file():
         raise BadInputError(f"{args.onnx}: ONNX model not found")
     cfg = QuantizeConfig(calibration_method=args.method, percentile=args.percentile, preset=args.preset,
+                         format=args.format,
                          smoothquant=not args.no_smoothquant, nodes_to_exclude=tuple(args.exclude))
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_ref(args.tokenizer))
     names = tuple(i.name for i in onnx.load(args.onnx, load_external_data=False).graph.input)

@@ -14,6 +14,7 @@ from modelpress.errors import BadInputError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 PRESETS = ("onnxruntime", "tensorrt")
+FORMATS = ("auto", "qdq", "ort")
 MODES = ("static", "auto")
 
 
@@ -21,6 +22,7 @@ MODES = ("static", "auto")
 class QuantizeConfig:
     mode: str = "static"                 # "static" | "auto" (accuracy-aware search, see README)
     preset: str = "onnxruntime"          # "onnxruntime" (u8 act, CPU) | "tensorrt" (s8 symmetric act)
+    format: str = "auto"                 # "qdq" (portable Q/DQ) | "ort" (ORT fused int8 ops) | "auto" (by preset)
     calibration_method: str = "minmax"   # "minmax" | "entropy" | "percentile"
     percentile: float = 99.999           # kept share of |values| for calibration_method = "percentile"
     num_bins: int = 2048                 # histogram bins per tensor (entropy / percentile); memory bound
@@ -36,6 +38,9 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         _check_choice("quantize.mode", self.mode, MODES)
         _check_choice("quantize.preset", self.preset, PRESETS)
+        _check_choice("quantize.format", self.format, FORMATS)
+        if self.format == "ort" and self.activation_symmetric:
+            raise BadInputError('quantize.format = "ort" needs asymmetric (uint8) activations; use "qdq"')
         _check_choice("quantize.calibration_method", self.calibration_method, CALIBRATION_METHODS)
         if not 50.0 < self.percentile <= 100.0:
             raise BadInputError(f"quantize.percentile: expected a value in (50, 100], got {self.percentile}")
@@ -48,6 +53,13 @@ class QuantizeConfig:
         unknown = set(self.op_types) - {"MatMul", "Gemm"}
         if unknown:
             raise BadInputError(f"quantize.op_types: unsupported {sorted(unknown)}; supported: MatMul, Gemm")
+
+    @property
+    def graph_format(self) -> str:
+        """The int8 graph written: TensorRT reads Q/DQ only; ONNX Runtime runs its fused ops fastest."""
+        if self.format != "auto":
+            return self.format
+        return "qdq" if self.preset == "tensorrt" or self.activation_symmetric else "ort"
 
     @property
     def activation_symmetric(self) -> bool:

@@ -19,6 +19,7 @@ import psutil
 from modelpress.errors import BadInputError
 from runtimes.quantize.calibrate import collect_stats
 from runtimes.quantize.config import QuantizeConfig
+from runtimes.quantize.ort_ops import insert_ort_int8
 from runtimes.quantize.qdq import activation_params, insert_qdq
 from runtimes.quantize.smoothquant import apply_smoothing
 from runtimes.quantize.stats import TensorRange
@@ -40,6 +41,7 @@ class TensorCalibration:
 @dataclass(frozen=True)
 class QuantizeSummary:
     preset: str
+    format: str                           # "qdq" | "ort"
     calibration_method: str
     smoothquant: bool
     quantized_nodes: tuple[str, ...]
@@ -135,8 +137,16 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
     """Write the Q/DQ model of a plan, leaving the nodes named in ``keep_fp32`` unquantized."""
     cfg = plan.cfg
     targets = [t for t in plan.targets if t.node_name not in keep_fp32]
-    qmodel = insert_qdq(plan.model, targets, plan.ranges, symmetric_activations=cfg.activation_symmetric,
-                        per_channel=cfg.per_channel)
+    if cfg.graph_format == "ort":
+        matmuls = [t for t in targets if t.op_type == "MatMul"]
+        qmodel = insert_ort_int8(plan.model, matmuls, plan.ranges, per_channel=cfg.per_channel)
+        # Gemm nodes (rare in torch exports) keep the Q/DQ form, which ORT fuses into QGemm
+        gemms = [t for t in targets if t.op_type != "MatMul"]
+        if gemms:
+            qmodel = insert_qdq(qmodel, gemms, plan.ranges, symmetric_activations=False, per_channel=cfg.per_channel)
+    else:
+        qmodel = insert_qdq(plan.model, targets, plan.ranges, symmetric_activations=cfg.activation_symmetric,
+                            per_channel=cfg.per_channel)
     _save_atomically(qmodel, Path(out_path))
     quantized = tuple(t.node_name for t in targets)
     tensors = []
@@ -146,7 +156,8 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
         tensors.append(TensorCalibration(act, rng.lo, rng.hi, plan.observed[act][0], plan.observed[act][1],
                                          rng.clipped, p.scale, p.zero_point))
     return QuantizeSummary(
-        preset=cfg.preset, calibration_method=cfg.calibration_method, smoothquant=cfg.smoothquant,
+        preset=cfg.preset, format=cfg.graph_format, calibration_method=cfg.calibration_method,
+        smoothquant=cfg.smoothquant,
         quantized_nodes=quantized, fp32_nodes=tuple(n for n in plan.all_matmuls if n not in quantized),
         tensors=tuple(tensors), calibration_seconds=round(plan.seconds, 2),
         peak_rss_mb=round(plan.peak_rss_bytes / 2**20, 1))
