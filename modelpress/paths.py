@@ -24,6 +24,8 @@ class RunPaths:
     @property
     def model_int8_onnx(self) -> Path: return self.root / "model.int8.onnx"
     @property
+    def model_int8_trt_onnx(self) -> Path: return self.root / "model.int8.trt.onnx"
+    @property
     def model_plan(self) -> Path: return self.root / "model.plan"
     @property
     def engine_json(self) -> Path: return self.root / "engine.json"

@@ -53,6 +53,7 @@ class QuantizeOutcome:
     summary: QuantizeSummary
     analysis: list            # NodeError, worst first
     auto: dict | None         # the accuracy-aware search (mode "auto")
+    plan: object = None       # runtimes.quantize.static.QuantPlan of the written model
 
 
 def quantize_stage(onnx_path: Path, out_path: Path, feed: TokenizedFeed, cfg: QuantizeConfig, *,
@@ -66,10 +67,10 @@ def quantize_stage(onnx_path: Path, out_path: Path, feed: TokenizedFeed, cfg: Qu
         if evaluate is None:
             raise BadInputError('quantize.mode = "auto" needs an eval set and the teacher (use `modelpress run`)')
         result = auto_quantize(onnx_path, out_path, feed, cfg, evaluate=evaluate)
-        return QuantizeOutcome(result.summary, result.analysis, result.to_dict())
+        return QuantizeOutcome(result.summary, result.analysis, result.to_dict(), result.plan)
     plan = plan_quantization(onnx_path, feed, cfg)
     summary = write_quantized(plan, out_path)
-    return QuantizeOutcome(summary, analyze_plan(plan, feed), None)
+    return QuantizeOutcome(summary, analyze_plan(plan, feed), None, plan)
 
 
 def candidate_evaluator(task: str, head, tokenizer, teacher_out, es, validate_cfg, gate_cfg, teacher_metrics):
@@ -146,6 +147,14 @@ def run_recipe(recipe: Recipe, out_dir: Path) -> RunOutcome:
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
+    try:
+        return _run_stages(recipe, out_dir, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
+        raise
+
+
+def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     paths = RunPaths(staging)
     if recipe.source:
         shutil.copyfile(recipe.source, paths.recipe)
@@ -176,24 +185,44 @@ def run_recipe(recipe: Recipe, out_dir: Path) -> RunOutcome:
     quant = quantize_stage(paths.model_onnx, paths.model_int8_onnx, feed, recipe.quantize, evaluate=evaluate)
     summary = quant.summary
     analysis = write_analysis(quant.analysis, paths)
+    engine_wanted = recipe.engine is not None and recipe.engine.enabled
+    if engine_wanted and summary.preset != "tensorrt":
+        from runtimes.quantize.static import for_tensorrt, write_quantized
+
+        # same calibration, TensorRT's Q/DQ rules (symmetric, zero point 0): the engine's source
+        write_quantized(for_tensorrt(quant.plan), paths.model_int8_trt_onnx,
+                        keep_fp32=tuple(summary.fp32_nodes))
     paths.quantization_json.write_text(json.dumps({**summary.to_dict(), "auto": quant.auto}, indent=2) + "\n",
                                        encoding="utf-8")
     write_bundle_meta(staging, head=head.describe(), input_names=exported.input_names,
                       max_length=recipe.validate.max_length)
+    engines = []
+    if engine_wanted:
+        from runtimes.tensorrt.stage import build_engines
+
+        log.info("building TensorRT engine(s)")
+        engines = list(build_engines(staging, recipe.engine))
 
     log.info("validating against the fp32 teacher")
     v = recipe.validate
-    candidates = [fp32_onnx_predictor(paths.model_onnx, head, tokenizer, threads=v.threads, max_length=v.max_length),
-                  load_bundle(staging, threads=v.threads)]
+    candidates = [fp32_onnx_predictor(paths.model_onnx, head, tokenizer, threads=v.threads, max_length=v.max_length)]
+    if paths.model_plan.is_file():
+        from runtimes.tensorrt.runner import TensorRTRunner
+
+        runner = TensorRTRunner(paths.model_plan).__enter__()
+        candidates.append(Predictor(runner, head, tokenizer, max_length=v.max_length, name="tensorrt-int8"))
+    candidates.append(load_bundle(staging, threads=v.threads))  # the gated candidate: the bundle itself
     report = validate_stage(task=recipe.task, cfg=v, gate_cfg=recipe.gate, head=head, tokenizer=tokenizer,
                             teacher_model=teacher_model, input_names=exported.input_names,
                             candidates=candidates, name=recipe.name)
     report["export"] = {"opset": exported.opset, "seconds": exported.seconds, "input_names": list(exported.input_names),
                         "parity_max_abs_diff": exported.parity.max_abs_diff,
                         "parity_batch_shape": list(exported.parity.feed_shape)}
-    report["quantization"] = {**{k: v for k, v in summary.to_dict().items() if k != "tensors"},
+    report["quantization"] = {**{key: val for key, val in summary.to_dict().items() if key != "tensors"},
                               "mode": recipe.quantize.mode, "auto": quant.auto}
     report["analysis"] = analysis
+    if engines:
+        report["engines"] = engines
     write_reports(report, staging)
     write_manifest(staging, recipe=recipe.to_dict(), head=head.describe(),
                    metrics={k: m["metrics"] for k, m in report["models"].items()}, gate=report["gate"],

@@ -105,3 +105,38 @@ def test_minilm_tensorrt_preset_passes_and_asymmetric_fails(tmp_path):
     report = check_trt_qdq(tmp_path / "u8.onnx")
     acts = {t.tensor for t in asym.tensors}
     assert set(report.offending_nodes) == {f"{a}_{op}" for a in acts for op in ("QuantizeLinear", "DequantizeLinear")}
+
+
+def test_the_same_calibration_written_for_tensorrt_passes_the_checker(bert_plan, tmp_path):
+    from runtimes.quantize.static import for_tensorrt
+
+    _, _, plan = bert_plan
+    trt_plan = for_tensorrt(plan)
+    summary = write_quantized(trt_plan, tmp_path / "trt.onnx")
+    assert check_trt_qdq(tmp_path / "trt.onnx", require_per_channel_weights=True).ok
+    # same calibration: each symmetric range covers the onnxruntime range exactly at its larger end
+    for act, rng in plan.ranges.items():
+        assert trt_plan.ranges[act].hi == pytest.approx(max(abs(rng.lo), abs(rng.hi)))
+        assert trt_plan.ranges[act].lo == -trt_plan.ranges[act].hi
+    assert summary.quantized_nodes == tuple(t.node_name for t in plan.targets)
+
+
+def test_run_with_engine_enabled_without_tensorrt_is_refused_and_leaves_nothing(tiny_bert, data_files, tmp_path):
+    import importlib.util
+
+    from conftest import cli, write_recipe
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here: the refusal path is for machines without it")
+    recipe = write_recipe(tmp_path / "r.toml", {"name": "eng", "teacher": str(tiny_bert.path)}, {
+        "calibration": {"data": str(data_files.calibration_txt), "num_samples": 32},
+        "validate": {"eval_data": str(data_files.text_jsonl), "latency_runs": 1, "warmup_runs": 0,
+                     "batch_sizes": [1], "seq_lengths": [8], "real_workload": False},
+        "engine": {"enabled": True},
+    })
+    proc = cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("modelpress: error:") and "tensorrt" in last.lower()
+    assert "Traceback" not in proc.stderr
+    assert not any((tmp_path / "out").iterdir())  # no bundle, no staging folder

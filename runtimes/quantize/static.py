@@ -133,6 +133,15 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
                      time.perf_counter() - start, rss.peak)
 
 
+def for_tensorrt(plan: QuantPlan) -> QuantPlan:
+    """The same calibration as TensorRT reads it: symmetric int8 activations (±max|range|), Q/DQ."""
+    ranges = {a: TensorRange(-max(abs(r.lo), abs(r.hi)), max(abs(r.lo), abs(r.hi)), r.clipped)
+              for a, r in plan.ranges.items()}
+    cfg = plan.cfg.with_(preset="tensorrt", format="qdq", symmetric_activations=None)
+    return QuantPlan(plan.model, plan.targets, ranges, plan.observed, plan.all_matmuls, cfg,
+                     plan.seconds, plan.peak_rss_bytes)
+
+
 def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[str, ...] = ()) -> QuantizeSummary:
     """Write the Q/DQ model of a plan, leaving the nodes named in ``keep_fp32`` unquantized."""
     cfg = plan.cfg

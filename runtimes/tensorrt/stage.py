@@ -23,6 +23,9 @@ from runtimes.tensorrt.gpu import gpu_identity, require_tensorrt
 # run-folder file names this stage reads and writes (mirror them in the run-folder paths module)
 FP32_ONNX = "model.onnx"
 INT8_ONNX = "model.int8.onnx"
+#: the same calibration written as TensorRT-style Q/DQ (``[engine] enabled``, or the tensorrt preset's
+#: model.int8.onnx itself): the engine is built from this one when it exists
+INT8_TRT_ONNX = "model.int8.trt.onnx"
 FP16_ONNX = "model.fp16.onnx"
 INT8_PLAN = "model.plan"
 FP16_PLAN = "model.fp16.plan"
@@ -36,7 +39,8 @@ def build_engines(run_dir: Path, cfg: EngineConfig) -> tuple[dict[str, Any], ...
     :class:`BackendUnavailableError` without TensorRT / a GPU.
     """
     run_dir = Path(run_dir)
-    sources = {"int8": run_dir / INT8_ONNX, "fp16": run_dir / FP32_ONNX}
+    int8 = run_dir / INT8_TRT_ONNX if (run_dir / INT8_TRT_ONNX).is_file() else run_dir / INT8_ONNX
+    sources = {"int8": int8, "fp16": run_dir / FP32_ONNX}
     for precision in cfg.precisions:
         if not sources[precision].is_file():
             step = "quantize" if precision == "int8" else "export"
