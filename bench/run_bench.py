@@ -50,7 +50,6 @@ def build_variants(work: Path, threads: int, teacher_ref: str, head, model, toke
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from export.fusion import fuse
     from modelpress.inference import Predictor
     from runtimes.onnxruntime_runner import OnnxRuntimeRunner
     from runtimes.torch_runner import TorchRunner
@@ -82,21 +81,14 @@ def prepare_models(work: Path, teacher_ref, head, model, tokenizer):
 
     from calibration_data.feeds import TokenizedFeed
     from calibration_data.loaders import load_texts, sample
-    from export.fusion import fuse
-    from export.onnx_export import PARITY_SEQ, PARITY_TEXTS, encode, export_onnx
+    from export.fusion import fuse_model
+    from export.onnx_export import export_onnx
     from runtimes.quantize.config import QuantizeConfig
     from runtimes.quantize.static import plan_quantization, write_quantized
 
     res = export_onnx(model, tokenizer, work / "model.onnx", head=head)
-    feed = encode(tokenizer, PARITY_TEXTS, PARITY_SEQ, res.input_names)
-    import torch
-
-    with torch.no_grad():
-        ref = {head.output_name: head.torch_output(model(**feed)).numpy()}
-    cfg = model.config
-    fuse(work / "model.onnx", work / "model.fused.onnx", model_type=cfg.model_type,
-         num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
-         parity_feed={k: v.numpy() for k, v in feed.items()}, reference=ref, atol=1e-3)
+    fuse_model(work / "model.onnx", work / "model.fused.onnx", model=model, tokenizer=tokenizer, head=head,
+               input_names=res.input_names)
     quantize_dynamic(work / "model.onnx", work / "model.dyn-int8-pc.onnx", per_channel=True,
                      weight_type=QuantType.QInt8)
     texts = sample(load_texts(ROOT / "calibration_data" / "en_default.txt"), 512)

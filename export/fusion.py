@@ -31,3 +31,20 @@ def fuse(onnx_path: str | Path, out_path: str | Path, *, model_type: str, num_he
     report = check_parity(str(tmp), parity_feed, reference, atol=atol, label="fusion")
     os.replace(tmp, out_path)
     return report
+
+
+def fuse_model(onnx_path: str | Path, out_path: str | Path, *, model, tokenizer, head, input_names,
+               atol: float = 1e-3) -> ParityReport:
+    """Fuse an exported model and check it against the PyTorch model on the export's parity batch."""
+    import torch
+
+    from export.onnx_export import PARITY_SEQ, PARITY_TEXTS, encode
+
+    feed = encode(tokenizer, PARITY_TEXTS, PARITY_SEQ, tuple(input_names))
+    with torch.no_grad():
+        reference = {head.output_name: head.torch_output(model(**feed)).numpy()}
+    cfg = model.config
+    return fuse(onnx_path, out_path, model_type=cfg.model_type,
+                num_heads=getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0),
+                hidden_size=getattr(cfg, "hidden_size", 0) or getattr(cfg, "dim", 0),
+                parity_feed={k: v.numpy() for k, v in feed.items()}, reference=reference, atol=atol)

@@ -41,11 +41,15 @@ class RunOutcome:
     gate: GateResult | None
 
 
+def calibration_texts(recipe: Recipe) -> list[str]:
+    cal = recipe.calibration
+    return sample(load_texts(cal.data, text_field=cal.text_field), cal.num_samples, seed=cal.seed)
+
+
 def calibration_feed(recipe: Recipe, tokenizer, input_names) -> TokenizedFeed:
     cal = recipe.calibration
-    texts = sample(load_texts(cal.data, text_field=cal.text_field), cal.num_samples, seed=cal.seed)
-    return TokenizedFeed(texts, tokenizer, batch_size=cal.batch_size, max_length=cal.max_length,
-                         input_names=tuple(input_names))
+    return TokenizedFeed(calibration_texts(recipe), tokenizer, batch_size=cal.batch_size,
+                         max_length=cal.max_length, input_names=tuple(input_names))
 
 
 @dataclass
@@ -112,10 +116,10 @@ def fp32_onnx_predictor(onnx_path: Path, head, tokenizer, *, threads: int, max_l
 
 
 def validate_stage(*, task: str, cfg, gate_cfg, head, tokenizer, teacher_model, input_names,
-                   candidates: list[Predictor], name: str) -> dict[str, Any]:
+                   candidates: list[Predictor], name: str, eval_set=None) -> dict[str, Any]:
     """Evaluate entered candidate predictors (the last one is gated) against the PyTorch teacher."""
-    es = load_eval_set(cfg.eval_data, fmt=cfg.eval_format, text_field=cfg.text_field,
-                       label_field=cfg.label_field, num_samples=cfg.num_samples)
+    es = eval_set or load_eval_set(cfg.eval_data, fmt=cfg.eval_format, text_field=cfg.text_field,
+                                   label_field=cfg.label_field, num_samples=cfg.num_samples)
     teacher = teacher_predictor(teacher_model, tokenizer, head, input_names, threads=cfg.threads,
                                 max_length=cfg.max_length)
     sizes = {c.name: file_size_mb(c.runner.model_path) for c in candidates if hasattr(c.runner, "model_path")}
@@ -159,6 +163,11 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     if recipe.source:
         shutil.copyfile(recipe.source, paths.recipe)
 
+    # read the data first: a bad file should fail in a second, not after loading and exporting
+    cal_texts = calibration_texts(recipe)
+    v = recipe.validate
+    es = load_eval_set(v.eval_data, fmt=v.eval_format, text_field=v.text_field, label_field=v.label_field,
+                       num_samples=v.num_samples)
     teacher_ref = resolve_model_ref(recipe.teacher)
     head = make_head(recipe.task, model_dir=teacher_ref if Path(teacher_ref).is_dir() else None,
                      options=recipe.task_options)
@@ -176,12 +185,19 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
                            atol=recipe.export.atol)
     tokenizer.save_pretrained(str(paths.tokenizer))
     deployed_model.config.to_json_file(str(paths.config))
+    if recipe.export.fuse:
+        from export.fusion import fuse_model
+
+        fuse_model(paths.model_onnx, paths.model_fused_onnx, model=deployed_model, tokenizer=tokenizer, head=head,
+                   input_names=exported.input_names, atol=recipe.export.fuse_atol)
 
     log.info("quantizing to %s", paths.model_int8_onnx)
-    feed = calibration_feed(recipe, tokenizer, exported.input_names)
+    cal = recipe.calibration
+    feed = TokenizedFeed(cal_texts, tokenizer, batch_size=cal.batch_size, max_length=cal.max_length,
+                         input_names=tuple(exported.input_names))
     evaluate = None
     if recipe.quantize.mode == "auto":
-        evaluate = _auto_evaluator(recipe, head, tokenizer, teacher_model, exported.input_names)
+        evaluate = _auto_evaluator(recipe, es, head, tokenizer, teacher_model, exported.input_names)
     quant = quantize_stage(paths.model_onnx, paths.model_int8_onnx, feed, recipe.quantize, evaluate=evaluate)
     summary = quant.summary
     analysis = write_analysis(quant.analysis, paths)
@@ -204,7 +220,6 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
         engines = list(build_engines(staging, recipe.engine))
 
     log.info("validating against the fp32 teacher")
-    v = recipe.validate
     candidates = [fp32_onnx_predictor(paths.model_onnx, head, tokenizer, threads=v.threads, max_length=v.max_length)]
     if paths.model_plan.is_file():
         from runtimes.tensorrt.runner import TensorRTRunner
@@ -214,7 +229,7 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     candidates.append(load_bundle(staging, threads=v.threads))  # the gated candidate: the bundle itself
     report = validate_stage(task=recipe.task, cfg=v, gate_cfg=recipe.gate, head=head, tokenizer=tokenizer,
                             teacher_model=teacher_model, input_names=exported.input_names,
-                            candidates=candidates, name=recipe.name)
+                            candidates=candidates, name=recipe.name, eval_set=es)
     report["export"] = {"opset": exported.opset, "seconds": exported.seconds, "input_names": list(exported.input_names),
                         "parity_max_abs_diff": exported.parity.max_abs_diff,
                         "parity_batch_shape": list(exported.parity.feed_shape)}
@@ -232,10 +247,8 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     return RunOutcome(final, GateResult(**report["gate"]))
 
 
-def _auto_evaluator(recipe: Recipe, head, tokenizer, teacher_model, input_names):
+def _auto_evaluator(recipe: Recipe, es, head, tokenizer, teacher_model, input_names):
     v = recipe.validate
-    es = load_eval_set(v.eval_data, fmt=v.eval_format, text_field=v.text_field, label_field=v.label_field,
-                       num_samples=v.num_samples)
     teacher = teacher_predictor(teacher_model, tokenizer, head, input_names, threads=v.threads,
                                 max_length=v.max_length)
     with teacher.runner:

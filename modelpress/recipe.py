@@ -16,6 +16,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from modelpress.config_types import checked_values
 from modelpress.errors import BadInputError
 from runtimes.quantize.config import QuantizeConfig
 
@@ -36,10 +37,7 @@ def _build(cls, section: str, raw: Mapping[str, Any], **extra: Any):
     for key in raw:
         if key not in known:
             raise BadInputError(f"{section}.{key}: unknown key; known keys: {', '.join(sorted(known))}")
-    values = {**raw, **extra}
-    for f in fields(cls):
-        if f.name in values and isinstance(values[f.name], list):
-            values[f.name] = tuple(values[f.name])
+    values = checked_values(cls, section, {**raw, **extra})
     try:
         return cls(**values)
     except TypeError as exc:
@@ -61,6 +59,7 @@ class ExportConfig:
     opset: int = 18             # ONNX opset (>= 18)
     atol: float = 1e-4          # parity tolerance: max |onnx - torch| on a batch of another shape
     fuse: bool = False          # also write model.fused.onnx (ORT transformer fusion), parity-checked
+    fuse_atol: float = 1e-3     # parity tolerance of the fused graph (fusion reorders float math)
 
     def __post_init__(self) -> None:
         if self.opset < 18:

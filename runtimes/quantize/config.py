@@ -73,12 +73,9 @@ class QuantizeConfig:
         for key in raw:
             if key not in known:
                 raise BadInputError(f"quantize.{key}: unknown key; known keys: {', '.join(sorted(known))}")
-        values = dict(raw)
-        for key in ("op_types", "nodes_to_exclude"):
-            if key in values:
-                if not isinstance(values[key], (list, tuple)):
-                    raise BadInputError(f"quantize.{key}: expected a list of strings")
-                values[key] = tuple(str(v) for v in values[key])
+        from modelpress.config_types import checked_values
+
+        values = checked_values(cls, "quantize", dict(raw))
         try:
             return cls(**values)
         except TypeError as exc:

@@ -121,9 +121,12 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
         if t.activation in ranges:
             continue
         s = stats[t.activation]
-        if isinstance(s, TensorRange):
-            ranges[t.activation] = s
+        if isinstance(s, TensorRange):  # exact min/max of the smoothed tensor
             observed[t.activation] = (s.lo, s.hi)
+            if cfg.activation_symmetric:
+                a = max(abs(s.lo), abs(s.hi))
+                s = TensorRange(-a, a, 0.0)
+            ranges[t.activation] = s
         else:
             ranges[t.activation] = s.range(method, percentile=cfg.percentile,
                                            symmetric=cfg.activation_symmetric)
