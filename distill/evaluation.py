@@ -1,0 +1,92 @@
+"""Periodic evaluation of the student against the teacher on the held-out texts.
+
+Feature extraction: mean cosine similarity and MSE between student and teacher embeddings.
+Classification: top-1 agreement with the teacher and mean KL(teacher || student) at T = 1.
+Each process evaluates a shard; the metrics are sums reduced over processes, so the result does
+not depend on the number of processes. ``score`` orders results (higher is better) for keeping
+the best checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from distill.data import TokenizedCorpus
+from distill.distributed import DistContext
+from distill.forward import DistillModule, ModelOutputs
+from distill.precision import Precision
+from distill.teacher import TeacherTargets
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    step: int
+    metrics: dict[str, float]
+    score: tuple[float, ...]  # compared lexicographically; higher is better
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    names: tuple[str, ...]
+    sums: Callable[[ModelOutputs, ModelOutputs], torch.Tensor]  # per-metric sums over the batch
+    score: Callable[[dict[str, float]], tuple[float, ...]]
+
+
+def _embedding_sums(student: ModelOutputs, teacher: ModelOutputs) -> torch.Tensor:
+    s, t = student.sentence.float(), teacher.sentence.float()
+    cos = F.cosine_similarity(s, t, dim=-1)
+    mse = (s - t).pow(2).mean(dim=-1)
+    return torch.stack([cos.sum(), mse.sum()])
+
+
+def _logit_sums(student: ModelOutputs, teacher: ModelOutputs) -> torch.Tensor:
+    s, t = student.sentence.float(), teacher.sentence.float()
+    agree = (s.argmax(dim=-1) == t.argmax(dim=-1)).float()
+    log_t = F.log_softmax(t, dim=-1)
+    kl = (log_t.exp() * (log_t - F.log_softmax(s, dim=-1))).sum(dim=-1)
+    return torch.stack([agree.sum(), kl.sum()])
+
+
+METRICS = {
+    "embedding": MetricSpec(("cosine", "mse"), _embedding_sums, lambda m: (m["cosine"],)),
+    "logits": MetricSpec(("agreement", "kl"), _logit_sums, lambda m: (m["agreement"], -m["kl"])),
+}
+
+
+@torch.no_grad()
+def evaluate(
+    module: DistillModule,
+    teacher: TeacherTargets,
+    corpus: TokenizedCorpus,
+    indices: Sequence[int],
+    *,
+    step: int,
+    dist: DistContext,
+    precision: Precision,
+    batch_size: int,
+) -> EvalResult:
+    """Student-vs-teacher metrics over ``indices`` (all processes must call this together)."""
+    spec = METRICS[module.spec.sentence_output]
+    lengths = corpus.lengths
+    mine = sorted(indices, key=lambda i: -lengths[i])[dist.rank::dist.world_size]
+    totals = torch.zeros(len(spec.names) + 1, dtype=torch.float64)
+    was_training = module.training
+    module.eval()
+    try:
+        for start in range(0, len(mine), batch_size):
+            batch = corpus.collate(mine[start:start + batch_size])
+            target = teacher.for_batch(batch, token_level=False)
+            inputs = {k: v.to(dist.device) for k, v in batch.items()}
+            with precision.autocast():
+                student = module.student_outputs(inputs)
+            totals[:-1] += spec.sums(student, target).double().cpu()
+            totals[-1] += len(batch["index"])
+    finally:
+        module.train(was_training)
+    totals = dist.all_reduce_sum(totals)
+    count = max(totals[-1].item(), 1.0)
+    metrics = {name: totals[i].item() / count for i, name in enumerate(spec.names)}
+    return EvalResult(step=step, metrics=metrics, score=spec.score(metrics))

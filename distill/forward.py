@@ -1,0 +1,107 @@
+"""Run teacher or student on a batch and keep what the losses compare.
+
+Both sides go through :func:`run_model`, so the teacher's targets and the student's outputs are
+computed the same way: the task's sentence-level output (pooled embedding or logits), and, when a
+token-level loss needs them, per-layer hidden states and attention probabilities.
+:class:`DistillModule` is the trainable unit (student + optional width projection) that DDP wraps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.tasks import TaskOptions, TaskSpec
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """What distillation compares, for one batch."""
+
+    sentence: torch.Tensor  # [batch, dim] pooled embedding, or [batch, classes] logits
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # output of each layer, [batch, seq, hidden]
+    attentions: tuple[torch.Tensor, ...] | None = None  # each layer's [batch, heads, seq, seq]
+
+    def detach(self) -> "ModelOutputs":
+        return ModelOutputs(
+            sentence=self.sentence.detach().float(),
+            hidden_states=None if self.hidden_states is None else tuple(h.detach() for h in self.hidden_states),
+            attentions=None if self.attentions is None else tuple(a.detach() for a in self.attentions),
+        )
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, *, pooling: str, normalize: bool) -> torch.Tensor:
+    """Sentence embedding from token states: mean over real tokens, or the first token; optional L2."""
+    if pooling == "cls":
+        emb = hidden[:, 0].float()
+    else:
+        mask = attention_mask.unsqueeze(-1).float()
+        emb = (hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
+    return F.normalize(emb, p=2, dim=-1) if normalize else emb
+
+
+def run_model(
+    model: nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    *,
+    spec: TaskSpec,
+    options: TaskOptions,
+    need_hidden: bool = False,
+    need_attentions: bool = False,
+) -> ModelOutputs:
+    """One forward pass of a transformers model, reduced to :class:`ModelOutputs`."""
+    feed = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
+    out = model(**feed, output_hidden_states=need_hidden, output_attentions=need_attentions, return_dict=True)
+    if spec.sentence_output == "logits":
+        sentence = out.logits
+    else:
+        sentence = pool(out.last_hidden_state, feed["attention_mask"], pooling=options.pooling,
+                        normalize=options.normalize)
+    hidden = tuple(out.hidden_states[1:]) if need_hidden else None  # [0] is the embedding output
+    attentions = tuple(out.attentions) if need_attentions else None
+    if need_attentions and (not attentions or any(a is None for a in attentions)):
+        raise RuntimeError("model returned no attention probabilities; load it with attn_implementation='eager'")
+    return ModelOutputs(sentence=sentence, hidden_states=hidden, attentions=attentions)
+
+
+class DistillModule(nn.Module):
+    """The student plus, when its width differs from the teacher's, the linear map that lifts its
+    hidden states for the hidden-state loss (TinyBERT's W_h; trained, checkpointed, not exported)."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        *,
+        spec: TaskSpec,
+        options: TaskOptions,
+        teacher_hidden_size: int,
+        need_hidden: bool,
+        need_attentions: bool,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.spec = spec
+        self.options = options
+        self.need_hidden = need_hidden
+        self.need_attentions = need_attentions
+        width = student.config.hidden_size
+        self.projection = (
+            nn.Linear(width, teacher_hidden_size) if need_hidden and width != teacher_hidden_size else None
+        )
+
+    def student_outputs(self, inputs: Mapping[str, torch.Tensor]) -> ModelOutputs:
+        """The student's sentence-level output only (evaluation; bypasses DDP)."""
+        return run_model(self.student, inputs, spec=self.spec, options=self.options)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> ModelOutputs:
+        out = run_model(self.student, inputs, spec=self.spec, options=self.options,
+                        need_hidden=self.need_hidden, need_attentions=self.need_attentions)
+        if self.projection is not None and out.hidden_states is not None:
+            out = ModelOutputs(sentence=out.sentence, attentions=out.attentions,
+                               hidden_states=tuple(self.projection(h) for h in out.hidden_states))
+        return out

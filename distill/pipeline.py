@@ -1,0 +1,137 @@
+"""Entry point of the distillation stage: recipe section in, student HF folder out.
+
+``run_distillation`` is what ``modelpress distill`` / ``modelpress run`` call, in one process or
+in each process started by ``torchrun`` (it joins the process group itself). It wires the pieces
+of this package together: teacher → student → corpus → teacher targets → trainer → folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from distill.checkpoint import CheckpointDir, fingerprint
+from distill.config import DistillConfig
+from distill.data import load_corpus, split_indices, tokenize_corpus
+from distill.distributed import distributed_context
+from distill.forward import DistillModule
+from distill.objective import DistillObjective
+from distill.output import write_student_folder
+from distill.precision import resolve_precision
+from distill.sampler import DistributedBatchSampler
+from distill.student import build_student
+from distill.tasks import get_task
+from distill.teacher import TeacherTargets, load_teacher
+from distill.trainer import Trainer, TrainPlan, say
+from modelpress.errors import BadInputError
+
+STUDENT_DIR = "student"
+CHECKPOINT_DIR = "distill_ckpt"
+_NOT_IN_FINGERPRINT = ("enabled", "data", "save_every")  # data enters through its content hash
+
+
+def _load_tokenizer(ref: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(ref)
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"teacher '{ref}': cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
+
+
+def run_distillation(
+    cfg: DistillConfig,
+    *,
+    teacher: str,
+    task: str,
+    task_options: Mapping[str, Any] | None = None,
+    out_dir: Path,
+    on_step: Callable[[int], None] | None = None,
+) -> Path:
+    """Distil ``teacher`` into the student ``cfg`` names; return ``out_dir / "student"``.
+
+    ``teacher`` is a resolved model reference (folder or hub id), ``task`` is
+    ``feature-extraction`` (``task_options``: ``pooling`` mean|cls, ``normalize``) or
+    ``text-classification``. Checkpoints live in ``out_dir / "distill_ckpt"``; a run with the same
+    configuration, teacher and data resumes from them. Under torchrun every process calls this;
+    only rank 0 writes, and every process returns the path once the folder exists. ``on_step``
+    is called with the optimizer step after each step (progress hooks, fault-injection tests).
+    """
+    if not cfg.enabled:
+        raise BadInputError("distill.enabled: distillation is switched off in this recipe")
+    spec = get_task(task)
+    options = spec.parse_options(task_options)
+    weights = spec.resolve_weights(cfg.losses, has_labels=cfg.label_field is not None)
+    out_dir = Path(out_dir)
+    ckpt = CheckpointDir(out_dir / CHECKPOINT_DIR)
+    attn = "eager" if weights["attention_kl"] > 0 else None  # only eager attention returns the maps
+
+    with distributed_context() as dist:
+        precision = resolve_precision(cfg.precision, dist.device)
+        tokenizer = _load_tokenizer(teacher)
+        teacher_model = load_teacher(teacher, spec, attn_implementation=attn)
+        build = build_student(cfg, teacher_model, spec, tokenizer=tokenizer, attn_implementation=attn)
+        teacher_width = teacher_model.config.hidden_size
+        same_width = build.model.config.hidden_size == teacher_width
+        if not same_width and (weights["embedding_mse"] > 0 or weights["embedding_cos"] > 0):
+            raise BadInputError(
+                "distill.student: a feature-extraction student must keep the teacher's hidden size "
+                f"({teacher_width}); its embeddings are compared with the teacher's"
+            )
+        corpus = tokenize_corpus(
+            tokenizer,
+            load_corpus(cfg, label2id=getattr(teacher_model.config, "label2id", None),
+                        num_labels=getattr(teacher_model.config, "num_labels", 0)),
+            max_length=cfg.max_length,
+        )
+        train_indices, eval_indices = split_indices(len(corpus), cfg.eval_fraction, seed=cfg.seed)
+        sampler = DistributedBatchSampler(
+            train_indices, corpus.lengths, global_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
+            world_size=dist.world_size, rank=dist.rank, seed=cfg.seed, group_by_length=cfg.group_by_length,
+        )
+        plan = TrainPlan.from_config(cfg, steps_per_epoch=sampler.steps_per_epoch, has_eval=bool(eval_indices))
+        objective = DistillObjective(weights, temperature=cfg.temperature, layer_map=build.layer_map)
+        torch.manual_seed(cfg.seed)  # the width projection starts identical on every process
+        module = DistillModule(build.model, spec=spec, options=options, teacher_hidden_size=teacher_width,
+                               need_hidden=objective.needs_hidden, need_attentions=objective.needs_attentions)
+        targets = TeacherTargets(teacher_model, spec=spec, options=options, precision=precision,
+                                 device=dist.device, need_hidden=objective.needs_hidden,
+                                 need_attentions=objective.needs_attentions)
+        task_key = {"teacher": teacher, "task": task, "options": vars(options), "corpus": corpus.fingerprint}
+        run_config = {k: v for k, v in cfg.to_json_dict().items() if k not in _NOT_IN_FINGERPRINT}
+        run_fingerprint = fingerprint({**task_key, "config": run_config})
+        if dist.is_main:
+            say(f"distill: {len(train_indices)} train / {len(eval_indices)} eval texts, {plan.total_steps} steps "
+                f"({plan.steps_per_epoch} per epoch), global batch {cfg.batch_size} on {dist.world_size} "
+                f"process(es), {precision.name}, losses {objective.weights}")
+            if ckpt.last.exists() and ckpt.load_last(run_fingerprint) is None:
+                say(f"distill: {ckpt.root} belongs to a different configuration or data; starting over")
+                ckpt.clear()
+        dist.barrier()
+        if cfg.cache_teacher and not objective.needs_token_targets:
+            targets.build_cache(corpus, path=ckpt.teacher_cache, dist=dist, batch_size=cfg.batch_size,
+                                fingerprint=fingerprint({**task_key, "precision": precision.name,
+                                                         "max_length": cfg.max_length}))
+        trainer = Trainer(module=module, objective=objective, teacher=targets, corpus=corpus, sampler=sampler,
+                          eval_indices=eval_indices, plan=plan, cfg=cfg, dist=dist, precision=precision,
+                          ckpt=ckpt, fingerprint=run_fingerprint, on_step=on_step)
+        state = trainer.train()
+        dest = out_dir / STUDENT_DIR
+        if dist.is_main:
+            student = build.model
+            if state.best_step is not None:
+                student.load_state_dict(ckpt.load_best())
+            summary = {
+                "teacher": teacher, "task": task, "task_options": vars(options),
+                "kept_layers": list(build.kept_layers) if build.kept_layers else None,
+                "layer_map": list(build.layer_map), "steps": state.step, "best_step": state.best_step,
+                "evaluations": state.history, "world_size": dist.world_size, "precision": precision.name,
+                "config": cfg.to_json_dict(),
+            }
+            write_student_folder(student.cpu(), tokenizer, dest=dest, teacher_ref=teacher,
+                                 same_width=same_width, summary=summary)
+            say(f"distill: student written to {dest}"
+                + (f" (best at step {state.best_step})" if state.best_step is not None else ""))
+        dist.barrier()
+    return dest
