@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 RECIPE ?= configs/minilm.toml
+# the demo: MiniLM → int8 (gate 0.5 points), then MiniLM → distilled 3-layer student → int8
+DEMO_RECIPES ?= configs/minilm.toml configs/minilm-distill.toml
 NAME   ?= $(shell sed -n 's/^name *= *"\(.*\)"/\1/p' $(RECIPE) | head -1)
 RUN_DIR ?= artifacts/$(NAME)
 MAX_DROP ?=
@@ -23,10 +25,11 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-demo: setup  ## the full pipeline on the packaged all-MiniLM-L6-v2
-	$(PY) -m modelpress run $(RECIPE)
+demo: setup  ## the full pipeline on the packaged all-MiniLM-L6-v2 (plain int8, then distilled)
+	@for r in $(DEMO_RECIPES); do echo "== modelpress run $$r" >&2; $(PY) -m modelpress run $$r || exit $$?; done
 
-run: demo
+run: setup
+	$(PY) -m modelpress run $(RECIPE)
 
 test: setup
 	$(PY) -m pytest -q

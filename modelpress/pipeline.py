@@ -177,6 +177,11 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     deployed_model = teacher_model
     if recipe.distill_enabled:
         deployed_model = distill_stage(recipe, teacher_ref, head, out_dir, paths)
+    elif recipe.student is not None:
+        log.info("deploying the student %s", recipe.student)
+        deployed_model, _ = load_model_and_tokenizer(resolve_model_ref(recipe.student), head,
+                                                     trust_remote_code=recipe.trust_remote_code)
+    students = recipe.distill_enabled or recipe.student is not None
 
     from export.onnx_export import export_onnx
 
@@ -220,7 +225,15 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
         engines = list(build_engines(staging, recipe.engine))
 
     log.info("validating against the fp32 teacher")
-    candidates = [fp32_onnx_predictor(paths.model_onnx, head, tokenizer, threads=v.threads, max_length=v.max_length)]
+    candidates = []
+    subset = _untrained_subset(recipe, teacher_model) if recipe.distill_enabled else None
+    if subset is not None:  # what distillation started from, to show what it bought
+        candidates.append(teacher_predictor(subset, tokenizer, head, exported.input_names, threads=v.threads,
+                                            max_length=v.max_length, name="untrained-subset-fp32"))
+        candidates[-1].runner.__enter__()
+    candidates.append(fp32_onnx_predictor(paths.model_onnx, head, tokenizer, threads=v.threads,
+                                          max_length=v.max_length,
+                                          name="student-onnx-fp32" if students else "onnx-fp32"))
     if paths.model_plan.is_file():
         from runtimes.tensorrt.runner import TensorRTRunner
 
@@ -247,6 +260,17 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     return RunOutcome(final, GateResult(**report["gate"]))
 
 
+def _untrained_subset(recipe: Recipe, teacher_model):
+    """The layer-subset student before training (None for other kinds of student)."""
+    from distill.student import build_layer_subset, evenly_spaced_layers
+
+    cfg = recipe.distill
+    layers = cfg.layers
+    if layers is None and cfg.num_layers is not None:
+        layers = evenly_spaced_layers(teacher_model.config.num_hidden_layers, cfg.num_layers)
+    return None if layers is None else build_layer_subset(teacher_model, layers).eval()
+
+
 def _auto_evaluator(recipe: Recipe, es, head, tokenizer, teacher_model, input_names):
     v = recipe.validate
     teacher = teacher_predictor(teacher_model, tokenizer, head, input_names, threads=v.threads,
@@ -270,6 +294,10 @@ def write_analysis(errors: list, paths: RunPaths, *, top: int = 15) -> dict[str,
             "plot": str(plot.relative_to(paths.root)) if plot else None}
 
 
+def _distill_task_options(head) -> dict:
+    return {k: v for k, v in head.describe().items() if k != "task"}
+
+
 def distill_stage(recipe: Recipe, teacher_ref: str, head, out_dir: Path, paths: RunPaths):
     """Train (or reuse) the student, copy it into the bundle, return it loaded for export."""
     from distill.pipeline import run_distillation
@@ -277,7 +305,7 @@ def distill_stage(recipe: Recipe, teacher_ref: str, head, out_dir: Path, paths: 
 
     work = out_dir / f"{recipe.name}.distill"
     student_dir = run_distillation(recipe.distill, teacher=teacher_ref, task=recipe.task,
-                                   task_options=head.describe(), out_dir=work)
+                                   task_options=_distill_task_options(head), out_dir=work)
     shutil.copytree(student_dir, paths.student)
     student, _ = _load(str(paths.student), head)
     return student
@@ -293,7 +321,8 @@ def run_distill_only(recipe: Recipe, out_dir: Path) -> Path:
     head = make_head(recipe.task, model_dir=teacher_ref if Path(teacher_ref).is_dir() else None,
                      options=recipe.task_options)
     return run_distillation(recipe.distill, teacher=teacher_ref, task=recipe.task,
-                            task_options=head.describe(), out_dir=Path(out_dir) / f"{recipe.name}.distill")
+                            task_options=_distill_task_options(head),
+                            out_dir=Path(out_dir) / f"{recipe.name}.distill")
 
 
 def analyze_run(run_dir: Path, out_dir: Path):

@@ -121,6 +121,7 @@ class GateConfig:
 class Recipe:
     name: str
     teacher: str                # hub id | local folder | package:<module shipping an HF folder>
+    student: str | None = None  # an already-trained student to deploy instead of the teacher (no [distill])
     task: str = "feature-extraction"   # | "text-classification"
     trust_remote_code: bool = False    # let transformers run code shipped with the model
     seed: int = 0
@@ -136,6 +137,8 @@ class Recipe:
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)  # as parsed, for the manifest
 
     def __post_init__(self) -> None:
+        if self.student is not None and self.distill_enabled:
+            raise BadInputError("student: a recipe names a ready student or distills one ([distill] enabled), not both")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise BadInputError(f"name: expected a plain folder name, got {self.name!r}")
         if self.task not in TASKS:
@@ -159,7 +162,7 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-TOP_LEVEL = {"name", "teacher", "task", "trust_remote_code", "seed"}
+TOP_LEVEL = {"name", "teacher", "student", "task", "trust_remote_code", "seed"}
 SECTIONS = {"task_options", "distill", "export", "calibration", "quantize", "validate", "gate", "engine"}
 
 
@@ -239,6 +242,11 @@ def recipe_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> Reci
     teacher = str(raw["teacher"])
     if not teacher.startswith("package:"):
         teacher = resolve_path(teacher, base_dirs)
+    student = raw.get("student")
+    if student is not None:
+        student = str(student)
+        if not student.startswith("package:"):
+            student = resolve_path(student, base_dirs)
 
     distill_raw = _section("distill", raw.get("distill"))
     distill_cfg = None
@@ -246,7 +254,7 @@ def recipe_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> Reci
         from distill.config import DistillConfig
         if "data" in distill_raw:
             distill_raw["data"] = resolve_path(str(distill_raw["data"]), base_dirs)
-        distill_cfg = DistillConfig.from_dict(distill_raw, base_dir=Path.cwd())
+        distill_cfg = DistillConfig.from_dict(distill_raw, base_dir=base_dirs[1] if source is not None else Path.cwd())
     engine_raw = _section("engine", raw.get("engine"))
     engine_cfg = None
     if engine_raw:
@@ -256,6 +264,7 @@ def recipe_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> Reci
     return Recipe(
         name=str(raw["name"]),
         teacher=teacher,
+        student=student,
         task=str(raw.get("task", "feature-extraction")),
         trust_remote_code=bool(raw.get("trust_remote_code", False)),
         seed=int(raw.get("seed", 0)),
