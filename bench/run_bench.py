@@ -46,9 +46,9 @@ def stsb_test():
     return load_eval_set(ROOT / "calibration_data" / "en_eval.jsonl")
 
 
-def build_variants(work: Path, threads: int, teacher_ref: str, head, model, tokenizer, input_names):
+def build_variants(work: Path, threads: int, teacher_ref: str, head, model, tokenizer, input_names,
+                   student=None):
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from modelpress.inference import Predictor
     from runtimes.onnxruntime_runner import OnnxRuntimeRunner
@@ -69,11 +69,35 @@ def build_variants(work: Path, threads: int, teacher_ref: str, head, model, toke
     qmodel = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     preds["torch-dyn-int8"] = Predictor(TorchRunner(qmodel, input_names=input_names, output_name=head.output_name,
                                                     output_fn=head.torch_output, name="torch-dyn-int8"), head, tokenizer)
+    if student is not None:  # a distilled student: fp32 eager and our int8, against the same teacher
+        preds["student-pytorch-fp32"] = Predictor(TorchRunner(student, input_names=input_names,
+                                                              output_name=head.output_name,
+                                                              output_fn=head.torch_output,
+                                                              name="student-pytorch-fp32"), head, tokenizer)
+        files["student-modelpress-int8"] = work / "student.int8.onnx"
     for name, path in files.items():
         preds[name] = Predictor(OnnxRuntimeRunner(path, threads=threads, name=name), head, tokenizer)
     for p in preds.values():
         p.runner.__enter__()
     return preds
+
+
+def prepare_student(work: Path, student_dir: str, head, input_names):
+    """Export and quantize (ours, defaults, the project's corpus) a distilled student."""
+    from calibration_data.feeds import TokenizedFeed
+    from calibration_data.loaders import load_texts, sample
+    from export.onnx_export import export_onnx
+    from modelpress.models import load_model_and_tokenizer
+    from runtimes.quantize.config import QuantizeConfig
+    from runtimes.quantize.static import quantize_static
+
+    student, tokenizer = load_model_and_tokenizer(student_dir, head)
+    res = export_onnx(student, tokenizer, work / "student.onnx", head=head)
+    texts = sample(load_texts(ROOT / "calibration_data" / "en_default.txt"), 512)
+    quantize_static(work / "student.onnx", work / "student.int8.onnx",
+                    TokenizedFeed(texts, tokenizer, batch_size=16, max_length=128, input_names=res.input_names),
+                    QuantizeConfig())
+    return student
 
 
 def prepare_models(work: Path, teacher_ref, head, model, tokenizer):
@@ -144,10 +168,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds-b32", type=int, default=10)
     ap.add_argument("--rounds-real", type=int, default=3)
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--student", default=None, help="a distilled student folder: adds its fp32 and int8 rows")
     ap.add_argument("--out", default=str(RESULTS / "bench.json"))
     args = ap.parse_args(argv)
 
-    from modelpress.inference import Predictor
     from modelpress.models import load_model_and_tokenizer, resolve_model_ref
     from modelpress.tasks import make_head
     from validate import metrics as M
@@ -163,8 +187,9 @@ def main(argv=None) -> int:
         work = Path(tmp)
         input_names, summary, qseconds = prepare_models(work, teacher_ref, head, model, tokenizer)
         result["modelpress_quantize_seconds"] = round(qseconds, 1)
+        student = prepare_student(work, args.student, head, input_names) if args.student else None
         for threads in args.threads:
-            preds = build_variants(work, threads, teacher_ref, head, model, tokenizer, input_names)
+            preds = build_variants(work, threads, teacher_ref, head, model, tokenizer, input_names, student)
             some = preds["pytorch-fp32"]
             b1 = [some.encode(texts[:1], pad_to=128)]
             b32 = [some.encode(texts[:32], pad_to=128)]
@@ -218,12 +243,12 @@ def main(argv=None) -> int:
 
 def print_table(threads: int, rows: dict) -> None:
     print(f"\n== {threads} thread(s); latency = time ratio (< 1 is faster) ==")
-    hdr = (f"{'variant':<20}{'b1 ms':>8}{'p95':>8}{'÷torch':>8}{'÷ortdyn':>8}"
+    hdr = (f"{'variant':<25}{'b1 ms':>8}{'p95':>8}{'÷torch':>8}{'÷ortdyn':>8}"
            f"{'b32 ms':>9}{'p95':>8}{'÷torch':>8}{'÷ortdyn':>8}{'real s':>8}{'÷torch':>8}{'÷ortdyn':>8}"
            f"{'cos':>8}{'ρ':>7}")
     print(hdr)
     for name, r in rows.items():
-        print(f"{name:<20}{r['b1_median_ms']:>8.2f}{r['b1_p95_ms']:>8.2f}{r['b1_vs_pytorch']:>8.3f}{r['b1_vs_ort_dyn']:>8.3f}"
+        print(f"{name:<25}{r['b1_median_ms']:>8.2f}{r['b1_p95_ms']:>8.2f}{r['b1_vs_pytorch']:>8.3f}{r['b1_vs_ort_dyn']:>8.3f}"
               f"{r['b32_median_ms']:>9.1f}{r['b32_p95_ms']:>8.1f}{r['b32_vs_pytorch']:>8.3f}{r['b32_vs_ort_dyn']:>8.3f}"
               f"{r['real_median_s']:>8.3f}{r['real_vs_pytorch']:>8.3f}{r['real_vs_ort_dyn']:>8.3f}"
               f"{r.get('mean_cosine', float('nan')):>8.4f}{r.get('spearman', float('nan')):>7.2f}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from modelpress.recipe import Recipe
 from modelpress.tasks import make_head
 from runtimes.onnxruntime_runner import OnnxRuntimeRunner
 from runtimes.quantize.config import QuantizeConfig
-from runtimes.quantize.static import QuantizeSummary, quantize_static
+from runtimes.quantize.static import QuantizeSummary
 from runtimes.torch_runner import TorchRunner
 from validate.compare import evaluate, file_size_mb, ratios
 from validate.evalsets import load_eval_set

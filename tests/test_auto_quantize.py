@@ -25,7 +25,7 @@ MAX_DROP = 0.05  # points of mean cosine × 100
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, vocab_file):
     import torch
-    from transformers import AutoTokenizer, BertModel
+    from transformers import BertModel
 
     from export.onnx_export import export_onnx
     from modelpress.models import load_model_and_tokenizer

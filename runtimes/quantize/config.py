@@ -7,7 +7,7 @@ accepts: symmetric int8 activations and weights, zero point 0 (TensorRT supports
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from modelpress.errors import BadInputError
