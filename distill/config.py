@@ -27,7 +27,8 @@ from typing import Any, Mapping
 from modelpress.errors import BadInputError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-LOSS_NAMES = ("embedding_mse", "embedding_cos", "kl", "ce", "hidden_mse", "attention_kl")
+LAYER_SELECTIONS = ("agreement", "spread")
+LOSS_NAMES = ("embedding_mse", "embedding_cos", "similarity_mse", "kl", "ce", "hidden_mse", "attention_kl")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class LossWeights:
 
     embedding_mse: float | None = None  # MSE between pooled student and teacher embeddings
     embedding_cos: float | None = None  # 1 - cosine between pooled student and teacher embeddings
+    similarity_mse: float | None = None  # MSE between in-batch cosine-similarity matrices
     kl: float | None = None  # soft-target KL(teacher || student) on logits, scaled by temperature²
     ce: float | None = None  # cross-entropy of student logits against hard labels (label_field)
     hidden_mse: float | None = None  # MSE of each student layer's output vs its mapped teacher layer
@@ -94,6 +96,7 @@ class DistillConfig:
     num_layers: int | None = None  # keep this many evenly spaced teacher layers (6 → 3 keeps 0, 2, 4)
     student: str | None = None  # folder / hub id / package:<name> of another model, or of a config only
     student_config: Mapping[str, Any] | None = None  # teacher config overrides → randomly initialised
+    layer_selection: str = "agreement"  # num_layers: "agreement" (scored on held-out texts) | "spread"
     layer_map: tuple[int, ...] | None = None  # teacher layer each student layer imitates (hidden/attn losses)
     dropout: float | None = 0.0  # dropout while distilling (None: the model's own); the saved config keeps its own
     freeze_embeddings: bool = True  # keep the teacher's token-embedding matrix (pretrained students only)
@@ -114,7 +117,8 @@ class DistillConfig:
     eval_fraction: float = 0.02  # held-out share of the corpus for evaluation against the teacher (0: off)
     eval_every: int = 0  # evaluate every N optimizer steps (0: at the end of each epoch); best is kept
     save_every: int = 200  # write a resumable checkpoint every N optimizer steps (and at the end)
-    cache_teacher: bool = True  # compute sentence-level teacher targets once, keep them on disk
+    cache_teacher: bool = True  # compute teacher targets once, keep them on disk (see cache_teacher_max_mb)
+    cache_teacher_max_mb: float = 4096.0  # hidden_mse: cache the mapped layers' token states when they fit
     seed: int = 0  # data order, splits and initialisation of new parameters
 
     def __post_init__(self) -> None:
@@ -137,6 +141,10 @@ class DistillConfig:
                 raise BadInputError(
                     f"distill.layers: expected increasing, distinct layer indices >= 0, got {list(self.layers)}"
                 )
+        if self.layer_selection not in LAYER_SELECTIONS:
+            raise BadInputError(
+                f"distill.layer_selection: expected one of {', '.join(LAYER_SELECTIONS)}, got {self.layer_selection!r}"
+            )
         if self.layer_map is not None and any(i < 0 for i in self.layer_map):
             raise BadInputError(f"distill.layer_map: layer indices must be >= 0, got {list(self.layer_map)}")
         if self.precision not in PRECISIONS:
@@ -145,6 +153,8 @@ class DistillConfig:
             )
         if not 0.0 <= self.eval_fraction < 1.0:
             raise BadInputError(f"distill.eval_fraction: must be in [0, 1), got {self.eval_fraction}")
+        if self.cache_teacher_max_mb < 0:
+            raise BadInputError(f"distill.cache_teacher_max_mb: must be >= 0, got {self.cache_teacher_max_mb}")
         if not 0.0 <= self.warmup_ratio <= 1.0:
             raise BadInputError(f"distill.warmup_ratio: must be in [0, 1], got {self.warmup_ratio}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
@@ -280,6 +290,7 @@ _PARSERS = {
     "num_layers": _optional(_as_int),
     "student": _optional(_as_model_ref),
     "student_config": _optional(_as_table),
+    "layer_selection": _as_str,
     "layer_map": _optional(_as_int_list),
     "dropout": _optional(_as_float),
     "freeze_embeddings": _as_bool,
@@ -299,6 +310,7 @@ _PARSERS = {
     "eval_every": _as_int,
     "save_every": _as_int,
     "cache_teacher": _as_bool,
+    "cache_teacher_max_mb": _as_float,
     "seed": _as_int,
 }
 assert set(_PARSERS) == {f.name for f in dataclasses.fields(DistillConfig)}

@@ -16,6 +16,7 @@ from distill.losses import (
     embedding_mse,
     hard_label_ce,
     hidden_state_mse,
+    similarity_mse,
     soft_target_kl,
 )
 
@@ -59,6 +60,7 @@ def _mapped(objective: DistillObjective, teacher_layers: Sequence[torch.Tensor])
 LOSSES = {
     "embedding_mse": lambda o, s, t, b: embedding_mse(s.sentence, t.sentence),
     "embedding_cos": lambda o, s, t, b: embedding_cosine(s.sentence, t.sentence),
+    "similarity_mse": lambda o, s, t, b: similarity_mse(s.sentence, t.sentence),
     "kl": lambda o, s, t, b: soft_target_kl(s.sentence, t.sentence, o.temperature),
     "ce": lambda o, s, t, b: hard_label_ce(s.sentence, b["labels"]),
     "hidden_mse": lambda o, s, t, b: hidden_state_mse(s.hidden_states, _mapped(o, t.hidden_states),

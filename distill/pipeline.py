@@ -6,6 +6,7 @@ of this package together: teacher → student → corpus → teacher targets →
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -16,6 +17,7 @@ from distill.config import DistillConfig
 from distill.data import load_corpus, split_indices, tokenize_corpus
 from distill.distributed import distributed_context
 from distill.forward import DistillModule
+from distill.layer_selection import choose_layers
 from distill.objective import DistillObjective
 from distill.output import write_student_folder
 from distill.precision import resolve_precision
@@ -71,14 +73,6 @@ def run_distillation(
         precision = resolve_precision(cfg.precision, dist.device)
         tokenizer = _load_tokenizer(teacher)
         teacher_model = load_teacher(teacher, spec, attn_implementation=attn)
-        build = build_student(cfg, teacher_model, spec, tokenizer=tokenizer, attn_implementation=attn)
-        teacher_width = teacher_model.config.hidden_size
-        same_width = build.model.config.hidden_size == teacher_width
-        if not same_width and (weights["embedding_mse"] > 0 or weights["embedding_cos"] > 0):
-            raise BadInputError(
-                "distill.student: a feature-extraction student must keep the teacher's hidden size "
-                f"({teacher_width}); its embeddings are compared with the teacher's"
-            )
         corpus = tokenize_corpus(
             tokenizer,
             load_corpus(cfg, label2id=getattr(teacher_model.config, "label2id", None),
@@ -86,6 +80,25 @@ def run_distillation(
             max_length=cfg.max_length,
         )
         train_indices, eval_indices = split_indices(len(corpus), cfg.eval_fraction, seed=cfg.seed)
+        student_cfg, choice = cfg, None
+        if cfg.num_layers is not None and cfg.layer_selection == "agreement":
+            choice = choose_layers(teacher_model, num_layers=cfg.num_layers, spec=spec, options=options,
+                                   corpus=corpus, indices=eval_indices + train_indices, dist=dist,
+                                   precision=precision, batch_size=cfg.batch_size)
+            student_cfg = dataclasses.replace(cfg, layers=choice.layers, num_layers=None)
+            if dist.is_main:
+                best = choice.candidates[0]
+                shown = ", ".join(f"{k}={v:.4g}" for k, v in best.items() if k != "layers")
+                say(f"distill: layer_selection = agreement: keeping teacher layers {list(choice.layers)} "
+                    f"({shown} untrained; best of {len(choice.candidates)} subsets)")
+        build = build_student(student_cfg, teacher_model, spec, tokenizer=tokenizer, attn_implementation=attn)
+        teacher_width = teacher_model.config.hidden_size
+        same_width = build.model.config.hidden_size == teacher_width
+        if not same_width and (weights["embedding_mse"] > 0 or weights["embedding_cos"] > 0):
+            raise BadInputError(
+                "distill.student: a feature-extraction student must keep the teacher's hidden size "
+                f"({teacher_width}); its embeddings are compared with the teacher's"
+            )
         sampler = DistributedBatchSampler(
             train_indices, corpus.lengths, global_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
             world_size=dist.world_size, rank=dist.rank, seed=cfg.seed, group_by_length=cfg.group_by_length,
@@ -97,7 +110,7 @@ def run_distillation(
                                need_hidden=objective.needs_hidden, need_attentions=objective.needs_attentions)
         targets = TeacherTargets(teacher_model, spec=spec, options=options, precision=precision,
                                  device=dist.device, need_hidden=objective.needs_hidden,
-                                 need_attentions=objective.needs_attentions)
+                                 need_attentions=objective.needs_attentions, hidden_layers=build.layer_map)
         task_key = {"teacher": teacher, "task": task, "options": vars(options), "corpus": corpus.fingerprint}
         run_config = {k: v for k, v in cfg.to_json_dict().items() if k not in _NOT_IN_FINGERPRINT}
         run_fingerprint = fingerprint({**task_key, "config": run_config})
@@ -109,10 +122,14 @@ def run_distillation(
                 say(f"distill: {ckpt.root} belongs to a different configuration or data; starting over")
                 ckpt.clear()
         dist.barrier()
-        if cfg.cache_teacher and not objective.needs_token_targets:
+        if cfg.cache_teacher and not objective.needs_attentions:
             targets.build_cache(corpus, path=ckpt.teacher_cache, dist=dist, batch_size=cfg.batch_size,
+                                max_token_mb=cfg.cache_teacher_max_mb,
                                 fingerprint=fingerprint({**task_key, "precision": precision.name,
                                                          "max_length": cfg.max_length}))
+            if dist.is_main and objective.needs_hidden and targets.token_cache is None:
+                say(f"distill: the teacher's hidden states would take more than cache_teacher_max_mb = "
+                    f"{cfg.cache_teacher_max_mb:g} MB; the teacher runs live for hidden_mse")
         trainer = Trainer(module=module, objective=objective, teacher=targets, corpus=corpus, sampler=sampler,
                           eval_indices=eval_indices, plan=plan, cfg=cfg, dist=dist, precision=precision,
                           ckpt=ckpt, fingerprint=run_fingerprint, on_step=on_step)
@@ -125,7 +142,8 @@ def run_distillation(
             summary = {
                 "teacher": teacher, "task": task, "task_options": vars(options),
                 "kept_layers": list(build.kept_layers) if build.kept_layers else None,
-                "layer_map": list(build.layer_map), "steps": state.step, "best_step": state.best_step,
+                "layer_map": list(build.layer_map),
+                "layer_candidates": list(choice.candidates) if choice is not None else None, "steps": state.step, "best_step": state.best_step,
                 "evaluations": state.history, "world_size": dist.world_size, "precision": precision.name,
                 "config": cfg.to_json_dict(),
             }

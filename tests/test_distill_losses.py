@@ -13,6 +13,7 @@ from distill.losses import (
     embedding_mse,
     hard_label_ce,
     hidden_state_mse,
+    similarity_mse,
     soft_target_kl,
 )
 from distill.objective import DistillObjective
@@ -63,6 +64,22 @@ def test_embedding_mse_and_cosine_match_hand_computation():
     expected = ((1 - cos(s[0], t[0])) + (1 - cos(s[1], t[1]))) / 2  # (1 - 4/5) and (1 - 9/15): 0.3
     assert embedding_cosine(torch.tensor(s), torch.tensor(t)).item() == pytest.approx(expected, rel=1e-6)
     assert expected == pytest.approx(0.3)
+
+
+def test_similarity_mse_matches_hand_computation():
+    s = [[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]]
+    t = [[1.0, 1.0], [0.0, 1.0], [1.0, 0.0]]
+
+    def cos(a, b):
+        return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+    expected = sum((cos(s[i], s[j]) - cos(t[i], t[j])) ** 2 for i in range(3) for j in range(3)) / 9
+    # off-diagonal pairs: (0 − 0.7071)², (0.6 − 0.7071)², (0.8 − 0)², each twice; the diagonal is 0
+    assert expected == pytest.approx(2 * (0.5 + 0.011472 + 0.64) / 9, rel=1e-4)
+    assert similarity_mse(torch.tensor(s), torch.tensor(t)).item() == pytest.approx(expected, rel=1e-6)
+    # only directions count: rescaled embeddings give the same similarities
+    scaled = torch.tensor(s) * torch.tensor([[2.0], [0.5], [7.0]])
+    assert similarity_mse(scaled, torch.tensor(s)).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_hidden_state_mse_averages_each_sample_over_its_real_tokens():

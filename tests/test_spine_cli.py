@@ -376,3 +376,44 @@ def test_validate_command(cli_quantize, tiny_bert, data_files, stages):
     assert r["models"]["candidate"]["metrics"]["mean_cosine"] > 0.999
     assert r["models"]["candidate"]["size_mb"] == round(cli_quantize[1].stat().st_size / 2**20, 2)
     assert (out / "report.md").is_file()
+
+
+# -- run with a distillation stage --------------------------------------------------------------------------
+def test_run_with_distillation_reports_the_subset_it_started_from(data_files, tmp_path):
+    """The report's ``untrained-subset-fp32`` row is the subset distillation actually kept (chosen by
+    ``layer_selection = "agreement"``), not the evenly spaced one (a bug this test caught)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from distill.forward import pool
+    from distill.student import build_layer_subset
+    from distill.testing import make_teacher
+    from validate.evalsets import load_eval_set
+
+    teacher_dir = make_teacher(tmp_path / "teacher", num_layers=4, initializer_range=0.3, seed=2)
+    recipe = write_recipe(tmp_path / "d.toml", {"name": "d", "teacher": str(teacher_dir)}, {
+        "distill": {"data": str(data_files.calibration_txt), "num_layers": 2, "max_steps": 3, "batch_size": 8,
+                    "eval_fraction": 0.2},
+        "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+        "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE},
+        "gate": {"max_drop": 100.0},
+    })
+    proc = cli("run", recipe, "--out", tmp_path / "out")
+    assert proc.returncode == 0, _explain(proc)
+    root = tmp_path / "out" / "d"
+    report = json.loads((root / "report.json").read_text(encoding="utf-8"))
+    assert list(report["models"]) == ["teacher", "untrained-subset-fp32", "student-onnx-fp32", "int8"]
+    kept = json.loads((root / "student" / "distill.json").read_text(encoding="utf-8"))["kept_layers"]
+    assert kept != [0, 2]  # agreement chose other layers than the evenly spaced ones on this teacher
+
+    texts = list(load_eval_set(data_files.pairs_jsonl).texts)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    teacher = AutoModel.from_pretrained(teacher_dir).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=FAST_VALIDATE["max_length"],
+                      return_tensors="pt")
+    with torch.no_grad():
+        def embed(model):
+            return pool(model(**batch).last_hidden_state, batch["attention_mask"], pooling="mean", normalize=True)
+        cos = (embed(teacher) * embed(build_layer_subset(teacher, kept).eval())).sum(-1).mean().item()
+    row = report["models"]["untrained-subset-fp32"]["metrics"]
+    assert row["mean_cosine"] == pytest.approx(cos, abs=1e-4)
