@@ -9,7 +9,7 @@ the best checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,23 +70,38 @@ def evaluate(
 ) -> EvalResult:
     """Student-vs-teacher metrics over ``indices`` (all processes must call this together)."""
     spec = METRICS[module.spec.sentence_output]
-    lengths = corpus.lengths
-    mine = sorted(indices, key=lambda i: -lengths[i])[dist.rank::dist.world_size]
-    totals = torch.zeros(len(spec.names) + 1, dtype=torch.float64)
     was_training = module.training
     module.eval()
-    try:
-        for start in range(0, len(mine), batch_size):
-            batch = corpus.collate(mine[start:start + batch_size])
+
+    def pairs() -> Iterator[tuple[ModelOutputs, ModelOutputs]]:
+        for batch in shard_batches(corpus, indices, dist=dist, batch_size=batch_size):
             target = teacher.for_batch(batch, token_level=False)
             inputs = {k: v.to(dist.device) for k, v in batch.items()}
             with precision.autocast():
-                student = module.student_outputs(inputs)
-            totals[:-1] += spec.sums(student, target).double().cpu()
-            totals[-1] += len(batch["index"])
+                yield module.student_outputs(inputs), target
+
+    try:
+        metrics = mean_metrics(spec, pairs(), dist=dist)
     finally:
         module.train(was_training)
+    return EvalResult(step=step, metrics=metrics, score=spec.score(metrics))
+
+
+def shard_batches(corpus: TokenizedCorpus, indices: Sequence[int], *, dist: DistContext,
+                  batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """This process's share of ``indices``, longest first, as padded batches."""
+    lengths = corpus.lengths
+    mine = sorted(indices, key=lambda i: -lengths[i])[dist.rank::dist.world_size]
+    return [corpus.collate(mine[s:s + batch_size]) for s in range(0, len(mine), batch_size)]
+
+
+def mean_metrics(spec: MetricSpec, pairs: Iterable[tuple[ModelOutputs, ModelOutputs]], *,
+                 dist: DistContext) -> dict[str, float]:
+    """Per-sample means of ``spec``'s metrics over (student, teacher) output pairs of all processes."""
+    totals = torch.zeros(len(spec.names) + 1, dtype=torch.float64)
+    for student, target in pairs:
+        totals[:-1] += spec.sums(student, target).double().cpu()
+        totals[-1] += student.sentence.shape[0]
     totals = dist.all_reduce_sum(totals)
     count = max(totals[-1].item(), 1.0)
-    metrics = {name: totals[i].item() / count for i, name in enumerate(spec.names)}
-    return EvalResult(step=step, metrics=metrics, score=spec.score(metrics))
+    return {name: totals[i].item() / count for i, name in enumerate(spec.names)}

@@ -25,7 +25,7 @@ from torch import nn
 
 from distill.data import TokenizedCorpus
 from distill.distributed import DistContext
-from distill.evaluation import METRICS
+from distill.evaluation import METRICS, mean_metrics, shard_batches
 from distill.forward import run_model
 from distill.precision import Precision
 from distill.student import build_layer_subset, evenly_spaced_layers
@@ -87,9 +87,7 @@ class _Scorer:
         self.options = options
         self.dist = dist
         self.precision = precision
-        lengths = corpus.lengths
-        mine = sorted(indices, key=lambda i: -lengths[i])[dist.rank::dist.world_size]
-        self.batches = [corpus.collate(mine[s:s + batch_size]) for s in range(0, len(mine), batch_size)]
+        self.batches = shard_batches(corpus, indices, dist=dist, batch_size=batch_size)
         self.targets = [self._outputs(teacher_model, batch) for batch in self.batches]
 
     @torch.no_grad()
@@ -99,12 +97,6 @@ class _Scorer:
             return run_model(model, inputs, spec=self.spec, options=self.options).detach()
 
     def metrics(self, layers: tuple[int, ...]) -> dict[str, float]:
-        metric = METRICS[self.spec.sentence_output]
         candidate = build_layer_subset(self.teacher_model, layers).to(self.dist.device).eval()
-        totals = torch.zeros(len(metric.names) + 1, dtype=torch.float64)
-        for batch, target in zip(self.batches, self.targets):
-            totals[:-1] += metric.sums(self._outputs(candidate, batch), target).double().cpu()
-            totals[-1] += len(batch["index"])
-        totals = self.dist.all_reduce_sum(totals)
-        count = max(totals[-1].item(), 1.0)
-        return {name: totals[i].item() / count for i, name in enumerate(metric.names)}
+        pairs = ((self._outputs(candidate, batch), target) for batch, target in zip(self.batches, self.targets))
+        return mean_metrics(METRICS[self.spec.sentence_output], pairs, dist=self.dist)
