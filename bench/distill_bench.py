@@ -71,39 +71,18 @@ def stsb_spearman(model, tokenizer, eval_set) -> float:
     return pair_spearman(embed(model, tokenizer, list(eval_set.texts)).numpy(), eval_set.pairs)
 
 
-def select_sentences(source: Path, n: int, how: str, *, work: Path, tokenizer) -> tuple[Path, str, int | None]:
-    """The corpus to distil on: ``(data, text_field, num_samples)`` for ``DistillConfig``.
-
-    ``random``: ``n`` sentences sampled by the loader (seed 0). ``longest``: the ``n`` distinct
-    sentences with the most tokens (SST-2 holds every sub-phrase of its reviews; a third of them
-    are 6 tokens or fewer), written once to ``work/`` as a .txt corpus.
-    """
-    if how == "random":
-        return source, "sentence", n
-    from calibration_data.loaders import load_texts
-
-    texts = sorted(set(load_texts(source, text_field="sentence")))
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=128)["input_ids"]]
-    chosen = [texts[i] for i in sorted(range(len(texts)), key=lambda i: (-lengths[i], texts[i]))[:n]]
-    path = work / f"{source.stem}-longest{n}.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(chosen) + "\n", encoding="utf-8")
-    return path, "text", None
-
-
 def _student_keys(args) -> dict:
     if args.layers == "auto":
         return {"num_layers": args.num_layers, "layer_selection": "agreement"}
     return {"layers": [int(i) for i in args.layers.split(",")]}
 
 
-def distill_config(args, *, max_steps: int, epochs: int, data: tuple[Path, str, int | None]):
+def distill_config(args, *, max_steps: int, epochs: int):
     from distill.config import DistillConfig
 
     losses = dict(item.split("=") for item in args.losses.split(",")) if args.losses else {}
-    path, text_field, num_samples = data
     return DistillConfig.from_dict({
-        "data": str(path), "text_field": text_field, "num_samples": num_samples,
+        "data": str(SST2), "text_field": "sentence", "num_samples": args.max_samples,
         **_student_keys(args), "batch_size": args.batch_size, "lr": args.lr,
         "max_length": 128, "epochs": epochs, "max_steps": max_steps, "eval_fraction": 0.02,
         "warmup_ratio": 0.05, "save_every": 500, "seed": 0,
@@ -115,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget for distillation")
     parser.add_argument("--max-samples", type=int, default=50_000, help="SST-2 sentences to distil on")
-    parser.add_argument("--select", choices=("random", "longest"), default="random",
-                        help="which SST-2 sentences: a random sample, or the longest distinct ones")
     parser.add_argument("--steps", type=int, default=0,
                         help="optimizer steps of the main run (0: as many as fit in --minutes)")
     parser.add_argument("--layers", default="auto",
@@ -156,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     eval_seconds = time.perf_counter() - t0
     print(f"STS-B test Spearman: teacher {teacher_score:.4f}", file=sys.stderr)
 
-    data = select_sentences(SST2, args.max_samples, args.select, work=args.work, tokenizer=tokenizer)
     common = dict(teacher=teacher_dir, task="feature-extraction",
                   task_options={"pooling": "mean", "normalize": True}, out_dir=args.work)
     step_seconds = None
@@ -164,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         max_steps = args.steps
     else:
         stamps: list[float] = []
-        run_distillation(distill_config(args, max_steps=CALIBRATION_STEPS, epochs=1, data=data),
+        run_distillation(distill_config(args, max_steps=CALIBRATION_STEPS, epochs=1),
                          on_step=lambda step: stamps.append(time.perf_counter()), **common)
         # the mean step (long and short batches alike), ignoring steps slowed >3x by other processes
         intervals = [b - a for a, b in zip(stamps[4:], stamps[5:])]
@@ -176,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             print("warning: the budget is used up; the student is the calibration run's", file=sys.stderr)
         print(f"calibration: {step_seconds:.3f} s/step → {max_steps} steps in the remaining "
               f"{remaining / 60:.1f} min", file=sys.stderr)
-    cfg = distill_config(args, max_steps=max_steps, epochs=1, data=data)
+    cfg = distill_config(args, max_steps=max_steps, epochs=1)
     train_started = time.perf_counter()
     student_dir = run_distillation(cfg, **common)
     train_seconds = time.perf_counter() - train_started
@@ -197,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "student_over_teacher": student_score / teacher_score,
         "subset_over_teacher": subset_score / teacher_score,
         "budget_minutes": args.minutes, "total_minutes": total_minutes, "train_minutes": train_seconds / 60,
-        "steps": summary["steps"], "best_step": summary["best_step"], "selection": args.select,
+        "steps": summary["steps"], "best_step": summary["best_step"],
         "calibrated_seconds_per_step": step_seconds, "seconds_per_step": train_seconds / max(summary["steps"], 1),
         "eval_history": summary["evaluations"], "config": cfg.to_json_dict(),
         "platform": {"python": platform.python_version(), "torch": torch.__version__,

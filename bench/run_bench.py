@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -82,7 +83,7 @@ def build_variants(work: Path, threads: int, teacher_ref: str, head, model, toke
     return preds
 
 
-def prepare_student(work: Path, student_dir: str, head, input_names):
+def prepare_student(work: Path, student_dir: str, head):
     """Export and quantize (ours, defaults, the project's corpus) a distilled student."""
     from calibration_data.feeds import TokenizedFeed
     from calibration_data.loaders import load_texts, sample
@@ -121,8 +122,8 @@ def prepare_models(work: Path, teacher_ref, head, model, tokenizer):
                                                                 input_names=res.input_names), QuantizeConfig())
     summary = write_quantized(plan, work / "model.int8.onnx")
     seconds = time.perf_counter() - t0
-    plan.cfg = plan.cfg.with_(format="qdq")  # same calibration, portable Q/DQ graph
-    write_quantized(plan, work / "model.int8.qdq.onnx")
+    # same calibration, portable Q/DQ graph
+    write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), work / "model.int8.qdq.onnx")
     return res.input_names, summary, seconds
 
 
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
         work = Path(tmp)
         input_names, summary, qseconds = prepare_models(work, teacher_ref, head, model, tokenizer)
         result["modelpress_quantize_seconds"] = round(qseconds, 1)
-        student = prepare_student(work, args.student, head, input_names) if args.student else None
+        student = prepare_student(work, args.student, head) if args.student else None
         for threads in args.threads:
             preds = build_variants(work, threads, teacher_ref, head, model, tokenizer, input_names, student)
             some = preds["pytorch-fp32"]

@@ -185,12 +185,10 @@ class TokenCache:
 
     def batch(self, index: torch.Tensor, *, width: int) -> tuple[torch.Tensor | None, ...]:
         """Right-padded ``[batch, width, hidden]`` states per teacher layer (``None``: not cached)."""
-        lengths = self.lengths[index]
-        real = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)  # [batch, width]
-        starts = torch.repeat_interleave(self.offsets[index], lengths)
-        within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+        positions = torch.arange(width).unsqueeze(0)
+        real = positions < self.lengths[index].unsqueeze(1)  # [batch, width]
         padded = torch.zeros((len(index), width, *self.values.shape[1:]), dtype=torch.float32)
-        padded[real] = self.values[starts + within].float()
+        padded[real] = self.values[(self.offsets[index].unsqueeze(1) + positions)[real]].float()
         by_layer: list[torch.Tensor | None] = [None] * self.num_layers
         for k, layer in enumerate(self.layers):
             by_layer[layer] = padded[:, :, k]

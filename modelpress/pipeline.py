@@ -46,10 +46,11 @@ def calibration_texts(recipe: Recipe) -> list[str]:
     return sample(load_texts(cal.data, text_field=cal.text_field), cal.num_samples, seed=cal.seed)
 
 
-def calibration_feed(recipe: Recipe, tokenizer, input_names) -> TokenizedFeed:
+def calibration_feed(recipe: Recipe, tokenizer, input_names, texts: list[str] | None = None) -> TokenizedFeed:
+    """The recipe's calibration batches (``texts``: already loaded calibration texts)."""
     cal = recipe.calibration
-    return TokenizedFeed(calibration_texts(recipe), tokenizer, batch_size=cal.batch_size,
-                         max_length=cal.max_length, input_names=tuple(input_names))
+    return TokenizedFeed(calibration_texts(recipe) if texts is None else texts, tokenizer,
+                         batch_size=cal.batch_size, max_length=cal.max_length, input_names=tuple(input_names))
 
 
 @dataclass
@@ -197,9 +198,7 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
                    input_names=exported.input_names, atol=recipe.export.fuse_atol)
 
     log.info("quantizing to %s", paths.model_int8_onnx)
-    cal = recipe.calibration
-    feed = TokenizedFeed(cal_texts, tokenizer, batch_size=cal.batch_size, max_length=cal.max_length,
-                         input_names=tuple(exported.input_names))
+    feed = calibration_feed(recipe, tokenizer, exported.input_names, cal_texts)
     evaluate = None
     if recipe.quantize.mode == "auto":
         evaluate = _auto_evaluator(recipe, es, head, tokenizer, teacher_model, exported.input_names)
@@ -207,7 +206,7 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     summary = quant.summary
     analysis = write_analysis(quant.analysis, paths)
     engine_wanted = recipe.engine is not None and recipe.engine.enabled
-    if engine_wanted and summary.preset != "tensorrt":
+    if engine_wanted and not recipe.quantize.tensorrt_readable:
         from runtimes.quantize.static import for_tensorrt, write_quantized
 
         # same calibration, TensorRT's Q/DQ rules (symmetric, zero point 0): the engine's source

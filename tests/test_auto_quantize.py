@@ -11,7 +11,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import INTERMEDIATE, HIDDEN, _bert_config, cli, make_texts, make_tokenizer, write_recipe
+from conftest import INTERMEDIATE, HIDDEN, LAYERS, _bert_config, cli, make_texts, make_tokenizer, write_recipe
 
 from calibration_data.feeds import TokenizedFeed
 from runtimes.quantize.analysis import analyze_plan
@@ -49,6 +49,14 @@ def planted(tmp_path_factory, vocab_file):
     return root, exported, feed
 
 
+@pytest.fixture(scope="module")
+def plain_plan(planted):
+    """Static int8 without SmoothQuant, calibrated once, and its per-node analysis (worst first)."""
+    _, exported, feed = planted
+    plan = plan_quantization(exported.path, feed, QuantizeConfig(smoothquant=False))
+    return plan, analyze_plan(plan, feed)
+
+
 def _planted_node(plan) -> str:
     """The FFN down-projection of layer 1: the last target whose weight is [intermediate, hidden]."""
     ffn_down = [t for t in plan.targets
@@ -56,10 +64,8 @@ def _planted_node(plan) -> str:
     return ffn_down[-1].node_name
 
 
-def test_analysis_names_the_planted_layer_first(planted):
-    _, exported, feed = planted
-    plan = plan_quantization(exported.path, feed, QuantizeConfig(smoothquant=False))
-    errors = analyze_plan(plan, feed)
+def test_analysis_names_the_planted_layer_first(plain_plan):
+    plan, errors = plain_plan
     assert errors[0].node == _planted_node(plan)
     # the planted error is an activation error, not a weight error
     assert errors[0].activation_only_sqnr_db < errors[0].weight_only_sqnr_db - 3
@@ -97,9 +103,9 @@ def test_analysis_matches_a_direct_fp32_vs_int8_comparison_of_one_node(planted, 
     assert abs(direct_rel - predicted.rel_l2) / direct_rel < 0.06
 
 
-def test_smoothquant_helps_on_the_planted_model(planted):
+def test_smoothquant_helps_on_the_planted_model(planted, plain_plan):
     _, exported, feed = planted
-    plain = analyze_plan(plan_quantization(exported.path, feed, QuantizeConfig(smoothquant=False)), feed)
+    plain = plain_plan[1]
     smooth = analyze_plan(plan_quantization(exported.path, feed, QuantizeConfig(smoothquant=True)), feed)
     assert smooth[0].sqnr_db > plain[0].sqnr_db + 6  # the worst node is far better with smoothing
 
@@ -114,8 +120,10 @@ def _recipe(root, data_files, name, mode):
     })
 
 
-def test_plain_static_fails_the_gate_and_auto_passes_it_keeping_80_percent_int8(planted, data_files, tmp_path):
-    root, exported, feed = planted
+def test_plain_static_fails_the_gate_and_auto_passes_it_keeping_80_percent_int8(planted, plain_plan, data_files,
+                                                                               tmp_path):
+    root = planted[0]
+    planted_node = _planted_node(plain_plan[0])
     out = tmp_path / "runs"
     plain = cli("run", str(_recipe(root, data_files, "plain", "static")), "--out", str(out))
     assert plain.returncode == 3, plain.stderr[-2000:]
@@ -123,15 +131,14 @@ def test_plain_static_fails_the_gate_and_auto_passes_it_keeping_80_percent_int8(
     assert auto.returncode == 0, auto.stderr[-2000:]
     report = json.loads((out / "auto" / "report.json").read_text())
     q = report["quantization"]
+    chosen = next(c for c in q["auto"]["candidates"] if c["index"] == q["auto"]["chosen"])
     matmuls = len(q["quantized_nodes"]) + len(q["fp32_nodes"])
-    weight_matmuls = len(q["quantized_nodes"]) + len([c for c in q["auto"]["candidates"]
-                                                      if c["index"] == q["auto"]["chosen"]][0]["fp32_nodes"])
+    weight_matmuls = len(q["quantized_nodes"]) + len(chosen["fp32_nodes"])
+    assert weight_matmuls == 6 * LAYERS  # Q, K, V, attention output, FFN up and down per layer
     assert len(q["quantized_nodes"]) >= 0.8 * weight_matmuls
     assert q["auto"]["passed"] and report["gate"]["passed"]
-    chosen = q["auto"]["candidates"][q["auto"]["chosen"]]
-    plan = plan_quantization(exported.path, feed, QuantizeConfig(smoothquant=False))
-    assert _planted_node(plan) in chosen["fp32_nodes"]
-    assert report["analysis"]["worst"][0]["node"] == _planted_node(plan)
+    assert planted_node in chosen["fp32_nodes"]
+    assert report["analysis"]["worst"][0]["node"] == planted_node
     assert matmuls > weight_matmuls  # attention-score MatMuls are never candidates
     assert "Accuracy-aware search" in (out / "auto" / "report.md").read_text()
 

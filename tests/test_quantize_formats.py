@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -39,11 +40,7 @@ def test_ort_format_fuses_every_bias_and_matches_qdq(bert_plan, tmp_path):
     tok, feed, plan = bert_plan
     ort_path, qdq_path = tmp_path / "ort.onnx", tmp_path / "qdq.onnx"
     s_ort = write_quantized(plan, ort_path)
-    plan.cfg = plan.cfg.with_(format="qdq")
-    try:
-        s_qdq = write_quantized(plan, qdq_path)
-    finally:
-        plan.cfg = plan.cfg.with_(format="auto")
+    s_qdq = write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), qdq_path)
     assert (s_ort.format, s_qdq.format) == ("ort", "qdq")
     model = onnx.load(str(ort_path))
     fused = [n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"]
@@ -70,11 +67,7 @@ def test_tensorrt_preset_passes_the_trt_checker(bert_onnx, bert_plan, tmp_path):
 def test_onnxruntime_qdq_fails_the_trt_checker_on_exactly_the_activation_nodes(bert_plan, tmp_path):
     _, _, plan = bert_plan
     out = tmp_path / "u8.onnx"
-    plan.cfg = plan.cfg.with_(format="qdq")
-    try:
-        summary = write_quantized(plan, out)
-    finally:
-        plan.cfg = plan.cfg.with_(format="auto")
+    summary = write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), out)
     report = check_trt_qdq(out)
     acts = {t.tensor for t in summary.tensors}
     expected = {f"{a}_QuantizeLinear" for a in acts} | {f"{a}_DequantizeLinear" for a in acts}

@@ -303,3 +303,38 @@ def test_gemm_with_transposed_weight_is_smoothed_and_quantized_per_output_channe
     assert inits[dq.input[1]].shape == (5,)
     got, ref = _run(q, {"x": x})[0], _run(model, {"x": x})[0]
     assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max()
+
+
+def test_ort_format_with_a_matmul_and_a_gemm_reading_one_activation(tmp_path):
+    """The ``ort`` writer turns MatMuls into MatMulIntegerToFloat and Gemms into Q/DQ; when both read
+    the same activation, each used to add its own ``x_QuantizeLinear`` / ``x_scale`` (an invalid
+    graph: duplicate names). That activation's consumers now all take the Q/DQ form."""
+    import onnxruntime as ort
+
+    from runtimes.quantize.config import QuantizeConfig
+    from runtimes.quantize.static import quantize_static
+
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["y1"], name="mm"),
+             helper.make_node("Gemm", ["x", "W2", "b"], ["y2"], name="gemm", transB=1),
+             helper.make_node("MatMul", ["y1", "W3"], ["y3"], name="mm_alone")]
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 6)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.normal(size=(5, 8)).astype(np.float32), "W2"),
+             numpy_helper.from_array(rng.normal(size=(5,)).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.normal(size=(6, 4)).astype(np.float32), "W3")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+                              [helper.make_tensor_value_info("y2", TensorProto.FLOAT, [None, 5]),
+                               helper.make_tensor_value_info("y3", TensorProto.FLOAT, [None, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    summary = quantize_static(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", [{"x": x[:32]}, {"x": x[32:]}],
+                              QuantizeConfig(format="ort", smoothquant=False))
+    assert set(summary.quantized_nodes) == {"mm", "gemm", "mm_alone"}
+    q = onnx.load(str(tmp_path / "m.int8.onnx"))
+    onnx.checker.check_model(q)
+    ops = [n.op_type for n in q.graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 1  # mm_alone; mm shares x with the Gemm
+    got = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for g, ref in zip(got, _run(model, {"x": x})):
+        assert np.abs(g - ref).max() < 0.05 * np.abs(ref).max()

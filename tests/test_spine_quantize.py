@@ -87,6 +87,11 @@ def test_default_graph_format_per_preset():
     assert QuantizeConfig().graph_format == "ort"
     assert QuantizeConfig(preset="tensorrt").graph_format == "qdq"
     assert QuantizeConfig(symmetric_activations=True).graph_format == "qdq"
+    # what decides whether `run` writes a separate model.int8.trt.onnx for the engine
+    assert QuantizeConfig(preset="tensorrt").tensorrt_readable
+    assert not QuantizeConfig().tensorrt_readable
+    assert not QuantizeConfig(preset="tensorrt", symmetric_activations=False).tensorrt_readable
+    assert not QuantizeConfig(preset="tensorrt", format="ort", symmetric_activations=False).tensorrt_readable
     with pytest.raises(BadInputError, match="quantize.format"):
         QuantizeConfig(format="ort", preset="tensorrt")
 

@@ -62,6 +62,11 @@ class QuantizeConfig:
         return "qdq" if self.preset == "tensorrt" or self.activation_symmetric else "ort"
 
     @property
+    def tensorrt_readable(self) -> bool:
+        """Whether the written graph is what TensorRT's explicit quantization reads (Q/DQ, zero point 0)."""
+        return self.graph_format == "qdq" and self.activation_symmetric
+
+    @property
     def activation_symmetric(self) -> bool:
         if self.symmetric_activations is not None:
             return self.symmetric_activations

@@ -6,9 +6,10 @@ entropy, bounded memory) → write Q/DQ → save atomically. Returns a summary f
 """
 from __future__ import annotations
 
+
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -123,10 +124,7 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
         s = stats[t.activation]
         if isinstance(s, TensorRange):  # exact min/max of the smoothed tensor
             observed[t.activation] = (s.lo, s.hi)
-            if cfg.activation_symmetric:
-                a = max(abs(s.lo), abs(s.hi))
-                s = TensorRange(-a, a, 0.0)
-            ranges[t.activation] = s
+            ranges[t.activation] = s.symmetric() if cfg.activation_symmetric else s
         else:
             ranges[t.activation] = s.range(method, percentile=cfg.percentile,
                                            symmetric=cfg.activation_symmetric)
@@ -138,11 +136,8 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
 
 def for_tensorrt(plan: QuantPlan) -> QuantPlan:
     """The same calibration as TensorRT reads it: symmetric int8 activations (±max|range|), Q/DQ."""
-    ranges = {a: TensorRange(-max(abs(r.lo), abs(r.hi)), max(abs(r.lo), abs(r.hi)), r.clipped)
-              for a, r in plan.ranges.items()}
-    cfg = plan.cfg.with_(preset="tensorrt", format="qdq", symmetric_activations=None)
-    return QuantPlan(plan.model, plan.targets, ranges, plan.observed, plan.all_matmuls, cfg,
-                     plan.seconds, plan.peak_rss_bytes)
+    return replace(plan, ranges={a: r.symmetric() for a, r in plan.ranges.items()},
+                   cfg=plan.cfg.with_(preset="tensorrt", format="qdq", symmetric_activations=None))
 
 
 def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[str, ...] = ()) -> QuantizeSummary:
@@ -150,12 +145,14 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
     cfg = plan.cfg
     targets = [t for t in plan.targets if t.node_name not in keep_fp32]
     if cfg.graph_format == "ort":
-        matmuls = [t for t in targets if t.op_type == "MatMul"]
+        # Gemm nodes (rare in torch exports) keep the Q/DQ form, which ORT fuses into QGemm; so does
+        # every MatMul reading an activation a Gemm reads, since an activation is quantized once
+        qdq_acts = {t.activation for t in targets if t.op_type != "MatMul"}
+        matmuls = [t for t in targets if t.activation not in qdq_acts]
         qmodel = insert_ort_int8(plan.model, matmuls, plan.ranges, per_channel=cfg.per_channel)
-        # Gemm nodes (rare in torch exports) keep the Q/DQ form, which ORT fuses into QGemm
-        gemms = [t for t in targets if t.op_type != "MatMul"]
-        if gemms:
-            qmodel = insert_qdq(qmodel, gemms, plan.ranges, symmetric_activations=False, per_channel=cfg.per_channel)
+        rest = [t for t in targets if t.activation in qdq_acts]
+        if rest:
+            qmodel = insert_qdq(qmodel, rest, plan.ranges, symmetric_activations=False, per_channel=cfg.per_channel)
     else:
         qmodel = insert_qdq(plan.model, targets, plan.ranges, symmetric_activations=cfg.activation_symmetric,
                             per_channel=cfg.per_channel)

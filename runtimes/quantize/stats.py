@@ -21,6 +21,11 @@ class TensorRange:
     #: share of the observed [min, max] span cut off by the method (0 for minmax)
     clipped: float
 
+    def symmetric(self) -> "TensorRange":
+        """±max(|lo|, |hi|): the range as a zero-point-0 (TensorRT-style) quantizer covers it."""
+        a = max(abs(self.lo), abs(self.hi))
+        return TensorRange(-a, a, self.clipped)
+
 
 class TensorStats:
     """Running statistics of one activation tensor, over the rows (tokens) it was shown."""
