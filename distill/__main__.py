@@ -1,8 +1,8 @@
-"""Run the distillation stage alone: ``python -m distill SECTION --teacher REF --task TASK --out DIR``.
+"""Run the distillation stage alone: ``python -m modelpress.distill SECTION --teacher REF --task TASK --out DIR``.
 
 SECTION is a ``.toml`` or ``.json`` file holding the ``[distill]`` keys (top level, or under a
 ``distill`` table, so a whole recipe works too). Launch the same command under
-``torchrun --nproc_per_node N -m distill ...`` for DDP. ``modelpress distill RECIPE`` is the
+``torchrun --nproc_per_node N -m modelpress.distill ...`` for DDP. ``modelpress distill RECIPE`` is the
 user-facing command; this one exists for tests and for running the stage on its own.
 ``--kill-at-step N`` SIGKILLs the process after optimizer step N (fault-injection tests).
 """
@@ -20,8 +20,8 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-from distill.config import DistillConfig
-from distill.pipeline import run_distillation
+from modelpress.distill.config import DistillConfig
+from modelpress.distill.pipeline import run_distillation
 from modelpress.errors import BadInputError, ModelpressError, exit_code_for
 from modelpress.models import resolve_model_ref
 
@@ -46,7 +46,7 @@ def _kill_at(step: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distill", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m modelpress.distill", description=__doc__.splitlines()[0])
     parser.add_argument("section", type=Path, help="TOML/JSON file with the [distill] keys")
     parser.add_argument("--teacher", required=True, help="folder, hub id or package:<name>")
     parser.add_argument("--task", default="feature-extraction", help="feature-extraction | text-classification")

@@ -12,8 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from calibration_data.loaders import load_texts, read_records, sample
-from distill.config import DistillConfig
+from modelpress.calibration_data.loaders import load_texts, read_records, sample
+from modelpress.distill.config import DistillConfig
 from modelpress.errors import BadInputError
 
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")

@@ -14,11 +14,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from distill.data import TokenizedCorpus
-from distill.distributed import DistContext
-from distill.forward import DistillModule, ModelOutputs
-from distill.precision import Precision
-from distill.teacher import TeacherTargets
+from modelpress.distill.data import TokenizedCorpus
+from modelpress.distill.distributed import DistContext
+from modelpress.distill.forward import DistillModule, ModelOutputs
+from modelpress.distill.precision import Precision
+from modelpress.distill.teacher import TeacherTargets
 
 
 @dataclass(frozen=True)

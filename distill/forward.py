@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.tasks import TaskOptions, TaskSpec
+from modelpress.distill.tasks import TaskOptions, TaskSpec
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -23,13 +23,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from distill.data import TokenizedCorpus
-from distill.distributed import DistContext
-from distill.evaluation import METRICS, mean_metrics, shard_batches
-from distill.forward import run_model
-from distill.precision import Precision
-from distill.student import build_layer_subset, evenly_spaced_layers
-from distill.tasks import TaskOptions, TaskSpec
+from modelpress.distill.data import TokenizedCorpus
+from modelpress.distill.distributed import DistContext
+from modelpress.distill.evaluation import METRICS, mean_metrics, shard_batches
+from modelpress.distill.forward import run_model
+from modelpress.distill.precision import Precision
+from modelpress.distill.student import build_layer_subset, evenly_spaced_layers
+from modelpress.distill.tasks import TaskOptions, TaskSpec
 
 MAX_EXHAUSTIVE = 64  # subsets scored one by one; beyond this, greedy elimination
 MAX_TEXTS = 2000  # corpus texts scored per candidate

@@ -9,8 +9,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from distill.forward import ModelOutputs
-from distill.losses import (
+from modelpress.distill.forward import ModelOutputs
+from modelpress.distill.losses import (
     attention_kl,
     embedding_cosine,
     embedding_mse,

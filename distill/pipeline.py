@@ -12,20 +12,20 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from distill.checkpoint import CheckpointDir, fingerprint
-from distill.config import DistillConfig
-from distill.data import load_corpus, split_indices, tokenize_corpus
-from distill.distributed import distributed_context
-from distill.forward import DistillModule
-from distill.layer_selection import choose_layers
-from distill.objective import DistillObjective
-from distill.output import write_student_folder
-from distill.precision import resolve_precision
-from distill.sampler import DistributedBatchSampler
-from distill.student import build_student
-from distill.tasks import get_task
-from distill.teacher import TeacherTargets, load_teacher
-from distill.trainer import Trainer, TrainPlan, say
+from modelpress.distill.checkpoint import CheckpointDir, fingerprint
+from modelpress.distill.config import DistillConfig
+from modelpress.distill.data import load_corpus, split_indices, tokenize_corpus
+from modelpress.distill.distributed import distributed_context
+from modelpress.distill.forward import DistillModule
+from modelpress.distill.layer_selection import choose_layers
+from modelpress.distill.objective import DistillObjective
+from modelpress.distill.output import write_student_folder
+from modelpress.distill.precision import resolve_precision
+from modelpress.distill.sampler import DistributedBatchSampler
+from modelpress.distill.student import build_student
+from modelpress.distill.tasks import get_task
+from modelpress.distill.teacher import TeacherTargets, load_teacher
+from modelpress.distill.trainer import Trainer, TrainPlan, say
 from modelpress.errors import BadInputError
 
 STUDENT_DIR = "student"

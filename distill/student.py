@@ -20,9 +20,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from distill.architectures import layer_spec
-from distill.config import DistillConfig
-from distill.tasks import TaskSpec
+from modelpress.distill.architectures import layer_spec
+from modelpress.distill.config import DistillConfig
+from modelpress.distill.tasks import TaskSpec
 from modelpress.errors import BadInputError
 from modelpress.models import resolve_model_ref
 

@@ -20,13 +20,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from distill.checkpoint import atomic_path
-from distill.data import TokenizedCorpus
-from distill.distributed import DistContext
-from distill.forward import ModelOutputs, run_model
-from distill.precision import Precision
-from distill.student import auto_class
-from distill.tasks import TaskOptions, TaskSpec
+from modelpress.distill.checkpoint import atomic_path
+from modelpress.distill.data import TokenizedCorpus
+from modelpress.distill.distributed import DistContext
+from modelpress.distill.forward import ModelOutputs, run_model
+from modelpress.distill.precision import Precision
+from modelpress.distill.student import auto_class
+from modelpress.distill.tasks import TaskOptions, TaskSpec
 from modelpress.errors import BadInputError
 
 

@@ -25,17 +25,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from distill.checkpoint import CheckpointDir, TrainState
-from distill.config import DistillConfig
-from distill.data import IndexDataset, TokenizedCorpus
-from distill.distributed import DistContext
-from distill.evaluation import EvalResult, evaluate
-from distill.forward import DistillModule
-from distill.objective import DistillObjective
-from distill.precision import Precision
-from distill.sampler import DistributedBatchSampler
-from distill.schedule import lr_factor, warmup_steps
-from distill.teacher import TeacherTargets
+from modelpress.distill.checkpoint import CheckpointDir, TrainState
+from modelpress.distill.config import DistillConfig
+from modelpress.distill.data import IndexDataset, TokenizedCorpus
+from modelpress.distill.distributed import DistContext
+from modelpress.distill.evaluation import EvalResult, evaluate
+from modelpress.distill.forward import DistillModule
+from modelpress.distill.objective import DistillObjective
+from modelpress.distill.precision import Precision
+from modelpress.distill.sampler import DistributedBatchSampler
+from modelpress.distill.schedule import lr_factor, warmup_steps
+from modelpress.distill.teacher import TeacherTargets
 
 
 

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from export.parity import ParityReport, check_parity
+from modelpress.export.parity import ParityReport, check_parity
 
 #: transformers model_type → the fusion optimizer's model type (encoder families it handles)
 FUSION_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
@@ -38,7 +38,7 @@ def fuse_model(onnx_path: str | Path, out_path: str | Path, *, model, tokenizer,
     """Fuse an exported model and check it against the PyTorch model on the export's parity batch."""
     import torch
 
-    from export.onnx_export import PARITY_SEQ, PARITY_TEXTS, encode
+    from modelpress.export.onnx_export import PARITY_SEQ, PARITY_TEXTS, encode
 
     feed = encode(tokenizer, PARITY_TEXTS, PARITY_SEQ, tuple(input_names))
     with torch.no_grad():

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from export.parity import ParityReport, check_parity
+from modelpress.export.parity import ParityReport, check_parity
 from modelpress.errors import BadInputError
 
 log = logging.getLogger(__name__)

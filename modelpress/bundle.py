@@ -14,7 +14,7 @@ import numpy as np
 from modelpress.errors import BadInputError
 from modelpress.inference import Predictor
 from modelpress.tasks import head_from_dict
-from runtimes.onnxruntime_runner import OnnxRuntimeRunner
+from modelpress.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
 BUNDLE_META = "bundle.json"
 

@@ -124,7 +124,7 @@ def cmd_distill(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from export.onnx_export import export_onnx
+    from modelpress.export.onnx_export import export_onnx
     from modelpress.models import load_model_and_tokenizer, resolve_model_ref
     from modelpress.recipe import TaskConfig
     from modelpress.tasks import make_head
@@ -142,11 +142,11 @@ def cmd_quantize(args) -> int:
     import onnx
     from transformers import AutoTokenizer
 
-    from calibration_data.feeds import TokenizedFeed
-    from calibration_data.loaders import load_texts, sample
+    from modelpress.calibration_data.feeds import TokenizedFeed
+    from modelpress.calibration_data.loaders import load_texts, sample
     from modelpress.models import resolve_model_ref
-    from runtimes.quantize.config import QuantizeConfig
-    from runtimes.quantize.static import quantize_static
+    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.runtimes.quantize.static import quantize_static
 
     if not Path(args.onnx).is_file():
         raise BadInputError(f"{args.onnx}: ONNX model not found")
@@ -175,8 +175,8 @@ def cmd_validate(args) -> int:
     from modelpress.pipeline import validate_stage
     from modelpress.recipe import GateConfig, TaskConfig, ValidateConfig
     from modelpress.tasks import make_head
-    from runtimes.onnxruntime_runner import OnnxRuntimeRunner
-    from validate.report import write_reports
+    from modelpress.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+    from modelpress.validate.report import write_reports
 
     ref = resolve_model_ref(args.teacher)
     head = make_head(args.task, model_dir=ref if Path(ref).is_dir() else None, options=TaskConfig())
@@ -192,7 +192,7 @@ def cmd_validate(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_reports(report, out)
-    from validate.gate import GateResult
+    from modelpress.validate.gate import GateResult
 
     gate = GateResult(**report["gate"])
     print(f"report: {out / 'report.json'}")
@@ -201,8 +201,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from validate.gate import gate_report
-    from validate.report import read_json
+    from modelpress.validate.gate import gate_report
+    from modelpress.validate.report import read_json
 
     report = read_json(Path(args.run_dir) / "report.json")
     result = gate_report(report, max_drop=args.max_drop, metric=args.metric)

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from runtimes.base import Runner
+from modelpress.runtimes.base import Runner
 
 
 class Predictor:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from calibration_data.feeds import TokenizedFeed
-from calibration_data.loaders import load_texts, sample
+from modelpress.calibration_data.feeds import TokenizedFeed
+from modelpress.calibration_data.loaders import load_texts, sample
 from modelpress.bundle import load as load_bundle, write_bundle_meta
 from modelpress.errors import BadInputError
 from modelpress.inference import Predictor
@@ -23,14 +23,14 @@ from modelpress.models import load_model_and_tokenizer, resolve_model_ref
 from modelpress.paths import RunPaths, publish, staging_dir
 from modelpress.recipe import Recipe
 from modelpress.tasks import make_head
-from runtimes.onnxruntime_runner import OnnxRuntimeRunner
-from runtimes.quantize.config import QuantizeConfig
-from runtimes.quantize.static import QuantizeSummary
-from runtimes.torch_runner import TorchRunner
-from validate.compare import evaluate, file_size_mb, ratios
-from validate.evalsets import load_eval_set
-from validate.gate import GateResult, decide
-from validate.report import REPORT_SCHEMA, write_reports
+from modelpress.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+from modelpress.runtimes.quantize.config import QuantizeConfig
+from modelpress.runtimes.quantize.static import QuantizeSummary
+from modelpress.runtimes.torch_runner import TorchRunner
+from modelpress.validate.compare import evaluate, file_size_mb, ratios
+from modelpress.validate.evalsets import load_eval_set
+from modelpress.validate.gate import GateResult, decide
+from modelpress.validate.report import REPORT_SCHEMA, write_reports
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ class QuantizeOutcome:
 def quantize_stage(onnx_path: Path, out_path: Path, feed: TokenizedFeed, cfg: QuantizeConfig, *,
                    evaluate=None) -> QuantizeOutcome:
     """Static int8 (or the accuracy-aware search when ``cfg.mode == "auto"``) plus per-node analysis."""
-    from runtimes.quantize.analysis import analyze_plan
-    from runtimes.quantize.auto import auto_quantize
-    from runtimes.quantize.static import plan_quantization, write_quantized
+    from modelpress.runtimes.quantize.analysis import analyze_plan
+    from modelpress.runtimes.quantize.auto import auto_quantize
+    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
 
     if cfg.mode == "auto":
         if evaluate is None:
@@ -82,9 +82,9 @@ def candidate_evaluator(task: str, head, tokenizer, teacher_out, es, validate_cf
     """A callable for the auto search: ONNX path → Evaluation (gate metric through ONNX Runtime)."""
     import numpy as np
 
-    from runtimes.quantize.auto import Evaluation
-    from validate.compare import fidelity
-    from validate.latency import time_calls
+    from modelpress.runtimes.quantize.auto import Evaluation
+    from modelpress.validate.compare import fidelity
+    from modelpress.validate.latency import time_calls
 
     def evaluate(path: Path) -> Evaluation:
         runner = OnnxRuntimeRunner(path, threads=validate_cfg.threads, name="candidate").__enter__()
@@ -184,7 +184,7 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
                                                      trust_remote_code=recipe.trust_remote_code)
     students = recipe.distill_enabled or recipe.student is not None
 
-    from export.onnx_export import export_onnx
+    from modelpress.export.onnx_export import export_onnx
 
     log.info("exporting %s", paths.model_onnx)
     exported = export_onnx(deployed_model, tokenizer, paths.model_onnx, head=head, opset=recipe.export.opset,
@@ -192,7 +192,7 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     tokenizer.save_pretrained(str(paths.tokenizer))
     deployed_model.config.to_json_file(str(paths.config))
     if recipe.export.fuse:
-        from export.fusion import fuse_model
+        from modelpress.export.fusion import fuse_model
 
         fuse_model(paths.model_onnx, paths.model_fused_onnx, model=deployed_model, tokenizer=tokenizer, head=head,
                    input_names=exported.input_names, atol=recipe.export.fuse_atol)
@@ -207,7 +207,7 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     analysis = write_analysis(quant.analysis, paths)
     engine_wanted = recipe.engine is not None and recipe.engine.enabled
     if engine_wanted and not recipe.quantize.tensorrt_readable:
-        from runtimes.quantize.static import for_tensorrt, write_quantized
+        from modelpress.runtimes.quantize.static import for_tensorrt, write_quantized
 
         # same calibration, TensorRT's Q/DQ rules (symmetric, zero point 0): the engine's source
         write_quantized(for_tensorrt(quant.plan), paths.model_int8_trt_onnx,
@@ -218,7 +218,7 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
                       max_length=recipe.validate.max_length)
     engines = []
     if engine_wanted:
-        from runtimes.tensorrt.stage import build_engines
+        from modelpress.runtimes.tensorrt.stage import build_engines
 
         log.info("building TensorRT engine(s)")
         engines = list(build_engines(staging, recipe.engine))
@@ -234,7 +234,7 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
                                           max_length=v.max_length,
                                           name="student-onnx-fp32" if students else "onnx-fp32"))
     if paths.model_plan.is_file():
-        from runtimes.tensorrt.runner import TensorRTRunner
+        from modelpress.runtimes.tensorrt.runner import TensorRTRunner
 
         runner = TensorRTRunner(paths.model_plan).__enter__()
         candidates.append(Predictor(runner, head, tokenizer, max_length=v.max_length, name="tensorrt-int8"))
@@ -263,7 +263,7 @@ def _untrained_subset(student_dir: Path, teacher_model):
     """The layer-subset student before training (None for other kinds of student): the teacher
     layers the distillation kept, as its ``distill.json`` records them (``layer_selection`` may
     have chosen them)."""
-    from distill.student import build_layer_subset
+    from modelpress.distill.student import build_layer_subset
 
     summary = student_dir / "distill.json"
     layers = json.loads(summary.read_text(encoding="utf-8")).get("kept_layers") if summary.is_file() else None
@@ -276,7 +276,7 @@ def _auto_evaluator(recipe: Recipe, es, head, tokenizer, teacher_model, input_na
                                 max_length=v.max_length)
     with teacher.runner:
         teacher_out = teacher.predict(list(es.texts), batch_size=v.batch_size)
-    from validate.compare import fidelity
+    from modelpress.validate.compare import fidelity
 
     teacher_metrics = fidelity(recipe.task, teacher_out, None, es)
     return candidate_evaluator(recipe.task, head, tokenizer, teacher_out, es, v, recipe.gate, teacher_metrics)
@@ -284,7 +284,7 @@ def _auto_evaluator(recipe: Recipe, es, head, tokenizer, teacher_model, input_na
 
 def write_analysis(errors: list, paths: RunPaths, *, top: int = 15) -> dict[str, Any]:
     """analysis.json (every node) and plots/sensitivity.png; returns the report's summary of it."""
-    from runtimes.quantize.analysis import plot_errors
+    from modelpress.runtimes.quantize.analysis import plot_errors
 
     rows = [e.to_dict() for e in errors]
     (paths.root / "analysis.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
@@ -299,7 +299,7 @@ def _distill_task_options(head) -> dict:
 
 def distill_stage(recipe: Recipe, teacher_ref: str, head, out_dir: Path, paths: RunPaths):
     """Train (or reuse) the student, copy it into the bundle, return it loaded for export."""
-    from distill.pipeline import run_distillation
+    from modelpress.distill.pipeline import run_distillation
     from modelpress.models import load_model_and_tokenizer as _load
 
     work = out_dir / f"{recipe.name}.distill"
@@ -312,7 +312,7 @@ def distill_stage(recipe: Recipe, teacher_ref: str, head, out_dir: Path, paths: 
 
 def run_distill_only(recipe: Recipe, out_dir: Path) -> Path:
     """``modelpress distill``: train the student into ``<out>/<name>.distill/student``."""
-    from distill.pipeline import run_distillation
+    from modelpress.distill.pipeline import run_distillation
 
     if recipe.distill is None:
         raise BadInputError("distill: the recipe has no [distill] section")
@@ -331,8 +331,8 @@ def analyze_run(run_dir: Path, out_dir: Path):
     from transformers import AutoTokenizer
 
     from modelpress.recipe import load_recipe
-    from runtimes.quantize.analysis import analyze_plan
-    from runtimes.quantize.static import plan_quantization
+    from modelpress.runtimes.quantize.analysis import analyze_plan
+    from modelpress.runtimes.quantize.static import plan_quantization
 
     paths = RunPaths(Path(run_dir))
     for needed in (paths.model_onnx, paths.recipe, paths.tokenizer, paths.quantization_json):
@@ -358,8 +358,8 @@ def engine_stage(run_dir: Path, *, fp16: bool = False) -> Path:
 
     The engine settings come from the run's recipe ``[engine]`` table when it has one.
     """
-    from runtimes.tensorrt.config import EngineConfig
-    from runtimes.tensorrt.stage import build_engines
+    from modelpress.runtimes.tensorrt.config import EngineConfig
+    from modelpress.runtimes.tensorrt.stage import build_engines
 
     paths = RunPaths(Path(run_dir))
     if not paths.model_int8_onnx.is_file():

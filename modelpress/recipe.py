@@ -16,9 +16,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from modelpress.calibration_data import shipped_path
 from modelpress.config_types import checked_values
 from modelpress.errors import BadInputError
-from runtimes.quantize.config import QuantizeConfig
+from modelpress.runtimes.quantize.config import QuantizeConfig
 
 TASKS = ("feature-extraction", "text-classification")
 EVAL_FORMATS = ("auto", "text", "pairs", "stsb")
@@ -198,7 +199,8 @@ def resolve_path(value: str, base_dirs: list[Path]) -> str:
     for base in base_dirs:
         if (base / p).exists():
             return str((base / p).resolve())
-    return value
+    shipped = shipped_path(value)
+    return str(shipped) if shipped is not None else value
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -225,19 +227,17 @@ def recipe_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> Reci
     base_dirs = [Path.cwd()]
     if source is not None:
         base_dirs += [source.resolve().parent, source.resolve().parent.parent]
-    package_root = Path(__file__).resolve().parent.parent
-    base_dirs.append(package_root)
 
     calibration = _section("calibration", raw.get("calibration"))
     if "data" in calibration:
         calibration["data"] = resolve_path(str(calibration["data"]), base_dirs)
     else:
-        calibration["data"] = str(package_root / CalibrationConfig.data)
+        calibration["data"] = str(shipped_path(CalibrationConfig.data))
     validate = _section("validate", raw.get("validate"))
     if "eval_data" in validate:
         validate["eval_data"] = resolve_path(str(validate["eval_data"]), base_dirs)
     else:
-        validate["eval_data"] = str(package_root / ValidateConfig.eval_data)
+        validate["eval_data"] = str(shipped_path(ValidateConfig.eval_data))
 
     teacher = str(raw["teacher"])
     if not teacher.startswith("package:"):
@@ -251,14 +251,14 @@ def recipe_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> Reci
     distill_raw = _section("distill", raw.get("distill"))
     distill_cfg = None
     if distill_raw:
-        from distill.config import DistillConfig
+        from modelpress.distill.config import DistillConfig
         if "data" in distill_raw:
             distill_raw["data"] = resolve_path(str(distill_raw["data"]), base_dirs)
         distill_cfg = DistillConfig.from_dict(distill_raw, base_dir=base_dirs[1] if source is not None else Path.cwd())
     engine_raw = _section("engine", raw.get("engine"))
     engine_cfg = None
     if engine_raw:
-        from runtimes.tensorrt.config import EngineConfig
+        from modelpress.runtimes.tensorrt.config import EngineConfig
         engine_cfg = EngineConfig.from_dict(engine_raw, base_dir=base_dirs[1] if source is not None else Path.cwd())
 
     return Recipe(

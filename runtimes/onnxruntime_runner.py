@@ -7,7 +7,7 @@ from typing import Mapping
 import numpy as np
 
 from modelpress.errors import BadInputError
-from runtimes.base import Runner
+from modelpress.runtimes.base import Runner
 
 
 def session_options(threads: int = 0):

@@ -5,7 +5,7 @@ from typing import Mapping
 
 import numpy as np
 
-from runtimes.base import Runner
+from modelpress.runtimes.base import Runner
 
 
 class TorchRunner(Runner):

@@ -225,7 +225,7 @@ class Exported:
 
 
 def _export(tiny: TinyModel, out: Path) -> Exported:
-    from export.onnx_export import export_onnx
+    from modelpress.export.onnx_export import export_onnx
     from modelpress.models import load_model_and_tokenizer
     from modelpress.tasks import FeatureExtractionHead
 

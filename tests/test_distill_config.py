@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import DistillConfig, LossWeights
-from distill.tasks import get_task
+from modelpress.distill.config import DistillConfig, LossWeights
+from modelpress.distill.tasks import get_task
 from modelpress.errors import BadInputError
 
 
@@ -94,7 +94,7 @@ def test_task_defaults_and_inapplicable_losses():
 def test_precision_resolution_on_cpu():
     import torch
 
-    from distill.precision import cpu_has_native_bf16, resolve_precision
+    from modelpress.distill.precision import cpu_has_native_bf16, resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu).name == ("bf16" if cpu_has_native_bf16() else "fp32")

@@ -9,17 +9,17 @@ import json
 import pytest
 import torch
 
-import distill.layer_selection as layer_selection
-from distill.config import DistillConfig
-from distill.data import load_corpus, tokenize_corpus
-from distill.distributed import DistContext
-from distill.forward import pool
-from distill.layer_selection import choose_layers
-from distill.pipeline import run_distillation
-from distill.precision import Precision
-from distill.student import build_layer_subset
-from distill.tasks import get_task
-from distill.testing import make_teacher, write_corpus
+import modelpress.distill.layer_selection as layer_selection
+from modelpress.distill.config import DistillConfig
+from modelpress.distill.data import load_corpus, tokenize_corpus
+from modelpress.distill.distributed import DistContext
+from modelpress.distill.forward import pool
+from modelpress.distill.layer_selection import choose_layers
+from modelpress.distill.pipeline import run_distillation
+from modelpress.distill.precision import Precision
+from modelpress.distill.student import build_layer_subset
+from modelpress.distill.tasks import get_task
+from modelpress.distill.testing import make_teacher, write_corpus
 from modelpress.errors import BadInputError
 
 FE_OPTIONS = {"pooling": "mean", "normalize": True}

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from distill.losses import (
+from modelpress.distill.losses import (
     attention_kl,
     embedding_cosine,
     embedding_mse,
@@ -16,8 +16,8 @@ from distill.losses import (
     similarity_mse,
     soft_target_kl,
 )
-from distill.objective import DistillObjective
-from distill.forward import ModelOutputs, pool
+from modelpress.distill.objective import DistillObjective
+from modelpress.distill.forward import ModelOutputs, pool
 
 
 def _softmax(xs):

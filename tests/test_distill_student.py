@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.config import DistillConfig
-from distill.data import Corpus, split_indices, tokenize_corpus
-from distill.sampler import DistributedBatchSampler
-from distill.student import build_layer_subset, build_student, default_layer_map, evenly_spaced_layers
-from distill.tasks import get_task
-from distill.testing import make_teacher, random_sentences
+from modelpress.distill.config import DistillConfig
+from modelpress.distill.data import Corpus, split_indices, tokenize_corpus
+from modelpress.distill.sampler import DistributedBatchSampler
+from modelpress.distill.student import build_layer_subset, build_student, default_layer_map, evenly_spaced_layers
+from modelpress.distill.tasks import get_task
+from modelpress.distill.testing import make_teacher, random_sentences
 from modelpress.errors import BadInputError
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.config import DistillConfig
-from distill.data import load_corpus, tokenize_corpus
-from distill.distributed import DistContext
-from distill.precision import Precision
-from distill.tasks import get_task
-from distill.teacher import TeacherTargets, load_teacher
-from distill.testing import make_teacher, write_corpus
+from modelpress.distill.config import DistillConfig
+from modelpress.distill.data import load_corpus, tokenize_corpus
+from modelpress.distill.distributed import DistContext
+from modelpress.distill.precision import Precision
+from modelpress.distill.tasks import get_task
+from modelpress.distill.teacher import TeacherTargets, load_teacher
+from modelpress.distill.testing import make_teacher, write_corpus
 
 LAYERS = (1, 3)  # the teacher layers a 2-layer student of a 4-layer teacher imitates
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.config import DistillConfig
-from distill.forward import pool
-from distill.pipeline import run_distillation
-from distill.testing import make_teacher, random_sentences, write_corpus
+from modelpress.distill.config import DistillConfig
+from modelpress.distill.forward import pool
+from modelpress.distill.pipeline import run_distillation
+from modelpress.distill.testing import make_teacher, random_sentences, write_corpus
 from modelpress.errors import BadInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def _cli(root: Path, section: dict, out: Path, *extra: str, nproc: int = 1) -> s
     section_file = out.parent / f"{out.name}.json"
     section_file.write_text(json.dumps(section))
     # the section file lives next to the run folder; data paths in it are absolute
-    args = ["-m", "distill", str(section_file), "--teacher", str(root / "teacher"), "--out", str(out), *extra]
+    args = ["-m", "modelpress.distill", str(section_file), "--teacher", str(root / "teacher"), "--out", str(out), *extra]
     if nproc > 1:
         args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
     return subprocess.run([sys.executable, *args], cwd=REPO, env=_env(), capture_output=True, text=True,
@@ -163,7 +163,7 @@ def _embed(model_dir_or_model, texts, tokenizer):
 def test_distilled_student_is_measurably_closer_to_its_teacher(tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
-    from distill.student import build_layer_subset
+    from modelpress.distill.student import build_layer_subset
 
     teacher_dir = make_teacher(tmp_path / "teacher", num_layers=4)
     write_corpus(tmp_path / "corpus.txt", 400, seed=5)

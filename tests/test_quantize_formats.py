@@ -10,10 +10,10 @@ import onnx
 import pytest
 from conftest import make_texts
 
-from calibration_data.feeds import TokenizedFeed
-from runtimes.quantize.config import QuantizeConfig
-from runtimes.quantize.static import plan_quantization, write_quantized
-from runtimes.tensorrt.checker import check_trt_qdq
+from modelpress.calibration_data.feeds import TokenizedFeed
+from modelpress.runtimes.quantize.config import QuantizeConfig
+from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
+from modelpress.runtimes.tensorrt.checker import check_trt_qdq
 
 
 def _feed(tokenizer_dir, names, n=48, seed=21):
@@ -78,9 +78,9 @@ def test_onnxruntime_qdq_fails_the_trt_checker_on_exactly_the_activation_nodes(b
 @pytest.mark.slow
 def test_minilm_tensorrt_preset_passes_and_asymmetric_fails(tmp_path):
     """The bar of the TensorRT issue, on the real MiniLM export."""
-    from calibration_data.loaders import load_texts, sample
+    from modelpress.calibration_data.loaders import load_texts, sample
     from conftest import REPO
-    from export.onnx_export import export_onnx
+    from modelpress.export.onnx_export import export_onnx
     from modelpress.models import load_model_and_tokenizer, resolve_model_ref
     from modelpress.tasks import make_head
 
@@ -101,7 +101,7 @@ def test_minilm_tensorrt_preset_passes_and_asymmetric_fails(tmp_path):
 
 
 def test_the_same_calibration_written_for_tensorrt_passes_the_checker(bert_plan, tmp_path):
-    from runtimes.quantize.static import for_tensorrt
+    from modelpress.runtimes.quantize.static import for_tensorrt
 
     _, _, plan = bert_plan
     trt_plan = for_tensorrt(plan)

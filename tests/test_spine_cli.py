@@ -385,10 +385,10 @@ def test_run_with_distillation_reports_the_subset_it_started_from(data_files, tm
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from distill.forward import pool
-    from distill.student import build_layer_subset
-    from distill.testing import make_teacher
-    from validate.evalsets import load_eval_set
+    from modelpress.distill.forward import pool
+    from modelpress.distill.student import build_layer_subset
+    from modelpress.distill.testing import make_teacher
+    from modelpress.validate.evalsets import load_eval_set
 
     teacher_dir = make_teacher(tmp_path / "teacher", num_layers=4, initializer_range=0.3, seed=2)
     recipe = write_recipe(tmp_path / "d.toml", {"name": "d", "teacher": str(teacher_dir)}, {

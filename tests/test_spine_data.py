@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import NUM_LABELS, SHARED_DATA, STSB_TEST, make_texts, needs_shared_data
 
-from calibration_data.feeds import OrtCalibrationReader, TokenizedFeed
-from calibration_data.loaders import load_texts, read_records, sample
+from modelpress.calibration_data.feeds import OrtCalibrationReader, TokenizedFeed
+from modelpress.calibration_data.loaders import load_texts, read_records, sample
 from modelpress.errors import BadInputError
-from validate.evalsets import load_eval_set
+from modelpress.validate.evalsets import load_eval_set
 
 
 # -- loaders ------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from export.onnx_export import EXAMPLE_SEQ, EXAMPLE_TEXTS, PARITY_SEQ, PARITY_TEXTS, model_input_names
-from export.parity import check_parity
+from modelpress.export.onnx_export import EXAMPLE_SEQ, EXAMPLE_TEXTS, PARITY_SEQ, PARITY_TEXTS, model_input_names
+from modelpress.export.parity import check_parity
 from modelpress.errors import BadInputError, ParityError
 
 
@@ -83,7 +83,7 @@ def test_onnx_equals_torch_on_a_third_shape_with_sentence_pairs(exported, data_f
 def test_parity_error_when_a_weight_is_corrupted(bert_onnx, tmp_path):
     import torch
 
-    from export.onnx_export import encode
+    from modelpress.export.onnx_export import encode
 
     model, tokenizer = _torch(bert_onnx)
     names = bert_onnx.result.input_names
@@ -130,7 +130,7 @@ def test_text_classification_export_has_logits_with_a_dynamic_batch(tiny_bert_cl
     import onnxruntime as ort
     import torch
 
-    from export.onnx_export import export_onnx
+    from modelpress.export.onnx_export import export_onnx
     from modelpress.models import load_model_and_tokenizer
     from modelpress.tasks import TextClassificationHead
 
@@ -153,8 +153,8 @@ def test_text_classification_export_has_logits_with_a_dynamic_batch(tiny_bert_cl
 def test_optional_fusion_keeps_parity(bert_onnx, tmp_path):
     import torch
 
-    from export.fusion import fuse
-    from export.onnx_export import encode
+    from modelpress.export.fusion import fuse
+    from modelpress.export.onnx_export import encode
 
     model, tokenizer = _torch(bert_onnx)
     feed = encode(tokenizer, PARITY_TEXTS, PARITY_SEQ, bert_onnx.result.input_names)

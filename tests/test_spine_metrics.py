@@ -12,9 +12,9 @@ from modelpress.errors import BadInputError
 from modelpress.manifest import sha256, verify, write_manifest
 from modelpress.paths import publish, staging_dir
 from modelpress.tasks import FeatureExtractionHead, TextClassificationHead, head_from_dict, make_head
-from validate import metrics as M
-from validate.gate import GateResult, decide, gate_report
-from validate.latency import summarize, time_calls
+from modelpress.validate import metrics as M
+from modelpress.validate.gate import GateResult, decide, gate_report
+from modelpress.validate.latency import summarize, time_calls
 
 
 # -- embeddings ---------------------------------------------------------------------------------------

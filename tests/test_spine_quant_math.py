@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from runtimes.quantize.qdq import activation_params, quantize_weight
-from runtimes.quantize.smoothquant import apply_smoothing, smoothing_factors
-from runtimes.quantize.stats import TensorRange, TensorStats
-from runtimes.quantize.targets import find_targets
+from modelpress.runtimes.quantize.qdq import activation_params, quantize_weight
+from modelpress.runtimes.quantize.smoothquant import apply_smoothing, smoothing_factors
+from modelpress.runtimes.quantize.stats import TensorRange, TensorStats
+from modelpress.runtimes.quantize.targets import find_targets
 
 
 def _feed_in_batches(stats: TensorStats, x: np.ndarray, n_batches: int) -> None:
@@ -250,8 +250,8 @@ def test_smoothing_a_hand_built_graph_is_exact(shared_weight):
 def test_smoothing_the_tiny_bert_export_is_exact(bert_onnx, data_files):
     from transformers import AutoTokenizer
 
-    from calibration_data.feeds import TokenizedFeed
-    from runtimes.quantize.calibrate import collect_stats
+    from modelpress.calibration_data.feeds import TokenizedFeed
+    from modelpress.runtimes.quantize.calibrate import collect_stats
 
     model = onnx.load(str(bert_onnx.onnx_path))
     tokenizer = AutoTokenizer.from_pretrained(str(bert_onnx.model.path))
@@ -274,8 +274,8 @@ def test_smoothing_the_tiny_bert_export_is_exact(bert_onnx, data_files):
 
 def test_gemm_with_transposed_weight_is_smoothed_and_quantized_per_output_channel(tmp_path):
     """Gemm(x, W[out, in], b, transB=1): the output channels are W's rows (axis 0), the input ones its columns."""
-    from runtimes.quantize.config import QuantizeConfig
-    from runtimes.quantize.static import quantize_static
+    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.runtimes.quantize.static import quantize_static
 
     rng = np.random.default_rng(10)
     w = (rng.normal(size=(5, 8)) * rng.uniform(0.1, 2.0, size=(5, 1))).astype(np.float32)   # [out=5, in=8]
@@ -311,8 +311,8 @@ def test_ort_format_with_a_matmul_and_a_gemm_reading_one_activation(tmp_path):
     graph: duplicate names). That activation's consumers now all take the Q/DQ form."""
     import onnxruntime as ort
 
-    from runtimes.quantize.config import QuantizeConfig
-    from runtimes.quantize.static import quantize_static
+    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.runtimes.quantize.static import quantize_static
 
     rng = np.random.default_rng(11)
     nodes = [helper.make_node("MatMul", ["x", "W1"], ["y1"], name="mm"),
@@ -338,3 +338,30 @@ def test_ort_format_with_a_matmul_and_a_gemm_reading_one_activation(tmp_path):
     got = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     for g, ref in zip(got, _run(model, {"x": x})):
         assert np.abs(g - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_saturating_cpus_get_7_bit_weights(monkeypatch):
+    """x86 without VNNI saturates u8×s8 pair sums in int16 (runtimes.cpu): the onnxruntime preset
+    then quantizes weights to ±63; VNNI/AMX CPUs, ARM and the tensorrt preset keep ±127."""
+    from modelpress.runtimes import cpu
+    from modelpress.runtimes.quantize.config import QuantizeConfig
+
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    for flags, saturates in ((frozenset({"avx2"}), True), (frozenset({"avx2", "avx512_vnni"}), False),
+                             (frozenset({"avx2", "avx_vnni"}), False), (frozenset({"amx_int8"}), False)):
+        monkeypatch.setattr(cpu, "cpu_flags", lambda f=flags: f)
+        assert cpu.int8_gemm_saturates() is saturates
+        assert QuantizeConfig().weight_qmax == (63 if saturates else 127)
+        assert QuantizeConfig(preset="tensorrt").weight_qmax == 127
+        assert QuantizeConfig(reduce_range=True).weight_qmax == 63
+        assert QuantizeConfig(reduce_range=False).weight_qmax == 127
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "aarch64")
+    assert not cpu.int8_gemm_saturates()
+
+
+def test_quantize_weight_in_a_reduced_range():
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(16, 8)).astype(np.float32)
+    q, scale = quantize_weight(w, axis=1, per_channel=True, qmax=63)
+    assert np.abs(q).max(axis=0).tolist() == [63] * 8
+    assert np.abs(q.astype(np.float32) * scale - w).max() <= scale.max() / 2 + 1e-7

@@ -8,7 +8,7 @@ import pytest
 from modelpress.errors import BadInputError
 from modelpress.recipe import (CalibrationConfig, ExportConfig, GateConfig, TaskConfig, ValidateConfig,
                                apply_overrides, load_recipe, parse_override, resolve_path)
-from runtimes.quantize.config import QuantizeConfig
+from modelpress.runtimes.quantize.config import QuantizeConfig
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,14 +20,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from modelpress.errors import BackendUnavailableError, BadInputError
-from runtimes.tensorrt.config import EngineConfig
-from runtimes.tensorrt.engine import build_engine
-from runtimes.tensorrt.fp16 import convert_to_fp16
-from runtimes.tensorrt.gpu import gpu_identity
-from runtimes.tensorrt.metadata import EngineMetadata, write_engine_metadata
-from runtimes.tensorrt.ort_gpu import PROVIDERS, OrtGpuRunner
-from runtimes.tensorrt.runner import TensorRTRunner
-from runtimes.tensorrt.stage import build_engines
+from modelpress.runtimes.tensorrt.config import EngineConfig
+from modelpress.runtimes.tensorrt.engine import build_engine
+from modelpress.runtimes.tensorrt.fp16 import convert_to_fp16
+from modelpress.runtimes.tensorrt.gpu import gpu_identity
+from modelpress.runtimes.tensorrt.metadata import EngineMetadata, write_engine_metadata
+from modelpress.runtimes.tensorrt.ort_gpu import PROVIDERS, OrtGpuRunner
+from modelpress.runtimes.tensorrt.runner import TensorRTRunner
+from modelpress.runtimes.tensorrt.stage import build_engines
 
 
 def _importable(name: str) -> bool:

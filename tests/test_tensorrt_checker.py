@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from modelpress.errors import BadInputError
-from runtimes.tensorrt.checker import (
+from modelpress.runtimes.tensorrt.checker import (
     MODEL_NODE,
     check_trt_qdq,
     format_report,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from modelpress.errors import BadInputError
-from runtimes.tensorrt.config import EngineConfig
+from modelpress.runtimes.tensorrt.config import EngineConfig
 
 
 def test_defaults_build_int8_only_with_cache_in_run_folder(tmp_path: Path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from modelpress.errors import BadInputError
-from runtimes.tensorrt.gpu import GpuIdentity
-from runtimes.tensorrt.metadata import (
+from modelpress.runtimes.tensorrt.gpu import GpuIdentity
+from modelpress.runtimes.tensorrt.metadata import (
     EngineMetadata,
     check_engine_compatible,
     engine_metadata_path,

@@ -14,9 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from validate import metrics as M
-from validate.evalsets import EvalSet
-from validate.latency import PeakRss, summarize, time_calls
+from modelpress.validate import metrics as M
+from modelpress.validate.evalsets import EvalSet
+from modelpress.validate.latency import PeakRss, summarize, time_calls
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from calibration_data.loaders import read_records
+from modelpress.calibration_data.loaders import read_records
 from modelpress.errors import BadInputError
 
 

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 from typing import Mapping
 
 from modelpress.errors import BadInputError
-from validate.metrics import primary_metric
+from modelpress.validate.metrics import primary_metric
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from runtimes.quantize.calibrate import _token_rows, collect_tensors
-from runtimes.quantize.qdq import ActivationQuant, quantize_weight
-from runtimes.quantize.static import QuantPlan
-from runtimes.quantize.targets import weight_array
+from modelpress.runtimes.quantize.calibrate import _token_rows, collect_tensors
+from modelpress.runtimes.quantize.qdq import ActivationQuant, quantize_weight
+from modelpress.runtimes.quantize.static import QuantPlan
+from modelpress.runtimes.quantize.targets import weight_array
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,8 @@ def fake_quant_activation(x: np.ndarray, p: ActivationQuant) -> np.ndarray:
     return ((q - p.zero_point) * p.scale).astype(np.float32)
 
 
-def fake_quant_weight(w: np.ndarray, *, axis: int, per_channel: bool) -> np.ndarray:
-    q, scale = quantize_weight(w, axis=axis, per_channel=per_channel)
+def fake_quant_weight(w: np.ndarray, *, axis: int, per_channel: bool, qmax: int = 127) -> np.ndarray:
+    q, scale = quantize_weight(w, axis=axis, per_channel=per_channel, qmax=qmax)
     shape = [1, 1]
     shape[axis] = -1
     return (q.astype(np.float32) * (scale.reshape(shape) if per_channel else scale)).astype(np.float32)
@@ -73,7 +73,7 @@ def analyze_plan(plan: QuantPlan, feeds: Iterable[Mapping[str, np.ndarray]], *,
             axis = 1
         else:
             axis = t.weight_axis
-        wq = fake_quant_weight(w, axis=axis, per_channel=plan.cfg.per_channel)
+        wq = fake_quant_weight(w, axis=axis, per_channel=plan.cfg.per_channel, qmax=plan.cfg.weight_qmax)
         xq = fake_quant_activation(x, plan.activation_quant(t.activation))
         y = x @ w
         ref = float(np.sum(y.astype(np.float64) ** 2))

@@ -20,9 +20,9 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from runtimes.quantize.analysis import NodeError, analyze_plan
-from runtimes.quantize.config import CALIBRATION_METHODS, QuantizeConfig
-from runtimes.quantize.static import QuantizeSummary, QuantPlan, plan_quantization, write_quantized
+from modelpress.runtimes.quantize.analysis import NodeError, analyze_plan
+from modelpress.runtimes.quantize.config import CALIBRATION_METHODS, QuantizeConfig
+from modelpress.runtimes.quantize.static import QuantizeSummary, QuantPlan, plan_quantization, write_quantized
 
 log = logging.getLogger(__name__)
 

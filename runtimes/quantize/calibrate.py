@@ -15,7 +15,7 @@ import onnx
 from tqdm import tqdm
 
 from modelpress.errors import BadInputError
-from runtimes.quantize.stats import TensorStats
+from modelpress.runtimes.quantize.stats import TensorStats
 
 MASK_INPUT = "attention_mask"
 

@@ -30,6 +30,7 @@ class QuantizeConfig:
     nodes_to_exclude: tuple[str, ...] = ()          # node names kept fp32
     per_channel: bool = True             # per-output-channel weight scales
     symmetric_activations: bool | None = None  # None: from the preset
+    reduce_range: bool | None = None     # 7-bit weights (±63); None: where this CPU's int8 GEMM saturates
     exclude_padding: bool = True         # calibrate on real tokens only (attention_mask == 1)
     smoothquant: bool = True             # migrate activation outliers into weights (SmoothQuant)
     smoothquant_alpha: float = 0.8       # migration strength, 0..1
@@ -65,6 +66,17 @@ class QuantizeConfig:
     def tensorrt_readable(self) -> bool:
         """Whether the written graph is what TensorRT's explicit quantization reads (Q/DQ, zero point 0)."""
         return self.graph_format == "qdq" and self.activation_symmetric
+
+    @property
+    def weight_qmax(self) -> int:
+        """±127, or ±63 (ONNX Runtime's ``reduce_range``) for the onnxruntime preset on an x86 CPU
+        without VNNI, whose u8×s8 GEMM saturates int16 pair sums (``runtimes.cpu``)."""
+        reduce = self.reduce_range
+        if reduce is None:
+            from modelpress.runtimes.cpu import int8_gemm_saturates
+
+            reduce = self.preset == "onnxruntime" and int8_gemm_saturates()
+        return 63 if reduce else 127
 
     @property
     def activation_symmetric(self) -> bool:

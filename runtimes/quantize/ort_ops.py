@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from runtimes.quantize.qdq import activation_params, quantize_weight
-from runtimes.quantize.stats import TensorRange
-from runtimes.quantize.targets import QuantTarget
+from modelpress.runtimes.quantize.qdq import activation_params, quantize_weight
+from modelpress.runtimes.quantize.stats import TensorRange
+from modelpress.runtimes.quantize.targets import QuantTarget
 
 MS_DOMAIN = "com.microsoft"
 
@@ -37,7 +37,7 @@ def _bias_add(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict, consume
 
 
 def insert_ort_int8(model: onnx.ModelProto, targets: list[QuantTarget], ranges: dict[str, TensorRange], *,
-                    per_channel: bool = True) -> onnx.ModelProto:
+                    per_channel: bool = True, weight_qmax: int = 127) -> onnx.ModelProto:
     """MatMul targets become MatMulIntegerToFloat (u8 activations, s8 per-column weights)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
@@ -68,7 +68,7 @@ def insert_ort_int8(model: onnx.ModelProto, targets: list[QuantTarget], ranges: 
                 name=f"{base}_QuantizeLinear"))
             quantized_acts[base] = f"{base}_quantized"
         w = numpy_helper.to_array(inits[t.weight])
-        q, scale = quantize_weight(w, axis=1, per_channel=per_channel)
+        q, scale = quantize_weight(w, axis=1, per_channel=per_channel, qmax=weight_qmax)
         wq = f"{t.weight}_{t.node_name}_quantized"
         graph.initializer.extend([
             numpy_helper.from_array(q, wq),

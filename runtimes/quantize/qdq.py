@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from runtimes.quantize.stats import TensorRange
-from runtimes.quantize.targets import QuantTarget
+from modelpress.runtimes.quantize.stats import TensorRange
+from modelpress.runtimes.quantize.targets import QuantTarget
 
 
 @dataclass(frozen=True)
@@ -37,21 +37,22 @@ def activation_params(rng: TensorRange, *, symmetric: bool) -> ActivationQuant:
     return ActivationQuant(scale, zp, False)
 
 
-def quantize_weight(w: np.ndarray, *, axis: int, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 weight and its scale(s) (restricted to ±127, as TensorRT requires)."""
+def quantize_weight(w: np.ndarray, *, axis: int, per_channel: bool, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weight and its scale(s), in ±``qmax``: 127 (TensorRT requires the symmetric
+    range), or 63 for CPUs whose int8 GEMM saturates (``runtimes.cpu``)."""
     if per_channel:
         amax = np.abs(w).max(axis=1 - axis)
     else:
         amax = np.array(np.abs(w).max())
-    scale = (np.maximum(amax, 1e-12) / 127.0).astype(np.float32)
+    scale = (np.maximum(amax, 1e-12) / float(qmax)).astype(np.float32)
     shape = [1, 1]
     shape[axis] = -1
-    q = np.clip(np.round(w / (scale.reshape(shape) if per_channel else scale)), -127, 127).astype(np.int8)
+    q = np.clip(np.round(w / (scale.reshape(shape) if per_channel else scale)), -qmax, qmax).astype(np.int8)
     return q, scale
 
 
 def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], ranges: dict[str, TensorRange], *,
-               symmetric_activations: bool, per_channel: bool = True) -> onnx.ModelProto:
+               symmetric_activations: bool, per_channel: bool = True, weight_qmax: int = 127) -> onnx.ModelProto:
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -83,7 +84,7 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], ranges: dict[
         node.input[0] = act_done[t.activation]
 
         w = numpy_helper.to_array(inits[t.weight])
-        q, scale = quantize_weight(w, axis=t.weight_axis, per_channel=per_channel)
+        q, scale = quantize_weight(w, axis=t.weight_axis, per_channel=per_channel, qmax=weight_qmax)
         wq = f"{t.weight}_{t.node_name}_quantized"
         graph.initializer.extend([
             numpy_helper.from_array(q, wq),

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from runtimes.quantize.targets import QuantTarget
+from modelpress.runtimes.quantize.targets import QuantTarget
 
 _S_MIN, _S_MAX = 1e-4, 1e4
 

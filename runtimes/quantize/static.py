@@ -18,13 +18,13 @@ import onnx
 import psutil
 
 from modelpress.errors import BadInputError
-from runtimes.quantize.calibrate import collect_stats
-from runtimes.quantize.config import QuantizeConfig
-from runtimes.quantize.ort_ops import insert_ort_int8
-from runtimes.quantize.qdq import activation_params, insert_qdq
-from runtimes.quantize.smoothquant import apply_smoothing
-from runtimes.quantize.stats import TensorRange
-from runtimes.quantize.targets import QuantTarget, find_targets
+from modelpress.runtimes.quantize.calibrate import collect_stats
+from modelpress.runtimes.quantize.config import QuantizeConfig
+from modelpress.runtimes.quantize.ort_ops import insert_ort_int8
+from modelpress.runtimes.quantize.qdq import activation_params, insert_qdq
+from modelpress.runtimes.quantize.smoothquant import apply_smoothing
+from modelpress.runtimes.quantize.stats import TensorRange
+from modelpress.runtimes.quantize.targets import QuantTarget, find_targets
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class QuantizeSummary:
     format: str                           # "qdq" | "ort"
     calibration_method: str
     smoothquant: bool
+    weight_bits: int                      # 8 (±127) or 7 (±63, reduce_range: CPUs whose int8 GEMM saturates)
     quantized_nodes: tuple[str, ...]
     fp32_nodes: tuple[str, ...]           # MatMul/Gemm nodes left in fp32 (excluded or not eligible)
     tensors: tuple[TensorCalibration, ...]
@@ -137,7 +138,8 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
 def for_tensorrt(plan: QuantPlan) -> QuantPlan:
     """The same calibration as TensorRT reads it: symmetric int8 activations (±max|range|), Q/DQ."""
     return replace(plan, ranges={a: r.symmetric() for a, r in plan.ranges.items()},
-                   cfg=plan.cfg.with_(preset="tensorrt", format="qdq", symmetric_activations=None))
+                   cfg=plan.cfg.with_(preset="tensorrt", format="qdq", symmetric_activations=None,
+                                      reduce_range=False))
 
 
 def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[str, ...] = ()) -> QuantizeSummary:
@@ -149,13 +151,15 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
         # every MatMul reading an activation a Gemm reads, since an activation is quantized once
         qdq_acts = {t.activation for t in targets if t.op_type != "MatMul"}
         matmuls = [t for t in targets if t.activation not in qdq_acts]
-        qmodel = insert_ort_int8(plan.model, matmuls, plan.ranges, per_channel=cfg.per_channel)
+        qmodel = insert_ort_int8(plan.model, matmuls, plan.ranges, per_channel=cfg.per_channel,
+                                 weight_qmax=cfg.weight_qmax)
         rest = [t for t in targets if t.activation in qdq_acts]
         if rest:
-            qmodel = insert_qdq(qmodel, rest, plan.ranges, symmetric_activations=False, per_channel=cfg.per_channel)
+            qmodel = insert_qdq(qmodel, rest, plan.ranges, symmetric_activations=False, per_channel=cfg.per_channel,
+                                weight_qmax=cfg.weight_qmax)
     else:
         qmodel = insert_qdq(plan.model, targets, plan.ranges, symmetric_activations=cfg.activation_symmetric,
-                            per_channel=cfg.per_channel)
+                            per_channel=cfg.per_channel, weight_qmax=cfg.weight_qmax)
     _save_atomically(qmodel, Path(out_path))
     quantized = tuple(t.node_name for t in targets)
     tensors = []
@@ -166,7 +170,7 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
                                          rng.clipped, p.scale, p.zero_point))
     return QuantizeSummary(
         preset=cfg.preset, format=cfg.graph_format, calibration_method=cfg.calibration_method,
-        smoothquant=cfg.smoothquant,
+        smoothquant=cfg.smoothquant, weight_bits=8 if cfg.weight_qmax == 127 else 7,
         quantized_nodes=quantized, fp32_nodes=tuple(n for n in plan.all_matmuls if n not in quantized),
         tensors=tuple(tensors), calibration_seconds=round(plan.seconds, 2),
         peak_rss_mb=round(plan.peak_rss_bytes / 2**20, 1))

@@ -25,9 +25,9 @@ from typing import Any, Sequence
 import onnx
 
 from modelpress.errors import BadInputError, ModelpressError
-from runtimes.tensorrt.config import EngineConfig
-from runtimes.tensorrt.gpu import gpu_identity, require_tensorrt
-from runtimes.tensorrt.metadata import (
+from modelpress.runtimes.tensorrt.config import EngineConfig
+from modelpress.runtimes.tensorrt.gpu import gpu_identity, require_tensorrt
+from modelpress.runtimes.tensorrt.metadata import (
     EngineMetadata,
     engine_metadata_path,
     file_sha256,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.errors import BadInputError
-from runtimes.tensorrt.gpu import GpuIdentity
+from modelpress.runtimes.tensorrt.gpu import GpuIdentity
 
 FORMAT_VERSION = 1
 _HASH_CHUNK = 1 << 20

@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 
 from modelpress.errors import BackendUnavailableError, BadInputError, ModelpressError
-from runtimes.base import Runner
-from runtimes.tensorrt.config import EngineConfig
-from runtimes.tensorrt.engine import onnx_input_names
+from modelpress.runtimes.base import Runner
+from modelpress.runtimes.tensorrt.config import EngineConfig
+from modelpress.runtimes.tensorrt.engine import onnx_input_names
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _MIB = 1 << 20

@@ -22,9 +22,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from modelpress.errors import BadInputError, ModelpressError
-from runtimes.base import Runner
-from runtimes.tensorrt.gpu import gpu_identity, require_tensorrt, require_torch_cuda
-from runtimes.tensorrt.metadata import (
+from modelpress.runtimes.base import Runner
+from modelpress.runtimes.tensorrt.gpu import gpu_identity, require_tensorrt, require_torch_cuda
+from modelpress.runtimes.tensorrt.metadata import (
     EngineMetadata,
     check_engine_compatible,
     engine_metadata_path,

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.errors import BadInputError
-from runtimes.tensorrt.checker import require_trt_compatible
-from runtimes.tensorrt.config import EngineConfig
-from runtimes.tensorrt.engine import build_engine
-from runtimes.tensorrt.fp16 import convert_to_fp16
-from runtimes.tensorrt.gpu import gpu_identity, require_tensorrt
+from modelpress.runtimes.tensorrt.checker import require_trt_compatible
+from modelpress.runtimes.tensorrt.config import EngineConfig
+from modelpress.runtimes.tensorrt.engine import build_engine
+from modelpress.runtimes.tensorrt.fp16 import convert_to_fp16
+from modelpress.runtimes.tensorrt.gpu import gpu_identity, require_tensorrt
 
 # run-folder file names this stage reads and writes (mirror them in the run-folder paths module)
 FP32_ONNX = "model.onnx"

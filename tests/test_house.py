@@ -1,0 +1,46 @@
+"""The house rules: one top-level import name, and a wheel that installs only ``modelpress``."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from conftest import REPO
+
+#: repo folders that install as modelpress.<folder>; importing them bare works only from a checkout
+FOLDERS = ("export", "runtimes", "calibration_data", "validate", "distill")
+SOURCES = ("modelpress", *FOLDERS, "bench", "tests")
+
+
+def _bare_imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        found += [f"{path.relative_to(REPO)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in FOLDERS]
+    return found
+
+
+def test_no_module_imports_a_bare_top_level_folder():
+    offenders = [hit for folder in SOURCES for p in sorted((REPO / folder).rglob("*.py")) for hit in _bare_imports(p)]
+    assert not offenders, "import these as modelpress.<folder>:\n" + "\n".join(offenders)
+
+
+def test_the_wheel_holds_only_the_modelpress_package(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("modelpress-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"modelpress"}
+    # the folders are inside, with the shipped corpora as package data; bench/ and tests/ are not
+    for folder in FOLDERS:
+        assert f"modelpress/{folder}/__init__.py" in names
+    assert "modelpress/calibration_data/en_default.txt" in names
+    assert not any(n.startswith(("modelpress/bench/", "bench/", "tests/")) for n in names)
