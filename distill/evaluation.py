@@ -50,9 +50,22 @@ def _logit_sums(student: ModelOutputs, teacher: ModelOutputs) -> torch.Tensor:
     return torch.stack([agree.sum(), kl.sum()])
 
 
+def _token_logit_sums(student: ModelOutputs, teacher: ModelOutputs) -> torch.Tensor:
+    """Per sample, agreement and KL averaged over its real tokens; summed over the batch."""
+    s, t = student.sentence.float(), teacher.sentence.float()
+    mask = student.mask.float()
+    tokens = mask.sum(dim=-1).clamp_min(1.0)
+    agree = ((s.argmax(dim=-1) == t.argmax(dim=-1)).float() * mask).sum(dim=-1) / tokens
+    log_t = F.log_softmax(t, dim=-1)
+    kl = ((log_t.exp() * (log_t - F.log_softmax(s, dim=-1))).sum(dim=-1) * mask).sum(dim=-1) / tokens
+    return torch.stack([agree.sum(), kl.sum()])
+
+
+#: by the kind of output a task compares (``DistillSpec.output`` in the task registry)
 METRICS = {
     "embedding": MetricSpec(("cosine", "mse"), _embedding_sums, lambda m: (m["cosine"],)),
     "logits": MetricSpec(("agreement", "kl"), _logit_sums, lambda m: (m["agreement"], -m["kl"])),
+    "token_logits": MetricSpec(("agreement", "kl"), _token_logit_sums, lambda m: (m["agreement"], -m["kl"])),
 }
 
 

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from modelpress.distill.tasks import TaskOptions, TaskSpec
+from modelpress.distill.tasks import TaskSpec
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -23,26 +22,18 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 class ModelOutputs:
     """What distillation compares, for one batch."""
 
-    sentence: torch.Tensor  # [batch, dim] pooled embedding, or [batch, classes] logits
+    sentence: torch.Tensor  # the task's target: [batch, dim] embedding, [batch, classes] or [batch, seq, classes] logits
     hidden_states: tuple[torch.Tensor, ...] | None = None  # output of each layer, [batch, seq, hidden]
     attentions: tuple[torch.Tensor, ...] | None = None  # each layer's [batch, heads, seq, seq]
+    mask: torch.Tensor | None = None  # [batch, seq] real tokens, for a per-token ``sentence``
 
     def detach(self) -> "ModelOutputs":
         return ModelOutputs(
             sentence=self.sentence.detach().float(),
             hidden_states=None if self.hidden_states is None else tuple(h.detach() for h in self.hidden_states),
             attentions=None if self.attentions is None else tuple(a.detach() for a in self.attentions),
+            mask=self.mask,
         )
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, *, pooling: str, normalize: bool) -> torch.Tensor:
-    """Sentence embedding from token states: mean over real tokens, or the first token; optional L2."""
-    if pooling == "cls":
-        emb = hidden[:, 0].float()
-    else:
-        mask = attention_mask.unsqueeze(-1).float()
-        emb = (hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
-    return F.normalize(emb, p=2, dim=-1) if normalize else emb
 
 
 def run_model(
@@ -50,23 +41,19 @@ def run_model(
     inputs: Mapping[str, torch.Tensor],
     *,
     spec: TaskSpec,
-    options: TaskOptions,
     need_hidden: bool = False,
     need_attentions: bool = False,
 ) -> ModelOutputs:
     """One forward pass of a transformers model, reduced to :class:`ModelOutputs`."""
     feed = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
     out = model(**feed, output_hidden_states=need_hidden, output_attentions=need_attentions, return_dict=True)
-    if spec.sentence_output == "logits":
-        sentence = out.logits
-    else:
-        sentence = pool(out.last_hidden_state, feed["attention_mask"], pooling=options.pooling,
-                        normalize=options.normalize)
+    sentence = spec.target(out, feed)
     hidden = tuple(out.hidden_states[1:]) if need_hidden else None  # [0] is the embedding output
     attentions = tuple(out.attentions) if need_attentions else None
     if need_attentions and (not attentions or any(a is None for a in attentions)):
         raise RuntimeError("model returned no attention probabilities; load it with attn_implementation='eager'")
-    return ModelOutputs(sentence=sentence, hidden_states=hidden, attentions=attentions)
+    mask = feed["attention_mask"] if sentence.dim() == 3 else None
+    return ModelOutputs(sentence=sentence, hidden_states=hidden, attentions=attentions, mask=mask)
 
 
 class DistillModule(nn.Module):
@@ -78,7 +65,6 @@ class DistillModule(nn.Module):
         student: nn.Module,
         *,
         spec: TaskSpec,
-        options: TaskOptions,
         teacher_hidden_size: int,
         need_hidden: bool,
         need_attentions: bool,
@@ -86,7 +72,6 @@ class DistillModule(nn.Module):
         super().__init__()
         self.student = student
         self.spec = spec
-        self.options = options
         self.need_hidden = need_hidden
         self.need_attentions = need_attentions
         width = student.config.hidden_size
@@ -96,12 +81,12 @@ class DistillModule(nn.Module):
 
     def student_outputs(self, inputs: Mapping[str, torch.Tensor]) -> ModelOutputs:
         """The student's sentence-level output only (evaluation; bypasses DDP)."""
-        return run_model(self.student, inputs, spec=self.spec, options=self.options)
+        return run_model(self.student, inputs, spec=self.spec)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> ModelOutputs:
-        out = run_model(self.student, inputs, spec=self.spec, options=self.options,
+        out = run_model(self.student, inputs, spec=self.spec,
                         need_hidden=self.need_hidden, need_attentions=self.need_attentions)
         if self.projection is not None and out.hidden_states is not None:
-            out = ModelOutputs(sentence=out.sentence, attentions=out.attentions,
+            out = ModelOutputs(sentence=out.sentence, attentions=out.attentions, mask=out.mask,
                                hidden_states=tuple(self.projection(h) for h in out.hidden_states))
         return out

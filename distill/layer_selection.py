@@ -29,7 +29,7 @@ from modelpress.distill.evaluation import METRICS, mean_metrics, shard_batches
 from modelpress.distill.forward import run_model
 from modelpress.distill.precision import Precision
 from modelpress.distill.student import build_layer_subset, evenly_spaced_layers
-from modelpress.distill.tasks import TaskOptions, TaskSpec
+from modelpress.distill.tasks import TaskSpec
 
 MAX_EXHAUSTIVE = 64  # subsets scored one by one; beyond this, greedy elimination
 MAX_TEXTS = 2000  # corpus texts scored per candidate
@@ -46,7 +46,6 @@ def choose_layers(
     *,
     num_layers: int,
     spec: TaskSpec,
-    options: TaskOptions,
     corpus: TokenizedCorpus,
     indices: Sequence[int],
     dist: DistContext,
@@ -57,7 +56,7 @@ def choose_layers(
     first ``MAX_TEXTS`` of ``indices`` (all processes call this together and get the same answer)."""
     total = teacher_model.config.num_hidden_layers
     evenly_spaced_layers(total, num_layers)  # validates num_layers
-    scorer = _Scorer(teacher_model, spec=spec, options=options, corpus=corpus, indices=indices[:MAX_TEXTS],
+    scorer = _Scorer(teacher_model, spec=spec, corpus=corpus, indices=indices[:MAX_TEXTS],
                      dist=dist, precision=precision, batch_size=batch_size)
     scored: dict[tuple[int, ...], dict] = {}
 
@@ -79,12 +78,11 @@ def choose_layers(
 class _Scorer:
     """Teacher outputs on the scored texts, computed once; a candidate costs one forward pass."""
 
-    def __init__(self, teacher_model: nn.Module, *, spec: TaskSpec, options: TaskOptions,
+    def __init__(self, teacher_model: nn.Module, *, spec: TaskSpec,
                  corpus: TokenizedCorpus, indices: Sequence[int], dist: DistContext, precision: Precision,
                  batch_size: int) -> None:
         self.teacher_model = teacher_model.to(dist.device)
         self.spec = spec
-        self.options = options
         self.dist = dist
         self.precision = precision
         self.batches = shard_batches(corpus, indices, dist=dist, batch_size=batch_size)
@@ -94,7 +92,7 @@ class _Scorer:
     def _outputs(self, model: nn.Module, batch):
         inputs = {k: v.to(self.dist.device) for k, v in batch.items()}
         with self.precision.autocast():
-            return run_model(model, inputs, spec=self.spec, options=self.options).detach()
+            return run_model(model, inputs, spec=self.spec).detach()
 
     def metrics(self, layers: tuple[int, ...]) -> dict[str, float]:
         candidate = build_layer_subset(self.teacher_model, layers).to(self.dist.device).eval()

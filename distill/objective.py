@@ -61,7 +61,7 @@ LOSSES = {
     "embedding_mse": lambda o, s, t, b: embedding_mse(s.sentence, t.sentence),
     "embedding_cos": lambda o, s, t, b: embedding_cosine(s.sentence, t.sentence),
     "similarity_mse": lambda o, s, t, b: similarity_mse(s.sentence, t.sentence),
-    "kl": lambda o, s, t, b: soft_target_kl(s.sentence, t.sentence, o.temperature),
+    "kl": lambda o, s, t, b: soft_target_kl(s.sentence, t.sentence, o.temperature, b.get("attention_mask")),
     "ce": lambda o, s, t, b: hard_label_ce(s.sentence, b["labels"]),
     "hidden_mse": lambda o, s, t, b: hidden_state_mse(s.hidden_states, _mapped(o, t.hidden_states),
                                                       b["attention_mask"]),

@@ -9,12 +9,13 @@ interrupted run never leaves something that looks complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from modelpress.fileio import atomic_path, write_json
 
 ST_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
 
@@ -43,16 +44,11 @@ def write_student_folder(
 ) -> Path:
     """Save ``student`` + tokenizer (+ sentence-transformers files when widths match) at ``dest``."""
     dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    student.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if same_width and Path(teacher_ref).is_dir():
-        _copy_sentence_transformers_files(Path(teacher_ref), tmp)
-    (tmp / "distill.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        tmp.mkdir(parents=True)
+        student.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if same_width and Path(teacher_ref).is_dir():
+            _copy_sentence_transformers_files(Path(teacher_ref), tmp)
+        write_json(tmp / "distill.json", summary, sort_keys=True)
     return dest

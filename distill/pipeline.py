@@ -53,17 +53,15 @@ def run_distillation(
 ) -> Path:
     """Distil ``teacher`` into the student ``cfg`` names; return ``out_dir / "student"``.
 
-    ``teacher`` is a resolved model reference (folder or hub id), ``task`` is
-    ``feature-extraction`` (``task_options``: ``pooling`` mean|cls, ``normalize``) or
-    ``text-classification``. Checkpoints live in ``out_dir / "distill_ckpt"``; a run with the same
+    ``teacher`` is a resolved model reference (folder or hub id), ``task`` a name of the task
+    registry and ``task_options`` its options (feature extraction: ``pooling``, ``normalize``). Checkpoints live in ``out_dir / "distill_ckpt"``; a run with the same
     configuration, teacher and data resumes from them. Under torchrun every process calls this;
     only rank 0 writes, and every process returns the path once the folder exists. ``on_step``
     is called with the optimizer step after each step (progress hooks, fault-injection tests).
     """
     if not cfg.enabled:
         raise BadInputError("distill.enabled: distillation is switched off in this recipe")
-    spec = get_task(task)
-    options = spec.parse_options(task_options)
+    spec = get_task(task, task_options, model_dir=teacher if Path(teacher).is_dir() else None)
     weights = spec.resolve_weights(cfg.losses, has_labels=cfg.label_field is not None)
     out_dir = Path(out_dir)
     ckpt = CheckpointDir(out_dir / CHECKPOINT_DIR)
@@ -82,7 +80,7 @@ def run_distillation(
         train_indices, eval_indices = split_indices(len(corpus), cfg.eval_fraction, seed=cfg.seed)
         student_cfg, choice = cfg, None
         if cfg.num_layers is not None and cfg.layer_selection == "agreement":
-            choice = choose_layers(teacher_model, num_layers=cfg.num_layers, spec=spec, options=options,
+            choice = choose_layers(teacher_model, num_layers=cfg.num_layers, spec=spec,
                                    corpus=corpus, indices=eval_indices + train_indices, dist=dist,
                                    precision=precision, batch_size=cfg.batch_size)
             student_cfg = dataclasses.replace(cfg, layers=choice.layers, num_layers=None)
@@ -106,12 +104,12 @@ def run_distillation(
         plan = TrainPlan.from_config(cfg, steps_per_epoch=sampler.steps_per_epoch, has_eval=bool(eval_indices))
         objective = DistillObjective(weights, temperature=cfg.temperature, layer_map=build.layer_map)
         torch.manual_seed(cfg.seed)  # the width projection starts identical on every process
-        module = DistillModule(build.model, spec=spec, options=options, teacher_hidden_size=teacher_width,
+        module = DistillModule(build.model, spec=spec, teacher_hidden_size=teacher_width,
                                need_hidden=objective.needs_hidden, need_attentions=objective.needs_attentions)
-        targets = TeacherTargets(teacher_model, spec=spec, options=options, precision=precision,
+        targets = TeacherTargets(teacher_model, spec=spec, precision=precision,
                                  device=dist.device, need_hidden=objective.needs_hidden,
                                  need_attentions=objective.needs_attentions, hidden_layers=build.layer_map)
-        task_key = {"teacher": teacher, "task": task, "options": vars(options), "corpus": corpus.fingerprint}
+        task_key = {"teacher": teacher, "task": task, "options": spec.describe(), "corpus": corpus.fingerprint}
         run_config = {k: v for k, v in cfg.to_json_dict().items() if k not in _NOT_IN_FINGERPRINT}
         run_fingerprint = fingerprint({**task_key, "config": run_config})
         if dist.is_main:
@@ -122,7 +120,7 @@ def run_distillation(
                 say(f"distill: {ckpt.root} belongs to a different configuration or data; starting over")
                 ckpt.clear()
         dist.barrier()
-        if cfg.cache_teacher and not objective.needs_attentions:
+        if cfg.cache_teacher and not objective.needs_attentions and not spec.per_token_target:
             targets.build_cache(corpus, path=ckpt.teacher_cache, dist=dist, batch_size=cfg.batch_size,
                                 max_token_mb=cfg.cache_teacher_max_mb,
                                 fingerprint=fingerprint({**task_key, "precision": precision.name,
@@ -140,7 +138,7 @@ def run_distillation(
             if state.best_step is not None:
                 student.load_state_dict(ckpt.load_best())
             summary = {
-                "teacher": teacher, "task": task, "task_options": vars(options),
+                "teacher": teacher, "task": task, "task_options": spec.describe(),
                 "kept_layers": list(build.kept_layers) if build.kept_layers else None,
                 "layer_map": list(build.layer_map),
                 "layer_candidates": list(choice.candidates) if choice is not None else None, "steps": state.step, "best_step": state.best_step,

@@ -114,7 +114,7 @@ def _has_weights(ref: str) -> bool:
 
 
 def _head_kwargs(teacher_config: Any, spec: TaskSpec) -> dict[str, Any]:
-    if spec.sentence_output != "logits":
+    if not spec.has_labels:
         return {}
     return {
         "num_labels": teacher_config.num_labels,
@@ -196,7 +196,7 @@ def build_student(
         student, pretrained = _load_other_student(cfg, teacher_model, spec, attn_implementation=attn_implementation)
         if cfg.student is not None:
             _check_vocab(resolve_model_ref(cfg.student), tokenizer)
-        if spec.sentence_output == "logits":
+        if spec.has_labels:
             _copy_head(teacher_model, student)
     if student.config.vocab_size < len(tokenizer):
         raise BadInputError(

@@ -1,99 +1,80 @@
-"""Per-task facts the distiller needs, as registered specs (no ``if task == ...`` ladders elsewhere).
+"""What distillation knows of a task: a view of the task registry's entry (``modelpress.tasks``).
 
-A task says which transformers Auto class loads the teacher and the student, what its
-sentence-level output is (a pooled embedding or classification logits), which losses apply and
-which are on by default. ``get_task(name)`` raises :class:`BadInputError` listing known tasks.
+The configured task says which Auto class loads teacher and student, what is compared (its
+``torch_target``: a pooled embedding, class logits, token logits), which losses apply and which
+are on by default. There is no per-task branching in this package: everything asks the spec.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from modelpress.errors import BadInputError
-
-POOLINGS = ("mean", "cls")
-
-
-@dataclass(frozen=True)
-class TaskOptions:
-    """Options of a feature-extraction task (ignored by classification)."""
-
-    pooling: str = "mean"  # mean over non-padding tokens, or the first ([CLS]) token
-    normalize: bool = True  # L2-normalise the pooled embedding
+from modelpress.tasks import Task, configure_task
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What distillation needs to know about one task."""
+    task: Task  # the configured task (feature extraction: its pooling and normalization)
 
-    name: str
-    auto_class: str  # attribute of ``transformers`` that loads teacher and student
-    sentence_output: str  # "embedding" (pooled hidden states) or "logits"
-    losses: frozenset[str]  # losses that apply to this task
-    default_weights: Mapping[str, float] = field(default_factory=dict)
+    @property
+    def name(self) -> str:
+        return self.task.name
 
-    def parse_options(self, options: Mapping[str, Any] | None) -> TaskOptions:
-        options = dict(options or {})
-        if self.sentence_output != "embedding":
-            return TaskOptions()
-        unknown = sorted(set(options) - {"pooling", "normalize"})
-        if unknown:
-            raise BadInputError(f"task option '{unknown[0]}': unknown for {self.name}")
-        pooling = options.get("pooling", "mean")
-        if pooling not in POOLINGS:
-            raise BadInputError(f"task option 'pooling': expected one of {', '.join(POOLINGS)}, got {pooling!r}")
-        normalize = options.get("normalize", True)
-        if not isinstance(normalize, bool):
-            raise BadInputError(f"task option 'normalize': expected true or false, got {normalize!r}")
-        return TaskOptions(pooling=pooling, normalize=normalize)
+    @property
+    def auto_class(self) -> str:
+        return self.task.auto_class
+
+    @property
+    def sentence_output(self) -> str:
+        """The kind of the compared output: "embedding" | "logits" | "token_logits"."""
+        return self.task.distill.output
+
+    @property
+    def per_token_target(self) -> bool:
+        """Whether the compared output has a row per token (not cached: the teacher runs live)."""
+        return self.sentence_output == "token_logits"
+
+    @property
+    def losses(self) -> frozenset[str]:
+        return self.task.distill.losses
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the model carries a label space (a classifier head the student must keep)."""
+        return self.task.needs_labels
+
+    def target(self, model_output: Any, inputs: Mapping[str, Any]) -> Any:
+        return self.task.torch_target(model_output, inputs)
+
+    def describe(self) -> dict[str, Any]:
+        return self.task.describe()
 
     def resolve_weights(self, weights: Any, *, has_labels: bool) -> dict[str, float]:
         """The effective weight of every loss; errors name the recipe key that cannot apply."""
-        defaults = dict(self.default_weights)
-        if "ce" in self.losses and has_labels:
-            defaults["ce"] = 1.0
+        spec = self.task.distill
+        defaults = dict(spec.defaults)
+        if spec.label_loss is not None and has_labels:
+            defaults[spec.label_loss] = 1.0
         resolved = weights.resolve(defaults)
         for name, weight in resolved.items():
-            if weight > 0 and name not in self.losses:
+            if weight > 0 and name not in spec.losses:
                 raise BadInputError(
                     f"distill.losses.{name}: does not apply to {self.name} "
-                    f"(applicable: {', '.join(sorted(self.losses))})"
+                    f"(applicable: {', '.join(sorted(spec.losses))})"
                 )
-        if resolved["ce"] > 0 and not has_labels:
-            raise BadInputError("distill.losses.ce: needs gold labels; set distill.label_field")
+        if spec.label_loss is not None and resolved[spec.label_loss] > 0 and not has_labels:
+            raise BadInputError(f"distill.losses.{spec.label_loss}: needs gold labels; set distill.label_field")
         if not any(w > 0 for w in resolved.values()):
             raise BadInputError("distill.losses: every loss weight is 0; nothing to train")
         return resolved
 
 
-_TOKEN_LOSSES = frozenset({"hidden_mse", "attention_kl"})
-
-TASKS: dict[str, TaskSpec] = {}
-
-
-def register_task(spec: TaskSpec) -> TaskSpec:
-    TASKS[spec.name] = spec
-    return spec
+def get_task(name: str, options: Mapping[str, Any] | None = None, *, model_dir: str | Path | None = None) -> TaskSpec:
+    """The distillation view of the task ``name``, configured with its ``[task_options]``."""
+    return TaskSpec(configure_task(name, options, model_dir=model_dir))
 
 
-register_task(TaskSpec(
-    name="feature-extraction",
-    auto_class="AutoModel",
-    sentence_output="embedding",
-    losses=frozenset({"embedding_mse", "embedding_cos", "similarity_mse"}) | _TOKEN_LOSSES,
-    default_weights={"embedding_mse": 1.0, "embedding_cos": 1.0},
-))
-register_task(TaskSpec(
-    name="text-classification",
-    auto_class="AutoModelForSequenceClassification",
-    sentence_output="logits",
-    losses=frozenset({"kl", "ce"}) | _TOKEN_LOSSES,
-    default_weights={"kl": 1.0},
-))
-
-
-def get_task(name: str) -> TaskSpec:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise BadInputError(f"task '{name}': distillation supports {', '.join(sorted(TASKS))}") from None
+def spec_for(task: Task) -> TaskSpec:
+    return TaskSpec(task)

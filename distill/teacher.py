@@ -20,13 +20,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from modelpress.distill.checkpoint import atomic_path
+from modelpress.fileio import atomic_path
 from modelpress.distill.data import TokenizedCorpus
 from modelpress.distill.distributed import DistContext
 from modelpress.distill.forward import ModelOutputs, run_model
 from modelpress.distill.precision import Precision
 from modelpress.distill.student import auto_class
-from modelpress.distill.tasks import TaskOptions, TaskSpec
+from modelpress.distill.tasks import TaskSpec
 from modelpress.errors import BadInputError
 
 
@@ -53,7 +53,6 @@ class TeacherTargets:
         model: nn.Module,
         *,
         spec: TaskSpec,
-        options: TaskOptions,
         precision: Precision,
         device: torch.device,
         need_hidden: bool,
@@ -62,7 +61,6 @@ class TeacherTargets:
     ) -> None:
         self.model = model.to(device)
         self.spec = spec
-        self.options = options
         self.precision = precision
         self.device = device
         self.need_hidden = need_hidden
@@ -75,7 +73,7 @@ class TeacherTargets:
     def compute(self, batch: Mapping[str, torch.Tensor], *, token_level: bool = True) -> ModelOutputs:
         inputs = {k: v.to(self.device) for k, v in batch.items()}
         with self.precision.autocast():
-            out = run_model(self.model, inputs, spec=self.spec, options=self.options,
+            out = run_model(self.model, inputs, spec=self.spec,
                             need_hidden=token_level and self.need_hidden,
                             need_attentions=token_level and self.need_attentions)
         return out.detach()

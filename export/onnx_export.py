@@ -1,51 +1,51 @@
-"""PyTorch → ONNX for each task, with dynamic batch and sequence axes (torch.onnx dynamo exporter).
+"""PyTorch → ONNX for every task and modality (torch.onnx dynamo exporter), parity-checked.
 
-The legacy TorchScript exporter silently baked shapes with transformers 5.x (max |diff| 4.8 on a
-batch of another shape), so only ``dynamo=True`` is used, and every export is checked for parity
-on a batch whose batch size and sequence length both differ from the export example. The model is
-written under a temporary name and renamed only after parity passes.
+The task says which output is traced (``Task.torch_output``), the modality which inputs the graph
+takes, in which order, with which dynamic axes, and gives a trace example and a parity batch that
+differs from it in every dynamic dimension. The legacy TorchScript exporter silently baked shapes
+with transformers 5.x (max |diff| 4.8 on a batch of another shape), so only ``dynamo=True`` is
+used. The exporter's debug metadata (stack traces with the build machine's source paths) is
+stripped; the module name scopes stay, for the per-node analysis. The model is written under a
+temporary name and renamed only after parity passes.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 import onnx
 import torch
 
-from modelpress.export.parity import ParityReport, check_parity
 from modelpress.errors import BadInputError
+from modelpress.export.parity import ParityReport, check_parity
+from modelpress.fileio import save_onnx
+from modelpress.modalities import get_modality
 
 log = logging.getLogger(__name__)
 
-#: the order of the graph's inputs (a model takes a prefix-compatible subset)
-CANONICAL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-EXAMPLE_TEXTS = ("The quick brown fox jumps over the lazy dog.", "Export me, please.")
-PARITY_TEXTS = (
-    "A much longer sentence than the export example, so the sequence length differs from it.",
-    "Short one.",
-    "Batch size three also differs from the two-text example batch used for tracing.",
-)
-EXAMPLE_SEQ, PARITY_SEQ = 16, 23
+#: node metadata the exporter writes that a deployed model must not carry (absolute source paths
+#: of the build machine, FX graph dumps); ``pkg.torch.onnx.name_scopes`` stays
+DEBUG_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
 
 
 class _TaskModule(torch.nn.Module):
-    """Fixed keyword signature so the graph's input names and order are those of the parameters."""
+    """Positional inputs in the modality's order, so the graph's inputs are exactly those names."""
 
-    def __init__(self, model: torch.nn.Module, head) -> None:
+    def __init__(self, model: torch.nn.Module, task: Any, input_names: Sequence[str]) -> None:
         super().__init__()
         self.model = model
-        self.head = head
+        self.task = task
+        self.input_names = tuple(input_names)
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        return self.head.torch_output(self.model(**kwargs))
+    def forward(self, *inputs):
+        return self.task.torch_output(self.model(**dict(zip(self.input_names, inputs))))
 
 
 @dataclass(frozen=True)
@@ -56,48 +56,51 @@ class ExportResult:
     opset: int
     seconds: float
     parity: ParityReport
+    #: the parity batch and PyTorch's outputs on it, for later checks of derived graphs (fusion)
+    parity_feed: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
+    reference: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
-def model_input_names(model: torch.nn.Module, tokenizer) -> tuple[str, ...]:
-    """Inputs both the tokenizer produces and the model's forward accepts, in canonical order."""
-    accepted = set(inspect.signature(model.forward).parameters)
-    produced = set(getattr(tokenizer, "model_input_names", CANONICAL_INPUTS))
-    names = tuple(n for n in CANONICAL_INPUTS if n in accepted and n in produced)
-    if names[:2] != ("input_ids", "attention_mask"):
-        raise BadInputError(f"{type(model).__name__}: export needs input_ids and attention_mask inputs")
-    return names
+def strip_debug_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key not in DEBUG_METADATA]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    return model
 
 
-def encode(tokenizer, texts, seq_len: int, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
-    return {k: enc[k].to(torch.int64) for k in names}
-
-
-def export_onnx(model: torch.nn.Module, tokenizer, out_path: str | Path, *, head, opset: int = 18,
+def export_onnx(model: torch.nn.Module, preprocessor: Any, out_path: str | Path, *, task: Any, opset: int = 18,
                 atol: float = 1e-4) -> ExportResult:
     out_path = Path(out_path)
-    names = model_input_names(model, tokenizer)
-    module = _TaskModule(model, head).eval()
-    example = encode(tokenizer, EXAMPLE_TEXTS, EXAMPLE_SEQ, names)
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    dynamic = {k: {0: batch, 1: seq} for k in names}
+    modality = get_modality(task.modality)
+    names = modality.model_inputs(model, preprocessor)
+    module = _TaskModule(model, task, names).eval()
+    example, parity_feed = modality.export_examples(preprocessor, names)
+    dynamic = modality.dynamic_shapes(names)
     start = time.perf_counter()
     with torch.no_grad():
-        program = torch.onnx.export(module, (), kwargs=example, dynamic_shapes=dynamic, dynamo=True,
-                                    opset_version=opset, output_names=[head.output_name], verbose=False)
-    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        program = torch.onnx.export(module, tuple(example[k] for k in names),
+                                    dynamic_shapes=(tuple(dynamic[k] for k in names),), dynamo=True,
+                                    opset_version=opset, input_names=list(names), output_names=[task.output_name],
+                                    verbose=False)
+    large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1_800_000_000
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".partial")
-    program.save(str(tmp), external_data=n_bytes > 1_800_000_000)
-    seconds = time.perf_counter() - start
-    graph_inputs = tuple(i.name for i in onnx.load(str(tmp), load_external_data=False).graph.input)
-    if graph_inputs != names:
-        raise BadInputError(f"exported graph inputs {graph_inputs} differ from the model's {names}")
-    parity_feed = encode(tokenizer, PARITY_TEXTS, PARITY_SEQ, names)
-    with torch.no_grad():
-        reference = {head.output_name: module(**parity_feed).numpy()}
-    report = check_parity(str(tmp), {k: v.numpy() for k, v in parity_feed.items()}, reference, atol=atol,
-                          label="export")
-    os.replace(tmp, out_path)
+    # staged in a folder beside the target: the model is moved into place only after parity passed
+    with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as work:
+        staged = Path(work) / out_path.name
+        program.save(str(staged), external_data=large)
+        graph = strip_debug_metadata(onnx.load(str(staged)))
+        seconds = time.perf_counter() - start
+        graph_inputs = tuple(i.name for i in graph.graph.input)
+        if graph_inputs != names:
+            raise BadInputError(f"exported graph inputs {graph_inputs} differ from the model's {names}")
+        save_onnx(graph, staged, external_data=large)
+        with torch.no_grad():
+            reference = {task.output_name: module(*(parity_feed[k] for k in names)).numpy()}
+        feed = {k: v.numpy() for k, v in parity_feed.items()}
+        report = check_parity(str(staged), feed, reference, atol=atol, label="export")
+        if large:  # the weights first: a complete model.onnx always has its data beside it
+            os.replace(staged.with_name(staged.name + ".data"), out_path.with_name(out_path.name + ".data"))
+        os.replace(staged, out_path)
     log.info("exported %s in %.1fs (parity max |diff| %.2e)", out_path, seconds, report.max_abs_diff)
-    return ExportResult(str(out_path), names, head.output_name, opset, round(seconds, 2), report)
+    return ExportResult(str(out_path), names, task.output_name, opset, round(seconds, 2), report, feed, reference)

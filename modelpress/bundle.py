@@ -1,45 +1,62 @@
-"""The deployable bundle's Python API: ``load(bundle_dir)`` → embed / classify raw strings.
+"""The deployable bundle's Python API: ``load(bundle_dir)`` → the task's methods on raw inputs.
 
-Uses the bundle's own files only (int8 ONNX model, tokenizer folder, head settings from
-bundle.json), through the same Predictor path validation measures.
+``load`` reads ``bundle.json`` (the configured task, input names, length limit), the preprocessor
+folder and the int8 model, and returns the task's bundle class (``embed`` for feature extraction,
+``classify`` for classifiers, ``tag`` for token classification), all through the same Predictor
+path validation measures. The runtime comes from the runtime registry (ONNX Runtime by default).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
-
-import numpy as np
+from typing import Any, Sequence
 
 from modelpress.errors import BadInputError
 from modelpress.inference import Predictor
-from modelpress.tasks import head_from_dict
-from modelpress.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+from modelpress.modalities import get_modality
+from modelpress.runtimes.registry import create_runner
+from modelpress.tasks import task_from_dict
 
 BUNDLE_META = "bundle.json"
+INT8_MODEL = "model.int8.onnx"
 
 
-def write_bundle_meta(root: Path, *, head: dict, input_names: Sequence[str], max_length: int) -> None:
-    meta = {"head": head, "input_names": list(input_names), "max_length": max_length}
-    (root / BUNDLE_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+def write_bundle_meta(root: Path, *, task: Any, input_names: Sequence[str], max_length: int,
+                      label_names: Sequence[str] = ()) -> None:
+    from modelpress.fileio import write_json
+
+    write_json(root / BUNDLE_META, {"task": task.describe(), "input_names": list(input_names),
+                                    "max_length": max_length, "label_names": list(label_names)})
+
+
+def read_bundle_meta(root: Path) -> dict[str, Any]:
+    path = Path(root) / BUNDLE_META
+    if not path.is_file():
+        raise BadInputError(f"{root}: not a modelpress bundle (no {BUNDLE_META})")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta["task"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise BadInputError(f"{path}: not a valid bundle description") from None
+    return meta
 
 
 class Bundle(Predictor):
-    """A loaded bundle. Use as a context manager or call ``close()``; ``embed``/``classify`` take strings."""
+    """A loaded bundle. Use as a context manager or call ``close()``."""
 
-    def __init__(self, root: Path, *, model_file: str = "model.int8.onnx", threads: int = 0):
-        from transformers import AutoTokenizer
-
+    def __init__(self, root: Path, *, model_file: str = INT8_MODEL, runtime: str = "onnxruntime",
+                 threads: int = 0):
         self.root = Path(root)
-        meta_path = self.root / BUNDLE_META
-        if not meta_path.is_file():
-            raise BadInputError(f"{self.root}: not a modelpress bundle (no {BUNDLE_META})")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        tokenizer = AutoTokenizer.from_pretrained(str(self.root / "tokenizer"))
-        runner = OnnxRuntimeRunner(self.root / model_file, threads=threads, name=model_file)
+        meta = read_bundle_meta(self.root)
+        task = task_from_dict(meta["task"])
+        modality = get_modality(task.modality)
+        preprocessor = modality.load_preprocessor(str(self.root / modality.preprocessor_dir))
+        self.meta = meta
+        name = "int8" if model_file == INT8_MODEL else model_file
+        runner = create_runner(runtime, self.root / model_file, threads=threads, name=name)
         runner.__enter__()
-        super().__init__(runner, head_from_dict(meta["head"]), tokenizer, max_length=int(meta["max_length"]),
-                         name="int8" if model_file == "model.int8.onnx" else model_file)
+        encoder = modality.encoder(preprocessor, input_names=runner.input_names, max_length=int(meta["max_length"]))
+        super().__init__(runner, task, encoder, name=name)
 
     def __enter__(self) -> "Bundle":
         return self
@@ -50,19 +67,29 @@ class Bundle(Predictor):
     def close(self) -> None:
         self.runner.close()
 
-    def embed(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        if self.head.task != "feature-extraction":
-            raise BadInputError(f"this bundle is a {self.head.task} model; use classify()")
-        return self.predict(texts, batch_size=batch_size)
+    def label_names(self) -> list[str]:
+        return list(self.meta.get("label_names") or [])
 
-    def classify(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        """Class probabilities, [n_texts, n_classes]."""
-        if self.head.task != "text-classification":
-            raise BadInputError(f"this bundle is a {self.head.task} model; use embed()")
-        logits = self.predict(texts, batch_size=batch_size)
-        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return z / z.sum(axis=-1, keepdims=True)
+    def __getattr__(self, name: str) -> Any:
+        # another task's method (embed on a classifier): say which one this bundle has
+        if not name.startswith("_"):
+            from modelpress.tasks import TASKS
+
+            task = self.__dict__.get("task")
+            if task is not None and any(name in TASKS.get(t).api for t in TASKS.names()):
+                raise BadInputError(f"this bundle is a {task.name} model; use "
+                                    f"{' / '.join(f'{m}()' for m in task.api)}")
+        raise AttributeError(name)
+
+    @staticmethod
+    def _texts(texts: Any) -> list[Any]:
+        """One input or a list of them (a bare string is one text, never its characters)."""
+        return [texts] if isinstance(texts, str) else list(texts)
 
 
-def load(bundle_dir: str | Path, *, model_file: str = "model.int8.onnx", threads: int = 0) -> Bundle:
-    return Bundle(Path(bundle_dir), model_file=model_file, threads=threads)
+def load(bundle_dir: str | Path, *, model_file: str = INT8_MODEL, runtime: str = "onnxruntime",
+         threads: int = 0) -> Bundle:
+    """The bundle at ``bundle_dir``, as its task's bundle class (methods: ``task.api``)."""
+    meta = read_bundle_meta(Path(bundle_dir))
+    cls = task_from_dict(meta["task"]).bundle_class()
+    return cls(Path(bundle_dir), model_file=model_file, runtime=runtime, threads=threads)

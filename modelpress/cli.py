@@ -1,19 +1,23 @@
 """The ``modelpress`` command line: one subcommand per stage, plus ``run`` (all) and ``gate``.
 
 Logs and progress bars go to stderr; results (paths, gate verdicts) to stdout. Exit codes come
-from ``modelpress.errors``: 0 ok, 1 internal error, 2 bad input or usage, 3 gate failed.
+from ``modelpress.errors`` (the one place that maps errors to codes): 0 ok, 1 internal error,
+2 bad input or usage, 3 gate failed, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+Defaults of the stage flags are the recipe dataclasses' defaults; task choices come from the task
+registry. The single-stage commands take ``--recipe`` to read every unset flag from a recipe
+(what ``make export|quantize|validate`` do).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from modelpress.errors import (EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_OK, BadInputError,
-                               ModelpressError, exit_code_for)
+from modelpress.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, BadInputError, ModelpressError, exit_code_for
+from modelpress.signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated, terminate_as_exception
 
 log = logging.getLogger("modelpress")
 
@@ -34,7 +38,18 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
                    help="override a recipe value (TOML syntax), repeatable")
 
 
+def _from_recipe(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default=None, help="take every flag not given from this recipe")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a value of --recipe (TOML syntax), repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from modelpress.config_check import field_default as d
+    from modelpress.recipe import ExportConfig, GateConfig
+    from modelpress.runtimes.quantize.config import CALIBRATION_METHODS, FORMATS, PRESETS
+    from modelpress.tasks import task_names
+
     parser = _Parser(prog="modelpress", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -46,40 +61,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="train the student of a recipe (torchrun-compatible)")
     _recipe_args(p)
 
+    # single-stage commands: None means "from --recipe, else the dataclass default"
     p = sub.add_parser("export", help="export a Hugging Face model to ONNX (parity-checked)")
-    p.add_argument("model", help="hub id | local folder | package:<module>")
+    p.add_argument("model", nargs="?", help="hub id | local folder | package:<module> (default: --recipe's)")
     p.add_argument("--out", required=True, help="output .onnx path")
-    p.add_argument("--task", default="feature-extraction", choices=["feature-extraction", "text-classification"])
-    p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--task", choices=task_names(), help="default: feature-extraction")
+    p.add_argument("--opset", type=int, help=f"default {d(ExportConfig, 'opset')}")
+    p.add_argument("--atol", type=float, help=f"default {d(ExportConfig, 'atol')}")
     p.add_argument("--trust-remote-code", action="store_true")
+    _from_recipe(p)
 
-    p = sub.add_parser("quantize", help="static int8 (Q/DQ) quantization of an ONNX model")
+    p = sub.add_parser("quantize", help="static int8 quantization of an ONNX model")
     p.add_argument("onnx", help="fp32 ONNX model (from `modelpress export`)")
-    p.add_argument("--tokenizer", required=True, help="tokenizer: hub id | folder | package:<module>")
-    p.add_argument("--data", required=True, help="calibration texts (.txt/.jsonl/.csv/.tsv/datasets folder)")
+    p.add_argument("--tokenizer", "--preprocessor", dest="preprocessor",
+                   help="the model's preprocessor: hub id | folder | package:<module> (default: --recipe's teacher)")
+    p.add_argument("--task", choices=task_names(), help="default: feature-extraction")
+    p.add_argument("--data", help="calibration data (.txt/.jsonl/.csv/.tsv/datasets folder)")
     p.add_argument("--out", required=True, help="output int8 .onnx path")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--num-samples", type=int, default=512)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
-    p.add_argument("--percentile", type=float, default=99.999)
-    p.add_argument("--preset", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
-    p.add_argument("--format", default="auto", choices=["auto", "qdq", "ort"])
+    p.add_argument("--text-field")
+    p.add_argument("--num-samples", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--method", choices=CALIBRATION_METHODS)
+    p.add_argument("--percentile", type=float)
+    p.add_argument("--preset", choices=PRESETS)
+    p.add_argument("--format", choices=FORMATS)
     p.add_argument("--no-smoothquant", action="store_true")
-    p.add_argument("--exclude", nargs="*", default=[], metavar="NODE", help="node names kept fp32")
+    p.add_argument("--exclude", nargs="*", default=None, metavar="NODE",
+                   help="kept fp32: ONNX node names or module paths (encoder.layer.3.output.dense)")
+    _from_recipe(p)
 
     p = sub.add_parser("validate", help="compare an ONNX candidate with the PyTorch fp32 teacher")
-    p.add_argument("--teacher", required=True, help="hub id | folder | package:<module>")
+    p.add_argument("--teacher", help="hub id | folder | package:<module> (default: --recipe's)")
     p.add_argument("--candidate", required=True, help="candidate ONNX model (int8)")
-    p.add_argument("--eval-data", required=True)
-    p.add_argument("--eval-format", default="auto", choices=["auto", "text", "pairs", "stsb"])
-    p.add_argument("--task", default="feature-extraction", choices=["feature-extraction", "text-classification"])
+    p.add_argument("--eval-data")
+    p.add_argument("--eval-format", choices=_eval_formats())
+    p.add_argument("--task", choices=task_names(), help="default: feature-extraction")
     p.add_argument("--out", required=True, help="folder for report.json / report.md")
-    p.add_argument("--max-drop", type=float, default=0.5)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--seq-lengths", type=int, nargs="+", default=[128])
-    p.add_argument("--num-samples", type=int, default=0)
+    p.add_argument("--max-drop", type=float, help=f"default {d(GateConfig, 'max_drop')}")
+    p.add_argument("--batch-sizes", type=int, nargs="+")
+    p.add_argument("--seq-lengths", type=int, nargs="+")
+    p.add_argument("--num-samples", type=int)
+    _from_recipe(p)
 
     p = sub.add_parser("gate", help="exit 0 if the run's candidate is within --max-drop of the teacher, else 3")
     p.add_argument("run_dir")
@@ -95,6 +117,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--fp16", action="store_true", help="also build an fp16 engine from model.onnx")
     return parser
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _eval_formats() -> tuple[str, ...]:
+    import dataclasses
+
+    from modelpress.recipe import ValidateConfig
+
+    return next(f.metadata["choices"] for f in dataclasses.fields(ValidateConfig) if f.name == "eval_format")
+
+
+def _stage_recipe(args) -> Any:
+    """The recipe named by ``--recipe`` (with ``--set``), or None."""
+    if not args.recipe:
+        if args.overrides:
+            raise BadInputError("--set needs --recipe")
+        return None
+    from modelpress.recipe import load_recipe
+
+    return load_recipe(args.recipe, args.overrides)
+
+
+def _pick(flag: Any, recipe: Any, section: str, key: str, cls: type) -> Any:
+    """A flag's value, else the recipe's, else the dataclass default."""
+    from modelpress.config_check import field_default
+
+    if flag is not None:
+        return flag
+    if recipe is not None:
+        return getattr(getattr(recipe, section) if section else recipe, key)
+    return field_default(cls, key)
+
+
+def _task(args, recipe, model_ref: str | None):
+    from modelpress.tasks import configure_task
+
+    name = args.task or (recipe.task if recipe else "feature-extraction")
+    options = recipe.task_options if recipe and not args.task else {}  # a --task of its own: its defaults
+    return configure_task(name, options, model_dir=model_ref if model_ref and Path(model_ref).is_dir() else None)
+
+
+def _model_ref(given: str | None, recipe, what: str) -> str:
+    from modelpress.models import resolve_model_ref
+
+    ref = given or (recipe.student or recipe.teacher if recipe and what == "model" else recipe.teacher if recipe else None)
+    if not ref:
+        raise BadInputError(f"{what}: give it, or --recipe")
+    return resolve_model_ref(ref)
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -113,11 +183,16 @@ def cmd_run(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from modelpress.pipeline import run_distill_only
+    from modelpress.distill.stage import train_student
+    from modelpress.models import resolve_model_ref
     from modelpress.recipe import load_recipe
+    from modelpress.tasks import configure_task
 
     recipe = load_recipe(args.recipe, args.overrides)
-    student = run_distill_only(recipe, Path(args.out))
+    teacher_ref = resolve_model_ref(recipe.teacher)
+    task = configure_task(recipe.task, recipe.task_options,
+                          model_dir=teacher_ref if Path(teacher_ref).is_dir() else None)
+    student = train_student(recipe, teacher_ref, task, Path(args.out))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"student: {student}")
     return EXIT_OK
@@ -125,75 +200,108 @@ def cmd_distill(args) -> int:
 
 def cmd_export(args) -> int:
     from modelpress.export.onnx_export import export_onnx
-    from modelpress.models import load_model_and_tokenizer, resolve_model_ref
-    from modelpress.recipe import TaskConfig
-    from modelpress.tasks import make_head
+    from modelpress.models import load_model_and_preprocessor
+    from modelpress.recipe import ExportConfig
 
-    ref = resolve_model_ref(args.model)
-    head = make_head(args.task, model_dir=ref if Path(ref).is_dir() else None, options=TaskConfig())
-    model, tokenizer = load_model_and_tokenizer(ref, head, trust_remote_code=args.trust_remote_code)
-    result = export_onnx(model, tokenizer, args.out, head=head, opset=args.opset, atol=args.atol)
+    recipe = _stage_recipe(args)
+    ref = _model_ref(args.model, recipe, "model")
+    task = _task(args, recipe, ref)
+    model, preprocessor = load_model_and_preprocessor(
+        ref, task, trust_remote_code=args.trust_remote_code or bool(recipe and recipe.trust_remote_code))
+    opset = _pick(args.opset, recipe, "export", "opset", ExportConfig)
+    atol = _pick(args.atol, recipe, "export", "atol", ExportConfig)
+    from modelpress.recipe import section_config
+
+    section_config(ExportConfig, "export", {"opset": opset, "atol": atol})  # the recipe's checks on flags too
+    result = export_onnx(model, preprocessor, args.out, task=task, opset=opset, atol=atol)
+    shape = "x".join(map(str, result.parity.feed_shape))
     print(f"onnx: {result.path} (inputs {', '.join(result.input_names)}; parity max |diff| "
-          f"{result.parity.max_abs_diff:.2e} on a {result.parity.feed_shape[0]}x{result.parity.feed_shape[1]} batch)")
+          f"{result.parity.max_abs_diff:.2e} on a {shape} batch)")
     return EXIT_OK
 
 
 def cmd_quantize(args) -> int:
     import onnx
-    from transformers import AutoTokenizer
 
-    from modelpress.calibration_data.feeds import TokenizedFeed
-    from modelpress.calibration_data.loaders import load_texts, sample
-    from modelpress.models import resolve_model_ref
+    from modelpress.calibration_data.feeds import ExampleFeed
+    from modelpress.fileio import write_json
+    from modelpress.memory import process_peak_rss_mb
+    from modelpress.modalities import get_modality
+    from modelpress.recipe import CalibrationConfig, section_config
     from modelpress.runtimes.quantize.config import QuantizeConfig
     from modelpress.runtimes.quantize.static import quantize_static
 
     if not Path(args.onnx).is_file():
         raise BadInputError(f"{args.onnx}: ONNX model not found")
-    cfg = QuantizeConfig(calibration_method=args.method, percentile=args.percentile, preset=args.preset,
-                         format=args.format,
-                         smoothquant=not args.no_smoothquant, nodes_to_exclude=tuple(args.exclude))
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_ref(args.tokenizer))
-    names = tuple(i.name for i in onnx.load(args.onnx, load_external_data=False).graph.input)
-    texts = sample(load_texts(args.data, text_field=args.text_field), args.num_samples)
-    feed = TokenizedFeed(texts, tokenizer, batch_size=16, max_length=args.max_length, input_names=names)
-    from modelpress.memory import process_peak_rss_mb
-
-    summary = quantize_static(args.onnx, args.out, feed, cfg)
+    recipe = _stage_recipe(args)
+    ref = _model_ref(args.preprocessor, recipe, "--tokenizer")
+    task = _task(args, recipe, ref)
+    base = recipe.quantize if recipe else QuantizeConfig()
+    changes = {"calibration_method": args.method, "percentile": args.percentile, "preset": args.preset,
+               "format": args.format, "smoothquant": False if args.no_smoothquant else None,
+               "nodes_to_exclude": tuple(args.exclude) if args.exclude is not None else None}
+    cfg = base.with_(**{k: v for k, v in changes.items() if v is not None})
+    cal = section_config(CalibrationConfig, "calibration", {
+        "data": _pick(args.data, recipe, "calibration", "data", CalibrationConfig),
+        "text_field": _pick(args.text_field, recipe, "calibration", "text_field", CalibrationConfig),
+        "num_samples": _pick(args.num_samples, recipe, "calibration", "num_samples", CalibrationConfig),
+        "max_length": _pick(args.max_length, recipe, "calibration", "max_length", CalibrationConfig),
+        "batch_size": _pick(None, recipe, "calibration", "batch_size", CalibrationConfig)})
+    modality = get_modality(task.modality)
+    preprocessor = modality.load_preprocessor(ref)
+    try:
+        names = tuple(i.name for i in onnx.load(args.onnx, load_external_data=False).graph.input)
+    except (onnx.onnx_cpp2py_export.checker.ValidationError, ValueError, OSError) as exc:
+        raise BadInputError(f"{args.onnx}: not an ONNX model ({exc})") from None
+    examples = modality.load_examples(cal.data, field=cal.text_field, num_samples=cal.num_samples, seed=cal.seed)
+    encoder = modality.encoder(preprocessor, input_names=names, max_length=cal.max_length)
+    summary = quantize_static(args.onnx, args.out, ExampleFeed(examples, encoder, batch_size=cal.batch_size), cfg)
     side = Path(args.out).with_suffix(".quantization.json")
     details = {**summary.to_dict(), "process_peak_rss_mb": process_peak_rss_mb()}
-    side.write_text(json.dumps(details, indent=2) + "\n", encoding="utf-8")
-    print(f"int8: {args.out} ({len(summary.quantized_nodes)} nodes int8, {len(summary.fp32_nodes)} fp32; "
-          f"calibration {summary.calibration_seconds}s, process peak RSS {details['process_peak_rss_mb']} MB; "
-          f"details {side})")
+    write_json(side, details)
+    print(f"int8: {args.out} ({len(summary.quantized_nodes)} nodes int8, {len(summary.fp32_nodes)} fp32, "
+          f"{summary.weight_bits}-bit weights; calibration {summary.calibration_seconds}s, process peak RSS "
+          f"{details['process_peak_rss_mb']} MB; details {side})")
     return EXIT_OK
 
 
 def cmd_validate(args) -> int:
-    from modelpress.inference import Predictor
-    from modelpress.models import load_model_and_tokenizer, resolve_model_ref
-    from modelpress.pipeline import validate_stage
-    from modelpress.recipe import GateConfig, TaskConfig, ValidateConfig
-    from modelpress.tasks import make_head
-    from modelpress.runtimes.onnxruntime_runner import OnnxRuntimeRunner
-    from modelpress.validate.report import write_reports
+    import dataclasses
 
-    ref = resolve_model_ref(args.teacher)
-    head = make_head(args.task, model_dir=ref if Path(ref).is_dir() else None, options=TaskConfig())
-    model, tokenizer = load_model_and_tokenizer(ref, head)
-    cfg = ValidateConfig(eval_data=args.eval_data, eval_format=args.eval_format,
-                         batch_sizes=tuple(args.batch_sizes), seq_lengths=tuple(args.seq_lengths),
-                         num_samples=args.num_samples)
-    runner = OnnxRuntimeRunner(args.candidate, name="candidate").__enter__()
-    candidate = Predictor(runner, head, tokenizer, max_length=cfg.max_length, name="candidate")
-    report = validate_stage(task=args.task, cfg=cfg, gate_cfg=GateConfig(max_drop=args.max_drop), head=head,
-                            tokenizer=tokenizer, teacher_model=model, input_names=runner.input_names,
-                            candidates=[candidate], name=Path(args.candidate).stem)
+    from modelpress.models import load_model_and_preprocessor
+    from modelpress.modalities import get_modality
+    from modelpress.recipe import GateConfig, ValidateConfig, section_config
+    from modelpress.validate.gate import GateResult
+    from modelpress.validate.report import write_reports
+    from modelpress.validate.stage import file_opener, teacher_opener, validate_stage
+
+    recipe = _stage_recipe(args)
+    ref = _model_ref(args.teacher, recipe, "--teacher")
+    task = _task(args, recipe, ref)
+    model, preprocessor = load_model_and_preprocessor(ref, task)
+    values = dataclasses.asdict(recipe.validate if recipe else ValidateConfig())
+    changes = {"eval_data": args.eval_data, "eval_format": args.eval_format, "batch_sizes": args.batch_sizes,
+               "seq_lengths": args.seq_lengths, "num_samples": args.num_samples}
+    values.update({k: v for k, v in changes.items() if v is not None})
+    cfg = section_config(ValidateConfig, "validate", values)
+    gate_cfg = section_config(GateConfig, "gate", {
+        "max_drop": _pick(args.max_drop, recipe, "gate", "max_drop", GateConfig),
+        "metric": recipe.gate.metric if recipe else "auto"})
+    es = task.read_eval(cfg.eval_data, cfg, model_config=model.config)
+    modality = get_modality(task.modality)
+    import onnx
+
+    names = tuple(i.name for i in onnx.load(args.candidate, load_external_data=False).graph.input) \
+        if Path(args.candidate).is_file() else modality.model_inputs(model, preprocessor)
+    encoder = modality.encoder(preprocessor, input_names=names, max_length=cfg.max_length)
+    report = validate_stage(task=task, cfg=cfg, gate_cfg=gate_cfg,
+                            teacher=teacher_opener(model, task=task, encoder=encoder, threads=cfg.threads),
+                            candidates=[file_opener(Path(args.candidate), task=task, encoder=encoder,
+                                                    threads=cfg.threads, name="candidate")],
+                            eval_set=es, name=Path(args.candidate).stem)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_reports(report, out)
-    from modelpress.validate.gate import GateResult
-
     gate = GateResult(**report["gate"])
     print(f"report: {out / 'report.json'}")
     print(gate.line())
@@ -211,20 +319,20 @@ def cmd_gate(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from modelpress.pipeline import analyze_run
+    from modelpress.runtimes.quantize.stage import analyze_run
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "analysis"
     errors = analyze_run(Path(args.run_dir), out)
-    print(f"{'node':<40}{'SQNR dB':>9}{'weight-only':>13}{'act-only':>10}{'rel L2':>9}")
+    print(f"{'module (ONNX node)':<56}{'SQNR dB':>9}{'weight-only':>13}{'act-only':>10}{'rel L2':>9}")
     for e in errors[: args.top]:
-        print(f"{e.node:<40}{e.sqnr_db:>9.1f}{e.weight_only_sqnr_db:>13.1f}{e.activation_only_sqnr_db:>10.1f}"
+        print(f"{e.label:<56}{e.sqnr_db:>9.1f}{e.weight_only_sqnr_db:>13.1f}{e.activation_only_sqnr_db:>10.1f}"
               f"{e.rel_l2:>9.4f}")
     print(f"analysis: {out / 'analysis.json'}")
     return EXIT_OK
 
 
 def cmd_engine(args) -> int:
-    from modelpress.pipeline import engine_stage
+    from modelpress.runtimes.tensorrt.stage import engine_stage
 
     out = engine_stage(Path(args.run_dir), fp16=args.fp16)
     print(f"engine: {out}")
@@ -243,13 +351,17 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return COMMANDS[args.command](args)
+        with terminate_as_exception():
+            return COMMANDS[args.command](args)
     except ModelpressError as exc:
         print(f"modelpress: error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
     except KeyboardInterrupt:
-        print("modelpress: interrupted", file=sys.stderr)
-        return EXIT_INTERNAL
+        print("modelpress: interrupted (SIGINT); nothing was published", file=sys.stderr)
+        return EXIT_SIGINT
+    except Terminated:
+        print("modelpress: terminated (SIGTERM); nothing was published", file=sys.stderr)
+        return EXIT_SIGTERM
 
 
 if __name__ == "__main__":

@@ -1,46 +1,44 @@
-"""Text in, task output out: tokenizer → runner → task head. The path a deployment runs.
+"""Raw examples in, task output out: modality encoder → runner → task post-processing.
 
-Both the bundle's int8 model (``modelpress.bundle.load``) and the fp32 teacher go through this
-same code, so what validation measures is what users get.
+The deployable path: the bundle's int8 model (``modelpress.bundle.load``), the fp32 ONNX model and
+the PyTorch teacher all go through this same code, so what validation measures is what users get.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from modelpress.modalities import Batch, Encoder
 from modelpress.runtimes.base import Runner
 
 
 class Predictor:
-    def __init__(self, runner: Runner, head, tokenizer, *, max_length: int = 128, name: str | None = None):
+    def __init__(self, runner: Runner, task: Any, encoder: Encoder, *, name: str | None = None):
         self.runner = runner
-        self.head = head
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.task = task
+        self.encoder = encoder
         self.name = name or runner.name
 
-    def encode(self, texts: Sequence[str], *, pad_to: int | None = None) -> dict[str, np.ndarray]:
-        enc = self.tokenizer(list(texts), truncation=True, return_tensors="np",
-                             max_length=pad_to or self.max_length,
-                             padding="max_length" if pad_to else "longest")
-        return {k: np.ascontiguousarray(enc[k], dtype=np.int64) for k in self.runner.input_names if k in enc}
+    def encode(self, examples: Sequence[Any], *, pad_to: int | None = None) -> Batch:
+        return self.encoder.encode(examples, pad_to=pad_to)
 
-    def predict_feed(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self.head(self.runner.run(feed), feed["attention_mask"])
+    def predict_batch(self, batch: Batch):
+        return self.task.postprocess(self.runner.run(batch.feed), batch)
 
-    def predict(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        """Outputs in input order; batches are formed from length-sorted texts (less padding)."""
-        texts = list(texts)
-        if not texts:
+    def predict(self, examples: Sequence[Any], *, batch_size: int = 32):
+        """One result per example, in input order (an array with a row per example, or a list when
+        the task's results differ in size); batches group examples of similar size."""
+        examples = list(examples)
+        if not examples:
             return np.zeros((0,), dtype=np.float32)
-        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]]
-        order = np.argsort(lengths, kind="stable")
-        chunks = []
-        for start in range(0, len(texts), batch_size):
+        order = np.argsort(self.encoder.lengths(examples), kind="stable")
+        results: list[Any] = [None] * len(examples)
+        arrays = True
+        for start in range(0, len(examples), batch_size):
             idx = order[start:start + batch_size]
-            chunks.append(self.predict_feed(self.encode([texts[i] for i in idx])))
-        out = np.concatenate(chunks)
-        result = np.empty_like(out)
-        result[order] = out
-        return result
+            out = self.predict_batch(self.encode([examples[i] for i in idx]))
+            arrays = arrays and isinstance(out, np.ndarray)
+            for i, row in zip(idx, out):
+                results[i] = row
+        return np.stack(results) if arrays else results

@@ -29,25 +29,25 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def write_manifest(root: Path, *, recipe: dict[str, Any], head: dict[str, Any], metrics: dict[str, Any],
+def write_manifest(root: Path, *, recipe: dict[str, Any], task: dict[str, Any], metrics: dict[str, Any],
                    gate: dict[str, Any] | None, input_names: list[str]) -> Path:
     files = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"):
         files[str(path.relative_to(root))] = {"sha256": sha256(path), "bytes": path.stat().st_size}
     manifest = {
-        "schema": 1,
+        "schema": 2,
         "files": files,
         "versions": versions(),
         "recipe": recipe,
-        "head": head,
+        "task": task,
         "input_names": input_names,
         "metrics": metrics,
         "gate": gate,
         "verdict": None if gate is None else ("pass" if gate["passed"] else "fail"),
     }
-    out = root / "manifest.json"
-    out.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    return out
+    from modelpress.fileio import write_json
+
+    return write_json(root / "manifest.json", manifest)
 
 
 def verify(root: Path) -> list[str]:

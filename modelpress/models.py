@@ -1,4 +1,4 @@
-"""Resolve a recipe's model reference to something ``from_pretrained`` can load.
+"""Model references and loading: a recipe's reference → a folder or hub id → the task's model.
 
 A reference is one of:
   * ``package:<module>``  a Python package that ships a Hugging Face model folder
@@ -50,19 +50,47 @@ def resolve_model_ref(ref: str, *, base_dir: Path | None = None) -> str:
     return ref  # a hub id: transformers resolves it (offline mode raises its own clear error)
 
 
-def load_model_and_tokenizer(ref: str, head, *, trust_remote_code: bool = False):
-    """The fp32 PyTorch model for ``head``'s task (eval mode) and its tokenizer.
+def load_model(ref: str, task, *, trust_remote_code: bool = False, allow_new_heads: bool = False):
+    """The fp32 PyTorch model for ``task`` (eval mode).
 
     Weights are read from safetensors only: pickled ``.bin`` checkpoints can run arbitrary code.
+    Weights that transformers would initialise at random (a checkpoint without the task's head)
+    are an error naming them, unless ``allow_new_heads``: a random head makes teacher and int8
+    model agree perfectly on nonsense, and differs on every run.
     """
     import transformers
 
-    auto_cls = getattr(transformers, head.auto_class)
+    auto_cls = getattr(transformers, task.auto_class)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
-        model = auto_cls.from_pretrained(ref, trust_remote_code=trust_remote_code, use_safetensors=True)
+        model, info = auto_cls.from_pretrained(ref, trust_remote_code=trust_remote_code, use_safetensors=True,
+                                               output_loading_info=True)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInputError(f"model '{ref}': cannot load ({first})") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing and not allow_new_heads:
+        shown = ", ".join(missing[:4]) + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else "")
+        raise BadInputError(f"model '{ref}': has no trained weights for {shown} as a {task.name} model "
+                            f"({task.auto_class}); give a checkpoint with that head, or set "
+                            "allow_new_heads = true to initialise it (seeded by the recipe's seed)")
     model.eval()
-    return model, tokenizer
+    return model
+
+
+def load_model_and_preprocessor(ref: str, task, *, trust_remote_code: bool = False, allow_new_heads: bool = False,
+                                seed: int = 0):
+    """The model for ``task`` and its modality's preprocessor (tokenizer, image processor)."""
+    from modelpress.modalities import get_modality
+
+    modality = get_modality(task.modality)
+    try:
+        preprocessor = modality.load_preprocessor(ref, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInputError(f"model '{ref}': cannot load its {modality.name} preprocessor ({first})") from None
+    if allow_new_heads:
+        import torch
+
+        torch.manual_seed(seed)  # a new head is the same on every run of the recipe
+    model = load_model(ref, task, trust_remote_code=trust_remote_code, allow_new_heads=allow_new_heads)
+    return model, preprocessor

@@ -1,4 +1,4 @@
-"""Every artifact path of a run folder, named in one place.
+"""Every artifact path of a run folder, named in one place, and the staged publish of a bundle.
 
 A run is staged in ``<out>/.<name>.partial`` and renamed to ``<out>/<name>`` when complete, so an
 interrupted run never leaves a folder that looks like a finished bundle.
@@ -10,11 +10,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+#: engine files (the TensorRT stage writes them under these names)
+INT8_PLAN, FP16_PLAN = "model.plan", "model.fp16.plan"
+
 
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
 
+    # models
     @property
     def student(self) -> Path: return self.root / "student"
     @property
@@ -26,29 +30,53 @@ class RunPaths:
     @property
     def model_int8_trt_onnx(self) -> Path: return self.root / "model.int8.trt.onnx"
     @property
-    def model_plan(self) -> Path: return self.root / "model.plan"
+    def model_fp16_onnx(self) -> Path: return self.root / "model.fp16.onnx"
+    @property
+    def model_plan(self) -> Path: return self.root / INT8_PLAN
+    @property
+    def model_fp16_plan(self) -> Path: return self.root / FP16_PLAN
     @property
     def engine_json(self) -> Path: return self.root / "engine.json"
     @property
-    def tokenizer(self) -> Path: return self.root / "tokenizer"
+    def engine_fp16_json(self) -> Path: return self.root / "engine.fp16.json"
+    @property
+    def timing_cache(self) -> Path: return self.root / "timing.cache"
+
+    # what inference needs besides the model
+    def preprocessor(self, modality) -> Path:
+        """The preprocessor folder (``tokenizer/`` for text)."""
+        return self.root / modality.preprocessor_dir
     @property
     def config(self) -> Path: return self.root / "config.json"
+    @property
+    def bundle_json(self) -> Path: return self.root / "bundle.json"
+
+    # how it was made and how good it is
+    @property
+    def quantization_json(self) -> Path: return self.root / "quantization.json"
+    @property
+    def analysis_json(self) -> Path: return self.root / "analysis.json"
+    @property
+    def plots(self) -> Path: return self.root / "plots"
+    @property
+    def sensitivity_plot(self) -> Path: return self.plots / "sensitivity.png"
     @property
     def report_json(self) -> Path: return self.root / "report.json"
     @property
     def report_md(self) -> Path: return self.root / "report.md"
     @property
-    def quantization_json(self) -> Path: return self.root / "quantization.json"
-    @property
-    def plots(self) -> Path: return self.root / "plots"
+    def recipe(self) -> Path: return self.root / "recipe.toml"
     @property
     def manifest(self) -> Path: return self.root / "manifest.json"
-    @property
-    def recipe(self) -> Path: return self.root / "recipe.toml"
 
 
 def staging_dir(out_dir: Path, name: str) -> Path:
     return out_dir / f".{name}.partial"
+
+
+def distill_dir(out_dir: Path, name: str) -> Path:
+    """Where ``modelpress distill`` trains a recipe's student (checkpoints, the student folder)."""
+    return out_dir / f"{name}.distill"
 
 
 def publish(staging: Path, final: Path) -> None:

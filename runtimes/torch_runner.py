@@ -9,14 +9,14 @@ from modelpress.runtimes.base import Runner
 
 
 class TorchRunner(Runner):
-    """Runs an in-memory HF model; ``output_fn`` picks the task's tensor from the model output."""
+    """Runs an in-memory HF model; the task picks its output tensor (``Task.torch_output``)."""
 
-    def __init__(self, model, *, input_names: tuple[str, ...], output_name: str, output_fn,
-                 threads: int = 0, device: str = "cpu", dtype=None, name: str = "pytorch-fp32"):
+    def __init__(self, model, *, input_names: tuple[str, ...], task, threads: int = 0, device: str = "cpu",
+                 dtype=None, name: str = "pytorch-fp32"):
         self.model = model
         self._inputs = tuple(input_names)
-        self.output_name = output_name
-        self.output_fn = output_fn
+        self.output_name = task.output_name
+        self.output_fn = task.torch_output
         self.threads = threads
         self.device = device
         self.dtype = dtype

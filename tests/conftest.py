@@ -87,12 +87,11 @@ INIT_RANGE = 0.2
 
 
 def _bert_config(**extra):
-    from transformers import BertConfig
+    from modelpress.testing import tiny_config
 
     extra.setdefault("initializer_range", INIT_RANGE)
-    return BertConfig(vocab_size=len(VOCAB), hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                      num_attention_heads=HEADS, intermediate_size=INTERMEDIATE,
-                      max_position_embeddings=MAX_POSITIONS, **extra)
+    return tiny_config("bert", vocab_size=len(VOCAB), hidden=HIDDEN, layers=LAYERS, heads=HEADS,
+                       intermediate=INTERMEDIATE, max_positions=MAX_POSITIONS, **extra)
 
 
 @pytest.fixture(scope="session")
@@ -100,46 +99,33 @@ def vocab_file(tmp_path_factory) -> Path:
     return write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt")
 
 
+def _tiny(tmp_path_factory, name: str, **kwargs) -> Path:
+    from modelpress.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp(name), words=VOCAB[len(SPECIAL_TOKENS):],
+                           initializer_range=INIT_RANGE, hidden=HIDDEN, layers=LAYERS, heads=HEADS,
+                           intermediate=INTERMEDIATE, max_positions=MAX_POSITIONS, **kwargs)
+
+
 @pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory, vocab_file) -> TinyModel:
+def tiny_bert(tmp_path_factory) -> TinyModel:
     """BertModel (feature extraction), random weights, seed 0."""
-    import torch
-    from transformers import BertModel
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(_bert_config()).eval().save_pretrained(folder)
-    make_tokenizer(vocab_file).save_pretrained(folder)
-    return TinyModel(folder, "bert", ("input_ids", "attention_mask", "token_type_ids"))
+    return TinyModel(_tiny(tmp_path_factory, "tiny-bert", seed=0), "bert",
+                     ("input_ids", "attention_mask", "token_type_ids"))
 
 
 @pytest.fixture(scope="session")
-def tiny_distilbert(tmp_path_factory, vocab_file) -> TinyModel:
+def tiny_distilbert(tmp_path_factory) -> TinyModel:
     """DistilBertModel with the same WordPiece vocabulary; its tokenizer emits no token_type_ids."""
-    import torch
-    from transformers import DistilBertConfig, DistilBertModel
-
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("tiny-distilbert")
-    cfg = DistilBertConfig(vocab_size=len(VOCAB), dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS,
-                           hidden_dim=INTERMEDIATE, max_position_embeddings=MAX_POSITIONS,
-                           initializer_range=INIT_RANGE)
-    DistilBertModel(cfg).eval().save_pretrained(folder)
-    make_tokenizer(vocab_file, model_input_names=["input_ids", "attention_mask"]).save_pretrained(folder)
-    return TinyModel(folder, "distilbert", ("input_ids", "attention_mask"))
+    return TinyModel(_tiny(tmp_path_factory, "tiny-distilbert", family="distilbert", seed=1), "distilbert",
+                     ("input_ids", "attention_mask"))
 
 
 @pytest.fixture(scope="session")
-def tiny_bert_cls(tmp_path_factory, vocab_file) -> TinyModel:
+def tiny_bert_cls(tmp_path_factory) -> TinyModel:
     """BertForSequenceClassification with NUM_LABELS classes, random weights, seed 2."""
-    import torch
-    from transformers import BertForSequenceClassification
-
-    torch.manual_seed(2)
-    folder = tmp_path_factory.mktemp("tiny-bert-cls")
-    BertForSequenceClassification(_bert_config(num_labels=NUM_LABELS)).eval().save_pretrained(folder)
-    make_tokenizer(vocab_file).save_pretrained(folder)
-    return TinyModel(folder, "bert", ("input_ids", "attention_mask", "token_type_ids"))
+    return TinyModel(_tiny(tmp_path_factory, "tiny-bert-cls", task="text-classification", labels=NUM_LABELS, seed=2),
+                     "bert", ("input_ids", "attention_mask", "token_type_ids"))
 
 
 # -- data files ---------------------------------------------------------------------------------
@@ -224,14 +210,28 @@ class Exported:
     result: object      # export.onnx_export.ExportResult
 
 
+def task_for(name: str = "feature-extraction", **options):
+    """A configured task of the registry (feature extraction: mean pooling, normalized, by default)."""
+    from modelpress.tasks import configure_task
+
+    if name == "feature-extraction":
+        options = {"pooling": "mean", "normalize": True, **options}
+    return configure_task(name, options)
+
+
+def load_tiny(path: Path, task=None):
+    """(model, tokenizer) of a tiny model folder for ``task`` (default: feature extraction)."""
+    from modelpress.models import load_model_and_preprocessor
+
+    return load_model_and_preprocessor(str(path), task or task_for())
+
+
 def _export(tiny: TinyModel, out: Path) -> Exported:
     from modelpress.export.onnx_export import export_onnx
-    from modelpress.models import load_model_and_tokenizer
-    from modelpress.tasks import FeatureExtractionHead
 
-    head = FeatureExtractionHead(pooling="mean", normalize=True)
-    model, tokenizer = load_model_and_tokenizer(str(tiny.path), head)
-    result = export_onnx(model, tokenizer, out, head=head)
+    task = task_for()
+    model, tokenizer = load_tiny(tiny.path, task)
+    result = export_onnx(model, tokenizer, out, task=task)
     return Exported(tiny, out, result)
 
 

@@ -11,7 +11,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import INTERMEDIATE, HIDDEN, LAYERS, _bert_config, cli, make_texts, make_tokenizer, write_recipe
+from conftest import (INTERMEDIATE, HIDDEN, LAYERS, _bert_config, cli, load_tiny, make_texts, make_tokenizer,
+                      task_for, write_recipe)
 
 from modelpress.calibration_data.feeds import TokenizedFeed
 from modelpress.runtimes.quantize.analysis import analyze_plan
@@ -28,8 +29,6 @@ def planted(tmp_path_factory, vocab_file):
     from transformers import BertModel
 
     from modelpress.export.onnx_export import export_onnx
-    from modelpress.models import load_model_and_tokenizer
-    from modelpress.tasks import FeatureExtractionHead
 
     torch.manual_seed(0)
     model = BertModel(_bert_config()).eval()
@@ -41,9 +40,9 @@ def planted(tmp_path_factory, vocab_file):
     root = tmp_path_factory.mktemp("planted")
     model.save_pretrained(root / "model")
     make_tokenizer(vocab_file).save_pretrained(root / "model")
-    head = FeatureExtractionHead()
-    m, tok = load_model_and_tokenizer(str(root / "model"), head)
-    exported = export_onnx(m, tok, root / "model.onnx", head=head)
+    task = task_for()
+    m, tok = load_tiny(root / "model", task)
+    exported = export_onnx(m, tok, root / "model.onnx", task=task)
     feed = TokenizedFeed(make_texts(96, seed=10), tok, batch_size=16, max_length=64,
                          input_names=exported.input_names)
     return root, exported, feed

@@ -13,13 +13,13 @@ import modelpress.distill.layer_selection as layer_selection
 from modelpress.distill.config import DistillConfig
 from modelpress.distill.data import load_corpus, tokenize_corpus
 from modelpress.distill.distributed import DistContext
-from modelpress.distill.forward import pool
+from modelpress.tasks.feature_extraction import pool
 from modelpress.distill.layer_selection import choose_layers
 from modelpress.distill.pipeline import run_distillation
 from modelpress.distill.precision import Precision
 from modelpress.distill.student import build_layer_subset
 from modelpress.distill.tasks import get_task
-from modelpress.distill.testing import make_teacher, write_corpus
+from modelpress.testing import make_teacher, write_corpus
 from modelpress.errors import BadInputError
 
 FE_OPTIONS = {"pooling": "mean", "normalize": True}
@@ -51,8 +51,8 @@ def _reference_cosine(teacher, tokenizer, texts, layers) -> float:
 
 
 def _choose(teacher, corpus, num_layers):
-    spec = get_task("feature-extraction")
-    return choose_layers(teacher, num_layers=num_layers, spec=spec, options=spec.parse_options(FE_OPTIONS),
+    spec = get_task("feature-extraction", {"pooling": "mean", "normalize": True})
+    return choose_layers(teacher, num_layers=num_layers, spec=spec,
                          corpus=corpus, indices=list(range(len(corpus))), dist=DistContext(),
                          precision=Precision("fp32", "cpu"), batch_size=5)
 

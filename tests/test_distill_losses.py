@@ -17,7 +17,8 @@ from modelpress.distill.losses import (
     soft_target_kl,
 )
 from modelpress.distill.objective import DistillObjective
-from modelpress.distill.forward import ModelOutputs, pool
+from modelpress.distill.forward import ModelOutputs
+from modelpress.tasks.feature_extraction import pool
 
 
 def _softmax(xs):

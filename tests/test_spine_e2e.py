@@ -51,7 +51,7 @@ def test_minilm_run_end_to_end(tmp_path):
     root = tmp_path / "out" / "minilm-e2e"
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-5000:]}"
     report = json.loads((root / "report.json").read_text(encoding="utf-8"))
-    assert report["head"] == {"task": "feature-extraction", "pooling": "mean", "normalize": True}
+    assert report["task_config"] == {"task": "feature-extraction", "pooling": "mean", "normalize": True}
     assert report["export"]["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert len(report["quantization"]["quantized_nodes"]) == 36       # 6 weight MatMuls × 6 layers
     assert len(report["quantization"]["fp32_nodes"]) == 12            # 2 attention-score MatMuls × 6 layers

@@ -7,9 +7,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from modelpress.export.onnx_export import EXAMPLE_SEQ, EXAMPLE_TEXTS, PARITY_SEQ, PARITY_TEXTS, model_input_names
-from modelpress.export.parity import check_parity
+from conftest import load_tiny, task_for
+
 from modelpress.errors import BadInputError, ParityError
+from modelpress.export.parity import check_parity
+from modelpress.modalities.text import EXAMPLE_SEQ, EXAMPLE_TEXTS, PARITY_SEQ, PARITY_TEXTS, TEXT
+
+model_input_names = TEXT.model_inputs
 
 
 def _dims(value_info) -> list:
@@ -22,10 +26,7 @@ def exported(request):
 
 
 def _torch(exported):
-    from modelpress.models import load_model_and_tokenizer
-    from modelpress.tasks import FeatureExtractionHead
-
-    return load_model_and_tokenizer(str(exported.model.path), FeatureExtractionHead())
+    return load_tiny(exported.model.path)
 
 
 def test_graph_inputs_are_exactly_the_canonical_names_in_order(exported):
@@ -83,11 +84,9 @@ def test_onnx_equals_torch_on_a_third_shape_with_sentence_pairs(exported, data_f
 def test_parity_error_when_a_weight_is_corrupted(bert_onnx, tmp_path):
     import torch
 
-    from modelpress.export.onnx_export import encode
-
     model, tokenizer = _torch(bert_onnx)
     names = bert_onnx.result.input_names
-    feed = encode(tokenizer, PARITY_TEXTS, PARITY_SEQ, names)
+    _, feed = TEXT.export_examples(tokenizer, names)
     with torch.no_grad():
         reference = {"last_hidden_state": model(**feed).last_hidden_state.numpy()}
     feed_np = {k: v.numpy() for k, v in feed.items()}
@@ -131,12 +130,10 @@ def test_text_classification_export_has_logits_with_a_dynamic_batch(tiny_bert_cl
     import torch
 
     from modelpress.export.onnx_export import export_onnx
-    from modelpress.models import load_model_and_tokenizer
-    from modelpress.tasks import TextClassificationHead
 
-    head = TextClassificationHead()
-    model, tokenizer = load_model_and_tokenizer(str(tiny_bert_cls.path), head)
-    result = export_onnx(model, tokenizer, tmp_path / "cls.onnx", head=head)
+    task = task_for("text-classification")
+    model, tokenizer = load_tiny(tiny_bert_cls.path, task)
+    result = export_onnx(model, tokenizer, tmp_path / "cls.onnx", task=task)
     graph = onnx.load(str(result.path)).graph
     assert [o.name for o in graph.output] == ["logits"]
     out = _dims(graph.output[0])
@@ -154,13 +151,15 @@ def test_optional_fusion_keeps_parity(bert_onnx, tmp_path):
     import torch
 
     from modelpress.export.fusion import fuse
-    from modelpress.export.onnx_export import encode
 
     model, tokenizer = _torch(bert_onnx)
-    feed = encode(tokenizer, PARITY_TEXTS, PARITY_SEQ, bert_onnx.result.input_names)
+    feed = tokenizer(list(PARITY_TEXTS), padding="max_length", max_length=PARITY_SEQ, return_tensors="pt")
+    feed = {k: feed[k] for k in bert_onnx.result.input_names}
     with torch.no_grad():
         reference = {"last_hidden_state": model(**feed).last_hidden_state.numpy()}
+    # the export kept its own parity batch and reference for derived graphs: the same ones
+    assert np.abs(bert_onnx.result.reference["last_hidden_state"] - reference["last_hidden_state"]).max() < 1e-5
     report = fuse(bert_onnx.onnx_path, tmp_path / "model.fused.onnx", model_type="bert", num_heads=2, hidden_size=32,
-                  parity_feed={k: v.numpy() for k, v in feed.items()}, reference=reference, atol=1e-4)
+                  parity_feed=bert_onnx.result.parity_feed, reference=bert_onnx.result.reference, atol=1e-4)
     assert report.ok and (tmp_path / "model.fused.onnx").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fused.onnx"]

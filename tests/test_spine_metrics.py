@@ -11,7 +11,8 @@ from scipy.stats import spearmanr
 from modelpress.errors import BadInputError
 from modelpress.manifest import sha256, verify, write_manifest
 from modelpress.paths import publish, staging_dir
-from modelpress.tasks import FeatureExtractionHead, TextClassificationHead, head_from_dict, make_head
+from modelpress.modalities import Batch
+from modelpress.tasks import configure_task, task_from_dict
 from modelpress.validate import metrics as M
 from modelpress.validate.gate import GateResult, decide, gate_report
 from modelpress.validate.latency import summarize, time_calls
@@ -80,11 +81,19 @@ def test_kl_top1_and_accuracy_on_fixed_logits():
 
 
 def test_primary_metric_per_task():
-    assert M.primary_metric("feature-extraction", {"mean_cosine", "spearman"}) == "spearman"
-    assert M.primary_metric("feature-extraction", {"mean_cosine"}) == "mean_cosine"
-    assert M.primary_metric("text-classification", {"top1_agreement", "accuracy", "mean_kl"}) == "accuracy"
-    assert M.primary_metric("text-classification", {"top1_agreement", "mean_kl"}) == "top1_agreement"
-    assert M.primary_metric("feature-extraction", {"spearman"}, "min_cosine") == "min_cosine"
+    from modelpress.tasks import get_task
+
+    fe, tc, tok = get_task("feature-extraction"), get_task("text-classification"), get_task("token-classification")
+    assert fe.primary_metric({"mean_cosine", "spearman"}) == "spearman"
+    assert fe.primary_metric({"mean_cosine"}) == "mean_cosine"
+    assert tc.primary_metric({"top1_agreement", "accuracy", "mean_kl"}) == "accuracy"
+    assert tc.primary_metric({"top1_agreement", "mean_kl"}) == "top1_agreement"
+    assert tok.primary_metric({"top1_agreement", "accuracy", "entity_f1"}) == "entity_f1"
+    assert tok.primary_metric({"top1_agreement", "accuracy"}) == "accuracy"
+    assert decide("feature-extraction", {"spearman": 1.0, "min_cosine": 1.0}, {"spearman": 1.0, "min_cosine": 0.9},
+                  max_drop=1.0, metric="min_cosine").metric == "min_cosine"
+    # the direction of each metric is the task's
+    assert tc.direction("mean_kl") == "lower" and tc.direction("accuracy") == "higher"
 
 
 # -- the gate -----------------------------------------------------------------------------------------
@@ -144,18 +153,31 @@ def test_gate_unknown_metric_and_report_regating():
 def test_mean_and_cls_pooling_by_hand():
     hidden = np.array([[[1.0, 1.0], [3.0, 5.0], [100.0, 100.0]]], dtype=np.float32)  # last token is padding
     mask = np.array([[1, 1, 0]])
-    mean = FeatureExtractionHead(pooling="mean", normalize=False)({"last_hidden_state": hidden}, mask)
+    batch = Batch({"attention_mask": mask})
+
+    def fe(pooling, normalize):
+        return configure_task("feature-extraction", {"pooling": pooling, "normalize": normalize})
+
+    mean = fe("mean", False).postprocess({"last_hidden_state": hidden}, batch)
     assert mean.tolist() == [[2.0, 3.0]]
-    unit = FeatureExtractionHead(pooling="mean", normalize=True)({"last_hidden_state": hidden}, mask)
+    unit = fe("mean", True).postprocess({"last_hidden_state": hidden}, batch)
     np.testing.assert_allclose(unit, [[2 / math.sqrt(13), 3 / math.sqrt(13)]], rtol=1e-6)
-    cls = FeatureExtractionHead(pooling="cls", normalize=False)({"last_hidden_state": hidden}, mask)
+    cls = fe("cls", False).postprocess({"last_hidden_state": hidden}, batch)
     assert cls.tolist() == [[1.0, 1.0]]
     logits = np.array([[0.5, -1.0]], dtype=np.float32)
-    assert TextClassificationHead()({"logits": logits}, mask).tolist() == logits.tolist()
+    assert configure_task("text-classification").postprocess({"logits": logits}, batch).tolist() == logits.tolist()
+    # the torch side (distillation) pools with the same definition
+    import torch
+
+    from modelpress.tasks.feature_extraction import pool
+
+    np.testing.assert_allclose(pool(torch.from_numpy(hidden), torch.from_numpy(mask), pooling="mean",
+                                    normalize=True).numpy(), unit, rtol=1e-6)
 
 
 def test_heads_from_sentence_transformers_files_and_round_trip(tmp_path):
-    from modelpress.recipe import TaskConfig
+    def make_head(name, *, model_dir=None, options=None):
+        return configure_task(name, options or {}, model_dir=model_dir)
 
     assert make_head("feature-extraction", model_dir=tmp_path).describe() == \
         {"task": "feature-extraction", "pooling": "mean", "normalize": False}
@@ -167,14 +189,16 @@ def test_heads_from_sentence_transformers_files_and_round_trip(tmp_path):
         {"idx": 2, "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
     head = make_head("feature-extraction", model_dir=tmp_path)
     assert (head.pooling, head.normalize) == ("cls", True)
-    forced = make_head("feature-extraction", model_dir=tmp_path, options=TaskConfig(pooling="mean", normalize=False))
+    forced = make_head("feature-extraction", model_dir=tmp_path, options={"pooling": "mean", "normalize": False})
     assert (forced.pooling, forced.normalize) == ("mean", False)
-    for h in (head, forced, make_head("text-classification")):
-        assert head_from_dict(h.describe()) == h
-    with pytest.raises(BadInputError, match="known tasks"):
+    for h in (head, forced, make_head("text-classification"), make_head("token-classification")):
+        assert task_from_dict(h.describe()) == h
+    with pytest.raises(BadInputError, match="known tasks: feature-extraction, text-classification"):
         make_head("translation")
     with pytest.raises(BadInputError):
-        head_from_dict({"task": "translation"})
+        task_from_dict({"task": "translation"})
+    with pytest.raises(BadInputError, match="task_options.pool: unknown"):
+        make_head("feature-extraction", options={"pool": "cls"})
 
 
 # -- latency summary ----------------------------------------------------------------------------------
@@ -193,7 +217,7 @@ def test_manifest_checksums_and_tamper_detection(tmp_path):
     (root / "tokenizer").mkdir(parents=True)
     (root / "model.onnx").write_bytes(b"\x00\x01model")
     (root / "tokenizer" / "vocab.txt").write_text("a\nb\n")
-    write_manifest(root, recipe={"name": "x"}, head={"task": "feature-extraction"}, metrics={},
+    write_manifest(root, recipe={"name": "x"}, task={"task": "feature-extraction"}, metrics={},
                    gate={"passed": False}, input_names=["input_ids"])
     manifest = json.loads((root / "manifest.json").read_text())
     assert set(manifest["files"]) == {"model.onnx", "tokenizer/vocab.txt"}

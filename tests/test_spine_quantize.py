@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 from modelpress.calibration_data.feeds import TokenizedFeed
 from modelpress.errors import BadInputError
-from modelpress.tasks import FeatureExtractionHead
+from modelpress.tasks.feature_extraction import pool
 from modelpress.runtimes.quantize.calibrate import collect_stats
 from modelpress.runtimes.quantize.config import QuantizeConfig
 from modelpress.runtimes.quantize.qdq import activation_params
@@ -23,7 +23,6 @@ from modelpress.runtimes.quantize.static import quantize_static
 from modelpress.runtimes.quantize.stats import TensorRange
 from modelpress.runtimes.quantize.targets import find_targets
 
-HEAD = FeatureExtractionHead(pooling="mean", normalize=True)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +63,8 @@ def _session(path, *, emulate: bool = False):
 def _embed(path, tokenizer, texts, names, *, emulate: bool = False) -> np.ndarray:
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=32, return_tensors="np")
     feed = {k: enc[k].astype(np.int64) for k in names}
-    return HEAD({"last_hidden_state": _session(path, emulate=emulate).run(None, feed)[0]}, feed["attention_mask"])
+    hidden = _session(path, emulate=emulate).run(None, feed)[0]
+    return pool(hidden, feed["attention_mask"], pooling="mean", normalize=True)
 
 
 @pytest.fixture(scope="module")

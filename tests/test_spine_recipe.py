@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from modelpress.errors import BadInputError
-from modelpress.recipe import (CalibrationConfig, ExportConfig, GateConfig, TaskConfig, ValidateConfig,
-                               apply_overrides, load_recipe, parse_override, resolve_path)
+from modelpress.config_check import PathRule
+from modelpress.recipe import (CalibrationConfig, ExportConfig, GateConfig, ValidateConfig, apply_overrides,
+                               load_recipe, parse_override)
 from modelpress.runtimes.quantize.config import QuantizeConfig
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ def test_minimal_recipe_takes_every_default(tmp_path):
     assert (r.quantize.preset, r.quantize.calibration_method, r.quantize.smoothquant) == ("onnxruntime", "minmax", True)
     assert r.quantize.op_types == ("MatMul", "Gemm") and r.quantize.exclude_padding is True
     assert r.gate == GateConfig() and r.gate.max_drop == 0.5 and r.gate.metric == "auto"
-    assert r.task_options == TaskConfig()
+    assert r.task_options == {} and r.allow_new_heads is False
     assert r.distill is None and r.engine is None and not r.distill_enabled
     # data defaults are the packaged files, as absolute paths (whatever the working directory)
     assert r.calibration.data == str(PACKAGE_ROOT / "calibration_data" / "en_default.txt")
@@ -174,9 +175,9 @@ def test_relative_paths_resolve_against_recipe_folder_and_its_parent(tmp_path, m
 
 
 def test_resolve_path_keeps_absolute_paths(tmp_path):
-    assert resolve_path(str(tmp_path / "absent.txt"), [tmp_path]) == str(tmp_path / "absent.txt")
+    assert PathRule((tmp_path,)).resolve(str(tmp_path / "absent.txt")) == str(tmp_path / "absent.txt")
     (tmp_path / "here.txt").write_text("x", encoding="utf-8")
-    assert resolve_path("here.txt", [tmp_path / "nope", tmp_path]) == str((tmp_path / "here.txt").resolve())
+    assert PathRule((tmp_path / "nope", tmp_path)).resolve("here.txt") == str((tmp_path / "here.txt").resolve())
 
 
 def test_config_dataclasses_validate_on_their_own():

@@ -21,15 +21,22 @@ def test_both_builds_int8_first_and_profile_covers_each_input(tmp_path: Path):
     cfg = EngineConfig.from_dict({"precision": "both", "min_batch": 1, "opt_batch": 4, "max_batch": 16,
                                   "min_seq": 8, "opt_seq": 64, "max_seq": 256}, base_dir=tmp_path)
     assert cfg.precisions == ("int8", "fp16")
-    profile = cfg.profile(("input_ids", "attention_mask"))
+    from modelpress.modalities.text import TEXT
+
+    profile = TEXT.engine_profile(("input_ids", "attention_mask"), cfg)
     assert profile["attention_mask"] == {"min": (1, 8), "opt": (4, 64), "max": (16, 256)}
     assert set(profile) == {"input_ids", "attention_mask"}
 
 
 def test_timing_cache_false_and_relative_path(tmp_path: Path):
     assert EngineConfig.from_dict({"timing_cache": False}, base_dir=tmp_path).timing_cache_path(tmp_path) is None
+    (tmp_path / "caches").mkdir()
+    (tmp_path / "caches" / "h100.cache").write_bytes(b"")
     cfg = EngineConfig.from_dict({"timing_cache": "caches/h100.cache"}, base_dir=tmp_path)
     assert cfg.timing_cache_path(tmp_path / "run") == (tmp_path / "caches" / "h100.cache").resolve()
+    # a file that does not exist yet stays as written (relative to the working directory)
+    cfg = EngineConfig.from_dict({"timing_cache": "caches/a100.cache"}, base_dir=tmp_path)
+    assert cfg.timing_cache_path(tmp_path / "run") == Path("caches/a100.cache")
 
 
 @pytest.mark.parametrize(("table", "names"), [

@@ -1,8 +1,8 @@
 """Validation: run the teacher and each candidate predictor on the eval set; metrics and latency.
 
-Takes predictors (tokenizer → runner → head), never a backend. Produces the ``models`` part of
-report.json: per model, its fidelity metrics vs the teacher, its latency per (batch, sequence
-length), its real-workload throughput, file size and peak memory growth.
+Takes predictors (encoder → runner → task post-processing), never a backend. Produces the
+``models`` part of report.json: per model, its fidelity metrics vs the teacher (the task's),
+its latency per (batch, shape), its real-workload throughput, file size and peak memory growth.
 """
 from __future__ import annotations
 
@@ -11,67 +11,55 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 from tqdm import tqdm
 
-from modelpress.validate import metrics as M
-from modelpress.validate.evalsets import EvalSet
 from modelpress.validate.latency import PeakRss, summarize, time_calls
 
 log = logging.getLogger(__name__)
 
 
-def fidelity(task: str, teacher_out: np.ndarray, cand_out: np.ndarray | None, es: EvalSet) -> dict[str, float]:
-    if task == "feature-extraction":
-        if cand_out is None:
-            return M.embedding_reference_metrics(teacher_out, es.pairs)
-        return M.embedding_metrics(teacher_out, cand_out, es.pairs)
-    if cand_out is None:
-        return M.classification_reference_metrics(teacher_out, es.labels)
-    return M.classification_metrics(teacher_out, cand_out, es.labels)
-
-
-def latency_table(predictor, texts: Sequence[str], cfg) -> list[dict[str, Any]]:
+def latency_table(predictor, examples: Sequence[Any], cfg) -> list[dict[str, Any]]:
     rows = []
     for b in cfg.batch_sizes:
         for s in cfg.seq_lengths:
-            batch_texts = [texts[i % len(texts)] for i in range(b)]
-            # pad to exactly s tokens, the fixed-shape serving case (PEERS.md measures the same)
-            feed = predictor.encode(batch_texts, pad_to=s)
-            times = time_calls(lambda: predictor.predict_feed(feed), runs=cfg.latency_runs, warmup=cfg.warmup_runs)
-            rows.append(summarize(times, batch_size=b, seq_len=feed["input_ids"].shape[1]).to_dict())
+            batch_examples = [examples[i % len(examples)] for i in range(b)]
+            # pad to exactly s positions, the fixed-shape serving case (PEERS.md measures the same)
+            batch = predictor.encode(batch_examples, pad_to=s)
+            times = time_calls(lambda: predictor.predict_batch(batch), runs=cfg.latency_runs, warmup=cfg.warmup_runs)
+            seq = next(iter(batch.feed.values())).shape[1]
+            rows.append(summarize(times, batch_size=b, seq_len=seq).to_dict())
     return rows
 
 
-def real_workload(predictor, texts: Sequence[str], *, batch_size: int = 32) -> dict[str, Any]:
-    """All eval texts, length-sorted, batches padded to their longest text: serving throughput."""
-    predictor.predict(texts[: batch_size * 2], batch_size=batch_size)  # warm-up
+def real_workload(predictor, examples: Sequence[Any], *, batch_size: int = 32) -> dict[str, Any]:
+    """The whole eval set, length-sorted, batches padded to their longest example: serving throughput."""
+    predictor.predict(examples[: batch_size * 2], batch_size=batch_size)  # warm-up
     t0 = time.perf_counter()
-    predictor.predict(texts, batch_size=batch_size)
+    predictor.predict(examples, batch_size=batch_size)
     seconds = time.perf_counter() - t0
-    return {"texts": len(texts), "batch_size": batch_size, "seconds": round(seconds, 3),
-            "texts_per_s": round(len(texts) / seconds, 2)}
+    return {"texts": len(examples), "batch_size": batch_size, "seconds": round(seconds, 3),
+            "texts_per_s": round(len(examples) / seconds, 2)}
 
 
-def evaluate(task: str, teacher, candidates: Sequence, es: EvalSet, cfg, *,
+def evaluate(task, teacher, candidates: Sequence, es, cfg, *,
              sizes_mb: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
     """``teacher`` and ``candidates`` are entered predictors (runner loaded). Returns report['models']."""
-    texts = list(es.texts)
+    examples = list(es.examples)
     sizes_mb = sizes_mb or {}
     models: dict[str, dict[str, Any]] = {}
     teacher_out = None
     for predictor in tqdm([teacher, *candidates], desc="validating", unit="model", leave=False):
         with PeakRss() as mem:
             t0 = time.perf_counter()
-            out = predictor.predict(texts, batch_size=cfg.batch_size)
+            out = predictor.predict(examples, batch_size=cfg.batch_size)
             accuracy_s = time.perf_counter() - t0
-            lat = latency_table(predictor, texts, cfg)
-            workload = real_workload(predictor, texts) if cfg.real_workload else None
+            lat = latency_table(predictor, examples, cfg)
+            workload = real_workload(predictor, examples) if cfg.real_workload else None
         if teacher_out is None:
             teacher_out = out
-            metrics = fidelity(task, teacher_out, None, es)
+            metrics = task.reference_metrics(teacher_out, es)
         else:
-            metrics = fidelity(task, teacher_out, out, es)
+            metrics = task.fidelity(teacher_out, out, es)
         models[predictor.name] = {
             "metrics": {k: round(v, 6) for k, v in metrics.items()},
             "latency": lat,

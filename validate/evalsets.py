@@ -1,4 +1,5 @@
-"""Evaluation sets: texts (+ optional labels) or sentence pairs with gold similarity scores.
+"""Evaluation sets: texts (+ optional labels), sentence pairs with gold similarity scores, or (read
+by ``validate.tagged``) sentences of words with gold tags. Each task reads the formats it declares.
 
 Formats (``validate.eval_format``):
   * ``text``  .jsonl / .csv / .tsv / .txt with a text field and an optional label field
@@ -18,11 +19,29 @@ from modelpress.errors import BadInputError
 
 @dataclass(frozen=True)
 class EvalSet:
-    texts: tuple[str, ...]                          # unique texts, in first-seen order
+    texts: tuple[str, ...] = ()                     # unique texts, in first-seen order
     labels: tuple[int, ...] | None = None           # gold class per text (classification)
     pairs: tuple[tuple[int, int, float], ...] | None = None  # (text index, text index, gold score)
+    words: tuple[tuple[str, ...], ...] | None = None  # sentences as words (token classification)
+    tags: tuple[tuple[int, ...], ...] | None = None   # gold tag id per word
+    label_names: tuple[str, ...] = ()               # tag names by id (entity chunks need them)
     source: str = ""
     format: str = "text"
+
+    @property
+    def examples(self) -> tuple:
+        """What the model is run on: the word lists of a tagged set, else the texts."""
+        return self.words if self.words is not None else self.texts
+
+    @property
+    def has_gold(self) -> bool:
+        return self.labels is not None or self.pairs is not None or self.tags is not None
+
+    def describe(self) -> dict:
+        return {"source": self.source, "format": self.format, "num_examples": len(self.examples),
+                "num_texts": len(self.texts), "num_pairs": len(self.pairs or ()),
+                "num_words": sum(map(len, self.words)) if self.words is not None else 0,
+                "has_labels": self.labels is not None or self.tags is not None}
 
 
 def _looks_like_stsb(path: Path) -> bool:
@@ -66,16 +85,26 @@ def _read_stsb(path: Path) -> EvalSet:
 
 
 def load_eval_set(path: str | Path, *, fmt: str = "auto", text_field: str = "text",
-                  label_field: str = "label", num_samples: int = 0) -> EvalSet:
+                  label_field: str = "label", num_samples: int = 0,
+                  formats: tuple[str, ...] = ("text", "pairs", "stsb")) -> EvalSet:
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"{path}: evaluation data not found")
-    if fmt == "stsb" or (fmt == "auto" and _looks_like_stsb(path)):
-        es = _read_stsb(path)
+    if fmt != "auto" and fmt not in formats:
+        raise BadInputError(f"validate.eval_format: this task reads {', '.join(formats)}, not {fmt!r}")
+    es = _load(path, fmt=fmt, text_field=text_field, label_field=label_field, formats=formats)
+    if es.format not in formats:
+        raise BadInputError(f"{path}: read as {es.format}, which this task cannot use ({', '.join(formats)})")
+    return _truncate(es, num_samples) if num_samples else es
+
+
+def _load(path: Path, *, fmt: str, text_field: str, label_field: str, formats: tuple[str, ...]) -> EvalSet:
+    if fmt == "stsb" or (fmt == "auto" and "stsb" in formats and _looks_like_stsb(path)):
+        return _read_stsb(path)
     else:
         records = read_records(path)
         keys = set(records[0])
-        if fmt == "pairs" or (fmt == "auto" and {"sentence1", "sentence2", "score"} <= keys):
+        if fmt == "pairs" or (fmt == "auto" and "pairs" in formats and {"sentence1", "sentence2", "score"} <= keys):
             missing = {"sentence1", "sentence2", "score"} - keys
             if missing:
                 raise BadInputError(f"{path}: pairs format needs fields {sorted(missing)}")
@@ -83,7 +112,7 @@ def load_eval_set(path: str | Path, *, fmt: str = "auto", text_field: str = "tex
                 rows = [(str(r["sentence1"]), str(r["sentence2"]), float(r["score"])) for r in records]
             except (TypeError, ValueError):
                 raise BadInputError(f"{path}: a 'score' value is not a number") from None
-            es = _from_pairs(rows, str(path), "pairs")
+            return _from_pairs(rows, str(path), "pairs")
         else:
             if text_field not in keys:
                 raise BadInputError(f"{path}: no field '{text_field}' (fields: {', '.join(sorted(keys))})")
@@ -101,10 +130,8 @@ def load_eval_set(path: str | Path, *, fmt: str = "auto", text_field: str = "tex
                         raise BadInputError(f"{path}: label {r[label_field]!r} is not an integer class id") from None
             if not texts:
                 raise BadInputError(f"{path}: no texts in field '{text_field}'")
-            es = EvalSet(tuple(texts), labels=tuple(labels) if has_labels else None, source=str(path), format="text")
-    if num_samples:
-        es = _truncate(es, num_samples)
-    return es
+            return EvalSet(tuple(texts), labels=tuple(labels) if has_labels else None, source=str(path),
+                           format="text")
 
 
 def _truncate(es: EvalSet, n: int) -> EvalSet:

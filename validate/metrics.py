@@ -3,6 +3,8 @@
 Embeddings: mean/min cosine per text, nearest-neighbour agreement within the eval set, and
 Spearman of pair similarities vs gold scores (for teacher and candidate) when the set has them.
 Classification: top-1 agreement, accuracy vs labels when present, mean KL(teacher ‖ candidate).
+Token classification: the same per word, plus entity-level F1 for BIO/BIOES tag sets. Which metric
+a task gates on, and in which direction each is better, is the task registry's (modelpress.tasks).
 """
 from __future__ import annotations
 
@@ -74,10 +76,20 @@ def classification_reference_metrics(teacher: np.ndarray, labels=None) -> dict[s
     return out
 
 
-def primary_metric(task: str, available: set[str], requested: str = "auto") -> str:
-    """The gate's metric: the gold-label one when the eval set has gold data, else fidelity."""
-    if requested != "auto":
-        return requested
-    if task == "feature-extraction":
-        return "spearman" if "spearman" in available else "mean_cosine"
-    return "accuracy" if "accuracy" in available else "top1_agreement"
+def token_metrics(teacher: list[np.ndarray], candidate: list[np.ndarray], tags=None,
+                  label_names=()) -> dict[str, float]:
+    """Word-level metrics of a tagger: per sentence an array [words, labels] of logits (the words
+    the model's length limit reached; gold tags are cut to the same words). ``entity_f1`` only when
+    the labels are a BIO/BIOES tag set."""
+    from modelpress.validate.entities import entity_scores, is_chunk_tagset
+
+    out = classification_metrics(np.concatenate(teacher), np.concatenate(candidate))
+    if tags is not None:
+        gold = [np.asarray(t[: len(c)]) for t, c in zip(tags, candidate)]
+        predicted = [c.argmax(-1) for c in candidate]
+        out["accuracy"] = float((np.concatenate(predicted) == np.concatenate(gold)).mean())
+        if label_names and is_chunk_tagset(label_names):
+            name = list(label_names)
+            out["entity_f1"] = entity_scores([[name[i] for i in g] for g in gold],
+                                             [[name[i] for i in p] for p in predicted])["f1"]
+    return out

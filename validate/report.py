@@ -5,11 +5,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-REPORT_SCHEMA = 1
+REPORT_SCHEMA = 2
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    from modelpress.fileio import write_json as write
+
+    write(path, report)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -31,9 +33,10 @@ def _fmt(v: Any) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# modelpress report: {report['name']}", "",
-             f"- task: `{report['task']}`; head: `{json.dumps(report['head'])}`",
+             f"- task: `{report['task']}`; configured as `{json.dumps(report['task_config'])}`",
              f"- eval set: `{report['eval']['source']}` ({report['eval']['format']}, "
-             f"{report['eval']['num_texts']} texts, {report['eval']['num_pairs']} pairs)", ""]
+             f"{report['eval']['num_examples']} examples, {report['eval']['num_pairs']} pairs, "
+             f"{report['eval']['num_words']} words)", ""]
     gate = report.get("gate")
     if gate:
         verdict = "PASS" if gate["passed"] else "FAIL"
@@ -68,15 +71,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     if q:
         lines += ["", "## Quantization", "",
                   f"- preset `{q['preset']}`, calibration `{q['calibration_method']}`, SmoothQuant {q['smoothquant']}",
-                  f"- int8 nodes: {len(q['quantized_nodes'])}; fp32 MatMul/Gemm nodes: {len(q['fp32_nodes'])}",
+                  f"- int8 nodes: {len(q['quantized_nodes'])}; fp32 MatMul/Gemm nodes: {len(q['fp32_nodes'])}; "
+                  f"weights {q.get('weight_bits', 8)}-bit",
                   f"- calibration: {q['calibration_seconds']} s, peak RSS {q['peak_rss_mb']} MB"]
         auto = q.get("auto")
         if auto:
             lines += ["", f"### Accuracy-aware search (mode auto): {'passed' if auto['passed'] else 'NO candidate passed'}",
-                      "", "| # | calibration | fp32 nodes | int8 nodes | metric | drop | gate | p50 ms | chosen |",
+                      "", "| # | calibration | fp32 modules | int8 nodes | metric | drop | gate | p50 ms | chosen |",
                       "|---|---|---|---|---|---|---|---|---|"]
             for c in auto["candidates"]:
-                lines.append(f"| {c['index']} | {c['calibration_method']} | {', '.join(c['fp32_nodes']) or '-'} | "
+                lines.append(f"| {c['index']} | {c['calibration_method']} | {', '.join(c.get('fp32_modules') or c['fp32_nodes']) or '-'} | "
                              f"{c['int8_nodes']} | {c['metric']:.3f} | {c['drop']:.3f} | "
                              f"{'pass' if c['passed'] else 'fail'} | {c['latency_ms']:.1f} | "
                              f"{'✔' if c['index'] == auto['chosen'] else ''} |")
@@ -85,9 +89,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Per-node int8 error (worst first; SQNR in dB, higher is better)", ""]
         if a.get("plot"):
             lines += [f"![per-node error]({a['plot']})", ""]
-        lines += ["| node | SQNR | weight-only SQNR | activation-only SQNR | rel. L2 |", "|---|---|---|---|---|"]
+        lines += ["| module (ONNX node) | SQNR | weight-only SQNR | activation-only SQNR | rel. L2 |", "|---|---|---|---|---|"]
         for e in a["worst"]:
-            lines.append(f"| {e['node']} | {e['sqnr_db']:.1f} | {e['weight_only_sqnr_db']:.1f} | "
+            label = f"{e['module']} ({e['node']})" if e.get("module") else e["node"]
+            lines.append(f"| {label} | {e['sqnr_db']:.1f} | {e['weight_only_sqnr_db']:.1f} | "
                          f"{e['activation_only_sqnr_db']:.1f} | {e['rel_l2']:.4f} |")
     return "\n".join(lines) + "\n"
 

@@ -7,17 +7,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """``T² · mean_b KL(softmax(teacher_b / T) || softmax(student_b / T))``.
 
-    Inputs: logits of shape ``[batch, classes]``. The T² factor keeps the gradient scale of the
-    soft targets independent of the temperature. Returns a scalar.
+    Inputs: logits ``[batch, classes]``, or per token ``[batch, seq, classes]`` with ``mask``
+    ``[batch, seq]`` (1 on real tokens): each sample's KL is then the mean over its real tokens,
+    so padding and batch composition do not change its weight. The T² factor keeps the gradient
+    scale of the soft targets independent of the temperature. Returns a scalar.
     """
     t = float(temperature)
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
-    per_sample = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1)
-    return per_sample.mean() * (t * t)
+    per_item = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1)
+    if per_item.dim() == 2:
+        m = mask.float() if mask is not None else torch.ones_like(per_item)
+        per_item = (per_item * m).sum(dim=-1) / m.sum(dim=-1).clamp_min(1.0)
+    return per_item.mean() * (t * t)
 
 
 class SoftTargetKLLoss(nn.Module):

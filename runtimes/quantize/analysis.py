@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from modelpress.export.names import module_names
 from modelpress.runtimes.quantize.calibrate import _token_rows, collect_tensors
 from modelpress.runtimes.quantize.qdq import ActivationQuant, quantize_weight
 from modelpress.runtimes.quantize.static import QuantPlan
@@ -24,7 +25,8 @@ from modelpress.runtimes.quantize.targets import weight_array
 
 @dataclass(frozen=True)
 class NodeError:
-    node: str
+    node: str                # the ONNX node
+    module: str | None       # the module path it came from (encoder.layer.3.output.dense), when known
     activation: str
     sqnr_db: float           # both quantized (what the int8 model does)
     rel_l2: float
@@ -35,6 +37,11 @@ class NodeError:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def label(self) -> str:
+        """How people are shown the node: its module path, with the ONNX name beside it."""
+        return f"{self.module} ({self.node})" if self.module else self.node
 
 
 def fake_quant_activation(x: np.ndarray, p: ActivationQuant) -> np.ndarray:
@@ -64,6 +71,7 @@ def analyze_plan(plan: QuantPlan, feeds: Iterable[Mapping[str, np.ndarray]], *,
     values = collect_tensors(plan.model, acts, feeds)
     masks = [f.get("attention_mask") if plan.cfg.exclude_padding else None for f in feeds]
     rows = {a: np.concatenate([_token_rows(v, m) for v, m in zip(values[a], masks)]) for a in acts}
+    modules = module_names(plan.model)
     results = []
     for t in plan.targets:
         x = rows[t.activation].astype(np.float32)
@@ -81,7 +89,7 @@ def analyze_plan(plan: QuantPlan, feeds: Iterable[Mapping[str, np.ndarray]], *,
                 for name, yq in (("both", xq @ wq), ("w", x @ wq), ("a", xq @ w))}
         norm = np.sqrt(max(ref, 1e-30))
         results.append(NodeError(
-            t.node_name, t.activation, _sqnr(ref, errs["both"]), float(np.sqrt(errs["both"]) / norm),
+            t.node_name, modules.get(t.node_name), t.activation, _sqnr(ref, errs["both"]), float(np.sqrt(errs["both"]) / norm),
             _sqnr(ref, errs["w"]), _sqnr(ref, errs["a"]),
             float(np.sqrt(errs["w"]) / norm), float(np.sqrt(errs["a"]) / norm)))
     return sorted(results, key=lambda e: e.sqnr_db)
@@ -103,7 +111,7 @@ def plot_errors(errors: list[NodeError], path: Path, *, top: int = 40) -> Path |
     ax.barh(ys, [e.activation_only_sqnr_db for e in shown], height=0.27, label="activation only", color="#fdae6b")
     ax.barh(ys - 0.27, [e.sqnr_db for e in shown], height=0.27, label="int8 node", color="#d62728")
     ax.set_yticks(ys)
-    ax.set_yticklabels([e.node for e in shown], fontsize=7)
+    ax.set_yticklabels([e.label for e in shown], fontsize=7)
     ax.set_xlabel("SQNR (dB, higher is better)")
     ax.set_title("Per-node int8 error vs fp32 (worst first)")
     ax.legend(loc="lower right", fontsize=8)

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from modelpress.export.names import module_names
 from modelpress.runtimes.quantize.analysis import NodeError, analyze_plan
 from modelpress.runtimes.quantize.config import CALIBRATION_METHODS, QuantizeConfig
 from modelpress.runtimes.quantize.static import QuantizeSummary, QuantPlan, plan_quantization, write_quantized
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Evaluation:
     metric: float          # the gate metric, in points (× 100)
-    drop: float            # teacher − candidate, points
+    drop: float            # how much worse than the teacher, points (ranks candidates: lower is better)
     passed: bool
     latency_ms: float      # p50 at the evaluator's reference shape
 
@@ -40,6 +41,7 @@ class Candidate:
     index: int
     calibration_method: str
     fp32_nodes: tuple[str, ...]
+    fp32_modules: tuple[str, ...]  # the same nodes as module paths (the ONNX name where none is known)
     int8_nodes: int
     metric: float
     drop: float
@@ -72,8 +74,9 @@ def auto_quantize(model_path: str | Path, out_path: str | Path, feeds: Iterable[
             path = work / f"candidate{len(result.candidates)}.onnx"
             summary = write_quantized(plan, path, keep_fp32=keep)
             ev = evaluate(path)
+            modules = module_names(plan.model)
             cand = Candidate(len(result.candidates), plan.cfg.calibration_method, keep,
-                             len(summary.quantized_nodes), round(ev.metric, 4), round(ev.drop, 4), ev.passed,
+                             tuple(modules.get(n, n) for n in keep), len(summary.quantized_nodes), round(ev.metric, 4), round(ev.drop, 4), ev.passed,
                              round(ev.latency_ms, 3))
             result.candidates.append(cand)
             log.info("auto candidate %d: %s, %d fp32 node(s): metric %.3f, drop %.3f → %s",
@@ -88,7 +91,7 @@ def auto_quantize(model_path: str | Path, out_path: str | Path, feeds: Iterable[
                 break
             plan = plan_quantization(model_path, feeds, cfg.with_(calibration_method=method, mode="static"))
             cand = trial(plan, ())
-            if best is None or cand.metric > best.metric:
+            if best is None or cand.drop < best.drop:
                 best_plan, best = plan, cand
             if cand.passed:
                 break  # full int8 passes: more methods cannot add int8 nodes
@@ -116,9 +119,9 @@ def auto_quantize(model_path: str | Path, out_path: str | Path, feeds: Iterable[
         passing = [c for c in result.candidates if c.passed and c.calibration_method == best.calibration_method]
         passing = passing or [c for c in result.candidates if c.passed]
         if passing:
-            chosen = max(passing, key=lambda c: (c.int8_nodes, c.metric))
+            chosen = max(passing, key=lambda c: (c.int8_nodes, -c.drop))
         else:
-            chosen = max(result.candidates, key=lambda c: c.metric)
+            chosen = min(result.candidates, key=lambda c: c.drop)
         if chosen.calibration_method != best_plan.cfg.calibration_method:
             best_plan = plan_quantization(model_path, feeds, cfg.with_(calibration_method=chosen.calibration_method,
                                                                          mode="static"))

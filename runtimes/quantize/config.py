@@ -7,7 +7,7 @@ accepts: symmetric int8 activations and weights, zero point 0 (TensorRT supports
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelpress.errors import BadInputError
@@ -25,7 +25,7 @@ class QuantizeConfig:
     format: str = "auto"                 # "qdq" (portable Q/DQ) | "ort" (ORT fused int8 ops) | "auto" (by preset)
     calibration_method: str = "minmax"   # "minmax" | "entropy" | "percentile"
     percentile: float = 99.999           # kept share of |values| for calibration_method = "percentile"
-    num_bins: int = 2048                 # histogram bins per tensor (entropy / percentile); memory bound
+    num_bins: int = field(default=2048, metadata={"min": 128, "max": 65536})                # histogram bins per tensor (entropy / percentile); memory bound
     op_types: tuple[str, ...] = ("MatMul", "Gemm")  # ops whose *constant-weight* nodes get int8
     nodes_to_exclude: tuple[str, ...] = ()          # node names kept fp32
     per_channel: bool = True             # per-output-channel weight scales
@@ -34,9 +34,12 @@ class QuantizeConfig:
     exclude_padding: bool = True         # calibrate on real tokens only (attention_mask == 1)
     smoothquant: bool = True             # migrate activation outliers into weights (SmoothQuant)
     smoothquant_alpha: float = 0.8       # migration strength, 0..1
-    max_candidates: int = 8              # auto mode: most candidates tried
+    max_candidates: int = field(default=8, metadata={"min": 1})             # auto mode: most candidates tried
 
     def __post_init__(self) -> None:
+        from modelpress.config_check import check_fields
+
+        check_fields(self, "quantize")
         _check_choice("quantize.mode", self.mode, MODES)
         _check_choice("quantize.preset", self.preset, PRESETS)
         _check_choice("quantize.format", self.format, FORMATS)
@@ -83,20 +86,6 @@ class QuantizeConfig:
         if self.symmetric_activations is not None:
             return self.symmetric_activations
         return self.preset == "tensorrt"
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "QuantizeConfig":
-        known = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise BadInputError(f"quantize.{key}: unknown key; known keys: {', '.join(sorted(known))}")
-        from modelpress.config_types import checked_values
-
-        values = checked_values(cls, "quantize", dict(raw))
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise BadInputError(f"quantize: {exc}") from None
 
     def with_(self, **changes: Any) -> "QuantizeConfig":
         return replace(self, **changes)

@@ -9,12 +9,11 @@ between matching ORT dynamic int8 and losing to it. The model then needs ONNX Ru
 """
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
+from modelpress.runtimes.quantize.graph import GraphEditor
 from modelpress.runtimes.quantize.qdq import activation_params, quantize_weight
 from modelpress.runtimes.quantize.stats import TensorRange
 from modelpress.runtimes.quantize.targets import QuantTarget
@@ -22,15 +21,15 @@ from modelpress.runtimes.quantize.targets import QuantTarget
 MS_DOMAIN = "com.microsoft"
 
 
-def _bias_add(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict, consumers: dict):
+def _bias_add(g: GraphEditor, node: onnx.NodeProto):
     """The ``Add(y, bias)`` right after ``node`` that can be fused, with its bias name; else None."""
     out = node.output[0]
-    users = consumers.get(out, [])
-    if len(users) != 1 or users[0].op_type != "Add" or out in {o.name for o in graph.output}:
+    users = g.consumers(out)
+    if len(users) != 1 or users[0].op_type != "Add" or g.is_graph_output(out):
         return None
     add = users[0]
     other = add.input[1] if add.input[0] == out else add.input[0]
-    bias = inits.get(other)
+    bias = g.inits.get(other)
     if bias is None or len(bias.dims) != 1 or bias.data_type != TensorProto.FLOAT:
         return None
     return add, other
@@ -39,67 +38,37 @@ def _bias_add(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict, consume
 def insert_ort_int8(model: onnx.ModelProto, targets: list[QuantTarget], ranges: dict[str, TensorRange], *,
                     per_channel: bool = True, weight_qmax: int = 127) -> onnx.ModelProto:
     """MatMul targets become MatMulIntegerToFloat (u8 activations, s8 per-column weights)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for n in graph.node:
-        for name in n.input:
-            consumers[name].append(n)
-    by_name = {n.name: n for n in graph.node}
-    position = {n.name: i for i, n in enumerate(graph.node)}
-    replace: dict[int, list[onnx.NodeProto]] = defaultdict(list)
-    drop: set[int] = set()  # id() of the nodes replaced (the MatMul and its fused bias Add)
+    g = GraphEditor(model)
     quantized_acts: dict[str, str] = {}
-    dropped_weights = set()
-
-    for t in sorted(targets, key=lambda t: position[t.node_name]):
-        node = by_name[t.node_name]
-        at = position[t.node_name]
+    for t in sorted(targets, key=lambda t: g.position[t.node_name]):
+        node = g.nodes[t.node_name]
         p = activation_params(ranges[t.activation], symmetric=False)  # the 'ort' format: uint8 activations
         base = t.activation
         if base not in quantized_acts:
-            graph.initializer.extend([
-                numpy_helper.from_array(np.array(p.scale, dtype=np.float32), f"{base}_scale"),
-                onnx.helper.make_tensor(f"{base}_zero_point", TensorProto.UINT8, [], [p.zero_point]),
-            ])
-            replace[at].append(onnx.helper.make_node(
+            g.add_initializer(np.array(p.scale, dtype=np.float32), f"{base}_scale")
+            g.add_initializer(onnx.helper.make_tensor(f"{base}_zero_point", TensorProto.UINT8, [], [p.zero_point]))
+            g.insert_before(t.node_name, onnx.helper.make_node(
                 "QuantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"], [f"{base}_quantized"],
                 name=f"{base}_QuantizeLinear"))
             quantized_acts[base] = f"{base}_quantized"
-        w = numpy_helper.to_array(inits[t.weight])
-        q, scale = quantize_weight(w, axis=1, per_channel=per_channel, qmax=weight_qmax)
+        q, scale = quantize_weight(g.array(t.weight), axis=1, per_channel=per_channel, qmax=weight_qmax)
         wq = f"{t.weight}_{t.node_name}_quantized"
-        graph.initializer.extend([
-            numpy_helper.from_array(q, wq),
-            numpy_helper.from_array(scale.reshape(-1) if per_channel else scale, f"{wq}_scale"),
-            numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), f"{wq}_zero_point"),
-        ])
-        dropped_weights.add(t.weight)
+        g.add_initializer(q, wq)
+        g.add_initializer(scale.reshape(-1) if per_channel else scale, f"{wq}_scale")
+        g.add_initializer(np.zeros(scale.shape, dtype=np.int8), f"{wq}_zero_point")
+        g.drop_if_unused(t.weight)
         inputs = [quantized_acts[base], wq, f"{base}_scale", f"{wq}_scale", f"{base}_zero_point", f"{wq}_zero_point"]
-        fused = _bias_add(graph, node, inits, consumers)
+        fused = _bias_add(g, node)
         output = node.output[0]
         if fused is not None:
             add, bias = fused
             inputs.append(bias)
             output = add.output[0]
-            drop.add(id(add))
-        replace[at].append(onnx.helper.make_node("MatMulIntegerToFloat", inputs, [output],
-                                                 name=t.node_name, domain=MS_DOMAIN))
-        drop.add(id(node))
-
-    nodes = []
-    for idx, n in enumerate(graph.node):
-        nodes.extend(replace.get(idx, ()))
-        if id(n) in drop:
-            continue
-        nodes.append(n)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    still_used = {name for n in graph.node for name in n.input}
-    kept = [i for i in graph.initializer if i.name not in dropped_weights or i.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+            g.remove(add)
+        g.insert_before(t.node_name, onnx.helper.make_node("MatMulIntegerToFloat", inputs, [output],
+                                                           name=t.node_name, domain=MS_DOMAIN))
+        g.remove(node)
+    model = g.finish()
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     return model

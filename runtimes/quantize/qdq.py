@@ -8,12 +8,13 @@ pairs as explicit quantization.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
+
+from modelpress.runtimes.quantize.graph import GraphEditor
 
 from modelpress.runtimes.quantize.stats import TensorRange
 from modelpress.runtimes.quantize.targets import QuantTarget
@@ -53,59 +54,35 @@ def quantize_weight(w: np.ndarray, *, axis: int, per_channel: bool, qmax: int = 
 
 def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], ranges: dict[str, TensorRange], *,
                symmetric_activations: bool, per_channel: bool = True, weight_qmax: int = 127) -> onnx.ModelProto:
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    nodes_by_name = {n.name: n for n in graph.node}
-    position = {n.name: i for i, n in enumerate(graph.node)}
-    insert_before: dict[int, list[onnx.NodeProto]] = defaultdict(list)
+    g = GraphEditor(model)
     act_done: dict[str, str] = {}
-    dropped_weights = set()
-
-    for t in sorted(targets, key=lambda t: position[t.node_name]):
-        node = nodes_by_name[t.node_name]
-        at = position[t.node_name]
+    for t in sorted(targets, key=lambda t: g.position[t.node_name]):
+        node = g.nodes[t.node_name]
         if t.activation not in act_done:
             p = activation_params(ranges[t.activation], symmetric=symmetric_activations)
             base = t.activation
             zp_type = TensorProto.INT8 if p.signed else TensorProto.UINT8
-            graph.initializer.extend([
-                numpy_helper.from_array(np.array(p.scale, dtype=np.float32), f"{base}_scale"),
-                onnx.helper.make_tensor(f"{base}_zero_point", zp_type, [], [p.zero_point]),
-            ])
-            insert_before[at].extend([
+            g.add_initializer(np.array(p.scale, dtype=np.float32), f"{base}_scale")
+            g.add_initializer(onnx.helper.make_tensor(f"{base}_zero_point", zp_type, [], [p.zero_point]))
+            g.insert_before(
+                t.node_name,
                 onnx.helper.make_node("QuantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"],
                                       [f"{base}_quantized"], name=f"{base}_QuantizeLinear"),
                 onnx.helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale",
                                                           f"{base}_zero_point"],
-                                      [f"{base}_dequantized"], name=f"{base}_DequantizeLinear"),
-            ])
+                                      [f"{base}_dequantized"], name=f"{base}_DequantizeLinear"))
             act_done[t.activation] = f"{base}_dequantized"
         node.input[0] = act_done[t.activation]
 
-        w = numpy_helper.to_array(inits[t.weight])
-        q, scale = quantize_weight(w, axis=t.weight_axis, per_channel=per_channel, qmax=weight_qmax)
+        q, scale = quantize_weight(g.array(t.weight), axis=t.weight_axis, per_channel=per_channel, qmax=weight_qmax)
         wq = f"{t.weight}_{t.node_name}_quantized"
-        graph.initializer.extend([
-            numpy_helper.from_array(q, wq),
-            numpy_helper.from_array(scale, f"{wq}_scale"),
-            numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), f"{wq}_zero_point"),
-        ])
+        g.add_initializer(q, wq)
+        g.add_initializer(scale, f"{wq}_scale")
+        g.add_initializer(np.zeros(scale.shape, dtype=np.int8), f"{wq}_zero_point")
         dq_attrs = {"axis": t.weight_axis} if per_channel else {}
-        insert_before[at].append(onnx.helper.make_node(
+        g.insert_before(t.node_name, onnx.helper.make_node(
             "DequantizeLinear", [wq, f"{wq}_scale", f"{wq}_zero_point"], [f"{wq}_dequantized"],
             name=f"{wq}_DequantizeLinear", **dq_attrs))
         node.input[1] = f"{wq}_dequantized"
-        dropped_weights.add(t.weight)
-
-    still_used = {name for n in graph.node for name in n.input}
-    kept = [i for i in graph.initializer if i.name not in dropped_weights or i.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    ordered = []
-    for idx, node in enumerate(graph.node):
-        ordered.extend(insert_before.get(idx, ()))
-        ordered.append(node)
-    del graph.node[:]
-    graph.node.extend(ordered)
-    return model
+        g.drop_if_unused(t.weight)
+    return g.finish()

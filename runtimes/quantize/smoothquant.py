@@ -12,8 +12,8 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from modelpress.runtimes.quantize.graph import GraphEditor
 from modelpress.runtimes.quantize.targets import QuantTarget
 
 _S_MIN, _S_MAX = 1e-4, 1e4
@@ -34,35 +34,30 @@ def apply_smoothing(model: onnx.ModelProto, targets: list[QuantTarget],
                     ) -> tuple[onnx.ModelProto, list[QuantTarget], dict[str, np.ndarray]]:
     """A smoothed copy of the model, the targets re-pointed at the smoothed activations, and the
     factors used (keyed by the new activation name)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    inits = {i.name: i for i in model.graph.initializer}
+    g = GraphEditor(model)
     weight_users = defaultdict(int)
-    for node in model.graph.node:
+    for node in g.graph.node:
         for name in node.input:
-            if name in inits:
+            if name in g.inits:
                 weight_users[name] += 1
     by_act: dict[str, list[QuantTarget]] = defaultdict(list)
     for t in targets:
         by_act[t.activation].append(t)
-
-    nodes_by_name = {n.name: n for n in model.graph.node}
     first_consumer = {}
-    for idx, node in enumerate(model.graph.node):
+    for idx, node in enumerate(g.graph.node):
         for name in node.input:
             first_consumer.setdefault(name, idx)
-    insert_before: dict[int, list[onnx.NodeProto]] = defaultdict(list)
     new_targets, factors = [], {}
     for act, group in by_act.items():
         if act not in act_absmax:
             new_targets.extend(group)
             continue
-        weights = [(numpy_helper.to_array(inits[t.weight]), t.input_axis) for t in group]
+        weights = [(g.array(t.weight), t.input_axis) for t in group]
         s = smoothing_factors(act_absmax[act], weights, alpha)
         smoothed = f"{act}_smoothed"
-        inv_name = f"{act}_smooth_inv_scale"
-        model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv_name))
-        insert_before[first_consumer[act]].append(
-            onnx.helper.make_node("Mul", [act, inv_name], [smoothed], name=f"{act}_smooth_mul"))
+        inv_name = g.add_initializer((1.0 / s).astype(np.float32), f"{act}_smooth_inv_scale")
+        g.insert_before_index(first_consumer[act],
+                              onnx.helper.make_node("Mul", [act, inv_name], [smoothed], name=f"{act}_smooth_mul"))
         factors[smoothed] = s
         for t, (w, axis) in zip(group, weights):
             shape = [1, 1]
@@ -70,22 +65,11 @@ def apply_smoothing(model: onnx.ModelProto, targets: list[QuantTarget],
             scaled = (w * s.reshape(shape)).astype(np.float32)
             weight_name = t.weight
             if weight_users[t.weight] > 1:  # shared weight: give this node its own copy
-                weight_name = f"{t.weight}_smoothed_{t.node_name}"
-                model.graph.initializer.append(numpy_helper.from_array(scaled, weight_name))
+                weight_name = g.add_initializer(scaled, f"{t.weight}_smoothed_{t.node_name}")
             else:
-                inits[t.weight].CopyFrom(numpy_helper.from_array(scaled, t.weight))
-            node = nodes_by_name[t.node_name]
+                g.replace_initializer(t.weight, scaled)
+            node = g.nodes[t.node_name]
             node.input[0] = smoothed
             node.input[1] = weight_name
             new_targets.append(QuantTarget(t.node_name, t.op_type, smoothed, weight_name, t.weight_axis, t.input_axis))
-    _insert_nodes(model, insert_before)
-    return model, new_targets, factors
-
-
-def _insert_nodes(model: onnx.ModelProto, insert_before: dict[int, list[onnx.NodeProto]]) -> None:
-    ordered = []
-    for idx, node in enumerate(model.graph.node):
-        ordered.extend(insert_before.get(idx, ()))
-        ordered.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(ordered)
+    return g.finish(), new_targets, factors

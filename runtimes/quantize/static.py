@@ -18,6 +18,8 @@ import onnx
 import psutil
 
 from modelpress.errors import BadInputError
+from modelpress.fileio import save_onnx
+from modelpress.export.names import matches, module_names
 from modelpress.runtimes.quantize.calibrate import collect_stats
 from modelpress.runtimes.quantize.config import QuantizeConfig
 from modelpress.runtimes.quantize.ort_ops import insert_ort_int8
@@ -93,10 +95,8 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
     rss = _PeakRss()
     model = onnx.load(str(model_path))
     all_matmuls = [n.name for n in model.graph.node if n.op_type in cfg.op_types]
-    unknown = set(cfg.nodes_to_exclude) - {n.name for n in model.graph.node}
-    if unknown:
-        raise BadInputError(f"quantize.nodes_to_exclude: no such node(s) in {model_path}: {sorted(unknown)}")
-    targets = find_targets(model, op_types=cfg.op_types, exclude=cfg.nodes_to_exclude)
+    targets = find_targets(model, op_types=cfg.op_types, exclude=excluded_nodes(model, cfg.nodes_to_exclude,
+                                                                                source=model_path))
     if not targets:
         raise BadInputError(f"{model_path}: no {'/'.join(cfg.op_types)} node with a constant weight to quantize")
 
@@ -135,6 +135,20 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
                      time.perf_counter() - start, rss.peak)
 
 
+def excluded_nodes(model: onnx.ModelProto, names: tuple[str, ...], *, source: object = "") -> tuple[str, ...]:
+    """The ONNX nodes ``quantize.nodes_to_exclude`` names: each entry is an ONNX node name or a
+    module path (``encoder.layer.3.output.dense``; ``encoder.layer.3`` covers the whole layer)."""
+    modules = module_names(model)
+    nodes = {n.name for n in model.graph.node}
+    out, unknown = [], []
+    for name in names:
+        hits = [name] if name in nodes else [n for n, m in modules.items() if matches(m, name)]
+        (out.extend(hits) if hits else unknown.append(name))
+    if unknown:
+        raise BadInputError(f"quantize.nodes_to_exclude: no node or module named {', '.join(unknown)} in {source}")
+    return tuple(dict.fromkeys(out))
+
+
 def for_tensorrt(plan: QuantPlan) -> QuantPlan:
     """The same calibration as TensorRT reads it: symmetric int8 activations (±max|range|), Q/DQ."""
     return replace(plan, ranges={a: r.symmetric() for a, r in plan.ranges.items()},
@@ -160,7 +174,7 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
     else:
         qmodel = insert_qdq(plan.model, targets, plan.ranges, symmetric_activations=cfg.activation_symmetric,
                             per_channel=cfg.per_channel, weight_qmax=cfg.weight_qmax)
-    _save_atomically(qmodel, Path(out_path))
+    save_onnx(qmodel, Path(out_path))
     quantized = tuple(t.node_name for t in targets)
     tensors = []
     for act in dict.fromkeys(t.activation for t in targets):
@@ -194,10 +208,3 @@ def _rescaled_minmax(stats, targets: list[QuantTarget], factors: dict[str, np.nd
         else:
             out[t.activation] = TensorRange(float((st.ch_min / s).min()), float((st.ch_max / s).max()), 0.0)
     return out
-
-
-def _save_atomically(model: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)

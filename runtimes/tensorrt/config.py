@@ -63,15 +63,6 @@ class EngineConfig:
         """The engines to build, int8 first (it is the one the gate judges)."""
         return ("int8", "fp16") if self.precision == "both" else (self.precision,)
 
-    def profile(self, input_names: tuple[str, ...]) -> dict[str, dict[str, tuple[int, int]]]:
-        """One optimization profile: ``{input: {"min": (b, s), "opt": ..., "max": ...}}``.
-
-        Every text-model input (input_ids, attention_mask, token_type_ids) is [batch, seq].
-        """
-        shapes = {"min": (self.min_batch, self.min_seq), "opt": (self.opt_batch, self.opt_seq),
-                  "max": (self.max_batch, self.max_seq)}
-        return {name: dict(shapes) for name in input_names}
-
     def timing_cache_path(self, run_dir: Path) -> Path | None:
         """Where the timing cache lives for this run folder, or None when disabled."""
         if self.timing_cache is True:
@@ -82,44 +73,8 @@ class EngineConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, *, base_dir: Path) -> "EngineConfig":
-        """Build from a recipe's ``[engine]`` table; relative paths resolve against ``base_dir``.
+        """The ``[engine]`` table on its own; a relative ``timing_cache`` that exists in ``base_dir``
+        resolves there (the recipe loader applies its one path rule)."""
+        from modelpress.config_check import PathRule, check_section
 
-        Raises :class:`BadInputError` naming ``engine.<key>`` for an unknown key or a bad value.
-        """
-        d = dict(d or {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise BadInputError(
-                f"engine.{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
-        kwargs: dict[str, Any] = {}
-        for key, value in d.items():
-            kwargs[key] = _coerce(key, value, base_dir=base_dir)
-        return cls(**kwargs)
-
-
-_INT_KEYS = ("min_batch", "opt_batch", "max_batch", "min_seq", "opt_seq", "max_seq", "workspace_mb")
-
-
-def _coerce(key: str, value: Any, *, base_dir: Path) -> Any:
-    """Type-check one recipe value (TOML gives bool/int/str); bool is not accepted as an int."""
-    if key == "enabled":
-        if not isinstance(value, bool):
-            raise BadInputError(f"engine.enabled: expected true or false, got {value!r}")
-        return value
-    if key == "precision":
-        if not isinstance(value, str):
-            raise BadInputError(f"engine.precision: expected a string, got {value!r}")
-        return value
-    if key in _INT_KEYS or key == "builder_optimization_level":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BadInputError(f"engine.{key}: expected an integer, got {value!r}")
-        return value
-    if key == "timing_cache":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (str, Path)) and str(value):
-            path = Path(value).expanduser()
-            return path if path.is_absolute() else (base_dir / path).resolve()
-        raise BadInputError(f"engine.timing_cache: expected true, false or a file path, got {value!r}")
-    raise BadInputError(f"engine.{key}: unknown key")  # unreachable: from_dict filters keys
+        return check_section(cls, "engine", dict(d or {}), rule=PathRule((Path(base_dir),)))

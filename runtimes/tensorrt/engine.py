@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +24,8 @@ from typing import Any, Sequence
 import onnx
 
 from modelpress.errors import BadInputError, ModelpressError
+from modelpress.fileio import write_bytes
+from modelpress.modalities import get_modality
 from modelpress.runtimes.tensorrt.config import EngineConfig
 from modelpress.runtimes.tensorrt.gpu import gpu_identity, require_tensorrt
 from modelpress.runtimes.tensorrt.metadata import (
@@ -36,8 +37,6 @@ from modelpress.runtimes.tensorrt.metadata import (
 
 log = logging.getLogger(__name__)
 
-# inputs a text model may take; each is [batch, seq], so one profile shape fits all of them
-SEQUENCE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _MIB = 1 << 20
 
 
@@ -53,10 +52,12 @@ def onnx_input_names(onnx_path: Path) -> tuple[str, ...]:
 def build_engine(
     onnx_path: Path, plan_path: Path, cfg: EngineConfig, *, input_names: Sequence[str] | None = None,
     precision: str = "int8", timing_cache: Path | None = None, metadata_path: Path | None = None,
+    modality: str = "text",
 ) -> dict[str, Any]:
     """Build ``plan_path`` from ``onnx_path`` and write its metadata; return that metadata.
 
-    ``input_names`` defaults to the ONNX graph inputs; each must be a [batch, seq] text input.
+    ``input_names`` defaults to the ONNX graph inputs; the ``modality`` (registry) makes the
+    optimization profile for them from ``cfg``.
     ``precision`` is recorded (the graph decides the real types). ``timing_cache`` is loaded when
     present and saved after the build. ``metadata_path`` defaults to
     :func:`~runtimes.tensorrt.metadata.engine_metadata_path` of the plan.
@@ -66,14 +67,13 @@ def build_engine(
     names = tuple(input_names) if input_names is not None else onnx_input_names(onnx_path)
     if not onnx_path.is_file():
         raise BadInputError(f"{onnx_path}: no such ONNX file")
-    unknown = [n for n in names if n not in SEQUENCE_INPUTS]
-    if unknown:
-        raise BadInputError(f"{onnx_path}: input '{unknown[0]}' is not one of {', '.join(SEQUENCE_INPUTS)}; "
-                            "no optimization profile can be made for it")
+    try:
+        profile = get_modality(modality).engine_profile(names, cfg)
+    except BadInputError as exc:
+        raise BadInputError(f"{onnx_path}: {exc}") from None
     trt = require_tensorrt()
     gpu = gpu_identity()
     logger = _make_logger(trt)
-    profile = cfg.profile(names)
 
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt))
@@ -106,9 +106,9 @@ def build_engine(
     if serialized is None:
         raise ModelpressError(f"{onnx_path}: TensorRT could not build an engine: "
                               f"{logger.last_error or 'see the TensorRT log above'}")
-    _write_bytes_atomic(plan_path, memoryview(serialized))
+    write_bytes(plan_path, memoryview(serialized))
     if cache is not None and timing_cache is not None:
-        _write_bytes_atomic(timing_cache, memoryview(config.get_timing_cache().serialize()))
+        write_bytes(timing_cache, memoryview(config.get_timing_cache().serialize()))
 
     meta = EngineMetadata(
         plan=plan_path.name, plan_sha256=file_sha256(plan_path), source_onnx=onnx_path.name,
@@ -167,10 +167,3 @@ def _make_logger(trt: Any) -> Any:
                 log.debug("TensorRT: %s", msg)
 
     return _Logger()
-
-
-def _write_bytes_atomic(path: Path, data: memoryview) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

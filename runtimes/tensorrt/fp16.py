@@ -14,13 +14,13 @@ outlier activations, which TensorRT's docs warn about for fp16 normalization.
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 from types import ModuleType
 
 import onnx
 
 from modelpress.errors import BackendUnavailableError, BadInputError
+from modelpress.fileio import save_onnx
 
 # ops kept in fp32 on top of the converter's own default block list
 FP32_OPS = ("LayerNormalization",)
@@ -45,8 +45,6 @@ def convert_to_fp16(src: Path, dst: Path) -> Path:
     model = onnx.load(str(src))
     op_block_list = list(converter.DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS)
     fp16_model = converter.convert_float_to_float16(model, keep_io_types=True, op_block_list=op_block_list)
-    tmp = dst.with_name(dst.name + ".tmp")
     # models over protobuf's 2 GB limit need external data; BERT-family students never come close
-    onnx.save(fp16_model, str(tmp))
-    os.replace(tmp, dst)
+    save_onnx(fp16_model, dst)
     return dst

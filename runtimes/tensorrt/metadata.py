@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from modelpress.errors import BadInputError
+from modelpress.fileio import write_json
 from modelpress.runtimes.tensorrt.gpu import GpuIdentity
 
 FORMAT_VERSION = 1
@@ -90,9 +90,7 @@ def file_sha256(path: Path) -> str:
 
 def write_engine_metadata(meta: EngineMetadata, path: Path) -> None:
     """Write atomically: an interrupted build never leaves a half-written engine.json."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, meta.to_dict(), sort_keys=True)
 
 
 def load_engine_metadata(path: Path) -> EngineMetadata:

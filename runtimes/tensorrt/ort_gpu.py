@@ -34,7 +34,8 @@ class OrtGpuRunner(Runner):
     """
 
     def __init__(self, onnx_path: str | Path, provider: str = "cuda", *, device_id: int = 0,
-                 cfg: EngineConfig | None = None, cache_dir: str | Path | None = None) -> None:
+                 cfg: EngineConfig | None = None, cache_dir: str | Path | None = None,
+                 modality: str = "text", threads: int = 0, name: str | None = None) -> None:
         if provider not in PROVIDERS:
             raise BadInputError(f"provider '{provider}' is not one of {', '.join(PROVIDERS)}")
         self.onnx_path = Path(onnx_path)
@@ -42,7 +43,8 @@ class OrtGpuRunner(Runner):
         self.device_id = device_id
         self.cfg = cfg or EngineConfig()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.name = f"ort-{provider}"
+        self.modality = modality  # shapes of the TensorRT EP's optimization profile
+        self.name = name or f"ort-{provider}"
         self._inputs: tuple[str, ...] | None = None
         self._session: Any = None
         self._outputs: tuple[str, ...] = ()
@@ -83,18 +85,20 @@ class OrtGpuRunner(Runner):
         options: dict[str, Any] = {"device_id": self.device_id}
         if self.provider == "cuda":
             return options
-        names = self.input_names
-        cfg = self.cfg
+        from modelpress.modalities import get_modality
 
-        def shapes(batch: int, seq: int) -> str:
-            return ",".join(f"{n}:{batch}x{seq}" for n in names)
+        cfg = self.cfg
+        profile = get_modality(self.modality).engine_profile(self.input_names, cfg)
+
+        def shapes(which: str) -> str:
+            return ",".join(f"{n}:{'x'.join(map(str, s[which]))}" for n, s in profile.items())
 
         options.update({
             "trt_max_workspace_size": cfg.workspace_mb * _MIB,
             # explicit profiles: without them the EP rebuilds its engine whenever a shape grows
-            "trt_profile_min_shapes": shapes(cfg.min_batch, cfg.min_seq),
-            "trt_profile_opt_shapes": shapes(cfg.opt_batch, cfg.opt_seq),
-            "trt_profile_max_shapes": shapes(cfg.max_batch, cfg.max_seq),
+            "trt_profile_min_shapes": shapes("min"),
+            "trt_profile_opt_shapes": shapes("opt"),
+            "trt_profile_max_shapes": shapes("max"),
             # the EP builds weakly typed networks, where Q/DQ layers still need the INT8 flag
             "trt_int8_enable": _has_qdq(self.onnx_path),
         })
@@ -123,3 +127,13 @@ class OrtGpuRunner(Runner):
 def _has_qdq(onnx_path: Path) -> bool:
     model = onnx.load(str(onnx_path), load_external_data=False)
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def ort_cuda_runner(onnx_path: str | Path, **options: Any) -> OrtGpuRunner:
+    """The ``ort-cuda`` runtime of the registry."""
+    return OrtGpuRunner(onnx_path, "cuda", **options)
+
+
+def ort_tensorrt_runner(onnx_path: str | Path, **options: Any) -> OrtGpuRunner:
+    """The ``ort-tensorrt`` runtime of the registry (ONNX Runtime's TensorRT execution provider)."""
+    return OrtGpuRunner(onnx_path, "tensorrt", **options)

@@ -37,10 +37,13 @@ class TensorRTRunner(Runner):
 
     name = "tensorrt"
 
-    def __init__(self, plan_path: str | Path, *, metadata_path: str | Path | None = None, device: int = 0) -> None:
+    def __init__(self, plan_path: str | Path, *, metadata_path: str | Path | None = None, device: int = 0,
+                 threads: int = 0, name: str | None = None) -> None:
+        # threads: accepted like every runtime of the registry; a GPU engine has no CPU thread pool
         self.plan_path = Path(plan_path)
         self.metadata_path = Path(metadata_path) if metadata_path else engine_metadata_path(self.plan_path)
         self.device = device
+        self.name = name or "tensorrt"
         self._meta: EngineMetadata | None = None
         self._state: _Loaded | None = None
 

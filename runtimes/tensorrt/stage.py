@@ -14,33 +14,50 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.errors import BadInputError
+from modelpress.paths import RunPaths
 from modelpress.runtimes.tensorrt.checker import require_trt_compatible
 from modelpress.runtimes.tensorrt.config import EngineConfig
 from modelpress.runtimes.tensorrt.engine import build_engine
 from modelpress.runtimes.tensorrt.fp16 import convert_to_fp16
 from modelpress.runtimes.tensorrt.gpu import gpu_identity, require_tensorrt
 
-# run-folder file names this stage reads and writes (mirror them in the run-folder paths module)
-FP32_ONNX = "model.onnx"
-INT8_ONNX = "model.int8.onnx"
-#: the same calibration written as TensorRT-style Q/DQ (``[engine] enabled``, or the tensorrt preset's
-#: model.int8.onnx itself): the engine is built from this one when it exists
-INT8_TRT_ONNX = "model.int8.trt.onnx"
-FP16_ONNX = "model.fp16.onnx"
-INT8_PLAN = "model.plan"
-FP16_PLAN = "model.fp16.plan"
+def engine_stage(run_dir: Path, *, fp16: bool = False) -> Path:
+    """``modelpress engine RUN_DIR``: TensorRT plan(s) from the run's Q/DQ model (GPU + TensorRT).
+
+    The engine settings come from the run's recipe ``[engine]`` table when it has one.
+    """
+    from dataclasses import replace
+
+    from modelpress.bundle import read_bundle_meta
+    from modelpress.tasks import task_from_dict
+
+    paths = RunPaths(Path(run_dir))
+    if not paths.model_int8_onnx.is_file():
+        raise BadInputError(f"{run_dir}: no model.int8.onnx (run the pipeline first)")
+    cfg = None
+    if paths.recipe.is_file():
+        from modelpress.recipe import load_recipe
+
+        cfg = load_recipe(paths.recipe).engine
+    cfg = cfg or EngineConfig()
+    if fp16:
+        cfg = replace(cfg, precision="both")
+    modality = task_from_dict(read_bundle_meta(paths.root)["task"]).modality
+    build_engines(paths.root, cfg, modality=modality)
+    return paths.model_plan
 
 
-def build_engines(run_dir: Path, cfg: EngineConfig) -> tuple[dict[str, Any], ...]:
+def build_engines(run_dir: Path, cfg: EngineConfig, *, modality: str = "text") -> tuple[dict[str, Any], ...]:
     """Build every engine ``cfg.precisions`` asks for in ``run_dir``; return their metadata.
 
     Builds whether or not ``cfg.enabled`` is set (that key only decides whether ``modelpress run``
     calls this stage). Raises :class:`BadInputError` for missing or non-compliant inputs and
     :class:`BackendUnavailableError` without TensorRT / a GPU.
     """
-    run_dir = Path(run_dir)
-    int8 = run_dir / INT8_TRT_ONNX if (run_dir / INT8_TRT_ONNX).is_file() else run_dir / INT8_ONNX
-    sources = {"int8": int8, "fp16": run_dir / FP32_ONNX}
+    paths = RunPaths(Path(run_dir))
+    # the TensorRT-style Q/DQ twin of the calibration when the run wrote one, else model.int8.onnx
+    int8 = paths.model_int8_trt_onnx if paths.model_int8_trt_onnx.is_file() else paths.model_int8_onnx
+    sources = {"int8": int8, "fp16": paths.model_onnx}
     for precision in cfg.precisions:
         if not sources[precision].is_file():
             step = "quantize" if precision == "int8" else "export"
@@ -50,12 +67,12 @@ def build_engines(run_dir: Path, cfg: EngineConfig) -> tuple[dict[str, Any], ...
         require_trt_compatible(sources["int8"], require_per_channel_weights=True)
     require_tensorrt()
     gpu_identity()  # fail here, before the fp16 conversion writes anything, when there is no GPU
-    cache = cfg.timing_cache_path(run_dir)
+    cache = cfg.timing_cache_path(paths.root)
     built = []
     for precision in cfg.precisions:
         if precision == "int8":
-            onnx_path, plan = sources["int8"], run_dir / INT8_PLAN
+            onnx_path, plan = sources["int8"], paths.model_plan
         else:
-            onnx_path, plan = convert_to_fp16(sources["fp16"], run_dir / FP16_ONNX), run_dir / FP16_PLAN
-        built.append(build_engine(onnx_path, plan, cfg, precision=precision, timing_cache=cache))
+            onnx_path, plan = convert_to_fp16(sources["fp16"], paths.model_fp16_onnx), paths.model_fp16_plan
+        built.append(build_engine(onnx_path, plan, cfg, precision=precision, timing_cache=cache, modality=modality))
     return tuple(built)

@@ -1,0 +1,103 @@
+"""The modality registry: how raw examples of one kind (text, images) become model inputs.
+
+A modality knows its preprocessor (a tokenizer, an image processor), how a batch of raw examples
+becomes a feed of numpy arrays, the dummy inputs and dynamic axes for export, which positions of a
+feed are real for calibration statistics (padding is not), and the shape profiles engines need.
+Tasks name their modality; nothing else asks what kind of input a model takes.
+
+Adding a modality is one module that subclasses :class:`Modality` and registers an instance:
+``MODALITIES.register("image", "modelpress.modalities.image:IMAGE")``.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from modelpress.registry import Registry
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One encoded batch: the model feed, plus what post-processing needs to map outputs back to
+    the examples (for text pre-split into words: the position of each word's first token)."""
+
+    feed: Mapping[str, np.ndarray]
+    first_tokens: tuple[np.ndarray, ...] | None = None   # per example: token index of each word
+    size: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        if not self.size:
+            object.__setattr__(self, "size", len(next(iter(self.feed.values()))))
+
+
+class Encoder(abc.ABC):
+    """Turns raw examples into batches for one model (its input names, its length limit)."""
+
+    input_names: tuple[str, ...]
+
+    @abc.abstractmethod
+    def encode(self, examples: Sequence[Any], *, pad_to: int | None = None) -> Batch:
+        """A batch of ``examples``; ``pad_to`` pads (and truncates) to that many positions."""
+
+    def lengths(self, examples: Sequence[Any]) -> list[int]:
+        """A size per example, for grouping similar ones into a batch (less padding)."""
+        return [0] * len(examples)
+
+
+class Modality(abc.ABC):
+    name: str
+    #: the bundle folder holding the preprocessor
+    preprocessor_dir: str
+
+    @abc.abstractmethod
+    def load_preprocessor(self, ref: str, *, trust_remote_code: bool = False) -> Any:
+        """The preprocessor of a model folder or hub id."""
+
+    @abc.abstractmethod
+    def load_examples(self, path: str | Path, *, field: str, num_samples: int | None, seed: int = 0) -> list[Any]:
+        """Raw examples from a data file or folder (calibration, distillation corpora), a
+        deterministic sample of ``num_samples`` (None: all)."""
+
+    def save_preprocessor(self, preprocessor: Any, folder: Path) -> None:
+        preprocessor.save_pretrained(str(folder))
+
+    @abc.abstractmethod
+    def model_inputs(self, model: Any, preprocessor: Any) -> tuple[str, ...]:
+        """The graph's input names, in the order export fixes them."""
+
+    @abc.abstractmethod
+    def encoder(self, preprocessor: Any, *, input_names: Sequence[str], max_length: int) -> Encoder:
+        """An encoder for one model's inputs."""
+
+    @abc.abstractmethod
+    def export_examples(self, preprocessor: Any, input_names: Sequence[str]) -> tuple[dict, dict]:
+        """(trace example, parity check batch) as torch tensors; the parity batch differs from the
+        example in every dynamic dimension, so a baked-in shape fails the check."""
+
+    @abc.abstractmethod
+    def dynamic_shapes(self, input_names: Sequence[str]) -> dict[str, dict[int, Any]]:
+        """``torch.export`` dynamic dimensions per input."""
+
+    def real_positions(self, feed: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """A [batch, positions] mask of the feed's real positions (padding is 0), or None."""
+        return None
+
+    @abc.abstractmethod
+    def engine_profile(self, input_names: Sequence[str], cfg: Any) -> dict[str, dict[str, tuple[int, ...]]]:
+        """A TensorRT optimization profile ``{input: {"min"|"opt"|"max": shape}}``."""
+
+    def position_limit(self, model_config: Any) -> int | None:
+        """The longest input the model can take (positions), or None when it has no limit."""
+        return None
+
+
+MODALITIES: Registry[Modality] = Registry("modality")
+MODALITIES.register("text", "modelpress.modalities.text:TEXT")
+
+
+def get_modality(name: str) -> Modality:
+    return MODALITIES.get(name)

@@ -1,0 +1,66 @@
+"""text-classification: one label per text, from a sequence-classification model's ``logits``.
+
+Metrics against the teacher: top-1 agreement, mean KL(teacher ‖ model) (lower is better), and
+accuracy against gold labels when the eval set has them (what the gate judges then). Eval format:
+``text`` with an integer ``label`` field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class TextClassification(Task):
+    name: ClassVar[str] = "text-classification"
+    auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
+    output_name: ClassVar[str] = "logits"
+    metrics: ClassVar[Mapping[str, str]] = {"top1_agreement": HIGHER, "mean_kl": LOWER, "accuracy": HIGHER}
+    eval_formats: ClassVar[tuple[str, ...]] = ("text",)
+    distill: ClassVar[DistillSpec] = DistillSpec(
+        output="logits", losses=frozenset({"kl", "ce", "hidden_mse", "attention_kl"}), defaults={"kl": 1.0},
+        label_loss="ce")
+    needs_labels: ClassVar[bool] = True
+    api: ClassVar[tuple[str, ...]] = ("classify",)
+
+    def torch_target(self, model_output: Any, inputs: Mapping[str, Any]) -> Any:
+        return model_output.logits
+
+    def reference_metrics(self, teacher_out: np.ndarray, es: Any) -> dict[str, float]:
+        from modelpress.validate import metrics as M
+
+        return M.classification_reference_metrics(teacher_out, es.labels)
+
+    def fidelity(self, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any) -> dict[str, float]:
+        from modelpress.validate import metrics as M
+
+        return M.classification_metrics(teacher_out, candidate_out, es.labels)
+
+    @classmethod
+    def primary_metric(cls, available: set[str]) -> str:
+        return "accuracy" if "accuracy" in available else "top1_agreement"
+
+    @classmethod
+    def bundle_class(cls) -> type:
+        from modelpress.bundle import Bundle
+
+        class ClassifierBundle(Bundle):
+            def classify(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+                """Class probabilities, [n_texts, n_classes] (a single string gives [1, n_classes])."""
+                return softmax(self.predict(self._texts(texts), batch_size=batch_size))
+
+            @property
+            def labels(self) -> list[str]:
+                """Class names by index, from the model's config."""
+                return self.label_names()
+
+        return ClassifierBundle

@@ -1,0 +1,91 @@
+"""token-classification: a label per word (POS tags, named entities), from a token-classification
+model's ``logits`` [batch, tokens, labels], read at the first sub-token of each word.
+
+Metrics against the teacher, per word: top-1 agreement, mean KL(teacher ‖ model); against gold
+tags when the eval set has them: word accuracy, and entity-level F1 (conlleval's chunk rules) when
+the model's labels are a BIO / BIOES tag set. The gate judges entity F1, else accuracy, else
+agreement. Eval formats: ``conllu`` (the UPOS column), ``conll`` (CoNLL-2003 style: word first,
+tag last, blank line between sentences), ``jsonl`` with ``tokens`` and ``tags`` lists.
+Calibration reads plain text; distillation compares token logits (KL, + cross-entropy on gold tags).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
+
+
+@dataclass(frozen=True)
+class TokenClassification(Task):
+    name: ClassVar[str] = "token-classification"
+    auto_class: ClassVar[str] = "AutoModelForTokenClassification"
+    output_name: ClassVar[str] = "logits"
+    metrics: ClassVar[Mapping[str, str]] = {"top1_agreement": HIGHER, "mean_kl": LOWER, "accuracy": HIGHER,
+                                            "entity_f1": HIGHER}
+    eval_formats: ClassVar[tuple[str, ...]] = ("conllu", "conll", "jsonl")
+    distill: ClassVar[DistillSpec] = DistillSpec(
+        output="token_logits", losses=frozenset({"kl", "ce", "hidden_mse", "attention_kl"}), defaults={"kl": 1.0},
+        label_loss="ce")
+    needs_labels: ClassVar[bool] = True
+    api: ClassVar[tuple[str, ...]] = ("tag",)
+
+    def prepare(self, examples: Sequence[Any]) -> list[Any]:
+        """Each example as its words: a string is split on whitespace, a list is taken as words."""
+        return [e.split() if isinstance(e, str) else [str(w) for w in e] for e in examples]
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray], batch: Any) -> list[np.ndarray]:
+        logits = np.asarray(outputs[self.output_name], dtype=np.float32)
+        return [logits[i, first] for i, first in enumerate(batch.first_tokens)]
+
+    def torch_target(self, model_output: Any, inputs: Mapping[str, Any]) -> Any:
+        return model_output.logits
+
+    def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None):
+        from modelpress.validate.tagged import load_tagged
+
+        label2id = dict(getattr(model_config, "label2id", None) or {})
+        return load_tagged(path, fmt=cfg.eval_format, label2id=label2id, num_samples=cfg.num_samples,
+                           tokens_field=cfg.text_field if cfg.text_field != "text" else "tokens",
+                           tags_field=cfg.label_field if cfg.label_field != "label" else "tags")
+
+    def reference_metrics(self, teacher_out: list[np.ndarray], es: Any) -> dict[str, float]:
+        from modelpress.validate import metrics as M
+
+        return M.token_metrics(teacher_out, teacher_out, es.tags, es.label_names)
+
+    def fidelity(self, teacher_out: list[np.ndarray], candidate_out: list[np.ndarray], es: Any) -> dict[str, float]:
+        from modelpress.validate import metrics as M
+
+        return M.token_metrics(teacher_out, candidate_out, es.tags, es.label_names)
+
+    @classmethod
+    def primary_metric(cls, available: set[str]) -> str:
+        for name in ("entity_f1", "accuracy"):
+            if name in available:
+                return name
+        return "top1_agreement"
+
+    @classmethod
+    def bundle_class(cls) -> type:
+        from modelpress.bundle import Bundle
+        from modelpress.tasks.text_classification import softmax
+
+        class TaggerBundle(Bundle):
+            def tag(self, texts: str | Sequence[str | Sequence[str]], *,
+                    batch_size: int = 32) -> list[list[tuple[str, str, float]]]:
+                """Per text (a string, split on whitespace, or a list of words): ``(word, label,
+                probability)`` for every word the model's length limit reaches."""
+                examples = self.task.prepare(self._texts(texts))
+                names = self.label_names()
+                out = []
+                for words, logits in zip(examples, self.predict(examples, batch_size=batch_size)):
+                    p = softmax(logits)
+                    best = p.argmax(axis=-1)
+                    out.append([(w, names[k], float(p[i, k])) for i, (w, k) in enumerate(zip(words, best))])
+                return out
+
+        return TaggerBundle

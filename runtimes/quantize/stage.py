@@ -1,0 +1,113 @@
+"""The quantize stage of a run: one calibration plan → ``model.int8.onnx`` (static, or the
+accuracy-aware search), its per-node analysis (``analysis.json``, the sensitivity plot),
+``quantization.json``, and the TensorRT Q/DQ twin of the same plan when an engine is wanted.
+``analyze_run`` re-plans a finished run for ``modelpress analyze``."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from modelpress.errors import BadInputError
+from modelpress.fileio import write_json
+from modelpress.runtimes.quantize.config import QuantizeConfig
+from modelpress.runtimes.quantize.static import QuantizeSummary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuantizeOutcome:
+    summary: QuantizeSummary
+    analysis: list            # NodeError, worst first
+    auto: dict | None         # the accuracy-aware search (mode "auto")
+    plan: object = None       # runtimes.quantize.static.QuantPlan of the written model
+    analysis_section: dict | None = None
+
+    def report_section(self, mode: str) -> dict[str, Any]:
+        return {**{k: v for k, v in self.summary.to_dict().items() if k != "tensors"}, "mode": mode,
+                "auto": self.auto}
+
+
+def quantize_model(onnx_path: Path, out_path: Path, feeds: Iterable[Mapping[str, np.ndarray]],
+                   cfg: QuantizeConfig, *, evaluate: Callable | None = None) -> QuantizeOutcome:
+    """Static int8 (or the accuracy-aware search when ``cfg.mode == "auto"``) plus per-node analysis."""
+    from modelpress.runtimes.quantize.analysis import analyze_plan
+    from modelpress.runtimes.quantize.auto import auto_quantize
+    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
+
+    if cfg.mode == "auto":
+        if evaluate is None:
+            raise BadInputError('quantize.mode = "auto" needs an eval set and the teacher (use `modelpress run`)')
+        result = auto_quantize(onnx_path, out_path, feeds, cfg, evaluate=evaluate)
+        return QuantizeOutcome(result.summary, result.analysis, result.to_dict(), result.plan)
+    plan = plan_quantization(onnx_path, feeds, cfg)
+    summary = write_quantized(plan, out_path)
+    return QuantizeOutcome(summary, analyze_plan(plan, feeds), None, plan)
+
+
+def write_analysis(errors: list, paths: Any, *, top: int = 15) -> dict[str, Any]:
+    """analysis.json (every node) and plots/sensitivity.png; returns the report's summary of it."""
+    from modelpress.runtimes.quantize.analysis import plot_errors
+
+    rows = [e.to_dict() for e in errors]
+    write_json(paths.analysis_json, rows)
+    plot = plot_errors(errors, paths.sensitivity_plot)
+    return {"nodes": len(rows), "worst": rows[:top],
+            "plot": str(plot.relative_to(paths.root)) if plot else None}
+
+
+def quantize_stage(paths: Any, feeds: Iterable[Mapping[str, np.ndarray]], cfg: QuantizeConfig, *,
+                   evaluate: Callable | None = None, tensorrt_twin: bool = False) -> QuantizeOutcome:
+    """``model.onnx`` → ``model.int8.onnx`` (+ analysis, quantization.json, and with
+    ``tensorrt_twin`` the TensorRT-style Q/DQ of the same plan unless the int8 model already is)."""
+    log.info("quantizing to %s", paths.model_int8_onnx)
+    outcome = quantize_model(paths.model_onnx, paths.model_int8_onnx, feeds, cfg, evaluate=evaluate)
+    outcome.analysis_section = write_analysis(outcome.analysis, paths)
+    if tensorrt_twin and not cfg.tensorrt_readable:
+        from modelpress.runtimes.quantize.static import for_tensorrt, write_quantized
+
+        # same calibration, TensorRT's Q/DQ rules (symmetric, zero point 0): the engine's source
+        write_quantized(for_tensorrt(outcome.plan), paths.model_int8_trt_onnx,
+                        keep_fp32=tuple(outcome.summary.fp32_nodes))
+    write_json(paths.quantization_json, {**outcome.summary.to_dict(), "auto": outcome.auto})
+    return outcome
+
+
+def analyze_run(run_dir: Path, out_dir: Path):
+    """``modelpress analyze``: re-plan the run's quantization (same recipe and calibration data, the
+    calibration method it chose) and write analysis.json + plots/sensitivity.png into ``out_dir``
+    (the bundle's own files, listed in its manifest, are left untouched)."""
+    from modelpress.bundle import read_bundle_meta
+    from modelpress.calibration_data.feeds import ExampleFeed
+    from modelpress.modalities import get_modality
+    from modelpress.paths import RunPaths
+    from modelpress.recipe import load_recipe
+    from modelpress.runtimes.quantize.analysis import analyze_plan
+    from modelpress.runtimes.quantize.static import plan_quantization
+    from modelpress.tasks import task_from_dict
+
+    paths = RunPaths(Path(run_dir))
+    for needed in (paths.model_onnx, paths.recipe, paths.bundle_json, paths.quantization_json):
+        if not needed.exists():
+            raise BadInputError(f"{run_dir}: no {needed.name} (not a completed modelpress run)")
+    recipe = load_recipe(paths.recipe)
+    meta = read_bundle_meta(paths.root)
+    task = task_from_dict(meta["task"])
+    modality = get_modality(task.modality)
+    done = json.loads(paths.quantization_json.read_text(encoding="utf-8"))
+    cfg = recipe.quantize.with_(mode="static", calibration_method=done["calibration_method"])
+    preprocessor = modality.load_preprocessor(str(paths.preprocessor(modality)))
+    encoder = modality.encoder(preprocessor, input_names=meta["input_names"], max_length=recipe.calibration.max_length)
+    cal = recipe.calibration
+    feeds = ExampleFeed(modality.load_examples(cal.data, field=cal.text_field, num_samples=cal.num_samples,
+                                               seed=cal.seed), encoder, batch_size=cal.batch_size)
+    plan = plan_quantization(paths.model_onnx, feeds, cfg)
+    errors = analyze_plan(plan, feeds)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_analysis(errors, RunPaths(out_dir))
+    return errors

@@ -1,0 +1,99 @@
+"""The validate stage: the teacher and every deployed artifact through their runtimes' runners on
+the eval set; the report's ``models``, ``ratios`` and ``gate``; and the evaluator the
+accuracy-aware search calls for each candidate graph.
+
+Runners come from the runtime registry and are opened inside one ``ExitStack``, so a runner that
+fails to open closes the ones opened before it.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from modelpress.inference import Predictor
+from modelpress.runtimes.registry import create_runner
+from modelpress.validate.compare import evaluate, file_size_mb, ratios
+from modelpress.validate.gate import decide
+from modelpress.validate.latency import time_calls
+from modelpress.validate.report import REPORT_SCHEMA
+
+#: opens (creates and enters) one predictor; validation calls it inside its ExitStack
+Opener = Callable[[], Predictor]
+
+
+def open_predictor(runtime: str, source: Any, *, task, encoder, threads: int = 0, name: str) -> Predictor:
+    """A predictor whose runner (from the runtime registry) is entered."""
+    options: dict[str, Any] = {"threads": threads, "name": name}
+    if runtime == "torch":
+        options.update(input_names=encoder.input_names, task=task)
+    runner = create_runner(runtime, source, **options)
+    runner.__enter__()
+    return Predictor(runner, task, encoder, name=name)
+
+
+def teacher_opener(model, *, task, encoder, threads: int, name: str = "teacher") -> Opener:
+    return lambda: open_predictor("torch", model, task=task, encoder=encoder, threads=threads, name=name)
+
+
+def file_opener(path: Path, *, task, encoder, threads: int, name: str, runtime: str = "onnxruntime") -> Opener:
+    return lambda: open_predictor(runtime, path, task=task, encoder=encoder, threads=threads, name=name)
+
+
+def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence[Opener], eval_set,
+                   name: str) -> dict[str, Any]:
+    """The teacher and the candidates (the last one is gated) on ``eval_set``: the report's core."""
+    with contextlib.ExitStack() as stack:
+        def opened(open_one: Opener) -> Predictor:
+            predictor = open_one()
+            stack.callback(predictor.runner.close)
+            return predictor
+
+        ref = opened(teacher)
+        cands = [opened(c) for c in candidates]
+        sizes = {c.name: file_size_mb(c.runner.model_path) for c in cands
+                 if getattr(c.runner, "model_path", None) is not None and Path(c.runner.model_path).is_file()}
+        models = evaluate(task, ref, cands, eval_set, cfg, sizes_mb=sizes)
+    gated = cands[-1].name
+    gate = decide(task, models[ref.name]["metrics"], models[gated]["metrics"], max_drop=gate_cfg.max_drop,
+                  metric=gate_cfg.metric, candidate_name=gated)
+    return {
+        "schema": REPORT_SCHEMA,
+        "name": name,
+        "task": task.name,
+        "task_config": task.describe(),
+        "eval": eval_set.describe(),
+        "models": models,
+        "ratios": {n: ratios(models, reference=ref.name, candidate=n) for n in models if n != ref.name},
+        "gate": gate.to_dict(),
+    }
+
+
+def candidate_evaluator(*, task, teacher: Opener, encoder, eval_set, cfg, gate_cfg):
+    """For ``quantize.mode = "auto"``: ONNX path → Evaluation (the gate's metric, through ONNX Runtime).
+    The teacher runs once, here."""
+    from modelpress.runtimes.quantize.auto import Evaluation
+
+    examples = list(eval_set.examples)
+    ref = teacher()
+    try:
+        teacher_out = ref.predict(examples, batch_size=cfg.batch_size)
+    finally:
+        ref.runner.close()
+    teacher_metrics = task.reference_metrics(teacher_out, eval_set)
+    shape_batch = [examples[i % len(examples)] for i in range(max(cfg.batch_sizes))]
+
+    def evaluate_candidate(path: Path) -> Evaluation:
+        pred = open_predictor("onnxruntime", path, task=task, encoder=encoder, threads=cfg.threads, name="candidate")
+        try:
+            metrics = task.fidelity(teacher_out, pred.predict(examples, batch_size=cfg.batch_size), eval_set)
+            gate = decide(task, teacher_metrics, metrics, max_drop=gate_cfg.max_drop, metric=gate_cfg.metric)
+            batch = pred.encode(shape_batch, pad_to=max(cfg.seq_lengths))
+            times = time_calls(lambda: pred.predict_batch(batch), runs=5, warmup=1)
+        finally:
+            pred.runner.close()
+        return Evaluation(gate.candidate, gate.drop, gate.passed, 1e3 * float(np.median(times)))
+
+    return evaluate_candidate
