@@ -7,6 +7,8 @@ RECIPE ?= configs/minilm.toml
 DEMO_RECIPES ?= configs/minilm.toml configs/minilm-distill.toml
 NAME   ?= $(shell sed -n 's/^name *= *"\(.*\)"/\1/p' $(RECIPE) | head -1)
 RUN_DIR ?= artifacts/$(NAME)
+# single stages of RECIPE (make export / quantize / validate) write here, not into the bundle
+STAGE_DIR ?= artifacts/$(NAME).stages
 MAX_DROP ?=
 # CPU build of torch: pinned, because a loose spec pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
@@ -39,6 +41,15 @@ test-fast: setup
 
 distill: setup
 	$(PY) -m modelpress distill $(RECIPE)
+
+export: setup  ## the deployed model of RECIPE -> $(STAGE_DIR)/model.onnx
+	$(PY) -m modelpress export --recipe $(RECIPE) --out $(STAGE_DIR)/model.onnx
+
+quantize: setup  ## $(STAGE_DIR)/model.onnx -> $(STAGE_DIR)/model.int8.onnx (RECIPE's calibration)
+	$(PY) -m modelpress quantize $(STAGE_DIR)/model.onnx --recipe $(RECIPE) --out $(STAGE_DIR)/model.int8.onnx
+
+validate: setup  ## $(STAGE_DIR)/model.int8.onnx against RECIPE's teacher -> $(STAGE_DIR)/report.json
+	$(PY) -m modelpress validate --recipe $(RECIPE) --candidate $(STAGE_DIR)/model.int8.onnx --out $(STAGE_DIR)
 
 gate: setup
 	$(PY) -m modelpress gate $(RUN_DIR) $(if $(MAX_DROP),--max-drop $(MAX_DROP))

@@ -1,6 +1,10 @@
 """The distillation corpus: texts (and optional gold labels) read with the calibration loaders,
 tokenized once with the teacher's tokenizer, split into train / held-out eval, and padded into
 batches on demand. Only text is needed; the teacher provides the targets.
+
+A tagger (per-token target) with ``distill.label_field`` reads a tagged corpus instead (CoNLL-U,
+CoNLL, or jsonl with token and tag lists: the eval readers of ``validate.tagged``); its gold tag
+sits on each word's first sub-token, every other token carries ``IGNORE`` (-100).
 """
 from __future__ import annotations
 
@@ -16,13 +20,15 @@ from modelpress.calibration_data.loaders import load_texts, read_records, sample
 from modelpress.distill.config import DistillConfig
 from modelpress.errors import BadInputError
 
+from modelpress.distill.losses.hard_label_ce import IGNORE  # noqa: E402  a token without a gold tag
+
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass(frozen=True)
 class Corpus:
-    texts: tuple[str, ...]
-    labels: tuple[int, ...] | None = None  # class ids, when distill.label_field is set
+    texts: tuple[Any, ...]  # strings, or (tagged corpora) tuples of words
+    labels: tuple[Any, ...] | None = None  # class ids, or per text a tag id per word (distill.label_field)
 
 
 def _label_id(value: Any, *, label2id: Mapping[str, int], num_labels: int, where: str) -> int:
@@ -40,12 +46,29 @@ def _label_id(value: Any, *, label2id: Mapping[str, int], num_labels: int, where
     return label
 
 
-def load_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int] | None = None, num_labels: int = 0) -> Corpus:
-    """The texts (and labels) of ``cfg.data``, sampled to ``cfg.num_samples`` with ``cfg.seed``."""
+def load_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int] | None = None, num_labels: int = 0,
+                per_token: bool = False) -> Corpus:
+    """The texts (and labels) of ``cfg.data``, sampled to ``cfg.num_samples`` with ``cfg.seed``;
+    ``per_token``: the task tags words, and labels are a tagged corpus's tags."""
     try:
+        if per_token and cfg.label_field is not None:
+            return _load_tagged_corpus(cfg, label2id=label2id or {})
         return _load_corpus(cfg, label2id=label2id, num_labels=num_labels)
     except BadInputError as exc:
         raise BadInputError(f"distill.data: {exc}") from None
+
+
+def _load_tagged_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int]) -> Corpus:
+    from modelpress.validate.tagged import load_tagged
+
+    es = load_tagged(cfg.data, label2id=label2id, tags_field=cfg.label_field,
+                     tokens_field=cfg.text_field if cfg.text_field != "text" else "tokens")
+    if es.tags is None:
+        raise BadInputError(f"{cfg.data}: no tags in '{cfg.label_field}' (distill.label_field)")
+    pairs = sample(list(zip(es.words, es.tags)), cfg.num_samples, seed=cfg.seed)
+    if len(pairs) < 2:
+        raise BadInputError(f"{cfg.data}: need at least 2 sentences to distill, found {len(pairs)}")
+    return Corpus(texts=tuple(w for w, _ in pairs), labels=tuple(t for _, t in pairs))
 
 
 def _load_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int] | None, num_labels: int) -> Corpus:
@@ -83,7 +106,7 @@ class TokenizedCorpus:
     """Token ids per text, unpadded; :meth:`collate` pads a batch of indices."""
 
     features: Mapping[str, Sequence[Sequence[int]]]  # input_ids, attention_mask[, token_type_ids]
-    labels: tuple[int, ...] | None
+    labels: tuple[Any, ...] | None  # per text a class id, or a label per token (IGNORE off first sub-tokens)
     pad_token_id: int
     fingerprint: str  # sha256 of the token ids and labels (checkpoint and cache validity)
 
@@ -105,25 +128,51 @@ class TokenizedCorpus:
             for r, i in enumerate(indices):
                 out[r, : len(rows[i])] = torch.tensor(rows[i], dtype=torch.long)
             batch[name] = out
-        if self.labels is not None:
+        if self.labels is not None and self.labels and isinstance(self.labels[0], (list, tuple)):
+            out = torch.full((len(indices), width), IGNORE, dtype=torch.long)
+            for r, i in enumerate(indices):
+                out[r, : len(self.labels[i])] = torch.tensor(self.labels[i], dtype=torch.long)
+            batch["labels"] = out
+        elif self.labels is not None:
             batch["labels"] = torch.tensor([self.labels[i] for i in indices], dtype=torch.long)
         batch["index"] = torch.tensor(indices, dtype=torch.long)
         return batch
 
 
 def tokenize_corpus(tokenizer: Any, corpus: Corpus, *, max_length: int) -> TokenizedCorpus:
-    """Tokenize every text once (truncated to ``max_length``, no padding)."""
+    """Tokenize every text once (truncated to ``max_length``, no padding); the words of a tagged
+    corpus map to tokens as inference maps them (``modalities.text``), tags on first sub-tokens."""
     if tokenizer.pad_token_id is None:
         raise BadInputError("teacher tokenizer has no padding token; cannot batch texts")
-    encoded = tokenizer(list(corpus.texts), truncation=True, max_length=max_length, padding=False)
-    features = {name: encoded[name] for name in FEATURES if name in encoded}
+    labels = corpus.labels
+    if corpus.texts and not isinstance(corpus.texts[0], str):
+        from modelpress.modalities.text import TextEncoder
+
+        names = tuple(n for n in FEATURES if n in getattr(tokenizer, "model_input_names", FEATURES))
+        encoder = TextEncoder(tokenizer, input_names=names, max_length=max_length)
+        features: dict[str, list[list[int]]] = {n: [] for n in names}
+        token_labels = []
+        for k, words in enumerate(corpus.texts):
+            batch = encoder.encode([list(words)])
+            n = int(batch.feed["attention_mask"][0].sum())
+            for name in names:
+                features[name].append(batch.feed[name][0, :n].tolist())
+            row = [IGNORE] * n
+            if labels is not None:
+                for w, t in enumerate(batch.first_tokens[0]):
+                    row[int(t)] = int(labels[k][w])
+            token_labels.append(tuple(row))
+        labels = tuple(token_labels) if labels is not None else None
+    else:
+        encoded = tokenizer(list(corpus.texts), truncation=True, max_length=max_length, padding=False)
+        features = {name: encoded[name] for name in FEATURES if name in encoded}
     digest = hashlib.sha256()
     for ids in features["input_ids"]:
         digest.update(len(ids).to_bytes(4, "little"))
         digest.update(array("q", ids).tobytes())
-    if corpus.labels is not None:
-        digest.update(repr(corpus.labels).encode())
-    return TokenizedCorpus(features=features, labels=corpus.labels,
+    if labels is not None:
+        digest.update(repr(labels).encode())
+    return TokenizedCorpus(features=features, labels=labels,
                            pad_token_id=int(tokenizer.pad_token_id), fingerprint=digest.hexdigest())
 
 

@@ -74,7 +74,8 @@ def run_distillation(
         corpus = tokenize_corpus(
             tokenizer,
             load_corpus(cfg, label2id=getattr(teacher_model.config, "label2id", None),
-                        num_labels=getattr(teacher_model.config, "num_labels", 0)),
+                        num_labels=getattr(teacher_model.config, "num_labels", 0),
+                        per_token=spec.per_token_target),
             max_length=cfg.max_length,
         )
         train_indices, eval_indices = split_indices(len(corpus), cfg.eval_fraction, seed=cfg.seed)

@@ -2,8 +2,9 @@
 
 The dynamo exporter records, on every node, the stack of module scopes it was traced in
 (``pkg.torch.onnx.name_scopes``, a Python list literal such as ``['', 'model', 'model.encoder', …]``).
-The innermost scope is the module that emitted the node; our export wraps the Hugging Face model
-as ``model``, so that prefix is dropped to give the model's own ``named_modules()`` paths.
+Beside it, ``pkg.torch.onnx.class_hierarchy`` gives each scope's class; the innermost scope whose
+class is a module (not an aten op) is the module that emitted the node. Our export wraps the Hugging
+Face model as ``model``, so that prefix is dropped to give the model's own ``named_modules()`` paths.
 """
 from __future__ import annotations
 
@@ -12,18 +13,23 @@ import ast
 import onnx
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+CLASSES_KEY = "pkg.torch.onnx.class_hierarchy"   # the module class (or op) of each scope
+OP_PREFIXES = ("aten.", "prims.", "<built-in")
 WRAPPER_PREFIX = "model."
 
 
 def node_module(node: onnx.NodeProto) -> str | None:
-    for prop in node.metadata_props:
-        if prop.key == SCOPES_KEY:
-            try:
-                scopes = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                return None
-            last = str(scopes[-1]) if scopes else ""
-            return last[len(WRAPPER_PREFIX):] if last.startswith(WRAPPER_PREFIX) else (last or None)
+    props = {p.key: p.value for p in node.metadata_props}
+    try:
+        scopes = ast.literal_eval(props.get(SCOPES_KEY, "[]"))
+        classes = ast.literal_eval(props.get(CLASSES_KEY, "[]"))
+    except (ValueError, SyntaxError):
+        return None
+    # the innermost scope that is a module (the last one is often the op itself: 'linear_5' of aten.linear)
+    for scope, cls in reversed(list(zip(scopes, classes))):
+        if scope and not str(cls).startswith(OP_PREFIXES):
+            scope = str(scope)
+            return scope[len(WRAPPER_PREFIX):] if scope.startswith(WRAPPER_PREFIX) else scope
     return None
 
 

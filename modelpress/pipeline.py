@@ -61,6 +61,12 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     modality = get_modality(task.modality)
     cal, v = recipe.calibration, recipe.validate
 
+    engine_wanted = recipe.engine is not None and recipe.engine.enabled
+    if engine_wanted:  # a machine without TensorRT or a GPU fails now, not after export and quantization
+        from modelpress.runtimes.tensorrt.gpu import gpu_identity, require_tensorrt
+
+        require_tensorrt()
+        gpu_identity()
     # the data first: a bad file fails in a second, not after loading and exporting
     cal_examples = modality.load_examples(cal.data, field=cal.text_field, num_samples=cal.num_samples, seed=cal.seed)
     log.info("loading teacher %s", teacher_ref)
@@ -87,7 +93,6 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     if recipe.quantize.mode == "auto":
         evaluate = candidate_evaluator(task=task, teacher=teacher, encoder=encoder, eval_set=es, cfg=v,
                                        gate_cfg=recipe.gate)
-    engine_wanted = recipe.engine is not None and recipe.engine.enabled
     quant = quantize_stage(paths, ExampleFeed(cal_examples, cal_encoder, batch_size=cal.batch_size),
                            recipe.quantize, evaluate=evaluate, tensorrt_twin=engine_wanted)
     write_bundle_meta(staging, task=task, input_names=names, max_length=v.max_length,

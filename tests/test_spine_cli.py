@@ -198,6 +198,9 @@ def test_bundle_embed_equals_a_hand_run_int8_session(tiny_run, data_files):
         got = bundle.embed(texts, batch_size=7)
         with pytest.raises(BadInputError, match="use embed"):
             bundle.classify(texts[:2])
+        # a string is one text, not a list of characters
+        one = bundle.embed(texts[0])
+    assert one.shape == (1, 32)
     assert got.shape == (len(texts), 32) and got.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
@@ -210,6 +213,7 @@ def test_bundle_embed_equals_a_hand_run_int8_session(tiny_run, data_files):
     manual = (hidden * mask).sum(1) / mask.sum(1)
     manual /= np.linalg.norm(manual, axis=1, keepdims=True)
     np.testing.assert_allclose(got, manual, atol=1e-5)
+    np.testing.assert_allclose(one[0], manual[0], atol=1e-5)
     with pytest.raises(BadInputError, match="not a modelpress bundle"):
         load(tiny_run.out)
 
@@ -289,11 +293,23 @@ def _bad_recipe(kind: str, work: Path, tiny_bert, data_files) -> tuple[list[str]
         (work / "not-a-model" / "vocab.txt").write_text("[PAD]\n", encoding="utf-8")
         write_recipe(recipe, {**top, "teacher": str(work / "not-a-model")}, {"calibration": cal, "validate": val})
         return ["run", str(recipe)], "holds no config.json", True
+    if kind == "a model without the task's head":
+        # transformers would initialise a random classifier: teacher and int8 would agree on nonsense
+        write_recipe(recipe, {**top, "task": "text-classification"}, {"calibration": cal, "validate": val})
+        return ["run", str(recipe)], "has no trained weights for classifier.bias, classifier.weight", False
+    if kind == "a security switch given as a string":
+        write_recipe(recipe, {**top, "trust_remote_code": "false"}, {"calibration": cal, "validate": val})
+        return ["run", str(recipe)], "trust_remote_code: expected true or false", True
+    if kind == "a --set switch given as a word":
+        write_recipe(recipe, top, {"calibration": cal, "validate": val})
+        return ["run", str(recipe), "--set", "trust_remote_code=no"], "trust_remote_code: expected true or false", True
     raise AssertionError(kind)
 
 
 @pytest.mark.parametrize("kind", ["missing recipe", "unknown key", "unknown --set key", "missing calibration file",
-                                  "empty calibration file", "teacher without config.json"])
+                                  "empty calibration file", "teacher without config.json",
+                                  "a model without the task's head", "a security switch given as a string",
+                                  "a --set switch given as a word"])
 def test_bad_input_exits_2_with_one_line_and_no_bundle(kind, tmp_path, tiny_bert, data_files):
     args, expected, only_line = _bad_recipe(kind, tmp_path, tiny_bert, data_files)
     out = tmp_path / "out"

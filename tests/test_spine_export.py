@@ -163,3 +163,12 @@ def test_optional_fusion_keeps_parity(bert_onnx, tmp_path):
                   parity_feed=bert_onnx.result.parity_feed, reference=bert_onnx.result.reference, atol=1e-4)
     assert report.ok and (tmp_path / "model.fused.onnx").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fused.onnx"]
+
+
+def test_the_exported_model_carries_no_build_machine_paths(exported):
+    """The exporter's stack traces (absolute source paths of the machine that built it) are
+    stripped; the module name scopes, which the per-node analysis reads, stay."""
+    data = exported.onnx_path.read_bytes()
+    assert b"pkg.torch.onnx.stack_trace" not in data and b"site-packages" not in data
+    keys = {p.key for n in onnx.load(str(exported.onnx_path)).graph.node for p in n.metadata_props}
+    assert "pkg.torch.onnx.name_scopes" in keys and "pkg.torch.onnx.stack_trace" not in keys

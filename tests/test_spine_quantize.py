@@ -352,3 +352,26 @@ def test_padding_exclusion_changes_the_quantization_ranges(bert_onnx, tokenizer,
 def test_calibration_without_batches_is_bad_input(fp32):
     with pytest.raises(BadInputError, match="no batches"):
         collect_stats(fp32, [find_targets(fp32)[0].activation], [])
+
+
+def test_nodes_are_named_by_module_path_and_excluded_by_it(bert_onnx, cal_feed, tmp_path):
+    """The analysis speaks in the model's module paths (from the exporter's name scopes), and
+    nodes_to_exclude takes them: a path covers the modules under it."""
+    from modelpress.runtimes.quantize.analysis import analyze_plan
+    from modelpress.runtimes.quantize.static import plan_quantization
+
+    plan = plan_quantization(bert_onnx.onnx_path, cal_feed, QuantizeConfig())
+    errors = analyze_plan(plan, cal_feed)
+    modules = {e.module for e in errors}
+    expected = {f"encoder.layer.{i}.{m}" for i in range(2) for m in (
+        "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+        "intermediate.dense", "output.dense")}
+    assert modules == expected
+    assert all(e.label == f"{e.module} ({e.node})" for e in errors)
+    one = next(e for e in errors if e.module == "encoder.layer.1.output.dense")
+    out = tmp_path / "ex.onnx"
+    summary = quantize_static(bert_onnx.onnx_path, out, cal_feed,
+                              QuantizeConfig(nodes_to_exclude=("encoder.layer.0", "encoder.layer.1.output.dense")))
+    assert len(summary.quantized_nodes) == 5 and one.node in summary.fp32_nodes
+    with pytest.raises(BadInputError, match="no node or module named encoder.layer.7"):
+        quantize_static(bert_onnx.onnx_path, out, cal_feed, QuantizeConfig(nodes_to_exclude=("encoder.layer.7",)))

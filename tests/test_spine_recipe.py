@@ -87,6 +87,15 @@ def test_unknown_key_is_named(tmp_path, body, named):
     ("[validate]\nlatency_runs = 2.5\n", "validate.latency_runs"),
     ("[calibration]\nbatch_size = 1.5\n", "calibration.batch_size"),
     ("[validate]\nbatch_sizes = [1, 2.5]\n", "validate.batch_sizes"),
+    # the top level goes through the same checker: a string is never a true switch
+    ("trust_remote_code = 'false'\n", "trust_remote_code: expected true or false"),
+    ("trust_remote_code = 1\n", "trust_remote_code: expected true or false"),
+    ("seed = 2.7\n", "seed: expected an integer"),
+    ("allow_new_heads = 'yes'\n", "allow_new_heads"),
+    # task-dependent values are checked against the task registry at load
+    ("[gate]\nmetric = 'acuracy'\n", "gate.metric: feature-extraction reports"),
+    ("task = 'token-classification'\n[validate]\neval_format = 'stsb'\n", "validate.eval_format"),
+    ("[task_options]\npooling = 'cls'\nnormalize = 'yes'\n", "task_options.normalize"),
 ])
 def test_bad_value_is_named(tmp_path, body, named):
     with pytest.raises(BadInputError) as exc:
@@ -135,6 +144,8 @@ def test_overrides_apply_on_top_of_the_file(tmp_path):
     assert r.quantize.calibration_method == "percentile" and r.quantize.smoothquant is False
     assert r.quantize.nodes_to_exclude == ("n1", "n2")
     assert r.validate.batch_sizes == (2, 4) and r.gate.max_drop == 0.25 and r.name == "renamed"
+    assert load_recipe(path, ["trust_remote_code=true"]).trust_remote_code is True
+    assert load_recipe(path).trust_remote_code is False
     with pytest.raises(BadInputError, match=r"^quantize\.bogus"):
         load_recipe(path, ["quantize.bogus=1"])
     with pytest.raises(BadInputError, match="expected section.key=value"):
