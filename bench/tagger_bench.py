@@ -126,7 +126,8 @@ def latency(bundle: Path, tagger: Path, threads: int, rounds: int) -> dict:
                                                name="dyn"),
              "modelpress-int8": open_predictor("onnxruntime", bundle / "model.int8.onnx", task=task, encoder=enc,
                                                threads=threads, name="int8")}
-    words = list(load_tagged(EWT / "en_ewt-ud-test.conllu", label2id={}).words)
+    label2id = {t: i for i, t in enumerate(UPOS)}
+    words = list(load_tagged(EWT / "en_ewt-ud-test.conllu", label2id=label2id).words)
     shapes = {"b1x128": enc.encode(words[:1], pad_to=128), "b32x128": enc.encode(words[:32], pad_to=128)}
     times = {s: {n: [] for n in preds} for s in shapes}
     for r in range(rounds + 2):
@@ -149,6 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--work", default=str(ROOT / "artifacts" / "bench-tagger"))
+    ap.add_argument("--reuse", action="store_true", help="keep a tagger and bundle already in --work")
     ap.add_argument("--out", default=str(RESULTS / "tagger.json"))
     args = ap.parse_args(argv)
     if not EWT.is_dir():
@@ -161,11 +163,20 @@ def main(argv=None) -> int:
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "int8_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}),
                           "int8_gemm_saturates": int8_gemm_saturates()}}
-    print("fine-tuning MiniLM as a UPOS tagger on EWT dev ...", file=sys.stderr)
-    result["fine_tune"] = fine_tune(tagger, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                    threads=args.threads)
-    print("pressing it (modelpress run, EWT test) ...", file=sys.stderr)
-    result["press"] = press(tagger, work / "runs", args.threads)
+    previous = json.loads(Path(args.out).read_text()) if args.reuse and Path(args.out).is_file() else {}
+    if args.reuse and (tagger / "config.json").is_file() and "fine_tune" in previous:
+        result["fine_tune"] = previous["fine_tune"]
+    else:
+        print("fine-tuning MiniLM as a UPOS tagger on EWT dev ...", file=sys.stderr)
+        result["fine_tune"] = fine_tune(tagger, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                        threads=args.threads)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if args.reuse and "press" in previous and Path(previous["press"]["bundle"]).is_dir():
+        result["press"] = previous["press"]
+    else:
+        print("pressing it (modelpress run, EWT test) ...", file=sys.stderr)
+        result["press"] = press(tagger, work / "runs", args.threads)
     print("timing (interleaved) ...", file=sys.stderr)
     result["latency_ms"] = latency(Path(result["press"]["bundle"]), tagger, args.threads, args.rounds)
     m, lat = result["press"]["metrics"], result["latency_ms"]

@@ -13,21 +13,39 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any, Iterable
 
 from modelpress.errors import BadInputError
 
+log = logging.getLogger(__name__)
+
 TEXT_SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv")
 
 
-def _read_txt(path: Path) -> list[dict[str, Any]]:
+class Records(list):
+    """The records of a corpus, in file order, with where each came from (``where(i)``:
+    ``file:line`` for text files, ``file: row N`` for datasets folders) for error messages."""
+
+    def __init__(self, path: Path, rows: list[tuple[int, dict[str, Any]]], *, unit: str = "line") -> None:
+        super().__init__(r for _, r in rows)
+        self.path = path
+        self.positions = [n for n, _ in rows]
+        self.unit = unit
+
+    def where(self, i: int) -> str:
+        sep = ":" if self.unit == "line" else f": {self.unit} "
+        return f"{self.path}{sep}{self.positions[i]}"
+
+
+def _read_txt(path: Path) -> list[tuple[int, dict[str, Any]]]:
     with path.open(encoding="utf-8") as fh:
-        return [{"text": line.strip()} for line in fh if line.strip()]
+        return [(n, {"text": line.strip()}) for n, line in enumerate(fh, 1) if line.strip()]
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     records = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -39,21 +57,27 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 raise BadInputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(obj, dict):
                 raise BadInputError(f"{path}:{lineno}: expected a JSON object per line")
-            records.append(obj)
+            records.append((lineno, obj))
     return records
 
 
-def _read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
+def _read_delimited(path: Path, delimiter: str) -> list[tuple[int, dict[str, Any]]]:
     with path.open(encoding="utf-8", newline="") as fh:
         # QUOTE_NONE for TSV: GLUE-style files carry bare quote characters in the text.
         quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
         reader = csv.DictReader(fh, delimiter=delimiter, quoting=quoting)
         if not reader.fieldnames:
             raise BadInputError(f"{path}: no header row")
-        return [dict(row) for row in reader]
+        rows = []
+        for row in reader:
+            if None in row:  # more fields than the header names
+                raise BadInputError(f"{path}:{reader.line_num}: {len(reader.fieldnames) + len(row[None])} fields, "
+                                    f"the header names {len(reader.fieldnames)}")
+            rows.append((reader.line_num, dict(row)))
+        return rows
 
 
-def _read_hf_dataset(path: Path) -> list[dict[str, Any]]:
+def _read_hf_dataset(path: Path) -> list[tuple[int, dict[str, Any]]]:
     try:
         import datasets  # optional dependency
     except ImportError:
@@ -68,25 +92,28 @@ def _read_hf_dataset(path: Path) -> list[dict[str, Any]]:
     if isinstance(ds, datasets.DatasetDict):
         split = "train" if "train" in ds else next(iter(ds))
         ds = ds[split]
-    return [dict(row) for row in ds]
+    return [(i, dict(row)) for i, row in enumerate(ds, 1)]
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
+def read_records(path: str | Path) -> Records:
     """All records of a corpus file or datasets folder, in file order."""
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"{path}: no such file or folder")
+    if not path.is_dir() and not path.is_file():
+        raise BadInputError(f"{path}: not a regular file or folder (a device, a pipe?)")
+    unit = "line"
     try:
         if path.is_dir():
-            records = _read_hf_dataset(path)
+            rows, unit = _read_hf_dataset(path), "row"
         elif path.suffix == ".txt":
-            records = _read_txt(path)
+            rows = _read_txt(path)
         elif path.suffix == ".jsonl":
-            records = _read_jsonl(path)
+            rows = _read_jsonl(path)
         elif path.suffix == ".csv":
-            records = _read_delimited(path, ",")
+            rows = _read_delimited(path, ",")
         elif path.suffix == ".tsv":
-            records = _read_delimited(path, "\t")
+            rows = _read_delimited(path, "\t")
         else:
             raise BadInputError(
                 f"{path}: unsupported data file; expected one of {', '.join(TEXT_SUFFIXES)} "
@@ -96,23 +123,34 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         raise BadInputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise BadInputError(f"{path}: cannot read ({exc.strerror})") from None
-    if not records:
+    if not rows:
         raise BadInputError(f"{path}: contains no records")
-    return records
+    return Records(path, rows, unit=unit)
+
+
+def text_of(records: Records, i: int, field: str) -> str:
+    """Record ``i``'s text in ``field``, stripped; a missing field, null or non-string is an error
+    naming file and line (never the text "None")."""
+    record = records[i]
+    if field not in record:
+        raise BadInputError(f"{records.where(i)}: no field '{field}' (fields: {', '.join(map(str, record))})")
+    value = record[field]
+    if not isinstance(value, str):
+        raise BadInputError(f"{records.where(i)}: '{field}' is {type(value).__name__} {value!r}, not text")
+    return value.strip()
 
 
 def load_texts(path: str | Path, *, text_field: str = "text") -> list[str]:
-    """The non-empty texts of a corpus; ``text_field`` names the field/column for structured files."""
+    """The texts of a corpus, every record checked: a record without ``text_field``, or whose value
+    is not a string, is an error naming file and line; empty texts are skipped and counted in the log."""
     records = read_records(path)
-    if text_field not in records[0]:
-        raise BadInputError(
-            f"{path}: no field '{text_field}' (fields: {', '.join(map(str, records[0]))})"
-        )
-    texts = [str(r[text_field]).strip() for r in records if r.get(text_field) is not None]
-    texts = [t for t in texts if t]
-    if not texts:
+    texts = [text_of(records, i, text_field) for i in range(len(records))]
+    kept = [t for t in texts if t]
+    if not kept:
         raise BadInputError(f"{path}: field '{text_field}' holds no text")
-    return texts
+    if len(kept) < len(texts):
+        log.warning("%s: skipped %d empty text(s) of %d", path, len(texts) - len(kept), len(texts))
+    return kept
 
 
 def sample(items: Iterable[Any], n: int | None, *, seed: int = 0) -> list[Any]:

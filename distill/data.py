@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from modelpress.calibration_data.loaders import load_texts, read_records, sample
+from modelpress.calibration_data.loaders import load_texts, read_records, sample, text_of
 from modelpress.distill.config import DistillConfig
 from modelpress.errors import BadInputError
 
@@ -35,7 +35,7 @@ def _label_id(value: Any, *, label2id: Mapping[str, int], num_labels: int, where
     if str(value) in label2id:
         return int(label2id[str(value)])
     try:
-        label = int(str(value).strip())
+        label = int(str(value).strip()) if not isinstance(value, float) or value.is_integer() else -1
     except ValueError:
         label = -1
     if not 0 <= label < num_labels:
@@ -83,14 +83,14 @@ def _load_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int] | None, num_
                     f"{cfg.data}: no field '{field}' (fields: {', '.join(map(str, records[0]))})"
                 )
         pairs = []
-        for row, record in enumerate(records, 1):
-            text = str(record.get(cfg.text_field) or "").strip()
+        for row, record in enumerate(records):
+            text = text_of(records, row, cfg.text_field)
             if not text:
                 continue
             if record.get(cfg.label_field) in (None, ""):
-                raise BadInputError(f"{cfg.data}: record {row} has no '{cfg.label_field}' (distill.label_field)")
+                raise BadInputError(f"{records.where(row)}: no '{cfg.label_field}' (distill.label_field)")
             label = _label_id(record[cfg.label_field], label2id=label2id or {}, num_labels=num_labels,
-                              where=f"{cfg.data}: record {row}")
+                              where=records.where(row))
             pairs.append((text, label))
         pairs = sample(pairs, cfg.num_samples, seed=cfg.seed)
         if not pairs:

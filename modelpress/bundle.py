@@ -22,11 +22,12 @@ INT8_MODEL = "model.int8.onnx"
 
 
 def write_bundle_meta(root: Path, *, task: Any, input_names: Sequence[str], max_length: int,
-                      label_names: Sequence[str] = ()) -> None:
+                      max_positions: int | None = None, label_names: Sequence[str] = ()) -> None:
     from modelpress.fileio import write_json
 
     write_json(root / BUNDLE_META, {"task": task.describe(), "input_names": list(input_names),
-                                    "max_length": max_length, "label_names": list(label_names)})
+                                    "max_length": max_length, "max_positions": max_positions,
+                                    "label_names": list(label_names)})
 
 
 def read_bundle_meta(root: Path) -> dict[str, Any]:
@@ -45,8 +46,12 @@ class Bundle(Predictor):
     """A loaded bundle. Use as a context manager or call ``close()``."""
 
     def __init__(self, root: Path, *, model_file: str = INT8_MODEL, runtime: str = "onnxruntime",
-                 threads: int = 0):
+                 threads: int = 0, verify: bool = True):
         self.root = Path(root)
+        if verify:  # a bundle is what its manifest says, or it is not loaded
+            from modelpress.manifest import require_intact
+
+            require_intact(self.root)
         meta = read_bundle_meta(self.root)
         task = task_from_dict(meta["task"])
         modality = get_modality(task.modality)
@@ -55,7 +60,10 @@ class Bundle(Predictor):
         name = "int8" if model_file == INT8_MODEL else model_file
         runner = create_runner(runtime, self.root / model_file, threads=threads, name=name)
         runner.__enter__()
-        encoder = modality.encoder(preprocessor, input_names=runner.input_names, max_length=int(meta["max_length"]))
+        # inputs are truncated to what the model can take, whatever bundle.json says
+        limit = meta.get("max_positions") or modality.position_limit(None, preprocessor)
+        length = int(meta["max_length"]) if not limit else min(int(meta["max_length"]), int(limit))
+        encoder = modality.encoder(preprocessor, input_names=runner.input_names, max_length=length)
         super().__init__(runner, task, encoder, name=name)
 
     def __enter__(self) -> "Bundle":
@@ -88,8 +96,10 @@ class Bundle(Predictor):
 
 
 def load(bundle_dir: str | Path, *, model_file: str = INT8_MODEL, runtime: str = "onnxruntime",
-         threads: int = 0) -> Bundle:
-    """The bundle at ``bundle_dir``, as its task's bundle class (methods: ``task.api``)."""
+         threads: int = 0, verify: bool = True) -> Bundle:
+    """The bundle at ``bundle_dir``, as its task's bundle class (methods: ``task.api``).
+    ``verify``: check every file against ``manifest.json`` first (a changed, added or missing file
+    is an error); validation turns it off for the run's own unpublished staging folder."""
     meta = read_bundle_meta(Path(bundle_dir))
     cls = task_from_dict(meta["task"]).bundle_class()
-    return cls(Path(bundle_dir), model_file=model_file, runtime=runtime, threads=threads)
+    return cls(Path(bundle_dir), model_file=model_file, runtime=runtime, threads=threads, verify=verify)

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modelpress.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, BadInputError, ModelpressError, exit_code_for
+from modelpress.errors import (EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, BadInputError, ModelpressError,
+                               exit_code_for, user_fault)
 from modelpress.signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated, terminate_as_exception
 
 log = logging.getLogger("modelpress")
@@ -204,15 +205,17 @@ def cmd_export(args) -> int:
     from modelpress.recipe import ExportConfig
 
     recipe = _stage_recipe(args)
+    if Path(args.out).is_dir():
+        raise BadInputError(f"--out {args.out}: is a folder; give the .onnx file to write")
+    from modelpress.recipe import section_config
+
+    opset = _pick(args.opset, recipe, "export", "opset", ExportConfig)
+    atol = _pick(args.atol, recipe, "export", "atol", ExportConfig)
+    section_config(ExportConfig, "export", {"opset": opset, "atol": atol})  # the recipe's checks on flags too
     ref = _model_ref(args.model, recipe, "model")
     task = _task(args, recipe, ref)
     model, preprocessor = load_model_and_preprocessor(
         ref, task, trust_remote_code=args.trust_remote_code or bool(recipe and recipe.trust_remote_code))
-    opset = _pick(args.opset, recipe, "export", "opset", ExportConfig)
-    atol = _pick(args.atol, recipe, "export", "atol", ExportConfig)
-    from modelpress.recipe import section_config
-
-    section_config(ExportConfig, "export", {"opset": opset, "atol": atol})  # the recipe's checks on flags too
     result = export_onnx(model, preprocessor, args.out, task=task, opset=opset, atol=atol)
     shape = "x".join(map(str, result.parity.feed_shape))
     print(f"onnx: {result.path} (inputs {', '.join(result.input_names)}; parity max |diff| "
@@ -221,8 +224,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    import onnx
-
     from modelpress.calibration_data.feeds import ExampleFeed
     from modelpress.fileio import write_json
     from modelpress.memory import process_peak_rss_mb
@@ -231,8 +232,9 @@ def cmd_quantize(args) -> int:
     from modelpress.runtimes.quantize.config import QuantizeConfig
     from modelpress.runtimes.quantize.static import quantize_static
 
-    if not Path(args.onnx).is_file():
-        raise BadInputError(f"{args.onnx}: ONNX model not found")
+    from modelpress.fileio import load_onnx
+
+    graph = load_onnx(args.onnx, load_external_data=False)
     recipe = _stage_recipe(args)
     ref = _model_ref(args.preprocessor, recipe, "--tokenizer")
     task = _task(args, recipe, ref)
@@ -249,10 +251,7 @@ def cmd_quantize(args) -> int:
         "batch_size": _pick(None, recipe, "calibration", "batch_size", CalibrationConfig)})
     modality = get_modality(task.modality)
     preprocessor = modality.load_preprocessor(ref)
-    try:
-        names = tuple(i.name for i in onnx.load(args.onnx, load_external_data=False).graph.input)
-    except (onnx.onnx_cpp2py_export.checker.ValidationError, ValueError, OSError) as exc:
-        raise BadInputError(f"{args.onnx}: not an ONNX model ({exc})") from None
+    names = modality.check_graph_inputs(tuple(i.name for i in graph.graph.input), source=args.onnx)
     examples = modality.load_examples(cal.data, field=cal.text_field, num_samples=cal.num_samples, seed=cal.seed)
     encoder = modality.encoder(preprocessor, input_names=names, max_length=cal.max_length)
     summary = quantize_static(args.onnx, args.out, ExampleFeed(examples, encoder, batch_size=cal.batch_size), cfg)
@@ -287,12 +286,14 @@ def cmd_validate(args) -> int:
     gate_cfg = section_config(GateConfig, "gate", {
         "max_drop": _pick(args.max_drop, recipe, "gate", "max_drop", GateConfig),
         "metric": recipe.gate.metric if recipe else "auto"})
-    es = task.read_eval(cfg.eval_data, cfg, model_config=model.config)
     modality = get_modality(task.modality)
-    import onnx
+    modality.check_lengths(model.config, preprocessor, {"validate.max_length": cfg.max_length,
+                                                        "--seq-lengths": max(cfg.seq_lengths)})
+    es = task.read_eval(cfg.eval_data, cfg, model_config=model.config)
+    from modelpress.fileio import load_onnx
 
-    names = tuple(i.name for i in onnx.load(args.candidate, load_external_data=False).graph.input) \
-        if Path(args.candidate).is_file() else modality.model_inputs(model, preprocessor)
+    graph = load_onnx(args.candidate, load_external_data=False)
+    names = modality.check_graph_inputs(tuple(i.name for i in graph.graph.input), source=args.candidate)
     encoder = modality.encoder(preprocessor, input_names=names, max_length=cfg.max_length)
     report = validate_stage(task=task, cfg=cfg, gate_cfg=gate_cfg,
                             teacher=teacher_opener(model, task=task, encoder=encoder, threads=cfg.threads),
@@ -309,10 +310,17 @@ def cmd_validate(args) -> int:
 
 
 def cmd_gate(args) -> int:
+    from modelpress.manifest import MANIFEST, require_intact
+    from modelpress.recipe import GateConfig, section_config
     from modelpress.validate.gate import gate_report
     from modelpress.validate.report import read_json
 
-    report = read_json(Path(args.run_dir) / "report.json")
+    if args.max_drop is not None:
+        section_config(GateConfig, "gate", {"max_drop": args.max_drop})  # --max-drop -1 is refused
+    run_dir = Path(args.run_dir)
+    if (run_dir / MANIFEST).is_file():  # a published bundle: its report is what the run wrote
+        require_intact(run_dir)
+    report = read_json(run_dir / "report.json")
     result = gate_report(report, max_drop=args.max_drop, metric=args.metric)
     print(result.line())
     return EXIT_OK if result.passed else EXIT_GATE_FAILED
@@ -356,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     except ModelpressError as exc:
         print(f"modelpress: error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
+    except (OSError, MemoryError) as exc:
+        message = user_fault(exc)
+        if message is None:
+            raise  # a bug: the traceback is what its report needs
+        print(f"modelpress: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("modelpress: interrupted (SIGINT); nothing was published", file=sys.stderr)
         return EXIT_SIGINT

@@ -5,6 +5,8 @@ message on stderr and the exit code below. Anything else is an internal error.
 """
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
@@ -39,6 +41,22 @@ class GateFailedError(ModelpressError):
     """The pipeline worked, but the candidate lost more accuracy than the gate allows."""
 
     exit_code = EXIT_GATE_FAILED
+
+
+#: operating-system faults a user causes (a full disk, a read-only or forbidden folder, a file
+#: where a folder is expected): one line and exit 2, not a traceback
+USER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                         errno.EISDIR, errno.EEXIST, errno.EFBIG, errno.ENAMETOOLONG})
+
+
+def user_fault(exc: BaseException) -> str | None:
+    """The one-line message for an environment fault the user can fix, else None (a bug)."""
+    if isinstance(exc, OSError) and exc.errno in USER_ERRNOS:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    if isinstance(exc, MemoryError):
+        return "ran out of memory (is a data file far larger than expected, or not a text file?)"
+    return None
 
 
 def exit_code_for(exc: BaseException) -> int:

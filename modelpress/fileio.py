@@ -54,6 +54,25 @@ def write_json(path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys:
     return write_text(path, dumps_json(obj, indent=indent, sort_keys=sort_keys))
 
 
+def load_onnx(path: str | Path, *, load_external_data: bool = True):
+    """``onnx.load``; a missing file or one that is not an ONNX model is a BadInputError."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from modelpress.errors import BadInputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: ONNX model not found")
+    try:
+        model = onnx.load(str(path), load_external_data=load_external_data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise BadInputError(f"{path}: not an ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if not model.graph.node:
+        raise BadInputError(f"{path}: not an ONNX model (no graph)")
+    return model
+
+
 def save_onnx(model, path: str | Path, *, external_data: bool = False) -> Path:
     """``onnx.save`` through :func:`atomic_path`. With ``external_data`` (models over protobuf's
     2 GB limit) the weights go to ``<name>.data`` beside it, written before the model is renamed

@@ -10,6 +10,7 @@ A reference is one of:
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 from modelpress.errors import BadInputError
@@ -47,7 +48,41 @@ def resolve_model_ref(ref: str, *, base_dir: Path | None = None) -> str:
         return str(path.resolve())
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         raise BadInputError(f"model '{ref}': no such folder")
-    return ref  # a hub id: transformers resolves it (offline mode raises its own clear error)
+    _require_reachable(ref)
+    return ref  # a hub id: transformers fetches it (or takes the cached copy)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _require_reachable(repo_id: str) -> None:
+    """Fail in one line, at once, for a hub id that cannot load: offline without a cached copy, or
+    a hub that does not answer within a few seconds (transformers would retry for a minute and
+    print dozens of lines first)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        return
+    if _offline():
+        raise BadInputError(f"model '{repo_id}': not a local folder, and HF_HUB_OFFLINE is set with no cached "
+                            "copy (unset HF_HUB_OFFLINE on a machine with the network, or give a folder)")
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models/{repo_id}", method="HEAD"),
+                               timeout=5)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403, 404):
+            raise BadInputError(f"model '{repo_id}': the hub at {endpoint} has no such model "
+                                f"(HTTP {exc.code}; private models need HF_TOKEN)") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise BadInputError(f"model '{repo_id}': the hub at {endpoint} is not reachable "
+                            f"({getattr(exc, 'reason', exc)}); give a local folder or set HF_ENDPOINT") from None
 
 
 def load_model(ref: str, task, *, trust_remote_code: bool = False, allow_new_heads: bool = False):
@@ -60,10 +95,14 @@ def load_model(ref: str, task, *, trust_remote_code: bool = False, allow_new_hea
     """
     import transformers
 
+    from safetensors import SafetensorError
+
     auto_cls = getattr(transformers, task.auto_class)
     try:
         model, info = auto_cls.from_pretrained(ref, trust_remote_code=trust_remote_code, use_safetensors=True,
                                                output_loading_info=True)
+    except SafetensorError as exc:  # a truncated or corrupt model.safetensors
+        raise BadInputError(f"model '{ref}': its weights are not a readable safetensors file ({exc})") from None
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInputError(f"model '{ref}': cannot load ({first})") from None

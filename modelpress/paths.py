@@ -1,11 +1,15 @@
 """Every artifact path of a run folder, named in one place, and the staged publish of a bundle.
 
-A run is staged in ``<out>/.<name>.partial`` and renamed to ``<out>/<name>`` when complete, so an
-interrupted run never leaves a folder that looks like a finished bundle.
+A run holds the bundle's lock (``modelpress.lock``), is staged in a folder of its own,
+``<out>/.<name>.partial-<pid>-<random>``, and is renamed to ``<out>/<name>`` when complete, so an
+interrupted or concurrent run never leaves a folder that looks like a finished bundle. The swap
+moves the previous bundle to ``.<name>.old`` first; a run interrupted between the two renames
+leaves that folder behind, and the next run of the name puts it back (:func:`recover`).
 """
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +75,27 @@ class RunPaths:
 
 
 def staging_dir(out_dir: Path, name: str) -> Path:
-    return out_dir / f".{name}.partial"
+    """A new staging folder name, unique to this run."""
+    return out_dir / f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def recover(out_dir: Path, name: str) -> list[str]:
+    """Under the bundle's lock: undo what an interrupted run left (its staging folders; a previous
+    bundle parked as ``.<name>.old`` by an interrupted swap goes back in place when ``<name>`` is
+    missing, else is removed). Returns what was done, for the log."""
+    done = []
+    final, old = out_dir / name, out_dir / f".{name}.old"
+    if old.is_dir():
+        if final.exists():
+            shutil.rmtree(old)
+            done.append(f"removed {old.name}")
+        else:
+            os.replace(old, final)
+            done.append(f"restored {name} from {old.name}")
+    for stale in out_dir.glob(f".{name}.partial*"):
+        shutil.rmtree(stale, ignore_errors=True)
+        done.append(f"removed {stale.name}")
+    return done
 
 
 def distill_dir(out_dir: Path, name: str) -> Path:

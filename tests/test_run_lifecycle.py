@@ -45,10 +45,9 @@ def test_an_interrupted_run_exits_128_plus_signal_and_keeps_the_earlier_bundle(p
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "modelpress", "run", str(slow), "--out", str(out)], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    staging = out / ".life.partial"
     deadline = time.monotonic() + 120
     # the run is under way once its staging folder holds the recipe; it then loads and exports
-    while not (staging / "recipe.toml").exists() and time.monotonic() < deadline and proc.poll() is None:
+    while not list(out.glob(".life.partial-*/recipe.toml")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     time.sleep(2.0)
@@ -56,8 +55,7 @@ def test_an_interrupted_run_exits_128_plus_signal_and_keeps_the_earlier_bundle(p
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr[-2000:]
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("modelpress: ")
-    assert not staging.exists()
-    assert sorted(p.name for p in out.iterdir()) == ["life"]
+    assert sorted(p.name for p in out.iterdir()) == [".life.lock", "life"]   # no staging folder left
     assert {p.name: p.stat().st_mtime_ns for p in (out / "life").rglob("*")} == before
     assert verify(out / "life") == []
 

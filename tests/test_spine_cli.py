@@ -75,8 +75,8 @@ def test_run_exits_0_and_publishes_a_complete_bundle(tiny_run):
     assert "Traceback" not in tiny_run.proc.stderr
     assert BUNDLE_FILES <= {p.name for p in tiny_run.root.iterdir()}
     assert (tiny_run.root / "tokenizer").is_dir() and any((tiny_run.root / "tokenizer").iterdir())
-    # staged in .tiny.partial and renamed: nothing else is left next to the bundle
-    assert [p.name for p in tiny_run.out.iterdir()] == ["tiny"]
+    # staged in .tiny.partial-<pid>-<random> and renamed: nothing but the bundle's lock is left beside it
+    assert sorted(p.name for p in tiny_run.out.iterdir()) == [".tiny.lock", "tiny"]
     assert not list(tiny_run.root.rglob("*.partial"))
     assert (tiny_run.root / "recipe.toml").read_bytes() == tiny_run.recipe.read_bytes()
 
@@ -88,7 +88,7 @@ def test_report_json_has_the_documented_keys(tiny_run, data_files):
     assert (r["schema"], r["name"], r["task"]) == (2, "tiny", "feature-extraction")
     assert r["task_config"] == {"task": "feature-extraction", "pooling": "mean", "normalize": True}
     assert r["eval"] == {"source": str(data_files.pairs_jsonl), "format": "pairs", "num_examples": 60,
-                         "num_texts": 60, "num_pairs": 30, "num_words": 0, "has_labels": False}
+                         "num_texts": 60, "num_pairs": 30, "num_words": 0, "has_labels": False, "skipped": 0}
     assert list(r["models"]) == ["teacher", "onnx-fp32", "int8"]
     for name, m in r["models"].items():
         assert MODEL_KEYS <= set(m), name
@@ -433,3 +433,69 @@ def test_run_with_distillation_reports_the_subset_it_started_from(data_files, tm
         cos = (embed(teacher) * embed(build_layer_subset(teacher, kept).eval())).sum(-1).mean().item()
     row = report["models"]["untrained-subset-fp32"]["metrics"]
     assert row["mean_cosine"] == pytest.approx(cos, abs=1e-4)
+
+
+# -- the bundle proves itself -----------------------------------------------------------------------------
+def test_gate_and_load_refuse_a_bundle_that_is_not_what_its_manifest_says(tiny_run, tmp_path):
+    import shutil
+
+    from modelpress.bundle import load
+    from modelpress.manifest import verify
+
+    assert tiny_run.proc.returncode == 0, _explain(tiny_run.proc)
+    assert verify(str(tiny_run.root)) == []                       # a str works as well as a Path
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_run.root, edited)
+    report = json.loads((edited / "report.json").read_text())
+    report["models"]["int8"]["metrics"]["spearman"] = 0.99       # a hand-edited report
+    (edited / "report.json").write_text(json.dumps(report))
+    proc = cli("gate", edited)
+    assert proc.returncode == 2 and "does not match its manifest.json (report.json" in proc.stderr, _explain(proc)
+    with pytest.raises(BadInputError, match="does not match its manifest"):
+        load(edited)
+    added = tmp_path / "added"
+    shutil.copytree(tiny_run.root, added)
+    (added / "stray.bin").write_bytes(b"x")
+    (added / "model.plan").write_bytes(b"an engine built later")
+    assert verify(added) == ["+model.plan", "+stray.bin"]
+    assert verify(added, allow_later=True) == ["+stray.bin"]    # what `modelpress engine` adds is fine
+    manifest = json.loads((added / "manifest.json").read_text())
+    manifest["files"]["../../etc/passwd"] = {"sha256": "0" * 64, "bytes": 1}
+    (added / "manifest.json").write_text(json.dumps(manifest))
+    assert "!../../etc/passwd" in verify(added)
+    proc = cli("gate", tiny_run.root, "--max-drop", "-1")
+    assert proc.returncode == 2 and "gate.max_drop: expected >= 0" in proc.stderr, _explain(proc)
+
+
+def test_a_second_run_into_the_same_bundle_exits_2_and_the_first_publishes_intact(tiny_bert, tiny_distilbert,
+                                                                                    data_files, tmp_path):
+    """Two runs of one name into one --out: the lock lets one publish; the other exits 2 at once,
+    and every file of the bundle is the publishing run's (its manifest says so)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    from modelpress.manifest import verify
+
+    sections = {"calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+                "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE}, "gate": {"max_drop": 50.0}}
+    a = write_recipe(tmp_path / "a.toml", {"name": "same", "teacher": str(tiny_bert.path)}, sections)
+    b = write_recipe(tmp_path / "b.toml", {"name": "same", "teacher": str(tiny_distilbert.path)}, sections)
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-m", "modelpress", "run", str(a), "--out", str(out)], cwd=REPO,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".same.partial-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    second = cli("run", b, "--out", out)
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    assert second.returncode == 2 and "another modelpress run is writing this bundle" in second.stderr, \
+        _explain(second)
+    assert verify(out / "same") == []
+    manifest = json.loads((out / "same" / "manifest.json").read_text())
+    assert manifest["recipe"]["teacher"] == str(tiny_bert.path)
+    assert json.loads((out / "same" / "config.json").read_text())["model_type"] == "bert"

@@ -23,11 +23,14 @@ def test_txt_skips_blank_lines_and_strips(tmp_path):
 
 def test_jsonl_reads_the_named_field_and_skips_empty_texts(tmp_path):
     p = tmp_path / "a.jsonl"
-    rows = [{"text": "one", "body": "b1"}, {"text": "  ", "body": "b2"}, {"text": None, "body": "b3"},
-            {"text": "two", "body": "b4"}]
+    rows = [{"text": "one", "body": "b1"}, {"text": "  ", "body": "b2"}, {"text": "two", "body": "b4"}]
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
-    assert load_texts(p) == ["one", "two"]
-    assert load_texts(p, text_field="body") == ["b1", "b2", "b3", "b4"]
+    assert load_texts(p) == ["one", "two"]                    # an empty text is skipped (and counted)
+    assert load_texts(p, text_field="body") == ["b1", "b2", "b4"]
+    # a null is not a text: it is named with its line, never read as "None"
+    p.write_text("\n".join(json.dumps(r) for r in rows + [{"text": None, "body": "b5"}]) + "\n", encoding="utf-8")
+    with pytest.raises(BadInputError, match=r"a\.jsonl:4: 'text' is NoneType None, not text"):
+        load_texts(p)
     with pytest.raises(BadInputError, match="no field 'sentence'") as exc:
         load_texts(p, text_field="sentence")
     assert "text" in str(exc.value) and "body" in str(exc.value)  # the fields that do exist
@@ -201,7 +204,7 @@ def test_pairs_tsv_with_header_is_pairs_not_stsb(tmp_path):
 def test_eval_set_errors(tmp_path, data_files):
     with pytest.raises(BadInputError, match="not found"):
         load_eval_set(tmp_path / "absent.jsonl")
-    with pytest.raises(BadInputError, match="pairs format needs fields"):
+    with pytest.raises(BadInputError, match=r"texts\.jsonl:1: a pair needs the fields sentence1, sentence2, score"):
         load_eval_set(data_files.text_jsonl, fmt="pairs")
     with pytest.raises(BadInputError, match="expected 7 tab-separated"):
         load_eval_set(data_files.text_jsonl, fmt="stsb")

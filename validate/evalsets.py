@@ -10,11 +10,15 @@ Formats (``validate.eval_format``):
 """
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelpress.calibration_data.loaders import read_records
+from modelpress.calibration_data.loaders import read_records, text_of
 from modelpress.errors import BadInputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class EvalSet:
     label_names: tuple[str, ...] = ()               # tag names by id (entity chunks need them)
     source: str = ""
     format: str = "text"
+    skipped: int = 0                                # rows skipped by the documented rule (empty texts)
 
     @property
     def examples(self) -> tuple:
@@ -41,7 +46,7 @@ class EvalSet:
         return {"source": self.source, "format": self.format, "num_examples": len(self.examples),
                 "num_texts": len(self.texts), "num_pairs": len(self.pairs or ()),
                 "num_words": sum(map(len, self.words)) if self.words is not None else 0,
-                "has_labels": self.labels is not None or self.tags is not None}
+                "has_labels": self.labels is not None or self.tags is not None, "skipped": self.skipped}
 
 
 def _looks_like_stsb(path: Path) -> bool:
@@ -67,6 +72,9 @@ def _from_pairs(rows: list[tuple[str, str, float]], source: str, fmt: str) -> Ev
         pairs.append((i, j, score))
     if not pairs:
         raise BadInputError(f"{source}: no sentence pairs")
+    if len(pairs) >= 2 and len({s for _, _, s in pairs}) == 1:
+        raise BadInputError(f"{source}: spearman cannot be computed: the {len(pairs)} gold score(s) of the eval set "
+                            "are all equal; give varied scores")
     return EvalSet(tuple(index), pairs=tuple(pairs), source=source, format=fmt)
 
 
@@ -77,61 +85,95 @@ def _read_stsb(path: Path) -> EvalSet:
             fields = line.rstrip("\n").split("\t")[:7]
             if len(fields) < 7:
                 raise BadInputError(f"{path}:{lineno}: expected 7 tab-separated STS-B fields")
-            try:
-                rows.append((fields[5], fields[6], float(fields[4])))
-            except ValueError:
-                raise BadInputError(f"{path}:{lineno}: score {fields[4]!r} is not a number") from None
+            rows.append((_text(fields[5], f"{path}:{lineno}", "sentence1"), _text(fields[6], f"{path}:{lineno}", "sentence2"),
+                         _score(fields[4], f"{path}:{lineno}")))
     return _from_pairs(rows, str(path), "stsb")
+
+
+def _score(value, where: str) -> float:
+    """A gold similarity score: a finite number (NaN would make every rank statistic NaN)."""
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise BadInputError(f"{where}: score {value!r} is not a number") from None
+    if not math.isfinite(score):
+        raise BadInputError(f"{where}: score {value!r} is not a finite number")
+    return score
+
+
+def _text(value, where: str, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadInputError(f"{where}: '{field}' is {value!r}, not a text")
+    return value.strip()
+
+
+def _label(value, where: str, field: str, num_labels: int | None) -> int:
+    """A class id: an integer (or its digits), in 0..num_labels-1 when the model's label count is known."""
+    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+        raise BadInputError(f"{where}: label {value!r} is not an integer class id")
+    try:
+        label = int(value) if not isinstance(value, str) else int(value.strip())
+    except (TypeError, ValueError):
+        raise BadInputError(f"{where}: label {value!r} is not an integer class id") from None
+    if label < 0 or (num_labels is not None and label >= num_labels):
+        known = f"0..{num_labels - 1}" if num_labels is not None else ">= 0"
+        raise BadInputError(f"{where}: label {value!r} is not a class of the model ({known}, field '{field}')")
+    return label
 
 
 def load_eval_set(path: str | Path, *, fmt: str = "auto", text_field: str = "text",
                   label_field: str = "label", num_samples: int = 0,
-                  formats: tuple[str, ...] = ("text", "pairs", "stsb")) -> EvalSet:
+                  formats: tuple[str, ...] = ("text", "pairs", "stsb"), num_labels: int | None = None) -> EvalSet:
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"{path}: evaluation data not found")
     if fmt != "auto" and fmt not in formats:
         raise BadInputError(f"validate.eval_format: this task reads {', '.join(formats)}, not {fmt!r}")
-    es = _load(path, fmt=fmt, text_field=text_field, label_field=label_field, formats=formats)
+    es = _load(path, fmt=fmt, text_field=text_field, label_field=label_field, formats=formats,
+               num_labels=num_labels)
     if es.format not in formats:
         raise BadInputError(f"{path}: read as {es.format}, which this task cannot use ({', '.join(formats)})")
     return _truncate(es, num_samples) if num_samples else es
 
 
-def _load(path: Path, *, fmt: str, text_field: str, label_field: str, formats: tuple[str, ...]) -> EvalSet:
+def _load(path: Path, *, fmt: str, text_field: str, label_field: str, formats: tuple[str, ...],
+          num_labels: int | None) -> EvalSet:
     if fmt == "stsb" or (fmt == "auto" and "stsb" in formats and _looks_like_stsb(path)):
         return _read_stsb(path)
     else:
         records = read_records(path)
         keys = set(records[0])
-        if fmt == "pairs" or (fmt == "auto" and "pairs" in formats and {"sentence1", "sentence2", "score"} <= keys):
-            missing = {"sentence1", "sentence2", "score"} - keys
-            if missing:
-                raise BadInputError(f"{path}: pairs format needs fields {sorted(missing)}")
-            try:
-                rows = [(str(r["sentence1"]), str(r["sentence2"]), float(r["score"])) for r in records]
-            except (TypeError, ValueError):
-                raise BadInputError(f"{path}: a 'score' value is not a number") from None
+        # auto: pairs when the first record names a first sentence (a missing second one is then named)
+        if fmt == "pairs" or (fmt == "auto" and "pairs" in formats and "sentence1" in keys):
+            rows = []
+            for i, r in enumerate(records):
+                missing = [k for k in ("sentence1", "sentence2", "score") if k not in r]
+                if missing:
+                    raise BadInputError(f"{records.where(i)}: a pair needs the fields {', '.join(missing)}")
+                rows.append((_text(r["sentence1"], records.where(i), "sentence1"),
+                             _text(r["sentence2"], records.where(i), "sentence2"),
+                             _score(r["score"], records.where(i))))
             return _from_pairs(rows, str(path), "pairs")
         else:
-            if text_field not in keys:
-                raise BadInputError(f"{path}: no field '{text_field}' (fields: {', '.join(sorted(keys))})")
             texts, labels = [], []
             has_labels = label_field in keys
-            for r in records:
-                t = str(r.get(text_field) or "").strip()
+            skipped = 0
+            for i, r in enumerate(records):
+                t = text_of(records, i, text_field)
                 if not t:
+                    skipped += 1  # an empty text is skipped (and counted); anything else wrong is an error
                     continue
                 texts.append(t)
                 if has_labels:
-                    try:
-                        labels.append(int(r[label_field]))
-                    except (TypeError, ValueError):
-                        raise BadInputError(f"{path}: label {r[label_field]!r} is not an integer class id") from None
+                    if label_field not in r:
+                        raise BadInputError(f"{records.where(i)}: no '{label_field}' (the first record has one)")
+                    labels.append(_label(r[label_field], records.where(i), label_field, num_labels))
             if not texts:
                 raise BadInputError(f"{path}: no texts in field '{text_field}'")
+            if skipped:
+                log.warning("%s: skipped %d empty text(s) of %d", path, skipped, len(records))
             return EvalSet(tuple(texts), labels=tuple(labels) if has_labels else None, source=str(path),
-                           format="text")
+                           format="text", skipped=skipped)
 
 
 def _truncate(es: EvalSet, n: int) -> EvalSet:

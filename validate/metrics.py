@@ -21,6 +21,11 @@ def pair_spearman(emb: np.ndarray, pairs) -> float:
     i = np.array([p[0] for p in pairs])
     j = np.array([p[1] for p in pairs])
     gold = np.array([p[2] for p in pairs])
+    if len(pairs) < 3 or np.ptp(gold) == 0:
+        from modelpress.errors import BadInputError
+
+        raise BadInputError(f"spearman cannot be computed: the {len(pairs)} gold score(s) of the eval set are "
+                            f"{'all equal' if len(pairs) >= 3 else 'too few'}; give varied scores")
     sims = (e[i] * e[j]).sum(axis=1)
     return float(spearmanr(sims, gold).statistic)
 

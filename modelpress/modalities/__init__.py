@@ -69,6 +69,10 @@ class Modality(abc.ABC):
     def model_inputs(self, model: Any, preprocessor: Any) -> tuple[str, ...]:
         """The graph's input names, in the order export fixes them."""
 
+    def check_graph_inputs(self, names: Sequence[str], *, source: object = "") -> tuple[str, ...]:
+        """The inputs of a graph this modality can feed, or BadInputError (a model of another kind)."""
+        return tuple(names)
+
     @abc.abstractmethod
     def encoder(self, preprocessor: Any, *, input_names: Sequence[str], max_length: int) -> Encoder:
         """An encoder for one model's inputs."""
@@ -90,9 +94,22 @@ class Modality(abc.ABC):
     def engine_profile(self, input_names: Sequence[str], cfg: Any) -> dict[str, dict[str, tuple[int, ...]]]:
         """A TensorRT optimization profile ``{input: {"min"|"opt"|"max": shape}}``."""
 
-    def position_limit(self, model_config: Any) -> int | None:
+    def position_limit(self, model_config: Any, preprocessor: Any = None) -> int | None:
         """The longest input the model can take (positions), or None when it has no limit."""
         return None
+
+    def check_lengths(self, model_config: Any, preprocessor: Any, lengths: Mapping[str, int]) -> int | None:
+        """Refuse (BadInputError naming the recipe key) any length the model cannot run: a bundle
+        that says 100000 would crash on the first input longer than the model's positions.
+        Returns the limit."""
+        from modelpress.errors import BadInputError
+
+        limit = self.position_limit(model_config, preprocessor)
+        if limit is not None:
+            for key, value in lengths.items():
+                if value > limit:
+                    raise BadInputError(f"{key}: {value} is more than the {limit} positions the model takes")
+        return limit
 
 
 MODALITIES: Registry[Modality] = Registry("modality")

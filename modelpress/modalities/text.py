@@ -25,6 +25,8 @@ PARITY_TEXTS = (
     "Batch size three also differs from the two-text example batch used for tracing.",
 )
 EXAMPLE_SEQ, PARITY_SEQ = 16, 23
+#: families whose position ids start after the padding index (RoBERTa: 514 embeddings, 512 positions)
+OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text"})
 
 
 class TextEncoder(Encoder):
@@ -96,6 +98,13 @@ class TextModality(Modality):
             raise BadInputError(f"{type(model).__name__}: export needs input_ids and attention_mask inputs")
         return names
 
+    def check_graph_inputs(self, names: Sequence[str], *, source: object = "") -> tuple[str, ...]:
+        unknown = [n for n in names if n not in CANONICAL_INPUTS]
+        if unknown or "input_ids" not in names:
+            raise BadInputError(f"{source}: its inputs ({', '.join(names)}) are not a text model's "
+                                f"({', '.join(CANONICAL_INPUTS)})")
+        return tuple(names)
+
     def encoder(self, tokenizer: Any, *, input_names: Sequence[str], max_length: int) -> TextEncoder:
         return TextEncoder(tokenizer, input_names=input_names, max_length=max_length)
 
@@ -126,9 +135,17 @@ class TextModality(Modality):
                   "max": (cfg.max_batch, cfg.max_seq)}
         return {name: dict(shapes) for name in input_names}
 
-    def position_limit(self, model_config: Any) -> int | None:
+    def position_limit(self, model_config: Any, tokenizer: Any = None) -> int | None:
+        """``max_position_embeddings`` (less the RoBERTa family's padding offset), capped by the
+        tokenizer's ``model_max_length`` when it states a real one."""
         limit = getattr(model_config, "max_position_embeddings", None)
-        return int(limit) if isinstance(limit, int) and limit > 0 else None
+        limit = int(limit) if isinstance(limit, int) and limit > 0 else None
+        if limit is not None and getattr(model_config, "model_type", "") in OFFSET_POSITIONS:
+            limit -= int(getattr(model_config, "pad_token_id", 1) or 1) + 1
+        stated = getattr(tokenizer, "model_max_length", None)
+        if isinstance(stated, int) and 0 < stated < 1_000_000:
+            limit = min(limit, stated) if limit is not None else stated
+        return limit
 
 
 TEXT = TextModality()

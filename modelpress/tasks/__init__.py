@@ -91,8 +91,9 @@ class Task:
         is the recipe's ``[validate]``. The default reads the text formats (text, pairs, stsb)."""
         from modelpress.validate.evalsets import load_eval_set
 
+        labels = getattr(model_config, "num_labels", None) if self.needs_labels else None
         return load_eval_set(path, fmt=cfg.eval_format, text_field=cfg.text_field, label_field=cfg.label_field,
-                             num_samples=cfg.num_samples, formats=self.eval_formats)
+                             num_samples=cfg.num_samples, formats=self.eval_formats, num_labels=labels)
 
     def reference_metrics(self, teacher_out: Any, es: Any) -> dict[str, float]:
         """The teacher's own values of the metrics (the reference the candidates are held to)."""

@@ -18,7 +18,7 @@ import onnx
 import psutil
 
 from modelpress.errors import BadInputError
-from modelpress.fileio import save_onnx
+from modelpress.fileio import load_onnx, save_onnx
 from modelpress.export.names import matches, module_names
 from modelpress.runtimes.quantize.calibrate import collect_stats
 from modelpress.runtimes.quantize.config import QuantizeConfig
@@ -93,7 +93,7 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
     """Find targets, smooth (optional) and calibrate: the expensive, data-dependent part."""
     start = time.perf_counter()
     rss = _PeakRss()
-    model = onnx.load(str(model_path))
+    model = load_onnx(model_path)
     all_matmuls = [n.name for n in model.graph.node if n.op_type in cfg.op_types]
     targets = find_targets(model, op_types=cfg.op_types, exclude=excluded_nodes(model, cfg.nodes_to_exclude,
                                                                                 source=model_path))
