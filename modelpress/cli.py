@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--max-drop", type=float, default=None, help="points; default: the recipe's gate.max_drop")
     p.add_argument("--metric", default=None, help="metric key of report.json (default: the run's)")
+    p.add_argument("--policy", default=None, choices=("point", "confident", "lenient"),
+                   help="how the 95%% interval decides (default: the run's gate.policy)")
 
     p = sub.add_parser("analyze", help="per-node int8 error of a run (SQNR, weight vs activation), worst first")
     p.add_argument("run_dir")
@@ -303,7 +305,7 @@ def cmd_validate(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_reports(report, out)
-    gate = GateResult(**report["gate"])
+    gate = GateResult.from_dict(report["gate"])
     print(f"report: {out / 'report.json'}")
     print(gate.line())
     return EXIT_OK if gate.passed else EXIT_GATE_FAILED
@@ -321,7 +323,7 @@ def cmd_gate(args) -> int:
     if (run_dir / MANIFEST).is_file():  # a published bundle: its report is what the run wrote
         require_intact(run_dir)
     report = read_json(run_dir / "report.json")
-    result = gate_report(report, max_drop=args.max_drop, metric=args.metric)
+    result = gate_report(report, max_drop=args.max_drop, metric=args.metric, policy=args.policy)
     print(result.line())
     return EXIT_OK if result.passed else EXIT_GATE_FAILED
 

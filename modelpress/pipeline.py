@@ -8,8 +8,10 @@ staging folder and renamed into place only when everything, the manifest include
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,11 @@ def run_recipe(recipe: Recipe, out_dir: Path) -> RunOutcome:
 
 
 def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
+    with contextlib.ExitStack() as stack:
+        return _chain(recipe, out_dir, staging, stack)
+
+
+def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitStack) -> RunOutcome:
     from modelpress.bundle import load as load_bundle, write_bundle_meta
     from modelpress.distill.stage import distill_stage, untrained_subset
     from modelpress.export.stage import export_stage
@@ -114,6 +121,21 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
         log.info("building TensorRT engine(s)")
         engines = list(build_engines(staging, recipe.engine, modality=task.modality))
 
+    variants, seeds = [], []
+    work = stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{recipe.name}.seeds-", dir=out_dir))
+    if recipe.quantize.calibration_seeds > 1:
+        from modelpress.runtimes.quantize.stage import seed_variants
+
+        log.info("calibrating %d more times on other samples (quantize.calibration_seeds)",
+                 recipe.quantize.calibration_seeds - 1)
+        feeds = [(cal.seed + k, ExampleFeed(modality.load_examples(cal.data, field=cal.text_field,
+                                                                   num_samples=cal.num_samples, seed=cal.seed + k),
+                                            cal_encoder, batch_size=cal.batch_size))
+                 for k in range(1, recipe.quantize.calibration_seeds)]
+        seeds = seed_variants(paths.model_onnx, feeds, quant, recipe.quantize, Path(work))
+        variants = [file_opener(path, task=task, encoder=encoder, threads=v.threads, name=f"int8-seed{seed}")
+                    for seed, path, _ in seeds]
+
     log.info("validating against the fp32 teacher")
     candidates = []
     subset = untrained_subset(paths.student, teacher_model) if recipe.distill_enabled else None
@@ -128,9 +150,13 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
     # the gated candidate: the bundle itself (its manifest is written after validation)
     candidates.append(lambda: load_bundle(staging, threads=v.threads, verify=False))
     report = validate_stage(task=task, cfg=v, gate_cfg=recipe.gate, teacher=teacher, candidates=candidates,
-                            eval_set=es, name=recipe.name)
+                            eval_set=es, name=recipe.name, variants=variants)
     report["export"] = exported.report_section()
     report["quantization"] = quant.report_section(recipe.quantize.mode)
+    if seeds:
+        report["quantization"]["calibration_seeds"] = [
+            {"seed": cal.seed, "name": "int8", "calibration_seconds": quant.summary.calibration_seconds},
+            *({"seed": s, "name": f"int8-seed{s}", "calibration_seconds": t} for s, _, t in seeds)]
     report["analysis"] = quant.analysis_section
     if engines:
         report["engines"] = engines
@@ -140,7 +166,7 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
                    input_names=list(names))
     final = out_dir / recipe.name
     publish(staging, final)
-    return RunOutcome(final, GateResult(**report["gate"]))
+    return RunOutcome(final, GateResult.from_dict(report["gate"]))
 
 
 def _label_names(config) -> list[str]:

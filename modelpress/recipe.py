@@ -85,6 +85,9 @@ class ValidateConfig:
 class GateConfig:
     max_drop: float = field(default=0.5, metadata={"min": 0.0})  # most points (metric × 100) the candidate may lose
     metric: str = AUTO          # the gated metric: "auto" (the task's rule) or one of the task's metrics
+    policy: str = field(default="point", metadata={"choices": ("point", "confident", "lenient")})  # how the 95 % interval decides
+    max_latency_ratio: float | None = field(default=None, metadata={"gt": 0.0})  # candidate p50 ÷ teacher p50 must not exceed it
+    latency_shape: str = ""     # the timed shape of max_latency_ratio, e.g. "b32xs128" (default: the last one timed)
 
     def __post_init__(self) -> None:
         check_fields(self, "gate")

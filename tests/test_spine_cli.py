@@ -17,7 +17,8 @@ from modelpress.errors import BadInputError
 from modelpress.manifest import verify
 
 MODEL_KEYS = {"metrics", "latency", "real_workload", "size_mb", "peak_rss_growth_mb"}
-GATE_KEYS = {"metric", "teacher", "candidate", "drop", "max_drop", "passed", "candidate_name"}
+GATE_KEYS = {"metric", "teacher", "candidate", "drop", "max_drop", "passed", "candidate_name", "policy", "n", "unit",
+             "drop_ci95", "method", "mcnemar_p", "note", "latency_shape", "latency_ratio", "max_latency_ratio"}
 REPORT_KEYS = {"schema", "name", "task", "task_config", "eval", "models", "ratios", "gate", "export", "quantization"}
 BUNDLE_FILES = {"model.onnx", "model.int8.onnx", "tokenizer", "report.json", "report.md", "manifest.json",
                 "quantization.json", "bundle.json", "config.json", "recipe.toml"}
@@ -106,6 +107,9 @@ def test_report_json_has_the_documented_keys(tiny_run, data_files):
     assert g["max_drop"] == 50.0 and g["passed"] is True
     assert g["drop"] == pytest.approx(g["teacher"] - g["candidate"], abs=2e-4)
     assert g["teacher"] == pytest.approx(100 * r["models"]["teacher"]["metrics"]["spearman"], abs=1e-3)
+    assert g["n"] == 30 and g["unit"] == "pairs" and g["drop_ci95"][0] <= g["drop"] <= g["drop_ci95"][1]
+    assert g["policy"] == "point" and "95% paired bootstrap" in g["method"]
+    assert set(r["uncertainty"]["int8"]) == {"mean_cosine", "nn_agreement", "spearman"}
     e = r["export"]
     assert e["opset"] == 18 and e["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert e["parity_max_abs_diff"] < 1e-4 and e["parity_batch_shape"] == [3, 23]

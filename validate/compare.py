@@ -1,8 +1,11 @@
 """Validation: run the teacher and each candidate predictor on the eval set; metrics and latency.
 
 Takes predictors (encoder → runner → task post-processing), never a backend. Produces the
-``models`` part of report.json: per model, its fidelity metrics vs the teacher (the task's),
-its latency per (batch, shape), its real-workload throughput, file size and peak memory growth.
+``models`` part of report.json: per model, its fidelity metrics vs the teacher (the task's), its
+latency per (batch, shape), its real-workload throughput, file size and peak memory growth.
+Latency is measured **interleaved**: every timed round runs each model once, in turn, so noise
+from the machine (another process, a frequency change) lands on all of them alike instead of on
+whichever model happened to be timed at that moment; the report keeps each model's spread.
 """
 from __future__ import annotations
 
@@ -13,63 +16,90 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from modelpress.validate.latency import PeakRss, summarize, time_calls
+from modelpress.validate.latency import PeakRss, summarize
 
 log = logging.getLogger(__name__)
 
 
-def latency_table(predictor, examples: Sequence[Any], cfg) -> list[dict[str, Any]]:
-    rows = []
-    for b in cfg.batch_sizes:
-        for s in cfg.seq_lengths:
-            batch_examples = [examples[i % len(examples)] for i in range(b)]
-            # pad to exactly s positions, the fixed-shape serving case (PEERS.md measures the same)
-            batch = predictor.encode(batch_examples, pad_to=s)
-            times = time_calls(lambda: predictor.predict_batch(batch), runs=cfg.latency_runs, warmup=cfg.warmup_runs)
+def _shapes(examples: Sequence[Any], cfg) -> list[tuple[int, int, list[Any]]]:
+    return [(b, s, [examples[i % len(examples)] for i in range(b)]) for b in cfg.batch_sizes for s in cfg.seq_lengths]
+
+
+def interleaved_latency(predictors: Sequence, examples: Sequence[Any], cfg) -> dict[str, list[dict[str, Any]]]:
+    """Per predictor, its latency rows: at each (batch, padded length), ``warmup_runs`` untimed
+    rounds, then ``latency_runs`` rounds that each time every predictor once, in turn."""
+    rows: dict[str, list[dict[str, Any]]] = {p.name: [] for p in predictors}
+    for b, s, batch_examples in _shapes(examples, cfg):
+        # pad to exactly s positions, the fixed-shape serving case (PEERS.md measures the same)
+        batches = [p.encode(batch_examples, pad_to=s) for p in predictors]
+        times: list[list[float]] = [[] for _ in predictors]
+        for r in range(cfg.warmup_runs + cfg.latency_runs):
+            for k, (p, batch) in enumerate(zip(predictors, batches)):
+                t0 = time.perf_counter()
+                p.predict_batch(batch)
+                if r >= cfg.warmup_runs:
+                    times[k].append(time.perf_counter() - t0)
+        for p, batch, t in zip(predictors, batches, times):
             seq = next(iter(batch.feed.values())).shape[1]
-            rows.append(summarize(times, batch_size=b, seq_len=seq).to_dict())
+            rows[p.name].append(summarize(t, batch_size=b, seq_len=seq).to_dict())
     return rows
 
 
-def real_workload(predictor, examples: Sequence[Any], *, batch_size: int = 32) -> dict[str, Any]:
-    """The whole eval set, length-sorted, batches padded to their longest example: serving throughput."""
-    predictor.predict(examples[: batch_size * 2], batch_size=batch_size)  # warm-up
-    t0 = time.perf_counter()
-    predictor.predict(examples, batch_size=batch_size)
-    seconds = time.perf_counter() - t0
-    return {"texts": len(examples), "batch_size": batch_size, "seconds": round(seconds, 3),
-            "texts_per_s": round(len(examples) / seconds, 2)}
+def interleaved_workload(predictors: Sequence, examples: Sequence[Any], *, batch_size: int = 32,
+                         rounds: int = 2) -> dict[str, dict[str, Any]]:
+    """The whole eval set, length-sorted, batches padded to their longest example: serving
+    throughput; ``rounds`` interleaved passes after a warm-up, the median kept."""
+    for p in predictors:
+        p.predict(examples[: batch_size * 2], batch_size=batch_size)  # warm-up
+    seconds: dict[str, list[float]] = {p.name: [] for p in predictors}
+    for _ in range(rounds):
+        for p in predictors:
+            t0 = time.perf_counter()
+            p.predict(examples, batch_size=batch_size)
+            seconds[p.name].append(time.perf_counter() - t0)
+    out = {}
+    for name, s in seconds.items():
+        med = sorted(s)[len(s) // 2]
+        out[name] = {"texts": len(examples), "batch_size": batch_size, "seconds": round(med, 3),
+                     "min_s": round(min(s), 3), "max_s": round(max(s), 3), "rounds": rounds,
+                     "texts_per_s": round(len(examples) / med, 2)}
+    return out
 
 
-def evaluate(task, teacher, candidates: Sequence, es, cfg, *,
-             sizes_mb: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
-    """``teacher`` and ``candidates`` are entered predictors (runner loaded). Returns report['models']."""
+def evaluate(task, teacher, candidates: Sequence, es, cfg, *, sizes_mb: dict[str, float] | None = None,
+             untimed: Sequence[str] = ()) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """``teacher`` and ``candidates`` are entered predictors (runner loaded). Returns
+    (report['models'], each model's outputs on the eval set). Models named in ``untimed`` get
+    metrics only (calibration-seed variants)."""
     examples = list(es.examples)
     sizes_mb = sizes_mb or {}
     models: dict[str, dict[str, Any]] = {}
-    teacher_out = None
-    for predictor in tqdm([teacher, *candidates], desc="validating", unit="model", leave=False):
+    outputs: dict[str, Any] = {}
+    everyone = [teacher, *candidates]
+    for predictor in tqdm(everyone, desc="validating", unit="model", leave=False):
         with PeakRss() as mem:
             t0 = time.perf_counter()
             out = predictor.predict(examples, batch_size=cfg.batch_size)
             accuracy_s = time.perf_counter() - t0
-            lat = latency_table(predictor, examples, cfg)
-            workload = real_workload(predictor, examples) if cfg.real_workload else None
-        if teacher_out is None:
-            teacher_out = out
-            metrics = task.reference_metrics(teacher_out, es)
-        else:
-            metrics = task.fidelity(teacher_out, out, es)
+        outputs[predictor.name] = out
+        metrics = (task.reference_metrics(out, es) if predictor is teacher
+                   else task.fidelity(outputs[teacher.name], out, es))
         models[predictor.name] = {
             "metrics": {k: round(v, 6) for k, v in metrics.items()},
-            "latency": lat,
-            "real_workload": workload,
+            "latency": [],
+            "real_workload": None,
             "size_mb": sizes_mb.get(predictor.name),
             "peak_rss_growth_mb": mem.growth_mb,
             "eval_seconds": round(accuracy_s, 2),
         }
         log.info("%s: %s", predictor.name, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    return models
+    timed = [p for p in everyone if p.name not in untimed]
+    for name, rows in interleaved_latency(timed, examples, cfg).items():
+        models[name]["latency"] = rows
+    if cfg.real_workload:
+        for name, row in interleaved_workload(timed, examples).items():
+            models[name]["real_workload"] = row
+    return models, outputs
 
 
 def ratios(models: dict[str, dict[str, Any]], *, reference: str, candidate: str) -> dict[str, Any]:

@@ -1,14 +1,29 @@
-"""The gate: did the candidate keep the teacher's primary metric within ``max_drop`` points?
+"""The gate: did the candidate keep the teacher's primary metric within ``max_drop`` points — and
+how sure is that?
 
 The task registry says which metric is primary and in which direction each metric is better, so
-the drop is always "how much worse", whatever the metric (KL rising is a drop)."""
+the drop is always "how much worse", whatever the metric (KL rising is a drop). With the drop's
+paired 95 % interval (``validate.uncertainty``) the verdict follows ``gate.policy``:
+
+* ``point``      pass when the measured drop ≤ max_drop (the interval is reported, not used);
+* ``confident``  pass only when the interval's upper end ≤ max_drop: a release gate that a lucky
+                 draw of the eval set cannot pass;
+* ``lenient``    fail only when the interval's lower end > max_drop: a nightly check that noise
+                 alone cannot fail.
+
+When the interval is wider than max_drop, the gate line says the eval set is too small to decide
+at that threshold, and how many examples would be needed. ``gate.max_latency_ratio`` adds a speed
+condition: the candidate's p50 ÷ the teacher's at ``gate.latency_shape`` must not exceed it.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, get_task
+
+POLICIES = ("point", "confident", "lenient")
 
 
 @dataclass(frozen=True)
@@ -20,28 +35,101 @@ class GateResult:
     max_drop: float
     passed: bool
     candidate_name: str
+    policy: str = "point"
+    n: int | None = None                     # examples (pairs, texts, sentences) the interval resamples
+    unit: str | None = None
+    drop_ci95: tuple[float, float] | None = None
+    method: str | None = None
+    mcnemar_p: float | None = None
+    note: str | None = None                  # "the eval set is too small to decide ..." when it is
+    latency_shape: str | None = None
+    latency_ratio: float | None = None       # candidate p50 / teacher p50 at latency_shape
+    max_latency_ratio: float | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["drop_ci95"] is not None:
+            d["drop_ci95"] = list(d["drop_ci95"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GateResult":
+        d = dict(d)
+        if d.get("drop_ci95") is not None:
+            d["drop_ci95"] = tuple(d["drop_ci95"])
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def line(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        return (f"gate {verdict}: {self.candidate_name} {self.metric} {self.candidate:.2f} vs teacher "
-                f"{self.teacher:.2f}, drop {self.drop:.2f} points (max {self.max_drop:.2f})")
+        text = (f"gate {verdict}: {self.candidate_name} {self.metric} {self.candidate:.2f} vs teacher "
+                f"{self.teacher:.2f}, drop {self.drop:.2f}")
+        if self.drop_ci95 is not None:
+            lo, hi = self.drop_ci95
+            text += (f" [{lo:.2f}, {hi:.2f}] points (95% paired bootstrap, n={self.n} {self.unit}"
+                     + (f", McNemar p={self.mcnemar_p:.3g}" if self.mcnemar_p is not None else "")
+                     + f"; max {self.max_drop:.2f}, policy {self.policy})")
+        else:
+            text += f" points (max {self.max_drop:.2f})"
+        if self.latency_ratio is not None:
+            text += (f"; latency {self.latency_shape} {self.latency_ratio:.3f}x teacher "
+                     f"(max {self.max_latency_ratio:.3f})")
+        if self.note:
+            text += f"\n{self.note}"
+        return text
 
 
 def decide(task, teacher_metrics: Mapping[str, float], candidate_metrics: Mapping[str, float], *,
-           max_drop: float, metric: str = "auto", candidate_name: str = "int8") -> GateResult:
+           max_drop: float, metric: str = "auto", candidate_name: str = "int8", policy: str = "point",
+           intervals: Mapping[str, Mapping[str, Any]] | None = None, latency: Mapping[str, float] | None = None,
+           max_latency_ratio: float | None = None, latency_shape: str | None = None) -> GateResult:
+    """The verdict. ``intervals``: per metric the report's ``uncertainty`` entry (``n``, ``unit``,
+    ``drop_ci95``, ``method``, ``mcnemar_p``); ``latency``: the candidate ÷ teacher p50 ratios."""
     task = get_task(task) if isinstance(task, str) else task
+    if policy not in POLICIES:
+        raise BadInputError(f"gate.policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
     name = task.primary_metric(set(candidate_metrics)) if metric == "auto" else metric
     if name not in candidate_metrics or name not in teacher_metrics:
         raise BadInputError(f"gate.metric: {name!r} was not measured; available: {', '.join(sorted(candidate_metrics))}")
     t, c = 100.0 * teacher_metrics[name], 100.0 * candidate_metrics[name]
-    drop = (t - c) if task.direction(name) == HIGHER else (c - t)
-    return GateResult(name, round(t, 4), round(c, 4), round(drop, 4), max_drop, round(drop, 4) <= max_drop, candidate_name)
+    drop = round((t - c) if task.direction(name) == HIGHER else (c - t), 4)
+    iv = (intervals or {}).get(name)
+    ci = tuple(iv["drop_ci95"]) if iv else None
+    if ci is None or policy == "point":
+        passed = drop <= max_drop
+    elif policy == "confident":
+        passed = ci[1] <= max_drop
+    else:
+        passed = ci[0] <= max_drop
+    note = None
+    if ci is not None and ci[1] - ci[0] > max_drop:
+        needed = _examples_needed(iv["n"], ci[1] - ci[0], max_drop)
+        note = (f"note: the eval set is too small to decide at max_drop {max_drop:.2f}: the 95% interval is "
+                f"{ci[1] - ci[0]:.2f} points wide over {iv['n']} {iv['unit']}"
+                + (f"; about {needed} would narrow it to {max_drop:.2f}" if needed else ""))
+    ratio = None
+    if max_latency_ratio is not None:
+        ratios = dict(latency or {})
+        shape = latency_shape or (next(reversed(ratios), None) if ratios else None)
+        key = f"{shape}_p50" if shape and not str(shape).endswith("_p50") else shape
+        if key not in ratios:
+            raise BadInputError(f"gate.latency_shape: {shape!r} was not timed; timed: "
+                                f"{', '.join(k[:-4] for k in ratios if k.endswith('_p50')) or 'nothing'}")
+        ratio, latency_shape = ratios[key], key[:-4] if key.endswith("_p50") else key
+        passed = passed and ratio <= max_latency_ratio
+    return GateResult(name, round(t, 4), round(c, 4), drop, max_drop, passed, candidate_name, policy,
+                      iv["n"] if iv else None, iv["unit"] if iv else None, ci, iv["method"] if iv else None,
+                      iv.get("mcnemar_p") if iv else None, note, latency_shape if ratio is not None else None,
+                      ratio, max_latency_ratio)
 
 
-def gate_report(report: Mapping, *, max_drop: float | None = None, metric: str | None = None) -> GateResult:
+def _examples_needed(n: int, width: float, max_drop: float) -> int | None:
+    import math
+
+    return None if max_drop <= 0 else int(math.ceil(n * (width / max_drop) ** 2))
+
+
+def gate_report(report: Mapping, *, max_drop: float | None = None, metric: str | None = None,
+                policy: str | None = None) -> GateResult:
     """Re-decide the gate from a written report.json (``modelpress gate``)."""
     try:
         models = report["models"]
@@ -50,6 +138,10 @@ def gate_report(report: Mapping, *, max_drop: float | None = None, metric: str |
         cand = gate["candidate_name"]
         return decide(task, models["teacher"]["metrics"], models[cand]["metrics"],
                       max_drop=gate["max_drop"] if max_drop is None else max_drop,
-                      metric=metric or gate.get("metric", "auto"), candidate_name=cand)
+                      metric=metric or gate.get("metric", "auto"), candidate_name=cand,
+                      policy=policy or gate.get("policy", "point"),
+                      intervals=(report.get("uncertainty") or {}).get(cand),
+                      latency=(report.get("ratios") or {}).get(cand),
+                      max_latency_ratio=gate.get("max_latency_ratio"), latency_shape=gate.get("latency_shape"))
     except (KeyError, TypeError) as exc:
         raise BadInputError(f"report.json lacks the key {exc} needed by the gate") from None

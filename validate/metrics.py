@@ -12,8 +12,17 @@ import numpy as np
 from scipy.stats import spearmanr
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+_unit = unit
+
+
+def kl_per_row(teacher: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """KL(softmax(teacher) ‖ softmax(candidate)) per row of logits."""
+    lt, lc = _log_softmax(teacher.astype(np.float64)), _log_softmax(candidate.astype(np.float64))
+    return (np.exp(lt) * (lt - lc)).sum(axis=-1)
 
 
 def pair_spearman(emb: np.ndarray, pairs) -> float:
@@ -64,10 +73,9 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def classification_metrics(teacher: np.ndarray, candidate: np.ndarray, labels=None) -> dict[str, float]:
-    lt, lc = _log_softmax(teacher.astype(np.float64)), _log_softmax(candidate.astype(np.float64))
     out = {
         "top1_agreement": float((teacher.argmax(-1) == candidate.argmax(-1)).mean()),
-        "mean_kl": float((np.exp(lt) * (lt - lc)).sum(axis=-1).mean()),
+        "mean_kl": float(kl_per_row(teacher, candidate).mean()),
     }
     if labels:
         out["accuracy"] = float((candidate.argmax(-1) == np.asarray(labels)).mean())

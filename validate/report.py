@@ -39,10 +39,29 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{report['eval']['num_words']} words)", ""]
     gate = report.get("gate")
     if gate:
+        from modelpress.validate.gate import GateResult
+
         verdict = "PASS" if gate["passed"] else "FAIL"
-        lines += [f"## Gate: **{verdict}**", "",
-                  f"{gate['candidate_name']} {gate['metric']} {gate['candidate']:.2f} vs teacher {gate['teacher']:.2f}: "
-                  f"drop {gate['drop']:.2f} points (max {gate['max_drop']:.2f})", ""]
+        lines += [f"## Gate: **{verdict}**", "", *GateResult.from_dict(gate).line().splitlines(), ""]
+    seeds = report.get("calibration_seeds")
+    if seeds:
+        lines += [f"Calibration seeds: the bundle ships `{seeds['shipped']}`; the gate judged the worst, "
+                  f"`{seeds['judged']}`; spread {seeds['spread']:.2f} points.", "",
+                  "| candidate | metric | value | drop | 95% interval |", "|---|---|---|---|---|"]
+        for c in seeds["candidates"]:
+            ci = f"[{c['drop_ci95'][0]:.2f}, {c['drop_ci95'][1]:.2f}]" if c.get("drop_ci95") else ""
+            lines.append(f"| {c['name']} | {c['metric']} | {c['value']:.2f} | {c['drop']:.2f} | {ci} |")
+        lines.append("")
+    unc = report.get("uncertainty")
+    if unc:
+        lines += ["## Drop per metric, with its 95% paired bootstrap interval (points; > 0 is worse)", "",
+                  "| candidate | metric | drop | interval | n | McNemar p |", "|---|---|---|---|---|---|"]
+        for cand, per in unc.items():
+            for metric, iv in per.items():
+                p = "" if iv.get("mcnemar_p") is None else f"{iv['mcnemar_p']:.3g}"
+                lines.append(f"| {cand} | {metric} | {iv['drop']:.2f} | [{iv['drop_ci95'][0]:.2f}, "
+                             f"{iv['drop_ci95'][1]:.2f}] | {iv['n']} {iv['unit']} | {p} |")
+        lines.append("")
     models = report["models"]
     metric_keys = sorted({k for m in models.values() for k in m["metrics"]})
     lines += ["## Fidelity vs the fp32 teacher", "", "| model | " + " | ".join(metric_keys) + " | size MB |",

@@ -8,6 +8,7 @@ fails to open closes the ones opened before it.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,8 +44,14 @@ def file_opener(path: Path, *, task, encoder, threads: int, name: str, runtime: 
 
 
 def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence[Opener], eval_set,
-                   name: str) -> dict[str, Any]:
-    """The teacher and the candidates (the last one is gated) on ``eval_set``: the report's core."""
+                   name: str, variants: Sequence[Opener] = ()) -> dict[str, Any]:
+    """The teacher and the candidates (the last one is gated) on ``eval_set``: the report's core.
+
+    ``variants`` are the gated model's calibration-seed twins (``quantize.calibration_seeds``):
+    measured for fidelity only, and the gate judges the **worst** of the gated model and its twins,
+    so that a lucky calibration draw cannot pass it (the bundle ships the recipe's own seed)."""
+    from modelpress.validate.uncertainty import interval
+
     with contextlib.ExitStack() as stack:
         def opened(open_one: Opener) -> Predictor:
             predictor = open_one()
@@ -53,22 +60,48 @@ def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence
 
         ref = opened(teacher)
         cands = [opened(c) for c in candidates]
+        twins = [opened(v) for v in variants]
         sizes = {c.name: file_size_mb(c.runner.model_path) for c in cands
                  if getattr(c.runner, "model_path", None) is not None and Path(c.runner.model_path).is_file()}
-        models = evaluate(task, ref, cands, eval_set, cfg, sizes_mb=sizes)
-    gated = cands[-1].name
-    gate = decide(task, models[ref.name]["metrics"], models[gated]["metrics"], max_drop=gate_cfg.max_drop,
-                  metric=gate_cfg.metric, candidate_name=gated)
-    return {
+        models, outputs = evaluate(task, ref, [*cands, *twins], eval_set, cfg, sizes_mb=sizes,
+                                   untimed=[t.name for t in twins])
+    judged = [cands[-1].name, *(t.name for t in twins)]
+    started = time.perf_counter()
+    uncertainty = {}
+    for cand in judged:
+        uncertainty[cand] = {}
+        for metric in models[cand]["metrics"]:
+            units = task.paired_units(metric, outputs[ref.name], outputs[cand], eval_set)
+            if units is not None:
+                uncertainty[cand][metric] = interval(units).to_dict()
+    bootstrap_seconds = round(time.perf_counter() - started, 2)
+    table = {n: ratios(models, reference=ref.name, candidate=n) for n in models
+             if n != ref.name and models[n]["latency"]}
+    gates = [decide(task, models[ref.name]["metrics"], models[cand]["metrics"], max_drop=gate_cfg.max_drop,
+                    metric=gate_cfg.metric, candidate_name=cand, policy=gate_cfg.policy,
+                    intervals=uncertainty[cand], latency=table.get(cands[-1].name),
+                    max_latency_ratio=gate_cfg.max_latency_ratio, latency_shape=gate_cfg.latency_shape or None)
+             for cand in judged]
+    gate = max(gates, key=lambda g: (not g.passed, g.drop))  # the worst: a failing one, else the largest drop
+    report = {
         "schema": REPORT_SCHEMA,
         "name": name,
         "task": task.name,
         "task_config": task.describe(),
         "eval": eval_set.describe(),
         "models": models,
-        "ratios": {n: ratios(models, reference=ref.name, candidate=n) for n in models if n != ref.name},
+        "ratios": table,
+        "uncertainty": uncertainty,
+        "uncertainty_seconds": bootstrap_seconds,
         "gate": gate.to_dict(),
     }
+    if twins:
+        report["calibration_seeds"] = {
+            "shipped": cands[-1].name, "judged": gate.candidate_name,
+            "candidates": [{"name": g.candidate_name, "metric": g.metric, "value": g.candidate, "drop": g.drop,
+                            "drop_ci95": list(g.drop_ci95) if g.drop_ci95 else None} for g in gates],
+            "spread": round(max(g.candidate for g in gates) - min(g.candidate for g in gates), 4)}
+    return report
 
 
 def candidate_evaluator(*, task, teacher: Opener, encoder, eval_set, cfg, gate_cfg):

@@ -102,6 +102,11 @@ class Task:
     def fidelity(self, teacher_out: Any, candidate_out: Any, es: Any) -> dict[str, float]:
         raise NotImplementedError
 
+    def paired_units(self, metric: str, teacher_out: Any, candidate_out: Any, es: Any):
+        """What the drop of ``metric`` is a statistic of, per resampling unit
+        (``modelpress.validate.uncertainty.PairedUnits``), or None when it has no interval."""
+        return None
+
     @classmethod
     def primary_metric(cls, available: set[str]) -> str:
         """The metric the gate judges when the recipe says ``gate.metric = "auto"``."""

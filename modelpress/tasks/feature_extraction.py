@@ -110,6 +110,23 @@ class FeatureExtraction(Task):
 
         return M.embedding_metrics(teacher_out, candidate_out, es.pairs)
 
+    def paired_units(self, metric: str, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any):
+        from modelpress.validate import metrics as M
+        from modelpress.validate import uncertainty as U
+
+        if metric == "spearman" and es.pairs:
+            i, j, gold = (np.array(col) for col in zip(*es.pairs))
+            t, c = M.unit(teacher_out), M.unit(candidate_out)
+            return U.PairedUnits(U.as_arrays((t[i] * t[j]).sum(1), (c[i] * c[j]).sum(1), gold), U.spearman_drop(),
+                                 "pairs")
+        cos = (M.unit(teacher_out) * M.unit(candidate_out)).sum(axis=1)
+        if metric == "mean_cosine":
+            return U.PairedUnits(U.as_arrays(cos), U.mean_drop(), "texts")
+        if metric == "nn_agreement" and len(cos) > 2:
+            same = M.nearest_neighbours(teacher_out) == M.nearest_neighbours(candidate_out)
+            return U.PairedUnits(U.as_arrays(same), U.mean_drop(), "texts")
+        return None
+
     @classmethod
     def primary_metric(cls, available: set[str]) -> str:
         return "spearman" if "spearman" in available else "mean_cosine"

@@ -45,6 +45,22 @@ class TextClassification(Task):
 
         return M.classification_metrics(teacher_out, candidate_out, es.labels)
 
+    def paired_units(self, metric: str, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any):
+        from modelpress.validate import metrics as M
+        from modelpress.validate import uncertainty as U
+
+        t, c = teacher_out.argmax(-1), candidate_out.argmax(-1)
+        if metric == "accuracy" and es.labels is not None:
+            gold = np.asarray(es.labels)
+            tr, cr = t == gold, c == gold
+            return U.PairedUnits(U.as_arrays(tr, cr), U.paired_mean_drop(), "texts",
+                                 discordant=(int((tr & ~cr).sum()), int((~tr & cr).sum())))
+        if metric == "top1_agreement":
+            return U.PairedUnits(U.as_arrays(t == c), U.mean_drop(), "texts")
+        if metric == "mean_kl":
+            return U.PairedUnits(U.as_arrays(M.kl_per_row(teacher_out, candidate_out)), U.mean_rise(), "texts")
+        return None
+
     @classmethod
     def primary_metric(cls, available: set[str]) -> str:
         return "accuracy" if "accuracy" in available else "top1_agreement"

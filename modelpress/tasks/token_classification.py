@@ -62,6 +62,43 @@ class TokenClassification(Task):
 
         return M.token_metrics(teacher_out, candidate_out, es.tags, es.label_names)
 
+    def paired_units(self, metric: str, teacher_out: list[np.ndarray], candidate_out: list[np.ndarray], es: Any):
+        """Sentences are the units (words of a sentence are not independent); word metrics are
+        ratios of per-sentence sums."""
+        from modelpress.validate import metrics as M
+        from modelpress.validate import uncertainty as U
+
+        words = [len(c) for c in candidate_out]
+        if metric == "top1_agreement":
+            agree = [int((t.argmax(-1) == c.argmax(-1)).sum()) for t, c in zip(teacher_out, candidate_out)]
+            return U.PairedUnits(U.as_arrays(agree, words), U.ratio_complement(), "sentences")
+        if metric == "mean_kl":
+            kl = [float(M.kl_per_row(t, c).sum()) for t, c in zip(teacher_out, candidate_out)]
+            return U.PairedUnits(U.as_arrays(kl, words), U.ratio_rise(), "sentences")
+        if es.tags is None:
+            return None
+        gold = [np.asarray(g[: len(c)]) for g, c in zip(es.tags, candidate_out)]
+        if metric == "accuracy":
+            t_ok = [int((t.argmax(-1) == g).sum()) for t, g in zip(teacher_out, gold)]
+            c_ok = [int((c.argmax(-1) == g).sum()) for c, g in zip(candidate_out, gold)]
+            return U.PairedUnits(U.as_arrays(t_ok, c_ok, words), U.ratio_drop(), "sentences")
+        if metric == "entity_f1" and es.label_names:
+            from modelpress.validate.entities import chunks
+
+            names = list(es.label_names)
+
+            def counts(out):
+                tp, pred = [], []
+                for o, g in zip(out, gold):
+                    gc, pc = chunks([names[i] for i in g]), chunks([names[i] for i in o.argmax(-1)])
+                    tp.append(len(gc & pc))
+                    pred.append(len(pc))
+                return tp, pred
+            (t_tp, t_pred), (c_tp, c_pred) = counts(teacher_out), counts(candidate_out)
+            n_gold = [len(chunks([names[i] for i in g])) for g in gold]
+            return U.PairedUnits(U.as_arrays(t_tp, t_pred, c_tp, c_pred, n_gold), U.f1_drop(), "sentences")
+        return None
+
     @classmethod
     def primary_metric(cls, available: set[str]) -> str:
         for name in ("entity_f1", "accuracy"):

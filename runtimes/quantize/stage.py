@@ -78,6 +78,26 @@ def quantize_stage(paths: Any, feeds: Iterable[Mapping[str, np.ndarray]], cfg: Q
     return outcome
 
 
+def seed_variants(onnx_path: Path, feeds_by_seed: Iterable[tuple[int, Iterable[Mapping[str, np.ndarray]]]],
+                  outcome: QuantizeOutcome, cfg: QuantizeConfig, work: Path) -> list[tuple[int, Path, float]]:
+    """The written model's calibration re-done on other samples (``quantize.calibration_seeds``):
+    the same settings (the method and fp32 nodes the run chose), one model per seed, in ``work``.
+    Returns (seed, path, calibration seconds) per variant."""
+    import time
+
+    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
+
+    chosen = cfg.with_(mode="static", calibration_method=outcome.summary.calibration_method)
+    out = []
+    for seed, feeds in feeds_by_seed:
+        t0 = time.perf_counter()
+        plan = plan_quantization(onnx_path, feeds, chosen)
+        path = work / f"model.int8.seed{seed}.onnx"
+        write_quantized(plan, path, keep_fp32=tuple(outcome.summary.fp32_nodes))
+        out.append((seed, path, round(time.perf_counter() - t0, 2)))
+    return out
+
+
 def analyze_run(run_dir: Path, out_dir: Path):
     """``modelpress analyze``: re-plan the run's quantization (same recipe and calibration data, the
     calibration method it chose) and write analysis.json + plots/sensitivity.png into ``out_dir``

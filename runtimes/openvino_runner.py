@@ -1,0 +1,90 @@
+"""OpenVINO CPU runner: an OpenVINO IR (``openvino/model.xml``) or an ONNX file behind the Runner
+interface, and the conversion of our Q/DQ graph to IR.
+
+OpenVINO reads ONNX QuantizeLinear/DequantizeLinear as FakeQuantize and runs the int8 parts with
+its own CPU kernels, so the IR carries *our* calibration (ranges, SmoothQuant, padding-free
+statistics, per-node choices). Settings measured to matter here (../shared/PEERS.md):
+``PERFORMANCE_HINT = LATENCY`` with ``INFERENCE_NUM_THREADS`` set (the THROUGHPUT hint splits two
+cores into two streams and serves one request with one thread), and an explicit
+``INFERENCE_PRECISION_HINT``: on AVX512-BF16 CPUs the plugin otherwise runs float parts in bf16.
+``ov.save_model`` compresses weights to fp16 unless told not to. ``openvino`` is an optional
+dependency (``pip install 'modelpress[openvino]'``), imported only when an OpenVINO runner opens.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from modelpress.errors import BackendUnavailableError, BadInputError
+from modelpress.runtimes.base import Runner
+
+PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
+#: where a bundle keeps its IR
+IR_FILE = "openvino/model.xml"
+
+
+def require_openvino():
+    try:
+        return importlib.import_module("openvino")
+    except ImportError:
+        raise BackendUnavailableError(
+            "the OpenVINO runtime needs the openvino package: pip install 'modelpress[openvino]'") from None
+
+
+class OpenVINORunner(Runner):
+    #: the file this runtime loads from a bundle
+    bundle_file = IR_FILE
+
+    def __init__(self, model_path: str | Path, *, threads: int = 0, precision: str = "f32",
+                 name: str | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise BadInputError(f"openvino precision: expected one of f32, bf16, got {precision!r}")
+        self.model_path = Path(model_path)
+        self.threads = threads
+        self.precision = PRECISIONS[precision]
+        self.name = name or f"openvino-{self.precision}"
+        self._compiled: Any = None
+        self._request: Any = None
+
+    def _load(self) -> None:
+        ov = require_openvino()
+        if not self.model_path.is_file():
+            raise BadInputError(f"{self.model_path}: no such OpenVINO IR or ONNX file")
+        core = ov.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+                  "INFERENCE_NUM_THREADS": str(self.threads or os.cpu_count() or 1),
+                  "INFERENCE_PRECISION_HINT": self.precision}
+        self._compiled = core.compile_model(str(self.model_path), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self._inputs = tuple(p.get_any_name() for p in self._compiled.inputs)
+        self._outputs = tuple(p.get_any_name() for p in self._compiled.outputs)
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self._inputs
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self._request.infer({k: np.ascontiguousarray(v) for k, v in self.select(feed).items()})
+        return {name: np.asarray(result[port]) for name, port in zip(self._outputs, self._compiled.outputs)}
+
+
+def convert_to_ir(onnx_path: str | Path, xml_path: str | Path) -> Path:
+    """ONNX → OpenVINO IR (``.xml`` + ``.bin``), fp32 weights kept (no fp16 compression); written
+    beside a temporary name and renamed, the weights first."""
+    ov = require_openvino()
+    xml_path = Path(xml_path)
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    model = ov.convert_model(str(onnx_path))
+    tmp = xml_path.with_name(f".{xml_path.stem}.{os.getpid()}.xml")
+    ov.save_model(model, str(tmp), compress_to_fp16=False)
+    os.replace(tmp.with_suffix(".bin"), xml_path.with_suffix(".bin"))
+    os.replace(tmp, xml_path)
+    return xml_path
