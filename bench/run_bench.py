@@ -9,6 +9,11 @@ Variants (all with the same pooling head, tokenization excluded from timings):
   modelpress-int8    ours: static int8, SmoothQuant, padding-free calibration on our corpus
                      (format "ort": MatMulIntegerToFloat with fused bias)
   modelpress-int8-qdq  the same calibration written as portable Q/DQ
+  openvino-fp32      OpenVINO on our export (INFERENCE_PRECISION_HINT f32, LATENCY hint, one stream)
+  openvino-bf16      the same, bf16 float parts (f32 where the CPU has no bf16: the row says what ran)
+  openvino-nncf-int8 NNCF 3.x MIXED / TRANSFORMER on our export, from the same 512 calibration texts
+  modelpress-int8-openvino  ours: the same plan as modelpress-int8, as OpenVINO IR (what the bundle ships)
+OpenVINO rows are left out when the openvino package is missing (NNCF's when nncf is).
 Shapes: batch 1 × 128 and batch 32 × 128 (padded), and a real workload (every STS-B test sentence,
 length-sorted, batch 32, padded to the longest in each batch), at 1 and 2 threads. Runs are
 interleaved (round-robin across variants) with ORT thread spinning off (PEERS.md pitfall 9).
@@ -66,6 +71,9 @@ def build_variants(work: Path, threads: int, teacher_ref: str, task, model, toke
     }
     preds = {}
     torch.set_num_threads(threads)
+    for name, (path, precision) in openvino_files(work).items():
+        preds[name] = open_predictor("openvino", path, task=task, encoder=encoder, threads=threads, name=name,
+                                     precision=precision)
     def torch_variant(m, name):
         return open_predictor("torch", m, task=task, encoder=encoder, threads=threads, name=name)
 
@@ -98,6 +106,50 @@ def prepare_student(work: Path, student_dir: str, task):
     return student
 
 
+def openvino_files(work: Path) -> dict[str, tuple[Path, str]]:
+    """The OpenVINO variants prepared in ``work`` (name → (IR, precision))."""
+    files = {"openvino-fp32": (work / "ov-fp32" / "model.xml", "f32"),
+             "openvino-bf16": (work / "ov-fp32" / "model.xml", "bf16"),
+             "openvino-nncf-int8": (work / "ov-nncf" / "model.xml", "f32"),
+             "modelpress-int8-openvino": (work / "ov-int8" / "model.xml", "f32")}
+    return {name: f for name, f in files.items() if f[0].is_file()}
+
+
+def prepare_openvino(work: Path, tokenizer, texts, input_names) -> dict:
+    """IRs of our export and of our int8 plan; NNCF's int8 from the same texts (time, peak RSS)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        print("note: openvino not installed: no OpenVINO rows (pip install 'modelpress[bench]')", file=sys.stderr)
+        return {}
+    from modelpress.runtimes.openvino_runner import convert_to_ir
+    from modelpress.validate.latency import PeakRss
+
+    convert_to_ir(work / "model.onnx", work / "ov-fp32" / "model.xml")
+    convert_to_ir(work / "model.int8.qdq.onnx", work / "ov-int8" / "model.xml")
+    if importlib.util.find_spec("nncf") is None:
+        print("note: nncf not installed: no OpenVINO + NNCF row", file=sys.stderr)
+        return {}
+    import nncf
+    import onnx
+
+    items = []
+    for text in texts:  # one text per item, unpadded: NNCF's own calibration loop
+        enc = tokenizer([text], truncation=True, max_length=128, return_tensors="np")
+        items.append({k: enc[k].astype(np.int64) for k in input_names})
+    t0 = time.perf_counter()
+    with PeakRss() as mem:
+        quantized = nncf.quantize(onnx.load(str(work / "model.onnx")), nncf.Dataset(items),
+                                  preset=nncf.QuantizationPreset.MIXED, model_type=nncf.ModelType.TRANSFORMER,
+                                  subset_size=len(items))
+        onnx.save(quantized, str(work / "model.nncf.onnx"))
+    seconds = time.perf_counter() - t0
+    convert_to_ir(work / "model.nncf.onnx", work / "ov-nncf" / "model.xml")
+    return {"nncf_version": nncf.__version__, "nncf_quantize_seconds": round(seconds, 1),
+            "nncf_peak_rss_mb": round(mem.peak / 2**20), "nncf_rss_growth_mb": mem.growth_mb,
+            "nncf_fake_quantize": sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node)}
+
+
 def prepare_models(work: Path, teacher_ref, task, model, tokenizer):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -123,7 +175,8 @@ def prepare_models(work: Path, teacher_ref, task, model, tokenizer):
     seconds = time.perf_counter() - t0
     # same calibration, portable Q/DQ graph
     write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), work / "model.int8.qdq.onnx")
-    return res.input_names, summary, seconds
+    openvino = prepare_openvino(work, tokenizer, texts, res.input_names)
+    return res.input_names, summary, seconds, openvino
 
 
 def interleaved(preds: dict, feeds: list, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
@@ -189,8 +242,9 @@ def main(argv=None) -> int:
               "eval": es.source, "threads": {}}
     with tempfile.TemporaryDirectory(prefix="mp-bench-") as tmp:
         work = Path(tmp)
-        input_names, summary, qseconds = prepare_models(work, teacher_ref, task, model, tokenizer)
+        input_names, summary, qseconds, openvino = prepare_models(work, teacher_ref, task, model, tokenizer)
         result["modelpress_quantize_seconds"] = round(qseconds, 1)
+        result["openvino"] = openvino
         student = prepare_student(work, args.student, task) if args.student else None
         for threads in args.threads:
             preds = build_variants(work, threads, teacher_ref, task, model, tokenizer, input_names, student)
@@ -229,10 +283,14 @@ def main(argv=None) -> int:
                 for key in ("b1_median_ms", "b32_median_ms", "real_median_s"):
                     row[f"{key.split('_')[0]}_vs_pytorch"] = round(row[key] / rows["pytorch-fp32"][key], 3)
                     row[f"{key.split('_')[0]}_vs_ort_dyn"] = round(row[key] / rows["ort-dyn-int8-pc"][key], 3)
+            for name, p in preds.items():
+                if getattr(p.runner, "effective_precision", None):
+                    rows[name]["precision_ran"] = p.runner.effective_precision
             result["threads"][str(threads)] = rows
             for p in preds.values():
                 p.runner.close()
             print_table(threads, rows)
+            result.setdefault("vs_openvino_nncf", {})[str(threads)] = versus_nncf(rows)
         if not args.skip_rss:
             result["calibration_rss"] = calibration_rss(work, teacher_ref)
             print("\ncalibration (512 samples, seq 128), `modelpress quantize` in a fresh process each:")
@@ -243,6 +301,20 @@ def main(argv=None) -> int:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {args.out}")
     return 0
+
+
+def versus_nncf(rows: dict) -> dict | None:
+    """Our fastest int8 runtime ÷ OpenVINO + NNCF int8, per shape (the issue's bar: ≤ 0.9)."""
+    if "openvino-nncf-int8" not in rows:
+        return None
+    ours = [n for n in ("modelpress-int8", "modelpress-int8-qdq", "modelpress-int8-openvino") if n in rows]
+    out = {}
+    for key in ("b1_median_ms", "b32_median_ms", "real_median_s"):
+        best = min(ours, key=lambda n: rows[n][key])
+        out[key.split("_")[0]] = {"ours": best, "ratio": round(rows[best][key] / rows["openvino-nncf-int8"][key], 3)}
+    print("our fastest int8 ÷ OpenVINO + NNCF int8: " +
+          ", ".join(f"{k} {v['ratio']:.3f} ({v['ours']})" for k, v in out.items()))
+    return out
 
 
 def print_table(threads: int, rows: dict) -> None:

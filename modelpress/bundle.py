@@ -1,9 +1,11 @@
 """The deployable bundle's Python API: ``load(bundle_dir)`` → the task's methods on raw inputs.
 
-``load`` reads ``bundle.json`` (the configured task, input names, length limit), the preprocessor
-folder and the int8 model, and returns the task's bundle class (``embed`` for feature extraction,
-``classify`` for classifiers, ``tag`` for token classification), all through the same Predictor
-path validation measures. The runtime comes from the runtime registry (ONNX Runtime by default).
+``load`` reads ``bundle.json`` (the configured task, input names, length limit, the model file of
+each runtime the bundle was built for), the preprocessor folder and the int8 model, and returns the
+task's bundle class (``embed`` for feature extraction, ``classify`` for classifiers, ``tag`` for
+token classification), all through the same Predictor path validation measures. The runner comes
+from the runtime registry: the bundle's first runtime (ONNX Runtime unless ``validate.runtimes``
+said otherwise), or the one ``runtime=`` names (``"openvino"`` for ``openvino/model.xml``).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any, Sequence
 from modelpress.errors import BadInputError
 from modelpress.inference import Predictor
 from modelpress.modalities import get_modality
-from modelpress.runtimes.registry import create_runner
+from modelpress.runtimes.registry import BUNDLE_RUNTIMES, create_runner
 from modelpress.tasks import task_from_dict
 
 BUNDLE_META = "bundle.json"
@@ -22,12 +24,24 @@ INT8_MODEL = "model.int8.onnx"
 
 
 def write_bundle_meta(root: Path, *, task: Any, input_names: Sequence[str], max_length: int,
-                      max_positions: int | None = None, label_names: Sequence[str] = ()) -> None:
+                      max_positions: int | None = None, label_names: Sequence[str] = (),
+                      runtimes: Sequence[str] = ("onnxruntime",)) -> None:
     from modelpress.fileio import write_json
 
     write_json(root / BUNDLE_META, {"task": task.describe(), "input_names": list(input_names),
                                     "max_length": max_length, "max_positions": max_positions,
-                                    "label_names": list(label_names)})
+                                    "label_names": list(label_names),
+                                    "runtimes": {r: BUNDLE_RUNTIMES[r] for r in runtimes}})
+
+
+def bundle_model_file(meta: dict[str, Any], runtime: str | None) -> tuple[str, str]:
+    """(runtime, model file) of a bundle: ``runtime``, or the bundle's first one."""
+    files = meta.get("runtimes") or {"onnxruntime": INT8_MODEL}  # bundles from before runtimes were listed
+    runtime = runtime or next(iter(files))
+    if runtime not in files:
+        raise BadInputError(f"this bundle has no {runtime} model (it was built for {', '.join(files)}; "
+                            f"add it to validate.runtimes and run again)")
+    return runtime, files[runtime]
 
 
 def read_bundle_meta(root: Path) -> dict[str, Any]:
@@ -45,8 +59,9 @@ def read_bundle_meta(root: Path) -> dict[str, Any]:
 class Bundle(Predictor):
     """A loaded bundle. Use as a context manager or call ``close()``."""
 
-    def __init__(self, root: Path, *, model_file: str = INT8_MODEL, runtime: str = "onnxruntime",
-                 threads: int = 0, verify: bool = True):
+    def __init__(self, root: Path, *, model_file: str | None = None, runtime: str | None = None,
+                 threads: int = 0, verify: bool = True, name: str | None = None,
+                 runner_options: dict[str, Any] | None = None):
         self.root = Path(root)
         if verify:  # a bundle is what its manifest says, or it is not loaded
             from modelpress.manifest import require_intact
@@ -57,8 +72,13 @@ class Bundle(Predictor):
         modality = get_modality(task.modality)
         preprocessor = modality.load_preprocessor(str(self.root / modality.preprocessor_dir))
         self.meta = meta
-        name = "int8" if model_file == INT8_MODEL else model_file
-        runner = create_runner(runtime, self.root / model_file, threads=threads, name=name)
+        runtime, listed = bundle_model_file(meta, runtime)
+        model_file = model_file or listed
+        name = name or ("int8" if model_file == INT8_MODEL else f"int8-{runtime}" if model_file == listed
+                        else model_file)
+        self.runtime = runtime
+        runner = create_runner(runtime, self.root / model_file, threads=threads, name=name,
+                               **(runner_options or {}))
         runner.__enter__()
         # inputs are truncated to what the model can take, whatever bundle.json says
         limit = meta.get("max_positions") or modality.position_limit(None, preprocessor)
@@ -95,11 +115,14 @@ class Bundle(Predictor):
         return [texts] if isinstance(texts, str) else list(texts)
 
 
-def load(bundle_dir: str | Path, *, model_file: str = INT8_MODEL, runtime: str = "onnxruntime",
-         threads: int = 0, verify: bool = True) -> Bundle:
+def load(bundle_dir: str | Path, *, runtime: str | None = None, model_file: str | None = None,
+         threads: int = 0, verify: bool = True, **runner_options: Any) -> Bundle:
     """The bundle at ``bundle_dir``, as its task's bundle class (methods: ``task.api``).
+    ``runtime``: one the bundle was built for (``bundle.json`` lists them; default its first);
+    ``runner_options`` go to that runner (OpenVINO: ``precision="bf16"``).
     ``verify``: check every file against ``manifest.json`` first (a changed, added or missing file
     is an error); validation turns it off for the run's own unpublished staging folder."""
     meta = read_bundle_meta(Path(bundle_dir))
     cls = task_from_dict(meta["task"]).bundle_class()
-    return cls(Path(bundle_dir), model_file=model_file, runtime=runtime, threads=threads, verify=verify)
+    return cls(Path(bundle_dir), model_file=model_file, runtime=runtime, threads=threads, verify=verify,
+               runner_options=runner_options)

@@ -113,9 +113,10 @@ def _bounds(f: dataclasses.Field, value: Any, key: str) -> None:
     meta = f.metadata
     if value is None:
         return
-    if "choices" in meta and value not in meta["choices"]:
-        raise BadInputError(f"{key}: expected one of {', '.join(map(str, meta['choices']))}, got {value!r}")
     items = value if isinstance(value, tuple) else (value,)
+    for v in items if "choices" in meta else ():  # a list's choices apply to each of its items
+        if v not in meta["choices"]:
+            raise BadInputError(f"{key}: expected one of {', '.join(map(str, meta['choices']))}, got {v!r}")
     for v in items:
         if "min" in meta and v < meta["min"]:
             raise BadInputError(f"{key}: expected >= {meta['min']}, got {v!r}")

@@ -36,6 +36,8 @@ class RunPaths:
     @property
     def model_fp16_onnx(self) -> Path: return self.root / "model.fp16.onnx"
     @property
+    def openvino_xml(self) -> Path: return self.root / "openvino" / "model.xml"
+    @property
     def model_plan(self) -> Path: return self.root / INT8_PLAN
     @property
     def model_fp16_plan(self) -> Path: return self.root / FP16_PLAN

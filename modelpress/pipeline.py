@@ -81,6 +81,10 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
 
         require_tensorrt()
         gpu_identity()
+    if "openvino" in v.runtimes:  # likewise a machine without the openvino package
+        from modelpress.runtimes.openvino_runner import require_openvino
+
+        require_openvino()
     # the data first: a bad file fails in a second, not after loading and exporting
     cal_examples = modality.load_examples(cal.data, field=cal.text_field, num_samples=cal.num_samples, seed=cal.seed)
     log.info("loading teacher %s", teacher_ref)
@@ -111,9 +115,11 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
         evaluate = candidate_evaluator(task=task, teacher=teacher, encoder=encoder, eval_set=es, cfg=v,
                                        gate_cfg=recipe.gate)
     quant = quantize_stage(paths, ExampleFeed(cal_examples, cal_encoder, batch_size=cal.batch_size),
-                           recipe.quantize, evaluate=evaluate, tensorrt_twin=engine_wanted)
+                           recipe.quantize, evaluate=evaluate, tensorrt_twin=engine_wanted,
+                           openvino="openvino" in v.runtimes)
     write_bundle_meta(staging, task=task, input_names=names, max_length=v.max_length, max_positions=limit,
-                      label_names=_label_names(deployed.config) if task.needs_labels else [])
+                      label_names=_label_names(deployed.config) if task.needs_labels else [],
+                      runtimes=v.runtimes)
     engines = []
     if engine_wanted:
         from modelpress.runtimes.tensorrt.stage import build_engines
@@ -147,10 +153,16 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
     if paths.model_plan.is_file():
         candidates.append(file_opener(paths.model_plan, task=task, encoder=encoder, threads=v.threads,
                                       name="tensorrt-int8", runtime="tensorrt"))
-    # the gated candidate: the bundle itself (its manifest is written after validation)
-    candidates.append(lambda: load_bundle(staging, threads=v.threads, verify=False))
+    # the gated candidate: the bundle itself (its manifest is written after validation), on each of
+    # its runtimes
+    def bundle_on(runtime: str):
+        return lambda: load_bundle(staging, runtime=runtime, threads=v.threads, verify=False,
+                                   **v.runner_options(runtime))
+
+    candidates.append(bundle_on(v.runtimes[0]))
     report = validate_stage(task=task, cfg=v, gate_cfg=recipe.gate, teacher=teacher, candidates=candidates,
-                            eval_set=es, name=recipe.name, variants=variants)
+                            eval_set=es, name=recipe.name, variants=variants,
+                            other_runtimes=[bundle_on(r) for r in v.runtimes[1:]])
     report["export"] = exported.report_section()
     report["quantization"] = quant.report_section(recipe.quantize.mode)
     if seeds:

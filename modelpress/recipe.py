@@ -24,6 +24,7 @@ from modelpress.config_check import PathRule, check_fields, check_section, check
 from modelpress.distill.config import DistillConfig
 from modelpress.errors import BadInputError
 from modelpress.runtimes.quantize.config import QuantizeConfig
+from modelpress.runtimes.registry import BUNDLE_RUNTIMES
 from modelpress.runtimes.tensorrt.config import EngineConfig
 from modelpress.tasks import configure_task, get_task, task_names
 
@@ -72,13 +73,22 @@ class ValidateConfig:
     batch_size: int = field(default=32, metadata={"min": 1})   # batch size for the accuracy pass (length-sorted)
     batch_sizes: tuple[int, ...] = field(default=(1, 32), metadata={"min": 1, "nonempty": True})  # latency: batch sizes ...
     seq_lengths: tuple[int, ...] = field(default=(128,), metadata={"min": 1, "nonempty": True})   # ... × padded lengths
-    latency_runs: int = field(default=30, metadata={"min": 1})  # timed runs per shape (after warm-up)
+    latency_runs: int = field(default=30, metadata={"min": 1})  # timed runs per shape (after warm-up), at most
+    latency_budget_s: float = field(default=60.0, metadata={"min": 0.0})  # seconds of timed rounds per shape (0 = no limit; ≥ 5 rounds)
     warmup_runs: int = field(default=3, metadata={"min": 0})    # untimed runs per shape
     threads: int = field(default=0, metadata={"min": 0})        # intra-op threads for ONNX Runtime and torch (0 = all cores)
     real_workload: bool = True  # also time the eval set, length-sorted, batch 32, dynamic padding
+    runtimes: tuple[str, ...] = field(default=("onnxruntime",), metadata={"choices": BUNDLE_RUNTIMES, "nonempty": True})  # the bundle's CPU runtimes: each is measured and gated
+    openvino_precision: str = field(default="f32", metadata={"choices": ("f32", "bf16")})  # OpenVINO's float parts: f32, or bf16 (AVX512-BF16/AMX CPUs)
 
     def __post_init__(self) -> None:
         check_fields(self, "validate")
+        if len(set(self.runtimes)) != len(self.runtimes):
+            raise BadInputError(f"validate.runtimes: each runtime once, got {list(self.runtimes)}")
+
+    def runner_options(self, runtime: str) -> dict[str, Any]:
+        """What this section says to one runtime's runner beyond threads."""
+        return {"precision": self.openvino_precision} if runtime == "openvino" else {}
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,13 @@ interface, and the conversion of our Q/DQ graph to IR.
 OpenVINO reads ONNX QuantizeLinear/DequantizeLinear as FakeQuantize and runs the int8 parts with
 its own CPU kernels, so the IR carries *our* calibration (ranges, SmoothQuant, padding-free
 statistics, per-node choices). Settings measured to matter here (../shared/PEERS.md):
-``PERFORMANCE_HINT = LATENCY`` with ``INFERENCE_NUM_THREADS`` set (the THROUGHPUT hint splits two
-cores into two streams and serves one request with one thread), and an explicit
-``INFERENCE_PRECISION_HINT``: on AVX512-BF16 CPUs the plugin otherwise runs float parts in bf16.
+``PERFORMANCE_HINT = LATENCY`` with one stream and ``INFERENCE_NUM_THREADS`` set (the THROUGHPUT
+hint splits two cores into two streams and serves one request with one thread), and an explicit
+``INFERENCE_PRECISION_HINT``: on AVX512-BF16 CPUs the plugin otherwise runs float parts in bf16;
+on a CPU without bf16 a ``bf16`` request runs in f32 (``effective_precision`` says which ran).
 ``ov.save_model`` compresses weights to fp16 unless told not to. ``openvino`` is an optional
-dependency (``pip install 'modelpress[openvino]'``), imported only when an OpenVINO runner opens.
+dependency (``pip install 'modelpress[openvino]'``), imported only when an OpenVINO runner opens
+or an IR is written.
 """
 from __future__ import annotations
 
@@ -23,8 +25,6 @@ from modelpress.errors import BackendUnavailableError, BadInputError
 from modelpress.runtimes.base import Runner
 
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
-#: where a bundle keeps its IR
-IR_FILE = "openvino/model.xml"
 
 
 def require_openvino():
@@ -32,13 +32,10 @@ def require_openvino():
         return importlib.import_module("openvino")
     except ImportError:
         raise BackendUnavailableError(
-            "the OpenVINO runtime needs the openvino package: pip install 'modelpress[openvino]'") from None
+            "the openvino runtime needs the openvino package: pip install 'modelpress[openvino]'") from None
 
 
 class OpenVINORunner(Runner):
-    #: the file this runtime loads from a bundle
-    bundle_file = IR_FILE
-
     def __init__(self, model_path: str | Path, *, threads: int = 0, precision: str = "f32",
                  name: str | None = None) -> None:
         if precision not in PRECISIONS:
@@ -47,6 +44,7 @@ class OpenVINORunner(Runner):
         self.threads = threads
         self.precision = PRECISIONS[precision]
         self.name = name or f"openvino-{self.precision}"
+        self.effective_precision: str | None = None
         self._compiled: Any = None
         self._request: Any = None
 
@@ -54,11 +52,15 @@ class OpenVINORunner(Runner):
         ov = require_openvino()
         if not self.model_path.is_file():
             raise BadInputError(f"{self.model_path}: no such OpenVINO IR or ONNX file")
-        core = ov.Core()
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
                   "INFERENCE_NUM_THREADS": str(self.threads or os.cpu_count() or 1),
                   "INFERENCE_PRECISION_HINT": self.precision}
-        self._compiled = core.compile_model(str(self.model_path), "CPU", config)
+        try:
+            self._compiled = ov.Core().compile_model(str(self.model_path), "CPU", config)
+        except RuntimeError as exc:  # OpenVINO reports unreadable and invalid models as RuntimeError
+            first = next((line for line in str(exc).splitlines() if line.strip()), "unreadable")
+            raise BadInputError(f"{self.model_path}: OpenVINO cannot load it ({first.strip()[:200]})") from None
+        self.effective_precision = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
         self._request = self._compiled.create_infer_request()
         self._inputs = tuple(p.get_any_name() for p in self._compiled.inputs)
         self._outputs = tuple(p.get_any_name() for p in self._compiled.outputs)
@@ -73,18 +75,23 @@ class OpenVINORunner(Runner):
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = self._request.infer({k: np.ascontiguousarray(v) for k, v in self.select(feed).items()})
-        return {name: np.asarray(result[port]) for name, port in zip(self._outputs, self._compiled.outputs)}
+        # copies: the request reuses its output buffers on the next call
+        return {name: np.array(result[port]) for name, port in zip(self._outputs, self._compiled.outputs)}
 
 
 def convert_to_ir(onnx_path: str | Path, xml_path: str | Path) -> Path:
     """ONNX → OpenVINO IR (``.xml`` + ``.bin``), fp32 weights kept (no fp16 compression); written
-    beside a temporary name and renamed, the weights first."""
+    under temporary names and renamed, the weights first."""
     ov = require_openvino()
     xml_path = Path(xml_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     model = ov.convert_model(str(onnx_path))
     tmp = xml_path.with_name(f".{xml_path.stem}.{os.getpid()}.xml")
-    ov.save_model(model, str(tmp), compress_to_fp16=False)
-    os.replace(tmp.with_suffix(".bin"), xml_path.with_suffix(".bin"))
-    os.replace(tmp, xml_path)
+    try:
+        ov.save_model(model, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), xml_path.with_suffix(".bin"))
+        os.replace(tmp, xml_path)
+    finally:
+        for leftover in (tmp, tmp.with_suffix(".bin")):
+            leftover.unlink(missing_ok=True)
     return xml_path

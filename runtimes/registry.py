@@ -17,6 +17,10 @@ RUNTIMES.register("torch", "modelpress.runtimes.torch_runner:TorchRunner")
 RUNTIMES.register("tensorrt", "modelpress.runtimes.tensorrt.runner:TensorRTRunner")
 RUNTIMES.register("ort-cuda", "modelpress.runtimes.tensorrt.ort_gpu:ort_cuda_runner")
 RUNTIMES.register("ort-tensorrt", "modelpress.runtimes.tensorrt.ort_gpu:ort_tensorrt_runner")
+RUNTIMES.register("openvino", "modelpress.runtimes.openvino_runner:OpenVINORunner")
+
+#: the CPU runtimes a bundle is written for (``validate.runtimes``): the model file each one loads
+BUNDLE_RUNTIMES = {"onnxruntime": "model.int8.onnx", "openvino": "openvino/model.xml"}
 
 
 def create_runner(runtime: str, source: Any, **options: Any) -> Runner:

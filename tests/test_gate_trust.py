@@ -113,6 +113,33 @@ def test_latency_is_timed_round_robin():
     assert [r["runs"] for r in rows["b"]] == [3] and rows["a"][0]["seq_len"] == 8
 
 
+def test_the_latency_budget_bounds_the_timed_rounds_but_keeps_five():
+    import time
+    from types import SimpleNamespace
+
+    from modelpress.modalities import Batch
+    from modelpress.validate.compare import MIN_TIMED_ROUNDS, interleaved_latency
+
+    class Slow:
+        name = "slow"
+
+        def encode(self, examples, *, pad_to=None):
+            return Batch({"input_ids": np.zeros((len(examples), pad_to), np.int64)})
+
+        def predict_batch(self, batch):
+            time.sleep(0.01)
+
+    def runs(budget, latency_runs=1000):
+        cfg = SimpleNamespace(batch_sizes=(1,), seq_lengths=(4,), warmup_runs=1, latency_runs=latency_runs,
+                              latency_budget_s=budget)
+        return interleaved_latency([Slow()], ["x"], cfg)["slow"][0]["runs"]
+
+    assert MIN_TIMED_ROUNDS <= runs(0.08) <= 12       # ~8 rounds of 10 ms fit in 80 ms
+    assert runs(1e-6) == MIN_TIMED_ROUNDS             # a spent budget still times five rounds
+    assert runs(1e-6, latency_runs=3) == 3            # ... unless fewer were asked for
+    assert runs(0.0, latency_runs=40) == 40           # 0: no budget
+
+
 def test_the_same_calibration_gives_byte_identical_int8(bert_onnx, tmp_path, data_files):
     from transformers import AutoTokenizer
 

@@ -25,15 +25,28 @@ def _shapes(examples: Sequence[Any], cfg) -> list[tuple[int, int, list[Any]]]:
     return [(b, s, [examples[i % len(examples)] for i in range(b)]) for b in cfg.batch_sizes for s in cfg.seq_lengths]
 
 
+#: timed rounds kept per shape even when ``validate.latency_budget_s`` is spent
+MIN_TIMED_ROUNDS = 5
+
+
 def interleaved_latency(predictors: Sequence, examples: Sequence[Any], cfg) -> dict[str, list[dict[str, Any]]]:
     """Per predictor, its latency rows: at each (batch, padded length), ``warmup_runs`` untimed
-    rounds, then ``latency_runs`` rounds that each time every predictor once, in turn."""
+    rounds, then up to ``latency_runs`` rounds that each time every predictor once, in turn.
+    ``latency_budget_s`` bounds the timed rounds of one shape (never fewer than
+    ``MIN_TIMED_ROUNDS``), so a slow machine or a big batch costs minutes, not an hour."""
     rows: dict[str, list[dict[str, Any]]] = {p.name: [] for p in predictors}
+    budget = getattr(cfg, "latency_budget_s", 0.0)
     for b, s, batch_examples in _shapes(examples, cfg):
         # pad to exactly s positions, the fixed-shape serving case (PEERS.md measures the same)
         batches = [p.encode(batch_examples, pad_to=s) for p in predictors]
         times: list[list[float]] = [[] for _ in predictors]
+        started = None
         for r in range(cfg.warmup_runs + cfg.latency_runs):
+            if r == cfg.warmup_runs:
+                started = time.perf_counter()
+            elif (started is not None and budget and r - cfg.warmup_runs >= min(MIN_TIMED_ROUNDS, cfg.latency_runs)
+                  and time.perf_counter() - started >= budget):
+                break
             for k, (p, batch) in enumerate(zip(predictors, batches)):
                 t0 = time.perf_counter()
                 p.predict_batch(batch)
@@ -116,7 +129,8 @@ def ratios(models: dict[str, dict[str, Any]], *, reference: str, candidate: str)
 def file_size_mb(path: str | Path) -> float:
     p = Path(path)
     total = p.stat().st_size
-    data = p.with_name(p.name + ".data")
-    if data.exists():
-        total += data.stat().st_size
+    # ONNX external data beside the model; an OpenVINO IR's weights
+    for data in (p.with_name(p.name + ".data"), p.with_suffix(".bin") if p.suffix == ".xml" else None):
+        if data is not None and data.exists():
+            total += data.stat().st_size
     return round(total / 2**20, 2)

@@ -18,7 +18,7 @@ condition: the candidate's p50 ÷ the teacher's at ``gate.latency_shape`` must n
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, get_task
@@ -128,20 +128,39 @@ def _examples_needed(n: int, width: float, max_drop: float) -> int | None:
     return None if max_drop <= 0 else int(math.ceil(n * (width / max_drop) ** 2))
 
 
+def judged_names(report: Mapping) -> list[str]:
+    """Every model the run's gate judged: the shipped model on each of the bundle's runtimes and
+    its calibration-seed twins (reports from before those existed: the gate's candidate)."""
+    names = [*(report.get("runtimes") or {}).values(),
+             *(c["name"] for c in (report.get("calibration_seeds") or {}).get("candidates", ())),
+             report["gate"]["candidate_name"]]
+    return [n for n in dict.fromkeys(names) if n in report["models"]]
+
+
+def worst(results: Sequence[GateResult]) -> GateResult:
+    """The verdict of several gated models: a failing one, else the largest drop."""
+    return max(results, key=lambda g: (not g.passed, g.drop))
+
+
 def gate_report(report: Mapping, *, max_drop: float | None = None, metric: str | None = None,
                 policy: str | None = None) -> GateResult:
-    """Re-decide the gate from a written report.json (``modelpress gate``)."""
+    """Re-decide the gate from a written report.json (``modelpress gate``): every model the run
+    judged, the worst verdict."""
     try:
         models = report["models"]
         gate = report["gate"]
         task = get_task(report["task"])
-        cand = gate["candidate_name"]
-        return decide(task, models["teacher"]["metrics"], models[cand]["metrics"],
-                      max_drop=gate["max_drop"] if max_drop is None else max_drop,
-                      metric=metric or gate.get("metric", "auto"), candidate_name=cand,
-                      policy=policy or gate.get("policy", "point"),
-                      intervals=(report.get("uncertainty") or {}).get(cand),
-                      latency=(report.get("ratios") or {}).get(cand),
-                      max_latency_ratio=gate.get("max_latency_ratio"), latency_shape=gate.get("latency_shape"))
+        ratios = report.get("ratios") or {}
+        # seed twins are untimed: their latency is the shipped model's
+        shipped = next(iter((report.get("runtimes") or {}).values()), gate["candidate_name"])
+        return worst([decide(task, models["teacher"]["metrics"], models[cand]["metrics"],
+                             max_drop=gate["max_drop"] if max_drop is None else max_drop,
+                             metric=metric or gate.get("metric", "auto"), candidate_name=cand,
+                             policy=policy or gate.get("policy", "point"),
+                             intervals=(report.get("uncertainty") or {}).get(cand),
+                             latency=ratios.get(cand) or ratios.get(shipped),
+                             max_latency_ratio=gate.get("max_latency_ratio"),
+                             latency_shape=gate.get("latency_shape"))
+                      for cand in judged_names(report)])
     except (KeyError, TypeError) as exc:
         raise BadInputError(f"report.json lacks the key {exc} needed by the gate") from None

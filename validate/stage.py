@@ -17,7 +17,7 @@ import numpy as np
 from modelpress.inference import Predictor
 from modelpress.runtimes.registry import create_runner
 from modelpress.validate.compare import evaluate, file_size_mb, ratios
-from modelpress.validate.gate import decide
+from modelpress.validate.gate import decide, worst
 from modelpress.validate.latency import time_calls
 from modelpress.validate.report import REPORT_SCHEMA
 
@@ -25,9 +25,10 @@ from modelpress.validate.report import REPORT_SCHEMA
 Opener = Callable[[], Predictor]
 
 
-def open_predictor(runtime: str, source: Any, *, task, encoder, threads: int = 0, name: str) -> Predictor:
+def open_predictor(runtime: str, source: Any, *, task, encoder, threads: int = 0, name: str,
+                   **runner_options: Any) -> Predictor:
     """A predictor whose runner (from the runtime registry) is entered."""
-    options: dict[str, Any] = {"threads": threads, "name": name}
+    options: dict[str, Any] = {"threads": threads, "name": name, **runner_options}
     if runtime == "torch":
         options.update(input_names=encoder.input_names, task=task)
     runner = create_runner(runtime, source, **options)
@@ -44,12 +45,15 @@ def file_opener(path: Path, *, task, encoder, threads: int, name: str, runtime: 
 
 
 def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence[Opener], eval_set,
-                   name: str, variants: Sequence[Opener] = ()) -> dict[str, Any]:
+                   name: str, variants: Sequence[Opener] = (),
+                   other_runtimes: Sequence[Opener] = ()) -> dict[str, Any]:
     """The teacher and the candidates (the last one is gated) on ``eval_set``: the report's core.
 
-    ``variants`` are the gated model's calibration-seed twins (``quantize.calibration_seeds``):
-    measured for fidelity only, and the gate judges the **worst** of the gated model and its twins,
-    so that a lucky calibration draw cannot pass it (the bundle ships the recipe's own seed)."""
+    ``other_runtimes`` are the gated model on the bundle's other runtimes (``validate.runtimes``):
+    measured like it and gated too. ``variants`` are the gated model's calibration-seed twins
+    (``quantize.calibration_seeds``): measured for fidelity only. The gate judges the **worst** of
+    all of them, so that neither a lucky calibration draw nor the kinder runtime passes it (the
+    bundle ships the recipe's own seed)."""
     from modelpress.validate.uncertainty import interval
 
     with contextlib.ExitStack() as stack:
@@ -60,12 +64,14 @@ def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence
 
         ref = opened(teacher)
         cands = [opened(c) for c in candidates]
+        others = [opened(o) for o in other_runtimes]
         twins = [opened(v) for v in variants]
-        sizes = {c.name: file_size_mb(c.runner.model_path) for c in cands
+        sizes = {c.name: file_size_mb(c.runner.model_path) for c in [*cands, *others]
                  if getattr(c.runner, "model_path", None) is not None and Path(c.runner.model_path).is_file()}
-        models, outputs = evaluate(task, ref, [*cands, *twins], eval_set, cfg, sizes_mb=sizes,
+        models, outputs = evaluate(task, ref, [*cands, *others, *twins], eval_set, cfg, sizes_mb=sizes,
                                    untimed=[t.name for t in twins])
-    judged = [cands[-1].name, *(t.name for t in twins)]
+    shipped = cands[-1].name
+    judged = [shipped, *(o.name for o in others), *(t.name for t in twins)]
     started = time.perf_counter()
     uncertainty = {}
     for cand in judged:
@@ -79,10 +85,10 @@ def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence
              if n != ref.name and models[n]["latency"]}
     gates = [decide(task, models[ref.name]["metrics"], models[cand]["metrics"], max_drop=gate_cfg.max_drop,
                     metric=gate_cfg.metric, candidate_name=cand, policy=gate_cfg.policy,
-                    intervals=uncertainty[cand], latency=table.get(cands[-1].name),
+                    intervals=uncertainty[cand], latency=table.get(cand) or table.get(shipped),
                     max_latency_ratio=gate_cfg.max_latency_ratio, latency_shape=gate_cfg.latency_shape or None)
              for cand in judged]
-    gate = max(gates, key=lambda g: (not g.passed, g.drop))  # the worst: a failing one, else the largest drop
+    gate = worst(gates)
     report = {
         "schema": REPORT_SCHEMA,
         "name": name,
@@ -94,10 +100,11 @@ def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence
         "uncertainty": uncertainty,
         "uncertainty_seconds": bootstrap_seconds,
         "gate": gate.to_dict(),
+        "runtimes": {getattr(p, "runtime", "onnxruntime"): p.name for p in [cands[-1], *others]},
     }
     if twins:
         report["calibration_seeds"] = {
-            "shipped": cands[-1].name, "judged": gate.candidate_name,
+            "shipped": shipped, "judged": gate.candidate_name,
             "candidates": [{"name": g.candidate_name, "metric": g.metric, "value": g.candidate, "drop": g.drop,
                             "drop_ci95": list(g.drop_ci95) if g.drop_ci95 else None} for g in gates],
             "spread": round(max(g.candidate for g in gates) - min(g.candidate for g in gates), 4)}
