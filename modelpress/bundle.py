@@ -76,7 +76,6 @@ class Bundle(Predictor):
         model_file = model_file or listed
         name = name or ("int8" if model_file == INT8_MODEL else f"int8-{runtime}" if model_file == listed
                         else model_file)
-        self.runtime = runtime
         runner = create_runner(runtime, self.root / model_file, threads=threads, name=name,
                                **(runner_options or {}))
         runner.__enter__()
@@ -84,7 +83,7 @@ class Bundle(Predictor):
         limit = meta.get("max_positions") or modality.position_limit(None, preprocessor)
         length = int(meta["max_length"]) if not limit else min(int(meta["max_length"]), int(limit))
         encoder = modality.encoder(preprocessor, input_names=runner.input_names, max_length=length)
-        super().__init__(runner, task, encoder, name=name)
+        super().__init__(runner, task, encoder, name=name, runtime=runtime)
 
     def __enter__(self) -> "Bundle":
         return self

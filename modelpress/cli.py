@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     from modelpress.config_check import field_default as d
     from modelpress.recipe import ExportConfig, GateConfig
     from modelpress.runtimes.quantize.config import CALIBRATION_METHODS, FORMATS, PRESETS
+    from modelpress.runtimes.registry import BUNDLE_RUNTIMES
     from modelpress.tasks import task_names
 
     parser = _Parser(prog="modelpress", description=__doc__.splitlines()[0])
@@ -93,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="compare an ONNX candidate with the PyTorch fp32 teacher")
     p.add_argument("--teacher", help="hub id | folder | package:<module> (default: --recipe's)")
-    p.add_argument("--candidate", required=True, help="candidate ONNX model (int8)")
+    p.add_argument("--candidate", required=True, help="candidate ONNX model (int8), or an OpenVINO .xml")
+    p.add_argument("--runtime", choices=tuple(BUNDLE_RUNTIMES), default=None,
+                   help="runtime of the candidate (default: openvino for .xml, else onnxruntime)")
     p.add_argument("--eval-data")
     p.add_argument("--eval-format", choices=_eval_formats())
     p.add_argument("--task", choices=task_names(), help="default: feature-extraction")
@@ -292,15 +295,14 @@ def cmd_validate(args) -> int:
     modality.check_lengths(model.config, preprocessor, {"validate.max_length": cfg.max_length,
                                                         "--seq-lengths": max(cfg.seq_lengths)})
     es = task.read_eval(cfg.eval_data, cfg, model_config=model.config)
-    from modelpress.fileio import load_onnx
-
-    graph = load_onnx(args.candidate, load_external_data=False)
-    names = modality.check_graph_inputs(tuple(i.name for i in graph.graph.input), source=args.candidate)
+    runtime = args.runtime or ("openvino" if args.candidate.endswith(".xml") else "onnxruntime")
+    names = modality.check_graph_inputs(_graph_inputs(args.candidate, runtime), source=args.candidate)
     encoder = modality.encoder(preprocessor, input_names=names, max_length=cfg.max_length)
     report = validate_stage(task=task, cfg=cfg, gate_cfg=gate_cfg,
                             teacher=teacher_opener(model, task=task, encoder=encoder, threads=cfg.threads),
                             candidates=[file_opener(Path(args.candidate), task=task, encoder=encoder,
-                                                    threads=cfg.threads, name="candidate")],
+                                                    threads=cfg.threads, name="candidate", runtime=runtime,
+                                                    **cfg.runner_options(runtime))],
                             eval_set=es, name=Path(args.candidate).stem)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -309,6 +311,17 @@ def cmd_validate(args) -> int:
     print(f"report: {out / 'report.json'}")
     print(gate.line())
     return EXIT_OK if gate.passed else EXIT_GATE_FAILED
+
+
+def _graph_inputs(path: str, runtime: str) -> tuple[str, ...]:
+    """The input names of a candidate model file, read without running it."""
+    if runtime == "openvino" and not path.endswith(".onnx"):
+        from modelpress.runtimes.openvino_runner import read_input_names
+
+        return read_input_names(path)
+    from modelpress.fileio import load_onnx
+
+    return tuple(i.name for i in load_onnx(path, load_external_data=False).graph.input)
 
 
 def cmd_gate(args) -> int:

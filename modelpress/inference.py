@@ -14,11 +14,13 @@ from modelpress.runtimes.base import Runner
 
 
 class Predictor:
-    def __init__(self, runner: Runner, task: Any, encoder: Encoder, *, name: str | None = None):
+    def __init__(self, runner: Runner, task: Any, encoder: Encoder, *, name: str | None = None,
+                 runtime: str = "onnxruntime"):
         self.runner = runner
         self.task = task
         self.encoder = encoder
         self.name = name or runner.name
+        self.runtime = runtime  # the runtime registry's name of the runner
 
     def encode(self, examples: Sequence[Any], *, pad_to: int | None = None) -> Batch:
         return self.encoder.encode(examples, pad_to=pad_to)

@@ -60,7 +60,8 @@ class OpenVINORunner(Runner):
         except RuntimeError as exc:  # OpenVINO reports unreadable and invalid models as RuntimeError
             first = next((line for line in str(exc).splitlines() if line.strip()), "unreadable")
             raise BadInputError(f"{self.model_path}: OpenVINO cannot load it ({first.strip()[:200]})") from None
-        self.effective_precision = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
+        ran = self._compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: f32, bf16
+        self.effective_precision = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
         self._request = self._compiled.create_infer_request()
         self._inputs = tuple(p.get_any_name() for p in self._compiled.inputs)
         self._outputs = tuple(p.get_any_name() for p in self._compiled.outputs)
@@ -77,6 +78,18 @@ class OpenVINORunner(Runner):
         result = self._request.infer({k: np.ascontiguousarray(v) for k, v in self.select(feed).items()})
         # copies: the request reuses its output buffers on the next call
         return {name: np.array(result[port]) for name, port in zip(self._outputs, self._compiled.outputs)}
+
+
+def read_input_names(path: str | Path) -> tuple[str, ...]:
+    """The input names of an IR (or ONNX) file, read without compiling it."""
+    ov = require_openvino()
+    if not Path(path).is_file():
+        raise BadInputError(f"{path}: no such OpenVINO IR or ONNX file")
+    try:
+        return tuple(p.get_any_name() for p in ov.Core().read_model(str(path)).inputs)
+    except RuntimeError as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), "unreadable")
+        raise BadInputError(f"{path}: OpenVINO cannot read it ({first.strip()[:200]})") from None
 
 
 def convert_to_ir(onnx_path: str | Path, xml_path: str | Path) -> Path:

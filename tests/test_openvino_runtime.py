@@ -98,6 +98,19 @@ def test_runner_faults_are_one_line_bad_input(tmp_path):
 
     with pytest.raises(BadInputError, match="precision"):
         OpenVINORunner(tmp_path / "m.xml", precision="fp16")
+    import onnx
+    from onnx import TensorProto, helper
+
+    tiny = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]), opset_imports=[helper.make_opsetid("", 18)]),
+        str(tiny))
+    with OpenVINORunner(tiny, precision="f32") as r:
+        assert r.effective_precision == "f32"
+        assert r.run({"x": np.array([-1.0, 2.0], np.float32)})["y"].tolist() == [0.0, 2.0]
+    with OpenVINORunner(tiny, precision="bf16") as r:  # bf16 where the CPU has it, else f32
+        assert r.effective_precision in ("bf16", "f32")
     with pytest.raises(BadInputError, match="no such"):
         OpenVINORunner(tmp_path / "missing.xml").__enter__()
     junk = tmp_path / "junk.onnx"
@@ -199,3 +212,22 @@ def test_a_bundle_without_the_runtime_says_how_to_get_it(tmp_path):
     assert bundle_model_file({"task": {}}, None) == ("onnxruntime", "model.int8.onnx")  # older bundles
     with pytest.raises(BadInputError, match="no openvino model .*validate.runtimes"):
         bundle_model_file({"runtimes": {"onnxruntime": "model.int8.onnx"}}, "openvino")
+
+
+@needs_openvino
+def test_validate_command_takes_an_openvino_candidate(both_runtimes, tiny_bert, data_files, tmp_path, capsys):
+    from modelpress.cli import main
+
+    root, report = both_runtimes
+    code = main(["-q", "validate", "--teacher", str(tiny_bert.path), "--candidate", str(root / "openvino" / "model.xml"),
+                 "--eval-data", str(data_files.pairs_jsonl), "--out", str(tmp_path), "--max-drop", "50",
+                 "--batch-sizes", "2", "--seq-lengths", "16"])
+    assert code == 0 and "gate PASS: candidate" in capsys.readouterr().out
+    again = json.loads((tmp_path / "report.json").read_text())
+    assert again["runtimes"] == {"openvino": "candidate"}
+    # the same IR, the same eval set: the run's OpenVINO row
+    assert again["models"]["candidate"]["metrics"]["spearman"] == pytest.approx(
+        report["models"]["int8-openvino"]["metrics"]["spearman"], abs=1e-4)
+    bad = main(["-q", "validate", "--teacher", str(tiny_bert.path), "--candidate", str(tmp_path / "none.xml"),
+                "--eval-data", str(data_files.pairs_jsonl), "--out", str(tmp_path)])
+    assert bad == 2

@@ -33,15 +33,17 @@ def open_predictor(runtime: str, source: Any, *, task, encoder, threads: int = 0
         options.update(input_names=encoder.input_names, task=task)
     runner = create_runner(runtime, source, **options)
     runner.__enter__()
-    return Predictor(runner, task, encoder, name=name)
+    return Predictor(runner, task, encoder, name=name, runtime=runtime)
 
 
 def teacher_opener(model, *, task, encoder, threads: int, name: str = "teacher") -> Opener:
     return lambda: open_predictor("torch", model, task=task, encoder=encoder, threads=threads, name=name)
 
 
-def file_opener(path: Path, *, task, encoder, threads: int, name: str, runtime: str = "onnxruntime") -> Opener:
-    return lambda: open_predictor(runtime, path, task=task, encoder=encoder, threads=threads, name=name)
+def file_opener(path: Path, *, task, encoder, threads: int, name: str, runtime: str = "onnxruntime",
+                **runner_options: Any) -> Opener:
+    return lambda: open_predictor(runtime, path, task=task, encoder=encoder, threads=threads, name=name,
+                                  **runner_options)
 
 
 def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence[Opener], eval_set,
@@ -100,7 +102,7 @@ def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence
         "uncertainty": uncertainty,
         "uncertainty_seconds": bootstrap_seconds,
         "gate": gate.to_dict(),
-        "runtimes": {getattr(p, "runtime", "onnxruntime"): p.name for p in [cands[-1], *others]},
+        "runtimes": {p.runtime: p.name for p in [cands[-1], *others]},
     }
     if twins:
         report["calibration_seeds"] = {
