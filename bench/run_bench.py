@@ -6,6 +6,8 @@ Variants (all with the same pooling head, tokenization excluded from timings):
   ort-fp32           ONNX Runtime on our dynamo export
   ort-fp32-fused     the same after onnxruntime.transformers fusion
   ort-dyn-int8-pc    onnxruntime.quantization.quantize_dynamic, per-channel (the best peer)
+  ort-dyn-int8-ts-fused  the same on a TorchScript export (eager attention) after ORT's BERT fusion,
+                     whose Attention nodes quantize_dynamic turns into QAttention (ORT's fastest int8)
   modelpress-int8    ours: static int8, SmoothQuant, padding-free calibration on our corpus
                      (format "ort": MatMulIntegerToFloat with fused bias)
   modelpress-int8-qdq  the same calibration written as portable Q/DQ
@@ -66,6 +68,7 @@ def build_variants(work: Path, threads: int, teacher_ref: str, task, model, toke
         "ort-fp32": fp32,
         "ort-fp32-fused": work / "model.fused.onnx",
         "ort-dyn-int8-pc": work / "model.dyn-int8-pc.onnx",
+        "ort-dyn-int8-ts-fused": work / "model.ts-fused.dyn-int8-pc.onnx",
         "modelpress-int8": work / "model.int8.onnx",
         "modelpress-int8-qdq": work / "model.int8.qdq.onnx",
     }
@@ -150,6 +153,35 @@ def prepare_openvino(work: Path, tokenizer, texts, input_names) -> dict:
             "nncf_fake_quantize": sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node)}
 
 
+def prepare_torchscript_fused(work: Path, teacher_ref: str, tokenizer, input_names, reduce_range: bool) -> dict:
+    """ORT's own best int8 path for BERT: TorchScript export with eager attention (the dynamo
+    graph's attention is not recognised by ORT's fusion), ORT's BERT fusion, quantize_dynamic."""
+    import onnx
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(teacher_ref, attn_implementation="eager").eval()
+    enc = tokenizer(["an export example", "a second and longer export example text"], padding=True,
+                    return_tensors="pt")
+    axes = {n: {0: "batch", 1: "sequence"} for n in (*input_names, "last_hidden_state")}
+    with torch.no_grad():
+        torch.onnx.export(model, tuple(enc[k] for k in input_names), str(work / "model.ts.onnx"), dynamo=False,
+                          input_names=list(input_names), output_names=["last_hidden_state"], dynamic_axes=axes,
+                          opset_version=17)
+    cfg = model.config
+    fused = optimize_model(str(work / "model.ts.onnx"), model_type="bert", num_heads=cfg.num_attention_heads,
+                           hidden_size=cfg.hidden_size, opt_level=1, use_gpu=False)
+    fused.save_model_to_file(str(work / "model.ts-fused.onnx"))
+    quantize_dynamic(work / "model.ts-fused.onnx", work / "model.ts-fused.dyn-int8-pc.onnx", per_channel=True,
+                     weight_type=QuantType.QInt8, reduce_range=reduce_range,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    ops = [n.op_type for n in onnx.load(str(work / "model.ts-fused.dyn-int8-pc.onnx")).graph.node]
+    return {"fused_ops": {op: ops.count(op) for op in ("QAttention", "Attention", "SkipLayerNormalization",
+                                                       "BiasGelu", "FastGelu", "Gelu") if op in ops}}
+
+
 def prepare_models(work: Path, teacher_ref, task, model, tokenizer):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -167,6 +199,7 @@ def prepare_models(work: Path, teacher_ref, task, model, tokenizer):
     # ORT's own advice for CPUs without VNNI (u8s8 saturation): 7-bit weights (reduce_range)
     quantize_dynamic(work / "model.onnx", work / "model.dyn-int8-pc.onnx", per_channel=True,
                      weight_type=QuantType.QInt8, reduce_range=int8_gemm_saturates())
+    torchscript = prepare_torchscript_fused(work, teacher_ref, tokenizer, res.input_names, int8_gemm_saturates())
     texts = sample(load_texts(ROOT / "calibration_data" / "en_default.txt"), 512)
     t0 = time.perf_counter()
     plan = plan_quantization(work / "model.onnx", TokenizedFeed(texts, tokenizer, batch_size=16, max_length=128,
@@ -176,7 +209,7 @@ def prepare_models(work: Path, teacher_ref, task, model, tokenizer):
     # same calibration, portable Q/DQ graph
     write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), work / "model.int8.qdq.onnx")
     openvino = prepare_openvino(work, tokenizer, texts, res.input_names)
-    return res.input_names, summary, seconds, openvino
+    return res.input_names, summary, seconds, {**openvino, "torchscript_fused": torchscript}
 
 
 def interleaved(preds: dict, feeds: list, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
@@ -242,9 +275,9 @@ def main(argv=None) -> int:
               "eval": es.source, "threads": {}}
     with tempfile.TemporaryDirectory(prefix="mp-bench-") as tmp:
         work = Path(tmp)
-        input_names, summary, qseconds, openvino = prepare_models(work, teacher_ref, task, model, tokenizer)
+        input_names, summary, qseconds, peers = prepare_models(work, teacher_ref, task, model, tokenizer)
         result["modelpress_quantize_seconds"] = round(qseconds, 1)
-        result["openvino"] = openvino
+        result["peers"] = peers  # NNCF's time and memory, the fused TorchScript graph's ops
         student = prepare_student(work, args.student, task) if args.student else None
         for threads in args.threads:
             preds = build_variants(work, threads, teacher_ref, task, model, tokenizer, input_names, student)

@@ -85,6 +85,7 @@ class DistillConfig:
     student: str | None = field(default=None, metadata={"path": True})  # folder / hub id / package:<name> of another model, or of a config only
     student_config: Mapping[str, Any] | None = None  # teacher config overrides → randomly initialised
     layer_selection: str = field(default="agreement", metadata={"choices": LAYER_SELECTIONS})  # num_layers: "agreement" (scored on held-out texts) | "spread"
+    layer_selection_texts: int = field(default=2000, metadata={"min": 1})  # "agreement": corpus texts each candidate subset is scored on
     layer_map: tuple[int, ...] | None = field(default=None, metadata={"min": 0})  # teacher layer each student layer imitates (hidden/attn losses)
     dropout: float | None = 0.0  # dropout while distilling (None: the model's own); the saved config keeps its own
     freeze_embeddings: bool = True  # keep the teacher's token-embedding matrix (pretrained students only)

@@ -3,7 +3,7 @@
 ``layer_selection = "agreement"`` (the default) cuts every candidate subset from the teacher, as
 the student will be cut, and scores it untrained with the metric distillation's evaluation uses
 (feature extraction: mean cosine to the teacher's embeddings; classification: top-1 agreement,
-then KL) on up to ``MAX_TEXTS`` texts of the corpus (held-out ones first; no student has seen
+then KL) on up to ``distill.layer_selection_texts`` (default ``MAX_TEXTS``) texts of the corpus (held-out ones first; no student has seen
 any of them yet); the best subset starts training. No labels are needed. Exhaustive when there are at most ``MAX_EXHAUSTIVE`` subsets (6 layers → 3: 20), else
 greedy backward elimination (repeatedly drop the layer whose removal costs least).
 ``"spread"`` keeps evenly spaced layers from layer 0 (6 → 3: 0, 2, 4) without looking at data.
@@ -22,6 +22,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from modelpress.distill.data import TokenizedCorpus
 from modelpress.distill.distributed import DistContext
@@ -51,26 +52,35 @@ def choose_layers(
     dist: DistContext,
     precision: Precision,
     batch_size: int,
+    max_texts: int = MAX_TEXTS,
 ) -> LayerChoice:
     """The ``num_layers`` teacher layers whose untrained subset agrees best with the teacher on the
-    first ``MAX_TEXTS`` of ``indices`` (all processes call this together and get the same answer)."""
+    first ``max_texts`` of ``indices`` (all processes call this together and get the same answer)."""
     total = teacher_model.config.num_hidden_layers
     evenly_spaced_layers(total, num_layers)  # validates num_layers
-    scorer = _Scorer(teacher_model, spec=spec, corpus=corpus, indices=indices[:MAX_TEXTS],
+    scorer = _Scorer(teacher_model, spec=spec, corpus=corpus, indices=indices[:max_texts],
                      dist=dist, precision=precision, batch_size=batch_size)
     scored: dict[tuple[int, ...], dict] = {}
+    exhaustive = math.comb(total, num_layers) <= MAX_EXHAUSTIVE
+    # greedy elimination scores at most total + (total - 1) + ... subsets
+    planned = math.comb(total, num_layers) if exhaustive else sum(range(num_layers + 1, total + 1))
+    bar = tqdm(total=planned, desc="choosing layers", unit="subset", leave=False, disable=not dist.is_main)
 
     def score(layers: tuple[int, ...]) -> tuple[float, ...]:
         if layers not in scored:
             scored[layers] = scorer.metrics(layers)
+            bar.update()
         return METRICS[spec.sentence_output].score(scored[layers])
 
-    if math.comb(total, num_layers) <= MAX_EXHAUSTIVE:
-        best = max(itertools.combinations(range(total), num_layers), key=score)
-    else:
-        best = tuple(range(total))
-        while len(best) > num_layers:
-            best = max((tuple(x for x in best if x != drop) for drop in best), key=score)
+    try:
+        if exhaustive:
+            best = max(itertools.combinations(range(total), num_layers), key=score)
+        else:
+            best = tuple(range(total))
+            while len(best) > num_layers:
+                best = max((tuple(x for x in best if x != drop) for drop in best), key=score)
+    finally:
+        bar.close()
     ranked = sorted(scored, key=score, reverse=True)
     return LayerChoice(layers=best, candidates=tuple({"layers": list(k), **scored[k]} for k in ranked))
 

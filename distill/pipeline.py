@@ -83,7 +83,8 @@ def run_distillation(
         if cfg.num_layers is not None and cfg.layer_selection == "agreement":
             choice = choose_layers(teacher_model, num_layers=cfg.num_layers, spec=spec,
                                    corpus=corpus, indices=eval_indices + train_indices, dist=dist,
-                                   precision=precision, batch_size=cfg.batch_size)
+                                   precision=precision, batch_size=cfg.batch_size,
+                                   max_texts=cfg.layer_selection_texts)
             student_cfg = dataclasses.replace(cfg, layers=choice.layers, num_layers=None)
             if dist.is_main:
                 best = choice.candidates[0]
