@@ -153,6 +153,24 @@ def prepare_openvino(work: Path, tokenizer, texts, input_names) -> dict:
             "nncf_fake_quantize": sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node)}
 
 
+class _ByName:
+    """Positional inputs → the model's keyword arguments (the TorchScript tracer passes positionals,
+    which transformers 5's forward wrappers mix up with their own keywords)."""
+
+    def __new__(cls, model, input_names):
+        import torch
+
+        class ByName(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, *inputs):
+                return self.model(**dict(zip(input_names, inputs))).last_hidden_state
+
+        return ByName().eval()
+
+
 def prepare_torchscript_fused(work: Path, teacher_ref: str, tokenizer, input_names, reduce_range: bool) -> dict:
     """ORT's own best int8 path for BERT: TorchScript export with eager attention (the dynamo
     graph's attention is not recognised by ORT's fusion), ORT's BERT fusion, quantize_dynamic."""
@@ -167,7 +185,8 @@ def prepare_torchscript_fused(work: Path, teacher_ref: str, tokenizer, input_nam
                     return_tensors="pt")
     axes = {n: {0: "batch", 1: "sequence"} for n in (*input_names, "last_hidden_state")}
     with torch.no_grad():
-        torch.onnx.export(model, tuple(enc[k] for k in input_names), str(work / "model.ts.onnx"), dynamo=False,
+        torch.onnx.export(_ByName(model, input_names), tuple(enc[k] for k in input_names), str(work / "model.ts.onnx"),
+                          dynamo=False,
                           input_names=list(input_names), output_names=["last_hidden_state"], dynamic_axes=axes,
                           opset_version=17)
     cfg = model.config
@@ -255,6 +274,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds-real", type=int, default=3)
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--student", default=None, help="a distilled student folder: adds its fp32 and int8 rows")
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="time only these variants (pytorch-fp32 and ort-dyn-int8-pc, the ratios' references, always)")
     ap.add_argument("--out", default=str(RESULTS / "bench.json"))
     args = ap.parse_args(argv)
 
@@ -281,6 +302,10 @@ def main(argv=None) -> int:
         student = prepare_student(work, args.student, task) if args.student else None
         for threads in args.threads:
             preds = build_variants(work, threads, teacher_ref, task, model, tokenizer, input_names, student)
+            if args.variants:
+                keep = {"pytorch-fp32", "ort-dyn-int8-pc", *args.variants}
+                for name in [n for n in preds if n not in keep]:
+                    preds.pop(name).runner.close()
             some = preds["pytorch-fp32"]
             b1 = [some.encode(texts[:1], pad_to=128)]
             b32 = [some.encode(texts[:32], pad_to=128)]
