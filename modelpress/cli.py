@@ -277,6 +277,7 @@ def cmd_validate(args) -> int:
     from modelpress.recipe import GateConfig, ValidateConfig, section_config
     from modelpress.validate.gate import GateResult
     from modelpress.validate.report import write_reports
+    from modelpress.runtimes.registry import RUNTIMES
     from modelpress.validate.stage import file_opener, teacher_opener, validate_stage
 
     recipe = _stage_recipe(args)
@@ -296,7 +297,7 @@ def cmd_validate(args) -> int:
                                                         "--seq-lengths": max(cfg.seq_lengths)})
     es = task.read_eval(cfg.eval_data, cfg, model_config=model.config)
     runtime = args.runtime or ("openvino" if args.candidate.endswith(".xml") else "onnxruntime")
-    names = modality.check_graph_inputs(_graph_inputs(args.candidate, runtime), source=args.candidate)
+    names = modality.check_graph_inputs(RUNTIMES.get(runtime).graph_inputs(args.candidate), source=args.candidate)
     encoder = modality.encoder(preprocessor, input_names=names, max_length=cfg.max_length)
     report = validate_stage(task=task, cfg=cfg, gate_cfg=gate_cfg,
                             teacher=teacher_opener(model, task=task, encoder=encoder, threads=cfg.threads),
@@ -311,17 +312,6 @@ def cmd_validate(args) -> int:
     print(f"report: {out / 'report.json'}")
     print(gate.line())
     return EXIT_OK if gate.passed else EXIT_GATE_FAILED
-
-
-def _graph_inputs(path: str, runtime: str) -> tuple[str, ...]:
-    """The input names of a candidate model file, read without running it."""
-    if runtime == "openvino" and not path.endswith(".onnx"):
-        from modelpress.runtimes.openvino_runner import read_input_names
-
-        return read_input_names(path)
-    from modelpress.fileio import load_onnx
-
-    return tuple(i.name for i in load_onnx(path, load_external_data=False).graph.input)
 
 
 def cmd_gate(args) -> int:

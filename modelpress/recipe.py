@@ -88,7 +88,9 @@ class ValidateConfig:
 
     def runner_options(self, runtime: str) -> dict[str, Any]:
         """What this section says to one runtime's runner beyond threads."""
-        return {"precision": self.openvino_precision} if runtime == "openvino" else {}
+        from modelpress.runtimes.registry import RUNTIMES
+
+        return RUNTIMES.get(runtime).options_from(self)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,18 @@ class Runner(abc.ABC):
     #: short human-readable label used in reports and benchmark tables
     name: str = "runner"
 
+    @classmethod
+    def options_from(cls, validate_cfg) -> dict:
+        """What ``[validate]`` says to this runtime's runners beyond threads (none by default)."""
+        return {}
+
+    @classmethod
+    def graph_inputs(cls, path) -> tuple[str, ...]:
+        """The input names of a model file this runtime loads, read without running it (ONNX here)."""
+        from modelpress.fileio import load_onnx
+
+        return tuple(i.name for i in load_onnx(path, load_external_data=False).graph.input)
+
     def __enter__(self) -> "Runner":
         self._load()
         return self

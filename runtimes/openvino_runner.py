@@ -14,6 +14,7 @@ or an IR is written.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 from modelpress.errors import BackendUnavailableError, BadInputError
 from modelpress.runtimes.base import Runner
 
-PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
+PRECISIONS = ("f32", "bf16")
 
 
 def require_openvino():
@@ -42,24 +43,29 @@ class OpenVINORunner(Runner):
             raise BadInputError(f"openvino precision: expected one of f32, bf16, got {precision!r}")
         self.model_path = Path(model_path)
         self.threads = threads
-        self.precision = PRECISIONS[precision]
+        self.precision = precision
         self.name = name or f"openvino-{self.precision}"
         self.effective_precision: str | None = None
         self._compiled: Any = None
         self._request: Any = None
 
+    @classmethod
+    def options_from(cls, validate_cfg) -> dict:
+        return {"precision": validate_cfg.openvino_precision}
+
+    @classmethod
+    def graph_inputs(cls, path) -> tuple[str, ...]:
+        ov = _existing(path)
+        with _readable(path, "read"):
+            return tuple(p.get_any_name() for p in ov.Core().read_model(str(path)).inputs)
+
     def _load(self) -> None:
-        ov = require_openvino()
-        if not self.model_path.is_file():
-            raise BadInputError(f"{self.model_path}: no such OpenVINO IR or ONNX file")
+        ov = _existing(self.model_path)
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
                   "INFERENCE_NUM_THREADS": str(self.threads or os.cpu_count() or 1),
                   "INFERENCE_PRECISION_HINT": self.precision}
-        try:
+        with _readable(self.model_path, "load"):
             self._compiled = ov.Core().compile_model(str(self.model_path), "CPU", config)
-        except RuntimeError as exc:  # OpenVINO reports unreadable and invalid models as RuntimeError
-            first = next((line for line in str(exc).splitlines() if line.strip()), "unreadable")
-            raise BadInputError(f"{self.model_path}: OpenVINO cannot load it ({first.strip()[:200]})") from None
         ran = self._compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: f32, bf16
         self.effective_precision = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
         self._request = self._compiled.create_infer_request()
@@ -80,16 +86,22 @@ class OpenVINORunner(Runner):
         return {name: np.array(result[port]) for name, port in zip(self._outputs, self._compiled.outputs)}
 
 
-def read_input_names(path: str | Path) -> tuple[str, ...]:
-    """The input names of an IR (or ONNX) file, read without compiling it."""
+def _existing(path: str | Path):
+    """The openvino module, once ``path`` is known to exist."""
     ov = require_openvino()
     if not Path(path).is_file():
         raise BadInputError(f"{path}: no such OpenVINO IR or ONNX file")
+    return ov
+
+
+@contextlib.contextmanager
+def _readable(path: str | Path, verb: str):
+    """OpenVINO reports unreadable and invalid models as RuntimeError: one line of it, exit 2."""
     try:
-        return tuple(p.get_any_name() for p in ov.Core().read_model(str(path)).inputs)
+        yield
     except RuntimeError as exc:
         first = next((line for line in str(exc).splitlines() if line.strip()), "unreadable")
-        raise BadInputError(f"{path}: OpenVINO cannot read it ({first.strip()[:200]})") from None
+        raise BadInputError(f"{path}: OpenVINO cannot {verb} it ({first.strip()[:200]})") from None
 
 
 def convert_to_ir(onnx_path: str | Path, xml_path: str | Path) -> Path:

@@ -88,8 +88,13 @@ def test_the_ir_of_our_plan_runs_our_calibration(bert_onnx, tmp_path, data_files
     assert 0.99 < cos.min() and cos.mean() < 0.99999  # close to fp32, and really quantized
     import openvino as ov
 
-    ops = {op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ops()}
-    assert "FakeQuantize" in ops or "Convert" in ops  # int8 weights or fake-quantized activations
+    ops = list(ov.Core().read_model(str(xml)).get_ops())
+    int8_weights = [op for op in ops if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"]
+    fake_quant = [op for op in ops if op.get_type_name() == "FakeQuantize"]
+    # every quantized MatMul's weight is an int8 constant; each quantized activation a FakeQuantize
+    assert len(int8_weights) == len(outcome.summary.quantized_nodes)
+    assert len(fake_quant) == len({t.activation for t in outcome.plan.targets
+                                   if t.node_name in outcome.summary.quantized_nodes})
 
 
 @needs_openvino
