@@ -10,6 +10,7 @@ temporary name and renamed only after parity passes.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -24,6 +25,7 @@ import onnx
 import torch
 
 from modelpress.errors import BadInputError
+from modelpress.export import fusion
 from modelpress.export.parity import ParityReport, check_parity
 from modelpress.fileio import save_onnx
 from modelpress.modalities import get_modality
@@ -36,16 +38,23 @@ DEBUG_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
 
 
 class _TaskModule(torch.nn.Module):
-    """Positional inputs in the modality's order, so the graph's inputs are exactly those names."""
+    """Positional inputs in the modality's order, so the graph's inputs are exactly those names.
+    With ``additive_mask`` the 2-D attention mask becomes the additive term in the graph (the form
+    ONNX Runtime's attention fusion matches, ``export.fusion``)."""
 
-    def __init__(self, model: torch.nn.Module, task: Any, input_names: Sequence[str]) -> None:
+    def __init__(self, model: torch.nn.Module, task: Any, input_names: Sequence[str], *,
+                 additive_mask: bool = False) -> None:
         super().__init__()
         self.model = model
         self.task = task
         self.input_names = tuple(input_names)
+        self.additive_mask = additive_mask
 
     def forward(self, *inputs):
-        return self.task.torch_output(self.model(**dict(zip(self.input_names, inputs))))
+        kwargs = dict(zip(self.input_names, inputs))
+        if self.additive_mask:
+            kwargs["attention_mask"] = fusion.additive_mask(kwargs["attention_mask"])
+        return self.task.torch_output(self.model(**kwargs))
 
 
 @dataclass(frozen=True)
@@ -74,11 +83,13 @@ def export_onnx(model: torch.nn.Module, preprocessor: Any, out_path: str | Path,
     out_path = Path(out_path)
     modality = get_modality(task.modality)
     names = modality.model_inputs(model, preprocessor)
-    module = _TaskModule(model, task, names).eval()
+    # encoders ORT can fuse are exported in the form its fusion matches (same computation)
+    fusable = fusion.fusable(model.config) and "attention_mask" in names
+    module = _TaskModule(model, task, names, additive_mask=fusable).eval()
     example, parity_feed = modality.export_examples(preprocessor, names)
     dynamic = modality.dynamic_shapes(names)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), (fusion.fusable_form(model) if fusable else contextlib.nullcontext()):
         program = torch.onnx.export(module, tuple(example[k] for k in names),
                                     dynamic_shapes=(tuple(dynamic[k] for k in names),), dynamo=True,
                                     opset_version=opset, input_names=list(names), output_names=[task.output_name],
@@ -90,13 +101,17 @@ def export_onnx(model: torch.nn.Module, preprocessor: Any, out_path: str | Path,
         staged = Path(work) / out_path.name
         program.save(str(staged), external_data=large)
         graph = strip_debug_metadata(onnx.load(str(staged)))
+        if fusable:  # what ORT's fusion needs to know, for whoever quantizes this file later
+            fusion.write_fusion_metadata(graph, model.config)
         seconds = time.perf_counter() - start
         graph_inputs = tuple(i.name for i in graph.graph.input)
         if graph_inputs != names:
             raise BadInputError(f"exported graph inputs {graph_inputs} differ from the model's {names}")
         save_onnx(graph, staged, external_data=large)
         with torch.no_grad():
-            reference = {task.output_name: module(*(parity_feed[k] for k in names)).numpy()}
+            # the model as users run it (its own attention, the 2-D mask): parity also checks the fusable form
+            plain = _TaskModule(model, task, names).eval()
+            reference = {task.output_name: plain(*(parity_feed[k] for k in names)).numpy()}
         feed = {k: v.numpy() for k, v in parity_feed.items()}
         report = check_parity(str(staged), feed, reference, atol=atol, label="export")
         if large:  # the weights first: a complete model.onnx always has its data beside it

@@ -37,7 +37,9 @@ def bert_plan(bert_onnx):
 
 
 def test_ort_format_fuses_every_bias_and_matches_qdq(bert_plan, tmp_path):
+    """On the unfused graph (``quantize.fuse = false``)."""
     tok, feed, plan = bert_plan
+    plan = replace(plan, fused=None)
     ort_path, qdq_path = tmp_path / "ort.onnx", tmp_path / "qdq.onnx"
     s_ort = write_quantized(plan, ort_path)
     s_qdq = write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), qdq_path)
@@ -52,6 +54,52 @@ def test_ort_format_fuses_every_bias_and_matches_qdq(bert_plan, tmp_path):
                                     input_names=tuple(feed.input_names))))
     a, b = _run(ort_path, batch), _run(qdq_path, batch)
     assert np.max(np.abs(a - b)) < 1e-4  # same arithmetic, two graph spellings
+
+
+def test_ort_format_on_the_fused_graph_quantizes_attention_with_the_same_calibration(bert_plan, bert_onnx,
+                                                                                   tmp_path):
+    """The ``ort`` int8 graph is ORT's fused graph: each layer's Q/K/V projections are one
+    QAttention, under the calibration of model.onnx; it computes what the portable Q/DQ graph of
+    the same plan computes, to well within the int8 error itself."""
+    tok, feed, plan = bert_plan
+    assert plan.fused is not None
+    from conftest import LAYERS as layers
+    fused, qdq = tmp_path / "fused.onnx", tmp_path / "qdq.onnx"
+    s_fused = write_quantized(plan, fused)
+    write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), qdq)
+    ops = Counter(n.op_type for n in onnx.load(str(fused)).graph.node)
+    assert ops["QAttention"] == layers and ops["Attention"] == 0 and ops["Softmax"] == 0
+    assert ops["MatMulIntegerToFloat"] == len(s_fused.quantized_nodes) - 3 * layers
+    batch = next(iter(TokenizedFeed(make_texts(6, seed=98), tok, batch_size=6, max_length=40,
+                                    input_names=tuple(feed.input_names))))
+    real = batch["attention_mask"].astype(bool)
+    got, ref = _run(fused, batch)[real], _run(qdq, batch)[real]
+    fp32 = _run(bert_onnx.onnx_path, batch)[real]
+    int8_error = np.abs(ref - fp32).mean()
+    assert int8_error > 0 and np.abs(got - ref).mean() < 0.25 * int8_error
+    # an fp32 projection keeps its whole Attention fp32 (and the summary says all three are fp32)
+    q_proj = next(n for n in plan.fused.members[next(t.node_name for t in plan.fused.targets
+                                                       if t.op_type == "Attention")])
+    s_keep = write_quantized(plan, tmp_path / "keep.onnx", keep_fp32=(q_proj,))
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "keep.onnx")).graph.node)
+    assert (ops["QAttention"], ops["Attention"]) == (layers - 1, 1)
+    assert len(s_keep.fp32_nodes) - len(s_fused.fp32_nodes) == 3
+
+
+def test_a_graph_without_the_fusion_metadata_gets_the_unfused_ort_format(bert_onnx, bert_plan, tmp_path):
+    from modelpress.export.fusion import FUSION_METADATA
+
+    _, feed, _ = bert_plan
+    model = onnx.load(str(bert_onnx.onnx_path))
+    kept = [p for p in model.metadata_props if p.key != FUSION_METADATA]
+    assert len(kept) < len(model.metadata_props)   # the export wrote it
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(tmp_path / "plain.onnx"))
+    plan = plan_quantization(tmp_path / "plain.onnx", feed, QuantizeConfig())
+    assert plan.fused is None
+    write_quantized(plan, tmp_path / "int8.onnx")
+    assert "QAttention" not in {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
 
 
 def test_tensorrt_preset_passes_the_trt_checker(bert_onnx, bert_plan, tmp_path):

@@ -147,7 +147,9 @@ def test_text_classification_export_has_logits_with_a_dynamic_batch(tiny_bert_cl
     assert np.ptp(reference) > 1e-3   # the random classifier is not constant
 
 
-def test_optional_fusion_keeps_parity(bert_onnx, tmp_path):
+def test_fusion_finds_every_attention_block_and_keeps_parity(bert_onnx, tmp_path):
+    """The export's fusable form: ORT's fusion turns each layer's attention into one Attention
+    node (it found none in the plain transformers 5 export)."""
     import torch
 
     from modelpress.export.fusion import fuse
@@ -159,9 +161,14 @@ def test_optional_fusion_keeps_parity(bert_onnx, tmp_path):
         reference = {"last_hidden_state": model(**feed).last_hidden_state.numpy()}
     # the export kept its own parity batch and reference for derived graphs: the same ones
     assert np.abs(bert_onnx.result.reference["last_hidden_state"] - reference["last_hidden_state"]).max() < 1e-5
-    report = fuse(bert_onnx.onnx_path, tmp_path / "model.fused.onnx", model_type="bert", num_heads=2, hidden_size=32,
-                  parity_feed=bert_onnx.result.parity_feed, reference=bert_onnx.result.reference, atol=1e-4)
+    report, counts = fuse(bert_onnx.onnx_path, tmp_path / "model.fused.onnx", model_type="bert", num_heads=2,
+                          hidden_size=32, parity_feed=bert_onnx.result.parity_feed,
+                          reference=bert_onnx.result.reference, atol=1e-4)
     assert report.ok and (tmp_path / "model.fused.onnx").is_file()
+    layers = model.config.num_hidden_layers
+    assert counts["Attention"] == layers and counts["SkipLayerNormalization"] == 2 * layers
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "model.fused.onnx")).graph.node]
+    assert "Softmax" not in ops
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fused.onnx"]
 
 

@@ -81,6 +81,13 @@ def default_int8(bert_onnx, cal_feed, tmp_path_factory):
     return out, quantize_static(bert_onnx.onnx_path, out, cal_feed, QuantizeConfig())
 
 
+@pytest.fixture(scope="module")
+def unfused_int8(bert_onnx, cal_feed, tmp_path_factory):
+    """The ``ort`` format on model.onnx itself (``quantize.fuse = false``)."""
+    out = tmp_path_factory.mktemp("int8-unfused") / "model.int8.onnx"
+    return out, quantize_static(bert_onnx.onnx_path, out, cal_feed, QuantizeConfig(fuse=False))
+
+
 def _int8_weight_consumers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Nodes reading an int8 initializer (weight DequantizeLinear, or MatMulIntegerToFloat)."""
     int8 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2}
@@ -151,8 +158,8 @@ def test_onnxruntime_fuses_every_qdq_matmul_into_matmul_integer_to_float(qdq_int
     assert ops["QLinearMatMul"] == 0
 
 
-def test_ort_format_writes_fused_int8_matmuls_with_their_bias(fp32, default_int8):
-    path, summary = default_int8
+def test_ort_format_writes_fused_int8_matmuls_with_their_bias(fp32, unfused_int8):
+    path, summary = unfused_int8
     assert summary.format == "ort" and len(summary.quantized_nodes) == 12 and len(summary.fp32_nodes) == 4
     q = onnx.load(str(path))
     ops, fp32_ops = Counter(n.op_type for n in q.graph.node), Counter(n.op_type for n in fp32.graph.node)
@@ -175,12 +182,17 @@ def test_ort_format_writes_fused_int8_matmuls_with_their_bias(fp32, default_int8
     assert ops["Add"] == fp32_ops["Add"] - 12     # every bias Add went into its MatMulIntegerToFloat
 
 
-def test_ort_and_qdq_formats_compute_the_same_thing(bert_onnx, default_int8, qdq_int8, tokenizer, data_files):
+def test_ort_and_qdq_formats_compute_the_same_thing(bert_onnx, unfused_int8, default_int8, qdq_int8, tokenizer,
+                                                    data_files):
     names = bert_onnx.result.input_names
-    a = _embed(default_int8[0], tokenizer, data_files.eval_texts, names)
+    a = _embed(unfused_int8[0], tokenizer, data_files.eval_texts, names)
     b = _embed(qdq_int8[0], tokenizer, data_files.eval_texts, names)
     assert np.abs(a - b).max() < 1e-4
-    assert default_int8[1].tensors == qdq_int8[1].tensors   # one calibration, two graph layouts
+    # one calibration, three graph layouts; QAttention's own arithmetic stays within a hair of it
+    fused = _embed(default_int8[0], tokenizer, data_files.eval_texts, names)
+    fp32 = _embed(bert_onnx.onnx_path, tokenizer, data_files.eval_texts, names)
+    assert np.abs(fused - b).mean() < 0.25 * np.abs(b - fp32).mean()
+    assert default_int8[1].tensors == unfused_int8[1].tensors == qdq_int8[1].tensors
 
 
 def test_summary_is_consistent_and_serializable(default_int8):
@@ -243,14 +255,18 @@ def test_every_calibration_method_runs_and_stays_accurate(bert_onnx, cal_feed, t
 
 
 # -- options --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt", ["ort", "qdq"])
-def test_nodes_to_exclude_stay_fp32(bert_onnx, fp32, cal_feed, tmp_path, fmt):
+@pytest.mark.parametrize("fmt, fuse, int8, readers", [("ort", True, 8, 6), ("ort", False, 10, 10),
+                                                     ("qdq", True, 10, 10)])
+def test_nodes_to_exclude_stay_fp32(bert_onnx, fp32, cal_feed, tmp_path, fmt, fuse, int8, readers):
+    """The first node is layer 0's query projection: on ORT's fused graph its key and value
+    projections (one QAttention with it) stay fp32 with it, and the summary says so."""
     weight_matmuls = _const_weight_matmuls(fp32)
     excluded = (weight_matmuls[0], weight_matmuls[-1])
     out = tmp_path / "x.onnx"
-    summary = quantize_static(bert_onnx.onnx_path, out, cal_feed, QuantizeConfig(nodes_to_exclude=excluded, format=fmt))
-    assert len(summary.quantized_nodes) == 10 and not set(excluded) & set(summary.quantized_nodes)
-    assert set(excluded) <= set(summary.fp32_nodes) and len(summary.fp32_nodes) == 6
+    summary = quantize_static(bert_onnx.onnx_path, out, cal_feed,
+                              QuantizeConfig(nodes_to_exclude=excluded, format=fmt, fuse=fuse))
+    assert len(summary.quantized_nodes) == int8 and not set(excluded) & set(summary.quantized_nodes)
+    assert set(excluded) <= set(summary.fp32_nodes) and len(summary.fp32_nodes) == 16 - int8
     q = onnx.load(str(out))
     producers = {o: n.op_type for n in q.graph.node for o in n.output}
     inits = {i.name for i in q.graph.initializer}
@@ -258,7 +274,7 @@ def test_nodes_to_exclude_stay_fp32(bert_onnx, fp32, cal_feed, tmp_path, fmt):
         if node.name in excluded:   # still a MatMul reading its fp32 initializer and the raw activation
             assert node.op_type == "MatMul" and node.input[1] in inits and producers.get(node.input[1]) is None
             assert producers.get(node.input[0]) not in ("DequantizeLinear", "QuantizeLinear")
-    assert len(_int8_weight_consumers(q)) == 10
+    assert len(_int8_weight_consumers(q)) == readers
 
 
 def test_unknown_excluded_node_is_bad_input_and_writes_nothing(bert_onnx, cal_feed, tmp_path):
@@ -301,8 +317,10 @@ def test_per_tensor_weights(bert_onnx, cal_feed, tmp_path, fmt):
     q = onnx.load(str(out))
     inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
     consumers = _int8_weight_consumers(q)
-    scale_input = 1 if fmt == "qdq" else 3   # DequantizeLinear(w, scale, zp) | MatMulIntegerToFloat(a, w, a_s, w_s, ...)
-    assert len(consumers) == 12 and all(inits[n.input[scale_input]].shape == () for n in consumers)
+    # DequantizeLinear(w, scale, zp) | MatMulIntegerToFloat(a, w, a_s, w_s, ...) | QAttention(a, w, bias, a_s, w_s, ...)
+    scale_input = {"DequantizeLinear": 1, "MatMulIntegerToFloat": 3, "QAttention": 4}
+    assert len(consumers) == (12 if fmt == "qdq" else 6 + 2)   # 2 layers' Q/K/V are 2 QAttention
+    assert all(inits[n.input[scale_input[n.op_type]]].shape == () for n in consumers)
 
 
 # -- padding-free calibration ------------------------------------------------------------------------------

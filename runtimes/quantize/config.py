@@ -34,6 +34,7 @@ class QuantizeConfig:
     exclude_padding: bool = True         # calibrate on real tokens only (attention_mask == 1)
     smoothquant: bool = True             # migrate activation outliers into weights (SmoothQuant)
     smoothquant_alpha: float = 0.8       # migration strength, 0..1
+    fuse: bool = True                    # "ort" format: write on ONNX Runtime's fused graph (Attention → QAttention)
     calibration_seeds: int = field(default=1, metadata={"min": 1})  # calibrate K times on different samples; gate the worst
     max_candidates: int = field(default=8, metadata={"min": 1})             # auto mode: most candidates tried
 

@@ -1,4 +1,5 @@
-"""Write int8 nodes as ONNX Runtime's fused CPU ops: QuantizeLinear → MatMulIntegerToFloat(+bias).
+"""Write int8 nodes as ONNX Runtime's fused CPU ops: QuantizeLinear → MatMulIntegerToFloat(+bias),
+and on ORT's fused graph ``Attention`` → ``QAttention`` (uint8 input, per-column int8 Q/K/V weight).
 
 This is the graph ONNX Runtime itself makes from our Q/DQ model at load time, with one more
 fusion it does not make for static Q/DQ: the bias ``Add`` after each MatMul goes into the
@@ -35,9 +36,25 @@ def _bias_add(g: GraphEditor, node: onnx.NodeProto):
     return add, other
 
 
+def _qattention(node: onnx.NodeProto, inputs: list[str]) -> onnx.NodeProto:
+    """``Attention(x, w, bias, mask_index, past, ...)`` as ``QAttention(x_u8, w_s8, bias, x_scale,
+    w_scale, mask_index, x_zero_point, w_zero_point, past)``; its attributes carried over."""
+    x_q, w_q, x_scale, w_scale, x_zp, w_zp = inputs[:6]
+    rest = list(node.input) + [""] * (5 - len(node.input))
+    q = onnx.helper.make_node("QAttention", [x_q, w_q, rest[2], x_scale, w_scale, rest[3], x_zp, w_zp, rest[4]],
+                              list(node.output), name=node.name, domain=MS_DOMAIN)
+    q.attribute.extend(a for a in node.attribute if a.name in ("num_heads", "unidirectional", "do_rotary",
+                                                               "past_present_share_buffer", "mask_filter_value",
+                                                               "scale"))
+    while q.input and q.input[-1] == "":
+        q.input.pop()
+    return q
+
+
 def insert_ort_int8(model: onnx.ModelProto, targets: list[QuantTarget], ranges: dict[str, TensorRange], *,
                     per_channel: bool = True, weight_qmax: int = 127) -> onnx.ModelProto:
-    """MatMul targets become MatMulIntegerToFloat (u8 activations, s8 per-column weights)."""
+    """MatMul targets become MatMulIntegerToFloat and Attention targets QAttention (u8 activations,
+    s8 per-column weights)."""
     g = GraphEditor(model)
     quantized_acts: dict[str, str] = {}
     for t in sorted(targets, key=lambda t: g.position[t.node_name]):
@@ -58,6 +75,10 @@ def insert_ort_int8(model: onnx.ModelProto, targets: list[QuantTarget], ranges: 
         g.add_initializer(np.zeros(scale.shape, dtype=np.int8), f"{wq}_zero_point")
         g.drop_if_unused(t.weight)
         inputs = [quantized_acts[base], wq, f"{base}_scale", f"{wq}_scale", f"{base}_zero_point", f"{wq}_zero_point"]
+        if node.op_type == "Attention":
+            g.insert_before(t.node_name, _qattention(node, inputs))
+            g.remove(node)
+            continue
         fused = _bias_add(g, node)
         output = node.output[0]
         if fused is not None:

@@ -30,10 +30,12 @@ def smoothing_factors(act_absmax: np.ndarray, weights: list[tuple[np.ndarray, in
 
 
 def apply_smoothing(model: onnx.ModelProto, targets: list[QuantTarget],
-                    act_absmax: dict[str, np.ndarray], alpha: float
+                    act_absmax: dict[str, np.ndarray], alpha: float, *,
+                    factors_by_act: dict[str, np.ndarray] | None = None
                     ) -> tuple[onnx.ModelProto, list[QuantTarget], dict[str, np.ndarray]]:
     """A smoothed copy of the model, the targets re-pointed at the smoothed activations, and the
-    factors used (keyed by the new activation name)."""
+    factors used (keyed by the new activation name). ``factors_by_act`` (keyed by the activation)
+    applies factors already chosen, on another form of the same graph (the fused one)."""
     g = GraphEditor(model)
     weight_users = defaultdict(int)
     for node in g.graph.node:
@@ -49,11 +51,12 @@ def apply_smoothing(model: onnx.ModelProto, targets: list[QuantTarget],
             first_consumer.setdefault(name, idx)
     new_targets, factors = [], {}
     for act, group in by_act.items():
-        if act not in act_absmax:
+        known = factors_by_act if factors_by_act is not None else act_absmax
+        if act not in known:
             new_targets.extend(group)
             continue
         weights = [(g.array(t.weight), t.input_axis) for t in group]
-        s = smoothing_factors(act_absmax[act], weights, alpha)
+        s = known[act] if factors_by_act is not None else smoothing_factors(act_absmax[act], weights, alpha)
         smoothed = f"{act}_smoothed"
         inv_name = g.add_initializer((1.0 / s).astype(np.float32), f"{act}_smooth_inv_scale")
         g.insert_before_index(first_consumer[act],

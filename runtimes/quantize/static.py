@@ -2,14 +2,16 @@
 
 Pipeline: find constant-weight MatMul/Gemm targets → (optional) SmoothQuant, from per-channel
 activation maxima over real tokens → calibrate the inputs of the targets (minmax / percentile /
-entropy, bounded memory) → write Q/DQ → save atomically. Returns a summary for the report.
+entropy, bounded memory) → write Q/DQ, or for the ``ort`` format ONNX Runtime's int8 ops on its
+fused graph when there is one (``runtimes.quantize.fused``) → save atomically. Returns a summary
+for the report.
 """
 from __future__ import annotations
 
 
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -22,6 +24,7 @@ from modelpress.fileio import load_onnx, save_onnx
 from modelpress.export.names import matches, module_names
 from modelpress.runtimes.quantize.calibrate import collect_stats
 from modelpress.runtimes.quantize.config import QuantizeConfig
+from modelpress.runtimes.quantize.fused import FusedPlan, carry_over
 from modelpress.runtimes.quantize.ort_ops import insert_ort_int8
 from modelpress.runtimes.quantize.qdq import activation_params, insert_qdq
 from modelpress.runtimes.quantize.smoothquant import apply_smoothing
@@ -83,6 +86,8 @@ class QuantPlan:
     cfg: QuantizeConfig
     seconds: float
     peak_rss_bytes: int
+    factors: dict[str, np.ndarray] = field(default_factory=dict)  # SmoothQuant's, by smoothed activation
+    fused: FusedPlan | None = None   # the same calibration on ORT's fused graph (the ``ort`` format's base)
 
     def activation_quant(self, activation: str):
         return activation_params(self.ranges[activation], symmetric=self.cfg.activation_symmetric)
@@ -90,7 +95,8 @@ class QuantPlan:
 
 def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]],
                       cfg: QuantizeConfig) -> QuantPlan:
-    """Find targets, smooth (optional) and calibrate: the expensive, data-dependent part."""
+    """Find targets, smooth (optional) and calibrate: the expensive, data-dependent part. For the
+    ``ort`` format (``quantize.fuse``) the same calibration is carried over to ORT's fused graph."""
     start = time.perf_counter()
     rss = _PeakRss()
     model = load_onnx(model_path)
@@ -100,6 +106,7 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
     if not targets:
         raise BadInputError(f"{model_path}: no {'/'.join(cfg.op_types)} node with a constant weight to quantize")
 
+    factors: dict[str, np.ndarray] = {}
     method = cfg.calibration_method
     needs_hist = method != "minmax"
     acts = [t.activation for t in targets]
@@ -131,8 +138,24 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
                                            symmetric=cfg.activation_symmetric)
             observed[t.activation] = (s.min, s.max)
     rss.sample()
+    fused = None
+    if cfg.graph_format == "ort" and cfg.fuse:
+        fused = _fused_plan(model_path, feeds, targets, ranges, factors, cfg)
     return QuantPlan(model, targets, ranges, observed, all_matmuls, cfg,
-                     time.perf_counter() - start, rss.peak)
+                     time.perf_counter() - start, rss.peak, factors, fused)
+
+
+def _fused_plan(model_path, feeds, targets, ranges, factors, cfg: QuantizeConfig) -> FusedPlan | None:
+    """ORT's fused form of the model (when the export wrote it fusable), under this calibration."""
+    import tempfile
+
+    from modelpress.export.fusion import fuse_exported
+
+    with tempfile.TemporaryDirectory(prefix=".fused-", dir=Path(model_path).parent) as work:
+        fused_path = Path(work) / "model.fused.onnx"
+        if fuse_exported(model_path, fused_path, next(iter(feeds))) is None:
+            return None
+        return carry_over(fused_path, targets, ranges, factors, cfg.op_types)
 
 
 def excluded_nodes(model: onnx.ModelProto, names: tuple[str, ...], *, source: object = "") -> tuple[str, ...]:
@@ -161,13 +184,18 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
     cfg = plan.cfg
     targets = [t for t in plan.targets if t.node_name not in keep_fp32]
     if cfg.graph_format == "ort":
+        base, ort_targets = plan.model, targets
+        if plan.fused is not None:
+            base, ort_targets = plan.fused.model, plan.fused.targets_without(keep_fp32)
+            int8 = {m for t in ort_targets for m in plan.fused.members[t.node_name]}
+            targets = [t for t in targets if t.node_name in int8]  # a projection of an fp32 Attention is fp32
         # Gemm nodes (rare in torch exports) keep the Q/DQ form, which ORT fuses into QGemm; so does
         # every MatMul reading an activation a Gemm reads, since an activation is quantized once
-        qdq_acts = {t.activation for t in targets if t.op_type != "MatMul"}
-        matmuls = [t for t in targets if t.activation not in qdq_acts]
-        qmodel = insert_ort_int8(plan.model, matmuls, plan.ranges, per_channel=cfg.per_channel,
+        qdq_acts = {t.activation for t in ort_targets if t.op_type == "Gemm"}
+        matmuls = [t for t in ort_targets if t.activation not in qdq_acts]
+        qmodel = insert_ort_int8(base, matmuls, plan.ranges, per_channel=cfg.per_channel,
                                  weight_qmax=cfg.weight_qmax)
-        rest = [t for t in targets if t.activation in qdq_acts]
+        rest = [t for t in ort_targets if t.activation in qdq_acts]
         if rest:
             qmodel = insert_qdq(qmodel, rest, plan.ranges, symmetric_activations=False, per_channel=cfg.per_channel,
                                 weight_qmax=cfg.weight_qmax)

@@ -1,4 +1,5 @@
-"""Find the nodes static int8 applies to: MatMul/Gemm nodes with a constant 2-D weight.
+"""Find the nodes static int8 applies to: MatMul/Gemm nodes with a constant 2-D weight, and in
+ONNX Runtime's fused graph its ``Attention`` nodes (the packed [hidden, 3·hidden] Q/K/V weight).
 
 Attention-score MatMuls (both inputs computed at run time) are never targets: quantizing them
 brought neither speed nor accuracy on CPU (../shared/PEERS.md), and the mask arithmetic around
@@ -41,6 +42,8 @@ def find_targets(model: onnx.ModelProto, *, op_types=("MatMul", "Gemm"),
         w = inits[node.input[1]]
         if len(w.dims) != 2 or w.data_type != onnx.TensorProto.FLOAT:
             continue
+        if node.op_type == "Attention" and any(a.name == "qkv_hidden_sizes" for a in node.attribute):
+            continue  # unequal Q/K/V widths: ORT has no QAttention for them
         if node.op_type == "Gemm":
             if _gemm_attr(node, "transA", 0):
                 continue
