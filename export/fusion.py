@@ -139,8 +139,11 @@ def fuse_graph(model: onnx.ModelProto, *, model_type: str, num_heads: int, hidde
     prepared = split_unsqueezes(onnx.ModelProto.FromString(model.SerializeToString()))
     # no ORT graph optimisation first: it would merge the Unsqueezes again before matching (the
     # session applies it at load anyway)
-    return optimize_by_fusion(prepared, model_type=FUSION_MODEL_TYPES.get(model_type, "bert"),
-                              num_heads=num_heads, hidden_size=hidden_size).model
+    fused = optimize_by_fusion(prepared, model_type=FUSION_MODEL_TYPES.get(model_type, "bert"),
+                               num_heads=num_heads, hidden_size=hidden_size).model
+    if not any(o.domain == "com.microsoft" for o in fused.opset_import):  # the contrib ops' domain
+        fused.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return fused
 
 
 def fuse_exported(model_path: str | Path, out_path: str | Path, feed: Mapping[str, np.ndarray], *,

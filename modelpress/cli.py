@@ -257,7 +257,7 @@ def cmd_quantize(args) -> int:
     modality = get_modality(task.modality)
     preprocessor = modality.load_preprocessor(ref)
     names = modality.check_graph_inputs(tuple(i.name for i in graph.graph.input), source=args.onnx)
-    examples = modality.load_examples(cal.data, field=cal.text_field, num_samples=cal.num_samples, seed=cal.seed)
+    examples = modality.load_examples(cal.data, field=getattr(cal, modality.field_key), num_samples=cal.num_samples, seed=cal.seed)
     encoder = modality.encoder(preprocessor, input_names=names, max_length=cal.max_length)
     summary = quantize_static(args.onnx, args.out, ExampleFeed(examples, encoder, batch_size=cal.batch_size), cfg)
     side = Path(args.out).with_suffix(".quantization.json")

@@ -86,7 +86,7 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
 
         require_openvino()
     # the data first: a bad file fails in a second, not after loading and exporting
-    cal_examples = modality.load_examples(cal.data, field=cal.text_field, num_samples=cal.num_samples, seed=cal.seed)
+    cal_examples = modality.load_examples(cal.data, field=getattr(cal, modality.field_key), num_samples=cal.num_samples, seed=cal.seed)
     log.info("loading teacher %s", teacher_ref)
     teacher_model, preprocessor = load_model_and_preprocessor(
         teacher_ref, task, trust_remote_code=recipe.trust_remote_code, allow_new_heads=recipe.allow_new_heads,
@@ -134,7 +134,7 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
 
         log.info("calibrating %d more times on other samples (quantize.calibration_seeds)",
                  recipe.quantize.calibration_seeds - 1)
-        feeds = [(cal.seed + k, ExampleFeed(modality.load_examples(cal.data, field=cal.text_field,
+        feeds = [(cal.seed + k, ExampleFeed(modality.load_examples(cal.data, field=getattr(cal, modality.field_key),
                                                                    num_samples=cal.num_samples, seed=cal.seed + k),
                                             cal_encoder, batch_size=cal.batch_size))
                  for k in range(1, recipe.quantize.calibration_seeds)]

@@ -53,6 +53,7 @@ class ExportConfig:
 class CalibrationConfig:
     data: str = field(default="calibration_data/en_default.txt", metadata={"path": True})  # .txt | .jsonl | .csv | .tsv | datasets folder
     text_field: str = "text"    # field / column holding the text (structured files)
+    image_field: str = "image"  # field / column holding the image path (image models' .jsonl/.csv; a datasets folder's Image column)
     num_samples: int = field(default=512, metadata={"min": 1})  # texts sampled (deterministically) for calibration
     max_length: int = field(default=128, metadata={"min": 2})   # tokens per text (truncation)
     batch_size: int = field(default=16, metadata={"min": 1})    # texts per calibration batch (padded to the longest)
@@ -68,6 +69,7 @@ class ValidateConfig:
     eval_format: str = field(default=AUTO, metadata={"choices": _all_eval_formats()})  # the task's formats, or auto
     text_field: str = "text"    # text column ("text" format); token lists of "jsonl" tagged sets when not "text"
     label_field: str = "label"  # gold label column (classification accuracy); tag lists of tagged jsonl when not "label"
+    image_field: str = "image"  # image path column of .jsonl/.csv eval sets (image models)
     num_samples: int = field(default=0, metadata={"min": 0})  # cap on eval rows (0 = all)
     max_length: int = field(default=128, metadata={"min": 2})  # tokens per text
     batch_size: int = field(default=32, metadata={"min": 1})   # batch size for the accuracy pass (length-sorted)
@@ -136,6 +138,8 @@ class Recipe:
         if self.validate.eval_format not in (AUTO, *task.eval_formats):
             raise BadInputError(f"validate.eval_format: {self.task} reads {', '.join(task.eval_formats)} "
                                 f"(or auto), not {self.validate.eval_format!r}")
+        if self.distill_enabled and task.distill.unavailable:
+            raise BadInputError(f"distill: {task.distill.unavailable}")
         if self.gate.metric != AUTO and self.gate.metric not in task.metrics:
             raise BadInputError(f"gate.metric: {self.task} reports {', '.join(task.metrics)} (or auto), "
                                 f"not {self.gate.metric!r}")

@@ -105,3 +105,68 @@ def write_corpus(path: Path, n: int, *, seed: int = 0, num_labels: int | None = 
         lines = [json.dumps({"text": t, "label": rng.randrange(num_labels)}) for t in texts]
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+#: the tiny vision families: (config class, its arguments, image processor class, its arguments);
+#: every processor is the one the family ships with, at a 32×32 resolution
+VISION_FAMILIES = {
+    "vit": ("ViTConfig", dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, intermediate_size=64),
+            "ViTImageProcessor", dict(size={"height": 32, "width": 32})),
+    "deit": ("DeiTConfig", dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64,
+                                architectures=["DeiTForImageClassification"]),  # the Auto class has two
+             "DeiTImageProcessor", dict(size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32})),
+    "swin": ("SwinConfig", dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                                window_size=4),
+             "ViTImageProcessor", dict(size={"height": 32, "width": 32})),
+    "resnet": ("ResNetConfig", dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"),
+               "ConvNextImageProcessor", dict(size={"shortest_edge": 32}, crop_pct=0.875)),
+    "convnext": ("ConvNextConfig", dict(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, patch_size=2),
+                 "ConvNextImageProcessor", dict(size={"shortest_edge": 32}, crop_pct=0.875)),
+    # 0.25: at the default 0.02 the random 17-block net's activations vanish (logits ~1e-27)
+    "mobilenet_v2": ("MobileNetV2Config", dict(image_size=32, depth_multiplier=0.25, min_depth=8,
+                                               initializer_range=0.25),
+                     "MobileNetV2ImageProcessor", dict(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32})),
+}
+
+
+def make_tiny_vision_model(folder: Path, *, family: str = "vit", labels: Sequence[str] | int = 3,
+                           seed: int = 0, **config) -> Path:
+    """A random tiny image classifier of ``family`` (:data:`VISION_FAMILIES`) with its image processor."""
+    import torch
+    import transformers
+
+    folder = Path(folder)
+    cfg_name, cfg_args, proc_name, proc_args = VISION_FAMILIES[family]
+    names = [f"class_{i}" for i in range(labels)] if isinstance(labels, int) else list(labels)
+    cfg = getattr(transformers, cfg_name)(**{**cfg_args, **config}, num_labels=len(names),
+                                          id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForImageClassification.from_config(cfg).eval()
+    model.save_pretrained(str(folder))
+    getattr(transformers, proc_name)(**proc_args).save_pretrained(str(folder))
+    return folder
+
+
+def write_images(folder: Path, n: int, *, seed: int = 0, size: tuple[int, int] = (40, 30),
+                 classes: Sequence[str] | None = None, modes: Sequence[str] = ("RGB", "L", "RGBA")) -> list[Path]:
+    """``n`` random images (png and jpg, in several colour modes); with ``classes``, in an
+    imagefolder layout (one sub-folder per class, round-robin)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        mode = modes[i % len(modes)]
+        channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+        pixels = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+        image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode)
+        where = folder / classes[i % len(classes)] if classes else folder
+        where.mkdir(parents=True, exist_ok=True)
+        path = where / f"img{i:04d}.{'jpg' if mode == 'RGB' and i % 2 else 'png'}"
+        image.save(path)
+        paths.append(path)
+    return paths

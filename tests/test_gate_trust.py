@@ -89,10 +89,24 @@ def test_the_latency_condition():
         decide("feature-extraction", m, m, max_drop=0.5, latency=lat, max_latency_ratio=0.5, latency_shape="b8xs16")
 
 
+class _PaddingEncoder:
+    """A text-like encoder: zeros padded to the asked length (what timing needs of an encoder)."""
+
+    def encode(self, examples, *, pad_to=None):
+        from modelpress.modalities import Batch
+
+        return Batch({"input_ids": np.zeros((len(examples), pad_to), np.int64)})
+
+    def timing_lengths(self, seq_lengths):
+        return tuple(seq_lengths)
+
+    def length_of(self, feed):
+        return int(feed["input_ids"].shape[1])
+
+
 def test_latency_is_timed_round_robin():
     from types import SimpleNamespace
 
-    from modelpress.modalities import Batch
     from modelpress.validate.compare import interleaved_latency
 
     calls = []
@@ -100,9 +114,10 @@ def test_latency_is_timed_round_robin():
     class Fake:
         def __init__(self, name):
             self.name = name
+            self.encoder = _PaddingEncoder()
 
         def encode(self, examples, *, pad_to=None):
-            return Batch({"input_ids": np.zeros((len(examples), pad_to), np.int64)})
+            return self.encoder.encode(examples, pad_to=pad_to)
 
         def predict_batch(self, batch):
             calls.append(self.name)
@@ -117,14 +132,14 @@ def test_the_latency_budget_bounds_the_timed_rounds_but_keeps_five():
     import time
     from types import SimpleNamespace
 
-    from modelpress.modalities import Batch
     from modelpress.validate.compare import MIN_TIMED_ROUNDS, interleaved_latency
 
     class Slow:
         name = "slow"
+        encoder = _PaddingEncoder()
 
         def encode(self, examples, *, pad_to=None):
-            return Batch({"input_ids": np.zeros((len(examples), pad_to), np.int64)})
+            return self.encoder.encode(examples, pad_to=pad_to)
 
         def predict_batch(self, batch):
             time.sleep(0.01)

@@ -28,7 +28,7 @@ def test_minimal_recipe_takes_every_default(tmp_path):
     assert r.export == ExportConfig() and r.export.opset == 18 and r.export.atol == 1e-4
     assert r.quantize == QuantizeConfig()
     assert (r.quantize.preset, r.quantize.calibration_method, r.quantize.smoothquant) == ("onnxruntime", "minmax", True)
-    assert r.quantize.op_types == ("MatMul", "Gemm") and r.quantize.exclude_padding is True
+    assert r.quantize.op_types == ("MatMul", "Gemm", "Conv") and r.quantize.exclude_padding is True
     assert r.gate == GateConfig() and r.gate.max_drop == 0.5 and r.gate.metric == "auto"
     assert r.task_options == {} and r.allow_new_heads is False
     assert r.distill is None and r.engine is None and not r.distill_enabled
@@ -71,7 +71,7 @@ def test_unknown_key_is_named(tmp_path, body, named):
     ("[quantize]\npreset = 'openvino'\n", "quantize.preset"),
     ("[quantize]\npercentile = 40.0\n", "quantize.percentile"),
     ("[quantize]\nsmoothquant_alpha = 1.5\n", "quantize.smoothquant_alpha"),
-    ("[quantize]\nop_types = ['Conv']\n", "quantize.op_types"),
+    ("[quantize]\nop_types = ['LSTM']\n", "quantize.op_types"),
     ("[quantize]\nnodes_to_exclude = 'node_MatMul_1'\n", "quantize.nodes_to_exclude"),
     ("[gate]\nmax_drop = -1.0\n", "gate.max_drop"),
     ("[export]\nopset = 13\n", "export.opset"),

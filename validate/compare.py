@@ -21,8 +21,9 @@ from modelpress.validate.latency import PeakRss, summarize
 log = logging.getLogger(__name__)
 
 
-def _shapes(examples: Sequence[Any], cfg) -> list[tuple[int, int, list[Any]]]:
-    return [(b, s, [examples[i % len(examples)] for i in range(b)]) for b in cfg.batch_sizes for s in cfg.seq_lengths]
+def _shapes(examples: Sequence[Any], cfg, encoder) -> list[tuple[int, int | None, list[Any]]]:
+    lengths = encoder.timing_lengths(cfg.seq_lengths)
+    return [(b, s, [examples[i % len(examples)] for i in range(b)]) for b in cfg.batch_sizes for s in lengths]
 
 
 #: timed rounds kept per shape even when ``validate.latency_budget_s`` is spent
@@ -36,7 +37,7 @@ def interleaved_latency(predictors: Sequence, examples: Sequence[Any], cfg) -> d
     ``MIN_TIMED_ROUNDS``), so a slow machine or a big batch costs minutes, not an hour."""
     rows: dict[str, list[dict[str, Any]]] = {p.name: [] for p in predictors}
     budget = getattr(cfg, "latency_budget_s", 0.0)
-    for b, s, batch_examples in _shapes(examples, cfg):
+    for b, s, batch_examples in _shapes(examples, cfg, predictors[0].encoder):
         # pad to exactly s positions, the fixed-shape serving case (PEERS.md measures the same)
         batches = [p.encode(batch_examples, pad_to=s) for p in predictors]
         times: list[list[float]] = [[] for _ in predictors]
@@ -53,7 +54,7 @@ def interleaved_latency(predictors: Sequence, examples: Sequence[Any], cfg) -> d
                 if r >= cfg.warmup_runs:
                     times[k].append(time.perf_counter() - t0)
         for p, batch, t in zip(predictors, batches, times):
-            seq = next(iter(batch.feed.values())).shape[1]
+            seq = p.encoder.length_of(batch.feed)
             rows[p.name].append(summarize(t, batch_size=b, seq_len=seq).to_dict())
     return rows
 

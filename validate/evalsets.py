@@ -29,13 +29,16 @@ class EvalSet:
     words: tuple[tuple[str, ...], ...] | None = None  # sentences as words (token classification)
     tags: tuple[tuple[int, ...], ...] | None = None   # gold tag id per word
     label_names: tuple[str, ...] = ()               # tag names by id (entity chunks need them)
+    images: tuple | None = None                     # image references (image classification)
     source: str = ""
     format: str = "text"
     skipped: int = 0                                # rows skipped by the documented rule (empty texts)
 
     @property
     def examples(self) -> tuple:
-        """What the model is run on: the word lists of a tagged set, else the texts."""
+        """What the model is run on: the images, the word lists of a tagged set, else the texts."""
+        if self.images is not None:
+            return self.images
         return self.words if self.words is not None else self.texts
 
     @property

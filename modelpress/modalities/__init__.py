@@ -47,11 +47,21 @@ class Encoder(abc.ABC):
         """A size per example, for grouping similar ones into a batch (less padding)."""
         return [0] * len(examples)
 
+    def timing_lengths(self, seq_lengths: Sequence[int]) -> tuple[int | None, ...]:
+        """The padded lengths latency is timed at (``validate.seq_lengths``; None: no padding)."""
+        return tuple(seq_lengths)
+
+    def length_of(self, feed: Mapping[str, np.ndarray]) -> int:
+        """The length a latency row reports for a feed (text: positions)."""
+        return int(next(iter(feed.values())).shape[1])
+
 
 class Modality(abc.ABC):
     name: str
     #: the bundle folder holding the preprocessor
     preprocessor_dir: str
+    #: the ``[calibration]`` / ``[validate]`` key naming the field of structured files that holds an example
+    field_key: str = "text_field"
 
     @abc.abstractmethod
     def load_preprocessor(self, ref: str, *, trust_remote_code: bool = False) -> Any:
@@ -114,6 +124,7 @@ class Modality(abc.ABC):
 
 MODALITIES: Registry[Modality] = Registry("modality")
 MODALITIES.register("text", "modelpress.modalities.text:TEXT")
+MODALITIES.register("image", "modelpress.modalities.image:IMAGE")
 
 
 def get_modality(name: str) -> Modality:

@@ -38,6 +38,7 @@ class DistillSpec:
     losses: frozenset[str]           # losses that apply
     defaults: Mapping[str, float]    # weights when the recipe sets none
     label_loss: str | None = None    # the loss switched on by gold labels (distill.label_field)
+    unavailable: str | None = None   # why this task cannot be distilled yet (the recipe check says it)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ TASKS: Registry[type[Task]] = Registry("task")
 TASKS.register("feature-extraction", "modelpress.tasks.feature_extraction:FeatureExtraction")
 TASKS.register("text-classification", "modelpress.tasks.text_classification:TextClassification")
 TASKS.register("token-classification", "modelpress.tasks.token_classification:TokenClassification")
+TASKS.register("image-classification", "modelpress.tasks.image_classification:ImageClassification")
 
 
 def get_task(name: str) -> type[Task]:

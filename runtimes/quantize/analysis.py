@@ -52,9 +52,27 @@ def fake_quant_activation(x: np.ndarray, p: ActivationQuant) -> np.ndarray:
 
 def fake_quant_weight(w: np.ndarray, *, axis: int, per_channel: bool, qmax: int = 127) -> np.ndarray:
     q, scale = quantize_weight(w, axis=axis, per_channel=per_channel, qmax=qmax)
-    shape = [1, 1]
+    shape = [1] * w.ndim
     shape[axis] = -1
     return (q.astype(np.float32) * (scale.reshape(shape) if per_channel else scale)).astype(np.float32)
+
+
+def _convolution(node):
+    """``(x, w) -> y``: the Conv node's 2-D convolution (strides, pads, dilations, groups; no bias),
+    in torch (ONNX pads are [top, left, bottom, right])."""
+    import torch
+    import torch.nn.functional as F
+
+    attrs = {a.name: list(a.ints) if a.ints else a.i for a in node.attribute}
+    pads = attrs.get("pads", [0, 0, 0, 0])
+
+    def apply(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            xt = F.pad(torch.from_numpy(x), (pads[1], pads[3], pads[0], pads[2]))
+            y = F.conv2d(xt, torch.from_numpy(w), stride=attrs.get("strides", [1, 1]),
+                         dilation=attrs.get("dilations", [1, 1]), groups=attrs.get("group", 1))
+        return y.numpy()
+    return apply
 
 
 def _sqnr(ref_energy: float, err_energy: float) -> float:
@@ -72,21 +90,28 @@ def analyze_plan(plan: QuantPlan, feeds: Iterable[Mapping[str, np.ndarray]], *,
     masks = [f.get("attention_mask") if plan.cfg.exclude_padding else None for f in feeds]
     rows = {a: np.concatenate([_token_rows(v, m) for v, m in zip(values[a], masks)]) for a in acts}
     modules = module_names(plan.model)
+    nodes = {n.name: n for n in plan.model.graph.node}
     results = []
     for t in plan.targets:
-        x = rows[t.activation].astype(np.float32)
         w = weight_array(plan.model, t.weight).astype(np.float32)
-        if t.op_type == "Gemm" and t.weight_axis == 0:  # transB: W is [N, K]
-            w = w.T
-            axis = 1
-        else:
+        if t.op_type == "Conv":  # the whole NCHW input through the node's own convolution
+            x = np.concatenate(values[t.activation]).astype(np.float32)
+            apply = _convolution(nodes[t.node_name])
             axis = t.weight_axis
+        else:
+            x = rows[t.activation].astype(np.float32)
+            apply = np.matmul
+            if t.op_type == "Gemm" and t.weight_axis == 0:  # transB: W is [N, K]
+                w = w.T
+                axis = 1
+            else:
+                axis = t.weight_axis
         wq = fake_quant_weight(w, axis=axis, per_channel=plan.cfg.per_channel, qmax=plan.cfg.weight_qmax)
         xq = fake_quant_activation(x, plan.activation_quant(t.activation))
-        y = x @ w
+        y = apply(x, w)
         ref = float(np.sum(y.astype(np.float64) ** 2))
         errs = {name: float(np.sum((y - yq).astype(np.float64) ** 2))
-                for name, yq in (("both", xq @ wq), ("w", x @ wq), ("a", xq @ w))}
+                for name, yq in (("both", apply(xq, wq)), ("w", apply(x, wq)), ("a", apply(xq, w)))}
         norm = np.sqrt(max(ref, 1e-30))
         results.append(NodeError(
             t.node_name, modules.get(t.node_name), t.activation, _sqnr(ref, errs["both"]), float(np.sqrt(errs["both"]) / norm),

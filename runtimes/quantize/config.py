@@ -26,7 +26,7 @@ class QuantizeConfig:
     calibration_method: str = "minmax"   # "minmax" | "entropy" | "percentile"
     percentile: float = 99.999           # kept share of |values| for calibration_method = "percentile"
     num_bins: int = field(default=2048, metadata={"min": 128, "max": 65536})                # histogram bins per tensor (entropy / percentile); memory bound
-    op_types: tuple[str, ...] = ("MatMul", "Gemm")  # ops whose *constant-weight* nodes get int8
+    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Conv")  # ops whose *constant-weight* nodes get int8
     nodes_to_exclude: tuple[str, ...] = ()          # node names kept fp32
     per_channel: bool = True             # per-output-channel weight scales
     symmetric_activations: bool | None = None  # None: from the preset
@@ -56,9 +56,9 @@ class QuantizeConfig:
             raise BadInputError(f"quantize.smoothquant_alpha: expected 0..1, got {self.smoothquant_alpha}")
         if self.max_candidates < 1:
             raise BadInputError("quantize.max_candidates must be >= 1")
-        unknown = set(self.op_types) - {"MatMul", "Gemm"}
+        unknown = set(self.op_types) - {"MatMul", "Gemm", "Conv"}
         if unknown:
-            raise BadInputError(f"quantize.op_types: unsupported {sorted(unknown)}; supported: MatMul, Gemm")
+            raise BadInputError(f"quantize.op_types: unsupported {sorted(unknown)}; supported: MatMul, Gemm, Conv")
 
     @property
     def graph_format(self) -> str:

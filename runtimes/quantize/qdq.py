@@ -41,12 +41,12 @@ def activation_params(rng: TensorRange, *, symmetric: bool) -> ActivationQuant:
 def quantize_weight(w: np.ndarray, *, axis: int, per_channel: bool, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 weight and its scale(s), in ±``qmax``: 127 (TensorRT requires the symmetric
     range), or 63 for CPUs whose int8 GEMM saturates (``runtimes.cpu``)."""
-    if per_channel:
-        amax = np.abs(w).max(axis=1 - axis)
+    if per_channel:  # one scale per output channel: the max over every other axis (Conv: [O, I/g, kH, kW])
+        amax = np.abs(w).max(axis=tuple(i for i in range(w.ndim) if i != axis))
     else:
         amax = np.array(np.abs(w).max())
     scale = (np.maximum(amax, 1e-12) / float(qmax)).astype(np.float32)
-    shape = [1, 1]
+    shape = [1] * w.ndim
     shape[axis] = -1
     q = np.clip(np.round(w / (scale.reshape(shape) if per_channel else scale)), -qmax, qmax).astype(np.int8)
     return q, scale

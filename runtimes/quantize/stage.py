@@ -149,7 +149,7 @@ def analyze_run(run_dir: Path, out_dir: Path):
     preprocessor = modality.load_preprocessor(str(paths.preprocessor(modality)))
     encoder = modality.encoder(preprocessor, input_names=meta["input_names"], max_length=recipe.calibration.max_length)
     cal = recipe.calibration
-    feeds = ExampleFeed(modality.load_examples(cal.data, field=cal.text_field, num_samples=cal.num_samples,
+    feeds = ExampleFeed(modality.load_examples(cal.data, field=getattr(cal, modality.field_key), num_samples=cal.num_samples,
                                                seed=cal.seed), encoder, batch_size=cal.batch_size)
     plan = plan_quantization(paths.model_onnx, feeds, cfg)
     errors = analyze_plan(plan, feeds)

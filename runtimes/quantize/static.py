@@ -115,8 +115,11 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
                           desc="calibrating (pass 1)")
     rss.sample()
     if cfg.smoothquant:
+        # Conv inputs are not smoothed (their statistics are not per input channel: NCHW)
+        conv_acts = {t.activation for t in targets if t.op_type == "Conv"}
         model, targets, factors = apply_smoothing(
-            model, targets, {a: s.channel_absmax() for a, s in stats.items()}, cfg.smoothquant_alpha)
+            model, targets, {a: s.channel_absmax() for a, s in stats.items() if a not in conv_acts},
+            cfg.smoothquant_alpha)
         if needs_hist:
             stats = collect_stats(model, [t.activation for t in targets], feeds, histogram=True,
                                   num_bins=cfg.num_bins, exclude_padding=cfg.exclude_padding,
@@ -189,9 +192,10 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
             base, ort_targets = plan.fused.model, plan.fused.targets_without(keep_fp32)
             int8 = {m for t in ort_targets for m in plan.fused.members[t.node_name]}
             targets = [t for t in targets if t.node_name in int8]  # a projection of an fp32 Attention is fp32
-        # Gemm nodes (rare in torch exports) keep the Q/DQ form, which ORT fuses into QGemm; so does
-        # every MatMul reading an activation a Gemm reads, since an activation is quantized once
-        qdq_acts = {t.activation for t in ort_targets if t.op_type == "Gemm"}
+        # Gemm nodes (rare in torch exports) keep the Q/DQ form, which ORT fuses into QGemm, and so
+        # do Conv nodes (the fastest int8 Conv form measured here: bench/conv_forms.py); so does
+        # every MatMul reading an activation one of them reads, since an activation is quantized once
+        qdq_acts = {t.activation for t in ort_targets if t.op_type in ("Gemm", "Conv")}
         matmuls = [t for t in ort_targets if t.activation not in qdq_acts]
         qmodel = insert_ort_int8(base, matmuls, plan.ranges, per_channel=cfg.per_channel,
                                  weight_qmax=cfg.weight_qmax)

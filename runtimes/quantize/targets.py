@@ -1,5 +1,6 @@
-"""Find the nodes static int8 applies to: MatMul/Gemm nodes with a constant 2-D weight, and in
-ONNX Runtime's fused graph its ``Attention`` nodes (the packed [hidden, 3·hidden] Q/K/V weight).
+"""Find the nodes static int8 applies to: MatMul/Gemm nodes with a constant 2-D weight, Conv
+nodes with a constant 4-D weight (per output channel: axis 0), and in ONNX Runtime's fused graph
+its ``Attention`` nodes (the packed [hidden, 3·hidden] Q/K/V weight).
 
 Attention-score MatMuls (both inputs computed at run time) are never targets: quantizing them
 brought neither speed nor accuracy on CPU (../shared/PEERS.md), and the mask arithmetic around
@@ -40,11 +41,13 @@ def find_targets(model: onnx.ModelProto, *, op_types=("MatMul", "Gemm"),
         if len(node.input) < 2 or node.input[1] not in inits or node.input[0] in inits:
             continue
         w = inits[node.input[1]]
-        if len(w.dims) != 2 or w.data_type != onnx.TensorProto.FLOAT:
-            continue
+        if len(w.dims) != (4 if node.op_type == "Conv" else 2) or w.data_type != onnx.TensorProto.FLOAT:
+            continue  # Conv: 2-D convolutions (weight [O, I/groups, kH, kW]); the rest: [K, N] matrices
         if node.op_type == "Attention" and any(a.name == "qkv_hidden_sizes" for a in node.attribute):
             continue  # unequal Q/K/V widths: ORT has no QAttention for them
-        if node.op_type == "Gemm":
+        if node.op_type == "Conv":
+            out_axis, in_axis = 0, 1
+        elif node.op_type == "Gemm":
             if _gemm_attr(node, "transA", 0):
                 continue
             trans_b = _gemm_attr(node, "transB", 0)

@@ -1,0 +1,133 @@
+"""Find and open images: the raw material of the image modality (calibration, evaluation).
+
+Sources: a folder (every image file below it, recursively, in path order), a ``.jsonl`` /
+``.csv`` / ``.tsv`` with an image-path column (paths relative to the file's folder), or a
+``datasets.save_to_disk`` folder with an ``Image`` column. An example is a reference (a path, or
+a row of a dataset), never decoded pixels: images are opened batch by batch when encoded, so
+memory stays bounded whatever the number of images. A file that is not a readable image is a
+:class:`BadInputError` naming it, raised when it is opened.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelpress.errors import BadInputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+#: files that mark a folder as written by ``datasets.save_to_disk``
+DATASET_MARKERS = ("state.json", "dataset_dict.json", "dataset_info.json")
+
+
+@dataclass(frozen=True)
+class DatasetImage:
+    """Row ``row`` of column ``column`` of a datasets folder, decoded only when opened."""
+
+    source: str
+    row: int
+    column: str
+    dataset: Any = field(compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.source}: row {self.row + 1}"
+
+    def load(self):
+        return self.dataset[self.row][self.column]
+
+
+def is_dataset_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / m).is_file() for m in DATASET_MARKERS)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file below ``folder`` (by suffix, any case), sorted by path."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def open_dataset(path: Path):
+    try:
+        import datasets  # optional dependency
+    except ImportError:
+        raise BadInputError(f"{path}: reading a Hugging Face datasets folder needs the 'datasets' package "
+                            "(pip install 'modelpress[datasets]')") from None
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise BadInputError(f"{path}: not a datasets folder saved with save_to_disk ({exc})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train" if "train" in ds else next(iter(ds))]
+    return ds
+
+
+def image_column(ds: Any, path: Path, wanted: str) -> str:
+    """``wanted`` when the dataset has it, else its one ``Image`` column."""
+    if wanted in ds.column_names:
+        return wanted
+    images = [name for name, feat in ds.features.items() if type(feat).__name__ == "Image"]
+    if len(images) != 1:
+        raise BadInputError(f"{path}: no image column '{wanted}' (columns: {', '.join(ds.column_names)})")
+    return images[0]
+
+
+def load_images(path: str | Path, *, field: str = "image") -> list[Any]:
+    """The image references of a source (see the module docstring), in source order."""
+    from modelpress.calibration_data.loaders import read_records
+
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file or folder")
+    if is_dataset_folder(path):
+        ds = open_dataset(path)
+        column = image_column(ds, path, field)
+        refs: list[Any] = [DatasetImage(str(path), i, column, ds) for i in range(len(ds))]
+    elif path.is_dir():
+        refs = list(image_files(path))
+    else:
+        records = read_records(path)
+        refs = []
+        for i, record in enumerate(records):
+            value = record.get(field)
+            if not isinstance(value, str) or not value.strip():
+                raise BadInputError(f"{records.where(i)}: no image path in field '{field}'")
+            refs.append((path.parent / value.strip()).resolve() if not Path(value).is_absolute() else Path(value))
+    if not refs:
+        raise BadInputError(f"{path}: no images ({', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})")
+    return refs
+
+
+def open_image(example: Any, *, mode: str = "RGB"):
+    """A PIL image in ``mode`` from a path, a :class:`DatasetImage`, a PIL image or an HxW(xC)
+    uint8 array; anything unreadable is one BadInputError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if isinstance(example, Image.Image):
+            image = example
+        elif isinstance(example, DatasetImage):
+            image = example.load()
+            if isinstance(image, dict):  # an Image feature without decoding: {"bytes", "path"}
+                image = Image.open(io.BytesIO(image["bytes"])) if image.get("bytes") else Image.open(image["path"])
+        elif isinstance(example, (str, Path)):
+            image = Image.open(example)
+        elif hasattr(example, "shape") and hasattr(example, "dtype"):
+            image = Image.fromarray(example)
+        else:
+            raise BadInputError(f"{type(example).__name__}: not an image, path or array")
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError, TypeError) as exc:
+        raise BadInputError(f"{example}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+    if mode == "RGB" and image.mode != "RGB":
+        return _composite_rgb(image)
+    return image.convert(mode) if image.mode != mode else image
+
+
+def _composite_rgb(image):
+    """RGB the way transformers' ``convert_to_rgb`` makes it: transparency onto white."""
+    from PIL import Image
+
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")

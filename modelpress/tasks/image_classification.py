@@ -1,0 +1,62 @@
+"""image-classification: one label per image, from an image-classification model's ``logits``
+(ViT, DeiT, Swin, ResNet, ConvNeXt, MobileNet, ... : ``AutoModelForImageClassification``).
+
+The head and the metrics are text classification's (top-1 agreement, mean KL(teacher ‖ model),
+accuracy against gold labels when the eval set has them; the gate judges accuracy, else
+agreement), on the image modality. Eval format ``images`` (``validate.images``): an imagefolder,
+a ``.jsonl`` / ``.csv`` of image paths and labels, or a datasets folder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from modelpress.tasks import DistillSpec
+from modelpress.tasks.text_classification import TextClassification, softmax
+
+
+@dataclass(frozen=True)
+class ImageClassification(TextClassification):
+    name: ClassVar[str] = "image-classification"
+    modality: ClassVar[str] = "image"
+    auto_class: ClassVar[str] = "AutoModelForImageClassification"
+    eval_formats: ClassVar[tuple[str, ...]] = ("images",)
+    distill: ClassVar[DistillSpec] = DistillSpec(
+        output="logits", losses=frozenset({"kl", "ce"}), defaults={"kl": 1.0}, label_loss="ce",
+        unavailable="image models are not distilled yet (the student trainer reads text corpora); "
+                    "press a ready student with `student = ...`")
+
+    def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None):
+        from modelpress.validate.images import load_image_eval
+
+        return load_image_eval(path, image_field=cfg.image_field, label_field=cfg.label_field,
+                               label2id=dict(getattr(model_config, "label2id", None) or {}),
+                               num_labels=getattr(model_config, "num_labels", None), num_samples=cfg.num_samples)
+
+    @classmethod
+    def bundle_class(cls) -> type:
+        from modelpress.bundle import Bundle
+
+        class ImageClassifierBundle(Bundle):
+            def classify(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
+                """Class probabilities, [n_images, n_classes]: paths, PIL images or HxWxC uint8
+                arrays (one of them gives [1, n_classes])."""
+                return softmax(self.predict(_as_list(images), batch_size=batch_size))
+
+            @property
+            def labels(self) -> list[str]:
+                """Class names by index, from the model's config."""
+                return self.label_names()
+
+        return ImageClassifierBundle
+
+
+def _as_list(images: Any) -> list[Any]:
+    """One image or a sequence of them (a path, a PIL image and an array are one image each)."""
+    if isinstance(images, (str, Path)) or hasattr(images, "getbands") or (
+            hasattr(images, "shape") and getattr(images, "ndim", 0) in (2, 3)):
+        return [images]
+    return list(images) if isinstance(images, Sequence) or hasattr(images, "__iter__") else [images]
