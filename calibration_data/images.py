@@ -5,7 +5,8 @@ Sources: a folder (every image file below it, recursively, in path order), a ``.
 ``datasets.save_to_disk`` folder with an ``Image`` column. An example is a reference (a path, or
 a row of a dataset), never decoded pixels: images are opened batch by batch when encoded, so
 memory stays bounded whatever the number of images. A file that is not a readable image is a
-:class:`BadInputError` naming it, raised when it is opened.
+:class:`BadInputError` naming it: when the sources are read (header check) or, for damage past
+the header, when it is decoded.
 """
 from __future__ import annotations
 
@@ -94,6 +95,21 @@ def load_images(path: str | Path, *, field: str = "image") -> list[Any]:
             refs.append((path.parent / value.strip()).resolve() if not Path(value).is_absolute() else Path(value))
     if not refs:
         raise BadInputError(f"{path}: no images ({', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})")
+    return refs
+
+
+def check_readable(refs: list[Any]) -> list[Any]:
+    """Each image file's header read now (PIL ``verify``, no decoding): a file that is not an image
+    fails in a second, before any model is loaded; dataset rows are checked when decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    for ref in refs:
+        if isinstance(ref, (str, Path)):
+            try:
+                with Image.open(ref) as image:
+                    image.verify()
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+                raise BadInputError(f"{ref}: not a readable image ({exc.__class__.__name__}: {exc})") from None
     return refs
 
 

@@ -109,11 +109,17 @@ def test_a_corrupt_image_names_the_file_and_an_empty_folder_is_refused(tiny_vit,
     with pytest.raises(BadInputError, match="no images"):
         image.load_examples(tmp_path / "empty", field="image", num_samples=None)
     bad = tmp_path / "bad"
-    write_images(bad, 3)
+    write_images(bad, 4, modes=("RGB",))   # png and jpg
     (bad / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(BadInputError, match="broken.png: not a readable image"):  # at load, before any work
+        image.load_examples(bad, field="image", num_samples=None)
+    # damage past the header (a cut-off JPEG) is found when the batch is decoded
+    (bad / "broken.png").unlink()
+    jpg = next(p for p in bad.iterdir() if p.suffix == ".jpg")
+    jpg.write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) // 2])
     examples = image.load_examples(bad, field="image", num_samples=None)
     encoder = image.encoder(image.load_preprocessor(str(tiny_vit)), input_names=("pixel_values",))
-    with pytest.raises(BadInputError, match="broken.png: not a readable image"):
+    with pytest.raises(BadInputError, match=f"{jpg.name}: not a readable image"):
         encoder.encode(examples)
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from modelpress.calibration_data.images import (IMAGE_SUFFIXES, DatasetImage, image_column, image_files,
-                                                is_dataset_folder, load_images, open_dataset)
+from modelpress.calibration_data.images import (IMAGE_SUFFIXES, DatasetImage, check_readable, image_column,
+                                                image_files, is_dataset_folder, load_images, open_dataset)
 from modelpress.errors import BadInputError
 from modelpress.validate.evalsets import EvalSet
 
@@ -83,5 +83,6 @@ def load_image_eval(path: str | Path, *, image_field: str = "image", label_field
                 labels.append(_class_id(r[label_field], label2id, num_labels, records.where(i)))
     if num_samples:
         images, labels = images[:num_samples], (labels[:num_samples] if labels is not None else None)
+    check_readable(images)
     return EvalSet(images=tuple(images), labels=tuple(labels) if labels is not None else None,
                    source=str(path), format="images")

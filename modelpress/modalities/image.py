@@ -61,10 +61,10 @@ class ImageModality(Modality):
         return AutoImageProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code, backend="pil")
 
     def load_examples(self, path, *, field: str, num_samples: int | None, seed: int = 0) -> list[Any]:
-        from modelpress.calibration_data.images import load_images
+        from modelpress.calibration_data.images import check_readable, load_images
         from modelpress.calibration_data.loaders import sample
 
-        return sample(load_images(path, field=field), num_samples, seed=seed)
+        return check_readable(sample(load_images(path, field=field), num_samples, seed=seed))
 
     def model_inputs(self, model: Any, processor: Any) -> tuple[str, ...]:
         import inspect
