@@ -26,6 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
+from bench import write_results  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SIZE = 32
@@ -161,6 +163,8 @@ def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work:
     torch.set_num_threads(threads)
     import transformers
 
+    from bench.run_bench import interleaved
+
     model = transformers.AutoModelForImageClassification.from_pretrained(str(teacher)).eval()
     preds = {"pytorch-fp32": open_predictor("torch", model, task=task, encoder=encoder, threads=threads,
                                             name="pytorch-fp32")}
@@ -168,22 +172,15 @@ def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work:
         preds[name] = open_predictor("onnxruntime", path, task=task, encoder=encoder, threads=threads, name=name)
     es = load_image_eval(test, label2id=model.config.label2id)
     images = list(es.examples)
-    b1, b32 = encoder.encode(images[:1]), encoder.encode(images[:32])
-    times = {n: {1: [], 32: []} for n in preds}
-    for batch, size, rounds in ((b1, 1, 40), (b32, 32, 10)):
-        for r in range(2 + rounds):
-            for name, p in preds.items():
-                t0 = time.perf_counter()
-                p.predict_batch(batch)
-                if r >= 2:
-                    times[name][size].append(time.perf_counter() - t0)
+    t1 = interleaved(preds, [encoder.encode(images[:1])], 40)
+    t32 = interleaved(preds, [encoder.encode(images[:32])], 10)
     ref = preds["pytorch-fp32"].predict(images).argmax(1)
     gold = np.asarray(es.labels)
     rows = {}
     for name, p in preds.items():
         top = p.predict(images).argmax(1)
-        rows[name] = {"b1_median_ms": round(1e3 * float(np.median(times[name][1])), 3),
-                      "b32_median_ms": round(1e3 * float(np.median(times[name][32])), 2),
+        rows[name] = {"b1_median_ms": round(1e3 * float(np.median(t1[name])), 3),
+                      "b32_median_ms": round(1e3 * float(np.median(t32[name])), 2),
                       "accuracy": round(100 * float(np.mean(top == gold)), 2),
                       "top1_agreement_with_fp32": round(100 * float(np.mean(top == ref)), 2)}
     for name, row in rows.items():
@@ -220,9 +217,7 @@ def main(argv=None) -> int:
                 print(f"  {name:<26} b1 {r['b1_median_ms']:>8.2f} ms ({r['b1_vs_ort_fp32']:.3f}× ORT fp32)  "
                       f"b32 {r['b32_median_ms']:>9.1f} ms ({r['b32_vs_ort_fp32']:.3f}×)  acc {r['accuracy']:.2f}  "
                       f"agree {r['top1_agreement_with_fp32']:.2f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
     return 0
 
 

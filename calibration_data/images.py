@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from modelpress.calibration_data.loaders import open_dataset, read_records
 from modelpress.errors import BadInputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -47,21 +50,6 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def open_dataset(path: Path):
-    try:
-        import datasets  # optional dependency
-    except ImportError:
-        raise BadInputError(f"{path}: reading a Hugging Face datasets folder needs the 'datasets' package "
-                            "(pip install 'modelpress[datasets]')") from None
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as exc:
-        raise BadInputError(f"{path}: not a datasets folder saved with save_to_disk ({exc})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train" if "train" in ds else next(iter(ds))]
-    return ds
-
-
 def image_column(ds: Any, path: Path, wanted: str) -> str:
     """``wanted`` when the dataset has it, else its one ``Image`` column."""
     if wanted in ds.column_names:
@@ -72,10 +60,21 @@ def image_column(ds: Any, path: Path, wanted: str) -> str:
     return images[0]
 
 
+def image_paths(records: Any, field: str) -> list[Path]:
+    """The image path in ``field`` of each record (``calibration_data.loaders.Records``), relative
+    to the file's folder unless absolute."""
+    out = []
+    for i, record in enumerate(records):
+        value = record.get(field)
+        if not isinstance(value, str) or not value.strip():
+            raise BadInputError(f"{records.where(i)}: no image path in field '{field}'")
+        given = Path(value.strip())
+        out.append(given if given.is_absolute() else (records.path.parent / given).resolve())
+    return out
+
+
 def load_images(path: str | Path, *, field: str = "image") -> list[Any]:
     """The image references of a source (see the module docstring), in source order."""
-    from modelpress.calibration_data.loaders import read_records
-
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"{path}: no such file or folder")
@@ -86,13 +85,7 @@ def load_images(path: str | Path, *, field: str = "image") -> list[Any]:
     elif path.is_dir():
         refs = list(image_files(path))
     else:
-        records = read_records(path)
-        refs = []
-        for i, record in enumerate(records):
-            value = record.get(field)
-            if not isinstance(value, str) or not value.strip():
-                raise BadInputError(f"{records.where(i)}: no image path in field '{field}'")
-            refs.append((path.parent / value.strip()).resolve() if not Path(value).is_absolute() else Path(value))
+        refs = image_paths(read_records(path), field)
     if not refs:
         raise BadInputError(f"{path}: no images ({', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})")
     return refs
@@ -113,10 +106,12 @@ def check_readable(refs: list[Any]) -> list[Any]:
     return refs
 
 
-def open_image(example: Any, *, mode: str = "RGB"):
-    """A PIL image in ``mode`` from a path, a :class:`DatasetImage`, a PIL image or an HxW(xC)
-    uint8 array; anything unreadable is one BadInputError naming it."""
+def open_image(example: Any) -> np.ndarray:
+    """An H×W×3 uint8 RGB array from a path, a :class:`DatasetImage`, a PIL image or an H×W(×C)
+    uint8 array, made RGB by transformers' own ``convert_to_rgb`` (transparency onto white);
+    anything unreadable is one BadInputError naming it."""
     from PIL import Image, UnidentifiedImageError
+    from transformers.image_transforms import convert_to_rgb
 
     try:
         if isinstance(example, Image.Image):
@@ -134,16 +129,4 @@ def open_image(example: Any, *, mode: str = "RGB"):
         image.load()
     except (UnidentifiedImageError, OSError, ValueError, TypeError) as exc:
         raise BadInputError(f"{example}: not a readable image ({exc.__class__.__name__}: {exc})") from None
-    if mode == "RGB" and image.mode != "RGB":
-        return _composite_rgb(image)
-    return image.convert(mode) if image.mode != mode else image
-
-
-def _composite_rgb(image):
-    """RGB the way transformers' ``convert_to_rgb`` makes it: transparency onto white."""
-    from PIL import Image
-
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return image.convert("RGB")
+    return convert_to_rgb(image, return_numpy=True)

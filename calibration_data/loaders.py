@@ -77,7 +77,9 @@ def _read_delimited(path: Path, delimiter: str) -> list[tuple[int, dict[str, Any
         return rows
 
 
-def _read_hf_dataset(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def open_dataset(path: Path):
+    """The ``datasets.save_to_disk`` folder at ``path`` (of a DatasetDict: the ``train`` split, else
+    the first), rows not yet decoded."""
     try:
         import datasets  # optional dependency
     except ImportError:
@@ -92,7 +94,11 @@ def _read_hf_dataset(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if isinstance(ds, datasets.DatasetDict):
         split = "train" if "train" in ds else next(iter(ds))
         ds = ds[split]
-    return [(i, dict(row)) for i, row in enumerate(ds, 1)]
+    return ds
+
+
+def _read_hf_dataset(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    return [(i, dict(row)) for i, row in enumerate(open_dataset(path), 1)]
 
 
 def read_records(path: str | Path) -> Records:

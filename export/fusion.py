@@ -113,13 +113,18 @@ def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return {op: ops[op] for op in FUSED_OPS if ops[op]}
 
 
-def write_fusion_metadata(model: onnx.ModelProto, model_config: Any) -> None:
-    """Record in the graph what the fusion needs (family, heads, width): an exported file can then
-    be fused wherever it is quantized, with nothing else at hand."""
+def fusion_info(model_config: Any) -> dict[str, Any]:
+    """What ORT's fusion needs to know of a model: its family, heads and width."""
     cfg = model_config
-    info = {"model_type": cfg.model_type,
+    return {"model_type": cfg.model_type,
             "num_heads": getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0),
             "hidden_size": getattr(cfg, "hidden_size", 0) or getattr(cfg, "dim", 0)}
+
+
+def write_fusion_metadata(model: onnx.ModelProto, model_config: Any) -> None:
+    """Record :func:`fusion_info` in the graph: an exported file can then be fused wherever it is
+    quantized, with nothing else at hand."""
+    info = fusion_info(model_config)
     kept = [p for p in model.metadata_props if p.key != FUSION_METADATA]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
@@ -146,10 +151,20 @@ def fuse_graph(model: onnx.ModelProto, *, model_type: str, num_heads: int, hidde
     return fused
 
 
-def fuse_exported(model_path: str | Path, out_path: str | Path, feed: Mapping[str, np.ndarray], *,
-                  atol: float = 1e-3) -> dict[str, int] | None:
-    """Fuse an exported file that carries the fusion metadata, checked against the file itself on
-    ``feed`` (fp32 against fp32); None where it carries none, finds no attention or misses parity."""
+def _save_checked(fused: onnx.ModelProto, out_path: str | Path, feed: Mapping[str, np.ndarray],
+                  reference: Mapping[str, np.ndarray], *, atol: float, strict: bool) -> ParityReport:
+    with atomic_path(out_path) as tmp:
+        save_onnx(fused, Path(tmp))
+        return check_parity(str(tmp), feed, reference, atol=atol, label="fusion", raise_on_failure=strict)
+
+
+def fuse_exported(model_path: str | Path, feed: Mapping[str, np.ndarray], *,
+                  atol: float = 1e-3) -> onnx.ModelProto | None:
+    """The fused graph of an exported file that carries the fusion metadata, checked against the
+    file itself on ``feed`` (fp32 against fp32); None where it carries none, the fusion finds no
+    attention or misses parity."""
+    import tempfile
+
     import onnxruntime as ort
 
     model = load_onnx(model_path)
@@ -167,16 +182,14 @@ def fuse_exported(model_path: str | Path, out_path: str | Path, feed: Mapping[st
     names = [o.name for o in session.get_outputs()]
     reference = dict(zip(names, session.run(names, dict(feed))))
     del session
-    with atomic_path(out_path) as tmp:
-        save_onnx(fused, Path(tmp))
-        report = check_parity(str(tmp), feed, reference, atol=atol, label="fusion", raise_on_failure=False)
+    with tempfile.TemporaryDirectory(prefix=".fused-", dir=Path(model_path).parent) as work:
+        report = _save_checked(fused, Path(work) / "model.fused.onnx", feed, reference, atol=atol, strict=False)
     if not report.ok:
-        Path(out_path).unlink(missing_ok=True)
         log.warning("the fused graph of %s misses parity (max |diff| %.2e > %.0e); the int8 graph is unfused",
                     model_path, report.max_abs_diff, atol)
         return None
     log.info("fused %s: %s (parity max |diff| %.2e)", model_path, counts, report.max_abs_diff)
-    return counts
+    return fused
 
 
 def fuse(onnx_path: str | Path, out_path: str | Path, *, model_type: str, num_heads: int, hidden_size: int,
@@ -186,9 +199,7 @@ def fuse(onnx_path: str | Path, out_path: str | Path, *, model_type: str, num_he
     the fused op counts."""
     fused = fuse_graph(load_onnx(onnx_path), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size)
     counts = fused_op_counts(fused)
-    with atomic_path(out_path) as tmp:
-        save_onnx(fused, Path(tmp))
-        report = check_parity(str(tmp), parity_feed, reference, atol=atol, label="fusion")
+    report = _save_checked(fused, out_path, parity_feed, reference, atol=atol, strict=True)
     log.info("fused %s: %s (parity max |diff| %.2e)", out_path, counts, report.max_abs_diff)
     return report, counts
 
@@ -196,8 +207,5 @@ def fuse(onnx_path: str | Path, out_path: str | Path, *, model_type: str, num_he
 def fuse_model(onnx_path: str | Path, out_path: str | Path, *, exported, model_config,
                atol: float = 1e-3) -> tuple[ParityReport, dict[str, int]]:
     """Fuse an exported model; parity against PyTorch on the export's own parity batch."""
-    cfg = model_config
-    return fuse(onnx_path, out_path, model_type=cfg.model_type,
-                num_heads=getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0),
-                hidden_size=getattr(cfg, "hidden_size", 0) or getattr(cfg, "dim", 0),
-                parity_feed=exported.parity_feed, reference=exported.reference, atol=atol)
+    return fuse(onnx_path, out_path, **fusion_info(model_config), parity_feed=exported.parity_feed,
+                reference=exported.reference, atol=atol)

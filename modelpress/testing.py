@@ -52,6 +52,13 @@ def tiny_config(family: str, *, vocab_size: int, hidden: int = 32, layers: int =
                initializer_range=initializer_range, **extra)
 
 
+def label_space(labels: Sequence[str] | int) -> dict:
+    """``num_labels``, ``id2label`` and ``label2id`` of a config, from names (or how many)."""
+    names = [f"class_{i}" for i in range(labels)] if isinstance(labels, int) else list(labels)
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)}}
+
+
 def make_tiny_model(folder: Path, *, task: str = "feature-extraction", family: str = "bert",
                     words: Sequence[str] = WORDS, labels: Sequence[str] | int = 3, seed: int = 0,
                     model_input_names: Sequence[str] | None = None, **config) -> Path:
@@ -69,10 +76,8 @@ def make_tiny_model(folder: Path, *, task: str = "feature-extraction", family: s
     cfg = tiny_config(family, vocab_size=len(tokenizer), **config)
     task_cls = get_task(task)
     if task_cls.needs_labels:
-        names = [f"class_{i}" for i in range(labels)] if isinstance(labels, int) else list(labels)
-        cfg.num_labels = len(names)
-        cfg.id2label = dict(enumerate(names))
-        cfg.label2id = {n: i for i, n in enumerate(names)}
+        for key, value in label_space(labels).items():
+            setattr(cfg, key, value)
     torch.manual_seed(seed)
     model = getattr(transformers, task_cls.auto_class).from_config(cfg).eval()
     model.save_pretrained(str(folder))
@@ -139,9 +144,7 @@ def make_tiny_vision_model(folder: Path, *, family: str = "vit", labels: Sequenc
 
     folder = Path(folder)
     cfg_name, cfg_args, proc_name, proc_args = VISION_FAMILIES[family]
-    names = [f"class_{i}" for i in range(labels)] if isinstance(labels, int) else list(labels)
-    cfg = getattr(transformers, cfg_name)(**{**cfg_args, **config}, num_labels=len(names),
-                                          id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    cfg = getattr(transformers, cfg_name)(**{**cfg_args, **config}, **label_space(labels))
     torch.manual_seed(seed)
     model = transformers.AutoModelForImageClassification.from_config(cfg).eval()
     model.save_pretrained(str(folder))

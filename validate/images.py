@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from modelpress.calibration_data.images import (IMAGE_SUFFIXES, DatasetImage, check_readable, image_column,
-                                                image_files, is_dataset_folder, load_images, open_dataset)
+                                                image_files, image_paths, is_dataset_folder, load_images)
+from modelpress.calibration_data.loaders import open_dataset, read_records
 from modelpress.errors import BadInputError
 from modelpress.validate.evalsets import EvalSet
 
@@ -40,8 +41,6 @@ def _class_id(value: Any, label2id: Mapping[str, int], num_labels: int | None, w
 def load_image_eval(path: str | Path, *, image_field: str = "image", label_field: str = "label",
                     label2id: Mapping[str, int] | None = None, num_labels: int | None = None,
                     num_samples: int = 0) -> EvalSet:
-    from modelpress.calibration_data.loaders import read_records
-
     path = Path(path)
     label2id = dict(label2id or {})
     if not path.exists():
@@ -72,7 +71,7 @@ def load_image_eval(path: str | Path, *, image_field: str = "image", label_field
             images, labels = load_images(path), None
     else:
         records = read_records(path)
-        images = load_images(path, field=image_field)
+        images = image_paths(records, image_field)
         has = label_field in records[0]
         labels = None
         if has:

@@ -3,8 +3,8 @@ rescale, normalize as its preprocessor config says) turns images into ``pixel_va
 float32, at the one resolution the processor produces (what export fixes; the batch is dynamic).
 
 Examples are references (paths, dataset rows; ``calibration_data.images``), opened and processed
-one batch at a time. Images are converted to RGB the way transformers does (transparency onto
-white, grayscale to three channels). The PIL backend of the processors is used: the default one
+one batch at a time. Images are made RGB by transformers' own ``convert_to_rgb`` (transparency
+onto white, grayscale to three channels). The PIL backend of the processors is used: the default one
 needs torchvision, which the CPU install does not carry.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ EXAMPLE_BATCH, PARITY_BATCH = 2, 3
 
 
 class ImageEncoder(Encoder):
-    def __init__(self, processor: Any, *, input_names: Sequence[str] = (INPUT,), max_length: int = 0) -> None:
+    def __init__(self, processor: Any, *, input_names: Sequence[str] = (INPUT,)) -> None:
         self.processor = processor
         self.input_names = tuple(input_names)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -56,7 +56,6 @@ class ImageClassification(TextClassification):
 
 def _as_list(images: Any) -> list[Any]:
     """One image or a sequence of them (a path, a PIL image and an array are one image each)."""
-    if isinstance(images, (str, Path)) or hasattr(images, "getbands") or (
-            hasattr(images, "shape") and getattr(images, "ndim", 0) in (2, 3)):
+    if isinstance(images, (str, Path)) or hasattr(images, "getbands") or getattr(images, "ndim", 0) in (2, 3):
         return [images]
-    return list(images) if isinstance(images, Sequence) or hasattr(images, "__iter__") else [images]
+    return list(images)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import onnx
 
-from modelpress.fileio import load_onnx
 from modelpress.runtimes.quantize.smoothquant import apply_smoothing
 from modelpress.runtimes.quantize.targets import QuantTarget, find_targets
 
@@ -42,11 +40,10 @@ def _original(activation: str, factors: dict) -> str:
     return activation[: -len(SMOOTHED)] if activation in factors and activation.endswith(SMOOTHED) else activation
 
 
-def carry_over(fused_path: str | Path, targets: list[QuantTarget], ranges: dict, factors: dict,
+def carry_over(fused: onnx.ModelProto, targets: list[QuantTarget], ranges: dict, factors: dict,
                op_types: tuple[str, ...]) -> FusedPlan:
     """The fused graph under a plan's calibration (``targets``/``ranges`` of ``model.onnx``,
     ``factors``: its SmoothQuant factors keyed by smoothed activation)."""
-    fused = load_onnx(fused_path)
     by_activation: dict[str, list[str]] = {}
     for t in targets:
         by_activation.setdefault(_original(t.activation, factors), []).append(t.node_name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -86,7 +86,6 @@ class QuantPlan:
     cfg: QuantizeConfig
     seconds: float
     peak_rss_bytes: int
-    factors: dict[str, np.ndarray] = field(default_factory=dict)  # SmoothQuant's, by smoothed activation
     fused: FusedPlan | None = None   # the same calibration on ORT's fused graph (the ``ort`` format's base)
 
     def activation_quant(self, activation: str):
@@ -145,20 +144,15 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
     if cfg.graph_format == "ort" and cfg.fuse:
         fused = _fused_plan(model_path, feeds, targets, ranges, factors, cfg)
     return QuantPlan(model, targets, ranges, observed, all_matmuls, cfg,
-                     time.perf_counter() - start, rss.peak, factors, fused)
+                     time.perf_counter() - start, rss.peak, fused)
 
 
 def _fused_plan(model_path, feeds, targets, ranges, factors, cfg: QuantizeConfig) -> FusedPlan | None:
     """ORT's fused form of the model (when the export wrote it fusable), under this calibration."""
-    import tempfile
-
     from modelpress.export.fusion import fuse_exported
 
-    with tempfile.TemporaryDirectory(prefix=".fused-", dir=Path(model_path).parent) as work:
-        fused_path = Path(work) / "model.fused.onnx"
-        if fuse_exported(model_path, fused_path, next(iter(feeds))) is None:
-            return None
-        return carry_over(fused_path, targets, ranges, factors, cfg.op_types)
+    fused = fuse_exported(model_path, next(iter(feeds)))
+    return None if fused is None else carry_over(fused, targets, ranges, factors, cfg.op_types)
 
 
 def excluded_nodes(model: onnx.ModelProto, names: tuple[str, ...], *, source: object = "") -> tuple[str, ...]:
