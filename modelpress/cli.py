@@ -357,6 +357,14 @@ COMMANDS = {"run": cmd_run, "distill": cmd_distill, "export": cmd_export, "quant
             "engine": cmd_engine}
 
 
+def _forget_escaped_interrupt() -> None:
+    """CPython (3.11, 3.12) remembers a KeyboardInterrupt that ever left an ``exec`` of a string
+    (dataclasses, namedtuple and torch.fx build code that way) and, under ``python -m``, ends the
+    process by SIGINT (status -2) whatever code we return. Each ``exec`` of a string resets that flag,
+    so one harmless one here lets the documented 130 through."""
+    exec("None")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
@@ -377,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("modelpress: interrupted (SIGINT); nothing was published", file=sys.stderr)
+        _forget_escaped_interrupt()
         return EXIT_SIGINT
     except Terminated:
         print("modelpress: terminated (SIGTERM); nothing was published", file=sys.stderr)

@@ -84,3 +84,20 @@ def test_make_targets_run_single_stages_of_a_recipe(tmp_path, tiny_bert, data_fi
     # the tiny model's int8 is within the default 0.5 points: validate exits with the gate's 0
     assert main(command[3:]) == 0, capsys.readouterr().err[-2000:]
     assert (stage_dir / "report.json").is_file()
+
+
+def test_an_interrupt_raised_inside_generated_code_still_exits_130(tmp_path):
+    """A Ctrl-C that lands while a dataclass or torch.fx builds code by ``exec`` used to end
+    ``python -m`` by SIGINT (status -2) instead of 130: CPython keeps a flag for it."""
+    (tmp_path / "interrupted_cli.py").write_text(
+        "import sys\n"
+        "from modelpress import cli\n"
+        "def interrupted(args):\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "cli.COMMANDS['gate'] = interrupted\n"
+        "sys.exit(cli.main(['gate', 'nowhere']))\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
+    proc = subprocess.run([sys.executable, "-m", "interrupted_cli"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "modelpress: interrupted (SIGINT); nothing was published"
