@@ -33,6 +33,8 @@ register_layers(
     "ernie", "xlm-roberta-xl", "roformer", "data2vec-text", "nezha", "megatron-bert",
 )
 register_layers(LayerSpec("transformer.layer", num_layers_attr="n_layers"), "distilbert")
+register_layers(LayerSpec("layers"), "vit", "deit", "beit")  # transformers 5 dropped their ``encoder``
+register_layers(LayerSpec("encoder.layer"), "dinov2", "data2vec-vision")
 
 
 def layer_spec(model_type: str) -> LayerSpec:

@@ -76,7 +76,8 @@ class DistillConfig:
     enabled: bool = True  # false: `modelpress run` skips distillation and deploys the teacher
     data: Path | None = None  # corpus (.txt/.jsonl/.csv/.tsv/datasets folder); required when enabled
     text_field: str = "text"  # field/column holding the text in structured corpora
-    label_field: str | None = None  # field holding gold labels (text-classification); enables ce
+    image_field: str = "image"  # image models: field/column holding the image path in .jsonl/.csv, or the datasets Image column
+    label_field: str | None = None  # field holding gold labels (text/image classification; an imagefolder's class folders); enables ce
     num_samples: int | None = field(default=None, metadata={"min": 2})  # use a deterministic sample of this many texts (None: all)
     max_length: int = field(default=128, metadata={"min": 1})  # tokens per text; longer texts are truncated
     # --- the student (exactly one of the four) ---

@@ -15,7 +15,7 @@ from torch import nn
 
 from modelpress.distill.tasks import TaskSpec
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,9 @@ def run_model(
 ) -> ModelOutputs:
     """One forward pass of a transformers model, reduced to :class:`ModelOutputs`."""
     feed = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
-    out = model(**feed, output_hidden_states=need_hidden, output_attentions=need_attentions, return_dict=True)
+    # asked for only when wanted: not every model's forward takes them (ResNet has no attentions)
+    wanted = {k: True for k, on in (("output_hidden_states", need_hidden), ("output_attentions", need_attentions)) if on}
+    out = model(**feed, **wanted, return_dict=True)
     sentence = spec.target(out, feed)
     hidden = tuple(out.hidden_states[1:]) if need_hidden else None  # [0] is the embedding output
     attentions = tuple(out.attentions) if need_attentions else None
@@ -65,7 +67,7 @@ class DistillModule(nn.Module):
         student: nn.Module,
         *,
         spec: TaskSpec,
-        teacher_hidden_size: int,
+        teacher_hidden_size: int | None,
         need_hidden: bool,
         need_attentions: bool,
     ) -> None:
@@ -74,7 +76,7 @@ class DistillModule(nn.Module):
         self.spec = spec
         self.need_hidden = need_hidden
         self.need_attentions = need_attentions
-        width = student.config.hidden_size
+        width = getattr(student.config, "hidden_size", None)
         self.projection = (
             nn.Linear(width, teacher_hidden_size) if need_hidden and width != teacher_hidden_size else None
         )

@@ -14,7 +14,7 @@ import torch
 
 from modelpress.distill.checkpoint import CheckpointDir, fingerprint
 from modelpress.distill.config import DistillConfig
-from modelpress.distill.data import load_corpus, split_indices, tokenize_corpus
+from modelpress.distill.data import split_indices
 from modelpress.distill.distributed import distributed_context
 from modelpress.distill.forward import DistillModule
 from modelpress.distill.layer_selection import choose_layers
@@ -27,19 +27,19 @@ from modelpress.distill.tasks import get_task
 from modelpress.distill.teacher import TeacherTargets, load_teacher
 from modelpress.distill.trainer import Trainer, TrainPlan, say
 from modelpress.errors import BadInputError
+from modelpress.modalities import get_modality
 
 STUDENT_DIR = "student"
 CHECKPOINT_DIR = "distill_ckpt"
 _NOT_IN_FINGERPRINT = ("enabled", "data", "save_every")  # data enters through its content hash
 
 
-def _load_tokenizer(ref: str) -> Any:
-    from transformers import AutoTokenizer
-
+def _load_preprocessor(modality: Any, ref: str) -> Any:
     try:
-        return AutoTokenizer.from_pretrained(ref)
+        return modality.load_preprocessor(ref)
     except (OSError, ValueError) as exc:
-        raise BadInputError(f"teacher '{ref}': cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
+        raise BadInputError(f"teacher '{ref}': cannot load its {modality.preprocessor_dir.replace('_', ' ')} "
+                            f"({str(exc).splitlines()[0]})") from None
 
 
 def run_distillation(
@@ -69,15 +69,12 @@ def run_distillation(
 
     with distributed_context() as dist:
         precision = resolve_precision(cfg.precision, dist.device)
-        tokenizer = _load_tokenizer(teacher)
+        modality = get_modality(spec.task.modality)
+        tokenizer = _load_preprocessor(modality, teacher)  # a tokenizer, an image processor
         teacher_model = load_teacher(teacher, spec, attn_implementation=attn)
-        corpus = tokenize_corpus(
-            tokenizer,
-            load_corpus(cfg, label2id=getattr(teacher_model.config, "label2id", None),
-                        num_labels=getattr(teacher_model.config, "num_labels", 0),
-                        per_token=spec.per_token_target),
-            max_length=cfg.max_length,
-        )
+        corpus = modality.distill_corpus(cfg, tokenizer, label2id=getattr(teacher_model.config, "label2id", None),
+                                         num_labels=getattr(teacher_model.config, "num_labels", 0),
+                                         per_token=spec.per_token_target)
         train_indices, eval_indices = split_indices(len(corpus), cfg.eval_fraction, seed=cfg.seed)
         student_cfg, choice = cfg, None
         if cfg.num_layers is not None and cfg.layer_selection == "agreement":
@@ -92,8 +89,8 @@ def run_distillation(
                 say(f"distill: layer_selection = agreement: keeping teacher layers {list(choice.layers)} "
                     f"({shown} untrained; best of {len(choice.candidates)} subsets)")
         build = build_student(student_cfg, teacher_model, spec, tokenizer=tokenizer, attn_implementation=attn)
-        teacher_width = teacher_model.config.hidden_size
-        same_width = build.model.config.hidden_size == teacher_width
+        teacher_width = getattr(teacher_model.config, "hidden_size", None)  # CNNs have a width per stage
+        same_width = getattr(build.model.config, "hidden_size", None) == teacher_width
         if not same_width and (weights["embedding_mse"] > 0 or weights["embedding_cos"] > 0):
             raise BadInputError(
                 "distill.student: a feature-extraction student must keep the teacher's hidden size "
@@ -115,7 +112,7 @@ def run_distillation(
         run_config = {k: v for k, v in cfg.to_json_dict().items() if k not in _NOT_IN_FINGERPRINT}
         run_fingerprint = fingerprint({**task_key, "config": run_config})
         if dist.is_main:
-            say(f"distill: {len(train_indices)} train / {len(eval_indices)} eval texts, {plan.total_steps} steps "
+            say(f"distill: {len(train_indices)} train / {len(eval_indices)} eval examples, {plan.total_steps} steps "
                 f"({plan.steps_per_epoch} per epoch), global batch {cfg.batch_size} on {dist.world_size} "
                 f"process(es), {precision.name}, losses {objective.weights}")
             if ckpt.last.exists() and ckpt.load_last(run_fingerprint) is None:

@@ -8,7 +8,8 @@ Three ways, chosen by the recipe:
     randomly initialised; a classification head is copied from the teacher where shapes match;
   * ``student_config``: the teacher's config with overrides (e.g. a smaller hidden size), randomly
     initialised.
-The student always uses the teacher's tokenizer (the targets are computed on the same tokens).
+The student always uses the teacher's preprocessor (tokenizer or image processor: the targets are
+computed on the same inputs).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from modelpress.distill.tasks import TaskSpec
 from modelpress.errors import BadInputError
 from modelpress.models import resolve_model_ref
 
+_DERIVED_CONFIG_KEYS = ("stage_names", "out_features", "out_indices")
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
 )
@@ -158,11 +160,18 @@ def _load_other_student(
     cls = auto_class(spec)
     attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if cfg.student_config is not None:
-        config = copy.deepcopy(teacher_model.config)  # carries the teacher's labels
-        for key, value in cfg.student_config.items():
-            if not hasattr(config, key):
+        teacher_config = teacher_model.config  # carries the teacher's labels
+        for key in cfg.student_config:
+            if not hasattr(teacher_config, key):
                 raise BadInputError(f"distill.student_config.{key}: not a key of the teacher's config")
-            setattr(config, key, value)
+        # built anew, not patched: what a config derives from its keys (a CNN's stage names from
+        # its depths) must follow the overrides; a backbone's stage names and outputs are re-derived
+        merged = {k: v for k, v in teacher_config.to_dict().items() if k not in _DERIVED_CONFIG_KEYS}
+        merged.update(cfg.student_config)
+        try:
+            config = type(teacher_config).from_dict(merged)
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(f"distill.student_config: {str(exc).splitlines()[0]}") from None
         return cls.from_config(config, **attn), False
     ref = resolve_model_ref(cfg.student)
     head = _head_kwargs(teacher_model.config, spec)
@@ -186,7 +195,7 @@ def build_student(
 
     ``num_layers`` means evenly spaced layers here; ``run_distillation`` first turns
     ``layer_selection = "agreement"`` into explicit ``layers`` (:mod:`distill.layer_selection`)."""
-    teacher_layers = teacher_model.config.num_hidden_layers
+    teacher_layers = getattr(teacher_model.config, "num_hidden_layers", None)  # CNNs count stages instead
     kept: tuple[int, ...] | None = None
     if cfg.layers is not None or cfg.num_layers is not None:
         kept = cfg.layers if cfg.layers is not None else evenly_spaced_layers(teacher_layers, cfg.num_layers)
@@ -198,13 +207,18 @@ def build_student(
             _check_vocab(resolve_model_ref(cfg.student), tokenizer)
         if spec.has_labels:
             _copy_head(teacher_model, student)
-    if student.config.vocab_size < len(tokenizer):
+    vocab_size = getattr(student.config, "vocab_size", None)
+    if vocab_size is not None and hasattr(tokenizer, "get_vocab") and vocab_size < len(tokenizer):
         raise BadInputError(
             f"distill.student: vocab_size {student.config.vocab_size} is smaller than the teacher "
             f"tokenizer's {len(tokenizer)}"
         )
-    student_layers = student.config.num_hidden_layers
-    if cfg.layer_map is not None:
+    student_layers = getattr(student.config, "num_hidden_layers", None)
+    if cfg.layer_map is not None and (student_layers is None or teacher_layers is None):
+        raise BadInputError("distill.layer_map: the teacher or the student has no layer stack to map")
+    if student_layers is None or teacher_layers is None:
+        layer_map: tuple[int, ...] = ()
+    elif cfg.layer_map is not None:
         if len(cfg.layer_map) != student_layers or max(cfg.layer_map) >= teacher_layers:
             raise BadInputError(
                 f"distill.layer_map: expected {student_layers} teacher layer indices in 0..{teacher_layers - 1}, "
@@ -218,6 +232,6 @@ def build_student(
     student.requires_grad_(True)
     if cfg.dropout is not None:
         set_dropout(student, cfg.dropout)
-    if cfg.freeze_embeddings and pretrained:
-        student.get_input_embeddings().weight.requires_grad_(False)
+    if cfg.freeze_embeddings and pretrained:  # token embeddings; a ViT's patch embedding
+        student.get_input_embeddings().requires_grad_(False)
     return StudentBuild(model=student, layer_map=layer_map, kept_layers=kept, pretrained=pretrained)

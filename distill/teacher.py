@@ -116,7 +116,7 @@ class TeacherTargets:
         mine = shards[dist.rank]
         # token states go straight into one preallocated fp16 tensor: a list of fp32 chunks plus
         # their concatenation peaked at 15.5 GB RSS for 50,000 SST-2 sentences (1.5 GB of fp16 states)
-        width = (len(self.hidden_layers), self.model.config.hidden_size)
+        width = (len(self.hidden_layers), self.model.config.hidden_size) if tokens else (0,)
         local = torch.empty((sum(lengths[i] for i in mine) if tokens else 0, *width), dtype=torch.float16)
         sentences, cursor = [], 0
         for s in range(0, len(mine), batch_size):

@@ -227,7 +227,3 @@ def test_image_recipe_errors_are_one_line_and_exit_2(tiny_vit, images, tmp_path)
     proc = cli("run", recipe, "--out", tmp_path / "out")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "x.jpg: not a readable image" in proc.stderr.strip().splitlines()[-1]
-    distill = write_recipe(tmp_path / "d.toml", {"name": "v", "teacher": str(tiny_vit), "task": "image-classification"},
-                           {"distill": {"enabled": True, "data": str(images / "calib"), "num_layers": 1}})
-    proc = cli("run", distill, "--out", tmp_path / "out")
-    assert proc.returncode == 2 and "image models are not distilled yet" in proc.stderr

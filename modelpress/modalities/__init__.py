@@ -76,6 +76,14 @@ class Modality(abc.ABC):
         preprocessor.save_pretrained(str(folder))
 
     @abc.abstractmethod
+    def distill_corpus(self, cfg: Any, preprocessor: Any, *, label2id: Mapping[str, int] | None,
+                       num_labels: int | None, per_token: bool) -> Any:
+        """What distillation trains on: the ``[distill]`` section's data (``cfg``), with gold labels when
+        ``cfg.label_field`` names them, prepared with the teacher's preprocessor. It has ``len``,
+        ``lengths`` (a size per row, for batching), ``collate(indices)`` (a batch of torch tensors
+        with ``index``) and ``fingerprint``."""
+
+    @abc.abstractmethod
     def model_inputs(self, model: Any, preprocessor: Any) -> tuple[str, ...]:
         """The graph's input names, in the order export fixes them."""
 

@@ -66,6 +66,11 @@ class ImageModality(Modality):
 
         return check_readable(sample(load_images(path, field=field), num_samples, seed=seed))
 
+    def distill_corpus(self, cfg: Any, processor: Any, *, label2id, num_labels, per_token: bool) -> Any:
+        from modelpress.distill.image_data import load_image_corpus
+
+        return load_image_corpus(cfg, processor, label2id=label2id, num_labels=num_labels)
+
     def model_inputs(self, model: Any, processor: Any) -> tuple[str, ...]:
         import inspect
 

@@ -84,6 +84,12 @@ class TextModality(Modality):
 
         return AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
 
+    def distill_corpus(self, cfg: Any, tokenizer: Any, *, label2id, num_labels, per_token: bool) -> Any:
+        from modelpress.distill.data import load_corpus, tokenize_corpus
+
+        corpus = load_corpus(cfg, label2id=label2id, num_labels=num_labels or 0, per_token=per_token)
+        return tokenize_corpus(tokenizer, corpus, max_length=cfg.max_length)
+
     def load_examples(self, path, *, field: str, num_samples: int | None, seed: int = 0) -> list[str]:
         from modelpress.calibration_data.loaders import load_texts, sample
 

@@ -38,7 +38,6 @@ class DistillSpec:
     losses: frozenset[str]           # losses that apply
     defaults: Mapping[str, float]    # weights when the recipe sets none
     label_loss: str | None = None    # the loss switched on by gold labels (distill.label_field)
-    unavailable: str | None = None   # why this task cannot be distilled yet (the recipe check says it)
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,9 @@ class ImageClassification(TextClassification):
     modality: ClassVar[str] = "image"
     auto_class: ClassVar[str] = "AutoModelForImageClassification"
     eval_formats: ClassVar[tuple[str, ...]] = ("images",)
+    unit: ClassVar[str] = "images"
     distill: ClassVar[DistillSpec] = DistillSpec(
-        output="logits", losses=frozenset({"kl", "ce"}), defaults={"kl": 1.0}, label_loss="ce",
-        unavailable="image models are not distilled yet (the student trainer reads text corpora); "
-                    "press a ready student with `student = ...`")
+        output="logits", losses=frozenset({"kl", "ce"}), defaults={"kl": 1.0}, label_loss="ce")
 
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None):
         from modelpress.validate.images import load_image_eval

@@ -31,6 +31,7 @@ class TextClassification(Task):
         label_loss="ce")
     needs_labels: ClassVar[bool] = True
     api: ClassVar[tuple[str, ...]] = ("classify",)
+    unit: ClassVar[str] = "texts"   # what the gate's interval resamples
 
     def torch_target(self, model_output: Any, inputs: Mapping[str, Any]) -> Any:
         return model_output.logits
@@ -53,12 +54,12 @@ class TextClassification(Task):
         if metric == "accuracy" and es.labels is not None:
             gold = np.asarray(es.labels)
             tr, cr = t == gold, c == gold
-            return U.PairedUnits(U.as_arrays(tr, cr), U.paired_mean_drop(), "texts",
+            return U.PairedUnits(U.as_arrays(tr, cr), U.paired_mean_drop(), self.unit,
                                  discordant=(int((tr & ~cr).sum()), int((~tr & cr).sum())))
         if metric == "top1_agreement":
-            return U.PairedUnits(U.as_arrays(t == c), U.mean_drop(), "texts")
+            return U.PairedUnits(U.as_arrays(t == c), U.mean_drop(), self.unit)
         if metric == "mean_kl":
-            return U.PairedUnits(U.as_arrays(M.kl_per_row(teacher_out, candidate_out)), U.mean_rise(), "texts")
+            return U.PairedUnits(U.as_arrays(M.kl_per_row(teacher_out, candidate_out)), U.mean_rise(), self.unit)
         return None
 
     @classmethod
