@@ -1,10 +1,7 @@
 """`python -m bench.vision_bench`: real image classifiers pressed by modelpress, beside their peers.
 
-No pretrained vision model is reachable offline, so this trains two small ones on real data in
-minutes: scikit-learn's bundled handwritten digits (1,797 8×8 scans, upscaled to 32×32 RGB PNG
-files, split 1,197 train / 600 test by a seeded shuffle) — a ViT (patch 4, 4 layers, width 64) and
-a ResNet (BasicBlock, 3 stages). Each is saved as an ordinary transformers folder with its image
-processor and pressed with ``modelpress run`` (calibration: 256 training images; eval: the test
+The two small real classifiers of ``bench.digits`` (a ViT and a ResNet trained on scikit-learn's
+bundled handwritten digits, 1,197 train / 600 test) are each pressed with ``modelpress run`` (calibration: 256 training images; eval: the test
 imagefolder; gate: accuracy, max drop 0.5 points); when the plain run misses the gate, the
 accuracy-aware ``auto`` run is reported too. Then, interleaved round-robin at 2 threads on the same
 test images: PyTorch fp32 eager, ORT fp32, ORT ``quantize_static`` with its defaults (the peer a
@@ -27,100 +24,42 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 from bench import write_results  # noqa: E402
+from bench.digits import train, write_digits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-SIZE = 32
 
 
-def write_digits(root: Path, *, seed: int = 0, test: int = 600) -> tuple[Path, Path, Path]:
-    """train/, test/ imagefolders and a calib/ folder (256 training images) of the digit scans."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    order = np.random.default_rng(seed).permutation(len(digits.images))
-    splits = {"test": order[:test], "train": order[test:]}
-    for split, idx in splits.items():
-        for k, i in enumerate(idx):
-            pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
-            image = Image.fromarray(pixels, "L").resize((SIZE, SIZE), Image.BILINEAR).convert("RGB")
-            folder = root / split / str(digits.target[i])
-            folder.mkdir(parents=True, exist_ok=True)
-            image.save(folder / f"{split}{k:04d}.png")
-    calib = root / "calib"
-    calib.mkdir()
-    for p in sorted((root / "train").rglob("*.png"))[::4][:256]:
-        os.link(p, calib / p.name)
-    return root / "train", root / "test", calib
+#: the distilled students: half the ViT's layers (chosen by agreement), a ResNet of half the width
+STUDENTS = {"vit": ['num_layers = 2'],
+            "resnet": ['student_config = {embedding_size = 16, hidden_sizes = [16, 32, 64]}']}
 
 
-def _model(kind: str):
-    import transformers
-
-    labels = {str(i): i for i in range(10)}
-    common = dict(num_labels=10, label2id=labels, id2label={i: n for n, i in labels.items()})
-    if kind == "vit":
-        cfg = transformers.ViTConfig(image_size=SIZE, patch_size=4, hidden_size=64, num_hidden_layers=4,
-                                     num_attention_heads=4, intermediate_size=128, **common)
-        processor = transformers.ViTImageProcessorPil(size={"height": SIZE, "width": SIZE})
-    else:
-        cfg = transformers.ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1],
-                                        layer_type="basic", downsample_in_first_stage=False, **common)
-        processor = transformers.ConvNextImageProcessorPil(size={"shortest_edge": SIZE}, crop_pct=1.0)
-    return transformers.AutoModelForImageClassification.from_config(cfg), processor
-
-
-def train(kind: str, train_dir: Path, out: Path, *, epochs: int, seed: int = 0) -> dict:
-    """Train a small classifier on the training imagefolder (random ±2 px shifts); save it at ``out``."""
-    import torch
-
-    from modelpress.modalities.image import ImageEncoder
-    from modelpress.validate.images import load_image_eval
-
-    torch.manual_seed(seed)
-    model, processor = _model(kind)
-    es = load_image_eval(train_dir, label2id=model.config.label2id)
-    x = torch.from_numpy(ImageEncoder(processor).encode(list(es.examples)).feed["pixel_values"])
-    y = torch.tensor(es.labels)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3 if kind == "vit" else 3e-3, weight_decay=0.05)
-    steps = epochs * -(-len(x) // 64)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opt.param_groups[0]["lr"], total_steps=steps)
-    gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(x), generator=gen).split(64):
-            xb = torch.nn.functional.pad(x[batch], (2, 2, 2, 2), value=float(x.min()))
-            dx, dy = (int(v) for v in torch.randint(0, 5, (2,), generator=gen))
-            xb = xb[:, :, dy:dy + SIZE, dx:dx + SIZE]
-            loss = torch.nn.functional.cross_entropy(model(pixel_values=xb).logits, y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    model.save_pretrained(str(out))
-    processor.save_pretrained(str(out))
-    return {"epochs": epochs, "train_images": len(x), "train_seconds": round(time.perf_counter() - t0, 1),
-            "parameters": sum(p.numel() for p in model.parameters())}
-
-
-def press(kind: str, teacher: Path, calib: Path, test: Path, work: Path, *, mode: str = "static") -> dict:
+def press(kind: str, teacher: Path, calib: Path, test: Path, work: Path, *, mode: str = "static",
+          train_dir: Path | None = None, runtimes: tuple[str, ...] = ("onnxruntime",),
+          max_drop: float = 0.5) -> dict:
+    """``modelpress run`` of the teacher (or, with ``train_dir``, of its distilled student: KL + CE on
+    the training imagefolder, 20 epochs)."""
     from modelpress.pipeline import run_recipe
     from modelpress.recipe import load_recipe
 
-    recipe = work / f"{kind}-{mode}.toml"
+    name = f"{kind}-digits-{mode}" + ("-distilled" if train_dir else "")
+    distill = (["[distill]", f'data = "{train_dir}"', 'label_field = "label"', *STUDENTS[kind], "epochs = 20",
+                "batch_size = 64", "lr = 2e-3", "eval_fraction = 0.05", "layer_selection_texts = 256"]
+               if train_dir else [])
+    recipe = work / f"{name}.toml"
     recipe.write_text("\n".join([
-        f'name = "{kind}-digits-{mode}"', f'teacher = "{teacher}"', 'task = "image-classification"',
+        f'name = "{name}"', f'teacher = "{teacher}"', 'task = "image-classification"', *distill,
         "[calibration]", f'data = "{calib}"', "num_samples = 256",
         "[quantize]", f'mode = "{mode}"',
         "[validate]", f'eval_data = "{test}"', "batch_sizes = [1, 32]", "latency_budget_s = 10",
-        "threads = 2", "[gate]", "max_drop = 0.5"]) + "\n")
+        f"runtimes = {json.dumps(list(runtimes))}", "threads = 2", "[gate]", f"max_drop = {max_drop}"]) + "\n")
     outcome = run_recipe(load_recipe(recipe), work / "out")
     report = json.loads((outcome.bundle / "report.json").read_text())
     metrics = {name: row["metrics"] for name, row in report["models"].items()}
-    return {"bundle": str(outcome.bundle), "gate": report["gate"], "metrics": metrics,
+    b32 = {name: next((r["p50_ms"] for r in row.get("latency", []) if r["batch_size"] == 32), None)
+           for name, row in report["models"].items()}
+    return {"bundle": str(outcome.bundle), "gate": report["gate"], "metrics": metrics, "b32_p50_ms": b32,
             "quantization": {"mode": report["quantization"]["mode"], "auto": report["quantization"]["auto"],
                              "int8_nodes": len(report["quantization"]["quantized_nodes"]),
                              "fp32_nodes": len(report["quantization"]["fp32_nodes"])}}
@@ -154,6 +93,7 @@ def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work:
             return next(self.it, None)
 
     files = {"ort-fp32": fp32, "modelpress-int8": bundle / "model.int8.onnx"}
+    ov_files = openvino_peers(kind, fp32, bundle, feed, work)
     quantize_static(str(fp32), str(work / f"{kind}.ort-static.onnx"), Reader(), reduce_range=int8_gemm_saturates())
     files["ort-static-int8-defaults"] = work / f"{kind}.ort-static.onnx"
     if any(n.op_type == "MatMul" for n in onnx.load(str(fp32)).graph.node):
@@ -170,6 +110,8 @@ def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work:
                                             name="pytorch-fp32")}
     for name, path in files.items():
         preds[name] = open_predictor("onnxruntime", path, task=task, encoder=encoder, threads=threads, name=name)
+    for name, path in ov_files.items():
+        preds[name] = open_predictor("openvino", path, task=task, encoder=encoder, threads=threads, name=name)
     es = load_image_eval(test, label2id=model.config.label2id)
     images = list(es.examples)
     t1 = interleaved(preds, [encoder.encode(images[:1])], 40)
@@ -191,11 +133,40 @@ def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work:
     return rows
 
 
+def openvino_peers(kind: str, fp32: Path, bundle: Path, feed, work: Path) -> dict[str, Path]:
+    """OpenVINO fp32 of our export, our bundle's IR (the same int8 plan), and NNCF 3.x int8 from the
+    same 256 calibration images (MIXED; TRANSFORMER model type for the ViT); empty without openvino."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        print("note: openvino not installed: no OpenVINO rows", file=sys.stderr)
+        return {}
+    from modelpress.runtimes.openvino_runner import convert_to_ir
+
+    files = {"openvino-fp32": work / f"{kind}.ov-fp32" / "model.xml"}
+    convert_to_ir(fp32, files["openvino-fp32"])
+    if (bundle / "openvino" / "model.xml").is_file():
+        files["modelpress-int8-openvino"] = bundle / "openvino" / "model.xml"
+    if importlib.util.find_spec("nncf") is not None:
+        import nncf
+        import onnx
+
+        items = [{k: v[i:i + 1] for k, v in batch.items()} for batch in feed for i in range(len(next(iter(batch.values()))))]
+        extra = {"model_type": nncf.ModelType.TRANSFORMER} if kind == "vit" else {}
+        quantized = nncf.quantize(onnx.load(str(fp32)), nncf.Dataset(items), preset=nncf.QuantizationPreset.MIXED,
+                                  subset_size=len(items), **extra)
+        onnx.save(quantized, str(work / f"{kind}.nncf.onnx"))
+        files["openvino-nncf-int8"] = work / f"{kind}.ov-nncf" / "model.xml"
+        convert_to_ir(work / f"{kind}.nncf.onnx", files["openvino-nncf-int8"])
+    return files
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["vit", "resnet"], choices=["vit", "resnet"])
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-distill", dest="distill", action="store_false", help="skip the distilled students")
     ap.add_argument("--out", default=str(RESULTS / "vision.json"))
     args = ap.parse_args(argv)
     result = {"data": "sklearn digits, 32x32 RGB, 1,197 train / 600 test", "models": {}}
@@ -206,9 +177,12 @@ def main(argv=None) -> int:
             print(f"[{kind}] training ...", file=sys.stderr)
             row = {"training": train(kind, train_dir, work / kind, epochs=args.epochs)}
             print(f"[{kind}] pressing ...", file=sys.stderr)
-            row["static"] = press(kind, work / kind, calib, test, work)
+            row["static"] = press(kind, work / kind, calib, test, work, runtimes=("onnxruntime", "openvino"))
             if not row["static"]["gate"]["passed"]:
                 row["auto"] = press(kind, work / kind, calib, test, work, mode="auto")
+            if args.distill:
+                print(f"[{kind}] distilling and pressing the student ...", file=sys.stderr)
+                row["distilled"] = press(kind, work / kind, calib, test, work, train_dir=train_dir, max_drop=100.0)
             print(f"[{kind}] timing ...", file=sys.stderr)
             row["peers"] = peers(kind, work / kind, Path(row["static"]["bundle"]), calib, test, work, args.threads)
             result["models"][kind] = row

@@ -371,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "torchvision is not installed. Skipping torchvision::nms" and three more on every image export
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
         with terminate_as_exception():
             return COMMANDS[args.command](args)
