@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -78,6 +78,22 @@ def strip_debug_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+@contextlib.contextmanager
+def staged_model(program: Any, out_path: Path, model: torch.nn.Module) -> Iterator[tuple[Path, onnx.ModelProto, bool]]:
+    """``program`` saved under a temporary name in a folder beside ``out_path`` and loaded with its
+    debug metadata stripped: ``(staged path, graph, external data?)``. The caller saves the graph
+    back and checks parity; the model is moved into place only when the block ends without error."""
+    large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1_800_000_000
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as work:
+        staged = Path(work) / out_path.name
+        program.save(str(staged), external_data=large)
+        yield staged, strip_debug_metadata(onnx.load(str(staged))), large
+        if large:  # the weights first: a complete model.onnx always has its data beside it
+            os.replace(staged.with_name(staged.name + ".data"), out_path.with_name(out_path.name + ".data"))
+        os.replace(staged, out_path)
+
+
 def export_onnx(model: torch.nn.Module, preprocessor: Any, out_path: str | Path, *, task: Any, opset: int = 18,
                 atol: float = 1e-4) -> ExportResult:
     out_path = Path(out_path)
@@ -94,13 +110,7 @@ def export_onnx(model: torch.nn.Module, preprocessor: Any, out_path: str | Path,
                                     dynamic_shapes=(tuple(dynamic[k] for k in names),), dynamo=True,
                                     opset_version=opset, input_names=list(names), output_names=[task.output_name],
                                     verbose=False)
-    large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1_800_000_000
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # staged in a folder beside the target: the model is moved into place only after parity passed
-    with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as work:
-        staged = Path(work) / out_path.name
-        program.save(str(staged), external_data=large)
-        graph = strip_debug_metadata(onnx.load(str(staged)))
+    with staged_model(program, out_path, model) as (staged, graph, large):
         if fusable:  # what ORT's fusion needs to know, for whoever quantizes this file later
             fusion.write_fusion_metadata(graph, model.config)
         seconds = time.perf_counter() - start
@@ -114,8 +124,5 @@ def export_onnx(model: torch.nn.Module, preprocessor: Any, out_path: str | Path,
             reference = {task.output_name: plain(*(parity_feed[k] for k in names)).numpy()}
         feed = {k: v.numpy() for k, v in parity_feed.items()}
         report = check_parity(str(staged), feed, reference, atol=atol, label="export")
-        if large:  # the weights first: a complete model.onnx always has its data beside it
-            os.replace(staged.with_name(staged.name + ".data"), out_path.with_name(out_path.name + ".data"))
-        os.replace(staged, out_path)
     log.info("exported %s in %.1fs (parity max |diff| %.2e)", out_path, seconds, report.max_abs_diff)
     return ExportResult(str(out_path), names, task.output_name, opset, round(seconds, 2), report, feed, reference)

@@ -205,7 +205,6 @@ def cmd_distill(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from modelpress.export.onnx_export import export_onnx
     from modelpress.models import load_model_and_preprocessor
     from modelpress.recipe import ExportConfig
 
@@ -221,7 +220,7 @@ def cmd_export(args) -> int:
     task = _task(args, recipe, ref)
     model, preprocessor = load_model_and_preprocessor(
         ref, task, trust_remote_code=args.trust_remote_code or bool(recipe and recipe.trust_remote_code))
-    result = export_onnx(model, preprocessor, args.out, task=task, opset=opset, atol=atol)
+    result = task.export(model, preprocessor, args.out, opset=opset, atol=atol)
     shape = "x".join(map(str, result.parity.feed_shape))
     print(f"onnx: {result.path} (inputs {', '.join(result.input_names)}; parity max |diff| "
           f"{result.parity.max_abs_diff:.2e} on a {shape} batch)")

@@ -138,6 +138,8 @@ class Recipe:
         if self.validate.eval_format not in (AUTO, *task.eval_formats):
             raise BadInputError(f"validate.eval_format: {self.task} reads {', '.join(task.eval_formats)} "
                                 f"(or auto), not {self.validate.eval_format!r}")
+        if task.pipeline_unavailable:
+            raise BadInputError(f"task: {task.pipeline_unavailable}")
         if self.gate.metric != AUTO and self.gate.metric not in task.metrics:
             raise BadInputError(f"gate.metric: {self.task} reports {', '.join(task.metrics)} (or auto), "
                                 f"not {self.gate.metric!r}")

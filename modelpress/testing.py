@@ -84,6 +84,37 @@ def make_tiny_model(folder: Path, *, task: str = "feature-extraction", family: s
     return folder
 
 
+#: tiny decoder families for the text-generation tests (config class, its keys); Qwen2 has grouped
+#: key/value heads (2 of 4), so the cache's head count differs from the attention's
+CAUSAL_FAMILIES = {
+    "gpt2": ("GPT2Config", dict(n_embd=32, n_layer=2, n_head=2, n_positions=128)),
+    "llama": ("LlamaConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=128)),
+    "qwen2": ("Qwen2Config", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  intermediate_size=64, max_position_embeddings=128)),
+}
+
+
+def make_tiny_causal_lm(folder: Path, *, family: str = "gpt2", seed: int = 0, initializer_range: float = 0.2) -> Path:
+    """A random tiny causal LM of ``family`` (:data:`CAUSAL_FAMILIES`) with the word tokenizer;
+    ``[SEP]`` is its end-of-sequence token, ``[PAD]`` its padding."""
+    import torch
+    import transformers
+
+    folder = Path(folder)
+    tokenizer = write_tokenizer(folder, model_input_names=["input_ids", "attention_mask"])
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.save_pretrained(str(folder))
+    cfg_name, keys = CAUSAL_FAMILIES[family]
+    specials = dict(bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                    pad_token_id=tokenizer.pad_token_id)
+    cfg = getattr(transformers, cfg_name)(vocab_size=len(tokenizer), initializer_range=initializer_range,
+                                          **specials, **keys)
+    torch.manual_seed(seed)
+    transformers.AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(str(folder))
+    return folder
+
+
 def make_teacher(folder: Path, *, task: str = "feature-extraction", num_labels: int = 3, hidden_size: int = 32,
                  num_layers: int = 4, heads: int = 2, initializer_range: float = 0.1, seed: int = 0) -> Path:
     """The distillation tests' teacher: a random tiny BERT (max 64 positions). ``initializer_range``

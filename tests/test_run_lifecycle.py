@@ -43,8 +43,11 @@ def test_an_interrupted_run_exits_128_plus_signal_and_keeps_the_earlier_bundle(p
     out, slow = published
     before = {p.name: p.stat().st_mtime_ns for p in (out / "life").rglob("*")}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    # a pytest-xdist worker may ignore SIGINT, and an ignored signal stays ignored across exec (Python
+    # then installs no KeyboardInterrupt handler): the child starts with the default, as from a shell
     proc = subprocess.Popen([sys.executable, "-m", "modelpress", "run", str(slow), "--out", str(out)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     # the run is under way once its staging folder holds the recipe; it then loads and exports
     while not list(out.glob(".life.partial-*/recipe.toml")) and time.monotonic() < deadline and proc.poll() is None:

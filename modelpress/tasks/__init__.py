@@ -70,7 +70,16 @@ class Task:
         """What ``bundle.json`` stores to rebuild this configured task."""
         return {"task": self.name, **dataclasses.asdict(self)}
 
+    #: why ``modelpress run`` / ``distill`` cannot take this task yet (the recipe check says it)
+    pipeline_unavailable: ClassVar[str | None] = None
+
     # -- model and export -------------------------------------------------------------------
+    def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
+        """``model`` → ONNX at ``out_path``, parity-checked (``export.onnx_export.ExportResult``)."""
+        from modelpress.export.onnx_export import export_onnx
+
+        return export_onnx(model, preprocessor, out_path, task=self, opset=opset, atol=atol)
+
     def torch_output(self, model_output: Any) -> Any:
         """The tensor export traces, from the transformers model's output."""
         return getattr(model_output, self.output_name)
@@ -133,6 +142,7 @@ TASKS.register("feature-extraction", "modelpress.tasks.feature_extraction:Featur
 TASKS.register("text-classification", "modelpress.tasks.text_classification:TextClassification")
 TASKS.register("token-classification", "modelpress.tasks.token_classification:TokenClassification")
 TASKS.register("image-classification", "modelpress.tasks.image_classification:ImageClassification")
+TASKS.register("text-generation", "modelpress.tasks.text_generation:TextGeneration")
 
 
 def get_task(name: str) -> type[Task]:

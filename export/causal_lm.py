@@ -1,0 +1,183 @@
+"""Causal LM → one ONNX graph with a KV cache, usable for prefill and for every decode step.
+
+The layout is the one ONNX Runtime GenAI and Optimum use: inputs ``input_ids`` [batch, new],
+``attention_mask`` [batch, past + new] (0 on left padding), ``position_ids`` [batch, new] and, per
+decoder layer ``i``, ``past_key_values.i.key`` / ``.value`` [batch, kv_heads, past, head_dim];
+outputs ``logits`` [batch, new, vocab] and ``present.i.key`` / ``.value`` [batch, kv_heads,
+past + new, head_dim]. A prefill feeds an empty past (length 0), a decode step feeds the last
+``present`` back. The cache is built inside the graph from the flat tensors (transformers'
+``DynamicCache``), so the family's own attention and cache code is what is traced.
+
+Every dynamic dimension is exported as ``Dim.DYNAMIC`` (torch.export infers the relation of the
+mask's length to past + new itself). Parity is checked against PyTorch on a prefill with an empty
+past at a batch size and length other than the export example's, and then on several decode steps
+fed with the graph's own ``present`` outputs.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from modelpress.errors import BadInputError
+from modelpress.export.onnx_export import ExportResult, staged_model
+from modelpress.export.parity import ParityReport, check_parity
+from modelpress.fileio import save_onnx
+
+log = logging.getLogger(__name__)
+
+FIXED_INPUTS = ("input_ids", "attention_mask", "position_ids")
+EXAMPLE = {"batch": 2, "new": 3, "past": 4}       # the trace example: no dimension 0 or 1
+PARITY = {"batch": 3, "prompt": 7, "steps": 3}    # prefill 3×7 on an empty past, then 3 decode steps
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """The cache's shape: a key and a value per decoder layer, [batch, kv_heads, length, head_dim]."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> "KVLayout":
+        text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
+        heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", None)
+        if not layers or not heads:
+            raise BadInputError(f"{type(config).__name__}: not a decoder config (no layer or head count)")
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        width = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+        head_dim = getattr(text, "head_dim", None) or width // heads
+        return cls(int(layers), int(kv_heads), int(head_dim))
+
+    @classmethod
+    def from_graph(cls, inputs: Sequence[Any]) -> "KVLayout":
+        """The layout from an ONNX Runtime session's inputs (heads and head_dim are static there)."""
+        past = [i for i in inputs if i.name.startswith("past_key_values.")]
+        if not past or len(past) % 2:
+            raise BadInputError("the graph has no past_key_values.* inputs: not a KV-cache export")
+        shape = past[0].shape
+        return cls(len(past) // 2, int(shape[1]), int(shape[3]))
+
+    def past_names(self) -> tuple[str, ...]:
+        return tuple(f"past_key_values.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value"))
+
+    def present_names(self) -> tuple[str, ...]:
+        return tuple(f"present.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value"))
+
+    def empty(self, batch: int, dtype=np.float32) -> dict[str, np.ndarray]:
+        """An empty past (length 0) for a prefill of ``batch`` sequences."""
+        return {name: np.zeros((batch, self.num_kv_heads, 0, self.head_dim), dtype=dtype)
+                for name in self.past_names()}
+
+
+def position_ids(attention_mask: np.ndarray, new: int) -> np.ndarray:
+    """Positions of the last ``new`` tokens: count of real tokens before each (left padding gets 0)."""
+    positions = np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0)
+    return positions[:, -new:].astype(np.int64)
+
+
+class _CausalLMWithPast(torch.nn.Module):
+    """Flat tensors in, flat tensors out: what ``torch.onnx.export`` can trace."""
+
+    def __init__(self, model: torch.nn.Module, layout: KVLayout) -> None:
+        super().__init__()
+        self.model = model
+        self.layout = layout
+        # transformers 5.2x renames ``past_key_values`` to ``cache`` (the old name warns)
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        from transformers import DynamicCache
+
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.layout.num_layers)]
+        cache = DynamicCache(ddp_cache_data=pairs, config=self.model.config)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=True, return_dict=True, **{self.cache_arg: cache})
+        present = []
+        for layer in getattr(out, self.cache_arg).layers:
+            present += [layer.keys, layer.values]
+        return (out.logits, *present)
+
+
+def _torch_step(module: _CausalLMWithPast, feed: dict[str, np.ndarray], layout: KVLayout) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        outs = module(*(torch.from_numpy(feed[k]) for k in FIXED_INPUTS),
+                      tuple(torch.from_numpy(feed[k]) for k in layout.past_names()))
+    return dict(zip(("logits", *layout.present_names()), (o.numpy() for o in outs)))
+
+
+def _parity_feeds(vocab: int, layout: KVLayout, session: Any, module: _CausalLMWithPast, *,
+                  atol: float, path: str) -> list[ParityReport]:
+    """Prefill on an empty past, then decode steps fed with the graph's own ``present``."""
+    rng = np.random.default_rng(0)
+    b, n = PARITY["batch"], PARITY["prompt"]
+    mask = np.ones((b, n), np.int64)
+    mask[0, :2] = 0  # one left-padded row
+    feed = {"input_ids": rng.integers(0, vocab, (b, n)).astype(np.int64), "attention_mask": mask,
+            "position_ids": position_ids(mask, n), **layout.empty(b)}
+    reports = []
+    for step in range(PARITY["steps"] + 1):
+        reference = _torch_step(module, feed, layout)
+        label = "export (prefill)" if step == 0 else f"export (decode step {step})"
+        real = feed["attention_mask"].astype(bool)  # what is computed at left padding is undefined
+        new = real[:, -feed["input_ids"].shape[1]:]
+        select = {"logits": lambda a, m=new: a[m],
+                  **{name: (lambda a, m=real: np.moveaxis(a, 2, 1)[m]) for name in layout.present_names()}}
+        reports.append(check_parity(path, feed, reference, atol=atol, label=label, select=select))
+        got = dict(zip(reference, session.run(list(reference), feed)))
+        nxt = got["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones((b, 1), np.int64)], axis=1)
+        feed = {"input_ids": nxt, "attention_mask": mask, "position_ids": position_ids(mask, 1),
+                **{p: got[q] for p, q in zip(layout.past_names(), layout.present_names())}}
+    return reports
+
+
+def export_causal_lm(model: torch.nn.Module, tokenizer: Any, out_path: str | Path, *, opset: int = 18,
+                     atol: float = 1e-4) -> ExportResult:
+    """``model`` (an ``AutoModelForCausalLM``) → ``out_path`` with its KV cache, parity-checked."""
+    out_path = Path(out_path)
+    layout = KVLayout.from_config(model.config)
+    module = _CausalLMWithPast(model.eval(), layout).eval()
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    gen = torch.Generator().manual_seed(0)
+    b, s, p = EXAMPLE["batch"], EXAMPLE["new"], EXAMPLE["past"]
+    past = tuple(torch.randn((b, layout.num_kv_heads, p, layout.head_dim), generator=gen)
+                 for _ in layout.past_names())
+    # a left-padded row in the example: traced on an all-ones mask, transformers drops the mask
+    # (its "no padding" shortcut) and the graph would ignore padding
+    mask = torch.ones((b, p + s), dtype=torch.long)
+    mask[1, :2] = 0
+    example = (torch.randint(0, vocab, (b, s), generator=gen), mask,
+               torch.from_numpy(position_ids(mask.numpy(), s)), past)
+    dyn = torch.export.Dim.DYNAMIC
+    shapes = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, tuple({0: dyn, 2: dyn} for _ in past))
+    names = (*FIXED_INPUTS, *layout.past_names())
+    start = time.perf_counter()
+    with torch.no_grad():
+        program = torch.onnx.export(module, example, dynamic_shapes=shapes, dynamo=True, opset_version=opset,
+                                    input_names=list(names), output_names=["logits", *layout.present_names()],
+                                    verbose=False)
+    with staged_model(program, out_path, model) as (staged, graph, large):
+        seconds = time.perf_counter() - start
+        if tuple(i.name for i in graph.graph.input) != names:
+            raise BadInputError(f"exported graph inputs {[i.name for i in graph.graph.input]} differ from {names}")
+        save_onnx(graph, staged, external_data=large)
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(staged), opts, providers=["CPUExecutionProvider"])
+        reports = _parity_feeds(vocab, layout, session, module, atol=atol, path=str(staged))
+        del session
+    worst = max(reports, key=lambda r: r.max_abs_diff)
+    log.info("exported %s in %.1fs (parity max |diff| %.2e over a prefill and %d decode steps)",
+             out_path, seconds, worst.max_abs_diff, PARITY["steps"])
+    return ExportResult(str(out_path), names, "logits", opset, round(seconds, 2), worst)

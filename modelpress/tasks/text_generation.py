@@ -1,0 +1,35 @@
+"""text-generation: causal language models (GPT-2, Llama, Qwen2, Phi-3, Mistral families:
+``AutoModelForCausalLM``), exported as one graph with a KV cache (``export.causal_lm``: prefill
+and decode steps) and generated with by ``modelpress.generation.TextGenerator``.
+
+Built so far: the export (parity on a prefill and on decode steps) and generation (greedy,
+sampled, streamed, batched with left padding, stop tokens, the chat template). Not yet: static
+int8 of the graph, perplexity validation and the gate, the bundle and distillation, so
+``modelpress run`` refuses the task with one line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from modelpress.tasks import LOWER, DistillSpec, Task
+
+
+@dataclass(frozen=True)
+class TextGeneration(Task):
+    name: ClassVar[str] = "text-generation"
+    auto_class: ClassVar[str] = "AutoModelForCausalLM"
+    output_name: ClassVar[str] = "logits"
+    metrics: ClassVar[Mapping[str, str]] = {"perplexity": LOWER}
+    eval_formats: ClassVar[tuple[str, ...]] = ("text",)
+    distill: ClassVar[DistillSpec] = DistillSpec(output="token_logits", losses=frozenset({"kl"}), defaults={"kl": 1.0})
+    pipeline_unavailable: ClassVar[str | None] = (
+        "text-generation runs export only so far (int8, validation and the bundle are not built yet): "
+        "`modelpress export --task text-generation MODEL --out model.onnx` writes the KV-cache graph, "
+        "and modelpress.generation.TextGenerator generates with it")
+
+    def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
+        from modelpress.export.causal_lm import export_causal_lm
+
+        return export_causal_lm(model, preprocessor, out_path, opset=opset, atol=atol)
