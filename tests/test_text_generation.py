@@ -3,7 +3,6 @@ checked inside the export) of tiny random GPT-2, Llama and Qwen2 (grouped KV hea
 generation on it, token for token against transformers' own ``generate``."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from conftest import write_recipe
@@ -11,6 +10,7 @@ from conftest import write_recipe
 from modelpress.testing import CAUSAL_FAMILIES, make_tiny_causal_lm
 
 PROMPTS = ("the cat sat on", "a dog", "the old film was very good and the plot")
+ONCE = pytest.mark.parametrize("exported", ["gpt2"], indirect=True)
 
 
 @pytest.fixture(scope="module", params=sorted(CAUSAL_FAMILIES))
@@ -61,12 +61,11 @@ def test_greedy_generation_equals_transformers_token_for_token(exported):
     assert gen.generate_ids(batch, max_new_tokens=16, stop_token_ids=[]) == [_hf_greedy(model, ids, 16) for ids in batch]
 
 
+@ONCE  # the loop and the metrics are the same for every family
 def test_streaming_stop_tokens_and_seeded_sampling(exported):
     from modelpress.generation import TextGenerator
 
-    family, _, tokenizer, result = exported
-    if family != "gpt2":
-        pytest.skip("the generation loop is the same for every family; checked once")
+    _, _, tokenizer, result = exported
     gen = TextGenerator(result.path, tokenizer)
     text = gen.generate(PROMPTS[0], max_new_tokens=20, stop_token_ids=[])
     pieces = list(gen.generate(PROMPTS[0], max_new_tokens=20, stop_token_ids=[], stream=True))
@@ -83,15 +82,50 @@ def test_streaming_stop_tokens_and_seeded_sampling(exported):
     assert gen.generate_ids([ids], max_new_tokens=12, do_sample=True, top_p=1e-9, stop_token_ids=[])[0] == greedy[:12]
 
 
+@ONCE  # the loop and the metrics are the same for every family
 def test_run_refuses_text_generation_in_one_line(exported, tmp_path, capsys):
     from modelpress.cli import main
 
-    family, _, _, result = exported
-    if family != "gpt2":
-        pytest.skip("checked once")
+    _, _, _, result = exported
     folder = str(result.path).rsplit("/", 1)[0]
     recipe = write_recipe(tmp_path / "lm.toml", {"name": "lm", "teacher": folder, "task": "text-generation"},
                           {"calibration": {"data": str(tmp_path / "corpus.txt")}})
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("modelpress: error: task: text-generation runs export only so far"), last
+
+
+@ONCE  # the loop and the metrics are the same for every family
+def test_strided_perplexity_matches_the_transformers_recipe_and_the_onnx_graph(exported):
+    import onnxruntime as ort
+
+    from modelpress.export.causal_lm import KVLayout
+    from modelpress.validate.perplexity import next_token_fidelity, onnx_scorer, perplexity, torch_scorer
+
+    _, model, tokenizer, result = exported
+    stream = tokenizer(" ".join(PROMPTS * 6))["input_ids"]
+    max_length, stride = 16, 6
+    # the transformers documentation's loop, written out: labels -100 on the context part
+    nlls, counted, prev_end = [], 0, 0
+    for begin in range(0, len(stream), stride):
+        end = min(begin + max_length, len(stream))
+        trg = end - prev_end
+        ids = torch.tensor([stream[begin:end]])
+        labels = ids.clone()
+        labels[:, :-trg] = -100
+        with torch.no_grad():
+            loss = model(input_ids=ids, labels=labels).loss
+        n = int((labels[:, 1:] != -100).sum())
+        nlls.append(loss * n)
+        counted += n
+        prev_end = end
+        if end == len(stream):
+            break
+    reference = float(torch.exp(torch.stack(nlls).sum() / counted))
+    ours = perplexity(torch_scorer(model), stream, max_length=max_length, stride=stride)
+    assert ours == pytest.approx(reference, rel=1e-5)
+    layout = KVLayout.from_config(model.config)
+    graph = onnx_scorer(ort.InferenceSession(result.path, providers=["CPUExecutionProvider"]), layout)
+    assert perplexity(graph, stream, max_length=max_length, stride=stride) == pytest.approx(reference, rel=1e-4)
+    fid = next_token_fidelity(torch_scorer(model), graph, stream, max_length=max_length, stride=stride)
+    assert fid.top1_agreement == 1.0 and fid.mean_kl < 1e-8 and fid.positions == counted

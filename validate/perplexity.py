@@ -1,0 +1,106 @@
+"""Language-model metrics on held-out text, for text-generation: perplexity by a strided sliding
+window (the transformers "perplexity of fixed-length models" recipe), and, between a candidate and
+the fp32 teacher on the same windows, next-token top-1 agreement and mean KL(teacher ‖ candidate).
+
+The text is tokenized once into one stream. Windows of ``max_length`` tokens start every
+``stride`` tokens; each window scores only the tokens the previous one did not (its last
+``end - previous_end`` positions), so every token after the first is scored once, with up to
+``max_length - stride`` tokens of context. A window is run through a scorer: a callable from
+``input_ids`` [1, n] to logits [1, n, vocab] — the PyTorch model, or an ONNX KV-cache graph
+prefilled on an empty past (:func:`onnx_scorer`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from modelpress.errors import BadInputError
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Window:
+    ids: np.ndarray   # [n] token ids of the window
+    scored: int       # the last ``scored`` next-token predictions count (targets ids[-scored:])
+
+
+def windows(stream: Sequence[int], *, max_length: int, stride: int) -> Iterator[Window]:
+    """The strided windows over ``stream`` (see the module docstring)."""
+    if not 0 < stride <= max_length:
+        raise BadInputError(f"perplexity: stride must be in 1..max_length ({max_length}), got {stride}")
+    ids = np.asarray(stream, dtype=np.int64)
+    if len(ids) < 2:
+        raise BadInputError("perplexity: the eval text has fewer than 2 tokens")
+    previous_end = 1  # the first token is never a target
+    for begin in range(0, len(ids) - 1, stride):
+        end = min(begin + max_length, len(ids))
+        if end <= previous_end:
+            continue
+        # at most n - 1: with stride == max_length the token at a window's start has no context in it
+        yield Window(ids[begin:end], min(end - previous_end, end - begin - 1))
+        previous_end = end
+        if end == len(ids):
+            return
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def perplexity(score: Scorer, stream: Sequence[int], *, max_length: int, stride: int) -> float:
+    """exp(mean negative log-likelihood) of every scored token of ``stream``."""
+    nll, count = 0.0, 0
+    for w in windows(stream, max_length=max_length, stride=stride):
+        logp = _log_softmax(score(w.ids[None])[0, :-1])     # position t predicts ids[t + 1]
+        targets = w.ids[1:]
+        picked = logp[np.arange(len(targets)), targets][-w.scored:]
+        nll -= float(picked.sum())
+        count += len(picked)
+    return math.exp(nll / count)
+
+
+@dataclass(frozen=True)
+class NextTokenFidelity:
+    top1_agreement: float    # share of scored positions where both predict the same next token
+    mean_kl: float           # mean KL(teacher ‖ candidate) of the next-token distributions
+    positions: int
+
+
+def next_token_fidelity(teacher: Scorer, candidate: Scorer, stream: Sequence[int], *, max_length: int,
+                        stride: int) -> NextTokenFidelity:
+    """Top-1 agreement and mean KL of ``candidate``'s next-token distributions against ``teacher``'s."""
+    same, kl, count = 0, 0.0, 0
+    for w in windows(stream, max_length=max_length, stride=stride):
+        lt = _log_softmax(teacher(w.ids[None])[0, :-1][-w.scored:])
+        lc = _log_softmax(candidate(w.ids[None])[0, :-1][-w.scored:])
+        same += int((lt.argmax(-1) == lc.argmax(-1)).sum())
+        kl += float((np.exp(lt) * (lt - lc)).sum())
+        count += len(lt)
+    return NextTokenFidelity(same / count, kl / count, count)
+
+
+def onnx_scorer(session, layout) -> Scorer:
+    """A KV-cache graph (``export.causal_lm``) as a scorer: one prefill of the window, empty past."""
+    def score(ids: np.ndarray) -> np.ndarray:
+        mask = np.ones_like(ids)
+        feed = {"input_ids": ids, "attention_mask": mask,
+                "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None].repeat(len(ids), 0),
+                **layout.empty(len(ids))}
+        return session.run(["logits"], feed)[0]
+    return score
+
+
+def torch_scorer(model) -> Scorer:
+    """A transformers causal LM as a scorer."""
+    import torch
+
+    def score(ids: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(input_ids=torch.from_numpy(ids)).logits.float().numpy()
+    return score
