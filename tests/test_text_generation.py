@@ -3,6 +3,7 @@ checked inside the export) of tiny random GPT-2, Llama and Qwen2 (grouped KV hea
 generation on it, token for token against transformers' own ``generate``."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import write_recipe
@@ -129,3 +130,35 @@ def test_strided_perplexity_matches_the_transformers_recipe_and_the_onnx_graph(e
     assert perplexity(graph, stream, max_length=max_length, stride=stride) == pytest.approx(reference, rel=1e-4)
     fid = next_token_fidelity(torch_scorer(model), graph, stream, max_length=max_length, stride=stride)
     assert fid.top1_agreement == 1.0 and fid.mean_kl < 1e-8 and fid.positions == counted
+
+
+@ONCE
+def test_the_kv_cache_graph_takes_static_int8_and_still_generates(exported, tmp_path):
+    """The first step of int8 for causal LMs: the existing static quantizer, calibrated on packed
+    token sequences with an empty past, quantizes the graph's weight MatMuls (not the attention
+    scores); the int8 graph keeps the cache layout, tracks fp32 and generates."""
+    import onnxruntime as ort
+
+    from modelpress.export.causal_lm import KVLayout
+    from modelpress.generation import TextGenerator
+    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.testing import random_sentences
+    from modelpress.validate.perplexity import next_token_fidelity, onnx_scorer, perplexity
+
+    _, model, tokenizer, result = exported
+    layout = KVLayout.from_config(model.config)
+    stream = tokenizer(" ".join(random_sentences(200, seed=1)))["input_ids"]
+    feeds = [{"input_ids": np.array([stream[s:s + 32]]), "attention_mask": np.ones((1, 32), np.int64),
+              "position_ids": np.arange(32)[None], **layout.empty(1)} for s in range(0, 512, 32)]
+    summary = quantize_static(result.path, tmp_path / "int8.onnx", feeds, QuantizeConfig())
+    assert len(summary.quantized_nodes) == 4 * 2 + 1      # c_attn, attn c_proj, c_fc, mlp c_proj per layer; lm_head
+    assert len(summary.fp32_nodes) == 2 * 2               # QKᵀ and attention·V stay fp32
+    held_out = tokenizer(" ".join(random_sentences(60, seed=9)))["input_ids"]
+    fp32 = onnx_scorer(ort.InferenceSession(result.path, providers=["CPUExecutionProvider"]), layout)
+    int8 = onnx_scorer(ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"]), layout)
+    ppl32, ppl8 = (perplexity(s, held_out, max_length=64, stride=32) for s in (fp32, int8))
+    assert abs(ppl8 / ppl32 - 1) < 0.01, (ppl32, ppl8)
+    assert next_token_fidelity(fp32, int8, held_out, max_length=64, stride=32).top1_agreement > 0.9
+    gen = TextGenerator(tmp_path / "int8.onnx", tokenizer)
+    assert len(gen.generate_ids([tokenizer(PROMPTS[0])["input_ids"]], max_new_tokens=8, stop_token_ids=[])[0]) == 8
