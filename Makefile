@@ -35,8 +35,7 @@ demo: setup $(DIGITS)  ## the full pipeline: packaged all-MiniLM-L6-v2 (plain in
 run: setup
 	$(PY) -m modelpress run $(RECIPE)
 
-# two workers on the 2-core CI machine, a test file each at a time (its module fixtures built once):
-# 8.3 min instead of ~11.5 sequentially
+# two workers on the 2-core CI machine, a test file each at a time (its module fixtures built once)
 TEST_WORKERS ?= 2
 test: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile

@@ -15,7 +15,8 @@ from torch import nn
 
 from modelpress.distill.tasks import TaskSpec
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
+#: what a corpus's collated batch carries beside the model's inputs (whatever the modality feeds)
+NOT_MODEL_INPUTS = ("labels", "index")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def run_model(
     need_attentions: bool = False,
 ) -> ModelOutputs:
     """One forward pass of a transformers model, reduced to :class:`ModelOutputs`."""
-    feed = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
+    feed = {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
     # asked for only when wanted: not every model's forward takes them (ResNet has no attentions)
     wanted = {k: True for k, on in (("output_hidden_states", need_hidden), ("output_attentions", need_attentions)) if on}
     out = model(**feed, **wanted, return_dict=True)

@@ -28,18 +28,11 @@ from modelpress.distill.teacher import TeacherTargets, load_teacher
 from modelpress.distill.trainer import Trainer, TrainPlan, say
 from modelpress.errors import BadInputError
 from modelpress.modalities import get_modality
+from modelpress.models import load_preprocessor
 
 STUDENT_DIR = "student"
 CHECKPOINT_DIR = "distill_ckpt"
 _NOT_IN_FINGERPRINT = ("enabled", "data", "save_every")  # data enters through its content hash
-
-
-def _load_preprocessor(modality: Any, ref: str) -> Any:
-    try:
-        return modality.load_preprocessor(ref)
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"teacher '{ref}': cannot load its {modality.preprocessor_dir.replace('_', ' ')} "
-                            f"({str(exc).splitlines()[0]})") from None
 
 
 def run_distillation(
@@ -69,10 +62,9 @@ def run_distillation(
 
     with distributed_context() as dist:
         precision = resolve_precision(cfg.precision, dist.device)
-        modality = get_modality(spec.task.modality)
-        tokenizer = _load_preprocessor(modality, teacher)  # a tokenizer, an image processor
+        preprocessor = load_preprocessor(teacher, spec.task)  # a tokenizer, an image processor
         teacher_model = load_teacher(teacher, spec, attn_implementation=attn)
-        corpus = modality.distill_corpus(cfg, tokenizer, label2id=getattr(teacher_model.config, "label2id", None),
+        corpus = get_modality(spec.task.modality).distill_corpus(cfg, preprocessor, label2id=getattr(teacher_model.config, "label2id", None),
                                          num_labels=getattr(teacher_model.config, "num_labels", 0),
                                          per_token=spec.per_token_target)
         train_indices, eval_indices = split_indices(len(corpus), cfg.eval_fraction, seed=cfg.seed)
@@ -88,7 +80,7 @@ def run_distillation(
                 shown = ", ".join(f"{k}={v:.4g}" for k, v in best.items() if k != "layers")
                 say(f"distill: layer_selection = agreement: keeping teacher layers {list(choice.layers)} "
                     f"({shown} untrained; best of {len(choice.candidates)} subsets)")
-        build = build_student(student_cfg, teacher_model, spec, tokenizer=tokenizer, attn_implementation=attn)
+        build = build_student(student_cfg, teacher_model, spec, tokenizer=preprocessor, attn_implementation=attn)
         teacher_width = getattr(teacher_model.config, "hidden_size", None)  # CNNs have a width per stage
         same_width = getattr(build.model.config, "hidden_size", None) == teacher_width
         if not same_width and (weights["embedding_mse"] > 0 or weights["embedding_cos"] > 0):
@@ -144,7 +136,7 @@ def run_distillation(
                 "evaluations": state.history, "world_size": dist.world_size, "precision": precision.name,
                 "config": cfg.to_json_dict(),
             }
-            write_student_folder(student.cpu(), tokenizer, dest=dest, teacher_ref=teacher,
+            write_student_folder(student.cpu(), preprocessor, dest=dest, teacher_ref=teacher,
                                  same_width=same_width, summary=summary)
             say(f"distill: student written to {dest}"
                 + (f" (best at step {state.best_step})" if state.best_step is not None else ""))

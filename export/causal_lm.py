@@ -27,7 +27,7 @@ import torch
 
 from modelpress.errors import BadInputError
 from modelpress.export.onnx_export import ExportResult, staged_model
-from modelpress.export.parity import ParityReport, check_parity
+from modelpress.export.parity import ParityReport, compare_outputs
 from modelpress.fileio import save_onnx
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,9 @@ def _parity_feeds(vocab: int, layout: KVLayout, session: Any, module: _CausalLMW
         new = real[:, -feed["input_ids"].shape[1]:]
         select = {"logits": lambda a, m=new: a[m],
                   **{name: (lambda a, m=real: np.moveaxis(a, 2, 1)[m]) for name in layout.present_names()}}
-        reports.append(check_parity(path, feed, reference, atol=atol, label=label, select=select))
-        got = dict(zip(reference, session.run(list(reference), feed)))
+        got = dict(zip(reference, session.run(list(reference), feed)))  # once: compared, then fed back
+        reports.append(compare_outputs(got, reference, atol=atol, label=label, source=path,
+                                       feed_shape=feed["input_ids"].shape, select=select))
         nxt = got["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
         mask = np.concatenate([mask, np.ones((b, 1), np.int64)], axis=1)
         feed = {"input_ids": nxt, "attention_mask": mask, "position_ids": position_ids(mask, 1),

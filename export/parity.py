@@ -32,8 +32,7 @@ class ParityReport:
 def check_parity(onnx_path: str, feed: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], *,
                  atol: float, label: str, raise_on_failure: bool = True,
                  select: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> ParityReport:
-    """``select``: per output, the part that is compared (e.g. the real positions only: what a
-    model computes at padding is undefined and differs between runtimes)."""
+    """Run ``onnx_path`` on ``feed`` and :func:`compare_outputs` with ``reference``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -42,6 +41,18 @@ def check_parity(onnx_path: str, feed: Mapping[str, np.ndarray], reference: Mapp
     names = list(reference)
     inputs = {i.name: feed[i.name] for i in session.get_inputs()}
     got = dict(zip(names, session.run(names, inputs)))
+    return compare_outputs(got, reference, atol=atol, label=label, source=onnx_path,
+                           feed_shape=tuple(next(iter(feed.values())).shape), raise_on_failure=raise_on_failure,
+                           select=select)
+
+
+def compare_outputs(got: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], *, atol: float, label: str,
+                    source: str, feed_shape: tuple[int, ...], raise_on_failure: bool = True,
+                    select: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> ParityReport:
+    """A line per output, then one ParityError naming every output over ``atol``. ``select``: per
+    output, the part that is compared (e.g. the real positions only: what a model computes at
+    padding is undefined and differs between runtimes)."""
+    names = list(reference)
     diffs, failed = [], []
     for name in names:
         pick = (select or {}).get(name, lambda a: a)
@@ -52,9 +63,8 @@ def check_parity(onnx_path: str, feed: Mapping[str, np.ndarray], reference: Mapp
         diffs.append((name, diff))
         if not ok:
             failed.append(f"{name} max |diff| {diff:.3e}")
-    shape = tuple(next(iter(feed.values())).shape)
-    report = ParityReport(label, atol, max(d for _, d in diffs), tuple(diffs), shape)
+    report = ParityReport(label, atol, max(d for _, d in diffs), tuple(diffs), feed_shape)
     if failed and raise_on_failure:
-        raise ParityError(f"{label} parity failed on a {'x'.join(map(str, shape))} batch: {'; '.join(failed)} "
-                          f"(atol {atol:.0e}) in {onnx_path}")
+        raise ParityError(f"{label} parity failed on a {'x'.join(map(str, feed_shape))} batch: {'; '.join(failed)} "
+                          f"(atol {atol:.0e}) in {source}")
     return report

@@ -124,18 +124,17 @@ class TextGenerator:
                 raise BadInputError("generate(stream=True) takes one prompt")
             return self._stream(encoded[0], max_new_tokens=max_new_tokens, **options)
         ids = self.generate_ids(encoded, max_new_tokens=max_new_tokens, **options)
-        outs = [self.tokenizer.decode(self._strip_stop(row, options.get("stop_token_ids")), skip_special_tokens=True)
+        stops = self._stops(options.get("stop_token_ids"))
+        outs = [self.tokenizer.decode(row[:-1] if row and row[-1] in stops else row, skip_special_tokens=True)
                 for row in ids]
         return outs[0] if single else outs
-
-    def _strip_stop(self, row: list[int], stop_token_ids) -> list[int]:
-        return row[:-1] if row and row[-1] in self._stops(stop_token_ids) else row
 
     def _stream(self, prompt: list[int], **options: Any) -> Iterator[str]:
         made: list[int] = []
         shown = ""
+        stops = self._stops(options.get("stop_token_ids"))
         for tokens in self.steps([prompt], **options):
-            if tokens[0] < 0 or int(tokens[0]) in self._stops(options.get("stop_token_ids")):
+            if tokens[0] < 0 or int(tokens[0]) in stops:
                 break
             made.append(int(tokens[0]))
             text = self.tokenizer.decode(made, skip_special_tokens=True)

@@ -116,17 +116,22 @@ def load_model(ref: str, task, *, trust_remote_code: bool = False, allow_new_hea
     return model
 
 
-def load_model_and_preprocessor(ref: str, task, *, trust_remote_code: bool = False, allow_new_heads: bool = False,
-                                seed: int = 0):
-    """The model for ``task`` and its modality's preprocessor (tokenizer, image processor)."""
+def load_preprocessor(ref: str, task, *, trust_remote_code: bool = False):
+    """The preprocessor of ``task``'s modality (tokenizer, image processor) for the model ``ref``."""
     from modelpress.modalities import get_modality
 
     modality = get_modality(task.modality)
     try:
-        preprocessor = modality.load_preprocessor(ref, trust_remote_code=trust_remote_code)
+        return modality.load_preprocessor(ref, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInputError(f"model '{ref}': cannot load its {modality.name} preprocessor ({first})") from None
+
+
+def load_model_and_preprocessor(ref: str, task, *, trust_remote_code: bool = False, allow_new_heads: bool = False,
+                                seed: int = 0):
+    """The model for ``task`` and its modality's preprocessor (tokenizer, image processor)."""
+    preprocessor = load_preprocessor(ref, task, trust_remote_code=trust_remote_code)
     if allow_new_heads:
         import torch
 

@@ -67,7 +67,7 @@ def test_a_vit_layer_subset_is_distilled_pressed_and_reported_beside_its_start(i
     assert list(report["models"]) == ["teacher", "untrained-subset-fp32", "student-onnx-fp32", "int8"]
     summary = json.loads((root / "student" / "distill.json").read_text(encoding="utf-8"))
     kept = summary["kept_layers"]
-    assert len(kept) == 2 and summary["config"]["losses"] is not None
+    assert len(kept) == 2
     assert json.loads((root / "student" / "config.json").read_text())["num_hidden_layers"] == 2
     assert (root / "student" / "preprocessor_config.json").is_file()
     # the untrained row is the kept subset, computed here by hand against the teacher

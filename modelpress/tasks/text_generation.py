@@ -2,10 +2,12 @@
 ``AutoModelForCausalLM``), exported as one graph with a KV cache (``export.causal_lm``: prefill
 and decode steps) and generated with by ``modelpress.generation.TextGenerator``.
 
-Built so far: the export (parity on a prefill and on decode steps) and generation (greedy,
-sampled, streamed, batched with left padding, stop tokens, the chat template). Not yet: static
-int8 of the graph, perplexity validation and the gate, the bundle and distillation, so
-``modelpress run`` refuses the task with one line.
+Built so far: the export (parity on a prefill and on decode steps), generation (greedy, sampled,
+streamed, batched with left padding, stop tokens, the chat template), the metrics as functions
+(``validate.perplexity``), and static int8 of the graph by the existing quantizer when it is given
+feeds. Not yet: calibration, validation and the gate inside ``modelpress run``, the bundle and
+distillation, so ``run`` / ``distill`` refuse the task with one line; ``metrics`` and ``distill``
+below say what they will be.
 """
 from __future__ import annotations
 
