@@ -7,6 +7,8 @@ RECIPE ?= configs/minilm.toml
 # ResNet trained here on real digit scans → int8 (gate 0.5 points of accuracy)
 DEMO_RECIPES ?= configs/minilm.toml configs/minilm-distill.toml configs/resnet-digits.toml
 DIGITS := artifacts/digits/digits.json
+GPT := artifacts/gpt/gpt.json
+GPT_MINUTES ?= 20
 NAME   ?= $(shell sed -n 's/^name *= *"\(.*\)"/\1/p' $(RECIPE) | head -1)
 RUN_DIR ?= artifacts/$(NAME)
 # single stages of RECIPE (make export / quantize / validate) write here, not into the bundle
@@ -18,7 +20,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test test-fast run distill export quantize validate gate engine analyze bench clean
+.PHONY: setup demo test test-fast run distill export quantize validate gate engine analyze bench bench-lm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +71,12 @@ $(DIGITS): | setup  ## scikit-learn's digit scans as imagefolders + a ResNet tra
 
 bench: setup
 	$(PY) -m bench.run_bench
+
+$(GPT): | setup  ## a ~14 M-parameter GPT-2 trained on ../shared/data's English text (GPT_MINUTES of wall time)
+	$(PY) -m bench.tiny_gpt --out $(dir $@) --minutes $(GPT_MINUTES)
+
+bench-lm: $(GPT)  ## text-generation: press configs/gpt-small.toml, then PyTorch / ORT fp32 / ORT dynamic int8 / ours
+	$(PY) -m bench.lm_bench
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -1,4 +1,4 @@
-"""Where each encoder architecture keeps its stack of layers (facts used to cut a layer subset).
+"""Where each encoder or decoder architecture keeps its stack of layers (facts used to cut a layer subset).
 
 One :class:`LayerSpec` per ``config.model_type``, registered with :func:`register_layers`; a model
 type that is not registered raises :class:`BadInputError` listing the known ones, so a new
@@ -35,6 +35,9 @@ register_layers(
 register_layers(LayerSpec("transformer.layer", num_layers_attr="n_layers"), "distilbert")
 register_layers(LayerSpec("layers"), "vit", "deit", "beit")  # transformers 5 dropped their ``encoder``
 register_layers(LayerSpec("encoder.layer"), "dinov2", "data2vec-vision")
+# decoders (text-generation): DistilGPT2-style students keep a subset of the blocks
+register_layers(LayerSpec("h", num_layers_attr="n_layer"), "gpt2")
+register_layers(LayerSpec("layers"), "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2")
 
 
 def layer_spec(model_type: str) -> LayerSpec:

@@ -91,6 +91,9 @@ def build_layer_subset(teacher_model: nn.Module, layers: Sequence[int]) -> nn.Mo
                 module.layer_idx = new_index
     setattr(parent, name, kept)
     setattr(student.config, layer_spec(student.config.model_type).num_layers_attr, len(layers))
+    per_layer = getattr(student.config, "layer_types", None)  # decoders: attention kind per layer
+    if isinstance(per_layer, list) and len(per_layer) == len(stack):
+        student.config.layer_types = [per_layer[i] for i in layers]
     student.requires_grad_(True)
     return student
 

@@ -20,7 +20,8 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from types import SimpleNamespace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -66,6 +67,11 @@ class KVLayout:
         shape = past[0].shape
         return cls(len(past) // 2, int(shape[1]), int(shape[3]))
 
+    @classmethod
+    def from_shapes(cls, shapes: Mapping[str, Sequence[Any]]) -> "KVLayout":
+        """The layout from a graph's input shapes (name → dims; ``fileio.graph_input_shapes``)."""
+        return cls.from_graph([SimpleNamespace(name=k, shape=tuple(v)) for k, v in shapes.items()])
+
     def past_names(self) -> tuple[str, ...]:
         return tuple(f"past_key_values.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value"))
 
@@ -105,6 +111,27 @@ class _CausalLMWithPast(torch.nn.Module):
         for layer in getattr(out, self.cache_arg).layers:
             present += [layer.keys, layer.values]
         return (out.logits, *present)
+
+
+class FeedStep(torch.nn.Module):
+    """The model with the graph's interface: the same named feed in, the same named outputs out
+    (``logits``, ``present.*``), so the PyTorch teacher runs wherever the graph does (validation's
+    torch runner). A prefill feed made for another graph (a student's: fewer layers, other heads)
+    works too: an empty or missing past is replaced by this model's own empty past."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.layout = KVLayout.from_config(model.config)
+        self.step = _CausalLMWithPast(model, self.layout)
+        self.input_names = (*FIXED_INPUTS, *self.layout.past_names())
+
+    def forward(self, **feed: torch.Tensor) -> dict[str, torch.Tensor]:
+        past = [feed.get(k) for k in self.layout.past_names()]
+        if any(p is None for p in past) or all(p.shape[2] == 0 for p in past):
+            batch = feed["input_ids"].shape[0]
+            past = [torch.from_numpy(v) for v in self.layout.empty(batch).values()]
+        outs = self.step(*(feed[k] for k in FIXED_INPUTS), tuple(past))
+        return dict(zip(("logits", *self.layout.present_names()), outs))
 
 
 def _torch_step(module: _CausalLMWithPast, feed: dict[str, np.ndarray], layout: KVLayout) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from modelpress.errors import BadInputError
 from modelpress.inference import Predictor
@@ -25,10 +25,12 @@ INT8_MODEL = "model.int8.onnx"
 
 def write_bundle_meta(root: Path, *, task: Any, input_names: Sequence[str], max_length: int,
                       max_positions: int | None = None, label_names: Sequence[str] = (),
-                      runtimes: Sequence[str] = ("onnxruntime",)) -> None:
+                      runtimes: Sequence[str] = ("onnxruntime",),
+                      input_shapes: Mapping[str, Sequence[int | None]] | None = None) -> None:
     from modelpress.fileio import write_json
 
     write_json(root / BUNDLE_META, {"task": task.describe(), "input_names": list(input_names),
+                                    "input_shapes": dict(input_shapes or {}),
                                     "max_length": max_length, "max_positions": max_positions,
                                     "label_names": list(label_names),
                                     "runtimes": {r: BUNDLE_RUNTIMES[r] for r in runtimes}})
@@ -82,7 +84,8 @@ class Bundle(Predictor):
         # inputs are truncated to what the model can take, whatever bundle.json says
         limit = meta.get("max_positions") or modality.position_limit(None, preprocessor)
         length = int(meta["max_length"]) if not limit else min(int(meta["max_length"]), int(limit))
-        encoder = modality.encoder(preprocessor, input_names=runner.input_names, max_length=length)
+        encoder = modality.encoder(preprocessor, input_names=runner.input_names, max_length=length,
+                                   input_shapes=meta.get("input_shapes"))
         super().__init__(runner, task, encoder, name=name, runtime=runtime)
 
     def __enter__(self) -> "Bundle":

@@ -236,7 +236,7 @@ def cmd_quantize(args) -> int:
     from modelpress.runtimes.quantize.config import QuantizeConfig
     from modelpress.runtimes.quantize.static import quantize_static
 
-    from modelpress.fileio import load_onnx
+    from modelpress.fileio import graph_input_shapes, load_onnx
 
     graph = load_onnx(args.onnx, load_external_data=False)
     recipe = _stage_recipe(args)
@@ -257,7 +257,10 @@ def cmd_quantize(args) -> int:
     preprocessor = modality.load_preprocessor(ref)
     names = modality.check_graph_inputs(tuple(i.name for i in graph.graph.input), source=args.onnx)
     examples = modality.load_examples(cal.data, field=getattr(cal, modality.field_key), num_samples=cal.num_samples, seed=cal.seed)
-    encoder = modality.encoder(preprocessor, input_names=names, max_length=cal.max_length)
+    examples = modality.calibration_examples(examples, preprocessor, max_length=cal.max_length,
+                                             num_samples=cal.num_samples, seed=cal.seed)
+    encoder = modality.encoder(preprocessor, input_names=names, max_length=cal.max_length,
+                               input_shapes=graph_input_shapes(args.onnx))
     summary = quantize_static(args.onnx, args.out, ExampleFeed(examples, encoder, batch_size=cal.batch_size), cfg)
     side = Path(args.out).with_suffix(".quantization.json")
     details = {**summary.to_dict(), "process_peak_rss_mb": process_peak_rss_mb()}
@@ -271,6 +274,7 @@ def cmd_quantize(args) -> int:
 def cmd_validate(args) -> int:
     import dataclasses
 
+    from modelpress.fileio import graph_input_shapes
     from modelpress.models import load_model_and_preprocessor
     from modelpress.modalities import get_modality
     from modelpress.recipe import GateConfig, ValidateConfig, section_config
@@ -292,12 +296,14 @@ def cmd_validate(args) -> int:
         "max_drop": _pick(args.max_drop, recipe, "gate", "max_drop", GateConfig),
         "metric": recipe.gate.metric if recipe else "auto"})
     modality = get_modality(task.modality)
-    modality.check_lengths(model.config, preprocessor, {"validate.max_length": cfg.max_length,
-                                                        "--seq-lengths": max(cfg.seq_lengths)})
-    es = task.read_eval(cfg.eval_data, cfg, model_config=model.config)
+    modality.check_lengths(model.config, preprocessor, {
+        "validate.max_length": cfg.max_length, "--seq-lengths": max(cfg.seq_lengths),
+        **{f"validate.{key}": max(getattr(cfg, key)) + 1 for key in task.length_keys}})
+    es = task.read_eval(cfg.eval_data, cfg, model_config=model.config, preprocessor=preprocessor)
     runtime = args.runtime or ("openvino" if args.candidate.endswith(".xml") else "onnxruntime")
     names = modality.check_graph_inputs(RUNTIMES.get(runtime).graph_inputs(args.candidate), source=args.candidate)
-    encoder = modality.encoder(preprocessor, input_names=names, max_length=cfg.max_length)
+    shapes = graph_input_shapes(args.candidate) if args.candidate.endswith(".onnx") else None
+    encoder = modality.encoder(preprocessor, input_names=names, max_length=cfg.max_length, input_shapes=shapes)
     report = validate_stage(task=task, cfg=cfg, gate_cfg=gate_cfg,
                             teacher=teacher_opener(model, task=task, encoder=encoder, threads=cfg.threads),
                             candidates=[file_opener(Path(args.candidate), task=task, encoder=encoder,

@@ -73,6 +73,13 @@ def load_onnx(path: str | Path, *, load_external_data: bool = True):
     return model
 
 
+def graph_input_shapes(path: str | Path) -> dict[str, list[int | None]]:
+    """Each input of an ONNX model and its dims (None where dynamic), read without its weights."""
+    graph = load_onnx(path, load_external_data=False).graph
+    return {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+            for i in graph.input}
+
+
 def save_onnx(model, path: str | Path, *, external_data: bool = False) -> Path:
     """``onnx.save`` through :func:`atomic_path`. With ``external_data`` (models over protobuf's
     2 GB limit) the weights go to ``<name>.data`` beside it, written before the model is renamed

@@ -1,4 +1,5 @@
-"""Text generation on a KV-cache ONNX graph (``export.causal_lm``'s layout) with ONNX Runtime.
+"""Text generation on a KV-cache graph (``export.causal_lm``'s layout) through a runner of the
+runtime registry (the bundle's; ONNX Runtime for a bare .onnx file).
 
 One prefill feeds the prompts (left-padded to one length, an empty past), then every decode step
 feeds the chosen token of each row and the previous step's ``present`` tensors as the new past.
@@ -43,17 +44,22 @@ def _pick(logits: np.ndarray, *, do_sample: bool, temperature: float, top_k: int
 class TextGenerator:
     """A KV-cache graph and its tokenizer; ``generate`` makes text, ``generate_ids`` token ids."""
 
-    def __init__(self, model_path: str | Path, tokenizer: Any, *, threads: int | None = None) -> None:
-        import onnxruntime as ort
+    def __init__(self, model: Any, tokenizer: Any, *, layout: KVLayout | None = None,
+                 threads: int | None = None) -> None:
+        """``model``: a runner of the runtime registry (the bundle's) or an ONNX file (opened
+        with ONNX Runtime); ``layout``: the cache's (read from the file when not given)."""
+        if isinstance(model, (str, Path)):
+            from modelpress.fileio import graph_input_shapes
+            from modelpress.runtimes.registry import create_runner
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        self.layout = KVLayout.from_graph(self.session.get_inputs())
+            layout = layout or KVLayout.from_shapes(graph_input_shapes(model))
+            model = create_runner("onnxruntime", model, threads=threads or 0)
+            model.__enter__()
+        if layout is None:
+            raise BadInputError("TextGenerator: give the cache layout with a runner")
+        self.runner = model
+        self.layout = layout
         self.tokenizer = tokenizer
-        self._outputs = ["logits", *self.layout.present_names()]
 
     def _stops(self, stop_token_ids: Sequence[int] | None) -> set[int]:
         eos = getattr(self.tokenizer, "eos_token_id", None)
@@ -82,7 +88,8 @@ class TextGenerator:
         stops = self._stops(stop_token_ids)
         done = np.zeros(len(prompts), dtype=bool)
         for _ in range(max_new_tokens):
-            logits, *present = self.session.run(self._outputs, feed)
+            out = self.runner.run(feed)
+            logits, present = out["logits"], [out[name] for name in self.layout.present_names()]
             token = _pick(logits[:, -1], do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                           rng=rng)
             yield np.where(done, -1, token)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from modelpress.calibration_data.feeds import ExampleFeed
 from modelpress.errors import BadInputError
+from modelpress.fileio import graph_input_shapes
 from modelpress.lock import bundle_lock
 from modelpress.modalities import get_modality
 from modelpress.models import load_model, load_model_and_preprocessor, resolve_model_ref
@@ -93,8 +94,11 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
         seed=recipe.seed)
     limit = modality.check_lengths(teacher_model.config, preprocessor, {
         "calibration.max_length": cal.max_length, "validate.max_length": v.max_length,
-        "validate.seq_lengths": max(v.seq_lengths)})
-    es = task.read_eval(v.eval_data, v, model_config=teacher_model.config)
+        "validate.seq_lengths": max(v.seq_lengths),
+        **{f"validate.{key}": max(getattr(v, key)) + 1 for key in task.length_keys}})
+    es = task.read_eval(v.eval_data, v, model_config=teacher_model.config, preprocessor=preprocessor)
+    cal_examples = modality.calibration_examples(cal_examples, preprocessor, max_length=cal.max_length,
+                                                 num_samples=cal.num_samples, seed=cal.seed)
 
     deployed = teacher_model
     if recipe.distill_enabled:
@@ -106,8 +110,9 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
 
     exported = export_stage(deployed, preprocessor, task=task, cfg=recipe.export, paths=paths)
     names = exported.result.input_names
-    encoder = modality.encoder(preprocessor, input_names=names, max_length=v.max_length)
-    cal_encoder = modality.encoder(preprocessor, input_names=names, max_length=cal.max_length)
+    shapes = graph_input_shapes(paths.model_onnx)
+    encoder = modality.encoder(preprocessor, input_names=names, max_length=v.max_length, input_shapes=shapes)
+    cal_encoder = modality.encoder(preprocessor, input_names=names, max_length=cal.max_length, input_shapes=shapes)
     teacher = teacher_opener(teacher_model, task=task, encoder=encoder, threads=v.threads)
 
     evaluate = None
@@ -119,7 +124,7 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
                            openvino="openvino" in v.runtimes)
     write_bundle_meta(staging, task=task, input_names=names, max_length=v.max_length, max_positions=limit,
                       label_names=_label_names(deployed.config) if task.needs_labels else [],
-                      runtimes=v.runtimes)
+                      runtimes=v.runtimes, input_shapes=shapes)
     engines = []
     if engine_wanted:
         from modelpress.runtimes.tensorrt.stage import build_engines
@@ -134,9 +139,13 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
 
         log.info("calibrating %d more times on other samples (quantize.calibration_seeds)",
                  recipe.quantize.calibration_seeds - 1)
-        feeds = [(cal.seed + k, ExampleFeed(modality.load_examples(cal.data, field=getattr(cal, modality.field_key),
-                                                                   num_samples=cal.num_samples, seed=cal.seed + k),
-                                            cal_encoder, batch_size=cal.batch_size))
+        def examples(seed: int):
+            raw = modality.load_examples(cal.data, field=getattr(cal, modality.field_key),
+                                         num_samples=cal.num_samples, seed=seed)
+            return modality.calibration_examples(raw, preprocessor, max_length=cal.max_length,
+                                                 num_samples=cal.num_samples, seed=seed)
+
+        feeds = [(cal.seed + k, ExampleFeed(examples(cal.seed + k), cal_encoder, batch_size=cal.batch_size))
                  for k in range(1, recipe.quantize.calibration_seeds)]
         seeds = seed_variants(paths.model_onnx, feeds, quant, recipe.quantize, Path(work))
         variants = [file_opener(path, task=task, encoder=encoder, threads=v.threads, name=f"int8-seed{seed}")

@@ -75,6 +75,8 @@ class ValidateConfig:
     batch_size: int = field(default=32, metadata={"min": 1})   # batch size for the accuracy pass (length-sorted)
     batch_sizes: tuple[int, ...] = field(default=(1, 32), metadata={"min": 1, "nonempty": True})  # latency: batch sizes ...
     seq_lengths: tuple[int, ...] = field(default=(128,), metadata={"min": 1, "nonempty": True})   # ... × padded lengths
+    stride: int = field(default=0, metadata={"min": 0})  # text-generation: perplexity windows start every stride tokens (0 = max_length / 2)
+    decode_contexts: tuple[int, ...] = field(default=(128, 512), metadata={"min": 1, "nonempty": True})  # text-generation: decode step timed at these past lengths
     latency_runs: int = field(default=30, metadata={"min": 1})  # timed runs per shape (after warm-up), at most
     latency_budget_s: float = field(default=60.0, metadata={"min": 0.0})  # seconds of timed rounds per shape (0 = no limit; ≥ 5 rounds)
     warmup_runs: int = field(default=3, metadata={"min": 0})    # untimed runs per shape

@@ -84,14 +84,16 @@ def make_tiny_model(folder: Path, *, task: str = "feature-extraction", family: s
     return folder
 
 
-#: tiny decoder families for the text-generation tests (config class, its keys); Qwen2 has grouped
-#: key/value heads (2 of 4), so the cache's head count differs from the attention's
+#: tiny decoder families for the text-generation tests (config class, its keys); Qwen3 has grouped
+#: key/value heads (2 of 4), so the cache's head count differs from the attention's, and its own
+#: head size. (Not Qwen2: transformers 5 loads every qwen2 folder's tokenizer as Qwen2Tokenizer,
+#: whatever tokenizer_config.json says, which turns the test tokenizer's words into unknowns.)
 CAUSAL_FAMILIES = {
     "gpt2": ("GPT2Config", dict(n_embd=32, n_layer=2, n_head=2, n_positions=128)),
     "llama": ("LlamaConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=64, max_position_embeddings=128)),
-    "qwen2": ("Qwen2Config", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                  intermediate_size=64, max_position_embeddings=128)),
+    "qwen3": ("Qwen3Config", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  head_dim=8, intermediate_size=64, max_position_embeddings=128)),
 }
 
 

@@ -13,8 +13,9 @@ class TorchRunner(Runner):
 
     def __init__(self, model, *, input_names: tuple[str, ...], task, threads: int = 0, device: str = "cpu",
                  dtype=None, name: str = "pytorch-fp32"):
-        self.model = model
-        self._inputs = tuple(input_names)
+        self.model = task.torch_module(model)
+        # a task's module may say what it takes (a decoder's own cache layout)
+        self._inputs = tuple(getattr(self.model, "input_names", None) or input_names)
         self.output_name = task.output_name
         self.output_fn = task.torch_output
         self.threads = threads
@@ -44,4 +45,6 @@ class TorchRunner(Runner):
             out = self.output_fn(self.model(**inputs))
             if self.device != "cpu":
                 torch.cuda.synchronize()
+            if isinstance(out, Mapping):  # a task whose model gives several named outputs
+                return {k: v.float().cpu().numpy() for k, v in out.items()}
             return {self.output_name: out.float().cpu().numpy()}

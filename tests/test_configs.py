@@ -12,6 +12,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "artifacts" / "digits"   # what `make demo` has bench.digits write first
+GPT = REPO / "artifacts" / "gpt"         # what `make bench-lm` has bench.tiny_gpt write first
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -25,6 +26,11 @@ def test_shipped_recipe_loads_and_its_data_files_exist(path):
         # made by the demo's first step: the folders bench.digits.prepare writes
         assert (at(recipe.calibration.data), at(recipe.validate.eval_data)) == (DIGITS / "calib", DIGITS / "test")
         assert "bench.digits --out $(dir $@) --models resnet" in (REPO / "Makefile").read_text()
+        return
+    if at(recipe.teacher) == GPT / "model":
+        # made by bench.tiny_gpt: the model folder and the two text files
+        assert (at(recipe.calibration.data), at(recipe.validate.eval_data)) == (GPT / "train.txt", GPT / "heldout.txt")
+        assert "bench.tiny_gpt --out" in (REPO / "Makefile").read_text()
         return
     assert Path(recipe.calibration.data).is_file()
     assert Path(recipe.validate.eval_data).is_file()

@@ -1,6 +1,7 @@
-"""text-generation so far: the KV-cache export (prefill on an empty past and decode steps, parity
-checked inside the export) of tiny random GPT-2, Llama and Qwen2 (grouped KV heads) models, and
-generation on it, token for token against transformers' own ``generate``."""
+"""text-generation: the KV-cache export (prefill on an empty past and decode steps, parity checked
+inside the export) of tiny random GPT-2, Llama and Qwen3 (grouped KV heads) models, generation on
+it token for token against transformers' own ``generate``, the language-model metrics against
+independent computations, and ``modelpress run`` from a recipe to a bundle that generates."""
 from __future__ import annotations
 
 import numpy as np
@@ -45,7 +46,7 @@ def test_the_graph_has_the_kv_cache_layout_and_passed_parity(exported):
                                               *(f"past_key_values.{i}.{kv}" for i in range(2) for kv in ("key", "value"))]
     assert [o.name for o in graph.output] == ["logits", *layout.present_names()]
     assert result.parity.ok and result.parity.max_abs_diff < 1e-4
-    if family == "qwen2":  # grouped query attention: the cache holds 2 of the 4 heads
+    if family == "qwen3":  # grouped query attention: the cache holds 2 of the 4 heads
         assert (layout.num_kv_heads, layout.head_dim) == (2, 8)
 
 
@@ -81,19 +82,6 @@ def test_streaming_stop_tokens_and_seeded_sampling(exported):
     assert sampled[0] == sampled[1] and sampled[0] != sampled[2]
     assert gen.generate_ids([ids], max_new_tokens=12, do_sample=True, top_k=1, stop_token_ids=[])[0] == greedy[:12]
     assert gen.generate_ids([ids], max_new_tokens=12, do_sample=True, top_p=1e-9, stop_token_ids=[])[0] == greedy[:12]
-
-
-@ONCE  # the loop and the metrics are the same for every family
-def test_run_refuses_text_generation_in_one_line(exported, tmp_path, capsys):
-    from modelpress.cli import main
-
-    _, _, _, result = exported
-    folder = str(result.path).rsplit("/", 1)[0]
-    recipe = write_recipe(tmp_path / "lm.toml", {"name": "lm", "teacher": folder, "task": "text-generation"},
-                          {"calibration": {"data": str(tmp_path / "corpus.txt")}})
-    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("modelpress: error: task: text-generation runs export only so far"), last
 
 
 @ONCE  # the loop and the metrics are the same for every family
@@ -162,3 +150,156 @@ def test_the_kv_cache_graph_takes_static_int8_and_still_generates(exported, tmp_
     assert next_token_fidelity(fp32, int8, held_out, max_length=64, stride=32).top1_agreement > 0.9
     gen = TextGenerator(tmp_path / "int8.onnx", tokenizer)
     assert len(gen.generate_ids([tokenizer(PROMPTS[0])["input_ids"]], max_new_tokens=8, stop_token_ids=[])[0]) == 8
+
+
+# -- the metrics, against independent computations ---------------------------------------------------
+def test_scored_windows_give_torch_cross_entropy_and_kl():
+    from modelpress.validate.perplexity import lm_metrics, score_window, window_sums
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, 400)
+    t_logits, c_logits = 3 * rng.normal(size=(400, 50)), rng.normal(size=(400, 50))
+    c_logits = t_logits + 0.1 * c_logits
+    pos = np.arange(4, 399)  # positions 4..398 predict tokens 5..399
+    t, c = score_window(t_logits, ids, pos), score_window(c_logits, ids, pos)
+    lt, lc = (torch.log_softmax(torch.tensor(x[pos]), -1) for x in (t_logits, c_logits))
+    ce_t = torch.nn.functional.cross_entropy(torch.tensor(t_logits[pos]), torch.tensor(ids[pos + 1]))
+    ce_c = torch.nn.functional.cross_entropy(torch.tensor(c_logits[pos]), torch.tensor(ids[pos + 1]))
+    kl = torch.nn.functional.kl_div(lc, lt, log_target=True, reduction="batchmean")
+    m = lm_metrics(window_sums([t], [c]))
+    assert m["perplexity"] == pytest.approx(float(torch.exp(ce_c)), rel=1e-5)
+    assert m["perplexity_ratio"] == pytest.approx(float(torch.exp(ce_c - ce_t)), rel=1e-5)
+    # the distributions are kept in float16: their rounding averages out over positions
+    assert m["mean_kl"] == pytest.approx(float(kl), rel=3e-3)
+    assert m["next_token_agreement"] == pytest.approx(float((lt.argmax(-1) == lc.argmax(-1)).double().mean()))
+    assert lm_metrics(window_sums([t], [t]), reference=True)["perplexity"] == pytest.approx(float(torch.exp(ce_t)))
+
+
+def test_the_gate_reads_the_perplexity_ratio_as_percent_and_its_interval_resamples_windows():
+    from modelpress.tasks import configure_task
+    from modelpress.validate.gate import decide
+    from modelpress.validate.perplexity import ScoredWindow
+    from modelpress.validate.uncertainty import interval
+
+    task = configure_task("text-generation")
+    rng = np.random.default_rng(1)
+
+    def window(nll):
+        return ScoredWindow(np.asarray(nll, np.float32), np.zeros(len(nll), np.int32), np.zeros((len(nll), 4), np.float16))
+    teacher = [window(rng.uniform(1, 4, 20)) for _ in range(30)]
+    cand = [window(w.nll + 0.02) for w in teacher]  # every token 0.02 nats worse: ppl × e^0.02
+    ref, got = task.reference_metrics(teacher, None), task.fidelity(teacher, cand, None)
+    gate = decide(task, ref, got, max_drop=1.0)
+    assert gate.metric == "perplexity_ratio"
+    assert gate.drop == pytest.approx(100 * (np.exp(0.02) - 1), abs=1e-3) and not gate.passed  # 2.02 % > 1 %
+    iv = interval(task.paired_units("perplexity_ratio", teacher, cand, None))
+    assert iv.unit == "windows" and iv.n == 30
+    assert iv.lo == pytest.approx(iv.drop, abs=1e-3) and iv.hi == pytest.approx(iv.drop, abs=1e-3)  # the same rise everywhere
+
+
+def test_calibration_text_is_packed_into_sequences_with_end_of_text_between_texts(tmp_path):
+    from modelpress.modalities.causal_text import CAUSAL_TEXT, pack
+
+    folder = make_tiny_causal_lm(tmp_path / "lm")
+    tok = CAUSAL_TEXT.load_preprocessor(str(folder))
+    texts = ["the cat sat", "a dog runs fast", "the film was good"]
+    seqs = pack(texts, tok, length=4, count=10, seed=0)
+    stream = np.concatenate(seqs)
+    assert [len(s) for s in seqs][:-1] == [4] * (len(seqs) - 1)
+    assert len(stream) == sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)
+    assert (stream == tok.eos_token_id).sum() == 3
+    assert not np.array_equal(np.concatenate(pack(texts, tok, length=4, count=10, seed=1)), stream)  # another order
+    assert len(pack(texts * 20, tok, length=4, count=5, seed=0)) == 5
+
+
+# -- modelpress run ------------------------------------------------------------------------------
+LM_VALIDATE = {"latency_runs": 2, "warmup_runs": 1, "batch_sizes": [1], "seq_lengths": [16], "decode_contexts": [24],
+               "real_workload": False, "max_length": 32, "stride": 16, "threads": 1}
+
+
+def _lm_recipe(tmp_path, folder, **sections):
+    from modelpress.testing import random_sentences
+
+    (tmp_path / "corpus.txt").write_text("\n".join(random_sentences(300, seed=1)) + "\n", encoding="utf-8")
+    (tmp_path / "heldout.txt").write_text("\n".join(random_sentences(40, seed=9)) + "\n", encoding="utf-8")
+    body = {"calibration": {"data": str(tmp_path / "corpus.txt"), "num_samples": 48, "max_length": 32, "batch_size": 16},
+            "validate": {**LM_VALIDATE, "eval_data": str(tmp_path / "heldout.txt")}, "gate": {"max_drop": 2.0}}
+    for name, extra in sections.items():
+        body[name] = {**body.get(name, {}), **extra}
+    return write_recipe(tmp_path / "lm.toml", {"name": "lm", "teacher": str(folder), "task": "text-generation"}, body)
+
+
+@pytest.mark.parametrize("family", sorted(CAUSAL_FAMILIES))
+def test_run_presses_a_causal_lm_into_a_bundle_that_generates_the_teachers_tokens(family, tmp_path):
+    import json
+
+    from modelpress.bundle import load
+    from modelpress.cli import main
+    from modelpress.models import load_model_and_preprocessor
+    from modelpress.modalities.causal_text import token_stream
+    from modelpress.tasks import configure_task
+    from modelpress.validate.perplexity import perplexity, torch_scorer
+
+    folder = make_tiny_causal_lm(tmp_path / family, family=family)
+    assert main(["run", str(_lm_recipe(tmp_path, folder)), "--out", str(tmp_path / "out")]) == 0
+    bundle = tmp_path / "out" / "lm"
+    report = json.loads((bundle / "report.json").read_text())
+    models = report["models"]
+    assert list(models) == ["teacher", "onnx-fp32", "int8"]
+    # the report's teacher perplexity is the one of the strided windows, computed here on its own
+    model, tokenizer = load_model_and_preprocessor(str(folder), configure_task("text-generation"))
+    texts = (tmp_path / "heldout.txt").read_text().splitlines()
+    reference = perplexity(torch_scorer(model), token_stream(texts, tokenizer), max_length=32, stride=16)
+    assert models["teacher"]["metrics"]["perplexity"] == pytest.approx(reference, rel=1e-5)
+    assert models["onnx-fp32"]["metrics"]["next_token_agreement"] == 1.0
+    assert models["onnx-fp32"]["metrics"]["perplexity_ratio"] == pytest.approx(1.0, abs=1e-5)
+    int8 = models["int8"]["metrics"]
+    assert int8["next_token_agreement"] > 0.85 and 0 < int8["mean_kl"] < 0.05
+    gate = report["gate"]
+    assert gate["metric"] == "perplexity_ratio" and gate["unit"] == "windows" and gate["passed"]
+    assert gate["drop"] == pytest.approx(100 * (int8["perplexity_ratio"] - 1), abs=1e-3)
+    for m in models.values():  # prefill rows and decode rows for every model
+        assert [r["seq_len"] for r in m["latency"]] == [16]
+        assert [(r["batch_size"], r["context"]) for r in m["decode_latency"]] == [(1, 24)]
+    assert set(report["ratios"]["int8"]) == {"b1xs16_p50", "decode_b1xc24_p50"}
+    assert "## Decode" in (bundle / "report.md").read_text()
+    # the bundle generates; on its fp32 graph it gives the teacher's greedy tokens
+    with load(bundle) as lm:
+        assert isinstance(lm.generate(PROMPTS[0], max_new_tokens=6), str)
+    with load(bundle, model_file="model.onnx") as lm:
+        for prompt in PROMPTS:
+            ids = tokenizer(prompt)["input_ids"]
+            assert lm.generator.generate_ids([ids], max_new_tokens=12, stop_token_ids=[])[0] == _hf_greedy(model, ids, 12)
+
+
+def test_a_layer_subset_decoder_is_distilled_and_reported_beside_its_start(tmp_path):
+    import json
+
+    from modelpress.cli import main
+
+    folder = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
+    recipe = _lm_recipe(tmp_path, folder, distill={"data": str(tmp_path / "corpus.txt"), "num_layers": 1, "epochs": 2,
+                                                   "batch_size": 16, "max_length": 32, "layer_selection": "spread"},
+                        gate={"max_drop": 50.0})
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    models = json.loads((tmp_path / "out" / "lm" / "report.json").read_text())["models"]
+    assert list(models) == ["teacher", "untrained-subset-fp32", "student-onnx-fp32", "int8"]
+    start, trained = models["untrained-subset-fp32"]["metrics"], models["student-onnx-fp32"]["metrics"]
+    assert trained["mean_kl"] < 0.7 * start["mean_kl"], (start, trained)
+    assert trained["perplexity"] < start["perplexity"]
+    assert json.loads((tmp_path / "out" / "lm" / "student" / "config.json").read_text())["n_layer"] == 1
+
+
+def test_unusable_language_model_inputs_are_one_line_and_exit_2(tmp_path, capsys):
+    from modelpress.cli import main
+
+    folder = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
+    recipe = _lm_recipe(tmp_path, folder, validate={"stride": 64})
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "modelpress: error: validate.stride: 64 is more than validate.max_length (32)"
+    (tmp_path / "blank.txt").write_text("\n\n", encoding="utf-8")
+    recipe = _lm_recipe(tmp_path, folder, calibration={"data": str(tmp_path / "blank.txt")})
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("modelpress: error: ")
+    assert not (tmp_path / "out" / "lm").exists()

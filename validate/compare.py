@@ -30,29 +30,38 @@ def _shapes(examples: Sequence[Any], cfg, encoder) -> list[tuple[int, int | None
 MIN_TIMED_ROUNDS = 5
 
 
+def interleaved_rounds(calls: Sequence[Any], cfg) -> list[list[float]]:
+    """Seconds of each call per timed round: ``warmup_runs`` untimed rounds, then up to
+    ``latency_runs`` rounds that each run every call once, in turn, until ``latency_budget_s``
+    is spent (never fewer than ``MIN_TIMED_ROUNDS``)."""
+    budget = getattr(cfg, "latency_budget_s", 0.0)
+    times: list[list[float]] = [[] for _ in calls]
+    started = None
+    for r in range(cfg.warmup_runs + cfg.latency_runs):
+        if r == cfg.warmup_runs:
+            started = time.perf_counter()
+        elif (started is not None and budget and r - cfg.warmup_runs >= min(MIN_TIMED_ROUNDS, cfg.latency_runs)
+              and time.perf_counter() - started >= budget):
+            break
+        for k, call in enumerate(calls):
+            t0 = time.perf_counter()
+            call()
+            if r >= cfg.warmup_runs:
+                times[k].append(time.perf_counter() - t0)
+    return times
+
+
 def interleaved_latency(predictors: Sequence, examples: Sequence[Any], cfg) -> dict[str, list[dict[str, Any]]]:
     """Per predictor, its latency rows: at each (batch, padded length), ``warmup_runs`` untimed
     rounds, then up to ``latency_runs`` rounds that each time every predictor once, in turn.
     ``latency_budget_s`` bounds the timed rounds of one shape (never fewer than
     ``MIN_TIMED_ROUNDS``), so a slow machine or a big batch costs minutes, not an hour."""
     rows: dict[str, list[dict[str, Any]]] = {p.name: [] for p in predictors}
-    budget = getattr(cfg, "latency_budget_s", 0.0)
     for b, s, batch_examples in _shapes(examples, cfg, predictors[0].encoder):
         # pad to exactly s positions, the fixed-shape serving case (PEERS.md measures the same)
         batches = [p.encode(batch_examples, pad_to=s) for p in predictors]
-        times: list[list[float]] = [[] for _ in predictors]
-        started = None
-        for r in range(cfg.warmup_runs + cfg.latency_runs):
-            if r == cfg.warmup_runs:
-                started = time.perf_counter()
-            elif (started is not None and budget and r - cfg.warmup_runs >= min(MIN_TIMED_ROUNDS, cfg.latency_runs)
-                  and time.perf_counter() - started >= budget):
-                break
-            for k, (p, batch) in enumerate(zip(predictors, batches)):
-                t0 = time.perf_counter()
-                p.predict_batch(batch)
-                if r >= cfg.warmup_runs:
-                    times[k].append(time.perf_counter() - t0)
+        times = interleaved_rounds([lambda p=p, batch=batch: p.predict_batch(batch)
+                                    for p, batch in zip(predictors, batches)], cfg)
         for p, batch, t in zip(predictors, batches, times):
             seq = p.encoder.length_of(batch.feed)
             rows[p.name].append(summarize(t, batch_size=b, seq_len=seq).to_dict())
@@ -110,6 +119,8 @@ def evaluate(task, teacher, candidates: Sequence, es, cfg, *, sizes_mb: dict[str
     timed = [p for p in everyone if p.name not in untimed]
     for name, rows in interleaved_latency(timed, examples, cfg).items():
         models[name]["latency"] = rows
+    for name, extra in task.extra_latency(timed, examples, cfg).items():
+        models[name].update(extra)
     if cfg.real_workload:
         for name, row in interleaved_workload(timed, examples).items():
             models[name]["real_workload"] = row
@@ -122,6 +133,8 @@ def ratios(models: dict[str, dict[str, Any]], *, reference: str, candidate: str)
     out: dict[str, Any] = {}
     for r_row, c_row in zip(ref["latency"], cand["latency"]):
         out[f"b{r_row['batch_size']}xs{r_row['seq_len']}_p50"] = round(c_row["p50_ms"] / r_row["p50_ms"], 3)
+    for r_row, c_row in zip(ref.get("decode_latency") or (), cand.get("decode_latency") or ()):
+        out[f"decode_b{r_row['batch_size']}xc{r_row['context']}_p50"] = round(c_row["p50_ms"] / r_row["p50_ms"], 3)
     if ref.get("real_workload") and cand.get("real_workload"):
         out["real_workload_time"] = round(cand["real_workload"]["seconds"] / ref["real_workload"]["seconds"], 3)
     return out

@@ -30,6 +30,7 @@ class EvalSet:
     tags: tuple[tuple[int, ...], ...] | None = None   # gold tag id per word
     label_names: tuple[str, ...] = ()               # tag names by id (entity chunks need them)
     images: tuple | None = None                     # image references (image classification)
+    windows: tuple | None = None                    # token windows of held-out text (text-generation)
     source: str = ""
     format: str = "text"
     skipped: int = 0                                # rows skipped by the documented rule (empty texts)
@@ -39,6 +40,8 @@ class EvalSet:
         """What the model is run on: the images, the word lists of a tagged set, else the texts."""
         if self.images is not None:
             return self.images
+        if self.windows is not None:
+            return self.windows
         return self.words if self.words is not None else self.texts
 
     @property
@@ -49,7 +52,8 @@ class EvalSet:
         return {"source": self.source, "format": self.format, "num_examples": len(self.examples),
                 "num_texts": len(self.texts), "num_pairs": len(self.pairs or ()),
                 "num_words": sum(map(len, self.words)) if self.words is not None else 0,
-                "has_labels": self.labels is not None or self.tags is not None, "skipped": self.skipped}
+                "has_labels": self.labels is not None or self.tags is not None, "skipped": self.skipped,
+                **({"num_scored_tokens": sum(w.scored for w in self.windows)} if self.windows is not None else {})}
 
 
 def _looks_like_stsb(path: Path) -> bool:

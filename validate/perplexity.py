@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -104,3 +104,54 @@ def torch_scorer(model) -> Scorer:
         with torch.no_grad():
             return model(input_ids=torch.from_numpy(ids)).logits.float().numpy()
     return score
+
+
+# -- per-window results of the eval set (text-generation's Predictor output) -------------------------
+@dataclass(frozen=True)
+class ScoredWindow:
+    """One window's scored next-token predictions: what the text-generation task's post-processing
+    keeps per window, for the teacher and each candidate alike."""
+
+    nll: np.ndarray        # [scored] float32: −log p(actual next token)
+    top1: np.ndarray       # [scored] int32: the most likely next token
+    #: [scored, vocab] float16: the whole next-token distribution, for KL (2 bytes per token per vocabulary
+    #: entry per model; the rounding moves mean KL by ~0.1 % of itself)
+    logprobs: np.ndarray
+
+
+def score_window(logits: np.ndarray, ids: np.ndarray, positions: np.ndarray) -> ScoredWindow:
+    """The ``ScoredWindow`` of one row: ``logits`` [n, vocab], ``ids`` [n], ``positions`` the
+    scored positions (position t predicts ids[t + 1])."""
+    logp = _log_softmax(logits[positions])
+    targets = ids[positions + 1]
+    return ScoredWindow(-logp[np.arange(len(positions)), targets].astype(np.float32),
+                        logits[positions].argmax(-1).astype(np.int32), logp.astype(np.float16))
+
+
+def window_sums(teacher: Sequence[ScoredWindow], candidate: Sequence[ScoredWindow]) -> dict[str, np.ndarray]:
+    """Per window: scored tokens, NLL sums of both, next-token agreements, KL(teacher ‖ candidate) sum."""
+    n, nll_t, nll_c, same, kl = [], [], [], [], []
+    for t, c in zip(teacher, candidate, strict=True):
+        n.append(len(t.nll))
+        nll_t.append(float(t.nll.sum(dtype=np.float64)))
+        nll_c.append(float(c.nll.sum(dtype=np.float64)))
+        same.append(int((t.top1 == c.top1).sum()))
+        if c is t:  # the teacher against itself (its reference values)
+            kl.append(0.0)
+            continue
+        lt, lc = t.logprobs.astype(np.float32), c.logprobs.astype(np.float32)
+        kl.append(float((np.exp(lt) * (lt - lc)).sum(dtype=np.float64)))
+    return {k: np.asarray(v, dtype=np.float64) for k, v in
+            {"n": n, "nll_t": nll_t, "nll_c": nll_c, "same": same, "kl": kl}.items()}
+
+
+def lm_metrics(sums: Mapping[str, np.ndarray], *, reference: bool = False) -> dict[str, float]:
+    """Perplexity, its ratio to the teacher's, next-token agreement and mean KL from ``window_sums``
+    (``reference``: the teacher's own values)."""
+    total = sums["n"].sum()
+    ppl_t = math.exp(sums["nll_t"].sum() / total)
+    if reference:
+        return {"perplexity": ppl_t, "perplexity_ratio": 1.0, "next_token_agreement": 1.0, "mean_kl": 0.0}
+    ppl_c = math.exp(sums["nll_c"].sum() / total)
+    return {"perplexity": ppl_c, "perplexity_ratio": ppl_c / ppl_t,
+            "next_token_agreement": float(sums["same"].sum() / total), "mean_kl": float(sums["kl"].sum() / total)}

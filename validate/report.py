@@ -75,6 +75,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         for row in m["latency"]:
             lines.append(f"| {name} | {row['batch_size']} × {row['seq_len']} | {row['p50_ms']:.2f} | "
                          f"{row['p95_ms']:.2f} | {row['p99_ms']:.2f} | {row['throughput_per_s']:.1f} |")
+    if any(m.get("decode_latency") for m in models.values()):
+        lines += ["", "## Decode (ms per step of one new token per row, after a prefill of `context` tokens)", "",
+                  "| model | batch × context | p50 | p95 | tokens/s |", "|---|---|---|---|---|"]
+        for name, m in models.items():
+            for row in m.get("decode_latency") or ():
+                lines.append(f"| {name} | {row['batch_size']} × {row['context']} | {row['p50_ms']:.2f} | "
+                             f"{row['p95_ms']:.2f} | {row['tokens_per_s']:.1f} |")
     if any(m.get("real_workload") for m in models.values()):
         lines += ["", "## Real workload (eval texts, length-sorted, batch 32, dynamic padding)", "",
                   "| model | texts | seconds | texts/s |", "|---|---|---|---|"]

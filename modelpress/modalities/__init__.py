@@ -6,7 +6,8 @@ feed are real for calibration statistics (padding is not), and the shape profile
 Tasks name their modality; nothing else asks what kind of input a model takes.
 
 Adding a modality is one module that subclasses :class:`Modality` and registers an instance:
-``MODALITIES.register("image", "modelpress.modalities.image:IMAGE")``.
+``MODALITIES.register("image", "modelpress.modalities.image:IMAGE")
+MODALITIES.register("causal-text", "modelpress.modalities.causal_text:CAUSAL_TEXT")``.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class Batch:
 
     feed: Mapping[str, np.ndarray]
     first_tokens: tuple[np.ndarray, ...] | None = None   # per example: token index of each word
+    #: per example: the positions whose next-token predictions are read (text-generation)
+    positions: tuple[np.ndarray, ...] | None = None
     size: int = field(default=0)
 
     def __post_init__(self) -> None:
@@ -72,6 +75,12 @@ class Modality(abc.ABC):
         """Raw examples from a data file or folder (calibration, distillation corpora), a
         deterministic sample of ``num_samples`` (None: all)."""
 
+    def calibration_examples(self, examples: Sequence[Any], preprocessor: Any, *, max_length: int,
+                             num_samples: int, seed: int = 0) -> Sequence[Any]:
+        """What calibration encodes, from :meth:`load_examples`' examples once the preprocessor is
+        loaded (text-generation packs its text into token sequences here); by default the examples."""
+        return examples
+
     def save_preprocessor(self, preprocessor: Any, folder: Path) -> None:
         preprocessor.save_pretrained(str(folder))
 
@@ -92,8 +101,10 @@ class Modality(abc.ABC):
         return tuple(names)
 
     @abc.abstractmethod
-    def encoder(self, preprocessor: Any, *, input_names: Sequence[str], max_length: int) -> Encoder:
-        """An encoder for one model's inputs."""
+    def encoder(self, preprocessor: Any, *, input_names: Sequence[str], max_length: int,
+                input_shapes: Mapping[str, Sequence[Any]] | None = None) -> Encoder:
+        """An encoder for one model's inputs; ``input_shapes`` (name → static dims, None where
+        dynamic) for modalities whose feeds need them (a KV cache's head count)."""
 
     @abc.abstractmethod
     def export_examples(self, preprocessor: Any, input_names: Sequence[str]) -> tuple[dict, dict]:
@@ -133,6 +144,7 @@ class Modality(abc.ABC):
 MODALITIES: Registry[Modality] = Registry("modality")
 MODALITIES.register("text", "modelpress.modalities.text:TEXT")
 MODALITIES.register("image", "modelpress.modalities.image:IMAGE")
+MODALITIES.register("causal-text", "modelpress.modalities.causal_text:CAUSAL_TEXT")
 
 
 def get_modality(name: str) -> Modality:

@@ -83,7 +83,8 @@ class ImageModality(Modality):
             raise BadInputError(f"{source}: its inputs ({', '.join(names)}) are not an image model's ({INPUT})")
         return tuple(names)
 
-    def encoder(self, processor: Any, *, input_names: Sequence[str], max_length: int = 0) -> ImageEncoder:
+    def encoder(self, processor: Any, *, input_names: Sequence[str], max_length: int = 0,
+                input_shapes: Mapping[str, Sequence[Any]] | None = None) -> ImageEncoder:
         return ImageEncoder(processor, input_names=input_names)
 
     def export_examples(self, processor: Any, input_names: Sequence[str]) -> tuple[dict, dict]:

@@ -111,7 +111,8 @@ class TextModality(Modality):
                                 f"({', '.join(CANONICAL_INPUTS)})")
         return tuple(names)
 
-    def encoder(self, tokenizer: Any, *, input_names: Sequence[str], max_length: int) -> TextEncoder:
+    def encoder(self, tokenizer: Any, *, input_names: Sequence[str], max_length: int,
+                input_shapes: Mapping[str, Sequence[Any]] | None = None) -> TextEncoder:
         return TextEncoder(tokenizer, input_names=input_names, max_length=max_length)
 
     def export_examples(self, tokenizer: Any, input_names: Sequence[str]) -> tuple[dict, dict]:

@@ -81,8 +81,13 @@ class Task:
         return export_onnx(model, preprocessor, out_path, task=self, opset=opset, atol=atol)
 
     def torch_output(self, model_output: Any) -> Any:
-        """The tensor export traces, from the transformers model's output."""
+        """The tensor export traces, from the transformers model's output (or a mapping of named
+        tensors, for a task whose graph has several outputs)."""
         return getattr(model_output, self.output_name)
+
+    def torch_module(self, model: Any) -> Any:
+        """The module validation's PyTorch runner calls with the graph's feed (by default the model)."""
+        return model
 
     # -- inference ----------------------------------------------------------------------------
     def prepare(self, examples: Sequence[Any]) -> list[Any]:
@@ -95,7 +100,7 @@ class Task:
         return np.asarray(outputs[self.output_name], dtype=np.float32)
 
     # -- evaluation -----------------------------------------------------------------------------
-    def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None) -> Any:
+    def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None) -> Any:
         """The eval set (``modelpress.validate.evalsets.EvalSet``) in one of ``eval_formats``; ``cfg``
         is the recipe's ``[validate]``. The default reads the text formats (text, pairs, stsb)."""
         from modelpress.validate.evalsets import load_eval_set
@@ -120,6 +125,14 @@ class Task:
     def primary_metric(cls, available: set[str]) -> str:
         """The metric the gate judges when the recipe says ``gate.metric = "auto"``."""
         raise NotImplementedError
+
+    #: ``[validate]`` keys whose values are lengths the model must take (beyond max_length, seq_lengths)
+    length_keys: ClassVar[tuple[str, ...]] = ()
+
+    def extra_latency(self, predictors: Sequence[Any], examples: Sequence[Any], cfg: Any) -> dict[str, dict[str, list]]:
+        """Timings beyond the forward pass, per predictor: ``{name: {report key: rows}}`` (text-generation:
+        the decode step, ``decode_latency``); none by default."""
+        return {}
 
     @classmethod
     def direction(cls, metric: str) -> str:

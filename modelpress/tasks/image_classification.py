@@ -28,7 +28,7 @@ class ImageClassification(TextClassification):
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="logits", losses=frozenset({"kl", "ce"}), defaults={"kl": 1.0}, label_loss="ce")
 
-    def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None):
+    def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None):
         from modelpress.validate.images import load_image_eval
 
         return load_image_eval(path, image_field=cfg.image_field, label_field=cfg.label_field,

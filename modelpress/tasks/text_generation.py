@@ -1,37 +1,152 @@
 """text-generation: causal language models (GPT-2, Llama, Qwen2, Phi-3, Mistral families:
 ``AutoModelForCausalLM``), exported as one graph with a KV cache (``export.causal_lm``: prefill
-and decode steps) and generated with by ``modelpress.generation.TextGenerator``.
+and decode steps), validated on held-out text and generated with by the bundle.
 
-Built so far: the export (parity on a prefill and on decode steps), generation (greedy, sampled,
-streamed, batched with left padding, stop tokens, the chat template), the metrics as functions
-(``validate.perplexity``), and static int8 of the graph by the existing quantizer when it is given
-feeds. Not yet: calibration, validation and the gate inside ``modelpress run``, the bundle and
-distillation, so ``run`` / ``distill`` refuse the task with one line; ``metrics`` and ``distill``
-below say what they will be.
+Eval set: held-out text (``text`` format: a .txt with a text per line, or .jsonl/.csv with
+``validate.text_field``), tokenized into one stream (``modalities.causal_text``) and cut into
+windows of ``validate.max_length`` tokens every ``validate.stride`` (``validate.perplexity``).
+Metrics on the scored tokens: ``perplexity``; ``perplexity_ratio`` (the candidate's ÷ the
+teacher's: the gate reads its drop, 100 × (ratio − 1), as the perplexity increase in percent, its
+default metric); ``next_token_agreement`` (top-1) and ``mean_kl`` (teacher ‖ candidate). Their
+intervals resample windows. Timings: the prefill at ``validate.seq_lengths`` (the latency rows)
+and one decode step at ``validate.decode_contexts`` (``decode_latency``). The bundle's API is
+``generate`` (``modelpress.generation.TextGenerator`` on the bundle's runner).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
-from modelpress.tasks import LOWER, DistillSpec, Task
+import numpy as np
+
+from modelpress.errors import BadInputError
+from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
 
 
 @dataclass(frozen=True)
 class TextGeneration(Task):
     name: ClassVar[str] = "text-generation"
+    modality: ClassVar[str] = "causal-text"
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
     output_name: ClassVar[str] = "logits"
-    metrics: ClassVar[Mapping[str, str]] = {"perplexity": LOWER}
+    metrics: ClassVar[Mapping[str, str]] = {"perplexity_ratio": LOWER, "perplexity": LOWER,
+                                            "next_token_agreement": HIGHER, "mean_kl": LOWER}
     eval_formats: ClassVar[tuple[str, ...]] = ("text",)
-    distill: ClassVar[DistillSpec] = DistillSpec(output="token_logits", losses=frozenset({"kl"}), defaults={"kl": 1.0})
-    pipeline_unavailable: ClassVar[str | None] = (
-        "text-generation runs export only so far (int8, validation and the bundle are not built yet): "
-        "`modelpress export --task text-generation MODEL --out model.onnx` writes the KV-cache graph, "
-        "and modelpress.generation.TextGenerator generates with it")
+    distill: ClassVar[DistillSpec] = DistillSpec(output="token_logits", losses=frozenset({"kl", "hidden_mse"}),
+                                                 defaults={"kl": 1.0})
+    api: ClassVar[tuple[str, ...]] = ("generate",)
+    unit: ClassVar[str] = "windows"
+    length_keys: ClassVar[tuple[str, ...]] = ("decode_contexts",)
 
+    # -- model and export -------------------------------------------------------------------
     def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
         from modelpress.export.causal_lm import export_causal_lm
 
         return export_causal_lm(model, preprocessor, out_path, opset=opset, atol=atol)
+
+    def torch_module(self, model: Any) -> Any:
+        from modelpress.export.causal_lm import FeedStep
+
+        return FeedStep(model)
+
+    def torch_output(self, model_output: Any) -> Any:
+        return model_output  # FeedStep's named outputs, as the graph's
+
+    def torch_target(self, model_output: Any, inputs: Mapping[str, Any]) -> Any:
+        return model_output.logits
+
+    # -- inference ------------------------------------------------------------------------------
+    def postprocess(self, outputs: Mapping[str, np.ndarray], batch: Any) -> list:
+        from modelpress.validate.perplexity import score_window
+
+        logits, ids = outputs["logits"], batch.feed["input_ids"]
+        return [score_window(logits[r], ids[r], pos) for r, pos in enumerate(batch.positions)]
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None) -> Any:
+        from modelpress.calibration_data.loaders import load_texts
+        from modelpress.modalities.causal_text import token_stream
+        from modelpress.validate.evalsets import EvalSet
+        from modelpress.validate.perplexity import windows
+
+        if not Path(path).exists():
+            raise BadInputError(f"{path}: evaluation data not found")
+        if preprocessor is None:
+            raise BadInputError("text-generation: the eval text needs the model's tokenizer")
+        stride = cfg.stride or max(1, cfg.max_length // 2)
+        if stride > cfg.max_length:
+            raise BadInputError(f"validate.stride: {stride} is more than validate.max_length ({cfg.max_length})")
+        texts = load_texts(path, text_field=cfg.text_field)
+        found = list(windows(token_stream(texts, preprocessor), max_length=cfg.max_length, stride=stride))
+        if cfg.num_samples:
+            found = found[:cfg.num_samples]
+        return EvalSet(tuple(texts), windows=tuple(found), source=str(path), format="text")
+
+    def reference_metrics(self, teacher_out: Sequence[Any], es: Any) -> dict[str, float]:
+        from modelpress.validate.perplexity import lm_metrics, window_sums
+
+        return lm_metrics(window_sums(teacher_out, teacher_out), reference=True)
+
+    def fidelity(self, teacher_out: Sequence[Any], candidate_out: Sequence[Any], es: Any) -> dict[str, float]:
+        from modelpress.validate.perplexity import lm_metrics, window_sums
+
+        return lm_metrics(window_sums(teacher_out, candidate_out))
+
+    def paired_units(self, metric: str, teacher_out: Sequence[Any], candidate_out: Sequence[Any], es: Any):
+        from modelpress.validate import uncertainty as U
+        from modelpress.validate.perplexity import window_sums
+
+        s = window_sums(teacher_out, candidate_out)
+        if metric == "perplexity_ratio":
+            return U.PairedUnits((s["nll_t"], s["nll_c"], s["n"]), _perplexity_rise(relative=True), self.unit)
+        if metric == "perplexity":
+            return U.PairedUnits((s["nll_t"], s["nll_c"], s["n"]), _perplexity_rise(relative=False), self.unit)
+        if metric == "next_token_agreement":
+            return U.PairedUnits((s["same"], s["n"]), U.ratio_complement(), self.unit)
+        if metric == "mean_kl":
+            return U.PairedUnits((s["kl"], s["n"]), U.ratio_rise(), self.unit)
+        return None
+
+    @classmethod
+    def primary_metric(cls, available: set[str]) -> str:
+        return "perplexity_ratio"
+
+    def extra_latency(self, predictors: Sequence[Any], examples: Sequence[Any], cfg: Any) -> dict[str, dict[str, list]]:
+        from modelpress.validate.decode_latency import decode_latency
+
+        return {name: {"decode_latency": rows} for name, rows in decode_latency(predictors, examples, cfg).items()}
+
+    # -- the bundle ---------------------------------------------------------------------------
+    @classmethod
+    def bundle_class(cls) -> type:
+        from modelpress.bundle import Bundle
+
+        class GeneratorBundle(Bundle):
+            def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int = 32, stream: bool = False,
+                         chat: bool = False, **options: Any):
+                """Text from the bundle's model: a str for one prompt, a list for several, an iterator
+                of pieces with ``stream=True``. ``options``: ``do_sample``, ``temperature``, ``top_k``,
+                ``top_p``, ``seed``, ``stop_token_ids`` (``modelpress.generation``)."""
+                return self.generator.generate(prompts, max_new_tokens=max_new_tokens, stream=stream, chat=chat,
+                                               **options)
+
+            @property
+            def generator(self):
+                from modelpress.generation import TextGenerator
+
+                if self.__dict__.get("_generator") is None:
+                    self._generator = TextGenerator(self.runner, self.encoder.tokenizer, layout=self.encoder.layout)
+                return self._generator
+
+        return GeneratorBundle
+
+
+def _perplexity_rise(*, relative: bool, scale: float = 100.0):
+    """drop = scale · (ppl_c / ppl_t − 1) (relative: percent) or scale · (ppl_c − ppl_t), from
+    per-window NLL sums and token counts."""
+    def stat(nll_t, nll_c, n, axis=-1):
+        total = np.sum(n, axis=axis)
+        pt, pc = np.exp(np.sum(nll_t, axis=axis) / total), np.exp(np.sum(nll_c, axis=axis) / total)
+        return scale * (pc / pt - 1.0) if relative else scale * (pc - pt)
+    return stat

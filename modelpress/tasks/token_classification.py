@@ -44,7 +44,7 @@ class TokenClassification(Task):
     def torch_target(self, model_output: Any, inputs: Mapping[str, Any]) -> Any:
         return model_output.logits
 
-    def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None):
+    def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None):
         from modelpress.validate.tagged import load_tagged
 
         label2id = dict(getattr(model_config, "label2id", None) or {})

@@ -147,10 +147,14 @@ def analyze_run(run_dir: Path, out_dir: Path):
     done = json.loads(paths.quantization_json.read_text(encoding="utf-8"))
     cfg = recipe.quantize.with_(mode="static", calibration_method=done["calibration_method"])
     preprocessor = modality.load_preprocessor(str(paths.preprocessor(modality)))
-    encoder = modality.encoder(preprocessor, input_names=meta["input_names"], max_length=recipe.calibration.max_length)
+    encoder = modality.encoder(preprocessor, input_names=meta["input_names"], max_length=recipe.calibration.max_length,
+                               input_shapes=meta.get("input_shapes"))
     cal = recipe.calibration
-    feeds = ExampleFeed(modality.load_examples(cal.data, field=getattr(cal, modality.field_key), num_samples=cal.num_samples,
-                                               seed=cal.seed), encoder, batch_size=cal.batch_size)
+    examples = modality.load_examples(cal.data, field=getattr(cal, modality.field_key), num_samples=cal.num_samples,
+                                      seed=cal.seed)
+    examples = modality.calibration_examples(examples, preprocessor, max_length=cal.max_length,
+                                             num_samples=cal.num_samples, seed=cal.seed)
+    feeds = ExampleFeed(examples, encoder, batch_size=cal.batch_size)
     plan = plan_quantization(paths.model_onnx, feeds, cfg)
     errors = analyze_plan(plan, feeds)
     out_dir.mkdir(parents=True, exist_ok=True)

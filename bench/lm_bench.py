@@ -1,0 +1,186 @@
+"""`python -m bench.lm_bench`: the text-generation rows of the bench, on a small real GPT.
+
+Trains the GPT (``bench.tiny_gpt``, reused when already trained), presses it with
+``configs/gpt-small.toml`` through ``modelpress run`` (reused with ``--reuse``), then measures side
+by side, in one process, with the same threads, interleaved round by round:
+
+* **PyTorch fp32 eager with its KV cache** (the teacher: ``generate`` for end-to-end tokens/s, the
+  same module with the graph's feed for prefill and decode steps);
+* **ORT fp32** (``model.onnx``), **ORT dynamic int8** (``quantize_dynamic``, per-channel, of the
+  same graph: the peer a user tries first) and **ours** (``model.int8.onnx``, static W8A8 with
+  SmoothQuant, calibrated on packed training text);
+
+fidelity on the held-out text (strided perplexity, its ratio to the teacher's, next-token
+agreement, mean KL) and greedy-generation agreement (share of the first 32 new tokens identical
+to the teacher's, on 32 held-out prompts); prefill ms at 32/128/512 tokens; the decode step at
+contexts 128/512, batch 1 and 8; end-to-end generation tokens/s at batch 1 and 8. Results go to
+``bench/results/lm.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _generation_agreement(teacher_ids: list[list[int]], ids: list[list[int]]) -> float:
+    same = sum(int(a == b) for t, c in zip(teacher_ids, ids) for a, b in zip(t, c))
+    return same / sum(len(t) for t in teacher_ids)
+
+
+def _hf_generate(model, prompts: np.ndarray, new: int) -> list[list[int]]:
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(torch.from_numpy(prompts), attention_mask=torch.ones_like(torch.from_numpy(prompts)),
+                             max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
+    return out[:, prompts.shape[1]:].tolist()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.lm_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--gpt", type=Path, default=ROOT / "artifacts" / "gpt")
+    parser.add_argument("--minutes", type=float, default=20.0, help="training wall time when the GPT is not there yet")
+    parser.add_argument("--recipe", type=Path, default=ROOT / "configs" / "gpt-small.toml")
+    parser.add_argument("--reuse", action="store_true", help="reuse artifacts/gpt-small when it is there")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=20, help="timed rounds per shape")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lm.json")
+    args = parser.parse_args(argv)
+
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from bench.tiny_gpt import prepare
+    from modelpress.fileio import graph_input_shapes
+    from modelpress.modalities.causal_text import CAUSAL_TEXT, token_stream
+    from modelpress.models import load_model
+    from modelpress.pipeline import run_recipe
+    from modelpress.recipe import load_recipe
+    from modelpress.tasks import configure_task
+    from modelpress.generation import TextGenerator
+    from modelpress.validate.compare import interleaved_latency
+    from modelpress.validate.decode_latency import decode_latency
+    from modelpress.validate.stage import open_predictor
+
+    torch.set_num_threads(args.threads)
+    info = prepare(args.gpt, minutes=args.minutes)
+    recipe = load_recipe(args.recipe)
+    bundle = ROOT / "artifacts" / recipe.name
+    if not (args.reuse and (bundle / "report.json").is_file()):
+        started = time.perf_counter()
+        run_recipe(recipe, ROOT / "artifacts")
+        print(f"pressed {bundle} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    report = json.loads((bundle / "report.json").read_text(encoding="utf-8"))
+
+    task = configure_task("text-generation")
+    tokenizer = CAUSAL_TEXT.load_preprocessor(str(bundle / "tokenizer"))
+    teacher = load_model(str(args.gpt / "model"), task)
+    shapes = graph_input_shapes(bundle / "model.onnx")
+    names = tuple(shapes)
+    encoder = CAUSAL_TEXT.encoder(tokenizer, input_names=names, max_length=recipe.validate.max_length, input_shapes=shapes)
+    work = Path(tempfile.mkdtemp(prefix="lm-bench-"))
+    dyn = work / "dynamic.int8.onnx"
+    quantize_dynamic(str(bundle / "model.onnx"), str(dyn), per_channel=True, weight_type=QuantType.QInt8)
+    files = {"ort-fp32": bundle / "model.onnx", "ort-dynamic-int8": dyn, "modelpress-int8": bundle / "model.int8.onnx"}
+    preds = [open_predictor("torch", teacher, task=task, encoder=encoder, threads=args.threads, name="pytorch-fp32")]
+    preds += [open_predictor("onnxruntime", path, task=task, encoder=encoder, threads=args.threads, name=name)
+              for name, path in files.items()]
+
+    # fidelity on the recipe's eval windows
+    es = task.read_eval(recipe.validate.eval_data, recipe.validate, preprocessor=tokenizer)
+    outputs = {p.name: p.predict(list(es.windows), batch_size=8) for p in preds}
+    ref = outputs["pytorch-fp32"]
+    fidelity = {name: {k: round(v, 6) for k, v in
+                       (task.reference_metrics(ref, es) if name == "pytorch-fp32" else task.fidelity(ref, out, es)).items()}
+                for name, out in outputs.items()}
+    del outputs, ref
+
+    # greedy generation agreement on 32 held-out prompts of 16 tokens
+    held = (ROOT / recipe.validate.eval_data).read_text(encoding="utf-8").splitlines()
+    prompt_ids = [ids[:16] for ids in tokenizer(held[:400], add_special_tokens=False)["input_ids"] if len(ids) >= 16][:32]
+    prompts = np.array(prompt_ids, dtype=np.int64)
+    teacher_new = _hf_generate(teacher, prompts, 32)
+    generators = {name: TextGenerator(p.runner, tokenizer, layout=encoder.layout) for name, p in zip(files, preds[1:])}
+    gen_agree = {name: round(_generation_agreement(teacher_new, g.generate_ids(prompt_ids, max_new_tokens=32,
+                                                                                  stop_token_ids=[])), 4)
+                 for name, g in generators.items()}
+
+    # prefill and decode steps (validation's own timers), on real 512-token stretches of held-out text
+    stream = token_stream(held, tokenizer)
+    long = [stream[i:i + 512] for i in range(0, 8 * 512, 512)]
+    timing = replace(recipe.validate, batch_sizes=(1,), seq_lengths=(32, 128, 512), warmup_runs=3,
+                     latency_runs=args.rounds, latency_budget_s=60.0)
+    prefill = interleaved_latency(preds, long, timing)
+    decode = decode_latency(preds, long, replace(timing, batch_sizes=(1, 8), decode_contexts=(128, 512)))
+
+    # end to end: a 128-token prompt, 64 new tokens, greedy, batch 1 and 8 (interleaved rounds)
+    e2e: dict[str, dict[str, float]] = {p.name: {} for p in preds}
+    for b in (1, 8):
+        batch = np.stack([stream[i * 128:(i + 1) * 128] for i in range(b)]).astype(np.int64)
+        rows = [r.tolist() for r in batch]
+        calls = {"pytorch-fp32": lambda: _hf_generate(teacher, batch, 64),
+                 **{name: (lambda g=g: g.generate_ids(rows, max_new_tokens=64, stop_token_ids=[]))
+                    for name, g in generators.items()}}
+        times: dict[str, list[float]] = {k: [] for k in calls}
+        for r in range(4):
+            for name, call in calls.items():
+                t0 = time.perf_counter()
+                call()
+                if r:
+                    times[name].append(time.perf_counter() - t0)
+        for name, t in times.items():
+            e2e[name][f"b{b}_tokens_per_s"] = round(b * 64 / float(np.median(t)), 1)
+
+    for p in preds:
+        p.runner.close()
+    torch_row = {(r["batch_size"], r["context"]): r for r in decode["pytorch-fp32"]}
+    result = {
+        "machine": "see bench/results/*.json siblings: one interleaved process",
+        "threads": args.threads, "gpt": info, "run_gate": report["gate"],
+        "fidelity": fidelity, "greedy_generation_agreement_32": gen_agree,
+        "prefill": prefill, "decode": decode, "end_to_end": e2e,
+        "ratios_vs_pytorch": {
+            name: {
+                **{f"prefill_{r['seq_len']}_speedup": round(t["p50_ms"] / r["p50_ms"], 3)
+                   for r, t in zip(prefill[name], prefill["pytorch-fp32"])},
+                **{f"decode_b{r['batch_size']}_c{r['context']}_tokens_per_s_ratio":
+                   round(r["tokens_per_s"] / torch_row[(r["batch_size"], r["context"])]["tokens_per_s"], 3)
+                   for r in decode[name]},
+                **{f"e2e_{k}_ratio": round(v / e2e["pytorch-fp32"][k], 3) for k, v in e2e[name].items()},
+            } for name in files},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+    print(f"GPT: {info['parameters'] / 1e6:.1f} M parameters, {info['steps']} steps, held-out loss {info['heldout_loss']}")
+    print("| model | perplexity | ppl ratio | next-token agree | mean KL | greedy agree@32 |")
+    print("|---|---|---|---|---|---|")
+    for name, m in fidelity.items():
+        print(f"| {name} | {m['perplexity']:.3f} | {m['perplexity_ratio']:.5f} | {m['next_token_agreement']:.4f} | "
+              f"{m['mean_kl']:.5f} | {gen_agree.get(name, 1.0):.4f} |")
+    print("\n| model | prefill 32 ms | prefill 128 ms | prefill 512 ms | decode b1 c128 tok/s | decode b1 c512 | "
+          "decode b8 c128 | decode b8 c512 | e2e b1 tok/s | e2e b8 tok/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for p in preds:
+        d = {(r["batch_size"], r["context"]): r["tokens_per_s"] for r in decode[p.name]}
+        pre = [r["p50_ms"] for r in prefill[p.name]]
+        print(f"| {p.name} | " + " | ".join(f"{x:.2f}" for x in pre) + " | "
+              + " | ".join(f"{d[k]:.0f}" for k in ((1, 128), (1, 512), (8, 128), (8, 512))) + " | "
+              + f"{e2e[p.name]['b1_tokens_per_s']:.0f} | {e2e[p.name]['b8_tokens_per_s']:.0f} |")
+    print("\nratios vs PyTorch fp32 eager:", json.dumps(result["ratios_vs_pytorch"], indent=1))
+    print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
