@@ -140,8 +140,12 @@ class Recipe:
         if self.validate.eval_format not in (AUTO, *task.eval_formats):
             raise BadInputError(f"validate.eval_format: {self.task} reads {', '.join(task.eval_formats)} "
                                 f"(or auto), not {self.validate.eval_format!r}")
-        if task.pipeline_unavailable:
-            raise BadInputError(f"task: {task.pipeline_unavailable}")
+        unsupported = [r for r in self.validate.runtimes if task.bundle_runtimes and r not in task.bundle_runtimes]
+        if unsupported:
+            raise BadInputError(f"validate.runtimes: {self.task} bundles run on {', '.join(task.bundle_runtimes)} "
+                                f"so far, not {', '.join(unsupported)}")
+        if self.engine is not None and self.engine.enabled and not task.engines:
+            raise BadInputError(f"[engine]: {self.task} has no TensorRT engine yet; leave [engine] out")
         if self.gate.metric != AUTO and self.gate.metric not in task.metrics:
             raise BadInputError(f"gate.metric: {self.task} reports {', '.join(task.metrics)} (or auto), "
                                 f"not {self.gate.metric!r}")

@@ -294,7 +294,7 @@ def test_gemm_with_transposed_weight_is_smoothed_and_quantized_per_output_channe
 
     onnx.save(model, str(tmp_path / "gemm.onnx"))
     summary = quantize_static(tmp_path / "gemm.onnx", tmp_path / "gemm.int8.onnx", [{"x": x[:32]}, {"x": x[32:]}],
-                              QuantizeConfig())
+                              QuantizeConfig(format="qdq"))
     assert summary.quantized_nodes == ("gemm",)
     q = onnx.load(str(tmp_path / "gemm.int8.onnx"))
     dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("W"))
@@ -303,12 +303,22 @@ def test_gemm_with_transposed_weight_is_smoothed_and_quantized_per_output_channe
     assert inits[dq.input[1]].shape == (5,)
     got, ref = _run(q, {"x": x})[0], _run(model, {"x": x})[0]
     assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max()
+    # the ort format: one MatMulIntegerToFloat on the transposed weight, its bias folded in
+    quantize_static(tmp_path / "gemm.onnx", tmp_path / "gemm.ort.onnx", [{"x": x[:32]}, {"x": x[32:]}], QuantizeConfig())
+    q = onnx.load(str(tmp_path / "gemm.ort.onnx"))
+    node = next(n for n in q.graph.node if n.op_type == "MatMulIntegerToFloat")
+    assert [n.op_type for n in q.graph.node].count("Gemm") == 0 and len(node.input) == 7
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    assert inits[node.input[1]].shape == (8, 5) and inits[node.input[3]].shape == (5,)
+    got = _run(q, {"x": x})[0]
+    assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max()
 
 
 def test_ort_format_with_a_matmul_and_a_gemm_reading_one_activation(tmp_path):
-    """The ``ort`` writer turns MatMuls into MatMulIntegerToFloat and Gemms into Q/DQ; when both read
-    the same activation, each used to add its own ``x_QuantizeLinear`` / ``x_scale`` (an invalid
-    graph: duplicate names). That activation's consumers now all take the Q/DQ form."""
+    """The ``ort`` writer turns MatMuls (and plain Gemms) into MatMulIntegerToFloat and other Gemms
+    (here alpha = 0.5) into Q/DQ; when both read the same activation, each used to add its own
+    ``x_QuantizeLinear`` / ``x_scale`` (an invalid graph: duplicate names). That activation's
+    consumers now all take the Q/DQ form."""
     import onnxruntime as ort
 
     from modelpress.runtimes.quantize.config import QuantizeConfig
@@ -316,7 +326,7 @@ def test_ort_format_with_a_matmul_and_a_gemm_reading_one_activation(tmp_path):
 
     rng = np.random.default_rng(11)
     nodes = [helper.make_node("MatMul", ["x", "W1"], ["y1"], name="mm"),
-             helper.make_node("Gemm", ["x", "W2", "b"], ["y2"], name="gemm", transB=1),
+             helper.make_node("Gemm", ["x", "W2", "b"], ["y2"], name="gemm", transB=1, alpha=0.5),
              helper.make_node("MatMul", ["y1", "W3"], ["y3"], name="mm_alone")]
     inits = [numpy_helper.from_array(rng.normal(size=(8, 6)).astype(np.float32), "W1"),
              numpy_helper.from_array(rng.normal(size=(5, 8)).astype(np.float32), "W2"),

@@ -122,9 +122,10 @@ def test_strided_perplexity_matches_the_transformers_recipe_and_the_onnx_graph(e
 
 @ONCE
 def test_the_kv_cache_graph_takes_static_int8_and_still_generates(exported, tmp_path):
-    """The first step of int8 for causal LMs: the existing static quantizer, calibrated on packed
-    token sequences with an empty past, quantizes the graph's weight MatMuls (not the attention
-    scores); the int8 graph keeps the cache layout, tracks fp32 and generates."""
+    """The existing static quantizer, calibrated on packed token sequences with an empty past,
+    quantizes the graph's weight MatMuls (not the attention scores); the int8 graph keeps the
+    cache layout, tracks fp32 and generates."""
+    import onnx
     import onnxruntime as ort
 
     from modelpress.export.causal_lm import KVLayout
@@ -142,6 +143,10 @@ def test_the_kv_cache_graph_takes_static_int8_and_still_generates(exported, tmp_
     summary = quantize_static(result.path, tmp_path / "int8.onnx", feeds, QuantizeConfig())
     assert len(summary.quantized_nodes) == 4 * 2 + 1      # c_attn, attn c_proj, c_fc, mlp c_proj per layer; lm_head
     assert len(summary.fp32_nodes) == 2 * 2               # QKᵀ and attention·V stay fp32
+    # GPT-2's Conv1D exports as Gemm: written as ORT's int8 op too, not left as Q/DQ that ORT ran
+    # by dequantizing every weight on every call (13× slower than fp32 on the bench's GPT)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 9 and "DequantizeLinear" not in ops and "Gemm" not in ops
     held_out = tokenizer(" ".join(random_sentences(60, seed=9)))["input_ids"]
     fp32 = onnx_scorer(ort.InferenceSession(result.path, providers=["CPUExecutionProvider"]), layout)
     int8 = onnx_scorer(ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"]), layout)
@@ -303,3 +308,15 @@ def test_unusable_language_model_inputs_are_one_line_and_exit_2(tmp_path, capsys
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("modelpress: error: ")
     assert not (tmp_path / "out" / "lm").exists()
+
+
+def test_runtimes_and_engines_the_task_lacks_are_refused_at_load(tmp_path):
+    from modelpress.errors import BadInputError
+    from modelpress.recipe import load_recipe
+
+    top = {"name": "lm", "teacher": str(tmp_path), "task": "text-generation"}
+    with pytest.raises(BadInputError, match="validate.runtimes: text-generation bundles run on onnxruntime so far, "
+                                            "not openvino"):
+        load_recipe(write_recipe(tmp_path / "ov.toml", top, {"validate": {"runtimes": ["onnxruntime", "openvino"]}}))
+    with pytest.raises(BadInputError, match=r"\[engine\]: text-generation has no TensorRT engine yet"):
+        load_recipe(write_recipe(tmp_path / "trt.toml", top, {"engine": {"enabled": True}}))

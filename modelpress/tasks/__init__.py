@@ -70,8 +70,10 @@ class Task:
         """What ``bundle.json`` stores to rebuild this configured task."""
         return {"task": self.name, **dataclasses.asdict(self)}
 
-    #: why ``modelpress run`` / ``distill`` cannot take this task yet (the recipe check says it)
-    pipeline_unavailable: ClassVar[str | None] = None
+    #: the bundle runtimes (``validate.runtimes``) this task's graphs run on (None: every one)
+    bundle_runtimes: ClassVar[tuple[str, ...] | None] = None
+    #: whether TensorRT engines can be built for this task's graphs (``[engine]``)
+    engines: ClassVar[bool] = True
 
     # -- model and export -------------------------------------------------------------------
     def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:

@@ -36,6 +36,26 @@ def _bias_add(g: GraphEditor, node: onnx.NodeProto):
     return add, other
 
 
+def _plain_gemm(inits, node: onnx.NodeProto) -> tuple[bool, str | None] | None:
+    """(transB, 1-D constant bias or None) of a ``Gemm`` that is ``A·B(ᵀ) + C`` (alpha = beta = 1,
+    A not transposed): what ``MatMulIntegerToFloat`` with a bias computes; else None."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
+        return None
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if bias is not None:
+        init = inits.get(bias)
+        if init is None or len(init.dims) != 1 or init.data_type != TensorProto.FLOAT:
+            return None
+    return bool(attrs.get("transB", 0)), bias
+
+
+def ort_gemm(inits, node: onnx.NodeProto) -> bool:
+    """Whether a Gemm target (``inits``: the graph's initializers by name) can be written as
+    ``MatMulIntegerToFloat``."""
+    return node.op_type == "Gemm" and _plain_gemm(inits, node) is not None
+
+
 def _qattention(node: onnx.NodeProto, inputs: list[str]) -> onnx.NodeProto:
     """``Attention(x, w, bias, mask_index, past, ...)`` as ``QAttention(x_u8, w_s8, bias, x_scale,
     w_scale, mask_index, x_zero_point, w_zero_point, past)``; its attributes carried over."""
@@ -53,8 +73,8 @@ def _qattention(node: onnx.NodeProto, inputs: list[str]) -> onnx.NodeProto:
 
 def insert_ort_int8(model: onnx.ModelProto, targets: list[QuantTarget], ranges: dict[str, TensorRange], *,
                     per_channel: bool = True, weight_qmax: int = 127) -> onnx.ModelProto:
-    """MatMul targets become MatMulIntegerToFloat and Attention targets QAttention (u8 activations,
-    s8 per-column weights)."""
+    """MatMul targets (and plain Gemm ones, :func:`ort_gemm`) become MatMulIntegerToFloat and
+    Attention targets QAttention (u8 activations, s8 per-column weights)."""
     g = GraphEditor(model)
     quantized_acts: dict[str, str] = {}
     for t in sorted(targets, key=lambda t: g.position[t.node_name]):
@@ -68,7 +88,11 @@ def insert_ort_int8(model: onnx.ModelProto, targets: list[QuantTarget], ranges: 
                 "QuantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"], [f"{base}_quantized"],
                 name=f"{base}_QuantizeLinear"))
             quantized_acts[base] = f"{base}_quantized"
-        q, scale = quantize_weight(g.array(t.weight), axis=1, per_channel=per_channel, qmax=weight_qmax)
+        gemm = _plain_gemm(g.inits, node) if node.op_type == "Gemm" else None
+        weight = g.array(t.weight)
+        if gemm is not None and gemm[0]:
+            weight = np.ascontiguousarray(weight.T)  # transB: MatMulIntegerToFloat takes [K, N]
+        q, scale = quantize_weight(weight, axis=1, per_channel=per_channel, qmax=weight_qmax)
         wq = f"{t.weight}_{t.node_name}_quantized"
         g.add_initializer(q, wq)
         g.add_initializer(scale.reshape(-1) if per_channel else scale, f"{wq}_scale")
@@ -79,9 +103,11 @@ def insert_ort_int8(model: onnx.ModelProto, targets: list[QuantTarget], ranges: 
             g.insert_before(t.node_name, _qattention(node, inputs))
             g.remove(node)
             continue
-        fused = _bias_add(g, node)
+        fused = _bias_add(g, node) if gemm is None else None
         output = node.output[0]
-        if fused is not None:
+        if gemm is not None and gemm[1] is not None:
+            inputs.append(gemm[1])
+        elif fused is not None:
             add, bias = fused
             inputs.append(bias)
             output = add.output[0]

@@ -25,7 +25,7 @@ from modelpress.export.names import matches, module_names
 from modelpress.runtimes.quantize.calibrate import collect_stats
 from modelpress.runtimes.quantize.config import QuantizeConfig
 from modelpress.runtimes.quantize.fused import FusedPlan, carry_over
-from modelpress.runtimes.quantize.ort_ops import insert_ort_int8
+from modelpress.runtimes.quantize.ort_ops import insert_ort_int8, ort_gemm
 from modelpress.runtimes.quantize.qdq import activation_params, insert_qdq
 from modelpress.runtimes.quantize.smoothquant import apply_smoothing
 from modelpress.runtimes.quantize.stats import TensorRange
@@ -186,10 +186,15 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
             base, ort_targets = plan.fused.model, plan.fused.targets_without(keep_fp32)
             int8 = {m for t in ort_targets for m in plan.fused.members[t.node_name]}
             targets = [t for t in targets if t.node_name in int8]  # a projection of an fp32 Attention is fp32
-        # Gemm nodes (rare in torch exports) keep the Q/DQ form, which ORT fuses into QGemm, and so
-        # do Conv nodes (the fastest int8 Conv form measured here: bench/conv_forms.py); so does
-        # every MatMul reading an activation one of them reads, since an activation is quantized once
-        qdq_acts = {t.activation for t in ort_targets if t.op_type in ("Gemm", "Conv")}
+        # Conv nodes keep the Q/DQ form (the fastest int8 Conv form measured here:
+        # bench/conv_forms.py), and so does every MatMul reading an activation one of them reads,
+        # since an activation is quantized once. Gemm nodes (GPT-2's Conv1D exports as addmm → Gemm)
+        # become MatMulIntegerToFloat: left in Q/DQ, ONNX Runtime fused none of the GPT's into
+        # QGemm and dequantized every weight on every call (a decode step 13× slower than fp32)
+        inits = {i.name: i for i in base.graph.initializer}
+        nodes = {n.name: n for n in base.graph.node}
+        qdq_acts = {t.activation for t in ort_targets
+                    if t.op_type == "Conv" or (t.op_type == "Gemm" and not ort_gemm(inits, nodes[t.node_name]))}
         matmuls = [t for t in ort_targets if t.activation not in qdq_acts]
         qmodel = insert_ort_int8(base, matmuls, plan.ranges, per_channel=cfg.per_channel,
                                  weight_qmax=cfg.weight_qmax)
