@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 import tempfile
 import time
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         p.runner.close()
     torch_row = {(r["batch_size"], r["context"]): r for r in decode["pytorch-fp32"]}
     result = {
-        "machine": "see bench/results/*.json siblings: one interleaved process",
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "threads": args.threads, "gpt": info, "run_gate": report["gate"],
         "fidelity": fidelity, "greedy_generation_agreement_32": gen_agree,
         "prefill": prefill, "decode": decode, "end_to_end": e2e,

@@ -256,9 +256,7 @@ def cmd_quantize(args) -> int:
     modality = get_modality(task.modality)
     preprocessor = modality.load_preprocessor(ref)
     names = modality.check_graph_inputs(tuple(i.name for i in graph.graph.input), source=args.onnx)
-    examples = modality.load_examples(cal.data, field=getattr(cal, modality.field_key), num_samples=cal.num_samples, seed=cal.seed)
-    examples = modality.calibration_examples(examples, preprocessor, max_length=cal.max_length,
-                                             num_samples=cal.num_samples, seed=cal.seed)
+    examples = modality.calibration_set(cal, preprocessor)
     encoder = modality.encoder(preprocessor, input_names=names, max_length=cal.max_length,
                                input_shapes=graph_input_shapes(args.onnx))
     summary = quantize_static(args.onnx, args.out, ExampleFeed(examples, encoder, batch_size=cal.batch_size), cfg)
@@ -298,7 +296,7 @@ def cmd_validate(args) -> int:
     modality = get_modality(task.modality)
     modality.check_lengths(model.config, preprocessor, {
         "validate.max_length": cfg.max_length, "--seq-lengths": max(cfg.seq_lengths),
-        **{f"validate.{key}": max(getattr(cfg, key)) + 1 for key in task.length_keys}})
+        **task.checked_lengths(cfg)})
     es = task.read_eval(cfg.eval_data, cfg, model_config=model.config, preprocessor=preprocessor)
     runtime = args.runtime or ("openvino" if args.candidate.endswith(".xml") else "onnxruntime")
     names = modality.check_graph_inputs(RUNTIMES.get(runtime).graph_inputs(args.candidate), source=args.candidate)

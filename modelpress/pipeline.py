@@ -87,18 +87,16 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
 
         require_openvino()
     # the data first: a bad file fails in a second, not after loading and exporting
-    cal_examples = modality.load_examples(cal.data, field=getattr(cal, modality.field_key), num_samples=cal.num_samples, seed=cal.seed)
+    cal_examples = modality.read_calibration(cal)
     log.info("loading teacher %s", teacher_ref)
     teacher_model, preprocessor = load_model_and_preprocessor(
         teacher_ref, task, trust_remote_code=recipe.trust_remote_code, allow_new_heads=recipe.allow_new_heads,
         seed=recipe.seed)
     limit = modality.check_lengths(teacher_model.config, preprocessor, {
         "calibration.max_length": cal.max_length, "validate.max_length": v.max_length,
-        "validate.seq_lengths": max(v.seq_lengths),
-        **{f"validate.{key}": max(getattr(v, key)) + 1 for key in task.length_keys}})
+        "validate.seq_lengths": max(v.seq_lengths), **task.checked_lengths(v)})
     es = task.read_eval(v.eval_data, v, model_config=teacher_model.config, preprocessor=preprocessor)
-    cal_examples = modality.calibration_examples(cal_examples, preprocessor, max_length=cal.max_length,
-                                                 num_samples=cal.num_samples, seed=cal.seed)
+    cal_examples = modality.calibration_set(cal, preprocessor, examples=cal_examples)
 
     deployed = teacher_model
     if recipe.distill_enabled:
@@ -139,13 +137,8 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
 
         log.info("calibrating %d more times on other samples (quantize.calibration_seeds)",
                  recipe.quantize.calibration_seeds - 1)
-        def examples(seed: int):
-            raw = modality.load_examples(cal.data, field=getattr(cal, modality.field_key),
-                                         num_samples=cal.num_samples, seed=seed)
-            return modality.calibration_examples(raw, preprocessor, max_length=cal.max_length,
-                                                 num_samples=cal.num_samples, seed=seed)
-
-        feeds = [(cal.seed + k, ExampleFeed(examples(cal.seed + k), cal_encoder, batch_size=cal.batch_size))
+        feeds = [(cal.seed + k, ExampleFeed(modality.calibration_set(cal, preprocessor, seed=cal.seed + k), cal_encoder,
+                                            batch_size=cal.batch_size))
                  for k in range(1, recipe.quantize.calibration_seeds)]
         seeds = seed_variants(paths.model_onnx, feeds, quant, recipe.quantize, Path(work))
         variants = [file_opener(path, task=task, encoder=encoder, threads=v.threads, name=f"int8-seed{seed}")

@@ -306,7 +306,8 @@ def test_unusable_language_model_inputs_are_one_line_and_exit_2(tmp_path, capsys
     (tmp_path / "blank.txt").write_text("\n\n", encoding="utf-8")
     recipe = _lm_recipe(tmp_path, folder, calibration={"data": str(tmp_path / "blank.txt")})
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("modelpress: error: ")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"modelpress: error: {tmp_path / 'blank.txt'}: contains no records"
     assert not (tmp_path / "out" / "lm").exists()
 
 

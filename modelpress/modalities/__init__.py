@@ -75,6 +75,20 @@ class Modality(abc.ABC):
         """Raw examples from a data file or folder (calibration, distillation corpora), a
         deterministic sample of ``num_samples`` (None: all)."""
 
+    def read_calibration(self, cal: Any, *, seed: int | None = None) -> list[Any]:
+        """The raw examples of a ``[calibration]`` section (``seed``: another sample than its own)."""
+        return self.load_examples(cal.data, field=getattr(cal, self.field_key), num_samples=cal.num_samples,
+                                  seed=cal.seed if seed is None else seed)
+
+    def calibration_set(self, cal: Any, preprocessor: Any, *, seed: int | None = None,
+                        examples: Sequence[Any] | None = None) -> Sequence[Any]:
+        """What calibration encodes for a ``[calibration]`` section: :meth:`read_calibration`
+        (unless ``examples`` were read already), then :meth:`calibration_examples`."""
+        seed = cal.seed if seed is None else seed
+        raw = self.read_calibration(cal, seed=seed) if examples is None else examples
+        return self.calibration_examples(raw, preprocessor, max_length=cal.max_length, num_samples=cal.num_samples,
+                                         seed=seed)
+
     def calibration_examples(self, examples: Sequence[Any], preprocessor: Any, *, max_length: int,
                              num_samples: int, seed: int = 0) -> Sequence[Any]:
         """What calibration encodes, from :meth:`load_examples`' examples once the preprocessor is

@@ -131,6 +131,11 @@ class Task:
     #: ``[validate]`` keys whose values are lengths the model must take (beyond max_length, seq_lengths)
     length_keys: ClassVar[tuple[str, ...]] = ()
 
+    def checked_lengths(self, cfg: Any) -> dict[str, int]:
+        """``{"validate.<key>": longest input it makes}`` for :attr:`length_keys` (a decode step at
+        context c feeds c + 1 positions), for ``Modality.check_lengths``."""
+        return {f"validate.{key}": max(getattr(cfg, key)) + 1 for key in self.length_keys}
+
     def extra_latency(self, predictors: Sequence[Any], examples: Sequence[Any], cfg: Any) -> dict[str, dict[str, list]]:
         """Timings beyond the forward pass, per predictor: ``{name: {report key: rows}}`` (text-generation:
         the decode step, ``decode_latency``); none by default."""

@@ -150,11 +150,7 @@ def analyze_run(run_dir: Path, out_dir: Path):
     encoder = modality.encoder(preprocessor, input_names=meta["input_names"], max_length=recipe.calibration.max_length,
                                input_shapes=meta.get("input_shapes"))
     cal = recipe.calibration
-    examples = modality.load_examples(cal.data, field=getattr(cal, modality.field_key), num_samples=cal.num_samples,
-                                      seed=cal.seed)
-    examples = modality.calibration_examples(examples, preprocessor, max_length=cal.max_length,
-                                             num_samples=cal.num_samples, seed=cal.seed)
-    feeds = ExampleFeed(examples, encoder, batch_size=cal.batch_size)
+    feeds = ExampleFeed(modality.calibration_set(cal, preprocessor), encoder, batch_size=cal.batch_size)
     plan = plan_quantization(paths.model_onnx, feeds, cfg)
     errors = analyze_plan(plan, feeds)
     out_dir.mkdir(parents=True, exist_ok=True)
