@@ -128,21 +128,23 @@ def score_window(logits: np.ndarray, ids: np.ndarray, positions: np.ndarray) -> 
                         logits[positions].argmax(-1).astype(np.int32), logp.astype(np.float16))
 
 
-def window_sums(teacher: Sequence[ScoredWindow], candidate: Sequence[ScoredWindow]) -> dict[str, np.ndarray]:
-    """Per window: scored tokens, NLL sums of both, next-token agreements, KL(teacher ‖ candidate) sum."""
-    n, nll_t, nll_c, same, kl = [], [], [], [], []
+def window_sums(teacher: Sequence[ScoredWindow], candidate: Sequence[ScoredWindow], *,
+                kl: bool = True) -> dict[str, np.ndarray]:
+    """Per window: scored tokens, NLL sums of both, next-token agreements and (``kl``: the one
+    pass over the whole distributions) the KL(teacher ‖ candidate) sum."""
+    n, nll_t, nll_c, same, kls = [], [], [], [], []
     for t, c in zip(teacher, candidate, strict=True):
         n.append(len(t.nll))
         nll_t.append(float(t.nll.sum(dtype=np.float64)))
         nll_c.append(float(c.nll.sum(dtype=np.float64)))
         same.append(int((t.top1 == c.top1).sum()))
-        if c is t:  # the teacher against itself (its reference values)
-            kl.append(0.0)
+        if not kl or c is t:  # not asked, or the teacher against itself (its reference values)
+            kls.append(0.0)
             continue
         lt, lc = t.logprobs.astype(np.float32), c.logprobs.astype(np.float32)
-        kl.append(float((np.exp(lt) * (lt - lc)).sum(dtype=np.float64)))
+        kls.append(float((np.exp(lt) * (lt - lc)).sum(dtype=np.float64)))
     return {k: np.asarray(v, dtype=np.float64) for k, v in
-            {"n": n, "nll_t": nll_t, "nll_c": nll_c, "same": same, "kl": kl}.items()}
+            {"n": n, "nll_t": nll_t, "nll_c": nll_c, "same": same, "kl": kls}.items()}
 
 
 def lm_metrics(sums: Mapping[str, np.ndarray], *, reference: bool = False) -> dict[str, float]:

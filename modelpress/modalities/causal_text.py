@@ -146,11 +146,6 @@ class CausalTextModality(TextModality):
     def dynamic_shapes(self, input_names: Sequence[str]) -> dict[str, dict[int, Any]]:
         raise BadInputError("text-generation exports through export.causal_lm (its own dynamic shapes)")
 
-    def real_positions(self, feed: Mapping[str, np.ndarray]) -> np.ndarray | None:
-        mask = feed.get("attention_mask")
-        ids = feed.get("input_ids")
-        return None if mask is None or ids is None else mask[:, -ids.shape[1]:]
-
     def engine_profile(self, input_names: Sequence[str], cfg: Any) -> dict[str, dict[str, tuple[int, ...]]]:
         raise BadInputError("text-generation has no TensorRT engine yet (its cache needs a profile per input); "
                             "leave [engine] out")

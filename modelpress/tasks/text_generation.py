@@ -88,7 +88,7 @@ class TextGeneration(Task):
     def reference_metrics(self, teacher_out: Sequence[Any], es: Any) -> dict[str, float]:
         from modelpress.validate.perplexity import lm_metrics, window_sums
 
-        return lm_metrics(window_sums(teacher_out, teacher_out), reference=True)
+        return lm_metrics(window_sums(teacher_out, teacher_out, kl=False), reference=True)
 
     def fidelity(self, teacher_out: Sequence[Any], candidate_out: Sequence[Any], es: Any) -> dict[str, float]:
         from modelpress.validate.perplexity import lm_metrics, window_sums
@@ -99,7 +99,7 @@ class TextGeneration(Task):
         from modelpress.validate import uncertainty as U
         from modelpress.validate.perplexity import window_sums
 
-        s = window_sums(teacher_out, candidate_out)
+        s = window_sums(teacher_out, candidate_out, kl=metric == "mean_kl")  # KL: the costly pass
         if metric == "perplexity_ratio":
             return U.PairedUnits((s["nll_t"], s["nll_c"], s["n"]), _perplexity_rise(relative=True), self.unit)
         if metric == "perplexity":
