@@ -7,8 +7,9 @@ by side, in one process, with the same threads, interleaved round by round:
 * **PyTorch fp32 eager with its KV cache** (the teacher: ``generate`` for end-to-end tokens/s, the
   same module with the graph's feed for prefill and decode steps);
 * **ORT fp32** (``model.onnx``), **ORT dynamic int8** (``quantize_dynamic``, per-channel, of the
-  same graph: the peer a user tries first) and **ours** (``model.int8.onnx``, static W8A8 with
-  SmoothQuant, calibrated on packed training text);
+  same graph: the peer a user tries first), **ours** (``model.int8.onnx``, static W8A8 with
+  SmoothQuant, calibrated on packed training text) and our **weight-only** alternative
+  (``quantize.mode = "weight-only"``: MatMulNBits, 8 and 4 bits, block 32, accuracy level 4);
 
 fidelity on the held-out text (strided perplexity, its ratio to the teacher's, next-token
 agreement, mean KL) and greedy-generation agreement (share of the first 32 new tokens identical
@@ -31,11 +32,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _generation_agreement(teacher_ids: list[list[int]], ids: list[list[int]]) -> float:
-    same = sum(int(a == b) for t, c in zip(teacher_ids, ids) for a, b in zip(t, c))
-    return same / sum(len(t) for t in teacher_ids)
 
 
 def _hf_generate(model, prompts: np.ndarray, new: int) -> list[list[int]]:
@@ -68,10 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     from modelpress.models import load_model
     from modelpress.pipeline import run_recipe
     from modelpress.recipe import load_recipe
+    from modelpress.runtimes.quantize.weight_only import quantize_weights_only
     from modelpress.tasks import configure_task
     from modelpress.generation import TextGenerator
     from modelpress.validate.compare import interleaved_latency
     from modelpress.validate.decode_latency import decode_latency
+    from modelpress.validate.greedy_agreement import Continuations, greedy_agreement
     from modelpress.validate.stage import open_predictor
 
     torch.set_num_threads(args.threads)
@@ -94,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     dyn = work / "dynamic.int8.onnx"
     quantize_dynamic(str(bundle / "model.onnx"), str(dyn), per_channel=True, weight_type=QuantType.QInt8)
     files = {"ort-fp32": bundle / "model.onnx", "ort-dynamic-int8": dyn, "modelpress-int8": bundle / "model.int8.onnx"}
+    # the documented alternative, from the same fp32 graph: weight-only MatMulNBits at 8 and 4 bits
+    for bits in (8, 4):
+        path = work / f"weight-only.int{bits}.onnx"
+        quantize_weights_only(bundle / "model.onnx", path, recipe.quantize.with_(mode="weight-only", weight_bits=bits))
+        files[f"modelpress-weight-only-int{bits}"] = path
     preds = [open_predictor("torch", teacher, task=task, encoder=encoder, threads=args.threads, name="pytorch-fp32")]
     preds += [open_predictor("onnxruntime", path, task=task, encoder=encoder, threads=args.threads, name=name)
               for name, path in files.items()]
@@ -113,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     prompts = np.array(prompt_ids, dtype=np.int64)
     teacher_new = _hf_generate(teacher, prompts, 32)
     generators = {name: TextGenerator(p.runner, tokenizer, layout=encoder.layout) for name, p in zip(files, preds[1:])}
-    gen_agree = {name: round(_generation_agreement(teacher_new, g.generate_ids(prompt_ids, max_new_tokens=32,
-                                                                                  stop_token_ids=[])), 4)
+    gen_agree = {name: round(greedy_agreement(Continuations(tuple(map(tuple, teacher_new))), Continuations(tuple(
+        map(tuple, g.generate_ids(prompt_ids, max_new_tokens=32, stop_token_ids=[]))))), 4)
                  for name, g in generators.items()}
 
     # prefill and decode steps (validation's own timers), on real 512-token stretches of held-out text

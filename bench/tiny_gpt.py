@@ -8,7 +8,8 @@ A byte-level BPE tokenizer (8,192 tokens, ``<|endoftext|>`` between texts) is tr
 training text, then a GPT-2 (6 layers, width 384, 6 heads, 1,024 positions: ~14 M parameters) for
 ``--minutes`` of wall time on packed 128-token sequences (AdamW, warm-up then cosine decay).
 Written: ``DIR/model`` (an ordinary transformers folder with its tokenizer), ``DIR/train.txt``,
-``DIR/heldout.txt`` and ``DIR/gpt.json`` (what was trained, the held-out loss), which also marks
+``DIR/heldout.txt``, ``DIR/prompts.jsonl`` (32 held-out openings, the recipe's greedy-generation
+prompts) and ``DIR/gpt.json`` (what was trained, the held-out loss), which also marks
 a finished folder that a second call reuses.
 """
 from __future__ import annotations
@@ -148,12 +149,23 @@ def train(out: Path, *, minutes: float, seed: int = 0, batch: int = 16, lr: floa
     return info
 
 
+def write_prompts(heldout: Path, out: Path, *, count: int = 32, words: int = 6) -> Path:
+    """``prompts.jsonl``: the first ``words`` words of the first ``count`` held-out texts that have
+    at least twice as many (the recipe's greedy-generation prompts)."""
+    texts = [t.split() for t in heldout.read_text(encoding="utf-8").splitlines()]
+    picked = [" ".join(t[:words]) for t in texts if len(t) >= 2 * words][:count]
+    path = out / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in picked), encoding="utf-8")
+    return path
+
+
 def prepare(out: Path, *, minutes: float = 20.0) -> dict:
-    """The trained GPT in ``out`` (trained now unless a finished one is there)."""
+    """The trained GPT in ``out`` (trained now unless a finished one is there), and its prompts."""
     out.mkdir(parents=True, exist_ok=True)
-    if (out / DONE).is_file():
-        return json.loads((out / DONE).read_text(encoding="utf-8"))
-    return train(out, minutes=minutes)
+    info = json.loads((out / DONE).read_text(encoding="utf-8")) if (out / DONE).is_file() else \
+        train(out, minutes=minutes)
+    write_prompts(out / "heldout.txt", out)
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:

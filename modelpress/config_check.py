@@ -46,6 +46,8 @@ class PathRule:
     def resolve(self, value: str) -> str:
         from modelpress.calibration_data import shipped_path
 
+        if not value:  # "" means "none" (an optional file), never the working directory
+            return value
         p = Path(value).expanduser()
         if p.is_absolute():
             return str(p)

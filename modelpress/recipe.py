@@ -77,6 +77,9 @@ class ValidateConfig:
     seq_lengths: tuple[int, ...] = field(default=(128,), metadata={"min": 1, "nonempty": True})   # ... × padded lengths
     stride: int = field(default=0, metadata={"min": 0})  # text-generation: perplexity windows start every stride tokens (0 = max_length / 2)
     decode_contexts: tuple[int, ...] = field(default=(128, 512), metadata={"min": 1, "nonempty": True})  # text-generation: decode step timed at these past lengths
+    prompts: str = field(default="", metadata={"path": True})  # text-generation: prompts (.txt a line each, .jsonl/.csv prompt_field) for greedy_agreement ("" = none)
+    prompt_field: str = "prompt"  # text-generation: the prompt field of a .jsonl/.csv prompts file
+    generation_tokens: int = field(default=32, metadata={"min": 1})  # text-generation: greedy new tokens per prompt compared with the teacher's
     latency_runs: int = field(default=30, metadata={"min": 1})  # timed runs per shape (after warm-up), at most
     latency_budget_s: float = field(default=60.0, metadata={"min": 0.0})  # seconds of timed rounds per shape (0 = no limit; ≥ 5 rounds)
     warmup_runs: int = field(default=3, metadata={"min": 0})    # untimed runs per shape
@@ -144,11 +147,20 @@ class Recipe:
         if unsupported:
             raise BadInputError(f"validate.runtimes: {self.task} bundles run on {', '.join(task.bundle_runtimes)} "
                                 f"so far, not {', '.join(unsupported)}")
+        if self.quantize.mode == "weight-only":
+            if any(r != "onnxruntime" for r in self.validate.runtimes):
+                raise BadInputError('validate.runtimes: quantize.mode = "weight-only" writes ONNX Runtime\'s '
+                                    'MatMulNBits; ship it on onnxruntime only')
+            if self.engine is not None and self.engine.enabled:
+                raise BadInputError('[engine]: quantize.mode = "weight-only" has no TensorRT form; use "static"')
         if self.engine is not None and self.engine.enabled and not task.engines:
             raise BadInputError(f"[engine]: {self.task} has no TensorRT engine yet; leave [engine] out")
         if self.gate.metric != AUTO and self.gate.metric not in task.metrics:
             raise BadInputError(f"gate.metric: {self.task} reports {', '.join(task.metrics)} (or auto), "
                                 f"not {self.gate.metric!r}")
+        needs = task.conditional_metrics.get(self.gate.metric)
+        if needs and not getattr(self.validate, needs):
+            raise BadInputError(f"gate.metric: {self.gate.metric} is measured only with validate.{needs} set")
 
     @property
     def distill_enabled(self) -> bool:

@@ -28,8 +28,9 @@ def test_shipped_recipe_loads_and_its_data_files_exist(path):
         assert "bench.digits --out $(dir $@) --models resnet" in (REPO / "Makefile").read_text()
         return
     if at(recipe.teacher) == GPT / "model":
-        # made by bench.tiny_gpt: the model folder and the two text files
-        assert (at(recipe.calibration.data), at(recipe.validate.eval_data)) == (GPT / "train.txt", GPT / "heldout.txt")
+        # made by bench.tiny_gpt: the model folder, the two text files and the prompts
+        assert (at(recipe.calibration.data), at(recipe.validate.eval_data), at(recipe.validate.prompts)) == \
+            (GPT / "train.txt", GPT / "heldout.txt", GPT / "prompts.jsonl")
         assert "bench.tiny_gpt --out" in (REPO / "Makefile").read_text()
         return
     assert Path(recipe.calibration.data).is_file()

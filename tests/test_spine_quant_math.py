@@ -375,3 +375,44 @@ def test_quantize_weight_in_a_reduced_range():
     q, scale = quantize_weight(w, axis=1, per_channel=True, qmax=63)
     assert np.abs(q).max(axis=0).tolist() == [63] * 8
     assert np.abs(q.astype(np.float32) * scale - w).max() <= scale.max() / 2 + 1e-7
+
+
+def test_a_tied_lm_head_read_through_a_transpose_is_quantized(tmp_path):
+    """A tied LM head exports as MatMul(h, Transpose(embedding)) with the embedding also read by a
+    Gather: the head used to be no target (its weight is computed at run time) and stayed fp32, the
+    biggest MatMul of the bench GPT's prefill. The Transpose is folded into an initializer of its
+    own; one that something else also reads is left alone."""
+    import onnxruntime as ort
+
+    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.runtimes.quantize.targets import fold_weight_transposes
+
+    rng = np.random.default_rng(3)
+    emb, other = rng.normal(size=(20, 8)).astype(np.float32), rng.normal(size=(6, 8)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["h"], name="embedding"),
+             helper.make_node("Transpose", ["E"], ["E_t"], name="tie", perm=[1, 0]),
+             helper.make_node("MatMul", ["h", "E_t"], ["logits"], name="lm_head"),
+             helper.make_node("Transpose", ["O"], ["O_t"], name="shared", perm=[1, 0]),
+             helper.make_node("MatMul", ["h", "O_t"], ["y"], name="reads_shared"),
+             helper.make_node("Add", ["O_t", "O_t"], ["z"], name="also_reads_shared")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("logits", "y", "z")],
+                              [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(other, "O")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert [t.node_name for t in find_targets(model)] == []
+    folded = fold_weight_transposes(onnx.load_from_string(model.SerializeToString()))
+    assert [n.name for n in folded.graph.node] == ["embedding", "lm_head", "shared", "reads_shared", "also_reads_shared"]
+    assert [t.node_name for t in find_targets(folded)] == ["lm_head"]
+    ids = rng.integers(0, 20, 64).astype(np.int64)
+    for got, want in zip(_run(folded, {"ids": ids}), _run(model, {"ids": ids})):
+        np.testing.assert_array_equal(got, want)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    summary = quantize_static(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", [{"ids": ids}], QuantizeConfig(format="ort"))
+    assert summary.quantized_nodes == ("lm_head",)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.int8.onnx")).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("Transpose") == 1   # the shared one stays
+    logits = ort.InferenceSession(str(tmp_path / "m.int8.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"ids": ids})[0]
+    ref = emb[ids] @ emb.T
+    assert np.abs(logits - ref).max() < 0.05 * np.abs(ref).max()

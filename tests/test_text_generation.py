@@ -277,6 +277,52 @@ def test_run_presses_a_causal_lm_into_a_bundle_that_generates_the_teachers_token
             assert lm.generator.generate_ids([ids], max_new_tokens=12, stop_token_ids=[])[0] == _hf_greedy(model, ids, 12)
 
 
+def test_greedy_agreement_on_eval_prompts_is_measured_gated_and_matches_transformers_generate(tmp_path, capsys):
+    import json
+
+    from modelpress.cli import main
+    from modelpress.generation import TextGenerator
+    from modelpress.models import load_model_and_preprocessor
+    from modelpress.tasks import configure_task
+
+    folder = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
+    prompts = [*PROMPTS, "my friend said that", "there is"]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts), encoding="utf-8")
+    # batch 1: each prompt on its own, as the independent reference below runs it
+    recipe = _lm_recipe(tmp_path, folder, validate={"prompts": str(tmp_path / "prompts.jsonl"), "generation_tokens": 10,
+                                                    "batch_size": 1},
+                        gate={"metric": "greedy_agreement", "max_drop": 100.0})
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    bundle = tmp_path / "out" / "lm"
+    report = json.loads((bundle / "report.json").read_text())
+    models = report["models"]
+    assert report["eval"]["num_prompts"] == len(prompts)
+    assert models["teacher"]["metrics"]["greedy_agreement"] == 1.0
+    # the teacher's continuations from transformers' generate; the int8 graph's from the bundle's loop
+    model, tokenizer = load_model_and_preprocessor(str(folder), configure_task("text-generation"))
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    teacher = [_hf_greedy(model, row, 10) for row in ids]
+    for name, graph in (("onnx-fp32", "model.onnx"), ("int8", "model.int8.onnx")):
+        made = TextGenerator(bundle / graph, tokenizer).generate_ids(ids, max_new_tokens=10, stop_token_ids=[])
+        same = sum(int(a == b) for t, c in zip(teacher, made) for a, b in zip(t, c))
+        assert models[name]["metrics"]["greedy_agreement"] == pytest.approx(same / (10 * len(prompts)), abs=1e-6)
+    assert models["onnx-fp32"]["metrics"]["greedy_agreement"] == 1.0
+    gate = report["gate"]
+    assert gate["metric"] == "greedy_agreement" and gate["unit"] == "prompts" and gate["n"] == len(prompts)
+    assert gate["drop"] == pytest.approx(100 * (1 - models["int8"]["metrics"]["greedy_agreement"]), abs=1e-3)
+    lo, hi = gate["drop_ci95"]
+    assert lo <= gate["drop"] <= hi
+    # a prompts record without the field, and the gated metric without prompts: one line, exit 2
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "a"}) + "\n", encoding="utf-8")
+    bad = _lm_recipe(tmp_path, folder, validate={"prompts": str(tmp_path / "bad.jsonl")})
+    assert main(["run", str(bad), "--out", str(tmp_path / "out2")]) == 2
+    assert "bad.jsonl" in capsys.readouterr().err.strip().splitlines()[-1]
+    unmeasured = _lm_recipe(tmp_path, folder, gate={"metric": "greedy_agreement"})
+    assert main(["run", str(unmeasured), "--out", str(tmp_path / "out2")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "modelpress: error: gate.metric: greedy_agreement is measured only with validate.prompts set"
+
+
 def test_a_layer_subset_decoder_is_distilled_and_reported_beside_its_start(tmp_path):
     import json
 

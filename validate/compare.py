@@ -102,7 +102,7 @@ def evaluate(task, teacher, candidates: Sequence, es, cfg, *, sizes_mb: dict[str
     for predictor in tqdm(everyone, desc="validating", unit="model", leave=False):
         with PeakRss() as mem:
             t0 = time.perf_counter()
-            out = predictor.predict(examples, batch_size=cfg.batch_size)
+            out = task.eval_outputs(predictor, es, cfg)
             accuracy_s = time.perf_counter() - t0
         outputs[predictor.name] = out
         metrics = (task.reference_metrics(out, es) if predictor is teacher

@@ -31,6 +31,7 @@ class EvalSet:
     label_names: tuple[str, ...] = ()               # tag names by id (entity chunks need them)
     images: tuple | None = None                     # image references (image classification)
     windows: tuple | None = None                    # token windows of held-out text (text-generation)
+    prompts: tuple | None = None                    # prompts' token ids for greedy_agreement (text-generation)
     source: str = ""
     format: str = "text"
     skipped: int = 0                                # rows skipped by the documented rule (empty texts)
@@ -53,7 +54,8 @@ class EvalSet:
                 "num_texts": len(self.texts), "num_pairs": len(self.pairs or ()),
                 "num_words": sum(map(len, self.words)) if self.words is not None else 0,
                 "has_labels": self.labels is not None or self.tags is not None, "skipped": self.skipped,
-                **({"num_scored_tokens": sum(w.scored for w in self.windows)} if self.windows is not None else {})}
+                **({"num_scored_tokens": sum(w.scored for w in self.windows)} if self.windows is not None else {}),
+                **({"num_prompts": len(self.prompts)} if self.prompts is not None else {})}
 
 
 def _looks_like_stsb(path: Path) -> bool:

@@ -121,7 +121,7 @@ def candidate_evaluator(*, task, teacher: Opener, encoder, eval_set, cfg, gate_c
     examples = list(eval_set.examples)
     ref = teacher()
     try:
-        teacher_out = ref.predict(examples, batch_size=cfg.batch_size)
+        teacher_out = task.eval_outputs(ref, eval_set, cfg)
     finally:
         ref.runner.close()
     teacher_metrics = task.reference_metrics(teacher_out, eval_set)
@@ -130,7 +130,7 @@ def candidate_evaluator(*, task, teacher: Opener, encoder, eval_set, cfg, gate_c
     def evaluate_candidate(path: Path) -> Evaluation:
         pred = open_predictor("onnxruntime", path, task=task, encoder=encoder, threads=cfg.threads, name="candidate")
         try:
-            metrics = task.fidelity(teacher_out, pred.predict(examples, batch_size=cfg.batch_size), eval_set)
+            metrics = task.fidelity(teacher_out, task.eval_outputs(pred, eval_set, cfg), eval_set)
             gate = decide(task, teacher_metrics, metrics, max_drop=gate_cfg.max_drop, metric=gate_cfg.metric)
             batch = pred.encode(shape_batch, pad_to=max(cfg.seq_lengths))
             times = time_calls(lambda: pred.predict_batch(batch), runs=5, warmup=1)

@@ -111,6 +111,15 @@ class Task:
         return load_eval_set(path, fmt=cfg.eval_format, text_field=cfg.text_field, label_field=cfg.label_field,
                              num_samples=cfg.num_samples, formats=self.eval_formats, num_labels=labels)
 
+    def eval_outputs(self, predictor: Any, es: Any, cfg: Any) -> Any:
+        """What ``predictor`` gives on the eval set, for :meth:`fidelity` and :meth:`paired_units`: by
+        default its results on ``es.examples`` (text-generation adds its greedy continuations of
+        the eval prompts)."""
+        return predictor.predict(list(es.examples), batch_size=cfg.batch_size)
+
+    #: metrics reported only when a ``[validate]`` key is set: ``{metric: key}``
+    conditional_metrics: ClassVar[Mapping[str, str]] = {}
+
     def reference_metrics(self, teacher_out: Any, es: Any) -> dict[str, float]:
         """The teacher's own values of the metrics (the reference the candidates are held to)."""
         raise NotImplementedError

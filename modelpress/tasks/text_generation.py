@@ -8,13 +8,15 @@ windows of ``validate.max_length`` tokens every ``validate.stride`` (``validate.
 Metrics on the scored tokens: ``perplexity``; ``perplexity_ratio`` (the candidate's ÷ the
 teacher's: the gate reads its drop, 100 × (ratio − 1), as the perplexity increase in percent, its
 default metric); ``next_token_agreement`` (top-1) and ``mean_kl`` (teacher ‖ candidate). Their
-intervals resample windows. Timings: the prefill at ``validate.seq_lengths`` (the latency rows)
+intervals resample windows. With ``validate.prompts``, also ``greedy_agreement``: the share of the
+teacher's greedy new tokens each model reproduces (``validate.greedy_agreement``; its interval
+resamples prompts). Timings: the prefill at ``validate.seq_lengths`` (the latency rows)
 and one decode step at ``validate.decode_contexts`` (``decode_latency``). The bundle's API is
 ``generate`` (``modelpress.generation.TextGenerator`` on the bundle's runner).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -31,7 +33,9 @@ class TextGeneration(Task):
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
     output_name: ClassVar[str] = "logits"
     metrics: ClassVar[Mapping[str, str]] = {"perplexity_ratio": LOWER, "perplexity": LOWER,
-                                            "next_token_agreement": HIGHER, "mean_kl": LOWER}
+                                            "next_token_agreement": HIGHER, "mean_kl": LOWER,
+                                            "greedy_agreement": HIGHER}
+    conditional_metrics: ClassVar[Mapping[str, str]] = {"greedy_agreement": "prompts"}
     eval_formats: ClassVar[tuple[str, ...]] = ("text",)
     distill: ClassVar[DistillSpec] = DistillSpec(output="token_logits", losses=frozenset({"kl", "hidden_mse"}),
                                                  defaults={"kl": 1.0})
@@ -83,23 +87,51 @@ class TextGeneration(Task):
         found = list(windows(token_stream(texts, preprocessor), max_length=cfg.max_length, stride=stride))
         if cfg.num_samples:
             found = found[:cfg.num_samples]
-        return EvalSet(tuple(texts), windows=tuple(found), source=str(path), format="text")
+        prompts = None
+        if cfg.prompts:
+            from modelpress.validate.greedy_agreement import read_prompts
 
-    def reference_metrics(self, teacher_out: Sequence[Any], es: Any) -> dict[str, float]:
+            prompts = read_prompts(cfg.prompts, preprocessor, field=cfg.prompt_field)
+        return EvalSet(tuple(texts), windows=tuple(found), prompts=prompts, source=str(path), format="text")
+
+    def eval_outputs(self, predictor: Any, es: Any, cfg: Any) -> "LMOutputs":
+        windows = predictor.predict(list(es.examples), batch_size=cfg.batch_size)
+        if not es.prompts:
+            return LMOutputs(tuple(windows))
+        from modelpress.validate.greedy_agreement import continue_greedily
+
+        return LMOutputs(tuple(windows), continue_greedily(predictor, es.prompts, new_tokens=cfg.generation_tokens,
+                                                           batch_size=cfg.batch_size))
+
+    def reference_metrics(self, teacher_out: Any, es: Any) -> dict[str, float]:
         from modelpress.validate.perplexity import lm_metrics, window_sums
 
-        return lm_metrics(window_sums(teacher_out, teacher_out, kl=False), reference=True)
+        t = LMOutputs.of(teacher_out)
+        metrics = lm_metrics(window_sums(t.windows, t.windows, kl=False), reference=True)
+        return {**metrics, "greedy_agreement": 1.0} if t.continuations is not None else metrics
 
-    def fidelity(self, teacher_out: Sequence[Any], candidate_out: Sequence[Any], es: Any) -> dict[str, float]:
+    def fidelity(self, teacher_out: Any, candidate_out: Any, es: Any) -> dict[str, float]:
+        from modelpress.validate.greedy_agreement import greedy_agreement
         from modelpress.validate.perplexity import lm_metrics, window_sums
 
-        return lm_metrics(window_sums(teacher_out, candidate_out))
+        t, c = LMOutputs.of(teacher_out), LMOutputs.of(candidate_out)
+        metrics = lm_metrics(window_sums(t.windows, c.windows))
+        if t.continuations is not None and c.continuations is not None:
+            metrics["greedy_agreement"] = greedy_agreement(t.continuations, c.continuations)
+        return metrics
 
-    def paired_units(self, metric: str, teacher_out: Sequence[Any], candidate_out: Sequence[Any], es: Any):
+    def paired_units(self, metric: str, teacher_out: Any, candidate_out: Any, es: Any):
         from modelpress.validate import uncertainty as U
         from modelpress.validate.perplexity import window_sums
 
-        s = window_sums(teacher_out, candidate_out, kl=metric == "mean_kl")  # KL: the costly pass
+        t, c = LMOutputs.of(teacher_out), LMOutputs.of(candidate_out)
+        if metric == "greedy_agreement":
+            if t.continuations is None or c.continuations is None:
+                return None
+            from modelpress.validate.greedy_agreement import agreement_counts
+
+            return U.PairedUnits(agreement_counts(t.continuations, c.continuations), U.ratio_complement(), "prompts")
+        s = window_sums(t.windows, c.windows, kl=metric == "mean_kl")  # KL: the costly pass
         if metric == "perplexity_ratio":
             return U.PairedUnits((s["nll_t"], s["nll_c"], s["n"]), _perplexity_rise(relative=True), self.unit)
         if metric == "perplexity":
@@ -142,6 +174,20 @@ class TextGeneration(Task):
                 return self._generator
 
         return GeneratorBundle
+
+
+@dataclass(frozen=True)
+class LMOutputs:
+    """A model's outputs on a text-generation eval set: its scored windows and, with eval prompts,
+    its greedy continuations (``validate.greedy_agreement.Continuations``)."""
+
+    windows: tuple = field(default=())
+    continuations: Any = None
+
+    @classmethod
+    def of(cls, outputs: Any) -> "LMOutputs":
+        """``outputs`` as LMOutputs (a bare list of scored windows: no continuations)."""
+        return outputs if isinstance(outputs, LMOutputs) else cls(tuple(outputs))
 
 
 def _perplexity_rise(*, relative: bool, scale: float = 100.0):

@@ -121,7 +121,10 @@ def analyze_plan(plan: QuantPlan, feeds: Iterable[Mapping[str, np.ndarray]], *,
 
 
 def plot_errors(errors: list[NodeError], path: Path, *, top: int = 40) -> Path | None:
-    """Horizontal bar chart of SQNR per node (worst at the top); None if matplotlib is missing."""
+    """Horizontal bar chart of SQNR per node (worst at the top); None if matplotlib is missing or
+    no node was analyzed (weight-only)."""
+    if not errors:
+        return None
     try:
         import matplotlib
 

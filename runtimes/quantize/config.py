@@ -15,12 +15,14 @@ from modelpress.errors import BadInputError
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 PRESETS = ("onnxruntime", "tensorrt")
 FORMATS = ("auto", "qdq", "ort")
-MODES = ("static", "auto")
+MODES = ("static", "auto", "weight-only")
+WEIGHT_BITS = (8, 4)
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # what ONNX Runtime's MatMulNBits kernels take
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    mode: str = "static"                 # "static" | "auto" (accuracy-aware search, see README)
+    mode: str = "static"                 # "static" | "auto" (accuracy-aware search) | "weight-only" (MatMulNBits, see README)
     preset: str = "onnxruntime"          # "onnxruntime" (u8 act, CPU) | "tensorrt" (s8 symmetric act)
     format: str = "auto"                 # "qdq" (portable Q/DQ) | "ort" (ORT fused int8 ops) | "auto" (by preset)
     calibration_method: str = "minmax"   # "minmax" | "entropy" | "percentile"
@@ -37,6 +39,9 @@ class QuantizeConfig:
     fuse: bool = True                    # "ort" format: write on ONNX Runtime's fused graph (Attention → QAttention)
     calibration_seeds: int = field(default=1, metadata={"min": 1})  # calibrate K times on different samples; gate the worst
     max_candidates: int = field(default=8, metadata={"min": 1})             # auto mode: most candidates tried
+    weight_bits: int = 8                 # weight-only: 8 or 4 bits per weight
+    block_size: int = 32                 # weight-only: input rows per weight scale (16, 32, 64, 128, 256)
+    accuracy_level: int = field(default=4, metadata={"min": 0, "max": 4})  # weight-only: MatMulNBits compute (0/1 fp32, 4 int8)
 
     def __post_init__(self) -> None:
         from modelpress.config_check import check_fields
@@ -56,6 +61,18 @@ class QuantizeConfig:
             raise BadInputError(f"quantize.smoothquant_alpha: expected 0..1, got {self.smoothquant_alpha}")
         if self.max_candidates < 1:
             raise BadInputError("quantize.max_candidates must be >= 1")
+        if self.weight_bits not in WEIGHT_BITS:
+            raise BadInputError(f"quantize.weight_bits: expected 8 or 4, got {self.weight_bits}")
+        if self.block_size not in BLOCK_SIZES:
+            raise BadInputError(f"quantize.block_size: expected one of {', '.join(map(str, BLOCK_SIZES))}, "
+                                f"got {self.block_size}")
+        if not 0 <= self.accuracy_level <= 4:
+            raise BadInputError(f"quantize.accuracy_level: expected 0..4, got {self.accuracy_level}")
+        if self.mode == "weight-only" and self.calibration_seeds > 1:
+            raise BadInputError('quantize.calibration_seeds: "weight-only" reads no calibration data; leave it at 1')
+        if self.mode == "weight-only" and self.preset == "tensorrt":
+            raise BadInputError('quantize.mode = "weight-only" writes ONNX Runtime\'s MatMulNBits; TensorRT reads '
+                                'none of it (use "static" for the tensorrt preset)')
         unknown = set(self.op_types) - {"MatMul", "Gemm", "Conv"}
         if unknown:
             raise BadInputError(f"quantize.op_types: unsupported {sorted(unknown)}; supported: MatMul, Gemm, Conv")

@@ -36,7 +36,7 @@ def _bias_add(g: GraphEditor, node: onnx.NodeProto):
     return add, other
 
 
-def _plain_gemm(inits, node: onnx.NodeProto) -> tuple[bool, str | None] | None:
+def plain_gemm(inits, node: onnx.NodeProto) -> tuple[bool, str | None] | None:
     """(transB, 1-D constant bias or None) of a ``Gemm`` that is ``A·B(ᵀ) + C`` (alpha = beta = 1,
     A not transposed): what ``MatMulIntegerToFloat`` with a bias computes; else None."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -53,7 +53,7 @@ def _plain_gemm(inits, node: onnx.NodeProto) -> tuple[bool, str | None] | None:
 def ort_gemm(inits, node: onnx.NodeProto) -> bool:
     """Whether a Gemm target (``inits``: the graph's initializers by name) can be written as
     ``MatMulIntegerToFloat``."""
-    return node.op_type == "Gemm" and _plain_gemm(inits, node) is not None
+    return node.op_type == "Gemm" and plain_gemm(inits, node) is not None
 
 
 def _qattention(node: onnx.NodeProto, inputs: list[str]) -> onnx.NodeProto:
@@ -88,7 +88,7 @@ def insert_ort_int8(model: onnx.ModelProto, targets: list[QuantTarget], ranges: 
                 "QuantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"], [f"{base}_quantized"],
                 name=f"{base}_QuantizeLinear"))
             quantized_acts[base] = f"{base}_quantized"
-        gemm = _plain_gemm(g.inits, node) if node.op_type == "Gemm" else None
+        gemm = plain_gemm(g.inits, node) if node.op_type == "Gemm" else None
         weight = g.array(t.weight)
         if gemm is not None and gemm[0]:
             weight = np.ascontiguousarray(weight.T)  # transB: MatMulIntegerToFloat takes [K, N]

@@ -35,7 +35,8 @@ class QuantizeOutcome:
 
 def quantize_model(onnx_path: Path, out_path: Path, feeds: Iterable[Mapping[str, np.ndarray]],
                    cfg: QuantizeConfig, *, evaluate: Callable | None = None) -> QuantizeOutcome:
-    """Static int8 (or the accuracy-aware search when ``cfg.mode == "auto"``) plus per-node analysis."""
+    """Static int8 (or the accuracy-aware search when ``cfg.mode == "auto"``) plus per-node analysis;
+    ``"weight-only"``: MatMulNBits weights (``weight_only``), no calibration and no analysis."""
     from modelpress.runtimes.quantize.analysis import analyze_plan
     from modelpress.runtimes.quantize.auto import auto_quantize
     from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
@@ -45,6 +46,10 @@ def quantize_model(onnx_path: Path, out_path: Path, feeds: Iterable[Mapping[str,
             raise BadInputError('quantize.mode = "auto" needs an eval set and the teacher (use `modelpress run`)')
         result = auto_quantize(onnx_path, out_path, feeds, cfg, evaluate=evaluate)
         return QuantizeOutcome(result.summary, result.analysis, result.to_dict(), result.plan)
+    if cfg.mode == "weight-only":  # no calibration, no activation plan: nothing per node to analyze
+        from modelpress.runtimes.quantize.weight_only import quantize_weights_only
+
+        return QuantizeOutcome(quantize_weights_only(onnx_path, out_path, cfg), [], None, None)
     plan = plan_quantization(onnx_path, feeds, cfg)
     summary = write_quantized(plan, out_path)
     return QuantizeOutcome(summary, analyze_plan(plan, feeds), None, plan)
@@ -145,7 +150,9 @@ def analyze_run(run_dir: Path, out_dir: Path):
     task = task_from_dict(meta["task"])
     modality = get_modality(task.modality)
     done = json.loads(paths.quantization_json.read_text(encoding="utf-8"))
-    cfg = recipe.quantize.with_(mode="static", calibration_method=done["calibration_method"])
+    # a weight-only run calibrated nothing: analyze what static int8 would do, with the recipe's method
+    method = done["calibration_method"] if done["calibration_method"] != "none" else recipe.quantize.calibration_method
+    cfg = recipe.quantize.with_(mode="static", calibration_method=method)
     preprocessor = modality.load_preprocessor(str(paths.preprocessor(modality)))
     encoder = modality.encoder(preprocessor, input_names=meta["input_names"], max_length=recipe.calibration.max_length,
                                input_shapes=meta.get("input_shapes"))

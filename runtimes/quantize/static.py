@@ -29,7 +29,7 @@ from modelpress.runtimes.quantize.ort_ops import insert_ort_int8, ort_gemm
 from modelpress.runtimes.quantize.qdq import activation_params, insert_qdq
 from modelpress.runtimes.quantize.smoothquant import apply_smoothing
 from modelpress.runtimes.quantize.stats import TensorRange
-from modelpress.runtimes.quantize.targets import QuantTarget, find_targets
+from modelpress.runtimes.quantize.targets import QuantTarget, find_targets, fold_weight_transposes
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class QuantizeSummary:
     tensors: tuple[TensorCalibration, ...]
     calibration_seconds: float
     peak_rss_mb: float
+    block_size: int | None = None         # weight-only (MatMulNBits): input rows per weight scale
+    accuracy_level: int | None = None     # weight-only: MatMulNBits' compute (0/1 fp32, 4 int8)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,7 +100,7 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
     ``ort`` format (``quantize.fuse``) the same calibration is carried over to ORT's fused graph."""
     start = time.perf_counter()
     rss = _PeakRss()
-    model = load_onnx(model_path)
+    model = fold_weight_transposes(load_onnx(model_path))
     all_matmuls = [n.name for n in model.graph.node if n.op_type in cfg.op_types]
     targets = find_targets(model, op_types=cfg.op_types, exclude=excluded_nodes(model, cfg.nodes_to_exclude,
                                                                                 source=model_path))

@@ -31,6 +31,36 @@ def _gemm_attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return default
 
 
+def fold_weight_transposes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` where each ``Transpose`` of a 2-D initializer whose every reader takes it as a
+    MatMul/Gemm weight is that initializer, transposed once here. A tied LM head exports so (GPT-2,
+    Qwen, Gemma: the embedding matrix transposed on every call), which left the largest MatMul of a
+    prefill outside the targets and fp32. The same model is returned when there is nothing to fold."""
+    inits = {i.name: i for i in model.graph.initializer}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, k))
+    outputs = {o.name for o in model.graph.output}
+    folds = []
+    for node in model.graph.node:
+        if node.op_type != "Transpose" or node.input[0] not in inits or node.output[0] in outputs:
+            continue
+        w = inits[node.input[0]]
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
+        uses = readers.get(node.output[0], [])
+        if len(w.dims) == 2 and perm == [1, 0] and uses and \
+                all(user.op_type in ("MatMul", "Gemm") and k == 1 for user, k in uses):
+            folds.append(node)
+    if not folds:
+        return model
+    for node in folds:
+        weight = numpy_helper.to_array(inits[node.input[0]]).T
+        model.graph.initializer.append(numpy_helper.from_array(weight.copy(), node.output[0]))
+        model.graph.node.remove(node)
+    return model
+
+
 def find_targets(model: onnx.ModelProto, *, op_types=("MatMul", "Gemm"),
                  exclude: tuple[str, ...] = ()) -> list[QuantTarget]:
     inits = {i.name: i for i in model.graph.initializer}
