@@ -9,7 +9,10 @@ by side, in one process, with the same threads, interleaved round by round:
 * **ORT fp32** (``model.onnx``), **ORT dynamic int8** (``quantize_dynamic``, per-channel, of the
   same graph: the peer a user tries first), **ours** (``model.int8.onnx``, static W8A8 with
   SmoothQuant, calibrated on packed training text) and our **weight-only** alternative
-  (``quantize.mode = "weight-only"``: MatMulNBits, 8 and 4 bits, block 32, accuracy level 4);
+  (``quantize.mode = "weight-only"``: MatMulNBits, 8 and 4 bits, block 32, accuracy level 4), and ours
+  with the tied LM head kept fp32;
+* **OpenVINO fp32** (its IR of ``model.onnx``), **NNCF int8 weight compression** of it
+  (``nncf.compress_weights``' default) and **ours on OpenVINO** (the bundle's IR of the same plan);
 
 fidelity on the held-out text (strided perplexity, its ratio to the teacher's, next-token
 agreement, mean KL) and greedy-generation agreement (share of the first 32 new tokens identical
@@ -64,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     from modelpress.models import load_model
     from modelpress.pipeline import run_recipe
     from modelpress.recipe import load_recipe
+    from modelpress.calibration_data.feeds import ExampleFeed
+    from modelpress.runtimes.openvino_runner import convert_to_ir
+    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
     from modelpress.runtimes.quantize.weight_only import quantize_weights_only
     from modelpress.tasks import configure_task
     from modelpress.generation import TextGenerator
@@ -92,14 +98,37 @@ def main(argv: list[str] | None = None) -> int:
     dyn = work / "dynamic.int8.onnx"
     quantize_dynamic(str(bundle / "model.onnx"), str(dyn), per_channel=True, weight_type=QuantType.QInt8)
     files = {"ort-fp32": bundle / "model.onnx", "ort-dynamic-int8": dyn, "modelpress-int8": bundle / "model.int8.onnx"}
+    # the same plan with the (tied) LM head kept fp32: what quantizing the head costs and buys
+    cal = recipe.calibration
+    cal_encoder = CAUSAL_TEXT.encoder(tokenizer, input_names=names, max_length=cal.max_length, input_shapes=shapes)
+    feeds = ExampleFeed(CAUSAL_TEXT.calibration_set(cal, tokenizer), cal_encoder, batch_size=cal.batch_size)
+    files["modelpress-int8-head-fp32"] = work / "int8.head-fp32.onnx"
+    write_quantized(plan_quantization(bundle / "model.onnx", feeds, recipe.quantize.with_(
+        nodes_to_exclude=(*recipe.quantize.nodes_to_exclude, "lm_head"))), files["modelpress-int8-head-fp32"])
     # the documented alternative, from the same fp32 graph: weight-only MatMulNBits at 8 and 4 bits
     for bits in (8, 4):
         path = work / f"weight-only.int{bits}.onnx"
         quantize_weights_only(bundle / "model.onnx", path, recipe.quantize.with_(mode="weight-only", weight_bits=bits))
         files[f"modelpress-weight-only-int{bits}"] = path
+    # OpenVINO: its fp32 IR of the graph, NNCF's int8 weight compression of it (its default, INT8_ASYM)
+    # and the bundle's IR of our plan (the recipe asks for the openvino runtime)
+    import nncf
+    import openvino as ov
+
+    ov_files = {"openvino-fp32": convert_to_ir(bundle / "model.onnx", work / "ov-fp32" / "model.xml"),
+                "openvino-nncf-int8-weights": work / "ov-nncf" / "model.xml",
+                "modelpress-int8-openvino": bundle / "openvino" / "model.xml"}
+    started = time.perf_counter()
+    compressed = nncf.compress_weights(ov.Core().read_model(str(ov_files["openvino-fp32"])))
+    nncf_seconds = round(time.perf_counter() - started, 1)
+    ov_files["openvino-nncf-int8-weights"].parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(compressed, str(ov_files["openvino-nncf-int8-weights"]), compress_to_fp16=False)
     preds = [open_predictor("torch", teacher, task=task, encoder=encoder, threads=args.threads, name="pytorch-fp32")]
     preds += [open_predictor("onnxruntime", path, task=task, encoder=encoder, threads=args.threads, name=name)
               for name, path in files.items()]
+    preds += [open_predictor("openvino", path, task=task, encoder=encoder, threads=args.threads, name=name)
+              for name, path in ov_files.items()]
+    files.update(ov_files)
 
     # fidelity on the recipe's eval windows
     es = task.read_eval(recipe.validate.eval_data, recipe.validate, preprocessor=tokenizer)
@@ -151,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     torch_row = {(r["batch_size"], r["context"]): r for r in decode["pytorch-fp32"]}
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-        "threads": args.threads, "gpt": info, "run_gate": report["gate"],
+        "threads": args.threads, "gpt": info, "run_gate": report["gate"], "nncf_compress_seconds": nncf_seconds,
         "fidelity": fidelity, "greedy_generation_agreement_32": gen_agree,
         "prefill": prefill, "decode": decode, "end_to_end": e2e,
         "ratios_vs_pytorch": {

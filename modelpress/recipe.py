@@ -143,10 +143,6 @@ class Recipe:
         if self.validate.eval_format not in (AUTO, *task.eval_formats):
             raise BadInputError(f"validate.eval_format: {self.task} reads {', '.join(task.eval_formats)} "
                                 f"(or auto), not {self.validate.eval_format!r}")
-        unsupported = [r for r in self.validate.runtimes if task.bundle_runtimes and r not in task.bundle_runtimes]
-        if unsupported:
-            raise BadInputError(f"validate.runtimes: {self.task} bundles run on {', '.join(task.bundle_runtimes)} "
-                                f"so far, not {', '.join(unsupported)}")
         if self.quantize.mode == "weight-only":
             if any(r != "onnxruntime" for r in self.validate.runtimes):
                 raise BadInputError('validate.runtimes: quantize.mode = "weight-only" writes ONNX Runtime\'s '

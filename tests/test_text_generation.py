@@ -357,13 +357,46 @@ def test_unusable_language_model_inputs_are_one_line_and_exit_2(tmp_path, capsys
     assert not (tmp_path / "out" / "lm").exists()
 
 
-def test_runtimes_and_engines_the_task_lacks_are_refused_at_load(tmp_path):
+def test_engines_the_task_lacks_are_refused_at_load(tmp_path):
     from modelpress.errors import BadInputError
     from modelpress.recipe import load_recipe
 
     top = {"name": "lm", "teacher": str(tmp_path), "task": "text-generation"}
-    with pytest.raises(BadInputError, match="validate.runtimes: text-generation bundles run on onnxruntime so far, "
-                                            "not openvino"):
-        load_recipe(write_recipe(tmp_path / "ov.toml", top, {"validate": {"runtimes": ["onnxruntime", "openvino"]}}))
     with pytest.raises(BadInputError, match=r"\[engine\]: text-generation has no TensorRT engine yet"):
         load_recipe(write_recipe(tmp_path / "trt.toml", top, {"engine": {"enabled": True}}))
+
+
+def test_a_causal_lm_bundle_ships_and_generates_on_openvino_too(tmp_path):
+    """``validate.runtimes = ["onnxruntime", "openvino"]``: the IR of the same int8 plan, with its KV
+    cache, is measured (perplexity windows, decode steps) and gated beside ONNX Runtime's graph, and
+    the bundle generates on it; OpenVINO's fp32 IR of the graph gives transformers' greedy tokens."""
+    import json
+
+    from modelpress.bundle import load
+    from modelpress.cli import main
+    from modelpress.generation import TextGenerator
+    from modelpress.models import load_model_and_preprocessor
+    from modelpress.runtimes.openvino_runner import OpenVINORunner, convert_to_ir
+    from modelpress.tasks import configure_task
+
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    folder = make_tiny_causal_lm(tmp_path / "llama", family="llama")
+    recipe = _lm_recipe(tmp_path, folder, validate={"runtimes": ["onnxruntime", "openvino"]})
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    bundle = tmp_path / "out" / "lm"
+    report = json.loads((bundle / "report.json").read_text())
+    assert report["runtimes"] == {"onnxruntime": "int8", "openvino": "int8-openvino"}
+    ov, ort_int8 = report["models"]["int8-openvino"], report["models"]["int8"]["metrics"]
+    assert ov["metrics"]["next_token_agreement"] > 0.85 and 1e-6 < ov["metrics"]["mean_kl"] < 0.05  # int8, not fp32
+    assert abs(ov["metrics"]["perplexity_ratio"] - ort_int8["perplexity_ratio"]) < 0.01
+    assert [(r["batch_size"], r["context"]) for r in ov["decode_latency"]] == [(1, 24)]
+    assert "perplexity_ratio" in report["uncertainty"]["int8-openvino"]   # gated too: the worst decides
+    with load(bundle, runtime="openvino") as lm:
+        assert len(lm.generator.generate_ids([[1, 2, 3]], max_new_tokens=5, stop_token_ids=[])[0]) == 5
+    model, tokenizer = load_model_and_preprocessor(str(folder), configure_task("text-generation"))
+    xml = convert_to_ir(bundle / "model.onnx", tmp_path / "fp32" / "model.xml")
+    with OpenVINORunner(xml, threads=1) as runner:
+        gen = TextGenerator(runner, tokenizer, layout=lm.encoder.layout)
+        for prompt in PROMPTS:
+            ids = tokenizer(prompt)["input_ids"]
+            assert gen.generate_ids([ids], max_new_tokens=10, stop_token_ids=[])[0] == _hf_greedy(model, ids, 10)

@@ -70,8 +70,6 @@ class Task:
         """What ``bundle.json`` stores to rebuild this configured task."""
         return {"task": self.name, **dataclasses.asdict(self)}
 
-    #: the bundle runtimes (``validate.runtimes``) this task's graphs run on (None: every one)
-    bundle_runtimes: ClassVar[tuple[str, ...] | None] = None
     #: whether TensorRT engines can be built for this task's graphs (``[engine]``)
     engines: ClassVar[bool] = True
 

@@ -42,7 +42,6 @@ class TextGeneration(Task):
     api: ClassVar[tuple[str, ...]] = ("generate",)
     unit: ClassVar[str] = "windows"
     length_keys: ClassVar[tuple[str, ...]] = ("decode_contexts",)
-    bundle_runtimes: ClassVar[tuple[str, ...] | None] = ("onnxruntime",)  # OpenVINO: not tested on a KV cache yet
     engines: ClassVar[bool] = False   # a KV cache needs a profile per input; no GPU here to build one
 
     # -- model and export -------------------------------------------------------------------
