@@ -232,3 +232,30 @@ def test_bad_corpus_and_batch_errors_name_the_problem(fe_setup, tmp_path):
         run_distillation(_config(fe_setup, _section(fe_setup, batch_size=500)), **kwargs)
     with pytest.raises(BadInputError, match="task_options.pooling"):
         run_distillation(_config(fe_setup, _section(fe_setup)), **{**kwargs, "task_options": {"pooling": "max"}})
+
+
+def test_a_decoder_student_trains_under_ddp_as_in_one_process(tmp_path):
+    """text-generation: a 1-layer GPT-2 subset on next-token KL (+ hidden MSE), two torchrun processes
+    against one with the same global batch: the same weights."""
+    from modelpress.testing import make_tiny_causal_lm
+
+    teacher = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
+    (tmp_path / "corpus.txt").write_text("\n".join(random_sentences(120, seed=1)) + "\n", encoding="utf-8")
+    section = {"data": str(tmp_path / "corpus.txt"), "num_layers": 1, "layer_selection": "spread", "batch_size": 8,
+               "lr": 1e-3, "warmup_ratio": 0.2, "eval_fraction": 0.1, "seed": 1, "max_steps": 6, "eval_every": 3,
+               "precision": "fp32", "max_length": 32, "losses": {"kl": 1.0, "hidden_mse": 1.0}}
+    (tmp_path / "section.json").write_text(json.dumps(section))
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "modelpress.distill", str(tmp_path / "section.json"), "--teacher", str(teacher),
+                          "--task", "text-generation", "--out", str(tmp_path / "ddp")],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = run_distillation(_config(tmp_path, section), teacher=str(teacher), task="text-generation",
+                              out_dir=tmp_path / "one")
+    ddp_state, one_state = _trained_state(tmp_path / "ddp"), _trained_state(tmp_path / "one")
+    assert _max_diff(ddp_state, one_state) < 1e-5
+    summary = json.loads((single / "distill.json").read_text())
+    assert json.loads((tmp_path / "ddp" / "student" / "distill.json").read_text())["world_size"] == 2
+    source = summary["kept_layers"][0]
+    start = load_file(str(teacher / "model.safetensors"))[f"transformer.h.{source}.mlp.c_fc.weight"]
+    assert (one_state["student.transformer.h.0.mlp.c_fc.weight"] - start).abs().max().item() > 1e-3  # it trained
