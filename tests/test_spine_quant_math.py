@@ -407,6 +407,13 @@ def test_a_tied_lm_head_read_through_a_transpose_is_quantized(tmp_path):
     ids = rng.integers(0, 20, 64).astype(np.int64)
     for got, want in zip(_run(folded, {"ids": ids}), _run(model, {"ids": ids})):
         np.testing.assert_array_equal(got, want)
+    # kept fp32 (here by name), or an initializer the caller may override (a graph input): not folded,
+    # so that the file does not hold the matrix twice / the caller's value still counts
+    kept = fold_weight_transposes(onnx.load_from_string(model.SerializeToString()), keep={"lm_head"})
+    assert "tie" in [n.name for n in kept.graph.node]
+    shadowed = onnx.load_from_string(model.SerializeToString())
+    shadowed.graph.input.append(helper.make_tensor_value_info("E", TensorProto.FLOAT, [20, 8]))
+    assert "tie" in [n.name for n in fold_weight_transposes(shadowed).graph.node]
     onnx.save(model, str(tmp_path / "m.onnx"))
     summary = quantize_static(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", [{"ids": ids}], QuantizeConfig(format="ort"))
     assert summary.quantized_nodes == ("lm_head",)

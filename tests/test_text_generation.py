@@ -317,10 +317,34 @@ def test_greedy_agreement_on_eval_prompts_is_measured_gated_and_matches_transfor
     bad = _lm_recipe(tmp_path, folder, validate={"prompts": str(tmp_path / "bad.jsonl")})
     assert main(["run", str(bad), "--out", str(tmp_path / "out2")]) == 2
     assert "bad.jsonl" in capsys.readouterr().err.strip().splitlines()[-1]
+    too_long = _lm_recipe(tmp_path, folder, validate={"prompts": str(tmp_path / "prompts.jsonl"),
+                                                      "generation_tokens": 100000})
+    assert main(["run", str(too_long), "--out", str(tmp_path / "out2")]) == 2
+    assert "validate.prompts (longest prompt + generation_tokens): 1000" in capsys.readouterr().err
     unmeasured = _lm_recipe(tmp_path, folder, gate={"metric": "greedy_agreement"})
     assert main(["run", str(unmeasured), "--out", str(tmp_path / "out2")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         "modelpress: error: gate.metric: greedy_agreement is measured only with validate.prompts set"
+
+
+@ONCE
+def test_left_padded_batches_of_prompts_continue_as_each_prompt_alone(exported):
+    """Validation batches prompts of different lengths (left-padded): the teacher's continuations,
+    on its own cache, equal transformers' generate of each prompt alone."""
+    from modelpress.fileio import graph_input_shapes
+    from modelpress.modalities.causal_text import CAUSAL_TEXT
+    from modelpress.tasks import configure_task
+    from modelpress.validate.greedy_agreement import continue_greedily
+    from modelpress.validate.stage import open_predictor
+
+    _, model, tokenizer, result = exported
+    shapes = graph_input_shapes(result.path)
+    encoder = CAUSAL_TEXT.encoder(tokenizer, input_names=tuple(shapes), max_length=32, input_shapes=shapes)
+    teacher = open_predictor("torch", model, task=configure_task("text-generation"), encoder=encoder, name="teacher")
+    prompts = [tokenizer(p)["input_ids"] for p in (*PROMPTS, "there is")]
+    made = continue_greedily(teacher, prompts, new_tokens=8, batch_size=4)
+    assert [list(t) for t in made.tokens] == [_hf_greedy(model, ids, 8) for ids in prompts]
+    assert len({len(p) for p in prompts}) > 1   # the batch was padded
 
 
 def test_a_layer_subset_decoder_is_distilled_and_reported_beside_its_start(tmp_path):

@@ -148,7 +148,36 @@ def test_weight_only_settings_it_cannot_honour_are_refused_at_load(tmp_path, qua
     from modelpress.errors import BadInputError
     from modelpress.recipe import load_recipe
 
-    # an encoder task: text-generation refuses OpenVINO on its own already
+    # an encoder task (whose recipe takes OpenVINO otherwise)
     with pytest.raises(BadInputError) as err:
         load_recipe(_wo_recipe(tmp_path, tmp_path, quantize, validate, task="feature-extraction"))
     assert str(err.value).startswith(message), str(err.value)
+
+
+def test_weight_only_keeps_the_nodes_to_exclude_fp32_by_module_path_as_static_does(gpt2_graph, tmp_path):
+    from modelpress.errors import BadInputError
+    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.runtimes.quantize.weight_only import quantize_weights_only
+
+    path = gpt2_graph[3].path
+    summary = quantize_weights_only(path, tmp_path / "wo.onnx",
+                                    QuantizeConfig(mode="weight-only", nodes_to_exclude=("lm_head", "transformer.h.1.mlp")))
+    assert len(summary.quantized_nodes) == 9 - 1 - 2 and len(summary.fp32_nodes) == 3   # the head; c_fc, c_proj
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "wo.onnx")).graph.node]
+    assert ops.count("MatMulNBits") == 6 and ops.count("MatMul") >= 3
+    with pytest.raises(BadInputError, match="quantize.nodes_to_exclude: no node or module named nowhere"):
+        quantize_weights_only(path, tmp_path / "x.onnx", QuantizeConfig(mode="weight-only", nodes_to_exclude=("nowhere",)))
+
+
+def test_a_graph_without_a_constant_weight_matmul_is_refused_not_shipped_as_int8(tmp_path):
+    from modelpress.errors import BadInputError
+    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.runtimes.quantize.weight_only import quantize_weights_only
+
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"], name="add")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "m.onnx"))
+    with pytest.raises(BadInputError, match="no MatMul/Gemm node with a constant weight for weight-only"):
+        quantize_weights_only(tmp_path / "m.onnx", tmp_path / "out.onnx", QuantizeConfig(mode="weight-only"))
+    assert not (tmp_path / "out.onnx").exists()

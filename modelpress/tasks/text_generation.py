@@ -91,6 +91,12 @@ class TextGeneration(Task):
             from modelpress.validate.greedy_agreement import read_prompts
 
             prompts = read_prompts(cfg.prompts, preprocessor, field=cfg.prompt_field)
+            if model_config is not None:  # the longest prompt and its new tokens must fit the positions
+                from modelpress.modalities import get_modality
+
+                get_modality(self.modality).check_lengths(model_config, preprocessor, {
+                    "validate.prompts (longest prompt + generation_tokens)":
+                        max(map(len, prompts)) + cfg.generation_tokens})
         return EvalSet(tuple(texts), windows=tuple(found), prompts=prompts, source=str(path), format="text")
 
     def eval_outputs(self, predictor: Any, es: Any, cfg: Any) -> "LMOutputs":

@@ -100,10 +100,11 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
     ``ort`` format (``quantize.fuse``) the same calibration is carried over to ORT's fused graph."""
     start = time.perf_counter()
     rss = _PeakRss()
-    model = fold_weight_transposes(load_onnx(model_path))
+    model = load_onnx(model_path)
+    excluded = excluded_nodes(model, cfg.nodes_to_exclude, source=model_path)
+    model = fold_weight_transposes(model, keep=excluded)
     all_matmuls = [n.name for n in model.graph.node if n.op_type in cfg.op_types]
-    targets = find_targets(model, op_types=cfg.op_types, exclude=excluded_nodes(model, cfg.nodes_to_exclude,
-                                                                                source=model_path))
+    targets = find_targets(model, op_types=cfg.op_types, exclude=excluded)
     if not targets:
         raise BadInputError(f"{model_path}: no {'/'.join(cfg.op_types)} node with a constant weight to quantize")
 

@@ -9,6 +9,7 @@ them (-3.4e38 additive terms) wrecks any per-tensor range.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Collection
 
 import onnx
 from onnx import numpy_helper
@@ -31,12 +32,15 @@ def _gemm_attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return default
 
 
-def fold_weight_transposes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` where each ``Transpose`` of a 2-D initializer whose every reader takes it as a
-    MatMul/Gemm weight is that initializer, transposed once here. A tied LM head exports so (GPT-2,
-    Qwen, Gemma: the embedding matrix transposed on every call), which left the largest MatMul of a
-    prefill outside the targets and fp32. The same model is returned when there is nothing to fold."""
-    inits = {i.name: i for i in model.graph.initializer}
+def fold_weight_transposes(model: onnx.ModelProto, *, keep: Collection[str] = ()) -> onnx.ModelProto:
+    """``model`` where each ``Transpose`` of a 2-D initializer whose every reader (in the main graph)
+    takes it as a MatMul/Gemm weight is that initializer, transposed once here. A tied LM head
+    exports so (GPT-2, Qwen, Gemma: the embedding matrix transposed on every call), which left the
+    largest MatMul of a prefill outside the targets and fp32. Not folded: a Transpose read by a node
+    in ``keep`` (kept fp32 anyway: a folded copy would only add the matrix to the file again), or of
+    an initializer that is also a graph input (its value is the caller's). The same model is
+    returned when there is nothing to fold."""
+    inits = {i.name: i for i in model.graph.initializer if i.name not in {g.name for g in model.graph.input}}
     readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in model.graph.node:
         for k, name in enumerate(node.input):
@@ -50,7 +54,7 @@ def fold_weight_transposes(model: onnx.ModelProto) -> onnx.ModelProto:
         perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
         uses = readers.get(node.output[0], [])
         if len(w.dims) == 2 and perm == [1, 0] and uses and \
-                all(user.op_type in ("MatMul", "Gemm") and k == 1 for user, k in uses):
+                all(user.op_type in ("MatMul", "Gemm") and k == 1 and user.name not in keep for user, k in uses):
             folds.append(node)
     if not folds:
         return model

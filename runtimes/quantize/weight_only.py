@@ -10,7 +10,8 @@ read: activations stay fp32 in the graph. ``accuracy_level`` is ``MatMulNBits``'
 compute in fp32 on dequantized weights; 4 lets the CPU kernel quantize each activation block to
 int8 on the fly and use its int8 dot products — on this project's AVX2 CPU the only fast kernel
 at batch 1 (README, bench). ``nodes_to_exclude`` stays fp32; attention-score MatMuls (no constant
-weight) and the KV cache are never touched.
+weight) and the KV cache are never touched; ``nodes_to_exclude`` takes node names or module paths, as
+for static int8.
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ import onnx
 import psutil
 from onnx import numpy_helper
 
+from modelpress.errors import BadInputError
 from modelpress.fileio import load_onnx, save_onnx
 from modelpress.runtimes.quantize.config import QuantizeConfig
 from modelpress.runtimes.quantize.ort_ops import plain_gemm
-from modelpress.runtimes.quantize.static import QuantizeSummary
+from modelpress.runtimes.quantize.static import QuantizeSummary, excluded_nodes
 from modelpress.runtimes.quantize.targets import fold_weight_transposes
 
 log = logging.getLogger(__name__)
@@ -41,21 +43,24 @@ def gemms_as_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     nodes = []
-    for node in graph.node:
+    for index, node in enumerate(graph.node):
         plain = plain_gemm(inits, node) if node.op_type == "Gemm" else None
         if plain is None or node.input[1] not in inits:
             nodes.append(node)
             continue
         trans_b, bias = plain
+        name = node.name or f"Gemm_{index}"   # the summary and exclusions speak of node names
         weight = node.input[1]
         if trans_b:
             w = numpy_helper.to_array(inits[weight]).T
-            weight = f"{node.input[1]}_transposed_for_{node.name}"
+            weight = f"{node.input[1]}_transposed_for_{name}"
             graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), weight))
         out = node.output[0] if bias is None else f"{node.output[0]}_before_bias"
-        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight], [out], name=node.name))
+        matmul = onnx.helper.make_node("MatMul", [node.input[0], weight], [out], name=name)
+        matmul.metadata_props.extend(node.metadata_props)  # the module path the analysis and exclusions read
+        nodes.append(matmul)
         if bias is not None:
-            nodes.append(onnx.helper.make_node("Add", [out, bias], [node.output[0]], name=f"{node.name}_bias"))
+            nodes.append(onnx.helper.make_node("Add", [out, bias], [node.output[0]], name=f"{name}_bias"))
     del graph.node[:]
     graph.node.extend(nodes)
     return model
@@ -71,9 +76,14 @@ def quantize_weights_only(onnx_path: str | Path, out_path: str | Path, cfg: Quan
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     started = time.perf_counter()
-    model = gemms_as_matmuls(fold_weight_transposes(load_onnx(onnx_path)))
+    original = load_onnx(onnx_path)
+    # node names or module paths, as static int8 reads them (the rewritten Gemms keep their names)
+    wanted_fp32 = set(excluded_nodes(original, cfg.nodes_to_exclude, source=onnx_path))
+    model = gemms_as_matmuls(fold_weight_transposes(original, keep=wanted_fp32))
     eligible = _weight_matmuls(model)
-    excluded = [n for n in eligible if n in set(cfg.nodes_to_exclude)]
+    if not eligible:
+        raise BadInputError(f"{onnx_path}: no MatMul/Gemm node with a constant weight for weight-only quantization")
+    excluded = [n for n in eligible if n in wanted_fp32]
     log.info("weight-only int%d: %d MatMul weights, block %d, accuracy level %d", cfg.weight_bits,
              len(eligible) - len(excluded), cfg.block_size, cfg.accuracy_level)
     algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=True, bits=cfg.weight_bits,
