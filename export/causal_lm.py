@@ -84,6 +84,12 @@ class KVLayout:
                 for name in self.past_names()}
 
 
+def past_from_present(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A step's ``present.*`` outputs as the next step's ``past_key_values.*`` inputs, by name: each
+    model's own cache (the PyTorch teacher's layout may differ from the student graph's)."""
+    return {"past_key_values." + k[len("present."):]: v for k, v in outputs.items() if k.startswith("present.")}
+
+
 def position_ids(attention_mask: np.ndarray, new: int) -> np.ndarray:
     """Positions of the last ``new`` tokens: count of real tokens before each (left padding gets 0)."""
     positions = np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0)

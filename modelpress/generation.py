@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from modelpress.errors import BadInputError
-from modelpress.export.causal_lm import KVLayout, position_ids
+from modelpress.export.causal_lm import KVLayout, past_from_present, position_ids
 
 
 def _pick(logits: np.ndarray, *, do_sample: bool, temperature: float, top_k: int, top_p: float,
@@ -89,16 +89,15 @@ class TextGenerator:
         done = np.zeros(len(prompts), dtype=bool)
         for _ in range(max_new_tokens):
             out = self.runner.run(feed)
-            logits, present = out["logits"], [out[name] for name in self.layout.present_names()]
-            token = _pick(logits[:, -1], do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                          rng=rng)
+            token = _pick(out["logits"][:, -1], do_sample=do_sample, temperature=temperature, top_k=top_k,
+                          top_p=top_p, rng=rng)
             yield np.where(done, -1, token)
             done |= np.isin(token, list(stops))
             if done.all():
                 return
             mask = np.concatenate([mask, np.ones((len(prompts), 1), dtype=np.int64)], axis=1)
             feed = {"input_ids": np.where(done, pad, token)[:, None].astype(np.int64), "attention_mask": mask,
-                    "position_ids": position_ids(mask, 1), **dict(zip(self.layout.past_names(), present))}
+                    "position_ids": position_ids(mask, 1), **past_from_present(out)}
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], **options: Any) -> list[list[int]]:
         """The new token ids of each prompt (a stop token, when one ends the row, included)."""

@@ -352,13 +352,27 @@ def test_a_layer_subset_decoder_is_distilled_and_reported_beside_its_start(tmp_p
 
     from modelpress.cli import main
 
+    from modelpress.generation import TextGenerator
+    from modelpress.models import load_model_and_preprocessor
+    from modelpress.tasks import configure_task
+
     folder = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
     recipe = _lm_recipe(tmp_path, folder, distill={"data": str(tmp_path / "corpus.txt"), "num_layers": 1, "epochs": 2,
                                                    "batch_size": 16, "max_length": 32, "layer_selection": "spread"},
+                        validate={"prompts": str(tmp_path / "prompts.txt"), "generation_tokens": 6},
                         gate={"max_drop": 50.0})
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
     models = json.loads((tmp_path / "out" / "lm" / "report.json").read_text())["models"]
     assert list(models) == ["teacher", "untrained-subset-fp32", "student-onnx-fp32", "int8"]
+    # the 2-layer teacher generates on its own cache beside the 1-layer student graph: its
+    # continuations are transformers' own, the student's its graph's, prompt by prompt
+    model, tokenizer = load_model_and_preprocessor(str(folder), configure_task("text-generation"))
+    ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    made = TextGenerator(tmp_path / "out" / "lm" / "model.onnx", tokenizer).generate_ids(ids, max_new_tokens=6,
+                                                                                         stop_token_ids=[])
+    same = sum(int(a == b) for row, m in zip(ids, made) for a, b in zip(_hf_greedy(model, row, 6), m))
+    assert models["student-onnx-fp32"]["metrics"]["greedy_agreement"] == pytest.approx(same / (6 * len(ids)), abs=1e-6)
     start, trained = models["untrained-subset-fp32"]["metrics"], models["student-onnx-fp32"]["metrics"]
     assert trained["mean_kl"] < 0.7 * start["mean_kl"], (start, trained)
     assert trained["perplexity"] < start["perplexity"]

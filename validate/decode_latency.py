@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from modelpress.export.causal_lm import past_from_present
 from modelpress.validate.compare import interleaved_rounds
 from modelpress.validate.latency import summarize
 
@@ -26,10 +27,8 @@ def _step_feed(predictor, tokens: np.ndarray, batch: int, context: int) -> dict[
                "position_ids": np.arange(context, dtype=np.int64)[None].repeat(batch, 0), **layout.empty(batch)}
     out = predictor.runner.run(prefill)
     nxt = out["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
-    # each model's own cache, by name: the PyTorch teacher's layout may differ from the student graph's
     return {"input_ids": nxt, "attention_mask": np.ones((batch, context + 1), dtype=np.int64),
-            "position_ids": np.full((batch, 1), context, dtype=np.int64),
-            **{"past_key_values." + k[len("present."):]: v for k, v in out.items() if k.startswith("present.")}}
+            "position_ids": np.full((batch, 1), context, dtype=np.int64), **past_from_present(out)}
 
 
 def decode_latency(predictors: Sequence[Any], examples: Sequence[Any], cfg) -> dict[str, list[dict[str, Any]]]:

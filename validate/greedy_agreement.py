@@ -18,8 +18,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from modelpress.errors import BadInputError
-
 
 @dataclass(frozen=True)
 class Continuations:
@@ -33,23 +31,17 @@ def read_prompts(path: str | Path, tokenizer: Any, *, field: str) -> tuple[tuple
     from modelpress.calibration_data.loaders import load_texts
 
     texts = load_texts(path, text_field="text" if Path(path).suffix == ".txt" else field)
-    ids = [tuple(int(t) for t in tokenizer(text)["input_ids"]) for text in texts]
-    empty = [i + 1 for i, row in enumerate(ids) if not row]
-    if empty:
-        raise BadInputError(f"{path}: prompt {empty[0]} has no tokens")
-    return tuple(ids)
+    return tuple(tuple(int(t) for t in tokenizer(text)["input_ids"]) for text in texts)
 
 
 def continue_greedily(predictor: Any, prompts: Sequence[Sequence[int]], *, new_tokens: int,
                       batch_size: int) -> Continuations:
     """``predictor``'s greedy continuations of ``prompts`` (``new_tokens`` each, no stop token)."""
-    from modelpress.export.causal_lm import FeedStep
     from modelpress.generation import TextGenerator
 
-    module = getattr(predictor.runner, "model", None)
-    # the PyTorch teacher keeps its own cache (a student graph's encoder may have fewer layers)
-    layout = module.layout if isinstance(module, FeedStep) else predictor.encoder.layout
-    generator = TextGenerator(predictor.runner, predictor.encoder.tokenizer, layout=layout)
+    # the graph's layout makes the prefill's empty past; every step feeds back the model's own
+    # present by name, so the PyTorch teacher keeps its own cache (its FeedStep replaces an empty past)
+    generator = TextGenerator(predictor.runner, predictor.encoder.tokenizer, layout=predictor.encoder.layout)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[tuple[int, ...]] = [()] * len(prompts)
     for start in range(0, len(order), batch_size):

@@ -16,7 +16,7 @@ and one decode step at ``validate.decode_contexts`` (``decode_latency``). The bu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -186,7 +186,7 @@ class LMOutputs:
     """A model's outputs on a text-generation eval set: its scored windows and, with eval prompts,
     its greedy continuations (``validate.greedy_agreement.Continuations``)."""
 
-    windows: tuple = field(default=())
+    windows: tuple = ()
     continuations: Any = None
 
     @classmethod

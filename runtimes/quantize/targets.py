@@ -40,7 +40,8 @@ def fold_weight_transposes(model: onnx.ModelProto, *, keep: Collection[str] = ()
     in ``keep`` (kept fp32 anyway: a folded copy would only add the matrix to the file again), or of
     an initializer that is also a graph input (its value is the caller's). The same model is
     returned when there is nothing to fold."""
-    inits = {i.name: i for i in model.graph.initializer if i.name not in {g.name for g in model.graph.input}}
+    graph_inputs = {g.name for g in model.graph.input}
+    inits = {i.name: i for i in model.graph.initializer if i.name not in graph_inputs}
     readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in model.graph.node:
         for k, name in enumerate(node.input):

@@ -9,7 +9,8 @@ or 4) bits, symmetric, one fp32 scale per block of ``block_size`` input rows of 
 read: activations stay fp32 in the graph. ``accuracy_level`` is ``MatMulNBits``' attribute: 0 or 1
 compute in fp32 on dequantized weights; 4 lets the CPU kernel quantize each activation block to
 int8 on the fly and use its int8 dot products — on this project's AVX2 CPU the only fast kernel
-at batch 1 (README, bench). ``nodes_to_exclude`` stays fp32; attention-score MatMuls (no constant
+at batch 1 (one 384×1536 MatMul, 8 bits, block 32, quiet: 2.0 ms at level 0, 0.060 ms at level 4,
+0.053 ms fp32). ``nodes_to_exclude`` stays fp32; attention-score MatMuls (no constant
 weight) and the KV cache are never touched; ``nodes_to_exclude`` takes node names or module paths, as
 for static int8.
 """
