@@ -32,6 +32,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from bench import machine
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         p.runner.close()
     torch_row = {(r["batch_size"], r["context"]): r for r in decode["pytorch-fp32"]}
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": machine(),
         "threads": args.threads, "gpt": info, "run_gate": report["gate"], "nncf_compress_seconds": nncf_seconds,
         "fidelity": fidelity, "greedy_generation_agreement_32": gen_agree,
         "prefill": prefill, "decode": decode, "end_to_end": e2e,

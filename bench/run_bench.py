@@ -289,7 +289,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from modelpress.models import load_model_and_preprocessor, resolve_model_ref
-    from modelpress.runtimes.cpu import cpu_flags, int8_gemm_saturates
     from modelpress.tasks import configure_task
     from modelpress.validate import metrics as M
 
@@ -298,11 +297,9 @@ def main(argv=None) -> int:
     model, tokenizer = load_model_and_preprocessor(teacher_ref, task)
     es = stsb_test()
     texts = list(es.texts)
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "python": platform.python_version(),
-                          "int8_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}),
-                          "int8_gemm_saturates": int8_gemm_saturates()},
-              "eval": es.source, "threads": {}}
+    from bench import machine
+
+    result = {"machine": machine(), "eval": es.source, "threads": {}}
     with tempfile.TemporaryDirectory(prefix="mp-bench-") as tmp:
         work = Path(tmp)
         input_names, summary, qseconds, peers = prepare_models(work, teacher_ref, task, model, tokenizer)

@@ -158,13 +158,11 @@ def main(argv=None) -> int:
     if not EWT.is_dir():
         print(f"{EWT} is absent: this bench needs UD English EWT from ../shared/data", file=sys.stderr)
         return 2
-    from modelpress.runtimes.cpu import cpu_flags, int8_gemm_saturates
+    from bench import machine
 
     work = Path(args.work)
     tagger = work / "tagger"
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "int8_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}),
-                          "int8_gemm_saturates": int8_gemm_saturates()}}
+    result = {"machine": machine()}
     previous = json.loads(Path(args.out).read_text()) if args.reuse and Path(args.out).is_file() else {}
     if args.reuse and (tagger / "config.json").is_file() and "fine_tune" in previous:
         result["fine_tune"] = previous["fine_tune"]

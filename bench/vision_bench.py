@@ -169,7 +169,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-distill", dest="distill", action="store_false", help="skip the distilled students")
     ap.add_argument("--out", default=str(RESULTS / "vision.json"))
     args = ap.parse_args(argv)
-    result = {"data": "sklearn digits, 32x32 RGB, 1,197 train / 600 test", "models": {}}
+    from bench import machine
+
+    result = {"machine": machine(), "data": "sklearn digits, 32x32 RGB, 1,197 train / 600 test", "models": {}}
     with tempfile.TemporaryDirectory(prefix="mp-vision-") as tmp:
         work = Path(tmp)
         train_dir, test, calib = write_digits(work / "digits")
