@@ -57,13 +57,15 @@ quantize: setup  ## $(STAGE_DIR)/model.onnx -> $(STAGE_DIR)/model.int8.onnx (REC
 validate: setup  ## $(STAGE_DIR)/model.int8.onnx against RECIPE's teacher -> $(STAGE_DIR)/report.json
 	$(PY) -m modelpress validate --recipe $(RECIPE) --candidate $(STAGE_DIR)/model.int8.onnx --out $(STAGE_DIR)
 
+# RUN_DIR: the bundle (default), its failed run (RUN_DIR=artifacts/<name>.rejected) or the stage
+# folder `make validate` wrote (RUN_DIR=$(STAGE_DIR)); each holds the manifest gate trusts
 gate: setup
 	$(PY) -m modelpress gate $(RUN_DIR) $(if $(MAX_DROP),--max-drop $(MAX_DROP))
 
 engine: setup
 	$(PY) -m modelpress engine $(RUN_DIR)
 
-analyze: setup
+analyze: setup  ## per-node int8 error of RUN_DIR -> $(RUN_DIR).analysis/ (beside the bundle, never in it)
 	$(PY) -m modelpress analyze $(RUN_DIR)
 
 $(DIGITS): | setup  ## scikit-learn's digit scans as imagefolders + a ResNet trained on them (~30 s)

@@ -6,6 +6,13 @@ task's bundle class (``embed`` for feature extraction, ``classify`` for classifi
 token classification), all through the same Predictor path validation measures. The runner comes
 from the runtime registry: the bundle's first runtime (ONNX Runtime unless ``validate.runtimes``
 said otherwise), or the one ``runtime=`` names (``"openvino"`` for ``openvino/model.xml``).
+
+Before the model is loaded the bundle proves itself: every file matches ``manifest.json`` (a folder
+without one is refused), its verdict is not ``fail`` (a run whose gate failed is published to
+``<name>.rejected/``; ``allow_failed=True`` opens it for inspection), and with
+``require_signature=PUBLIC_KEY_PEM`` its ``model.sig`` verifies against that key (``modelpress sign``;
+the optional ``model-signing`` package) — a model swapped and re-hashed in the manifest passes the
+checksums but not the signature.
 """
 from __future__ import annotations
 
@@ -63,12 +70,10 @@ class Bundle(Predictor):
 
     def __init__(self, root: Path, *, model_file: str | None = None, runtime: str | None = None,
                  threads: int = 0, verify: bool = True, name: str | None = None,
-                 runner_options: dict[str, Any] | None = None):
+                 runner_options: dict[str, Any] | None = None, allow_failed: bool = False,
+                 require_signature: str | Path | None = None):
         self.root = Path(root)
-        if verify:  # a bundle is what its manifest says, or it is not loaded
-            from modelpress.manifest import require_intact
-
-            require_intact(self.root)
+        _prove(self.root, verify=verify, allow_failed=allow_failed, require_signature=require_signature)
         meta = read_bundle_meta(self.root)
         task = task_from_dict(meta["task"])
         modality = get_modality(task.modality)
@@ -111,20 +116,55 @@ class Bundle(Predictor):
                                     f"{' / '.join(f'{m}()' for m in task.api)}")
         raise AttributeError(name)
 
-    @staticmethod
-    def _texts(texts: Any) -> list[Any]:
-        """One input or a list of them (a bare string is one text, never its characters)."""
-        return [texts] if isinstance(texts, str) else list(texts)
+    def _texts(self, texts: Any) -> list[Any]:
+        """One input or a list of them (a bare string is one text, never its characters; a list of
+        strings inside the list is one text's words). Anything else is a TypeError naming the
+        method's argument, not the tokenizer's own error from deep inside it."""
+        where = f"{self.task.api[0]}()" if getattr(self, "task", None) is not None and self.task.api else "texts"
+        if isinstance(texts, str):
+            return [texts]
+        if texts is None or isinstance(texts, (bytes, bytearray, int, float, complex, Mapping)) \
+                or not hasattr(texts, "__iter__"):
+            raise TypeError(f"{where}: texts must be a string or a list of strings, got {type(texts).__name__}")
+        out = list(texts)
+        for i, text in enumerate(out):
+            words = isinstance(text, (list, tuple)) and all(isinstance(w, str) for w in text)
+            if not (isinstance(text, str) or words):
+                raise TypeError(f"{where}: texts[{i}] must be a string (or a list of words), got "
+                                f"{type(text).__name__} {text!r:.40}")
+        return out
+
+
+def _prove(root: Path, *, verify: bool, allow_failed: bool, require_signature: str | Path | None) -> None:
+    """The checks before loading: the signature, the manifest, the verdict (BadInputError, one line)."""
+    from modelpress.manifest import MANIFEST, read_manifest, require_intact, require_not_failed
+
+    if require_signature is not None:  # first: it vouches for the manifest the other checks read
+        from modelpress.signing import verify_signature
+
+        verify_signature(root, Path(require_signature))
+    if verify:  # a bundle is what its manifest says, or it is not loaded
+        manifest = require_intact(root)
+    elif (root / MANIFEST).is_file():  # unverified (a run's own staging folder has no manifest yet)
+        manifest = read_manifest(root)
+    else:
+        return
+    if not allow_failed:
+        require_not_failed(root, manifest)
 
 
 def load(bundle_dir: str | Path, *, runtime: str | None = None, model_file: str | None = None,
-         threads: int = 0, verify: bool = True, **runner_options: Any) -> Bundle:
+         threads: int = 0, verify: bool = True, allow_failed: bool = False,
+         require_signature: str | Path | None = None, **runner_options: Any) -> Bundle:
     """The bundle at ``bundle_dir``, as its task's bundle class (methods: ``task.api``).
     ``runtime``: one the bundle was built for (``bundle.json`` lists them; default its first);
     ``runner_options`` go to that runner (OpenVINO: ``precision="bf16"``).
-    ``verify``: check every file against ``manifest.json`` first (a changed, added or missing file
-    is an error); validation turns it off for the run's own unpublished staging folder."""
+    ``verify``: check every file against ``manifest.json`` first (a missing manifest, a changed,
+    added or missing file is an error); validation turns it off for the run's own unpublished
+    staging folder. ``allow_failed``: open a bundle whose gate failed (``<name>.rejected/``), for
+    inspection; refused otherwise. ``require_signature``: the signer's public key (PEM); the
+    bundle's ``model.sig`` must verify against it (``modelpress sign``) before the model is loaded."""
     meta = read_bundle_meta(Path(bundle_dir))
     cls = task_from_dict(meta["task"]).bundle_class()
     return cls(Path(bundle_dir), model_file=model_file, runtime=runtime, threads=threads, verify=verify,
-               runner_options=runner_options)
+               runner_options=runner_options, allow_failed=allow_failed, require_signature=require_signature)

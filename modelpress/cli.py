@@ -1,5 +1,11 @@
 """The ``modelpress`` command line: one subcommand per stage, plus ``run`` (all) and ``gate``.
 
+``run`` publishes a passing bundle to ``<out>/<name>`` and a failed one to ``<out>/<name>.rejected``
+(exit 3), so a deploy step that ignores the exit code still finds only the last passing bundle at
+``<out>/<name>``. ``gate`` trusts a report only through its manifest. ``sign`` / ``verify`` sign a
+bundle with a key pair (the optional ``model-signing`` package). No ``--out`` may be a bundle or
+inside one.
+
 Logs and progress bars go to stderr; results (paths, gate verdicts) to stdout. Exit codes come
 from ``modelpress.errors`` (the one place that maps errors to codes): 0 ok, 1 internal error,
 2 bad input or usage, 3 gate failed, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
@@ -57,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("run", help="all stages of a recipe into <out>/<name>/")
+    p = sub.add_parser("run", help="all stages of a recipe into <out>/<name>/ (a failed gate: <out>/<name>.rejected/, exit 3)")
     _recipe_args(p)
 
     p = sub.add_parser("distill", help="train the student of a recipe (torchrun-compatible)")
@@ -117,7 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="per-node int8 error of a run (SQNR, weight vs activation), worst first")
     p.add_argument("run_dir")
     p.add_argument("--top", type=int, default=15, help="rows printed (default 15)")
-    p.add_argument("--out", default=None, help="folder for analysis.json and plots/ (default RUN_DIR/analysis)")
+    p.add_argument("--out", default=None,
+                   help="folder for analysis.json and plots/ (default: RUN_DIR.analysis, beside the bundle)")
+
+    p = sub.add_parser("sign", help="sign a bundle (every file, manifest included) into BUNDLE/model.sig")
+    p.add_argument("bundle")
+    p.add_argument("--key", required=True,
+                   help="elliptic-curve private key, PEM (an encrypted one: its password in $MODELPRESS_KEY_PASSWORD)")
+
+    p = sub.add_parser("verify", help="exit 0 if the bundle matches its manifest and its signature, else 2")
+    p.add_argument("bundle")
+    p.add_argument("--key", required=True, help="the signer's elliptic-curve public key, PEM")
 
     p = sub.add_parser("engine", help="build a TensorRT engine from the run's Q/DQ model (needs a GPU)")
     p.add_argument("run_dir")
@@ -173,6 +189,13 @@ def _model_ref(given: str | None, recipe, what: str) -> str:
     return resolve_model_ref(ref)
 
 
+def _refuse_bundle_file(out: str) -> None:
+    """A stage's output file must not land in a bundle (its manifest would no longer match)."""
+    from modelpress.paths import refuse_inside_bundle
+
+    refuse_inside_bundle(Path(out))
+
+
 # -- commands -----------------------------------------------------------------------------------
 def cmd_run(args) -> int:
     from modelpress.pipeline import run_recipe
@@ -180,7 +203,12 @@ def cmd_run(args) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     outcome = run_recipe(recipe, Path(args.out))
-    print(f"bundle: {outcome.bundle}")
+    if outcome.rejected:
+        kept = outcome.bundle.with_name(recipe.name)
+        print(f"rejected: {outcome.bundle} (the gate failed; "
+              + (f"the last passing bundle {kept} is unchanged)" if kept.is_dir() else "no passing bundle yet)"))
+    else:
+        print(f"bundle: {outcome.bundle}")
     if outcome.gate is not None:
         print(outcome.gate.line())
         if not outcome.gate.passed:
@@ -191,9 +219,11 @@ def cmd_run(args) -> int:
 def cmd_distill(args) -> int:
     from modelpress.distill.stage import train_student
     from modelpress.models import resolve_model_ref
+    from modelpress.paths import refuse_inside_bundle
     from modelpress.recipe import load_recipe
     from modelpress.tasks import configure_task
 
+    refuse_inside_bundle(Path(args.out))
     recipe = load_recipe(args.recipe, args.overrides)
     teacher_ref = resolve_model_ref(recipe.teacher)
     task = configure_task(recipe.task, recipe.task_options,
@@ -211,6 +241,7 @@ def cmd_export(args) -> int:
     recipe = _stage_recipe(args)
     if Path(args.out).is_dir():
         raise BadInputError(f"--out {args.out}: is a folder; give the .onnx file to write")
+    _refuse_bundle_file(args.out)
     from modelpress.recipe import section_config
 
     opset = _pick(args.opset, recipe, "export", "opset", ExportConfig)
@@ -239,6 +270,7 @@ def cmd_quantize(args) -> int:
     from modelpress.fileio import graph_input_shapes, load_onnx
 
     graph = load_onnx(args.onnx, load_external_data=False)
+    _refuse_bundle_file(args.out)
     recipe = _stage_recipe(args)
     ref = _model_ref(args.preprocessor, recipe, "--tokenizer")
     task = _task(args, recipe, ref)
@@ -273,14 +305,17 @@ def cmd_validate(args) -> int:
     import dataclasses
 
     from modelpress.fileio import graph_input_shapes
+    from modelpress.manifest import write_report_manifest
     from modelpress.models import load_model_and_preprocessor
     from modelpress.modalities import get_modality
+    from modelpress.paths import refuse_inside_bundle
     from modelpress.recipe import GateConfig, ValidateConfig, section_config
     from modelpress.validate.gate import GateResult
     from modelpress.validate.report import write_reports
     from modelpress.runtimes.registry import RUNTIMES
     from modelpress.validate.stage import file_opener, teacher_opener, validate_stage
 
+    refuse_inside_bundle(Path(args.out))
     recipe = _stage_recipe(args)
     ref = _model_ref(args.teacher, recipe, "--teacher")
     task = _task(args, recipe, ref)
@@ -294,9 +329,16 @@ def cmd_validate(args) -> int:
         "max_drop": _pick(args.max_drop, recipe, "gate", "max_drop", GateConfig),
         "metric": recipe.gate.metric if recipe else "auto"})
     modality = get_modality(task.modality)
-    modality.check_lengths(model.config, preprocessor, {
-        "validate.max_length": cfg.max_length, "--seq-lengths": max(cfg.seq_lengths),
-        **task.checked_lengths(cfg)})
+    if args.seq_lengths:  # a flag the user gave is refused under its own name
+        modality.check_lengths(model.config, preprocessor, {"--seq-lengths": max(args.seq_lengths)})
+    # the recipe's and the flags' lengths the model cannot take are refused; the defaults are clipped
+    from modelpress.recipe import fit_lengths
+
+    flags = {f"validate.{k}" for k, v in changes.items() if v is not None}
+    fitted_sections, fitted = fit_lengths({"validate": cfg}, task=task, modality=modality, model_config=model.config,
+                                          preprocessor=preprocessor,
+                                          written=lambda key: key in flags or bool(recipe and recipe.written(key)))
+    cfg = fitted_sections["validate"]
     es = task.read_eval(cfg.eval_data, cfg, model_config=model.config, preprocessor=preprocessor)
     runtime = args.runtime or ("openvino" if args.candidate.endswith(".xml") else "onnxruntime")
     names = modality.check_graph_inputs(RUNTIMES.get(runtime).graph_inputs(args.candidate), source=args.candidate)
@@ -308,9 +350,14 @@ def cmd_validate(args) -> int:
                                                     threads=cfg.threads, name="candidate", runtime=runtime,
                                                     **cfg.runner_options(runtime))],
                             eval_set=es, name=Path(args.candidate).stem)
+    report["defaults_clipped"] = dict(fitted.clipped)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_reports(report, out)
+    # what `gate` trusts: a manifest of the two files written here (the folder's other files are
+    # other stages'), so a report edited by hand afterwards is refused
+    write_report_manifest(out, [out / "report.json", out / "report.md"], gate=report["gate"],
+                          candidate=Path(args.candidate) if Path(args.candidate).is_file() else None)
     gate = GateResult.from_dict(report["gate"])
     print(f"report: {out / 'report.json'}")
     print(gate.line())
@@ -318,32 +365,52 @@ def cmd_validate(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from modelpress.manifest import MANIFEST, require_intact
+    from modelpress.manifest import trusted_report
     from modelpress.recipe import GateConfig, section_config
     from modelpress.validate.gate import gate_report
     from modelpress.validate.report import read_json
 
     if args.max_drop is not None:
         section_config(GateConfig, "gate", {"max_drop": args.max_drop})  # --max-drop -1 is refused
-    run_dir = Path(args.run_dir)
-    if (run_dir / MANIFEST).is_file():  # a published bundle: its report is what the run wrote
-        require_intact(run_dir)
-    report = read_json(run_dir / "report.json")
+    # a bundle (passing or .rejected) or a validate report folder: its manifest vouches for the report;
+    # a folder without one is refused, since anyone could have written its report.json
+    report = read_json(trusted_report(Path(args.run_dir)))
     result = gate_report(report, max_drop=args.max_drop, metric=args.metric, policy=args.policy)
     print(result.line())
     return EXIT_OK if result.passed else EXIT_GATE_FAILED
 
 
 def cmd_analyze(args) -> int:
+    from modelpress.paths import analysis_dir
     from modelpress.runtimes.quantize.stage import analyze_run
 
-    out = Path(args.out) if args.out else Path(args.run_dir) / "analysis"
+    # beside the bundle, never in it (analyze_run refuses that): a file its manifest does not list
+    # would break gate and load()
+    out = Path(args.out) if args.out else analysis_dir(Path(args.run_dir))
     errors = analyze_run(Path(args.run_dir), out)
     print(f"{'module (ONNX node)':<56}{'SQNR dB':>9}{'weight-only':>13}{'act-only':>10}{'rel L2':>9}")
     for e in errors[: args.top]:
         print(f"{e.label:<56}{e.sqnr_db:>9.1f}{e.weight_only_sqnr_db:>13.1f}{e.activation_only_sqnr_db:>10.1f}"
               f"{e.rel_l2:>9.4f}")
     print(f"analysis: {out / 'analysis.json'}")
+    return EXIT_OK
+
+
+def cmd_sign(args) -> int:
+    from modelpress.signing import sign_bundle
+
+    print(f"signature: {sign_bundle(Path(args.bundle), Path(args.key))}")
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    from modelpress.manifest import require_intact
+    from modelpress.signing import verify_signature
+
+    verify_signature(Path(args.bundle), Path(args.key))
+    manifest = require_intact(Path(args.bundle))
+    print(f"verified: {args.bundle} (its signature matches {args.key}; every file matches its manifest; "
+          f"gate verdict {manifest.get('verdict')})")
     return EXIT_OK
 
 
@@ -357,7 +424,7 @@ def cmd_engine(args) -> int:
 
 COMMANDS = {"run": cmd_run, "distill": cmd_distill, "export": cmd_export, "quantize": cmd_quantize,
             "validate": cmd_validate, "gate": cmd_gate, "analyze": cmd_analyze,
-            "engine": cmd_engine}
+            "engine": cmd_engine, "sign": cmd_sign, "verify": cmd_verify}
 
 
 def _forget_escaped_interrupt() -> None:

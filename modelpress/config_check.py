@@ -169,6 +169,17 @@ def check_section(cls: type, section: str, raw: Any, *, rule: PathRule = PathRul
         raise BadInputError(f"{section or 'recipe'}: {exc}") from None
 
 
+def written_in(raw: Mapping[str, Any], key: str) -> bool:
+    """Whether the parsed recipe ``raw`` (the file, with its ``--set`` overrides) gives the dotted
+    ``key`` ("validate.seq_lengths"): a value the user wrote, not a default."""
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def field_default(cls: type, name: str) -> Any:
     """A field's default (what the CLI offers when a flag is not given)."""
     for f in dataclasses.fields(cls):

@@ -7,9 +7,17 @@ Greedy by default; ``do_sample`` draws with ``temperature``, ``top_k`` and ``top
 a seeded generator, so a run is repeatable. A row stops at the tokenizer's end-of-sequence token or
 any of ``stop_token_ids``; the loop ends when every row has stopped or ``max_new_tokens`` are made.
 ``stream=True`` yields the text of one prompt piece by piece as it is generated.
+
+A prompt and its new tokens must fit the model's positions (``max_positions``: a prompt of P
+tokens and N new ones take P + N − 1): a longer prompt is refused, or with ``truncate=True`` cut
+to its last tokens; a ``max_new_tokens`` that does not fit is refused, while the default (32) is
+cut to what fits. Options out of range (``top_p`` outside (0, 1], ``temperature`` ≤ 0, ...) are
+refused before anything runs.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -18,13 +26,48 @@ import numpy as np
 from modelpress.errors import BadInputError
 from modelpress.export.causal_lm import KVLayout, past_from_present, position_ids
 
+#: new tokens per prompt when ``max_new_tokens`` is not given (cut to what the positions leave)
+DEFAULT_NEW_TOKENS = 32
+#: the sampling options of :meth:`TextGenerator.steps` and their defaults
+_OPTION_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+
+
+def _integer(name: str, value: Any, *, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"generate: {name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < least:
+        raise BadInputError(f"generate: {name} must be ≥ {least}, got {value}")
+    return int(value)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"generate: {name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise BadInputError(f"generate: {name} must be finite, got {value}")
+    return float(value)
+
+
+def check_options(*, do_sample: bool, temperature: float, top_k: int, top_p: float, seed: int) -> None:
+    """Refuse sampling options a draw cannot use (one line naming the option), before anything runs:
+    ``top_p=0`` keeps no token at all, ``temperature=0`` divides by zero."""
+    if not isinstance(do_sample, bool):
+        raise TypeError(f"generate: do_sample must be True or False, got {type(do_sample).__name__} {do_sample!r}")
+    if not _number("temperature", temperature) > 0:
+        raise BadInputError(f"generate: temperature must be > 0, got {temperature} "
+                            "(greedy decoding is do_sample=False, the default)")
+    _integer("top_k", top_k, least=0)
+    if not 0 < _number("top_p", top_p) <= 1:
+        raise BadInputError(f"generate: top_p must be in (0, 1], got {top_p} (1 keeps every token)")
+    _integer("seed", seed, least=0)
+
 
 def _pick(logits: np.ndarray, *, do_sample: bool, temperature: float, top_k: int, top_p: float,
           rng: np.random.Generator) -> np.ndarray:
     """The next token of each row from its last-position logits [batch, vocab]."""
     if not do_sample:
         return logits.argmax(-1)
-    z = logits.astype(np.float64) / max(temperature, 1e-6)
+    z = logits.astype(np.float64) / temperature  # > 0: check_options
     if top_k and top_k < z.shape[-1]:
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
         z = np.where(z < kth, -np.inf, z)
@@ -41,13 +84,29 @@ def _pick(logits: np.ndarray, *, do_sample: bool, temperature: float, top_k: int
     return np.array([rng.choice(p.shape[-1], p=row) for row in p])
 
 
+
+def prompt_list(prompts: Any) -> list[str]:
+    """One prompt (a str) or a sequence of them; anything else is a TypeError naming the argument
+    (the tokenizer's own would not say which)."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if prompts is None or isinstance(prompts, (bytes, numbers.Number)) or not hasattr(prompts, "__iter__"):
+        raise TypeError(f"generate: prompts must be a string or a list of strings, got {type(prompts).__name__}")
+    texts = list(prompts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"generate: prompts[{i}] must be a string, got {type(t).__name__} {t!r:.40}")
+    return texts
+
+
 class TextGenerator:
     """A KV-cache graph and its tokenizer; ``generate`` makes text, ``generate_ids`` token ids."""
 
     def __init__(self, model: Any, tokenizer: Any, *, layout: KVLayout | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, max_positions: int | None = None) -> None:
         """``model``: a runner of the runtime registry (the bundle's) or an ONNX file (opened
-        with ONNX Runtime); ``layout``: the cache's (read from the file when not given)."""
+        with ONNX Runtime); ``layout``: the cache's (read from the file when not given);
+        ``max_positions``: the positions the model takes (None: not checked)."""
         if isinstance(model, (str, Path)):
             from modelpress.fileio import graph_input_shapes
             from modelpress.runtimes.registry import create_runner
@@ -60,6 +119,7 @@ class TextGenerator:
         self.runner = model
         self.layout = layout
         self.tokenizer = tokenizer
+        self.max_positions = max_positions
 
     def _stops(self, stop_token_ids: Sequence[int] | None) -> set[int]:
         eos = getattr(self.tokenizer, "eos_token_id", None)
@@ -72,8 +132,13 @@ class TextGenerator:
         """Per step, the token chosen for each row (-1 for rows that had already stopped)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise BadInputError("generate: every prompt needs at least one token")
-        if max_new_tokens < 1:
-            raise BadInputError(f"generate: max_new_tokens must be ≥ 1, got {max_new_tokens}")
+        _integer("max_new_tokens", max_new_tokens, least=1)
+        check_options(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        longest = max(len(p) for p in prompts)
+        if self.max_positions is not None and longest + max_new_tokens - 1 > self.max_positions:
+            raise BadInputError(f"generate: a {longest}-token prompt and max_new_tokens={max_new_tokens} take "
+                                f"{longest + max_new_tokens - 1} positions, more than the {self.max_positions} "
+                                f"the model takes")
         pad = getattr(self.tokenizer, "pad_token_id", None)
         pad = int(pad if pad is not None else (getattr(self.tokenizer, "eos_token_id", None) or 0))
         width = max(len(p) for p in prompts)
@@ -116,15 +181,56 @@ class TextGenerator:
                                                            add_generation_prompt=True, tokenize=True))
         return list(self.tokenizer(prompt)["input_ids"])
 
-    def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int = 32, stream: bool = False,
-                 chat: bool = False, **options: Any):
-        """The generated text of one prompt (a str), of several (a list), or with ``stream=True``
-        an iterator of the pieces of one prompt's text as they are generated. ``options``: those
-        of :meth:`steps` (``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``seed``,
-        ``stop_token_ids``)."""
+    def _fit(self, encoded: list[list[int]], max_new_tokens: int | None,
+             truncate: bool) -> tuple[list[list[int]], int]:
+        """(the prompts, the new tokens) that fit the positions: a prompt longer than them is refused
+        (``truncate``: cut to its last tokens, leaving room for the new ones); a ``max_new_tokens``
+        the user gave that does not fit is refused, the default is cut to what fits."""
+        given = max_new_tokens is not None
+        new = _integer("max_new_tokens", max_new_tokens, least=1) if given else DEFAULT_NEW_TOKENS
+        limit = self.max_positions
+        if limit is None:
+            return encoded, new
+        longest = max(len(p) for p in encoded)
+        if truncate:
+            if given and new > limit:
+                raise BadInputError(f"generate: max_new_tokens={new} is more than the {limit} positions the "
+                                    "model takes")
+            if not given:  # the default keeps at least half the positions for the prompt's end
+                new = min(new, max(limit - longest + 1, limit // 2, 1))
+            keep = limit - new + 1
+            return [p[-keep:] for p in encoded], new
+        for i, p in enumerate(encoded):
+            if len(p) > limit:
+                which = "the prompt" if len(encoded) == 1 else f"prompt {i}"
+                raise BadInputError(f"generate: {which} is {len(p)} tokens, more than the {limit} positions the "
+                                    "model takes (truncate=True keeps its last tokens)")
+        room = limit - longest + 1  # a P-token prompt and N new tokens take P + N - 1 positions
+        if given and new > room:
+            raise BadInputError(f"generate: max_new_tokens={new} does not fit: a {longest}-token prompt leaves "
+                                f"room for {room} new tokens in the {limit} positions the model takes")
+        return encoded, min(new, room)
+
+    def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int | None = None, stream: bool = False,
+                 chat: bool = False, truncate: bool = False, **options: Any):
+        """The generated text of one prompt (a str), of several (a list; none: an empty list), or
+        with ``stream=True`` an iterator of the pieces of one prompt's text as they are generated.
+        ``max_new_tokens``: at most that many (default 32, cut to what the positions leave);
+        ``truncate``: a prompt longer than the positions keeps its last tokens instead of being
+        refused. ``options``: those of :meth:`steps` (``do_sample``, ``temperature``, ``top_k``,
+        ``top_p``, ``seed``, ``stop_token_ids``)."""
         single = isinstance(prompts, str)
-        texts = [prompts] if single else list(prompts)
-        encoded = [self._encode(t, chat) for t in texts]
+        texts = prompt_list(prompts)
+        if not texts:
+            if stream:
+                raise BadInputError("generate(stream=True) takes one prompt")
+            return []
+        unknown = sorted(set(options) - {*_OPTION_DEFAULTS, "stop_token_ids"})
+        if unknown:
+            raise TypeError(f"generate: unknown option {unknown[0]!r} (options: {', '.join(_OPTION_DEFAULTS)}, "
+                            "stop_token_ids)")
+        check_options(**{**_OPTION_DEFAULTS, **{k: v for k, v in options.items() if k != "stop_token_ids"}})
+        encoded, max_new_tokens = self._fit([self._encode(t, chat) for t in texts], max_new_tokens, truncate)
         if stream:
             if not single:
                 raise BadInputError("generate(stream=True) takes one prompt")

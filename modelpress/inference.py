@@ -5,10 +5,12 @@ the PyTorch teacher all go through this same code, so what validation measures i
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Sequence
 
 import numpy as np
 
+from modelpress.errors import BadInputError
 from modelpress.modalities import Batch, Encoder
 from modelpress.runtimes.base import Runner
 
@@ -31,8 +33,12 @@ class Predictor:
     def predict(self, examples: Sequence[Any], *, batch_size: int = 32):
         """One result per example, in input order (an array with a row per example, or a list when
         the task's results differ in size); batches group examples of similar size."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+            raise TypeError(f"batch_size must be an integer, got {type(batch_size).__name__} {batch_size!r}")
+        if batch_size < 1:
+            raise BadInputError(f"batch_size must be ≥ 1, got {batch_size}")
         examples = list(examples)
-        if not examples:
+        if not examples:  # nothing says the result's width here; the bundle's methods give [0, width]
             return np.zeros((0,), dtype=np.float32)
         order = np.argsort(self.encoder.lengths(examples), kind="stable")
         results: list[Any] = [None] * len(examples)

@@ -1,5 +1,8 @@
 """One run at a time per bundle: an OS file lock on ``<out>/.<name>.lock``.
 
+The lock covers everything a run of ``<name>`` publishes: ``<out>/<name>`` when its gate passes and
+``<out>/<name>.rejected`` when it fails (``modelpress.paths``).
+
 Two ``modelpress run`` into the same ``--out`` with the same recipe name would otherwise stage and
 publish over each other (measured before this lock: a published bundle holding one run's metrics
 and the other's ``model.onnx``). The second run does not wait: it exits 2 at once with one line

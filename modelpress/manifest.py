@@ -1,4 +1,16 @@
-"""manifest.json: what is in a bundle and how it was made (checksums, versions, recipe, verdict)."""
+"""manifest.json: what is in a bundle and how it was made (checksums, versions, recipe, verdict).
+
+Two kinds: a bundle's (``"kind": "bundle"``; every file of the folder is listed, and a file the
+manifest does not list is an error, except the few :data:`LATER_FILES` added after publishing), and
+a single-stage report's (``"kind": "report"``, written by ``modelpress validate --out DIR``: it lists
+only report.json and report.md, because that folder also holds the stage files ``make export`` /
+``make quantize`` rewrite). ``modelpress gate`` trusts a report only through a manifest that lists
+it and still matches; a folder without ``manifest.json`` is refused.
+
+The manifest is a checksum list, not a signature: whoever can edit a file can edit its sha256 too.
+``modelpress sign`` (``modelpress.signing``) signs the whole bundle, manifest included, into
+``model.sig``, which is why the manifest lets that one file be added later.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +22,7 @@ from typing import Any
 
 from modelpress.errors import BadInputError
 
+MANIFEST = "manifest.json"
 PACKAGES = ("modelpress", "torch", "transformers", "onnx", "onnxruntime", "numpy", "tokenizers")
 
 
@@ -31,13 +44,22 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256(path), "bytes": path.stat().st_size}
+
+
+def _verdict(gate: dict[str, Any] | None) -> str | None:
+    return None if gate is None else ("pass" if gate["passed"] else "fail")
+
+
 def write_manifest(root: Path, *, recipe: dict[str, Any], task: dict[str, Any], metrics: dict[str, Any],
                    gate: dict[str, Any] | None, input_names: list[str]) -> Path:
-    files = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"):
-        files[str(path.relative_to(root))] = {"sha256": sha256(path), "bytes": path.stat().st_size}
+    """A bundle's manifest: every file under ``root``."""
+    files = {str(p.relative_to(root)): _file_entry(p)
+             for p in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)}
     manifest = {
         "schema": 2,
+        "kind": "bundle",
         "files": files,
         "versions": versions(),
         "recipe": recipe,
@@ -45,33 +67,66 @@ def write_manifest(root: Path, *, recipe: dict[str, Any], task: dict[str, Any], 
         "input_names": input_names,
         "metrics": metrics,
         "gate": gate,
-        "verdict": None if gate is None else ("pass" if gate["passed"] else "fail"),
+        "verdict": _verdict(gate),
     }
     from modelpress.fileio import write_json
 
-    return write_json(root / "manifest.json", manifest)
+    return write_json(root / MANIFEST, manifest)
 
 
-MANIFEST = "manifest.json"
-#: files a bundle may gain after publishing without breaking it (the engine stage adds these on a GPU)
+def write_report_manifest(root: Path, written: list[Path], *, gate: dict[str, Any] | None,
+                          candidate: Path | None = None) -> Path:
+    """A single-stage report's manifest (kind ``"report"``): only the files ``written`` (the
+    folder's other files belong to other stages), and the candidate judged, by sha256."""
+    from modelpress.fileio import write_json
+
+    root = Path(root)
+    manifest = {
+        "schema": 2,
+        "kind": "report",
+        "files": {str(Path(p).relative_to(root)): _file_entry(Path(p)) for p in written},
+        "versions": versions(),
+        "candidate": None if candidate is None else {"path": str(candidate), **_file_entry(Path(candidate))},
+        "gate": gate,
+        "verdict": _verdict(gate),
+    }
+    return write_json(root / MANIFEST, manifest)
+
+
+#: ``modelpress sign``'s signature of the bundle (the manifest included), inside the bundle
+SIGNATURE = "model.sig"
+#: files a bundle may gain after publishing without breaking it (the engine stage adds these on a GPU;
+#: the signature, which covers the manifest, cannot be listed in it)
 LATER_FILES = ("model.plan", "model.fp16.plan", "engine.json", "engine.fp16.json", "timing.cache",
-               "model.fp16.onnx")
+               "model.fp16.onnx", SIGNATURE)
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    """The manifest of ``root``; BadInputError (one line) when absent or not a manifest."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BadInputError(f"{root}: no {MANIFEST} (not a published modelpress bundle or validate report; "
+                            "nothing in it can be trusted)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest["files"], dict):
+            raise TypeError
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise BadInputError(f"{path}: not a valid manifest") from None
+    return manifest
 
 
 def verify(root: str | Path, *, allow_later: bool = False) -> list[str]:
     """What no longer matches the manifest, one entry per file (empty when the bundle is intact):
     ``name`` for a changed or missing file, ``+name`` for a file the manifest does not list, and
     ``!name`` for a manifest entry that points outside the bundle (``../../etc/passwd``).
-    ``allow_later``: the engine files ``modelpress engine`` adds after publishing are not reported."""
+    ``allow_later``: the engine files ``modelpress engine`` adds after publishing, and the signature
+    ``modelpress sign`` adds, are not reported. A report manifest (kind ``"report"``) checks only the
+    files it lists: the stage folder's other files are not its own."""
     root = Path(root)
-    path = root / MANIFEST
-    if not path.is_file():
-        raise BadInputError(f"{root}: no {MANIFEST} (not a published modelpress bundle)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        files = dict(manifest["files"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise BadInputError(f"{path}: not a valid manifest") from None
+    manifest = read_manifest(root)
+    files = dict(manifest["files"])
     base = root.resolve()
     problems = []
     for rel, info in files.items():
@@ -80,6 +135,8 @@ def verify(root: str | Path, *, allow_later: bool = False) -> list[str]:
             problems.append(f"!{rel}")
         elif not p.is_file() or not isinstance(info, dict) or sha256(p) != info.get("sha256"):
             problems.append(rel)
+    if manifest.get("kind", "bundle") == "report":
+        return problems
     listed = set(files)
     for p in sorted(q for q in root.rglob("*") if q.is_file()):
         rel = str(p.relative_to(root))
@@ -88,10 +145,30 @@ def verify(root: str | Path, *, allow_later: bool = False) -> list[str]:
     return problems
 
 
-def require_intact(root: str | Path, *, allow_later: bool = True) -> None:
-    """BadInputError naming what differs when the bundle is not what its manifest says."""
+def require_intact(root: str | Path, *, allow_later: bool = True) -> dict[str, Any]:
+    """The manifest; BadInputError naming what differs when the bundle is not what it says."""
     problems = verify(root, allow_later=allow_later)
     if problems:
         shown = ", ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
         raise BadInputError(f"{root}: the bundle does not match its manifest.json ({shown}; "
                             "+ added, ! outside the bundle, else changed or missing)")
+    return read_manifest(root)
+
+
+def trusted_report(root: str | Path) -> Path:
+    """``report.json`` of a bundle or a validate report folder, once its manifest vouches for it:
+    the manifest is there, lists it and still matches (BadInputError, one line, otherwise)."""
+    root = Path(root)
+    if not (root / "report.json").is_file():
+        raise BadInputError(f"{root / 'report.json'}: no report.json (run the pipeline first)")
+    manifest = require_intact(root)
+    if "report.json" not in manifest["files"]:
+        raise BadInputError(f"{root / MANIFEST}: does not list report.json; the report is not trusted")
+    return root / "report.json"
+
+
+def require_not_failed(root: str | Path, manifest: dict[str, Any]) -> None:
+    """BadInputError when the manifest's verdict is ``fail`` (the gate rejected this bundle)."""
+    if manifest.get("verdict") == "fail":
+        raise BadInputError(f"{root}: the gate failed this bundle (manifest verdict \"fail\"); "
+                            "load(..., allow_failed=True) opens it for inspection")

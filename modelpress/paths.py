@@ -1,10 +1,28 @@
 """Every artifact path of a run folder, named in one place, and the staged publish of a bundle.
 
-A run holds the bundle's lock (``modelpress.lock``), is staged in a folder of its own,
-``<out>/.<name>.partial-<pid>-<random>``, and is renamed to ``<out>/<name>`` when complete, so an
-interrupted or concurrent run never leaves a folder that looks like a finished bundle. The swap
-moves the previous bundle to ``.<name>.old`` first; a run interrupted between the two renames
-leaves that folder behind, and the next run of the name puts it back (:func:`recover`).
+Layout of ``--out`` (``artifacts/`` by default) for a recipe named ``<name>``::
+
+    <name>/             the last bundle that passed its gate (manifest verdict "pass"): what deploys
+    <name>.rejected/    the last run whose gate failed: complete, report included, for inspection;
+                        ``load()`` refuses it unless ``allow_failed=True``; the next failed run
+                        replaces it, a passing run leaves it alone
+    <name>.analysis/    ``modelpress analyze <name>``'s output (never inside the bundle: it would
+                        break the manifest)
+    <name>.stages/      ``make export|quantize|validate``'s single-stage files
+    <name>.distill/     ``modelpress distill``'s checkpoints and student
+    .<name>.lock        the lock of one run at a time
+
+A run holds the bundle's lock (``.<name>.lock``), is staged in a folder of its own,
+``<out>/.<name>.partial-<pid>-<random>``, and is renamed to ``<out>/<name>`` (or to
+``<out>/<name>.rejected`` when its gate failed) when complete, so an interrupted or concurrent run
+never leaves a folder that looks like a finished bundle, and a failed verdict never takes the place
+of the last passing bundle. The swap moves the previous folder to ``.<final>.old`` first; a run
+interrupted between the two renames leaves that folder behind, and the next run of the name puts it
+back (:func:`recover`).
+
+``--out`` (of ``run``, the stage commands and ``analyze``) must not be a bundle or inside one
+(:func:`refuse_inside_bundle`): writing there would nest a second bundle in the first, or add files
+its manifest does not list.
 """
 from __future__ import annotations
 
@@ -14,8 +32,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelpress.errors import BadInputError
+
 #: engine files (the TensorRT stage writes them under these names)
 INT8_PLAN, FP16_PLAN = "model.plan", "model.fp16.plan"
+#: ``<out>/<name>.rejected``: a run whose gate failed
+REJECTED_SUFFIX = ".rejected"
+#: the suffixes of the folders beside a bundle (a recipe name may not end in one: its bundle would
+#: be taken for another's rejected run, analysis, stage files or distillation)
+SIBLING_SUFFIXES = (REJECTED_SUFFIX, ".analysis", ".stages", ".distill")
 
 
 @dataclass(frozen=True)
@@ -81,19 +106,33 @@ def staging_dir(out_dir: Path, name: str) -> Path:
     return out_dir / f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+def rejected_dir(out_dir: Path, name: str) -> Path:
+    """Where a run whose gate failed is published (never over ``<out>/<name>``)."""
+    return Path(out_dir) / f"{name}{REJECTED_SUFFIX}"
+
+
+def analysis_dir(bundle: Path) -> Path:
+    """``modelpress analyze``'s default output: a sibling of the bundle, ``<bundle>.analysis``."""
+    bundle = Path(bundle)
+    if bundle.name in ("", ".."):  # "." or "..": name the folder itself
+        bundle = bundle.resolve()
+    return bundle.with_name(f"{bundle.name}.analysis")
+
+
 def recover(out_dir: Path, name: str) -> list[str]:
     """Under the bundle's lock: undo what an interrupted run left (its staging folders; a previous
-    bundle parked as ``.<name>.old`` by an interrupted swap goes back in place when ``<name>`` is
-    missing, else is removed). Returns what was done, for the log."""
+    bundle or rejected run parked as ``.<final>.old`` by an interrupted swap goes back in place when
+    ``<final>`` is missing, else is removed). Returns what was done, for the log."""
     done = []
-    final, old = out_dir / name, out_dir / f".{name}.old"
-    if old.is_dir():
-        if final.exists():
-            shutil.rmtree(old)
-            done.append(f"removed {old.name}")
-        else:
-            os.replace(old, final)
-            done.append(f"restored {name} from {old.name}")
+    for final_name in (name, f"{name}{REJECTED_SUFFIX}"):
+        final, old = out_dir / final_name, out_dir / f".{final_name}.old"
+        if old.is_dir():
+            if final.exists():
+                shutil.rmtree(old)
+                done.append(f"removed {old.name}")
+            else:
+                os.replace(old, final)
+                done.append(f"restored {final_name} from {old.name}")
     for stale in out_dir.glob(f".{name}.partial*"):
         shutil.rmtree(stale, ignore_errors=True)
         done.append(f"removed {stale.name}")
@@ -115,3 +154,39 @@ def publish(staging: Path, final: Path) -> None:
     os.replace(staging, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def is_bundle(folder: Path) -> bool:
+    """A folder holding ``bundle.json``, or a ``manifest.json`` that is not a single-stage report's
+    (``modelpress validate --out`` writes one of kind ``"report"`` beside the stage files)."""
+    folder = Path(folder)
+    if (folder / "bundle.json").is_file():
+        return True
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return False
+    import json
+
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("kind", "bundle") != "report"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return True   # unreadable: assume the worst, it may be a bundle
+
+
+def enclosing_bundle(path: Path) -> Path | None:
+    """``path`` itself or the nearest folder above it that is a bundle, else None."""
+    path = Path(path).absolute()
+    for folder in (path, *path.parents):
+        if folder.is_dir() and is_bundle(folder):
+            return folder
+    return None
+
+
+def refuse_inside_bundle(path: Path, what: str = "--out") -> None:
+    """BadInputError when ``path`` (a folder to write into, or a file to write) is a bundle or inside
+    one: a run there would nest its bundle in the other, a stage's file would be one the manifest
+    does not list."""
+    bundle = enclosing_bundle(path)
+    if bundle is not None:
+        where = "is a modelpress bundle" if bundle == Path(path).absolute() else f"is inside the bundle {bundle}"
+        raise BadInputError(f"{what} {path}: {where}; write outside it (e.g. into {bundle.parent})")

@@ -4,7 +4,9 @@ This module only orders the stages; each lives in its package: distill (modelpre
 export (modelpress.export.stage), quantize (modelpress.runtimes.quantize.stage), engines
 (modelpress.runtimes.tensorrt.stage), validation and the gate (modelpress.validate.stage). Data is
 read before the teacher is loaded, so a bad file fails in a second. The bundle is written into a
-staging folder and renamed into place only when everything, the manifest included, is written.
+staging folder and renamed into place only when everything, the manifest included, is written:
+to ``<out>/<name>`` when the gate passed, to ``<out>/<name>.rejected`` when it failed, so the last
+passing bundle is never replaced by a failed one (``modelpress.paths`` describes the layout).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from modelpress.fileio import graph_input_shapes
 from modelpress.lock import bundle_lock
 from modelpress.modalities import get_modality
 from modelpress.models import load_model, load_model_and_preprocessor, resolve_model_ref
-from modelpress.paths import RunPaths, publish, recover, staging_dir
+from modelpress.paths import RunPaths, publish, recover, refuse_inside_bundle, rejected_dir, staging_dir
 from modelpress.recipe import Recipe
 from modelpress.tasks import configure_task
 from modelpress.validate.gate import GateResult
@@ -31,12 +33,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunOutcome:
-    bundle: Path
+    bundle: Path                # where the run was published: <out>/<name>, or <out>/<name>.rejected
     gate: GateResult | None
+
+    @property
+    def rejected(self) -> bool:
+        return self.gate is not None and not self.gate.passed
 
 
 def run_recipe(recipe: Recipe, out_dir: Path) -> RunOutcome:
     out_dir = Path(out_dir)
+    refuse_inside_bundle(out_dir)  # a bundle nested in a bundle breaks the outer one's manifest
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -92,9 +99,15 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
     teacher_model, preprocessor = load_model_and_preprocessor(
         teacher_ref, task, trust_remote_code=recipe.trust_remote_code, allow_new_heads=recipe.allow_new_heads,
         seed=recipe.seed)
-    limit = modality.check_lengths(teacher_model.config, preprocessor, {
-        "calibration.max_length": cal.max_length, "validate.max_length": v.max_length,
-        "validate.seq_lengths": max(v.seq_lengths), **task.checked_lengths(v)})
+    # a length the user wrote that the model cannot take is refused; a default is clipped to fit
+    from modelpress.recipe import fit_lengths
+
+    fitted_sections, fitted = fit_lengths({"calibration": cal, "validate": v}, task=task, modality=modality,
+                                          model_config=teacher_model.config, preprocessor=preprocessor,
+                                          written=recipe.written)
+    cal, v = fitted_sections["calibration"], fitted_sections["validate"]
+    recipe = recipe.with_(calibration=cal, validate=v)  # what ran, in the manifest too
+    limit = fitted.limit
     es = task.read_eval(v.eval_data, v, model_config=teacher_model.config, preprocessor=preprocessor)
     cal_examples = modality.calibration_set(cal, preprocessor, examples=cal_examples)
 
@@ -165,6 +178,7 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
     report = validate_stage(task=task, cfg=v, gate_cfg=recipe.gate, teacher=teacher, candidates=candidates,
                             eval_set=es, name=recipe.name, variants=variants,
                             other_runtimes=[bundle_on(r) for r in v.runtimes[1:]])
+    report["defaults_clipped"] = dict(fitted.clipped)
     report["export"] = exported.report_section()
     report["quantization"] = quant.report_section(recipe.quantize.mode)
     if seeds:
@@ -178,9 +192,11 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
     write_manifest(staging, recipe=recipe.to_dict(), task=task.describe(),
                    metrics={k: m["metrics"] for k, m in report["models"].items()}, gate=report["gate"],
                    input_names=list(names))
-    final = out_dir / recipe.name
+    gate = GateResult.from_dict(report["gate"]) if report.get("gate") else None
+    # a failed verdict is kept for inspection beside the last passing bundle, never over it
+    final = rejected_dir(out_dir, recipe.name) if gate is not None and not gate.passed else out_dir / recipe.name
     publish(staging, final)
-    return RunOutcome(final, GateResult.from_dict(report["gate"]))
+    return RunOutcome(final, gate)
 
 
 def _label_names(config) -> list[str]:

@@ -6,6 +6,10 @@ states what differs. The top level and every section go through one checker
 the key, and relative paths follow one rule (:class:`~modelpress.config_check.PathRule`).
 Task-dependent values (task options, eval format, gate metric) are checked against the task
 registry at load, so a typo fails in a second, not after the pipeline ran.
+
+Lengths the model must take (``LENGTH_KEYS`` and the task's ``length_keys``) are fitted to its
+positions once it is loaded (:func:`fit_lengths`): a value the user wrote (the file or a ``--set``:
+:meth:`Recipe.written`) that does not fit is refused, a default that does not fit is clipped.
 """
 from __future__ import annotations
 
@@ -13,16 +17,17 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-from modelpress.config_check import PathRule, check_fields, check_section, checked_fields
+from modelpress.config_check import PathRule, check_fields, check_section, checked_fields, written_in
 from modelpress.distill.config import DistillConfig
 from modelpress.errors import BadInputError
+from modelpress.paths import SIBLING_SUFFIXES
 from modelpress.runtimes.quantize.config import QuantizeConfig
 from modelpress.runtimes.registry import BUNDLE_RUNTIMES
 from modelpress.runtimes.tensorrt.config import EngineConfig
@@ -138,6 +143,9 @@ class Recipe:
             raise BadInputError("student: a recipe names a ready student or distills one ([distill] enabled), not both")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise BadInputError(f"name: expected a plain folder name, got {self.name!r}")
+        if self.name.endswith(SIBLING_SUFFIXES):
+            raise BadInputError(f"name: {self.name!r} ends in a suffix of the folders beside a bundle "
+                                f"({', '.join(SIBLING_SUFFIXES)}); choose another name")
         task = get_task(self.task)
         configure_task(self.task, self.task_options)  # checks the options (model folder not needed)
         if self.validate.eval_format not in (AUTO, *task.eval_formats):
@@ -157,6 +165,15 @@ class Recipe:
         needs = task.conditional_metrics.get(self.gate.metric)
         if needs and not getattr(self.validate, needs):
             raise BadInputError(f"gate.metric: {self.gate.metric} is measured only with validate.{needs} set")
+
+    def with_(self, **changes: Any) -> "Recipe":
+        """This recipe with some fields replaced (checked again); what was written stays ``raw``."""
+        return dataclasses.replace(self, **changes)
+
+    def written(self, key: str) -> bool:
+        """Whether the user wrote ``key`` ("validate.seq_lengths") in the recipe or a ``--set``;
+        a recipe built in code (no parsed table) counts every key as written."""
+        return not self.raw or written_in(self.raw, key)
 
     @property
     def distill_enabled(self) -> bool:
@@ -232,6 +249,36 @@ def recipe_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> Reci
             given[section] = {**table, key: default}
     values = checked_fields(Recipe, "", given, rule=rule, skip=("source", "raw"))
     return Recipe(**values, source=str(source) if source else "", raw=raw)
+
+
+#: recipe values that are lengths the model must take, beyond the task's own (``Task.length_keys``)
+LENGTH_KEYS = ("calibration.max_length", "validate.max_length", "validate.seq_lengths")
+
+
+def fit_lengths(sections: Mapping[str, Any], *, task: Any, modality: Any, model_config: Any, preprocessor: Any,
+                written: Callable[[str], bool]) -> tuple[dict[str, Any], Any]:
+    """``sections`` (``{"calibration": CalibrationConfig, "validate": ValidateConfig}``, either may
+    be absent) with every length the model must take fitted to its positions: a value the user
+    wrote (``written(key)``) that does not fit is refused, naming its key; a default that does not
+    fit is clipped (``Modality.fit_lengths``). Returns (the sections, the ``Fitted`` record)."""
+    from modelpress.modalities import Length
+
+    lengths = {}
+    for key in LENGTH_KEYS:
+        section, name = key.split(".")
+        if section in sections:
+            lengths[key] = Length(getattr(sections[section], name), written=written(key))
+    if "validate" in sections:  # the task's own: each needs what ``checked_lengths`` says beyond its value
+        for key, need in task.checked_lengths(sections["validate"]).items():
+            value = getattr(sections["validate"], key.split(".")[1])
+            lengths[key] = Length(value, extra=need - Length(value).need, written=written(key))
+    fitted = modality.fit_lengths(model_config, preprocessor, lengths)
+    out = dict(sections)
+    for key, value in fitted.values.items():
+        section, name = key.split(".")
+        if value != getattr(out[section], name):
+            out[section] = dataclasses.replace(out[section], **{name: value})
+    return out, fitted
 
 
 def section_config(cls: type, section: str, raw: Mapping[str, Any], *, source: Path | None = None):

@@ -153,9 +153,9 @@ def test_auto_that_cannot_pass_exits_3_with_best_candidate_and_analysis(planted,
     proc = cli("run", str(recipe), "--out", str(out), "--set", "gate.max_drop=0.0",
                "--set", "quantize.max_candidates=4")
     assert proc.returncode == 3, proc.stderr[-2000:]
-    report = json.loads((out / "hopeless" / "report.json").read_text())
+    report = json.loads((out / "hopeless.rejected" / "report.json").read_text())   # a failed gate: <name>.rejected
     auto = report["quantization"]["auto"]
     assert not auto["passed"] and len(auto["candidates"]) == 4
     best = max(auto["candidates"], key=lambda c: c["metric"])
     assert auto["chosen"] == best["index"]
-    assert (out / "hopeless" / "analysis.json").is_file()
+    assert (out / "hopeless.rejected" / "analysis.json").is_file() and not (out / "hopeless").exists()

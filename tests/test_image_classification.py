@@ -22,10 +22,11 @@ FAST_IMAGE_VALIDATE = {"latency_runs": 1, "warmup_runs": 0, "batch_sizes": [2], 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    """24 calibration images (RGB jpg/png, grayscale, RGBA) and a 3-class imagefolder of 18."""
+    """24 calibration images (RGB jpg/png, grayscale, RGBA) and a 3-class imagefolder of 30 (the fewest an
+    image-classification gate decides on)."""
     root = tmp_path_factory.mktemp("images")
     write_images(root / "calib", 24, seed=1)
-    write_images(root / "eval", 18, seed=2, classes=LABELS)
+    write_images(root / "eval", 30, seed=2, classes=LABELS)
     return root
 
 
@@ -61,7 +62,7 @@ def test_imagefolder_jsonl_and_flat_folder_eval_sets(images, tmp_path):
 
     label2id = {n: i for i, n in enumerate(LABELS)}
     es = load_image_eval(images / "eval", label2id=label2id)
-    assert len(es.examples) == 18 and es.format == "images"
+    assert len(es.examples) == 30 and es.format == "images"
     assert [LABELS[i] for i in es.labels] == [p.parent.name for p in es.examples]
     lines = [json.dumps({"image": str(p.relative_to(images)), "label": LABELS[i] if k % 2 else i})
              for k, (p, i) in enumerate(zip(es.examples, es.labels))]
@@ -204,6 +205,7 @@ def test_a_tiny_vision_model_goes_through_run_to_a_bundle(family, images, tmp_pa
         assert probs.shape == (3, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
         assert bundle.labels == list(LABELS)
         assert bundle.classify(paths[0]).shape == (1, 3)
+        _check_images_as_people_have_them(bundle, root)
     # the tensorrt preset's graph of the same model passes TensorRT's explicit-quantization rules
     from modelpress.calibration_data.feeds import ExampleFeed
     from modelpress.modalities import get_modality
@@ -215,6 +217,28 @@ def test_a_tiny_vision_model_goes_through_run_to_a_bundle(family, images, tmp_pa
     feed = ExampleFeed(image.load_examples(images / "calib", field="image", num_samples=8), encoder, batch_size=8)
     quantize_static(root / "model.onnx", tmp_path / "trt.onnx", feed, QuantizeConfig(preset="tensorrt"))
     assert check_trt_qdq(tmp_path / "trt.onnx", require_per_channel_weights=True).ok
+
+
+def _check_images_as_people_have_them(bundle, root):
+    """issue 21 case 6 through the bundle's ``classify``: a 16-bit array scores as its by-value 8-bit
+    scaling, a 3-pixel-high array as the processor makes it from a PIL image (never transposed), and
+    a 1-pixel-high one is one BadInputError."""
+    import transformers
+    from PIL import Image
+
+    from modelpress.tasks.text_classification import softmax
+
+    sixteen = np.random.default_rng(0).integers(0, 65536, (24, 20), dtype=np.uint16)
+    eight = np.round(sixteen / 257).astype(np.uint8)
+    np.testing.assert_allclose(bundle.classify(sixteen), bundle.classify(Image.fromarray(eight).convert("RGB")),
+                               atol=1e-6)
+    strip = np.random.default_rng(1).integers(0, 256, (3, 40, 3), dtype=np.uint8)
+    ref = transformers.AutoImageProcessor.from_pretrained(str(root / "image_processor"), backend="pil")
+    pixels = ref(images=[Image.fromarray(strip)], return_tensors="np")["pixel_values"].astype(np.float32)
+    logits = next(iter(bundle.runner.run({"pixel_values": pixels}).values()))
+    np.testing.assert_allclose(bundle.classify(strip), softmax(logits), atol=1e-5)
+    with pytest.raises(BadInputError, match="an image needs at least 2x2"):
+        bundle.classify(np.zeros((1, 40, 3), np.uint8))
 
 
 def test_image_recipe_errors_are_one_line_and_exit_2(tiny_vit, images, tmp_path):

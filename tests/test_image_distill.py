@@ -21,7 +21,7 @@ FAST_IMAGE_VALIDATE = {"latency_runs": 1, "warmup_runs": 0, "batch_sizes": [2], 
 def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill-images")  # RGB only: the references below read them plainly
     write_images(root / "train", 36, seed=3, classes=LABELS, modes=("RGB",))
-    write_images(root / "eval", 12, seed=4, classes=LABELS, modes=("RGB",))
+    write_images(root / "eval", 30, seed=4, classes=LABELS, modes=("RGB",))   # the fewest a gate decides on
     return root
 
 
@@ -61,7 +61,7 @@ def test_a_vit_layer_subset_is_distilled_pressed_and_reported_beside_its_start(i
         "gate": {"max_drop": 100.0},
     })
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0   # in process: no second start
-    assert "n=12 images" in capsys.readouterr().out
+    assert "n=30 images" in capsys.readouterr().out
     root = tmp_path / "out" / "v"
     report = json.loads((root / "report.json").read_text(encoding="utf-8"))
     assert list(report["models"]) == ["teacher", "untrained-subset-fp32", "student-onnx-fp32", "int8"]

@@ -3,6 +3,7 @@ leaves no staging folder and keeps the earlier bundle intact; the make targets r
 recipe each."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -87,6 +88,24 @@ def test_make_targets_run_single_stages_of_a_recipe(tmp_path, tiny_bert, data_fi
     # the tiny model's int8 is within the default 0.5 points: validate exits with the gate's 0
     assert main(command[3:]) == 0, capsys.readouterr().err[-2000:]
     assert (stage_dir / "report.json").is_file()
+    # `make gate RUN_DIR=$(STAGE_DIR)` trusts that report through the manifest validate wrote beside
+    # it (issue 21 case 2), which lists only its own files: the stage files may be rewritten
+    dry = subprocess.run([*make, "-n", "gate", f"RUN_DIR={stage_dir}"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    command = shlex.split(dry.stdout.strip().splitlines()[-1])
+    assert command[3:] == ["gate", str(stage_dir)]
+    capsys.readouterr()
+    assert main(command[3:]) == 0 and capsys.readouterr().out.startswith("gate PASS")
+    (stage_dir / "model.onnx").write_bytes(b"exported again")
+    assert main(command[3:]) == 0
+    report = json.loads((stage_dir / "report.json").read_text())
+    report["gate"]["max_drop"] = 99.0                                    # a hand-edited report
+    (stage_dir / "report.json").write_text(json.dumps(report))
+    assert main(command[3:]) == 2
+    assert "does not match its manifest.json (report.json" in capsys.readouterr().err
+    (stage_dir / "manifest.json").unlink()                              # ... and without its manifest
+    assert main(command[3:]) == 2
+    assert f"{stage_dir}: no manifest.json" in capsys.readouterr().err
 
 
 def test_an_interrupt_raised_inside_generated_code_still_exits_130(tmp_path):

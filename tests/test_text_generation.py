@@ -226,7 +226,8 @@ def _lm_recipe(tmp_path, folder, **sections):
     from modelpress.testing import random_sentences
 
     (tmp_path / "corpus.txt").write_text("\n".join(random_sentences(300, seed=1)) + "\n", encoding="utf-8")
-    (tmp_path / "heldout.txt").write_text("\n".join(random_sentences(40, seed=9)) + "\n", encoding="utf-8")
+    # 60 sentences: 35 windows of 32 tokens every 16, past the 30 a text-generation gate decides on
+    (tmp_path / "heldout.txt").write_text("\n".join(random_sentences(60, seed=9)) + "\n", encoding="utf-8")
     body = {"calibration": {"data": str(tmp_path / "corpus.txt"), "num_samples": 48, "max_length": 32, "batch_size": 16},
             "validate": {**LM_VALIDATE, "eval_data": str(tmp_path / "heldout.txt")}, "gate": {"max_drop": 2.0}}
     for name, extra in sections.items():
@@ -284,9 +285,12 @@ def test_greedy_agreement_on_eval_prompts_is_measured_gated_and_matches_transfor
     from modelpress.generation import TextGenerator
     from modelpress.models import load_model_and_preprocessor
     from modelpress.tasks import configure_task
+    from modelpress.testing import random_sentences
 
     folder = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
-    prompts = [*PROMPTS, "my friend said that", "there is"]
+    # 30 prompts: the fewest a text-generation gate decides on
+    prompts = [*PROMPTS, "my friend said that", "there is",
+               *(" ".join(s.split()[:3]) for s in random_sentences(25, seed=4, min_words=3))]
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts), encoding="utf-8")
     # batch 1: each prompt on its own, as the independent reference below runs it
     recipe = _lm_recipe(tmp_path, folder, validate={"prompts": str(tmp_path / "prompts.jsonl"), "generation_tokens": 10,

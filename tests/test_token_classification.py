@@ -100,18 +100,117 @@ def test_token_metrics_by_hand():
 def test_first_subtoken_of_each_word_matches_transformers_word_ids(tiny_tagger):
     from transformers import AutoTokenizer
 
-    from modelpress.modalities.text import TEXT
+    from modelpress.modalities.text import TextEncoder
 
     tok = AutoTokenizer.from_pretrained(str(tiny_tagger))
-    # "unknownword" and the punctuation split into several tokens; the last sentence is cut at 8 tokens
+    # "unknownword" and the punctuation split into several tokens; the last sentence is cut at 8 tokens by
+    # the truncating encoder (distillation's; validation and the bundle window long sentences instead)
     sentences = [["The", "dog", "runs", "."], ["unknownword", "cat", "!", "?"], WORDS[:20]]
-    batch = TEXT.encoder(tok, input_names=("input_ids", "attention_mask"), max_length=8).encode(sentences)
+    batch = TextEncoder(tok, input_names=("input_ids", "attention_mask"), max_length=8).encode(sentences)
     ref = tok(sentences, is_split_into_words=True, truncation=True, max_length=8, padding="longest")
     for i, first in enumerate(batch.first_tokens):
         word_ids = ref.word_ids(i)
         expected = [word_ids.index(w) for w in dict.fromkeys(w for w in word_ids if w is not None)]
         assert first.tolist() == expected
     assert len(batch.first_tokens[2]) == 6 < 20   # [CLS] + 6 words + [SEP]: a prefix of the words
+
+
+#: words a WordPiece tokenizer turns into no token at all (zero-width space, BOM, NUL, soft hyphen, "")
+TOKENLESS = ("\u200b", "\ufeff", "\x00", "\u00ad", "")
+
+
+def _windowed_reference(model, tok, words, max_length):
+    """Each word's logits, computed here without modelpress: transformers' own ``word_ids`` on the
+    whole sentence, windows cut by hand (``max_length`` with [CLS]/[SEP], half of each window's
+    content shared with the next), each window run through the PyTorch model on its own; a word is
+    read in the window where its first sub-token has the most tokens on its poorer side (the earlier
+    window on a tie); a word with no token takes the next word's logits (the previous word's at the end)."""
+    import torch
+
+    enc = tok(list(words), is_split_into_words=True, add_special_tokens=False)
+    ids, word_ids = enc["input_ids"], enc.word_ids()
+    content = max_length - 2
+    step = content - content // 2
+    starts = [0]
+    while starts[-1] + content < len(ids):
+        starts.append(starts[-1] + step)
+    logits = []
+    for s in starts:
+        with torch.no_grad():
+            window = torch.tensor([[tok.cls_token_id, *ids[s:s + content], tok.sep_token_id]])
+            logits.append(model(input_ids=window).logits[0, 1:-1].numpy())
+
+    def context(k, g):
+        end = min(starts[k] + content, len(ids))
+        return min(g - starts[k], end - 1 - g)
+    own = {}
+    for w in dict.fromkeys(x for x in word_ids if x is not None):
+        g = word_ids.index(w)
+        k = max((k for k in range(len(starts)) if starts[k] <= g < starts[k] + content),
+                key=lambda k: (context(k, g), -k))
+        own[w] = logits[k][g - starts[k]]
+    rows = []
+    for w in range(len(words)):
+        following = [own[v] for v in range(w, len(words)) if v in own]
+        preceding = [own[v] for v in range(w, -1, -1) if v in own]
+        rows.append(following[0] if following else preceding[0])
+    return np.stack(rows)
+
+
+def test_every_word_is_scored_even_without_a_token_or_past_max_length(tiny_tagger, tmp_path):
+    """issue 21 case 4: a word with no sub-token ended its sentence and a sentence longer than
+    max_length was cut (a run reported num_words 316 but scored 30). Now every word is scored:
+    each word's logits equal the PyTorch model's run here window by window, and the eval section
+    counts the words without a token and the windowed sentences."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from modelpress.config_check import check_section
+    from modelpress.modalities.text import TEXT
+    from modelpress.recipe import ValidateConfig
+    from modelpress.tasks import configure_task
+    from modelpress.validate.stage import open_predictor
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_tagger))
+    model = AutoModelForTokenClassification.from_pretrained(str(tiny_tagger)).eval()
+    sentences = _tagged_sentences(10, seed=4)
+    for k, odd in enumerate(TOKENLESS):               # inside a sentence, first, and last
+        words, tags = sentences[k]
+        at = (1, 0, len(words), 1, 2)[k]
+        sentences[k] = (words[:at] + [odd] + words[at:], tags[:at] + ["O"] + tags[at:])
+    rng = random.Random(8)
+    for n in (50, 90):                                 # longer than max_length 16: windowed
+        words = [rng.choice(WORDS) for _ in range(n)]
+        words[n // 2] = "\u200b"
+        sentences.append((words, [rng.choice(BIO) for _ in range(n)]))
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in sentences), encoding="utf-8")
+    task = configure_task("token-classification")
+    cfg = check_section(ValidateConfig, "validate", {"eval_data": str(path), "max_length": 16, "batch_size": 4})
+    es = task.read_eval(path, cfg, model_config=model.config, preprocessor=tok)
+    described = es.describe()
+    assert described["num_words"] == sum(len(w) for w, _ in sentences)
+    assert described["words_without_tokens"] == len(TOKENLESS) + 2 and described["windowed_sentences"] == 2
+    encoder = TEXT.encoder(tok, input_names=("input_ids", "attention_mask", "token_type_ids"), max_length=16)
+    teacher = open_predictor("torch", model, task=task, encoder=encoder, threads=1, name="teacher")
+    try:
+        out = task.eval_outputs(teacher, es, cfg)
+    finally:
+        teacher.runner.close()
+    refs = [_windowed_reference(model, tok, words, 16) for words, _ in sentences]
+    for (words, _), got, ref in zip(sentences, out, refs):
+        assert got.shape == (len(words), len(BIO))
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+    # a word without a token reads the next word (the zero-width space), or the previous one at the end (NUL)
+    np.testing.assert_array_equal(out[0][1], out[0][2])
+    np.testing.assert_array_equal(out[2][-1], out[2][-2])
+    gold = np.concatenate([[BIO.index(t) for t in tags] for _, tags in sentences])
+    accuracy = float(np.mean(np.concatenate([r.argmax(-1) for r in refs]) == gold))
+    assert task.reference_metrics(out, es)["accuracy"] == pytest.approx(accuracy, abs=1e-9)
+    # a window must hold a word beside [CLS] and [SEP]: one line naming the key
+    tight = check_section(ValidateConfig, "validate", {"eval_data": str(path), "max_length": 2})
+    with pytest.raises(BadInputError, match=r"^validate.max_length: 2 leaves no position for a word beside the "
+                                            r"tokenizer's 2 special tokens$"):
+        task.read_eval(path, tight, model_config=model.config, preprocessor=tok)
 
 
 # -- the task through `modelpress run` ----------------------------------------------------------------
@@ -163,7 +262,16 @@ def _torch_word_logits(model_dir, sentences, max_length):
 
 
 def test_tagger_run_publishes_a_bundle_whose_metrics_match_transformers(tiny_tagger, data_files, tmp_path):
+    """Also issue 21 case 4 through `modelpress run` and the bundle: words without a token and a
+    sentence longer than max_length are all scored, and `tag()` returns one tag per input word."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
     sentences = _tagged_sentences(40, seed=21)
+    for k, odd in enumerate(TOKENLESS[:2] + TOKENLESS[3:4]):   # what a CoNLL line can hold
+        words, tags = sentences[k]
+        sentences[k] = ([odd] + words, ["O"] + tags)
+    rng = random.Random(22)
+    sentences.append(([rng.choice(WORDS) for _ in range(45)], [rng.choice(BIO) for _ in range(45)]))
     conll = tmp_path / "eval.conll"
     conll.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(ws, ts)) for ws, ts in sentences) + "\n",
                      encoding="utf-8")
@@ -178,13 +286,17 @@ def test_tagger_run_publishes_a_bundle_whose_metrics_match_transformers(tiny_tag
     report = json.loads((root / "report.json").read_text())
     assert report["task"] == "token-classification" and report["gate"]["metric"] == "entity_f1"
     assert report["eval"]["num_words"] == sum(len(w) for w, _ in sentences)
+    assert (report["eval"]["words_without_tokens"], report["eval"]["windowed_sentences"]) == (3, 1)
     teacher = report["models"]["teacher"]["metrics"]
     assert set(teacher) == {"top1_agreement", "mean_kl", "accuracy", "entity_f1"}
-    # the teacher's word accuracy and entity F1, computed here from transformers' own alignment
+    # the teacher's word accuracy and entity F1 over every word, computed here from transformers' own
+    # alignment, window by window
     words = [w for w, _ in sentences]
-    ref = _torch_word_logits(tiny_tagger, words, FAST_VALIDATE["max_length"])
+    tok = AutoTokenizer.from_pretrained(str(tiny_tagger))
+    model = AutoModelForTokenClassification.from_pretrained(str(tiny_tagger)).eval()
+    ref = [_windowed_reference(model, tok, w, FAST_VALIDATE["max_length"]) for w in words]
     label2id = {t: i for i, t in enumerate(BIO)}
-    gold = [[label2id[t] for t in ts][: len(r)] for (_, ts), r in zip(sentences, ref)]
+    gold = [[label2id[t] for t in ts] for _, ts in sentences]
     pred = [r.argmax(-1) for r in ref]
     accuracy = float(np.mean(np.concatenate(pred) == np.concatenate(gold)))
     assert teacher["accuracy"] == pytest.approx(accuracy, abs=1e-6)
@@ -198,6 +310,12 @@ def test_tagger_run_publishes_a_bundle_whose_metrics_match_transformers(tiny_tag
         tagged = bundle.tag(["the dog runs", words[0]])
         assert [w for w, _, _ in tagged[0]] == ["the", "dog", "runs"]
         assert all(label in BIO and 0 < p <= 1 for _, label, p in tagged[0])
+        # a zero-width space is a word with the next word's tag; a text past max_length is windowed
+        spaced = bundle.tag(["the \u200b cat sat on a mat"])[0]
+        assert [w for w, _, _ in spaced] == ["the", "\u200b", "cat", "sat", "on", "a", "mat"]
+        assert spaced[1][1:] == spaced[2][1:]
+        long = bundle.tag(["cat " * 5000])[0]
+        assert len(long) == 5000 and all(w == "cat" and label in BIO for w, label, _ in long)
         with pytest.raises(BadInputError, match="token-classification model; use tag"):
             bundle.embed(["a dog"])
     meta = json.loads((root / "bundle.json").read_text())
@@ -212,7 +330,9 @@ def test_tagged_corpus_puts_each_tag_on_the_first_subtoken(tiny_tagger, tmp_path
     from modelpress.distill.data import IGNORE, load_corpus, tokenize_corpus
 
     path = tmp_path / "train.jsonl"
-    sentences = [(["the", "unknownword", "runs"], ["B-PER", "I-PER", "O"]), (["a", "cat"], ["O", "B-LOC"])]
+    # a word without a token (the zero-width space) labels no token, and the words after it keep theirs
+    sentences = [(["the", "unknownword", "runs"], ["B-PER", "I-PER", "O"]), (["a", "cat"], ["O", "B-LOC"]),
+                 (["a", "\u200b", "cat", "runs"], ["O", "B-PER", "B-LOC", "O"])]
     path.write_text("".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in sentences), encoding="utf-8")
     cfg = DistillConfig.from_dict({"data": str(path), "num_layers": 1, "label_field": "tags"}, base_dir=tmp_path)
     label2id = {t: i for i, t in enumerate(BIO)}

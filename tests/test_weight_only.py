@@ -107,7 +107,8 @@ def _wo_recipe(tmp_path, folder, quantize=None, validate=None, task="text-genera
     from modelpress.testing import random_sentences
 
     (tmp_path / "corpus.txt").write_text("\n".join(random_sentences(100, seed=1)) + "\n", encoding="utf-8")
-    (tmp_path / "heldout.txt").write_text("\n".join(random_sentences(40, seed=9)) + "\n", encoding="utf-8")
+    # 60 sentences: 35 windows of 32 tokens every 16, past the 30 a text-generation gate decides on
+    (tmp_path / "heldout.txt").write_text("\n".join(random_sentences(60, seed=9)) + "\n", encoding="utf-8")
     body = {"calibration": {"data": str(tmp_path / "corpus.txt"), "num_samples": 8, "max_length": 32},
             "quantize": {"mode": "weight-only", **(quantize or {})},
             "validate": {"latency_runs": 2, "warmup_runs": 1, "batch_sizes": [1], "seq_lengths": [16],

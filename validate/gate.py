@@ -11,7 +11,11 @@ paired 95 % interval (``validate.uncertainty``) the verdict follows ``gate.polic
 * ``lenient``    fail only when the interval's lower end > max_drop: a nightly check that noise
                  alone cannot fail.
 
-When the interval is wider than max_drop, the gate line says the eval set is too small to decide
+No verdict on too little evidence: each task declares the fewest units its gate decides on
+(``Task.min_n``, in the gated metric's interval's unit: pairs, texts, images, sentences, windows);
+with fewer the gate FAILS, whatever the policy, with the note "too small to decide: n=…, need ≥ …"
+(in report.json's gate section; ``modelpress gate`` re-deciding the report says the same). When
+the interval is merely wider than max_drop, the gate line says the eval set is too small to decide
 at that threshold, and how many examples would be needed. ``gate.max_latency_ratio`` adds a speed
 condition: the candidate's p50 ÷ the teacher's at ``gate.latency_shape`` must not exceed it.
 """
@@ -93,6 +97,7 @@ def decide(task, teacher_metrics: Mapping[str, float], candidate_metrics: Mappin
     t, c = 100.0 * teacher_metrics[name], 100.0 * candidate_metrics[name]
     drop = round((t - c) if task.direction(name) == HIGHER else (c - t), 4)
     iv = (intervals or {}).get(name)
+    short = _too_few(task, iv, intervals)
     ci = tuple(iv["drop_ci95"]) if iv else None
     if ci is None or policy == "point":
         passed = drop <= max_drop
@@ -100,12 +105,13 @@ def decide(task, teacher_metrics: Mapping[str, float], candidate_metrics: Mappin
         passed = ci[1] <= max_drop
     else:
         passed = ci[0] <= max_drop
-    note = None
+    notes = [short] if short else []
     if ci is not None and ci[1] - ci[0] > max_drop:
         needed = _examples_needed(iv["n"], ci[1] - ci[0], max_drop)
-        note = (f"note: the eval set is too small to decide at max_drop {max_drop:.2f}: the 95% interval is "
-                f"{ci[1] - ci[0]:.2f} points wide over {iv['n']} {iv['unit']}"
-                + (f"; about {needed} would narrow it to {max_drop:.2f}" if needed else ""))
+        notes.append(f"note: the eval set is too small to decide at max_drop {max_drop:.2f}: the 95% interval "
+                     f"is {ci[1] - ci[0]:.2f} points wide over {iv['n']} {iv['unit']}"
+                     + (f"; about {needed} would narrow it to {max_drop:.2f}" if needed else ""))
+    note = "\n".join(notes) or None
     ratio = None
     if max_latency_ratio is not None:
         ratios = dict(latency or {})
@@ -116,10 +122,27 @@ def decide(task, teacher_metrics: Mapping[str, float], candidate_metrics: Mappin
                                 f"{', '.join(k[:-4] for k in ratios if k.endswith('_p50')) or 'nothing'}")
         ratio, latency_shape = ratios[key], key[:-4] if key.endswith("_p50") else key
         passed = passed and ratio <= max_latency_ratio
+    passed = passed and not short
     return GateResult(name, round(t, 4), round(c, 4), drop, max_drop, passed, candidate_name, policy,
                       iv["n"] if iv else None, iv["unit"] if iv else None, ci, iv["method"] if iv else None,
                       iv.get("mcnemar_p") if iv else None, note, latency_shape if ratio is not None else None,
                       ratio, max_latency_ratio)
+
+
+def _too_few(task, iv: Mapping[str, Any] | None, intervals: Mapping[str, Mapping[str, Any]] | None) -> str | None:
+    """"too small to decide: ..." when the gated metric rests on fewer units than the task's
+    minimum. A metric without an interval of its own (min_cosine) is measured on the eval set the
+    others resample: the most units any of them has. No intervals at all (the accuracy-aware
+    search's quick check) is no verdict, so no rule."""
+    if intervals is None:
+        return None
+    if iv is None:
+        iv = max(intervals.values(), key=lambda other: other["n"], default=None)
+    n, unit = (iv["n"], iv["unit"]) if iv is not None else (0, "units")
+    if n >= task.min_n:
+        return None
+    return (f"too small to decide: n={n} {unit}, need ≥ {task.min_n} for a {task.name} verdict; "
+            "give more evaluation data")
 
 
 def _examples_needed(n: int, width: float, max_drop: float) -> int | None:

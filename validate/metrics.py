@@ -91,9 +91,9 @@ def classification_reference_metrics(teacher: np.ndarray, labels=None) -> dict[s
 
 def token_metrics(teacher: list[np.ndarray], candidate: list[np.ndarray], tags=None,
                   label_names=()) -> dict[str, float]:
-    """Word-level metrics of a tagger: per sentence an array [words, labels] of logits (the words
-    the model's length limit reached; gold tags are cut to the same words). ``entity_f1`` only when
-    the labels are a BIO/BIOES tag set."""
+    """Word-level metrics of a tagger: per sentence an array [words, labels] of logits, a row for
+    every input word (long sentences are windowed, a word without a token of its own is read at a
+    neighbour's position). ``entity_f1`` only when the labels are a BIO/BIOES tag set."""
     from modelpress.validate.entities import entity_scores, is_chunk_tagset
 
     out = classification_metrics(np.concatenate(teacher), np.concatenate(candidate))

@@ -37,6 +37,14 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"- eval set: `{report['eval']['source']}` ({report['eval']['format']}, "
              f"{report['eval']['num_examples']} examples, {report['eval']['num_pairs']} pairs, "
              f"{report['eval']['num_words']} words)", ""]
+    if "words_without_tokens" in report["eval"]:  # a tagger: how its words met the tokenizer
+        lines[-1:-1] = [f"- every word tagged: {report['eval']['words_without_tokens']} without a token of their "
+                        f"own (tagged at the next word's position), {report['eval']['windowed_sentences']} "
+                        "sentences longer than max_length (read in overlapping windows)"]
+    clipped = report.get("defaults_clipped")
+    if clipped:  # defaults the model could not take, cut to its positions
+        lines[-1:-1] = ["- defaults fitted to the model's positions: "
+                        + "; ".join(f"`{k}` {c['default']} → {c['used']}" for k, c in clipped.items())]
     gate = report.get("gate")
     if gate:
         from modelpress.validate.gate import GateResult

@@ -15,12 +15,27 @@ lengths, or an unknown tag, is an error naming the file and line.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from modelpress.errors import BadInputError
+from modelpress.validate.evalsets import EvalSet
 
 TAGGED_FORMATS = ("conllu", "conll", "jsonl")
+
+
+@dataclass(frozen=True)
+class TaggedEvalSet(EvalSet):
+    """An eval set of tagged sentences, with how the model's tokenizer meets its words (counted by
+    ``modelpress.modalities.text.TextEncoder.word_coverage``; None until a tokenizer was given)."""
+
+    words_without_tokens: int | None = None   # words read at a neighbour's position (no token of their own)
+    windowed_sentences: int | None = None     # sentences longer than max_length, read in overlapping windows
+
+    def describe(self) -> dict:
+        extra = {"words_without_tokens": self.words_without_tokens, "windowed_sentences": self.windowed_sentences}
+        return {**super().describe(), **{k: v for k, v in extra.items() if v is not None}}
 
 
 def _conllu(path: Path):
@@ -93,8 +108,6 @@ def detect_format(path: Path) -> str:
 def load_tagged(path: str | Path, *, fmt: str = "auto", label2id: Mapping[str, int],
                 num_samples: int = 0, tokens_field: str = "tokens", tags_field: str = "tags"):
     """An EvalSet of sentences (``words``) and gold tag ids (``tags``, None when untagged)."""
-    from modelpress.validate.evalsets import EvalSet
-
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: evaluation data not found")
@@ -135,5 +148,5 @@ def load_tagged(path: str | Path, *, fmt: str = "auto", label2id: Mapping[str, i
     if not sentences:
         raise BadInputError(f"{path}: no sentences")
     label_names = tuple(names[i] for i in sorted(names)) if names else ()
-    return EvalSet(words=tuple(sentences), tags=tuple(tag_ids) if tagged else None, label_names=label_names,
-                   source=str(path), format=fmt)
+    return TaggedEvalSet(words=tuple(sentences), tags=tuple(tag_ids) if tagged else None, label_names=label_names,
+                         source=str(path), format=fmt)

@@ -12,13 +12,17 @@ MODALITIES.register("causal-text", "modelpress.modalities.causal_text:CAUSAL_TEX
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from modelpress.errors import BadInputError
 from modelpress.registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -145,14 +149,71 @@ class Modality(abc.ABC):
         """Refuse (BadInputError naming the recipe key) any length the model cannot run: a bundle
         that says 100000 would crash on the first input longer than the model's positions.
         Returns the limit."""
-        from modelpress.errors import BadInputError
+        return self.fit_lengths(model_config, preprocessor, {k: Length(v) for k, v in lengths.items()}).limit
 
+    def fit_lengths(self, model_config: Any, preprocessor: Any, lengths: Mapping[str, "Length"]) -> "Fitted":
+        """Each length fitted to the model's positions: one the user wrote that does not fit is
+        refused (BadInputError naming its key), a default that does not fit is clipped to the
+        positions, with one log line for all of them (the user never asked for that length)."""
         limit = self.position_limit(model_config, preprocessor)
-        if limit is not None:
-            for key, value in lengths.items():
-                if value > limit:
-                    raise BadInputError(f"{key}: {value} is more than the {limit} positions the model takes")
-        return limit
+        if limit is None:
+            return Fitted(None, {k: n.value for k, n in lengths.items()}, {})
+        values, clipped = {}, {}
+        for key, length in lengths.items():
+            values[key] = length.value
+            if length.need > limit:
+                if length.written:
+                    raise BadInputError(f"{key}: {length.need} is more than the {limit} positions the model takes")
+                values[key] = length.fitted(limit, key)
+                clipped[key] = {"default": _plain_length(length.value), "used": _plain_length(values[key])}
+        if clipped:
+            log.info("defaults fitted to the %d positions the model takes: %s", limit,
+                     "; ".join(f"{k} {c['default']} -> {c['used']}" for k, c in clipped.items()))
+        return Fitted(limit, values, clipped)
+
+
+@dataclass(frozen=True)
+class Length:
+    """A recipe value the model must take: one length or several (``value``), each needing
+    ``extra`` positions beyond itself (a decode step at context c feeds c + 1). ``written``: the
+    user wrote it (refused when too long); else it is a default (clipped to fit)."""
+
+    value: int | tuple[int, ...]
+    extra: int = 0
+    written: bool = True
+
+    @property
+    def need(self) -> int:
+        """The positions its longest value takes."""
+        return max(_as_tuple(self.value)) + self.extra
+
+    def fitted(self, limit: int, key: str) -> int | tuple[int, ...]:
+        """The value with each length cut to what ``limit`` positions take (repeats dropped)."""
+        most = limit - self.extra
+        if most < 1:
+            raise BadInputError(f"{key}: the model takes only {limit} positions")
+        if isinstance(self.value, int):
+            return min(self.value, most)
+        return tuple(dict.fromkeys(min(v, most) for v in self.value))
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What :meth:`Modality.fit_lengths` made: the limit (None: the model has none), the value used
+    for each key, and ``{key: {"default": ..., "used": ...}}`` of the defaults it clipped."""
+
+    limit: int | None
+    values: Mapping[str, Any]
+    clipped: Mapping[str, Mapping[str, Any]]
+
+
+def _as_tuple(value: int | Sequence[int]) -> tuple[int, ...]:
+    return (value,) if isinstance(value, int) else tuple(value)
+
+
+def _plain_length(value: int | Sequence[int]) -> int | list[int]:
+    """As the report (JSON) writes it."""
+    return value if isinstance(value, int) else list(value)
 
 
 MODALITIES: Registry[Modality] = Registry("modality")

@@ -3,9 +3,11 @@ rescale, normalize as its preprocessor config says) turns images into ``pixel_va
 float32, at the one resolution the processor produces (what export fixes; the batch is dynamic).
 
 Examples are references (paths, dataset rows; ``calibration_data.images``), opened and processed
-one batch at a time. Images are made RGB by transformers' own ``convert_to_rgb`` (transparency
-onto white, grayscale to three channels). The PIL backend of the processors is used: the default one
-needs torchvision, which the CPU install does not carry.
+one batch at a time, each made an H×W×3 uint8 RGB array by ``calibration_data.images.open_image``
+(16-bit scaled, palette / CMYK / grayscale converted, transparency onto white, too small or too large
+refused) and handed to the processor as channels last, said explicitly: left to infer the layout, a
+processor reads a 3-pixel-high image as channels first. The PIL backend of the processors is used: the
+default one needs torchvision, which the CPU install does not carry.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ class ImageEncoder(Encoder):
         if not examples:
             raise BadInputError("no images to encode")
         images = [open_image(e) for e in examples]
-        pixels = self.processor(images=images, return_tensors="np")[INPUT]
+        pixels = self.processor(images=images, return_tensors="np", input_data_format="channels_last")[INPUT]
         return Batch({INPUT: np.ascontiguousarray(pixels, dtype=np.float32)})
 
     def timing_lengths(self, seq_lengths: Sequence[int]) -> tuple[int | None, ...]:

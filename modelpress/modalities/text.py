@@ -3,12 +3,19 @@ into ``input_ids`` / ``attention_mask`` / ``token_type_ids``, all ``[batch, sequ
 
 Words map to tokens through character offsets (fast tokenizers), not ``is_split_into_words``:
 byte-level BPE tokenizers (RoBERTa, GPT-2) then need no ``add_prefix_space``, and a word's first
-sub-token is the first token whose last character lies inside it.
+sub-token is the first token whose last character lies inside it. Every word gets a position
+(:class:`WordBatch`): a word the tokenizer turns into no token at all (a zero-width space, a BOM,
+NUL, a soft hyphen, an empty string) is read at the next word's first sub-token (the previous
+word's when none follows), and a sentence longer than ``max_length`` is read in windows that
+overlap by half their content, like the ``stride`` of transformers' token-classification
+pipeline; each word is read in the window where its first sub-token has the most context on both
+sides (the "max context" rule of BERT's doc stride for SQuAD).
 """
 from __future__ import annotations
 
 import bisect
 import inspect
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -29,11 +36,29 @@ EXAMPLE_SEQ, PARITY_SEQ = 16, 23
 OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text"})
 
 
+@dataclass(frozen=True)
+class WordBatch(Batch):
+    """A batch of word lists: ``first_tokens[i][w]`` is the position word ``w`` of example ``i`` is
+    read at, in feed row ``word_rows[i][w]`` (a long sentence spans several rows: its windows)."""
+
+    word_rows: tuple[np.ndarray, ...] = ()
+    #: per example, per word: True where the word has no token of its own (read at a neighbour's)
+    tokenless: tuple[np.ndarray, ...] = ()
+    #: per example: the feed rows (windows) it was read in
+    windows: tuple[int, ...] = ()
+
+
 class TextEncoder(Encoder):
-    def __init__(self, tokenizer: Any, *, input_names: Sequence[str], max_length: int) -> None:
+    """``window_words``: word lists longer than ``max_length`` are read in overlapping windows, so
+    that every word gets a position (validation and the bundle); without it they are truncated and
+    only the words the truncation reached get one (distillation labels the tokens of its own rows)."""
+
+    def __init__(self, tokenizer: Any, *, input_names: Sequence[str], max_length: int,
+                 window_words: bool = False) -> None:
         self.tokenizer = tokenizer
         self.input_names = tuple(input_names)
         self.max_length = max_length
+        self.window_words = window_words
 
     def _texts(self, examples: Sequence[Any]) -> tuple[list[str], list[list[int]] | None]:
         """The strings to tokenize and, for word lists, each word's first character."""
@@ -49,30 +74,98 @@ class TextEncoder(Encoder):
             starts.append(offsets)
         return texts, starts
 
+    def overlap(self) -> int:
+        """Tokens two consecutive windows share: half of what a window holds besides the special
+        tokens, so that every word but those at a sentence's ends is read with at least a quarter
+        window of context on each side."""
+        content = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
+        if content < 1:
+            raise BadInputError(f"validate.max_length: {self.max_length} leaves no position for a word beside the "
+                                f"tokenizer's {self.max_length - content} special tokens")
+        return content // 2
+
     def encode(self, examples: Sequence[Any], *, pad_to: int | None = None) -> Batch:
         texts, starts = self._texts(examples)
+        if starts is not None:
+            return self._encode_words(texts, starts, [len(words) for words in examples], pad_to=pad_to)
         enc = self.tokenizer(texts, truncation=True, return_tensors="np", max_length=pad_to or self.max_length,
-                             padding="max_length" if pad_to else "longest",
-                             return_offsets_mapping=starts is not None)
+                             padding="max_length" if pad_to else "longest")
+        return Batch({k: np.ascontiguousarray(enc[k], dtype=np.int64) for k in self.input_names if k in enc})
+
+    def _encode_words(self, texts: list[str], starts: list[list[int]], counts: list[int], *,
+                      pad_to: int | None) -> WordBatch:
+        # a batch padded to a length (latency timing) keeps its shape: truncated, never windowed
+        windowed = self.window_words and pad_to is None
+        enc = self.tokenizer(texts, truncation=True, return_tensors="np", max_length=pad_to or self.max_length,
+                             padding="max_length" if pad_to else "longest", return_offsets_mapping=True,
+                             **(dict(return_overflowing_tokens=True, stride=self.overlap()) if windowed else {}))
+        owner = np.asarray(enc["overflow_to_sample_mapping"]) if windowed else np.arange(len(texts))
+        if enc["input_ids"].shape[1] == 0:  # empty texts and no special tokens: give the model one position
+            enc = self.tokenizer(texts, return_tensors="np", max_length=1, padding="max_length",
+                                 return_offsets_mapping=True)
+            owner = np.arange(len(texts))
         feed = {k: np.ascontiguousarray(enc[k], dtype=np.int64) for k in self.input_names if k in enc}
-        if starts is None:
-            return Batch(feed)
-        firsts = []
-        for offsets, word_starts, mask in zip(enc["offset_mapping"], starts, enc["attention_mask"]):
-            first: dict[int, int] = {}
-            for t, (s, e) in enumerate(offsets):
-                if e > s and mask[t]:
-                    first.setdefault(bisect.bisect_right(word_starts, int(e) - 1) - 1, t)
-            # words cut off by truncation have no token; those kept are a prefix of the sentence
-            n = 0
-            while n in first:
-                n += 1
-            firsts.append(np.array([first[w] for w in range(n)], dtype=np.int64))
-        return Batch(feed, first_tokens=tuple(firsts))
+        rows, firsts, tokenless, windows = [], [], [], []
+        for i, (word_starts, count) in enumerate(zip(starts, counts)):
+            mine = np.flatnonzero(owner == i)
+            window, first, missing = _word_positions([enc["offset_mapping"][r] for r in mine],
+                                                     [enc["attention_mask"][r] for r in mine], word_starts, count,
+                                                     every_word=windowed)
+            rows.append(mine[window])
+            firsts.append(first)
+            tokenless.append(missing)
+            windows.append(len(mine))
+        return WordBatch(feed, first_tokens=tuple(firsts), word_rows=tuple(rows), tokenless=tuple(tokenless),
+                         windows=tuple(windows))
+
+    def word_coverage(self, sentences: Sequence[Sequence[str]], *, batch_size: int = 64) -> dict[str, int]:
+        """How the words of ``sentences`` meet the tokenizer, counted by the encoding itself:
+        ``words_without_tokens`` (read at a neighbour's position) and ``windowed_sentences``
+        (longer than ``max_length``: read in more than one window)."""
+        without = windowed = 0
+        for start in range(0, len(sentences), batch_size):
+            batch = self.encode([list(s) for s in sentences[start:start + batch_size]])
+            without += sum(int(missing.sum()) for missing in batch.tokenless)
+            windowed += sum(1 for n in batch.windows if n > 1)
+        return {"words_without_tokens": without, "windowed_sentences": windowed}
 
     def lengths(self, examples: Sequence[Any]) -> list[int]:
         texts, _ = self._texts(examples)
         return [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]]
+
+
+def _word_positions(offsets: Sequence[np.ndarray], masks: Sequence[np.ndarray], word_starts: Sequence[int],
+                    count: int, *, every_word: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One sentence read in ``len(offsets)`` windows: per word, the window and position of its first
+    sub-token, and whether it has no token of its own. ``every_word``: all ``count`` words get one;
+    else (truncation) the words up to the last one the truncation reached."""
+    first: dict[int, tuple[int, int]] = {}     # word -> its first sub-token, as (end, start) offsets
+    best: dict[tuple[int, int], tuple[int, int, int]] = {}   # token -> (context, -window, position)
+    for k, (offs, mask) in enumerate(zip(offsets, masks)):
+        # special tokens and padding have empty offsets; context is counted in the window's real tokens
+        real = [t for t, (s, e) in enumerate(offs) if e > s and mask[t]]
+        for j, t in enumerate(real):
+            token = (int(offs[t][1]), int(offs[t][0]))
+            word = bisect.bisect_right(word_starts, token[0] - 1) - 1
+            if word not in first or token < first[word]:
+                first[word] = token
+            # a token two windows share is read where it has more context (the earlier window on a tie)
+            best[token] = max(best.get(token, (-1, 0, 0)), (min(j, len(real) - 1 - j), -k, t))
+    n = count if every_word else (max(first) + 1 if first else 0)
+    own = [(-best[first[w]][1], best[first[w]][2]) if w in first else None for w in range(n)]
+    # a word without a token: the next word's position, else the previous word's, else (no word has
+    # a token) the first window's first position
+    fill, following = list(own), None
+    for w in range(n - 1, -1, -1):
+        following = own[w] or following
+        fill[w] = following
+    previous = (0, 0)
+    for w in range(n):
+        previous = own[w] or previous
+        fill[w] = fill[w] or previous
+    rows = np.array([r for r, _ in fill], dtype=np.int64).reshape(n)
+    positions = np.array([t for _, t in fill], dtype=np.int64).reshape(n)
+    return rows, positions, np.array([o is None for o in own], dtype=bool).reshape(n)
 
 
 class TextModality(Modality):
@@ -113,7 +206,7 @@ class TextModality(Modality):
 
     def encoder(self, tokenizer: Any, *, input_names: Sequence[str], max_length: int,
                 input_shapes: Mapping[str, Sequence[Any]] | None = None) -> TextEncoder:
-        return TextEncoder(tokenizer, input_names=input_names, max_length=max_length)
+        return TextEncoder(tokenizer, input_names=input_names, max_length=max_length, window_words=True)
 
     def export_examples(self, tokenizer: Any, input_names: Sequence[str]) -> tuple[dict, dict]:
         import torch

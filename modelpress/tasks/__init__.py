@@ -135,6 +135,12 @@ class Task:
         """The metric the gate judges when the recipe says ``gate.metric = "auto"``."""
         raise NotImplementedError
 
+    #: the fewest units (the gated metric's interval's: pairs, texts, sentences, windows, ...) the
+    #: gate decides on: below it the verdict is FAIL, "too small to decide", whatever the policy. A
+    #: percentile bootstrap interval needs about 30 independent units before its 95 % means 95 %
+    #: (fewer: it is too narrow, and a lucky draw passes); each task states its own.
+    min_n: ClassVar[int] = 30
+
     #: ``[validate]`` keys whose values are lengths the model must take (beyond max_length, seq_lengths)
     length_keys: ClassVar[tuple[str, ...]] = ()
 

@@ -76,6 +76,7 @@ class FeatureExtraction(Task):
         losses=frozenset({"embedding_mse", "embedding_cos", "similarity_mse", "hidden_mse", "attention_kl"}),
         defaults={"embedding_mse": 1.0, "embedding_cos": 1.0})
     api: ClassVar[tuple[str, ...]] = ("embed",)
+    min_n: ClassVar[int] = 30   # pairs (spearman) or texts (cosine): what the gate's interval resamples
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -137,7 +138,9 @@ class FeatureExtraction(Task):
 
         class EmbeddingBundle(Bundle):
             def embed(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-                """Sentence embeddings, [n_texts, dim] (a single string gives [1, dim])."""
-                return self.predict(self._texts(texts), batch_size=batch_size)
+                """Sentence embeddings, [n_texts, dim] (a single string gives [1, dim]; no texts, [0, dim])."""
+                texts = self._texts(texts)
+                # no texts: one empty text's run gives the width, so the result is [0, dim] as for any count
+                return self.predict(texts or [""], batch_size=batch_size)[:len(texts)]
 
         return EmbeddingBundle

@@ -25,6 +25,7 @@ class ImageClassification(TextClassification):
     auto_class: ClassVar[str] = "AutoModelForImageClassification"
     eval_formats: ClassVar[tuple[str, ...]] = ("images",)
     unit: ClassVar[str] = "images"
+    min_n: ClassVar[int] = 30   # images: fewer and the gate says "too small to decide"
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="logits", losses=frozenset({"kl", "ce"}), defaults={"kl": 1.0}, label_loss="ce")
 
@@ -41,9 +42,13 @@ class ImageClassification(TextClassification):
 
         class ImageClassifierBundle(Bundle):
             def classify(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
-                """Class probabilities, [n_images, n_classes]: paths, PIL images or HxWxC uint8
-                arrays (one of them gives [1, n_classes])."""
-                return softmax(self.predict(_as_list(images), batch_size=batch_size))
+                """Class probabilities, [n_images, n_classes]: paths, PIL images or HxW / HxWxC
+                arrays, channels last (uint8; uint16 scaled by value; floats in 0..1), made RGB as
+                ``calibration_data.images.open_image`` says (one of them gives [1, n_classes])."""
+                images = _as_list(images)
+                if not images:  # no images: [0, n_classes], as for any count
+                    return np.zeros((0, len(self.labels)), dtype=np.float32)
+                return softmax(self.predict(images, batch_size=batch_size))
 
             @property
             def labels(self) -> list[str]:
@@ -57,4 +62,7 @@ def _as_list(images: Any) -> list[Any]:
     """One image or a sequence of them (a path, a PIL image and an array are one image each)."""
     if isinstance(images, (str, Path)) or hasattr(images, "getbands") or getattr(images, "ndim", 0) in (2, 3):
         return [images]
+    if images is None or isinstance(images, (bytes, bytearray, int, float)) or not hasattr(images, "__iter__"):
+        raise TypeError(f"classify(): images must be an image (a path, a PIL image, an array) or a list of them, "
+                        f"got {type(images).__name__}")
     return list(images)

@@ -32,6 +32,7 @@ class TextClassification(Task):
     needs_labels: ClassVar[bool] = True
     api: ClassVar[tuple[str, ...]] = ("classify",)
     unit: ClassVar[str] = "texts"   # what the gate's interval resamples
+    min_n: ClassVar[int] = 30       # texts: fewer and the gate says "too small to decide"
 
     def torch_target(self, model_output: Any, inputs: Mapping[str, Any]) -> Any:
         return model_output.logits
@@ -72,8 +73,11 @@ class TextClassification(Task):
 
         class ClassifierBundle(Bundle):
             def classify(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-                """Class probabilities, [n_texts, n_classes] (a single string gives [1, n_classes])."""
-                return softmax(self.predict(self._texts(texts), batch_size=batch_size))
+                """Class probabilities, [n_texts, n_classes] (a single string gives [1, n_classes];
+                no texts, [0, n_classes])."""
+                texts = self._texts(texts)
+                # no texts: one empty text's run gives the width, so the result is [0, n_classes]
+                return softmax(self.predict(texts or [""], batch_size=batch_size))[:len(texts)]
 
             @property
             def labels(self) -> list[str]:

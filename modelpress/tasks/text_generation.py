@@ -41,6 +41,7 @@ class TextGeneration(Task):
                                                  defaults={"kl": 1.0})
     api: ClassVar[tuple[str, ...]] = ("generate",)
     unit: ClassVar[str] = "windows"
+    min_n: ClassVar[int] = 30   # windows (prompts for greedy_agreement): fewer and the gate says "too small to decide"
     length_keys: ClassVar[tuple[str, ...]] = ("decode_contexts",)
     engines: ClassVar[bool] = False   # a KV cache needs a profile per input; no GPU here to build one
 
@@ -162,21 +163,33 @@ class TextGeneration(Task):
         from modelpress.bundle import Bundle
 
         class GeneratorBundle(Bundle):
-            def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int = 32, stream: bool = False,
-                         chat: bool = False, **options: Any):
-                """Text from the bundle's model: a str for one prompt, a list for several, an iterator
-                of pieces with ``stream=True``. ``options``: ``do_sample``, ``temperature``, ``top_k``,
-                ``top_p``, ``seed``, ``stop_token_ids`` (``modelpress.generation``)."""
+            def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int | None = None,
+                         stream: bool = False, chat: bool = False, truncate: bool = False, **options: Any):
+                """Text from the bundle's model: a str for one prompt, a list for several (an empty
+                list for none), an iterator of pieces with ``stream=True``. A prompt and its new
+                tokens must fit the model's positions: ``max_new_tokens`` (default 32, cut to what
+                fits) past them is refused, and so is a longer prompt unless ``truncate=True`` keeps
+                its last tokens. ``options``: ``do_sample``, ``temperature`` (> 0), ``top_k`` (≥ 0),
+                ``top_p`` (in (0, 1]), ``seed``, ``stop_token_ids`` (``modelpress.generation``)."""
                 return self.generator.generate(prompts, max_new_tokens=max_new_tokens, stream=stream, chat=chat,
-                                               **options)
+                                               truncate=truncate, **options)
 
             @property
             def generator(self):
                 from modelpress.generation import TextGenerator
 
                 if self.__dict__.get("_generator") is None:
-                    self._generator = TextGenerator(self.runner, self.encoder.tokenizer, layout=self.encoder.layout)
+                    self._generator = TextGenerator(self.runner, self.encoder.tokenizer, layout=self.encoder.layout,
+                                                    max_positions=self.max_positions)
                 return self._generator
+
+            @property
+            def max_positions(self) -> int | None:
+                """The positions the model takes (a prompt and its new tokens share them)."""
+                from modelpress.modalities import get_modality
+
+                return (self.meta.get("max_positions")
+                        or get_modality(self.task.modality).position_limit(None, self.encoder.tokenizer))
 
         return GeneratorBundle
 

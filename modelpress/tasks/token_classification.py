@@ -1,5 +1,9 @@
 """token-classification: a label per word (POS tags, named entities), from a token-classification
-model's ``logits`` [batch, tokens, labels], read at the first sub-token of each word.
+model's ``logits`` [batch, tokens, labels], read at the first sub-token of each word. Every input
+word gets exactly one tag (``modelpress.modalities.text``): a word the tokenizer turns into no
+token (a zero-width space, a BOM, NUL, a soft hyphen, "") takes the next word's (the previous
+word's at the end), and a sentence longer than ``max_length`` is read in overlapping windows; the
+report's ``eval`` counts both (``words_without_tokens``, ``windowed_sentences``).
 
 Metrics against the teacher, per word: top-1 agreement, mean KL(teacher ‖ model); against gold
 tags when the eval set has them: word accuracy, and entity-level F1 (conlleval's chunk rules) when
@@ -10,13 +14,16 @@ Calibration reads plain text; distillation compares token logits (KL, + cross-en
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,14 +39,17 @@ class TokenClassification(Task):
         label_loss="ce")
     needs_labels: ClassVar[bool] = True
     api: ClassVar[tuple[str, ...]] = ("tag",)
+    min_n: ClassVar[int] = 30   # sentences: the interval resamples whole sentences, a cluster bootstrap needs ~30
 
     def prepare(self, examples: Sequence[Any]) -> list[Any]:
         """Each example as its words: a string is split on whitespace, a list is taken as words."""
         return [e.split() if isinstance(e, str) else [str(w) for w in e] for e in examples]
 
     def postprocess(self, outputs: Mapping[str, np.ndarray], batch: Any) -> list[np.ndarray]:
+        """Per example, [words, labels]: each word's logits, in the feed row (window) it is read in."""
         logits = np.asarray(outputs[self.output_name], dtype=np.float32)
-        return [logits[i, first] for i, first in enumerate(batch.first_tokens)]
+        rows = getattr(batch, "word_rows", None) or [np.full(len(f), i) for i, f in enumerate(batch.first_tokens)]
+        return [logits[row, first] for row, first in zip(rows, batch.first_tokens)]
 
     def torch_target(self, model_output: Any, inputs: Mapping[str, Any]) -> Any:
         return model_output.logits
@@ -48,9 +58,25 @@ class TokenClassification(Task):
         from modelpress.validate.tagged import load_tagged
 
         label2id = dict(getattr(model_config, "label2id", None) or {})
-        return load_tagged(path, fmt=cfg.eval_format, label2id=label2id, num_samples=cfg.num_samples,
-                           tokens_field=cfg.text_field if cfg.text_field != "text" else "tokens",
-                           tags_field=cfg.label_field if cfg.label_field != "label" else "tags")
+        es = load_tagged(path, fmt=cfg.eval_format, label2id=label2id, num_samples=cfg.num_samples,
+                         tokens_field=cfg.text_field if cfg.text_field != "text" else "tokens",
+                         tags_field=cfg.label_field if cfg.label_field != "label" else "tags")
+        return es if preprocessor is None else self.with_coverage(es, preprocessor, max_length=cfg.max_length)
+
+    def with_coverage(self, es: Any, tokenizer: Any, *, max_length: int) -> Any:
+        """``es`` with the count of its words that have no token and of its sentences that are
+        windowed, as validation's encoder (the text modality's, at ``max_length``) reads them."""
+        from modelpress.modalities import get_modality
+
+        encoder = get_modality(self.modality).encoder(tokenizer, input_names=("input_ids", "attention_mask"),
+                                                      max_length=max_length)
+        counts = encoder.word_coverage(es.words)
+        if any(counts.values()):
+            log.info(
+                "%s: %d word(s) have no token of their own (each is tagged at the next word's first "
+                "sub-token); %d sentence(s) are longer than max_length %d (read in overlapping windows)",
+                es.source, counts["words_without_tokens"], counts["windowed_sentences"], max_length)
+        return replace(es, **counts)
 
     def reference_metrics(self, teacher_out: list[np.ndarray], es: Any) -> dict[str, float]:
         from modelpress.validate import metrics as M
@@ -115,7 +141,10 @@ class TokenClassification(Task):
             def tag(self, texts: str | Sequence[str | Sequence[str]], *,
                     batch_size: int = 32) -> list[list[tuple[str, str, float]]]:
                 """Per text (a string, split on whitespace, or a list of words): ``(word, label,
-                probability)`` for every word the model's length limit reaches."""
+                probability)`` for every word, in order. A text longer than the model's length
+                limit is read in overlapping windows; a word the tokenizer makes no token of (a
+                zero-width space, a BOM, "") gets the next word's tag (the previous word's at
+                the end)."""
                 examples = self.task.prepare(self._texts(texts))
                 names = self.label_names()
                 out = []

@@ -32,7 +32,7 @@ class QuantizeConfig:
     nodes_to_exclude: tuple[str, ...] = ()          # node names kept fp32
     per_channel: bool = True             # per-output-channel weight scales
     symmetric_activations: bool | None = None  # None: from the preset
-    reduce_range: bool | None = None     # 7-bit weights (±63); None: where this CPU's int8 GEMM saturates
+    reduce_range: bool | None = None     # 7-bit weights (±63); None: where the target's int8 GEMM saturates
     exclude_padding: bool = True         # calibrate on real tokens only (attention_mask == 1)
     smoothquant: bool = True             # migrate activation outliers into weights (SmoothQuant)
     smoothquant_alpha: float = 0.8       # migration strength, 0..1
@@ -89,10 +89,19 @@ class QuantizeConfig:
         """Whether the written graph is what TensorRT's explicit quantization reads (Q/DQ, zero point 0)."""
         return self.graph_format == "qdq" and self.activation_symmetric
 
+    def for_target(self, target: Any) -> "QuantizeConfig":
+        """This config with its CPU-dependent choices pinned to ``target`` (``runtimes.target.Target``):
+        7-bit weights for the onnxruntime preset where the target's int8 GEMM saturates. A
+        ``reduce_range`` the recipe wrote wins."""
+        if self.reduce_range is not None:
+            return self
+        return replace(self, reduce_range=self.preset == "onnxruntime" and target.int8_gemm_saturates)
+
     @property
     def weight_qmax(self) -> int:
         """±127, or ±63 (ONNX Runtime's ``reduce_range``) for the onnxruntime preset on an x86 CPU
-        without VNNI, whose u8×s8 GEMM saturates int16 pair sums (``runtimes.cpu``)."""
+        without VNNI, whose u8×s8 GEMM saturates int16 pair sums (``runtimes.cpu``). Unpinned
+        (:meth:`for_target` not called), the target is the build machine."""
         reduce = self.reduce_range
         if reduce is None:
             from modelpress.runtimes.cpu import int8_gemm_saturates

@@ -1,7 +1,8 @@
 """The quantize stage of a run: one calibration plan → ``model.int8.onnx`` (static, or the
 accuracy-aware search), its per-node analysis (``analysis.json``, the sensitivity plot),
 ``quantization.json``, and the TensorRT Q/DQ twin of the same plan when an engine is wanted.
-``analyze_run`` re-plans a finished run for ``modelpress analyze``."""
+``analyze_run`` re-plans a finished run for ``modelpress analyze`` and writes beside the bundle
+(``<run>.analysis/``), never into it."""
 from __future__ import annotations
 
 import json
@@ -128,19 +129,22 @@ def seed_variants(onnx_path: Path, feeds_by_seed: Iterable[tuple[int, Iterable[M
     return out
 
 
-def analyze_run(run_dir: Path, out_dir: Path):
+def analyze_run(run_dir: Path, out_dir: Path | None = None):
     """``modelpress analyze``: re-plan the run's quantization (same recipe and calibration data, the
-    calibration method it chose) and write analysis.json + plots/sensitivity.png into ``out_dir``
-    (the bundle's own files, listed in its manifest, are left untouched)."""
+    calibration method it chose) and write analysis.json + plots/sensitivity.png into ``out_dir``,
+    by default ``<run_dir>.analysis`` beside the bundle. Never inside a bundle (BadInputError): a
+    file its manifest does not list would make ``gate`` and ``load()`` refuse it."""
     from modelpress.bundle import read_bundle_meta
     from modelpress.calibration_data.feeds import ExampleFeed
     from modelpress.modalities import get_modality
-    from modelpress.paths import RunPaths
+    from modelpress.paths import RunPaths, analysis_dir, refuse_inside_bundle
     from modelpress.recipe import load_recipe
     from modelpress.runtimes.quantize.analysis import analyze_plan
     from modelpress.runtimes.quantize.static import plan_quantization
     from modelpress.tasks import task_from_dict
 
+    out_dir = Path(out_dir) if out_dir is not None else analysis_dir(Path(run_dir))
+    refuse_inside_bundle(out_dir)
     paths = RunPaths(Path(run_dir))
     for needed in (paths.model_onnx, paths.recipe, paths.bundle_json, paths.quantization_json):
         if not needed.exists():
