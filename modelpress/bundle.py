@@ -12,11 +12,14 @@ without one is refused), its verdict is not ``fail`` (a run whose gate failed is
 ``<name>.rejected/``; ``allow_failed=True`` opens it for inspection), and with
 ``require_signature=PUBLIC_KEY_PEM`` its ``model.sig`` verifies against that key (``modelpress sign``;
 the optional ``model-signing`` package) — a model swapped and re-hashed in the manifest passes the
-checksums but not the signature.
+checksums but not the signature. ``bundle.json`` records the CPU target the bundle was pressed for
+(``runtimes.target``); on a CPU without that level's instructions ``load`` warns once, or refuses
+with ``strict=True``.
 """
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -33,14 +36,42 @@ INT8_MODEL = "model.int8.onnx"
 def write_bundle_meta(root: Path, *, task: Any, input_names: Sequence[str], max_length: int,
                       max_positions: int | None = None, label_names: Sequence[str] = (),
                       runtimes: Sequence[str] = ("onnxruntime",),
-                      input_shapes: Mapping[str, Sequence[int | None]] | None = None) -> None:
+                      input_shapes: Mapping[str, Sequence[int | None]] | None = None,
+                      target: Mapping[str, Any] | None = None) -> None:
     from modelpress.fileio import write_json
 
     write_json(root / BUNDLE_META, {"task": task.describe(), "input_names": list(input_names),
                                     "input_shapes": dict(input_shapes or {}),
                                     "max_length": max_length, "max_positions": max_positions,
                                     "label_names": list(label_names),
-                                    "runtimes": {r: BUNDLE_RUNTIMES[r] for r in runtimes}})
+                                    "runtimes": {r: BUNDLE_RUNTIMES[r] for r in runtimes},
+                                    "target": dict(target) if target else None})
+
+
+#: targets already warned about in this process (``load()`` warns once per target)
+_WARNED_TARGETS: set[str] = set()
+
+
+def check_target(meta: Mapping[str, Any], *, strict: bool = False) -> list[str]:
+    """The instruction flags of the bundle's target that this CPU lacks. A bundle pressed for another
+    CPU runs here, but with other kernels (int8 weights that saturate on a CPU without VNNI) and other
+    timings than its report shows: warned once per target, refused with ``strict``."""
+    from modelpress.runtimes.target import Target, missing_flags
+
+    described = meta.get("target")
+    if not described:  # bundles from before targets were recorded
+        return []
+    target = Target.from_dict(described)
+    missing = missing_flags(target)
+    if missing:
+        message = (f"this bundle was pressed for the {target.name} CPU level; this CPU lacks "
+                   f"{', '.join(missing)}: its int8 results and timings may differ from its report")
+        if strict:
+            raise BadInputError(f"{message} (strict=True)")
+        if target.name not in _WARNED_TARGETS:
+            _WARNED_TARGETS.add(target.name)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return missing
 
 
 def bundle_model_file(meta: dict[str, Any], runtime: str | None) -> tuple[str, str]:
@@ -71,10 +102,11 @@ class Bundle(Predictor):
     def __init__(self, root: Path, *, model_file: str | None = None, runtime: str | None = None,
                  threads: int = 0, verify: bool = True, name: str | None = None,
                  runner_options: dict[str, Any] | None = None, allow_failed: bool = False,
-                 require_signature: str | Path | None = None):
+                 require_signature: str | Path | None = None, strict: bool = False):
         self.root = Path(root)
         _prove(self.root, verify=verify, allow_failed=allow_failed, require_signature=require_signature)
         meta = read_bundle_meta(self.root)
+        check_target(meta, strict=strict)
         task = task_from_dict(meta["task"])
         modality = get_modality(task.modality)
         preprocessor = modality.load_preprocessor(str(self.root / modality.preprocessor_dir))
@@ -155,7 +187,7 @@ def _prove(root: Path, *, verify: bool, allow_failed: bool, require_signature: s
 
 def load(bundle_dir: str | Path, *, runtime: str | None = None, model_file: str | None = None,
          threads: int = 0, verify: bool = True, allow_failed: bool = False,
-         require_signature: str | Path | None = None, **runner_options: Any) -> Bundle:
+         require_signature: str | Path | None = None, strict: bool = False, **runner_options: Any) -> Bundle:
     """The bundle at ``bundle_dir``, as its task's bundle class (methods: ``task.api``).
     ``runtime``: one the bundle was built for (``bundle.json`` lists them; default its first);
     ``runner_options`` go to that runner (OpenVINO: ``precision="bf16"``).
@@ -163,8 +195,11 @@ def load(bundle_dir: str | Path, *, runtime: str | None = None, model_file: str 
     added or missing file is an error); validation turns it off for the run's own unpublished
     staging folder. ``allow_failed``: open a bundle whose gate failed (``<name>.rejected/``), for
     inspection; refused otherwise. ``require_signature``: the signer's public key (PEM); the
-    bundle's ``model.sig`` must verify against it (``modelpress sign``) before the model is loaded."""
+    bundle's ``model.sig`` must verify against it (``modelpress sign``) before the model is loaded.
+    ``strict``: refuse a bundle pressed for a CPU level whose instructions this CPU lacks (else a
+    warning, once per target)."""
     meta = read_bundle_meta(Path(bundle_dir))
     cls = task_from_dict(meta["task"]).bundle_class()
     return cls(Path(bundle_dir), model_file=model_file, runtime=runtime, threads=threads, verify=verify,
-               runner_options=runner_options, allow_failed=allow_failed, require_signature=require_signature)
+               runner_options=runner_options, allow_failed=allow_failed, require_signature=require_signature,
+               strict=strict)

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     from modelpress.recipe import ExportConfig, GateConfig
     from modelpress.runtimes.quantize.config import CALIBRATION_METHODS, FORMATS, PRESETS
     from modelpress.runtimes.registry import BUNDLE_RUNTIMES
+    from modelpress.runtimes.target import TARGET_CHOICES
     from modelpress.tasks import task_names
 
     parser = _Parser(prog="modelpress", description=__doc__.splitlines()[0])
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="all stages of a recipe into <out>/<name>/ (a failed gate: <out>/<name>.rejected/, exit 3)")
     _recipe_args(p)
+    p.add_argument("--target", choices=TARGET_CHOICES, default=None,
+                   help="the CPU the bundle is for (default: the recipe's target; auto = this machine)")
 
     p = sub.add_parser("distill", help="train the student of a recipe (torchrun-compatible)")
     _recipe_args(p)
@@ -94,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESETS)
     p.add_argument("--format", choices=FORMATS)
     p.add_argument("--no-smoothquant", action="store_true")
+    p.add_argument("--target", choices=TARGET_CHOICES, default=None,
+                   help="the CPU the int8 model is for (7-bit weights where its int8 GEMM saturates; "
+                        "default: --recipe's target, else auto = this machine)")
     p.add_argument("--exclude", nargs="*", default=None, metavar="NODE",
                    help="kept fp32: ONNX node names or module paths (encoder.layer.3.output.dense)")
     _from_recipe(p)
@@ -201,7 +207,8 @@ def cmd_run(args) -> int:
     from modelpress.pipeline import run_recipe
     from modelpress.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    overrides = [*args.overrides, *([f'target="{args.target}"'] if args.target else [])]
+    recipe = load_recipe(args.recipe, overrides)
     outcome = run_recipe(recipe, Path(args.out))
     if outcome.rejected:
         kept = outcome.bundle.with_name(recipe.name)
@@ -278,7 +285,10 @@ def cmd_quantize(args) -> int:
     changes = {"calibration_method": args.method, "percentile": args.percentile, "preset": args.preset,
                "format": args.format, "smoothquant": False if args.no_smoothquant else None,
                "nodes_to_exclude": tuple(args.exclude) if args.exclude is not None else None}
-    cfg = base.with_(**{k: v for k, v in changes.items() if v is not None})
+    from modelpress.runtimes.target import resolve_target
+
+    cfg = base.with_(**{k: v for k, v in changes.items() if v is not None}).for_target(
+        resolve_target(args.target or (recipe.target if recipe else "auto")))
     cal = section_config(CalibrationConfig, "calibration", {
         "data": _pick(args.data, recipe, "calibration", "data", CalibrationConfig),
         "text_field": _pick(args.text_field, recipe, "calibration", "text_field", CalibrationConfig),

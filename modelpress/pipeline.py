@@ -25,6 +25,7 @@ from modelpress.modalities import get_modality
 from modelpress.models import load_model, load_model_and_preprocessor, resolve_model_ref
 from modelpress.paths import RunPaths, publish, recover, refuse_inside_bundle, rejected_dir, staging_dir
 from modelpress.recipe import Recipe
+from modelpress.runtimes.target import resolve_target
 from modelpress.tasks import configure_task
 from modelpress.validate.gate import GateResult
 
@@ -81,6 +82,10 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
     task = configure_task(recipe.task, recipe.task_options,
                           model_dir=teacher_ref if Path(teacher_ref).is_dir() else None)
     modality = get_modality(task.modality)
+    # every CPU-dependent choice of the plan follows the target, not this machine (7-bit weights)
+    target = resolve_target(recipe.target)
+    recipe = recipe.with_(quantize=recipe.quantize.for_target(target))
+    log.info("target %s (%s)", target.name, "this machine" if target.detected else "declared")
     cal, v = recipe.calibration, recipe.validate
 
     engine_wanted = recipe.engine is not None and recipe.engine.enabled
@@ -135,7 +140,7 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
                            openvino="openvino" in v.runtimes)
     write_bundle_meta(staging, task=task, input_names=names, max_length=v.max_length, max_positions=limit,
                       label_names=_label_names(deployed.config) if task.needs_labels else [],
-                      runtimes=v.runtimes, input_shapes=shapes)
+                      runtimes=v.runtimes, input_shapes=shapes, target=target.describe())
     engines = []
     if engine_wanted:
         from modelpress.runtimes.tensorrt.stage import build_engines
@@ -179,6 +184,7 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
                             eval_set=es, name=recipe.name, variants=variants,
                             other_runtimes=[bundle_on(r) for r in v.runtimes[1:]])
     report["defaults_clipped"] = dict(fitted.clipped)
+    report["target"] = target.describe()
     report["export"] = exported.report_section()
     report["quantization"] = quant.report_section(recipe.quantize.mode)
     if seeds:

@@ -30,6 +30,7 @@ from modelpress.errors import BadInputError
 from modelpress.paths import SIBLING_SUFFIXES
 from modelpress.runtimes.quantize.config import QuantizeConfig
 from modelpress.runtimes.registry import BUNDLE_RUNTIMES
+from modelpress.runtimes.target import TARGET_CHOICES
 from modelpress.runtimes.tensorrt.config import EngineConfig
 from modelpress.tasks import configure_task, get_task, task_names
 
@@ -126,6 +127,7 @@ class Recipe:
     trust_remote_code: bool = False    # let transformers run code shipped with the model
     allow_new_heads: bool = False      # a checkpoint without the task's head gets a new one (seeded by seed)
     seed: int = 0                      # seeds what a run initialises (allow_new_heads)
+    target: str = field(default="auto", metadata={"choices": TARGET_CHOICES})  # the CPU the bundle is for: auto (this machine) or a level
     task_options: Mapping[str, Any] = field(default_factory=dict)  # the task's options (README, per task)
     distill: DistillConfig | None = None
     export: ExportConfig = field(default_factory=ExportConfig)

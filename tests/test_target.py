@@ -95,3 +95,54 @@ def test_weight_range_follows_the_target_not_the_build_machine(fake_cpu, tmp_pat
     # a reduce_range the recipe wrote wins over the target
     assert QuantizeConfig(reduce_range=False).for_target(T.resolve_target("x86-64-v3")).weight_qmax == 127
     assert QuantizeConfig(preset="tensorrt").for_target(T.resolve_target("x86-64-v3")).weight_qmax == 127
+
+
+def test_a_run_for_a_declared_target_records_it_and_follows_it(tiny_bert, data_files, tmp_path, capsys):
+    """``modelpress run --target x86-64-v3`` on any build machine: 7-bit weights, the target in
+    bundle.json and the report; the bundle opens here without a word (this CPU has AVX2)."""
+    import json
+    import warnings
+
+    from conftest import FAST_CALIBRATION, FAST_VALIDATE, write_recipe
+
+    from modelpress.bundle import load
+    from modelpress.cli import main
+
+    recipe = write_recipe(tmp_path / "t.toml", {"name": "t", "teacher": str(tiny_bert.path), "target": "avx512-vnni"}, {
+        "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+        "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE}, "gate": {"max_drop": 50.0}})
+    assert main(["-q", "run", str(recipe), "--out", str(tmp_path / "out"), "--target", "x86-64-v3"]) == 0
+    bundle = tmp_path / "out" / "t"
+    meta = json.loads((bundle / "bundle.json").read_text())
+    report = json.loads((bundle / "report.json").read_text())
+    assert meta["target"]["name"] == report["target"]["name"] == "x86-64-v3"
+    assert meta["target"]["int8_gemm_saturates"] and not meta["target"]["detected"]
+    assert report["quantization"]["weight_bits"] == 7
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["recipe"]["target"] == "x86-64-v3" and manifest["recipe"]["quantize"]["reduce_range"] is True
+    if T.missing_flags(T.resolve_target("x86-64-v3")):
+        pytest.skip("this CPU lacks AVX2: the load check below would warn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with load(bundle) as model:
+            assert model.embed(["a text"]).shape[0] == 1
+
+
+def test_load_warns_once_on_a_cpu_without_the_targets_instructions_and_strict_refuses(fake_cpu):
+    from modelpress import bundle as B
+
+    fake_cpu(ZEN2)
+    B._WARNED_TARGETS.discard("avx512-vnni")
+    meta = {"task": {"task": "feature-extraction"}, "target": T.resolve_target("avx512-vnni").describe()}
+    with pytest.warns(RuntimeWarning, match=r"pressed for the avx512-vnni CPU level; this CPU lacks avx512_vnni, "):
+        assert "avx512_vnni" in B.check_target(meta)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # once per target: the second load is quiet
+        assert B.check_target(meta)
+    with pytest.raises(BadInputError, match=r"\(strict=True\)$"):
+        B.check_target(meta, strict=True)
+    assert B.check_target({"task": {"task": "feature-extraction"}}) == []     # a bundle from before targets
+    fake_cpu(ZEN4)
+    assert B.check_target(meta, strict=True) == []
