@@ -26,7 +26,8 @@ from typing import Any, Mapping, Sequence
 from modelpress.errors import BadInputError
 from modelpress.inference import Predictor
 from modelpress.modalities import get_modality
-from modelpress.runtimes.registry import BUNDLE_RUNTIMES, create_runner
+from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
+from modelpress.runtimes.registry import create_runner
 from modelpress.tasks import task_from_dict
 
 BUNDLE_META = "bundle.json"

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     from modelpress.config_check import field_default as d
     from modelpress.recipe import ExportConfig, GateConfig
     from modelpress.runtimes.quantize.config import CALIBRATION_METHODS, FORMATS, PRESETS
-    from modelpress.runtimes.registry import BUNDLE_RUNTIMES
+    from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
     from modelpress.runtimes.target import TARGET_CHOICES
     from modelpress.tasks import task_names
 

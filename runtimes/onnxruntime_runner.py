@@ -7,7 +7,14 @@ from typing import Mapping
 import numpy as np
 
 from modelpress.errors import BadInputError
+from modelpress.runtimes.artifacts import RuntimeArtifact
 from modelpress.runtimes.base import Runner
+
+
+class OnnxRuntimeArtifact(RuntimeArtifact):
+    """ONNX Runtime ships ``model.int8.onnx``: the quantization plan's own output, nothing more to write."""
+
+    runtime = "onnxruntime"
 
 
 def session_options(threads: int = 0):

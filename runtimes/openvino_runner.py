@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,7 +24,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from modelpress.errors import BackendUnavailableError, BadInputError
+from modelpress.runtimes.artifacts import RuntimeArtifact
 from modelpress.runtimes.base import Runner
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("f32", "bf16")
 
@@ -120,3 +124,36 @@ def convert_to_ir(onnx_path: str | Path, xml_path: str | Path) -> Path:
         for leftover in (tmp, tmp.with_suffix(".bin")):
             leftover.unlink(missing_ok=True)
     return xml_path
+
+
+class OpenVINOArtifact(RuntimeArtifact):
+    """OpenVINO ships ``openvino/model.xml``: the IR of the same plan (:func:`write_openvino_ir`)."""
+
+    runtime = "openvino"
+
+    def require(self, recipe: Any) -> None:
+        require_openvino()
+
+    def write(self, quant: Any, paths: Any, *, recipe: Any, task: Any) -> dict[str, Any]:
+        write_openvino_ir(quant, paths.model_int8_onnx, paths.openvino_xml)
+        return {}
+
+
+def write_openvino_ir(outcome: Any, int8_onnx: Path, xml_path: Path) -> Path:
+    """The written int8 model as OpenVINO IR: the same plan (calibration, SmoothQuant, fp32 nodes)
+    in portable Q/DQ, which OpenVINO reads as FakeQuantize and runs with its int8 kernels (the
+    ``ort`` format's MatMulIntegerToFloat is an ONNX Runtime contrib op OpenVINO cannot read)."""
+    import tempfile
+    from dataclasses import replace
+
+    from modelpress.runtimes.quantize.static import write_quantized
+
+    log.info("converting the int8 model to OpenVINO IR (%s)", xml_path)
+    plan = outcome.plan
+    if plan.cfg.graph_format == "qdq":
+        return convert_to_ir(int8_onnx, xml_path)
+    with tempfile.TemporaryDirectory(prefix=".openvino-", dir=xml_path.parent.parent) as work:
+        qdq = Path(work) / "model.int8.qdq.onnx"
+        write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), qdq,
+                        keep_fp32=tuple(outcome.summary.fp32_nodes))
+        return convert_to_ir(qdq, xml_path)

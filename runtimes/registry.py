@@ -19,9 +19,6 @@ RUNTIMES.register("ort-cuda", "modelpress.runtimes.tensorrt.ort_gpu:ort_cuda_run
 RUNTIMES.register("ort-tensorrt", "modelpress.runtimes.tensorrt.ort_gpu:ort_tensorrt_runner")
 RUNTIMES.register("openvino", "modelpress.runtimes.openvino_runner:OpenVINORunner")
 
-#: the CPU runtimes a bundle is written for (``validate.runtimes``): the model file each one loads
-BUNDLE_RUNTIMES = {"onnxruntime": "model.int8.onnx", "openvino": "openvino/model.xml"}
-
 
 def create_runner(runtime: str, source: Any, **options: Any) -> Runner:
     """A runner (not yet entered) of ``runtime`` for ``source``: a model file, or for ``torch`` an

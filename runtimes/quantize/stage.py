@@ -1,6 +1,6 @@
 """The quantize stage of a run: one calibration plan → ``model.int8.onnx`` (static, or the
-accuracy-aware search), its per-node analysis (``analysis.json``, the sensitivity plot),
-``quantization.json``, and the TensorRT Q/DQ twin of the same plan when an engine is wanted.
+accuracy-aware search), its per-node analysis (``analysis.json``, the sensitivity plot) and
+``quantization.json``; the runtimes write their artifacts from the same plan (``runtimes.artifacts``).
 ``analyze_run`` re-plans a finished run for ``modelpress analyze`` and writes beside the bundle
 (``<run>.analysis/``), never into it."""
 from __future__ import annotations
@@ -68,45 +68,14 @@ def write_analysis(errors: list, paths: Any, *, top: int = 15) -> dict[str, Any]
 
 
 def quantize_stage(paths: Any, feeds: Iterable[Mapping[str, np.ndarray]], cfg: QuantizeConfig, *,
-                   evaluate: Callable | None = None, tensorrt_twin: bool = False,
-                   openvino: bool = False) -> QuantizeOutcome:
-    """``model.onnx`` → ``model.int8.onnx`` (+ analysis, quantization.json, and with
-    ``tensorrt_twin`` the TensorRT-style Q/DQ of the same plan unless the int8 model already is;
-    with ``openvino`` the OpenVINO IR of the same plan, ``openvino/model.xml``)."""
+                   evaluate: Callable | None = None) -> QuantizeOutcome:
+    """``model.onnx`` → ``model.int8.onnx`` (+ analysis and quantization.json). Each runtime then
+    writes its own artifact from the outcome's plan (``runtimes.artifacts``)."""
     log.info("quantizing to %s", paths.model_int8_onnx)
     outcome = quantize_model(paths.model_onnx, paths.model_int8_onnx, feeds, cfg, evaluate=evaluate)
     outcome.analysis_section = write_analysis(outcome.analysis, paths)
-    if openvino:
-        write_openvino_ir(outcome, paths.model_int8_onnx, paths.openvino_xml)
-    if tensorrt_twin and not cfg.tensorrt_readable:
-        from modelpress.runtimes.quantize.static import for_tensorrt, write_quantized
-
-        # same calibration, TensorRT's Q/DQ rules (symmetric, zero point 0): the engine's source
-        write_quantized(for_tensorrt(outcome.plan), paths.model_int8_trt_onnx,
-                        keep_fp32=tuple(outcome.summary.fp32_nodes))
     write_json(paths.quantization_json, {**outcome.summary.to_dict(), "auto": outcome.auto})
     return outcome
-
-
-def write_openvino_ir(outcome: QuantizeOutcome, int8_onnx: Path, xml_path: Path) -> Path:
-    """The written int8 model as OpenVINO IR: the same plan (calibration, SmoothQuant, fp32 nodes)
-    in portable Q/DQ, which OpenVINO reads as FakeQuantize and runs with its int8 kernels (the
-    ``ort`` format's MatMulIntegerToFloat is an ONNX Runtime contrib op OpenVINO cannot read)."""
-    import tempfile
-    from dataclasses import replace
-
-    from modelpress.runtimes.openvino_runner import convert_to_ir
-    from modelpress.runtimes.quantize.static import write_quantized
-
-    log.info("converting the int8 model to OpenVINO IR (%s)", xml_path)
-    plan = outcome.plan
-    if plan.cfg.graph_format == "qdq":
-        return convert_to_ir(int8_onnx, xml_path)
-    with tempfile.TemporaryDirectory(prefix=".openvino-", dir=xml_path.parent.parent) as work:
-        qdq = Path(work) / "model.int8.qdq.onnx"
-        write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), qdq,
-                        keep_fp32=tuple(outcome.summary.fp32_nodes))
-        return convert_to_ir(qdq, xml_path)
 
 
 def seed_variants(onnx_path: Path, feeds_by_seed: Iterable[tuple[int, Iterable[Mapping[str, np.ndarray]]]],

@@ -10,16 +10,20 @@ All builds share one timing cache (``timing.cache`` in the run folder by default
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from modelpress.errors import BadInputError
 from modelpress.paths import RunPaths
+from modelpress.runtimes.artifacts import RuntimeArtifact
 from modelpress.runtimes.tensorrt.checker import require_trt_compatible
 from modelpress.runtimes.tensorrt.config import EngineConfig
 from modelpress.runtimes.tensorrt.engine import build_engine
 from modelpress.runtimes.tensorrt.fp16 import convert_to_fp16
 from modelpress.runtimes.tensorrt.gpu import gpu_identity, require_tensorrt
+
+log = logging.getLogger(__name__)
 
 def engine_stage(run_dir: Path, *, fp16: bool = False) -> Path:
     """``modelpress engine RUN_DIR``: TensorRT plan(s) from the run's Q/DQ model (GPU + TensorRT).
@@ -76,3 +80,29 @@ def build_engines(run_dir: Path, cfg: EngineConfig, *, modality: str = "text") -
             onnx_path, plan = convert_to_fp16(sources["fp16"], paths.model_fp16_onnx), paths.model_fp16_plan
         built.append(build_engine(onnx_path, plan, cfg, precision=precision, timing_cache=cache, modality=modality))
     return tuple(built)
+
+
+class TensorRTArtifact(RuntimeArtifact):
+    """With ``[engine] enabled``: the TensorRT-style Q/DQ twin of the plan (symmetric, zero point 0;
+    unless the int8 model already is one) and the engines built from it on this machine's GPU."""
+
+    runtime = "tensorrt"
+
+    def wanted(self, recipe: Any) -> bool:
+        return recipe.engine is not None and recipe.engine.enabled
+
+    def require(self, recipe: Any) -> None:  # no TensorRT or GPU: fail before export and quantization
+        require_tensorrt()
+        gpu_identity()
+
+    def write(self, quant: Any, paths: Any, *, recipe: Any, task: Any) -> dict[str, Any]:
+        if not quant.plan.cfg.tensorrt_readable:
+            from modelpress.runtimes.quantize.static import for_tensorrt, write_quantized
+
+            write_quantized(for_tensorrt(quant.plan), paths.model_int8_trt_onnx,
+                            keep_fp32=tuple(quant.summary.fp32_nodes))
+        log.info("building TensorRT engine(s)")
+        return {"engines": list(build_engines(paths.root, recipe.engine, modality=task.modality))}
+
+    def measured(self, paths: Any) -> list[tuple[str, Path]]:
+        return [("tensorrt-int8", paths.model_plan)] if paths.model_plan.is_file() else []
