@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -125,20 +126,27 @@ def pixel_limit() -> int | None:
     return int(digits)
 
 
+#: held while Pillow's process-wide limit is swapped: two threads (a server calling ``classify``)
+#: swapping it at once would each restore what the other set, leaving the limit off for good
+_PILLOW_LIMIT_LOCK = threading.RLock()
+
+
 @contextmanager
 def pillow_limit(limit: int | None):
     """Pillow's decompression-bomb check at ``limit`` while an image is opened, with its warning
-    (past ``limit``; Pillow itself raises only past twice it) made an error."""
+    (past ``limit``; Pillow itself raises only past twice it) made an error. Pillow's limit is one
+    global: it is swapped under a lock, so concurrent calls put back the value found before them."""
     from PIL import Image
 
-    before = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = limit
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = before
+    with _PILLOW_LIMIT_LOCK:
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = limit
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
 
 
 def too_large(where: Any, limit: int | None, size: str = "") -> BadInputError:

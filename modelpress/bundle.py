@@ -19,6 +19,7 @@ with ``strict=True``.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -149,10 +150,13 @@ class Bundle(Predictor):
                                     f"{' / '.join(f'{m}()' for m in task.api)}")
         raise AttributeError(name)
 
-    def _texts(self, texts: Any) -> list[Any]:
+    def _texts(self, texts: Any, *, words: bool = False) -> list[Any]:
         """One input or a list of them (a bare string is one text, never its characters; a list of
         strings inside the list is one text's words). Anything else is a TypeError naming the
-        method's argument, not the tokenizer's own error from deep inside it."""
+        method's argument, not the tokenizer's own error from deep inside it. ``words``: the task
+        reads a result per word (a tagger), so a list of words stays one; else it is joined into
+        its text as the encoder would, since the encoder reads a long word list in several windows,
+        which only a per-word task puts back together."""
         where = f"{self.task.api[0]}()" if getattr(self, "task", None) is not None and self.task.api else "texts"
         if isinstance(texts, str):
             return [texts]
@@ -161,11 +165,11 @@ class Bundle(Predictor):
             raise TypeError(f"{where}: texts must be a string or a list of strings, got {type(texts).__name__}")
         out = list(texts)
         for i, text in enumerate(out):
-            words = isinstance(text, (list, tuple)) and all(isinstance(w, str) for w in text)
-            if not (isinstance(text, str) or words):
+            word_list = isinstance(text, (list, tuple)) and all(isinstance(w, str) for w in text)
+            if not (isinstance(text, str) or word_list):
                 raise TypeError(f"{where}: texts[{i}] must be a string (or a list of words), got "
                                 f"{type(text).__name__} {text!r:.40}")
-        return out
+        return out if words else [t if isinstance(t, str) else " ".join(t) for t in out]
 
 
 def _prove(root: Path, *, verify: bool, allow_failed: bool, require_signature: str | Path | None) -> None:
@@ -175,7 +179,10 @@ def _prove(root: Path, *, verify: bool, allow_failed: bool, require_signature: s
     if require_signature is not None:  # first: it vouches for the manifest the other checks read
         from modelpress.signing import verify_signature
 
-        verify_signature(root, Path(require_signature))
+        if not isinstance(require_signature, (str, os.PathLike)):
+            raise TypeError("load(): require_signature must be the path of the signer's public key (PEM), got "
+                            f"{type(require_signature).__name__} {require_signature!r:.40}")
+        verify_signature(root, Path(require_signature), flag="require_signature=")
     if verify:  # a bundle is what its manifest says, or it is not loaded
         manifest = require_intact(root)
     elif (root / MANIFEST).is_file():  # unverified (a run's own staging folder has no manifest yet)

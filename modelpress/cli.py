@@ -315,7 +315,7 @@ def cmd_validate(args) -> int:
     import dataclasses
 
     from modelpress.fileio import graph_input_shapes
-    from modelpress.manifest import write_report_manifest
+    from modelpress.manifest import refuse_foreign_manifest, write_report_manifest
     from modelpress.models import load_model_and_preprocessor
     from modelpress.modalities import get_modality
     from modelpress.paths import refuse_inside_bundle
@@ -326,6 +326,7 @@ def cmd_validate(args) -> int:
     from modelpress.validate.stage import file_opener, teacher_opener, validate_stage
 
     refuse_inside_bundle(Path(args.out))
+    refuse_foreign_manifest(Path(args.out))  # the report's manifest.json goes there
     recipe = _stage_recipe(args)
     ref = _model_ref(args.teacher, recipe, "--teacher")
     task = _task(args, recipe, ref)
@@ -449,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export", "transformers"):
+    # torch._subclasses.fake_tensor logs its cache stats at exit (INFO): after a SIGINT they would follow
+    # our one closing line
+    for noisy in ("onnx_ir", "onnxscript", "torch", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # "torchvision is not installed. Skipping torchvision::nms" and three more on every image export
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)

@@ -48,6 +48,29 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"generate: {name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _token_ids(name: str, value: Any) -> list[int] | None:
+    """``value`` as a list of token ids (None stays None); anything else is a TypeError naming
+    ``name``, not int()'s own error (a string's characters would be read as ids)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, numbers.Number)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"generate: {name} must be a list of token ids, got {type(value).__name__} {value!r:.40}")
+    ids = list(value)
+    for i, t in enumerate(ids):
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+            raise TypeError(f"generate: {name}[{i}] must be a token id (an integer), got "
+                            f"{type(t).__name__} {t!r:.40}")
+        if t < 0:
+            raise BadInputError(f"generate: {name}[{i}] must be ≥ 0, got {t}")
+    return [int(t) for t in ids]
+
+
 def check_options(*, do_sample: bool, temperature: float, top_k: int, top_p: float, seed: int) -> None:
     """Refuse sampling options a draw cannot use (one line naming the option), before anything runs:
     ``top_p=0`` keeps no token at all, ``temperature=0`` divides by zero."""
@@ -123,7 +146,7 @@ class TextGenerator:
 
     def _stops(self, stop_token_ids: Sequence[int] | None) -> set[int]:
         eos = getattr(self.tokenizer, "eos_token_id", None)
-        stops = set(int(t) for t in (stop_token_ids or ()))
+        stops = set(_token_ids("stop_token_ids", stop_token_ids) or ())
         return stops | ({int(eos)} if eos is not None and stop_token_ids is None else set())
 
     def steps(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, do_sample: bool = False,
@@ -221,6 +244,8 @@ class TextGenerator:
         ``top_p``, ``seed``, ``stop_token_ids``)."""
         single = isinstance(prompts, str)
         texts = prompt_list(prompts)
+        stream, chat, truncate = _flag("stream", stream), _flag("chat", chat), _flag("truncate", truncate)
+        _token_ids("stop_token_ids", options.get("stop_token_ids"))  # at the call, not at a stream's first piece
         if not texts:
             if stream:
                 raise BadInputError("generate(stream=True) takes one prompt")

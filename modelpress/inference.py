@@ -47,6 +47,8 @@ class Predictor:
             idx = order[start:start + batch_size]
             out = self.predict_batch(self.encode([examples[i] for i in idx]))
             arrays = arrays and isinstance(out, np.ndarray)
-            for i, row in zip(idx, out):
+            # strict: a task whose post-processing gave more rows than examples (a long word list
+            # read in windows) must not hand one example's window to the next example
+            for i, row in zip(idx, out, strict=True):
                 results[i] = row
         return np.stack(results) if arrays else results

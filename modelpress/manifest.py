@@ -77,7 +77,9 @@ def write_manifest(root: Path, *, recipe: dict[str, Any], task: dict[str, Any], 
 def write_report_manifest(root: Path, written: list[Path], *, gate: dict[str, Any] | None,
                           candidate: Path | None = None) -> Path:
     """A single-stage report's manifest (kind ``"report"``): only the files ``written`` (the
-    folder's other files belong to other stages), and the candidate judged, by sha256."""
+    folder's other files belong to other stages), and the candidate judged, by sha256 (its path
+    relative to ``root`` when inside it, so the folder may move; else absolute), which
+    :func:`trusted_report` checks: ``make quantize`` may rewrite the candidate after validation."""
     from modelpress.fileio import write_json
 
     root = Path(root)
@@ -86,11 +88,35 @@ def write_report_manifest(root: Path, written: list[Path], *, gate: dict[str, An
         "kind": "report",
         "files": {str(Path(p).relative_to(root)): _file_entry(Path(p)) for p in written},
         "versions": versions(),
-        "candidate": None if candidate is None else {"path": str(candidate), **_file_entry(Path(candidate))},
+        "candidate": None if candidate is None else {"path": _candidate_path(root, Path(candidate)),
+                                                     **_file_entry(Path(candidate))},
         "gate": gate,
         "verdict": _verdict(gate),
     }
     return write_json(root / MANIFEST, manifest)
+
+
+def refuse_foreign_manifest(folder: Path) -> None:
+    """BadInputError when ``folder/manifest.json`` is there and is not a validate report's: writing
+    the report's manifest would overwrite another tool's (a web app's manifest.json at a project's
+    root, for ``modelpress validate --out .``)."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return
+    try:
+        ours = json.loads(path.read_text(encoding="utf-8")).get("kind") == "report"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        ours = False
+    if not ours:
+        raise BadInputError(f"{path}: not a modelpress validate report's manifest, and the report's would "
+                            "replace it; give another --out")
+
+
+def _candidate_path(root: Path, candidate: Path) -> str:
+    try:
+        return str(candidate.absolute().relative_to(root.absolute()))
+    except ValueError:  # outside the report's folder
+        return str(candidate.absolute())
 
 
 #: ``modelpress sign``'s signature of the bundle (the manifest included), inside the bundle
@@ -157,13 +183,22 @@ def require_intact(root: str | Path, *, allow_later: bool = True) -> dict[str, A
 
 def trusted_report(root: str | Path) -> Path:
     """``report.json`` of a bundle or a validate report folder, once its manifest vouches for it:
-    the manifest is there, lists it and still matches (BadInputError, one line, otherwise)."""
+    the manifest is there, lists it and still matches, and a validate report's candidate is still
+    the file it judged (BadInputError, one line, otherwise)."""
     root = Path(root)
     if not (root / "report.json").is_file():
         raise BadInputError(f"{root / 'report.json'}: no report.json (run the pipeline first)")
     manifest = require_intact(root)
     if "report.json" not in manifest["files"]:
         raise BadInputError(f"{root / MANIFEST}: does not list report.json; the report is not trusted")
+    judged = manifest.get("candidate") if manifest.get("kind") == "report" else None
+    if isinstance(judged, dict):
+        path = Path(str(judged.get("path")))
+        path = path if path.is_absolute() else root / path
+        if not path.is_file() or sha256(path) != judged.get("sha256"):
+            state = "has changed since" if path.is_file() else "is gone since"
+            raise BadInputError(f"{path}: the candidate {state} this report judged it; validate it again "
+                                "(modelpress validate / make validate)")
     return root / "report.json"
 
 

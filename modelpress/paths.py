@@ -144,8 +144,25 @@ def distill_dir(out_dir: Path, name: str) -> Path:
     return out_dir / f"{name}.distill"
 
 
+def refuse_to_replace(final: Path) -> None:
+    """BadInputError unless ``final`` is absent, an empty folder, or a modelpress bundle (a passing
+    or a rejected run): publishing replaces what is there, and ``--out .`` with a recipe named like
+    the teacher's folder would otherwise delete the teacher."""
+    final = Path(final)
+    if not final.exists() and not final.is_symlink():
+        return
+    if final.is_dir() and not final.is_symlink() and (is_bundle(final) or not any(final.iterdir())):
+        return
+    what = ("a link" if final.is_symlink() else "a folder that is not a modelpress bundle" if final.is_dir()
+            else "a file")
+    raise BadInputError(f"{final}: is {what}, which publishing the run there would delete; move it, or give "
+                        "another --out or recipe name")
+
+
 def publish(staging: Path, final: Path) -> None:
-    """Move a completed staging folder into place, replacing an older run of the same name."""
+    """Move a completed staging folder into place, replacing an older run of the same name (never
+    anything else: :func:`refuse_to_replace`)."""
+    refuse_to_replace(final)
     old = final.with_name(f".{final.name}.old")
     if old.exists():
         shutil.rmtree(old)
@@ -157,20 +174,29 @@ def publish(staging: Path, final: Path) -> None:
 
 
 def is_bundle(folder: Path) -> bool:
-    """A folder holding ``bundle.json``, or a ``manifest.json`` that is not a single-stage report's
-    (``modelpress validate --out`` writes one of kind ``"report"`` beside the stage files)."""
+    """A folder holding modelpress's ``bundle.json`` (a task and input names), or a modelpress
+    ``manifest.json`` (a schema and a file list) that is not a single-stage report's (``modelpress
+    validate --out`` writes one of kind ``"report"`` beside the stage files). The names alone are
+    not enough: a web app's ``manifest.json`` or another tool's ``bundle.json`` in a project folder
+    would make every ``--out`` below it refused."""
     folder = Path(folder)
-    if (folder / "bundle.json").is_file():
+    meta = _json_object(folder / "bundle.json")
+    if meta is not None and isinstance(meta.get("task"), dict) and "input_names" in meta:
         return True
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        return False
+    manifest = _json_object(folder / "manifest.json")
+    return (manifest is not None and "schema" in manifest and isinstance(manifest.get("files"), dict)
+            and manifest.get("kind", "bundle") != "report")
+
+
+def _json_object(path: Path) -> dict | None:
+    """The JSON object in ``path``; None when there is none (absent, unreadable, not an object)."""
     import json
 
     try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("kind", "bundle") != "report"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return True   # unreadable: assume the worst, it may be a bundle
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def enclosing_bundle(path: Path) -> Path | None:

@@ -26,7 +26,8 @@ from modelpress.fileio import graph_input_shapes
 from modelpress.lock import bundle_lock
 from modelpress.modalities import get_modality
 from modelpress.models import load_model, load_model_and_preprocessor, resolve_model_ref
-from modelpress.paths import RunPaths, publish, recover, refuse_inside_bundle, rejected_dir, staging_dir
+from modelpress.paths import (RunPaths, publish, recover, refuse_inside_bundle, refuse_to_replace, rejected_dir,
+                              staging_dir)
 from modelpress.recipe import Recipe
 from modelpress.runtimes.target import resolve_target
 from modelpress.tasks import configure_task
@@ -55,6 +56,8 @@ def run_recipe(recipe: Recipe, out_dir: Path) -> RunOutcome:
     with bundle_lock(out_dir, recipe.name):  # one run at a time per bundle; a second one exits 2
         for done in recover(out_dir, recipe.name):
             log.info("%s: %s (left by an interrupted run)", out_dir, done)
+        for final in (out_dir / recipe.name, rejected_dir(out_dir, recipe.name)):
+            refuse_to_replace(final)  # now, not after the run: what is there is not a bundle to replace
         staging = staging_dir(out_dir, recipe.name)
         try:
             staging.mkdir()

@@ -35,10 +35,10 @@ def _model_signing():
     return hashing, signing, verifying
 
 
-def _key_file(key: Path, what: str) -> Path:
+def _key_file(key: Path, what: str, flag: str = "--key ") -> Path:
     key = Path(key)
     if not key.is_file():
-        raise BadInputError(f"--key {key}: no such file (the {what} key, PEM)")
+        raise BadInputError(f"{flag}{key}: no such file (the {what} key, PEM)")
     return key
 
 
@@ -89,7 +89,9 @@ def sign_bundle(bundle: Path, private_key: Path) -> Path:
         # every file, the manifest included; not the signature itself (and no .git* exemptions)
         hashing.Config().set_ignored_paths(paths=[SIGNATURE], ignore_git_paths=False))
     try:
-        config.use_elliptic_key_signer(private_key=key, password=os.environ.get(PASSWORD_ENV))
+        # bytes: model-signing hands it to cryptography's PEM loader, which refuses a str password
+        password = os.environ.get(PASSWORD_ENV) or None
+        config.use_elliptic_key_signer(private_key=key, password=password and password.encode("utf-8"))
     except _signing_errors() as exc:
         raise BadInputError(f"--key {key}: not a usable elliptic-curve private key ({_one_line(exc)}; "
                             f"an encrypted key takes its password from ${PASSWORD_ENV})") from None
@@ -105,11 +107,12 @@ def sign_bundle(bundle: Path, private_key: Path) -> Path:
     return target
 
 
-def verify_signature(bundle: Path, public_key: Path) -> None:
+def verify_signature(bundle: Path, public_key: Path, *, flag: str = "--key ") -> None:
     """BadInputError (one line) unless ``bundle/model.sig`` was made by the private key of
-    ``public_key`` over exactly the bundle's files as they are now."""
+    ``public_key`` over exactly the bundle's files as they are now. ``flag``: how the caller's
+    user gave the key (``--key``, or ``load()``'s ``require_signature=``), for the messages."""
     bundle = Path(bundle)
-    key = _key_file(public_key, "public")
+    key = _key_file(public_key, "public", flag)
     signature = bundle / SIGNATURE
     if not signature.is_file():
         raise BadInputError(f"{bundle}: no {SIGNATURE} (the bundle is not signed; modelpress sign it)")

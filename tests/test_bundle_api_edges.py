@@ -139,6 +139,31 @@ def test_empty_and_non_string_prompts(lm):
         bundle.generate("the cat", top_q=0.5)
 
 
+@pytest.mark.parametrize("options, error, message", [
+    ({"stop_token_ids": "x"}, TypeError, "generate: stop_token_ids must be a list of token ids, got str 'x'"),
+    ({"stop_token_ids": 5}, TypeError, "generate: stop_token_ids must be a list of token ids, got int 5"),
+    ({"stop_token_ids": ["3"]}, TypeError, "generate: stop_token_ids[0] must be a token id (an integer), got str"),
+    ({"stop_token_ids": [True]}, TypeError, "generate: stop_token_ids[0] must be a token id (an integer), got bool"),
+    ({"stop_token_ids": [None]}, TypeError, "generate: stop_token_ids[0] must be a token id (an integer), got None"),
+    ({"stop_token_ids": [-1]}, BadInputError, "generate: stop_token_ids[0] must be ≥ 0, got -1"),
+    ({"truncate": "no"}, TypeError, "generate: truncate must be True or False, got str 'no'"),
+    ({"stream": 1}, TypeError, "generate: stream must be True or False, got int 1"),
+    ({"chat": "yes"}, TypeError, "generate: chat must be True or False, got str 'yes'"),
+])
+def test_stop_ids_and_flags_of_the_wrong_type_name_the_argument(lm, options, error, message):
+    """stop_token_ids="x" raised int()'s "invalid literal for int() with base 10: 'x'", 5 "'int' object
+    is not iterable", ["3"] was read as id 3; truncate="no" truncated (a truthy string), stream=1
+    returned an iterator: each is now one line naming the argument, at the call."""
+    bundle = lm[0]
+    with pytest.raises(error) as err:
+        bundle.generate("the cat", max_new_tokens=2, **options)
+    assert str(err.value).startswith(message)
+    if "stream" not in options:  # a stream is refused at the call too, not at its first piece
+        with pytest.raises(error):
+            bundle.generate("the cat", stream=True, max_new_tokens=2, **options)
+    assert bundle.generate("the cat", max_new_tokens=2, stop_token_ids=(np.int64(3),)) is not None
+
+
 @pytest.fixture(scope="module")
 def embedder(bert_onnx, tmp_path_factory):
     from conftest import load_tiny, task_for
@@ -197,6 +222,19 @@ def test_classify_names_its_own_argument_and_takes_word_lists(classifier, embedd
         classifier.classify(3.5)
     # a list of words is one text (what the text encoder joins), for every text bundle
     assert np.allclose(embedder.embed([["the", "dog", "runs"]]), embedder.embed(["the dog runs"]), atol=1e-6)
+
+
+def test_long_word_lists_embed_and_classify_as_their_own_texts(embedder, classifier):
+    """Word lists longer than max_length (32) were read in windows by the encoder, and the extra
+    windows' rows were handed to the next texts: embed([words_a, words_b])[1] was a window of
+    words_a. Each word list is now its own text, exactly as the joined string is."""
+    a, b = ["dog"] * 100, ["the", "cat", "sat"] * 40
+    got = embedder.embed([a, b])
+    assert got.shape == (2, 32)
+    np.testing.assert_array_equal(got, embedder.embed([" ".join(a), " ".join(b)]))
+    assert not np.allclose(got[0], got[1], atol=1e-3)
+    probs = classifier.classify([a, b, ["a", "dog"]])
+    np.testing.assert_array_equal(probs, classifier.classify([" ".join(a), " ".join(b), "a dog"]))
 
 
 def test_image_classify_of_nothing_and_of_a_number(tmp_path):

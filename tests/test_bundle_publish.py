@@ -67,8 +67,8 @@ def runs(tiny_bert, data_files, tmp_path_factory) -> Runs:
     code, pass_stdout = run()
     assert code == 0, pass_stdout
     before = _snapshot(out / "pub")
-    # an earlier rejected run, which the next failing run replaces
-    (out / "pub.rejected").mkdir()
+    # an earlier rejected run (a bundle: only a bundle is ever replaced), which the next failing run replaces
+    shutil.copytree(out / "pub", out / "pub.rejected")
     (out / "pub.rejected" / "earlier.txt").write_text("an earlier rejected run", encoding="utf-8")
     # int8's mean cosine to the teacher is below 1: gated with no slack on it, the run fails
     fail_code, fail_stdout = run("--set", "gate.max_drop=0.0", "--set", 'gate.metric="mean_cosine"')
@@ -159,17 +159,29 @@ def test_a_validate_report_is_trusted_through_its_own_manifest(tmp_path):
     stages = tmp_path / "x.stages"
     stages.mkdir()
     (stages / "model.onnx").write_bytes(b"fp32")
+    (stages / "model.int8.onnx").write_bytes(b"int8")
     (stages / "report.json").write_text('{"gate": {}}', encoding="utf-8")
     (stages / "report.md").write_text("# report", encoding="utf-8")
     write_report_manifest(stages, [stages / "report.json", stages / "report.md"], gate=None,
-                          candidate=stages / "model.onnx")
+                          candidate=stages / "model.int8.onnx")
     manifest = json.loads((stages / "manifest.json").read_text())
     assert manifest["kind"] == "report" and set(manifest["files"]) == {"report.json", "report.md"}
-    assert manifest["candidate"]["bytes"] == 4
+    assert manifest["candidate"]["bytes"] == 4 and manifest["candidate"]["path"] == "model.int8.onnx"
     assert trusted_report(stages) == stages / "report.json"
     (stages / "model.onnx").write_bytes(b"exported again")           # another stage's file
-    (stages / "model.int8.onnx").write_bytes(b"quantized")
+    (stages / "quantization.json").write_text("{}", encoding="utf-8")
     assert trusted_report(stages) == stages / "report.json" and verify(stages) == []
+    # the candidate it judged, quantized again (`make quantize`) after `make validate`: the report
+    # is about another model now (gate passed it before)
+    (stages / "model.int8.onnx").write_bytes(b"int8, quantized again")
+    with pytest.raises(BadInputError, match=r"model.int8.onnx: the candidate has changed since this report "
+                                            r"judged it; validate it again"):
+        trusted_report(stages)
+    (stages / "model.int8.onnx").unlink()
+    with pytest.raises(BadInputError, match=r"model.int8.onnx: the candidate is gone since this report judged it"):
+        trusted_report(stages)
+    (stages / "model.int8.onnx").write_bytes(b"int8")
+    assert trusted_report(stages) == stages / "report.json"
     assert enclosing_bundle(stages) is None
     refuse_inside_bundle(stages / "model.onnx")                      # `make export` may write here again
     (stages / "report.json").write_text('{"gate": {"passed": true}}', encoding="utf-8")
@@ -235,6 +247,71 @@ def test_the_stage_commands_refuse_an_out_inside_a_bundle(runs, tiny_bert, data_
     assert _snapshot(bundle) == runs.before
 
 
+@pytest.mark.parametrize("kind", ["a model folder", "a file", "a link"])
+def test_run_never_replaces_what_is_not_a_bundle(runs, tmp_path, kind, capsys):
+    """`run --out .` with a recipe named like the teacher's folder (teacher = "fe", name = "fe")
+    deleted the teacher and put the bundle in its place, exit 0. A folder, file or link at
+    <out>/<name> or <out>/<name>.rejected that is not a bundle is now refused before any work."""
+    from modelpress.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for final in ("pub", "pub.rejected"):
+        where = out / final
+        if kind == "a model folder":
+            where.mkdir()
+            (where / "model.safetensors").write_bytes(b"the teacher's weights")
+        elif kind == "a file":
+            where.write_text("notes", encoding="utf-8")
+        else:
+            where.symlink_to(runs.passed, target_is_directory=True)
+        before = sorted(p.name for p in out.iterdir())
+        assert main(["-q", "run", str(runs.recipe), "--out", str(out)]) == 2
+        what = "a folder that is not a modelpress bundle" if kind == "a model folder" else kind
+        assert _last_error(capsys.readouterr().err) == (
+            f"modelpress: error: {where}: is {what}, which publishing the run there would delete; move it, or give "
+            "another --out or recipe name")
+        assert sorted(p.name for p in out.iterdir()) == sorted({*before, ".pub.lock"})
+        if kind == "a model folder":
+            assert (where / "model.safetensors").read_bytes() == b"the teacher's weights"
+        shutil.rmtree(where) if where.is_dir() and not where.is_symlink() else where.unlink()
+    assert _snapshot(runs.passed) == runs.before
+
+
+def test_publish_replaces_a_bundle_or_an_empty_folder_only(tmp_path):
+    from modelpress.paths import publish
+
+    staging, final = tmp_path / ".x.partial", tmp_path / "x"
+    for existing in ("empty", "bundle"):
+        staging.mkdir()
+        (staging / "bundle.json").write_text('{"task": {"task": "feature-extraction"}, "input_names": []}')
+        final.mkdir(exist_ok=True)
+        publish(staging, final)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["x"] and (final / "bundle.json").is_file()
+    staging.mkdir()
+    (final / "bundle.json").unlink()
+    (final / "weights.bin").write_bytes(b"w")
+    with pytest.raises(BadInputError, match="is a folder that is not a modelpress bundle"):
+        publish(staging, final)
+    assert (final / "weights.bin").read_bytes() == b"w" and staging.is_dir()
+
+
+def test_validate_never_overwrites_another_tools_manifest(runs, tiny_bert, tmp_path, capsys):
+    """`modelpress validate --out .` in a web project replaced its manifest.json with the report's."""
+    from modelpress.cli import main
+
+    web = tmp_path / "webapp"
+    web.mkdir()
+    (web / "manifest.json").write_text('{"name": "my web app", "start_url": "/"}', encoding="utf-8")
+    assert main(["-q", "validate", "--teacher", str(tiny_bert.path), "--candidate",
+                 str(runs.passed / "model.int8.onnx"), "--out", str(web)]) == 2
+    assert _last_error(capsys.readouterr().err) == (
+        f"modelpress: error: {web / 'manifest.json'}: not a modelpress validate report's manifest, and the "
+        "report's would replace it; give another --out")
+    assert (web / "manifest.json").read_text(encoding="utf-8") == '{"name": "my web app", "start_url": "/"}'
+    assert sorted(p.name for p in web.iterdir()) == ["manifest.json"]
+
+
 # -- the layout's pieces ------------------------------------------------------------------------------------
 def test_an_interrupted_swap_of_the_rejected_run_is_put_back(tmp_path):
     """A run killed between the two renames of publishing to <name>.rejected left .<name>.rejected.old."""
@@ -253,14 +330,33 @@ def test_is_bundle_and_the_analysis_folder_name(tmp_path, monkeypatch):
 
     (tmp_path / "a").mkdir()
     assert not is_bundle(tmp_path / "a")
-    (tmp_path / "a" / "bundle.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "a" / "bundle.json").write_text('{"task": {"name": "feature-extraction"}, "input_names": []}',
+                                                encoding="utf-8")
     assert is_bundle(tmp_path / "a") and enclosing_bundle(tmp_path / "a" / "b" / "c") == tmp_path / "a"
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "manifest.json").write_text("not json", encoding="utf-8")
-    assert is_bundle(tmp_path / "m")                                  # unreadable: assumed a bundle
+    (tmp_path / "m" / "manifest.json").write_text('{"schema": 2, "files": {}}', encoding="utf-8")
+    assert is_bundle(tmp_path / "m")                                  # a bundle's manifest, kind left out
     assert analysis_dir(tmp_path / "a") == tmp_path / "a.analysis"
     monkeypatch.chdir(tmp_path / "a")
     assert analysis_dir(Path(".")) == tmp_path / "a.analysis"         # `modelpress analyze .` from inside it
+
+
+@pytest.mark.parametrize("name, text", [
+    ("manifest.json", '{"name": "my web app", "start_url": "/", "icons": []}'),   # a web app manifest
+    ("manifest.json", '{"manifest_version": 3, "name": "an extension"}'),
+    ("manifest.json", "// not JSON at all"),
+    ("bundle.json", '{"files": ["main.js"]}'),                                    # another tool's bundle.json
+    ("bundle.json", "[1, 2]"),
+])
+def test_a_project_folder_with_another_tools_manifest_is_not_a_bundle(tmp_path, name, text):
+    """Any manifest.json or bundle.json above --out made it "inside the bundle": in a web project
+    (its manifest.json at the root) every `modelpress run --out artifacts` was refused."""
+    from modelpress.paths import enclosing_bundle, is_bundle, refuse_inside_bundle
+
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    assert not is_bundle(tmp_path)
+    assert enclosing_bundle(tmp_path / "artifacts" / "x") is None
+    refuse_inside_bundle(tmp_path / "artifacts")                      # no error
 
 
 @pytest.mark.parametrize("name", ["minilm.rejected", "minilm.analysis", "x.stages", "x.distill"])

@@ -10,6 +10,7 @@ from modelpress.validate.gate import POLICIES, decide, gate_report
 
 #: the gated metric of each task and the unit its interval resamples
 GATED = {"feature-extraction": ("spearman", "pairs"), "text-classification": ("accuracy", "texts"),
+         "text-ranking": ("spearman", "pairs"),
          "token-classification": ("entity_f1", "sentences"), "image-classification": ("accuracy", "images"),
          "text-generation": ("perplexity_ratio", "windows")}
 

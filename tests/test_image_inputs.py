@@ -270,6 +270,47 @@ def test_a_decompression_bomb_png_is_refused_from_its_header(tmp_path, pillow_li
         open_image(bomb)
 
 
+def test_concurrent_image_reads_leave_pillows_bomb_limit_as_they_found_it():
+    """Pillow's limit is one process-wide value that reading an image swaps and puts back. Two
+    threads (a server's classify() calls) interleaving the swap left it None: the decompression-bomb
+    check off for the rest of the process. Here thread B reads while A is inside, and leaves after A."""
+    import threading
+
+    from PIL import Image
+
+    from modelpress.calibration_data.images import pillow_limit
+
+    before = Image.MAX_IMAGE_PIXELS
+    a_inside, a_go, b_inside, b_go = (threading.Event() for _ in range(4))
+
+    def a():
+        with pillow_limit(None):
+            a_inside.set()
+            a_go.wait(5)
+
+    def b():
+        with pillow_limit(None):
+            b_inside.set()
+            b_go.wait(5)
+
+    ta, tb = threading.Thread(target=a), threading.Thread(target=b)
+    try:
+        ta.start()
+        assert a_inside.wait(5)
+        tb.start()
+        b_inside.wait(0.3)        # unguarded, B is inside now; guarded, it waits for A
+        a_go.set()
+        ta.join(5)
+        b_go.set()
+        tb.join(5)
+        assert b_inside.is_set() and not ta.is_alive() and not tb.is_alive()
+        assert Image.MAX_IMAGE_PIXELS == before
+    finally:
+        a_go.set()
+        b_go.set()
+        Image.MAX_IMAGE_PIXELS = before
+
+
 class _DecodingRows:
     """Rows of a datasets ``Image`` column as ``datasets`` gives them: opened and decoded on access
     (``datasets.features.Image.decode_example``: ``PIL.Image.open`` then ``load``)."""

@@ -58,7 +58,7 @@ def test_an_interrupted_run_exits_128_plus_signal_and_keeps_the_earlier_bundle(p
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr[-2000:]
-    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("modelpress: ")
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("modelpress: "), stderr[-6000:]
     assert sorted(p.name for p in out.iterdir()) == [".life.lock", "life"]   # no staging folder left
     assert {p.name: p.stat().st_mtime_ns for p in (out / "life").rglob("*")} == before
     assert verify(out / "life") == []

@@ -107,6 +107,56 @@ def test_a_swapped_and_rehashed_model_passes_the_manifest_but_not_the_signature(
 
 
 @needs_signing
+def test_load_names_its_own_argument_for_a_bad_public_key(bert_onnx, tmp_path):
+    """load(require_signature=True) raised pathlib's "expected str, bytes or os.PathLike object, not
+    bool"; a missing key file was reported as the CLI's "--key", which load() has not."""
+    from modelpress.bundle import load
+
+    private, public = _key_pair(tmp_path)
+    bundle = _make_bundle(tmp_path / "out" / "signed", bert_onnx)
+    from modelpress.signing import sign_bundle
+
+    sign_bundle(bundle, private)
+    for bad in (True, public.read_bytes(), 3):
+        with pytest.raises(TypeError, match=r"^load\(\): require_signature must be the path of the signer's "
+                                            r"public key \(PEM\), got " + type(bad).__name__):
+            load(bundle, require_signature=bad)
+    with pytest.raises(BadInputError) as err:
+        load(bundle, require_signature=tmp_path / "nope.pem")
+    assert str(err.value) == f"require_signature={tmp_path / 'nope.pem'}: no such file (the public key, PEM)"
+    with load(bundle, require_signature=str(public)) as checked:
+        assert checked.embed("a dog").shape == (1, 32)
+
+
+@needs_signing
+def test_an_encrypted_key_signs_with_its_password_from_the_environment(bert_onnx, tmp_path, monkeypatch, capsys):
+    """$MODELPRESS_KEY_PASSWORD was handed on as a str, which cryptography refuses ("Cannot convert
+    <class 'str'> instance to a buffer"): no encrypted key could sign, whatever its password."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from modelpress.cli import main
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = tmp_path / "enc.pem", tmp_path / "enc.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.BestAvailableEncryption("s\u00e9cret".encode())))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    bundle = _make_bundle(tmp_path / "out" / "signed", bert_onnx)
+    assert main(["sign", str(bundle), "--key", str(private)]) == 2      # no password given
+    assert "Password was not given but private key is encrypted" in _error_line(capsys)
+    monkeypatch.setenv("MODELPRESS_KEY_PASSWORD", "wrong")
+    assert main(["sign", str(bundle), "--key", str(private)]) == 2
+    assert _error_line(capsys).startswith(f"modelpress: error: --key {private}: not a usable elliptic-curve "
+                                          "private key")
+    monkeypatch.setenv("MODELPRESS_KEY_PASSWORD", "s\u00e9cret")
+    assert main(["sign", str(bundle), "--key", str(private)]) == 0
+    assert main(["verify", str(bundle), "--key", str(public)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"verified: {bundle}")
+
+
+@needs_signing
 def test_another_key_an_added_file_or_no_signature_fail_verification(bert_onnx, tmp_path, capsys):
     from modelpress.bundle import load
     from modelpress.cli import main

@@ -316,6 +316,11 @@ def test_tagger_run_publishes_a_bundle_whose_metrics_match_transformers(tiny_tag
         assert spaced[1][1:] == spaced[2][1:]
         long = bundle.tag(["cat " * 5000])[0]
         assert len(long) == 5000 and all(w == "cat" and label in BIO for w, label, _ in long)
+        # a text with no token at all has no word to read a tag from: untagged, not [CLS]'s tag (it
+        # was `[("\u200b", "I-LOC", 0.52)]`, read at the first position)
+        alone = bundle.tag(["\u200b", ["", "\ufeff"], "the \u200b"])
+        assert alone[:2] == [[("\u200b", None, 0.0)], [("", None, 0.0), ("\ufeff", None, 0.0)]]
+        assert [label in BIO for _, label, _ in alone[2]] == [True, True] and alone[2][1][1:] == alone[2][0][1:]
         with pytest.raises(BadInputError, match="token-classification model; use tag"):
             bundle.embed(["a dog"])
     meta = json.loads((root / "bundle.json").read_text())

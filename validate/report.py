@@ -39,8 +39,9 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{report['eval']['num_words']} words)", ""]
     if "words_without_tokens" in report["eval"]:  # a tagger: how its words met the tokenizer
         lines[-1:-1] = [f"- every word tagged: {report['eval']['words_without_tokens']} without a token of their "
-                        f"own (tagged at the next word's position), {report['eval']['windowed_sentences']} "
-                        "sentences longer than max_length (read in overlapping windows)"]
+                        "own (read at the next word's position, or the previous word's at the end), "
+                        f"{report['eval']['windowed_sentences']} sentences longer than max_length (read in "
+                        "overlapping windows)"]
     clipped = report.get("defaults_clipped")
     if clipped:  # defaults the model could not take, cut to its positions
         lines[-1:-1] = ["- defaults fitted to the model's positions: "

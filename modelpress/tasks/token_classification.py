@@ -73,7 +73,7 @@ class TokenClassification(Task):
         counts = encoder.word_coverage(es.words)
         if any(counts.values()):
             log.info(
-                "%s: %d word(s) have no token of their own (each is tagged at the next word's first "
+                "%s: %d word(s) have no token of their own (each is read at the next word's first "
                 "sub-token); %d sentence(s) are longer than max_length %d (read in overlapping windows)",
                 es.source, counts["words_without_tokens"], counts["windowed_sentences"], max_length)
         return replace(es, **counts)
@@ -139,19 +139,32 @@ class TokenClassification(Task):
 
         class TaggerBundle(Bundle):
             def tag(self, texts: str | Sequence[str | Sequence[str]], *,
-                    batch_size: int = 32) -> list[list[tuple[str, str, float]]]:
+                    batch_size: int = 32) -> list[list[tuple[str, str | None, float]]]:
                 """Per text (a string, split on whitespace, or a list of words): ``(word, label,
                 probability)`` for every word, in order. A text longer than the model's length
                 limit is read in overlapping windows; a word the tokenizer makes no token of (a
                 zero-width space, a BOM, "") gets the next word's tag (the previous word's at
-                the end)."""
-                examples = self.task.prepare(self._texts(texts))
+                the end). A text of which the tokenizer makes no token at all has no word to read
+                a tag from: its words are untagged, ``(word, None, 0.0)``."""
+                examples = self.task.prepare(self._texts(texts, words=True))
                 names = self.label_names()
                 out = []
-                for words, logits in zip(examples, self.predict(examples, batch_size=batch_size)):
+                for words, logits, untagged in zip(examples, self.predict(examples, batch_size=batch_size),
+                                                   self._tokenless_texts(examples)):
+                    if untagged:  # the encoder read them at the first position ([CLS]): no word's tag
+                        out.append([(w, None, 0.0) for w in words])
+                        continue
                     p = softmax(logits)
                     best = p.argmax(axis=-1)
                     out.append([(w, names[k], float(p[i, k])) for i, (w, k) in enumerate(zip(words, best))])
                 return out
+
+            def _tokenless_texts(self, examples: list[list[str]]) -> list[bool]:
+                """Per text, whether the tokenizer makes no token of any of its words."""
+                if not examples:
+                    return []
+                ids = self.encoder.tokenizer([" ".join(words) for words in examples],
+                                             add_special_tokens=False)["input_ids"]
+                return [len(row) == 0 for row in ids]
 
         return TaggerBundle
