@@ -61,11 +61,17 @@ def _token_logit_sums(student: ModelOutputs, teacher: ModelOutputs) -> torch.Ten
     return torch.stack([agree.sum(), kl.sum()])
 
 
+def _score_sums(student: ModelOutputs, teacher: ModelOutputs) -> torch.Tensor:
+    """Per sample, the squared difference of the scores (a ranker's logits); summed over the batch."""
+    return (student.sentence.float() - teacher.sentence.float()).pow(2).mean(dim=-1).sum().reshape(1)
+
+
 #: by the kind of output a task compares (``DistillSpec.output`` in the task registry)
 METRICS = {
     "embedding": MetricSpec(("cosine", "mse"), _embedding_sums, lambda m: (m["cosine"],)),
     "logits": MetricSpec(("agreement", "kl"), _logit_sums, lambda m: (m["agreement"], -m["kl"])),
     "token_logits": MetricSpec(("agreement", "kl"), _token_logit_sums, lambda m: (m["agreement"], -m["kl"])),
+    "scores": MetricSpec(("mse",), _score_sums, lambda m: (-m["mse"],)),
 }
 
 

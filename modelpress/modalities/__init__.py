@@ -218,6 +218,7 @@ def _plain_length(value: int | Sequence[int]) -> int | list[int]:
 
 MODALITIES: Registry[Modality] = Registry("modality")
 MODALITIES.register("text", "modelpress.modalities.text:TEXT")
+MODALITIES.register("text-pairs", "modelpress.modalities.text:TEXT_PAIRS")
 MODALITIES.register("image", "modelpress.modalities.image:IMAGE")
 MODALITIES.register("causal-text", "modelpress.modalities.causal_text:CAUSAL_TEXT")
 

@@ -10,18 +10,30 @@ word's when none follows), and a sentence longer than ``max_length`` is read in 
 overlap by half their content, like the ``stride`` of transformers' token-classification
 pipeline; each word is read in the window where its first sub-token has the most context on both
 sides (the "max context" rule of BERT's doc stride for SQuAD).
+
+Pairs (:class:`TextPair`, a query and a passage) are encoded together as one sequence, as a
+cross-encoder reads them (``[CLS] query [SEP] passage [SEP]``, segment ids 0 then 1 for BERT),
+truncated longest-first like sentence-transformers' ``CrossEncoder``. The ``text-pairs`` modality
+(:data:`TEXT_PAIRS`) is the text modality whose raw examples are pairs: calibration and
+distillation read them with :func:`load_pairs`.
 """
 from __future__ import annotations
 
 import bisect
+import hashlib
 import inspect
+import logging
+from array import array
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from modelpress.calibration_data.loaders import read_records, sample, text_of
 from modelpress.errors import BadInputError
 from modelpress.modalities import Batch, Encoder, Modality
+
+log = logging.getLogger(__name__)
 
 #: the order of the graph's inputs (a model takes a prefix-compatible subset)
 CANONICAL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -32,8 +44,27 @@ PARITY_TEXTS = (
     "Batch size three also differs from the two-text example batch used for tracing.",
 )
 EXAMPLE_SEQ, PARITY_SEQ = 16, 23
+#: the export example and parity batch of a pair model: the same texts, paired both ways
+EXAMPLE_PAIRS = ((EXAMPLE_TEXTS[0], EXAMPLE_TEXTS[1]), (EXAMPLE_TEXTS[1], EXAMPLE_TEXTS[0]))
+PARITY_PAIRS = ((PARITY_TEXTS[1], PARITY_TEXTS[0]), (PARITY_TEXTS[0], PARITY_TEXTS[2]),
+                (PARITY_TEXTS[2], PARITY_TEXTS[1]))
 #: families whose position ids start after the padding index (RoBERTa: 514 embeddings, 512 positions)
 OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text"})
+
+
+class TextPair(NamedTuple):
+    """One cross-encoder input: a query and a passage (or two sentences), read together."""
+
+    first: str
+    second: str
+
+
+def _is_pairs(examples: Sequence[Any]) -> bool:
+    return bool(examples) and isinstance(examples[0], TextPair)
+
+
+def _split_pairs(pairs: Sequence[TextPair]) -> tuple[list[str], list[str]]:
+    return [p.first for p in pairs], [p.second for p in pairs]
 
 
 @dataclass(frozen=True)
@@ -85,6 +116,11 @@ class TextEncoder(Encoder):
         return content // 2
 
     def encode(self, examples: Sequence[Any], *, pad_to: int | None = None) -> Batch:
+        if _is_pairs(examples):
+            # truncation=True is longest-first: the longer text of a pair loses tokens first
+            enc = self.tokenizer(*_split_pairs(examples), truncation=True, return_tensors="np",
+                                 max_length=pad_to or self.max_length, padding="max_length" if pad_to else "longest")
+            return Batch({k: np.ascontiguousarray(enc[k], dtype=np.int64) for k in self.input_names if k in enc})
         texts, starts = self._texts(examples)
         if starts is not None:
             return self._encode_words(texts, starts, [len(words) for words in examples], pad_to=pad_to)
@@ -130,8 +166,8 @@ class TextEncoder(Encoder):
         return {"words_without_tokens": without, "windowed_sentences": windowed}
 
     def lengths(self, examples: Sequence[Any]) -> list[int]:
-        texts, _ = self._texts(examples)
-        return [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]]
+        texts = _split_pairs(examples) if _is_pairs(examples) else (self._texts(examples)[0],)
+        return [len(ids) for ids in self.tokenizer(*texts, truncation=True, max_length=self.max_length)["input_ids"]]
 
 
 def _word_positions(offsets: Sequence[np.ndarray], masks: Sequence[np.ndarray], word_starts: Sequence[int],
@@ -249,3 +285,85 @@ class TextModality(Modality):
 
 
 TEXT = TextModality()
+
+
+def load_pairs(path, *, text_field: str = "text") -> list[TextPair]:
+    """The text pairs of a corpus: records with ``query`` and ``text_field`` (a query and a
+    passage) or ``sentence1`` and ``sentence2``; ranking records (``query`` and a list of
+    ``passages``), each passage with its query; else texts (``text_field``, a .txt file's lines),
+    each with the next one, so that both segments are real text of the corpus, related but not
+    equal, as a query and a candidate passage are. A pair with an empty side is skipped (counted
+    in the log)."""
+    records = read_records(path)
+    keys = set(records[0])
+    fields = next((f for f in (("query", text_field), ("sentence1", "sentence2")) if set(f) <= keys), None)
+    if {"query", "passages"} <= keys:
+        pairs = [TextPair(text_of(records, i, "query"), passage)
+                 for i in range(len(records)) for passage in passages_of(records, i)]
+    elif fields is not None:
+        pairs = [TextPair(text_of(records, i, fields[0]), text_of(records, i, fields[1])) for i in range(len(records))]
+    elif text_field in keys:
+        texts = [t for t in (text_of(records, i, text_field) for i in range(len(records))) if t]
+        pairs = [TextPair(a, b) for a, b in zip(texts, texts[1:])]
+    else:
+        raise BadInputError(f"{path}: no text pairs: expected the fields query and {text_field}, sentence1 and "
+                            f"sentence2, query and passages, or texts in '{text_field}' "
+                            f"(fields: {', '.join(map(str, keys))})")
+    kept = [p for p in pairs if p.first and p.second]
+    if not kept:
+        raise BadInputError(f"{path}: no text pairs (a text corpus pairs each text with the next: it needs two)")
+    if len(kept) < len(pairs):
+        log.warning("%s: skipped %d pair(s) with an empty text of %d", path, len(pairs) - len(kept), len(pairs))
+    return kept
+
+
+def passages_of(records, i: int) -> list[str]:
+    """Ranking record ``i``'s ``passages``, stripped: a list of texts, or an error naming the line."""
+    passages = records[i].get("passages")
+    if not isinstance(passages, list) or not all(isinstance(p, str) for p in passages):
+        raise BadInputError(f"{records.where(i)}: 'passages' must be a list of texts, got {passages!r:.60}")
+    return [p.strip() for p in passages]
+
+
+class TextPairModality(TextModality):
+    """Text pairs (cross-encoders): the text modality's tokenizer and inputs, pairs as raw examples."""
+
+    name = "text-pairs"
+
+    def load_examples(self, path, *, field: str, num_samples: int | None, seed: int = 0) -> list[TextPair]:
+        return sample(load_pairs(path, text_field=field), num_samples, seed=seed)
+
+    def distill_corpus(self, cfg: Any, tokenizer: Any, *, label2id, num_labels, per_token: bool) -> Any:
+        """The pairs of ``distill.data`` tokenized together; the teacher's scores are the only targets."""
+        from modelpress.distill.data import FEATURES, TokenizedCorpus
+
+        if cfg.label_field is not None:
+            raise BadInputError("distill.label_field: text pairs distil on the teacher's scores only; remove it")
+        try:
+            pairs = self.load_examples(cfg.data, field=cfg.text_field, num_samples=cfg.num_samples, seed=cfg.seed)
+        except BadInputError as exc:
+            raise BadInputError(f"distill.data: {exc}") from None
+        if len(pairs) < 2:
+            raise BadInputError(f"distill.data: {cfg.data}: need at least 2 pairs to distill, found {len(pairs)}")
+        if tokenizer.pad_token_id is None:
+            raise BadInputError("teacher tokenizer has no padding token; cannot batch texts")
+        encoded = tokenizer(*_split_pairs(pairs), truncation=True, max_length=cfg.max_length, padding=False)
+        features = {name: encoded[name] for name in FEATURES if name in encoded}
+        digest = hashlib.sha256()
+        for name in sorted(features):   # segment ids too: the same tokens split elsewhere are another pair
+            for ids in features[name]:
+                digest.update(len(ids).to_bytes(4, "little") + array("q", ids).tobytes())
+        return TokenizedCorpus(features=features, labels=None, pad_token_id=int(tokenizer.pad_token_id),
+                               fingerprint=digest.hexdigest())
+
+    def export_examples(self, tokenizer: Any, input_names: Sequence[str]) -> tuple[dict, dict]:
+        import torch
+
+        def encode(pairs, seq):
+            enc = tokenizer(*_split_pairs([TextPair(*p) for p in pairs]), padding="max_length", truncation=True,
+                            max_length=seq, return_tensors="pt")
+            return {k: enc[k].to(torch.int64) for k in input_names}
+        return encode(EXAMPLE_PAIRS, EXAMPLE_SEQ), encode(PARITY_PAIRS, PARITY_SEQ)
+
+
+TEXT_PAIRS = TextPairModality()

@@ -34,7 +34,7 @@ HIGHER, LOWER = "higher", "lower"
 class DistillSpec:
     """What distillation compares for a task and with which losses (see modelpress.distill)."""
 
-    output: str                      # kind of the compared output: "embedding" | "logits" | "token_logits"
+    output: str                      # kind of the compared output: "embedding" | "logits" | "token_logits" | "scores"
     losses: frozenset[str]           # losses that apply
     defaults: Mapping[str, float]    # weights when the recipe sets none
     label_loss: str | None = None    # the loss switched on by gold labels (distill.label_field)
@@ -173,6 +173,7 @@ class Task:
 TASKS: Registry[type[Task]] = Registry("task")
 TASKS.register("feature-extraction", "modelpress.tasks.feature_extraction:FeatureExtraction")
 TASKS.register("text-classification", "modelpress.tasks.text_classification:TextClassification")
+TASKS.register("text-ranking", "modelpress.tasks.text_ranking:TextRanking")
 TASKS.register("token-classification", "modelpress.tasks.token_classification:TokenClassification")
 TASKS.register("image-classification", "modelpress.tasks.image_classification:ImageClassification")
 TASKS.register("text-generation", "modelpress.tasks.text_generation:TextGeneration")
