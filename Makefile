@@ -48,13 +48,15 @@ test-fast: setup
 distill: setup
 	$(PY) -m modelpress distill $(RECIPE)
 
-export: setup  ## the deployed model of RECIPE -> $(STAGE_DIR)/model.onnx
+# the single stages run the same stage functions as `make run` (modelpress.stage_commands): the same
+# model.int8.onnx bytes and the same verdict; every key of RECIPE means what it means there
+export: setup  ## the deployed model of RECIPE (distilled first when [distill] is on) -> $(STAGE_DIR)/model.onnx
 	$(PY) -m modelpress export --recipe $(RECIPE) --out $(STAGE_DIR)/model.onnx
 
-quantize: setup  ## $(STAGE_DIR)/model.onnx -> $(STAGE_DIR)/model.int8.onnx (RECIPE's calibration)
+quantize: setup  ## $(STAGE_DIR)/model.onnx -> $(STAGE_DIR)/model.int8.onnx by quantize.mode, + each runtime's artifact
 	$(PY) -m modelpress quantize $(STAGE_DIR)/model.onnx --recipe $(RECIPE) --out $(STAGE_DIR)/model.int8.onnx
 
-validate: setup  ## $(STAGE_DIR)/model.int8.onnx against RECIPE's teacher -> $(STAGE_DIR)/report.json
+validate: setup  ## $(STAGE_DIR)/model.int8.onnx on every validate.runtimes (+ calibration seeds), [gate] -> $(STAGE_DIR)/report.json
 	$(PY) -m modelpress validate --recipe $(RECIPE) --candidate $(STAGE_DIR)/model.int8.onnx --out $(STAGE_DIR)
 
 # RUN_DIR: the bundle (default), its failed run (RUN_DIR=artifacts/<name>.rejected) or the stage

@@ -9,6 +9,11 @@ fails in a second. The bundle is written into a
 staging folder and renamed into place only when everything, the manifest included, is written:
 to ``<out>/<name>`` when the gate passed, to ``<out>/<name>.rejected`` when it failed, so the last
 passing bundle is never replaced by a failed one (``modelpress.paths`` describes the layout).
+
+The stage functions (:func:`prepare`, :func:`deployed_model`, :func:`export_model`, :func:`encoders`,
+:func:`quantize`, :func:`write_artifacts`, :func:`seed_variants`, :func:`judge`) are public: the
+single-stage commands (``modelpress export|quantize|validate --recipe``, ``modelpress.stage_commands``)
+run them on a stage folder, so every recipe key means the same there as in ``run``.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,11 +79,11 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
 
 
 @dataclass
-class _Run:
-    """What the stages of one run share, read once."""
+class Run:
+    """What the stages of one run share, read once (``run`` and the single-stage commands alike)."""
     recipe: Recipe                # as it runs: lengths fitted, the plan pinned to the target
     out_dir: Path
-    paths: RunPaths               # the staging folder
+    paths: RunPaths               # the staging folder (a stage command's folder)
     stack: contextlib.ExitStack
     task: Any
     modality: Any
@@ -90,15 +96,24 @@ class _Run:
     fitted: Any                   # the lengths fitted to the model (modalities.Fitted)
 
 
+@dataclass(frozen=True)
+class Encoders:
+    """How one graph is fed: validation's encoder (validate.max_length), calibration's, and the
+    teacher's opener on validation's encoder."""
+    input_names: tuple[str, ...]
+    shapes: Any
+    encoder: Any
+    cal_encoder: Any
+    teacher: Any
+
+
 @dataclass
 class _Pressed:
     """What export and quantization left: the deployed model's graph and the bundle's artifacts."""
     deployed: Any
     exported: Any
     quant: Any
-    encoder: Any                  # validation's encoder (validate.max_length)
-    cal_encoder: Any
-    teacher: Any                  # the teacher's opener
+    enc: Encoders
     extras: dict[str, Any]        # report sections the runtimes' artifacts added (engines)
 
 
@@ -109,13 +124,13 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
     if recipe.source:
         shutil.copyfile(recipe.source, paths.recipe)
     artifacts = wanted_artifacts(recipe)  # a runtime this machine lacks fails now, before any work
-    run = _prepare(recipe, out_dir, paths, stack)
-    pressed = _press(run, _deployed_model(run), artifacts)
+    run = prepare(recipe, out_dir, paths, stack)
+    pressed = _press(run, deployed_model(run), artifacts)
     report = _validate(run, pressed, artifacts)
     return _publish(run, report)
 
 
-def _prepare(recipe: Recipe, out_dir: Path, paths: RunPaths, stack: contextlib.ExitStack) -> _Run:
+def prepare(recipe: Recipe, out_dir: Path, paths: RunPaths, stack: contextlib.ExitStack) -> Run:
     """The task, the target, the data (first: a bad file fails in a second, not after loading and
     exporting), the teacher, and every length fitted to what the model takes."""
     from modelpress.recipe import fit_lengths
@@ -128,7 +143,7 @@ def _prepare(recipe: Recipe, out_dir: Path, paths: RunPaths, stack: contextlib.E
     target = resolve_target(recipe.target)
     recipe = recipe.with_(quantize=recipe.quantize.for_target(target))
     log.info("target %s (%s)", target.name, "this machine" if target.detected else "declared")
-    cal_examples = modality.read_calibration(recipe.calibration)
+    read = modality.read_calibration(recipe.calibration)
     log.info("loading teacher %s", teacher_ref)
     teacher_model, preprocessor = load_model_and_preprocessor(
         teacher_ref, task, trust_remote_code=recipe.trust_remote_code, allow_new_heads=recipe.allow_new_heads,
@@ -140,12 +155,12 @@ def _prepare(recipe: Recipe, out_dir: Path, paths: RunPaths, stack: contextlib.E
     recipe = recipe.with_(**sections)  # what ran, in the manifest too
     v, cal = recipe.validate, recipe.calibration
     es = task.read_eval(v.eval_data, v, model_config=teacher_model.config, preprocessor=preprocessor)
-    cal_examples = modality.calibration_set(cal, preprocessor, examples=cal_examples)
-    return _Run(recipe, out_dir, paths, stack, task, modality, target, teacher_ref, teacher_model, preprocessor,
-                es, cal_examples, fitted)
+    cal_examples = modality.calibration_set(cal, preprocessor, examples=read)
+    return Run(recipe, out_dir, paths, stack, task, modality, target, teacher_ref, teacher_model, preprocessor,
+               es, cal_examples, fitted)
 
 
-def _deployed_model(run: _Run) -> Any:
+def deployed_model(run: Run) -> Any:
     """What the bundle deploys: the student distilled now, a given student, or the teacher."""
     from modelpress.distill.stage import distill_stage
 
@@ -158,40 +173,70 @@ def _deployed_model(run: _Run) -> Any:
     return run.teacher_model
 
 
-def _press(run: _Run, deployed: Any, artifacts: list) -> _Pressed:
-    """Export, one calibration plan, ``bundle.json``, and each runtime's artifact from the plan."""
-    from modelpress.bundle import write_bundle_meta
+def export_model(run: Run, deployed: Any) -> Any:
+    """The deployed model → ``paths.model_onnx`` (parity-checked), its preprocessor and config beside it."""
     from modelpress.export.stage import export_stage
-    from modelpress.runtimes.quantize.stage import quantize_stage
-    from modelpress.validate.stage import candidate_evaluator, teacher_opener
 
-    recipe, paths, task, v, cal = run.recipe, run.paths, run.task, run.recipe.validate, run.recipe.calibration
-    exported = export_stage(deployed, run.preprocessor, task=task, cfg=recipe.export, paths=paths)
-    names, shapes = exported.result.input_names, graph_input_shapes(paths.model_onnx)
+    return export_stage(deployed, run.preprocessor, task=run.task, cfg=run.recipe.export, paths=run.paths)
+
+
+def encoders(run: Run, graph: Path, input_names: tuple[str, ...] | None = None) -> Encoders:
+    """How ``graph`` is fed (its inputs, as the export named them or as the graph lists them)."""
+    from modelpress.validate.stage import teacher_opener
+
+    v, cal = run.recipe.validate, run.recipe.calibration
+    shapes = graph_input_shapes(graph)
+    names = tuple(input_names or run.modality.check_graph_inputs(tuple(shapes), source=graph))
     encoder = run.modality.encoder(run.preprocessor, input_names=names, max_length=v.max_length, input_shapes=shapes)
     cal_encoder = run.modality.encoder(run.preprocessor, input_names=names, max_length=cal.max_length,
                                        input_shapes=shapes)
-    teacher = teacher_opener(run.teacher_model, task=task, encoder=encoder, threads=v.threads)
+    teacher = teacher_opener(run.teacher_model, task=run.task, encoder=encoder, threads=v.threads)
+    return Encoders(names, shapes, encoder, cal_encoder, teacher)
+
+
+def quantize(run: Run, enc: Encoders) -> Any:
+    """``paths.model_onnx`` → ``paths.model_int8_onnx`` by the recipe's mode (auto: judged against
+    the teacher on the eval set), its analysis and quantization record."""
+    from modelpress.runtimes.quantize.stage import quantize_stage
+    from modelpress.validate.stage import candidate_evaluator
+
+    recipe, v, cal = run.recipe, run.recipe.validate, run.recipe.calibration
     evaluate = None
     if recipe.quantize.mode == "auto":
-        evaluate = candidate_evaluator(task=task, teacher=teacher, encoder=encoder, eval_set=run.eval_set, cfg=v,
-                                       gate_cfg=recipe.gate)
-    quant = quantize_stage(paths, ExampleFeed(run.cal_examples, cal_encoder, batch_size=cal.batch_size),
-                           recipe.quantize, evaluate=evaluate)
-    write_bundle_meta(paths.root, task=task, input_names=names, max_length=v.max_length,
-                      max_positions=run.fitted.limit,
-                      label_names=_label_names(deployed.config) if task.needs_labels else [],
-                      runtimes=v.runtimes, input_shapes=shapes, target=run.target.describe())
+        evaluate = candidate_evaluator(task=run.task, teacher=enc.teacher, encoder=enc.encoder, eval_set=run.eval_set,
+                                       cfg=v, gate_cfg=recipe.gate)
+    return quantize_stage(run.paths, ExampleFeed(run.cal_examples, enc.cal_encoder, batch_size=cal.batch_size),
+                          recipe.quantize, evaluate=evaluate)
+
+
+def write_artifacts(run: Run, quant: Any, artifacts: list) -> dict[str, Any]:
+    """Each runtime's artifact from the plan; returns the report sections they add."""
     extras: dict[str, Any] = {}
     for artifact in artifacts:
-        extras.update(artifact.write(quant, paths, recipe=recipe, task=task))
-    return _Pressed(deployed, exported, quant, encoder, cal_encoder, teacher, extras)
+        extras.update(artifact.write(quant, run.paths, recipe=run.recipe, task=run.task))
+    return extras
 
 
-def _seed_variants(run: _Run, pressed: _Pressed) -> tuple[list, list]:
-    """The shipped plan calibrated again on other samples (``quantize.calibration_seeds``): their
-    openers, and (seed, path, seconds) of each."""
-    from modelpress.runtimes.quantize.stage import seed_variants
+def _press(run: Run, deployed: Any, artifacts: list) -> _Pressed:
+    """Export, one calibration plan, ``bundle.json``, and each runtime's artifact from the plan."""
+    from modelpress.bundle import write_bundle_meta
+
+    task, v = run.task, run.recipe.validate
+    exported = export_model(run, deployed)
+    enc = encoders(run, run.paths.model_onnx, tuple(exported.result.input_names))
+    quant = quantize(run, enc)
+    write_bundle_meta(run.paths.root, task=task, input_names=enc.input_names, max_length=v.max_length,
+                      max_positions=run.fitted.limit,
+                      label_names=_label_names(deployed.config) if task.needs_labels else [],
+                      runtimes=v.runtimes, input_shapes=enc.shapes, target=run.target.describe())
+    return _Pressed(deployed, exported, quant, enc, write_artifacts(run, quant, artifacts))
+
+
+def seed_variants(run: Run, enc: Encoders, quant: Any) -> tuple[list, list]:
+    """The shipped plan calibrated again on other samples (``quantize.calibration_seeds``) from
+    ``paths.model_onnx``, with the method and fp32 nodes ``quant`` chose: their openers, and
+    (seed, path, seconds) of each."""
+    from modelpress.runtimes.quantize.stage import seed_variants as calibrate_again
     from modelpress.validate.stage import file_opener
 
     recipe, cal = run.recipe, run.recipe.calibration
@@ -201,46 +246,56 @@ def _seed_variants(run: _Run, pressed: _Pressed) -> tuple[list, list]:
              recipe.quantize.calibration_seeds - 1)
     work = run.stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{recipe.name}.seeds-", dir=run.out_dir))
     feeds = [(cal.seed + k, ExampleFeed(run.modality.calibration_set(cal, run.preprocessor, seed=cal.seed + k),
-                                        pressed.cal_encoder, batch_size=cal.batch_size))
+                                        enc.cal_encoder, batch_size=cal.batch_size))
              for k in range(1, recipe.quantize.calibration_seeds)]
-    seeds = seed_variants(run.paths.model_onnx, feeds, pressed.quant, recipe.quantize, Path(work))
-    return [file_opener(path, task=run.task, encoder=pressed.encoder, threads=recipe.validate.threads,
+    seeds = calibrate_again(run.paths.model_onnx, feeds, quant, recipe.quantize, Path(work))
+    return [file_opener(path, task=run.task, encoder=enc.encoder, threads=recipe.validate.threads,
                         name=f"int8-seed{seed}") for seed, path, _ in seeds], seeds
 
 
-def _validate(run: _Run, pressed: _Pressed, artifacts: list) -> dict[str, Any]:
+def judge(run: Run, enc: Encoders, *, measured: list, gated: list, variants: Sequence = ()) -> dict[str, Any]:
+    """Validation against the fp32 teacher: ``measured`` models for the record, ``gated`` (the
+    shipped model on each of its runtimes) and its calibration-seed ``variants``, the gate judging
+    the worst of them."""
+    from modelpress.validate.stage import validate_stage
+
+    recipe = run.recipe
+    log.info("validating against the fp32 teacher")
+    report = validate_stage(task=run.task, cfg=recipe.validate, gate_cfg=recipe.gate, teacher=enc.teacher,
+                            candidates=[*measured, gated[0]], eval_set=run.eval_set, name=recipe.name,
+                            variants=variants, other_runtimes=gated[1:])
+    report.update(defaults_clipped=dict(run.fitted.clipped), target=run.target.describe())
+    return report
+
+
+def _validate(run: Run, pressed: _Pressed, artifacts: list) -> dict[str, Any]:
     """Every model beside the fp32 teacher; the gated one is the bundle itself (its manifest comes
     after validation) on each of its runtimes, and its calibration-seed twins."""
     from modelpress.bundle import load as load_bundle
     from modelpress.distill.stage import untrained_subset
-    from modelpress.validate.stage import file_opener, teacher_opener, validate_stage
+    from modelpress.validate.stage import file_opener, teacher_opener
 
-    recipe, task, v, paths = run.recipe, run.task, run.recipe.validate, run.paths
-    variants, seeds = _seed_variants(run, pressed)
-    log.info("validating against the fp32 teacher")
-    candidates = []
+    recipe, task, v, paths, enc = run.recipe, run.task, run.recipe.validate, run.paths, pressed.enc
+    variants, seeds = seed_variants(run, enc, pressed.quant)
+    measured = []
     subset = untrained_subset(paths.student, run.teacher_model) if recipe.distill_enabled else None
     if subset is not None:  # what distillation started from, to show what it bought
-        candidates.append(teacher_opener(subset, task=task, encoder=pressed.encoder, threads=v.threads,
-                                         name="untrained-subset-fp32"))
+        measured.append(teacher_opener(subset, task=task, encoder=enc.encoder, threads=v.threads,
+                                       name="untrained-subset-fp32"))
     students = recipe.distill_enabled or recipe.student is not None
-    candidates.append(file_opener(paths.model_onnx, task=task, encoder=pressed.encoder, threads=v.threads,
-                                  name="student-onnx-fp32" if students else "onnx-fp32"))
-    candidates += [file_opener(path, task=task, encoder=pressed.encoder, threads=v.threads, name=name,
-                               runtime=artifact.runtime)
-                   for artifact in artifacts for name, path in artifact.measured(paths)]
+    measured.append(file_opener(paths.model_onnx, task=task, encoder=enc.encoder, threads=v.threads,
+                                name="student-onnx-fp32" if students else "onnx-fp32"))
+    measured += [file_opener(path, task=task, encoder=enc.encoder, threads=v.threads, name=name,
+                             runtime=artifact.runtime)
+                 for artifact in artifacts for name, path in artifact.measured(paths)]
 
     def bundle_on(runtime: str):
         return lambda: load_bundle(paths.root, runtime=runtime, threads=v.threads, verify=False,
                                    **v.runner_options(runtime))
 
-    candidates.append(bundle_on(v.runtimes[0]))
-    report = validate_stage(task=task, cfg=v, gate_cfg=recipe.gate, teacher=pressed.teacher, candidates=candidates,
-                            eval_set=run.eval_set, name=recipe.name, variants=variants,
-                            other_runtimes=[bundle_on(r) for r in v.runtimes[1:]])
+    report = judge(run, enc, measured=measured, gated=[bundle_on(r) for r in v.runtimes], variants=variants)
     quant = pressed.quant
-    report.update(defaults_clipped=dict(run.fitted.clipped), target=run.target.describe(),
-                  export=pressed.exported.report_section(), quantization=quant.report_section(recipe.quantize.mode))
+    report.update(export=pressed.exported.report_section(), quantization=quant.report_section(recipe.quantize.mode))
     if seeds:
         report["quantization"]["calibration_seeds"] = [
             {"seed": recipe.calibration.seed, "name": "int8", "calibration_seconds": quant.summary.calibration_seconds},
@@ -250,7 +305,7 @@ def _validate(run: _Run, pressed: _Pressed, artifacts: list) -> dict[str, Any]:
     return report
 
 
-def _publish(run: _Run, report: dict[str, Any]) -> RunOutcome:
+def _publish(run: Run, report: dict[str, Any]) -> RunOutcome:
     """The reports and the manifest, then the staging folder into place: ``<out>/<name>``, or
     ``<out>/<name>.rejected`` when the gate failed (never over the last passing bundle)."""
     from modelpress.manifest import write_manifest

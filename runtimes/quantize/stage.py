@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from modelpress.errors import BadInputError
 from modelpress.fileio import write_json
-from modelpress.runtimes.quantize.config import QuantizeConfig
+from modelpress.runtimes.quantize.config import CALIBRATION_METHODS, QuantizeConfig
 from modelpress.runtimes.quantize.static import QuantizeSummary
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,24 @@ def seed_variants(onnx_path: Path, feeds_by_seed: Iterable[tuple[int, Iterable[M
         write_quantized(plan, path, keep_fp32=tuple(outcome.summary.fp32_nodes))
         out.append((seed, path, round(time.perf_counter() - t0, 2)))
     return out
+
+
+def recorded_outcome(quantization_json: Path) -> QuantizeOutcome:
+    """What a finished quantize stage chose, read back from its ``quantization.json`` (the
+    calibration method and the fp32 nodes): enough for :func:`seed_variants` to calibrate the same
+    plan again on other samples (``modelpress validate --recipe`` with ``calibration_seeds > 1``)."""
+    try:
+        done = json.loads(Path(quantization_json).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        done = None
+    names = {f.name for f in fields(QuantizeSummary)}
+    required = {f.name for f in fields(QuantizeSummary) if f.default is MISSING}
+    if not isinstance(done, dict) or not required <= set(done):
+        raise BadInputError(f"{quantization_json}: not a quantization record of `modelpress quantize`")
+    if done["calibration_method"] not in CALIBRATION_METHODS:
+        raise BadInputError(f"{quantization_json}: the model was quantized without calibration "
+                            f"({done['calibration_method']}); there is nothing to calibrate again")
+    return QuantizeOutcome(QuantizeSummary(**{k: v for k, v in done.items() if k in names}), [], done.get("auto"))
 
 
 def analyze_run(run_dir: Path, out_dir: Path | None = None):
