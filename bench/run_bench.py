@@ -13,11 +13,16 @@ Variants (all with the same pooling head, tokenization excluded from timings):
                      (format "ort" on ORT's fused graph: QAttention + MatMulIntegerToFloat)
   modelpress-int8-unfused  the same calibration in the "ort" format on the unfused export
                      (quantize.fuse = false: MatMulIntegerToFloat with the bias folded in)
-  modelpress-int8-qdq  the same calibration written as portable Q/DQ
+  modelpress-int8-qdq  the same calibration written as portable Q/DQ (with its int8 attention scores, as
+                     quantize.format = "qdq" ships it)
   openvino-fp32      OpenVINO on our export (INFERENCE_PRECISION_HINT f32, LATENCY hint, one stream)
   openvino-bf16      the same, bf16 float parts (f32 where the CPU has no bf16: the row says what ran)
   openvino-nncf-int8 NNCF 3.x MIXED / TRANSFORMER on our export, from the same 512 calibration texts
-  modelpress-int8-openvino  ours: the same plan as modelpress-int8, as OpenVINO IR (what the bundle ships)
+  modelpress-int8-openvino  ours: the same plan as modelpress-int8, as OpenVINO IR, written as the bundle
+                     writes it (write_openvino_ir, the plan pinned to this machine as target = "auto":
+                     int8 attention scores, Q/DQ on the Q and K projection outputs, on VNNI/AMX CPUs)
+  modelpress-int8-openvino-fp32att  the same IR with the attention scores fp32 (the form before; only
+                     where the plan quantizes them)
 OpenVINO rows are left out when the openvino package is missing (NNCF's when nncf is).
 Shapes: batch 1 × 128 and batch 32 × 128 (padded), and a real workload (every STS-B test sentence,
 length-sorted, batch 32, padded to the longest in each batch), at 1 and 2 threads. Runs are
@@ -119,22 +124,30 @@ def openvino_files(work: Path) -> dict[str, tuple[Path, str]]:
     files = {"openvino-fp32": (work / "ov-fp32" / "model.xml", "f32"),
              "openvino-bf16": (work / "ov-fp32" / "model.xml", "bf16"),
              "openvino-nncf-int8": (work / "ov-nncf" / "model.xml", "f32"),
-             "modelpress-int8-openvino": (work / "ov-int8" / "model.xml", "f32")}
+             "modelpress-int8-openvino": (work / "ov-int8" / "model.xml", "f32"),
+             "modelpress-int8-openvino-fp32att": (work / "ov-int8-fp32att" / "model.xml", "f32")}
     return {name: f for name, f in files.items() if f[0].is_file()}
 
 
-def prepare_openvino(work: Path, tokenizer, texts, input_names) -> dict:
-    """IRs of our export and of our int8 plan; NNCF's int8 from the same texts (time, peak RSS)."""
+def prepare_openvino(work: Path, tokenizer, texts, input_names, outcome) -> dict:
+    """IRs of our export and of our int8 plan (``outcome``: the quantize stage's, as the bundle's
+    OpenVINO artifact reads it); NNCF's int8 from the same texts (time, peak RSS)."""
     import importlib.util
 
     if importlib.util.find_spec("openvino") is None:
         print("note: openvino not installed: no OpenVINO rows (pip install 'modelpress[bench]')", file=sys.stderr)
         return {}
-    from modelpress.runtimes.openvino_runner import convert_to_ir
+    from modelpress.runtimes.openvino_runner import convert_to_ir, write_openvino_ir
+    from modelpress.runtimes.quantize.static import write_quantized
     from modelpress.validate.latency import PeakRss
 
     convert_to_ir(work / "model.onnx", work / "ov-fp32" / "model.xml")
-    convert_to_ir(work / "model.int8.qdq.onnx", work / "ov-int8" / "model.xml")
+    write_openvino_ir(outcome, work / "model.int8.onnx", work / "ov-int8" / "model.xml")
+    plan = outcome.plan
+    if plan.scores:  # the IR as it was before attention scores went int8: the row that shows what they bring
+        fp32att = replace(plan, cfg=plan.cfg.with_(format="qdq", attention_scores=False), scores=[], score_ranges={})
+        write_quantized(fp32att, work / "model.int8.qdq-fp32att.onnx", keep_fp32=outcome.summary.fp32_nodes)
+        convert_to_ir(work / "model.int8.qdq-fp32att.onnx", work / "ov-int8-fp32att" / "model.xml")
     if importlib.util.find_spec("nncf") is None:
         print("note: nncf not installed: no OpenVINO + NNCF row", file=sys.stderr)
         return {}
@@ -214,10 +227,11 @@ def prepare_models(work: Path, teacher_ref, task, model, tokenizer):
     from modelpress.calibration_data.loaders import load_texts, sample
     from modelpress.export.fusion import fuse_model
     from modelpress.export.onnx_export import export_onnx
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
-
     from modelpress.runtimes.cpu import int8_gemm_saturates
+    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.runtimes.quantize.stage import QuantizeOutcome
+    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
+    from modelpress.runtimes.target import resolve_target
 
     res = export_onnx(model, tokenizer, work / "model.onnx", task=task)
     fuse_model(work / "model.onnx", work / "model.fused.onnx", exported=res, model_config=model.config)
@@ -229,14 +243,15 @@ def prepare_models(work: Path, teacher_ref, task, model, tokenizer):
     torchscript = prepare_torchscript_fused(work, teacher_ref, tokenizer, res.input_names, int8_gemm_saturates())
     texts = sample(load_texts(ROOT / "calibration_data" / "en_default.txt"), 512)
     t0 = time.perf_counter()
+    cfg = QuantizeConfig().for_target(resolve_target("auto"))  # what a run pins: 7-bit weights, attention scores
     plan = plan_quantization(work / "model.onnx", TokenizedFeed(texts, tokenizer, batch_size=16, max_length=128,
-                                                                input_names=res.input_names), QuantizeConfig())
+                                                                input_names=res.input_names), cfg)
     summary = write_quantized(plan, work / "model.int8.onnx")
     seconds = time.perf_counter() - t0
     # same calibration: on the unfused export, and as the portable Q/DQ graph
     write_quantized(replace(plan, fused=None), work / "model.int8.unfused.onnx")
     write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), work / "model.int8.qdq.onnx")
-    openvino = prepare_openvino(work, tokenizer, texts, res.input_names)
+    openvino = prepare_openvino(work, tokenizer, texts, res.input_names, QuantizeOutcome(summary, [], None, plan))
     return res.input_names, summary, seconds, {**openvino, "torchscript_fused": torchscript}
 
 
@@ -304,6 +319,8 @@ def main(argv=None) -> int:
         work = Path(tmp)
         input_names, summary, qseconds, peers = prepare_models(work, teacher_ref, task, model, tokenizer)
         result["modelpress_quantize_seconds"] = round(qseconds, 1)
+        scores = summary.attention_scores  # None: off for this machine as target
+        result["modelpress_attention_scores"] = None if scores is None else [t.tensor for t in scores.tensors]
         result["peers"] = peers  # NNCF's time and memory, the fused TorchScript graph's ops
         student = prepare_student(work, args.student, task) if args.student else None
         for threads in args.threads:

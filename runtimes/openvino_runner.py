@@ -142,7 +142,11 @@ class OpenVINOArtifact(RuntimeArtifact):
 def write_openvino_ir(outcome: Any, int8_onnx: Path, xml_path: Path) -> Path:
     """The written int8 model as OpenVINO IR: the same plan (calibration, SmoothQuant, fp32 nodes)
     in portable Q/DQ, which OpenVINO reads as FakeQuantize and runs with its int8 kernels (the
-    ``ort`` format's MatMulIntegerToFloat is an ONNX Runtime contrib op OpenVINO cannot read)."""
+    ``ort`` format's MatMulIntegerToFloat is an ONNX Runtime contrib op OpenVINO cannot read).
+    Where the plan quantizes attention scores (``quantize.attention_scores``, on by ``"auto"`` for
+    VNNI/AMX targets) the Q/DQ form carries them: symmetric int8 Q and K projection outputs, which
+    the plugin runs through its int8 MHA kernel (the Q·Kᵀ MatMuls are fp32 nodes of the ``ort``
+    graph, and ``keep_fp32`` names weight targets only)."""
     import tempfile
     from dataclasses import replace
 

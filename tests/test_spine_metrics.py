@@ -233,9 +233,14 @@ def test_manifest_checksums_and_tamper_detection(tmp_path):
 
 
 def test_publish_replaces_an_older_run_and_leaves_no_leftovers(tmp_path):
+    from modelpress.manifest import write_manifest
+
     final = tmp_path / "job"
     final.mkdir()
     (final / "old.txt").write_text("old")
+    # an older run is a bundle: publish replaces nothing else (a teacher folder under --out .)
+    write_manifest(final, recipe={"name": "job"}, task={"task": "feature-extraction"}, metrics={},
+                   gate={"passed": True}, input_names=["input_ids"])
     staging = staging_dir(tmp_path, "job")
     assert staging.name.startswith(".job.partial-") and staging != staging_dir(tmp_path, "job")  # one per run
     staging.mkdir()

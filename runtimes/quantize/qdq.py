@@ -17,7 +17,7 @@ from onnx import TensorProto
 from modelpress.runtimes.quantize.graph import GraphEditor
 
 from modelpress.runtimes.quantize.stats import TensorRange
-from modelpress.runtimes.quantize.targets import QuantTarget
+from modelpress.runtimes.quantize.targets import QuantTarget, ScoreMatMul
 
 
 @dataclass(frozen=True)
@@ -85,4 +85,28 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], ranges: dict[
             name=f"{wq}_DequantizeLinear", **dq_attrs))
         node.input[1] = f"{wq}_dequantized"
         g.drop_if_unused(t.weight)
+    return g.finish()
+
+
+def insert_score_qdq(model: onnx.ModelProto, scores: list[ScoreMatMul],
+                     ranges: dict[str, TensorRange]) -> onnx.ModelProto:
+    """Symmetric int8 Q/DQ (zero point 0, one scale per tensor) on the Q and K projection outputs of
+    each Q·Kᵀ MatMul, read only by the node on the way to that MatMul: the projection's other readers
+    and the attention·V path keep fp32. Signed and symmetric is what NNCF writes there and what
+    OpenVINO's int8 MHA kernel takes."""
+    g = GraphEditor(model)
+    for tensor, reader in dict.fromkeys((t, r) for s in scores for t, r in ((s.query, s.query_reader),
+                                                                            (s.key, s.key_reader))):
+        p = activation_params(ranges[tensor], symmetric=True)
+        base = f"{tensor}_scores"
+        g.add_initializer(np.array(p.scale, dtype=np.float32), f"{base}_scale")
+        g.add_initializer(onnx.helper.make_tensor(f"{base}_zero_point", TensorProto.INT8, [], [0]))
+        g.insert_before(reader,
+                        onnx.helper.make_node("QuantizeLinear", [tensor, f"{base}_scale", f"{base}_zero_point"],
+                                              [f"{base}_quantized"], name=f"{base}_QuantizeLinear"),
+                        onnx.helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale",
+                                                                   f"{base}_zero_point"],
+                                              [f"{base}_dequantized"], name=f"{base}_DequantizeLinear"))
+        node = g.nodes[reader]
+        node.input[:] = [f"{base}_dequantized" if name == tensor else name for name in node.input]
     return g.finish()

@@ -2,16 +2,17 @@
 
 Pipeline: find constant-weight MatMul/Gemm targets → (optional) SmoothQuant, from per-channel
 activation maxima over real tokens → calibrate the inputs of the targets (minmax / percentile /
-entropy, bounded memory) → write Q/DQ, or for the ``ort`` format ONNX Runtime's int8 ops on its
-fused graph when there is one (``runtimes.quantize.fused``) → save atomically. Returns a summary
-for the report.
+entropy, bounded memory), and with ``quantize.attention_scores`` the Q and K projection outputs of
+each attention-score MatMul in the same pass → write Q/DQ, or for the ``ort`` format ONNX Runtime's
+int8 ops on its fused graph when there is one (``runtimes.quantize.fused``) → save atomically.
+Returns a summary for the report.
 """
 from __future__ import annotations
 
 
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -26,10 +27,11 @@ from modelpress.runtimes.quantize.calibrate import collect_stats
 from modelpress.runtimes.quantize.config import QuantizeConfig
 from modelpress.runtimes.quantize.fused import FusedPlan, carry_over
 from modelpress.runtimes.quantize.ort_ops import insert_ort_int8, ort_gemm
-from modelpress.runtimes.quantize.qdq import activation_params, insert_qdq
+from modelpress.runtimes.quantize.qdq import activation_params, insert_qdq, insert_score_qdq
 from modelpress.runtimes.quantize.smoothquant import apply_smoothing
 from modelpress.runtimes.quantize.stats import TensorRange
-from modelpress.runtimes.quantize.targets import QuantTarget, find_targets, fold_weight_transposes
+from modelpress.runtimes.quantize.targets import (QuantTarget, ScoreMatMul, find_attention_scores, find_targets,
+                                                  fold_weight_transposes)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,17 @@ class TensorCalibration:
     clipped: float
     scale: float
     zero_point: int
+
+
+@dataclass(frozen=True)
+class AttentionScoresSummary:
+    """The attention-score op class: int8 Q·Kᵀ through symmetric int8 Q/DQ (zero point 0, one scale
+    per tensor) on the Q and K projection outputs, in the Q/DQ graphs written from the plan (present
+    when ``quantize.attention_scores`` is on for the target)."""
+
+    in_this_graph: bool                   # False for the "ort" format (ONNX Runtime's attention stays fp32)
+    matmuls: tuple[str, ...]              # the Q·Kᵀ MatMul nodes
+    tensors: tuple[TensorCalibration, ...]  # the Q and K projection outputs and their int8 ranges
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,7 @@ class QuantizeSummary:
     peak_rss_mb: float
     block_size: int | None = None         # weight-only (MatMulNBits): input rows per weight scale
     accuracy_level: int | None = None     # weight-only: MatMulNBits' compute (0/1 fp32, 4 int8)
+    attention_scores: AttentionScoresSummary | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +103,9 @@ class QuantPlan:
     seconds: float
     peak_rss_bytes: int
     fused: FusedPlan | None = None   # the same calibration on ORT's fused graph (the ``ort`` format's base)
+    #: Q·Kᵀ MatMuls and the symmetric ranges of their Q/K projection outputs (cfg.int8_attention_scores)
+    scores: list[ScoreMatMul] = field(default_factory=list)
+    score_ranges: dict[str, TensorRange] = field(default_factory=dict)
 
     def activation_quant(self, activation: str):
         return activation_params(self.ranges[activation], symmetric=self.cfg.activation_symmetric)
@@ -112,9 +129,12 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
     method = cfg.calibration_method
     needs_hist = method != "minmax"
     acts = [t.activation for t in targets]
-    stats = collect_stats(model, acts, feeds, histogram=needs_hist and not cfg.smoothquant,
+    scores = find_attention_scores(model) if cfg.int8_attention_scores else []
+    score_tensors = list(dict.fromkeys(t for s in scores for t in (s.query, s.key)))
+    stats = collect_stats(model, acts + score_tensors, feeds, histogram=needs_hist and not cfg.smoothquant,
                           num_bins=cfg.num_bins, exclude_padding=cfg.exclude_padding,
                           desc="calibrating (pass 1)")
+    score_stats = {t: stats[t] for t in score_tensors}
     rss.sample()
     if cfg.smoothquant:
         # Conv inputs are not smoothed (their statistics are not per input channel: NCHW)
@@ -123,9 +143,10 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
             model, targets, {a: s.channel_absmax() for a, s in stats.items() if a not in conv_acts},
             cfg.smoothquant_alpha)
         if needs_hist:
-            stats = collect_stats(model, [t.activation for t in targets], feeds, histogram=True,
+            stats = collect_stats(model, [t.activation for t in targets] + score_tensors, feeds, histogram=True,
                                   num_bins=cfg.num_bins, exclude_padding=cfg.exclude_padding,
                                   desc="calibrating (pass 2)")
+            score_stats = {t: stats[t] for t in score_tensors}
             rss.sample()
         else:
             stats = _rescaled_minmax(stats, targets, factors)
@@ -142,12 +163,18 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
             ranges[t.activation] = s.range(method, percentile=cfg.percentile,
                                            symmetric=cfg.activation_symmetric)
             observed[t.activation] = (s.min, s.max)
+    # minmax: pass 1's statistics hold (SmoothQuant rescales the projections' inputs and weights, not their outputs)
+    score_ranges = {name: st.range(method, percentile=cfg.percentile, symmetric=True)
+                    for name, st in score_stats.items()}
+    observed.update({name: (st.min, st.max) for name, st in score_stats.items()})
+    if scores:  # the same sites on the smoothed graph (its readers are the nodes a Q/DQ goes before)
+        scores = [sc for sc in find_attention_scores(model) if {sc.query, sc.key} <= score_ranges.keys()]
     rss.sample()
     fused = None
     if cfg.graph_format == "ort" and cfg.fuse:
         fused = _fused_plan(model_path, feeds, targets, ranges, factors, cfg)
     return QuantPlan(model, targets, ranges, observed, all_matmuls, cfg,
-                     time.perf_counter() - start, rss.peak, fused)
+                     time.perf_counter() - start, rss.peak, fused, scores, score_ranges)
 
 
 def _fused_plan(model_path, feeds, targets, ranges, factors, cfg: QuantizeConfig) -> FusedPlan | None:
@@ -173,10 +200,11 @@ def excluded_nodes(model: onnx.ModelProto, names: tuple[str, ...], *, source: ob
 
 
 def for_tensorrt(plan: QuantPlan) -> QuantPlan:
-    """The same calibration as TensorRT reads it: symmetric int8 activations (±max|range|), Q/DQ."""
+    """The same calibration as TensorRT reads it: symmetric int8 activations (±max|range|), Q/DQ.
+    Attention scores stay fp32: TensorRT's int8 MHA fusion wants V and the softmax quantized too."""
     return replace(plan, ranges={a: r.symmetric() for a, r in plan.ranges.items()},
                    cfg=plan.cfg.with_(preset="tensorrt", format="qdq", symmetric_activations=None,
-                                      reduce_range=False))
+                                      reduce_range=False, attention_scores=False), scores=[], score_ranges={})
 
 
 def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[str, ...] = ()) -> QuantizeSummary:
@@ -208,7 +236,11 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
     else:
         qmodel = insert_qdq(plan.model, targets, plan.ranges, symmetric_activations=cfg.activation_symmetric,
                             per_channel=cfg.per_channel, weight_qmax=cfg.weight_qmax)
+        if plan.scores:
+            qmodel = insert_score_qdq(qmodel, plan.scores, plan.score_ranges)
     save_onnx(qmodel, Path(out_path))
+    scores = _scores_summary(plan)
+    int8_scores = set(scores.matmuls) if scores is not None and scores.in_this_graph else set()
     quantized = tuple(t.node_name for t in targets)
     tensors = []
     for act in dict.fromkeys(t.activation for t in targets):
@@ -219,9 +251,27 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
     return QuantizeSummary(
         preset=cfg.preset, format=cfg.graph_format, calibration_method=cfg.calibration_method,
         smoothquant=cfg.smoothquant, weight_bits=8 if cfg.weight_qmax == 127 else 7,
-        quantized_nodes=quantized, fp32_nodes=tuple(n for n in plan.all_matmuls if n not in quantized),
+        quantized_nodes=quantized,
+        fp32_nodes=tuple(n for n in plan.all_matmuls if n not in quantized and n not in int8_scores),
         tensors=tuple(tensors), calibration_seconds=round(plan.seconds, 2),
-        peak_rss_mb=round(plan.peak_rss_bytes / 2**20, 1))
+        peak_rss_mb=round(plan.peak_rss_bytes / 2**20, 1), attention_scores=scores)
+
+
+def _scores_summary(plan: QuantPlan) -> AttentionScoresSummary | None:
+    """What the attention-score op class did (None: the setting is off for this target; no MatMul
+    listed: the graph has no Q·Kᵀ it recognises). Q·Kᵀ MatMuls are never in ``quantized_nodes``:
+    ``keep_fp32`` (the accuracy search, the OpenVINO IR) names weight targets; the setting alone
+    decides these."""
+    if not plan.cfg.int8_attention_scores:
+        return None
+    tensors = []
+    for name in dict.fromkeys(t for s in plan.scores for t in (s.query, s.key)):
+        rng = plan.score_ranges[name]
+        p = activation_params(rng, symmetric=True)
+        tensors.append(TensorCalibration(name, rng.lo, rng.hi, plan.observed[name][0], plan.observed[name][1],
+                                         rng.clipped, p.scale, p.zero_point))
+    return AttentionScoresSummary(in_this_graph=plan.cfg.graph_format == "qdq",
+                                  matmuls=tuple(s.node_name for s in plan.scores), tensors=tuple(tensors))
 
 
 def quantize_static(model_path: str | Path, out_path: str | Path,
