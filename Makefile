@@ -20,7 +20,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test test-fast run distill export quantize validate gate engine analyze bench bench-lm clean
+.PHONY: setup demo lint test test-fast run distill export quantize validate gate engine analyze bench bench-lm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,12 @@ run: setup
 
 # two workers on the 2-core CI machine, a test file each at a time (its module fixtures built once)
 TEST_WORKERS ?= 2
-test: setup
+# the house rules a reader should not have to check by eye: ruff's lint and its formatter
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup

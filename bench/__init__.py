@@ -1,4 +1,5 @@
 """Benchmarks (`make bench` and friends): not installed, they read ../shared."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,19 @@ import platform
 from pathlib import Path
 
 #: the flags that decide which int8 / bf16 kernels a CPU runtime can use
-KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
-                "amx_int8", "asimddp", "i8mm")
+KERNEL_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "asimddp",
+    "i8mm",
+)
 
 
 def machine() -> dict:
@@ -21,16 +33,22 @@ def machine() -> dict:
     if info.is_file():
         for line in info.read_text(encoding="utf-8", errors="replace").splitlines():
             key, _, value = line.partition(":")
-            if key.strip() in ("model name", "cpu family", "model") and key.strip() not in fields.keys() - {"model name"}:
+            if key.strip() in ("model name", "cpu family", "model") and key.strip() not in fields.keys() - {
+                "model name"
+            }:
                 fields[key.strip()] = value.strip()
             if not line.strip():
                 break
     flags = cpu_flags()
-    return {"cpu": fields["model name"], "family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
-            "arch": platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel_flags": [f for f in KERNEL_FLAGS if f in flags],
-            "int8_gemm_saturates": int8_gemm_saturates()}
+    return {
+        "cpu": fields["model name"],
+        "family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel_flags": [f for f in KERNEL_FLAGS if f in flags],
+        "int8_gemm_saturates": int8_gemm_saturates(),
+    }
 
 
 def write_results(path: str | Path, result: dict) -> None:

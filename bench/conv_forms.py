@@ -12,6 +12,7 @@ Prints top-1 agreement with fp32 and the latency ratios; timings only (random we
 ConvInteger form (the Conv analogue of MatMulIntegerToFloat) measured 2.4× fp32's time at b32
 here, against 1.18× for Q/DQ, and was dropped.
 """
+
 from __future__ import annotations
 
 import collections
@@ -41,8 +42,9 @@ def build(work: Path):
     from modelpress.tasks import configure_task
     from modelpress.testing import write_images
 
-    cfg = transformers.ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
-                                    layer_type="basic", num_labels=10)
+    cfg = transformers.ResNetConfig(
+        embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic", num_labels=10
+    )
     torch.manual_seed(0)
     model = transformers.AutoModelForImageClassification.from_config(cfg).eval()
     model.save_pretrained(work / "m")
@@ -64,10 +66,22 @@ def build(work: Path):
         def get_next(self):
             return next(self.it, None)
 
-    quantize_static(str(work / "model.onnx"), str(work / "ort_static.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=False, reduce_range=int8_gemm_saturates())
-    quantize_static(str(work / "model.onnx"), str(work / "ort_static_qop.onnx"), Reader(),
-                    quant_format=QuantFormat.QOperator, per_channel=True, reduce_range=int8_gemm_saturates())
+    quantize_static(
+        str(work / "model.onnx"),
+        str(work / "ort_static.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=False,
+        reduce_range=int8_gemm_saturates(),
+    )
+    quantize_static(
+        str(work / "model.onnx"),
+        str(work / "ort_static_qop.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QOperator,
+        per_channel=True,
+        reduce_range=int8_gemm_saturates(),
+    )
     return encoder, paths
 
 
@@ -89,8 +103,10 @@ def main() -> int:
         ref = sessions["model"].run(None, batch)[0]
         for name, s in sessions.items():
             out = s.run(None, batch)[0]
-            print(f"{name:<16} top-1 agreement {float((out.argmax(1) == ref.argmax(1)).mean()):.3f}  "
-                  f"max |diff| / max |fp32| {float(np.abs(out - ref).max() / np.abs(ref).max()):.4f}")
+            print(
+                f"{name:<16} top-1 agreement {float((out.argmax(1) == ref.argmax(1)).mean()):.3f}  "
+                f"max |diff| / max |fp32| {float(np.abs(out - ref).max() / np.abs(ref).max()):.4f}"
+            )
         for b, rounds in ((1, 12), (32, 5)):
             feed = {"pixel_values": batch["pixel_values"][:b]}
             times = collections.defaultdict(list)

@@ -8,6 +8,7 @@ ordinary transformers folder with its image processor. ``make demo`` presses the
 (``configs/resnet-digits.toml``), ``bench.vision_bench`` both, and the integration tests a short
 training of the same ResNet. A folder already written is reused (``DONE`` marks a finished one).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,12 +54,25 @@ def new_model(kind: str):
     labels = {str(i): i for i in range(10)}
     common = dict(num_labels=10, label2id=labels, id2label={i: n for n, i in labels.items()})
     if kind == "vit":
-        cfg = transformers.ViTConfig(image_size=SIZE, patch_size=4, hidden_size=64, num_hidden_layers=4,
-                                     num_attention_heads=4, intermediate_size=128, **common)
+        cfg = transformers.ViTConfig(
+            image_size=SIZE,
+            patch_size=4,
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=128,
+            **common,
+        )
         processor = transformers.ViTImageProcessorPil(size={"height": SIZE, "width": SIZE})
     else:
-        cfg = transformers.ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1],
-                                        layer_type="basic", downsample_in_first_stage=False, **common)
+        cfg = transformers.ResNetConfig(
+            embedding_size=32,
+            hidden_sizes=[32, 64, 128],
+            depths=[1, 1, 1],
+            layer_type="basic",
+            downsample_in_first_stage=False,
+            **common,
+        )
         processor = transformers.ConvNextImageProcessorPil(size={"shortest_edge": SIZE}, crop_pct=1.0)
     return transformers.AutoModelForImageClassification.from_config(cfg), processor
 
@@ -85,7 +99,7 @@ def train(kind: str, train_dir: Path, out: Path, *, epochs: int, seed: int = 0) 
         for batch in torch.randperm(len(x), generator=gen).split(64):
             xb = torch.nn.functional.pad(x[batch], (2, 2, 2, 2), value=float(x.min()))
             dx, dy = (int(v) for v in torch.randint(0, 5, (2,), generator=gen))
-            xb = xb[:, :, dy:dy + SIZE, dx:dx + SIZE]
+            xb = xb[:, :, dy : dy + SIZE, dx : dx + SIZE]
             loss = torch.nn.functional.cross_entropy(model(pixel_values=xb).logits, y[batch])
             opt.zero_grad()
             loss.backward()
@@ -94,8 +108,12 @@ def train(kind: str, train_dir: Path, out: Path, *, epochs: int, seed: int = 0) 
     model.eval()
     model.save_pretrained(str(out))
     processor.save_pretrained(str(out))
-    return {"epochs": epochs, "train_images": len(x), "train_seconds": round(time.perf_counter() - t0, 1),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "epochs": epochs,
+        "train_images": len(x),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def prepare(out: Path, models: list[str], *, epochs: int) -> dict:

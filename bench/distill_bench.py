@@ -22,6 +22,7 @@ short runs on a 2-core AMD EPYC (AVX512-BF16) found best.
     python -m bench.distill_bench --steps 15000      # the 30-minute measurement (2-core EPYC)
     python -m bench.distill_bench --minutes 3 --max-samples 10000   # a smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,10 @@ def embed(model, tokenizer, texts: list[str], *, batch_size: int = 128):
     model.eval()
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=128,
-                              return_tensors="pt").to(device)
+            idx = order[start : start + batch_size]
+            batch = tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt"
+            ).to(device)
             hidden = model(**batch).last_hidden_state
             out[idx] = pool(hidden, batch["attention_mask"], pooling="mean", normalize=True).cpu()
     return out
@@ -81,28 +83,47 @@ def distill_config(args, *, max_steps: int, epochs: int):
     from modelpress.distill.config import DistillConfig
 
     losses = dict(item.split("=") for item in args.losses.split(",")) if args.losses else {}
-    return DistillConfig.from_dict({
-        "data": str(SST2), "text_field": "sentence", "num_samples": args.max_samples,
-        **_student_keys(args), "batch_size": args.batch_size, "lr": args.lr,
-        "max_length": 128, "epochs": epochs, "max_steps": max_steps, "eval_fraction": 0.02,
-        "warmup_ratio": 0.05, "save_every": 500, "seed": 0,
-        "losses": {k: float(v) for k, v in losses.items()},
-    }, base_dir=ROOT)
+    return DistillConfig.from_dict(
+        {
+            "data": str(SST2),
+            "text_field": "sentence",
+            "num_samples": args.max_samples,
+            **_student_keys(args),
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "max_length": 128,
+            "epochs": epochs,
+            "max_steps": max_steps,
+            "eval_fraction": 0.02,
+            "warmup_ratio": 0.05,
+            "save_every": 500,
+            "seed": 0,
+            "losses": {k: float(v) for k, v in losses.items()},
+        },
+        base_dir=ROOT,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget for distillation")
     parser.add_argument("--max-samples", type=int, default=50_000, help="SST-2 sentences to distil on")
-    parser.add_argument("--steps", type=int, default=0,
-                        help="optimizer steps of the main run (0: as many as fit in --minutes)")
-    parser.add_argument("--layers", default="auto",
-                        help="teacher layers the student keeps, e.g. 0,2,4; auto: distill.layer_selection = agreement")
+    parser.add_argument(
+        "--steps", type=int, default=0, help="optimizer steps of the main run (0: as many as fit in --minutes)"
+    )
+    parser.add_argument(
+        "--layers",
+        default="auto",
+        help="teacher layers the student keeps, e.g. 0,2,4; auto: distill.layer_selection = agreement",
+    )
     parser.add_argument("--num-layers", type=int, default=3, help="student layers with --layers auto")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--losses", default="embedding_mse=1,embedding_cos=1,hidden_mse=1",
-                        help="[distill.losses] weights, comma-separated name=weight")
+    parser.add_argument(
+        "--losses",
+        default="embedding_mse=1,embedding_cos=1,hidden_mse=1",
+        help="[distill.losses] weights, comma-separated name=weight",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench-distill")
     parser.add_argument("--out", type=Path, default=RESULTS / "distill.json")
     args = parser.parse_args(argv)
@@ -133,15 +154,22 @@ def main(argv: list[str] | None = None) -> int:
     eval_seconds = time.perf_counter() - t0
     print(f"STS-B test Spearman: teacher {teacher_score:.4f}", file=sys.stderr)
 
-    common = dict(teacher=teacher_dir, task="feature-extraction",
-                  task_options={"pooling": "mean", "normalize": True}, out_dir=args.work)
+    common = dict(
+        teacher=teacher_dir,
+        task="feature-extraction",
+        task_options={"pooling": "mean", "normalize": True},
+        out_dir=args.work,
+    )
     step_seconds = None
     if args.steps > 0:
         max_steps = args.steps
     else:
         stamps: list[float] = []
-        run_distillation(distill_config(args, max_steps=CALIBRATION_STEPS, epochs=1),
-                         on_step=lambda step: stamps.append(time.perf_counter()), **common)
+        run_distillation(
+            distill_config(args, max_steps=CALIBRATION_STEPS, epochs=1),
+            on_step=lambda step: stamps.append(time.perf_counter()),
+            **common,
+        )
         # the mean step (long and short batches alike), ignoring steps slowed >3x by other processes
         intervals = [b - a for a, b in zip(stamps[4:], stamps[5:])]
         typical = statistics.median(intervals)
@@ -150,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         max_steps = max(CALIBRATION_STEPS, int(0.92 * remaining / step_seconds))
         if max_steps == CALIBRATION_STEPS:
             print("warning: the budget is used up; the student is the calibration run's", file=sys.stderr)
-        print(f"calibration: {step_seconds:.3f} s/step → {max_steps} steps in the remaining "
-              f"{remaining / 60:.1f} min", file=sys.stderr)
+        print(
+            f"calibration: {step_seconds:.3f} s/step → {max_steps} steps in the remaining {remaining / 60:.1f} min",
+            file=sys.stderr,
+        )
     cfg = distill_config(args, max_steps=max_steps, epochs=1)
     train_started = time.perf_counter()
     student_dir = run_distillation(cfg, **common)
@@ -161,24 +191,41 @@ def main(argv: list[str] | None = None) -> int:
     kept = summary["kept_layers"]
     subset_score = stsb_spearman(build_layer_subset(teacher, kept), tokenizer, pairs)
     spread = list(evenly_spaced_layers(teacher.config.num_hidden_layers, len(kept)))
-    spread_score = subset_score if spread == kept else stsb_spearman(build_layer_subset(teacher, spread), tokenizer,
-                                                                     pairs)
+    spread_score = (
+        subset_score if spread == kept else stsb_spearman(build_layer_subset(teacher, spread), tokenizer, pairs)
+    )
     total_minutes = (time.perf_counter() - started) / 60
 
     result = {
-        "teacher": teacher_dir, "layers": kept, "layer_selection": "agreement" if args.layers == "auto" else "given",
-        "layer_candidates": summary.get("layer_candidates"), "sentences": args.max_samples,
-        "stsb_test_spearman": {"teacher": teacher_score, "untrained_subset": subset_score, "student": student_score,
-                               f"untrained_subset_{'_'.join(map(str, spread))}": spread_score},
+        "teacher": teacher_dir,
+        "layers": kept,
+        "layer_selection": "agreement" if args.layers == "auto" else "given",
+        "layer_candidates": summary.get("layer_candidates"),
+        "sentences": args.max_samples,
+        "stsb_test_spearman": {
+            "teacher": teacher_score,
+            "untrained_subset": subset_score,
+            "student": student_score,
+            f"untrained_subset_{'_'.join(map(str, spread))}": spread_score,
+        },
         "student_over_teacher": student_score / teacher_score,
         "subset_over_teacher": subset_score / teacher_score,
-        "budget_minutes": args.minutes, "total_minutes": total_minutes, "train_minutes": train_seconds / 60,
-        "steps": summary["steps"], "best_step": summary["best_step"],
-        "calibrated_seconds_per_step": step_seconds, "seconds_per_step": train_seconds / max(summary["steps"], 1),
-        "eval_history": summary["evaluations"], "config": cfg.to_json_dict(),
-        "platform": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-                     "cpu": platform.processor() or platform.machine()},
+        "budget_minutes": args.minutes,
+        "total_minutes": total_minutes,
+        "train_minutes": train_seconds / 60,
+        "steps": summary["steps"],
+        "best_step": summary["best_step"],
+        "calibrated_seconds_per_step": step_seconds,
+        "seconds_per_step": train_seconds / max(summary["steps"], 1),
+        "eval_history": summary["evaluations"],
+        "config": cfg.to_json_dict(),
+        "platform": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
@@ -191,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"untrained subset {spread}", spread_score))
     for name, score in (*rows, (f"distilled student {kept}", student_score)):
         print(f"{name:<34}{score:>16.4f}{score / teacher_score:>11.1%}")
-    print(f"\n{summary['steps']} steps × {cfg.batch_size} in {train_seconds / 60:.1f} min of training, "
-          f"{total_minutes:.1f} min in all; wrote {args.out}")
+    print(
+        f"\n{summary['steps']} steps × {cfg.batch_size} in {train_seconds / 60:.1f} min of training, "
+        f"{total_minutes:.1f} min in all; wrote {args.out}"
+    )
     return 0
 
 

@@ -23,6 +23,7 @@ exported here and quantized with the pipeline's quantizer, ``tensorrt`` preset, 
 Usage: ``bash bench/gpu_check.sh [--run-dir artifacts/minilm] [--out results.json]``.
 Exit code: 0 when every candidate that ran was within tolerance, 1 when one failed or drifted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,18 +49,30 @@ ITERS = {1: 50, 32: 20}
 MIN_MEAN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
 DEFAULT_BUDGET_S = 270.0  # leaves the shell wrapper's 5-minute limit some slack
 
-_SUBJECTS = ("The committee", "A small team of engineers", "My grandmother", "The new compiler",
-             "Every spring the river", "An unexpected email", "The quarterly report", "Our neighbour's cat")
-_ACTIONS = ("postponed the decision until the data arrived",
-            "rewrote the parser in a single weekend after the outage",
-            "floods the lower fields and the farmers move the sheep uphill",
-            "explained why the bridge closed, in more detail than anyone wanted")
+_SUBJECTS = (
+    "The committee",
+    "A small team of engineers",
+    "My grandmother",
+    "The new compiler",
+    "Every spring the river",
+    "An unexpected email",
+    "The quarterly report",
+    "Our neighbour's cat",
+)
+_ACTIONS = (
+    "postponed the decision until the data arrived",
+    "rewrote the parser in a single weekend after the outage",
+    "floods the lower fields and the farmers move the sheep uphill",
+    "explained why the bridge closed, in more detail than anyone wanted",
+)
 
 
 def sentences(n: int) -> list[str]:
     """``n`` distinct, varied sentences written for this check (no fetched data)."""
-    return [f"{_SUBJECTS[i % len(_SUBJECTS)]} {_ACTIONS[(i // len(_SUBJECTS)) % len(_ACTIONS)]} (case {i})."
-            for i in range(n)]
+    return [
+        f"{_SUBJECTS[i % len(_SUBJECTS)]} {_ACTIONS[(i // len(_SUBJECTS)) % len(_ACTIONS)]} (case {i})."
+        for i in range(n)
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +147,16 @@ def latency(runner: Runner, feed: Mapping[str, np.ndarray], iters: int) -> tuple
     return float(np.percentile(times, 50)), float(np.percentile(times, 95))
 
 
-def measure(name: str, make: Callable[[], Runner], *, precision: str, feeds: Mapping[int, dict[str, np.ndarray]],
-            teacher: np.ndarray, deadline: float, same_file: np.ndarray | None = None) -> Row:
+def measure(
+    name: str,
+    make: Callable[[], Runner],
+    *,
+    precision: str,
+    feeds: Mapping[int, dict[str, np.ndarray]],
+    teacher: np.ndarray,
+    deadline: float,
+    same_file: np.ndarray | None = None,
+) -> Row:
     """Build one candidate, check its parity, time it; a missing backend becomes a skipped row.
 
     Judged against ``same_file`` (ORT CPU embeddings of the candidate's own ONNX) when given, else
@@ -190,18 +211,26 @@ def prepare_onnx(model_dir: Path, work: Path, run_dir: Path | None, calib: dict[
     names = ("input_ids", "attention_mask", "token_type_ids")
     example = tuple(torch.from_numpy(calib[n][:2, :16]) for n in names)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=512)
-    torch.onnx.export(model, example, dynamo=True, input_names=list(names),
-                      output_names=["last_hidden_state", "pooler_output"],
-                      dynamic_shapes={n: {0: batch, 1: seq} for n in names}).save(str(fp32))
-    batches = [{k: v[i:i + 8] for k, v in calib.items()} for i in range(0, len(calib["input_ids"]), 8)]
+    torch.onnx.export(
+        model,
+        example,
+        dynamo=True,
+        input_names=list(names),
+        output_names=["last_hidden_state", "pooler_output"],
+        dynamic_shapes={n: {0: batch, 1: seq} for n in names},
+    ).save(str(fp32))
+    batches = [{k: v[i : i + 8] for k, v in calib.items()} for i in range(0, len(calib["input_ids"]), 8)]
     quantize_static(fp32, int8, batches, QuantizeConfig(preset="tensorrt"))
     return fp32, int8
 
 
 def format_table(rows: list[Row]) -> str:
     shapes = [f"b{b}x{SEQ}" for b in BATCHES]
-    head = ("| candidate | status | vs teacher mean | min | vs same file | "
-            + " | ".join(f"{s} p50/p95 ms" for s in shapes) + " |")
+    head = (
+        "| candidate | status | vs teacher mean | min | vs same file | "
+        + " | ".join(f"{s} p50/p95 ms" for s in shapes)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (5 + len(shapes))]
 
     def num(x: float | None) -> str:
@@ -249,26 +278,52 @@ def main(argv: list[str] | None = None) -> int:
     with TorchRunner(model_dir, device="cpu", dtype="fp32") as runner:
         teacher = embeddings(runner.run(parity), mask)
 
-    cfg = EngineConfig(min_batch=1, opt_batch=max(BATCHES), max_batch=max(BATCHES),
-                       min_seq=1, opt_seq=SEQ, max_seq=SEQ, workspace_mb=4096)
+    cfg = EngineConfig(
+        min_batch=1,
+        opt_batch=max(BATCHES),
+        max_batch=max(BATCHES),
+        min_seq=1,
+        opt_seq=SEQ,
+        max_seq=SEQ,
+        workspace_mb=4096,
+    )
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         work = Path(tmp)
         common = dict(feeds=feeds, teacher=teacher, deadline=deadline)
         for dtype in ("fp32", "fp16"):
-            rows.append(measure(f"torch-{dtype}", lambda d=dtype: TorchRunner(model_dir, device="cuda", dtype=d),
-                                precision=dtype, **common))
+            rows.append(
+                measure(
+                    f"torch-{dtype}",
+                    lambda d=dtype: TorchRunner(model_dir, device="cuda", dtype=d),
+                    precision=dtype,
+                    **common,
+                )
+            )
         fp32, int8 = prepare_onnx(model_dir, work, args.run_dir, parity)
         fp32_cpu, int8_cpu = cpu_embeddings(fp32, parity), cpu_embeddings(int8, parity)
         for label, ref in (("ort-cpu-fp32", fp32_cpu), ("ort-cpu-int8", int8_cpu)):
             # the yardsticks of the ONNX rows; their "vs teacher" is what export / int8 cost
             cos = (ref * teacher).sum(1)
             rows.append(Row(label, "reference", float(cos.mean()), float(cos.min()), 1.0))
-        rows.append(measure("ort-cuda-fp32", lambda: OrtGpuRunner(fp32, provider="cuda"), precision="fp32",
-                            same_file=fp32_cpu, **common))
-        rows.append(measure("ort-trt-ep-int8",
-                            lambda: OrtGpuRunner(int8, provider="tensorrt", cfg=cfg, cache_dir=work / "ep"),
-                            precision="int8", same_file=int8_cpu, **common))
+        rows.append(
+            measure(
+                "ort-cuda-fp32",
+                lambda: OrtGpuRunner(fp32, provider="cuda"),
+                precision="fp32",
+                same_file=fp32_cpu,
+                **common,
+            )
+        )
+        rows.append(
+            measure(
+                "ort-trt-ep-int8",
+                lambda: OrtGpuRunner(int8, provider="tensorrt", cfg=cfg, cache_dir=work / "ep"),
+                precision="int8",
+                same_file=int8_cpu,
+                **common,
+            )
+        )
 
         def engine(source: Path, precision: str) -> Callable[[], Runner]:
             def make() -> Runner:
@@ -278,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 plan = work / f"model.{precision}.plan"
                 build_engine(onnx_path, plan, cfg, precision=precision, timing_cache=work / "timing.cache")
                 return TensorRTRunner(plan)
+
             return make
 
         rows.append(measure("trt-fp16", engine(fp32, "fp16"), precision="fp16", same_file=fp32_cpu, **common))

@@ -20,12 +20,11 @@ to the teacher's, on 32 held-out prompts); prefill ms at 32/128/512 tokens; the 
 contexts 128/512, batch 1 and 8; end-to-end generation tokens/s at batch 1 and 8. Results go to
 ``bench/results/lm.json``.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -43,10 +42,16 @@ def _hf_generate(model, prompts: np.ndarray, new: int) -> list[list[int]]:
     import torch
 
     with torch.inference_mode():
-        out = model.generate(torch.from_numpy(prompts), attention_mask=torch.ones_like(torch.from_numpy(prompts)),
-                             max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=None,
-                             pad_token_id=0)
-    return out[:, prompts.shape[1]:].tolist()
+        out = model.generate(
+            torch.from_numpy(prompts),
+            attention_mask=torch.ones_like(torch.from_numpy(prompts)),
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[:, prompts.shape[1] :].tolist()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     teacher = load_model(str(args.gpt / "model"), task)
     shapes = graph_input_shapes(bundle / "model.onnx")
     names = tuple(shapes)
-    encoder = CAUSAL_TEXT.encoder(tokenizer, input_names=names, max_length=recipe.validate.max_length, input_shapes=shapes)
+    encoder = CAUSAL_TEXT.encoder(
+        tokenizer, input_names=names, max_length=recipe.validate.max_length, input_shapes=shapes
+    )
     work = Path(tempfile.mkdtemp(prefix="lm-bench-"))
     dyn = work / "dynamic.int8.onnx"
     quantize_dynamic(str(bundle / "model.onnx"), str(dyn), per_channel=True, weight_type=QuantType.QInt8)
@@ -105,8 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     cal_encoder = CAUSAL_TEXT.encoder(tokenizer, input_names=names, max_length=cal.max_length, input_shapes=shapes)
     feeds = ExampleFeed(CAUSAL_TEXT.calibration_set(cal, tokenizer), cal_encoder, batch_size=cal.batch_size)
     files["modelpress-int8-head-fp32"] = work / "int8.head-fp32.onnx"
-    write_quantized(plan_quantization(bundle / "model.onnx", feeds, recipe.quantize.with_(
-        nodes_to_exclude=(*recipe.quantize.nodes_to_exclude, "lm_head"))), files["modelpress-int8-head-fp32"])
+    write_quantized(
+        plan_quantization(
+            bundle / "model.onnx",
+            feeds,
+            recipe.quantize.with_(nodes_to_exclude=(*recipe.quantize.nodes_to_exclude, "lm_head")),
+        ),
+        files["modelpress-int8-head-fp32"],
+    )
     # the documented alternative, from the same fp32 graph: weight-only MatMulNBits at 8 and 4 bits
     for bits in (8, 4):
         path = work / f"weight-only.int{bits}.onnx"
@@ -117,56 +130,87 @@ def main(argv: list[str] | None = None) -> int:
     import nncf
     import openvino as ov
 
-    ov_files = {"openvino-fp32": convert_to_ir(bundle / "model.onnx", work / "ov-fp32" / "model.xml"),
-                "openvino-nncf-int8-weights": work / "ov-nncf" / "model.xml",
-                "modelpress-int8-openvino": bundle / "openvino" / "model.xml"}
+    ov_files = {
+        "openvino-fp32": convert_to_ir(bundle / "model.onnx", work / "ov-fp32" / "model.xml"),
+        "openvino-nncf-int8-weights": work / "ov-nncf" / "model.xml",
+        "modelpress-int8-openvino": bundle / "openvino" / "model.xml",
+    }
     started = time.perf_counter()
     compressed = nncf.compress_weights(ov.Core().read_model(str(ov_files["openvino-fp32"])))
     nncf_seconds = round(time.perf_counter() - started, 1)
     ov_files["openvino-nncf-int8-weights"].parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(compressed, str(ov_files["openvino-nncf-int8-weights"]), compress_to_fp16=False)
     preds = [open_predictor("torch", teacher, task=task, encoder=encoder, threads=args.threads, name="pytorch-fp32")]
-    preds += [open_predictor("onnxruntime", path, task=task, encoder=encoder, threads=args.threads, name=name)
-              for name, path in files.items()]
-    preds += [open_predictor("openvino", path, task=task, encoder=encoder, threads=args.threads, name=name)
-              for name, path in ov_files.items()]
+    preds += [
+        open_predictor("onnxruntime", path, task=task, encoder=encoder, threads=args.threads, name=name)
+        for name, path in files.items()
+    ]
+    preds += [
+        open_predictor("openvino", path, task=task, encoder=encoder, threads=args.threads, name=name)
+        for name, path in ov_files.items()
+    ]
     files.update(ov_files)
 
     # fidelity on the recipe's eval windows
     es = task.read_eval(recipe.validate.eval_data, recipe.validate, preprocessor=tokenizer)
     outputs = {p.name: p.predict(list(es.windows), batch_size=8) for p in preds}
     ref = outputs["pytorch-fp32"]
-    fidelity = {name: {k: round(v, 6) for k, v in
-                       (task.reference_metrics(ref, es) if name == "pytorch-fp32" else task.fidelity(ref, out, es)).items()}
-                for name, out in outputs.items()}
+    fidelity = {
+        name: {
+            k: round(v, 6)
+            for k, v in (
+                task.reference_metrics(ref, es) if name == "pytorch-fp32" else task.fidelity(ref, out, es)
+            ).items()
+        }
+        for name, out in outputs.items()
+    }
     del outputs, ref
 
     # greedy generation agreement on 32 held-out prompts of 16 tokens
     held = (ROOT / recipe.validate.eval_data).read_text(encoding="utf-8").splitlines()
-    prompt_ids = [ids[:16] for ids in tokenizer(held[:400], add_special_tokens=False)["input_ids"] if len(ids) >= 16][:32]
+    prompt_ids = [ids[:16] for ids in tokenizer(held[:400], add_special_tokens=False)["input_ids"] if len(ids) >= 16][
+        :32
+    ]
     prompts = np.array(prompt_ids, dtype=np.int64)
     teacher_new = _hf_generate(teacher, prompts, 32)
     generators = {name: TextGenerator(p.runner, tokenizer, layout=encoder.layout) for name, p in zip(files, preds[1:])}
-    gen_agree = {name: round(greedy_agreement(Continuations(tuple(map(tuple, teacher_new))), Continuations(tuple(
-        map(tuple, g.generate_ids(prompt_ids, max_new_tokens=32, stop_token_ids=[]))))), 4)
-                 for name, g in generators.items()}
+    gen_agree = {
+        name: round(
+            greedy_agreement(
+                Continuations(tuple(map(tuple, teacher_new))),
+                Continuations(tuple(map(tuple, g.generate_ids(prompt_ids, max_new_tokens=32, stop_token_ids=[])))),
+            ),
+            4,
+        )
+        for name, g in generators.items()
+    }
 
     # prefill and decode steps (validation's own timers), on real 512-token stretches of held-out text
     stream = token_stream(held, tokenizer)
-    long = [stream[i:i + 512] for i in range(0, 8 * 512, 512)]
-    timing = replace(recipe.validate, batch_sizes=(1,), seq_lengths=(32, 128, 512), warmup_runs=3,
-                     latency_runs=args.rounds, latency_budget_s=60.0)
+    long = [stream[i : i + 512] for i in range(0, 8 * 512, 512)]
+    timing = replace(
+        recipe.validate,
+        batch_sizes=(1,),
+        seq_lengths=(32, 128, 512),
+        warmup_runs=3,
+        latency_runs=args.rounds,
+        latency_budget_s=60.0,
+    )
     prefill = interleaved_latency(preds, long, timing)
     decode = decode_latency(preds, long, replace(timing, batch_sizes=(1, 8), decode_contexts=(128, 512)))
 
     # end to end: a 128-token prompt, 64 new tokens, greedy, batch 1 and 8 (interleaved rounds)
     e2e: dict[str, dict[str, float]] = {p.name: {} for p in preds}
     for b in (1, 8):
-        batch = np.stack([stream[i * 128:(i + 1) * 128] for i in range(b)]).astype(np.int64)
+        batch = np.stack([stream[i * 128 : (i + 1) * 128] for i in range(b)]).astype(np.int64)
         rows = [r.tolist() for r in batch]
-        calls = {"pytorch-fp32": lambda: _hf_generate(teacher, batch, 64),
-                 **{name: (lambda g=g: g.generate_ids(rows, max_new_tokens=64, stop_token_ids=[]))
-                    for name, g in generators.items()}}
+        calls = {
+            "pytorch-fp32": lambda: _hf_generate(teacher, batch, 64),
+            **{
+                name: (lambda g=g: g.generate_ids(rows, max_new_tokens=64, stop_token_ids=[]))
+                for name, g in generators.items()
+            },
+        }
         times: dict[str, list[float]] = {k: [] for k in calls}
         for r in range(4):
             for name, call in calls.items():
@@ -182,37 +226,61 @@ def main(argv: list[str] | None = None) -> int:
     torch_row = {(r["batch_size"], r["context"]): r for r in decode["pytorch-fp32"]}
     result = {
         "machine": machine(),
-        "threads": args.threads, "gpt": info, "run_gate": report["gate"], "nncf_compress_seconds": nncf_seconds,
-        "fidelity": fidelity, "greedy_generation_agreement_32": gen_agree,
-        "prefill": prefill, "decode": decode, "end_to_end": e2e,
+        "threads": args.threads,
+        "gpt": info,
+        "run_gate": report["gate"],
+        "nncf_compress_seconds": nncf_seconds,
+        "fidelity": fidelity,
+        "greedy_generation_agreement_32": gen_agree,
+        "prefill": prefill,
+        "decode": decode,
+        "end_to_end": e2e,
         "ratios_vs_pytorch": {
             name: {
-                **{f"prefill_{r['seq_len']}_speedup": round(t["p50_ms"] / r["p50_ms"], 3)
-                   for r, t in zip(prefill[name], prefill["pytorch-fp32"])},
-                **{f"decode_b{r['batch_size']}_c{r['context']}_tokens_per_s_ratio":
-                   round(r["tokens_per_s"] / torch_row[(r["batch_size"], r["context"])]["tokens_per_s"], 3)
-                   for r in decode[name]},
+                **{
+                    f"prefill_{r['seq_len']}_speedup": round(t["p50_ms"] / r["p50_ms"], 3)
+                    for r, t in zip(prefill[name], prefill["pytorch-fp32"])
+                },
+                **{
+                    f"decode_b{r['batch_size']}_c{r['context']}_tokens_per_s_ratio": round(
+                        r["tokens_per_s"] / torch_row[(r["batch_size"], r["context"])]["tokens_per_s"], 3
+                    )
+                    for r in decode[name]
+                },
                 **{f"e2e_{k}_ratio": round(v / e2e["pytorch-fp32"][k], 3) for k, v in e2e[name].items()},
-            } for name in files},
+            }
+            for name in files
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
-    print(f"GPT: {info['parameters'] / 1e6:.1f} M parameters, {info['steps']} steps, held-out loss {info['heldout_loss']}")
+    print(
+        f"GPT: {info['parameters'] / 1e6:.1f} M parameters, {info['steps']} steps, held-out loss {info['heldout_loss']}"
+    )
     print("| model | perplexity | ppl ratio | next-token agree | mean KL | greedy agree@32 |")
     print("|---|---|---|---|---|---|")
     for name, m in fidelity.items():
-        print(f"| {name} | {m['perplexity']:.3f} | {m['perplexity_ratio']:.5f} | {m['next_token_agreement']:.4f} | "
-              f"{m['mean_kl']:.5f} | {gen_agree.get(name, 1.0):.4f} |")
-    print("\n| model | prefill 32 ms | prefill 128 ms | prefill 512 ms | decode b1 c128 tok/s | decode b1 c512 | "
-          "decode b8 c128 | decode b8 c512 | e2e b1 tok/s | e2e b8 tok/s |")
+        print(
+            f"| {name} | {m['perplexity']:.3f} | {m['perplexity_ratio']:.5f} | {m['next_token_agreement']:.4f} | "
+            f"{m['mean_kl']:.5f} | {gen_agree.get(name, 1.0):.4f} |"
+        )
+    print(
+        "\n| model | prefill 32 ms | prefill 128 ms | prefill 512 ms | decode b1 c128 tok/s | decode b1 c512 | "
+        "decode b8 c128 | decode b8 c512 | e2e b1 tok/s | e2e b8 tok/s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for p in preds:
         d = {(r["batch_size"], r["context"]): r["tokens_per_s"] for r in decode[p.name]}
         pre = [r["p50_ms"] for r in prefill[p.name]]
-        print(f"| {p.name} | " + " | ".join(f"{x:.2f}" for x in pre) + " | "
-              + " | ".join(f"{d[k]:.0f}" for k in ((1, 128), (1, 512), (8, 128), (8, 512))) + " | "
-              + f"{e2e[p.name]['b1_tokens_per_s']:.0f} | {e2e[p.name]['b8_tokens_per_s']:.0f} |")
+        print(
+            f"| {p.name} | "
+            + " | ".join(f"{x:.2f}" for x in pre)
+            + " | "
+            + " | ".join(f"{d[k]:.0f}" for k in ((1, 128), (1, 512), (8, 128), (8, 512)))
+            + " | "
+            + f"{e2e[p.name]['b1_tokens_per_s']:.0f} | {e2e[p.name]['b8_tokens_per_s']:.0f} |"
+        )
     print("\nratios vs PyTorch fp32 eager:", json.dumps(result["ratios_vs_pytorch"], indent=1))
     print(f"results: {args.out}")
     return 0

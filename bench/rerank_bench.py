@@ -21,6 +21,7 @@
     python -m bench.rerank_bench [--epochs 3] [--threads 2]
 Writes bench/results/rerank.json and prints the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ from bench import write_results  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 STSB = ROOT.parent / "shared" / "data" / "stsb"
 RESULTS = ROOT / "bench" / "results"
-NEGATIVES = 9   # other passages per constructed query
+NEGATIVES = 9  # other passages per constructed query
 
 
 def stsb_rows(name: str) -> list[tuple[str, str, str, float]]:
@@ -76,9 +77,15 @@ def fine_tune(out: Path, *, epochs: int, batch_size: int, lr: float, threads: in
     for _ in range(epochs):
         order = rng.permutation(len(examples))
         for s in range(0, len(order) - batch_size + 1, batch_size):
-            batch = [examples[i] for i in order[s:s + batch_size]]
-            enc = tok([a for a, _, _ in batch], [b for _, b, _ in batch], truncation=True, max_length=128,
-                      padding=True, return_tensors="pt")
+            batch = [examples[i] for i in order[s : s + batch_size]]
+            enc = tok(
+                [a for a, _, _ in batch],
+                [b for _, b, _ in batch],
+                truncation=True,
+                max_length=128,
+                padding=True,
+                return_tensors="pt",
+            )
             loss = loss_fn(model(**enc).logits[:, 0], torch.tensor([y for _, _, y in batch]))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -88,14 +95,24 @@ def fine_tune(out: Path, *, epochs: int, batch_size: int, lr: float, threads: in
             losses.append(loss.item())
             step += 1
             if step % 25 == 0:
-                print(f"  step {step}/{steps} loss {np.mean(losses[-25:]):.4f} ({time.perf_counter() - t0:.0f} s)",
-                      file=sys.stderr)
+                print(
+                    f"  step {step}/{steps} loss {np.mean(losses[-25:]):.4f} ({time.perf_counter() - t0:.0f} s)",
+                    file=sys.stderr,
+                )
     model.eval()
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
-    return {"pairs": len(rows), "examples_per_epoch": len(examples), "epochs": epochs, "steps": step,
-            "batch_size": batch_size, "lr": lr, "loss": "BCE with logits on score / 5",
-            "seconds": round(time.perf_counter() - t0, 1), "final_loss": round(float(np.mean(losses[-25:])), 4)}
+    return {
+        "pairs": len(rows),
+        "examples_per_epoch": len(examples),
+        "epochs": epochs,
+        "steps": step,
+        "batch_size": batch_size,
+        "lr": lr,
+        "loss": "BCE with logits on score / 5",
+        "seconds": round(time.perf_counter() - t0, 1),
+        "final_loss": round(float(np.mean(losses[-25:])), 4),
+    }
 
 
 def press(ranker: Path, out: Path, threads: int) -> dict:
@@ -104,21 +121,39 @@ def press(ranker: Path, out: Path, threads: int) -> dict:
 
     calibration = out / "stsb-dev-pairs.jsonl"
     out.mkdir(parents=True, exist_ok=True)
-    calibration.write_text("".join(json.dumps({"sentence1": a, "sentence2": b}) + "\n"
-                                   for _, a, b, _ in stsb_rows("sts-dev.csv")), encoding="utf-8")
-    recipe = recipe_from_dict({
-        "name": "rerank", "teacher": str(ranker), "task": "text-ranking",
-        "calibration": {"data": str(calibration), "num_samples": 512},
-        "validate": {"eval_data": str(STSB / "sts-test.csv"), "batch_sizes": [1, 32], "seq_lengths": [128],
-                     "threads": threads, "latency_runs": 10, "real_workload": False},
-        "gate": {"max_drop": 0.3},
-    })
+    calibration.write_text(
+        "".join(json.dumps({"sentence1": a, "sentence2": b}) + "\n" for _, a, b, _ in stsb_rows("sts-dev.csv")),
+        encoding="utf-8",
+    )
+    recipe = recipe_from_dict(
+        {
+            "name": "rerank",
+            "teacher": str(ranker),
+            "task": "text-ranking",
+            "calibration": {"data": str(calibration), "num_samples": 512},
+            "validate": {
+                "eval_data": str(STSB / "sts-test.csv"),
+                "batch_sizes": [1, 32],
+                "seq_lengths": [128],
+                "threads": threads,
+                "latency_runs": 10,
+                "real_workload": False,
+            },
+            "gate": {"max_drop": 0.3},
+        }
+    )
     t0 = time.perf_counter()
     outcome = run_recipe(recipe, out)
     report = json.loads((outcome.bundle / "report.json").read_text())
-    return {"bundle": str(outcome.bundle), "seconds": round(time.perf_counter() - t0, 1), "gate": report["gate"],
-            "eval": report["eval"], "metrics": {k: m["metrics"] for k, m in report["models"].items()},
-            "uncertainty": report["uncertainty"].get("int8"), "weight_bits": report["quantization"]["weight_bits"]}
+    return {
+        "bundle": str(outcome.bundle),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "gate": report["gate"],
+        "eval": report["eval"],
+        "metrics": {k: m["metrics"] for k, m in report["models"].items()},
+        "uncertainty": report["uncertainty"].get("int8"),
+        "weight_bits": report["quantization"]["weight_bits"],
+    }
 
 
 def constructed_queries(path: Path, seed: int = 0) -> dict:
@@ -152,8 +187,9 @@ def dynamic_int8(bundle: Path) -> Path:
 
     dyn = bundle.parent / "rerank.dyn-int8-pc.onnx"
     # ORT's advice on CPUs without VNNI (u8s8 saturation): 7-bit weights
-    quantize_dynamic(bundle / "model.onnx", dyn, per_channel=True, weight_type=QuantType.QInt8,
-                     reduce_range=int8_gemm_saturates())
+    quantize_dynamic(
+        bundle / "model.onnx", dyn, per_channel=True, weight_type=QuantType.QInt8, reduce_range=int8_gemm_saturates()
+    )
     return dyn
 
 
@@ -171,8 +207,9 @@ def ranking_agreement(bundle: Path, dyn: Path, ranker: Path, queries: Path, thre
     task = configure_task("text-ranking", {}, model_dir=ranker)
     model, tok = load_model_and_preprocessor(str(ranker), task)
     rs = load_ranking_set(queries, fmt="ranking")
-    encoder = get_modality(task.modality).encoder(tok, input_names=("input_ids", "attention_mask", "token_type_ids"),
-                                                  max_length=128)
+    encoder = get_modality(task.modality).encoder(
+        tok, input_names=("input_ids", "attention_mask", "token_type_ids"), max_length=128
+    )
     teacher = open_predictor("torch", model, task=task, encoder=encoder, threads=threads, name="teacher")
     t = teacher.predict(list(rs.examples), batch_size=32)
     teacher.runner.close()
@@ -185,10 +222,16 @@ def ranking_agreement(bundle: Path, dyn: Path, ranker: Path, queries: Path, thre
     agree = top1_agreements(task.scores(t), task.scores(c), rs)
     best = np.array([max(rs.gold[i] for i in q) for q in rs.ranked])
     bins = {"< 1": best < 1, "1 to < 3": (best >= 1) & (best < 3), ">= 3": best >= 3}
-    by_gold = {k: {"queries": int(sel.sum()), "top1_agreement": round(float(agree[sel].mean()), 4)}
-               for k, sel in bins.items()}
-    return {"eval": rs.describe(), "teacher": task.reference_metrics(t, rs), "int8": task.fidelity(t, c, rs),
-            "ort-dyn-int8-pc": task.fidelity(t, d, rs), "top1_agreement_by_best_partner_gold": by_gold}
+    by_gold = {
+        k: {"queries": int(sel.sum()), "top1_agreement": round(float(agree[sel].mean()), 4)} for k, sel in bins.items()
+    }
+    return {
+        "eval": rs.describe(),
+        "teacher": task.reference_metrics(t, rs),
+        "int8": task.fidelity(t, c, rs),
+        "ort-dyn-int8-pc": task.fidelity(t, d, rs),
+        "top1_agreement_by_best_partner_gold": by_gold,
+    }
 
 
 def latency(bundle: Path, dyn: Path, ranker: Path, threads: int, rounds: int) -> dict:
@@ -205,13 +248,16 @@ def latency(bundle: Path, dyn: Path, ranker: Path, threads: int, rounds: int) ->
     model, tok = load_model_and_preprocessor(str(ranker), task)
     names = ("input_ids", "attention_mask", "token_type_ids")
     enc = get_modality(task.modality).encoder(tok, input_names=names, max_length=128)
-    preds = {"pytorch-fp32": open_predictor("torch", model, task=task, encoder=enc, threads=threads, name="pt"),
-             "ort-fp32": open_predictor("onnxruntime", bundle / "model.onnx", task=task, encoder=enc, threads=threads,
-                                        name="ort-fp32"),
-             "ort-dyn-int8-pc": open_predictor("onnxruntime", dyn, task=task, encoder=enc, threads=threads,
-                                               name="dyn"),
-             "modelpress-int8": open_predictor("onnxruntime", bundle / "model.int8.onnx", task=task, encoder=enc,
-                                               threads=threads, name="int8")}
+    preds = {
+        "pytorch-fp32": open_predictor("torch", model, task=task, encoder=enc, threads=threads, name="pt"),
+        "ort-fp32": open_predictor(
+            "onnxruntime", bundle / "model.onnx", task=task, encoder=enc, threads=threads, name="ort-fp32"
+        ),
+        "ort-dyn-int8-pc": open_predictor("onnxruntime", dyn, task=task, encoder=enc, threads=threads, name="dyn"),
+        "modelpress-int8": open_predictor(
+            "onnxruntime", bundle / "model.int8.onnx", task=task, encoder=enc, threads=threads, name="int8"
+        ),
+    }
     pairs = [TextPair(a, b) for _, a, b, _ in stsb_rows("sts-test.csv")]
     shapes = {"b1x128": enc.encode(pairs[:1], pad_to=128), "b32x128": enc.encode(pairs[:32], pad_to=128)}
     times = {s: {n: [] for n in preds} for s in shapes}
@@ -251,8 +297,9 @@ def main(argv=None) -> int:
         result["fine_tune"] = previous["fine_tune"]
     else:
         print("fine-tuning MiniLM as a cross-encoder on STS-B dev ...", file=sys.stderr)
-        result["fine_tune"] = fine_tune(ranker, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                        threads=args.threads)
+        result["fine_tune"] = fine_tune(
+            ranker, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads
+        )
         write_results(args.out, result)
     if args.reuse and "press" in previous and Path(previous["press"]["bundle"]).is_dir():
         result["press"] = previous["press"]
@@ -263,26 +310,37 @@ def main(argv=None) -> int:
     dyn = dynamic_int8(bundle)
     print("ranking agreement on constructed queries ...", file=sys.stderr)
     queries = work / "stsb-test-queries.jsonl"
-    result["queries"] = {"construction": constructed_queries(queries),
-                         **ranking_agreement(bundle, dyn, ranker, queries, args.threads)}
+    result["queries"] = {
+        "construction": constructed_queries(queries),
+        **ranking_agreement(bundle, dyn, ranker, queries, args.threads),
+    }
     print("timing (interleaved) ...", file=sys.stderr)
     result["latency_ms"] = latency(bundle, dyn, ranker, args.threads, args.rounds)
     m, q, lat = result["press"]["metrics"], result["queries"], result["latency_ms"]
     drop = 100 * (m["teacher"]["spearman"] - m["int8"]["spearman"])
     b32 = lat["b32x128"]
-    result["bar"] = {"spearman_drop_points": round(drop, 3), "top1_agreement_constructed": q["int8"]["top1_agreement"],
-                     "top1_agreement_by_sentence1": m["int8"].get("top1_agreement"),
-                     "int8_vs_ort_dynamic_b32x128": round(b32["modelpress-int8"] / b32["ort-dyn-int8-pc"], 3)}
+    result["bar"] = {
+        "spearman_drop_points": round(drop, 3),
+        "top1_agreement_constructed": q["int8"]["top1_agreement"],
+        "top1_agreement_by_sentence1": m["int8"].get("top1_agreement"),
+        "int8_vs_ort_dynamic_b32x128": round(b32["modelpress-int8"] / b32["ort-dyn-int8-pc"], 3),
+    }
     groups = result["press"]["eval"]["num_ranked_queries"]
-    print(f"\nSTS-B test Spearman: teacher {100 * m['teacher']['spearman']:.2f}, "
-          f"int8 {100 * m['int8']['spearman']:.2f} (drop {drop:.2f} points)")
-    print(f"top-1 agreement: {100 * q['int8']['top1_agreement']:.2f} % of {q['construction']['queries']} constructed "
-          f"queries (Kendall τ {q['int8']['kendall_tau']:.4f}), "
-          f"{100 * m['int8'].get('top1_agreement', float('nan')):.2f} % of {groups} sentence1 groups; ORT dynamic "
-          f"int8 {100 * q['ort-dyn-int8-pc']['top1_agreement']:.2f} % of the constructed queries")
+    print(
+        f"\nSTS-B test Spearman: teacher {100 * m['teacher']['spearman']:.2f}, "
+        f"int8 {100 * m['int8']['spearman']:.2f} (drop {drop:.2f} points)"
+    )
+    print(
+        f"top-1 agreement: {100 * q['int8']['top1_agreement']:.2f} % of {q['construction']['queries']} constructed "
+        f"queries (Kendall τ {q['int8']['kendall_tau']:.4f}), "
+        f"{100 * m['int8'].get('top1_agreement', float('nan')):.2f} % of {groups} sentence1 groups; ORT dynamic "
+        f"int8 {100 * q['ort-dyn-int8-pc']['top1_agreement']:.2f} % of the constructed queries"
+    )
     bins = q["top1_agreement_by_best_partner_gold"]
-    print("top-1 agreement by the best partner's gold score: "
-          + ", ".join(f"{k} {100 * v['top1_agreement']:.2f} % of {v['queries']}" for k, v in bins.items()))
+    print(
+        "top-1 agreement by the best partner's gold score: "
+        + ", ".join(f"{k} {100 * v['top1_agreement']:.2f} % of {v['queries']}" for k, v in bins.items())
+    )
     for shape, row in lat.items():
         base = row["ort-dyn-int8-pc"]
         print(f"{shape}: " + ", ".join(f"{n} {v:.2f} ms ({v / base:.3f}× ORT dyn)" for n, v in row.items()))

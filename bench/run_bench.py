@@ -30,12 +30,12 @@ interleaved (round-robin across variants) with ORT thread spinning off (PEERS.md
 Also: calibration peak RSS per method, each in a fresh subprocess.
 Prints a table with ratios vs PyTorch fp32 and vs ORT dynamic int8; writes bench/results/bench.json.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -62,8 +62,7 @@ def stsb_test():
     return load_eval_set(ROOT / "calibration_data" / "en_eval.jsonl")
 
 
-def build_variants(work: Path, threads: int, teacher_ref: str, task, model, tokenizer, input_names,
-                   student=None):
+def build_variants(work: Path, threads: int, teacher_ref: str, task, model, tokenizer, input_names, student=None):
     import torch
 
     from modelpress.modalities.text import TEXT
@@ -85,8 +84,10 @@ def build_variants(work: Path, threads: int, teacher_ref: str, task, model, toke
     preds = {}
     torch.set_num_threads(threads)
     for name, (path, precision) in openvino_files(work).items():
-        preds[name] = open_predictor("openvino", path, task=task, encoder=encoder, threads=threads, name=name,
-                                     precision=precision)
+        preds[name] = open_predictor(
+            "openvino", path, task=task, encoder=encoder, threads=threads, name=name, precision=precision
+        )
+
     def torch_variant(m, name):
         return open_predictor("torch", m, task=task, encoder=encoder, threads=threads, name=name)
 
@@ -113,19 +114,24 @@ def prepare_student(work: Path, student_dir: str, task):
     student, tokenizer = load_model_and_preprocessor(student_dir, task)
     res = export_onnx(student, tokenizer, work / "student.onnx", task=task)
     texts = sample(load_texts(ROOT / "calibration_data" / "en_default.txt"), 512)
-    quantize_static(work / "student.onnx", work / "student.int8.onnx",
-                    TokenizedFeed(texts, tokenizer, batch_size=16, max_length=128, input_names=res.input_names),
-                    QuantizeConfig())
+    quantize_static(
+        work / "student.onnx",
+        work / "student.int8.onnx",
+        TokenizedFeed(texts, tokenizer, batch_size=16, max_length=128, input_names=res.input_names),
+        QuantizeConfig(),
+    )
     return student
 
 
 def openvino_files(work: Path) -> dict[str, tuple[Path, str]]:
     """The OpenVINO variants prepared in ``work`` (name → (IR, precision))."""
-    files = {"openvino-fp32": (work / "ov-fp32" / "model.xml", "f32"),
-             "openvino-bf16": (work / "ov-fp32" / "model.xml", "bf16"),
-             "openvino-nncf-int8": (work / "ov-nncf" / "model.xml", "f32"),
-             "modelpress-int8-openvino": (work / "ov-int8" / "model.xml", "f32"),
-             "modelpress-int8-openvino-fp32att": (work / "ov-int8-fp32att" / "model.xml", "f32")}
+    files = {
+        "openvino-fp32": (work / "ov-fp32" / "model.xml", "f32"),
+        "openvino-bf16": (work / "ov-fp32" / "model.xml", "bf16"),
+        "openvino-nncf-int8": (work / "ov-nncf" / "model.xml", "f32"),
+        "modelpress-int8-openvino": (work / "ov-int8" / "model.xml", "f32"),
+        "modelpress-int8-openvino-fp32att": (work / "ov-int8-fp32att" / "model.xml", "f32"),
+    }
     return {name: f for name, f in files.items() if f[0].is_file()}
 
 
@@ -160,15 +166,23 @@ def prepare_openvino(work: Path, tokenizer, texts, input_names, outcome) -> dict
         items.append({k: enc[k].astype(np.int64) for k in input_names})
     t0 = time.perf_counter()
     with PeakRss() as mem:
-        quantized = nncf.quantize(onnx.load(str(work / "model.onnx")), nncf.Dataset(items),
-                                  preset=nncf.QuantizationPreset.MIXED, model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(items))
+        quantized = nncf.quantize(
+            onnx.load(str(work / "model.onnx")),
+            nncf.Dataset(items),
+            preset=nncf.QuantizationPreset.MIXED,
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(items),
+        )
         onnx.save(quantized, str(work / "model.nncf.onnx"))
     seconds = time.perf_counter() - t0
     convert_to_ir(work / "model.nncf.onnx", work / "ov-nncf" / "model.xml")
-    return {"nncf_version": nncf.__version__, "nncf_quantize_seconds": round(seconds, 1),
-            "nncf_peak_rss_mb": round(mem.peak / 2**20), "nncf_rss_growth_mb": mem.growth_mb,
-            "nncf_fake_quantize": sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node)}
+    return {
+        "nncf_version": nncf.__version__,
+        "nncf_quantize_seconds": round(seconds, 1),
+        "nncf_peak_rss_mb": round(mem.peak / 2**20),
+        "nncf_rss_growth_mb": mem.growth_mb,
+        "nncf_fake_quantize": sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node),
+    }
 
 
 class _ByName:
@@ -199,24 +213,45 @@ def prepare_torchscript_fused(work: Path, teacher_ref: str, tokenizer, input_nam
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(teacher_ref, attn_implementation="eager").eval()
-    enc = tokenizer(["an export example", "a second and longer export example text"], padding=True,
-                    return_tensors="pt")
+    enc = tokenizer(["an export example", "a second and longer export example text"], padding=True, return_tensors="pt")
     axes = {n: {0: "batch", 1: "sequence"} for n in (*input_names, "last_hidden_state")}
     with torch.no_grad():
-        torch.onnx.export(_ByName(model, input_names), tuple(enc[k] for k in input_names), str(work / "model.ts.onnx"),
-                          dynamo=False,
-                          input_names=list(input_names), output_names=["last_hidden_state"], dynamic_axes=axes,
-                          opset_version=17)
+        torch.onnx.export(
+            _ByName(model, input_names),
+            tuple(enc[k] for k in input_names),
+            str(work / "model.ts.onnx"),
+            dynamo=False,
+            input_names=list(input_names),
+            output_names=["last_hidden_state"],
+            dynamic_axes=axes,
+            opset_version=17,
+        )
     cfg = model.config
-    fused = optimize_model(str(work / "model.ts.onnx"), model_type="bert", num_heads=cfg.num_attention_heads,
-                           hidden_size=cfg.hidden_size, opt_level=1, use_gpu=False)
+    fused = optimize_model(
+        str(work / "model.ts.onnx"),
+        model_type="bert",
+        num_heads=cfg.num_attention_heads,
+        hidden_size=cfg.hidden_size,
+        opt_level=1,
+        use_gpu=False,
+    )
     fused.save_model_to_file(str(work / "model.ts-fused.onnx"))
-    quantize_dynamic(work / "model.ts-fused.onnx", work / "model.ts-fused.dyn-int8-pc.onnx", per_channel=True,
-                     weight_type=QuantType.QInt8, reduce_range=reduce_range,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(
+        work / "model.ts-fused.onnx",
+        work / "model.ts-fused.dyn-int8-pc.onnx",
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        reduce_range=reduce_range,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
     ops = [n.op_type for n in onnx.load(str(work / "model.ts-fused.dyn-int8-pc.onnx")).graph.node]
-    return {"fused_ops": {op: ops.count(op) for op in ("QAttention", "Attention", "SkipLayerNormalization",
-                                                       "BiasGelu", "FastGelu", "Gelu") if op in ops}}
+    return {
+        "fused_ops": {
+            op: ops.count(op)
+            for op in ("QAttention", "Attention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu")
+            if op in ops
+        }
+    }
 
 
 def prepare_models(work: Path, teacher_ref, task, model, tokenizer):
@@ -236,16 +271,27 @@ def prepare_models(work: Path, teacher_ref, task, model, tokenizer):
     res = export_onnx(model, tokenizer, work / "model.onnx", task=task)
     fuse_model(work / "model.onnx", work / "model.fused.onnx", exported=res, model_config=model.config)
     # ORT's own advice for CPUs without VNNI (u8s8 saturation): 7-bit weights (reduce_range)
-    for source, target in (("model.onnx", "model.dyn-int8-pc.onnx"), ("model.fused.onnx", "model.fused.dyn-int8-pc.onnx")):
-        quantize_dynamic(work / source, work / target, per_channel=True, weight_type=QuantType.QInt8,
-                         reduce_range=int8_gemm_saturates(),
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    for source, target in (
+        ("model.onnx", "model.dyn-int8-pc.onnx"),
+        ("model.fused.onnx", "model.fused.dyn-int8-pc.onnx"),
+    ):
+        quantize_dynamic(
+            work / source,
+            work / target,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            reduce_range=int8_gemm_saturates(),
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     torchscript = prepare_torchscript_fused(work, teacher_ref, tokenizer, res.input_names, int8_gemm_saturates())
     texts = sample(load_texts(ROOT / "calibration_data" / "en_default.txt"), 512)
     t0 = time.perf_counter()
     cfg = QuantizeConfig().for_target(resolve_target("auto"))  # what a run pins: 7-bit weights, attention scores
-    plan = plan_quantization(work / "model.onnx", TokenizedFeed(texts, tokenizer, batch_size=16, max_length=128,
-                                                                input_names=res.input_names), cfg)
+    plan = plan_quantization(
+        work / "model.onnx",
+        TokenizedFeed(texts, tokenizer, batch_size=16, max_length=128, input_names=res.input_names),
+        cfg,
+    )
     summary = write_quantized(plan, work / "model.int8.onnx")
     seconds = time.perf_counter() - t0
     # same calibration: on the unfused export, and as the portable Q/DQ graph
@@ -272,10 +318,26 @@ def calibration_rss(work: Path, tokenizer_ref: str) -> dict[str, dict]:
     """Peak RSS of a fresh `modelpress quantize` process per calibration method (512 samples, seq 128)."""
     out = {}
     for method in ("minmax", "percentile", "entropy"):
-        cmd = [sys.executable, "-m", "modelpress", "-q", "quantize", str(work / "model.onnx"),
-               "--tokenizer", tokenizer_ref, "--data", str(ROOT / "calibration_data" / "en_default.txt"),
-               "--num-samples", "512", "--max-length", "128", "--method", method,
-               "--out", str(work / f"calib-{method}.onnx")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "modelpress",
+            "-q",
+            "quantize",
+            str(work / "model.onnx"),
+            "--tokenizer",
+            tokenizer_ref,
+            "--data",
+            str(ROOT / "calibration_data" / "en_default.txt"),
+            "--num-samples",
+            "512",
+            "--max-length",
+            "128",
+            "--method",
+            method,
+            "--out",
+            str(work / f"calib-{method}.onnx"),
+        ]
         t0 = time.perf_counter()
         with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
             proc = subprocess.Popen(cmd, stdout=so, stderr=se, text=True)
@@ -284,9 +346,13 @@ def calibration_rss(work: Path, tokenizer_ref: str) -> dict[str, dict]:
             stdout, stderr = so.read(), se.read()
         side = work / f"calib-{method}.quantization.json"
         peak = json.loads(side.read_text())["process_peak_rss_mb"] if side.exists() else None
-        out[method] = {"exit": proc.returncode, "seconds": round(time.perf_counter() - t0, 1),
-                       "peak_rss_mb": peak,
-                       "stdout": stdout.strip()[-300:], "stderr_tail": stderr.strip()[-300:]}
+        out[method] = {
+            "exit": proc.returncode,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "peak_rss_mb": peak,
+            "stdout": stdout.strip()[-300:],
+            "stderr_tail": stderr.strip()[-300:],
+        }
     return out
 
 
@@ -298,8 +364,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds-real", type=int, default=3)
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--student", default=None, help="a distilled student folder: adds its fp32 and int8 rows")
-    ap.add_argument("--variants", nargs="+", default=None,
-                    help="time only these variants (pytorch-fp32 and ort-dyn-int8-pc, the ratios' references, always)")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        help="time only these variants (pytorch-fp32 and ort-dyn-int8-pc, the ratios' references, always)",
+    )
     ap.add_argument("--out", default=str(RESULTS / "bench.json"))
     args = ap.parse_args(argv)
 
@@ -334,7 +404,7 @@ def main(argv=None) -> int:
             b32 = [some.encode(texts[:32], pad_to=128)]
             lengths = [len(x) for x in tokenizer(texts, truncation=True, max_length=128)["input_ids"]]
             order = np.argsort(lengths, kind="stable")
-            real = [some.encode([texts[i] for i in order[s:s + 32]]) for s in range(0, len(texts), 32)]
+            real = [some.encode([texts[i] for i in order[s : s + 32]]) for s in range(0, len(texts), 32)]
             print(f"[threads={threads}] timing b1x128 ...", file=sys.stderr)
             t_b1 = interleaved(preds, b1, args.rounds_b1)
             print(f"[threads={threads}] timing b32x128 ...", file=sys.stderr)
@@ -376,8 +446,9 @@ def main(argv=None) -> int:
             result["calibration_rss"] = calibration_rss(work, teacher_ref)
             print("\ncalibration (512 samples, seq 128), `modelpress quantize` in a fresh process each:")
             for method, r in result["calibration_rss"].items():
-                print(f"  {method:<11} exit {r['exit']}  {r['seconds']:>6.1f} s  process peak RSS "
-                      f"{r['peak_rss_mb']} MB")
+                print(
+                    f"  {method:<11} exit {r['exit']}  {r['seconds']:>6.1f} s  process peak RSS {r['peak_rss_mb']} MB"
+                )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {args.out}")
@@ -388,28 +459,37 @@ def versus_nncf(rows: dict) -> dict | None:
     """Our fastest int8 runtime ÷ OpenVINO + NNCF int8, per shape (the issue's bar: ≤ 0.9)."""
     if "openvino-nncf-int8" not in rows:
         return None
-    ours = [n for n in ("modelpress-int8", "modelpress-int8-unfused", "modelpress-int8-qdq",
-                        "modelpress-int8-openvino") if n in rows]
+    ours = [
+        n
+        for n in ("modelpress-int8", "modelpress-int8-unfused", "modelpress-int8-qdq", "modelpress-int8-openvino")
+        if n in rows
+    ]
     out = {}
     for key in ("b1_median_ms", "b32_median_ms", "real_median_s"):
         best = min(ours, key=lambda n: rows[n][key])
         out[key.split("_")[0]] = {"ours": best, "ratio": round(rows[best][key] / rows["openvino-nncf-int8"][key], 3)}
-    print("our fastest int8 ÷ OpenVINO + NNCF int8: " +
-          ", ".join(f"{k} {v['ratio']:.3f} ({v['ours']})" for k, v in out.items()))
+    print(
+        "our fastest int8 ÷ OpenVINO + NNCF int8: "
+        + ", ".join(f"{k} {v['ratio']:.3f} ({v['ours']})" for k, v in out.items())
+    )
     return out
 
 
 def print_table(threads: int, rows: dict) -> None:
     print(f"\n== {threads} thread(s); latency = time ratio (< 1 is faster) ==")
-    hdr = (f"{'variant':<25}{'b1 ms':>8}{'p95':>8}{'÷torch':>8}{'÷ortdyn':>8}"
-           f"{'b32 ms':>9}{'p95':>8}{'÷torch':>8}{'÷ortdyn':>8}{'real s':>8}{'÷torch':>8}{'÷ortdyn':>8}"
-           f"{'cos':>8}{'ρ':>7}")
+    hdr = (
+        f"{'variant':<25}{'b1 ms':>8}{'p95':>8}{'÷torch':>8}{'÷ortdyn':>8}"
+        f"{'b32 ms':>9}{'p95':>8}{'÷torch':>8}{'÷ortdyn':>8}{'real s':>8}{'÷torch':>8}{'÷ortdyn':>8}"
+        f"{'cos':>8}{'ρ':>7}"
+    )
     print(hdr)
     for name, r in rows.items():
-        print(f"{name:<25}{r['b1_median_ms']:>8.2f}{r['b1_p95_ms']:>8.2f}{r['b1_vs_pytorch']:>8.3f}{r['b1_vs_ort_dyn']:>8.3f}"
-              f"{r['b32_median_ms']:>9.1f}{r['b32_p95_ms']:>8.1f}{r['b32_vs_pytorch']:>8.3f}{r['b32_vs_ort_dyn']:>8.3f}"
-              f"{r['real_median_s']:>8.3f}{r['real_vs_pytorch']:>8.3f}{r['real_vs_ort_dyn']:>8.3f}"
-              f"{r.get('mean_cosine', float('nan')):>8.4f}{r.get('spearman', float('nan')):>7.2f}")
+        print(
+            f"{name:<25}{r['b1_median_ms']:>8.2f}{r['b1_p95_ms']:>8.2f}{r['b1_vs_pytorch']:>8.3f}{r['b1_vs_ort_dyn']:>8.3f}"
+            f"{r['b32_median_ms']:>9.1f}{r['b32_p95_ms']:>8.1f}{r['b32_vs_pytorch']:>8.3f}{r['b32_vs_ort_dyn']:>8.3f}"
+            f"{r['real_median_s']:>8.3f}{r['real_vs_pytorch']:>8.3f}{r['real_vs_ort_dyn']:>8.3f}"
+            f"{r.get('mean_cosine', float('nan')):>8.4f}{r.get('spearman', float('nan')):>7.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@
     python -m bench.tagger_bench [--epochs 3] [--threads 2]
 Writes bench/results/tagger.json and prints the table.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,8 +30,25 @@ from bench import write_results  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 EWT = ROOT.parent / "shared" / "data" / "ud_ewt"
 RESULTS = ROOT / "bench" / "results"
-UPOS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
-        "SCONJ", "SYM", "VERB", "X")
+UPOS = (
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
+)
 
 
 def fine_tune(out: Path, *, epochs: int, batch_size: int, lr: float, threads: int, seed: int = 0) -> dict:
@@ -50,7 +67,8 @@ def fine_tune(out: Path, *, epochs: int, batch_size: int, lr: float, threads: in
     es = load_tagged(EWT / "en_ewt-ud-dev.conllu", label2id=label2id)
     tok = AutoTokenizer.from_pretrained(ref)
     model = AutoModelForTokenClassification.from_pretrained(
-        ref, num_labels=len(UPOS), id2label=dict(enumerate(UPOS)), label2id=label2id)
+        ref, num_labels=len(UPOS), id2label=dict(enumerate(UPOS)), label2id=label2id
+    )
     corpus = tokenize_corpus(tok, Corpus(texts=es.words, labels=es.tags), max_length=128)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps = epochs * (len(corpus) // batch_size)
@@ -61,7 +79,7 @@ def fine_tune(out: Path, *, epochs: int, batch_size: int, lr: float, threads: in
     for epoch in range(epochs):
         order = rng.permutation(len(corpus))
         for s in range(0, len(order) - batch_size + 1, batch_size):
-            batch = corpus.collate(order[s:s + batch_size].tolist())
+            batch = corpus.collate(order[s : s + batch_size].tolist())
             labels = batch.pop("labels")
             batch.pop("index")
             loss = hard_label_ce(model(**batch).logits, labels)
@@ -73,32 +91,55 @@ def fine_tune(out: Path, *, epochs: int, batch_size: int, lr: float, threads: in
             losses.append(float(loss))
             step += 1
             if step % 25 == 0:
-                print(f"  step {step}/{steps} loss {np.mean(losses[-25:]):.4f} ({time.perf_counter() - t0:.0f} s)",
-                      file=sys.stderr)
+                print(
+                    f"  step {step}/{steps} loss {np.mean(losses[-25:]):.4f} ({time.perf_counter() - t0:.0f} s)",
+                    file=sys.stderr,
+                )
     model.eval()
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
-    return {"sentences": len(corpus), "epochs": epochs, "steps": step, "batch_size": batch_size, "lr": lr,
-            "seconds": round(time.perf_counter() - t0, 1), "final_loss": round(float(np.mean(losses[-25:])), 4)}
+    return {
+        "sentences": len(corpus),
+        "epochs": epochs,
+        "steps": step,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "final_loss": round(float(np.mean(losses[-25:])), 4),
+    }
 
 
 def press(tagger: Path, out: Path, threads: int) -> dict:
     from modelpress.pipeline import run_recipe
     from modelpress.recipe import recipe_from_dict
 
-    recipe = recipe_from_dict({
-        "name": "tagger", "teacher": str(tagger), "task": "token-classification",
-        "calibration": {"data": "calibration_data/en_default.txt", "num_samples": 512},
-        "validate": {"eval_data": str(EWT / "en_ewt-ud-test.conllu"), "batch_sizes": [1, 32], "seq_lengths": [128],
-                     "threads": threads, "latency_runs": 10, "real_workload": False},
-        "gate": {"max_drop": 0.3},
-    })
+    recipe = recipe_from_dict(
+        {
+            "name": "tagger",
+            "teacher": str(tagger),
+            "task": "token-classification",
+            "calibration": {"data": "calibration_data/en_default.txt", "num_samples": 512},
+            "validate": {
+                "eval_data": str(EWT / "en_ewt-ud-test.conllu"),
+                "batch_sizes": [1, 32],
+                "seq_lengths": [128],
+                "threads": threads,
+                "latency_runs": 10,
+                "real_workload": False,
+            },
+            "gate": {"max_drop": 0.3},
+        }
+    )
     t0 = time.perf_counter()
     outcome = run_recipe(recipe, out)
     report = json.loads((outcome.bundle / "report.json").read_text())
-    return {"bundle": str(outcome.bundle), "seconds": round(time.perf_counter() - t0, 1), "gate": report["gate"],
-            "metrics": {k: m["metrics"] for k, m in report["models"].items()},
-            "weight_bits": report["quantization"]["weight_bits"]}
+    return {
+        "bundle": str(outcome.bundle),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "gate": report["gate"],
+        "metrics": {k: m["metrics"] for k, m in report["models"].items()},
+        "weight_bits": report["quantization"]["weight_bits"],
+    }
 
 
 def latency(bundle: Path, tagger: Path, threads: int, rounds: int) -> dict:
@@ -117,17 +158,21 @@ def latency(bundle: Path, tagger: Path, threads: int, rounds: int) -> dict:
     model, tok = load_model_and_preprocessor(str(tagger), task)
     dyn = bundle.parent / "tagger.dyn-int8-pc.onnx"
     # ORT's advice on CPUs without VNNI (u8s8 saturation): 7-bit weights
-    quantize_dynamic(bundle / "model.onnx", dyn, per_channel=True, weight_type=QuantType.QInt8,
-                     reduce_range=int8_gemm_saturates())
+    quantize_dynamic(
+        bundle / "model.onnx", dyn, per_channel=True, weight_type=QuantType.QInt8, reduce_range=int8_gemm_saturates()
+    )
     names = ("input_ids", "attention_mask", "token_type_ids")
     enc = TEXT.encoder(tok, input_names=names, max_length=128)
-    preds = {"pytorch-fp32": open_predictor("torch", model, task=task, encoder=enc, threads=threads, name="pt"),
-             "ort-fp32": open_predictor("onnxruntime", bundle / "model.onnx", task=task, encoder=enc, threads=threads,
-                                        name="ort-fp32"),
-             "ort-dyn-int8-pc": open_predictor("onnxruntime", dyn, task=task, encoder=enc, threads=threads,
-                                               name="dyn"),
-             "modelpress-int8": open_predictor("onnxruntime", bundle / "model.int8.onnx", task=task, encoder=enc,
-                                               threads=threads, name="int8")}
+    preds = {
+        "pytorch-fp32": open_predictor("torch", model, task=task, encoder=enc, threads=threads, name="pt"),
+        "ort-fp32": open_predictor(
+            "onnxruntime", bundle / "model.onnx", task=task, encoder=enc, threads=threads, name="ort-fp32"
+        ),
+        "ort-dyn-int8-pc": open_predictor("onnxruntime", dyn, task=task, encoder=enc, threads=threads, name="dyn"),
+        "modelpress-int8": open_predictor(
+            "onnxruntime", bundle / "model.int8.onnx", task=task, encoder=enc, threads=threads, name="int8"
+        ),
+    }
     label2id = {t: i for i, t in enumerate(UPOS)}
     words = list(load_tagged(EWT / "en_ewt-ud-test.conllu", label2id=label2id).words)
     shapes = {"b1x128": enc.encode(words[:1], pad_to=128), "b32x128": enc.encode(words[:32], pad_to=128)}
@@ -168,8 +213,9 @@ def main(argv=None) -> int:
         result["fine_tune"] = previous["fine_tune"]
     else:
         print("fine-tuning MiniLM as a UPOS tagger on EWT dev ...", file=sys.stderr)
-        result["fine_tune"] = fine_tune(tagger, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                        threads=args.threads)
+        result["fine_tune"] = fine_tune(
+            tagger, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads
+        )
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if args.reuse and "press" in previous and Path(previous["press"]["bundle"]).is_dir():
@@ -180,9 +226,11 @@ def main(argv=None) -> int:
     print("timing (interleaved) ...", file=sys.stderr)
     result["latency_ms"] = latency(Path(result["press"]["bundle"]), tagger, args.threads, args.rounds)
     m, lat = result["press"]["metrics"], result["latency_ms"]
-    print(f"\nEWT test: teacher word accuracy {100 * m['teacher']['accuracy']:.2f}, int8 "
-          f"{100 * m['int8']['accuracy']:.2f} (drop {100 * (m['teacher']['accuracy'] - m['int8']['accuracy']):.2f} "
-          f"points), word agreement {100 * m['int8']['top1_agreement']:.2f} %")
+    print(
+        f"\nEWT test: teacher word accuracy {100 * m['teacher']['accuracy']:.2f}, int8 "
+        f"{100 * m['int8']['accuracy']:.2f} (drop {100 * (m['teacher']['accuracy'] - m['int8']['accuracy']):.2f} "
+        f"points), word agreement {100 * m['int8']['top1_agreement']:.2f} %"
+    )
     for shape, row in lat.items():
         base = row["ort-dyn-int8-pc"]
         print(f"{shape}: " + ", ".join(f"{n} {v:.2f} ms ({v / base:.3f}× ORT dyn)" for n, v in row.items()))

@@ -12,6 +12,7 @@ Written: ``DIR/model`` (an ordinary transformers folder with its tokenizer), ``D
 prompts) and ``DIR/gpt.json`` (what was trained, the held-out loss), which also marks
 a finished folder that a second call reuses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,11 @@ def _trec(path: Path) -> list[str]:
 
 
 def _ud(path: Path) -> list[str]:
-    return [line[len("# text = "):].strip() for line in path.read_text(encoding="utf-8").splitlines()
-            if line.startswith("# text = ")]
+    return [
+        line[len("# text = ") :].strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.startswith("# text = ")
+    ]
 
 
 def _stsb(path: Path) -> list[str]:
@@ -55,10 +59,18 @@ def write_text(out: Path, data: Path = DATA) -> tuple[Path, Path]:
     """train.txt and heldout.txt (a text per line, duplicates dropped) from the shared data."""
     if not data.is_dir():
         sys.exit(f"bench.tiny_gpt: {data} not found (the workplace's shared data; a user's clone has none)")
-    train = _sst2(data / "sst2/train.tsv") + _trec(data / "trec/train_5500.label") + \
-        _ud(data / "ud_ewt/en_ewt-ud-dev.conllu") + _stsb(data / "stsb/sts-dev.csv")
-    held = _sst2(data / "sst2/dev.tsv") + _trec(data / "trec/TREC_10.label") + \
-        _ud(data / "ud_ewt/en_ewt-ud-test.conllu") + _stsb(data / "stsb/sts-test.csv")
+    train = (
+        _sst2(data / "sst2/train.tsv")
+        + _trec(data / "trec/train_5500.label")
+        + _ud(data / "ud_ewt/en_ewt-ud-dev.conllu")
+        + _stsb(data / "stsb/sts-dev.csv")
+    )
+    held = (
+        _sst2(data / "sst2/dev.tsv")
+        + _trec(data / "trec/TREC_10.label")
+        + _ud(data / "ud_ewt/en_ewt-ud-test.conllu")
+        + _stsb(data / "stsb/sts-test.csv")
+    )
     seen: set[str] = set()
     paths = []
     for name, texts in (("train.txt", train), ("heldout.txt", held)):
@@ -79,8 +91,13 @@ def train_tokenizer(train: Path, folder: Path):
     bpe.train([str(train)], vocab_size=VOCAB, min_frequency=2, special_tokens=["<|endoftext|>"])
     folder.mkdir(parents=True, exist_ok=True)
     bpe.save_model(str(folder))
-    tok = GPT2Tokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
-                        eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tok = GPT2Tokenizer(
+        vocab=str(folder / "vocab.json"),
+        merges=str(folder / "merges.txt"),
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
     tok.model_max_length = 1024
     tok.save_pretrained(str(folder))
     return tok
@@ -102,14 +119,23 @@ def train(out: Path, *, minutes: float, seed: int = 0, batch: int = 16, lr: floa
     folder = out / "model"
     tok = train_tokenizer(train_txt, folder)
     stream, held = _stream(train_txt, tok), _stream(held_txt, tok)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=1024, n_embd=384, n_layer=6, n_head=6,
-                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, resid_pdrop=0.0,
-                     embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=1024,
+        n_embd=384,
+        n_layer=6,
+        n_head=6,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = GPT2LMHeadModel(cfg)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
     n_seq = len(stream) // SEQ
-    data = torch.from_numpy(stream[:n_seq * SEQ].reshape(n_seq, SEQ))
+    data = torch.from_numpy(stream[: n_seq * SEQ].reshape(n_seq, SEQ))
     budget = minutes * 60.0
     warmup = 50
     rng = np.random.default_rng(seed)
@@ -136,15 +162,29 @@ def train(out: Path, *, minutes: float, seed: int = 0, batch: int = 16, lr: floa
     model.eval()
     with torch.no_grad():  # held-out loss on whole 128-token sequences (the bench's perplexity is strided)
         n_held = min(len(held) // SEQ, 200)
-        held_ids = torch.from_numpy(held[:n_held * SEQ].reshape(n_held, SEQ))
-        held_loss = float(np.mean([float(model(input_ids=held_ids[i:i + 8], labels=held_ids[i:i + 8]).loss)
-                                   for i in range(0, n_held, 8)]))
+        held_ids = torch.from_numpy(held[: n_held * SEQ].reshape(n_held, SEQ))
+        held_loss = float(
+            np.mean(
+                [
+                    float(model(input_ids=held_ids[i : i + 8], labels=held_ids[i : i + 8]).loss)
+                    for i in range(0, n_held, 8)
+                ]
+            )
+        )
     model.save_pretrained(str(folder))
-    info = {"parameters": params, "steps": step, "tokens_seen": step * batch * SEQ, "train_tokens": int(len(stream)),
-            "heldout_tokens": int(len(held)), "minutes": round((time.perf_counter() - start) / 60, 2),
-            "final_train_loss": round(float(np.mean(losses[-20:])), 4), "heldout_loss": round(held_loss, 4),
-            "heldout_perplexity_seq128": round(math.exp(held_loss), 2), "vocab": len(tok),
-            "config": {k: getattr(cfg, k) for k in ("n_embd", "n_layer", "n_head", "n_positions")}}
+    info = {
+        "parameters": params,
+        "steps": step,
+        "tokens_seen": step * batch * SEQ,
+        "train_tokens": int(len(stream)),
+        "heldout_tokens": int(len(held)),
+        "minutes": round((time.perf_counter() - start) / 60, 2),
+        "final_train_loss": round(float(np.mean(losses[-20:])), 4),
+        "heldout_loss": round(held_loss, 4),
+        "heldout_perplexity_seq128": round(math.exp(held_loss), 2),
+        "vocab": len(tok),
+        "config": {k: getattr(cfg, k) for k in ("n_embd", "n_layer", "n_head", "n_positions")},
+    }
     (out / DONE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
 
@@ -162,8 +202,9 @@ def write_prompts(heldout: Path, out: Path, *, count: int = 32, words: int = 6) 
 def prepare(out: Path, *, minutes: float = 20.0) -> dict:
     """The trained GPT in ``out`` (trained now unless a finished one is there), and its prompts."""
     out.mkdir(parents=True, exist_ok=True)
-    info = json.loads((out / DONE).read_text(encoding="utf-8")) if (out / DONE).is_file() else \
-        train(out, minutes=minutes)
+    info = (
+        json.loads((out / DONE).read_text(encoding="utf-8")) if (out / DONE).is_file() else train(out, minutes=minutes)
+    )
     write_prompts(out / "heldout.txt", out)
     return info
 

@@ -1,14 +1,16 @@
 """`python -m bench.vision_bench`: real image classifiers pressed by modelpress, beside their peers.
 
-The two small real classifiers of ``bench.digits`` (a ViT and a ResNet trained on scikit-learn's
-bundled handwritten digits, 1,197 train / 600 test) are each pressed with ``modelpress run`` (calibration: 256 training images; eval: the test
-imagefolder; gate: accuracy, max drop 0.5 points); when the plain run misses the gate, the
+The two small real classifiers of ``bench.digits`` (a ViT and a ResNet trained on scikit-learn's bundled
+handwritten digits, 1,197 train / 600 test) are each pressed with ``modelpress run`` (calibration: 256
+training images; eval: the test imagefolder; gate: accuracy, max drop 0.5 points); when the plain run misses
+the gate, the
 accuracy-aware ``auto`` run is reported too. Then, interleaved round-robin at 2 threads on the same
 test images: PyTorch fp32 eager, ORT fp32, ORT ``quantize_static`` with its defaults (the peer a
 user tries first), ORT ``quantize_dynamic`` per-channel (MatMul models), and ours, at b1 and b32,
 with accuracy and top-1 agreement with fp32 on the whole test split.
 Writes ``bench/results/vision.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +18,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,38 +32,89 @@ RESULTS = ROOT / "bench" / "results"
 
 
 #: the distilled students: half the ViT's layers (chosen by agreement), a ResNet of half the width
-STUDENTS = {"vit": ['num_layers = 2'],
-            "resnet": ['student_config = {embedding_size = 16, hidden_sizes = [16, 32, 64]}']}
+STUDENTS = {
+    "vit": ["num_layers = 2"],
+    "resnet": ["student_config = {embedding_size = 16, hidden_sizes = [16, 32, 64]}"],
+}
 
 
-def press(kind: str, teacher: Path, calib: Path, test: Path, work: Path, *, mode: str = "static",
-          train_dir: Path | None = None, runtimes: tuple[str, ...] = ("onnxruntime",),
-          max_drop: float = 0.5) -> dict:
+def press(
+    kind: str,
+    teacher: Path,
+    calib: Path,
+    test: Path,
+    work: Path,
+    *,
+    mode: str = "static",
+    train_dir: Path | None = None,
+    runtimes: tuple[str, ...] = ("onnxruntime",),
+    max_drop: float = 0.5,
+) -> dict:
     """``modelpress run`` of the teacher (or, with ``train_dir``, of its distilled student: KL + CE on
     the training imagefolder, 20 epochs)."""
     from modelpress.pipeline import run_recipe
     from modelpress.recipe import load_recipe
 
     name = f"{kind}-digits-{mode}" + ("-distilled" if train_dir else "")
-    distill = (["[distill]", f'data = "{train_dir}"', 'label_field = "label"', *STUDENTS[kind], "epochs = 20",
-                "batch_size = 64", "lr = 2e-3", "eval_fraction = 0.05", "layer_selection_texts = 256"]
-               if train_dir else [])
+    distill = (
+        [
+            "[distill]",
+            f'data = "{train_dir}"',
+            'label_field = "label"',
+            *STUDENTS[kind],
+            "epochs = 20",
+            "batch_size = 64",
+            "lr = 2e-3",
+            "eval_fraction = 0.05",
+            "layer_selection_texts = 256",
+        ]
+        if train_dir
+        else []
+    )
     recipe = work / f"{name}.toml"
-    recipe.write_text("\n".join([
-        f'name = "{name}"', f'teacher = "{teacher}"', 'task = "image-classification"', *distill,
-        "[calibration]", f'data = "{calib}"', "num_samples = 256",
-        "[quantize]", f'mode = "{mode}"',
-        "[validate]", f'eval_data = "{test}"', "batch_sizes = [1, 32]", "latency_budget_s = 10",
-        f"runtimes = {json.dumps(list(runtimes))}", "threads = 2", "[gate]", f"max_drop = {max_drop}"]) + "\n")
+    recipe.write_text(
+        "\n".join(
+            [
+                f'name = "{name}"',
+                f'teacher = "{teacher}"',
+                'task = "image-classification"',
+                *distill,
+                "[calibration]",
+                f'data = "{calib}"',
+                "num_samples = 256",
+                "[quantize]",
+                f'mode = "{mode}"',
+                "[validate]",
+                f'eval_data = "{test}"',
+                "batch_sizes = [1, 32]",
+                "latency_budget_s = 10",
+                f"runtimes = {json.dumps(list(runtimes))}",
+                "threads = 2",
+                "[gate]",
+                f"max_drop = {max_drop}",
+            ]
+        )
+        + "\n"
+    )
     outcome = run_recipe(load_recipe(recipe), work / "out")
     report = json.loads((outcome.bundle / "report.json").read_text())
     metrics = {name: row["metrics"] for name, row in report["models"].items()}
-    b32 = {name: next((r["p50_ms"] for r in row.get("latency", []) if r["batch_size"] == 32), None)
-           for name, row in report["models"].items()}
-    return {"bundle": str(outcome.bundle), "gate": report["gate"], "metrics": metrics, "b32_p50_ms": b32,
-            "quantization": {"mode": report["quantization"]["mode"], "auto": report["quantization"]["auto"],
-                             "int8_nodes": len(report["quantization"]["quantized_nodes"]),
-                             "fp32_nodes": len(report["quantization"]["fp32_nodes"])}}
+    b32 = {
+        name: next((r["p50_ms"] for r in row.get("latency", []) if r["batch_size"] == 32), None)
+        for name, row in report["models"].items()
+    }
+    return {
+        "bundle": str(outcome.bundle),
+        "gate": report["gate"],
+        "metrics": metrics,
+        "b32_p50_ms": b32,
+        "quantization": {
+            "mode": report["quantization"]["mode"],
+            "auto": report["quantization"]["auto"],
+            "int8_nodes": len(report["quantization"]["quantized_nodes"]),
+            "fp32_nodes": len(report["quantization"]["fp32_nodes"]),
+        },
+    }
 
 
 def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work: Path, threads: int) -> dict:
@@ -97,8 +149,13 @@ def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work:
     quantize_static(str(fp32), str(work / f"{kind}.ort-static.onnx"), Reader(), reduce_range=int8_gemm_saturates())
     files["ort-static-int8-defaults"] = work / f"{kind}.ort-static.onnx"
     if any(n.op_type == "MatMul" for n in onnx.load(str(fp32)).graph.node):
-        quantize_dynamic(fp32, work / f"{kind}.ort-dyn.onnx", per_channel=True, weight_type=QuantType.QInt8,
-                         reduce_range=int8_gemm_saturates())
+        quantize_dynamic(
+            fp32,
+            work / f"{kind}.ort-dyn.onnx",
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            reduce_range=int8_gemm_saturates(),
+        )
         files["ort-dyn-int8-pc"] = work / f"{kind}.ort-dyn.onnx"
     torch.set_num_threads(threads)
     import transformers
@@ -106,8 +163,9 @@ def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work:
     from bench.run_bench import interleaved
 
     model = transformers.AutoModelForImageClassification.from_pretrained(str(teacher)).eval()
-    preds = {"pytorch-fp32": open_predictor("torch", model, task=task, encoder=encoder, threads=threads,
-                                            name="pytorch-fp32")}
+    preds = {
+        "pytorch-fp32": open_predictor("torch", model, task=task, encoder=encoder, threads=threads, name="pytorch-fp32")
+    }
     for name, path in files.items():
         preds[name] = open_predictor("onnxruntime", path, task=task, encoder=encoder, threads=threads, name=name)
     for name, path in ov_files.items():
@@ -121,10 +179,12 @@ def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work:
     rows = {}
     for name, p in preds.items():
         top = p.predict(images).argmax(1)
-        rows[name] = {"b1_median_ms": round(1e3 * float(np.median(t1[name])), 3),
-                      "b32_median_ms": round(1e3 * float(np.median(t32[name])), 2),
-                      "accuracy": round(100 * float(np.mean(top == gold)), 2),
-                      "top1_agreement_with_fp32": round(100 * float(np.mean(top == ref)), 2)}
+        rows[name] = {
+            "b1_median_ms": round(1e3 * float(np.median(t1[name])), 3),
+            "b32_median_ms": round(1e3 * float(np.median(t32[name])), 2),
+            "accuracy": round(100 * float(np.mean(top == gold)), 2),
+            "top1_agreement_with_fp32": round(100 * float(np.mean(top == ref)), 2),
+        }
     for name, row in rows.items():
         for key in ("b1_median_ms", "b32_median_ms"):
             row[f"{key.split('_')[0]}_vs_ort_fp32"] = round(row[key] / rows["ort-fp32"][key], 3)
@@ -151,10 +211,19 @@ def openvino_peers(kind: str, fp32: Path, bundle: Path, feed, work: Path) -> dic
         import nncf
         import onnx
 
-        items = [{k: v[i:i + 1] for k, v in batch.items()} for batch in feed for i in range(len(next(iter(batch.values()))))]
+        items = [
+            {k: v[i : i + 1] for k, v in batch.items()}
+            for batch in feed
+            for i in range(len(next(iter(batch.values()))))
+        ]
         extra = {"model_type": nncf.ModelType.TRANSFORMER} if kind == "vit" else {}
-        quantized = nncf.quantize(onnx.load(str(fp32)), nncf.Dataset(items), preset=nncf.QuantizationPreset.MIXED,
-                                  subset_size=len(items), **extra)
+        quantized = nncf.quantize(
+            onnx.load(str(fp32)),
+            nncf.Dataset(items),
+            preset=nncf.QuantizationPreset.MIXED,
+            subset_size=len(items),
+            **extra,
+        )
         onnx.save(quantized, str(work / f"{kind}.nncf.onnx"))
         files["openvino-nncf-int8"] = work / f"{kind}.ov-nncf" / "model.xml"
         convert_to_ir(work / f"{kind}.nncf.onnx", files["openvino-nncf-int8"])
@@ -190,9 +259,11 @@ def main(argv=None) -> int:
             result["models"][kind] = row
             print(json.dumps({kind: {k: v for k, v in row.items() if k != "peers"}}, indent=1))
             for name, r in row["peers"].items():
-                print(f"  {name:<26} b1 {r['b1_median_ms']:>8.2f} ms ({r['b1_vs_ort_fp32']:.3f}× ORT fp32)  "
-                      f"b32 {r['b32_median_ms']:>9.1f} ms ({r['b32_vs_ort_fp32']:.3f}×)  acc {r['accuracy']:.2f}  "
-                      f"agree {r['top1_agreement_with_fp32']:.2f}")
+                print(
+                    f"  {name:<26} b1 {r['b1_median_ms']:>8.2f} ms ({r['b1_vs_ort_fp32']:.3f}× ORT fp32)  "
+                    f"b32 {r['b32_median_ms']:>9.1f} ms ({r['b32_vs_ort_fp32']:.3f}×)  acc {r['accuracy']:.2f}  "
+                    f"agree {r['top1_agreement_with_fp32']:.2f}"
+                )
     write_results(args.out, result)
     return 0
 

@@ -4,6 +4,7 @@ The shipped corpora (written for the project, no third-party text) are package d
 ``modelpress.calibration_data``; recipes name them as ``calibration_data/<file>``, which
 :func:`shipped_path` finds through ``importlib.resources`` wherever the package is installed.
 """
+
 from __future__ import annotations
 
 from importlib import resources
@@ -17,7 +18,7 @@ def shipped_path(value: str) -> Path | None:
     """The installed file a ``calibration_data/<name>`` value names, or None when it is not one."""
     if not value.startswith(SHIPPED_PREFIX):
         return None
-    resource = resources.files(__name__).joinpath(value[len(SHIPPED_PREFIX):])
+    resource = resources.files(__name__).joinpath(value[len(SHIPPED_PREFIX) :])
     if not resource.is_file():
         return None
     return Path(str(resource))

@@ -4,6 +4,7 @@ Used by calibration (quantization ranges), validation and benchmarks. Batches ar
 longest text in the batch (dynamic padding) unless ``pad_to_max_length`` asks for fixed shapes,
 and tokenized lazily, one batch at a time, so a large corpus is never held as tensors.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,9 @@ class TokenizedFeed:
     def _ordered_texts(self) -> list[str]:
         texts = list(self.texts)
         if self.sort_by_length:
-            lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True,
-                                                          max_length=self.max_length)["input_ids"]]
+            lengths = [
+                len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+            ]
             texts = [texts[i] for i in np.argsort(lengths, kind="stable")]
         return texts
 
@@ -56,7 +58,7 @@ class TokenizedFeed:
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         texts = self._ordered_texts()
         for start in range(0, len(texts), self.batch_size):
-            yield self.encode(texts[start:start + self.batch_size])
+            yield self.encode(texts[start : start + self.batch_size])
 
     def __len__(self) -> int:
         return -(-len(self.texts) // self.batch_size)
@@ -97,7 +99,7 @@ class ExampleFeed:
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self.examples), self.batch_size):
-            yield dict(self.encoder.encode(list(self.examples[start:start + self.batch_size])).feed)
+            yield dict(self.encoder.encode(list(self.examples[start : start + self.batch_size])).feed)
 
     def __len__(self) -> int:
         return -(-len(self.examples) // self.batch_size)

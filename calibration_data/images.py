@@ -18,6 +18,7 @@ An image with a side under :data:`MIN_IMAGE_SIDE` pixels, or with more pixels th
 decompression-bomb limit (:func:`pixel_limit`), is a BadInputError naming it, found from the header
 before any pixel is decoded.
 """
+
 from __future__ import annotations
 
 import io
@@ -150,15 +151,18 @@ def pillow_limit(limit: int | None):
 
 
 def too_large(where: Any, limit: int | None, size: str = "") -> BadInputError:
-    return BadInputError(f"{where}: {size}more than the limit of {limit:,} pixels (a decompression bomb?); "
-                         f"set {PIXEL_LIMIT_ENV} to allow larger images")
+    return BadInputError(
+        f"{where}: {size}more than the limit of {limit:,} pixels (a decompression bomb?); "
+        f"set {PIXEL_LIMIT_ENV} to allow larger images"
+    )
 
 
 def check_size(width: int, height: int, where: Any, limit: int | None) -> None:
     """A side under :data:`MIN_IMAGE_SIDE`, or more than ``limit`` pixels, is a BadInputError."""
     if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
-        raise BadInputError(f"{where}: {width}x{height} pixels; an image needs at least "
-                            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
+        raise BadInputError(
+            f"{where}: {width}x{height} pixels; an image needs at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+        )
     if limit is not None and width * height > limit:
         raise too_large(where, limit, f"{width}x{height} = {width * height:,} pixels, ")
 
@@ -249,8 +253,10 @@ def _eight_bit_gray(image: Any, where: str):
 
     values = np.asarray(image)
     if values.size and (values.min() < 0 or values.max() > 65535):
-        raise BadInputError(f"{where}: {image.mode} pixel values {values.min()}..{values.max()} are outside 0..65535, "
-                            "not a 16-bit image")
+        raise BadInputError(
+            f"{where}: {image.mode} pixel values {values.min()}..{values.max()} are outside 0..65535, "
+            "not a 16-bit image"
+        )
     gray = Image.fromarray(scale_16_bit(values))
     transparent = image.info.get("transparency")
     if isinstance(transparent, int):
@@ -276,8 +282,10 @@ def to_uint8(values: np.ndarray, where: str) -> np.ndarray:
         return values.astype(np.uint8)
     if np.issubdtype(values.dtype, np.floating) and 0 <= lo and hi <= 1:
         return np.round(values * 255).astype(np.uint8)
-    raise BadInputError(f"{where}: {values.dtype} pixel values {lo}..{hi} are neither 0..255 nor 0..1 "
-                        "(give uint8, uint16, or floats in 0..1)")
+    raise BadInputError(
+        f"{where}: {values.dtype} pixel values {lo}..{hi} are neither 0..255 nor 0..1 "
+        "(give uint8, uint16, or floats in 0..1)"
+    )
 
 
 def _array_rgb(values: Any) -> np.ndarray:

@@ -9,6 +9,7 @@ Supported sources (chosen by suffix, or a folder):
 Every loader returns plain records (dicts of str→value); callers pick the fields they need.
 Empty or unreadable input raises :class:`BadInputError` naming the file.
 """
+
 from __future__ import annotations
 
 import csv
@@ -71,8 +72,10 @@ def _read_delimited(path: Path, delimiter: str) -> list[tuple[int, dict[str, Any
         rows = []
         for row in reader:
             if None in row:  # more fields than the header names
-                raise BadInputError(f"{path}:{reader.line_num}: {len(reader.fieldnames) + len(row[None])} fields, "
-                                    f"the header names {len(reader.fieldnames)}")
+                raise BadInputError(
+                    f"{path}:{reader.line_num}: {len(reader.fieldnames) + len(row[None])} fields, "
+                    f"the header names {len(reader.fieldnames)}"
+                )
             rows.append((reader.line_num, dict(row)))
         return rows
 
@@ -122,8 +125,7 @@ def read_records(path: str | Path) -> Records:
             rows = _read_delimited(path, "\t")
         else:
             raise BadInputError(
-                f"{path}: unsupported data file; expected one of {', '.join(TEXT_SUFFIXES)} "
-                "or a datasets folder"
+                f"{path}: unsupported data file; expected one of {', '.join(TEXT_SUFFIXES)} or a datasets folder"
             )
     except UnicodeDecodeError as exc:
         raise BadInputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None

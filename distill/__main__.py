@@ -6,6 +6,7 @@ SECTION is a ``.toml`` or ``.json`` file holding the ``[distill]`` keys (top lev
 user-facing command; this one exists for tests and for running the stage on its own.
 ``--kill-at-step N`` SIGKILLs the process after optimizer step N (fault-injection tests).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ def _kill_at(step: int):
     def hook(current: int) -> None:
         if current == step:
             os.kill(os.getpid(), signal.SIGKILL)
+
     return hook
 
 
@@ -51,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("section", type=Path, help="TOML/JSON file with the [distill] keys")
     parser.add_argument("--teacher", required=True, help="folder, hub id or package:<name>")
     parser.add_argument("--task", default="feature-extraction", choices=task_names())
-    parser.add_argument("--task-options", default="", metavar="JSON",
-                        help='the task\'s [task_options] as JSON, e.g. \'{"pooling": "cls"}\'')
+    parser.add_argument(
+        "--task-options",
+        default="",
+        metavar="JSON",
+        help='the task\'s [task_options] as JSON, e.g. \'{"pooling": "cls"}\'',
+    )
     parser.add_argument("--out", required=True, type=Path, help="run folder (student/ and distill_ckpt/ go here)")
     parser.add_argument("--kill-at-step", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -4,6 +4,7 @@ One :class:`LayerSpec` per ``config.model_type``, registered with :func:`registe
 type that is not registered raises :class:`BadInputError` listing the known ones, so a new
 architecture is one registration, not a branch in the student builder.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,20 @@ def register_layers(spec: LayerSpec, *model_types: str) -> None:
 
 register_layers(
     LayerSpec("encoder.layer"),
-    "bert", "roberta", "xlm-roberta", "camembert", "electra", "mpnet", "deberta", "deberta-v2",
-    "ernie", "xlm-roberta-xl", "roformer", "data2vec-text", "nezha", "megatron-bert",
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "electra",
+    "mpnet",
+    "deberta",
+    "deberta-v2",
+    "ernie",
+    "xlm-roberta-xl",
+    "roformer",
+    "data2vec-text",
+    "nezha",
+    "megatron-bert",
 )
 register_layers(LayerSpec("transformer.layer", num_layers_attr="n_layers"), "distilbert")
 register_layers(LayerSpec("layers"), "vit", "deit", "beit")  # transformers 5 dropped their ``encoder``

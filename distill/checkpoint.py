@@ -6,6 +6,7 @@ student weights seen by evaluation. Every file is written to a temporary name an
 kill at any moment leaves the previous complete file. A fingerprint of the configuration, teacher
 and data guards against resuming someone else's run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,15 @@ class CheckpointDir:
     def teacher_cache(self) -> Path:
         return self.root / TEACHER_CACHE
 
-    def save_last(self, *, fingerprint: str, state: TrainState, module: torch.nn.Module,
-                  optimizer: torch.optim.Optimizer, scaler: Any | None) -> None:
+    def save_last(
+        self,
+        *,
+        fingerprint: str,
+        state: TrainState,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: Any | None,
+    ) -> None:
         payload = {
             "fingerprint": fingerprint,
             "step": state.step,
@@ -86,8 +94,12 @@ class CheckpointDir:
     @staticmethod
     def state_from(payload: dict[str, Any]) -> TrainState:
         best = payload["best_score"]
-        return TrainState(step=int(payload["step"]), best_score=tuple(best) if best is not None else None,
-                          best_step=payload["best_step"], history=json.loads(payload["history"]))
+        return TrainState(
+            step=int(payload["step"]),
+            best_score=tuple(best) if best is not None else None,
+            best_step=payload["best_step"],
+            history=json.loads(payload["history"]),
+        )
 
     def save_best(self, student: torch.nn.Module) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}

@@ -14,6 +14,7 @@ A recipe overrides only what differs, e.g.::
     [distill.losses]
     hidden_mse = 1.0
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,39 +77,75 @@ class DistillConfig:
     enabled: bool = True  # false: `modelpress run` skips distillation and deploys the teacher
     data: Path | None = None  # corpus (.txt/.jsonl/.csv/.tsv/datasets folder); required when enabled
     text_field: str = "text"  # field/column holding the text in structured corpora
-    image_field: str = "image"  # image models: field/column holding the image path in .jsonl/.csv, or the datasets Image column
-    label_field: str | None = None  # field holding gold labels (text/image classification; an imagefolder's class folders); enables ce
-    num_samples: int | None = field(default=None, metadata={"min": 2})  # use a deterministic sample of this many texts (None: all)
+    image_field: str = (
+        "image"  # image models: field/column holding the image path in .jsonl/.csv, or the datasets Image column
+    )
+    label_field: str | None = (
+        None  # field holding gold labels (text/image classification; an imagefolder's class folders); enables ce
+    )
+    num_samples: int | None = field(
+        default=None, metadata={"min": 2}
+    )  # use a deterministic sample of this many texts (None: all)
     max_length: int = field(default=128, metadata={"min": 1})  # tokens per text; longer texts are truncated
     # --- the student (exactly one of the four) ---
-    layers: tuple[int, ...] | None = field(default=None, metadata={"min": 0})  # teacher layers to keep, e.g. [0, 2, 4] (DistilBERT-style init)
-    num_layers: int | None = field(default=None, metadata={"min": 1})  # keep this many evenly spaced teacher layers (6 → 3 keeps 0, 2, 4)
-    student: str | None = field(default=None, metadata={"path": True})  # folder / hub id / package:<name> of another model, or of a config only
+    layers: tuple[int, ...] | None = field(
+        default=None, metadata={"min": 0}
+    )  # teacher layers to keep, e.g. [0, 2, 4] (DistilBERT-style init)
+    num_layers: int | None = field(
+        default=None, metadata={"min": 1}
+    )  # keep this many evenly spaced teacher layers (6 → 3 keeps 0, 2, 4)
+    student: str | None = field(
+        default=None, metadata={"path": True}
+    )  # folder / hub id / package:<name> of another model, or of a config only
     student_config: Mapping[str, Any] | None = None  # teacher config overrides → randomly initialised
-    layer_selection: str = field(default="agreement", metadata={"choices": LAYER_SELECTIONS})  # num_layers: "agreement" (scored on held-out texts) | "spread"
-    layer_selection_texts: int = field(default=2000, metadata={"min": 1})  # "agreement": corpus texts each candidate subset is scored on
-    layer_map: tuple[int, ...] | None = field(default=None, metadata={"min": 0})  # teacher layer each student layer imitates (hidden/attn losses)
+    layer_selection: str = field(
+        default="agreement", metadata={"choices": LAYER_SELECTIONS}
+    )  # num_layers: "agreement" (scored on held-out texts) | "spread"
+    layer_selection_texts: int = field(
+        default=2000, metadata={"min": 1}
+    )  # "agreement": corpus texts each candidate subset is scored on
+    layer_map: tuple[int, ...] | None = field(
+        default=None, metadata={"min": 0}
+    )  # teacher layer each student layer imitates (hidden/attn losses)
     dropout: float | None = 0.0  # dropout while distilling (None: the model's own); the saved config keeps its own
     freeze_embeddings: bool = True  # keep the teacher's token-embedding matrix (pretrained students only)
     # --- optimisation ---
     epochs: int = field(default=3, metadata={"min": 1})  # passes over the training texts
-    max_steps: int = field(default=0, metadata={"min": 0})  # > 0: stop after this many optimizer steps instead (cycling epochs as needed)
-    batch_size: int = field(default=64, metadata={"min": 1})  # global batch per optimizer step; divisible by processes × grad_accum
-    grad_accum: int = field(default=1, metadata={"min": 1})  # micro-steps per optimizer step (each process: batch_size / (procs × grad_accum))
+    max_steps: int = field(
+        default=0, metadata={"min": 0}
+    )  # > 0: stop after this many optimizer steps instead (cycling epochs as needed)
+    batch_size: int = field(
+        default=64, metadata={"min": 1}
+    )  # global batch per optimizer step; divisible by processes × grad_accum
+    grad_accum: int = field(
+        default=1, metadata={"min": 1}
+    )  # micro-steps per optimizer step (each process: batch_size / (procs × grad_accum))
     lr: float = field(default=5e-4, metadata={"gt": 0.0})  # AdamW peak learning rate
-    weight_decay: float = field(default=0.01, metadata={"min": 0.0})  # AdamW decoupled weight decay (not applied to biases / norms)
-    warmup_ratio: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})  # fraction of the steps with linear warm-up; linear decay to 0 after
+    weight_decay: float = field(
+        default=0.01, metadata={"min": 0.0}
+    )  # AdamW decoupled weight decay (not applied to biases / norms)
+    warmup_ratio: float = field(
+        default=0.05, metadata={"min": 0.0, "max": 1.0}
+    )  # fraction of the steps with linear warm-up; linear decay to 0 after
     max_grad_norm: float = field(default=1.0, metadata={"min": 0.0})  # gradient clipping by global norm (0: off)
-    temperature: float = field(default=2.0, metadata={"gt": 0.0})  # softmax temperature of the soft-target KL (Hinton et al.)
+    temperature: float = field(
+        default=2.0, metadata={"gt": 0.0}
+    )  # softmax temperature of the soft-target KL (Hinton et al.)
     losses: LossWeights = field(default_factory=LossWeights)  # [distill.losses] table
     precision: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 where native: CUDA or AVX512-BF16/AMX CPUs)
     group_by_length: bool = True  # batch texts of similar length together (less padding)
     # --- evaluation, checkpoints, caching ---
     eval_fraction: float = 0.02  # held-out share of the corpus for evaluation against the teacher (0: off)
-    eval_every: int = field(default=0, metadata={"min": 0})  # evaluate every N optimizer steps (0: at the end of each epoch); best is kept
-    save_every: int = field(default=200, metadata={"min": 1})  # write a resumable checkpoint every N optimizer steps (and at the end)
+    eval_every: int = field(
+        default=0, metadata={"min": 0}
+    )  # evaluate every N optimizer steps (0: at the end of each epoch); best is kept
+    save_every: int = field(
+        default=200, metadata={"min": 1}
+    )  # write a resumable checkpoint every N optimizer steps (and at the end)
     cache_teacher: bool = True  # compute teacher targets once, keep them on disk (see cache_teacher_max_mb)
-    cache_teacher_max_mb: float = field(default=4096.0, metadata={"min": 0.0})  # hidden_mse: cache the mapped layers' token states when they fit
+    cache_teacher_max_mb: float = field(
+        default=4096.0, metadata={"min": 0.0}
+    )  # hidden_mse: cache the mapped layers' token states when they fit
     seed: int = 0  # data order, splits and initialisation of new parameters
 
     def __post_init__(self) -> None:
@@ -138,9 +175,7 @@ class DistillConfig:
         if self.student_config is not None and not self.student_config:
             raise BadInputError("distill.student_config: expected a non-empty table of config overrides")
         if self.precision not in PRECISIONS:
-            raise BadInputError(
-                f"distill.precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
+            raise BadInputError(f"distill.precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise BadInputError(f"distill.eval_fraction: must be in [0, 1), got {self.eval_fraction}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:

@@ -6,6 +6,7 @@ A tagger (per-token target) with ``distill.label_field`` reads a tagged corpus i
 CoNLL, or jsonl with token and tag lists: the eval readers of ``validate.tagged``); its gold tag
 sits on each word's first sub-token, every other token carries ``IGNORE`` (-100).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,8 +47,9 @@ def _label_id(value: Any, *, label2id: Mapping[str, int], num_labels: int, where
     return label
 
 
-def load_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int] | None = None, num_labels: int = 0,
-                per_token: bool = False) -> Corpus:
+def load_corpus(
+    cfg: DistillConfig, *, label2id: Mapping[str, int] | None = None, num_labels: int = 0, per_token: bool = False
+) -> Corpus:
     """The texts (and labels) of ``cfg.data``, sampled to ``cfg.num_samples`` with ``cfg.seed``;
     ``per_token``: the task tags words, and labels are a tagged corpus's tags."""
     try:
@@ -61,8 +63,12 @@ def load_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int] | None = None
 def _load_tagged_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int]) -> Corpus:
     from modelpress.validate.tagged import load_tagged
 
-    es = load_tagged(cfg.data, label2id=label2id, tags_field=cfg.label_field,
-                     tokens_field=cfg.text_field if cfg.text_field != "text" else "tokens")
+    es = load_tagged(
+        cfg.data,
+        label2id=label2id,
+        tags_field=cfg.label_field,
+        tokens_field=cfg.text_field if cfg.text_field != "text" else "tokens",
+    )
     if es.tags is None:
         raise BadInputError(f"{cfg.data}: no tags in '{cfg.label_field}' (distill.label_field)")
     pairs = sample(list(zip(es.words, es.tags)), cfg.num_samples, seed=cfg.seed)
@@ -79,9 +85,7 @@ def _load_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int] | None, num_
         records = read_records(cfg.data)
         for field in (cfg.text_field, cfg.label_field):
             if field not in records[0]:
-                raise BadInputError(
-                    f"{cfg.data}: no field '{field}' (fields: {', '.join(map(str, records[0]))})"
-                )
+                raise BadInputError(f"{cfg.data}: no field '{field}' (fields: {', '.join(map(str, records[0]))})")
         pairs = []
         for row, record in enumerate(records):
             text = text_of(records, row, cfg.text_field)
@@ -89,8 +93,9 @@ def _load_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int] | None, num_
                 continue
             if record.get(cfg.label_field) in (None, ""):
                 raise BadInputError(f"{records.where(row)}: no '{cfg.label_field}' (distill.label_field)")
-            label = _label_id(record[cfg.label_field], label2id=label2id or {}, num_labels=num_labels,
-                              where=records.where(row))
+            label = _label_id(
+                record[cfg.label_field], label2id=label2id or {}, num_labels=num_labels, where=records.where(row)
+            )
             pairs.append((text, label))
         pairs = sample(pairs, cfg.num_samples, seed=cfg.seed)
         if not pairs:
@@ -172,8 +177,9 @@ def tokenize_corpus(tokenizer: Any, corpus: Corpus, *, max_length: int) -> Token
         digest.update(array("q", ids).tobytes())
     if labels is not None:
         digest.update(repr(labels).encode())
-    return TokenizedCorpus(features=features, labels=labels,
-                           pad_token_id=int(tokenizer.pad_token_id), fingerprint=digest.hexdigest())
+    return TokenizedCorpus(
+        features=features, labels=labels, pad_token_id=int(tokenizer.pad_token_id), fingerprint=digest.hexdigest()
+    )
 
 
 def split_indices(n: int, eval_fraction: float, *, seed: int) -> tuple[list[int], list[int]]:

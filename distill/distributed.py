@@ -5,6 +5,7 @@ initialises the process group (nccl on CUDA, gloo on CPU) when there is more tha
 nobody else has, picks the device, and tears the group down again on exit. The helpers below are
 no-ops in a single process, so the trainer has one code path.
 """
+
 from __future__ import annotations
 
 import contextlib

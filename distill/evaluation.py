@@ -6,6 +6,7 @@ Each process evaluates a shard; the metrics are sums reduced over processes, so 
 not depend on the number of processes. ``score`` orders results (higher is better) for keeping
 the best checkpoint.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -106,16 +107,18 @@ def evaluate(
     return EvalResult(step=step, metrics=metrics, score=spec.score(metrics))
 
 
-def shard_batches(corpus: TokenizedCorpus, indices: Sequence[int], *, dist: DistContext,
-                  batch_size: int) -> list[dict[str, torch.Tensor]]:
+def shard_batches(
+    corpus: TokenizedCorpus, indices: Sequence[int], *, dist: DistContext, batch_size: int
+) -> list[dict[str, torch.Tensor]]:
     """This process's share of ``indices``, longest first, as padded batches."""
     lengths = corpus.lengths
-    mine = sorted(indices, key=lambda i: -lengths[i])[dist.rank::dist.world_size]
-    return [corpus.collate(mine[s:s + batch_size]) for s in range(0, len(mine), batch_size)]
+    mine = sorted(indices, key=lambda i: -lengths[i])[dist.rank :: dist.world_size]
+    return [corpus.collate(mine[s : s + batch_size]) for s in range(0, len(mine), batch_size)]
 
 
-def mean_metrics(spec: MetricSpec, pairs: Iterable[tuple[ModelOutputs, ModelOutputs]], *,
-                 dist: DistContext) -> dict[str, float]:
+def mean_metrics(
+    spec: MetricSpec, pairs: Iterable[tuple[ModelOutputs, ModelOutputs]], *, dist: DistContext
+) -> dict[str, float]:
     """Per-sample means of ``spec``'s metrics over (student, teacher) output pairs of all processes."""
     totals = torch.zeros(len(spec.names) + 1, dtype=torch.float64)
     for student, target in pairs:

@@ -5,6 +5,7 @@ computed the same way: the task's sentence-level output (pooled embedding or log
 token-level loss needs them, per-layer hidden states and attention probabilities.
 :class:`DistillModule` is the trainable unit (student + optional width projection) that DDP wraps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ NOT_MODEL_INPUTS = ("labels", "index")
 class ModelOutputs:
     """What distillation compares, for one batch."""
 
-    sentence: torch.Tensor  # the task's target: [batch, dim] embedding, [batch, classes] or [batch, seq, classes] logits
+    sentence: (
+        torch.Tensor
+    )  # the task's target: [batch, dim] embedding, [batch, classes] or [batch, seq, classes] logits
     hidden_states: tuple[torch.Tensor, ...] | None = None  # output of each layer, [batch, seq, hidden]
     attentions: tuple[torch.Tensor, ...] | None = None  # each layer's [batch, heads, seq, seq]
     mask: torch.Tensor | None = None  # [batch, seq] real tokens, for a per-token ``sentence``
@@ -48,7 +51,9 @@ def run_model(
     """One forward pass of a transformers model, reduced to :class:`ModelOutputs`."""
     feed = {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
     # asked for only when wanted: not every model's forward takes them (ResNet has no attentions)
-    wanted = {k: True for k, on in (("output_hidden_states", need_hidden), ("output_attentions", need_attentions)) if on}
+    wanted = {
+        k: True for k, on in (("output_hidden_states", need_hidden), ("output_attentions", need_attentions)) if on
+    }
     out = model(**feed, **wanted, return_dict=True)
     sentence = spec.target(out, feed)
     hidden = tuple(out.hidden_states[1:]) if need_hidden else None  # [0] is the embedding output
@@ -87,9 +92,14 @@ class DistillModule(nn.Module):
         return run_model(self.student, inputs, spec=self.spec)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> ModelOutputs:
-        out = run_model(self.student, inputs, spec=self.spec,
-                        need_hidden=self.need_hidden, need_attentions=self.need_attentions)
+        out = run_model(
+            self.student, inputs, spec=self.spec, need_hidden=self.need_hidden, need_attentions=self.need_attentions
+        )
         if self.projection is not None and out.hidden_states is not None:
-            out = ModelOutputs(sentence=out.sentence, attentions=out.attentions, mask=out.mask,
-                               hidden_states=tuple(self.projection(h) for h in out.hidden_states))
+            out = ModelOutputs(
+                sentence=out.sentence,
+                attentions=out.attentions,
+                mask=out.mask,
+                hidden_states=tuple(self.projection(h) for h in out.hidden_states),
+            )
         return out

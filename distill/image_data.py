@@ -7,6 +7,7 @@ batch at a time when a batch is collated, so memory holds a batch, never the cor
 It offers what the trainer, the teacher cache and the layer choice ask of a text corpus
 (``TokenizedCorpus``): a length per row (all equal: one resolution), ``collate`` and a fingerprint.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,10 +23,10 @@ from modelpress.errors import BadInputError
 
 @dataclass(frozen=True)
 class ImageCorpus:
-    images: tuple[Any, ...]             # paths or dataset rows (calibration_data.images)
-    labels: tuple[int, ...] | None      # gold class per image (distill.label_field)
-    encoder: Any                        # modalities.image.ImageEncoder of the teacher's processor
-    fingerprint: str                    # the images (path, size, mtime) and labels: checkpoint/cache validity
+    images: tuple[Any, ...]  # paths or dataset rows (calibration_data.images)
+    labels: tuple[int, ...] | None  # gold class per image (distill.label_field)
+    encoder: Any  # modalities.image.ImageEncoder of the teacher's processor
+    fingerprint: str  # the images (path, size, mtime) and labels: checkpoint/cache validity
 
     def __len__(self) -> int:
         return len(self.images)
@@ -57,8 +58,9 @@ def _fingerprint(images: Sequence[Any], labels: Sequence[int] | None) -> str:
     return digest.hexdigest()
 
 
-def load_image_corpus(cfg: Any, processor: Any, *, label2id: Mapping[str, int] | None,
-                      num_labels: int | None) -> ImageCorpus:
+def load_image_corpus(
+    cfg: Any, processor: Any, *, label2id: Mapping[str, int] | None, num_labels: int | None
+) -> ImageCorpus:
     """The images of ``cfg.data`` (``[distill]``), sampled to ``cfg.num_samples`` with ``cfg.seed``."""
     from modelpress.modalities.image import IMAGE
     from modelpress.validate.images import load_image_eval
@@ -67,8 +69,13 @@ def load_image_corpus(cfg: Any, processor: Any, *, label2id: Mapping[str, int] |
         if cfg.label_field is None:
             pairs = [(ref, None) for ref in IMAGE.load_examples(cfg.data, field=cfg.image_field, num_samples=None)]
         else:
-            es = load_image_eval(cfg.data, image_field=cfg.image_field, label_field=cfg.label_field,
-                                 label2id=label2id, num_labels=num_labels)
+            es = load_image_eval(
+                cfg.data,
+                image_field=cfg.image_field,
+                label_field=cfg.label_field,
+                label2id=label2id,
+                num_labels=num_labels,
+            )
             if es.labels is None:
                 raise BadInputError(f"{cfg.data}: no labels in '{cfg.label_field}' (distill.label_field)")
             pairs = list(zip(es.images, es.labels))
@@ -79,5 +86,9 @@ def load_image_corpus(cfg: Any, processor: Any, *, label2id: Mapping[str, int] |
         raise BadInputError(f"distill.data: {cfg.data}: need at least 2 images to distill, found {len(pairs)}")
     images = tuple(ref for ref, _ in pairs)
     labels = tuple(int(lab) for _, lab in pairs) if cfg.label_field is not None else None
-    return ImageCorpus(images=images, labels=labels, encoder=IMAGE.encoder(processor, input_names=("pixel_values",)),
-                       fingerprint=_fingerprint(images, labels))
+    return ImageCorpus(
+        images=images,
+        labels=labels,
+        encoder=IMAGE.encoder(processor, input_names=("pixel_values",)),
+        fingerprint=_fingerprint(images, labels),
+    )

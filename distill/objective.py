@@ -3,6 +3,7 @@
 It maps student layers to teacher layers (``layer_map``) for the token-level losses and returns
 every active loss separately (for the progress bar and logs) plus their weighted total.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -63,7 +64,8 @@ LOSSES = {
     "similarity_mse": lambda o, s, t, b: similarity_mse(s.sentence, t.sentence),
     "kl": lambda o, s, t, b: soft_target_kl(s.sentence, t.sentence, o.temperature, b.get("attention_mask")),
     "ce": lambda o, s, t, b: hard_label_ce(s.sentence, b["labels"]),
-    "hidden_mse": lambda o, s, t, b: hidden_state_mse(s.hidden_states, _mapped(o, t.hidden_states),
-                                                      b["attention_mask"]),
+    "hidden_mse": lambda o, s, t, b: hidden_state_mse(
+        s.hidden_states, _mapped(o, t.hidden_states), b["attention_mask"]
+    ),
     "attention_kl": lambda o, s, t, b: attention_kl(s.attentions, _mapped(o, t.attentions), b["attention_mask"]),
 }

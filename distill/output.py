@@ -6,6 +6,7 @@ the folder also loads in sentence-transformers), and ``distill.json`` (how it wa
 evaluation history). The folder is assembled under a temporary name and renamed into place, so an
 interrupted run never leaves something that looks complete.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ on a CPU, bf16 when it has native bf16 instructions (AVX512-BF16 or AMX: about 2
 training than fp32 for MiniLM, with the same result), else fp32. Weights and optimizer state
 always stay fp32; only the forward passes run in the lower precision.
 """
+
 from __future__ import annotations
 
 import contextlib

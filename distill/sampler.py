@@ -7,6 +7,7 @@ equal micro-batches. So one process with accumulation, or N processes, see exact
 batches. Optionally texts of similar length share a global batch (less padding, as in
 transformers' ``LengthGroupedSampler``).
 """
+
 from __future__ import annotations
 
 from typing import Iterator, Sequence
@@ -40,9 +41,7 @@ class DistributedBatchSampler(Sampler[list[int]]):
                 f"({world_size} × {grad_accum})"
             )
         if len(indices) < global_batch:
-            raise BadInputError(
-                f"distill.batch_size: {global_batch} is larger than the {len(indices)} training texts"
-            )
+            raise BadInputError(f"distill.batch_size: {global_batch} is larger than the {len(indices)} training texts")
         self.indices = list(indices)
         self.lengths = [lengths[i] for i in self.indices]
         self.global_batch = global_batch
@@ -74,19 +73,19 @@ class DistributedBatchSampler(Sampler[list[int]]):
             order = [
                 i
                 for start in range(0, len(order), mega)
-                for i in sorted(order[start:start + mega], key=lambda j: -self.lengths[j])
+                for i in sorted(order[start : start + mega], key=lambda j: -self.lengths[j])
             ]
-        batches = [order[s:s + self.global_batch] for s in range(0, len(order), self.global_batch)]
+        batches = [order[s : s + self.global_batch] for s in range(0, len(order), self.global_batch)]
         if self.group_by_length:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
         return [[self.indices[i] for i in batch] for batch in batches]
 
     def __iter__(self) -> Iterator[list[int]]:
         per_rank = self.micro_batch * self.grad_accum
-        for batch in self.global_batches(self.epoch)[self.start_step:]:
-            mine = batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+        for batch in self.global_batches(self.epoch)[self.start_step :]:
+            mine = batch[self.rank * per_rank : (self.rank + 1) * per_rank]
             for m in range(self.grad_accum):
-                yield mine[m * self.micro_batch:(m + 1) * self.micro_batch]
+                yield mine[m * self.micro_batch : (m + 1) * self.micro_batch]
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.start_step) * self.grad_accum

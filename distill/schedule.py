@@ -2,6 +2,7 @@
 
 A pure function of the optimizer step, so a resumed run needs no scheduler state.
 """
+
 from __future__ import annotations
 
 import math

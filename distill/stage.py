@@ -1,5 +1,6 @@
 """The distill stage of a run: train (or reuse) the recipe's student, put it in the bundle, and
 rebuild the untrained layer subset it started from (the report shows what distillation bought)."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,13 @@ def train_student(recipe: Any, teacher_ref: str, task: Any, out_dir: Path) -> Pa
     if recipe.distill is None:
         raise BadInputError("distill: the recipe has no [distill] section")
     options = {k: v for k, v in task.describe().items() if k != "task"}
-    return run_distillation(recipe.distill, teacher=teacher_ref, task=task.name, task_options=options,
-                            out_dir=distill_dir(Path(out_dir), recipe.name))
+    return run_distillation(
+        recipe.distill,
+        teacher=teacher_ref,
+        task=task.name,
+        task_options=options,
+        out_dir=distill_dir(Path(out_dir), recipe.name),
+    )
 
 
 def distill_stage(recipe: Any, teacher_ref: str, task: Any, out_dir: Path, paths: Any):

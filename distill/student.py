@@ -11,6 +11,7 @@ Three ways, chosen by the recipe:
 The student always uses the teacher's preprocessor (tokenizer or image processor: the targets are
 computed on the same inputs).
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,7 +30,10 @@ from modelpress.models import resolve_model_ref
 
 _DERIVED_CONFIG_KEYS = ("stage_names", "out_features", "out_indices")
 WEIGHT_FILES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
 )
 
 
@@ -81,9 +85,7 @@ def build_layer_subset(teacher_model: nn.Module, layers: Sequence[int]) -> nn.Mo
     parent, name, stack = _layer_stack(student)
     bad = [i for i in layers if not 0 <= i < len(stack)]
     if bad or not layers:
-        raise BadInputError(
-            f"distill.layers: teacher has layers 0..{len(stack) - 1}; cannot keep {list(layers)}"
-        )
+        raise BadInputError(f"distill.layers: teacher has layers 0..{len(stack) - 1}; cannot keep {list(layers)}")
     kept = nn.ModuleList([stack[i] for i in layers])
     for new_index, layer in enumerate(kept):
         for module in layer.modules():  # per-layer cache indices must follow the new numbering

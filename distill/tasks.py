@@ -4,6 +4,7 @@ The configured task says which Auto class loads teacher and student, what is com
 ``torch_target``: a pooled embedding, class logits, token logits), which losses apply and which
 are on by default. There is no per-task branching in this package: everything asks the spec.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -9,6 +9,7 @@ always, and the hidden states of the mapped teacher layers (for ``hidden_mse``) 
 the teacher's forward pass, about 30 % of a training step. Attention maps are never cached (the
 teacher then runs every step).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,9 +74,13 @@ class TeacherTargets:
     def compute(self, batch: Mapping[str, torch.Tensor], *, token_level: bool = True) -> ModelOutputs:
         inputs = {k: v.to(self.device) for k, v in batch.items()}
         with self.precision.autocast():
-            out = run_model(self.model, inputs, spec=self.spec,
-                            need_hidden=token_level and self.need_hidden,
-                            need_attentions=token_level and self.need_attentions)
+            out = run_model(
+                self.model,
+                inputs,
+                spec=self.spec,
+                need_hidden=token_level and self.need_hidden,
+                need_attentions=token_level and self.need_attentions,
+            )
         return out.detach()
 
     def for_batch(self, batch: Mapping[str, torch.Tensor], *, token_level: bool = True) -> ModelOutputs:
@@ -89,12 +94,19 @@ class TeacherTargets:
                 return ModelOutputs(sentence=sentence)
             if self.token_cache is not None and not self.need_attentions:
                 hidden = self.token_cache.batch(batch["index"], width=batch["input_ids"].shape[1])
-                return ModelOutputs(sentence=sentence, hidden_states=tuple(
-                    None if h is None else h.to(self.device) for h in hidden))
+                return ModelOutputs(
+                    sentence=sentence, hidden_states=tuple(None if h is None else h.to(self.device) for h in hidden)
+                )
         return self.compute(batch, token_level=token_level)
 
     def build_cache(
-        self, corpus: TokenizedCorpus, *, path: Path, fingerprint: str, dist: DistContext, batch_size: int,
+        self,
+        corpus: TokenizedCorpus,
+        *,
+        path: Path,
+        fingerprint: str,
+        dist: DistContext,
+        batch_size: int,
         max_token_mb: float = 0.0,
     ) -> None:
         """Load the targets of every corpus row from ``path``, or compute and write them: the
@@ -106,13 +118,17 @@ class TeacherTargets:
         if cached is not None and cached["sentence"].shape[0] == len(corpus):
             self.cache = cached["sentence"]
             if tokens:
-                self.token_cache = TokenCache(values=cached["hidden"], offsets=cached["offsets"],
-                                              lengths=torch.tensor(corpus.lengths), layers=self.hidden_layers,
-                                              num_layers=self._num_layers())
+                self.token_cache = TokenCache(
+                    values=cached["hidden"],
+                    offsets=cached["offsets"],
+                    lengths=torch.tensor(corpus.lengths),
+                    layers=self.hidden_layers,
+                    num_layers=self._num_layers(),
+                )
             return
         lengths = corpus.lengths
         by_length = sorted(range(len(corpus)), key=lambda i: -lengths[i])  # little padding per batch
-        shards = [by_length[r::dist.world_size] for r in range(dist.world_size)]
+        shards = [by_length[r :: dist.world_size] for r in range(dist.world_size)]
         mine = shards[dist.rank]
         # token states go straight into one preallocated fp16 tensor: a list of fp32 chunks plus
         # their concatenation peaked at 15.5 GB RSS for 50,000 SST-2 sentences (1.5 GB of fp16 states)
@@ -120,7 +136,7 @@ class TeacherTargets:
         local = torch.empty((sum(lengths[i] for i in mine) if tokens else 0, *width), dtype=torch.float16)
         sentences, cursor = [], 0
         for s in range(0, len(mine), batch_size):
-            batch = corpus.collate(mine[s:s + batch_size])
+            batch = corpus.collate(mine[s : s + batch_size])
             out = self.compute(batch, token_level=tokens)
             sentences.append(out.sentence.cpu())
             if tokens:
@@ -129,7 +145,7 @@ class TeacherTargets:
                 chunk = layers[real.to(layers.device)].cpu()
                 if local.dtype == torch.float16 and chunk.abs().max().item() > torch.finfo(torch.float16).max:
                     local = local.float()  # beyond fp16's range: keep fp32
-                local[cursor:cursor + len(chunk)] = chunk
+                local[cursor : cursor + len(chunk)] = chunk
                 cursor += len(chunk)
         full = self._gather_rows(sentences, shards, dist)
         tensors = {"sentence": full.contiguous()}
@@ -144,8 +160,13 @@ class TeacherTargets:
             for row in (row for shard in shards for row in shard):
                 offsets[row] = cursor
                 cursor += lengths[row]
-            self.token_cache = TokenCache(values=values, offsets=offsets, lengths=torch.tensor(lengths),
-                                          layers=self.hidden_layers, num_layers=self._num_layers())
+            self.token_cache = TokenCache(
+                values=values,
+                offsets=offsets,
+                lengths=torch.tensor(lengths),
+                layers=self.hidden_layers,
+                num_layers=self._num_layers(),
+            )
             tensors.update(hidden=values, offsets=offsets)
         self.cache = full
         if dist.is_main:

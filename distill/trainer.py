@@ -10,6 +10,7 @@ the RNG is reseeded from (seed, step, rank) before every step, so a resumed run 
 where the interrupted one would have gone, and N processes match one process with the same
 global batch (without dropout).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,7 +39,6 @@ from modelpress.distill.schedule import lr_factor, warmup_steps
 from modelpress.distill.teacher import TeacherTargets
 
 
-
 def say(message: str) -> None:
     """A progress message on stderr that does not break the progress bar (call on rank 0 only)."""
     tqdm.write(message, file=sys.stderr)
@@ -58,9 +58,13 @@ class TrainPlan:
     def from_config(cls, cfg: DistillConfig, *, steps_per_epoch: int, has_eval: bool) -> "TrainPlan":
         total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
         eval_every = (cfg.eval_every or steps_per_epoch) if has_eval else 0
-        return cls(total_steps=total, steps_per_epoch=steps_per_epoch,
-                   warmup_steps=warmup_steps(total, cfg.warmup_ratio), eval_every=eval_every,
-                   save_every=cfg.save_every)
+        return cls(
+            total_steps=total,
+            steps_per_epoch=steps_per_epoch,
+            warmup_steps=warmup_steps(total, cfg.warmup_ratio),
+            eval_every=eval_every,
+            save_every=cfg.save_every,
+        )
 
 
 def build_optimizer(module: nn.Module, cfg: DistillConfig) -> torch.optim.AdamW:
@@ -79,8 +83,11 @@ def build_optimizer(module: nn.Module, cfg: DistillConfig) -> torch.optim.AdamW:
 
 
 def freeze_unused_parameters(
-    module: DistillModule, objective: DistillObjective, teacher: TeacherTargets,
-    batch: Mapping[str, torch.Tensor], device: torch.device,
+    module: DistillModule,
+    objective: DistillObjective,
+    teacher: TeacherTargets,
+    batch: Mapping[str, torch.Tensor],
+    device: torch.device,
 ) -> list[str]:
     """Freeze parameters no loss reaches (e.g. a feature extractor's pooler), found by one probe
     backward pass; DDP needs every trainable parameter to receive a gradient every step."""
@@ -133,8 +140,10 @@ class Trainer:
         probe = corpus.collate(sampler.indices[: sampler.micro_batch])
         frozen = freeze_unused_parameters(module, objective, teacher, probe, dist.device)
         if frozen and dist.is_main:
-            say(f"distill: {len(frozen)} parameter tensors get no gradient from the losses and stay "
-                f"fixed ({frozen[0]}, ...)")
+            say(
+                f"distill: {len(frozen)} parameter tensors get no gradient from the losses and stay "
+                f"fixed ({frozen[0]}, ...)"
+            )
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(module, cfg)
         self.scaler = torch.amp.GradScaler(dist.device.type) if precision.needs_grad_scaler else None
@@ -154,8 +163,15 @@ class Trainer:
         """Run (or finish) training; returns the final state (its best_step names the kept weights)."""
         if self.state.step == 0 and self.plan.eval_every:
             self._evaluate()  # the starting point is a candidate too
-        self._bar = tqdm(total=self.plan.total_steps, initial=self.state.step, desc="distill", unit="step",
-                         file=sys.stderr, disable=not self.dist.is_main, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=self.plan.total_steps,
+            initial=self.state.step,
+            desc="distill",
+            unit="step",
+            file=sys.stderr,
+            disable=not self.dist.is_main,
+            dynamic_ncols=True,
+        )
         self._started = time.perf_counter()
         try:
             while self.state.step < self.plan.total_steps:
@@ -224,8 +240,9 @@ class Trainer:
         elapsed = max(time.perf_counter() - self._started, 1e-9)
         if not math.isfinite(losses["loss"]):
             raise FloatingPointError(f"distillation loss became {losses['loss']} at step {step}")
-        self._bar.set_postfix(loss=f"{losses['loss']:.4g}", samples_s=f"{self._samples_seen / elapsed:.0f}",
-                              refresh=False)
+        self._bar.set_postfix(
+            loss=f"{losses['loss']:.4g}", samples_s=f"{self._samples_seen / elapsed:.0f}", refresh=False
+        )
         self._bar.update(1)
         final = step >= self.plan.total_steps
         if self.plan.eval_every and step % self.plan.eval_every == 0:
@@ -238,9 +255,16 @@ class Trainer:
     # --- evaluation and snapshots ---------------------------------------------------------------
 
     def _evaluate(self) -> EvalResult:
-        result = evaluate(self.module, self.teacher, self.corpus, self.eval_indices, step=self.state.step,
-                          dist=self.dist, precision=self.precision,
-                          batch_size=max(1, self.cfg.batch_size // self.dist.world_size))
+        result = evaluate(
+            self.module,
+            self.teacher,
+            self.corpus,
+            self.eval_indices,
+            step=self.state.step,
+            dist=self.dist,
+            precision=self.precision,
+            batch_size=max(1, self.cfg.batch_size // self.dist.world_size),
+        )
         self.state.history.append({"step": result.step, **result.metrics})
         improved = self.state.best_score is None or result.score > self.state.best_score
         if improved:
@@ -256,8 +280,13 @@ class Trainer:
 
     def _save_snapshot(self) -> None:
         if self.dist.is_main:
-            self.ckpt.save_last(fingerprint=self.fingerprint, state=self.state, module=self.module,
-                                optimizer=self.optimizer, scaler=self.scaler)
+            self.ckpt.save_last(
+                fingerprint=self.fingerprint,
+                state=self.state,
+                module=self.module,
+                optimizer=self.optimizer,
+                scaler=self.scaler,
+            )
         self.dist.barrier()
 
     def _load_snapshot(self) -> None:

@@ -13,6 +13,7 @@ mask's length to past + new itself). Parity is checked against PyTorch on a pref
 past at a batch size and length other than the export example's, and then on several decode steps
 fed with the graph's own ``present`` outputs.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -34,8 +35,8 @@ from modelpress.fileio import save_onnx
 log = logging.getLogger(__name__)
 
 FIXED_INPUTS = ("input_ids", "attention_mask", "position_ids")
-EXAMPLE = {"batch": 2, "new": 3, "past": 4}       # the trace example: no dimension 0 or 1
-PARITY = {"batch": 3, "prompt": 7, "steps": 3}    # prefill 3×7 on an empty past, then 3 decode steps
+EXAMPLE = {"batch": 2, "new": 3, "past": 4}  # the trace example: no dimension 0 or 1
+PARITY = {"batch": 3, "prompt": 7, "steps": 3}  # prefill 3×7 on an empty past, then 3 decode steps
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,13 @@ class KVLayout:
 
     def empty(self, batch: int, dtype=np.float32) -> dict[str, np.ndarray]:
         """An empty past (length 0) for a prefill of ``batch`` sequences."""
-        return {name: np.zeros((batch, self.num_kv_heads, 0, self.head_dim), dtype=dtype)
-                for name in self.past_names()}
+        return {name: np.zeros((batch, self.num_kv_heads, 0, self.head_dim), dtype=dtype) for name in self.past_names()}
 
 
 def past_from_present(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A step's ``present.*`` outputs as the next step's ``past_key_values.*`` inputs, by name: each
     model's own cache (the PyTorch teacher's layout may differ from the student graph's)."""
-    return {"past_key_values." + k[len("present."):]: v for k, v in outputs.items() if k.startswith("present.")}
+    return {"past_key_values." + k[len("present.") :]: v for k, v in outputs.items() if k.startswith("present.")}
 
 
 def position_ids(attention_mask: np.ndarray, new: int) -> np.ndarray:
@@ -111,8 +111,14 @@ class _CausalLMWithPast(torch.nn.Module):
 
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.layout.num_layers)]
         cache = DynamicCache(ddp_cache_data=pairs, config=self.model.config)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=True, return_dict=True, **{self.cache_arg: cache})
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            return_dict=True,
+            **{self.cache_arg: cache},
+        )
         present = []
         for layer in getattr(out, self.cache_arg).layers:
             present += [layer.keys, layer.values]
@@ -142,40 +148,57 @@ class FeedStep(torch.nn.Module):
 
 def _torch_step(module: _CausalLMWithPast, feed: dict[str, np.ndarray], layout: KVLayout) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        outs = module(*(torch.from_numpy(feed[k]) for k in FIXED_INPUTS),
-                      tuple(torch.from_numpy(feed[k]) for k in layout.past_names()))
+        outs = module(
+            *(torch.from_numpy(feed[k]) for k in FIXED_INPUTS),
+            tuple(torch.from_numpy(feed[k]) for k in layout.past_names()),
+        )
     return dict(zip(("logits", *layout.present_names()), (o.numpy() for o in outs)))
 
 
-def _parity_feeds(vocab: int, layout: KVLayout, session: Any, module: _CausalLMWithPast, *,
-                  atol: float, path: str) -> list[ParityReport]:
+def _parity_feeds(
+    vocab: int, layout: KVLayout, session: Any, module: _CausalLMWithPast, *, atol: float, path: str
+) -> list[ParityReport]:
     """Prefill on an empty past, then decode steps fed with the graph's own ``present``."""
     rng = np.random.default_rng(0)
     b, n = PARITY["batch"], PARITY["prompt"]
     mask = np.ones((b, n), np.int64)
     mask[0, :2] = 0  # one left-padded row
-    feed = {"input_ids": rng.integers(0, vocab, (b, n)).astype(np.int64), "attention_mask": mask,
-            "position_ids": position_ids(mask, n), **layout.empty(b)}
+    feed = {
+        "input_ids": rng.integers(0, vocab, (b, n)).astype(np.int64),
+        "attention_mask": mask,
+        "position_ids": position_ids(mask, n),
+        **layout.empty(b),
+    }
     reports = []
     for step in range(PARITY["steps"] + 1):
         reference = _torch_step(module, feed, layout)
         label = "export (prefill)" if step == 0 else f"export (decode step {step})"
         real = feed["attention_mask"].astype(bool)  # what is computed at left padding is undefined
-        new = real[:, -feed["input_ids"].shape[1]:]
-        select = {"logits": lambda a, m=new: a[m],
-                  **{name: (lambda a, m=real: np.moveaxis(a, 2, 1)[m]) for name in layout.present_names()}}
+        new = real[:, -feed["input_ids"].shape[1] :]
+        select = {
+            "logits": lambda a, m=new: a[m],
+            **{name: (lambda a, m=real: np.moveaxis(a, 2, 1)[m]) for name in layout.present_names()},
+        }
         got = dict(zip(reference, session.run(list(reference), feed)))  # once: compared, then fed back
-        reports.append(compare_outputs(got, reference, atol=atol, label=label, source=path,
-                                       feed_shape=feed["input_ids"].shape, select=select))
+        reports.append(
+            compare_outputs(
+                got, reference, atol=atol, label=label, source=path, feed_shape=feed["input_ids"].shape, select=select
+            )
+        )
         nxt = got["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
         mask = np.concatenate([mask, np.ones((b, 1), np.int64)], axis=1)
-        feed = {"input_ids": nxt, "attention_mask": mask, "position_ids": position_ids(mask, 1),
-                **{p: got[q] for p, q in zip(layout.past_names(), layout.present_names())}}
+        feed = {
+            "input_ids": nxt,
+            "attention_mask": mask,
+            "position_ids": position_ids(mask, 1),
+            **{p: got[q] for p, q in zip(layout.past_names(), layout.present_names())},
+        }
     return reports
 
 
-def export_causal_lm(model: torch.nn.Module, tokenizer: Any, out_path: str | Path, *, opset: int = 18,
-                     atol: float = 1e-4) -> ExportResult:
+def export_causal_lm(
+    model: torch.nn.Module, tokenizer: Any, out_path: str | Path, *, opset: int = 18, atol: float = 1e-4
+) -> ExportResult:
     """``model`` (an ``AutoModelForCausalLM``) → ``out_path`` with its KV cache, parity-checked."""
     out_path = Path(out_path)
     layout = KVLayout.from_config(model.config)
@@ -183,22 +206,32 @@ def export_causal_lm(model: torch.nn.Module, tokenizer: Any, out_path: str | Pat
     vocab = int(model.get_output_embeddings().weight.shape[0])
     gen = torch.Generator().manual_seed(0)
     b, s, p = EXAMPLE["batch"], EXAMPLE["new"], EXAMPLE["past"]
-    past = tuple(torch.randn((b, layout.num_kv_heads, p, layout.head_dim), generator=gen)
-                 for _ in layout.past_names())
+    past = tuple(torch.randn((b, layout.num_kv_heads, p, layout.head_dim), generator=gen) for _ in layout.past_names())
     # a left-padded row in the example: traced on an all-ones mask, transformers drops the mask
     # (its "no padding" shortcut) and the graph would ignore padding
     mask = torch.ones((b, p + s), dtype=torch.long)
     mask[1, :2] = 0
-    example = (torch.randint(0, vocab, (b, s), generator=gen), mask,
-               torch.from_numpy(position_ids(mask.numpy(), s)), past)
+    example = (
+        torch.randint(0, vocab, (b, s), generator=gen),
+        mask,
+        torch.from_numpy(position_ids(mask.numpy(), s)),
+        past,
+    )
     dyn = torch.export.Dim.DYNAMIC
     shapes = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, tuple({0: dyn, 2: dyn} for _ in past))
     names = (*FIXED_INPUTS, *layout.past_names())
     start = time.perf_counter()
     with torch.no_grad():
-        program = torch.onnx.export(module, example, dynamic_shapes=shapes, dynamo=True, opset_version=opset,
-                                    input_names=list(names), output_names=["logits", *layout.present_names()],
-                                    verbose=False)
+        program = torch.onnx.export(
+            module,
+            example,
+            dynamic_shapes=shapes,
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(names),
+            output_names=["logits", *layout.present_names()],
+            verbose=False,
+        )
     with staged_model(program, out_path, model) as (staged, graph, large):
         seconds = time.perf_counter() - start
         if tuple(i.name for i in graph.graph.input) != names:
@@ -212,6 +245,11 @@ def export_causal_lm(model: torch.nn.Module, tokenizer: Any, out_path: str | Pat
         reports = _parity_feeds(vocab, layout, session, module, atol=atol, path=str(staged))
         del session
     worst = max(reports, key=lambda r: r.max_abs_diff)
-    log.info("exported %s in %.1fs (parity max |diff| %.2e over a prefill and %d decode steps)",
-             out_path, seconds, worst.max_abs_diff, PARITY["steps"])
+    log.info(
+        "exported %s in %.1fs (parity max |diff| %.2e over a prefill and %d decode steps)",
+        out_path,
+        seconds,
+        worst.max_abs_diff,
+        PARITY["steps"],
+    )
     return ExportResult(str(out_path), names, "logits", opset, round(seconds, 2), worst)

@@ -12,6 +12,7 @@ exporter's optimizer (two ``Unsqueeze`` merged into one) that the matcher trips 
 ``ort`` graph is quantized on top of the fused graph (``runtimes.quantize.fused``); the portable
 Q/DQ graphs (TensorRT, OpenVINO) come from ``model.onnx``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -32,8 +33,7 @@ log = logging.getLogger(__name__)
 
 #: transformers model_type → the fusion optimizer's model type (bidirectional encoder families;
 #: a decoder must never get the additive mask, which would drop its causal mask)
-FUSION_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
-                      "electra": "bert"}
+FUSION_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert"}
 FUSABLE_ATTENTION = "modelpress_fusable"
 #: model.onnx metadata key: {"model_type", "num_heads", "hidden_size"} of a graph in the fusable form
 FUSION_METADATA = "modelpress.fusion"
@@ -84,8 +84,13 @@ def split_unsqueezes(model: onnx.ModelProto) -> onnx.ModelProto:
     """``Unsqueeze(x, [a, b])`` → ``Unsqueeze(Unsqueeze(x, [a]), [b])`` (same tensor)."""
     g = model.graph
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node
-                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    consts.update(
+        {
+            n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+            for n in g.node
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
+        }
+    )
     nodes = []
     for n in g.node:
         axes = consts.get(n.input[1]) if n.op_type == "Unsqueeze" and len(n.input) > 1 else None
@@ -116,9 +121,11 @@ def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
 def fusion_info(model_config: Any) -> dict[str, Any]:
     """What ORT's fusion needs to know of a model: its family, heads and width."""
     cfg = model_config
-    return {"model_type": cfg.model_type,
-            "num_heads": getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0),
-            "hidden_size": getattr(cfg, "hidden_size", 0) or getattr(cfg, "dim", 0)}
+    return {
+        "model_type": cfg.model_type,
+        "num_heads": getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0),
+        "hidden_size": getattr(cfg, "hidden_size", 0) or getattr(cfg, "dim", 0),
+    }
 
 
 def write_fusion_metadata(model: onnx.ModelProto, model_config: Any) -> None:
@@ -144,22 +151,31 @@ def fuse_graph(model: onnx.ModelProto, *, model_type: str, num_heads: int, hidde
     prepared = split_unsqueezes(onnx.ModelProto.FromString(model.SerializeToString()))
     # no ORT graph optimisation first: it would merge the Unsqueezes again before matching (the
     # session applies it at load anyway)
-    fused = optimize_by_fusion(prepared, model_type=FUSION_MODEL_TYPES.get(model_type, "bert"),
-                               num_heads=num_heads, hidden_size=hidden_size).model
+    fused = optimize_by_fusion(
+        prepared, model_type=FUSION_MODEL_TYPES.get(model_type, "bert"), num_heads=num_heads, hidden_size=hidden_size
+    ).model
     if not any(o.domain == "com.microsoft" for o in fused.opset_import):  # the contrib ops' domain
         fused.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return fused
 
 
-def _save_checked(fused: onnx.ModelProto, out_path: str | Path, feed: Mapping[str, np.ndarray],
-                  reference: Mapping[str, np.ndarray], *, atol: float, strict: bool) -> ParityReport:
+def _save_checked(
+    fused: onnx.ModelProto,
+    out_path: str | Path,
+    feed: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    *,
+    atol: float,
+    strict: bool,
+) -> ParityReport:
     with atomic_path(out_path) as tmp:
         save_onnx(fused, Path(tmp))
         return check_parity(str(tmp), feed, reference, atol=atol, label="fusion", raise_on_failure=strict)
 
 
-def fuse_exported(model_path: str | Path, feed: Mapping[str, np.ndarray], *,
-                  atol: float = 1e-3) -> onnx.ModelProto | None:
+def fuse_exported(
+    model_path: str | Path, feed: Mapping[str, np.ndarray], *, atol: float = 1e-3
+) -> onnx.ModelProto | None:
     """The fused graph of an exported file that carries the fusion metadata, checked against the
     file itself on ``feed`` (fp32 against fp32); None where it carries none, the fusion finds no
     attention or misses parity."""
@@ -185,16 +201,28 @@ def fuse_exported(model_path: str | Path, feed: Mapping[str, np.ndarray], *,
     with tempfile.TemporaryDirectory(prefix=".fused-", dir=Path(model_path).parent) as work:
         report = _save_checked(fused, Path(work) / "model.fused.onnx", feed, reference, atol=atol, strict=False)
     if not report.ok:
-        log.warning("the fused graph of %s misses parity (max |diff| %.2e > %.0e); the int8 graph is unfused",
-                    model_path, report.max_abs_diff, atol)
+        log.warning(
+            "the fused graph of %s misses parity (max |diff| %.2e > %.0e); the int8 graph is unfused",
+            model_path,
+            report.max_abs_diff,
+            atol,
+        )
         return None
     log.info("fused %s: %s (parity max |diff| %.2e)", model_path, counts, report.max_abs_diff)
     return fused
 
 
-def fuse(onnx_path: str | Path, out_path: str | Path, *, model_type: str, num_heads: int, hidden_size: int,
-         parity_feed: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
-         atol: float) -> tuple[ParityReport, dict[str, int]]:
+def fuse(
+    onnx_path: str | Path,
+    out_path: str | Path,
+    *,
+    model_type: str,
+    num_heads: int,
+    hidden_size: int,
+    parity_feed: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    atol: float,
+) -> tuple[ParityReport, dict[str, int]]:
     """``export.fuse``: fuse, check parity against PyTorch, write atomically; returns the parity and
     the fused op counts."""
     fused = fuse_graph(load_onnx(onnx_path), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size)
@@ -204,8 +232,15 @@ def fuse(onnx_path: str | Path, out_path: str | Path, *, model_type: str, num_he
     return report, counts
 
 
-def fuse_model(onnx_path: str | Path, out_path: str | Path, *, exported, model_config,
-               atol: float = 1e-3) -> tuple[ParityReport, dict[str, int]]:
+def fuse_model(
+    onnx_path: str | Path, out_path: str | Path, *, exported, model_config, atol: float = 1e-3
+) -> tuple[ParityReport, dict[str, int]]:
     """Fuse an exported model; parity against PyTorch on the export's own parity batch."""
-    return fuse(onnx_path, out_path, **fusion_info(model_config), parity_feed=exported.parity_feed,
-                reference=exported.reference, atol=atol)
+    return fuse(
+        onnx_path,
+        out_path,
+        **fusion_info(model_config),
+        parity_feed=exported.parity_feed,
+        reference=exported.reference,
+        atol=atol,
+    )

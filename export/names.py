@@ -6,6 +6,7 @@ Beside it, ``pkg.torch.onnx.class_hierarchy`` gives each scope's class; the inne
 class is a module (not an aten op) is the module that emitted the node. Our export wraps the Hugging
 Face model as ``model``, so that prefix is dropped to give the model's own ``named_modules()`` paths.
 """
+
 from __future__ import annotations
 
 import ast
@@ -13,7 +14,7 @@ import ast
 import onnx
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-CLASSES_KEY = "pkg.torch.onnx.class_hierarchy"   # the module class (or op) of each scope
+CLASSES_KEY = "pkg.torch.onnx.class_hierarchy"  # the module class (or op) of each scope
 OP_PREFIXES = ("aten.", "prims.", "<built-in")
 WRAPPER_PREFIX = "model."
 
@@ -29,7 +30,7 @@ def node_module(node: onnx.NodeProto) -> str | None:
     for scope, cls in reversed(list(zip(scopes, classes))):
         if scope and not str(cls).startswith(OP_PREFIXES):
             scope = str(scope)
-            return scope[len(WRAPPER_PREFIX):] if scope.startswith(WRAPPER_PREFIX) else scope
+            return scope[len(WRAPPER_PREFIX) :] if scope.startswith(WRAPPER_PREFIX) else scope
     return None
 
 

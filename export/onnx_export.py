@@ -8,6 +8,7 @@ used. The exporter's debug metadata (stack traces with the build machine's sourc
 stripped; the module name scopes stay, for the per-node analysis. The model is written under a
 temporary name and renamed only after parity passes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,9 @@ class _TaskModule(torch.nn.Module):
     With ``additive_mask`` the 2-D attention mask becomes the additive term in the graph (the form
     ONNX Runtime's attention fusion matches, ``export.fusion``)."""
 
-    def __init__(self, model: torch.nn.Module, task: Any, input_names: Sequence[str], *,
-                 additive_mask: bool = False) -> None:
+    def __init__(
+        self, model: torch.nn.Module, task: Any, input_names: Sequence[str], *, additive_mask: bool = False
+    ) -> None:
         super().__init__()
         self.model = model
         self.task = task
@@ -94,8 +96,9 @@ def staged_model(program: Any, out_path: Path, model: torch.nn.Module) -> Iterat
         os.replace(staged, out_path)
 
 
-def export_onnx(model: torch.nn.Module, preprocessor: Any, out_path: str | Path, *, task: Any, opset: int = 18,
-                atol: float = 1e-4) -> ExportResult:
+def export_onnx(
+    model: torch.nn.Module, preprocessor: Any, out_path: str | Path, *, task: Any, opset: int = 18, atol: float = 1e-4
+) -> ExportResult:
     out_path = Path(out_path)
     modality = get_modality(task.modality)
     names = modality.model_inputs(model, preprocessor)
@@ -105,11 +108,17 @@ def export_onnx(model: torch.nn.Module, preprocessor: Any, out_path: str | Path,
     example, parity_feed = modality.export_examples(preprocessor, names)
     dynamic = modality.dynamic_shapes(names)
     start = time.perf_counter()
-    with torch.no_grad(), (fusion.fusable_form(model) if fusable else contextlib.nullcontext()):
-        program = torch.onnx.export(module, tuple(example[k] for k in names),
-                                    dynamic_shapes=(tuple(dynamic[k] for k in names),), dynamo=True,
-                                    opset_version=opset, input_names=list(names), output_names=[task.output_name],
-                                    verbose=False)
+    with torch.no_grad(), fusion.fusable_form(model) if fusable else contextlib.nullcontext():
+        program = torch.onnx.export(
+            module,
+            tuple(example[k] for k in names),
+            dynamic_shapes=(tuple(dynamic[k] for k in names),),
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(names),
+            output_names=[task.output_name],
+            verbose=False,
+        )
     with staged_model(program, out_path, model) as (staged, graph, large):
         if fusable:  # what ORT's fusion needs to know, for whoever quantizes this file later
             fusion.write_fusion_metadata(graph, model.config)

@@ -3,6 +3,7 @@
 Shaped after optimum's export validation: each output gets a ``[✓]``/``[x]`` line with its max
 absolute difference; if any is over tolerance a single :class:`ParityError` names all of them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,9 +30,16 @@ class ParityReport:
         return self.max_abs_diff <= self.atol
 
 
-def check_parity(onnx_path: str, feed: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], *,
-                 atol: float, label: str, raise_on_failure: bool = True,
-                 select: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> ParityReport:
+def check_parity(
+    onnx_path: str,
+    feed: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    *,
+    atol: float,
+    label: str,
+    raise_on_failure: bool = True,
+    select: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+) -> ParityReport:
     """Run ``onnx_path`` on ``feed`` and :func:`compare_outputs` with ``reference``."""
     import onnxruntime as ort
 
@@ -41,14 +49,29 @@ def check_parity(onnx_path: str, feed: Mapping[str, np.ndarray], reference: Mapp
     names = list(reference)
     inputs = {i.name: feed[i.name] for i in session.get_inputs()}
     got = dict(zip(names, session.run(names, inputs)))
-    return compare_outputs(got, reference, atol=atol, label=label, source=onnx_path,
-                           feed_shape=tuple(next(iter(feed.values())).shape), raise_on_failure=raise_on_failure,
-                           select=select)
+    return compare_outputs(
+        got,
+        reference,
+        atol=atol,
+        label=label,
+        source=onnx_path,
+        feed_shape=tuple(next(iter(feed.values())).shape),
+        raise_on_failure=raise_on_failure,
+        select=select,
+    )
 
 
-def compare_outputs(got: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], *, atol: float, label: str,
-                    source: str, feed_shape: tuple[int, ...], raise_on_failure: bool = True,
-                    select: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> ParityReport:
+def compare_outputs(
+    got: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    *,
+    atol: float,
+    label: str,
+    source: str,
+    feed_shape: tuple[int, ...],
+    raise_on_failure: bool = True,
+    select: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+) -> ParityReport:
     """A line per output, then one ParityError naming every output over ``atol``. ``select``: per
     output, the part that is compared (e.g. the real positions only: what a model computes at
     padding is undefined and differs between runtimes)."""
@@ -57,7 +80,9 @@ def compare_outputs(got: Mapping[str, np.ndarray], reference: Mapping[str, np.nd
     for name in names:
         pick = (select or {}).get(name, lambda a: a)
         same = got[name].shape == reference[name].shape
-        diff = float(np.max(np.abs(pick(got[name]).astype(np.float64) - pick(reference[name])))) if same else float("inf")
+        diff = (
+            float(np.max(np.abs(pick(got[name]).astype(np.float64) - pick(reference[name])))) if same else float("inf")
+        )
         ok = diff <= atol
         log.info("%s parity -[%s] %s: max |diff| %.3e (atol %.0e)", label, "✓" if ok else "x", name, diff, atol)
         diffs.append((name, diff))
@@ -65,6 +90,8 @@ def compare_outputs(got: Mapping[str, np.ndarray], reference: Mapping[str, np.nd
             failed.append(f"{name} max |diff| {diff:.3e}")
     report = ParityReport(label, atol, max(d for _, d in diffs), tuple(diffs), feed_shape)
     if failed and raise_on_failure:
-        raise ParityError(f"{label} parity failed on a {'x'.join(map(str, feed_shape))} batch: {'; '.join(failed)} "
-                          f"(atol {atol:.0e}) in {source}")
+        raise ParityError(
+            f"{label} parity failed on a {'x'.join(map(str, feed_shape))} batch: {'; '.join(failed)} "
+            f"(atol {atol:.0e}) in {source}"
+        )
     return report

@@ -1,5 +1,6 @@
 """The export stage of a run: the deployed model → ``model.onnx`` (parity-checked), the files
 inference needs beside it (preprocessor, config), and the optional fused graph."""
+
 from __future__ import annotations
 
 import logging
@@ -19,9 +20,14 @@ class ExportOutcome:
 
     def report_section(self) -> dict[str, Any]:
         r = self.result
-        return {"opset": r.opset, "seconds": r.seconds, "input_names": list(r.input_names),
-                "parity_max_abs_diff": r.parity.max_abs_diff, "parity_batch_shape": list(r.parity.feed_shape),
-                "fused": self.fused}
+        return {
+            "opset": r.opset,
+            "seconds": r.seconds,
+            "input_names": list(r.input_names),
+            "parity_max_abs_diff": r.parity.max_abs_diff,
+            "parity_batch_shape": list(r.parity.feed_shape),
+            "fused": self.fused,
+        }
 
 
 def export_stage(model: Any, preprocessor: Any, *, task: Any, cfg: Any, paths: Any) -> ExportOutcome:
@@ -33,6 +39,7 @@ def export_stage(model: Any, preprocessor: Any, *, task: Any, cfg: Any, paths: A
     if cfg.fuse:
         from modelpress.export.fusion import fuse_model
 
-        fuse_model(paths.model_onnx, paths.model_fused_onnx, exported=result, model_config=model.config,
-                   atol=cfg.fuse_atol)
+        fuse_model(
+            paths.model_onnx, paths.model_fused_onnx, exported=result, model_config=model.config, atol=cfg.fuse_atol
+        )
     return ExportOutcome(result, cfg.fuse)

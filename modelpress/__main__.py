@@ -1,4 +1,5 @@
 """``python -m modelpress`` (also what ``torchrun -m modelpress distill`` runs)."""
+
 import sys
 
 from modelpress.cli import main

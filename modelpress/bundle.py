@@ -16,6 +16,7 @@ checksums but not the signature. ``bundle.json`` records the CPU target the bund
 (``runtimes.target``); on a CPU without that level's instructions ``load`` warns once, or refuses
 with ``strict=True``.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,19 +36,33 @@ BUNDLE_META = "bundle.json"
 INT8_MODEL = "model.int8.onnx"
 
 
-def write_bundle_meta(root: Path, *, task: Any, input_names: Sequence[str], max_length: int,
-                      max_positions: int | None = None, label_names: Sequence[str] = (),
-                      runtimes: Sequence[str] = ("onnxruntime",),
-                      input_shapes: Mapping[str, Sequence[int | None]] | None = None,
-                      target: Mapping[str, Any] | None = None) -> None:
+def write_bundle_meta(
+    root: Path,
+    *,
+    task: Any,
+    input_names: Sequence[str],
+    max_length: int,
+    max_positions: int | None = None,
+    label_names: Sequence[str] = (),
+    runtimes: Sequence[str] = ("onnxruntime",),
+    input_shapes: Mapping[str, Sequence[int | None]] | None = None,
+    target: Mapping[str, Any] | None = None,
+) -> None:
     from modelpress.fileio import write_json
 
-    write_json(root / BUNDLE_META, {"task": task.describe(), "input_names": list(input_names),
-                                    "input_shapes": dict(input_shapes or {}),
-                                    "max_length": max_length, "max_positions": max_positions,
-                                    "label_names": list(label_names),
-                                    "runtimes": {r: BUNDLE_RUNTIMES[r] for r in runtimes},
-                                    "target": dict(target) if target else None})
+    write_json(
+        root / BUNDLE_META,
+        {
+            "task": task.describe(),
+            "input_names": list(input_names),
+            "input_shapes": dict(input_shapes or {}),
+            "max_length": max_length,
+            "max_positions": max_positions,
+            "label_names": list(label_names),
+            "runtimes": {r: BUNDLE_RUNTIMES[r] for r in runtimes},
+            "target": dict(target) if target else None,
+        },
+    )
 
 
 #: targets already warned about in this process (``load()`` warns once per target)
@@ -66,8 +81,10 @@ def check_target(meta: Mapping[str, Any], *, strict: bool = False) -> list[str]:
     target = Target.from_dict(described)
     missing = missing_flags(target)
     if missing:
-        message = (f"this bundle was pressed for the {target.name} CPU level; this CPU lacks "
-                   f"{', '.join(missing)}: its int8 results and timings may differ from its report")
+        message = (
+            f"this bundle was pressed for the {target.name} CPU level; this CPU lacks "
+            f"{', '.join(missing)}: its int8 results and timings may differ from its report"
+        )
         if strict:
             raise BadInputError(f"{message} (strict=True)")
         if target.name not in _WARNED_TARGETS:
@@ -81,8 +98,10 @@ def bundle_model_file(meta: dict[str, Any], runtime: str | None) -> tuple[str, s
     files = meta.get("runtimes") or {"onnxruntime": INT8_MODEL}  # bundles from before runtimes were listed
     runtime = runtime or next(iter(files))
     if runtime not in files:
-        raise BadInputError(f"this bundle has no {runtime} model (it was built for {', '.join(files)}; "
-                            f"add it to validate.runtimes and run again)")
+        raise BadInputError(
+            f"this bundle has no {runtime} model (it was built for {', '.join(files)}; "
+            f"add it to validate.runtimes and run again)"
+        )
     return runtime, files[runtime]
 
 
@@ -101,10 +120,20 @@ def read_bundle_meta(root: Path) -> dict[str, Any]:
 class Bundle(Predictor):
     """A loaded bundle. Use as a context manager or call ``close()``."""
 
-    def __init__(self, root: Path, *, model_file: str | None = None, runtime: str | None = None,
-                 threads: int = 0, verify: bool = True, name: str | None = None,
-                 runner_options: dict[str, Any] | None = None, allow_failed: bool = False,
-                 require_signature: str | Path | None = None, strict: bool = False):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        model_file: str | None = None,
+        runtime: str | None = None,
+        threads: int = 0,
+        verify: bool = True,
+        name: str | None = None,
+        runner_options: dict[str, Any] | None = None,
+        allow_failed: bool = False,
+        require_signature: str | Path | None = None,
+        strict: bool = False,
+    ):
         self.root = Path(root)
         _prove(self.root, verify=verify, allow_failed=allow_failed, require_signature=require_signature)
         meta = read_bundle_meta(self.root)
@@ -115,16 +144,17 @@ class Bundle(Predictor):
         self.meta = meta
         runtime, listed = bundle_model_file(meta, runtime)
         model_file = model_file or listed
-        name = name or ("int8" if model_file == INT8_MODEL else f"int8-{runtime}" if model_file == listed
-                        else model_file)
-        runner = create_runner(runtime, self.root / model_file, threads=threads, name=name,
-                               **(runner_options or {}))
+        name = name or (
+            "int8" if model_file == INT8_MODEL else f"int8-{runtime}" if model_file == listed else model_file
+        )
+        runner = create_runner(runtime, self.root / model_file, threads=threads, name=name, **(runner_options or {}))
         runner.__enter__()
         # inputs are truncated to what the model can take, whatever bundle.json says
         limit = meta.get("max_positions") or modality.position_limit(None, preprocessor)
         length = int(meta["max_length"]) if not limit else min(int(meta["max_length"]), int(limit))
-        encoder = modality.encoder(preprocessor, input_names=runner.input_names, max_length=length,
-                                   input_shapes=meta.get("input_shapes"))
+        encoder = modality.encoder(
+            preprocessor, input_names=runner.input_names, max_length=length, input_shapes=meta.get("input_shapes")
+        )
         super().__init__(runner, task, encoder, name=name, runtime=runtime)
 
     def __enter__(self) -> "Bundle":
@@ -146,8 +176,7 @@ class Bundle(Predictor):
 
             task = self.__dict__.get("task")
             if task is not None and any(name in TASKS.get(t).api for t in TASKS.names()):
-                raise BadInputError(f"this bundle is a {task.name} model; use "
-                                    f"{' / '.join(f'{m}()' for m in task.api)}")
+                raise BadInputError(f"this bundle is a {task.name} model; use {' / '.join(f'{m}()' for m in task.api)}")
         raise AttributeError(name)
 
     def _texts(self, texts: Any, *, words: bool = False) -> list[Any]:
@@ -160,15 +189,19 @@ class Bundle(Predictor):
         where = f"{self.task.api[0]}()" if getattr(self, "task", None) is not None and self.task.api else "texts"
         if isinstance(texts, str):
             return [texts]
-        if texts is None or isinstance(texts, (bytes, bytearray, int, float, complex, Mapping)) \
-                or not hasattr(texts, "__iter__"):
+        if (
+            texts is None
+            or isinstance(texts, (bytes, bytearray, int, float, complex, Mapping))
+            or not hasattr(texts, "__iter__")
+        ):
             raise TypeError(f"{where}: texts must be a string or a list of strings, got {type(texts).__name__}")
         out = list(texts)
         for i, text in enumerate(out):
             word_list = isinstance(text, (list, tuple)) and all(isinstance(w, str) for w in text)
             if not (isinstance(text, str) or word_list):
-                raise TypeError(f"{where}: texts[{i}] must be a string (or a list of words), got "
-                                f"{type(text).__name__} {text!r:.40}")
+                raise TypeError(
+                    f"{where}: texts[{i}] must be a string (or a list of words), got {type(text).__name__} {text!r:.40}"
+                )
         return out if words else [t if isinstance(t, str) else " ".join(t) for t in out]
 
 
@@ -180,8 +213,10 @@ def _prove(root: Path, *, verify: bool, allow_failed: bool, require_signature: s
         from modelpress.signing import verify_signature
 
         if not isinstance(require_signature, (str, os.PathLike)):
-            raise TypeError("load(): require_signature must be the path of the signer's public key (PEM), got "
-                            f"{type(require_signature).__name__} {require_signature!r:.40}")
+            raise TypeError(
+                "load(): require_signature must be the path of the signer's public key (PEM), got "
+                f"{type(require_signature).__name__} {require_signature!r:.40}"
+            )
         verify_signature(root, Path(require_signature), flag="require_signature=")
     if verify:  # a bundle is what its manifest says, or it is not loaded
         manifest = require_intact(root)
@@ -193,9 +228,18 @@ def _prove(root: Path, *, verify: bool, allow_failed: bool, require_signature: s
         require_not_failed(root, manifest)
 
 
-def load(bundle_dir: str | Path, *, runtime: str | None = None, model_file: str | None = None,
-         threads: int = 0, verify: bool = True, allow_failed: bool = False,
-         require_signature: str | Path | None = None, strict: bool = False, **runner_options: Any) -> Bundle:
+def load(
+    bundle_dir: str | Path,
+    *,
+    runtime: str | None = None,
+    model_file: str | None = None,
+    threads: int = 0,
+    verify: bool = True,
+    allow_failed: bool = False,
+    require_signature: str | Path | None = None,
+    strict: bool = False,
+    **runner_options: Any,
+) -> Bundle:
     """The bundle at ``bundle_dir``, as its task's bundle class (methods: ``task.api``).
     ``runtime``: one the bundle was built for (``bundle.json`` lists them; default its first);
     ``runner_options`` go to that runner (OpenVINO: ``precision="bf16"``).
@@ -208,6 +252,14 @@ def load(bundle_dir: str | Path, *, runtime: str | None = None, model_file: str 
     warning, once per target)."""
     meta = read_bundle_meta(Path(bundle_dir))
     cls = task_from_dict(meta["task"]).bundle_class()
-    return cls(Path(bundle_dir), model_file=model_file, runtime=runtime, threads=threads, verify=verify,
-               runner_options=runner_options, allow_failed=allow_failed, require_signature=require_signature,
-               strict=strict)
+    return cls(
+        Path(bundle_dir),
+        model_file=model_file,
+        runtime=runtime,
+        threads=threads,
+        verify=verify,
+        runner_options=runner_options,
+        allow_failed=allow_failed,
+        require_signature=require_signature,
+        strict=strict,
+    )

@@ -14,6 +14,7 @@ registry. With ``--recipe`` (what ``make export|quantize|validate`` pass) the si
 run the pipeline's own stage functions on a stage folder (``modelpress.stage_commands``): every key
 of the recipe means what it means in ``run``, and a flag given sets its recipe key.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modelpress.errors import (EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, BadInputError, ModelpressError,
-                               exit_code_for, user_fault)
+from modelpress.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_GATE_FAILED,
+    EXIT_OK,
+    BadInputError,
+    ModelpressError,
+    exit_code_for,
+    user_fault,
+)
 from modelpress.signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated, terminate_as_exception
 
 log = logging.getLogger("modelpress")
@@ -43,14 +51,26 @@ class _Parser(argparse.ArgumentParser):
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe TOML file")
     p.add_argument("--out", default="artifacts", help="folder that receives <name>/ (default: artifacts)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a recipe value (TOML syntax), repeatable")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a recipe value (TOML syntax), repeatable",
+    )
 
 
 def _from_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default=None, help="take every flag not given from this recipe")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a value of --recipe (TOML syntax), repeatable")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a value of --recipe (TOML syntax), repeatable",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,18 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("run", help="all stages of a recipe into <out>/<name>/ (a failed gate: <out>/<name>.rejected/, exit 3)")
+    p = sub.add_parser(
+        "run", help="all stages of a recipe into <out>/<name>/ (a failed gate: <out>/<name>.rejected/, exit 3)"
+    )
     _recipe_args(p)
-    p.add_argument("--target", choices=TARGET_CHOICES, default=None,
-                   help="the CPU the bundle is for (default: the recipe's target; auto = this machine)")
+    p.add_argument(
+        "--target",
+        choices=TARGET_CHOICES,
+        default=None,
+        help="the CPU the bundle is for (default: the recipe's target; auto = this machine)",
+    )
 
     p = sub.add_parser("distill", help="train the student of a recipe (torchrun-compatible)")
     _recipe_args(p)
 
     # single-stage commands: None means "from --recipe, else the dataclass default"
     p = sub.add_parser("export", help="export a Hugging Face model to ONNX (parity-checked)")
-    p.add_argument("model", nargs="?", help="hub id | local folder | package:<module> "
-                                            "(with --recipe: a student deployed instead of the recipe's model)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="hub id | local folder | package:<module> "
+        "(with --recipe: a student deployed instead of the recipe's model)",
+    )
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--task", choices=task_names(), help="default: feature-extraction")
     p.add_argument("--opset", type=int, help=f"default {d(ExportConfig, 'opset')}")
@@ -85,12 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true")
     _from_recipe(p)
 
-    p = sub.add_parser("quantize", help="static int8 quantization of an ONNX model (--recipe: by quantize.mode, "
-                                        "with each runtime's artifact)")
+    p = sub.add_parser(
+        "quantize",
+        help="static int8 quantization of an ONNX model (--recipe: by quantize.mode, with each runtime's artifact)",
+    )
     p.add_argument("onnx", help="fp32 ONNX model (from `modelpress export`)")
-    p.add_argument("--tokenizer", "--preprocessor", dest="preprocessor",
-                   help="the model's preprocessor: hub id | folder | package:<module> (not with --recipe: "
-                        "the preprocessor is the recipe teacher's)")
+    p.add_argument(
+        "--tokenizer",
+        "--preprocessor",
+        dest="preprocessor",
+        help="the model's preprocessor: hub id | folder | package:<module> (not with --recipe: "
+        "the preprocessor is the recipe teacher's)",
+    )
     p.add_argument("--task", choices=task_names(), help="default: feature-extraction")
     p.add_argument("--data", help="calibration data (.txt/.jsonl/.csv/.tsv/datasets folder)")
     p.add_argument("--out", required=True, help="output int8 .onnx path")
@@ -102,20 +138,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESETS)
     p.add_argument("--format", choices=FORMATS)
     p.add_argument("--no-smoothquant", action="store_true")
-    p.add_argument("--target", choices=TARGET_CHOICES, default=None,
-                   help="the CPU the int8 model is for (7-bit weights where its int8 GEMM saturates; "
-                        "default: --recipe's target, else auto = this machine)")
-    p.add_argument("--exclude", nargs="*", default=None, metavar="NODE",
-                   help="kept fp32: ONNX node names or module paths (encoder.layer.3.output.dense)")
+    p.add_argument(
+        "--target",
+        choices=TARGET_CHOICES,
+        default=None,
+        help="the CPU the int8 model is for (7-bit weights where its int8 GEMM saturates; "
+        "default: --recipe's target, else auto = this machine)",
+    )
+    p.add_argument(
+        "--exclude",
+        nargs="*",
+        default=None,
+        metavar="NODE",
+        help="kept fp32: ONNX node names or module paths (encoder.layer.3.output.dense)",
+    )
     _from_recipe(p)
 
     p = sub.add_parser("validate", help="compare an ONNX candidate with the PyTorch fp32 teacher")
     p.add_argument("--teacher", help="hub id | folder | package:<module> (default: --recipe's)")
-    p.add_argument("--candidate", required=True, help="candidate ONNX model (int8), or an OpenVINO .xml "
-                                                      "(--recipe: the int8 ONNX model, its stage folder beside it)")
-    p.add_argument("--runtime", choices=tuple(BUNDLE_RUNTIMES), default=None,
-                   help="runtime of the candidate (default: openvino for .xml, else onnxruntime); with "
-                        "--recipe it replaces validate.runtimes (its model beside the int8 candidate)")
+    p.add_argument(
+        "--candidate",
+        required=True,
+        help="candidate ONNX model (int8), or an OpenVINO .xml "
+        "(--recipe: the int8 ONNX model, its stage folder beside it)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=tuple(BUNDLE_RUNTIMES),
+        default=None,
+        help="runtime of the candidate (default: openvino for .xml, else onnxruntime); with "
+        "--recipe it replaces validate.runtimes (its model beside the int8 candidate)",
+    )
     p.add_argument("--eval-data")
     p.add_argument("--eval-format", choices=_eval_formats())
     p.add_argument("--task", choices=task_names(), help="default: feature-extraction")
@@ -130,19 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--max-drop", type=float, default=None, help="points; default: the recipe's gate.max_drop")
     p.add_argument("--metric", default=None, help="metric key of report.json (default: the run's)")
-    p.add_argument("--policy", default=None, choices=("point", "confident", "lenient"),
-                   help="how the 95%% interval decides (default: the run's gate.policy)")
+    p.add_argument(
+        "--policy",
+        default=None,
+        choices=("point", "confident", "lenient"),
+        help="how the 95%% interval decides (default: the run's gate.policy)",
+    )
 
     p = sub.add_parser("analyze", help="per-node int8 error of a run (SQNR, weight vs activation), worst first")
     p.add_argument("run_dir")
     p.add_argument("--top", type=int, default=15, help="rows printed (default 15)")
-    p.add_argument("--out", default=None,
-                   help="folder for analysis.json and plots/ (default: RUN_DIR.analysis, beside the bundle)")
+    p.add_argument(
+        "--out", default=None, help="folder for analysis.json and plots/ (default: RUN_DIR.analysis, beside the bundle)"
+    )
 
     p = sub.add_parser("sign", help="sign a bundle (every file, manifest included) into BUNDLE/model.sig")
     p.add_argument("bundle")
-    p.add_argument("--key", required=True,
-                   help="elliptic-curve private key, PEM (an encrypted one: its password in $MODELPRESS_KEY_PASSWORD)")
+    p.add_argument(
+        "--key",
+        required=True,
+        help="elliptic-curve private key, PEM (an encrypted one: its password in $MODELPRESS_KEY_PASSWORD)",
+    )
 
     p = sub.add_parser("verify", help="exit 0 if the bundle matches its manifest and its signature, else 2")
     p.add_argument("bundle")
@@ -176,17 +237,38 @@ def _stage_recipe(args) -> Any:
 
 #: a stage command's flag → the recipe key it sets under ``--recipe`` (its value wins over the recipe's)
 _FLAG_KEYS = {
-    "export": {"model": "student", "task": "task", "opset": "export.opset", "atol": "export.atol",
-               "trust_remote_code": "trust_remote_code"},
-    "quantize": {"task": "task", "data": "calibration.data", "text_field": "calibration.text_field",
-                 "num_samples": "calibration.num_samples", "max_length": "calibration.max_length",
-                 "method": "quantize.calibration_method", "percentile": "quantize.percentile",
-                 "preset": "quantize.preset", "format": "quantize.format", "no_smoothquant": "quantize.smoothquant",
-                 "exclude": "quantize.nodes_to_exclude", "target": "target"},
-    "validate": {"teacher": "teacher", "task": "task", "eval_data": "validate.eval_data",
-                 "eval_format": "validate.eval_format", "batch_sizes": "validate.batch_sizes",
-                 "seq_lengths": "validate.seq_lengths", "num_samples": "validate.num_samples",
-                 "max_drop": "gate.max_drop", "runtime": "validate.runtimes"},
+    "export": {
+        "model": "student",
+        "task": "task",
+        "opset": "export.opset",
+        "atol": "export.atol",
+        "trust_remote_code": "trust_remote_code",
+    },
+    "quantize": {
+        "task": "task",
+        "data": "calibration.data",
+        "text_field": "calibration.text_field",
+        "num_samples": "calibration.num_samples",
+        "max_length": "calibration.max_length",
+        "method": "quantize.calibration_method",
+        "percentile": "quantize.percentile",
+        "preset": "quantize.preset",
+        "format": "quantize.format",
+        "no_smoothquant": "quantize.smoothquant",
+        "exclude": "quantize.nodes_to_exclude",
+        "target": "target",
+    },
+    "validate": {
+        "teacher": "teacher",
+        "task": "task",
+        "eval_data": "validate.eval_data",
+        "eval_format": "validate.eval_format",
+        "batch_sizes": "validate.batch_sizes",
+        "seq_lengths": "validate.seq_lengths",
+        "num_samples": "validate.num_samples",
+        "max_drop": "gate.max_drop",
+        "runtime": "validate.runtimes",
+    },
 }
 
 
@@ -240,7 +322,7 @@ def _flags_named(given: dict[str, tuple[str, Any]]):
         key = next((k for k in given if str(exc).startswith(f"{k}:")), None)
         if key is None:
             raise
-        raise BadInputError(given[key][0] + str(exc)[len(key):]) from None
+        raise BadInputError(given[key][0] + str(exc)[len(key) :]) from None
 
 
 def _pick(flag: Any, recipe: Any, section: str, key: str, cls: type) -> Any:
@@ -265,7 +347,9 @@ def _task(args, recipe, model_ref: str | None):
 def _model_ref(given: str | None, recipe, what: str) -> str:
     from modelpress.models import resolve_model_ref
 
-    ref = given or (recipe.student or recipe.teacher if recipe and what == "model" else recipe.teacher if recipe else None)
+    ref = given or (
+        recipe.student or recipe.teacher if recipe and what == "model" else recipe.teacher if recipe else None
+    )
     if not ref:
         raise BadInputError(f"{what}: give it, or --recipe")
     return resolve_model_ref(ref)
@@ -288,8 +372,10 @@ def cmd_run(args) -> int:
     outcome = run_recipe(recipe, Path(args.out))
     if outcome.rejected:
         kept = outcome.bundle.with_name(recipe.name)
-        print(f"rejected: {outcome.bundle} (the gate failed; "
-              + (f"the last passing bundle {kept} is unchanged)" if kept.is_dir() else "no passing bundle yet)"))
+        print(
+            f"rejected: {outcome.bundle} (the gate failed; "
+            + (f"the last passing bundle {kept} is unchanged)" if kept.is_dir() else "no passing bundle yet)")
+        )
     else:
         print(f"bundle: {outcome.bundle}")
     if outcome.gate is not None:
@@ -309,8 +395,9 @@ def cmd_distill(args) -> int:
     refuse_inside_bundle(Path(args.out))
     recipe = load_recipe(args.recipe, args.overrides)
     teacher_ref = resolve_model_ref(recipe.teacher)
-    task = configure_task(recipe.task, recipe.task_options,
-                          model_dir=teacher_ref if Path(teacher_ref).is_dir() else None)
+    task = configure_task(
+        recipe.task, recipe.task_options, model_dir=teacher_ref if Path(teacher_ref).is_dir() else None
+    )
     student = train_student(recipe, teacher_ref, task, Path(args.out))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"student: {student}")
@@ -330,8 +417,10 @@ def cmd_export(args) -> int:
     else:
         result = _export_flags(args)
     shape = "x".join(map(str, result.parity.feed_shape))
-    print(f"onnx: {result.path} (inputs {', '.join(result.input_names)}; parity max |diff| "
-          f"{result.parity.max_abs_diff:.2e} on a {shape} batch)")
+    print(
+        f"onnx: {result.path} (inputs {', '.join(result.input_names)}; parity max |diff| "
+        f"{result.parity.max_abs_diff:.2e} on a {shape} batch)"
+    )
     return EXIT_OK
 
 
@@ -360,17 +449,20 @@ def cmd_quantize(args) -> int:
         from modelpress import stage_commands
 
         if args.preprocessor:
-            raise BadInputError("--tokenizer: with --recipe the preprocessor is the recipe teacher's "
-                                "(--set teacher=... to change it)")
+            raise BadInputError(
+                "--tokenizer: with --recipe the preprocessor is the recipe teacher's (--set teacher=... to change it)"
+            )
         given = _given_flags(args)
         with _flags_named(given):
             done = stage_commands.quantize(_recipe_with_flags(args, given), Path(args.onnx), Path(args.out))
         summary, side, also = done.outcome.summary, done.record, done.artifacts
     else:
         summary, side, also = _quantize_flags(args), Path(args.out).with_suffix(".quantization.json"), {}
-    print(f"int8: {args.out} ({len(summary.quantized_nodes)} nodes int8, {len(summary.fp32_nodes)} fp32, "
-          f"{summary.weight_bits}-bit weights; calibration {summary.calibration_seconds}s, process peak RSS "
-          f"{process_peak_rss_mb()} MB; details {side})")
+    print(
+        f"int8: {args.out} ({len(summary.quantized_nodes)} nodes int8, {len(summary.fp32_nodes)} fp32, "
+        f"{summary.weight_bits}-bit weights; calibration {summary.calibration_seconds}s, process peak RSS "
+        f"{process_peak_rss_mb()} MB; details {side})"
+    )
     for runtime, path in also.items():
         print(f"{runtime}: {path}")
     return EXIT_OK
@@ -392,25 +484,41 @@ def _quantize_flags(args) -> Any:
     graph = load_onnx(args.onnx, load_external_data=False)
     ref = _model_ref(args.preprocessor, None, "--tokenizer")
     task = _task(args, None, ref)
-    changes = {"calibration_method": args.method, "percentile": args.percentile, "preset": args.preset,
-               "format": args.format, "smoothquant": False if args.no_smoothquant else None,
-               "nodes_to_exclude": tuple(args.exclude) if args.exclude is not None else None}
-    cfg = QuantizeConfig().with_(**{k: v for k, v in changes.items() if v is not None}).for_target(
-        resolve_target(args.target or "auto"))
-    cal = section_config(CalibrationConfig, "calibration", {
-        "data": _pick(args.data, None, "calibration", "data", CalibrationConfig),
-        "text_field": _pick(args.text_field, None, "calibration", "text_field", CalibrationConfig),
-        "num_samples": _pick(args.num_samples, None, "calibration", "num_samples", CalibrationConfig),
-        "max_length": _pick(args.max_length, None, "calibration", "max_length", CalibrationConfig)})
+    changes = {
+        "calibration_method": args.method,
+        "percentile": args.percentile,
+        "preset": args.preset,
+        "format": args.format,
+        "smoothquant": False if args.no_smoothquant else None,
+        "nodes_to_exclude": tuple(args.exclude) if args.exclude is not None else None,
+    }
+    cfg = (
+        QuantizeConfig()
+        .with_(**{k: v for k, v in changes.items() if v is not None})
+        .for_target(resolve_target(args.target or "auto"))
+    )
+    cal = section_config(
+        CalibrationConfig,
+        "calibration",
+        {
+            "data": _pick(args.data, None, "calibration", "data", CalibrationConfig),
+            "text_field": _pick(args.text_field, None, "calibration", "text_field", CalibrationConfig),
+            "num_samples": _pick(args.num_samples, None, "calibration", "num_samples", CalibrationConfig),
+            "max_length": _pick(args.max_length, None, "calibration", "max_length", CalibrationConfig),
+        },
+    )
     modality = get_modality(task.modality)
     preprocessor = modality.load_preprocessor(ref)
     names = modality.check_graph_inputs(tuple(i.name for i in graph.graph.input), source=args.onnx)
     examples = modality.calibration_set(cal, preprocessor)
-    encoder = modality.encoder(preprocessor, input_names=names, max_length=cal.max_length,
-                               input_shapes=graph_input_shapes(args.onnx))
+    encoder = modality.encoder(
+        preprocessor, input_names=names, max_length=cal.max_length, input_shapes=graph_input_shapes(args.onnx)
+    )
     summary = quantize_static(args.onnx, args.out, ExampleFeed(examples, encoder, batch_size=cal.batch_size), cfg)
-    write_json(Path(args.out).with_suffix(".quantization.json"),
-               {**summary.to_dict(), "process_peak_rss_mb": process_peak_rss_mb()})
+    write_json(
+        Path(args.out).with_suffix(".quantization.json"),
+        {**summary.to_dict(), "process_peak_rss_mb": process_peak_rss_mb()},
+    )
     return summary
 
 
@@ -435,8 +543,12 @@ def cmd_validate(args) -> int:
     write_reports(report, out)
     # what `gate` trusts: a manifest of the two files written here (the folder's other files are
     # other stages'), so a report edited by hand afterwards is refused
-    write_report_manifest(out, [out / "report.json", out / "report.md"], gate=report["gate"],
-                          candidate=Path(args.candidate) if Path(args.candidate).is_file() else None)
+    write_report_manifest(
+        out,
+        [out / "report.json", out / "report.md"],
+        gate=report["gate"],
+        candidate=Path(args.candidate) if Path(args.candidate).is_file() else None,
+    )
     gate = GateResult.from_dict(report["gate"])
     print(f"report: {out / 'report.json'}")
     print(gate.line())
@@ -460,31 +572,56 @@ def _validate_flags(args) -> dict[str, Any]:
     task = _task(args, None, ref)
     model, preprocessor = load_model_and_preprocessor(ref, task)
     values = dataclasses.asdict(ValidateConfig())
-    changes = {"eval_data": args.eval_data, "eval_format": args.eval_format, "batch_sizes": args.batch_sizes,
-               "seq_lengths": args.seq_lengths, "num_samples": args.num_samples}
+    changes = {
+        "eval_data": args.eval_data,
+        "eval_format": args.eval_format,
+        "batch_sizes": args.batch_sizes,
+        "seq_lengths": args.seq_lengths,
+        "num_samples": args.num_samples,
+    }
     values.update({k: v for k, v in changes.items() if v is not None})
     cfg = section_config(ValidateConfig, "validate", values)
-    gate_cfg = section_config(GateConfig, "gate", {"max_drop": _pick(args.max_drop, None, "gate", "max_drop",
-                                                                     GateConfig)})
+    gate_cfg = section_config(
+        GateConfig, "gate", {"max_drop": _pick(args.max_drop, None, "gate", "max_drop", GateConfig)}
+    )
     modality = get_modality(task.modality)
     if args.seq_lengths:  # a flag the user gave is refused under its own name
         modality.check_lengths(model.config, preprocessor, {"--seq-lengths": max(args.seq_lengths)})
     # the flags' lengths the model cannot take are refused; the defaults are clipped
     flags = {f"validate.{k}" for k, v in changes.items() if v is not None}
-    fitted_sections, fitted = fit_lengths({"validate": cfg}, task=task, modality=modality, model_config=model.config,
-                                          preprocessor=preprocessor, written=lambda key: key in flags)
+    fitted_sections, fitted = fit_lengths(
+        {"validate": cfg},
+        task=task,
+        modality=modality,
+        model_config=model.config,
+        preprocessor=preprocessor,
+        written=lambda key: key in flags,
+    )
     cfg = fitted_sections["validate"]
     es = task.read_eval(cfg.eval_data, cfg, model_config=model.config, preprocessor=preprocessor)
     runtime = args.runtime or ("openvino" if args.candidate.endswith(".xml") else "onnxruntime")
     names = modality.check_graph_inputs(RUNTIMES.get(runtime).graph_inputs(args.candidate), source=args.candidate)
     shapes = graph_input_shapes(args.candidate) if args.candidate.endswith(".onnx") else None
     encoder = modality.encoder(preprocessor, input_names=names, max_length=cfg.max_length, input_shapes=shapes)
-    report = validate_stage(task=task, cfg=cfg, gate_cfg=gate_cfg,
-                            teacher=teacher_opener(model, task=task, encoder=encoder, threads=cfg.threads),
-                            candidates=[file_opener(Path(args.candidate), task=task, encoder=encoder,
-                                                    threads=cfg.threads, name="candidate", runtime=runtime,
-                                                    **cfg.runner_options(runtime))],
-                            eval_set=es, name=Path(args.candidate).stem)
+    report = validate_stage(
+        task=task,
+        cfg=cfg,
+        gate_cfg=gate_cfg,
+        teacher=teacher_opener(model, task=task, encoder=encoder, threads=cfg.threads),
+        candidates=[
+            file_opener(
+                Path(args.candidate),
+                task=task,
+                encoder=encoder,
+                threads=cfg.threads,
+                name="candidate",
+                runtime=runtime,
+                **cfg.runner_options(runtime),
+            )
+        ],
+        eval_set=es,
+        name=Path(args.candidate).stem,
+    )
     report["defaults_clipped"] = dict(fitted.clipped)
     return report
 
@@ -515,8 +652,10 @@ def cmd_analyze(args) -> int:
     errors = analyze_run(Path(args.run_dir), out)
     print(f"{'module (ONNX node)':<56}{'SQNR dB':>9}{'weight-only':>13}{'act-only':>10}{'rel L2':>9}")
     for e in errors[: args.top]:
-        print(f"{e.label:<56}{e.sqnr_db:>9.1f}{e.weight_only_sqnr_db:>13.1f}{e.activation_only_sqnr_db:>10.1f}"
-              f"{e.rel_l2:>9.4f}")
+        print(
+            f"{e.label:<56}{e.sqnr_db:>9.1f}{e.weight_only_sqnr_db:>13.1f}{e.activation_only_sqnr_db:>10.1f}"
+            f"{e.rel_l2:>9.4f}"
+        )
     print(f"analysis: {out / 'analysis.json'}")
     return EXIT_OK
 
@@ -534,8 +673,10 @@ def cmd_verify(args) -> int:
 
     verify_signature(Path(args.bundle), Path(args.key))
     manifest = require_intact(Path(args.bundle))
-    print(f"verified: {args.bundle} (its signature matches {args.key}; every file matches its manifest; "
-          f"gate verdict {manifest.get('verdict')})")
+    print(
+        f"verified: {args.bundle} (its signature matches {args.key}; every file matches its manifest; "
+        f"gate verdict {manifest.get('verdict')})"
+    )
     return EXIT_OK
 
 
@@ -547,9 +688,18 @@ def cmd_engine(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "distill": cmd_distill, "export": cmd_export, "quantize": cmd_quantize,
-            "validate": cmd_validate, "gate": cmd_gate, "analyze": cmd_analyze,
-            "engine": cmd_engine, "sign": cmd_sign, "verify": cmd_verify}
+COMMANDS = {
+    "run": cmd_run,
+    "distill": cmd_distill,
+    "export": cmd_export,
+    "quantize": cmd_quantize,
+    "validate": cmd_validate,
+    "gate": cmd_gate,
+    "analyze": cmd_analyze,
+    "engine": cmd_engine,
+    "sign": cmd_sign,
+    "verify": cmd_verify,
+}
 
 
 def _forget_escaped_interrupt() -> None:

@@ -9,6 +9,7 @@ rule for relative paths (:class:`PathRule`), nested
 dataclasses are sub-tables, ``X | None`` accepts X. Per-field ``metadata`` adds ``choices``,
 ``min``/``max`` (inclusive) and ``gt`` (exclusive); cross-field rules stay in ``__post_init__``.
 """
+
 from __future__ import annotations
 
 import collections.abc
@@ -140,8 +141,9 @@ def check_fields(obj: Any, section: str) -> None:
             _bounds(f, getattr(obj, f.name), prefix + f.name)
 
 
-def checked_fields(cls: type, section: str, raw: Any, *, rule: PathRule = PathRule(),
-                   skip: Sequence[str] = ()) -> dict[str, Any]:
+def checked_fields(
+    cls: type, section: str, raw: Any, *, rule: PathRule = PathRule(), skip: Sequence[str] = ()
+) -> dict[str, Any]:
     """The checked values of the keys ``raw`` gives (unknown keys are an error)."""
     if not isinstance(raw, Mapping):
         raise BadInputError(f"{section}: expected a table ([{section}])")

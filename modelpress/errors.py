@@ -3,6 +3,7 @@
 Every stage raises one of these; ``modelpress.cli`` turns them into a one-line
 message on stderr and the exit code below. Anything else is an internal error.
 """
+
 from __future__ import annotations
 
 import errno
@@ -45,8 +46,20 @@ class GateFailedError(ModelpressError):
 
 #: operating-system faults a user causes (a full disk, a read-only or forbidden folder, a file
 #: where a folder is expected): one line and exit 2, not a traceback
-USER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
-                         errno.EISDIR, errno.EEXIST, errno.EFBIG, errno.ENAMETOOLONG})
+USER_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EEXIST,
+        errno.EFBIG,
+        errno.ENAMETOOLONG,
+    }
+)
 
 
 def user_fault(exc: BaseException) -> str | None:

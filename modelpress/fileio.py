@@ -5,6 +5,7 @@ atomic on one file system), so a kill, a full disk or an exception mid-write nev
 half-written model, report or checkpoint that looks complete. JSON is strict: NaN and infinity
 are refused at write time instead of producing a file other tools cannot parse.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,7 +68,9 @@ def load_onnx(path: str | Path, *, load_external_data: bool = True):
     try:
         model = onnx.load(str(path), load_external_data=load_external_data)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise BadInputError(f"{path}: not an ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise BadInputError(
+            f"{path}: not an ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
     if not model.graph.node:
         raise BadInputError(f"{path}: not an ONNX model (no graph)")
     return model
@@ -76,8 +79,10 @@ def load_onnx(path: str | Path, *, load_external_data: bool = True):
 def graph_input_shapes(path: str | Path) -> dict[str, list[int | None]]:
     """Each input of an ONNX model and its dims (None where dynamic), read without its weights."""
     graph = load_onnx(path, load_external_data=False).graph
-    return {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
-            for i in graph.input}
+    return {
+        i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+        for i in graph.input
+    }
 
 
 def save_onnx(model, path: str | Path, *, external_data: bool = False) -> Path:

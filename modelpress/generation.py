@@ -14,6 +14,7 @@ to its last tokens; a ``max_new_tokens`` that does not fit is refused, while the
 cut to what fits. Options out of range (``top_p`` outside (0, 1], ``temperature`` ≤ 0, ...) are
 refused before anything runs.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,7 @@ def _token_ids(name: str, value: Any) -> list[int] | None:
     ids = list(value)
     for i, t in enumerate(ids):
         if isinstance(t, bool) or not isinstance(t, numbers.Integral):
-            raise TypeError(f"generate: {name}[{i}] must be a token id (an integer), got "
-                            f"{type(t).__name__} {t!r:.40}")
+            raise TypeError(f"generate: {name}[{i}] must be a token id (an integer), got {type(t).__name__} {t!r:.40}")
         if t < 0:
             raise BadInputError(f"generate: {name}[{i}] must be ≥ 0, got {t}")
     return [int(t) for t in ids]
@@ -77,16 +77,18 @@ def check_options(*, do_sample: bool, temperature: float, top_k: int, top_p: flo
     if not isinstance(do_sample, bool):
         raise TypeError(f"generate: do_sample must be True or False, got {type(do_sample).__name__} {do_sample!r}")
     if not _number("temperature", temperature) > 0:
-        raise BadInputError(f"generate: temperature must be > 0, got {temperature} "
-                            "(greedy decoding is do_sample=False, the default)")
+        raise BadInputError(
+            f"generate: temperature must be > 0, got {temperature} (greedy decoding is do_sample=False, the default)"
+        )
     _integer("top_k", top_k, least=0)
     if not 0 < _number("top_p", top_p) <= 1:
         raise BadInputError(f"generate: top_p must be in (0, 1], got {top_p} (1 keeps every token)")
     _integer("seed", seed, least=0)
 
 
-def _pick(logits: np.ndarray, *, do_sample: bool, temperature: float, top_k: int, top_p: float,
-          rng: np.random.Generator) -> np.ndarray:
+def _pick(
+    logits: np.ndarray, *, do_sample: bool, temperature: float, top_k: int, top_p: float, rng: np.random.Generator
+) -> np.ndarray:
     """The next token of each row from its last-position logits [batch, vocab]."""
     if not do_sample:
         return logits.argmax(-1)
@@ -107,7 +109,6 @@ def _pick(logits: np.ndarray, *, do_sample: bool, temperature: float, top_k: int
     return np.array([rng.choice(p.shape[-1], p=row) for row in p])
 
 
-
 def prompt_list(prompts: Any) -> list[str]:
     """One prompt (a str) or a sequence of them; anything else is a TypeError naming the argument
     (the tokenizer's own would not say which)."""
@@ -125,8 +126,15 @@ def prompt_list(prompts: Any) -> list[str]:
 class TextGenerator:
     """A KV-cache graph and its tokenizer; ``generate`` makes text, ``generate_ids`` token ids."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, layout: KVLayout | None = None,
-                 threads: int | None = None, max_positions: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        layout: KVLayout | None = None,
+        threads: int | None = None,
+        max_positions: int | None = None,
+    ) -> None:
         """``model``: a runner of the runtime registry (the bundle's) or an ONNX file (opened
         with ONNX Runtime); ``layout``: the cache's (read from the file when not given);
         ``max_positions``: the positions the model takes (None: not checked)."""
@@ -149,9 +157,18 @@ class TextGenerator:
         stops = set(_token_ids("stop_token_ids", stop_token_ids) or ())
         return stops | ({int(eos)} if eos is not None and stop_token_ids is None else set())
 
-    def steps(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, do_sample: bool = False,
-              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-              stop_token_ids: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+    def steps(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop_token_ids: Sequence[int] | None = None,
+    ) -> Iterator[np.ndarray]:
         """Per step, the token chosen for each row (-1 for rows that had already stopped)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise BadInputError("generate: every prompt needs at least one token")
@@ -159,33 +176,44 @@ class TextGenerator:
         check_options(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         longest = max(len(p) for p in prompts)
         if self.max_positions is not None and longest + max_new_tokens - 1 > self.max_positions:
-            raise BadInputError(f"generate: a {longest}-token prompt and max_new_tokens={max_new_tokens} take "
-                                f"{longest + max_new_tokens - 1} positions, more than the {self.max_positions} "
-                                f"the model takes")
+            raise BadInputError(
+                f"generate: a {longest}-token prompt and max_new_tokens={max_new_tokens} take "
+                f"{longest + max_new_tokens - 1} positions, more than the {self.max_positions} "
+                f"the model takes"
+            )
         pad = getattr(self.tokenizer, "pad_token_id", None)
         pad = int(pad if pad is not None else (getattr(self.tokenizer, "eos_token_id", None) or 0))
         width = max(len(p) for p in prompts)
         ids = np.full((len(prompts), width), pad, dtype=np.int64)
         mask = np.zeros((len(prompts), width), dtype=np.int64)
         for r, p in enumerate(prompts):  # left padding: every row's last token is the newest
-            ids[r, width - len(p):] = p
-            mask[r, width - len(p):] = 1
-        feed = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask, width),
-                **self.layout.empty(len(prompts))}
+            ids[r, width - len(p) :] = p
+            mask[r, width - len(p) :] = 1
+        feed = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": position_ids(mask, width),
+            **self.layout.empty(len(prompts)),
+        }
         rng = np.random.default_rng(seed)
         stops = self._stops(stop_token_ids)
         done = np.zeros(len(prompts), dtype=bool)
         for _ in range(max_new_tokens):
             out = self.runner.run(feed)
-            token = _pick(out["logits"][:, -1], do_sample=do_sample, temperature=temperature, top_k=top_k,
-                          top_p=top_p, rng=rng)
+            token = _pick(
+                out["logits"][:, -1], do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng
+            )
             yield np.where(done, -1, token)
             done |= np.isin(token, list(stops))
             if done.all():
                 return
             mask = np.concatenate([mask, np.ones((len(prompts), 1), dtype=np.int64)], axis=1)
-            feed = {"input_ids": np.where(done, pad, token)[:, None].astype(np.int64), "attention_mask": mask,
-                    "position_ids": position_ids(mask, 1), **past_from_present(out)}
+            feed = {
+                "input_ids": np.where(done, pad, token)[:, None].astype(np.int64),
+                "attention_mask": mask,
+                "position_ids": position_ids(mask, 1),
+                **past_from_present(out),
+            }
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], **options: Any) -> list[list[int]]:
         """The new token ids of each prompt (a stop token, when one ends the row, included)."""
@@ -200,12 +228,14 @@ class TextGenerator:
         if chat:
             if not getattr(self.tokenizer, "chat_template", None):
                 raise BadInputError("generate(chat=True): the tokenizer has no chat template")
-            return list(self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                           add_generation_prompt=True, tokenize=True))
+            return list(
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+                )
+            )
         return list(self.tokenizer(prompt)["input_ids"])
 
-    def _fit(self, encoded: list[list[int]], max_new_tokens: int | None,
-             truncate: bool) -> tuple[list[list[int]], int]:
+    def _fit(self, encoded: list[list[int]], max_new_tokens: int | None, truncate: bool) -> tuple[list[list[int]], int]:
         """(the prompts, the new tokens) that fit the positions: a prompt longer than them is refused
         (``truncate``: cut to its last tokens, leaving room for the new ones); a ``max_new_tokens``
         the user gave that does not fit is refused, the default is cut to what fits."""
@@ -217,8 +247,9 @@ class TextGenerator:
         longest = max(len(p) for p in encoded)
         if truncate:
             if given and new > limit:
-                raise BadInputError(f"generate: max_new_tokens={new} is more than the {limit} positions the "
-                                    "model takes")
+                raise BadInputError(
+                    f"generate: max_new_tokens={new} is more than the {limit} positions the model takes"
+                )
             if not given:  # the default keeps at least half the positions for the prompt's end
                 new = min(new, max(limit - longest + 1, limit // 2, 1))
             keep = limit - new + 1
@@ -226,16 +257,28 @@ class TextGenerator:
         for i, p in enumerate(encoded):
             if len(p) > limit:
                 which = "the prompt" if len(encoded) == 1 else f"prompt {i}"
-                raise BadInputError(f"generate: {which} is {len(p)} tokens, more than the {limit} positions the "
-                                    "model takes (truncate=True keeps its last tokens)")
+                raise BadInputError(
+                    f"generate: {which} is {len(p)} tokens, more than the {limit} positions the "
+                    "model takes (truncate=True keeps its last tokens)"
+                )
         room = limit - longest + 1  # a P-token prompt and N new tokens take P + N - 1 positions
         if given and new > room:
-            raise BadInputError(f"generate: max_new_tokens={new} does not fit: a {longest}-token prompt leaves "
-                                f"room for {room} new tokens in the {limit} positions the model takes")
+            raise BadInputError(
+                f"generate: max_new_tokens={new} does not fit: a {longest}-token prompt leaves "
+                f"room for {room} new tokens in the {limit} positions the model takes"
+            )
         return encoded, min(new, room)
 
-    def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int | None = None, stream: bool = False,
-                 chat: bool = False, truncate: bool = False, **options: Any):
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        max_new_tokens: int | None = None,
+        stream: bool = False,
+        chat: bool = False,
+        truncate: bool = False,
+        **options: Any,
+    ):
         """The generated text of one prompt (a str), of several (a list; none: an empty list), or
         with ``stream=True`` an iterator of the pieces of one prompt's text as they are generated.
         ``max_new_tokens``: at most that many (default 32, cut to what the positions leave);
@@ -252,8 +295,9 @@ class TextGenerator:
             return []
         unknown = sorted(set(options) - {*_OPTION_DEFAULTS, "stop_token_ids"})
         if unknown:
-            raise TypeError(f"generate: unknown option {unknown[0]!r} (options: {', '.join(_OPTION_DEFAULTS)}, "
-                            "stop_token_ids)")
+            raise TypeError(
+                f"generate: unknown option {unknown[0]!r} (options: {', '.join(_OPTION_DEFAULTS)}, stop_token_ids)"
+            )
         check_options(**{**_OPTION_DEFAULTS, **{k: v for k, v in options.items() if k != "stop_token_ids"}})
         encoded, max_new_tokens = self._fit([self._encode(t, chat) for t in texts], max_new_tokens, truncate)
         if stream:
@@ -262,8 +306,10 @@ class TextGenerator:
             return self._stream(encoded[0], max_new_tokens=max_new_tokens, **options)
         ids = self.generate_ids(encoded, max_new_tokens=max_new_tokens, **options)
         stops = self._stops(options.get("stop_token_ids"))
-        outs = [self.tokenizer.decode(row[:-1] if row and row[-1] in stops else row, skip_special_tokens=True)
-                for row in ids]
+        outs = [
+            self.tokenizer.decode(row[:-1] if row and row[-1] in stops else row, skip_special_tokens=True)
+            for row in ids
+        ]
         return outs[0] if single else outs
 
     def _stream(self, prompt: list[int], **options: Any) -> Iterator[str]:
@@ -276,5 +322,5 @@ class TextGenerator:
             made.append(int(tokens[0]))
             text = self.tokenizer.decode(made, skip_special_tokens=True)
             if len(text) > len(shown) and not text.endswith("\ufffd"):  # a multi-byte character completes later
-                yield text[len(shown):]
+                yield text[len(shown) :]
                 shown = text

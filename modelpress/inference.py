@@ -3,6 +3,7 @@
 The deployable path: the bundle's int8 model (``modelpress.bundle.load``), the fp32 ONNX model and
 the PyTorch teacher all go through this same code, so what validation measures is what users get.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -16,8 +17,9 @@ from modelpress.runtimes.base import Runner
 
 
 class Predictor:
-    def __init__(self, runner: Runner, task: Any, encoder: Encoder, *, name: str | None = None,
-                 runtime: str = "onnxruntime"):
+    def __init__(
+        self, runner: Runner, task: Any, encoder: Encoder, *, name: str | None = None, runtime: str = "onnxruntime"
+    ):
         self.runner = runner
         self.task = task
         self.encoder = encoder
@@ -44,7 +46,7 @@ class Predictor:
         results: list[Any] = [None] * len(examples)
         arrays = True
         for start in range(0, len(examples), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             out = self.predict_batch(self.encode([examples[i] for i in idx]))
             arrays = arrays and isinstance(out, np.ndarray)
             # strict: a task whose post-processing gave more rows than examples (a long word list

@@ -10,6 +10,7 @@ naming the lock and the process holding it, so CI jobs fail loudly instead of qu
 The lock is an ``flock`` on an open file, so it dies with the process that holds it (a killed run
 never leaves a stale lock).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,10 @@ def bundle_lock(out_dir: Path, name: str) -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            raise BadInputError(f"{out_dir / name}: another modelpress run is writing this bundle "
-                                f"(lock {path} held by pid {holder}); wait for it or use another --out") from None
+            raise BadInputError(
+                f"{out_dir / name}: another modelpress run is writing this bundle "
+                f"(lock {path} held by pid {holder}); wait for it or use another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield path

@@ -11,6 +11,7 @@ The manifest is a checksum list, not a signature: whoever can edit a file can ed
 ``modelpress sign`` (``modelpress.signing``) signs the whole bundle, manifest included, into
 ``model.sig``, which is why the manifest lets that one file be added later.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,11 +53,20 @@ def _verdict(gate: dict[str, Any] | None) -> str | None:
     return None if gate is None else ("pass" if gate["passed"] else "fail")
 
 
-def write_manifest(root: Path, *, recipe: dict[str, Any], task: dict[str, Any], metrics: dict[str, Any],
-                   gate: dict[str, Any] | None, input_names: list[str]) -> Path:
+def write_manifest(
+    root: Path,
+    *,
+    recipe: dict[str, Any],
+    task: dict[str, Any],
+    metrics: dict[str, Any],
+    gate: dict[str, Any] | None,
+    input_names: list[str],
+) -> Path:
     """A bundle's manifest: every file under ``root``."""
-    files = {str(p.relative_to(root)): _file_entry(p)
-             for p in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)}
+    files = {
+        str(p.relative_to(root)): _file_entry(p)
+        for p in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    }
     manifest = {
         "schema": 2,
         "kind": "bundle",
@@ -74,8 +84,9 @@ def write_manifest(root: Path, *, recipe: dict[str, Any], task: dict[str, Any], 
     return write_json(root / MANIFEST, manifest)
 
 
-def write_report_manifest(root: Path, written: list[Path], *, gate: dict[str, Any] | None,
-                          candidate: Path | None = None) -> Path:
+def write_report_manifest(
+    root: Path, written: list[Path], *, gate: dict[str, Any] | None, candidate: Path | None = None
+) -> Path:
     """A single-stage report's manifest (kind ``"report"``): only the files ``written`` (the
     folder's other files belong to other stages), and the candidate judged, by sha256 (its path
     relative to ``root`` when inside it, so the folder may move; else absolute), which
@@ -88,8 +99,9 @@ def write_report_manifest(root: Path, written: list[Path], *, gate: dict[str, An
         "kind": "report",
         "files": {str(Path(p).relative_to(root)): _file_entry(Path(p)) for p in written},
         "versions": versions(),
-        "candidate": None if candidate is None else {"path": _candidate_path(root, Path(candidate)),
-                                                     **_file_entry(Path(candidate))},
+        "candidate": None
+        if candidate is None
+        else {"path": _candidate_path(root, Path(candidate)), **_file_entry(Path(candidate))},
         "gate": gate,
         "verdict": _verdict(gate),
     }
@@ -108,8 +120,10 @@ def refuse_foreign_manifest(folder: Path) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         ours = False
     if not ours:
-        raise BadInputError(f"{path}: not a modelpress validate report's manifest, and the report's would "
-                            "replace it; give another --out")
+        raise BadInputError(
+            f"{path}: not a modelpress validate report's manifest, and the report's would "
+            "replace it; give another --out"
+        )
 
 
 def _candidate_path(root: Path, candidate: Path) -> str:
@@ -123,8 +137,15 @@ def _candidate_path(root: Path, candidate: Path) -> str:
 SIGNATURE = "model.sig"
 #: files a bundle may gain after publishing without breaking it (the engine stage adds these on a GPU;
 #: the signature, which covers the manifest, cannot be listed in it)
-LATER_FILES = ("model.plan", "model.fp16.plan", "engine.json", "engine.fp16.json", "timing.cache",
-               "model.fp16.onnx", SIGNATURE)
+LATER_FILES = (
+    "model.plan",
+    "model.fp16.plan",
+    "engine.json",
+    "engine.fp16.json",
+    "timing.cache",
+    "model.fp16.onnx",
+    SIGNATURE,
+)
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
@@ -132,8 +153,10 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
-        raise BadInputError(f"{root}: no {MANIFEST} (not a published modelpress bundle or validate report; "
-                            "nothing in it can be trusted)")
+        raise BadInputError(
+            f"{root}: no {MANIFEST} (not a published modelpress bundle or validate report; "
+            "nothing in it can be trusted)"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(manifest["files"], dict):
@@ -176,8 +199,10 @@ def require_intact(root: str | Path, *, allow_later: bool = True) -> dict[str, A
     problems = verify(root, allow_later=allow_later)
     if problems:
         shown = ", ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
-        raise BadInputError(f"{root}: the bundle does not match its manifest.json ({shown}; "
-                            "+ added, ! outside the bundle, else changed or missing)")
+        raise BadInputError(
+            f"{root}: the bundle does not match its manifest.json ({shown}; "
+            "+ added, ! outside the bundle, else changed or missing)"
+        )
     return read_manifest(root)
 
 
@@ -197,13 +222,17 @@ def trusted_report(root: str | Path) -> Path:
         path = path if path.is_absolute() else root / path
         if not path.is_file() or sha256(path) != judged.get("sha256"):
             state = "has changed since" if path.is_file() else "is gone since"
-            raise BadInputError(f"{path}: the candidate {state} this report judged it; validate it again "
-                                "(modelpress validate / make validate)")
+            raise BadInputError(
+                f"{path}: the candidate {state} this report judged it; validate it again "
+                "(modelpress validate / make validate)"
+            )
     return root / "report.json"
 
 
 def require_not_failed(root: str | Path, manifest: dict[str, Any]) -> None:
     """BadInputError when the manifest's verdict is ``fail`` (the gate rejected this bundle)."""
     if manifest.get("verdict") == "fail":
-        raise BadInputError(f"{root}: the gate failed this bundle (manifest verdict \"fail\"); "
-                            "load(..., allow_failed=True) opens it for inspection")
+        raise BadInputError(
+            f'{root}: the gate failed this bundle (manifest verdict "fail"); '
+            "load(..., allow_failed=True) opens it for inspection"
+        )

@@ -1,4 +1,5 @@
 """Process memory readings used in reports and benchmarks."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,6 +7,7 @@ A reference is one of:
   * a local folder holding ``config.json``
   * a hub id (``org/name``), loaded by transformers (needs the network unless cached)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -35,7 +36,7 @@ def _package_folder(module_name: str) -> Path:
 def resolve_model_ref(ref: str, *, base_dir: Path | None = None) -> str:
     """A local folder path (as str) or a hub id, for ``from_pretrained``."""
     if ref.startswith(PACKAGE_PREFIX):
-        folder = _package_folder(ref[len(PACKAGE_PREFIX):])
+        folder = _package_folder(ref[len(PACKAGE_PREFIX) :])
         if not (folder / "config.json").is_file():
             raise BadInputError(f"teacher '{ref}': {folder} holds no config.json")
         return str(folder)
@@ -53,8 +54,10 @@ def resolve_model_ref(ref: str, *, base_dir: Path | None = None) -> str:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _require_reachable(repo_id: str) -> None:
@@ -67,22 +70,27 @@ def _require_reachable(repo_id: str) -> None:
     if isinstance(cached, str):
         return
     if _offline():
-        raise BadInputError(f"model '{repo_id}': not a local folder, and HF_HUB_OFFLINE is set with no cached "
-                            "copy (unset HF_HUB_OFFLINE on a machine with the network, or give a folder)")
+        raise BadInputError(
+            f"model '{repo_id}': not a local folder, and HF_HUB_OFFLINE is set with no cached "
+            "copy (unset HF_HUB_OFFLINE on a machine with the network, or give a folder)"
+        )
     import urllib.error
     import urllib.request
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     try:
-        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models/{repo_id}", method="HEAD"),
-                               timeout=5)
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models/{repo_id}", method="HEAD"), timeout=5)
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403, 404):
-            raise BadInputError(f"model '{repo_id}': the hub at {endpoint} has no such model "
-                                f"(HTTP {exc.code}; private models need HF_TOKEN)") from None
+            raise BadInputError(
+                f"model '{repo_id}': the hub at {endpoint} has no such model "
+                f"(HTTP {exc.code}; private models need HF_TOKEN)"
+            ) from None
     except (urllib.error.URLError, OSError) as exc:
-        raise BadInputError(f"model '{repo_id}': the hub at {endpoint} is not reachable "
-                            f"({getattr(exc, 'reason', exc)}); give a local folder or set HF_ENDPOINT") from None
+        raise BadInputError(
+            f"model '{repo_id}': the hub at {endpoint} is not reachable "
+            f"({getattr(exc, 'reason', exc)}); give a local folder or set HF_ENDPOINT"
+        ) from None
 
 
 def load_model(ref: str, task, *, trust_remote_code: bool = False, allow_new_heads: bool = False):
@@ -99,8 +107,9 @@ def load_model(ref: str, task, *, trust_remote_code: bool = False, allow_new_hea
 
     auto_cls = getattr(transformers, task.auto_class)
     try:
-        model, info = auto_cls.from_pretrained(ref, trust_remote_code=trust_remote_code, use_safetensors=True,
-                                               output_loading_info=True)
+        model, info = auto_cls.from_pretrained(
+            ref, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True
+        )
     except SafetensorError as exc:  # a truncated or corrupt model.safetensors
         raise BadInputError(f"model '{ref}': its weights are not a readable safetensors file ({exc})") from None
     except (OSError, ValueError) as exc:
@@ -109,9 +118,11 @@ def load_model(ref: str, task, *, trust_remote_code: bool = False, allow_new_hea
     missing = sorted(info.get("missing_keys") or ())
     if missing and not allow_new_heads:
         shown = ", ".join(missing[:4]) + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else "")
-        raise BadInputError(f"model '{ref}': has no trained weights for {shown} as a {task.name} model "
-                            f"({task.auto_class}); give a checkpoint with that head, or set "
-                            "allow_new_heads = true to initialise it (seeded by the recipe's seed)")
+        raise BadInputError(
+            f"model '{ref}': has no trained weights for {shown} as a {task.name} model "
+            f"({task.auto_class}); give a checkpoint with that head, or set "
+            "allow_new_heads = true to initialise it (seeded by the recipe's seed)"
+        )
     model.eval()
     return model
 
@@ -128,8 +139,9 @@ def load_preprocessor(ref: str, task, *, trust_remote_code: bool = False):
         raise BadInputError(f"model '{ref}': cannot load its {modality.name} preprocessor ({first})") from None
 
 
-def load_model_and_preprocessor(ref: str, task, *, trust_remote_code: bool = False, allow_new_heads: bool = False,
-                                seed: int = 0):
+def load_model_and_preprocessor(
+    ref: str, task, *, trust_remote_code: bool = False, allow_new_heads: bool = False, seed: int = 0
+):
     """The model for ``task`` and its modality's preprocessor (tokenizer, image processor)."""
     preprocessor = load_preprocessor(ref, task, trust_remote_code=trust_remote_code)
     if allow_new_heads:

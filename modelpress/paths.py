@@ -24,6 +24,7 @@ back (:func:`recover`).
 (:func:`refuse_inside_bundle`): writing there would nest a second bundle in the first, or add files
 its manifest does not list.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,56 +50,98 @@ class RunPaths:
 
     # models
     @property
-    def student(self) -> Path: return self.root / "student"
+    def student(self) -> Path:
+        return self.root / "student"
+
     @property
-    def model_onnx(self) -> Path: return self.root / "model.onnx"
+    def model_onnx(self) -> Path:
+        return self.root / "model.onnx"
+
     @property
-    def model_fused_onnx(self) -> Path: return self.root / "model.fused.onnx"
+    def model_fused_onnx(self) -> Path:
+        return self.root / "model.fused.onnx"
+
     @property
-    def model_int8_onnx(self) -> Path: return self.root / "model.int8.onnx"
+    def model_int8_onnx(self) -> Path:
+        return self.root / "model.int8.onnx"
+
     @property
-    def model_int8_trt_onnx(self) -> Path: return self.root / "model.int8.trt.onnx"
+    def model_int8_trt_onnx(self) -> Path:
+        return self.root / "model.int8.trt.onnx"
+
     @property
-    def model_fp16_onnx(self) -> Path: return self.root / "model.fp16.onnx"
+    def model_fp16_onnx(self) -> Path:
+        return self.root / "model.fp16.onnx"
+
     @property
-    def openvino_xml(self) -> Path: return self.root / "openvino" / "model.xml"
+    def openvino_xml(self) -> Path:
+        return self.root / "openvino" / "model.xml"
+
     @property
-    def model_plan(self) -> Path: return self.root / INT8_PLAN
+    def model_plan(self) -> Path:
+        return self.root / INT8_PLAN
+
     @property
-    def model_fp16_plan(self) -> Path: return self.root / FP16_PLAN
+    def model_fp16_plan(self) -> Path:
+        return self.root / FP16_PLAN
+
     @property
-    def engine_json(self) -> Path: return self.root / "engine.json"
+    def engine_json(self) -> Path:
+        return self.root / "engine.json"
+
     @property
-    def engine_fp16_json(self) -> Path: return self.root / "engine.fp16.json"
+    def engine_fp16_json(self) -> Path:
+        return self.root / "engine.fp16.json"
+
     @property
-    def timing_cache(self) -> Path: return self.root / "timing.cache"
+    def timing_cache(self) -> Path:
+        return self.root / "timing.cache"
 
     # what inference needs besides the model
     def preprocessor(self, modality) -> Path:
         """The preprocessor folder (``tokenizer/`` for text)."""
         return self.root / modality.preprocessor_dir
+
     @property
-    def config(self) -> Path: return self.root / "config.json"
+    def config(self) -> Path:
+        return self.root / "config.json"
+
     @property
-    def bundle_json(self) -> Path: return self.root / "bundle.json"
+    def bundle_json(self) -> Path:
+        return self.root / "bundle.json"
 
     # how it was made and how good it is
     @property
-    def quantization_json(self) -> Path: return self.root / "quantization.json"
+    def quantization_json(self) -> Path:
+        return self.root / "quantization.json"
+
     @property
-    def analysis_json(self) -> Path: return self.root / "analysis.json"
+    def analysis_json(self) -> Path:
+        return self.root / "analysis.json"
+
     @property
-    def plots(self) -> Path: return self.root / "plots"
+    def plots(self) -> Path:
+        return self.root / "plots"
+
     @property
-    def sensitivity_plot(self) -> Path: return self.plots / "sensitivity.png"
+    def sensitivity_plot(self) -> Path:
+        return self.plots / "sensitivity.png"
+
     @property
-    def report_json(self) -> Path: return self.root / "report.json"
+    def report_json(self) -> Path:
+        return self.root / "report.json"
+
     @property
-    def report_md(self) -> Path: return self.root / "report.md"
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
     @property
-    def recipe(self) -> Path: return self.root / "recipe.toml"
+    def recipe(self) -> Path:
+        return self.root / "recipe.toml"
+
     @property
-    def manifest(self) -> Path: return self.root / "manifest.json"
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
 
 
 def staging_dir(out_dir: Path, name: str) -> Path:
@@ -153,10 +196,13 @@ def refuse_to_replace(final: Path) -> None:
         return
     if final.is_dir() and not final.is_symlink() and (is_bundle(final) or not any(final.iterdir())):
         return
-    what = ("a link" if final.is_symlink() else "a folder that is not a modelpress bundle" if final.is_dir()
-            else "a file")
-    raise BadInputError(f"{final}: is {what}, which publishing the run there would delete; move it, or give "
-                        "another --out or recipe name")
+    what = (
+        "a link" if final.is_symlink() else "a folder that is not a modelpress bundle" if final.is_dir() else "a file"
+    )
+    raise BadInputError(
+        f"{final}: is {what}, which publishing the run there would delete; move it, or give "
+        "another --out or recipe name"
+    )
 
 
 def publish(staging: Path, final: Path) -> None:
@@ -184,8 +230,12 @@ def is_bundle(folder: Path) -> bool:
     if meta is not None and isinstance(meta.get("task"), dict) and "input_names" in meta:
         return True
     manifest = _json_object(folder / "manifest.json")
-    return (manifest is not None and "schema" in manifest and isinstance(manifest.get("files"), dict)
-            and manifest.get("kind", "bundle") != "report")
+    return (
+        manifest is not None
+        and "schema" in manifest
+        and isinstance(manifest.get("files"), dict)
+        and manifest.get("kind", "bundle") != "report"
+    )
 
 
 def _json_object(path: Path) -> dict | None:

@@ -15,6 +15,7 @@ The stage functions (:func:`prepare`, :func:`deployed_model`, :func:`export_mode
 single-stage commands (``modelpress export|quantize|validate --recipe``, ``modelpress.stage_commands``)
 run them on a stage folder, so every recipe key means the same there as in ``run``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,15 @@ from modelpress.fileio import graph_input_shapes
 from modelpress.lock import bundle_lock
 from modelpress.modalities import get_modality
 from modelpress.models import load_model, load_model_and_preprocessor, resolve_model_ref
-from modelpress.paths import (RunPaths, publish, recover, refuse_inside_bundle, refuse_to_replace, rejected_dir,
-                              staging_dir)
+from modelpress.paths import (
+    RunPaths,
+    publish,
+    recover,
+    refuse_inside_bundle,
+    refuse_to_replace,
+    rejected_dir,
+    staging_dir,
+)
 from modelpress.recipe import Recipe
 from modelpress.runtimes.target import resolve_target
 from modelpress.tasks import configure_task
@@ -44,7 +52,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunOutcome:
-    bundle: Path                # where the run was published: <out>/<name>, or <out>/<name>.rejected
+    bundle: Path  # where the run was published: <out>/<name>, or <out>/<name>.rejected
     gate: GateResult | None
 
     @property
@@ -81,9 +89,10 @@ def _run_stages(recipe: Recipe, out_dir: Path, staging: Path) -> RunOutcome:
 @dataclass
 class Run:
     """What the stages of one run share, read once (``run`` and the single-stage commands alike)."""
-    recipe: Recipe                # as it runs: lengths fitted, the plan pinned to the target
+
+    recipe: Recipe  # as it runs: lengths fitted, the plan pinned to the target
     out_dir: Path
-    paths: RunPaths               # the staging folder (a stage command's folder)
+    paths: RunPaths  # the staging folder (a stage command's folder)
     stack: contextlib.ExitStack
     task: Any
     modality: Any
@@ -93,13 +102,14 @@ class Run:
     preprocessor: Any
     eval_set: Any
     cal_examples: Any
-    fitted: Any                   # the lengths fitted to the model (modalities.Fitted)
+    fitted: Any  # the lengths fitted to the model (modalities.Fitted)
 
 
 @dataclass(frozen=True)
 class Encoders:
     """How one graph is fed: validation's encoder (validate.max_length), calibration's, and the
     teacher's opener on validation's encoder."""
+
     input_names: tuple[str, ...]
     shapes: Any
     encoder: Any
@@ -110,11 +120,12 @@ class Encoders:
 @dataclass
 class _Pressed:
     """What export and quantization left: the deployed model's graph and the bundle's artifacts."""
+
     deployed: Any
     exported: Any
     quant: Any
     enc: Encoders
-    extras: dict[str, Any]        # report sections the runtimes' artifacts added (engines)
+    extras: dict[str, Any]  # report sections the runtimes' artifacts added (engines)
 
 
 def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitStack) -> RunOutcome:
@@ -136,8 +147,9 @@ def prepare(recipe: Recipe, out_dir: Path, paths: RunPaths, stack: contextlib.Ex
     from modelpress.recipe import fit_lengths
 
     teacher_ref = resolve_model_ref(recipe.teacher)
-    task = configure_task(recipe.task, recipe.task_options,
-                          model_dir=teacher_ref if Path(teacher_ref).is_dir() else None)
+    task = configure_task(
+        recipe.task, recipe.task_options, model_dir=teacher_ref if Path(teacher_ref).is_dir() else None
+    )
     modality = get_modality(task.modality)
     # every CPU-dependent choice of the plan follows the target, not this machine (7-bit weights)
     target = resolve_target(recipe.target)
@@ -146,18 +158,40 @@ def prepare(recipe: Recipe, out_dir: Path, paths: RunPaths, stack: contextlib.Ex
     read = modality.read_calibration(recipe.calibration)
     log.info("loading teacher %s", teacher_ref)
     teacher_model, preprocessor = load_model_and_preprocessor(
-        teacher_ref, task, trust_remote_code=recipe.trust_remote_code, allow_new_heads=recipe.allow_new_heads,
-        seed=recipe.seed)
+        teacher_ref,
+        task,
+        trust_remote_code=recipe.trust_remote_code,
+        allow_new_heads=recipe.allow_new_heads,
+        seed=recipe.seed,
+    )
     # a length the user wrote that the model cannot take is refused; a default is clipped to fit
-    sections, fitted = fit_lengths({"calibration": recipe.calibration, "validate": recipe.validate}, task=task,
-                                   modality=modality, model_config=teacher_model.config, preprocessor=preprocessor,
-                                   written=recipe.written)
+    sections, fitted = fit_lengths(
+        {"calibration": recipe.calibration, "validate": recipe.validate},
+        task=task,
+        modality=modality,
+        model_config=teacher_model.config,
+        preprocessor=preprocessor,
+        written=recipe.written,
+    )
     recipe = recipe.with_(**sections)  # what ran, in the manifest too
     v, cal = recipe.validate, recipe.calibration
     es = task.read_eval(v.eval_data, v, model_config=teacher_model.config, preprocessor=preprocessor)
     cal_examples = modality.calibration_set(cal, preprocessor, examples=read)
-    return Run(recipe, out_dir, paths, stack, task, modality, target, teacher_ref, teacher_model, preprocessor,
-               es, cal_examples, fitted)
+    return Run(
+        recipe,
+        out_dir,
+        paths,
+        stack,
+        task,
+        modality,
+        target,
+        teacher_ref,
+        teacher_model,
+        preprocessor,
+        es,
+        cal_examples,
+        fitted,
+    )
 
 
 def deployed_model(run: Run) -> Any:
@@ -188,8 +222,9 @@ def encoders(run: Run, graph: Path, input_names: tuple[str, ...] | None = None) 
     shapes = graph_input_shapes(graph)
     names = tuple(input_names or run.modality.check_graph_inputs(tuple(shapes), source=graph))
     encoder = run.modality.encoder(run.preprocessor, input_names=names, max_length=v.max_length, input_shapes=shapes)
-    cal_encoder = run.modality.encoder(run.preprocessor, input_names=names, max_length=cal.max_length,
-                                       input_shapes=shapes)
+    cal_encoder = run.modality.encoder(
+        run.preprocessor, input_names=names, max_length=cal.max_length, input_shapes=shapes
+    )
     teacher = teacher_opener(run.teacher_model, task=run.task, encoder=encoder, threads=v.threads)
     return Encoders(names, shapes, encoder, cal_encoder, teacher)
 
@@ -203,10 +238,15 @@ def quantize(run: Run, enc: Encoders) -> Any:
     recipe, v, cal = run.recipe, run.recipe.validate, run.recipe.calibration
     evaluate = None
     if recipe.quantize.mode == "auto":
-        evaluate = candidate_evaluator(task=run.task, teacher=enc.teacher, encoder=enc.encoder, eval_set=run.eval_set,
-                                       cfg=v, gate_cfg=recipe.gate)
-    return quantize_stage(run.paths, ExampleFeed(run.cal_examples, enc.cal_encoder, batch_size=cal.batch_size),
-                          recipe.quantize, evaluate=evaluate)
+        evaluate = candidate_evaluator(
+            task=run.task, teacher=enc.teacher, encoder=enc.encoder, eval_set=run.eval_set, cfg=v, gate_cfg=recipe.gate
+        )
+    return quantize_stage(
+        run.paths,
+        ExampleFeed(run.cal_examples, enc.cal_encoder, batch_size=cal.batch_size),
+        recipe.quantize,
+        evaluate=evaluate,
+    )
 
 
 def write_artifacts(run: Run, quant: Any, artifacts: list) -> dict[str, Any]:
@@ -225,10 +265,17 @@ def _press(run: Run, deployed: Any, artifacts: list) -> _Pressed:
     exported = export_model(run, deployed)
     enc = encoders(run, run.paths.model_onnx, tuple(exported.result.input_names))
     quant = quantize(run, enc)
-    write_bundle_meta(run.paths.root, task=task, input_names=enc.input_names, max_length=v.max_length,
-                      max_positions=run.fitted.limit,
-                      label_names=_label_names(deployed.config) if task.needs_labels else [],
-                      runtimes=v.runtimes, input_shapes=enc.shapes, target=run.target.describe())
+    write_bundle_meta(
+        run.paths.root,
+        task=task,
+        input_names=enc.input_names,
+        max_length=v.max_length,
+        max_positions=run.fitted.limit,
+        label_names=_label_names(deployed.config) if task.needs_labels else [],
+        runtimes=v.runtimes,
+        input_shapes=enc.shapes,
+        target=run.target.describe(),
+    )
     return _Pressed(deployed, exported, quant, enc, write_artifacts(run, quant, artifacts))
 
 
@@ -242,15 +289,26 @@ def seed_variants(run: Run, enc: Encoders, quant: Any) -> tuple[list, list]:
     recipe, cal = run.recipe, run.recipe.calibration
     if recipe.quantize.calibration_seeds <= 1:
         return [], []
-    log.info("calibrating %d more times on other samples (quantize.calibration_seeds)",
-             recipe.quantize.calibration_seeds - 1)
+    log.info(
+        "calibrating %d more times on other samples (quantize.calibration_seeds)", recipe.quantize.calibration_seeds - 1
+    )
     work = run.stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{recipe.name}.seeds-", dir=run.out_dir))
-    feeds = [(cal.seed + k, ExampleFeed(run.modality.calibration_set(cal, run.preprocessor, seed=cal.seed + k),
-                                        enc.cal_encoder, batch_size=cal.batch_size))
-             for k in range(1, recipe.quantize.calibration_seeds)]
+    feeds = [
+        (
+            cal.seed + k,
+            ExampleFeed(
+                run.modality.calibration_set(cal, run.preprocessor, seed=cal.seed + k),
+                enc.cal_encoder,
+                batch_size=cal.batch_size,
+            ),
+        )
+        for k in range(1, recipe.quantize.calibration_seeds)
+    ]
     seeds = calibrate_again(run.paths.model_onnx, feeds, quant, recipe.quantize, Path(work))
-    return [file_opener(path, task=run.task, encoder=enc.encoder, threads=recipe.validate.threads,
-                        name=f"int8-seed{seed}") for seed, path, _ in seeds], seeds
+    return [
+        file_opener(path, task=run.task, encoder=enc.encoder, threads=recipe.validate.threads, name=f"int8-seed{seed}")
+        for seed, path, _ in seeds
+    ], seeds
 
 
 def judge(run: Run, enc: Encoders, *, measured: list, gated: list, variants: Sequence = ()) -> dict[str, Any]:
@@ -261,9 +319,17 @@ def judge(run: Run, enc: Encoders, *, measured: list, gated: list, variants: Seq
 
     recipe = run.recipe
     log.info("validating against the fp32 teacher")
-    report = validate_stage(task=run.task, cfg=recipe.validate, gate_cfg=recipe.gate, teacher=enc.teacher,
-                            candidates=[*measured, gated[0]], eval_set=run.eval_set, name=recipe.name,
-                            variants=variants, other_runtimes=gated[1:])
+    report = validate_stage(
+        task=run.task,
+        cfg=recipe.validate,
+        gate_cfg=recipe.gate,
+        teacher=enc.teacher,
+        candidates=[*measured, gated[0]],
+        eval_set=run.eval_set,
+        name=recipe.name,
+        variants=variants,
+        other_runtimes=gated[1:],
+    )
     report.update(defaults_clipped=dict(run.fitted.clipped), target=run.target.describe())
     return report
 
@@ -280,18 +346,29 @@ def _validate(run: Run, pressed: _Pressed, artifacts: list) -> dict[str, Any]:
     measured = []
     subset = untrained_subset(paths.student, run.teacher_model) if recipe.distill_enabled else None
     if subset is not None:  # what distillation started from, to show what it bought
-        measured.append(teacher_opener(subset, task=task, encoder=enc.encoder, threads=v.threads,
-                                       name="untrained-subset-fp32"))
+        measured.append(
+            teacher_opener(subset, task=task, encoder=enc.encoder, threads=v.threads, name="untrained-subset-fp32")
+        )
     students = recipe.distill_enabled or recipe.student is not None
-    measured.append(file_opener(paths.model_onnx, task=task, encoder=enc.encoder, threads=v.threads,
-                                name="student-onnx-fp32" if students else "onnx-fp32"))
-    measured += [file_opener(path, task=task, encoder=enc.encoder, threads=v.threads, name=name,
-                             runtime=artifact.runtime)
-                 for artifact in artifacts for name, path in artifact.measured(paths)]
+    measured.append(
+        file_opener(
+            paths.model_onnx,
+            task=task,
+            encoder=enc.encoder,
+            threads=v.threads,
+            name="student-onnx-fp32" if students else "onnx-fp32",
+        )
+    )
+    measured += [
+        file_opener(path, task=task, encoder=enc.encoder, threads=v.threads, name=name, runtime=artifact.runtime)
+        for artifact in artifacts
+        for name, path in artifact.measured(paths)
+    ]
 
     def bundle_on(runtime: str):
-        return lambda: load_bundle(paths.root, runtime=runtime, threads=v.threads, verify=False,
-                                   **v.runner_options(runtime))
+        return lambda: load_bundle(
+            paths.root, runtime=runtime, threads=v.threads, verify=False, **v.runner_options(runtime)
+        )
 
     report = judge(run, enc, measured=measured, gated=[bundle_on(r) for r in v.runtimes], variants=variants)
     quant = pressed.quant
@@ -299,7 +376,8 @@ def _validate(run: Run, pressed: _Pressed, artifacts: list) -> dict[str, Any]:
     if seeds:
         report["quantization"]["calibration_seeds"] = [
             {"seed": recipe.calibration.seed, "name": "int8", "calibration_seconds": quant.summary.calibration_seconds},
-            *({"seed": s, "name": f"int8-seed{s}", "calibration_seconds": t} for s, _, t in seeds)]
+            *({"seed": s, "name": f"int8-seed{s}", "calibration_seconds": t} for s, _, t in seeds),
+        ]
     report["analysis"] = quant.analysis_section
     report.update(pressed.extras)
     return report
@@ -313,9 +391,14 @@ def _publish(run: Run, report: dict[str, Any]) -> RunOutcome:
 
     recipe, staging = run.recipe, run.paths.root
     write_reports(report, staging)
-    write_manifest(staging, recipe=recipe.to_dict(), task=run.task.describe(),
-                   metrics={k: m["metrics"] for k, m in report["models"].items()}, gate=report["gate"],
-                   input_names=list(report["export"]["input_names"]))
+    write_manifest(
+        staging,
+        recipe=recipe.to_dict(),
+        task=run.task.describe(),
+        metrics={k: m["metrics"] for k, m in report["models"].items()},
+        gate=report["gate"],
+        input_names=list(report["export"]["input_names"]),
+    )
     gate = GateResult.from_dict(report["gate"]) if report.get("gate") else None
     failed = gate is not None and not gate.passed
     final = rejected_dir(run.out_dir, recipe.name) if failed else run.out_dir / recipe.name

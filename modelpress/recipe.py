@@ -11,6 +11,7 @@ Lengths the model must take (``LENGTH_KEYS`` and the task's ``length_keys``) are
 positions once it is loaded (:func:`fit_lengths`): a value the user wrote (the file or a ``--set``:
 :meth:`Recipe.written`) that does not fit is refused, a default that does not fit is clipped.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,10 @@ def _all_eval_formats() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class ExportConfig:
     opset: int = field(default=18, metadata={"min": 18, "max": 24})  # ONNX opset (18..24)
-    atol: float = field(default=1e-4, metadata={"gt": 0.0})  # parity tolerance: max |onnx - torch| on a batch of another shape
-    fuse: bool = False          # also write model.fused.onnx (ORT transformer fusion), parity-checked
+    atol: float = field(
+        default=1e-4, metadata={"gt": 0.0}
+    )  # parity tolerance: max |onnx - torch| on a batch of another shape
+    fuse: bool = False  # also write model.fused.onnx (ORT transformer fusion), parity-checked
     fuse_atol: float = field(default=1e-3, metadata={"gt": 0.0})  # parity tolerance of the fused graph
 
     def __post_init__(self) -> None:
@@ -57,13 +60,17 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    data: str = field(default="calibration_data/en_default.txt", metadata={"path": True})  # .txt | .jsonl | .csv | .tsv | datasets folder
-    text_field: str = "text"    # field / column holding the text (structured files)
-    image_field: str = "image"  # field / column holding the image path (image models' .jsonl/.csv; a datasets folder's Image column)
+    data: str = field(
+        default="calibration_data/en_default.txt", metadata={"path": True}
+    )  # .txt | .jsonl | .csv | .tsv | datasets folder
+    text_field: str = "text"  # field / column holding the text (structured files)
+    image_field: str = (
+        "image"  # field / column holding the image path (image models' .jsonl/.csv; a datasets folder's Image column)
+    )
     num_samples: int = field(default=512, metadata={"min": 1})  # texts sampled (deterministically) for calibration
-    max_length: int = field(default=128, metadata={"min": 2})   # tokens per text (truncation)
-    batch_size: int = field(default=16, metadata={"min": 1})    # texts per calibration batch (padded to the longest)
-    seed: int = 0               # sampling seed
+    max_length: int = field(default=128, metadata={"min": 2})  # tokens per text (truncation)
+    batch_size: int = field(default=16, metadata={"min": 1})  # texts per calibration batch (padded to the longest)
+    seed: int = 0  # sampling seed
 
     def __post_init__(self) -> None:
         check_fields(self, "calibration")
@@ -71,28 +78,48 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    eval_data: str = field(default="calibration_data/en_eval.jsonl", metadata={"path": True})  # eval set (formats: README)
+    eval_data: str = field(
+        default="calibration_data/en_eval.jsonl", metadata={"path": True}
+    )  # eval set (formats: README)
     eval_format: str = field(default=AUTO, metadata={"choices": _all_eval_formats()})  # the task's formats, or auto
-    text_field: str = "text"    # text column ("text" format); token lists of "jsonl" tagged sets when not "text"
-    label_field: str = "label"  # gold label column (classification accuracy); tag lists of tagged jsonl when not "label"
+    text_field: str = "text"  # text column ("text" format); token lists of "jsonl" tagged sets when not "text"
+    label_field: str = (
+        "label"  # gold label column (classification accuracy); tag lists of tagged jsonl when not "label"
+    )
     image_field: str = "image"  # image path column of .jsonl/.csv eval sets (image models)
     num_samples: int = field(default=0, metadata={"min": 0})  # cap on eval rows (0 = all)
     max_length: int = field(default=128, metadata={"min": 2})  # tokens per text
-    batch_size: int = field(default=32, metadata={"min": 1})   # batch size for the accuracy pass (length-sorted)
-    batch_sizes: tuple[int, ...] = field(default=(1, 32), metadata={"min": 1, "nonempty": True})  # latency: batch sizes ...
-    seq_lengths: tuple[int, ...] = field(default=(128,), metadata={"min": 1, "nonempty": True})   # ... × padded lengths
-    stride: int = field(default=0, metadata={"min": 0})  # text-generation: perplexity windows start every stride tokens (0 = max_length / 2)
-    decode_contexts: tuple[int, ...] = field(default=(128, 512), metadata={"min": 1, "nonempty": True})  # text-generation: decode step timed at these past lengths
-    prompts: str = field(default="", metadata={"path": True})  # text-generation: prompts (.txt a line each, .jsonl/.csv prompt_field) for greedy_agreement ("" = none)
+    batch_size: int = field(default=32, metadata={"min": 1})  # batch size for the accuracy pass (length-sorted)
+    batch_sizes: tuple[int, ...] = field(
+        default=(1, 32), metadata={"min": 1, "nonempty": True}
+    )  # latency: batch sizes ...
+    seq_lengths: tuple[int, ...] = field(default=(128,), metadata={"min": 1, "nonempty": True})  # ... × padded lengths
+    stride: int = field(
+        default=0, metadata={"min": 0}
+    )  # text-generation: perplexity windows start every stride tokens (0 = max_length / 2)
+    decode_contexts: tuple[int, ...] = field(
+        default=(128, 512), metadata={"min": 1, "nonempty": True}
+    )  # text-generation: decode step timed at these past lengths
+    prompts: str = field(
+        default="", metadata={"path": True}
+    )  # text-generation: prompts (.txt a line each, .jsonl/.csv prompt_field) for greedy_agreement ("" = none)
     prompt_field: str = "prompt"  # text-generation: the prompt field of a .jsonl/.csv prompts file
-    generation_tokens: int = field(default=32, metadata={"min": 1})  # text-generation: greedy new tokens per prompt compared with the teacher's
+    generation_tokens: int = field(
+        default=32, metadata={"min": 1}
+    )  # text-generation: greedy new tokens per prompt compared with the teacher's
     latency_runs: int = field(default=30, metadata={"min": 1})  # timed runs per shape (after warm-up), at most
-    latency_budget_s: float = field(default=60.0, metadata={"min": 0.0})  # seconds of timed rounds per shape (0 = no limit; ≥ 5 rounds)
-    warmup_runs: int = field(default=3, metadata={"min": 0})    # untimed runs per shape
-    threads: int = field(default=0, metadata={"min": 0})        # intra-op threads for ONNX Runtime and torch (0 = all cores)
+    latency_budget_s: float = field(
+        default=60.0, metadata={"min": 0.0}
+    )  # seconds of timed rounds per shape (0 = no limit; ≥ 5 rounds)
+    warmup_runs: int = field(default=3, metadata={"min": 0})  # untimed runs per shape
+    threads: int = field(default=0, metadata={"min": 0})  # intra-op threads for ONNX Runtime and torch (0 = all cores)
     real_workload: bool = True  # also time the eval set, length-sorted, batch 32, dynamic padding
-    runtimes: tuple[str, ...] = field(default=("onnxruntime",), metadata={"choices": BUNDLE_RUNTIMES, "nonempty": True})  # the bundle's CPU runtimes: each is measured and gated
-    openvino_precision: str = field(default="f32", metadata={"choices": ("f32", "bf16")})  # OpenVINO's float parts: f32, or bf16 (AVX512-BF16/AMX CPUs)
+    runtimes: tuple[str, ...] = field(
+        default=("onnxruntime",), metadata={"choices": BUNDLE_RUNTIMES, "nonempty": True}
+    )  # the bundle's CPU runtimes: each is measured and gated
+    openvino_precision: str = field(
+        default="f32", metadata={"choices": ("f32", "bf16")}
+    )  # OpenVINO's float parts: f32, or bf16 (AVX512-BF16/AMX CPUs)
 
     def __post_init__(self) -> None:
         check_fields(self, "validate")
@@ -109,10 +136,14 @@ class ValidateConfig:
 @dataclass(frozen=True)
 class GateConfig:
     max_drop: float = field(default=0.5, metadata={"min": 0.0})  # most points (metric × 100) the candidate may lose
-    metric: str = AUTO          # the gated metric: "auto" (the task's rule) or one of the task's metrics
-    policy: str = field(default="point", metadata={"choices": ("point", "confident", "lenient")})  # how the 95 % interval decides
-    max_latency_ratio: float | None = field(default=None, metadata={"gt": 0.0})  # candidate p50 ÷ teacher p50 must not exceed it
-    latency_shape: str = ""     # the timed shape of max_latency_ratio, e.g. "b32xs128" (default: the last one timed)
+    metric: str = AUTO  # the gated metric: "auto" (the task's rule) or one of the task's metrics
+    policy: str = field(
+        default="point", metadata={"choices": ("point", "confident", "lenient")}
+    )  # how the 95 % interval decides
+    max_latency_ratio: float | None = field(
+        default=None, metadata={"gt": 0.0}
+    )  # candidate p50 ÷ teacher p50 must not exceed it
+    latency_shape: str = ""  # the timed shape of max_latency_ratio, e.g. "b32xs128" (default: the last one timed)
 
     def __post_init__(self) -> None:
         check_fields(self, "gate")
@@ -122,12 +153,16 @@ class GateConfig:
 class Recipe:
     name: str
     teacher: str = field(metadata={"path": True})  # hub id | local folder | package:<module shipping an HF folder>
-    student: str | None = field(default=None, metadata={"path": True})  # a trained student to deploy instead (no [distill])
+    student: str | None = field(
+        default=None, metadata={"path": True}
+    )  # a trained student to deploy instead (no [distill])
     task: str = field(default="feature-extraction", metadata={"choices": task_names()})
-    trust_remote_code: bool = False    # let transformers run code shipped with the model
-    allow_new_heads: bool = False      # a checkpoint without the task's head gets a new one (seeded by seed)
-    seed: int = 0                      # seeds what a run initialises (allow_new_heads)
-    target: str = field(default="auto", metadata={"choices": TARGET_CHOICES})  # the CPU the bundle is for: auto (this machine) or a level
+    trust_remote_code: bool = False  # let transformers run code shipped with the model
+    allow_new_heads: bool = False  # a checkpoint without the task's head gets a new one (seeded by seed)
+    seed: int = 0  # seeds what a run initialises (allow_new_heads)
+    target: str = field(
+        default="auto", metadata={"choices": TARGET_CHOICES}
+    )  # the CPU the bundle is for: auto (this machine) or a level
     task_options: Mapping[str, Any] = field(default_factory=dict)  # the task's options (README, per task)
     distill: DistillConfig | None = None
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -136,7 +171,7 @@ class Recipe:
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     engine: EngineConfig | None = None
-    source: str = ""            # the recipe file this came from
+    source: str = ""  # the recipe file this came from
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)  # as parsed, for the manifest
 
     def __post_init__(self) -> None:
@@ -146,24 +181,31 @@ class Recipe:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise BadInputError(f"name: expected a plain folder name, got {self.name!r}")
         if self.name.endswith(SIBLING_SUFFIXES):
-            raise BadInputError(f"name: {self.name!r} ends in a suffix of the folders beside a bundle "
-                                f"({', '.join(SIBLING_SUFFIXES)}); choose another name")
+            raise BadInputError(
+                f"name: {self.name!r} ends in a suffix of the folders beside a bundle "
+                f"({', '.join(SIBLING_SUFFIXES)}); choose another name"
+            )
         task = get_task(self.task)
         configure_task(self.task, self.task_options)  # checks the options (model folder not needed)
         if self.validate.eval_format not in (AUTO, *task.eval_formats):
-            raise BadInputError(f"validate.eval_format: {self.task} reads {', '.join(task.eval_formats)} "
-                                f"(or auto), not {self.validate.eval_format!r}")
+            raise BadInputError(
+                f"validate.eval_format: {self.task} reads {', '.join(task.eval_formats)} "
+                f"(or auto), not {self.validate.eval_format!r}"
+            )
         if self.quantize.mode == "weight-only":
             if any(r != "onnxruntime" for r in self.validate.runtimes):
-                raise BadInputError('validate.runtimes: quantize.mode = "weight-only" writes ONNX Runtime\'s '
-                                    'MatMulNBits; ship it on onnxruntime only')
+                raise BadInputError(
+                    'validate.runtimes: quantize.mode = "weight-only" writes ONNX Runtime\'s '
+                    "MatMulNBits; ship it on onnxruntime only"
+                )
             if self.engine is not None and self.engine.enabled:
                 raise BadInputError('[engine]: quantize.mode = "weight-only" has no TensorRT form; use "static"')
         if self.engine is not None and self.engine.enabled and not task.engines:
             raise BadInputError(f"[engine]: {self.task} has no TensorRT engine yet; leave [engine] out")
         if self.gate.metric != AUTO and self.gate.metric not in task.metrics:
-            raise BadInputError(f"gate.metric: {self.task} reports {', '.join(task.metrics)} (or auto), "
-                                f"not {self.gate.metric!r}")
+            raise BadInputError(
+                f"gate.metric: {self.task} reports {', '.join(task.metrics)} (or auto), not {self.gate.metric!r}"
+            )
         needs = task.conditional_metrics.get(self.gate.metric)
         if needs and not getattr(self.validate, needs):
             raise BadInputError(f"gate.metric: {self.gate.metric} is measured only with validate.{needs} set")
@@ -257,8 +299,15 @@ def recipe_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> Reci
 LENGTH_KEYS = ("calibration.max_length", "validate.max_length", "validate.seq_lengths")
 
 
-def fit_lengths(sections: Mapping[str, Any], *, task: Any, modality: Any, model_config: Any, preprocessor: Any,
-                written: Callable[[str], bool]) -> tuple[dict[str, Any], Any]:
+def fit_lengths(
+    sections: Mapping[str, Any],
+    *,
+    task: Any,
+    modality: Any,
+    model_config: Any,
+    preprocessor: Any,
+    written: Callable[[str], bool],
+) -> tuple[dict[str, Any], Any]:
     """``sections`` (``{"calibration": CalibrationConfig, "validate": ValidateConfig}``, either may
     be absent) with every length the model must take fitted to its positions: a value the user
     wrote (``written(key)``) that does not fit is refused, naming its key; a default that does not

@@ -5,6 +5,7 @@ that is imported on first use, so an optional backend (TensorRT, OpenVINO) costs
 recipe asks for it. A name that is not registered is a :class:`BadInputError` listing the known
 names, the one line a user needs to fix a typo.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -32,6 +33,7 @@ class Registry(Generic[T]):
         def decorate(obj: T) -> T:
             self._entries[name] = obj
             return obj
+
         return decorate
 
     def get(self, name: str) -> T:
@@ -62,4 +64,5 @@ def lazy(factory: Callable[[], T]) -> Callable[[], T]:
         if not cache:
             cache.append(factory())
         return cache[0]
+
     return get

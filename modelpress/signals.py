@@ -5,6 +5,7 @@ stops send) would end the process without unwinding, leaving a staging folder be
 raises :class:`Terminated` instead, so every ``finally`` / cleanup handler runs, and the CLI exits
 with the conventional ``128 + signal`` codes: 130 (SIGINT) and 143 (SIGTERM).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,7 @@ import signal
 import threading
 from typing import Iterator
 
-EXIT_SIGINT = 128 + signal.SIGINT    # 130
+EXIT_SIGINT = 128 + signal.SIGINT  # 130
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 
 

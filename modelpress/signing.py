@@ -12,6 +12,7 @@ What is signed: every file of the bundle, ``manifest.json`` included, except ``m
 added after publishing, like the engine files. So sign last: a file added after signing (an
 engine) fails verification until the bundle is signed again.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def _model_signing():
         import model_signing  # noqa: F401  (the package; its submodules below)
         from model_signing import hashing, signing, verifying
     except ImportError:
-        raise BackendUnavailableError("signing needs the model-signing package: pip install 'modelpress[sign]'") \
-            from None
+        raise BackendUnavailableError(
+            "signing needs the model-signing package: pip install 'modelpress[sign]'"
+        ) from None
     return hashing, signing, verifying
 
 
@@ -50,8 +52,16 @@ def _signing_errors() -> tuple[type[BaseException], ...]:
 
     # TypeError: an encrypted key without its password (or the reverse); AttributeError: a key that
     # is not an elliptic-curve one (RSA has no curve); KeyError: a payload of the wrong shape
-    return (ValueError, TypeError, AttributeError, KeyError, InvalidSignature, UnsupportedAlgorithm,
-            ParseError, UnicodeDecodeError)
+    return (
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        InvalidSignature,
+        UnsupportedAlgorithm,
+        ParseError,
+        UnicodeDecodeError,
+    )
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
@@ -83,18 +93,21 @@ def sign_bundle(bundle: Path, private_key: Path) -> Path:
     if manifest.get("kind", "bundle") != "bundle":
         raise BadInputError(f"{bundle}: a validate report, not a bundle; only bundles are signed")
     if manifest.get("verdict") == "fail":
-        raise BadInputError(f"{bundle}: the gate failed this bundle (manifest verdict \"fail\"); it is not signed")
+        raise BadInputError(f'{bundle}: the gate failed this bundle (manifest verdict "fail"); it is not signed')
     hashing, signing, _ = _model_signing()
     config = signing.Config().set_hashing_config(
         # every file, the manifest included; not the signature itself (and no .git* exemptions)
-        hashing.Config().set_ignored_paths(paths=[SIGNATURE], ignore_git_paths=False))
+        hashing.Config().set_ignored_paths(paths=[SIGNATURE], ignore_git_paths=False)
+    )
     try:
         # bytes: model-signing hands it to cryptography's PEM loader, which refuses a str password
         password = os.environ.get(PASSWORD_ENV) or None
         config.use_elliptic_key_signer(private_key=key, password=password and password.encode("utf-8"))
     except _signing_errors() as exc:
-        raise BadInputError(f"--key {key}: not a usable elliptic-curve private key ({_one_line(exc)}; "
-                            f"an encrypted key takes its password from ${PASSWORD_ENV})") from None
+        raise BadInputError(
+            f"--key {key}: not a usable elliptic-curve private key ({_one_line(exc)}; "
+            f"an encrypted key takes its password from ${PASSWORD_ENV})"
+        ) from None
     target = bundle / SIGNATURE
     # written beside the bundle, then moved in: an interrupted sign never leaves half a signature
     fd, tmp = tempfile.mkstemp(prefix=f".{bundle.name}.sig-", dir=bundle.absolute().parent)

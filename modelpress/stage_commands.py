@@ -19,6 +19,7 @@ teacher on the eval set) and write each runtime's artifact from the plan; valida
 every ``validate.runtimes`` entry and its calibration-seed twins (re-calibrated from ``model.onnx``
 with the method and fp32 nodes the quantize stage recorded), gated by ``[gate]``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,9 @@ from modelpress.validate.stage import file_opener
 @dataclass(frozen=True)
 class StagePaths(RunPaths):
     """A stage folder: the run folder's layout, with the models where the command names them."""
-    fp32: Path | None = None       # the fp32 ONNX model (default: <root>/model.onnx)
-    int8: Path | None = None       # the int8 ONNX model (default: <root>/model.int8.onnx)
+
+    fp32: Path | None = None  # the fp32 ONNX model (default: <root>/model.onnx)
+    int8: Path | None = None  # the int8 ONNX model (default: <root>/model.int8.onnx)
     student_dir: Path | None = None  # where distillation's student is copied (default: <root>/student)
 
     @property
@@ -83,9 +85,9 @@ def export(recipe: Recipe, out: Path) -> Any:
 
 @dataclass(frozen=True)
 class Quantized:
-    outcome: Any                   # runtimes.quantize.stage.QuantizeOutcome
-    record: Path                   # its quantization.json
-    artifacts: dict[str, Path]     # each other runtime's model written from the plan
+    outcome: Any  # runtimes.quantize.stage.QuantizeOutcome
+    record: Path  # its quantization.json
+    artifacts: dict[str, Path]  # each other runtime's model written from the plan
 
 
 def quantize(recipe: Recipe, onnx: Path, out: Path) -> Quantized:
@@ -107,8 +109,10 @@ def runtime_files(paths: RunPaths, runtimes: tuple[str, ...]) -> dict[str, Path]
     """The model each runtime runs in a stage folder: the int8 model for the runtime that ships the
     plan's own output, the bundle's file of the others (``openvino/model.xml``) in its folder."""
     own = RunPaths(paths.root).model_int8_onnx
-    return {r: paths.model_int8_onnx if paths.root / BUNDLE_RUNTIMES[r] == own else paths.root / BUNDLE_RUNTIMES[r]
-            for r in runtimes}
+    return {
+        r: paths.model_int8_onnx if paths.root / BUNDLE_RUNTIMES[r] == own else paths.root / BUNDLE_RUNTIMES[r]
+        for r in runtimes
+    }
 
 
 def validate(recipe: Recipe, candidate: Path, out: Path) -> dict[str, Any]:
@@ -122,22 +126,34 @@ def validate(recipe: Recipe, candidate: Path, out: Path) -> dict[str, Any]:
     files = runtime_files(paths, recipe.validate.runtimes)
     for runtime, file in files.items():
         if not file.is_file():
-            raise BadInputError(f"{file}: not found; validate.runtimes names {runtime}, whose model "
-                                "`modelpress quantize --recipe` writes beside the int8 model")
+            raise BadInputError(
+                f"{file}: not found; validate.runtimes names {runtime}, whose model "
+                "`modelpress quantize --recipe` writes beside the int8 model"
+            )
     recorded = _recorded(paths) if recipe.quantize.calibration_seeds > 1 else None
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         run = prepare(recipe, out, paths, stack)
         enc = encoders(run, candidate)
         v = run.recipe.validate
-        gated = [file_opener(file, task=run.task, encoder=enc.encoder, threads=v.threads, runtime=runtime,
-                             name="int8" if file == candidate else f"int8-{runtime}", **v.runner_options(runtime))
-                 for runtime, file in files.items()]
+        gated = [
+            file_opener(
+                file,
+                task=run.task,
+                encoder=enc.encoder,
+                threads=v.threads,
+                runtime=runtime,
+                name="int8" if file == candidate else f"int8-{runtime}",
+                **v.runner_options(runtime),
+            )
+            for runtime, file in files.items()
+        ]
         variants, _ = seed_variants(run, enc, recorded) if recorded is not None else ([], [])
         report = judge(run, enc, measured=[], gated=gated, variants=variants)
     # the lengths this stage used: calibration's only when it calibrated (the seed twins)
-    report["defaults_clipped"] = {k: c for k, c in report["defaults_clipped"].items()
-                                  if recorded is not None or not k.startswith("calibration.")}
+    report["defaults_clipped"] = {
+        k: c for k, c in report["defaults_clipped"].items() if recorded is not None or not k.startswith("calibration.")
+    }
     return report
 
 
@@ -146,10 +162,14 @@ def _recorded(paths: StagePaths) -> Any:
     ``quantization.json``), and the fp32 model it re-calibrates: ``calibration_seeds > 1``."""
     needs = "quantize.calibration_seeds > 1 re-calibrates the candidate's plan on other samples"
     if not paths.model_onnx.is_file():
-        raise BadInputError(f"{paths.model_onnx}: not found; {needs} from the fp32 model.onnx beside it "
-                            "(`modelpress export --recipe` into the same folder)")
+        raise BadInputError(
+            f"{paths.model_onnx}: not found; {needs} from the fp32 model.onnx beside it "
+            "(`modelpress export --recipe` into the same folder)"
+        )
     for record in (paths.quantization_json, RunPaths(paths.root).quantization_json):
         if record.is_file():
             return recorded_outcome(record)
-    raise BadInputError(f"{paths.quantization_json}: not found; {needs} with the method and fp32 nodes "
-                        "`modelpress quantize --recipe` recorded there")
+    raise BadInputError(
+        f"{paths.quantization_json}: not found; {needs} with the method and fp32 nodes "
+        "`modelpress quantize --recipe` recorded there"
+    )

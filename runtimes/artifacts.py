@@ -7,6 +7,7 @@ validation measures. The pipeline only iterates over :func:`wanted_artifacts`: i
 runtime, so a runtime that ships in the bundle is its module (a :class:`RuntimeArtifact`
 subclass) plus one :func:`register` line below.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

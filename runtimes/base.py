@@ -4,6 +4,7 @@ A runner is created from a file (or an in-memory model), is a context manager, k
 names, and maps a feed of numpy arrays to a dict of numpy outputs. Shaped after Polygraphy's
 ``polygraphy/backend/*/runner.py``.
 """
+
 from __future__ import annotations
 
 import abc

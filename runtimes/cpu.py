@@ -7,6 +7,7 @@ On x86 without VNNI (AVX2, or AVX-512 without ``avx512_vnni``), ONNX Runtime's u
 0.99972 with ±63 (7-bit, ONNX Runtime's ``reduce_range``). VNNI (``vpdpbusd``) and AMX accumulate
 in int32 and never saturate; neither do ARM's dot-product kernels.
 """
+
 from __future__ import annotations
 
 import functools

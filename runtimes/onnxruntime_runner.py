@@ -1,4 +1,5 @@
 """ONNX Runtime CPU runner: the runtime the int8 bundle deploys on, behind the Runner interface."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,14 @@ def session_options(threads: int = 0):
 
 
 class OnnxRuntimeRunner(Runner):
-    def __init__(self, model_path: str | Path, *, threads: int = 0, name: str | None = None,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        threads: int = 0,
+        name: str | None = None,
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+    ):
         self.model_path = Path(model_path)
         self.threads = threads
         self.providers = providers
@@ -46,10 +53,13 @@ class OnnxRuntimeRunner(Runner):
         if not self.model_path.is_file():
             raise BadInputError(f"{self.model_path}: ONNX model not found")
         try:
-            self._session = ort.InferenceSession(str(self.model_path), session_options(self.threads),
-                                                 providers=list(self.providers))
-        except (ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-                ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as exc:
+            self._session = ort.InferenceSession(
+                str(self.model_path), session_options(self.threads), providers=list(self.providers)
+            )
+        except (
+            ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+        ) as exc:
             raise BadInputError(f"{self.model_path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
         self._inputs = tuple(i.name for i in self._session.get_inputs())
         self._outputs = [o.name for o in self._session.get_outputs()]

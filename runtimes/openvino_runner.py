@@ -12,6 +12,7 @@ on a CPU without bf16 a ``bf16`` request runs in f32 (``effective_precision`` sa
 dependency (``pip install 'modelpress[openvino]'``), imported only when an OpenVINO runner opens
 or an IR is written.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,12 +38,14 @@ def require_openvino():
         return importlib.import_module("openvino")
     except ImportError:
         raise BackendUnavailableError(
-            "the openvino runtime needs the openvino package: pip install 'modelpress[openvino]'") from None
+            "the openvino runtime needs the openvino package: pip install 'modelpress[openvino]'"
+        ) from None
 
 
 class OpenVINORunner(Runner):
-    def __init__(self, model_path: str | Path, *, threads: int = 0, precision: str = "f32",
-                 name: str | None = None) -> None:
+    def __init__(
+        self, model_path: str | Path, *, threads: int = 0, precision: str = "f32", name: str | None = None
+    ) -> None:
         if precision not in PRECISIONS:
             raise BadInputError(f"openvino precision: expected one of f32, bf16, got {precision!r}")
         self.model_path = Path(model_path)
@@ -65,9 +68,12 @@ class OpenVINORunner(Runner):
 
     def _load(self) -> None:
         ov = _existing(self.model_path)
-        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
-                  "INFERENCE_NUM_THREADS": str(self.threads or os.cpu_count() or 1),
-                  "INFERENCE_PRECISION_HINT": self.precision}
+        config = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": "1",
+            "INFERENCE_NUM_THREADS": str(self.threads or os.cpu_count() or 1),
+            "INFERENCE_PRECISION_HINT": self.precision,
+        }
         with _readable(self.model_path, "load"):
             self._compiled = ov.Core().compile_model(str(self.model_path), "CPU", config)
         ran = self._compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: f32, bf16
@@ -158,6 +164,7 @@ def write_openvino_ir(outcome: Any, int8_onnx: Path, xml_path: Path) -> Path:
         return convert_to_ir(int8_onnx, xml_path)
     with tempfile.TemporaryDirectory(prefix=".openvino-", dir=xml_path.parent.parent) as work:
         qdq = Path(work) / "model.int8.qdq.onnx"
-        write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), qdq,
-                        keep_fp32=tuple(outcome.summary.fp32_nodes))
+        write_quantized(
+            replace(plan, cfg=plan.cfg.with_(format="qdq")), qdq, keep_fp32=tuple(outcome.summary.fp32_nodes)
+        )
         return convert_to_ir(qdq, xml_path)

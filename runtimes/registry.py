@@ -4,6 +4,7 @@ Validation, the bundle, the accuracy-aware search and the bench ask for a runner
 a :class:`~modelpress.runtimes.base.Runner`; none of them imports a backend. Entries are imported
 on first use, so TensorRT and CUDA cost nothing on a CPU machine until a recipe names them.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -12,6 +12,7 @@ A target records the flags it guarantees. ``load()`` checks them against the CPU
 (:func:`missing_flags`): a bundle for ``avx512-vnni`` opened on an AVX2 machine would run, but with
 saturating 8-bit weights and other timings than the ones its report shows.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,35 +34,43 @@ ARM = ("aarch64", "arm64")
 @dataclass(frozen=True)
 class CpuLevel:
     name: str
-    arch: tuple[str, ...]      # platform.machine() values of this family
-    flags: frozenset[str]      # what a CPU of this level has, at least
+    arch: tuple[str, ...]  # platform.machine() values of this family
+    flags: frozenset[str]  # what a CPU of this level has, at least
     about: str
 
 
 #: the named targets, lowest first within each architecture (``auto`` picks the last one satisfied)
-LEVELS: dict[str, CpuLevel] = {level.name: level for level in (
-    CpuLevel("x86-64-v3", X86, _V3, "AVX2 + FMA (Haswell, Zen 1-3): int8 GEMM saturates, 7-bit weights"),
-    CpuLevel("x86-64-v3+avx-vnni", X86, _V3 | {"avx_vnni"}, "AVX2 with AVX-VNNI (Alder Lake, Zen 5 client)"),
-    CpuLevel("x86-64-v4", X86, _V4, "AVX-512 without VNNI (Skylake-SP): int8 GEMM saturates"),
-    CpuLevel("avx512-vnni", X86, _V4 | {"avx512_vnni"}, "AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4)"),
-    CpuLevel("amx", X86, _V4 | {"avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"},
-             "AMX int8 / bf16 tiles (Sapphire Rapids and later)"),
-    CpuLevel("arm64", ARM, frozenset({"asimd"}), "64-bit Arm with NEON"),
-)}
+LEVELS: dict[str, CpuLevel] = {
+    level.name: level
+    for level in (
+        CpuLevel("x86-64-v3", X86, _V3, "AVX2 + FMA (Haswell, Zen 1-3): int8 GEMM saturates, 7-bit weights"),
+        CpuLevel("x86-64-v3+avx-vnni", X86, _V3 | {"avx_vnni"}, "AVX2 with AVX-VNNI (Alder Lake, Zen 5 client)"),
+        CpuLevel("x86-64-v4", X86, _V4, "AVX-512 without VNNI (Skylake-SP): int8 GEMM saturates"),
+        CpuLevel("avx512-vnni", X86, _V4 | {"avx512_vnni"}, "AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4)"),
+        CpuLevel(
+            "amx",
+            X86,
+            _V4 | {"avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"},
+            "AMX int8 / bf16 tiles (Sapphire Rapids and later)",
+        ),
+        CpuLevel("arm64", ARM, frozenset({"asimd"}), "64-bit Arm with NEON"),
+    )
+}
 TARGET_CHOICES = ("auto", *LEVELS)
 #: the flags a target records beyond its level's when it is this machine (they decide kernels too)
-RECORDED_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni", "avx512_vnni", "asimddp", "i8mm",
-                            "bf16"})
+RECORDED_FLAGS = frozenset(
+    {"avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni", "avx512_vnni", "asimddp", "i8mm", "bf16"}
+)
 
 
 @dataclass(frozen=True)
 class Target:
-    name: str                          # a LEVELS name
-    flags: frozenset[str]              # the instruction flags it guarantees
-    arch: str                          # x86_64 | aarch64
-    detected: bool = False             # True: this machine (``auto``); timing-based choices are allowed
+    name: str  # a LEVELS name
+    flags: frozenset[str]  # the instruction flags it guarantees
+    arch: str  # x86_64 | aarch64
+    detected: bool = False  # True: this machine (``auto``); timing-based choices are allowed
     microarchitecture: str | None = None  # archspec's name of this machine's CPU, when detected
-    cpu: str | None = None             # the CPU's model name, when detected
+    cpu: str | None = None  # the CPU's model name, when detected
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -79,14 +88,27 @@ class Target:
 
     def describe(self) -> dict[str, Any]:
         """What ``bundle.json`` and the report record."""
-        return {"name": self.name, "arch": self.arch, "flags": sorted(self.flags), "detected": self.detected,
-                "microarchitecture": self.microarchitecture, "cpu": self.cpu,
-                "int8_gemm_saturates": self.int8_gemm_saturates, "bf16": self.has_bf16}
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "flags": sorted(self.flags),
+            "detected": self.detected,
+            "microarchitecture": self.microarchitecture,
+            "cpu": self.cpu,
+            "int8_gemm_saturates": self.int8_gemm_saturates,
+            "bf16": self.has_bf16,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Target":
-        return cls(name=str(d["name"]), flags=frozenset(d.get("flags") or ()), arch=str(d.get("arch") or "x86_64"),
-                   detected=bool(d.get("detected")), microarchitecture=d.get("microarchitecture"), cpu=d.get("cpu"))
+        return cls(
+            name=str(d["name"]),
+            flags=frozenset(d.get("flags") or ()),
+            arch=str(d.get("arch") or "x86_64"),
+            detected=bool(d.get("detected")),
+            microarchitecture=d.get("microarchitecture"),
+            cpu=d.get("cpu"),
+        )
 
 
 def resolve_target(name: str = "auto") -> Target:
@@ -110,8 +132,14 @@ def host_target() -> Target:
     else:  # an x86 without AVX2, or flags unreadable: the family's lowest name, with only the flags it has
         level = next((lv for lv in LEVELS.values() if arch in lv.arch), LEVELS["x86-64-v3"])
         guaranteed = flags & (level.flags | RECORDED_FLAGS)
-    return Target(name=level.name, flags=frozenset(guaranteed), arch=arch or "x86_64", detected=True,
-                  microarchitecture=_microarchitecture(), cpu=_cpu_name())
+    return Target(
+        name=level.name,
+        flags=frozenset(guaranteed),
+        arch=arch or "x86_64",
+        detected=True,
+        microarchitecture=_microarchitecture(),
+        cpu=_cpu_name(),
+    )
 
 
 def missing_flags(target: Target) -> list[str]:

@@ -1,4 +1,5 @@
 """PyTorch eager runner: the fp32 teacher (and fp16 on GPU) as validation's reference."""
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -11,8 +12,17 @@ from modelpress.runtimes.base import Runner
 class TorchRunner(Runner):
     """Runs an in-memory HF model; the task picks its output tensor (``Task.torch_output``)."""
 
-    def __init__(self, model, *, input_names: tuple[str, ...], task, threads: int = 0, device: str = "cpu",
-                 dtype=None, name: str = "pytorch-fp32"):
+    def __init__(
+        self,
+        model,
+        *,
+        input_names: tuple[str, ...],
+        task,
+        threads: int = 0,
+        device: str = "cpu",
+        dtype=None,
+        name: str = "pytorch-fp32",
+    ):
         self.model = task.torch_module(model)
         # a task's module may say what it takes (a decoder's own cache layout)
         self._inputs = tuple(getattr(self.model, "input_names", None) or input_names)
@@ -41,7 +51,9 @@ class TorchRunner(Runner):
         import torch
 
         with torch.inference_mode():
-            inputs = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in self.select(feed).items()}
+            inputs = {
+                k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in self.select(feed).items()
+            }
             out = self.output_fn(self.model(**inputs))
             if self.device != "cpu":
                 torch.cuda.synchronize()

@@ -4,6 +4,7 @@ Every model here is built from a config (hidden 32, 2 layers, 2 heads, intermedi
 ordinary Hugging Face folder with a WordPiece tokenizer whose vocab.txt covers every word of the texts
 below, and built once per session. Nothing reads the network or the model hub.
 """
+
 from __future__ import annotations
 
 import os
@@ -90,8 +91,16 @@ def _bert_config(**extra):
     from modelpress.testing import tiny_config
 
     extra.setdefault("initializer_range", INIT_RANGE)
-    return tiny_config("bert", vocab_size=len(VOCAB), hidden=HIDDEN, layers=LAYERS, heads=HEADS,
-                       intermediate=INTERMEDIATE, max_positions=MAX_POSITIONS, **extra)
+    return tiny_config(
+        "bert",
+        vocab_size=len(VOCAB),
+        hidden=HIDDEN,
+        layers=LAYERS,
+        heads=HEADS,
+        intermediate=INTERMEDIATE,
+        max_positions=MAX_POSITIONS,
+        **extra,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -102,40 +111,55 @@ def vocab_file(tmp_path_factory) -> Path:
 def _tiny(tmp_path_factory, name: str, **kwargs) -> Path:
     from modelpress.testing import make_tiny_model
 
-    return make_tiny_model(tmp_path_factory.mktemp(name), words=VOCAB[len(SPECIAL_TOKENS):],
-                           initializer_range=INIT_RANGE, hidden=HIDDEN, layers=LAYERS, heads=HEADS,
-                           intermediate=INTERMEDIATE, max_positions=MAX_POSITIONS, **kwargs)
+    return make_tiny_model(
+        tmp_path_factory.mktemp(name),
+        words=VOCAB[len(SPECIAL_TOKENS) :],
+        initializer_range=INIT_RANGE,
+        hidden=HIDDEN,
+        layers=LAYERS,
+        heads=HEADS,
+        intermediate=INTERMEDIATE,
+        max_positions=MAX_POSITIONS,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> TinyModel:
     """BertModel (feature extraction), random weights, seed 0."""
-    return TinyModel(_tiny(tmp_path_factory, "tiny-bert", seed=0), "bert",
-                     ("input_ids", "attention_mask", "token_type_ids"))
+    return TinyModel(
+        _tiny(tmp_path_factory, "tiny-bert", seed=0), "bert", ("input_ids", "attention_mask", "token_type_ids")
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_distilbert(tmp_path_factory) -> TinyModel:
     """DistilBertModel with the same WordPiece vocabulary; its tokenizer emits no token_type_ids."""
-    return TinyModel(_tiny(tmp_path_factory, "tiny-distilbert", family="distilbert", seed=1), "distilbert",
-                     ("input_ids", "attention_mask"))
+    return TinyModel(
+        _tiny(tmp_path_factory, "tiny-distilbert", family="distilbert", seed=1),
+        "distilbert",
+        ("input_ids", "attention_mask"),
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_cls(tmp_path_factory) -> TinyModel:
     """BertForSequenceClassification with NUM_LABELS classes, random weights, seed 2."""
-    return TinyModel(_tiny(tmp_path_factory, "tiny-bert-cls", task="text-classification", labels=NUM_LABELS, seed=2),
-                     "bert", ("input_ids", "attention_mask", "token_type_ids"))
+    return TinyModel(
+        _tiny(tmp_path_factory, "tiny-bert-cls", task="text-classification", labels=NUM_LABELS, seed=2),
+        "bert",
+        ("input_ids", "attention_mask", "token_type_ids"),
+    )
 
 
 # -- data files ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DataFiles:
-    calibration_txt: Path      # 96 texts, one per line
-    text_jsonl: Path           # {"text": ...} per line, 40 texts
-    pairs_jsonl: Path          # {"sentence1", "sentence2", "score"} per line, 30 pairs
-    stsb_tsv: Path             # STS-B layout: 7 tab fields, no header (two rows with 9 fields)
-    labelled_jsonl: Path       # {"text", "label"} per line, 40 texts, NUM_LABELS classes
+    calibration_txt: Path  # 96 texts, one per line
+    text_jsonl: Path  # {"text": ...} per line, 40 texts
+    pairs_jsonl: Path  # {"sentence1", "sentence2", "score"} per line, 30 pairs
+    stsb_tsv: Path  # STS-B layout: 7 tab fields, no header (two rows with 9 fields)
+    labelled_jsonl: Path  # {"text", "label"} per line, 40 texts, NUM_LABELS classes
     calibration_texts: tuple[str, ...]
     eval_texts: tuple[str, ...]
 
@@ -165,17 +189,34 @@ def data_files(tmp_path_factory) -> DataFiles:
     with (root / "labelled.jsonl").open("w", encoding="utf-8") as fh:
         for k, t in enumerate(texts):
             fh.write(json.dumps({"text": t, "label": k % NUM_LABELS}) + "\n")
-    return DataFiles(root / "calibration.txt", root / "texts.jsonl", root / "pairs.jsonl", root / "sts.tsv",
-                     root / "labelled.jsonl", tuple(cal), tuple(texts))
+    return DataFiles(
+        root / "calibration.txt",
+        root / "texts.jsonl",
+        root / "pairs.jsonl",
+        root / "sts.tsv",
+        root / "labelled.jsonl",
+        tuple(cal),
+        tuple(texts),
+    )
 
 
 # -- the CLI in a subprocess -------------------------------------------------------------------
 def cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -m modelpress ARGS`` in a fresh process (offline), as a user runs it."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "modelpress", *map(str, args)], cwd=cwd or REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "modelpress", *map(str, args)],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def toml_value(v) -> str:
@@ -197,8 +238,15 @@ def write_recipe(path: Path, top: dict, sections: dict[str, dict]) -> Path:
 
 
 #: validation settings small enough for a tiny model on 2 shared cores
-FAST_VALIDATE = {"latency_runs": 2, "warmup_runs": 1, "batch_sizes": [1, 2], "seq_lengths": [16],
-                 "real_workload": False, "max_length": 32, "threads": 1}
+FAST_VALIDATE = {
+    "latency_runs": 2,
+    "warmup_runs": 1,
+    "batch_sizes": [1, 2],
+    "seq_lengths": [16],
+    "real_workload": False,
+    "max_length": 32,
+    "threads": 1,
+}
 FAST_CALIBRATION = {"num_samples": 64, "max_length": 32, "batch_size": 16}
 
 
@@ -207,7 +255,7 @@ FAST_CALIBRATION = {"num_samples": 64, "max_length": 32, "batch_size": 16}
 class Exported:
     model: TinyModel
     onnx_path: Path
-    result: object      # export.onnx_export.ExportResult
+    result: object  # export.onnx_export.ExportResult
 
 
 def task_for(name: str = "feature-extraction", **options):

@@ -1,5 +1,6 @@
 """Runtime-owned artifacts (issue 22, item 2): a runtime that ships in the bundle is its module plus
 one registry line; the pipeline names no runtime."""
+
 from __future__ import annotations
 
 import ast
@@ -35,16 +36,24 @@ class _Sidecar(A.RuntimeArtifact):
 
 def test_a_registered_artifact_is_required_written_measured_and_reported(tiny_bert, data_files, tmp_path, monkeypatch):
     monkeypatch.setitem(A.ARTIFACTS._entries, "sidecar", _Sidecar)
-    recipe = write_recipe(tmp_path / "s.toml", {"name": "s", "teacher": str(tiny_bert.path)}, {
-        "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
-        "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE}, "gate": {"max_drop": 50.0}})
+    recipe = write_recipe(
+        tmp_path / "s.toml",
+        {"name": "s", "teacher": str(tiny_bert.path)},
+        {
+            "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+            "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE},
+            "gate": {"max_drop": 50.0},
+        },
+    )
     from modelpress.recipe import load_recipe
 
     outcome = pipeline.run_recipe(load_recipe(recipe), tmp_path / "out")
     report = json.loads((outcome.bundle / "report.json").read_text())
     assert _Sidecar.required == ["s"]
     nodes = len(report["quantization"]["quantized_nodes"])
-    assert (outcome.bundle / "sidecar.txt").read_text() == f"{nodes} int8 nodes\n" and report["sidecar"] == {"nodes": nodes}
+    assert (outcome.bundle / "sidecar.txt").read_text() == f"{nodes} int8 nodes\n" and report["sidecar"] == {
+        "nodes": nodes
+    }
     # the fp32 export measured twice, under two names: the same numbers
     assert report["models"]["sidecar-fp32"]["metrics"] == report["models"]["onnx-fp32"]["metrics"]
     from modelpress.manifest import verify

@@ -2,6 +2,7 @@
 each Q·Kᵀ MatMul, calibrated in the plan's own pass (padding rows excluded), written into the Q/DQ
 graphs (the OpenVINO IR) where ``quantize.attention_scores`` is on — by ``"auto"`` for VNNI/AMX
 targets — and never into the ``ort`` format."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -21,16 +22,19 @@ from modelpress.runtimes.quantize.targets import find_attention_scores
 from modelpress.runtimes.target import resolve_target
 
 #: the query and key Linear modules of each family, as the exporter's metadata names them
-QK_MODULES = {"bert": (".attention.self.query", ".attention.self.key"),
-              "distilbert": (".attention.q_lin", ".attention.k_lin"),
-              "vit": (".attention.q_proj", ".attention.k_proj")}
+QK_MODULES = {
+    "bert": (".attention.self.query", ".attention.self.key"),
+    "distilbert": (".attention.q_lin", ".attention.k_lin"),
+    "vit": (".attention.q_proj", ".attention.k_proj"),
+}
 
 
 def _projection_outputs(model: onnx.ModelProto, suffix: str) -> set[str]:
     """The reference, independent of the finder: the bias Add output of every layer's ``suffix`` Linear."""
     modules = module_names(model)
-    return {n.output[0] for n in model.graph.node
-            if n.op_type == "Add" and (modules.get(n.name) or "").endswith(suffix)}
+    return {
+        n.output[0] for n in model.graph.node if n.op_type == "Add" and (modules.get(n.name) or "").endswith(suffix)
+    }
 
 
 def _tokenizer(exported):
@@ -40,8 +44,13 @@ def _tokenizer(exported):
 
 
 def _feed(exported, texts, *, batch_size=8, max_length=32):
-    return TokenizedFeed(texts, _tokenizer(exported), batch_size=batch_size, max_length=max_length,
-                         input_names=exported.result.input_names)
+    return TokenizedFeed(
+        texts,
+        _tokenizer(exported),
+        batch_size=batch_size,
+        max_length=max_length,
+        input_names=exported.result.input_names,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +125,12 @@ def test_qdq_sits_on_the_query_and_key_projection_outputs_and_nowhere_else(bert_
     rewired = {}
     for q in qs:
         zp = inits[q.input[2]]
-        assert zp.dtype == np.int8 and zp.item() == 0                        # symmetric int8, zero point 0
+        assert zp.dtype == np.int8 and zp.item() == 0  # symmetric int8, zero point 0
         dq = dqs[q.output[0]]
         assert list(dq.input[1:]) == list(q.input[1:])
-        assert [r.name for r in readers[q.input[0]]] == [q.name]              # the fp32 output feeds only the Q
+        assert [r.name for r in readers[q.input[0]]] == [q.name]  # the fp32 output feeds only the Q
         (reader,) = readers[dq.output[0]]
-        assert reader.op_type == "Reshape"                                    # …and the heads reshape reads the DQ
+        assert reader.op_type == "Reshape"  # …and the heads reshape reads the DQ
         rewired[reader.name] = (dq.output[0], q.input[0])
     # every other node is as the plan without attention scores wrote it
     att_nodes = {n.name: n for n in att.graph.node if n.name in base_names}
@@ -130,8 +139,11 @@ def test_qdq_sits_on_the_query_and_key_projection_outputs_and_nowhere_else(bert_
         if n.name in rewired:
             dq_out, orig = rewired[n.name]
             got = [orig if i == dq_out else i for i in got]
-        assert (att_nodes[n.name].op_type, got, list(att_nodes[n.name].output)) == \
-               (n.op_type, list(n.input), list(n.output)), n.name
+        assert (att_nodes[n.name].op_type, got, list(att_nodes[n.name].output)) == (
+            n.op_type,
+            list(n.input),
+            list(n.output),
+        ), n.name
     scores = summary.attention_scores
     assert scores.in_this_graph and {t.tensor for t in scores.tensors} == expected
     assert not set(scores.matmuls) & set(summary.fp32_nodes) and len(summary.fp32_nodes) == LAYERS  # attention·V
@@ -230,17 +242,20 @@ def test_the_openvino_ir_of_an_ort_plan_carries_them_and_the_ort_graph_does_not(
     assert 0.99 < cos.min() and cos.mean() < 0.99999 and cos.mean() > cos_plain.mean() - 2e-3
 
 
-@pytest.mark.parametrize("target, preset, written, pinned", [
-    ("avx512-vnni", "onnxruntime", "auto", True),
-    ("amx", "onnxruntime", "auto", True),
-    ("x86-64-v3+avx-vnni", "onnxruntime", "auto", True),
-    ("x86-64-v3", "onnxruntime", "auto", False),   # no VNNI: OpenVINO's int8 kernels do not pay (issue 23)
-    ("x86-64-v4", "onnxruntime", "auto", False),
-    ("arm64", "onnxruntime", "auto", False),
-    ("avx512-vnni", "tensorrt", "auto", False),    # TensorRT's Q/DQ twin: not a CPU graph
-    ("avx512-vnni", "onnxruntime", False, False),  # what the recipe wrote wins
-    ("x86-64-v3", "onnxruntime", True, True),
-])
+@pytest.mark.parametrize(
+    "target, preset, written, pinned",
+    [
+        ("avx512-vnni", "onnxruntime", "auto", True),
+        ("amx", "onnxruntime", "auto", True),
+        ("x86-64-v3+avx-vnni", "onnxruntime", "auto", True),
+        ("x86-64-v3", "onnxruntime", "auto", False),  # no VNNI: OpenVINO's int8 kernels do not pay (issue 23)
+        ("x86-64-v4", "onnxruntime", "auto", False),
+        ("arm64", "onnxruntime", "auto", False),
+        ("avx512-vnni", "tensorrt", "auto", False),  # TensorRT's Q/DQ twin: not a CPU graph
+        ("avx512-vnni", "onnxruntime", False, False),  # what the recipe wrote wins
+        ("x86-64-v3", "onnxruntime", True, True),
+    ],
+)
 def test_auto_follows_the_target(target, preset, written, pinned):
     cfg = QuantizeConfig(preset=preset, attention_scores=written).for_target(resolve_target(target))
     assert cfg.attention_scores is pinned and cfg.int8_attention_scores is pinned
@@ -267,8 +282,16 @@ def test_a_bad_value_is_one_line(value):
 
 def test_a_bad_value_exits_2_on_the_command_line(bert_onnx, tiny_bert, tmp_path):
     recipe = write_recipe(tmp_path / "r.toml", {"name": "att", "teacher": str(tiny_bert.path)}, {})
-    proc = cli("quantize", str(bert_onnx.onnx_path), "--out", str(tmp_path / "q.onnx"), "--recipe", str(recipe),
-               "--set", 'quantize.attention_scores="sometimes"')
+    proc = cli(
+        "quantize",
+        str(bert_onnx.onnx_path),
+        "--out",
+        str(tmp_path / "q.onnx"),
+        "--recipe",
+        str(recipe),
+        "--set",
+        'quantize.attention_scores="sometimes"',
+    )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("modelpress: error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "quantize.attention_scores" in errors[0], proc.stderr[-1500:]
     assert "Traceback" not in proc.stderr and not (tmp_path / "q.onnx").exists()

@@ -4,6 +4,7 @@ Layer 1's FFN gets one intermediate channel that is ~60 on every token (others a
 per-tensor scale of the FFN down-projection's input is ~60× too coarse for the other channels:
 plain static int8 (SmoothQuant off) fails a gate that the fp32 fallback of that one node passes.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,18 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import (INTERMEDIATE, HIDDEN, LAYERS, _bert_config, cli, load_tiny, make_texts, make_tokenizer,
-                      task_for, write_recipe)
+from conftest import (
+    INTERMEDIATE,
+    HIDDEN,
+    LAYERS,
+    _bert_config,
+    cli,
+    load_tiny,
+    make_texts,
+    make_tokenizer,
+    task_for,
+    write_recipe,
+)
 
 from modelpress.calibration_data.feeds import TokenizedFeed
 from modelpress.runtimes.quantize.analysis import analyze_plan
@@ -43,8 +54,7 @@ def planted(tmp_path_factory, vocab_file):
     task = task_for()
     m, tok = load_tiny(root / "model", task)
     exported = export_onnx(m, tok, root / "model.onnx", task=task)
-    feed = TokenizedFeed(make_texts(96, seed=10), tok, batch_size=16, max_length=64,
-                         input_names=exported.input_names)
+    feed = TokenizedFeed(make_texts(96, seed=10), tok, batch_size=16, max_length=64, input_names=exported.input_names)
     return root, exported, feed
 
 
@@ -60,8 +70,11 @@ def plain_plan(planted):
 
 def _planted_node(plan) -> str:
     """The FFN down-projection of layer 1: the last target whose weight is [intermediate, hidden]."""
-    ffn_down = [t for t in plan.targets
-                if tuple(next(i.dims for i in plan.model.graph.initializer if i.name == t.weight)) == (INTERMEDIATE, HIDDEN)]
+    ffn_down = [
+        t
+        for t in plan.targets
+        if tuple(next(i.dims for i in plan.model.graph.initializer if i.name == t.weight)) == (INTERMEDIATE, HIDDEN)
+    ]
     return ffn_down[-1].node_name
 
 
@@ -98,8 +111,8 @@ def test_analysis_matches_a_direct_fp32_vs_int8_comparison_of_one_node(planted, 
         return np.concatenate(rows).astype(np.float64)
 
     ref, got = outputs(exported.path), outputs(tmp_path / "one.onnx")
-    direct_sqnr = 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
-    direct_rel = np.sqrt(((ref - got) ** 2).sum() / (ref ** 2).sum())
+    direct_sqnr = 10 * np.log10((ref**2).sum() / ((ref - got) ** 2).sum())
+    direct_rel = np.sqrt(((ref - got) ** 2).sum() / (ref**2).sum())
     assert abs(direct_sqnr - predicted.sqnr_db) < 0.5
     assert abs(direct_rel - predicted.rel_l2) / direct_rel < 0.06
 
@@ -112,17 +125,28 @@ def test_smoothquant_helps_on_the_planted_model(planted, plain_plan):
 
 
 def _recipe(root, data_files, name, mode):
-    return write_recipe(root / f"{name}.toml", {"name": name, "teacher": str(root / "model")}, {
-        "calibration": {"data": str(data_files.calibration_txt), "num_samples": 96, "max_length": 64},
-        "quantize": {"mode": mode, "smoothquant": False},
-        "validate": {"eval_data": str(data_files.text_jsonl), "latency_runs": 2, "warmup_runs": 1,
-                     "batch_sizes": [2], "seq_lengths": [16], "real_workload": False},
-        "gate": {"max_drop": MAX_DROP, "metric": "mean_cosine"},
-    })
+    return write_recipe(
+        root / f"{name}.toml",
+        {"name": name, "teacher": str(root / "model")},
+        {
+            "calibration": {"data": str(data_files.calibration_txt), "num_samples": 96, "max_length": 64},
+            "quantize": {"mode": mode, "smoothquant": False},
+            "validate": {
+                "eval_data": str(data_files.text_jsonl),
+                "latency_runs": 2,
+                "warmup_runs": 1,
+                "batch_sizes": [2],
+                "seq_lengths": [16],
+                "real_workload": False,
+            },
+            "gate": {"max_drop": MAX_DROP, "metric": "mean_cosine"},
+        },
+    )
 
 
-def test_plain_static_fails_the_gate_and_auto_passes_it_keeping_80_percent_int8(planted, plain_plan, data_files,
-                                                                               tmp_path):
+def test_plain_static_fails_the_gate_and_auto_passes_it_keeping_80_percent_int8(
+    planted, plain_plan, data_files, tmp_path
+):
     root = planted[0]
     planted_node = _planted_node(plain_plan[0])
     out = tmp_path / "runs"
@@ -150,10 +174,11 @@ def test_auto_that_cannot_pass_exits_3_with_best_candidate_and_analysis(planted,
     root, _, _ = planted
     recipe = _recipe(root, data_files, "hopeless", "auto")
     out = tmp_path / "runs"
-    proc = cli("run", str(recipe), "--out", str(out), "--set", "gate.max_drop=0.0",
-               "--set", "quantize.max_candidates=4")
+    proc = cli(
+        "run", str(recipe), "--out", str(out), "--set", "gate.max_drop=0.0", "--set", "quantize.max_candidates=4"
+    )
     assert proc.returncode == 3, proc.stderr[-2000:]
-    report = json.loads((out / "hopeless.rejected" / "report.json").read_text())   # a failed gate: <name>.rejected
+    report = json.loads((out / "hopeless.rejected" / "report.json").read_text())  # a failed gate: <name>.rejected
     auto = report["quantization"]["auto"]
     assert not auto["passed"] and len(auto["candidates"]) == 4
     best = max(auto["candidates"], key=lambda c: c["metric"])

@@ -4,6 +4,7 @@ tokens past them, sampling options out of range, empty inputs and inputs that ar
 Each bundle here is assembled by hand from a tiny exported graph (``bundle.json``, the
 preprocessor, the graph as the bundle's model), so the API is tested without a whole run; what it
 generates is held to transformers' own ``generate`` on the same prompt ids."""
+
 from __future__ import annotations
 
 import shutil
@@ -28,8 +29,15 @@ def _assemble(root, graph, preprocessor, task, *, max_positions=None, label_name
     modality = get_modality(task.modality)
     modality.save_preprocessor(preprocessor, root / modality.preprocessor_dir)
     shapes = graph_input_shapes(graph)
-    write_bundle_meta(root, task=task, input_names=list(shapes), max_length=32, max_positions=max_positions,
-                      label_names=label_names, input_shapes=shapes)
+    write_bundle_meta(
+        root,
+        task=task,
+        input_names=list(shapes),
+        max_length=32,
+        max_positions=max_positions,
+        label_names=label_names,
+        input_shapes=shapes,
+    )
     return load(root, verify=False, threads=1)
 
 
@@ -53,25 +61,33 @@ def lm(tmp_path_factory):
 
 def _hf_greedy(model, ids, n):
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
-                             max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None)
-    return out[0, len(ids):].tolist()
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+        )
+    return out[0, len(ids) :].tolist()
 
 
 def test_a_prompt_longer_than_the_positions_is_refused_or_left_truncated(lm):
     """issue 21 case 8: a 200-token prompt for 128 positions raised onnxruntime's InvalidArgument."""
     bundle, model, tokenizer = lm
-    prompt = "the cat sat on a mat " * 34   # 204 words, 206 tokens with [CLS] and [SEP]
+    prompt = "the cat sat on a mat " * 34  # 204 words, 206 tokens with [CLS] and [SEP]
     ids = tokenizer(prompt)["input_ids"]
     assert len(ids) > POSITIONS
     with pytest.raises(BadInputError) as err:
         bundle.generate(prompt, max_new_tokens=4)
-    assert str(err.value) == (f"generate: the prompt is {len(ids)} tokens, more than the {POSITIONS} positions "
-                              "the model takes (truncate=True keeps its last tokens)")
+    assert str(err.value) == (
+        f"generate: the prompt is {len(ids)} tokens, more than the {POSITIONS} positions "
+        "the model takes (truncate=True keeps its last tokens)"
+    )
     with pytest.raises(BadInputError, match=r"prompt 1 is \d+ tokens"):
         bundle.generate(["a dog", prompt], max_new_tokens=4)
     # truncate=True: the prompt's last 128 - 6 + 1 tokens, then 6 new ones, as transformers continues them
-    kept = ids[-(POSITIONS - 6 + 1):]
+    kept = ids[-(POSITIONS - 6 + 1) :]
     made = bundle.generator.generate(prompt, max_new_tokens=6, truncate=True, stop_token_ids=[])
     assert made == tokenizer.decode(_hf_greedy(model, kept, 6), skip_special_tokens=True)
     with pytest.raises(BadInputError, match=f"max_new_tokens=200 is more than the {POSITIONS} positions"):
@@ -81,13 +97,15 @@ def test_a_prompt_longer_than_the_positions_is_refused_or_left_truncated(lm):
 def test_new_tokens_past_the_positions_are_refused_and_the_default_is_cut_to_fit(lm):
     """issue 21 case 8: max_new_tokens past the positions silently returned fewer tokens."""
     bundle, model, tokenizer = lm
-    prompt = "the cat sat on a mat " * 20   # 120 words, 122 tokens: room for 7 new ones
+    prompt = "the cat sat on a mat " * 20  # 120 words, 122 tokens: room for 7 new ones
     ids = tokenizer(prompt)["input_ids"]
     room = POSITIONS - len(ids) + 1
     with pytest.raises(BadInputError) as err:
         bundle.generate(prompt, max_new_tokens=room + 1)
-    assert str(err.value) == (f"generate: max_new_tokens={room + 1} does not fit: a {len(ids)}-token prompt "
-                              f"leaves room for {room} new tokens in the {POSITIONS} positions the model takes")
+    assert str(err.value) == (
+        f"generate: max_new_tokens={room + 1} does not fit: a {len(ids)}-token prompt "
+        f"leaves room for {room} new tokens in the {POSITIONS} positions the model takes"
+    )
     # exactly what fits: every one of them made (none silently dropped), as transformers makes them
     expected = _hf_greedy(model, ids, room)
     assert bundle.generator.generate_ids([ids], max_new_tokens=room, stop_token_ids=[]) == [expected]
@@ -98,14 +116,17 @@ def test_new_tokens_past_the_positions_are_refused_and_the_default_is_cut_to_fit
         bundle.generator.generate_ids([ids], max_new_tokens=room + 1)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"do_sample": True, "top_p": 0}, "generate: top_p must be in (0, 1], got 0"),
-    ({"do_sample": True, "top_p": 1.5}, "generate: top_p must be in (0, 1], got 1.5"),
-    ({"do_sample": True, "temperature": 0}, "generate: temperature must be > 0, got 0"),
-    ({"do_sample": True, "temperature": float("nan")}, "generate: temperature must be finite, got nan"),
-    ({"do_sample": True, "top_k": -1}, "generate: top_k must be ≥ 0, got -1"),
-    ({"max_new_tokens": 0}, "generate: max_new_tokens must be ≥ 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"do_sample": True, "top_p": 0}, "generate: top_p must be in (0, 1], got 0"),
+        ({"do_sample": True, "top_p": 1.5}, "generate: top_p must be in (0, 1], got 1.5"),
+        ({"do_sample": True, "temperature": 0}, "generate: temperature must be > 0, got 0"),
+        ({"do_sample": True, "temperature": float("nan")}, "generate: temperature must be finite, got nan"),
+        ({"do_sample": True, "top_k": -1}, "generate: top_k must be ≥ 0, got -1"),
+        ({"max_new_tokens": 0}, "generate: max_new_tokens must be ≥ 1, got 0"),
+    ],
+)
 def test_sampling_options_out_of_range_are_one_line(lm, options, message):
     """issue 21 case 8: top_p=0 raised numpy's "Probabilities contain NaN"."""
     bundle = lm[0]
@@ -128,10 +149,12 @@ def test_empty_and_non_string_prompts(lm):
     """issue 21 case 8: generate([]) is an empty list; a non-string prompt is a TypeError naming it."""
     bundle = lm[0]
     assert bundle.generate([]) == []
-    for bad, message in ((None, "generate: prompts must be a string or a list of strings, got NoneType"),
-                         (3.5, "generate: prompts must be a string or a list of strings, got float"),
-                         ([1, 2], "generate: prompts[0] must be a string, got int 1"),
-                         (["a", b"b"], "generate: prompts[1] must be a string, got bytes b'b'")):
+    for bad, message in (
+        (None, "generate: prompts must be a string or a list of strings, got NoneType"),
+        (3.5, "generate: prompts must be a string or a list of strings, got float"),
+        ([1, 2], "generate: prompts[0] must be a string, got int 1"),
+        (["a", b"b"], "generate: prompts[1] must be a string, got bytes b'b'"),
+    ):
         with pytest.raises(TypeError) as err:
             bundle.generate(bad)
         assert str(err.value) == message
@@ -139,17 +162,28 @@ def test_empty_and_non_string_prompts(lm):
         bundle.generate("the cat", top_q=0.5)
 
 
-@pytest.mark.parametrize("options, error, message", [
-    ({"stop_token_ids": "x"}, TypeError, "generate: stop_token_ids must be a list of token ids, got str 'x'"),
-    ({"stop_token_ids": 5}, TypeError, "generate: stop_token_ids must be a list of token ids, got int 5"),
-    ({"stop_token_ids": ["3"]}, TypeError, "generate: stop_token_ids[0] must be a token id (an integer), got str"),
-    ({"stop_token_ids": [True]}, TypeError, "generate: stop_token_ids[0] must be a token id (an integer), got bool"),
-    ({"stop_token_ids": [None]}, TypeError, "generate: stop_token_ids[0] must be a token id (an integer), got None"),
-    ({"stop_token_ids": [-1]}, BadInputError, "generate: stop_token_ids[0] must be ≥ 0, got -1"),
-    ({"truncate": "no"}, TypeError, "generate: truncate must be True or False, got str 'no'"),
-    ({"stream": 1}, TypeError, "generate: stream must be True or False, got int 1"),
-    ({"chat": "yes"}, TypeError, "generate: chat must be True or False, got str 'yes'"),
-])
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"stop_token_ids": "x"}, TypeError, "generate: stop_token_ids must be a list of token ids, got str 'x'"),
+        ({"stop_token_ids": 5}, TypeError, "generate: stop_token_ids must be a list of token ids, got int 5"),
+        ({"stop_token_ids": ["3"]}, TypeError, "generate: stop_token_ids[0] must be a token id (an integer), got str"),
+        (
+            {"stop_token_ids": [True]},
+            TypeError,
+            "generate: stop_token_ids[0] must be a token id (an integer), got bool",
+        ),
+        (
+            {"stop_token_ids": [None]},
+            TypeError,
+            "generate: stop_token_ids[0] must be a token id (an integer), got None",
+        ),
+        ({"stop_token_ids": [-1]}, BadInputError, "generate: stop_token_ids[0] must be ≥ 0, got -1"),
+        ({"truncate": "no"}, TypeError, "generate: truncate must be True or False, got str 'no'"),
+        ({"stream": 1}, TypeError, "generate: stream must be True or False, got int 1"),
+        ({"chat": "yes"}, TypeError, "generate: chat must be True or False, got str 'yes'"),
+    ],
+)
 def test_stop_ids_and_flags_of_the_wrong_type_name_the_argument(lm, options, error, message):
     """stop_token_ids="x" raised int()'s "invalid literal for int() with base 10: 'x'", 5 "'int' object
     is not iterable", ["3"] was read as id 3; truncate="no" truncated (a truthy string), stream=1
@@ -182,8 +216,9 @@ def classifier(tiny_bert_cls, tmp_path_factory):
     model, tokenizer = load_tiny(tiny_bert_cls.path, task)
     root = tmp_path_factory.mktemp("cls")
     result = task.export(model, tokenizer, root / "model.onnx", opset=18, atol=1e-4)
-    bundle = _assemble(root / "bundle", result.path, tokenizer, task,
-                       label_names=[f"class_{i}" for i in range(NUM_LABELS)])
+    bundle = _assemble(
+        root / "bundle", result.path, tokenizer, task, label_names=[f"class_{i}" for i in range(NUM_LABELS)]
+    )
     yield bundle
     bundle.close()
 
@@ -195,21 +230,24 @@ def test_no_texts_give_an_empty_result_of_the_right_shape(embedder, classifier):
     assert embedder.embed(["the dog runs"]).shape == (1, HIDDEN)
     empty = embedder.embed([])
     assert empty.shape == (0, HIDDEN) and empty.dtype == np.float32
-    assert np.concatenate([empty, embedder.embed("a cat")]).shape == (1, HIDDEN)   # stacks like any batch
+    assert np.concatenate([empty, embedder.embed("a cat")]).shape == (1, HIDDEN)  # stacks like any batch
     assert classifier.classify([]).shape == (0, NUM_LABELS)
     assert classifier.classify(iter(())).shape == (0, NUM_LABELS)
     p = classifier.classify(("a dog", "the cat sat"))
     assert p.shape == (2, NUM_LABELS) and np.allclose(p.sum(1), 1.0)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (None, "embed(): texts must be a string or a list of strings, got NoneType"),
-    ([1, 2], "embed(): texts[0] must be a string (or a list of words), got int 1"),
-    (["a dog", None], "embed(): texts[1] must be a string (or a list of words), got NoneType None"),
-    (3.5, "embed(): texts must be a string or a list of strings, got float"),
-    (b"a dog", "embed(): texts must be a string or a list of strings, got bytes"),
-    ({"text": "a dog"}, "embed(): texts must be a string or a list of strings, got dict"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (None, "embed(): texts must be a string or a list of strings, got NoneType"),
+        ([1, 2], "embed(): texts[0] must be a string (or a list of words), got int 1"),
+        (["a dog", None], "embed(): texts[1] must be a string (or a list of words), got NoneType None"),
+        (3.5, "embed(): texts must be a string or a list of strings, got float"),
+        (b"a dog", "embed(): texts must be a string or a list of strings, got bytes"),
+        ({"text": "a dog"}, "embed(): texts must be a string or a list of strings, got dict"),
+    ],
+)
 def test_an_input_that_is_not_text_is_a_type_error_naming_the_argument(embedder, bad, message):
     """issue 21 case 8: these raised the tokenizer's own TypeErrors (or embedded a dict's keys)."""
     with pytest.raises(TypeError) as err:

@@ -4,6 +4,7 @@ a failed gate publishes to ``<name>.rejected`` and the last passing bundle stays
 bundle, not into it (case 3); ``--out`` is never a bundle or inside one (case 7).
 
 One passing and one failing run of the same recipe name (in process) serve every test here."""
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,9 @@ def _last_error(err: str) -> str:
 class Runs:
     out: Path
     recipe: Path
-    passed: Path                    # out/pub: the passing run
-    rejected: Path                  # out/pub.rejected: the failing run of the same name
-    before: dict[str, bytes]        # out/pub's bytes before the failing run
+    passed: Path  # out/pub: the passing run
+    rejected: Path  # out/pub.rejected: the failing run of the same name
+    before: dict[str, bytes]  # out/pub's bytes before the failing run
     pass_stdout: str
     fail_code: int
     fail_stdout: str
@@ -51,11 +52,16 @@ def runs(tiny_bert, data_files, tmp_path_factory) -> Runs:
     from modelpress.cli import main
 
     work = tmp_path_factory.mktemp("publish")
-    recipe = write_recipe(work / "pub.toml", {"name": "pub", "teacher": str(tiny_bert.path)}, {
-        "task_options": {"normalize": True},
-        "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
-        "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE},
-        "gate": {"max_drop": 50.0}})
+    recipe = write_recipe(
+        work / "pub.toml",
+        {"name": "pub", "teacher": str(tiny_bert.path)},
+        {
+            "task_options": {"normalize": True},
+            "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+            "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE},
+            "gate": {"max_drop": 50.0},
+        },
+    )
     out = work / "out"
 
     def run(*extra: str) -> tuple[int, str]:
@@ -79,10 +85,12 @@ def runs(tiny_bert, data_files, tmp_path_factory) -> Runs:
 def test_a_failed_run_goes_to_rejected_and_the_passing_bundle_stays_byte_identical(runs):
     """issue 21 case 1: before, the failing run replaced out/pub and load() opened it silently."""
     assert runs.fail_code == 3, runs.fail_stdout
-    assert f"rejected: {runs.rejected} (the gate failed; the last passing bundle {runs.passed} is unchanged)" \
+    assert (
+        f"rejected: {runs.rejected} (the gate failed; the last passing bundle {runs.passed} is unchanged)"
         in runs.fail_stdout
+    )
     assert "gate FAIL" in runs.fail_stdout and "bundle:" not in runs.fail_stdout
-    assert _snapshot(runs.passed) == runs.before                      # byte-identical
+    assert _snapshot(runs.passed) == runs.before  # byte-identical
     assert verify(runs.passed) == []
     assert json.loads((runs.passed / "manifest.json").read_text())["verdict"] == "pass"
     assert sorted(p.name for p in runs.out.iterdir()) == [".pub.lock", "pub", "pub.rejected"]
@@ -119,9 +127,24 @@ def test_gate_and_make_gate_judge_the_rejected_run_when_asked(runs, capsys):
     assert capsys.readouterr().out.startswith("gate FAIL")
     assert main(["gate", str(runs.rejected), "--max-drop", "100"]) == 0
     venv = Path(sys.executable).parent.parent
-    proc = subprocess.run(["make", "-s", "-C", str(REPO), f"RUN_DIR={runs.rejected}", f"PY={sys.executable}",
-                           f"VENV={venv}", "-o", f"{venv}/.installed", "gate"],
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            "make",
+            "-s",
+            "-C",
+            str(REPO),
+            f"RUN_DIR={runs.rejected}",
+            f"PY={sys.executable}",
+            f"VENV={venv}",
+            "-o",
+            f"{venv}/.installed",
+            "gate",
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     # make exits 2 when a command fails; the command's own 3 is in make's line
     assert proc.stdout.startswith("gate FAIL") and "gate] Error 3" in proc.stderr, proc.stderr[-2000:]
 
@@ -133,7 +156,7 @@ def test_gate_and_load_refuse_a_folder_without_manifest(runs, tmp_path, capsys):
     from modelpress.cli import main
 
     strict = ["--metric", "mean_cosine", "--max-drop", "0"]
-    assert main(["gate", str(runs.passed), *strict]) == 3              # int8 lost a little mean cosine
+    assert main(["gate", str(runs.passed), *strict]) == 3  # int8 lost a little mean cosine
     capsys.readouterr()
     edited = tmp_path / "edited"
     shutil.copytree(runs.passed, edited)
@@ -141,11 +164,14 @@ def test_gate_and_load_refuse_a_folder_without_manifest(runs, tmp_path, capsys):
     report = json.loads((edited / "report.json").read_text())
     report["models"]["int8"]["metrics"]["mean_cosine"] = report["models"]["teacher"]["metrics"]["mean_cosine"]
     (edited / "report.json").write_text(json.dumps(report))
-    assert main(["gate", str(edited), *strict]) == 2                   # was 0: the edited report passed
+    assert main(["gate", str(edited), *strict]) == 2  # was 0: the edited report passed
     captured = capsys.readouterr()
-    assert captured.out == "" and _last_error(captured.err) == \
-        f"modelpress: error: {edited}: no manifest.json (not a published modelpress bundle or validate report; " \
+    assert (
+        captured.out == ""
+        and _last_error(captured.err)
+        == f"modelpress: error: {edited}: no manifest.json (not a published modelpress bundle or validate report; "
         "nothing in it can be trusted)"
+    )
     with pytest.raises(BadInputError, match="no manifest.json"):
         load(edited)
 
@@ -162,20 +188,24 @@ def test_a_validate_report_is_trusted_through_its_own_manifest(tmp_path):
     (stages / "model.int8.onnx").write_bytes(b"int8")
     (stages / "report.json").write_text('{"gate": {}}', encoding="utf-8")
     (stages / "report.md").write_text("# report", encoding="utf-8")
-    write_report_manifest(stages, [stages / "report.json", stages / "report.md"], gate=None,
-                          candidate=stages / "model.int8.onnx")
+    write_report_manifest(
+        stages, [stages / "report.json", stages / "report.md"], gate=None, candidate=stages / "model.int8.onnx"
+    )
     manifest = json.loads((stages / "manifest.json").read_text())
     assert manifest["kind"] == "report" and set(manifest["files"]) == {"report.json", "report.md"}
     assert manifest["candidate"]["bytes"] == 4 and manifest["candidate"]["path"] == "model.int8.onnx"
     assert trusted_report(stages) == stages / "report.json"
-    (stages / "model.onnx").write_bytes(b"exported again")           # another stage's file
+    (stages / "model.onnx").write_bytes(b"exported again")  # another stage's file
     (stages / "quantization.json").write_text("{}", encoding="utf-8")
     assert trusted_report(stages) == stages / "report.json" and verify(stages) == []
     # the candidate it judged, quantized again (`make quantize`) after `make validate`: the report
     # is about another model now (gate passed it before)
     (stages / "model.int8.onnx").write_bytes(b"int8, quantized again")
-    with pytest.raises(BadInputError, match=r"model.int8.onnx: the candidate has changed since this report "
-                                            r"judged it; validate it again"):
+    with pytest.raises(
+        BadInputError,
+        match=r"model.int8.onnx: the candidate has changed since this report "
+        r"judged it; validate it again",
+    ):
         trusted_report(stages)
     (stages / "model.int8.onnx").unlink()
     with pytest.raises(BadInputError, match=r"model.int8.onnx: the candidate is gone since this report judged it"):
@@ -183,7 +213,7 @@ def test_a_validate_report_is_trusted_through_its_own_manifest(tmp_path):
     (stages / "model.int8.onnx").write_bytes(b"int8")
     assert trusted_report(stages) == stages / "report.json"
     assert enclosing_bundle(stages) is None
-    refuse_inside_bundle(stages / "model.onnx")                      # `make export` may write here again
+    refuse_inside_bundle(stages / "model.onnx")  # `make export` may write here again
     (stages / "report.json").write_text('{"gate": {"passed": true}}', encoding="utf-8")
     with pytest.raises(BadInputError, match=r"does not match its manifest.json \(report.json"):
         trusted_report(stages)
@@ -212,8 +242,10 @@ def test_analyze_writes_beside_the_bundle_and_gate_and_load_still_pass(runs, cap
     # a --out inside the bundle is refused before anything is written
     assert main(["-q", "analyze", str(runs.passed), "--out", str(runs.passed / "analysis")]) == 2
     err = capsys.readouterr().err
-    assert _last_error(err) == (f"modelpress: error: --out {runs.passed / 'analysis'}: is inside the bundle "
-                                f"{runs.passed}; write outside it (e.g. into {runs.out})")
+    assert _last_error(err) == (
+        f"modelpress: error: --out {runs.passed / 'analysis'}: is inside the bundle "
+        f"{runs.passed}; write outside it (e.g. into {runs.out})"
+    )
     assert not (runs.passed / "analysis").exists() and _snapshot(runs.passed) == runs.before
 
 
@@ -226,21 +258,40 @@ def test_run_refuses_an_out_that_is_a_bundle_or_inside_one(runs, where, capsys):
     out = runs.passed if where == "the bundle" else runs.passed / "tokenizer"
     assert main(["-q", "run", str(runs.recipe), "--out", str(out)]) == 2
     expected = "is a modelpress bundle" if where == "the bundle" else f"is inside the bundle {runs.passed}"
-    assert _last_error(capsys.readouterr().err) == \
-        f"modelpress: error: --out {out}: {expected}; write outside it (e.g. into {runs.out})"
-    assert _snapshot(runs.passed) == runs.before                      # nothing nested, no lock file added
+    assert (
+        _last_error(capsys.readouterr().err)
+        == f"modelpress: error: --out {out}: {expected}; write outside it (e.g. into {runs.out})"
+    )
+    assert _snapshot(runs.passed) == runs.before  # nothing nested, no lock file added
 
 
 def test_the_stage_commands_refuse_an_out_inside_a_bundle(runs, tiny_bert, data_files, capsys):
     from modelpress.cli import main
 
     bundle = runs.passed
-    for args in (["export", str(tiny_bert.path), "--out", str(bundle / "model.onnx")],
-                 ["quantize", str(bundle / "model.onnx"), "--tokenizer", str(tiny_bert.path), "--data",
-                  str(data_files.calibration_txt), "--out", str(bundle / "again.int8.onnx")],
-                 ["validate", "--teacher", str(tiny_bert.path), "--candidate", str(bundle / "model.int8.onnx"),
-                  "--out", str(bundle / "validation")],
-                 ["distill", str(runs.recipe), "--out", str(bundle)]):
+    for args in (
+        ["export", str(tiny_bert.path), "--out", str(bundle / "model.onnx")],
+        [
+            "quantize",
+            str(bundle / "model.onnx"),
+            "--tokenizer",
+            str(tiny_bert.path),
+            "--data",
+            str(data_files.calibration_txt),
+            "--out",
+            str(bundle / "again.int8.onnx"),
+        ],
+        [
+            "validate",
+            "--teacher",
+            str(tiny_bert.path),
+            "--candidate",
+            str(bundle / "model.int8.onnx"),
+            "--out",
+            str(bundle / "validation"),
+        ],
+        ["distill", str(runs.recipe), "--out", str(bundle)],
+    ):
         assert main(["-q", *args]) == 2, args
         expected = "is a modelpress bundle" if args[0] == "distill" else f"is inside the bundle {bundle}"
         assert expected in _last_error(capsys.readouterr().err), args
@@ -270,7 +321,8 @@ def test_run_never_replaces_what_is_not_a_bundle(runs, tmp_path, kind, capsys):
         what = "a folder that is not a modelpress bundle" if kind == "a model folder" else kind
         assert _last_error(capsys.readouterr().err) == (
             f"modelpress: error: {where}: is {what}, which publishing the run there would delete; move it, or give "
-            "another --out or recipe name")
+            "another --out or recipe name"
+        )
         assert sorted(p.name for p in out.iterdir()) == sorted({*before, ".pub.lock"})
         if kind == "a model folder":
             assert (where / "model.safetensors").read_bytes() == b"the teacher's weights"
@@ -303,11 +355,25 @@ def test_validate_never_overwrites_another_tools_manifest(runs, tiny_bert, tmp_p
     web = tmp_path / "webapp"
     web.mkdir()
     (web / "manifest.json").write_text('{"name": "my web app", "start_url": "/"}', encoding="utf-8")
-    assert main(["-q", "validate", "--teacher", str(tiny_bert.path), "--candidate",
-                 str(runs.passed / "model.int8.onnx"), "--out", str(web)]) == 2
+    assert (
+        main(
+            [
+                "-q",
+                "validate",
+                "--teacher",
+                str(tiny_bert.path),
+                "--candidate",
+                str(runs.passed / "model.int8.onnx"),
+                "--out",
+                str(web),
+            ]
+        )
+        == 2
+    )
     assert _last_error(capsys.readouterr().err) == (
         f"modelpress: error: {web / 'manifest.json'}: not a modelpress validate report's manifest, and the "
-        "report's would replace it; give another --out")
+        "report's would replace it; give another --out"
+    )
     assert (web / "manifest.json").read_text(encoding="utf-8") == '{"name": "my web app", "start_url": "/"}'
     assert sorted(p.name for p in web.iterdir()) == ["manifest.json"]
 
@@ -330,24 +396,28 @@ def test_is_bundle_and_the_analysis_folder_name(tmp_path, monkeypatch):
 
     (tmp_path / "a").mkdir()
     assert not is_bundle(tmp_path / "a")
-    (tmp_path / "a" / "bundle.json").write_text('{"task": {"name": "feature-extraction"}, "input_names": []}',
-                                                encoding="utf-8")
+    (tmp_path / "a" / "bundle.json").write_text(
+        '{"task": {"name": "feature-extraction"}, "input_names": []}', encoding="utf-8"
+    )
     assert is_bundle(tmp_path / "a") and enclosing_bundle(tmp_path / "a" / "b" / "c") == tmp_path / "a"
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "manifest.json").write_text('{"schema": 2, "files": {}}', encoding="utf-8")
-    assert is_bundle(tmp_path / "m")                                  # a bundle's manifest, kind left out
+    assert is_bundle(tmp_path / "m")  # a bundle's manifest, kind left out
     assert analysis_dir(tmp_path / "a") == tmp_path / "a.analysis"
     monkeypatch.chdir(tmp_path / "a")
-    assert analysis_dir(Path(".")) == tmp_path / "a.analysis"         # `modelpress analyze .` from inside it
+    assert analysis_dir(Path(".")) == tmp_path / "a.analysis"  # `modelpress analyze .` from inside it
 
 
-@pytest.mark.parametrize("name, text", [
-    ("manifest.json", '{"name": "my web app", "start_url": "/", "icons": []}'),   # a web app manifest
-    ("manifest.json", '{"manifest_version": 3, "name": "an extension"}'),
-    ("manifest.json", "// not JSON at all"),
-    ("bundle.json", '{"files": ["main.js"]}'),                                    # another tool's bundle.json
-    ("bundle.json", "[1, 2]"),
-])
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("manifest.json", '{"name": "my web app", "start_url": "/", "icons": []}'),  # a web app manifest
+        ("manifest.json", '{"manifest_version": 3, "name": "an extension"}'),
+        ("manifest.json", "// not JSON at all"),
+        ("bundle.json", '{"files": ["main.js"]}'),  # another tool's bundle.json
+        ("bundle.json", "[1, 2]"),
+    ],
+)
 def test_a_project_folder_with_another_tools_manifest_is_not_a_bundle(tmp_path, name, text):
     """Any manifest.json or bundle.json above --out made it "inside the bundle": in a web project
     (its manifest.json at the root) every `modelpress run --out artifacts` was refused."""
@@ -356,7 +426,7 @@ def test_a_project_folder_with_another_tools_manifest_is_not_a_bundle(tmp_path, 
     (tmp_path / name).write_text(text, encoding="utf-8")
     assert not is_bundle(tmp_path)
     assert enclosing_bundle(tmp_path / "artifacts" / "x") is None
-    refuse_inside_bundle(tmp_path / "artifacts")                      # no error
+    refuse_inside_bundle(tmp_path / "artifacts")  # no error
 
 
 @pytest.mark.parametrize("name", ["minilm.rejected", "minilm.analysis", "x.stages", "x.distill"])

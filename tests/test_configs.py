@@ -1,4 +1,5 @@
 """The shipped recipes load and say what the README says they do."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"
 
 
 REPO = Path(__file__).resolve().parents[1]
-DIGITS = REPO / "artifacts" / "digits"   # what `make demo` has bench.digits write first
-GPT = REPO / "artifacts" / "gpt"         # what `make bench-lm` has bench.tiny_gpt write first
+DIGITS = REPO / "artifacts" / "digits"  # what `make demo` has bench.digits write first
+GPT = REPO / "artifacts" / "gpt"  # what `make bench-lm` has bench.tiny_gpt write first
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -29,8 +30,11 @@ def test_shipped_recipe_loads_and_its_data_files_exist(path):
         return
     if at(recipe.teacher) == GPT / "model":
         # made by bench.tiny_gpt: the model folder, the two text files and the prompts
-        assert (at(recipe.calibration.data), at(recipe.validate.eval_data), at(recipe.validate.prompts)) == \
-            (GPT / "train.txt", GPT / "heldout.txt", GPT / "prompts.jsonl")
+        assert (at(recipe.calibration.data), at(recipe.validate.eval_data), at(recipe.validate.prompts)) == (
+            GPT / "train.txt",
+            GPT / "heldout.txt",
+            GPT / "prompts.jsonl",
+        )
         assert "bench.tiny_gpt --out" in (REPO / "Makefile").read_text()
         return
     assert Path(recipe.calibration.data).is_file()

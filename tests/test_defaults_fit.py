@@ -2,6 +2,7 @@
 latency sequence lengths, ``max_length`` of calibration and validation) that the model's positions
 cannot take is clipped to them, with one log line and a ``defaults_clipped`` entry in the report;
 a value the user wrote, in the recipe or with ``--set``, is refused as before."""
+
 from __future__ import annotations
 
 import json
@@ -28,15 +29,20 @@ def _fit(recipe, positions, task_name=None):
 
     task = configure_task(task_name or recipe.task)
     config = SimpleNamespace(max_position_embeddings=positions, model_type="llama")
-    return fit_lengths({"calibration": recipe.calibration, "validate": recipe.validate}, task=task,
-                       modality=get_modality(task.modality), model_config=config, preprocessor=None,
-                       written=recipe.written)
+    return fit_lengths(
+        {"calibration": recipe.calibration, "validate": recipe.validate},
+        task=task,
+        modality=get_modality(task.modality),
+        model_config=config,
+        preprocessor=None,
+        written=recipe.written,
+    )
 
 
 def test_the_default_decode_contexts_are_clipped_to_a_256_position_model(tmp_path, caplog):
     """issue 21 case 9, as measured: 256 positions, the default decode contexts [128, 512]."""
     recipe = _recipe(tmp_path)
-    assert recipe.validate.decode_contexts == (128, 512)   # the default, not written
+    assert recipe.validate.decode_contexts == (128, 512)  # the default, not written
     with caplog.at_level(logging.INFO, logger="modelpress"):
         sections, fitted = _fit(recipe, 256)
     # a decode step at context c feeds c + 1 positions: 255 is the longest context 256 positions take
@@ -44,8 +50,9 @@ def test_the_default_decode_contexts_are_clipped_to_a_256_position_model(tmp_pat
     assert fitted.clipped == {"validate.decode_contexts": {"default": [128, 512], "used": [128, 255]}}
     assert fitted.limit == 256
     lines = [r.getMessage() for r in caplog.records if "defaults fitted" in r.getMessage()]
-    assert lines == ["defaults fitted to the 256 positions the model takes: "
-                     "validate.decode_contexts [128, 512] -> [128, 255]"]
+    assert lines == [
+        "defaults fitted to the 256 positions the model takes: validate.decode_contexts [128, 512] -> [128, 255]"
+    ]
     # what fits stays as it was
     assert sections["validate"].seq_lengths == (128,) and sections["calibration"].max_length == 128
 
@@ -55,21 +62,28 @@ def test_every_default_length_is_clipped_and_only_the_tasks_own_keys_count(tmp_p
     sections, fitted = _fit(recipe, 64)
     cal, v = sections["calibration"], sections["validate"]
     assert (cal.max_length, v.max_length, v.seq_lengths, v.decode_contexts) == (64, 64, (64,), (63,))
-    assert set(fitted.clipped) == {"calibration.max_length", "validate.max_length", "validate.seq_lengths",
-                                   "validate.decode_contexts"}
+    assert set(fitted.clipped) == {
+        "calibration.max_length",
+        "validate.max_length",
+        "validate.seq_lengths",
+        "validate.decode_contexts",
+    }
     assert fitted.clipped["validate.seq_lengths"] == {"default": [128], "used": [64]}
     # an encoder has no decode step: its decode contexts are neither checked nor clipped
     _, encoder = _fit(_recipe(tmp_path, "feature-extraction"), 64)
     assert "validate.decode_contexts" not in encoder.clipped and len(encoder.clipped) == 3
 
 
-@pytest.mark.parametrize("sections, overrides, message", [
-    ({"validate": {"decode_contexts": [128, 512]}}, (), "validate.decode_contexts: 513 is more than the 256"),
-    ({"validate": {"seq_lengths": [300]}}, (), "validate.seq_lengths: 300 is more than the 256"),
-    ({"calibration": {"max_length": 257}}, (), "calibration.max_length: 257 is more than the 256"),
-    ({}, ("validate.max_length=1000",), "validate.max_length: 1000 is more than the 256"),
-    ({}, ("validate.decode_contexts=[256]",), "validate.decode_contexts: 257 is more than the 256"),
-])
+@pytest.mark.parametrize(
+    "sections, overrides, message",
+    [
+        ({"validate": {"decode_contexts": [128, 512]}}, (), "validate.decode_contexts: 513 is more than the 256"),
+        ({"validate": {"seq_lengths": [300]}}, (), "validate.seq_lengths: 300 is more than the 256"),
+        ({"calibration": {"max_length": 257}}, (), "calibration.max_length: 257 is more than the 256"),
+        ({}, ("validate.max_length=1000",), "validate.max_length: 1000 is more than the 256"),
+        ({}, ("validate.decode_contexts=[256]",), "validate.decode_contexts: 257 is more than the 256"),
+    ],
+)
 def test_a_length_the_user_wrote_is_refused_even_when_it_equals_the_default(tmp_path, sections, overrides, message):
     recipe = _recipe(tmp_path, sections=sections, overrides=overrides)
     with pytest.raises(BadInputError) as err:
@@ -105,18 +119,31 @@ def short_lm(tmp_path_factory):
 def _minimal(short_lm, tmp_path, **validate):
     """No length key written: only data, the sample size and what keeps timing short."""
     top = {"name": "lm", "teacher": str(short_lm.folder), "task": "text-generation"}
-    return write_recipe(tmp_path / "lm.toml", top,
-                        {"calibration": {"data": str(short_lm.root / "corpus.txt"), "num_samples": 16},
-                         "validate": {"eval_data": str(short_lm.root / "heldout.txt"), "latency_runs": 2,
-                                      "warmup_runs": 1, "batch_sizes": [1], "real_workload": False, "threads": 1,
-                                      **validate},
-                         "gate": {"max_drop": 100.0}})
+    return write_recipe(
+        tmp_path / "lm.toml",
+        top,
+        {
+            "calibration": {"data": str(short_lm.root / "corpus.txt"), "num_samples": 16},
+            "validate": {
+                "eval_data": str(short_lm.root / "heldout.txt"),
+                "latency_runs": 2,
+                "warmup_runs": 1,
+                "batch_sizes": [1],
+                "real_workload": False,
+                "threads": 1,
+                **validate,
+            },
+            "gate": {"max_drop": 100.0},
+        },
+    )
 
 
-CLIPPED_64 = {"calibration.max_length": {"default": 128, "used": 64},
-              "validate.max_length": {"default": 128, "used": 64},
-              "validate.seq_lengths": {"default": [128], "used": [64]},
-              "validate.decode_contexts": {"default": [128, 512], "used": [63]}}
+CLIPPED_64 = {
+    "calibration.max_length": {"default": 128, "used": 64},
+    "validate.max_length": {"default": 128, "used": 64},
+    "validate.seq_lengths": {"default": [128], "used": [64]},
+    "validate.decode_contexts": {"default": [128, 512], "used": [63]},
+}
 
 
 def test_run_and_validate_fit_the_defaults_and_refuse_what_the_user_wrote(short_lm, tmp_path, caplog, capsys):
@@ -143,23 +170,56 @@ def test_run_and_validate_fit_the_defaults_and_refuse_what_the_user_wrote(short_
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="modelpress"):
-        assert main(["validate", "--recipe", str(recipe), "--candidate", str(bundle / "model.int8.onnx"),
-                     "--out", str(tmp_path / "v")]) == 0
+        assert (
+            main(
+                [
+                    "validate",
+                    "--recipe",
+                    str(recipe),
+                    "--candidate",
+                    str(bundle / "model.int8.onnx"),
+                    "--out",
+                    str(tmp_path / "v"),
+                ]
+            )
+            == 0
+        )
     assert json.loads((tmp_path / "v" / "report.json").read_text())["defaults_clipped"] == {
-        k: c for k, c in CLIPPED_64.items() if k.startswith("validate.")}
+        k: c for k, c in CLIPPED_64.items() if k.startswith("validate.")
+    }
     assert any("defaults fitted" in r.getMessage() for r in caplog.records)
     capsys.readouterr()
 
     # a value the user wrote is refused, in the recipe, with --set, or as a flag: one line, exit 2
     written = _minimal(short_lm, tmp_path, decode_contexts=[128])
     assert main(["run", str(written), "--out", str(tmp_path / "out2")]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        "modelpress: error: validate.decode_contexts: 129 is more than the 64 positions the model takes"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "modelpress: error: validate.decode_contexts: 129 is more than the 64 positions the model takes"
+    )
     assert main(["run", str(recipe), "--out", str(tmp_path / "out2"), "--set", "validate.seq_lengths=[128]"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        "modelpress: error: validate.seq_lengths: 128 is more than the 64 positions the model takes"
-    assert main(["validate", "--recipe", str(recipe), "--candidate", str(bundle / "model.int8.onnx"),
-                 "--out", str(tmp_path / "v2"), "--seq-lengths", "100"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        "modelpress: error: --seq-lengths: 100 is more than the 64 positions the model takes"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "modelpress: error: validate.seq_lengths: 128 is more than the 64 positions the model takes"
+    )
+    assert (
+        main(
+            [
+                "validate",
+                "--recipe",
+                str(recipe),
+                "--candidate",
+                str(bundle / "model.int8.onnx"),
+                "--out",
+                str(tmp_path / "v2"),
+                "--seq-lengths",
+                "100",
+            ]
+        )
+        == 2
+    )
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "modelpress: error: --seq-lengths: 100 is more than the 64 positions the model takes"
+    )
     assert not (tmp_path / "out2" / "lm").exists() and not (tmp_path / "v2" / "report.json").exists()

@@ -1,4 +1,5 @@
 """The [distill] recipe section: parsing, defaults, and errors that name the offending key."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,12 +22,33 @@ def test_minimal_section_gets_documented_defaults_and_resolves_data(tmp_path):
 
 def test_full_section_round_trips_through_json(tmp_path):
     section = {
-        "enabled": True, "data": "/abs/data.jsonl", "text_field": "sentence", "label_field": "label",
-        "num_samples": 1000, "max_length": 64, "num_layers": 3, "layer_map": [1, 3, 5], "dropout": 0.1,
-        "freeze_embeddings": False, "epochs": 2, "max_steps": 50, "batch_size": 32, "grad_accum": 2,
-        "lr": 5e-5, "weight_decay": 0.0, "warmup_ratio": 0.1, "max_grad_norm": 0.5, "temperature": 4,
-        "losses": {"kl": 1.0, "ce": 0.5, "hidden_mse": 2}, "precision": "BF16", "group_by_length": False,
-        "eval_fraction": 0.1, "eval_every": 10, "save_every": 5, "cache_teacher": False, "seed": 7,
+        "enabled": True,
+        "data": "/abs/data.jsonl",
+        "text_field": "sentence",
+        "label_field": "label",
+        "num_samples": 1000,
+        "max_length": 64,
+        "num_layers": 3,
+        "layer_map": [1, 3, 5],
+        "dropout": 0.1,
+        "freeze_embeddings": False,
+        "epochs": 2,
+        "max_steps": 50,
+        "batch_size": 32,
+        "grad_accum": 2,
+        "lr": 5e-5,
+        "weight_decay": 0.0,
+        "warmup_ratio": 0.1,
+        "max_grad_norm": 0.5,
+        "temperature": 4,
+        "losses": {"kl": 1.0, "ce": 0.5, "hidden_mse": 2},
+        "precision": "BF16",
+        "group_by_length": False,
+        "eval_fraction": 0.1,
+        "eval_every": 10,
+        "save_every": 5,
+        "cache_teacher": False,
+        "seed": 7,
     }
     cfg = DistillConfig.from_dict(section, base_dir=tmp_path)
     assert cfg.data == Path("/abs/data.jsonl")
@@ -76,8 +98,14 @@ def test_student_folder_relative_to_recipe_becomes_absolute(tmp_path):
 def test_task_defaults_and_inapplicable_losses():
     fe, tc = get_task("feature-extraction"), get_task("text-classification")
     assert fe.resolve_weights(LossWeights(), has_labels=False) == {
-        "embedding_mse": 1.0, "embedding_cos": 1.0, "similarity_mse": 0.0, "kl": 0.0, "ce": 0.0, "hidden_mse": 0.0,
-        "attention_kl": 0.0}
+        "embedding_mse": 1.0,
+        "embedding_cos": 1.0,
+        "similarity_mse": 0.0,
+        "kl": 0.0,
+        "ce": 0.0,
+        "hidden_mse": 0.0,
+        "attention_kl": 0.0,
+    }
     weights = tc.resolve_weights(LossWeights(hidden_mse=0.5), has_labels=True)
     assert (weights["kl"], weights["ce"], weights["hidden_mse"]) == (1.0, 1.0, 0.5)
     with pytest.raises(BadInputError, match=r"distill\.losses\.kl"):

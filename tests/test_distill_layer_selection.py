@@ -1,6 +1,7 @@
 """``distill.layer_selection = "agreement"``: the kept teacher layers are the subset whose untrained
 copy agrees best with the teacher on corpus texts, checked against scores computed directly
 with transformers; greedy elimination for large teachers; and the recipe plumbing."""
+
 from __future__ import annotations
 
 import itertools
@@ -52,16 +53,24 @@ def _reference_cosine(teacher, tokenizer, texts, layers) -> float:
 
 def _choose(teacher, corpus, num_layers):
     spec = get_task("feature-extraction", {"pooling": "mean", "normalize": True})
-    return choose_layers(teacher, num_layers=num_layers, spec=spec,
-                         corpus=corpus, indices=list(range(len(corpus))), dist=DistContext(),
-                         precision=Precision("fp32", "cpu"), batch_size=5)
+    return choose_layers(
+        teacher,
+        num_layers=num_layers,
+        spec=spec,
+        corpus=corpus,
+        indices=list(range(len(corpus))),
+        dist=DistContext(),
+        precision=Precision("fp32", "cpu"),
+        batch_size=5,
+    )
 
 
 def test_agreement_keeps_the_subset_closest_to_the_teacher(setup):
     _, corpus, teacher, tokenizer, texts = setup
     choice = _choose(teacher, corpus, 2)
-    reference = {layers: _reference_cosine(teacher, tokenizer, texts, layers)
-                 for layers in itertools.combinations(range(4), 2)}
+    reference = {
+        layers: _reference_cosine(teacher, tokenizer, texts, layers) for layers in itertools.combinations(range(4), 2)
+    }
     assert len(choice.candidates) == 6  # every 2-of-4 subset
     for candidate in choice.candidates:
         assert candidate["cosine"] == pytest.approx(reference[tuple(candidate["layers"])], abs=1e-5)
@@ -78,8 +87,10 @@ def test_many_subsets_fall_back_to_greedy_elimination(setup, monkeypatch):
     # the same greedy search on directly computed scores: drop the least useful layer, twice
     kept = (0, 1, 2, 3)
     while len(kept) > 2:
-        kept = max((tuple(x for x in kept if x != d) for d in kept),
-                   key=lambda s: _reference_cosine(teacher, tokenizer, texts, s))
+        kept = max(
+            (tuple(x for x in kept if x != d) for d in kept),
+            key=lambda s: _reference_cosine(teacher, tokenizer, texts, s),
+        )
     assert choice.layers == kept
     assert len(choice.candidates) == 4 + 3  # subsets of 3, then of 2
 
@@ -92,8 +103,11 @@ def test_recipe_plumbing_and_validation(setup, tmp_path):
     summary = json.loads((chosen / "distill.json").read_text())
     assert summary["kept_layers"] == summary["layer_candidates"][0]["layers"]
     assert len(summary["layer_candidates"]) == 6
-    spread = run_distillation(DistillConfig.from_dict({**section, "layer_selection": "spread"}, base_dir=root),
-                              out_dir=tmp_path / "b", **common)
+    spread = run_distillation(
+        DistillConfig.from_dict({**section, "layer_selection": "spread"}, base_dir=root),
+        out_dir=tmp_path / "b",
+        **common,
+    )
     summary = json.loads((spread / "distill.json").read_text())
     assert summary["kept_layers"] == [0, 2] and summary["layer_candidates"] is None
     with pytest.raises(BadInputError, match="distill.layer_selection"):

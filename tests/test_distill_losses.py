@@ -1,5 +1,6 @@
 """Each distillation loss against a reference computed by hand (plain Python math) on fixed tensors,
 and the property DDP equivalence rests on: a batch's loss is the mean of its equal halves' losses."""
+
 from __future__ import annotations
 
 import math
@@ -43,7 +44,9 @@ def test_soft_target_kl_matches_hand_computation():
     assert got.item() == pytest.approx(expected, rel=1e-6)
     assert expected == pytest.approx(0.6744576, rel=1e-6)  # checked on paper: (0.3202 + 0.0172) / 2 · 4
     # identical logits: zero at any temperature
-    assert soft_target_kl(torch.tensor(TEACHER_LOGITS), torch.tensor(TEACHER_LOGITS), 3.0).item() == pytest.approx(0, abs=1e-7)
+    assert soft_target_kl(torch.tensor(TEACHER_LOGITS), torch.tensor(TEACHER_LOGITS), 3.0).item() == pytest.approx(
+        0, abs=1e-7
+    )
 
 
 def test_hard_label_ce_matches_hand_computation():
@@ -146,8 +149,11 @@ def _random_case(seed: int = 0):
 
 
 def _half(outputs: ModelOutputs, sl: slice) -> ModelOutputs:
-    return ModelOutputs(sentence=outputs.sentence[sl], hidden_states=tuple(h[sl] for h in outputs.hidden_states),
-                        attentions=tuple(a[sl] for a in outputs.attentions))
+    return ModelOutputs(
+        sentence=outputs.sentence[sl],
+        hidden_states=tuple(h[sl] for h in outputs.hidden_states),
+        attentions=tuple(a[sl] for a in outputs.attentions),
+    )
 
 
 @pytest.mark.parametrize("name", ["embedding_mse", "embedding_cos", "kl", "ce", "hidden_mse", "attention_kl"])
@@ -168,7 +174,8 @@ def test_objective_weights_and_layer_map():
     objective = DistillObjective({"kl": 2.0, "hidden_mse": 0.5, "ce": 0.0}, temperature=1.5, layer_map=[1, 0])
     parts = objective(student, teacher, batch)
     assert set(parts) == {"kl", "hidden_mse", "loss"}
-    mapped = hidden_state_mse(student.hidden_states, [teacher.hidden_states[1], teacher.hidden_states[0]],
-                              batch["attention_mask"])
+    mapped = hidden_state_mse(
+        student.hidden_states, [teacher.hidden_states[1], teacher.hidden_states[0]], batch["attention_mask"]
+    )
     assert parts["hidden_mse"].item() == pytest.approx(mapped.item())
     assert parts["loss"].item() == pytest.approx(2.0 * parts["kl"].item() + 0.5 * mapped.item())

@@ -1,4 +1,5 @@
 """Building the student (layer subsets, layer maps) and the distributed batch sampler, exactly."""
+
 from __future__ import annotations
 
 import pytest
@@ -77,9 +78,14 @@ def test_build_student_variants_and_errors(teacher_dir):
     assert not built.model.get_input_embeddings().weight.requires_grad  # freeze_embeddings default
     assert all(m.p == 0.0 for m in built.model.modules() if isinstance(m, torch.nn.Dropout))
     assert built.model.config.hidden_dropout_prob == teacher.config.hidden_dropout_prob  # saved config untouched
-    small = build_student(DistillConfig(data="x.txt", student_config={"hidden_size": 16, "num_hidden_layers": 2,
-                                                                      "intermediate_size": 32}),
-                          teacher, spec, tokenizer=tokenizer)
+    small = build_student(
+        DistillConfig(
+            data="x.txt", student_config={"hidden_size": 16, "num_hidden_layers": 2, "intermediate_size": 32}
+        ),
+        teacher,
+        spec,
+        tokenizer=tokenizer,
+    )
     assert small.model.config.hidden_size == 16 and not small.pretrained and small.layer_map == (2, 5)
     assert small.model.get_input_embeddings().weight.requires_grad  # random embeddings are trained
     with pytest.raises(BadInputError, match="distill.layers"):
@@ -87,15 +93,23 @@ def test_build_student_variants_and_errors(teacher_dir):
     with pytest.raises(BadInputError, match="distill.layer_map"):
         build_student(DistillConfig(data="x.txt", layers=(0, 1), layer_map=(1,)), teacher, spec, tokenizer=tokenizer)
     with pytest.raises(BadInputError, match="distill.student_config.hidden_sizes"):
-        build_student(DistillConfig(data="x.txt", student_config={"hidden_sizes": 3}), teacher, spec,
-                      tokenizer=tokenizer)
+        build_student(
+            DistillConfig(data="x.txt", student_config={"hidden_sizes": 3}), teacher, spec, tokenizer=tokenizer
+        )
 
 
 def _sampler(n, *, world, rank, accum, batch=8, group=True, seed=3):
     lengths = [1 + (i * 7) % 13 for i in range(n)]
-    return DistributedBatchSampler(list(range(100, 100 + n)), [0] * 100 + lengths, global_batch=batch,
-                                   grad_accum=accum, world_size=world, rank=rank, seed=seed,
-                                   group_by_length=group)
+    return DistributedBatchSampler(
+        list(range(100, 100 + n)),
+        [0] * 100 + lengths,
+        global_batch=batch,
+        grad_accum=accum,
+        world_size=world,
+        rank=rank,
+        seed=seed,
+        group_by_length=group,
+    )
 
 
 @pytest.mark.parametrize("group", [True, False])

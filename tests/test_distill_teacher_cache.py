@@ -1,6 +1,7 @@
 """The teacher-target cache: per-token hidden states cached once (fp16, no padding) must give the
 same targets as running the teacher live, for any batch composition, and fall back to the live
 teacher when the cache would be larger than ``cache_teacher_max_mb``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,16 +35,23 @@ def setup(tmp_path_factory):
 
 
 def _targets(root: Path, spec, layers=LAYERS) -> TeacherTargets:
-    return TeacherTargets(load_teacher(str(root / "teacher"), spec), spec=spec,
-                          precision=Precision("fp32", "cpu"), device=torch.device("cpu"), need_hidden=True,
-                          need_attentions=False, hidden_layers=layers)
+    return TeacherTargets(
+        load_teacher(str(root / "teacher"), spec),
+        spec=spec,
+        precision=Precision("fp32", "cpu"),
+        device=torch.device("cpu"),
+        need_hidden=True,
+        need_attentions=False,
+        hidden_layers=layers,
+    )
 
 
 def test_cached_hidden_states_equal_the_live_teacher(setup, tmp_path):
     root, spec, corpus = setup
     targets = _targets(root, spec)
-    targets.build_cache(corpus, path=tmp_path / "cache.safetensors", fingerprint="f", dist=DistContext(),
-                        batch_size=7, max_token_mb=1.0)
+    targets.build_cache(
+        corpus, path=tmp_path / "cache.safetensors", fingerprint="f", dist=DistContext(), batch_size=7, max_token_mb=1.0
+    )
     assert targets.token_cache is not None
     assert targets.token_cache.values.shape == (sum(corpus.lengths), 2, 32)
     assert targets.token_cache.values.dtype == torch.float16
@@ -62,8 +70,9 @@ def test_cached_hidden_states_equal_the_live_teacher(setup, tmp_path):
 
     # a second process (a resumed run) reads the same targets back from disk
     again = _targets(root, spec)
-    again.build_cache(corpus, path=tmp_path / "cache.safetensors", fingerprint="f", dist=DistContext(),
-                      batch_size=3, max_token_mb=1.0)
+    again.build_cache(
+        corpus, path=tmp_path / "cache.safetensors", fingerprint="f", dist=DistContext(), batch_size=3, max_token_mb=1.0
+    )
     assert torch.equal(again.token_cache.values, targets.token_cache.values)
     assert torch.equal(again.token_cache.offsets, targets.token_cache.offsets)
 
@@ -71,16 +80,18 @@ def test_cached_hidden_states_equal_the_live_teacher(setup, tmp_path):
 def test_cache_over_its_size_limit_keeps_only_sentence_targets(setup, tmp_path):
     root, spec, corpus = setup
     targets = _targets(root, spec)
-    targets.build_cache(corpus, path=tmp_path / "cache.safetensors", fingerprint="f", dist=DistContext(),
-                        batch_size=8, max_token_mb=0.0)
+    targets.build_cache(
+        corpus, path=tmp_path / "cache.safetensors", fingerprint="f", dist=DistContext(), batch_size=8, max_token_mb=0.0
+    )
     assert targets.token_cache is None and targets.cache is not None
     batch = corpus.collate([1, 2, 3])
     out = targets.for_batch(batch)  # token-level targets come from the live teacher
     assert all(h is not None for h in out.hidden_states) and len(out.hidden_states) == 4
     # a cache written for other layers is not reused for these
     other = _targets(root, spec, layers=(0, 3))
-    other.build_cache(corpus, path=tmp_path / "cache.safetensors", fingerprint="f", dist=DistContext(),
-                      batch_size=8, max_token_mb=1.0)
+    other.build_cache(
+        corpus, path=tmp_path / "cache.safetensors", fingerprint="f", dist=DistContext(), batch_size=8, max_token_mb=1.0
+    )
     assert other.token_cache is not None and other.token_cache.layers == (0, 3)
 
 
@@ -89,8 +100,9 @@ def test_states_beyond_fp16_range_are_cached_in_fp32(setup, tmp_path):
     targets = _targets(root, spec)
     with torch.no_grad():  # layer 3's output now reaches ~1e6, beyond fp16's 65504
         targets.model.encoder.layer[3].output.LayerNorm.weight.mul_(1e5)
-    targets.build_cache(corpus, path=tmp_path / "cache.safetensors", fingerprint="f", dist=DistContext(),
-                        batch_size=8, max_token_mb=1.0)
+    targets.build_cache(
+        corpus, path=tmp_path / "cache.safetensors", fingerprint="f", dist=DistContext(), batch_size=8, max_token_mb=1.0
+    )
     assert targets.token_cache.values.dtype == torch.float32
     batch = corpus.collate([3, 9, 4])
     cached, live = targets.for_batch(batch), targets.compute(batch)

@@ -2,6 +2,7 @@
 McNemar against hand computation, the three policies, the "too small to decide" line, interleaved
 latency, deterministic int8, calibration seeds, and a planted-regression suite whose true drops are
 computed here, outside modelpress, from ONNX Runtime and scipy."""
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,7 @@ def test_the_spearman_interval_matches_a_plain_bootstrap():
     rng = np.random.default_rng(0)
     gold = rng.uniform(0, 5, 600)
     t = gold + rng.normal(0, 1.0, 600)
-    c = t + rng.normal(0, 0.6, 600)     # a candidate that drifts from the teacher
+    c = t + rng.normal(0, 0.6, 600)  # a candidate that drifts from the teacher
     iv = U.interval(U.PairedUnits(U.as_arrays(t, c, gold), U.spearman_drop(), "pairs"))
     ref_lo, ref_hi = _plain_bootstrap(t, c, gold)
     assert iv.n == 600 and iv.unit == "pairs"
@@ -47,15 +48,21 @@ def test_mcnemar_and_the_accuracy_interval():
     iv = U.interval(U.PairedUnits(U.as_arrays(t, c), U.paired_mean_drop(), "texts", discordant=(10, 2)))
     assert iv.drop == pytest.approx(8.0)
     # exact two-sided binomial test on the 12 discordant texts: 2 · P(X ≤ 2 | n = 12, p = ½)
-    assert iv.mcnemar_p == pytest.approx(2 * (1 + 12 + 66) / 2 ** 12, rel=1e-5)
-    assert iv.lo > 0   # the drop is real at this size
+    assert iv.mcnemar_p == pytest.approx(2 * (1 + 12 + 66) / 2**12, rel=1e-5)
+    assert iv.lo > 0  # the drop is real at this size
 
 
-@pytest.mark.parametrize("policy, ci, drop, passed", [
-    ("point", (-0.2, 0.9), 0.3, True), ("point", (0.1, 0.9), 0.6, False),
-    ("confident", (-0.2, 0.9), 0.3, False), ("confident", (-0.2, 0.4), 0.1, True),
-    ("lenient", (0.2, 0.9), 0.6, True), ("lenient", (0.55, 0.9), 0.7, False),
-])
+@pytest.mark.parametrize(
+    "policy, ci, drop, passed",
+    [
+        ("point", (-0.2, 0.9), 0.3, True),
+        ("point", (0.1, 0.9), 0.6, False),
+        ("confident", (-0.2, 0.9), 0.3, False),
+        ("confident", (-0.2, 0.4), 0.1, True),
+        ("lenient", (0.2, 0.9), 0.6, True),
+        ("lenient", (0.55, 0.9), 0.7, False),
+    ],
+)
 def test_policies(policy, ci, drop, passed):
     teacher = {"spearman": 0.80}
     cand = {"spearman": 0.80 - drop / 100}
@@ -69,20 +76,22 @@ def test_an_interval_wider_than_max_drop_says_the_eval_set_is_too_small():
     iv = {"accuracy": {"n": 300, "unit": "texts", "drop_ci95": [-1.0, 2.0], "method": "m", "mcnemar_p": 0.5}}
     g = decide("text-classification", {"accuracy": 0.9}, {"accuracy": 0.895}, max_drop=1.0, intervals=iv)
     assert g.passed and "too small to decide at max_drop 1.00" in g.note
-    assert f"about {math.ceil(300 * 3.0 ** 2)} would narrow it" in g.note and g.note in g.line()
-    assert decide("text-classification", {"accuracy": 0.9}, {"accuracy": 0.895}, max_drop=5.0,
-                  intervals=iv).note is None
+    assert f"about {math.ceil(300 * 3.0**2)} would narrow it" in g.note and g.note in g.line()
+    assert (
+        decide("text-classification", {"accuracy": 0.9}, {"accuracy": 0.895}, max_drop=5.0, intervals=iv).note is None
+    )
 
 
 def test_the_latency_condition():
     lat = {"b1xs16_p50": 0.4, "b32xs16_p50": 0.7}
     m = {"mean_cosine": 1.0}
     ok = decide("feature-extraction", m, m, max_drop=0.5, latency=lat, max_latency_ratio=0.8)
-    assert ok.passed and ok.latency_shape == "b32xs16" and ok.latency_ratio == 0.7   # the last shape by default
+    assert ok.passed and ok.latency_shape == "b32xs16" and ok.latency_ratio == 0.7  # the last shape by default
     slow = decide("feature-extraction", m, m, max_drop=0.5, latency=lat, max_latency_ratio=0.5)
     assert not slow.passed and "latency b32xs16 0.700x teacher (max 0.500)" in slow.line()
-    assert decide("feature-extraction", m, m, max_drop=0.5, latency=lat, max_latency_ratio=0.5,
-                  latency_shape="b1xs16").passed
+    assert decide(
+        "feature-extraction", m, m, max_drop=0.5, latency=lat, max_latency_ratio=0.5, latency_shape="b1xs16"
+    ).passed
     from modelpress.errors import BadInputError
 
     with pytest.raises(BadInputError, match="gate.latency_shape: 'b8xs16' was not timed"):
@@ -145,14 +154,15 @@ def test_the_latency_budget_bounds_the_timed_rounds_but_keeps_five():
             time.sleep(0.01)
 
     def runs(budget, latency_runs=1000):
-        cfg = SimpleNamespace(batch_sizes=(1,), seq_lengths=(4,), warmup_runs=1, latency_runs=latency_runs,
-                              latency_budget_s=budget)
+        cfg = SimpleNamespace(
+            batch_sizes=(1,), seq_lengths=(4,), warmup_runs=1, latency_runs=latency_runs, latency_budget_s=budget
+        )
         return interleaved_latency([Slow()], ["x"], cfg)["slow"][0]["runs"]
 
-    assert MIN_TIMED_ROUNDS <= runs(0.08) <= 12       # ~8 rounds of 10 ms fit in 80 ms
-    assert runs(1e-6) == MIN_TIMED_ROUNDS             # a spent budget still times five rounds
-    assert runs(1e-6, latency_runs=3) == 3            # ... unless fewer were asked for
-    assert runs(0.0, latency_runs=40) == 40           # 0: no budget
+    assert MIN_TIMED_ROUNDS <= runs(0.08) <= 12  # ~8 rounds of 10 ms fit in 80 ms
+    assert runs(1e-6) == MIN_TIMED_ROUNDS  # a spent budget still times five rounds
+    assert runs(1e-6, latency_runs=3) == 3  # ... unless fewer were asked for
+    assert runs(0.0, latency_runs=40) == 40  # 0: no budget
 
 
 def test_the_same_calibration_gives_byte_identical_int8(bert_onnx, tmp_path, data_files):
@@ -163,8 +173,9 @@ def test_the_same_calibration_gives_byte_identical_int8(bert_onnx, tmp_path, dat
     from modelpress.runtimes.quantize.static import quantize_static
 
     tok = AutoTokenizer.from_pretrained(str(bert_onnx.model.path))
-    feed = TokenizedFeed(data_files.calibration_texts, tok, batch_size=16, max_length=32,
-                         input_names=bert_onnx.result.input_names)
+    feed = TokenizedFeed(
+        data_files.calibration_texts, tok, batch_size=16, max_length=32, input_names=bert_onnx.result.input_names
+    )
     for name in ("a.onnx", "b.onnx"):
         quantize_static(bert_onnx.onnx_path, tmp_path / name, feed, QuantizeConfig(calibration_method="percentile"))
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
@@ -187,7 +198,7 @@ def _damaged(src, dst, *, noise=0.0, zero_head=None, seed=0):
     if zero_head is not None:  # the first square weight is layer 0's query projection: zero one head's columns
         q = next(i for i in model.graph.initializer if len(i.dims) == 2 and i.dims[0] == i.dims[1])
         w = numpy_helper.to_array(q).copy()
-        w[:, zero_head * 16:(zero_head + 1) * 16] = 0
+        w[:, zero_head * 16 : (zero_head + 1) * 16] = 0
         q.CopyFrom(numpy_helper.from_array(w, q.name))
     onnx.save(model, str(dst))
     return dst
@@ -201,7 +212,7 @@ def _embed(path, tok, texts, names):
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = []
     for start in range(0, len(texts), 16):
-        enc = tok(texts[start:start + 16], padding=True, truncation=True, max_length=32, return_tensors="np")
+        enc = tok(texts[start : start + 16], padding=True, truncation=True, max_length=32, return_tensors="np")
         feed = {k: enc[k].astype(np.int64) for k in names}
         out.append(pool(s.run(None, feed)[0], feed["attention_mask"], pooling="mean", normalize=True))
     return np.concatenate(out)
@@ -226,26 +237,44 @@ def test_planted_regressions_are_judged_as_their_true_drop_says(bert_onnx, tiny_
     sims = (ref[:300] * ref[300:]).sum(1)
     gold = sims + np.random.default_rng(5).normal(0, sims.std() * 0.5, 300)
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"sentence1": x, "sentence2": y, "score": float(g)}) + "\n"
-                             for x, y, g in zip(a, b, gold)), encoding="utf-8")
+    pairs.write_text(
+        "".join(json.dumps({"sentence1": x, "sentence2": y, "score": float(g)}) + "\n" for x, y, g in zip(a, b, gold)),
+        encoding="utf-8",
+    )
     teacher_rho = spearmanr(sims, gold).statistic
     task = task_for()
-    cfg = check_section(ValidateConfig, "validate", {"eval_data": str(pairs), **FAST_VALIDATE, "latency_runs": 1,
-                                                     "batch_sizes": [1]})
+    cfg = check_section(
+        ValidateConfig, "validate", {"eval_data": str(pairs), **FAST_VALIDATE, "latency_runs": 1, "batch_sizes": [1]}
+    )
     es = task.read_eval(pairs, cfg)
     encoder = TEXT.encoder(tok, input_names=names, max_length=32)
     max_drop = 1.0
     checked = 0
-    for k, damage in enumerate([{"noise": 0.0}, {"noise": 0.02}, {"noise": 0.05}, {"noise": 0.1}, {"noise": 0.2},
-                                {"noise": 0.4}, {"zero_head": 0}, {"zero_head": 1}]):
+    for k, damage in enumerate(
+        [
+            {"noise": 0.0},
+            {"noise": 0.02},
+            {"noise": 0.05},
+            {"noise": 0.1},
+            {"noise": 0.2},
+            {"noise": 0.4},
+            {"zero_head": 0},
+            {"zero_head": 1},
+        ]
+    ):
         path = _damaged(bert_onnx.onnx_path, tmp_path / f"d{k}.onnx", seed=k, **damage)
         emb = _embed(path, tok, a + b, names)
         true_drop = 100 * (teacher_rho - spearmanr((emb[:300] * emb[300:]).sum(1), gold).statistic)
         gate_cfg = check_section(GateConfig, "gate", {"max_drop": max_drop})
-        report = validate_stage(task=task, cfg=cfg, gate_cfg=gate_cfg,
-                                teacher=teacher_opener(model, task=task, encoder=encoder, threads=1),
-                                candidates=[file_opener(path, task=task, encoder=encoder, threads=1,
-                                                        name="candidate")], eval_set=es, name="planted")
+        report = validate_stage(
+            task=task,
+            cfg=cfg,
+            gate_cfg=gate_cfg,
+            teacher=teacher_opener(model, task=task, encoder=encoder, threads=1),
+            candidates=[file_opener(path, task=task, encoder=encoder, threads=1, name="candidate")],
+            eval_set=es,
+            name="planted",
+        )
         g = report["gate"]
         assert g["metric"] == "spearman" and g["drop"] == pytest.approx(true_drop, abs=0.02), (damage, g)
         assert g["drop_ci95"][0] <= g["drop"] <= g["drop_ci95"][1] and g["n"] == 300
@@ -310,17 +339,25 @@ def test_planted_regressions_of_a_classifier_and_a_broken_scale(tiny_bert_cls, t
     rng = np.random.default_rng(3)
     labels = np.where(rng.random(400) < 0.1, rng.integers(0, 3, 400), teacher_pred)
     data = tmp_path / "eval.jsonl"
-    data.write_text("".join(json.dumps({"text": t, "label": int(y)}) + "\n" for t, y in zip(texts, labels)),
-                    encoding="utf-8")
-    cfg = check_section(ValidateConfig, "validate", {"eval_data": str(data), **FAST_VALIDATE, "latency_runs": 1,
-                                                     "batch_sizes": [1]})
+    data.write_text(
+        "".join(json.dumps({"text": t, "label": int(y)}) + "\n" for t, y in zip(texts, labels)), encoding="utf-8"
+    )
+    cfg = check_section(
+        ValidateConfig, "validate", {"eval_data": str(data), **FAST_VALIDATE, "latency_runs": 1, "batch_sizes": [1]}
+    )
     es = task.read_eval(data, cfg, model_config=model.config)
     encoder = TEXT.encoder(tok, input_names=names, max_length=32)
     int8 = tmp_path / "int8.onnx"
-    quantize_static(fp32.path, int8, TokenizedFeed(data_files.calibration_texts, tok, batch_size=16, max_length=32,
-                                                   input_names=names), QuantizeConfig(format="qdq"))
-    candidates = [_damaged(fp32.path, tmp_path / f"n{k}.onnx", noise=noise, seed=k)
-                  for k, noise in enumerate((0.0, 0.1, 0.3, 0.6))] + [_scale_off(int8, tmp_path / "scale.onnx", 8.0)]
+    quantize_static(
+        fp32.path,
+        int8,
+        TokenizedFeed(data_files.calibration_texts, tok, batch_size=16, max_length=32, input_names=names),
+        QuantizeConfig(format="qdq"),
+    )
+    candidates = [
+        _damaged(fp32.path, tmp_path / f"n{k}.onnx", noise=noise, seed=k)
+        for k, noise in enumerate((0.0, 0.1, 0.3, 0.6))
+    ] + [_scale_off(int8, tmp_path / "scale.onnx", 8.0)]
     teacher_ok = teacher_pred == labels
     max_drop = 2.0
     for path in candidates:
@@ -328,10 +365,15 @@ def test_planted_regressions_of_a_classifier_and_a_broken_scale(tiny_bert_cls, t
         ok = pred == labels
         true_drop = 100 * (teacher_ok.mean() - ok.mean())
         b, c = int((teacher_ok & ~ok).sum()), int((~teacher_ok & ok).sum())
-        report = validate_stage(task=task, cfg=cfg, gate_cfg=check_section(GateConfig, "gate", {"max_drop": max_drop}),
-                                teacher=teacher_opener(model, task=task, encoder=encoder, threads=1),
-                                candidates=[file_opener(path, task=task, encoder=encoder, threads=1, name="cand")],
-                                eval_set=es, name="planted")
+        report = validate_stage(
+            task=task,
+            cfg=cfg,
+            gate_cfg=check_section(GateConfig, "gate", {"max_drop": max_drop}),
+            teacher=teacher_opener(model, task=task, encoder=encoder, threads=1),
+            candidates=[file_opener(path, task=task, encoder=encoder, threads=1, name="cand")],
+            eval_set=es,
+            name="planted",
+        )
         g = report["gate"]
         assert g["metric"] == "accuracy" and g["drop"] == pytest.approx(true_drop, abs=1e-6), (path.name, g)
         assert g["mcnemar_p"] == pytest.approx(1.0 if b + c == 0 else binomtest(b, b + c, 0.5).pvalue, rel=1e-5)
@@ -361,20 +403,24 @@ def test_calibration_seed_twins_are_measured_and_the_worst_is_gated(bert_onnx, t
     twins = seed_variants(bert_onnx.onnx_path, [(1, feed(1)), (2, feed(2))], outcome, cfg, tmp_path)
     assert [s for s, _, _ in twins] == [1, 2]
     files = [tmp_path / "int8.onnx", *(p for _, p, _ in twins)]
-    assert len({f.read_bytes() for f in files}) == 3        # different samples, different ranges
+    assert len({f.read_bytes() for f in files}) == 3  # different samples, different ranges
     task = task_for()
     encoder = TEXT.encoder(tok, input_names=names, max_length=32)
     vcfg = check_section(ValidateConfig, "validate", {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE})
     report = validate_stage(
-        task=task, cfg=vcfg, gate_cfg=check_section(GateConfig, "gate", {"max_drop": 50.0, "metric": "mean_cosine"}),
+        task=task,
+        cfg=vcfg,
+        gate_cfg=check_section(GateConfig, "gate", {"max_drop": 50.0, "metric": "mean_cosine"}),
         teacher=teacher_opener(model, task=task, encoder=encoder, threads=1),
         candidates=[file_opener(files[0], task=task, encoder=encoder, threads=1, name="int8")],
         variants=[file_opener(p, task=task, encoder=encoder, threads=1, name=f"int8-seed{s}") for s, p, _ in twins],
-        eval_set=task.read_eval(data_files.pairs_jsonl, vcfg), name="seeds")
+        eval_set=task.read_eval(data_files.pairs_jsonl, vcfg),
+        name="seeds",
+    )
     seeds = report["calibration_seeds"]
     drops = {c["name"]: c["drop"] for c in seeds["candidates"]}
     assert set(drops) == {"int8", "int8-seed1", "int8-seed2"} and seeds["shipped"] == "int8"
     assert report["gate"]["candidate_name"] == seeds["judged"] == max(drops, key=drops.get)
     values = [c["value"] for c in seeds["candidates"]]
     assert seeds["spread"] == pytest.approx(max(values) - min(values), abs=1e-4)
-    assert report["models"]["int8-seed1"]["latency"] == []          # twins are measured for fidelity only
+    assert report["models"]["int8-seed1"]["latency"] == []  # twins are measured for fidelity only

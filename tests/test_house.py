@@ -1,4 +1,5 @@
 """The house rules: one top-level import name, and a wheel that installs only ``modelpress``."""
+
 from __future__ import annotations
 
 import ast
@@ -38,10 +39,14 @@ def test_no_task_ladder_outside_the_task_modules():
     import re
 
     ladder = re.compile(r"task\s*==|task\s*!=|task in \(|task not in \(")
-    hits = [f"{p.relative_to(REPO)}:{n}: {line.strip()}"
-            for folder in ("modelpress", *FOLDERS, "bench") for p in sorted((REPO / folder).rglob("*.py"))
-            if "tasks" not in p.relative_to(REPO).parts[:2]
-            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if ladder.search(line)]
+    hits = [
+        f"{p.relative_to(REPO)}:{n}: {line.strip()}"
+        for folder in ("modelpress", *FOLDERS, "bench")
+        for p in sorted((REPO / folder).rglob("*.py"))
+        if "tasks" not in p.relative_to(REPO).parts[:2]
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if ladder.search(line)
+    ]
     assert not hits, "\n".join(hits)
 
 
@@ -50,10 +55,30 @@ def test_the_wheel_holds_only_the_modelpress_package(tmp_path):
 
     # built from a copy, so the build leaves no build/ or egg-info in the checkout
     src = tmp_path / "src"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "artifacts", "build", "*.egg-info",
-                                                              "__pycache__", ".pytest_cache"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(tmp_path), str(src)], check=True, capture_output=True, timeout=300)
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "artifacts", "build", "*.egg-info", "__pycache__", ".pytest_cache"
+        ),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("modelpress-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}

@@ -1,11 +1,11 @@
 """image-classification: the image modality (image processor, streamed images, eval formats), Conv
 quantization (per-channel Q/DQ), and tiny random ViT, DeiT,
 Swin, ResNet, ConvNeXt and MobileNetV2 classifiers through ``modelpress run`` to a bundle."""
+
 from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -16,8 +16,7 @@ from modelpress.errors import BadInputError
 from modelpress.testing import VISION_FAMILIES, make_tiny_vision_model, write_images
 
 LABELS = ("cat", "dog", "bird")
-FAST_IMAGE_VALIDATE = {"latency_runs": 1, "warmup_runs": 0, "batch_sizes": [2], "real_workload": False,
-                       "threads": 1}
+FAST_IMAGE_VALIDATE = {"latency_runs": 1, "warmup_runs": 0, "batch_sizes": [2], "real_workload": False, "threads": 1}
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +63,15 @@ def test_imagefolder_jsonl_and_flat_folder_eval_sets(images, tmp_path):
     es = load_image_eval(images / "eval", label2id=label2id)
     assert len(es.examples) == 30 and es.format == "images"
     assert [LABELS[i] for i in es.labels] == [p.parent.name for p in es.examples]
-    lines = [json.dumps({"image": str(p.relative_to(images)), "label": LABELS[i] if k % 2 else i})
-             for k, (p, i) in enumerate(zip(es.examples, es.labels))]
+    lines = [
+        json.dumps({"image": str(p.relative_to(images)), "label": LABELS[i] if k % 2 else i})
+        for k, (p, i) in enumerate(zip(es.examples, es.labels))
+    ]
     (images / "eval.jsonl").write_text("\n".join(lines) + "\n")
     from_jsonl = load_image_eval(images / "eval.jsonl", label2id=label2id)
-    assert from_jsonl.labels == es.labels and [p.resolve() for p in from_jsonl.examples] == \
-        [p.resolve() for p in es.examples]
+    assert from_jsonl.labels == es.labels and [p.resolve() for p in from_jsonl.examples] == [
+        p.resolve() for p in es.examples
+    ]
     flat = load_image_eval(images / "calib", label2id=label2id)
     assert flat.labels is None and len(flat.examples) == 24
 
@@ -96,8 +98,9 @@ def test_images_are_processed_as_transformers_does_and_one_batch_at_a_time(tiny_
     # RGBA is composited onto white and grayscale broadcast to RGB, as transformers' convert_to_rgb does
     from transformers.image_transforms import convert_to_rgb
 
-    want = ref(images=[convert_to_rgb(Image.open(p), return_numpy=True) for p in paths],
-               return_tensors="np")["pixel_values"]
+    want = ref(images=[convert_to_rgb(Image.open(p), return_numpy=True) for p in paths], return_tensors="np")[
+        "pixel_values"
+    ]
     assert batch.feed["pixel_values"].shape == (5, 3, 32, 32)
     np.testing.assert_allclose(batch.feed["pixel_values"], want, atol=1e-6)
 
@@ -110,7 +113,7 @@ def test_a_corrupt_image_names_the_file_and_an_empty_folder_is_refused(tiny_vit,
     with pytest.raises(BadInputError, match="no images"):
         image.load_examples(tmp_path / "empty", field="image", num_samples=None)
     bad = tmp_path / "bad"
-    write_images(bad, 4, modes=("RGB",))   # png and jpg
+    write_images(bad, 4, modes=("RGB",))  # png and jpg
     (bad / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(BadInputError, match="broken.png: not a readable image"):  # at load, before any work
         image.load_examples(bad, field="image", num_samples=None)
@@ -144,8 +147,11 @@ def test_conv_int8_has_per_channel_weights_and_tracks_fp32(tiny_resnet, images, 
     ops = Counter(n.op_type for n in fp32.graph.node)
     assert ops["Conv"] > 0 and ops["BatchNormalization"] == 0
     image = get_modality("image")
-    feed = ExampleFeed(image.load_examples(images / "calib", field="image", num_samples=None),
-                       image.encoder(processor, input_names=("pixel_values",)), batch_size=8)
+    feed = ExampleFeed(
+        image.load_examples(images / "calib", field="image", num_samples=None),
+        image.encoder(processor, input_names=("pixel_values",)),
+        batch_size=8,
+    )
     plan = plan_quantization(tmp_path / "model.onnx", feed, QuantizeConfig())
     summary = write_quantized(plan, tmp_path / "ort.onnx")
     assert len(summary.quantized_nodes) == ops["Conv"] + ops["Gemm"] + ops["MatMul"]
@@ -163,15 +169,20 @@ def test_conv_int8_has_per_channel_weights_and_tracks_fp32(tiny_resnet, images, 
     import onnxruntime as ort
 
     batch = next(iter(feed))
-    run = {k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"]).run(None, batch)[0]
-           for k in ("model", "ort")}
+    run = {
+        k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"]).run(None, batch)[0]
+        for k in ("model", "ort")
+    }
     assert 0 < np.abs(run["ort"] - run["model"]).max() < 0.1 * np.abs(run["model"]).max()
     # the first Conv's weight, dequantized, is the fp32 weight to within half a step per channel
     first = convs[0]
     w_dq = producers[first.input[1]]
     w, scale = inits[w_dq.input[0]].astype(np.float32), inits[w_dq.input[1]]
-    original = next(onnx.numpy_helper.to_array(i) for i in fp32.graph.initializer
-                    if i.name == next(n for n in fp32.graph.node if n.name == first.name).input[1])
+    original = next(
+        onnx.numpy_helper.to_array(i)
+        for i in fp32.graph.initializer
+        if i.name == next(n for n in fp32.graph.node if n.name == first.name).input[1]
+    )
     assert np.all(np.abs(w * scale[:, None, None, None] - original) <= scale[:, None, None, None] / 2 + 1e-7)
 
 
@@ -184,10 +195,15 @@ def test_a_tiny_vision_model_goes_through_run_to_a_bundle(family, images, tmp_pa
     from modelpress.runtimes.tensorrt.checker import check_trt_qdq
 
     teacher = make_tiny_vision_model(tmp_path / family, family=family, labels=LABELS)
-    recipe = write_recipe(tmp_path / "r.toml", {"name": family, "teacher": str(teacher), "task": "image-classification"},
-                          {"calibration": {"data": str(images / "calib"), "num_samples": 16, "batch_size": 8},
-                           "validate": {"eval_data": str(images / "eval"), **FAST_IMAGE_VALIDATE},
-                           "gate": {"max_drop": 100.0}})
+    recipe = write_recipe(
+        tmp_path / "r.toml",
+        {"name": family, "teacher": str(teacher), "task": "image-classification"},
+        {
+            "calibration": {"data": str(images / "calib"), "num_samples": 16, "batch_size": 8},
+            "validate": {"eval_data": str(images / "eval"), **FAST_IMAGE_VALIDATE},
+            "gate": {"max_drop": 100.0},
+        },
+    )
     outcome = run_recipe(load_recipe(recipe), tmp_path / "out")
     root = outcome.bundle
     report = json.loads((root / "report.json").read_text())
@@ -230,8 +246,9 @@ def _check_images_as_people_have_them(bundle, root):
 
     sixteen = np.random.default_rng(0).integers(0, 65536, (24, 20), dtype=np.uint16)
     eight = np.round(sixteen / 257).astype(np.uint8)
-    np.testing.assert_allclose(bundle.classify(sixteen), bundle.classify(Image.fromarray(eight).convert("RGB")),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        bundle.classify(sixteen), bundle.classify(Image.fromarray(eight).convert("RGB")), atol=1e-6
+    )
     strip = np.random.default_rng(1).integers(0, 256, (3, 40, 3), dtype=np.uint8)
     ref = transformers.AutoImageProcessor.from_pretrained(str(root / "image_processor"), backend="pil")
     pixels = ref(images=[Image.fromarray(strip)], return_tensors="np")["pixel_values"].astype(np.float32)
@@ -245,9 +262,14 @@ def test_image_recipe_errors_are_one_line_and_exit_2(tiny_vit, images, tmp_path)
     bad = tmp_path / "bad"
     write_images(bad, 2)
     (bad / "x.jpg").write_bytes(b"not a jpeg")
-    recipe = write_recipe(tmp_path / "r.toml", {"name": "v", "teacher": str(tiny_vit), "task": "image-classification"},
-                          {"calibration": {"data": str(bad), "num_samples": 8},
-                           "validate": {"eval_data": str(images / "eval"), **FAST_IMAGE_VALIDATE}})
+    recipe = write_recipe(
+        tmp_path / "r.toml",
+        {"name": "v", "teacher": str(tiny_vit), "task": "image-classification"},
+        {
+            "calibration": {"data": str(bad), "num_samples": 8},
+            "validate": {"eval_data": str(images / "eval"), **FAST_IMAGE_VALIDATE},
+        },
+    )
     proc = cli("run", recipe, "--out", tmp_path / "out")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "x.jpg: not a readable image" in proc.stderr.strip().splitlines()[-1]

@@ -1,6 +1,7 @@
 """Distilling image classifiers: a ViT layer subset through ``modelpress run`` (report rows teacher /
 untrained subset / student fp32 / int8), a narrower ResNet from a config override trained on KL + CE,
 checked against the teacher by hand, and the one-line errors of an image corpus."""
+
 from __future__ import annotations
 
 import json
@@ -13,15 +14,14 @@ from conftest import write_recipe
 from modelpress.testing import make_tiny_vision_model, write_images
 
 LABELS = ("cat", "dog", "bird")
-FAST_IMAGE_VALIDATE = {"latency_runs": 1, "warmup_runs": 0, "batch_sizes": [2], "real_workload": False,
-                       "threads": 1}
+FAST_IMAGE_VALIDATE = {"latency_runs": 1, "warmup_runs": 0, "batch_sizes": [2], "real_workload": False, "threads": 1}
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill-images")  # RGB only: the references below read them plainly
     write_images(root / "train", 36, seed=3, classes=LABELS, modes=("RGB",))
-    write_images(root / "eval", 30, seed=4, classes=LABELS, modes=("RGB",))   # the fewest a gate decides on
+    write_images(root / "eval", 30, seed=4, classes=LABELS, modes=("RGB",))  # the fewest a gate decides on
     return root
 
 
@@ -42,6 +42,7 @@ def _kl(teacher: np.ndarray, student: np.ndarray) -> float:
     def log_softmax(z):
         z = z - z.max(-1, keepdims=True)
         return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
     lt, ls = log_softmax(teacher), log_softmax(student)
     return float((np.exp(lt) * (lt - ls)).sum(-1).mean())
 
@@ -51,16 +52,27 @@ def test_a_vit_layer_subset_is_distilled_pressed_and_reported_beside_its_start(i
     from modelpress.distill.student import build_layer_subset
     from modelpress.validate.images import load_image_eval
 
-    teacher = make_tiny_vision_model(tmp_path / "vit", family="vit", labels=LABELS, num_hidden_layers=4,
-                                     initializer_range=0.2)
-    recipe = write_recipe(tmp_path / "v.toml", {"name": "v", "teacher": str(teacher), "task": "image-classification"}, {
-        "distill": {"data": str(images / "train"), "label_field": "label", "num_layers": 2, "max_steps": 6,
-                    "batch_size": 12, "eval_fraction": 0.25},
-        "calibration": {"data": str(images / "train"), "num_samples": 16},
-        "validate": {"eval_data": str(images / "eval"), **FAST_IMAGE_VALIDATE},
-        "gate": {"max_drop": 100.0},
-    })
-    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0   # in process: no second start
+    teacher = make_tiny_vision_model(
+        tmp_path / "vit", family="vit", labels=LABELS, num_hidden_layers=4, initializer_range=0.2
+    )
+    recipe = write_recipe(
+        tmp_path / "v.toml",
+        {"name": "v", "teacher": str(teacher), "task": "image-classification"},
+        {
+            "distill": {
+                "data": str(images / "train"),
+                "label_field": "label",
+                "num_layers": 2,
+                "max_steps": 6,
+                "batch_size": 12,
+                "eval_fraction": 0.25,
+            },
+            "calibration": {"data": str(images / "train"), "num_samples": 16},
+            "validate": {"eval_data": str(images / "eval"), **FAST_IMAGE_VALIDATE},
+            "gate": {"max_drop": 100.0},
+        },
+    )
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0  # in process: no second start
     assert "n=30 images" in capsys.readouterr().out
     root = tmp_path / "out" / "v"
     report = json.loads((root / "report.json").read_text(encoding="utf-8"))
@@ -79,7 +91,8 @@ def test_a_vit_layer_subset_is_distilled_pressed_and_reported_beside_its_start(i
     agreement = float((_logits(subset, teacher, paths).argmax(-1) == t.argmax(-1)).mean())
     assert report["models"]["untrained-subset-fp32"]["metrics"]["top1_agreement"] == pytest.approx(agreement)
     assert report["models"]["student-onnx-fp32"]["metrics"]["top1_agreement"] == pytest.approx(
-        float((_logits(root / "student", teacher, paths).argmax(-1) == t.argmax(-1)).mean()), abs=1e-6)
+        float((_logits(root / "student", teacher, paths).argmax(-1) == t.argmax(-1)).mean()), abs=1e-6
+    )
 
 
 def test_a_narrower_resnet_from_a_config_override_learns_the_teacher(images, tmp_path):
@@ -93,8 +106,15 @@ def test_a_narrower_resnet_from_a_config_override_learns_the_teacher(images, tmp
     with torch.no_grad():  # a decided teacher: a random head's logits are all but uniform
         model.classifier[-1].weight.mul_(30.0)
     model.save_pretrained(teacher)
-    cfg = DistillConfig(data=images / "train", epochs=12, batch_size=12, lr=5e-3, temperature=1.0,
-                        eval_fraction=0.0, student_config={"embedding_size": 8, "hidden_sizes": [8, 16]})
+    cfg = DistillConfig(
+        data=images / "train",
+        epochs=12,
+        batch_size=12,
+        lr=5e-3,
+        temperature=1.0,
+        eval_fraction=0.0,
+        student_config={"embedding_size": 8, "hidden_sizes": [8, 16]},
+    )
     student_dir = run_distillation(cfg, teacher=str(teacher), task="image-classification", out_dir=tmp_path / "d")
     config = AutoConfig.from_pretrained(student_dir)
     assert config.hidden_sizes == [8, 16] and config.embedding_size == 8 and config.depths == [1, 1]
@@ -115,11 +135,16 @@ def test_image_corpus_errors_are_one_line_and_exit_2(images, tmp_path, capsys):
     write_images(zebra, 4, classes=("cat", "zebra"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    for data, label_field, says in ((zebra, "label", "label 'zebra' is not a class of the model"),
-                                    (empty, None, "no images")):
+    for data, label_field, says in (
+        (zebra, "label", "label 'zebra' is not a class of the model"),
+        (empty, None, "no images"),
+    ):
         distill = {"data": str(data), "num_layers": 1, **({"label_field": label_field} if label_field else {})}
-        recipe = write_recipe(tmp_path / "d.toml", {"name": "d", "teacher": str(teacher),
-                                                    "task": "image-classification"}, {"distill": distill})
+        recipe = write_recipe(
+            tmp_path / "d.toml",
+            {"name": "d", "teacher": str(teacher), "task": "image-classification"},
+            {"distill": distill},
+        )
         code = main(["distill", str(recipe), "--out", str(tmp_path / "out")])
         last = capsys.readouterr().err.strip().splitlines()[-1]
         assert code == 2 and last.startswith("modelpress: error: distill.data: ") and says in last, last

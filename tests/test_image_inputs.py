@@ -2,6 +2,7 @@
 images made RGB the way Pillow / transformers users expect; the channel layout given to the
 processor so no size is misread; images too small and decompression bombs refused in one line naming
 the file, wherever images are read (calibration, eval, the bundle's ``classify``)."""
+
 from __future__ import annotations
 
 import struct
@@ -26,7 +27,7 @@ def _ramp16(height: int = 12, width: int = 20) -> np.ndarray:
     """uint16 values over the whole 0..65535 range, every row different."""
     rng = np.random.default_rng(0)
     values = rng.integers(0, 65536, (height, width), dtype=np.uint16)
-    values[0, :3] = (0, 65535, 32896)   # the ends and 32896 / 257 = 128 exactly
+    values[0, :3] = (0, 65535, 32896)  # the ends and 32896 / 257 = 128 exactly
     return values
 
 
@@ -37,11 +38,12 @@ def _scaled(values: np.ndarray) -> np.ndarray:
 
 def _bomb_png(width: int, height: int) -> bytes:
     """A real 1-bit gray PNG, all black, written chunk by chunk: a few tens of KB for 20000×20000."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     packer = zlib.compressobj(9)
-    row = bytes(1 + (width + 7) // 8)   # filter byte 0, then the packed row
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed row
     idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
@@ -70,7 +72,7 @@ def test_16_bit_png_is_scaled_by_value_not_clipped(tmp_path):
     with Image.open(path) as image:
         assert image.mode == "I;16"
         clipped = np.asarray(image.convert("RGB"))
-    assert (clipped == 255).mean() > 0.95          # what plain conversion does: the measured case
+    assert (clipped == 255).mean() > 0.95  # what plain conversion does: the measured case
     rgb = open_image(path)
     assert rgb.shape == (12, 20, 3) and rgb.dtype == np.uint8
     for c in range(3):
@@ -133,7 +135,7 @@ def test_an_int_image_outside_16_bits_and_float_arrays_follow_transformers_rules
         open_image(Image.fromarray(np.full((4, 4), 70000, dtype=np.int32)))
     fractions = np.linspace(0, 1, 4 * 5 * 3).reshape(4, 5, 3)
     np.testing.assert_array_equal(open_image(fractions), np.round(fractions * 255).astype(np.uint8))
-    whole = np.arange(60, dtype=np.int64).reshape(4, 5, 3) * 4   # integers 0..236: taken as they are
+    whole = np.arange(60, dtype=np.int64).reshape(4, 5, 3) * 4  # integers 0..236: taken as they are
     np.testing.assert_array_equal(open_image(whole), whole.astype(np.uint8))
     with pytest.raises(BadInputError, match=r"neither 0\.\.255 nor 0\.\.1"):
         open_image(np.full((4, 4, 3), 2.5))
@@ -154,8 +156,14 @@ def _colour_images(tmp_path):
     rgb = Image.fromarray(rng.integers(0, 256, (10, 14, 3), dtype=np.uint8))
     alpha = Image.fromarray(rng.integers(0, 256, (10, 14), dtype=np.uint8))
     palette = rgb.quantize(16)
-    made = {"P": palette, "CMYK": rgb.convert("CMYK"), "1": rgb.convert("1"), "L": rgb.convert("L"),
-            "LA": Image.merge("LA", (rgb.convert("L"), alpha)), "RGBA": Image.merge("RGBA", (*rgb.split(), alpha))}
+    made = {
+        "P": palette,
+        "CMYK": rgb.convert("CMYK"),
+        "1": rgb.convert("1"),
+        "L": rgb.convert("L"),
+        "LA": Image.merge("LA", (rgb.convert("L"), alpha)),
+        "RGBA": Image.merge("RGBA", (*rgb.split(), alpha)),
+    }
     paths = {}
     for mode, image in made.items():
         paths[mode] = tmp_path / f"{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
@@ -198,7 +206,7 @@ def test_exif_orientation_is_applied_as_transformers_load_image_does(tmp_path):
 
     pixels = np.random.default_rng(4).integers(0, 256, (6, 10, 3), dtype=np.uint8)
     exif = Image.Exif()
-    exif[0x0112] = 6   # orientation: rotate 90° clockwise to view
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
     Image.fromarray(pixels).save(tmp_path / "turned.png", exif=exif)
     rgb = open_image(tmp_path / "turned.png")
     assert rgb.shape == (10, 6, 3)
@@ -298,7 +306,7 @@ def test_concurrent_image_reads_leave_pillows_bomb_limit_as_they_found_it():
         ta.start()
         assert a_inside.wait(5)
         tb.start()
-        b_inside.wait(0.3)        # unguarded, B is inside now; guarded, it waits for A
+        b_inside.wait(0.3)  # unguarded, B is inside now; guarded, it waits for A
         a_go.set()
         ta.join(5)
         b_go.set()
@@ -340,7 +348,7 @@ def test_the_pixel_limit_is_settable_and_guards_dataset_rows_too(tmp_path, pillo
     row = DatasetImage(str(tmp_path / "ds"), 0, "image", _DecodingRows([path]))
     with pytest.raises(BadInputError, match=r"row 1: more than the limit of 3,000 pixels"):
         open_image(row)
-    assert Image.MAX_IMAGE_PIXELS == pillows_own   # the setting applies to modelpress's reading only
+    assert Image.MAX_IMAGE_PIXELS == pillows_own  # the setting applies to modelpress's reading only
     pillow_limit_restored.setenv("MODELPRESS_MAX_IMAGE_PIXELS", "3072")
     assert check_readable([path]) == [path]
     assert open_image(row).shape == (48, 64, 3) and open_image(path).shape == (48, 64, 3)
@@ -355,10 +363,21 @@ def test_a_bomb_in_the_eval_data_is_one_line_and_exit_2(tiny_vit, tmp_path):
     write_images(tmp_path / "calib", 4, modes=("RGB",))
     write_images(tmp_path / "eval", 4, classes=LABELS, modes=("RGB",))
     (tmp_path / "eval" / "cat" / "bomb.png").write_bytes(_bomb_png(20000, 20000))
-    recipe = write_recipe(tmp_path / "r.toml", {"name": "v", "teacher": str(tiny_vit), "task": "image-classification"},
-                          {"calibration": {"data": str(tmp_path / "calib"), "num_samples": 4},
-                           "validate": {"eval_data": str(tmp_path / "eval"), "latency_runs": 1, "warmup_runs": 0,
-                                        "batch_sizes": [2], "real_workload": False, "threads": 1}})
+    recipe = write_recipe(
+        tmp_path / "r.toml",
+        {"name": "v", "teacher": str(tiny_vit), "task": "image-classification"},
+        {
+            "calibration": {"data": str(tmp_path / "calib"), "num_samples": 4},
+            "validate": {
+                "eval_data": str(tmp_path / "eval"),
+                "latency_runs": 1,
+                "warmup_runs": 0,
+                "batch_sizes": [2],
+                "real_workload": False,
+                "threads": 1,
+            },
+        },
+    )
     proc = cli("run", recipe, "--out", tmp_path / "out")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "DecompressionBomb" not in proc.stderr

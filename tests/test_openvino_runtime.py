@@ -1,6 +1,7 @@
 """The OpenVINO runtime: the runner against ONNX Runtime on the same graphs, the IR of our Q/DQ
 plan, a run that builds and gates a bundle for both runtimes, and what a machine without the
 openvino package is told."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,8 +13,9 @@ from conftest import FAST_CALIBRATION, FAST_VALIDATE, write_recipe
 
 from modelpress.errors import BackendUnavailableError, BadInputError
 
-needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
-                                    reason="openvino not installed (pip install 'modelpress[openvino]')")
+needs_openvino = pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None, reason="openvino not installed (pip install 'modelpress[openvino]')"
+)
 
 
 def _feed(tokenizer, texts, input_names):
@@ -75,26 +77,32 @@ def test_the_ir_of_our_plan_runs_our_calibration(bert_onnx, tmp_path, data_files
     assert outcome.summary.format == "ort"
     xml = write_openvino_ir(outcome, tmp_path / "model.int8.onnx", tmp_path / "openvino" / "model.xml")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".openvino-")]
-    write_quantized(replace(outcome.plan, cfg=outcome.plan.cfg.with_(format="qdq")), tmp_path / "qdq.onnx",
-                    keep_fp32=tuple(outcome.summary.fp32_nodes))
+    write_quantized(
+        replace(outcome.plan, cfg=outcome.plan.cfg.with_(format="qdq")),
+        tmp_path / "qdq.onnx",
+        keep_fp32=tuple(outcome.summary.fp32_nodes),
+    )
 
     feed = _feed(tok, data_files.eval_texts[5:10], names)
     mask = feed["attention_mask"]
     fp32 = _mean_pool(_run(OnnxRuntimeRunner, bert_onnx.onnx_path, feed), mask)
     ort_q = _mean_pool(_run(OnnxRuntimeRunner, tmp_path / "qdq.onnx", feed), mask)
     ov_q = _mean_pool(_run(OpenVINORunner, xml, feed), mask)
-    assert (ov_q * ort_q).sum(1).min() > 0.9995     # the same int8 arithmetic up to rounding
+    assert (ov_q * ort_q).sum(1).min() > 0.9995  # the same int8 arithmetic up to rounding
     cos = (ov_q * fp32).sum(1)
     assert 0.99 < cos.min() and cos.mean() < 0.99999  # close to fp32, and really quantized
     import openvino as ov
 
     ops = list(ov.Core().read_model(str(xml)).get_ops())
-    int8_weights = [op for op in ops if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"]
+    int8_weights = [
+        op for op in ops if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"
+    ]
     fake_quant = [op for op in ops if op.get_type_name() == "FakeQuantize"]
     # every quantized MatMul's weight is an int8 constant; each quantized activation a FakeQuantize
     assert len(int8_weights) == len(outcome.summary.quantized_nodes)
-    assert len(fake_quant) == len({t.activation for t in outcome.plan.targets
-                                   if t.node_name in outcome.summary.quantized_nodes})
+    assert len(fake_quant) == len(
+        {t.activation for t in outcome.plan.targets if t.node_name in outcome.summary.quantized_nodes}
+    )
 
 
 @needs_openvino
@@ -107,10 +115,18 @@ def test_runner_faults_are_one_line_bad_input(tmp_path):
     from onnx import TensorProto, helper
 
     tiny = tmp_path / "relu.onnx"
-    onnx.save(helper.make_model(helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]), opset_imports=[helper.make_opsetid("", 18)]),
-        str(tiny))
+    onnx.save(
+        helper.make_model(
+            helper.make_graph(
+                [helper.make_node("Relu", ["x"], ["y"])],
+                "g",
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+            ),
+            opset_imports=[helper.make_opsetid("", 18)],
+        ),
+        str(tiny),
+    )
     with OpenVINORunner(tiny, precision="f32") as r:
         assert r.effective_precision == "f32"
         assert r.run({"x": np.array([-1.0, 2.0], np.float32)})["y"].tolist() == [0.0, 2.0]
@@ -131,25 +147,38 @@ def test_without_the_package_a_recipe_asking_for_openvino_fails_first(monkeypatc
     from modelpress.recipe import load_recipe
 
     real = ovr.importlib.import_module
-    monkeypatch.setattr(ovr.importlib, "import_module",
-                        lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name == "openvino"
-                        else real(name, *a))
+    monkeypatch.setattr(
+        ovr.importlib,
+        "import_module",
+        lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name == "openvino" else real(name, *a),
+    )
     with pytest.raises(BackendUnavailableError, match=r"pip install 'modelpress\[openvino\]'"):
         ovr.require_openvino()
-    recipe = write_recipe(tmp_path / "r.toml", {"name": "ov", "teacher": str(tiny_bert.path)}, {
-        "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
-        "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE,
-                     "runtimes": ["onnxruntime", "openvino"]}})
+    recipe = write_recipe(
+        tmp_path / "r.toml",
+        {"name": "ov", "teacher": str(tiny_bert.path)},
+        {
+            "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+            "validate": {
+                "eval_data": str(data_files.pairs_jsonl),
+                **FAST_VALIDATE,
+                "runtimes": ["onnxruntime", "openvino"],
+            },
+        },
+    )
     with pytest.raises(BackendUnavailableError):
         run_recipe(load_recipe(recipe), tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".ov.lock"]  # nothing was staged
 
 
-@pytest.mark.parametrize("runtimes, match", [
-    (["onnxruntime", "tensorrt"], "expected one of onnxruntime, openvino, got 'tensorrt'"),
-    (["openvino", "openvino"], "each runtime once"),
-    ([], "validate.runtimes"),
-])
+@pytest.mark.parametrize(
+    "runtimes, match",
+    [
+        (["onnxruntime", "tensorrt"], "expected one of onnxruntime, openvino, got 'tensorrt'"),
+        (["openvino", "openvino"], "each runtime once"),
+        ([], "validate.runtimes"),
+    ],
+)
 def test_validate_runtimes_is_checked(runtimes, match):
     from modelpress.config_check import check_section
     from modelpress.recipe import ValidateConfig
@@ -167,12 +196,20 @@ def both_runtimes(tiny_bert, data_files, tmp_path_factory):
     from modelpress.recipe import load_recipe
 
     work = tmp_path_factory.mktemp("run-ov")
-    recipe = write_recipe(work / "r.toml", {"name": "ov", "teacher": str(tiny_bert.path)}, {
-        "task_options": {"normalize": True},
-        "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
-        "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE,
-                     "runtimes": ["onnxruntime", "openvino"]},
-        "gate": {"max_drop": 50.0}})
+    recipe = write_recipe(
+        work / "r.toml",
+        {"name": "ov", "teacher": str(tiny_bert.path)},
+        {
+            "task_options": {"normalize": True},
+            "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+            "validate": {
+                "eval_data": str(data_files.pairs_jsonl),
+                **FAST_VALIDATE,
+                "runtimes": ["onnxruntime", "openvino"],
+            },
+            "gate": {"max_drop": 50.0},
+        },
+    )
     outcome = run_recipe(load_recipe(recipe), work / "out")
     return outcome.bundle, json.loads((outcome.bundle / "report.json").read_text())
 
@@ -192,12 +229,15 @@ def test_a_run_builds_measures_and_gates_every_runtime(both_runtimes, data_files
     assert report["runtimes"] == {"onnxruntime": "int8", "openvino": "int8-openvino"}
     ov_row = report["models"]["int8-openvino"]
     assert [r["batch_size"] for r in ov_row["latency"]] == [1, 2] and set(report["ratios"]) >= {"int8-openvino"}
-    assert ov_row["size_mb"] == round(sum((root / "openvino" / f).stat().st_size
-                                          for f in ("model.xml", "model.bin")) / 2**20, 2)
+    assert ov_row["size_mb"] == round(
+        sum((root / "openvino" / f).stat().st_size for f in ("model.xml", "model.bin")) / 2**20, 2
+    )
     assert set(report["uncertainty"]) == {"int8", "int8-openvino"}
     # the gate judged both and reports the worse one
-    drops = {n: 100 * (report["models"]["teacher"]["metrics"]["spearman"] - report["models"][n]["metrics"]["spearman"])
-             for n in ("int8", "int8-openvino")}
+    drops = {
+        n: 100 * (report["models"]["teacher"]["metrics"]["spearman"] - report["models"][n]["metrics"]["spearman"])
+        for n in ("int8", "int8-openvino")
+    }
     worse = max(drops, key=drops.get)
     assert report["gate"]["candidate_name"] == worse
     assert report["gate"]["drop"] == pytest.approx(drops[worse], abs=2e-3)
@@ -224,15 +264,45 @@ def test_validate_command_takes_an_openvino_candidate(both_runtimes, tiny_bert, 
     from modelpress.cli import main
 
     root, report = both_runtimes
-    code = main(["-q", "validate", "--teacher", str(tiny_bert.path), "--candidate", str(root / "openvino" / "model.xml"),
-                 "--eval-data", str(data_files.pairs_jsonl), "--out", str(tmp_path), "--max-drop", "50",
-                 "--batch-sizes", "2", "--seq-lengths", "16"])
+    code = main(
+        [
+            "-q",
+            "validate",
+            "--teacher",
+            str(tiny_bert.path),
+            "--candidate",
+            str(root / "openvino" / "model.xml"),
+            "--eval-data",
+            str(data_files.pairs_jsonl),
+            "--out",
+            str(tmp_path),
+            "--max-drop",
+            "50",
+            "--batch-sizes",
+            "2",
+            "--seq-lengths",
+            "16",
+        ]
+    )
     assert code == 0 and "gate PASS: candidate" in capsys.readouterr().out
     again = json.loads((tmp_path / "report.json").read_text())
     assert again["runtimes"] == {"openvino": "candidate"}
     # the same IR, the same eval set: the run's OpenVINO row
     assert again["models"]["candidate"]["metrics"]["spearman"] == pytest.approx(
-        report["models"]["int8-openvino"]["metrics"]["spearman"], abs=1e-4)
-    bad = main(["-q", "validate", "--teacher", str(tiny_bert.path), "--candidate", str(tmp_path / "none.xml"),
-                "--eval-data", str(data_files.pairs_jsonl), "--out", str(tmp_path)])
+        report["models"]["int8-openvino"]["metrics"]["spearman"], abs=1e-4
+    )
+    bad = main(
+        [
+            "-q",
+            "validate",
+            "--teacher",
+            str(tiny_bert.path),
+            "--candidate",
+            str(tmp_path / "none.xml"),
+            "--eval-data",
+            str(data_files.pairs_jsonl),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert bad == 2

@@ -1,5 +1,6 @@
 """The int8 graph formats: ``ort`` (fused MatMulIntegerToFloat + bias) and ``qdq`` (portable), and the
 ``tensorrt`` preset against TensorRT's explicit-quantization rules (tiny BERT here; MiniLM below, slow)."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -50,36 +51,43 @@ def test_ort_format_fuses_every_bias_and_matches_qdq(bert_plan, tmp_path):
     assert len(fused) == len(s_ort.quantized_nodes) > 0
     assert all(len(n.input) == 7 for n in fused)
     assert Counter(n.op_type for n in model.graph.node)["DequantizeLinear"] == 0
-    batch = next(iter(TokenizedFeed(make_texts(5, seed=99), tok, batch_size=5, max_length=40,
-                                    input_names=tuple(feed.input_names))))
+    batch = next(
+        iter(
+            TokenizedFeed(make_texts(5, seed=99), tok, batch_size=5, max_length=40, input_names=tuple(feed.input_names))
+        )
+    )
     a, b = _run(ort_path, batch), _run(qdq_path, batch)
     assert np.max(np.abs(a - b)) < 1e-4  # same arithmetic, two graph spellings
 
 
-def test_ort_format_on_the_fused_graph_quantizes_attention_with_the_same_calibration(bert_plan, bert_onnx,
-                                                                                   tmp_path):
+def test_ort_format_on_the_fused_graph_quantizes_attention_with_the_same_calibration(bert_plan, bert_onnx, tmp_path):
     """The ``ort`` int8 graph is ORT's fused graph: each layer's Q/K/V projections are one
     QAttention, under the calibration of model.onnx; it computes what the portable Q/DQ graph of
     the same plan computes, to well within the int8 error itself."""
     tok, feed, plan = bert_plan
     assert plan.fused is not None
     from conftest import LAYERS as layers
+
     fused, qdq = tmp_path / "fused.onnx", tmp_path / "qdq.onnx"
     s_fused = write_quantized(plan, fused)
     write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), qdq)
     ops = Counter(n.op_type for n in onnx.load(str(fused)).graph.node)
     assert ops["QAttention"] == layers and ops["Attention"] == 0 and ops["Softmax"] == 0
     assert ops["MatMulIntegerToFloat"] == len(s_fused.quantized_nodes) - 3 * layers
-    batch = next(iter(TokenizedFeed(make_texts(6, seed=98), tok, batch_size=6, max_length=40,
-                                    input_names=tuple(feed.input_names))))
+    batch = next(
+        iter(
+            TokenizedFeed(make_texts(6, seed=98), tok, batch_size=6, max_length=40, input_names=tuple(feed.input_names))
+        )
+    )
     real = batch["attention_mask"].astype(bool)
     got, ref = _run(fused, batch)[real], _run(qdq, batch)[real]
     fp32 = _run(bert_onnx.onnx_path, batch)[real]
     int8_error = np.abs(ref - fp32).mean()
     assert int8_error > 0 and np.abs(got - ref).mean() < 0.25 * int8_error
     # an fp32 projection keeps its whole Attention fp32 (and the summary says all three are fp32)
-    q_proj = next(n for n in plan.fused.members[next(t.node_name for t in plan.fused.targets
-                                                       if t.op_type == "Attention")])
+    q_proj = next(
+        n for n in plan.fused.members[next(t.node_name for t in plan.fused.targets if t.op_type == "Attention")]
+    )
     s_keep = write_quantized(plan, tmp_path / "keep.onnx", keep_fp32=(q_proj,))
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "keep.onnx")).graph.node)
     assert (ops["QAttention"], ops["Attention"]) == (layers - 1, 1)
@@ -92,7 +100,7 @@ def test_a_graph_without_the_fusion_metadata_gets_the_unfused_ort_format(bert_on
     _, feed, _ = bert_plan
     model = onnx.load(str(bert_onnx.onnx_path))
     kept = [p for p in model.metadata_props if p.key != FUSION_METADATA]
-    assert len(kept) < len(model.metadata_props)   # the export wrote it
+    assert len(kept) < len(model.metadata_props)  # the export wrote it
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     onnx.save(model, str(tmp_path / "plain.onnx"))
@@ -138,8 +146,9 @@ def test_minilm_tensorrt_preset_passes_and_asymmetric_fails(tmp_path):
     exported = export_onnx(model, tok, tmp_path / "model.onnx", task=task)
     texts = sample(load_texts(REPO / "calibration_data" / "en_default.txt"), 64)
     feed = TokenizedFeed(texts, tok, batch_size=16, max_length=128, input_names=exported.input_names)
-    trt = write_quantized(plan_quantization(exported.path, feed, QuantizeConfig(preset="tensorrt")),
-                          tmp_path / "trt.onnx")
+    trt = write_quantized(
+        plan_quantization(exported.path, feed, QuantizeConfig(preset="tensorrt")), tmp_path / "trt.onnx"
+    )
     assert check_trt_qdq(tmp_path / "trt.onnx", require_per_channel_weights=True).ok
     assert len(trt.quantized_nodes) == 36
     asym = write_quantized(plan_quantization(exported.path, feed, QuantizeConfig(format="qdq")), tmp_path / "u8.onnx")
@@ -169,12 +178,22 @@ def test_run_with_engine_enabled_without_tensorrt_is_refused_and_leaves_nothing(
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here: the refusal path is for machines without it")
-    recipe = write_recipe(tmp_path / "r.toml", {"name": "eng", "teacher": str(tiny_bert.path)}, {
-        "calibration": {"data": str(data_files.calibration_txt), "num_samples": 32},
-        "validate": {"eval_data": str(data_files.text_jsonl), "latency_runs": 1, "warmup_runs": 0,
-                     "batch_sizes": [1], "seq_lengths": [8], "real_workload": False},
-        "engine": {"enabled": True},
-    })
+    recipe = write_recipe(
+        tmp_path / "r.toml",
+        {"name": "eng", "teacher": str(tiny_bert.path)},
+        {
+            "calibration": {"data": str(data_files.calibration_txt), "num_samples": 32},
+            "validate": {
+                "eval_data": str(data_files.text_jsonl),
+                "latency_runs": 1,
+                "warmup_runs": 0,
+                "batch_sizes": [1],
+                "seq_lengths": [8],
+                "real_workload": False,
+            },
+            "engine": {"enabled": True},
+        },
+    )
     proc = cli("run", str(recipe), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2, proc.stderr[-1500:]
     last = proc.stderr.strip().splitlines()[-1]

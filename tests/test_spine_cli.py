@@ -2,6 +2,7 @@
 classification) judged by its exit code and its files, ``gate``, bad input (exit 2, one line, no
 traceback, no bundle), the single-stage ``export`` / ``quantize`` / ``validate`` commands, and the
 bundle's Python API against a hand-run ONNX session."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,11 +18,38 @@ from modelpress.errors import BadInputError
 from modelpress.manifest import verify
 
 MODEL_KEYS = {"metrics", "latency", "real_workload", "size_mb", "peak_rss_growth_mb"}
-GATE_KEYS = {"metric", "teacher", "candidate", "drop", "max_drop", "passed", "candidate_name", "policy", "n", "unit",
-             "drop_ci95", "method", "mcnemar_p", "note", "latency_shape", "latency_ratio", "max_latency_ratio"}
+GATE_KEYS = {
+    "metric",
+    "teacher",
+    "candidate",
+    "drop",
+    "max_drop",
+    "passed",
+    "candidate_name",
+    "policy",
+    "n",
+    "unit",
+    "drop_ci95",
+    "method",
+    "mcnemar_p",
+    "note",
+    "latency_shape",
+    "latency_ratio",
+    "max_latency_ratio",
+}
 REPORT_KEYS = {"schema", "name", "task", "task_config", "eval", "models", "ratios", "gate", "export", "quantization"}
-BUNDLE_FILES = {"model.onnx", "model.int8.onnx", "tokenizer", "report.json", "report.md", "manifest.json",
-                "quantization.json", "bundle.json", "config.json", "recipe.toml"}
+BUNDLE_FILES = {
+    "model.onnx",
+    "model.int8.onnx",
+    "tokenizer",
+    "report.json",
+    "report.md",
+    "manifest.json",
+    "quantization.json",
+    "bundle.json",
+    "config.json",
+    "recipe.toml",
+}
 
 
 def _explain(proc) -> str:
@@ -44,12 +72,16 @@ class Run:
 @pytest.fixture(scope="module")
 def tiny_run(tiny_bert, data_files, tmp_path_factory) -> Run:
     work = tmp_path_factory.mktemp("run-fe")
-    recipe = write_recipe(work / "tiny.toml", {"name": "tiny", "teacher": str(tiny_bert.path)}, {
-        "task_options": {"normalize": True},
-        "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
-        "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE},
-        "gate": {"max_drop": 50.0},
-    })
+    recipe = write_recipe(
+        work / "tiny.toml",
+        {"name": "tiny", "teacher": str(tiny_bert.path)},
+        {
+            "task_options": {"normalize": True},
+            "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+            "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE},
+            "gate": {"max_drop": 50.0},
+        },
+    )
     proc = cli("run", recipe, "--out", work / "out")
     return Run(proc, work / "out", "tiny", recipe)
 
@@ -57,15 +89,18 @@ def tiny_run(tiny_bert, data_files, tmp_path_factory) -> Run:
 @pytest.fixture(scope="module")
 def cls_run(tiny_bert_cls, data_files, tmp_path_factory) -> Run:
     work = tmp_path_factory.mktemp("run-cls")
-    recipe = write_recipe(work / "cls.toml", {"name": "cls", "teacher": str(tiny_bert_cls.path),
-                                              "task": "text-classification"}, {
-        "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
-        "validate": {"eval_data": str(data_files.labelled_jsonl), **FAST_VALIDATE},
-        # KL(teacher || int8) is > 0 for any int8 model: gated with no slack, the run must fail the gate
-        "gate": {"metric": "mean_kl", "max_drop": 0.0},
-    })
+    recipe = write_recipe(
+        work / "cls.toml",
+        {"name": "cls", "teacher": str(tiny_bert_cls.path), "task": "text-classification"},
+        {
+            "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+            "validate": {"eval_data": str(data_files.labelled_jsonl), **FAST_VALIDATE},
+            # KL(teacher || int8) is > 0 for any int8 model: gated with no slack, the run must fail the gate
+            "gate": {"metric": "mean_kl", "max_drop": 0.0},
+        },
+    )
     proc = cli("run", recipe, "--out", work / "out")
-    return Run(proc, work / "out", "cls.rejected", recipe)   # a failed gate publishes beside <name>, never as it
+    return Run(proc, work / "out", "cls.rejected", recipe)  # a failed gate publishes beside <name>, never as it
 
 
 # -- run: feature extraction ------------------------------------------------------------------------------
@@ -88,8 +123,16 @@ def test_report_json_has_the_documented_keys(tiny_run, data_files):
     assert REPORT_KEYS <= set(r)
     assert (r["schema"], r["name"], r["task"]) == (2, "tiny", "feature-extraction")
     assert r["task_config"] == {"task": "feature-extraction", "pooling": "mean", "normalize": True}
-    assert r["eval"] == {"source": str(data_files.pairs_jsonl), "format": "pairs", "num_examples": 60,
-                         "num_texts": 60, "num_pairs": 30, "num_words": 0, "has_labels": False, "skipped": 0}
+    assert r["eval"] == {
+        "source": str(data_files.pairs_jsonl),
+        "format": "pairs",
+        "num_examples": 60,
+        "num_texts": 60,
+        "num_pairs": 30,
+        "num_words": 0,
+        "has_labels": False,
+        "skipped": 0,
+    }
     assert list(r["models"]) == ["teacher", "onnx-fp32", "int8"]
     for name, m in r["models"].items():
         assert MODEL_KEYS <= set(m), name
@@ -151,7 +194,7 @@ def test_report_metrics_match_a_reference_computed_here(tiny_run, tiny_bert, dat
     m = r["models"]["int8"]["metrics"]
     assert m["mean_cosine"] == pytest.approx(cos.mean(), abs=1e-5)
     assert m["min_cosine"] == pytest.approx(cos.min(), abs=1e-5)
-    assert 0.995 < m["min_cosine"] < 1.0     # int8 is close, and not identical
+    assert 0.995 < m["min_cosine"] < 1.0  # int8 is close, and not identical
     assert r["models"]["onnx-fp32"]["metrics"]["min_cosine"] > 0.99999
 
 
@@ -254,10 +297,12 @@ def test_text_classification_run_reports_accuracy_agreement_and_kl(cls_run, tiny
     tok = AutoTokenizer.from_pretrained(str(tiny_bert_cls.path))
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert_cls.path)).eval()
     with torch.no_grad():
-        logits = model(**tok(list(data_files.eval_texts), padding=True, truncation=True, max_length=32,
-                             return_tensors="pt")).logits.numpy()
+        logits = model(
+            **tok(list(data_files.eval_texts), padding=True, truncation=True, max_length=32, return_tensors="pt")
+        ).logits.numpy()
     assert r["models"]["teacher"]["metrics"]["accuracy"] == pytest.approx(
-        float((logits.argmax(1) == np.array(labels)).mean()), abs=1e-6)
+        float((logits.argmax(1) == np.array(labels)).mean()), abs=1e-6
+    )
 
     from modelpress.bundle import load
 
@@ -270,7 +315,8 @@ def test_text_classification_run_reports_accuracy_agreement_and_kl(cls_run, tiny
     assert probs.shape == (len(labels), NUM_LABELS)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     assert r["models"]["int8"]["metrics"]["accuracy"] == pytest.approx(
-        float((probs.argmax(1) == np.array(labels)).mean()), abs=1e-6)
+        float((probs.argmax(1) == np.array(labels)).mean()), abs=1e-6
+    )
 
 
 # -- bad input --------------------------------------------------------------------------------------------
@@ -313,10 +359,20 @@ def _bad_recipe(kind: str, work: Path, tiny_bert, data_files) -> tuple[list[str]
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["missing recipe", "unknown key", "unknown --set key", "missing calibration file",
-                                  "empty calibration file", "teacher without config.json",
-                                  "a model without the task's head", "a security switch given as a string",
-                                  "a --set switch given as a word"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "missing recipe",
+        "unknown key",
+        "unknown --set key",
+        "missing calibration file",
+        "empty calibration file",
+        "teacher without config.json",
+        "a model without the task's head",
+        "a security switch given as a string",
+        "a --set switch given as a word",
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_no_bundle(kind, tmp_path, tiny_bert, data_files):
     args, expected, only_line = _bad_recipe(kind, tmp_path, tiny_bert, data_files)
     out = tmp_path / "out"
@@ -356,9 +412,24 @@ def cli_export(tiny_bert, stages):
 
 @pytest.fixture(scope="module")
 def cli_quantize(cli_export, tiny_bert, data_files, stages):
-    proc = cli("quantize", cli_export[1], "--tokenizer", tiny_bert.path, "--data", data_files.calibration_txt,
-               "--out", stages / "model.int8.onnx", "--num-samples", "48", "--max-length", "32",
-               "--method", "percentile", "--percentile", "99.9")
+    proc = cli(
+        "quantize",
+        cli_export[1],
+        "--tokenizer",
+        tiny_bert.path,
+        "--data",
+        data_files.calibration_txt,
+        "--out",
+        stages / "model.int8.onnx",
+        "--num-samples",
+        "48",
+        "--max-length",
+        "32",
+        "--method",
+        "percentile",
+        "--percentile",
+        "99.9",
+    )
     return proc, stages / "model.int8.onnx"
 
 
@@ -386,8 +457,23 @@ def test_validate_command(cli_quantize, tiny_bert, data_files, stages):
     out = stages / "validation"
     # 12 STS-B pairs are fewer than the 30 a feature-extraction gate decides on (issue 21): exit 3 and
     # "too small to decide", whatever the drop
-    proc = cli("validate", "--teacher", tiny_bert.path, "--candidate", cli_quantize[1], "--eval-data",
-               data_files.stsb_tsv, "--out", out, "--batch-sizes", "1", "--seq-lengths", "16", "--max-drop", "0")
+    proc = cli(
+        "validate",
+        "--teacher",
+        tiny_bert.path,
+        "--candidate",
+        cli_quantize[1],
+        "--eval-data",
+        data_files.stsb_tsv,
+        "--out",
+        out,
+        "--batch-sizes",
+        "1",
+        "--seq-lengths",
+        "16",
+        "--max-drop",
+        "0",
+    )
     assert proc.returncode == 3, _explain(proc)
     assert f"report: {out / 'report.json'}" in proc.stdout
     r = json.loads((out / "report.json").read_text())
@@ -415,13 +501,22 @@ def test_run_with_distillation_reports_the_subset_it_started_from(data_files, tm
     from modelpress.validate.evalsets import load_eval_set
 
     teacher_dir = make_teacher(tmp_path / "teacher", num_layers=4, initializer_range=0.3, seed=2)
-    recipe = write_recipe(tmp_path / "d.toml", {"name": "d", "teacher": str(teacher_dir)}, {
-        "distill": {"data": str(data_files.calibration_txt), "num_layers": 2, "max_steps": 3, "batch_size": 8,
-                    "eval_fraction": 0.2},
-        "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
-        "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE},
-        "gate": {"max_drop": 100.0},
-    })
+    recipe = write_recipe(
+        tmp_path / "d.toml",
+        {"name": "d", "teacher": str(teacher_dir)},
+        {
+            "distill": {
+                "data": str(data_files.calibration_txt),
+                "num_layers": 2,
+                "max_steps": 3,
+                "batch_size": 8,
+                "eval_fraction": 0.2,
+            },
+            "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+            "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE},
+            "gate": {"max_drop": 100.0},
+        },
+    )
     proc = cli("run", recipe, "--out", tmp_path / "out")
     assert proc.returncode == 0, _explain(proc)
     root = tmp_path / "out" / "d"
@@ -433,11 +528,12 @@ def test_run_with_distillation_reports_the_subset_it_started_from(data_files, tm
     texts = list(load_eval_set(data_files.pairs_jsonl).texts)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     teacher = AutoModel.from_pretrained(teacher_dir).eval()
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=FAST_VALIDATE["max_length"],
-                      return_tensors="pt")
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=FAST_VALIDATE["max_length"], return_tensors="pt")
     with torch.no_grad():
+
         def embed(model):
             return pool(model(**batch).last_hidden_state, batch["attention_mask"], pooling="mean", normalize=True)
+
         cos = (embed(teacher) * embed(build_layer_subset(teacher, kept).eval())).sum(-1).mean().item()
     row = report["models"]["untrained-subset-fp32"]["metrics"]
     assert row["mean_cosine"] == pytest.approx(cos, abs=1e-4)
@@ -451,11 +547,11 @@ def test_gate_and_load_refuse_a_bundle_that_is_not_what_its_manifest_says(tiny_r
     from modelpress.manifest import verify
 
     assert tiny_run.proc.returncode == 0, _explain(tiny_run.proc)
-    assert verify(str(tiny_run.root)) == []                       # a str works as well as a Path
+    assert verify(str(tiny_run.root)) == []  # a str works as well as a Path
     edited = tmp_path / "edited"
     shutil.copytree(tiny_run.root, edited)
     report = json.loads((edited / "report.json").read_text())
-    report["models"]["int8"]["metrics"]["spearman"] = 0.99       # a hand-edited report
+    report["models"]["int8"]["metrics"]["spearman"] = 0.99  # a hand-edited report
     (edited / "report.json").write_text(json.dumps(report))
     proc = cli("gate", edited)
     assert proc.returncode == 2 and "does not match its manifest.json (report.json" in proc.stderr, _explain(proc)
@@ -466,7 +562,7 @@ def test_gate_and_load_refuse_a_bundle_that_is_not_what_its_manifest_says(tiny_r
     (added / "stray.bin").write_bytes(b"x")
     (added / "model.plan").write_bytes(b"an engine built later")
     assert verify(added) == ["+model.plan", "+stray.bin"]
-    assert verify(added, allow_later=True) == ["+stray.bin"]    # what `modelpress engine` adds is fine
+    assert verify(added, allow_later=True) == ["+stray.bin"]  # what `modelpress engine` adds is fine
     manifest = json.loads((added / "manifest.json").read_text())
     manifest["files"]["../../etc/passwd"] = {"sha256": "0" * 64, "bytes": 1}
     (added / "manifest.json").write_text(json.dumps(manifest))
@@ -475,8 +571,9 @@ def test_gate_and_load_refuse_a_bundle_that_is_not_what_its_manifest_says(tiny_r
     assert proc.returncode == 2 and "gate.max_drop: expected >= 0" in proc.stderr, _explain(proc)
 
 
-def test_a_second_run_into_the_same_bundle_exits_2_and_the_first_publishes_intact(tiny_bert, tiny_distilbert,
-                                                                                    data_files, tmp_path):
+def test_a_second_run_into_the_same_bundle_exits_2_and_the_first_publishes_intact(
+    tiny_bert, tiny_distilbert, data_files, tmp_path
+):
     """Two runs of one name into one --out: the lock lets one publish; the other exits 2 at once,
     and every file of the bundle is the publishing run's (its manifest says so)."""
     import os
@@ -488,21 +585,29 @@ def test_a_second_run_into_the_same_bundle_exits_2_and_the_first_publishes_intac
 
     from modelpress.manifest import verify
 
-    sections = {"calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
-                "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE}, "gate": {"max_drop": 50.0}}
+    sections = {
+        "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+        "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE},
+        "gate": {"max_drop": 50.0},
+    }
     a = write_recipe(tmp_path / "a.toml", {"name": "same", "teacher": str(tiny_bert.path)}, sections)
     b = write_recipe(tmp_path / "b.toml", {"name": "same", "teacher": str(tiny_distilbert.path)}, sections)
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen([sys.executable, "-m", "modelpress", "run", str(a), "--out", str(out)], cwd=REPO,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "modelpress", "run", str(a), "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not list(out.glob(".same.partial-*")) and time.monotonic() < deadline:
         time.sleep(0.1)
     second = cli("run", b, "--out", out)
     assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
-    assert second.returncode == 2 and "another modelpress run is writing this bundle" in second.stderr, \
-        _explain(second)
+    assert second.returncode == 2 and "another modelpress run is writing this bundle" in second.stderr, _explain(second)
     assert verify(out / "same") == []
     manifest = json.loads((out / "same" / "manifest.json").read_text())
     assert manifest["recipe"]["teacher"] == str(tiny_bert.path)

@@ -1,4 +1,5 @@
 """Corpus loaders, deterministic sampling, tokenized feeds (dynamic padding, sorting), eval sets."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ def test_jsonl_reads_the_named_field_and_skips_empty_texts(tmp_path):
     p = tmp_path / "a.jsonl"
     rows = [{"text": "one", "body": "b1"}, {"text": "  ", "body": "b2"}, {"text": "two", "body": "b4"}]
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
-    assert load_texts(p) == ["one", "two"]                    # an empty text is skipped (and counted)
+    assert load_texts(p) == ["one", "two"]  # an empty text is skipped (and counted)
     assert load_texts(p, text_field="body") == ["b1", "b2", "b4"]
     # a null is not a text: it is named with its line, never read as "None"
     p.write_text("\n".join(json.dumps(r) for r in rows + [{"text": None, "body": "b5"}]) + "\n", encoding="utf-8")
@@ -45,16 +46,19 @@ def test_csv_and_tsv_with_headers(tmp_path):
     assert read_records(tmp_path / "a.tsv")[1] == {"sentence": "bad", "label": "0"}
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("empty.txt", "", "contains no records"),
-    ("blank.txt", "\n  \n\n", "contains no records"),
-    ("empty.jsonl", "", "contains no records"),
-    ("empty.csv", "", "no header row"),
-    ("header_only.csv", "text\n", "contains no records"),
-    ("bad.jsonl", '{"text": "ok"}\n{"text": \n', r"bad\.jsonl:2: not valid JSON"),
-    ("list.jsonl", '["a", "b"]\n', "expected a JSON object"),
-    ("data.xml", "<a/>", "unsupported data file"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.txt", "", "contains no records"),
+        ("blank.txt", "\n  \n\n", "contains no records"),
+        ("empty.jsonl", "", "contains no records"),
+        ("empty.csv", "", "no header row"),
+        ("header_only.csv", "text\n", "contains no records"),
+        ("bad.jsonl", '{"text": "ok"}\n{"text": \n', r"bad\.jsonl:2: not valid JSON"),
+        ("list.jsonl", '["a", "b"]\n', "expected a JSON object"),
+        ("data.xml", "<a/>", "unsupported data file"),
+    ],
+)
 def test_unusable_files_raise_bad_input_naming_the_file(tmp_path, name, content, message):
     p = tmp_path / name
     p.write_text(content, encoding="utf-8")
@@ -78,8 +82,8 @@ def test_sample_is_deterministic_ordered_and_complete_when_large():
     items = list(range(100))
     a, b = sample(items, 10, seed=3), sample(items, 10, seed=3)
     assert a == b and len(a) == 10 and len(set(a)) == 10
-    assert a == sorted(a)                     # a subsequence, in corpus order
-    assert sample(items, 10, seed=4) != a     # the seed matters
+    assert a == sorted(a)  # a subsequence, in corpus order
+    assert sample(items, 10, seed=4) != a  # the seed matters
     assert sample(items, 100) == items and sample(items, 1000) == items and sample(items, None) == items
     assert sample(iter(items), 5, seed=3) == sample(items, 5, seed=3)
 
@@ -111,8 +115,8 @@ def test_feed_pads_each_batch_to_its_longest_text(tokenizer):
     for k, b in enumerate(batches):
         assert set(b) == {"input_ids", "token_type_ids", "attention_mask"}
         assert all(v.dtype == np.int64 and v.flags["C_CONTIGUOUS"] for v in b.values())
-        assert b["input_ids"].shape[1] == max(lengths[5 * k:5 * k + 5]) <= 24
-        assert b["attention_mask"].sum(axis=1).tolist() == lengths[5 * k:5 * k + 5]
+        assert b["input_ids"].shape[1] == max(lengths[5 * k : 5 * k + 5]) <= 24
+        assert b["attention_mask"].sum(axis=1).tolist() == lengths[5 * k : 5 * k + 5]
     # re-iterable: a second pass gives the same batches
     for b1, b2 in zip(batches, feed):
         assert all(np.array_equal(b1[k], b2[k]) for k in b1)
@@ -120,8 +124,14 @@ def test_feed_pads_each_batch_to_its_longest_text(tokenizer):
 
 def test_feed_fixed_length_input_names_and_empty(tokenizer):
     texts = make_texts(7, seed=7)
-    feed = TokenizedFeed(texts, tokenizer, batch_size=4, max_length=40, pad_to_max_length=True,
-                         input_names=("input_ids", "attention_mask"))
+    feed = TokenizedFeed(
+        texts,
+        tokenizer,
+        batch_size=4,
+        max_length=40,
+        pad_to_max_length=True,
+        input_names=("input_ids", "attention_mask"),
+    )
     for b in feed:
         assert set(b) == {"input_ids", "attention_mask"} and b["input_ids"].shape[1] == 40
     with pytest.raises(BadInputError, match="empty"):
@@ -136,8 +146,9 @@ def test_sorted_feed_has_nondecreasing_lengths_same_texts_and_less_padding(token
     ordered = list(TokenizedFeed(texts, tokenizer, batch_size=8, max_length=64, sort_by_length=True))
 
     def rows(batches):
-        return Counter(tuple(ids[m.astype(bool)]) for b in batches
-                       for ids, m in zip(b["input_ids"], b["attention_mask"]))
+        return Counter(
+            tuple(ids[m.astype(bool)]) for b in batches for ids, m in zip(b["input_ids"], b["attention_mask"])
+        )
 
     assert rows(plain) == rows(ordered)  # the same texts, only reordered
     real = [int(n) for b in ordered for n in b["attention_mask"].sum(axis=1)]
@@ -176,9 +187,16 @@ def test_pairs_eval_set_indexes_unique_texts(tmp_path, data_files):
     assert len(es.texts) == len(set(es.texts))
     # a repeated sentence is stored once
     p = tmp_path / "dup.jsonl"
-    p.write_text("\n".join(json.dumps(r) for r in [{"sentence1": "a b", "sentence2": "c", "score": 1},
-                                                    {"sentence1": "c", "sentence2": "a b", "score": "2.5"}]),
-                 encoding="utf-8")
+    p.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"sentence1": "a b", "sentence2": "c", "score": 1},
+                {"sentence1": "c", "sentence2": "a b", "score": "2.5"},
+            ]
+        ),
+        encoding="utf-8",
+    )
     dup = load_eval_set(p)
     assert dup.texts == ("a b", "c") and dup.pairs == ((0, 1, 1.0), (1, 0, 2.5))
     assert load_eval_set(data_files.pairs_jsonl, num_samples=4).pairs == es.pairs[:4]

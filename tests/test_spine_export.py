@@ -1,5 +1,6 @@
 """ONNX export of the tiny BERT and DistilBERT: input names and order, dynamic axes, parity on other
 shapes than the export example, and a ParityError when the graph is wrong."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_batch_and_sequence_axes_are_symbolic(exported):
     graph = onnx.load(str(exported.onnx_path)).graph
     in_dims = [_dims(i) for i in graph.input]
     assert all(len(d) == 2 and all(isinstance(x, str) and x for x in d) for d in in_dims), in_dims
-    assert len({d[0] for d in in_dims}) == 1 and len({d[1] for d in in_dims}) == 1   # shared batch / seq
+    assert len({d[0] for d in in_dims}) == 1 and len({d[1] for d in in_dims}) == 1  # shared batch / seq
     out = _dims(graph.output[0])
     assert out[:2] == in_dims[0] and out[2] == 32
 
@@ -50,7 +51,7 @@ def test_export_parity_report_and_atomic_write(exported):
     assert r.parity.ok and r.parity.max_abs_diff < 1e-4 and r.opset == 18
     # parity is checked on a batch of another batch size *and* sequence length than the trace example
     assert r.parity.feed_shape == (len(PARITY_TEXTS), PARITY_SEQ) != (len(EXAMPLE_TEXTS), EXAMPLE_SEQ)
-    assert [p.name for p in exported.onnx_path.parent.iterdir()] == ["model.onnx"]   # no .partial left
+    assert [p.name for p in exported.onnx_path.parent.iterdir()] == ["model.onnx"]  # no .partial left
 
 
 def test_onnx_equals_torch_on_a_third_shape_with_sentence_pairs(exported, data_files):
@@ -61,8 +62,14 @@ def test_onnx_equals_torch_on_a_third_shape_with_sentence_pairs(exported, data_f
 
     model, tokenizer = _torch(exported)
     texts = list(data_files.eval_texts[:5])
-    enc = tokenizer(texts, list(data_files.eval_texts[5:10]), padding="max_length", truncation=True,
-                    max_length=37, return_tensors="pt")
+    enc = tokenizer(
+        texts,
+        list(data_files.eval_texts[5:10]),
+        padding="max_length",
+        truncation=True,
+        max_length=37,
+        return_tensors="pt",
+    )
     assert enc["input_ids"].shape == (5, 37)
     assert 0 < int(enc["attention_mask"].sum()) < enc["attention_mask"].numel()  # real padding
     feed = {k: enc[k] for k in exported.result.input_names}
@@ -110,8 +117,7 @@ def test_parity_error_when_a_weight_is_corrupted(bert_onnx, tmp_path):
 
 def test_model_input_names_needs_ids_and_mask():
     class Model:
-        def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
-            ...
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None): ...
 
     class Tok:
         model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
@@ -138,13 +144,16 @@ def test_text_classification_export_has_logits_with_a_dynamic_batch(tiny_bert_cl
     assert [o.name for o in graph.output] == ["logits"]
     out = _dims(graph.output[0])
     assert isinstance(out[0], str) and out[1] == 3
-    enc = tokenizer(["a dog", "the quick brown fox jumps over the lazy dog", "night"], padding=True, return_tensors="pt")
+    enc = tokenizer(
+        ["a dog", "the quick brown fox jumps over the lazy dog", "night"], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         reference = model(**enc).logits.numpy()
     got = ort.InferenceSession(result.path, providers=["CPUExecutionProvider"]).run(
-        None, {k: enc[k].numpy() for k in result.input_names})[0]
+        None, {k: enc[k].numpy() for k in result.input_names}
+    )[0]
     assert np.abs(got - reference).max() < 1e-4
-    assert np.ptp(reference) > 1e-3   # the random classifier is not constant
+    assert np.ptp(reference) > 1e-3  # the random classifier is not constant
 
 
 def test_fusion_finds_every_attention_block_and_keeps_parity(bert_onnx, tmp_path):
@@ -161,9 +170,16 @@ def test_fusion_finds_every_attention_block_and_keeps_parity(bert_onnx, tmp_path
         reference = {"last_hidden_state": model(**feed).last_hidden_state.numpy()}
     # the export kept its own parity batch and reference for derived graphs: the same ones
     assert np.abs(bert_onnx.result.reference["last_hidden_state"] - reference["last_hidden_state"]).max() < 1e-5
-    report, counts = fuse(bert_onnx.onnx_path, tmp_path / "model.fused.onnx", model_type="bert", num_heads=2,
-                          hidden_size=32, parity_feed=bert_onnx.result.parity_feed,
-                          reference=bert_onnx.result.reference, atol=1e-4)
+    report, counts = fuse(
+        bert_onnx.onnx_path,
+        tmp_path / "model.fused.onnx",
+        model_type="bert",
+        num_heads=2,
+        hidden_size=32,
+        parity_feed=bert_onnx.result.parity_feed,
+        reference=bert_onnx.result.reference,
+        atol=1e-4,
+    )
     assert report.ok and (tmp_path / "model.fused.onnx").is_file()
     layers = model.config.num_hidden_layers
     assert counts["Attention"] == layers and counts["SkipLayerNormalization"] == 2 * layers

@@ -1,4 +1,5 @@
 """Fidelity metrics against hand-computed references, the gate's decision, task heads, manifest."""
+
 from __future__ import annotations
 
 import json
@@ -74,7 +75,7 @@ def test_kl_top1_and_accuracy_on_fixed_logits():
     # KL(teacher ‖ candidate), not the reverse
     assert m["mean_kl"] != pytest.approx(M.classification_metrics(candidate, teacher)["mean_kl"], rel=1e-3)
     assert m["top1_agreement"] == pytest.approx(2 / 3)  # row 2 flips
-    assert m["accuracy"] == pytest.approx(1.0)          # candidate argmax 0, 0, 0
+    assert m["accuracy"] == pytest.approx(1.0)  # candidate argmax 0, 0, 0
     ref = M.classification_reference_metrics(teacher, labels=(0, 0, 0))
     assert ref == {"top1_agreement": 1.0, "mean_kl": 0.0, "accuracy": pytest.approx(2 / 3)}
     assert "accuracy" not in M.classification_metrics(teacher, candidate)
@@ -90,8 +91,16 @@ def test_primary_metric_per_task():
     assert tc.primary_metric({"top1_agreement", "mean_kl"}) == "top1_agreement"
     assert tok.primary_metric({"top1_agreement", "accuracy", "entity_f1"}) == "entity_f1"
     assert tok.primary_metric({"top1_agreement", "accuracy"}) == "accuracy"
-    assert decide("feature-extraction", {"spearman": 1.0, "min_cosine": 1.0}, {"spearman": 1.0, "min_cosine": 0.9},
-                  max_drop=1.0, metric="min_cosine").metric == "min_cosine"
+    assert (
+        decide(
+            "feature-extraction",
+            {"spearman": 1.0, "min_cosine": 1.0},
+            {"spearman": 1.0, "min_cosine": 0.9},
+            max_drop=1.0,
+            metric="min_cosine",
+        ).metric
+        == "min_cosine"
+    )
     # the direction of each metric is the task's
     assert tc.direction("mean_kl") == "lower" and tc.direction("accuracy") == "higher"
 
@@ -108,17 +117,21 @@ def test_gate_pass_fail_and_edge():
     assert better.drop == pytest.approx(-1.0) and better.passed
     same = decide("feature-extraction", t, dict(t), max_drop=0.0)
     assert same.drop == 0.0 and same.passed
-    by_cos = decide("feature-extraction", t, {"spearman": 0.86, "mean_cosine": 0.99}, max_drop=0.5,
-                    metric="mean_cosine")
+    by_cos = decide(
+        "feature-extraction", t, {"spearman": 0.86, "mean_cosine": 0.99}, max_drop=0.5, metric="mean_cosine"
+    )
     assert by_cos.metric == "mean_cosine" and by_cos.drop == pytest.approx(1.0) and not by_cos.passed
 
 
-@pytest.mark.parametrize("teacher, candidate, max_drop", [
-    (0.9, 0.895, 0.5),
-    (0.8001, 0.7991, 0.1),  # 80.01 - 79.91 = 0.10000000000000853 in floating point
-    (0.8004, 0.7904, 1.0),  # 80.04 - 79.04 = 1.0000000000000142
-    (0.8672, 0.8622, 0.5),
-])
+@pytest.mark.parametrize(
+    "teacher, candidate, max_drop",
+    [
+        (0.9, 0.895, 0.5),
+        (0.8001, 0.7991, 0.1),  # 80.01 - 79.91 = 0.10000000000000853 in floating point
+        (0.8004, 0.7904, 1.0),  # 80.04 - 79.04 = 1.0000000000000142
+        (0.8672, 0.8622, 0.5),
+    ],
+)
 def test_gate_drop_exactly_at_the_limit_passes(teacher, candidate, max_drop):
     """The report shows drop == max_drop; the verdict must then be PASS (drop <= max_drop)."""
     g = decide("feature-extraction", {"spearman": teacher}, {"spearman": candidate}, max_drop=max_drop)
@@ -137,11 +150,15 @@ def test_gate_kl_is_lower_is_better():
 def test_gate_unknown_metric_and_report_regating():
     with pytest.raises(BadInputError, match="was not measured"):
         decide("feature-extraction", {"mean_cosine": 1.0}, {"mean_cosine": 0.9}, max_drop=1, metric="spearman")
-    report = {"task": "feature-extraction",
-              "models": {"teacher": {"metrics": {"spearman": 0.8, "mean_cosine": 1.0}},
-                         "int8": {"metrics": {"spearman": 0.79, "mean_cosine": 0.999}}},
-              "gate": GateResult("spearman", 80.0, 79.0, 1.0, 0.5, False, "int8").to_dict()}
-    assert not gate_report(report).passed                       # the run's own max_drop, 0.5
+    report = {
+        "task": "feature-extraction",
+        "models": {
+            "teacher": {"metrics": {"spearman": 0.8, "mean_cosine": 1.0}},
+            "int8": {"metrics": {"spearman": 0.79, "mean_cosine": 0.999}},
+        },
+        "gate": GateResult("spearman", 80.0, 79.0, 1.0, 0.5, False, "int8").to_dict(),
+    }
+    assert not gate_report(report).passed  # the run's own max_drop, 0.5
     assert gate_report(report, max_drop=1.0).passed
     g = gate_report(report, metric="mean_cosine")
     assert g.metric == "mean_cosine" and g.drop == pytest.approx(0.1) and g.passed
@@ -171,22 +188,31 @@ def test_mean_and_cls_pooling_by_hand():
 
     from modelpress.tasks.feature_extraction import pool
 
-    np.testing.assert_allclose(pool(torch.from_numpy(hidden), torch.from_numpy(mask), pooling="mean",
-                                    normalize=True).numpy(), unit, rtol=1e-6)
+    np.testing.assert_allclose(
+        pool(torch.from_numpy(hidden), torch.from_numpy(mask), pooling="mean", normalize=True).numpy(), unit, rtol=1e-6
+    )
 
 
 def test_heads_from_sentence_transformers_files_and_round_trip(tmp_path):
     def make_head(name, *, model_dir=None, options=None):
         return configure_task(name, options or {}, model_dir=model_dir)
 
-    assert make_head("feature-extraction", model_dir=tmp_path).describe() == \
-        {"task": "feature-extraction", "pooling": "mean", "normalize": False}
+    assert make_head("feature-extraction", model_dir=tmp_path).describe() == {
+        "task": "feature-extraction",
+        "pooling": "mean",
+        "normalize": False,
+    }
     (tmp_path / "1_Pooling").mkdir()
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
-    (tmp_path / "modules.json").write_text(json.dumps([
-        {"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (tmp_path / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+            ]
+        )
+    )
     head = make_head("feature-extraction", model_dir=tmp_path)
     assert (head.pooling, head.normalize) == ("cls", True)
     forced = make_head("feature-extraction", model_dir=tmp_path, options={"pooling": "mean", "normalize": False})
@@ -217,8 +243,14 @@ def test_manifest_checksums_and_tamper_detection(tmp_path):
     (root / "tokenizer").mkdir(parents=True)
     (root / "model.onnx").write_bytes(b"\x00\x01model")
     (root / "tokenizer" / "vocab.txt").write_text("a\nb\n")
-    write_manifest(root, recipe={"name": "x"}, task={"task": "feature-extraction"}, metrics={},
-                   gate={"passed": False}, input_names=["input_ids"])
+    write_manifest(
+        root,
+        recipe={"name": "x"},
+        task={"task": "feature-extraction"},
+        metrics={},
+        gate={"passed": False},
+        input_names=["input_ids"],
+    )
     manifest = json.loads((root / "manifest.json").read_text())
     assert set(manifest["files"]) == {"model.onnx", "tokenizer/vocab.txt"}
     import hashlib
@@ -239,8 +271,14 @@ def test_publish_replaces_an_older_run_and_leaves_no_leftovers(tmp_path):
     final.mkdir()
     (final / "old.txt").write_text("old")
     # an older run is a bundle: publish replaces nothing else (a teacher folder under --out .)
-    write_manifest(final, recipe={"name": "job"}, task={"task": "feature-extraction"}, metrics={},
-                   gate={"passed": True}, input_names=["input_ids"])
+    write_manifest(
+        final,
+        recipe={"name": "job"},
+        task={"task": "feature-extraction"},
+        metrics={},
+        gate={"passed": True},
+        input_names=["input_ids"],
+    )
     staging = staging_dir(tmp_path, "job")
     assert staging.name.startswith(".job.partial-") and staging != staging_dir(tmp_path, "job")  # one per run
     staging.mkdir()

@@ -1,5 +1,6 @@
 """The quantizer's arithmetic: streaming statistics and calibration ranges, int8 weights, activation
 quantization parameters, SmoothQuant's exactness (hand-built graphs and the tiny BERT export)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -96,16 +97,19 @@ def test_entropy_clips_outliers_and_stays_inside_the_observed_range():
     _feed_in_batches(s, x, 5)
     r = s.range("entropy")
     assert -60.0 <= r.lo < 0 < r.hi <= 60.0
-    assert r.hi < 30.0 and r.lo > -30.0 and r.clipped > 0.5   # the lone outliers are cut off
-    assert r.hi > 2.0                                           # the bulk of the distribution is kept
+    assert r.hi < 30.0 and r.lo > -30.0 and r.clipped > 0.5  # the lone outliers are cut off
+    assert r.hi > 2.0  # the bulk of the distribution is kept
 
 
-@pytest.mark.parametrize("values", [
-    np.full((64, 3), 0.5, dtype=np.float32),                               # all equal
-    np.zeros((64, 3), dtype=np.float32),                                   # all zero
-    (1.0 + np.linspace(0, 1e-9, 192)).astype(np.float32).reshape(64, 3),   # a 1e-9 range
-    np.linspace(-1e-9, 1e-9, 192, dtype=np.float32).reshape(64, 3),
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.full((64, 3), 0.5, dtype=np.float32),  # all equal
+        np.zeros((64, 3), dtype=np.float32),  # all zero
+        (1.0 + np.linspace(0, 1e-9, 192)).astype(np.float32).reshape(64, 3),  # a 1e-9 range
+        np.linspace(-1e-9, 1e-9, 192, dtype=np.float32).reshape(64, 3),
+    ],
+)
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
 def test_narrow_ranges_do_not_crash(values, method):
     s = TensorStats(num_bins=2048, histogram=True)
@@ -206,17 +210,26 @@ def _two_matmul_model(shared_weight: bool) -> onnx.ModelProto:
     w1 = rng.normal(size=(6, 6)).astype(np.float32)
     w2 = rng.normal(size=(6, 4)).astype(np.float32)
     w3 = w1 if shared_weight else rng.normal(size=(6, 6)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["y1"], name="mm1"),
-             helper.make_node("MatMul", ["x", "W2"], ["y2"], name="mm2"),
-             helper.make_node("Relu", ["y1"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "W3" if not shared_weight else "W1"], ["y3"], name="mm3"),
-             helper.make_node("Add", ["x", "y3"], ["out"], name="residual")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["y1"], name="mm1"),
+        helper.make_node("MatMul", ["x", "W2"], ["y2"], name="mm2"),
+        helper.make_node("Relu", ["y1"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "W3" if not shared_weight else "W1"], ["y3"], name="mm3"),
+        helper.make_node("Add", ["x", "y3"], ["out"], name="residual"),
+    ]
     inits = [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")]
     if not shared_weight:
         inits.append(numpy_helper.from_array(w3, "W3"))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 6])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 6]),
-                               helper.make_tensor_value_info("y2", TensorProto.FLOAT, [None, 4])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 6])],
+        [
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 6]),
+            helper.make_tensor_value_info("y2", TensorProto.FLOAT, [None, 4]),
+        ],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -232,12 +245,15 @@ def test_smoothing_a_hand_built_graph_is_exact(shared_weight):
     targets = find_targets(model)
     assert [t.node_name for t in targets] == ["mm1", "mm2", "mm3"]
     x = (np.random.default_rng(8).normal(size=(32, 6)) * [1, 1, 30, 1, 0.01, 1]).astype(np.float32)
-    absmax = {"x": np.abs(x).max(axis=0), "r": np.abs(np.maximum(x @ numpy_helper.to_array(model.graph.initializer[0]), 0)).max(axis=0)}
+    absmax = {
+        "x": np.abs(x).max(axis=0),
+        "r": np.abs(np.maximum(x @ numpy_helper.to_array(model.graph.initializer[0]), 0)).max(axis=0),
+    }
     smoothed, new_targets, factors = apply_smoothing(model, targets, absmax, alpha=0.8)
     onnx.checker.check_model(smoothed)
     assert sorted(factors) == ["r_smoothed", "x_smoothed"]
     assert [t.activation for t in new_targets] == ["x_smoothed", "x_smoothed", "r_smoothed"]
-    assert sum(n.op_type == "Mul" for n in smoothed.graph.node) == 2   # one Mul per activation, shared by mm1/mm2
+    assert sum(n.op_type == "Mul" for n in smoothed.graph.node) == 2  # one Mul per activation, shared by mm1/mm2
     if shared_weight:  # W1 feeds mm1 and mm3 with different factors: each got its own copy
         assert len({t.weight for t in new_targets}) == 3
     for got, ref in zip(_run(smoothed, {"x": x}), _run(model, {"x": x})):
@@ -264,10 +280,12 @@ def test_smoothing_the_tiny_bert_export_is_exact(bert_onnx, data_files):
     reference = _run(model, batch)[0]
     for alpha in (0.5, 0.8):
         smoothed, new_targets, factors = apply_smoothing(model, targets, absmax, alpha)
-        assert len(factors) == 8                          # 4 distinct activations per layer, 2 layers
-        assert sum(n.op_type == "Mul" for n in smoothed.graph.node) == \
-            sum(n.op_type == "Mul" for n in model.graph.node) + 8
-        assert max(float(np.abs(np.log(s)).max()) for s in factors.values()) > 0.1   # the factors do something
+        assert len(factors) == 8  # 4 distinct activations per layer, 2 layers
+        assert (
+            sum(n.op_type == "Mul" for n in smoothed.graph.node)
+            == sum(n.op_type == "Mul" for n in model.graph.node) + 8
+        )
+        assert max(float(np.abs(np.log(s)).max()) for s in factors.values()) > 0.1  # the factors do something
         got = _run(smoothed, batch)[0]
         assert np.abs(got - reference).max() < 1e-5 * max(1.0, float(np.abs(reference).max()))
 
@@ -278,12 +296,16 @@ def test_gemm_with_transposed_weight_is_smoothed_and_quantized_per_output_channe
     from modelpress.runtimes.quantize.static import quantize_static
 
     rng = np.random.default_rng(10)
-    w = (rng.normal(size=(5, 8)) * rng.uniform(0.1, 2.0, size=(5, 1))).astype(np.float32)   # [out=5, in=8]
+    w = (rng.normal(size=(5, 8)) * rng.uniform(0.1, 2.0, size=(5, 1))).astype(np.float32)  # [out=5, in=8]
     b = rng.normal(size=(5,)).astype(np.float32)
     node = helper.make_node("Gemm", ["x", "W", "b"], ["y"], name="gemm", transB=1)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5])],
-                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     (t,) = find_targets(model)
     assert (t.weight_axis, t.input_axis) == (0, 1)
@@ -293,8 +315,12 @@ def test_gemm_with_transposed_weight_is_smoothed_and_quantized_per_output_channe
     np.testing.assert_allclose(_run(smoothed, {"x": x})[0], _run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
 
     onnx.save(model, str(tmp_path / "gemm.onnx"))
-    summary = quantize_static(tmp_path / "gemm.onnx", tmp_path / "gemm.int8.onnx", [{"x": x[:32]}, {"x": x[32:]}],
-                              QuantizeConfig(format="qdq"))
+    summary = quantize_static(
+        tmp_path / "gemm.onnx",
+        tmp_path / "gemm.int8.onnx",
+        [{"x": x[:32]}, {"x": x[32:]}],
+        QuantizeConfig(format="qdq"),
+    )
     assert summary.quantized_nodes == ("gemm",)
     q = onnx.load(str(tmp_path / "gemm.int8.onnx"))
     dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("W"))
@@ -304,7 +330,9 @@ def test_gemm_with_transposed_weight_is_smoothed_and_quantized_per_output_channe
     got, ref = _run(q, {"x": x})[0], _run(model, {"x": x})[0]
     assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max()
     # the ort format: one MatMulIntegerToFloat on the transposed weight, its bias folded in
-    quantize_static(tmp_path / "gemm.onnx", tmp_path / "gemm.ort.onnx", [{"x": x[:32]}, {"x": x[32:]}], QuantizeConfig())
+    quantize_static(
+        tmp_path / "gemm.onnx", tmp_path / "gemm.ort.onnx", [{"x": x[:32]}, {"x": x[32:]}], QuantizeConfig()
+    )
     q = onnx.load(str(tmp_path / "gemm.ort.onnx"))
     node = next(n for n in q.graph.node if n.op_type == "MatMulIntegerToFloat")
     assert [n.op_type for n in q.graph.node].count("Gemm") == 0 and len(node.input) == 7
@@ -325,21 +353,36 @@ def test_ort_format_with_a_matmul_and_a_gemm_reading_one_activation(tmp_path):
     from modelpress.runtimes.quantize.static import quantize_static
 
     rng = np.random.default_rng(11)
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["y1"], name="mm"),
-             helper.make_node("Gemm", ["x", "W2", "b"], ["y2"], name="gemm", transB=1, alpha=0.5),
-             helper.make_node("MatMul", ["y1", "W3"], ["y3"], name="mm_alone")]
-    inits = [numpy_helper.from_array(rng.normal(size=(8, 6)).astype(np.float32), "W1"),
-             numpy_helper.from_array(rng.normal(size=(5, 8)).astype(np.float32), "W2"),
-             numpy_helper.from_array(rng.normal(size=(5,)).astype(np.float32), "b"),
-             numpy_helper.from_array(rng.normal(size=(6, 4)).astype(np.float32), "W3")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
-                              [helper.make_tensor_value_info("y2", TensorProto.FLOAT, [None, 5]),
-                               helper.make_tensor_value_info("y3", TensorProto.FLOAT, [None, 4])], inits)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["y1"], name="mm"),
+        helper.make_node("Gemm", ["x", "W2", "b"], ["y2"], name="gemm", transB=1, alpha=0.5),
+        helper.make_node("MatMul", ["y1", "W3"], ["y3"], name="mm_alone"),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(8, 6)).astype(np.float32), "W1"),
+        numpy_helper.from_array(rng.normal(size=(5, 8)).astype(np.float32), "W2"),
+        numpy_helper.from_array(rng.normal(size=(5,)).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.normal(size=(6, 4)).astype(np.float32), "W3"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+        [
+            helper.make_tensor_value_info("y2", TensorProto.FLOAT, [None, 5]),
+            helper.make_tensor_value_info("y3", TensorProto.FLOAT, [None, 4]),
+        ],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.save(model, str(tmp_path / "m.onnx"))
     x = rng.normal(size=(64, 8)).astype(np.float32)
-    summary = quantize_static(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", [{"x": x[:32]}, {"x": x[32:]}],
-                              QuantizeConfig(format="ort", smoothquant=False))
+    summary = quantize_static(
+        tmp_path / "m.onnx",
+        tmp_path / "m.int8.onnx",
+        [{"x": x[:32]}, {"x": x[32:]}],
+        QuantizeConfig(format="ort", smoothquant=False),
+    )
     assert set(summary.quantized_nodes) == {"mm", "gemm", "mm_alone"}
     q = onnx.load(str(tmp_path / "m.int8.onnx"))
     onnx.checker.check_model(q)
@@ -357,8 +400,12 @@ def test_saturating_cpus_get_7_bit_weights(monkeypatch):
     from modelpress.runtimes.quantize.config import QuantizeConfig
 
     monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
-    for flags, saturates in ((frozenset({"avx2"}), True), (frozenset({"avx2", "avx512_vnni"}), False),
-                             (frozenset({"avx2", "avx_vnni"}), False), (frozenset({"amx_int8"}), False)):
+    for flags, saturates in (
+        (frozenset({"avx2"}), True),
+        (frozenset({"avx2", "avx512_vnni"}), False),
+        (frozenset({"avx2", "avx_vnni"}), False),
+        (frozenset({"amx_int8"}), False),
+    ):
         monkeypatch.setattr(cpu, "cpu_flags", lambda f=flags: f)
         assert cpu.int8_gemm_saturates() is saturates
         assert QuantizeConfig().weight_qmax == (63 if saturates else 127)
@@ -390,19 +437,31 @@ def test_a_tied_lm_head_read_through_a_transpose_is_quantized(tmp_path):
 
     rng = np.random.default_rng(3)
     emb, other = rng.normal(size=(20, 8)).astype(np.float32), rng.normal(size=(6, 8)).astype(np.float32)
-    nodes = [helper.make_node("Gather", ["E", "ids"], ["h"], name="embedding"),
-             helper.make_node("Transpose", ["E"], ["E_t"], name="tie", perm=[1, 0]),
-             helper.make_node("MatMul", ["h", "E_t"], ["logits"], name="lm_head"),
-             helper.make_node("Transpose", ["O"], ["O_t"], name="shared", perm=[1, 0]),
-             helper.make_node("MatMul", ["h", "O_t"], ["y"], name="reads_shared"),
-             helper.make_node("Add", ["O_t", "O_t"], ["z"], name="also_reads_shared")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("logits", "y", "z")],
-                              [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(other, "O")])
+    nodes = [
+        helper.make_node("Gather", ["E", "ids"], ["h"], name="embedding"),
+        helper.make_node("Transpose", ["E"], ["E_t"], name="tie", perm=[1, 0]),
+        helper.make_node("MatMul", ["h", "E_t"], ["logits"], name="lm_head"),
+        helper.make_node("Transpose", ["O"], ["O_t"], name="shared", perm=[1, 0]),
+        helper.make_node("MatMul", ["h", "O_t"], ["y"], name="reads_shared"),
+        helper.make_node("Add", ["O_t", "O_t"], ["z"], name="also_reads_shared"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("logits", "y", "z")],
+        [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(other, "O")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     assert [t.node_name for t in find_targets(model)] == []
     folded = fold_weight_transposes(onnx.load_from_string(model.SerializeToString()))
-    assert [n.name for n in folded.graph.node] == ["embedding", "lm_head", "shared", "reads_shared", "also_reads_shared"]
+    assert [n.name for n in folded.graph.node] == [
+        "embedding",
+        "lm_head",
+        "shared",
+        "reads_shared",
+        "also_reads_shared",
+    ]
     assert [t.node_name for t in find_targets(folded)] == ["lm_head"]
     ids = rng.integers(0, 20, 64).astype(np.int64)
     for got, want in zip(_run(folded, {"ids": ids}), _run(model, {"ids": ids})):
@@ -415,11 +474,14 @@ def test_a_tied_lm_head_read_through_a_transpose_is_quantized(tmp_path):
     shadowed.graph.input.append(helper.make_tensor_value_info("E", TensorProto.FLOAT, [20, 8]))
     assert "tie" in [n.name for n in fold_weight_transposes(shadowed).graph.node]
     onnx.save(model, str(tmp_path / "m.onnx"))
-    summary = quantize_static(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", [{"ids": ids}], QuantizeConfig(format="ort"))
+    summary = quantize_static(
+        tmp_path / "m.onnx", tmp_path / "m.int8.onnx", [{"ids": ids}], QuantizeConfig(format="ort")
+    )
     assert summary.quantized_nodes == ("lm_head",)
     ops = [n.op_type for n in onnx.load(str(tmp_path / "m.int8.onnx")).graph.node]
-    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("Transpose") == 1   # the shared one stays
+    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("Transpose") == 1  # the shared one stays
     logits = ort.InferenceSession(str(tmp_path / "m.int8.onnx"), providers=["CPUExecutionProvider"]).run(
-        ["logits"], {"ids": ids})[0]
+        ["logits"], {"ids": ids}
+    )[0]
     ref = emb[ids] @ emb.T
     assert np.abs(logits - ref).max() < 0.05 * np.abs(ref).max()

@@ -2,6 +2,7 @@
 (``qdq``, which ONNX Runtime fuses into MatMulIntegerToFloat) or as ORT's fused ops written directly
 (``ort``, bias included) — attention-score MatMuls stay fp32; exclusions, presets, padding-free
 calibration, the three calibration methods, accuracy vs fp32, atomic writes."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,6 @@ from modelpress.runtimes.quantize.stats import TensorRange
 from modelpress.runtimes.quantize.targets import find_targets
 
 
-
 @pytest.fixture(scope="module")
 def tokenizer(bert_onnx):
     from transformers import AutoTokenizer
@@ -34,8 +34,9 @@ def tokenizer(bert_onnx):
 
 @pytest.fixture(scope="module")
 def cal_feed(bert_onnx, tokenizer, data_files):
-    return TokenizedFeed(data_files.calibration_texts, tokenizer, batch_size=16, max_length=32,
-                         input_names=bert_onnx.result.input_names)
+    return TokenizedFeed(
+        data_files.calibration_texts, tokenizer, batch_size=16, max_length=32, input_names=bert_onnx.result.input_names
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,9 @@ def fp32(bert_onnx):
 
 def _const_weight_matmuls(model: onnx.ModelProto) -> list[str]:
     inits = {i.name for i in model.graph.initializer}
-    return [n.name for n in model.graph.node
-            if n.op_type == "MatMul" and n.input[1] in inits and n.input[0] not in inits]
+    return [
+        n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits and n.input[0] not in inits
+    ]
 
 
 def _session(path, *, emulate: bool = False):
@@ -112,8 +114,8 @@ def test_qdq_quantizes_exactly_the_constant_weight_matmuls(fp32, qdq_int8):
     path, summary = qdq_int8
     weight_matmuls = _const_weight_matmuls(fp32)
     all_matmuls = [n.name for n in fp32.graph.node if n.op_type == "MatMul"]
-    assert len(weight_matmuls) == 12                  # 6 per layer: Q, K, V, attention out, FFN up, FFN down
-    assert len(all_matmuls) == 16                     # + 2 attention-score MatMuls per layer
+    assert len(weight_matmuls) == 12  # 6 per layer: Q, K, V, attention out, FFN up, FFN down
+    assert len(all_matmuls) == 16  # + 2 attention-score MatMuls per layer
     assert summary.format == "qdq"
     assert sorted(summary.quantized_nodes) == sorted(weight_matmuls)
     assert sorted(summary.fp32_nodes) == sorted(set(all_matmuls) - set(weight_matmuls))
@@ -123,9 +125,9 @@ def test_qdq_quantizes_exactly_the_constant_weight_matmuls(fp32, qdq_int8):
     int8_weight_dq = [n for n in _int8_weight_consumers(q) if n.op_type == "DequantizeLinear"]
     assert len(int8_weight_dq) == len(_int8_weight_consumers(q)) == len(weight_matmuls) == 12
     ops = Counter(n.op_type for n in q.graph.node)
-    assert ops["QuantizeLinear"] == 8                 # one per distinct activation: 4 per layer (Q/K/V share)
+    assert ops["QuantizeLinear"] == 8  # one per distinct activation: 4 per layer (Q/K/V share)
     assert ops["DequantizeLinear"] == 8 + 12
-    assert ops["MatMul"] == 16                        # no MatMul removed or added
+    assert ops["MatMul"] == 16  # no MatMul removed or added
     producers = {o: n for n in q.graph.node for o in n.output}
     for node in q.graph.node:
         if node.op_type != "MatMul":
@@ -134,7 +136,7 @@ def test_qdq_quantizes_exactly_the_constant_weight_matmuls(fp32, qdq_int8):
         if node.name in summary.quantized_nodes:
             assert a.op_type == "DequantizeLinear" and producers[a.input[0]].op_type == "QuantizeLinear"
             assert w.op_type == "DequantizeLinear" and w.input[0] in inits
-        else:   # attention scores: both inputs computed at run time, neither quantized
+        else:  # attention scores: both inputs computed at run time, neither quantized
             assert all(p is None or p.op_type != "DequantizeLinear" for p in (a, w))
     # the fp32 copies of the quantized weights are gone: 4 bytes per weight became 1
     fp32_weights = {n.input[1] for n in fp32.graph.node if n.name in weight_matmuls}
@@ -154,7 +156,7 @@ def test_onnxruntime_fuses_every_qdq_matmul_into_matmul_integer_to_float(qdq_int
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
     assert ops["MatMulIntegerToFloat"] == len(summary.quantized_nodes) == 12
-    assert ops["MatMul"] + ops["FusedMatMul"] == 4    # the attention-score MatMuls, fp32
+    assert ops["MatMul"] + ops["FusedMatMul"] == 4  # the attention-score MatMuls, fp32
     assert ops["QLinearMatMul"] == 0
 
 
@@ -177,13 +179,14 @@ def test_ort_format_writes_fused_int8_matmuls_with_their_bias(fp32, unfused_int8
         w = inits[n.input[1]]
         assert w.data_type == onnx.TensorProto.INT8
         assert list(w.dims) == list(next(i for i in fp32.graph.initializer if i.name == original[n.name].input[1]).dims)
-        assert list(inits[n.input[3]].dims) == [w.dims[1]]          # one weight scale per output column
-        assert len(n.input) == 7 and inits[n.input[6]].data_type == onnx.TensorProto.FLOAT   # the fused bias
-    assert ops["Add"] == fp32_ops["Add"] - 12     # every bias Add went into its MatMulIntegerToFloat
+        assert list(inits[n.input[3]].dims) == [w.dims[1]]  # one weight scale per output column
+        assert len(n.input) == 7 and inits[n.input[6]].data_type == onnx.TensorProto.FLOAT  # the fused bias
+    assert ops["Add"] == fp32_ops["Add"] - 12  # every bias Add went into its MatMulIntegerToFloat
 
 
-def test_ort_and_qdq_formats_compute_the_same_thing(bert_onnx, unfused_int8, default_int8, qdq_int8, tokenizer,
-                                                    data_files):
+def test_ort_and_qdq_formats_compute_the_same_thing(
+    bert_onnx, unfused_int8, default_int8, qdq_int8, tokenizer, data_files
+):
     names = bert_onnx.result.input_names
     a = _embed(unfused_int8[0], tokenizer, data_files.eval_texts, names)
     b = _embed(qdq_int8[0], tokenizer, data_files.eval_texts, names)
@@ -226,13 +229,14 @@ def test_int8_embeddings_are_close_to_fp32(bert_onnx, default_int8, tokenizer, d
     cos = (ref * got).sum(axis=1)
     # measured on this tiny random model: mean 0.99989, min 0.9995
     assert cos.mean() > 0.999 and cos.min() > 0.995, (cos.mean(), cos.min())
-    assert np.abs(ref - got).max() > 1e-6   # int8 did change the arithmetic
+    assert np.abs(ref - got).max() > 1e-6  # int8 did change the arithmetic
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
 @pytest.mark.parametrize("smoothquant", [True, False])
-def test_every_calibration_method_runs_and_stays_accurate(bert_onnx, cal_feed, tokenizer, data_files, tmp_path,
-                                                          method, smoothquant):
+def test_every_calibration_method_runs_and_stays_accurate(
+    bert_onnx, cal_feed, tokenizer, data_files, tmp_path, method, smoothquant
+):
     cfg = QuantizeConfig(calibration_method=method, smoothquant=smoothquant, percentile=99.9, num_bins=512)
     out = tmp_path / "m.int8.onnx"
     summary = quantize_static(bert_onnx.onnx_path, out, cal_feed, cfg)
@@ -242,7 +246,7 @@ def test_every_calibration_method_runs_and_stays_accurate(bert_onnx, cal_feed, t
         assert t.lo < t.hi and 0.0 <= t.clipped <= 1.0
         if method == "minmax":
             assert (t.lo, t.hi, t.clipped) == (t.observed_min, t.observed_max, 0.0)
-        else:   # a histogram method never widens the observed range by more than a bin
+        else:  # a histogram method never widens the observed range by more than a bin
             assert t.hi - t.lo <= 1.01 * (t.observed_max - t.observed_min)
     if method == "percentile":
         assert any(t.clipped > 0 for t in summary.tensors)  # 99.9 % of the tokens cut something
@@ -255,23 +259,25 @@ def test_every_calibration_method_runs_and_stays_accurate(bert_onnx, cal_feed, t
 
 
 # -- options --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt, fuse, int8, readers", [("ort", True, 8, 6), ("ort", False, 10, 10),
-                                                     ("qdq", True, 10, 10)])
+@pytest.mark.parametrize(
+    "fmt, fuse, int8, readers", [("ort", True, 8, 6), ("ort", False, 10, 10), ("qdq", True, 10, 10)]
+)
 def test_nodes_to_exclude_stay_fp32(bert_onnx, fp32, cal_feed, tmp_path, fmt, fuse, int8, readers):
     """The first node is layer 0's query projection: on ORT's fused graph its key and value
     projections (one QAttention with it) stay fp32 with it, and the summary says so."""
     weight_matmuls = _const_weight_matmuls(fp32)
     excluded = (weight_matmuls[0], weight_matmuls[-1])
     out = tmp_path / "x.onnx"
-    summary = quantize_static(bert_onnx.onnx_path, out, cal_feed,
-                              QuantizeConfig(nodes_to_exclude=excluded, format=fmt, fuse=fuse))
+    summary = quantize_static(
+        bert_onnx.onnx_path, out, cal_feed, QuantizeConfig(nodes_to_exclude=excluded, format=fmt, fuse=fuse)
+    )
     assert len(summary.quantized_nodes) == int8 and not set(excluded) & set(summary.quantized_nodes)
     assert set(excluded) <= set(summary.fp32_nodes) and len(summary.fp32_nodes) == 16 - int8
     q = onnx.load(str(out))
     producers = {o: n.op_type for n in q.graph.node for o in n.output}
     inits = {i.name for i in q.graph.initializer}
     for node in q.graph.node:
-        if node.name in excluded:   # still a MatMul reading its fp32 initializer and the raw activation
+        if node.name in excluded:  # still a MatMul reading its fp32 initializer and the raw activation
             assert node.op_type == "MatMul" and node.input[1] in inits and producers.get(node.input[1]) is None
             assert producers.get(node.input[0]) not in ("DequantizeLinear", "QuantizeLinear")
     assert len(_int8_weight_consumers(q)) == readers
@@ -279,8 +285,9 @@ def test_nodes_to_exclude_stay_fp32(bert_onnx, fp32, cal_feed, tmp_path, fmt, fu
 
 def test_unknown_excluded_node_is_bad_input_and_writes_nothing(bert_onnx, cal_feed, tmp_path):
     with pytest.raises(BadInputError, match="no_such_node") as exc:
-        quantize_static(bert_onnx.onnx_path, tmp_path / "x.onnx", cal_feed,
-                        QuantizeConfig(nodes_to_exclude=("no_such_node",)))
+        quantize_static(
+            bert_onnx.onnx_path, tmp_path / "x.onnx", cal_feed, QuantizeConfig(nodes_to_exclude=("no_such_node",))
+        )
     assert "nodes_to_exclude" in str(exc.value)
     with pytest.raises(BadInputError, match="no Gemm node"):
         quantize_static(bert_onnx.onnx_path, tmp_path / "x.onnx", cal_feed, QuantizeConfig(op_types=("Gemm",)))
@@ -288,10 +295,13 @@ def test_unknown_excluded_node_is_bad_input_and_writes_nothing(bert_onnx, cal_fe
 
 
 @pytest.mark.parametrize("smoothquant", [True, False])
-def test_tensorrt_preset_is_symmetric_with_zero_points_zero(bert_onnx, cal_feed, tmp_path, tokenizer, data_files,
-                                                            smoothquant):
+def test_tensorrt_preset_is_symmetric_with_zero_points_zero(
+    bert_onnx, cal_feed, tmp_path, tokenizer, data_files, smoothquant
+):
     out = tmp_path / "trt.onnx"
-    summary = quantize_static(bert_onnx.onnx_path, out, cal_feed, QuantizeConfig(preset="tensorrt", smoothquant=smoothquant))
+    summary = quantize_static(
+        bert_onnx.onnx_path, out, cal_feed, QuantizeConfig(preset="tensorrt", smoothquant=smoothquant)
+    )
     assert summary.preset == "tensorrt" and len(summary.tensors) == 8
     for t in summary.tensors:
         assert t.zero_point == 0
@@ -319,7 +329,7 @@ def test_per_tensor_weights(bert_onnx, cal_feed, tmp_path, fmt):
     consumers = _int8_weight_consumers(q)
     # DequantizeLinear(w, scale, zp) | MatMulIntegerToFloat(a, w, a_s, w_s, ...) | QAttention(a, w, bias, a_s, w_s, ...)
     scale_input = {"DequantizeLinear": 1, "MatMulIntegerToFloat": 3, "QAttention": 4}
-    assert len(consumers) == (12 if fmt == "qdq" else 6 + 2)   # 2 layers' Q/K/V are 2 QAttention
+    assert len(consumers) == (12 if fmt == "qdq" else 6 + 2)  # 2 layers' Q/K/V are 2 QAttention
     assert all(inits[n.input[scale_input[n.op_type]]].shape == () for n in consumers)
 
 
@@ -335,11 +345,11 @@ def test_padding_rows_are_dropped_from_the_statistics(fp32, bert_onnx, tokenizer
     single = TokenizedFeed(padding_texts, tokenizer, batch_size=1, max_length=64, input_names=names)
     masks = [b["attention_mask"] for b in padded]
     real, total = sum(int(m.sum()) for m in masks), sum(m.size for m in masks)
-    assert real < 0.7 * total                                  # padding-heavy batches
+    assert real < 0.7 * total  # padding-heavy batches
     acts = sorted({t.activation for t in find_targets(fp32)})
     excl = collect_stats(fp32, acts, padded, exclude_padding=True)
     incl = collect_stats(fp32, acts, padded, exclude_padding=False)
-    alone = collect_stats(fp32, acts, single, exclude_padding=False)   # no padding at all
+    alone = collect_stats(fp32, acts, single, exclude_padding=False)  # no padding at all
     changed = 0
     for a in acts:
         assert excl[a].count == alone[a].count == real and incl[a].count == total
@@ -363,8 +373,10 @@ def test_padding_exclusion_changes_the_quantization_ranges(bert_onnx, tokenizer,
     assert with_exclusion.keys() == reference.keys() == without_exclusion.keys()
     for k in reference:
         np.testing.assert_allclose(with_exclusion[k], reference[k], rtol=1e-5, atol=1e-6)
-    assert any(abs(without_exclusion[k][0] - reference[k][0]) > 1e-3 or abs(without_exclusion[k][1] - reference[k][1]) > 1e-3
-               for k in reference)
+    assert any(
+        abs(without_exclusion[k][0] - reference[k][0]) > 1e-3 or abs(without_exclusion[k][1] - reference[k][1]) > 1e-3
+        for k in reference
+    )
 
 
 def test_calibration_without_batches_is_bad_input(fp32):
@@ -381,15 +393,28 @@ def test_nodes_are_named_by_module_path_and_excluded_by_it(bert_onnx, cal_feed, 
     plan = plan_quantization(bert_onnx.onnx_path, cal_feed, QuantizeConfig())
     errors = analyze_plan(plan, cal_feed)
     modules = {e.module for e in errors}
-    expected = {f"encoder.layer.{i}.{m}" for i in range(2) for m in (
-        "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-        "intermediate.dense", "output.dense")}
+    expected = {
+        f"encoder.layer.{i}.{m}"
+        for i in range(2)
+        for m in (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        )
+    }
     assert modules == expected
     assert all(e.label == f"{e.module} ({e.node})" for e in errors)
     one = next(e for e in errors if e.module == "encoder.layer.1.output.dense")
     out = tmp_path / "ex.onnx"
-    summary = quantize_static(bert_onnx.onnx_path, out, cal_feed,
-                              QuantizeConfig(nodes_to_exclude=("encoder.layer.0", "encoder.layer.1.output.dense")))
+    summary = quantize_static(
+        bert_onnx.onnx_path,
+        out,
+        cal_feed,
+        QuantizeConfig(nodes_to_exclude=("encoder.layer.0", "encoder.layer.1.output.dense")),
+    )
     assert len(summary.quantized_nodes) == 5 and one.node in summary.fp32_nodes
     with pytest.raises(BadInputError, match="no node or module named encoder.layer.7"):
         quantize_static(bert_onnx.onnx_path, out, cal_feed, QuantizeConfig(nodes_to_exclude=("encoder.layer.7",)))

@@ -5,6 +5,7 @@ in process) write the same ``model.int8.onnx`` bytes into the stage folder and r
 verdict as ``run`` (static, weight-only, auto, ``calibration_seeds = 2``); each key the stage
 commands used to drop without a word is honoured (or refused in one line). Every test here failed
 before the stage commands ran the pipeline's stage functions."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,19 +22,34 @@ from conftest import FAST_CALIBRATION, FAST_VALIDATE, REPO, write_recipe
 from modelpress.cli import main
 
 #: what a verdict is: the gate's decision and what it was decided on
-VERDICT = ("passed", "metric", "teacher", "candidate", "drop", "max_drop", "policy", "candidate_name", "n", "unit",
-           "drop_ci95", "note")
+VERDICT = (
+    "passed",
+    "metric",
+    "teacher",
+    "candidate",
+    "drop",
+    "max_drop",
+    "policy",
+    "candidate_name",
+    "n",
+    "unit",
+    "drop_ci95",
+    "note",
+)
 
 
 def _recipe(path: Path, teacher: Path, data_files, *, top=None, **sections) -> Path:
-    base = {"task_options": {"normalize": True},
-            "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
-            "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE},
-            "gate": {"max_drop": 50.0}}
+    base = {
+        "task_options": {"normalize": True},
+        "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+        "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE},
+        "gate": {"max_drop": 50.0},
+    }
     for name, values in sections.items():  # None drops a section
         base[name] = None if values is None else {**base.get(name, {}), **values}
-    return write_recipe(path, {"name": "eq", "teacher": str(teacher), **(top or {})},
-                        {k: v for k, v in base.items() if v is not None})
+    return write_recipe(
+        path, {"name": "eq", "teacher": str(teacher), **(top or {})}, {k: v for k, v in base.items() if v is not None}
+    )
 
 
 def _main(capsys, *args) -> int:
@@ -58,13 +74,33 @@ def _make_commands(recipe: Path, stage: Path) -> dict[str, list[str]]:
     then run here in process, without three more interpreter starts)."""
     venv = Path(sys.executable).parent.parent
     # -o: the environment running the tests is set up; make must not reinstall it
-    dry = subprocess.run(["make", "-s", "-n", "-C", str(REPO), f"RECIPE={recipe}", f"STAGE_DIR={stage}",
-                          f"PY={sys.executable}", f"VENV={venv}", "-o", f"{venv}/.installed",
-                          "export", "quantize", "validate"], capture_output=True, text=True, timeout=60, check=False)
+    dry = subprocess.run(
+        [
+            "make",
+            "-s",
+            "-n",
+            "-C",
+            str(REPO),
+            f"RECIPE={recipe}",
+            f"STAGE_DIR={stage}",
+            f"PY={sys.executable}",
+            f"VENV={venv}",
+            "-o",
+            f"{venv}/.installed",
+            "export",
+            "quantize",
+            "validate",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert dry.returncode == 0, dry.stderr
     commands = [shlex.split(line) for line in dry.stdout.splitlines() if line.strip()]
-    assert [c[:4] for c in commands] == [[sys.executable, "-m", "modelpress", t] for t in ("export", "quantize",
-                                                                                          "validate")]
+    assert [c[:4] for c in commands] == [
+        [sys.executable, "-m", "modelpress", t] for t in ("export", "quantize", "validate")
+    ]
     return {c[3]: c[3:] for c in commands}
 
 
@@ -137,8 +173,13 @@ def test_auto_stages_equal_run(capsys, tiny_bert, data_files, tmp_path):
     """`quantize --recipe` used to write plain static int8 for `mode = "auto"`; it now runs the
     accuracy-aware search against the teacher on the eval set, as run does."""
     # no int8 model keeps mean_cosine at 1: the search tries its 3 candidates and writes the best one
-    recipe = _recipe(tmp_path / "r.toml", tiny_bert.path, data_files, quantize={"mode": "auto", "max_candidates": 3},
-                     gate={"metric": "mean_cosine", "max_drop": 0.0})
+    recipe = _recipe(
+        tmp_path / "r.toml",
+        tiny_bert.path,
+        data_files,
+        quantize={"mode": "auto", "max_candidates": 3},
+        gate={"metric": "mean_cosine", "max_drop": 0.0},
+    )
     staged, ran = _same_as_run(capsys, recipe, tmp_path)
     assert staged["gate"]["passed"] is False
     record = json.loads((tmp_path / "eq.stages" / "model.int8.quantization.json").read_text())
@@ -165,17 +206,22 @@ def test_gate_policy_is_the_recipes(capsys, tiny_bert, data_files, tmp_path):
     assert _stages(capsys, recipe, stage, validate=("--max-drop", max_drop)) == 3
     staged = _report(stage)["gate"]
     assert (staged["policy"], staged["passed"], staged["drop"], staged["max_drop"]) == (
-        "confident", False, g["drop"], float(max_drop))
-    assert _main(capsys, "gate", tmp_path / "out" / "eq", "--max-drop", max_drop) == 3   # the run's, re-judged
-    assert _main(capsys, "gate", stage, "--policy", "point") == 0                      # "point" would pass it
+        "confident",
+        False,
+        g["drop"],
+        float(max_drop),
+    )
+    assert _main(capsys, "gate", tmp_path / "out" / "eq", "--max-drop", max_drop) == 3  # the run's, re-judged
+    assert _main(capsys, "gate", stage, "--policy", "point") == 0  # "point" would pass it
 
 
 def test_every_runtime_of_the_recipe_is_written_and_gated(capsys, tiny_bert, data_files, tmp_path):
     """`quantize --recipe` wrote no OpenVINO IR and `validate --recipe` measured ONNX Runtime only; now
     the IR comes from the same plan (for the --target given) and both runtimes are gated, as in run."""
     pytest.importorskip("openvino")
-    recipe = _recipe(tmp_path / "r.toml", tiny_bert.path, data_files,
-                     validate={"runtimes": ["onnxruntime", "openvino"]})
+    recipe = _recipe(
+        tmp_path / "r.toml", tiny_bert.path, data_files, validate={"runtimes": ["onnxruntime", "openvino"]}
+    )
     stage = tmp_path / "eq.stages"
     code = _stages(capsys, recipe, stage, quantize=("--target", "x86-64-v3"))
     run_code, bundle = _run(capsys, recipe, tmp_path / "out", "--target", "x86-64-v3")
@@ -197,15 +243,27 @@ def test_every_runtime_of_the_recipe_is_written_and_gated(capsys, tiny_bert, dat
 def test_a_new_head_is_seeded_as_in_run(capsys, tiny_bert, data_files, tmp_path):
     """`export` and `validate --recipe` loaded the teacher without allow_new_heads / seed: a checkpoint
     without the task's head was refused (exit 2). Now the head is made as run makes it (seeded)."""
-    recipe = _recipe(tmp_path / "r.toml", tiny_bert.path, data_files, top={
-        "task": "text-classification", "allow_new_heads": True, "seed": 7}, task_options=None,
-        validate={"eval_data": str(data_files.text_jsonl)}, gate={"max_drop": 100.0})
+    recipe = _recipe(
+        tmp_path / "r.toml",
+        tiny_bert.path,
+        data_files,
+        top={"task": "text-classification", "allow_new_heads": True, "seed": 7},
+        task_options=None,
+        validate={"eval_data": str(data_files.text_jsonl)},
+        gate={"max_drop": 100.0},
+    )
     staged, _ = _same_as_run(capsys, recipe, tmp_path)
     assert set(staged["models"]["teacher"]["metrics"]) == {"top1_agreement", "mean_kl"}
     # another seed, another head: the teacher itself differs
-    other = _recipe(tmp_path / "o.toml", tiny_bert.path, data_files, top={
-        "task": "text-classification", "allow_new_heads": True, "seed": 8}, task_options=None,
-        validate={"eval_data": str(data_files.text_jsonl)}, gate={"max_drop": 100.0})
+    other = _recipe(
+        tmp_path / "o.toml",
+        tiny_bert.path,
+        data_files,
+        top={"task": "text-classification", "allow_new_heads": True, "seed": 8},
+        task_options=None,
+        validate={"eval_data": str(data_files.text_jsonl)},
+        gate={"max_drop": 100.0},
+    )
     assert _main(capsys, "export", "--recipe", other, "--out", tmp_path / "o" / "model.onnx") == 0
     assert _sha(tmp_path / "o" / "model.onnx") != _sha(tmp_path / "eq.stages" / "model.onnx")
 
@@ -216,16 +274,20 @@ def _remote_code_model(root: Path, base: Path) -> Path:
 
     shutil.copytree(base, root)
     config = json.loads((root / "config.json").read_text())
-    config.update(model_type="tiny-remote-bert", architectures=["TinyRemoteModel"],
-                  auto_map={"AutoConfig": "configuration_tiny.TinyRemoteConfig",
-                            "AutoModel": "modeling_tiny.TinyRemoteModel"})
+    config.update(
+        model_type="tiny-remote-bert",
+        architectures=["TinyRemoteModel"],
+        auto_map={"AutoConfig": "configuration_tiny.TinyRemoteConfig", "AutoModel": "modeling_tiny.TinyRemoteModel"},
+    )
     (root / "config.json").write_text(json.dumps(config))
     (root / "configuration_tiny.py").write_text(
         "from transformers import BertConfig\n\n\nclass TinyRemoteConfig(BertConfig):\n"
-        "    model_type = 'tiny-remote-bert'\n")
+        "    model_type = 'tiny-remote-bert'\n"
+    )
     (root / "modeling_tiny.py").write_text(
         "from transformers import BertModel\n\nfrom .configuration_tiny import TinyRemoteConfig\n\n\n"
-        "class TinyRemoteModel(BertModel):\n    config_class = TinyRemoteConfig\n")
+        "class TinyRemoteModel(BertModel):\n    config_class = TinyRemoteConfig\n"
+    )
     return root
 
 
@@ -236,8 +298,19 @@ def test_trust_remote_code_reaches_every_stage(capsys, tiny_bert, data_files, tm
     recipe = _recipe(tmp_path / "r.toml", model, data_files, top={"trust_remote_code": True})
     _same_as_run(capsys, recipe, tmp_path)
     untrusted = _recipe(tmp_path / "u.toml", model, data_files)
-    assert _main(capsys, "validate", "--recipe", untrusted, "--candidate", tmp_path / "eq.stages" / "model.int8.onnx",
-                 "--out", tmp_path / "v") == 2
+    assert (
+        _main(
+            capsys,
+            "validate",
+            "--recipe",
+            untrusted,
+            "--candidate",
+            tmp_path / "eq.stages" / "model.int8.onnx",
+            "--out",
+            tmp_path / "v",
+        )
+        == 2
+    )
 
 
 def test_distillation_is_exported_as_in_run(capsys, data_files, tmp_path):
@@ -246,9 +319,19 @@ def test_distillation_is_exported_as_in_run(capsys, data_files, tmp_path):
     from modelpress.testing import make_teacher
 
     teacher = make_teacher(tmp_path / "teacher", num_layers=4, seed=2)
-    recipe = _recipe(tmp_path / "r.toml", teacher, data_files, distill={
-        "data": str(data_files.calibration_txt), "num_layers": 2, "max_steps": 2, "batch_size": 8,
-        "eval_fraction": 0.2}, gate={"max_drop": 100.0})
+    recipe = _recipe(
+        tmp_path / "r.toml",
+        teacher,
+        data_files,
+        distill={
+            "data": str(data_files.calibration_txt),
+            "num_layers": 2,
+            "max_steps": 2,
+            "batch_size": 8,
+            "eval_fraction": 0.2,
+        },
+        gate={"max_drop": 100.0},
+    )
     stage = tmp_path / "eq.stages"
     assert _main(capsys, "export", "--recipe", recipe, "--out", stage / "model.onnx") == 0
     assert json.loads((stage / "config.json").read_text())["num_hidden_layers"] == 2
@@ -262,8 +345,22 @@ def test_flags_override_the_recipe_and_are_named_in_errors(capsys, tiny_bert, da
     recipe = _recipe(tmp_path / "r.toml", tiny_bert.path, data_files)
     stage = tmp_path / "s"
     assert _main(capsys, "export", "--recipe", recipe, "--out", stage / "model.onnx") == 0
-    assert _main(capsys, "quantize", stage / "model.onnx", "--recipe", recipe, "--out", stage / "model.int8.onnx",
-                 "--method", "percentile", "--percentile", "99.9") == 0
+    assert (
+        _main(
+            capsys,
+            "quantize",
+            stage / "model.onnx",
+            "--recipe",
+            recipe,
+            "--out",
+            stage / "model.int8.onnx",
+            "--method",
+            "percentile",
+            "--percentile",
+            "99.9",
+        )
+        == 0
+    )
     assert json.loads((stage / "model.int8.quantization.json").read_text())["calibration_method"] == "percentile"
 
     def one_line(expected, *args):
@@ -271,18 +368,65 @@ def test_flags_override_the_recipe_and_are_named_in_errors(capsys, tiny_bert, da
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("modelpress: error:")]
         assert code == 2 and len(errors) == 1 and expected in errors[0], (code, errors)
 
-    one_line("--num-samples: expected >= 1", "quantize", stage / "model.onnx", "--recipe", recipe,
-             "--out", stage / "x.onnx", "--num-samples", "0")
-    one_line("--tokenizer: with --recipe the preprocessor is the recipe teacher's", "quantize", stage / "model.onnx",
-             "--recipe", recipe, "--out", stage / "x.onnx", "--tokenizer", tiny_bert.path)
-    one_line("--seq-lengths: 4096 is more than the 128 positions", "validate", "--recipe", recipe, "--candidate",
-             stage / "model.int8.onnx", "--out", stage, "--seq-lengths", "4096")
+    one_line(
+        "--num-samples: expected >= 1",
+        "quantize",
+        stage / "model.onnx",
+        "--recipe",
+        recipe,
+        "--out",
+        stage / "x.onnx",
+        "--num-samples",
+        "0",
+    )
+    one_line(
+        "--tokenizer: with --recipe the preprocessor is the recipe teacher's",
+        "quantize",
+        stage / "model.onnx",
+        "--recipe",
+        recipe,
+        "--out",
+        stage / "x.onnx",
+        "--tokenizer",
+        tiny_bert.path,
+    )
+    one_line(
+        "--seq-lengths: 4096 is more than the 128 positions",
+        "validate",
+        "--recipe",
+        recipe,
+        "--candidate",
+        stage / "model.int8.onnx",
+        "--out",
+        stage,
+        "--seq-lengths",
+        "4096",
+    )
     # a runtime the recipe gates whose model the quantize stage did not write; seeds without model.onnx
-    one_line("openvino/model.xml: not found; validate.runtimes names openvino", "validate", "--recipe", recipe,
-             "--candidate", stage / "model.int8.onnx", "--out", stage, "--runtime", "openvino")
+    one_line(
+        "openvino/model.xml: not found; validate.runtimes names openvino",
+        "validate",
+        "--recipe",
+        recipe,
+        "--candidate",
+        stage / "model.int8.onnx",
+        "--out",
+        stage,
+        "--runtime",
+        "openvino",
+    )
     (tmp_path / "alone").mkdir()
     (tmp_path / "alone" / "model.int8.onnx").write_bytes((stage / "model.int8.onnx").read_bytes())
-    one_line("model.onnx: not found; quantize.calibration_seeds > 1 re-calibrates", "validate", "--recipe", recipe,
-             "--set", "quantize.calibration_seeds=2", "--candidate", tmp_path / "alone" / "model.int8.onnx",
-             "--out", tmp_path / "alone")
+    one_line(
+        "model.onnx: not found; quantize.calibration_seeds > 1 re-calibrates",
+        "validate",
+        "--recipe",
+        recipe,
+        "--set",
+        "quantize.calibration_seeds=2",
+        "--candidate",
+        tmp_path / "alone" / "model.int8.onnx",
+        "--out",
+        tmp_path / "alone",
+    )
     assert not (stage / "x.onnx").exists() and not (tmp_path / "alone" / "report.json").exists()

@@ -4,6 +4,7 @@ On a CPU machine (CI): every GPU path refuses with BackendUnavailableError and w
 all modules import without tensorrt. On a machine with TensorRT and a CUDA GPU, the ``gpu`` tests
 build real engines from a tiny BERT and compare them with ONNX Runtime on the CPU.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,16 +70,24 @@ def needs_trt_gpu(test):
 def _tiny_fp32(path: Path) -> Path:
     """input_ids -> Gather(embedding) -> LayerNorm -> MatMul, the op mix of a text encoder."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "emb"),
-             numpy_helper.from_array(np.ones(8, np.float32), "gamma"),
-             numpy_helper.from_array(np.zeros(8, np.float32), "beta"),
-             numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "W")]
-    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["h"], name="embed"),
-             helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["n"], name="ln", axis=-1),
-             helper.make_node("MatMul", ["n", "W"], ["y"], name="proj")]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "emb"),
+        numpy_helper.from_array(np.ones(8, np.float32), "gamma"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "beta"),
+        numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "W"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["h"], name="embed"),
+        helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["n"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["n", "W"], ["y"], name="proj"),
+    ]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 4])], initializer=inits)
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 4])],
+        initializer=inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(path))
     return path
 
@@ -88,12 +97,14 @@ def _tiny_fp32(path: Path) -> Path:
 
 def test_every_module_imports_without_gpu_stack():
     # only what these modules themselves pull in is judged (the packages they sit in may change)
-    code = ("import sys, modelpress.errors, runtimes.base, bench; before = set(sys.modules); "
-            "import runtimes.tensorrt.checker, runtimes.tensorrt.config, runtimes.tensorrt.engine, "
-            "runtimes.tensorrt.fp16, runtimes.tensorrt.gpu, runtimes.tensorrt.metadata, "
-            "runtimes.tensorrt.ort_gpu, runtimes.tensorrt.runner, runtimes.tensorrt.stage, bench.gpu_check; "
-            "heavy = [m for m in ('tensorrt', 'torch', 'onnxruntime') if m in set(sys.modules) - before]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, modelpress.errors, runtimes.base, bench; before = set(sys.modules); "
+        "import runtimes.tensorrt.checker, runtimes.tensorrt.config, runtimes.tensorrt.engine, "
+        "runtimes.tensorrt.fp16, runtimes.tensorrt.gpu, runtimes.tensorrt.metadata, "
+        "runtimes.tensorrt.ort_gpu, runtimes.tensorrt.runner, runtimes.tensorrt.stage, bench.gpu_check; "
+        "heavy = [m for m in ('tensorrt', 'torch', 'onnxruntime') if m in set(sys.modules) - before]; "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
@@ -124,10 +135,17 @@ def test_stage_names_the_missing_input(tmp_path: Path):
 def test_stage_checks_qdq_rules_before_needing_tensorrt(tmp_path: Path):
     # a uint8 Q/DQ pair: refused as bad input on any machine, GPU or not
     inits = [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(128), "zp")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="x_Q"),
-             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="x_DQ")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], initializer=inits)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="x_Q"),
+        helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="x_DQ"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        initializer=inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(tmp_path / "model.int8.onnx"))
     with pytest.raises(BadInputError, match="x_Q: int8"):
         build_engines(tmp_path, EngineConfig())
@@ -144,11 +162,22 @@ def test_tensorrt_runner_refuses_without_tensorrt(tmp_path: Path):
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"plan")
     meta = EngineMetadata(
-        plan="model.plan", plan_sha256="0" * 64, source_onnx="model.int8.onnx", precision="int8",
-        tensorrt_version="10.13.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
-        inputs=("input_ids", "attention_mask"), outputs=("last_hidden_state",), profiles=(),
-        workspace_mb=4096, builder_optimization_level=None, timing_cache=None, build_seconds=1.0,
-        built_at="2025-01-01T00:00:00+00:00")
+        plan="model.plan",
+        plan_sha256="0" * 64,
+        source_onnx="model.int8.onnx",
+        precision="int8",
+        tensorrt_version="10.13.0",
+        gpu_name="NVIDIA H100 80GB HBM3",
+        compute_capability="9.0",
+        inputs=("input_ids", "attention_mask"),
+        outputs=("last_hidden_state",),
+        profiles=(),
+        workspace_mb=4096,
+        builder_optimization_level=None,
+        timing_cache=None,
+        build_seconds=1.0,
+        built_at="2025-01-01T00:00:00+00:00",
+    )
     write_engine_metadata(meta, tmp_path / "engine.json")
     runner = TensorRTRunner(plan)
     assert runner.input_names == ("input_ids", "attention_mask")  # from engine.json, no GPU needed
@@ -163,10 +192,15 @@ def test_tensorrt_runner_names_a_missing_plan(tmp_path: Path):
             pass
 
 
-@pytest.mark.parametrize("provider", [
-    pytest.param(p, marks=pytest.mark.skipif(PROVIDERS[p] in _ort_providers(),
-                                             reason=f"{PROVIDERS[p]} is available here"))
-    for p in ("cuda", "tensorrt")])
+@pytest.mark.parametrize(
+    "provider",
+    [
+        pytest.param(
+            p, marks=pytest.mark.skipif(PROVIDERS[p] in _ort_providers(), reason=f"{PROVIDERS[p]} is available here")
+        )
+        for p in ("cuda", "tensorrt")
+    ],
+)
 def test_ort_gpu_runner_refuses_a_missing_provider(tmp_path: Path, provider: str):
     src = _tiny_fp32(tmp_path / "model.onnx")
     with pytest.raises(BackendUnavailableError, match=f"{PROVIDERS[provider]}.*onnxruntime-gpu"):
@@ -218,28 +252,49 @@ def bert_run_dir(tmp_path_factory) -> Path:
     import transformers
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=64)
+    cfg = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     model = transformers.BertModel(cfg).eval()
     ids = torch.randint(0, 64, (2, 8))
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     run_dir = tmp_path_factory.mktemp("run")
-    torch.onnx.export(model, (ids, torch.ones_like(ids)), dynamo=True, input_names=["input_ids", "attention_mask"],
-                      dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-                      ).save(str(run_dir / "model.onnx"))
+    torch.onnx.export(
+        model,
+        (ids, torch.ones_like(ids)),
+        dynamo=True,
+        input_names=["input_ids", "attention_mask"],
+        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+    ).save(str(run_dir / "model.onnx"))
     rng = np.random.default_rng(0)
-    batches = iter([{"input_ids": rng.integers(0, 64, (2, 8)).astype(np.int64),
-                     "attention_mask": np.ones((2, 8), np.int64)} for _ in range(4)])
+    batches = iter(
+        [
+            {"input_ids": rng.integers(0, 64, (2, 8)).astype(np.int64), "attention_mask": np.ones((2, 8), np.int64)}
+            for _ in range(4)
+        ]
+    )
 
     class Reader:
         def get_next(self):
             return next(batches, None)
 
-    quantize_static(str(run_dir / "model.onnx"), str(run_dir / "model.int8.onnx"), Reader(),
-                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    per_channel=True, op_types_to_quantize=["MatMul", "Gemm"],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    quantize_static(
+        str(run_dir / "model.onnx"),
+        str(run_dir / "model.int8.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    )
     return run_dir
 
 
@@ -258,8 +313,11 @@ def test_engines_build_run_and_match_onnxruntime(bert_run_dir: Path):
     assert (bert_run_dir / "timing.cache").stat().st_size > 0
     meta = json.loads((bert_run_dir / "engine.json").read_text())
     assert meta["plan"] == "model.plan" and meta["inputs"] == ["input_ids", "attention_mask"]
-    feed = {"input_ids": np.random.default_rng(1).integers(0, 64, (3, 12)).astype(np.int64),
-            "attention_mask": np.ones((3, 12), np.int64), "token_type_ids": np.zeros((3, 12), np.int64)}
+    feed = {
+        "input_ids": np.random.default_rng(1).integers(0, 64, (3, 12)).astype(np.int64),
+        "attention_mask": np.ones((3, 12), np.int64),
+        "token_type_ids": np.zeros((3, 12), np.int64),
+    }
     for plan, source in (("model.plan", "model.int8.onnx"), ("model.fp16.plan", "model.onnx")):
         ref = ort.InferenceSession(str(bert_run_dir / source), providers=["CPUExecutionProvider"])
         expected = ref.run(["last_hidden_state"], {k: feed[k] for k in ("input_ids", "attention_mask")})[0]
@@ -290,10 +348,18 @@ def test_engine_from_another_gpu_is_refused_at_load(bert_run_dir: Path, tmp_path
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("provider", [
-    pytest.param(p, marks=pytest.mark.skipif(PROVIDERS[p] not in _ort_providers(),
-                                             reason=f"{PROVIDERS[p]} is not available (needs onnxruntime-gpu)"))
-    for p in ("cuda", "tensorrt")])
+@pytest.mark.parametrize(
+    "provider",
+    [
+        pytest.param(
+            p,
+            marks=pytest.mark.skipif(
+                PROVIDERS[p] not in _ort_providers(), reason=f"{PROVIDERS[p]} is not available (needs onnxruntime-gpu)"
+            ),
+        )
+        for p in ("cuda", "tensorrt")
+    ],
+)
 def test_ort_gpu_runner_matches_cpu(bert_run_dir: Path, provider: str):
     import onnxruntime as ort
 

@@ -4,6 +4,7 @@ Each hand-built graph is x -> Q -> DQ -> MatMul/Gemm/Conv <- DQ <- int8 weight, 
 a time, and the test asserts exactly which nodes are named. Then ONNX Runtime's default
 (asymmetric) ``quantize_static`` output must fail and a TensorRT-style quantization must pass.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +31,8 @@ def _tensor(name: str, value: np.ndarray) -> onnx.TensorProto:
 
 def _model(nodes, initializers, *, inputs=None, y_rank: int = 2, opset: int = 20, extra_opsets=()) -> onnx.ModelProto:
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"d{i}" for i in range(y_rank)])],
         initializer=initializers,
@@ -42,8 +44,16 @@ def _model(nodes, initializers, *, inputs=None, y_rank: int = 2, opset: int = 20
 
 
 def qdq_matmul(
-    *, act_type=np.int8, act_zp=0, act_scale=0.05, dq_scale=None, w_axis=1, w_scales=None,
-    w_zp=None, op="MatMul", trans_b=0,
+    *,
+    act_type=np.int8,
+    act_zp=0,
+    act_scale=0.05,
+    dq_scale=None,
+    w_axis=1,
+    w_scales=None,
+    w_zp=None,
+    op="MatMul",
+    trans_b=0,
 ) -> onnx.ModelProto:
     """x -Q/DQ-> MatMul|Gemm with a per-channel int8 weight DQ. Every knob defaults to compliant."""
     w_shape = (N, K) if trans_b else (K, N)
@@ -124,13 +134,19 @@ def test_gemm_weight_axis_follows_transb(trans_b, axis, ok):
 @pytest.mark.parametrize(("axis", "ok"), [(0, True), (1, False)])
 def test_conv_weight_axis_is_zero(axis, ok):
     w = np.ones((8, 2, 3, 3), np.int8)  # [M, C, kH, kW]
-    inits = [_tensor("x_scale", np.float32(0.1)), _tensor("x_zp", np.int8(0)), _tensor("W_q", w),
-             _tensor("W_scale", np.full(w.shape[axis], 0.01, np.float32)),
-             _tensor("W_zp", np.zeros(w.shape[axis], np.int8))]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"], name="x_Q"),
-             helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"], name="x_DQ"),
-             helper.make_node("DequantizeLinear", ["W_q", "W_scale", "W_zp"], ["W"], name="W_DQ", axis=axis),
-             helper.make_node("Conv", ["x_dq", "W"], ["y"], name="conv")]
+    inits = [
+        _tensor("x_scale", np.float32(0.1)),
+        _tensor("x_zp", np.int8(0)),
+        _tensor("W_q", w),
+        _tensor("W_scale", np.full(w.shape[axis], 0.01, np.float32)),
+        _tensor("W_zp", np.zeros(w.shape[axis], np.int8)),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"], name="x_Q"),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"], name="x_DQ"),
+        helper.make_node("DequantizeLinear", ["W_q", "W_scale", "W_zp"], ["W"], name="W_DQ", axis=axis),
+        helper.make_node("Conv", ["x_dq", "W"], ["y"], name="conv"),
+    ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])
     report = check_trt_qdq(_model(nodes, inits, inputs=[x], y_rank=4))
     assert _names(report) == (set() if ok else {"W_DQ"})
@@ -160,8 +176,9 @@ def test_scale_from_a_graph_input_is_not_constant():
 
 def test_scale_from_constant_node_is_accepted():
     model = qdq_matmul()
-    const = helper.make_node("Constant", [], ["x_scale_c"], name="scale_const",
-                             value=numpy_helper.from_array(np.float32(0.05)))
+    const = helper.make_node(
+        "Constant", [], ["x_scale_c"], name="scale_const", value=numpy_helper.from_array(np.float32(0.05))
+    )
     model.graph.node.insert(0, const)
     model.graph.node[1].input[1] = "x_scale_c"
     assert check_trt_qdq(model).ok
@@ -205,8 +222,10 @@ def test_missing_zero_point_means_uint8():
 
 
 def test_unsupported_and_contrib_ops_are_named():
-    nodes = [helper.make_node("MatMulInteger", ["a", "b"], ["y"], name="mmi"),
-             helper.make_node("FusedMatMul", ["a", "b"], ["z"], name="fused", domain="com.microsoft")]
+    nodes = [
+        helper.make_node("MatMulInteger", ["a", "b"], ["y"], name="mmi"),
+        helper.make_node("FusedMatMul", ["a", "b"], ["z"], name="fused", domain="com.microsoft"),
+    ]
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT8, [2, 2]) for n in ("a", "b")]
     graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.INT32, [2, 2])])
     opsets = [helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)]
@@ -289,15 +308,25 @@ def tiny_bert(tmp_path_factory) -> Path:
     """A random 1-layer BertModel exported with dynamic batch x sequence (a few seconds on CPU)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=32, max_position_embeddings=32)
+    cfg = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(0)
     model = transformers.BertModel(cfg).eval()
     ids = torch.randint(0, 64, (2, 8))
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     program = torch.onnx.export(
-        model, (ids, torch.ones_like(ids)), dynamo=True, input_names=["input_ids", "attention_mask"],
-        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+        model,
+        (ids, torch.ones_like(ids)),
+        dynamo=True,
+        input_names=["input_ids", "attention_mask"],
+        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+    )
     path = tmp_path_factory.mktemp("bert") / "model.onnx"
     program.save(str(path))
     return path
@@ -305,8 +334,10 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 def _bert_batches():
     rng = np.random.default_rng(2)
-    return [{"input_ids": rng.integers(0, 64, (2, 8)).astype(np.int64),
-             "attention_mask": np.ones((2, 8), np.int64)} for _ in range(4)]
+    return [
+        {"input_ids": rng.integers(0, 64, (2, 8)).astype(np.int64), "attention_mask": np.ones((2, 8), np.int64)}
+        for _ in range(4)
+    ]
 
 
 def test_ort_default_quantized_bert_fails_on_asymmetric_and_int32_nodes(tiny_bert: Path, tmp_path: Path):
@@ -336,9 +367,16 @@ def test_tensorrt_style_quantized_bert_passes(tiny_bert: Path, tmp_path: Path):
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     out = tmp_path / "model.int8.onnx"
-    quantize_static(str(tiny_bert), str(out), _Reader(_bert_batches()), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    op_types_to_quantize=["MatMul", "Gemm"],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    quantize_static(
+        str(tiny_bert),
+        str(out),
+        _Reader(_bert_batches()),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    )
     report = require_trt_compatible(out, require_per_channel_weights=True)
     assert report.n_per_channel == report.n_weight_dequantize > 0

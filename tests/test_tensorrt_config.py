@@ -1,4 +1,5 @@
 """The ``[engine]`` recipe table: defaults, validation messages naming ``engine.<key>``, paths."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,18 @@ def test_defaults_build_int8_only_with_cache_in_run_folder(tmp_path: Path):
 
 
 def test_both_builds_int8_first_and_profile_covers_each_input(tmp_path: Path):
-    cfg = EngineConfig.from_dict({"precision": "both", "min_batch": 1, "opt_batch": 4, "max_batch": 16,
-                                  "min_seq": 8, "opt_seq": 64, "max_seq": 256}, base_dir=tmp_path)
+    cfg = EngineConfig.from_dict(
+        {
+            "precision": "both",
+            "min_batch": 1,
+            "opt_batch": 4,
+            "max_batch": 16,
+            "min_seq": 8,
+            "opt_seq": 64,
+            "max_seq": 256,
+        },
+        base_dir=tmp_path,
+    )
     assert cfg.precisions == ("int8", "fp16")
     from modelpress.modalities.text import TEXT
 
@@ -39,19 +50,22 @@ def test_timing_cache_false_and_relative_path(tmp_path: Path):
     assert cfg.timing_cache_path(tmp_path / "run") == Path("caches/a100.cache")
 
 
-@pytest.mark.parametrize(("table", "names"), [
-    ({"precison": "int8"}, "engine.precison: unknown key"),
-    ({"precision": "int4"}, "engine.precision"),
-    ({"enabled": "yes"}, "engine.enabled"),
-    ({"max_batch": "32"}, "engine.max_batch"),
-    ({"max_batch": True}, "engine.max_batch"),
-    ({"min_seq": 64, "opt_seq": 32}, "engine.min_seq/opt_seq/max_seq"),
-    ({"min_batch": 0}, "engine.min_batch/opt_batch/max_batch"),
-    ({"workspace_mb": 0}, "engine.workspace_mb"),
-    ({"builder_optimization_level": 6}, "engine.builder_optimization_level"),
-    ({"timing_cache": 3}, "engine.timing_cache"),
-    ({"timing_cache": ""}, "engine.timing_cache"),
-])
+@pytest.mark.parametrize(
+    ("table", "names"),
+    [
+        ({"precison": "int8"}, "engine.precison: unknown key"),
+        ({"precision": "int4"}, "engine.precision"),
+        ({"enabled": "yes"}, "engine.enabled"),
+        ({"max_batch": "32"}, "engine.max_batch"),
+        ({"max_batch": True}, "engine.max_batch"),
+        ({"min_seq": 64, "opt_seq": 32}, "engine.min_seq/opt_seq/max_seq"),
+        ({"min_batch": 0}, "engine.min_batch/opt_batch/max_batch"),
+        ({"workspace_mb": 0}, "engine.workspace_mb"),
+        ({"builder_optimization_level": 6}, "engine.builder_optimization_level"),
+        ({"timing_cache": 3}, "engine.timing_cache"),
+        ({"timing_cache": ""}, "engine.timing_cache"),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path: Path, table, names):
     with pytest.raises(BadInputError, match=names.replace("/", ".")):
         EngineConfig.from_dict(table, base_dir=tmp_path)

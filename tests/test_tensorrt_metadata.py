@@ -1,4 +1,5 @@
 """engine.json round trip and the load-time refusal of plans built for another TensorRT or GPU."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,12 +27,25 @@ def built(tmp_path: Path) -> tuple[Path, EngineMetadata]:
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"not really a plan, but hashed like one")
     meta = EngineMetadata(
-        plan=plan.name, plan_sha256=file_sha256(plan), source_onnx="model.int8.onnx", precision="int8",
-        tensorrt_version="10.13.0", gpu_name=H100.name, compute_capability=H100.sm,
-        inputs=("input_ids", "attention_mask"), outputs=("last_hidden_state",),
-        profiles=({"input_ids": {"min": [1, 1], "opt": [8, 128], "max": [32, 512]},
-                   "attention_mask": {"min": [1, 1], "opt": [8, 128], "max": [32, 512]}},),
-        workspace_mb=4096, builder_optimization_level=None, timing_cache=None, build_seconds=12.5,
+        plan=plan.name,
+        plan_sha256=file_sha256(plan),
+        source_onnx="model.int8.onnx",
+        precision="int8",
+        tensorrt_version="10.13.0",
+        gpu_name=H100.name,
+        compute_capability=H100.sm,
+        inputs=("input_ids", "attention_mask"),
+        outputs=("last_hidden_state",),
+        profiles=(
+            {
+                "input_ids": {"min": [1, 1], "opt": [8, 128], "max": [32, 512]},
+                "attention_mask": {"min": [1, 1], "opt": [8, 128], "max": [32, 512]},
+            },
+        ),
+        workspace_mb=4096,
+        builder_optimization_level=None,
+        timing_cache=None,
+        build_seconds=12.5,
         built_at="2025-01-01T00:00:00+00:00",
     )
     write_engine_metadata(meta, engine_metadata_path(plan))
@@ -57,12 +71,18 @@ def test_same_machine_is_accepted(built):
     check_engine_compatible(meta, plan_path=plan, tensorrt_version="10.13.0", gpu=H100)
 
 
-@pytest.mark.parametrize(("trt_version", "gpu", "says"), [
-    ("10.14.1", H100, r"TensorRT 10\.13\.0 \(this machine has 10\.14\.1\)"),
-    ("10.13.0", GpuIdentity("NVIDIA A100-SXM4-80GB", (8, 0)), r"compute capability 9\.0 \(this GPU is 8\.0\)"),
-    ("10.13.0", GpuIdentity("NVIDIA H100 PCIe", (9, 0)),
-     r"GPU 'NVIDIA H100 80GB HBM3' \(this machine has 'NVIDIA H100 PCIe'\)"),
-])
+@pytest.mark.parametrize(
+    ("trt_version", "gpu", "says"),
+    [
+        ("10.14.1", H100, r"TensorRT 10\.13\.0 \(this machine has 10\.14\.1\)"),
+        ("10.13.0", GpuIdentity("NVIDIA A100-SXM4-80GB", (8, 0)), r"compute capability 9\.0 \(this GPU is 8\.0\)"),
+        (
+            "10.13.0",
+            GpuIdentity("NVIDIA H100 PCIe", (9, 0)),
+            r"GPU 'NVIDIA H100 80GB HBM3' \(this machine has 'NVIDIA H100 PCIe'\)",
+        ),
+    ],
+)
 def test_other_tensorrt_or_gpu_is_refused_with_what_differs(built, trt_version, gpu, says):
     plan, meta = built
     with pytest.raises(BadInputError, match=says) as info:

@@ -2,6 +2,7 @@
 inside the export) of tiny random GPT-2, Llama and Qwen3 (grouped KV heads) models, generation on
 it token for token against transformers' own ``generate``, the language-model metrics against
 independent computations, and ``modelpress run`` from a recipe to a bundle that generates."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,9 +30,15 @@ def exported(request, tmp_path_factory):
 
 def _hf_greedy(model, ids, n):
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
-                             max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None)
-    return out[0, len(ids):].tolist()
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+        )
+    return out[0, len(ids) :].tolist()
 
 
 def test_the_graph_has_the_kv_cache_layout_and_passed_parity(exported):
@@ -42,8 +49,12 @@ def test_the_graph_has_the_kv_cache_layout_and_passed_parity(exported):
     family, model, _, result = exported
     layout = KVLayout.from_config(model.config)
     graph = onnx.load(result.path).graph
-    assert [i.name for i in graph.input] == ["input_ids", "attention_mask", "position_ids",
-                                              *(f"past_key_values.{i}.{kv}" for i in range(2) for kv in ("key", "value"))]
+    assert [i.name for i in graph.input] == [
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+        *(f"past_key_values.{i}.{kv}" for i in range(2) for kv in ("key", "value")),
+    ]
     assert [o.name for o in graph.output] == ["logits", *layout.present_names()]
     assert result.parity.ok and result.parity.max_abs_diff < 1e-4
     if family == "qwen3":  # grouped query attention: the cache holds 2 of the 4 heads
@@ -60,7 +71,9 @@ def test_greedy_generation_equals_transformers_token_for_token(exported):
         assert gen.generate_ids([ids], max_new_tokens=16, stop_token_ids=[])[0] == _hf_greedy(model, ids, 16)
     # one left-padded batch gives what each prompt gives alone (a graph that ignored padding did not)
     batch = [tokenizer(p)["input_ids"] for p in PROMPTS]
-    assert gen.generate_ids(batch, max_new_tokens=16, stop_token_ids=[]) == [_hf_greedy(model, ids, 16) for ids in batch]
+    assert gen.generate_ids(batch, max_new_tokens=16, stop_token_ids=[]) == [
+        _hf_greedy(model, ids, 16) for ids in batch
+    ]
 
 
 @ONCE  # the loop and the metrics are the same for every family
@@ -76,9 +89,11 @@ def test_streaming_stop_tokens_and_seeded_sampling(exported):
     greedy = gen.generate_ids([ids], max_new_tokens=20, stop_token_ids=[])[0]
     stop = greedy[5]
     first = greedy.index(stop)
-    assert gen.generate_ids([ids], max_new_tokens=20, stop_token_ids=[stop])[0] == greedy[:first + 1]
-    sampled = [gen.generate_ids([ids], max_new_tokens=12, do_sample=True, temperature=1.5, seed=s, stop_token_ids=[])[0]
-               for s in (1, 1, 2)]
+    assert gen.generate_ids([ids], max_new_tokens=20, stop_token_ids=[stop])[0] == greedy[: first + 1]
+    sampled = [
+        gen.generate_ids([ids], max_new_tokens=12, do_sample=True, temperature=1.5, seed=s, stop_token_ids=[])[0]
+        for s in (1, 1, 2)
+    ]
     assert sampled[0] == sampled[1] and sampled[0] != sampled[2]
     assert gen.generate_ids([ids], max_new_tokens=12, do_sample=True, top_k=1, stop_token_ids=[])[0] == greedy[:12]
     assert gen.generate_ids([ids], max_new_tokens=12, do_sample=True, top_p=1e-9, stop_token_ids=[])[0] == greedy[:12]
@@ -138,11 +153,18 @@ def test_the_kv_cache_graph_takes_static_int8_and_still_generates(exported, tmp_
     _, model, tokenizer, result = exported
     layout = KVLayout.from_config(model.config)
     stream = tokenizer(" ".join(random_sentences(200, seed=1)))["input_ids"]
-    feeds = [{"input_ids": np.array([stream[s:s + 32]]), "attention_mask": np.ones((1, 32), np.int64),
-              "position_ids": np.arange(32)[None], **layout.empty(1)} for s in range(0, 512, 32)]
+    feeds = [
+        {
+            "input_ids": np.array([stream[s : s + 32]]),
+            "attention_mask": np.ones((1, 32), np.int64),
+            "position_ids": np.arange(32)[None],
+            **layout.empty(1),
+        }
+        for s in range(0, 512, 32)
+    ]
     summary = quantize_static(result.path, tmp_path / "int8.onnx", feeds, QuantizeConfig())
-    assert len(summary.quantized_nodes) == 4 * 2 + 1      # c_attn, attn c_proj, c_fc, mlp c_proj per layer; lm_head
-    assert len(summary.fp32_nodes) == 2 * 2               # QKᵀ and attention·V stay fp32
+    assert len(summary.quantized_nodes) == 4 * 2 + 1  # c_attn, attn c_proj, c_fc, mlp c_proj per layer; lm_head
+    assert len(summary.fp32_nodes) == 2 * 2  # QKᵀ and attention·V stay fp32
     # GPT-2's Conv1D exports as Gemm: written as ORT's int8 op too, not left as Q/DQ that ORT ran
     # by dequantizing every weight on every call (13× slower than fp32 on the bench's GPT)
     ops = [n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node]
@@ -190,7 +212,10 @@ def test_the_gate_reads_the_perplexity_ratio_as_percent_and_its_interval_resampl
     rng = np.random.default_rng(1)
 
     def window(nll):
-        return ScoredWindow(np.asarray(nll, np.float32), np.zeros(len(nll), np.int32), np.zeros((len(nll), 4), np.float16))
+        return ScoredWindow(
+            np.asarray(nll, np.float32), np.zeros(len(nll), np.int32), np.zeros((len(nll), 4), np.float16)
+        )
+
     teacher = [window(rng.uniform(1, 4, 20)) for _ in range(30)]
     cand = [window(w.nll + 0.02) for w in teacher]  # every token 0.02 nats worse: ppl × e^0.02
     ref, got = task.reference_metrics(teacher, None), task.fidelity(teacher, cand, None)
@@ -199,7 +224,9 @@ def test_the_gate_reads_the_perplexity_ratio_as_percent_and_its_interval_resampl
     assert gate.drop == pytest.approx(100 * (np.exp(0.02) - 1), abs=1e-3) and not gate.passed  # 2.02 % > 1 %
     iv = interval(task.paired_units("perplexity_ratio", teacher, cand, None))
     assert iv.unit == "windows" and iv.n == 30
-    assert iv.lo == pytest.approx(iv.drop, abs=1e-3) and iv.hi == pytest.approx(iv.drop, abs=1e-3)  # the same rise everywhere
+    assert iv.lo == pytest.approx(iv.drop, abs=1e-3) and iv.hi == pytest.approx(
+        iv.drop, abs=1e-3
+    )  # the same rise everywhere
 
 
 def test_calibration_text_is_packed_into_sequences_with_end_of_text_between_texts(tmp_path):
@@ -218,8 +245,17 @@ def test_calibration_text_is_packed_into_sequences_with_end_of_text_between_text
 
 
 # -- modelpress run ------------------------------------------------------------------------------
-LM_VALIDATE = {"latency_runs": 2, "warmup_runs": 1, "batch_sizes": [1], "seq_lengths": [16], "decode_contexts": [24],
-               "real_workload": False, "max_length": 32, "stride": 16, "threads": 1}
+LM_VALIDATE = {
+    "latency_runs": 2,
+    "warmup_runs": 1,
+    "batch_sizes": [1],
+    "seq_lengths": [16],
+    "decode_contexts": [24],
+    "real_workload": False,
+    "max_length": 32,
+    "stride": 16,
+    "threads": 1,
+}
 
 
 def _lm_recipe(tmp_path, folder, **sections):
@@ -228,8 +264,11 @@ def _lm_recipe(tmp_path, folder, **sections):
     (tmp_path / "corpus.txt").write_text("\n".join(random_sentences(300, seed=1)) + "\n", encoding="utf-8")
     # 60 sentences: 35 windows of 32 tokens every 16, past the 30 a text-generation gate decides on
     (tmp_path / "heldout.txt").write_text("\n".join(random_sentences(60, seed=9)) + "\n", encoding="utf-8")
-    body = {"calibration": {"data": str(tmp_path / "corpus.txt"), "num_samples": 48, "max_length": 32, "batch_size": 16},
-            "validate": {**LM_VALIDATE, "eval_data": str(tmp_path / "heldout.txt")}, "gate": {"max_drop": 2.0}}
+    body = {
+        "calibration": {"data": str(tmp_path / "corpus.txt"), "num_samples": 48, "max_length": 32, "batch_size": 16},
+        "validate": {**LM_VALIDATE, "eval_data": str(tmp_path / "heldout.txt")},
+        "gate": {"max_drop": 2.0},
+    }
     for name, extra in sections.items():
         body[name] = {**body.get(name, {}), **extra}
     return write_recipe(tmp_path / "lm.toml", {"name": "lm", "teacher": str(folder), "task": "text-generation"}, body)
@@ -275,7 +314,9 @@ def test_run_presses_a_causal_lm_into_a_bundle_that_generates_the_teachers_token
     with load(bundle, model_file="model.onnx") as lm:
         for prompt in PROMPTS:
             ids = tokenizer(prompt)["input_ids"]
-            assert lm.generator.generate_ids([ids], max_new_tokens=12, stop_token_ids=[])[0] == _hf_greedy(model, ids, 12)
+            assert lm.generator.generate_ids([ids], max_new_tokens=12, stop_token_ids=[])[0] == _hf_greedy(
+                model, ids, 12
+            )
 
 
 def test_greedy_agreement_on_eval_prompts_is_measured_gated_and_matches_transformers_generate(tmp_path, capsys):
@@ -289,13 +330,22 @@ def test_greedy_agreement_on_eval_prompts_is_measured_gated_and_matches_transfor
 
     folder = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
     # 30 prompts: the fewest a text-generation gate decides on
-    prompts = [*PROMPTS, "my friend said that", "there is",
-               *(" ".join(s.split()[:3]) for s in random_sentences(25, seed=4, min_words=3))]
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts), encoding="utf-8")
+    prompts = [
+        *PROMPTS,
+        "my friend said that",
+        "there is",
+        *(" ".join(s.split()[:3]) for s in random_sentences(25, seed=4, min_words=3)),
+    ]
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": p}) + "\n" for p in prompts), encoding="utf-8"
+    )
     # batch 1: each prompt on its own, as the independent reference below runs it
-    recipe = _lm_recipe(tmp_path, folder, validate={"prompts": str(tmp_path / "prompts.jsonl"), "generation_tokens": 10,
-                                                    "batch_size": 1},
-                        gate={"metric": "greedy_agreement", "max_drop": 100.0})
+    recipe = _lm_recipe(
+        tmp_path,
+        folder,
+        validate={"prompts": str(tmp_path / "prompts.jsonl"), "generation_tokens": 10, "batch_size": 1},
+        gate={"metric": "greedy_agreement", "max_drop": 100.0},
+    )
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
     bundle = tmp_path / "out" / "lm"
     report = json.loads((bundle / "report.json").read_text())
@@ -321,14 +371,17 @@ def test_greedy_agreement_on_eval_prompts_is_measured_gated_and_matches_transfor
     bad = _lm_recipe(tmp_path, folder, validate={"prompts": str(tmp_path / "bad.jsonl")})
     assert main(["run", str(bad), "--out", str(tmp_path / "out2")]) == 2
     assert "bad.jsonl" in capsys.readouterr().err.strip().splitlines()[-1]
-    too_long = _lm_recipe(tmp_path, folder, validate={"prompts": str(tmp_path / "prompts.jsonl"),
-                                                      "generation_tokens": 100000})
+    too_long = _lm_recipe(
+        tmp_path, folder, validate={"prompts": str(tmp_path / "prompts.jsonl"), "generation_tokens": 100000}
+    )
     assert main(["run", str(too_long), "--out", str(tmp_path / "out2")]) == 2
     assert "validate.prompts (longest prompt + generation_tokens): 1000" in capsys.readouterr().err
     unmeasured = _lm_recipe(tmp_path, folder, gate={"metric": "greedy_agreement"})
     assert main(["run", str(unmeasured), "--out", str(tmp_path / "out2")]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        "modelpress: error: gate.metric: greedy_agreement is measured only with validate.prompts set"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "modelpress: error: gate.metric: greedy_agreement is measured only with validate.prompts set"
+    )
 
 
 @ONCE
@@ -348,7 +401,7 @@ def test_left_padded_batches_of_prompts_continue_as_each_prompt_alone(exported):
     prompts = [tokenizer(p)["input_ids"] for p in (*PROMPTS, "there is")]
     made = continue_greedily(teacher, prompts, new_tokens=8, batch_size=4)
     assert [list(t) for t in made.tokens] == [_hf_greedy(model, ids, 8) for ids in prompts]
-    assert len({len(p) for p in prompts}) > 1   # the batch was padded
+    assert len({len(p) for p in prompts}) > 1  # the batch was padded
 
 
 def test_a_layer_subset_decoder_is_distilled_and_reported_beside_its_start(tmp_path):
@@ -362,10 +415,20 @@ def test_a_layer_subset_decoder_is_distilled_and_reported_beside_its_start(tmp_p
 
     folder = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
-    recipe = _lm_recipe(tmp_path, folder, distill={"data": str(tmp_path / "corpus.txt"), "num_layers": 1, "epochs": 2,
-                                                   "batch_size": 16, "max_length": 32, "layer_selection": "spread"},
-                        validate={"prompts": str(tmp_path / "prompts.txt"), "generation_tokens": 6},
-                        gate={"max_drop": 50.0})
+    recipe = _lm_recipe(
+        tmp_path,
+        folder,
+        distill={
+            "data": str(tmp_path / "corpus.txt"),
+            "num_layers": 1,
+            "epochs": 2,
+            "batch_size": 16,
+            "max_length": 32,
+            "layer_selection": "spread",
+        },
+        validate={"prompts": str(tmp_path / "prompts.txt"), "generation_tokens": 6},
+        gate={"max_drop": 50.0},
+    )
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
     models = json.loads((tmp_path / "out" / "lm" / "report.json").read_text())["models"]
     assert list(models) == ["teacher", "untrained-subset-fp32", "student-onnx-fp32", "int8"]
@@ -373,8 +436,9 @@ def test_a_layer_subset_decoder_is_distilled_and_reported_beside_its_start(tmp_p
     # continuations are transformers' own, the student's its graph's, prompt by prompt
     model, tokenizer = load_model_and_preprocessor(str(folder), configure_task("text-generation"))
     ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
-    made = TextGenerator(tmp_path / "out" / "lm" / "model.onnx", tokenizer).generate_ids(ids, max_new_tokens=6,
-                                                                                         stop_token_ids=[])
+    made = TextGenerator(tmp_path / "out" / "lm" / "model.onnx", tokenizer).generate_ids(
+        ids, max_new_tokens=6, stop_token_ids=[]
+    )
     same = sum(int(a == b) for row, m in zip(ids, made) for a, b in zip(_hf_greedy(model, row, 6), m))
     assert models["student-onnx-fp32"]["metrics"]["greedy_agreement"] == pytest.approx(same / (6 * len(ids)), abs=1e-6)
     start, trained = models["untrained-subset-fp32"]["metrics"], models["student-onnx-fp32"]["metrics"]
@@ -389,13 +453,17 @@ def test_unusable_language_model_inputs_are_one_line_and_exit_2(tmp_path, capsys
     folder = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
     recipe = _lm_recipe(tmp_path, folder, validate={"stride": 64})
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        "modelpress: error: validate.stride: 64 is more than validate.max_length (32)"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "modelpress: error: validate.stride: 64 is more than validate.max_length (32)"
+    )
     (tmp_path / "blank.txt").write_text("\n\n", encoding="utf-8")
     recipe = _lm_recipe(tmp_path, folder, calibration={"data": str(tmp_path / "blank.txt")})
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        f"modelpress: error: {tmp_path / 'blank.txt'}: contains no records"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == f"modelpress: error: {tmp_path / 'blank.txt'}: contains no records"
+    )
     assert not (tmp_path / "out" / "lm").exists()
 
 
@@ -432,7 +500,7 @@ def test_a_causal_lm_bundle_ships_and_generates_on_openvino_too(tmp_path):
     assert ov["metrics"]["next_token_agreement"] > 0.85 and 1e-6 < ov["metrics"]["mean_kl"] < 0.05  # int8, not fp32
     assert abs(ov["metrics"]["perplexity_ratio"] - ort_int8["perplexity_ratio"]) < 0.01
     assert [(r["batch_size"], r["context"]) for r in ov["decode_latency"]] == [(1, 24)]
-    assert "perplexity_ratio" in report["uncertainty"]["int8-openvino"]   # gated too: the worst decides
+    assert "perplexity_ratio" in report["uncertainty"]["int8-openvino"]  # gated too: the worst decides
     with load(bundle, runtime="openvino") as lm:
         assert len(lm.generator.generate_ids([[1, 2, 3]], max_new_tokens=5, stop_token_ids=[])[0]) == 5
     model, tokenizer = load_model_and_preprocessor(str(folder), configure_task("text-generation"))

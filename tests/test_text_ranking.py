@@ -3,6 +3,7 @@ over tie orders, Kendall's τ-b against scipy, the readers and calibration pairs
 against the tokenizer's own, the score class, the gate's rule, and tiny random cross-encoders
 (one score; three NLI-style classes) through ``modelpress run`` to bundles whose metrics, ``score()``
 and ``rank()`` match the PyTorch model's logits."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,8 +13,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import (FAST_CALIBRATION, FAST_VALIDATE, INIT_RANGE, SPECIAL_TOKENS, VOCAB, cli, make_texts,
-                      write_recipe)
+from conftest import FAST_CALIBRATION, FAST_VALIDATE, INIT_RANGE, SPECIAL_TOKENS, VOCAB, cli, make_texts, write_recipe
 
 from modelpress.errors import BadInputError
 from modelpress.modalities.text import TextEncoder, TextPair, load_pairs
@@ -29,12 +29,12 @@ def test_ndcg_at_10_equals_scikit_learn_with_ties_and_cut_off():
     rng = np.random.default_rng(0)
     checked = 0
     for _ in range(300):
-        n = int(rng.integers(2, 25))          # past 10: the cut-off matters
-        scores = np.round(rng.normal(size=n), 1)   # rounded: many ties
+        n = int(rng.integers(2, 25))  # past 10: the cut-off matters
+        scores = np.round(rng.normal(size=n), 1)  # rounded: many ties
         relevance = rng.choice([0, 0, 0, 1, 2, 3], size=n).astype(float)
         ours = R.ndcg_at_k(scores, relevance, 10)
         if relevance.sum() == 0:
-            assert math.isnan(ours)   # no relevant passage: no NDCG (left out of the mean)
+            assert math.isnan(ours)  # no relevant passage: no NDCG (left out of the mean)
             continue
         assert ours == pytest.approx(ndcg_score([relevance], [scores], k=10), abs=1e-12)
         checked += 1
@@ -43,8 +43,10 @@ def test_ndcg_at_10_equals_scikit_learn_with_ties_and_cut_off():
 
 def _mrr_by_enumeration(scores, relevance, k=10):
     """The mean over every order of the tied passages of 1 / rank of the first relevant one (≤ k)."""
-    groups = [list(g) for _, g in itertools.groupby(sorted(range(len(scores)), key=lambda i: -scores[i]),
-                                                   key=lambda i: scores[i])]
+    groups = [
+        list(g)
+        for _, g in itertools.groupby(sorted(range(len(scores)), key=lambda i: -scores[i]), key=lambda i: scores[i])
+    ]
     values = []
     for orders in itertools.product(*(itertools.permutations(g) for g in groups)):
         ranked = [i for g in orders for i in g]
@@ -56,8 +58,8 @@ def _mrr_by_enumeration(scores, relevance, k=10):
 def test_mrr_at_10_by_hand_and_over_every_order_of_ties():
     assert R.mrr_at_k([0.9, 0.8, 0.7], [0, 0, 1]) == pytest.approx(1 / 3)
     assert R.mrr_at_k([0.9, 0.8, 0.7], [2, 0, 1]) == 1.0
-    assert R.mrr_at_k(np.arange(12, 0, -1), [0] * 10 + [1, 1]) == 0.0        # first relevant at rank 11
-    assert R.mrr_at_k([0.5, 0.5], [0, 1]) == pytest.approx(0.75)             # rank 1 or 2, evenly
+    assert R.mrr_at_k(np.arange(12, 0, -1), [0] * 10 + [1, 1]) == 0.0  # first relevant at rank 11
+    assert R.mrr_at_k([0.5, 0.5], [0, 1]) == pytest.approx(0.75)  # rank 1 or 2, evenly
     # one passage above a tie of three, two of them relevant: rank 2 w.p. 2/3, rank 3 w.p. 1/3
     assert R.mrr_at_k([0.9, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == pytest.approx(2 / 3 / 2 + 1 / 3 / 3)
     assert math.isnan(R.mrr_at_k([0.1, 0.2], [0, 0]))
@@ -85,13 +87,16 @@ def test_kendall_tau_b_equals_scipy_with_ties():
 
 def test_agreement_and_tau_per_query_leave_out_what_has_no_order():
     rs = R.RankingSet(pairs=tuple(TextPair("q", str(i)) for i in range(7)), queries=((0, 1, 2), (3,), (4, 5), (6,)))
-    teacher = np.array([0.1, 0.9, 0.5, 0.3, 0.2, 0.2, 0.0])     # query 3 scored alike: no order
+    teacher = np.array([0.1, 0.9, 0.5, 0.3, 0.2, 0.2, 0.0])  # query 3 scored alike: no order
     candidate = np.array([0.2, 0.8, 0.85, 0.3, 0.1, 0.4, 0.0])  # query 1: the top passage changes
-    assert R.top1_agreements(teacher, candidate, rs).tolist() == [False, True]   # single-passage queries left out
+    assert R.top1_agreements(teacher, candidate, rs).tolist() == [False, True]  # single-passage queries left out
     assert R.kendall_taus(teacher, candidate, rs).tolist() == [pytest.approx(1 / 3)]
     m = R.ranking_metrics(teacher, candidate, rs)
-    assert m == {"top1_agreement": 0.5, "kendall_tau": pytest.approx(1 / 3),
-                 "score_mse": pytest.approx(np.mean((candidate - teacher) ** 2))}
+    assert m == {
+        "top1_agreement": 0.5,
+        "kendall_tau": pytest.approx(1 / 3),
+        "score_mse": pytest.approx(np.mean((candidate - teacher) ** 2)),
+    }
     assert R.reference_metrics(teacher, rs) == {"top1_agreement": 1.0, "kendall_tau": 1.0, "score_mse": 0.0}
 
 
@@ -102,17 +107,24 @@ def _jsonl(path, rows):
 
 
 def test_ranking_reader_and_its_refusals(tmp_path):
-    path = _jsonl(tmp_path / "rank.jsonl", [{"query": "q1", "passages": ["a", "b", "c"], "relevance": [0, 2, 1]},
-                                            {"query": "q2", "passages": ["d"], "relevance": [0]}])
+    path = _jsonl(
+        tmp_path / "rank.jsonl",
+        [
+            {"query": "q1", "passages": ["a", "b", "c"], "relevance": [0, 2, 1]},
+            {"query": "q2", "passages": ["d"], "relevance": [0]},
+        ],
+    )
     rs = R.load_ranking_set(path)
     assert rs.format == "ranking" and rs.graded and rs.queries == ((0, 1, 2), (3,))
     assert rs.pairs[1] == TextPair("q1", "b") and rs.gold == (0.0, 2.0, 1.0, 0.0)
     assert rs.describe()["num_queries"] == 2 and rs.describe()["num_ranked_queries"] == 1
     assert R.load_ranking_set(path, num_samples=1).pairs == rs.pairs[:3]
-    scores = np.array([0.3, 0.2, 0.1, 0.9])   # the relevant passages 2nd and 3rd; q2 has none (left out)
+    scores = np.array([0.3, 0.2, 0.1, 0.9])  # the relevant passages 2nd and 3rd; q2 has none (left out)
     ideal = 2 + 1 / math.log2(3)
-    assert R.gold_metrics(scores, rs) == {"ndcg_at_10": pytest.approx((2 / math.log2(3) + 1 / 2) / ideal),
-                                          "mrr_at_10": pytest.approx(0.5)}
+    assert R.gold_metrics(scores, rs) == {
+        "ndcg_at_10": pytest.approx((2 / math.log2(3) + 1 / 2) / ideal),
+        "mrr_at_10": pytest.approx(0.5),
+    }
     bad = {"relevance": [0, 1]}, {"relevance": [0, -1, 0]}, {"passages": "abc"}, {"relevance": [0, 0, 0]}
     messages = "3 grades", "not a grade", "list of texts", "no passage is relevant"
     for change, message in zip(bad, messages):
@@ -122,9 +134,14 @@ def test_ranking_reader_and_its_refusals(tmp_path):
 
 
 def test_pairs_readers_group_queries_by_their_first_text(tmp_path, data_files):
-    path = _jsonl(tmp_path / "p.jsonl", [{"query": "q1", "passage": "a", "label": 1},
-                                         {"query": "q2", "passage": "b", "label": 0},
-                                         {"query": "q1", "passage": "c", "label": 0}])
+    path = _jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"query": "q1", "passage": "a", "label": 1},
+            {"query": "q2", "passage": "b", "label": 0},
+            {"query": "q1", "passage": "c", "label": 0},
+        ],
+    )
     rs = R.load_ranking_set(path, text_field="passage")
     assert rs.format == "pairs" and rs.queries == ((0, 2), (1,)) and rs.gold == (1.0, 0.0, 0.0) and not rs.graded
     with pytest.raises(BadInputError, match="query and text, or sentence1 and sentence2"):
@@ -157,8 +174,14 @@ def test_pairs_are_encoded_as_the_tokenizer_encodes_a_pair(tiny_ranker):
     pairs = [TextPair("the dog runs", "a cat sat on the road"), TextPair("rain", " ".join(make_texts(3, seed=4)))]
     names = ("input_ids", "attention_mask", "token_type_ids")
     batch = TextEncoder(tok, input_names=names, max_length=24).encode(pairs)
-    ref = tok([p.first for p in pairs], [p.second for p in pairs], truncation="longest_first", max_length=24,
-              padding=True, return_tensors="np")
+    ref = tok(
+        [p.first for p in pairs],
+        [p.second for p in pairs],
+        truncation="longest_first",
+        max_length=24,
+        padding=True,
+        return_tensors="np",
+    )
     for name in names:
         assert np.array_equal(batch.feed[name], ref[name])
     assert batch.feed["token_type_ids"].max() == 1 and batch.feed["input_ids"].shape[1] == 24
@@ -200,7 +223,7 @@ def test_the_gate_judges_spearman_else_ndcg_else_agreement_else_mse():
     plain = {"top1_agreement": 1.0, "kendall_tau": 1.0, "score_mse": 0.0}
     assert decide(task, plain, {**plain, "top1_agreement": 0.996}, max_drop=0.5).passed
     mse = decide(task, {"score_mse": 0.0}, {"score_mse": 0.01}, max_drop=0.5)
-    assert (mse.metric, mse.drop, mse.passed) == ("score_mse", pytest.approx(1.0), False)   # lower is better
+    assert (mse.metric, mse.drop, mse.passed) == ("score_mse", pytest.approx(1.0), False)  # lower is better
 
 
 # -- tiny cross-encoders through `modelpress run` ---------------------------------------------------
@@ -208,16 +231,28 @@ def test_the_gate_judges_spearman_else_ndcg_else_agreement_else_mse():
 def tiny_ranker(tmp_path_factory):
     from modelpress.testing import make_tiny_model
 
-    return make_tiny_model(tmp_path_factory.mktemp("ranker"), task="text-ranking", labels=1,
-                           words=VOCAB[len(SPECIAL_TOKENS):], initializer_range=INIT_RANGE, seed=5)
+    return make_tiny_model(
+        tmp_path_factory.mktemp("ranker"),
+        task="text-ranking",
+        labels=1,
+        words=VOCAB[len(SPECIAL_TOKENS) :],
+        initializer_range=INIT_RANGE,
+        seed=5,
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_nli(tmp_path_factory):
     from modelpress.testing import make_tiny_model
 
-    return make_tiny_model(tmp_path_factory.mktemp("nli"), task="text-ranking", labels=NLI,
-                           words=VOCAB[len(SPECIAL_TOKENS):], initializer_range=INIT_RANGE, seed=6)
+    return make_tiny_model(
+        tmp_path_factory.mktemp("nli"),
+        task="text-ranking",
+        labels=NLI,
+        words=VOCAB[len(SPECIAL_TOKENS) :],
+        initializer_range=INIT_RANGE,
+        seed=6,
+    )
 
 
 def _torch_logits(model_dir, pairs, max_length):
@@ -227,8 +262,14 @@ def _torch_logits(model_dir, pairs, max_length):
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
-    enc = tok([p[0] for p in pairs], [p[1] for p in pairs], truncation=True, max_length=max_length, padding=True,
-              return_tensors="pt")
+    enc = tok(
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+        truncation=True,
+        max_length=max_length,
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         return model(**enc).logits.numpy()
 
@@ -239,15 +280,24 @@ def test_a_one_score_reranker_runs_to_a_bundle_that_ranks_like_pytorch(tiny_rank
     from modelpress.bundle import load
 
     texts, rng = make_texts(240, seed=30), random.Random(31)
-    rows = [{"query": texts[q], "passages": rng.sample(texts[40:], 8), "relevance": [rng.choice([0, 0, 1, 2])
-                                                                                      for _ in range(8)]}
-            for q in range(40)]
-    rows[0]["relevance"] = [0] * 8    # a query with nothing relevant: no NDCG, still ranked
-    recipe = write_recipe(tmp_path / "rerank.toml",
-                          {"name": "rerank", "teacher": str(tiny_ranker), "task": "text-ranking"},
-                          {"calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
-                           "validate": {"eval_data": str(_jsonl(tmp_path / "rank.jsonl", rows)), **FAST_VALIDATE},
-                           "gate": {"max_drop": 5.0}})
+    rows = [
+        {
+            "query": texts[q],
+            "passages": rng.sample(texts[40:], 8),
+            "relevance": [rng.choice([0, 0, 1, 2]) for _ in range(8)],
+        }
+        for q in range(40)
+    ]
+    rows[0]["relevance"] = [0] * 8  # a query with nothing relevant: no NDCG, still ranked
+    recipe = write_recipe(
+        tmp_path / "rerank.toml",
+        {"name": "rerank", "teacher": str(tiny_ranker), "task": "text-ranking"},
+        {
+            "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+            "validate": {"eval_data": str(_jsonl(tmp_path / "rank.jsonl", rows)), **FAST_VALIDATE},
+            "gate": {"max_drop": 5.0},
+        },
+    )
     proc = cli("run", recipe, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
     root = tmp_path / "out" / "rerank"
@@ -293,12 +343,16 @@ def test_an_nli_style_ranker_scores_by_its_declared_class(tiny_nli, data_files, 
     from modelpress.bundle import load
     from modelpress.tasks.text_classification import softmax
 
-    recipe = write_recipe(tmp_path / "nli.toml",
-                          {"name": "nli", "teacher": str(tiny_nli), "task": "text-ranking"},
-                          {"task_options": {"score_class": "entailment"},
-                           "calibration": {"data": str(data_files.pairs_jsonl), **FAST_CALIBRATION},
-                           "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE},
-                           "gate": {"max_drop": 5.0}})
+    recipe = write_recipe(
+        tmp_path / "nli.toml",
+        {"name": "nli", "teacher": str(tiny_nli), "task": "text-ranking"},
+        {
+            "task_options": {"score_class": "entailment"},
+            "calibration": {"data": str(data_files.pairs_jsonl), **FAST_CALIBRATION},
+            "validate": {"eval_data": str(data_files.pairs_jsonl), **FAST_VALIDATE},
+            "gate": {"max_drop": 5.0},
+        },
+    )
     proc = cli("run", recipe, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
     root = tmp_path / "out" / "nli"
@@ -334,8 +388,17 @@ def test_a_ranker_distils_on_pairs_by_score_mse(tiny_ranker, tmp_path):
     texts = make_texts(200, seed=40)
     pairs = list(zip(texts[:100], texts[100:]))
     _jsonl(tmp_path / "train.jsonl", [{"query": a, "text": b} for a, b in pairs])
-    section = {"data": str(tmp_path / "train.jsonl"), "layers": [0], "max_steps": 24, "batch_size": 16,
-               "lr": 3e-3, "precision": "fp32", "eval_fraction": 0.2, "eval_every": 8, "max_length": 48}
+    section = {
+        "data": str(tmp_path / "train.jsonl"),
+        "layers": [0],
+        "max_steps": 24,
+        "batch_size": 16,
+        "lr": 3e-3,
+        "precision": "fp32",
+        "eval_fraction": 0.2,
+        "eval_every": 8,
+        "max_length": 48,
+    }
     cfg = DistillConfig.from_dict(section, base_dir=tmp_path)
     student_dir = run_distillation(cfg, teacher=str(tiny_ranker), task="text-ranking", out_dir=tmp_path / "run")
     summary = json.loads((student_dir / "distill.json").read_text())
@@ -350,5 +413,9 @@ def test_a_ranker_distils_on_pairs_by_score_mse(tiny_ranker, tmp_path):
     after = _torch_logits(student_dir, pairs, 48)[:, 0]
     assert np.mean((after - teacher) ** 2) < 0.25 * np.mean((before - teacher) ** 2)
     with pytest.raises(BadInputError, match="distill.label_field: text pairs distil on the teacher's scores"):
-        run_distillation(DistillConfig.from_dict({**section, "label_field": "label"}, base_dir=tmp_path),
-                         teacher=str(tiny_ranker), task="text-ranking", out_dir=tmp_path / "run2")
+        run_distillation(
+            DistillConfig.from_dict({**section, "label_field": "label"}, base_dir=tmp_path),
+            teacher=str(tiny_ranker),
+            task="text-ranking",
+            out_dir=tmp_path / "run2",
+        )

@@ -2,6 +2,7 @@
 CoNLL-2003, jsonl), word alignment on the first sub-token, entity chunks against seqeval, the
 word-level metrics against hand computation, and a tiny tagger through ``modelpress run`` to a
 bundle whose metrics match a direct transformers computation."""
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,19 @@ BIO = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
 # -- readers --------------------------------------------------------------------------------------
 def test_conllu_skips_comments_multiword_tokens_and_empty_nodes(tmp_path):
     path = tmp_path / "x.conllu"
-    rows = ["# sent_id = 1", "# text = The dog's bed.",
-            "1\tThe\tthe\tDET\t_\t_\t2\tdet\t_\t_",
-            "2-3\tdog's\t_\t_\t_\t_\t_\t_\t_\t_",
-            "2\tdog\tdog\tNOUN\t_\t_\t0\troot\t_\t_",
-            "3\t's\t's\tPUNCT\t_\t_\t2\tcase\t_\t_",
-            "3.1\tghost\t_\tVERB\t_\t_\t_\t_\t_\t_",
-            "4\t.\t.\tPUNCT\t_\t_\t2\tpunct\t_\t_", "",
-            "1\tRuns\trun\tVERB\t_\t_\t0\troot\t_\t_", ""]
+    rows = [
+        "# sent_id = 1",
+        "# text = The dog's bed.",
+        "1\tThe\tthe\tDET\t_\t_\t2\tdet\t_\t_",
+        "2-3\tdog's\t_\t_\t_\t_\t_\t_\t_\t_",
+        "2\tdog\tdog\tNOUN\t_\t_\t0\troot\t_\t_",
+        "3\t's\t's\tPUNCT\t_\t_\t2\tcase\t_\t_",
+        "3.1\tghost\t_\tVERB\t_\t_\t_\t_\t_\t_",
+        "4\t.\t.\tPUNCT\t_\t_\t2\tpunct\t_\t_",
+        "",
+        "1\tRuns\trun\tVERB\t_\t_\t0\troot\t_\t_",
+        "",
+    ]
     path.write_text("\n".join(rows), encoding="utf-8")
     es = load_tagged(path, label2id=UPOS)
     assert es.words == (("The", "dog", "'s", "."), ("Runs",))
@@ -44,15 +50,21 @@ def test_conllu_skips_comments_multiword_tokens_and_empty_nodes(tmp_path):
 
 def test_conll2003_and_jsonl_formats(tmp_path):
     conll = tmp_path / "ner.txt"
-    conll.write_text("-DOCSTART- -X- -X- O\n\nAnna NNP B-NP B-PER\nruns VBZ B-VP O\n\nParis NNP B-NP B-LOC\n",
-                     encoding="utf-8")
+    conll.write_text(
+        "-DOCSTART- -X- -X- O\n\nAnna NNP B-NP B-PER\nruns VBZ B-VP O\n\nParis NNP B-NP B-LOC\n", encoding="utf-8"
+    )
     label2id = {t: i for i, t in enumerate(BIO)}
     es = load_tagged(conll, label2id=label2id)
     assert es.format == "conll" and es.words == (("Anna", "runs"), ("Paris",)) and es.tags == ((1, 0), (3,))
     jl = tmp_path / "ner.jsonl"
-    jl.write_text(json.dumps({"tokens": ["Anna", "runs"], "tags": ["B-PER", "O"]}) + "\n"
-                  + json.dumps({"tokens": ["Paris"], "tags": [3]}) + "\n", encoding="utf-8")
-    assert load_tagged(jl, label2id=label2id).tags == ((1, 0), (3,))   # names or integer ids
+    jl.write_text(
+        json.dumps({"tokens": ["Anna", "runs"], "tags": ["B-PER", "O"]})
+        + "\n"
+        + json.dumps({"tokens": ["Paris"], "tags": [3]})
+        + "\n",
+        encoding="utf-8",
+    )
+    assert load_tagged(jl, label2id=label2id).tags == ((1, 0), (3,))  # names or integer ids
     jl.write_text(json.dumps({"tokens": ["Anna", "runs"], "tags": ["B-PER"]}) + "\n", encoding="utf-8")
     with pytest.raises(BadInputError, match=r"ner\.jsonl:1: 2 words but 1 tags"):
         load_tagged(jl, label2id=label2id)
@@ -64,10 +76,10 @@ def test_conll2003_and_jsonl_formats(tmp_path):
 # -- entity chunks and F1 ---------------------------------------------------------------------------
 def test_chunks_follow_conlleval():
     assert chunks(["B-PER", "I-PER", "O", "B-LOC"]) == {("PER", 0, 1), ("LOC", 3, 3)}
-    assert chunks(["I-PER", "I-PER", "O"]) == {("PER", 0, 1)}          # I- after O starts a chunk
+    assert chunks(["I-PER", "I-PER", "O"]) == {("PER", 0, 1)}  # I- after O starts a chunk
     assert chunks(["B-PER", "I-LOC"]) == {("PER", 0, 0), ("LOC", 1, 1)}  # a type change starts one
     assert chunks(["B-PER", "B-PER"]) == {("PER", 0, 0), ("PER", 1, 1)}
-    assert chunks(["S-PER", "B-LOC", "E-LOC", "O"]) == {("PER", 0, 0), ("LOC", 1, 2)}   # BIOES
+    assert chunks(["S-PER", "B-LOC", "E-LOC", "O"]) == {("PER", 0, 0), ("LOC", 1, 2)}  # BIOES
     assert is_chunk_tagset(BIO) and not is_chunk_tagset(UPOS) and not is_chunk_tagset(["O"])
 
 
@@ -87,10 +99,10 @@ def test_token_metrics_by_hand():
     t = [np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])), np.log(np.array([[0.5, 0.25, 0.25]]))]
     c = [np.log(np.array([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]])), np.log(np.array([[0.5, 0.25, 0.25]]))]
     m = token_metrics(t, c, tags=((0, 1), (0, 2)), label_names=("O", "B-PER", "I-PER"))
-    assert m["top1_agreement"] == pytest.approx(2 / 3)                 # word 2 of sentence 1 flips
+    assert m["top1_agreement"] == pytest.approx(2 / 3)  # word 2 of sentence 1 flips
     kl = [0.7 * np.log(0.7 / 0.6) + 0.2 * np.log(0.2 / 0.3), 0.1 * np.log(0.1 / 0.5) + 0.8 * np.log(0.8 / 0.4), 0.0]
     assert m["mean_kl"] == pytest.approx(np.mean(kl), rel=1e-9)
-    assert m["accuracy"] == pytest.approx(2 / 3)                       # the cut word is not scored
+    assert m["accuracy"] == pytest.approx(2 / 3)  # the cut word is not scored
     # gold chunks {PER 1-1} and {}; predicted: {} and {} → no true positive
     assert m["entity_f1"] == 0.0
     assert "entity_f1" not in token_metrics(t, c, tags=((0, 1), (0, 2)), label_names=("NOUN", "VERB", "DET"))
@@ -112,7 +124,7 @@ def test_first_subtoken_of_each_word_matches_transformers_word_ids(tiny_tagger):
         word_ids = ref.word_ids(i)
         expected = [word_ids.index(w) for w in dict.fromkeys(w for w in word_ids if w is not None)]
         assert first.tolist() == expected
-    assert len(batch.first_tokens[2]) == 6 < 20   # [CLS] + 6 words + [SEP]: a prefix of the words
+    assert len(batch.first_tokens[2]) == 6 < 20  # [CLS] + 6 words + [SEP]: a prefix of the words
 
 
 #: words a WordPiece tokenizer turns into no token at all (zero-width space, BOM, NUL, soft hyphen, "")
@@ -137,17 +149,19 @@ def _windowed_reference(model, tok, words, max_length):
     logits = []
     for s in starts:
         with torch.no_grad():
-            window = torch.tensor([[tok.cls_token_id, *ids[s:s + content], tok.sep_token_id]])
+            window = torch.tensor([[tok.cls_token_id, *ids[s : s + content], tok.sep_token_id]])
             logits.append(model(input_ids=window).logits[0, 1:-1].numpy())
 
     def context(k, g):
         end = min(starts[k] + content, len(ids))
         return min(g - starts[k], end - 1 - g)
+
     own = {}
     for w in dict.fromkeys(x for x in word_ids if x is not None):
         g = word_ids.index(w)
-        k = max((k for k in range(len(starts)) if starts[k] <= g < starts[k] + content),
-                key=lambda k: (context(k, g), -k))
+        k = max(
+            (k for k in range(len(starts)) if starts[k] <= g < starts[k] + content), key=lambda k: (context(k, g), -k)
+        )
         own[w] = logits[k][g - starts[k]]
     rows = []
     for w in range(len(words)):
@@ -173,12 +187,12 @@ def test_every_word_is_scored_even_without_a_token_or_past_max_length(tiny_tagge
     tok = AutoTokenizer.from_pretrained(str(tiny_tagger))
     model = AutoModelForTokenClassification.from_pretrained(str(tiny_tagger)).eval()
     sentences = _tagged_sentences(10, seed=4)
-    for k, odd in enumerate(TOKENLESS):               # inside a sentence, first, and last
+    for k, odd in enumerate(TOKENLESS):  # inside a sentence, first, and last
         words, tags = sentences[k]
         at = (1, 0, len(words), 1, 2)[k]
         sentences[k] = (words[:at] + [odd] + words[at:], tags[:at] + ["O"] + tags[at:])
     rng = random.Random(8)
-    for n in (50, 90):                                 # longer than max_length 16: windowed
+    for n in (50, 90):  # longer than max_length 16: windowed
         words = [rng.choice(WORDS) for _ in range(n)]
         words[n // 2] = "\u200b"
         sentences.append((words, [rng.choice(BIO) for _ in range(n)]))
@@ -208,8 +222,11 @@ def test_every_word_is_scored_even_without_a_token_or_past_max_length(tiny_tagge
     assert task.reference_metrics(out, es)["accuracy"] == pytest.approx(accuracy, abs=1e-9)
     # a window must hold a word beside [CLS] and [SEP]: one line naming the key
     tight = check_section(ValidateConfig, "validate", {"eval_data": str(path), "max_length": 2})
-    with pytest.raises(BadInputError, match=r"^validate.max_length: 2 leaves no position for a word beside the "
-                                            r"tokenizer's 2 special tokens$"):
+    with pytest.raises(
+        BadInputError,
+        match=r"^validate.max_length: 2 leaves no position for a word beside the "
+        r"tokenizer's 2 special tokens$",
+    ):
         task.read_eval(path, tight, model_config=model.config, preprocessor=tok)
 
 
@@ -220,8 +237,14 @@ def tiny_tagger(tmp_path_factory):
 
     from modelpress.testing import make_tiny_model
 
-    return make_tiny_model(tmp_path_factory.mktemp("tagger"), task="token-classification", labels=BIO,
-                           words=VOCAB[len(SPECIAL_TOKENS):], initializer_range=INIT_RANGE, seed=3)
+    return make_tiny_model(
+        tmp_path_factory.mktemp("tagger"),
+        task="token-classification",
+        labels=BIO,
+        words=VOCAB[len(SPECIAL_TOKENS) :],
+        initializer_range=INIT_RANGE,
+        seed=3,
+    )
 
 
 def _tagged_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
@@ -267,19 +290,24 @@ def test_tagger_run_publishes_a_bundle_whose_metrics_match_transformers(tiny_tag
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     sentences = _tagged_sentences(40, seed=21)
-    for k, odd in enumerate(TOKENLESS[:2] + TOKENLESS[3:4]):   # what a CoNLL line can hold
+    for k, odd in enumerate(TOKENLESS[:2] + TOKENLESS[3:4]):  # what a CoNLL line can hold
         words, tags = sentences[k]
         sentences[k] = ([odd] + words, ["O"] + tags)
     rng = random.Random(22)
     sentences.append(([rng.choice(WORDS) for _ in range(45)], [rng.choice(BIO) for _ in range(45)]))
     conll = tmp_path / "eval.conll"
-    conll.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(ws, ts)) for ws, ts in sentences) + "\n",
-                     encoding="utf-8")
-    recipe = write_recipe(tmp_path / "tagger.toml",
-                          {"name": "tagger", "teacher": str(tiny_tagger), "task": "token-classification"},
-                          {"calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
-                           "validate": {"eval_data": str(conll), **FAST_VALIDATE},
-                           "gate": {"max_drop": 5.0}})
+    conll.write_text(
+        "\n\n".join("\n".join(f"{w} {t}" for w, t in zip(ws, ts)) for ws, ts in sentences) + "\n", encoding="utf-8"
+    )
+    recipe = write_recipe(
+        tmp_path / "tagger.toml",
+        {"name": "tagger", "teacher": str(tiny_tagger), "task": "token-classification"},
+        {
+            "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+            "validate": {"eval_data": str(conll), **FAST_VALIDATE},
+            "gate": {"max_drop": 5.0},
+        },
+    )
     proc = cli("run", recipe, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
     root = tmp_path / "out" / "tagger"
@@ -336,8 +364,11 @@ def test_tagged_corpus_puts_each_tag_on_the_first_subtoken(tiny_tagger, tmp_path
 
     path = tmp_path / "train.jsonl"
     # a word without a token (the zero-width space) labels no token, and the words after it keep theirs
-    sentences = [(["the", "unknownword", "runs"], ["B-PER", "I-PER", "O"]), (["a", "cat"], ["O", "B-LOC"]),
-                 (["a", "\u200b", "cat", "runs"], ["O", "B-PER", "B-LOC", "O"])]
+    sentences = [
+        (["the", "unknownword", "runs"], ["B-PER", "I-PER", "O"]),
+        (["a", "cat"], ["O", "B-LOC"]),
+        (["a", "\u200b", "cat", "runs"], ["O", "B-PER", "B-LOC", "O"]),
+    ]
     path.write_text("".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in sentences), encoding="utf-8")
     cfg = DistillConfig.from_dict({"data": str(path), "num_layers": 1, "label_field": "tags"}, base_dir=tmp_path)
     label2id = {t: i for i, t in enumerate(BIO)}
@@ -367,10 +398,21 @@ def test_a_tagger_distils_with_token_kl_and_cross_entropy(tiny_tagger, tmp_path)
     words = [w for w, _ in _tagged_sentences(96, seed=5)]
     tags = [[BIO[k] for k in logits.argmax(-1)] for logits in _torch_word_logits(tiny_tagger, words, 64)]
     path = tmp_path / "train.conll"
-    path.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(ws, ts)) for ws, ts in zip(words, tags))
-                    + "\n", encoding="utf-8")
-    section = {"data": str(path), "layers": [0], "label_field": "tags", "max_steps": 30, "batch_size": 16,
-               "lr": 3e-3, "precision": "fp32", "eval_fraction": 0.1, "save_every": 100}
+    path.write_text(
+        "\n\n".join("\n".join(f"{w} {t}" for w, t in zip(ws, ts)) for ws, ts in zip(words, tags)) + "\n",
+        encoding="utf-8",
+    )
+    section = {
+        "data": str(path),
+        "layers": [0],
+        "label_field": "tags",
+        "max_steps": 30,
+        "batch_size": 16,
+        "lr": 3e-3,
+        "precision": "fp32",
+        "eval_fraction": 0.1,
+        "save_every": 100,
+    }
     cfg = DistillConfig.from_dict(section, base_dir=tmp_path)
     student_dir = run_distillation(cfg, teacher=str(tiny_tagger), task="token-classification", out_dir=tmp_path / "run")
     summary = json.loads((student_dir / "distill.json").read_text())

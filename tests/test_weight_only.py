@@ -1,5 +1,6 @@
 """Weight-only quantization (``quantize.mode = "weight-only"``: ONNX Runtime's MatMulNBits): the Gemm
 rewrite, the graph against an independent blockwise-dequantized reference, and a run to a bundle."""
+
 from __future__ import annotations
 
 import json
@@ -40,17 +41,27 @@ def test_plain_gemms_become_matmul_and_bias_with_the_same_result():
     rng = np.random.default_rng(0)
     w_t, b = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal(6).astype(np.float32)
     w, w2 = rng.standard_normal((6, 4)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
-    nodes = [helper.make_node("Gemm", ["x", "w_t", "b"], ["h"], name="transposed_with_bias", transB=1),
-             helper.make_node("Gemm", ["h", "w"], ["g"], name="plain_no_bias"),
-             helper.make_node("Gemm", ["g", "w2"], ["y"], name="scaled", alpha=0.5)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
-                              [numpy_helper.from_array(a, name) for a, name in ((w_t, "w_t"), (b, "b"), (w, "w"), (w2, "w2"))])
+    nodes = [
+        helper.make_node("Gemm", ["x", "w_t", "b"], ["h"], name="transposed_with_bias", transB=1),
+        helper.make_node("Gemm", ["h", "w"], ["g"], name="plain_no_bias"),
+        helper.make_node("Gemm", ["g", "w2"], ["y"], name="scaled", alpha=0.5),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [numpy_helper.from_array(a, name) for a, name in ((w_t, "w_t"), (b, "b"), (w, "w"), (w2, "w2"))],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     rewritten = gemms_as_matmuls(model)
     ops = {n.name: n.op_type for n in rewritten.graph.node}
-    assert ops == {"transposed_with_bias": "MatMul", "transposed_with_bias_bias": "Add", "plain_no_bias": "MatMul",
-                   "scaled": "Gemm"}   # alpha ≠ 1 is not what MatMul computes: left alone
+    assert ops == {
+        "transposed_with_bias": "MatMul",
+        "transposed_with_bias_bias": "Add",
+        "plain_no_bias": "MatMul",
+        "scaled": "Gemm",
+    }  # alpha ≠ 1 is not what MatMul computes: left alone
     x = rng.standard_normal((3, 5)).astype(np.float32)
     expected = 0.5 * ((x @ w_t.T + b) @ w) @ w2
     np.testing.assert_allclose(_run(rewritten, {"x": x})[0], expected, rtol=1e-5, atol=1e-5)
@@ -79,8 +90,12 @@ def test_weight_only_graph_equals_the_blockwise_dequantized_reference(gpt2_graph
     cfg = QuantizeConfig(mode="weight-only", weight_bits=bits, block_size=16, accuracy_level=0)
     summary = quantize_weights_only(result.path, tmp_path / "wo.onnx", cfg)
     assert len(summary.quantized_nodes) == 4 * 2 + 1 and summary.fp32_nodes == ()  # 4 per layer + lm_head
-    assert (summary.format, summary.weight_bits, summary.block_size, summary.calibration_method) == \
-        ("matmulnbits", bits, 16, "none")
+    assert (summary.format, summary.weight_bits, summary.block_size, summary.calibration_method) == (
+        "matmulnbits",
+        bits,
+        16,
+        "none",
+    )
     quantized = onnx.load(str(tmp_path / "wo.onnx"))
     ops = [n.op_type for n in quantized.graph.node]
     assert ops.count("MatMulNBits") == 9 and "Gemm" not in ops and "DequantizeLinear" not in ops
@@ -96,11 +111,15 @@ def test_weight_only_graph_equals_the_blockwise_dequantized_reference(gpt2_graph
             node.input[1] = name
     layout = KVLayout.from_config(model.config)
     ids = np.array([tokenizer("the old film was very good and the plot")["input_ids"]] * 2, dtype=np.int64)
-    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-            "position_ids": np.arange(ids.shape[1])[None].repeat(2, 0), **layout.empty(2)}
+    feed = {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "position_ids": np.arange(ids.shape[1])[None].repeat(2, 0),
+        **layout.empty(2),
+    }
     got, want, fp32 = _run(quantized, feed)[0], _run(reference, feed)[0], _run(onnx.load(result.path), feed)[0]
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
-    assert np.abs(got - fp32).max() > 1e-4   # it did change the weights
+    assert np.abs(got - fp32).max() > 1e-4  # it did change the weights
 
 
 def _wo_recipe(tmp_path, folder, quantize=None, validate=None, task="text-generation"):
@@ -109,12 +128,24 @@ def _wo_recipe(tmp_path, folder, quantize=None, validate=None, task="text-genera
     (tmp_path / "corpus.txt").write_text("\n".join(random_sentences(100, seed=1)) + "\n", encoding="utf-8")
     # 60 sentences: 35 windows of 32 tokens every 16, past the 30 a text-generation gate decides on
     (tmp_path / "heldout.txt").write_text("\n".join(random_sentences(60, seed=9)) + "\n", encoding="utf-8")
-    body = {"calibration": {"data": str(tmp_path / "corpus.txt"), "num_samples": 8, "max_length": 32},
-            "quantize": {"mode": "weight-only", **(quantize or {})},
-            "validate": {"latency_runs": 2, "warmup_runs": 1, "batch_sizes": [1], "seq_lengths": [16],
-                         "decode_contexts": [24], "real_workload": False, "max_length": 32, "stride": 16,
-                         "threads": 1, "eval_data": str(tmp_path / "heldout.txt"), **(validate or {})},
-            "gate": {"max_drop": 5.0}}
+    body = {
+        "calibration": {"data": str(tmp_path / "corpus.txt"), "num_samples": 8, "max_length": 32},
+        "quantize": {"mode": "weight-only", **(quantize or {})},
+        "validate": {
+            "latency_runs": 2,
+            "warmup_runs": 1,
+            "batch_sizes": [1],
+            "seq_lengths": [16],
+            "decode_contexts": [24],
+            "real_workload": False,
+            "max_length": 32,
+            "stride": 16,
+            "threads": 1,
+            "eval_data": str(tmp_path / "heldout.txt"),
+            **(validate or {}),
+        },
+        "gate": {"max_drop": 5.0},
+    }
     return write_recipe(tmp_path / "wo.toml", {"name": "wo", "teacher": str(folder), "task": task}, body)
 
 
@@ -123,13 +154,27 @@ def test_a_weight_only_run_ships_a_bundle_that_generates_and_says_what_it_wrote(
     from modelpress.cli import main
 
     folder = gpt2_graph[0]
-    assert main(["run", str(_wo_recipe(tmp_path, folder, {"weight_bits": 8, "block_size": 32})),
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(_wo_recipe(tmp_path, folder, {"weight_bits": 8, "block_size": 32})),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     bundle = tmp_path / "out" / "wo"
     report = json.loads((bundle / "report.json").read_text())
     q = report["quantization"]
-    assert (q["mode"], q["format"], q["weight_bits"], q["block_size"], q["accuracy_level"]) == \
-        ("weight-only", "matmulnbits", 8, 32, 4)
+    assert (q["mode"], q["format"], q["weight_bits"], q["block_size"], q["accuracy_level"]) == (
+        "weight-only",
+        "matmulnbits",
+        8,
+        32,
+        4,
+    )
     assert len(q["quantized_nodes"]) == 9 and report["analysis"]["nodes"] == 0
     m = report["models"]["int8"]["metrics"]
     assert m["next_token_agreement"] > 0.95 and m["perplexity_ratio"] < 1.01, m
@@ -138,13 +183,16 @@ def test_a_weight_only_run_ships_a_bundle_that_generates_and_says_what_it_wrote(
         assert len(lm.generator.generate_ids([[1, 2, 3]], max_new_tokens=5, stop_token_ids=[])[0]) == 5
 
 
-@pytest.mark.parametrize("quantize, validate, message", [
-    ({"weight_bits": 3}, {}, "quantize.weight_bits: expected 8 or 4, got 3"),
-    ({"block_size": 48}, {}, "quantize.block_size: expected one of 16, 32, 64, 128, 256, got 48"),
-    ({"calibration_seeds": 2}, {}, 'quantize.calibration_seeds: "weight-only" reads no calibration data'),
-    ({"preset": "tensorrt"}, {}, 'quantize.mode = "weight-only" writes ONNX Runtime\'s MatMulNBits; TensorRT'),
-    ({}, {"runtimes": ["onnxruntime", "openvino"]}, "validate.runtimes: quantize.mode = \"weight-only\""),
-])
+@pytest.mark.parametrize(
+    "quantize, validate, message",
+    [
+        ({"weight_bits": 3}, {}, "quantize.weight_bits: expected 8 or 4, got 3"),
+        ({"block_size": 48}, {}, "quantize.block_size: expected one of 16, 32, 64, 128, 256, got 48"),
+        ({"calibration_seeds": 2}, {}, 'quantize.calibration_seeds: "weight-only" reads no calibration data'),
+        ({"preset": "tensorrt"}, {}, 'quantize.mode = "weight-only" writes ONNX Runtime\'s MatMulNBits; TensorRT'),
+        ({}, {"runtimes": ["onnxruntime", "openvino"]}, 'validate.runtimes: quantize.mode = "weight-only"'),
+    ],
+)
 def test_weight_only_settings_it_cannot_honour_are_refused_at_load(tmp_path, quantize, validate, message):
     from modelpress.errors import BadInputError
     from modelpress.recipe import load_recipe
@@ -161,13 +209,18 @@ def test_weight_only_keeps_the_nodes_to_exclude_fp32_by_module_path_as_static_do
     from modelpress.runtimes.quantize.weight_only import quantize_weights_only
 
     path = gpt2_graph[3].path
-    summary = quantize_weights_only(path, tmp_path / "wo.onnx",
-                                    QuantizeConfig(mode="weight-only", nodes_to_exclude=("lm_head", "transformer.h.1.mlp")))
-    assert len(summary.quantized_nodes) == 9 - 1 - 2 and len(summary.fp32_nodes) == 3   # the head; c_fc, c_proj
+    summary = quantize_weights_only(
+        path,
+        tmp_path / "wo.onnx",
+        QuantizeConfig(mode="weight-only", nodes_to_exclude=("lm_head", "transformer.h.1.mlp")),
+    )
+    assert len(summary.quantized_nodes) == 9 - 1 - 2 and len(summary.fp32_nodes) == 3  # the head; c_fc, c_proj
     ops = [n.op_type for n in onnx.load(str(tmp_path / "wo.onnx")).graph.node]
     assert ops.count("MatMulNBits") == 6 and ops.count("MatMul") >= 3
     with pytest.raises(BadInputError, match="quantize.nodes_to_exclude: no node or module named nowhere"):
-        quantize_weights_only(path, tmp_path / "x.onnx", QuantizeConfig(mode="weight-only", nodes_to_exclude=("nowhere",)))
+        quantize_weights_only(
+            path, tmp_path / "x.onnx", QuantizeConfig(mode="weight-only", nodes_to_exclude=("nowhere",))
+        )
 
 
 def test_a_graph_without_a_constant_weight_matmul_is_refused_not_shipped_as_int8(tmp_path):
@@ -175,9 +228,12 @@ def test_a_graph_without_a_constant_weight_matmul_is_refused_not_shipped_as_int8
     from modelpress.runtimes.quantize.config import QuantizeConfig
     from modelpress.runtimes.quantize.weight_only import quantize_weights_only
 
-    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"], name="add")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"], name="add")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "m.onnx"))
     with pytest.raises(BadInputError, match="no MatMul/Gemm node with a constant weight for weight-only"):
         quantize_weights_only(tmp_path / "m.onnx", tmp_path / "out.onnx", QuantizeConfig(mode="weight-only"))

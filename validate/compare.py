@@ -7,6 +7,7 @@ Latency is measured **interleaved**: every timed round runs each model once, in 
 from the machine (another process, a frequency change) lands on all of them alike instead of on
 whichever model happened to be timed at that moment; the report keeps each model's spread.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,12 @@ def interleaved_rounds(calls: Sequence[Any], cfg) -> list[list[float]]:
     for r in range(cfg.warmup_runs + cfg.latency_runs):
         if r == cfg.warmup_runs:
             started = time.perf_counter()
-        elif (started is not None and budget and r - cfg.warmup_runs >= min(MIN_TIMED_ROUNDS, cfg.latency_runs)
-              and time.perf_counter() - started >= budget):
+        elif (
+            started is not None
+            and budget
+            and r - cfg.warmup_runs >= min(MIN_TIMED_ROUNDS, cfg.latency_runs)
+            and time.perf_counter() - started >= budget
+        ):
             break
         for k, call in enumerate(calls):
             t0 = time.perf_counter()
@@ -60,16 +65,18 @@ def interleaved_latency(predictors: Sequence, examples: Sequence[Any], cfg) -> d
     for b, s, batch_examples in _shapes(examples, cfg, predictors[0].encoder):
         # pad to exactly s positions, the fixed-shape serving case (PEERS.md measures the same)
         batches = [p.encode(batch_examples, pad_to=s) for p in predictors]
-        times = interleaved_rounds([lambda p=p, batch=batch: p.predict_batch(batch)
-                                    for p, batch in zip(predictors, batches)], cfg)
+        times = interleaved_rounds(
+            [lambda p=p, batch=batch: p.predict_batch(batch) for p, batch in zip(predictors, batches)], cfg
+        )
         for p, batch, t in zip(predictors, batches, times):
             seq = p.encoder.length_of(batch.feed)
             rows[p.name].append(summarize(t, batch_size=b, seq_len=seq).to_dict())
     return rows
 
 
-def interleaved_workload(predictors: Sequence, examples: Sequence[Any], *, batch_size: int = 32,
-                         rounds: int = 2) -> dict[str, dict[str, Any]]:
+def interleaved_workload(
+    predictors: Sequence, examples: Sequence[Any], *, batch_size: int = 32, rounds: int = 2
+) -> dict[str, dict[str, Any]]:
     """The whole eval set, length-sorted, batches padded to their longest example: serving
     throughput; ``rounds`` interleaved passes after a warm-up, the median kept."""
     for p in predictors:
@@ -83,14 +90,28 @@ def interleaved_workload(predictors: Sequence, examples: Sequence[Any], *, batch
     out = {}
     for name, s in seconds.items():
         med = sorted(s)[len(s) // 2]
-        out[name] = {"texts": len(examples), "batch_size": batch_size, "seconds": round(med, 3),
-                     "min_s": round(min(s), 3), "max_s": round(max(s), 3), "rounds": rounds,
-                     "texts_per_s": round(len(examples) / med, 2)}
+        out[name] = {
+            "texts": len(examples),
+            "batch_size": batch_size,
+            "seconds": round(med, 3),
+            "min_s": round(min(s), 3),
+            "max_s": round(max(s), 3),
+            "rounds": rounds,
+            "texts_per_s": round(len(examples) / med, 2),
+        }
     return out
 
 
-def evaluate(task, teacher, candidates: Sequence, es, cfg, *, sizes_mb: dict[str, float] | None = None,
-             untimed: Sequence[str] = ()) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+def evaluate(
+    task,
+    teacher,
+    candidates: Sequence,
+    es,
+    cfg,
+    *,
+    sizes_mb: dict[str, float] | None = None,
+    untimed: Sequence[str] = (),
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """``teacher`` and ``candidates`` are entered predictors (runner loaded). Returns
     (report['models'], each model's outputs on the eval set). Models named in ``untimed`` get
     metrics only (calibration-seed variants)."""
@@ -105,8 +126,9 @@ def evaluate(task, teacher, candidates: Sequence, es, cfg, *, sizes_mb: dict[str
             out = task.eval_outputs(predictor, es, cfg)
             accuracy_s = time.perf_counter() - t0
         outputs[predictor.name] = out
-        metrics = (task.reference_metrics(out, es) if predictor is teacher
-                   else task.fidelity(outputs[teacher.name], out, es))
+        metrics = (
+            task.reference_metrics(out, es) if predictor is teacher else task.fidelity(outputs[teacher.name], out, es)
+        )
         models[predictor.name] = {
             "metrics": {k: round(v, 6) for k, v in metrics.items()},
             "latency": [],

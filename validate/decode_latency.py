@@ -7,6 +7,7 @@ prefill latency is (``validate.compare``). The step is always the same (the same
 timed run costs exactly one step at that context. Rows hold the step's percentiles and
 ``tokens_per_s`` = batch ÷ the median step.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -23,12 +24,20 @@ def _step_feed(predictor, tokens: np.ndarray, batch: int, context: int) -> dict[
     layout = predictor.encoder.layout
     ids = np.resize(tokens, context)[None].repeat(batch, 0).astype(np.int64)
     mask = np.ones((batch, context), dtype=np.int64)
-    prefill = {"input_ids": ids, "attention_mask": mask,
-               "position_ids": np.arange(context, dtype=np.int64)[None].repeat(batch, 0), **layout.empty(batch)}
+    prefill = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": np.arange(context, dtype=np.int64)[None].repeat(batch, 0),
+        **layout.empty(batch),
+    }
     out = predictor.runner.run(prefill)
     nxt = out["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
-    return {"input_ids": nxt, "attention_mask": np.ones((batch, context + 1), dtype=np.int64),
-            "position_ids": np.full((batch, 1), context, dtype=np.int64), **past_from_present(out)}
+    return {
+        "input_ids": nxt,
+        "attention_mask": np.ones((batch, context + 1), dtype=np.int64),
+        "position_ids": np.full((batch, 1), context, dtype=np.int64),
+        **past_from_present(out),
+    }
 
 
 def decode_latency(predictors: Sequence[Any], examples: Sequence[Any], cfg) -> dict[str, list[dict[str, Any]]]:
@@ -38,11 +47,13 @@ def decode_latency(predictors: Sequence[Any], examples: Sequence[Any], cfg) -> d
     for b in cfg.batch_sizes:
         for context in cfg.decode_contexts:
             feeds = [_step_feed(p, tokens, b, context) for p in predictors]
-            times = interleaved_rounds([lambda p=p, feed=feed: p.runner.run(feed)
-                                        for p, feed in zip(predictors, feeds)], cfg)
+            times = interleaved_rounds(
+                [lambda p=p, feed=feed: p.runner.run(feed) for p, feed in zip(predictors, feeds)], cfg
+            )
             for p, t in zip(predictors, times):
                 row = summarize(t, batch_size=b, seq_len=1).to_dict()
                 del row["seq_len"], row["throughput_per_s"]
-                rows[p.name].append({"batch_size": b, "context": context, **row,
-                                     "tokens_per_s": round(b / (row["p50_ms"] / 1e3), 2)})
+                rows[p.name].append(
+                    {"batch_size": b, "context": context, **row, "tokens_per_s": round(b / (row["p50_ms"] / 1e3), 2)}
+                )
     return rows

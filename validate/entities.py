@@ -5,6 +5,7 @@ mode follows): a chunk starts at ``B-``/``S-``, or at an ``I-``/``E-`` that foll
 chunk of another type; it ends before a tag that starts a new chunk, at ``E-``/``S-``, or at ``O``.
 A chunk is ``(type, first word, last word)``; a predicted chunk counts when type and span match.
 """
+
 from __future__ import annotations
 
 import re
@@ -41,15 +42,15 @@ def chunks(tags: Sequence[str]) -> set[tuple[str, int, int]]:
         prefix, typ = _split(tag)
         # conlleval's endOfChunk(prev, cur)
         ends = start is not None and (
-            prev_prefix in ("E", "S")
-            or prefix in ("B", "S", OUTSIDE)
-            or (prefix in ("I", "E") and typ != prev_kind))
+            prev_prefix in ("E", "S") or prefix in ("B", "S", OUTSIDE) or (prefix in ("I", "E") and typ != prev_kind)
+        )
         if ends:
             out.add((kind, start, i - 1))
             start = None
         # conlleval's startOfChunk(prev, cur)
-        starts = prefix in ("B", "S") or (prefix in ("I", "E") and (
-            prev_prefix in ("E", "S", OUTSIDE) or typ != prev_kind))
+        starts = prefix in ("B", "S") or (
+            prefix in ("I", "E") and (prev_prefix in ("E", "S", OUTSIDE) or typ != prev_kind)
+        )
         if starts and prefix != OUTSIDE:
             start, kind = i, typ
         prev_prefix, prev_kind = prefix, typ

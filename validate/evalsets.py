@@ -8,6 +8,7 @@ Formats (``validate.eval_format``):
               sentences in columns 6-7, some rows with extra trailing fields)
   * ``auto``  stsb if the first line looks like it, else pairs if the fields exist, else text
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,18 +24,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvalSet:
-    texts: tuple[str, ...] = ()                     # unique texts, in first-seen order
-    labels: tuple[int, ...] | None = None           # gold class per text (classification)
+    texts: tuple[str, ...] = ()  # unique texts, in first-seen order
+    labels: tuple[int, ...] | None = None  # gold class per text (classification)
     pairs: tuple[tuple[int, int, float], ...] | None = None  # (text index, text index, gold score)
     words: tuple[tuple[str, ...], ...] | None = None  # sentences as words (token classification)
-    tags: tuple[tuple[int, ...], ...] | None = None   # gold tag id per word
-    label_names: tuple[str, ...] = ()               # tag names by id (entity chunks need them)
-    images: tuple | None = None                     # image references (image classification)
-    windows: tuple | None = None                    # token windows of held-out text (text-generation)
-    prompts: tuple | None = None                    # prompts' token ids for greedy_agreement (text-generation)
+    tags: tuple[tuple[int, ...], ...] | None = None  # gold tag id per word
+    label_names: tuple[str, ...] = ()  # tag names by id (entity chunks need them)
+    images: tuple | None = None  # image references (image classification)
+    windows: tuple | None = None  # token windows of held-out text (text-generation)
+    prompts: tuple | None = None  # prompts' token ids for greedy_agreement (text-generation)
     source: str = ""
     format: str = "text"
-    skipped: int = 0                                # rows skipped by the documented rule (empty texts)
+    skipped: int = 0  # rows skipped by the documented rule (empty texts)
 
     @property
     def examples(self) -> tuple:
@@ -50,12 +51,18 @@ class EvalSet:
         return self.labels is not None or self.pairs is not None or self.tags is not None
 
     def describe(self) -> dict:
-        return {"source": self.source, "format": self.format, "num_examples": len(self.examples),
-                "num_texts": len(self.texts), "num_pairs": len(self.pairs or ()),
-                "num_words": sum(map(len, self.words)) if self.words is not None else 0,
-                "has_labels": self.labels is not None or self.tags is not None, "skipped": self.skipped,
-                **({"num_scored_tokens": sum(w.scored for w in self.windows)} if self.windows is not None else {}),
-                **({"num_prompts": len(self.prompts)} if self.prompts is not None else {})}
+        return {
+            "source": self.source,
+            "format": self.format,
+            "num_examples": len(self.examples),
+            "num_texts": len(self.texts),
+            "num_pairs": len(self.pairs or ()),
+            "num_words": sum(map(len, self.words)) if self.words is not None else 0,
+            "has_labels": self.labels is not None or self.tags is not None,
+            "skipped": self.skipped,
+            **({"num_scored_tokens": sum(w.scored for w in self.windows)} if self.windows is not None else {}),
+            **({"num_prompts": len(self.prompts)} if self.prompts is not None else {}),
+        }
 
 
 def _looks_like_stsb(path: Path) -> bool:
@@ -82,8 +89,10 @@ def _from_pairs(rows: list[tuple[str, str, float]], source: str, fmt: str) -> Ev
     if not pairs:
         raise BadInputError(f"{source}: no sentence pairs")
     if len(pairs) >= 2 and len({s for _, _, s in pairs}) == 1:
-        raise BadInputError(f"{source}: spearman cannot be computed: the {len(pairs)} gold score(s) of the eval set "
-                            "are all equal; give varied scores")
+        raise BadInputError(
+            f"{source}: spearman cannot be computed: the {len(pairs)} gold score(s) of the eval set "
+            "are all equal; give varied scores"
+        )
     return EvalSet(tuple(index), pairs=tuple(pairs), source=source, format=fmt)
 
 
@@ -94,8 +103,13 @@ def _read_stsb(path: Path) -> EvalSet:
             fields = line.rstrip("\n").split("\t")[:7]
             if len(fields) < 7:
                 raise BadInputError(f"{path}:{lineno}: expected 7 tab-separated STS-B fields")
-            rows.append((_text(fields[5], f"{path}:{lineno}", "sentence1"), _text(fields[6], f"{path}:{lineno}", "sentence2"),
-                         _score(fields[4], f"{path}:{lineno}")))
+            rows.append(
+                (
+                    _text(fields[5], f"{path}:{lineno}", "sentence1"),
+                    _text(fields[6], f"{path}:{lineno}", "sentence2"),
+                    _score(fields[4], f"{path}:{lineno}"),
+                )
+            )
     return _from_pairs(rows, str(path), "stsb")
 
 
@@ -130,23 +144,30 @@ def _label(value, where: str, field: str, num_labels: int | None) -> int:
     return label
 
 
-def load_eval_set(path: str | Path, *, fmt: str = "auto", text_field: str = "text",
-                  label_field: str = "label", num_samples: int = 0,
-                  formats: tuple[str, ...] = ("text", "pairs", "stsb"), num_labels: int | None = None) -> EvalSet:
+def load_eval_set(
+    path: str | Path,
+    *,
+    fmt: str = "auto",
+    text_field: str = "text",
+    label_field: str = "label",
+    num_samples: int = 0,
+    formats: tuple[str, ...] = ("text", "pairs", "stsb"),
+    num_labels: int | None = None,
+) -> EvalSet:
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"{path}: evaluation data not found")
     if fmt != "auto" and fmt not in formats:
         raise BadInputError(f"validate.eval_format: this task reads {', '.join(formats)}, not {fmt!r}")
-    es = _load(path, fmt=fmt, text_field=text_field, label_field=label_field, formats=formats,
-               num_labels=num_labels)
+    es = _load(path, fmt=fmt, text_field=text_field, label_field=label_field, formats=formats, num_labels=num_labels)
     if es.format not in formats:
         raise BadInputError(f"{path}: read as {es.format}, which this task cannot use ({', '.join(formats)})")
     return _truncate(es, num_samples) if num_samples else es
 
 
-def _load(path: Path, *, fmt: str, text_field: str, label_field: str, formats: tuple[str, ...],
-          num_labels: int | None) -> EvalSet:
+def _load(
+    path: Path, *, fmt: str, text_field: str, label_field: str, formats: tuple[str, ...], num_labels: int | None
+) -> EvalSet:
     if fmt == "stsb" or (fmt == "auto" and "stsb" in formats and _looks_like_stsb(path)):
         return _read_stsb(path)
     else:
@@ -159,9 +180,13 @@ def _load(path: Path, *, fmt: str, text_field: str, label_field: str, formats: t
                 missing = [k for k in ("sentence1", "sentence2", "score") if k not in r]
                 if missing:
                     raise BadInputError(f"{records.where(i)}: a pair needs the fields {', '.join(missing)}")
-                rows.append((_text(r["sentence1"], records.where(i), "sentence1"),
-                             _text(r["sentence2"], records.where(i), "sentence2"),
-                             _score(r["score"], records.where(i))))
+                rows.append(
+                    (
+                        _text(r["sentence1"], records.where(i), "sentence1"),
+                        _text(r["sentence2"], records.where(i), "sentence2"),
+                        _score(r["score"], records.where(i)),
+                    )
+                )
             return _from_pairs(rows, str(path), "pairs")
         else:
             texts, labels = [], []
@@ -181,8 +206,13 @@ def _load(path: Path, *, fmt: str, text_field: str, label_field: str, formats: t
                 raise BadInputError(f"{path}: no texts in field '{text_field}'")
             if skipped:
                 log.warning("%s: skipped %d empty text(s) of %d", path, skipped, len(records))
-            return EvalSet(tuple(texts), labels=tuple(labels) if has_labels else None, source=str(path),
-                           format="text", skipped=skipped)
+            return EvalSet(
+                tuple(texts),
+                labels=tuple(labels) if has_labels else None,
+                source=str(path),
+                format="text",
+                skipped=skipped,
+            )
 
 
 def _truncate(es: EvalSet, n: int) -> EvalSet:

@@ -19,6 +19,7 @@ the interval is merely wider than max_drop, the gate line says the eval set is t
 at that threshold, and how many examples would be needed. ``gate.max_latency_ratio`` adds a speed
 condition: the candidate's p50 ÷ the teacher's at ``gate.latency_shape`` must not exceed it.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -33,21 +34,21 @@ POLICIES = ("point", "confident", "lenient")
 @dataclass(frozen=True)
 class GateResult:
     metric: str
-    teacher: float          # points (metric × 100)
+    teacher: float  # points (metric × 100)
     candidate: float
-    drop: float             # how much worse the candidate is, points
+    drop: float  # how much worse the candidate is, points
     max_drop: float
     passed: bool
     candidate_name: str
     policy: str = "point"
-    n: int | None = None                     # examples (pairs, texts, sentences) the interval resamples
+    n: int | None = None  # examples (pairs, texts, sentences) the interval resamples
     unit: str | None = None
     drop_ci95: tuple[float, float] | None = None
     method: str | None = None
     mcnemar_p: float | None = None
-    note: str | None = None                  # "the eval set is too small to decide ..." when it is
+    note: str | None = None  # "the eval set is too small to decide ..." when it is
     latency_shape: str | None = None
-    latency_ratio: float | None = None       # candidate p50 / teacher p50 at latency_shape
+    latency_ratio: float | None = None  # candidate p50 / teacher p50 at latency_shape
     max_latency_ratio: float | None = None
 
     def to_dict(self) -> dict:
@@ -65,27 +66,42 @@ class GateResult:
 
     def line(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        text = (f"gate {verdict}: {self.candidate_name} {self.metric} {self.candidate:.2f} vs teacher "
-                f"{self.teacher:.2f}, drop {self.drop:.2f}")
+        text = (
+            f"gate {verdict}: {self.candidate_name} {self.metric} {self.candidate:.2f} vs teacher "
+            f"{self.teacher:.2f}, drop {self.drop:.2f}"
+        )
         if self.drop_ci95 is not None:
             lo, hi = self.drop_ci95
-            text += (f" [{lo:.2f}, {hi:.2f}] points (95% paired bootstrap, n={self.n} {self.unit}"
-                     + (f", McNemar p={self.mcnemar_p:.3g}" if self.mcnemar_p is not None else "")
-                     + f"; max {self.max_drop:.2f}, policy {self.policy})")
+            text += (
+                f" [{lo:.2f}, {hi:.2f}] points (95% paired bootstrap, n={self.n} {self.unit}"
+                + (f", McNemar p={self.mcnemar_p:.3g}" if self.mcnemar_p is not None else "")
+                + f"; max {self.max_drop:.2f}, policy {self.policy})"
+            )
         else:
             text += f" points (max {self.max_drop:.2f})"
         if self.latency_ratio is not None:
-            text += (f"; latency {self.latency_shape} {self.latency_ratio:.3f}x teacher "
-                     f"(max {self.max_latency_ratio:.3f})")
+            text += (
+                f"; latency {self.latency_shape} {self.latency_ratio:.3f}x teacher (max {self.max_latency_ratio:.3f})"
+            )
         if self.note:
             text += f"\n{self.note}"
         return text
 
 
-def decide(task, teacher_metrics: Mapping[str, float], candidate_metrics: Mapping[str, float], *,
-           max_drop: float, metric: str = "auto", candidate_name: str = "int8", policy: str = "point",
-           intervals: Mapping[str, Mapping[str, Any]] | None = None, latency: Mapping[str, float] | None = None,
-           max_latency_ratio: float | None = None, latency_shape: str | None = None) -> GateResult:
+def decide(
+    task,
+    teacher_metrics: Mapping[str, float],
+    candidate_metrics: Mapping[str, float],
+    *,
+    max_drop: float,
+    metric: str = "auto",
+    candidate_name: str = "int8",
+    policy: str = "point",
+    intervals: Mapping[str, Mapping[str, Any]] | None = None,
+    latency: Mapping[str, float] | None = None,
+    max_latency_ratio: float | None = None,
+    latency_shape: str | None = None,
+) -> GateResult:
     """The verdict. ``intervals``: per metric the report's ``uncertainty`` entry (``n``, ``unit``,
     ``drop_ci95``, ``method``, ``mcnemar_p``); ``latency``: the candidate ÷ teacher p50 ratios."""
     task = get_task(task) if isinstance(task, str) else task
@@ -93,7 +109,9 @@ def decide(task, teacher_metrics: Mapping[str, float], candidate_metrics: Mappin
         raise BadInputError(f"gate.policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
     name = task.primary_metric(set(candidate_metrics)) if metric == "auto" else metric
     if name not in candidate_metrics or name not in teacher_metrics:
-        raise BadInputError(f"gate.metric: {name!r} was not measured; available: {', '.join(sorted(candidate_metrics))}")
+        raise BadInputError(
+            f"gate.metric: {name!r} was not measured; available: {', '.join(sorted(candidate_metrics))}"
+        )
     t, c = 100.0 * teacher_metrics[name], 100.0 * candidate_metrics[name]
     drop = round((t - c) if task.direction(name) == HIGHER else (c - t), 4)
     iv = (intervals or {}).get(name)
@@ -108,9 +126,11 @@ def decide(task, teacher_metrics: Mapping[str, float], candidate_metrics: Mappin
     notes = [short] if short else []
     if ci is not None and ci[1] - ci[0] > max_drop:
         needed = _examples_needed(iv["n"], ci[1] - ci[0], max_drop)
-        notes.append(f"note: the eval set is too small to decide at max_drop {max_drop:.2f}: the 95% interval "
-                     f"is {ci[1] - ci[0]:.2f} points wide over {iv['n']} {iv['unit']}"
-                     + (f"; about {needed} would narrow it to {max_drop:.2f}" if needed else ""))
+        notes.append(
+            f"note: the eval set is too small to decide at max_drop {max_drop:.2f}: the 95% interval "
+            f"is {ci[1] - ci[0]:.2f} points wide over {iv['n']} {iv['unit']}"
+            + (f"; about {needed} would narrow it to {max_drop:.2f}" if needed else "")
+        )
     note = "\n".join(notes) or None
     ratio = None
     if max_latency_ratio is not None:
@@ -118,19 +138,36 @@ def decide(task, teacher_metrics: Mapping[str, float], candidate_metrics: Mappin
         shape = latency_shape or (next(reversed(ratios), None) if ratios else None)
         key = f"{shape}_p50" if shape and not str(shape).endswith("_p50") else shape
         if key not in ratios:
-            raise BadInputError(f"gate.latency_shape: {shape!r} was not timed; timed: "
-                                f"{', '.join(k[:-4] for k in ratios if k.endswith('_p50')) or 'nothing'}")
+            raise BadInputError(
+                f"gate.latency_shape: {shape!r} was not timed; timed: "
+                f"{', '.join(k[:-4] for k in ratios if k.endswith('_p50')) or 'nothing'}"
+            )
         ratio, latency_shape = ratios[key], key[:-4] if key.endswith("_p50") else key
         passed = passed and ratio <= max_latency_ratio
     passed = passed and not short
-    return GateResult(name, round(t, 4), round(c, 4), drop, max_drop, passed, candidate_name, policy,
-                      iv["n"] if iv else None, iv["unit"] if iv else None, ci, iv["method"] if iv else None,
-                      iv.get("mcnemar_p") if iv else None, note, latency_shape if ratio is not None else None,
-                      ratio, max_latency_ratio)
+    return GateResult(
+        name,
+        round(t, 4),
+        round(c, 4),
+        drop,
+        max_drop,
+        passed,
+        candidate_name,
+        policy,
+        iv["n"] if iv else None,
+        iv["unit"] if iv else None,
+        ci,
+        iv["method"] if iv else None,
+        iv.get("mcnemar_p") if iv else None,
+        note,
+        latency_shape if ratio is not None else None,
+        ratio,
+        max_latency_ratio,
+    )
 
 
 def _too_few(task, iv: Mapping[str, Any] | None, intervals: Mapping[str, Mapping[str, Any]] | None) -> str | None:
-    """"too small to decide: ..." when the gated metric rests on fewer units than the task's
+    """ "too small to decide: ..." when the gated metric rests on fewer units than the task's
     minimum. A metric without an interval of its own (min_cosine) is measured on the eval set the
     others resample: the most units any of them has. No intervals at all (the accuracy-aware
     search's quick check) is no verdict, so no rule."""
@@ -141,8 +178,9 @@ def _too_few(task, iv: Mapping[str, Any] | None, intervals: Mapping[str, Mapping
     n, unit = (iv["n"], iv["unit"]) if iv is not None else (0, "units")
     if n >= task.min_n:
         return None
-    return (f"too small to decide: n={n} {unit}, need ≥ {task.min_n} for a {task.name} verdict; "
-            "give more evaluation data")
+    return (
+        f"too small to decide: n={n} {unit}, need ≥ {task.min_n} for a {task.name} verdict; give more evaluation data"
+    )
 
 
 def _examples_needed(n: int, width: float, max_drop: float) -> int | None:
@@ -154,9 +192,11 @@ def _examples_needed(n: int, width: float, max_drop: float) -> int | None:
 def judged_names(report: Mapping) -> list[str]:
     """Every model the run's gate judged: the shipped model on each of the bundle's runtimes and
     its calibration-seed twins (reports from before those existed: the gate's candidate)."""
-    names = [*(report.get("runtimes") or {}).values(),
-             *(c["name"] for c in (report.get("calibration_seeds") or {}).get("candidates", ())),
-             report["gate"]["candidate_name"]]
+    names = [
+        *(report.get("runtimes") or {}).values(),
+        *(c["name"] for c in (report.get("calibration_seeds") or {}).get("candidates", ())),
+        report["gate"]["candidate_name"],
+    ]
     return [n for n in dict.fromkeys(names) if n in report["models"]]
 
 
@@ -165,8 +205,9 @@ def worst(results: Sequence[GateResult]) -> GateResult:
     return max(results, key=lambda g: (not g.passed, g.drop))
 
 
-def gate_report(report: Mapping, *, max_drop: float | None = None, metric: str | None = None,
-                policy: str | None = None) -> GateResult:
+def gate_report(
+    report: Mapping, *, max_drop: float | None = None, metric: str | None = None, policy: str | None = None
+) -> GateResult:
     """Re-decide the gate from a written report.json (``modelpress gate``): every model the run
     judged, the worst verdict."""
     try:
@@ -176,14 +217,23 @@ def gate_report(report: Mapping, *, max_drop: float | None = None, metric: str |
         ratios = report.get("ratios") or {}
         # seed twins are untimed: their latency is the shipped model's
         shipped = next(iter((report.get("runtimes") or {}).values()), gate["candidate_name"])
-        return worst([decide(task, models["teacher"]["metrics"], models[cand]["metrics"],
-                             max_drop=gate["max_drop"] if max_drop is None else max_drop,
-                             metric=metric or gate.get("metric", "auto"), candidate_name=cand,
-                             policy=policy or gate.get("policy", "point"),
-                             intervals=(report.get("uncertainty") or {}).get(cand),
-                             latency=ratios.get(cand) or ratios.get(shipped),
-                             max_latency_ratio=gate.get("max_latency_ratio"),
-                             latency_shape=gate.get("latency_shape"))
-                      for cand in judged_names(report)])
+        return worst(
+            [
+                decide(
+                    task,
+                    models["teacher"]["metrics"],
+                    models[cand]["metrics"],
+                    max_drop=gate["max_drop"] if max_drop is None else max_drop,
+                    metric=metric or gate.get("metric", "auto"),
+                    candidate_name=cand,
+                    policy=policy or gate.get("policy", "point"),
+                    intervals=(report.get("uncertainty") or {}).get(cand),
+                    latency=ratios.get(cand) or ratios.get(shipped),
+                    max_latency_ratio=gate.get("max_latency_ratio"),
+                    latency_shape=gate.get("latency_shape"),
+                )
+                for cand in judged_names(report)
+            ]
+        )
     except (KeyError, TypeError) as exc:
         raise BadInputError(f"report.json lacks the key {exc} needed by the gate") from None

@@ -10,6 +10,7 @@ in the same batches for every model. The metric, ``greedy_agreement``, is the sh
 position-by-position identical new tokens over all prompts (the issue's "share of the first 32 new
 tokens identical to the teacher's"); its interval resamples prompts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,9 @@ def read_prompts(path: str | Path, tokenizer: Any, *, field: str) -> tuple[tuple
     return tuple(tuple(int(t) for t in tokenizer(text)["input_ids"]) for text in texts)
 
 
-def continue_greedily(predictor: Any, prompts: Sequence[Sequence[int]], *, new_tokens: int,
-                      batch_size: int) -> Continuations:
+def continue_greedily(
+    predictor: Any, prompts: Sequence[Sequence[int]], *, new_tokens: int, batch_size: int
+) -> Continuations:
     """``predictor``'s greedy continuations of ``prompts`` (``new_tokens`` each, no stop token)."""
     from modelpress.generation import TextGenerator
 
@@ -45,9 +47,8 @@ def continue_greedily(predictor: Any, prompts: Sequence[Sequence[int]], *, new_t
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[tuple[int, ...]] = [()] * len(prompts)
     for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        made = generator.generate_ids([list(prompts[i]) for i in rows], max_new_tokens=new_tokens,
-                                      stop_token_ids=[])
+        rows = order[start : start + batch_size]
+        made = generator.generate_ids([list(prompts[i]) for i in rows], max_new_tokens=new_tokens, stop_token_ids=[])
         for i, tokens in zip(rows, made):
             out[i] = tuple(tokens)
     return Continuations(tuple(out))

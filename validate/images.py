@@ -9,13 +9,22 @@ gold class of each image when the source has one.
 
 A class the model does not have is one BadInputError naming it and the model's classes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping
 
-from modelpress.calibration_data.images import (IMAGE_SUFFIXES, DatasetImage, check_readable, image_column,
-                                                image_files, image_paths, is_dataset_folder, load_images)
+from modelpress.calibration_data.images import (
+    IMAGE_SUFFIXES,
+    DatasetImage,
+    check_readable,
+    image_column,
+    image_files,
+    image_paths,
+    is_dataset_folder,
+    load_images,
+)
 from modelpress.calibration_data.loaders import open_dataset, read_records
 from modelpress.errors import BadInputError
 from modelpress.validate.evalsets import EvalSet
@@ -38,9 +47,15 @@ def _class_id(value: Any, label2id: Mapping[str, int], num_labels: int | None, w
     return cid
 
 
-def load_image_eval(path: str | Path, *, image_field: str = "image", label_field: str = "label",
-                    label2id: Mapping[str, int] | None = None, num_labels: int | None = None,
-                    num_samples: int = 0) -> EvalSet:
+def load_image_eval(
+    path: str | Path,
+    *,
+    image_field: str = "image",
+    label_field: str = "label",
+    label2id: Mapping[str, int] | None = None,
+    num_labels: int | None = None,
+    num_samples: int = 0,
+) -> EvalSet:
     path = Path(path)
     label2id = dict(label2id or {})
     if not path.exists():
@@ -53,8 +68,7 @@ def load_image_eval(path: str | Path, *, image_field: str = "image", label_field
         images = [DatasetImage(str(path), i, column, ds) for i in range(len(ds))]
         labels = None
         if label_field in ds.column_names:
-            labels = [_class_id(v, label2id, num_labels, f"{path}: row {i + 1}")
-                      for i, v in enumerate(ds[label_field])]
+            labels = [_class_id(v, label2id, num_labels, f"{path}: row {i + 1}") for i, v in enumerate(ds[label_field])]
     elif path.is_dir():
         classes = sorted(d for d in path.iterdir() if d.is_dir() and image_files(d))
         if classes:
@@ -83,5 +97,6 @@ def load_image_eval(path: str | Path, *, image_field: str = "image", label_field
     if num_samples:
         images, labels = images[:num_samples], (labels[:num_samples] if labels is not None else None)
     check_readable(images)
-    return EvalSet(images=tuple(images), labels=tuple(labels) if labels is not None else None,
-                   source=str(path), format="images")
+    return EvalSet(
+        images=tuple(images), labels=tuple(labels) if labels is not None else None, source=str(path), format="images"
+    )

@@ -3,6 +3,7 @@
 Shaped after optimum-benchmark's latency tracker. Times cover the model forward plus the task
 head (pooling), not tokenization, as in ../shared/PEERS.md.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -24,7 +25,7 @@ class LatencyStats:
     p99_ms: float
     mean_ms: float
     stdev_ms: float
-    throughput_per_s: float   # samples (texts) per second at the median
+    throughput_per_s: float  # samples (texts) per second at the median
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,9 +35,16 @@ def summarize(times_s: list[float], *, batch_size: int, seq_len: int) -> Latency
     ms = np.array(times_s) * 1e3
     p50 = float(np.percentile(ms, 50))
     return LatencyStats(
-        batch_size, seq_len, len(ms), round(p50, 3), round(float(np.percentile(ms, 95)), 3),
-        round(float(np.percentile(ms, 99)), 3), round(float(ms.mean()), 3),
-        round(statistics.stdev(ms) if len(ms) > 1 else 0.0, 3), round(batch_size / (p50 / 1e3), 2))
+        batch_size,
+        seq_len,
+        len(ms),
+        round(p50, 3),
+        round(float(np.percentile(ms, 95)), 3),
+        round(float(np.percentile(ms, 99)), 3),
+        round(float(ms.mean()), 3),
+        round(statistics.stdev(ms) if len(ms) > 1 else 0.0, 3),
+        round(batch_size / (p50 / 1e3), 2),
+    )
 
 
 def time_calls(fn: Callable[[], object], *, runs: int, warmup: int) -> list[float]:

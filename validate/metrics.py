@@ -6,6 +6,7 @@ Classification: top-1 agreement, accuracy vs labels when present, mean KL(teache
 Token classification: the same per word, plus entity-level F1 for BIO/BIOES tag sets. Which metric
 a task gates on, and in which direction each is better, is the task registry's (modelpress.tasks).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,10 @@ def pair_spearman(emb: np.ndarray, pairs) -> float:
     if len(pairs) < 3 or np.ptp(gold) == 0:
         from modelpress.errors import BadInputError
 
-        raise BadInputError(f"spearman cannot be computed: the {len(pairs)} gold score(s) of the eval set are "
-                            f"{'all equal' if len(pairs) >= 3 else 'too few'}; give varied scores")
+        raise BadInputError(
+            f"spearman cannot be computed: the {len(pairs)} gold score(s) of the eval set are "
+            f"{'all equal' if len(pairs) >= 3 else 'too few'}; give varied scores"
+        )
     sims = (e[i] * e[j]).sum(axis=1)
     return float(spearmanr(sims, gold).statistic)
 
@@ -52,7 +55,8 @@ def embedding_metrics(teacher: np.ndarray, candidate: np.ndarray, pairs=None) ->
         "mean_cosine": float(cos.mean()),
         "min_cosine": float(cos.min()),
         "nn_agreement": float((nearest_neighbours(teacher) == nearest_neighbours(candidate)).mean())
-        if len(teacher) > 2 else 1.0,
+        if len(teacher) > 2
+        else 1.0,
     }
     if pairs:
         out["spearman"] = pair_spearman(candidate, pairs)
@@ -89,8 +93,9 @@ def classification_reference_metrics(teacher: np.ndarray, labels=None) -> dict[s
     return out
 
 
-def token_metrics(teacher: list[np.ndarray], candidate: list[np.ndarray], tags=None,
-                  label_names=()) -> dict[str, float]:
+def token_metrics(
+    teacher: list[np.ndarray], candidate: list[np.ndarray], tags=None, label_names=()
+) -> dict[str, float]:
     """Word-level metrics of a tagger: per sentence an array [words, labels] of logits, a row for
     every input word (long sentences are windowed, a word without a token of its own is read at a
     neighbour's position). ``entity_f1`` only when the labels are a BIO/BIOES tag set."""
@@ -103,6 +108,7 @@ def token_metrics(teacher: list[np.ndarray], candidate: list[np.ndarray], tags=N
         out["accuracy"] = float((np.concatenate(predicted) == np.concatenate(gold)).mean())
         if label_names and is_chunk_tagset(label_names):
             name = list(label_names)
-            out["entity_f1"] = entity_scores([[name[i] for i in g] for g in gold],
-                                             [[name[i] for i in p] for p in predicted])["f1"]
+            out["entity_f1"] = entity_scores(
+                [[name[i] for i in g] for g in gold], [[name[i] for i in p] for p in predicted]
+            )["f1"]
     return out

@@ -9,6 +9,7 @@ The text is tokenized once into one stream. Windows of ``max_length`` tokens sta
 ``input_ids`` [1, n] to logits [1, n, vocab] — the PyTorch model, or an ONNX KV-cache graph
 prefilled on an empty past (:func:`onnx_scorer`).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,8 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class Window:
-    ids: np.ndarray   # [n] token ids of the window
-    scored: int       # the last ``scored`` next-token predictions count (targets ids[-scored:])
+    ids: np.ndarray  # [n] token ids of the window
+    scored: int  # the last ``scored`` next-token predictions count (targets ids[-scored:])
 
 
 def windows(stream: Sequence[int], *, max_length: int, stride: int) -> Iterator[Window]:
@@ -57,9 +58,9 @@ def perplexity(score: Scorer, stream: Sequence[int], *, max_length: int, stride:
     """exp(mean negative log-likelihood) of every scored token of ``stream``."""
     nll, count = 0.0, 0
     for w in windows(stream, max_length=max_length, stride=stride):
-        logp = _log_softmax(score(w.ids[None])[0, :-1])     # position t predicts ids[t + 1]
+        logp = _log_softmax(score(w.ids[None])[0, :-1])  # position t predicts ids[t + 1]
         targets = w.ids[1:]
-        picked = logp[np.arange(len(targets)), targets][-w.scored:]
+        picked = logp[np.arange(len(targets)), targets][-w.scored :]
         nll -= float(picked.sum())
         count += len(picked)
     return math.exp(nll / count)
@@ -67,18 +68,19 @@ def perplexity(score: Scorer, stream: Sequence[int], *, max_length: int, stride:
 
 @dataclass(frozen=True)
 class NextTokenFidelity:
-    top1_agreement: float    # share of scored positions where both predict the same next token
-    mean_kl: float           # mean KL(teacher ‖ candidate) of the next-token distributions
+    top1_agreement: float  # share of scored positions where both predict the same next token
+    mean_kl: float  # mean KL(teacher ‖ candidate) of the next-token distributions
     positions: int
 
 
-def next_token_fidelity(teacher: Scorer, candidate: Scorer, stream: Sequence[int], *, max_length: int,
-                        stride: int) -> NextTokenFidelity:
+def next_token_fidelity(
+    teacher: Scorer, candidate: Scorer, stream: Sequence[int], *, max_length: int, stride: int
+) -> NextTokenFidelity:
     """Top-1 agreement and mean KL of ``candidate``'s next-token distributions against ``teacher``'s."""
     same, kl, count = 0, 0.0, 0
     for w in windows(stream, max_length=max_length, stride=stride):
-        lt = _log_softmax(teacher(w.ids[None])[0, :-1][-w.scored:])
-        lc = _log_softmax(candidate(w.ids[None])[0, :-1][-w.scored:])
+        lt = _log_softmax(teacher(w.ids[None])[0, :-1][-w.scored :])
+        lc = _log_softmax(candidate(w.ids[None])[0, :-1][-w.scored :])
         same += int((lt.argmax(-1) == lc.argmax(-1)).sum())
         kl += float((np.exp(lt) * (lt - lc)).sum())
         count += len(lt)
@@ -87,12 +89,17 @@ def next_token_fidelity(teacher: Scorer, candidate: Scorer, stream: Sequence[int
 
 def onnx_scorer(session, layout) -> Scorer:
     """A KV-cache graph (``export.causal_lm``) as a scorer: one prefill of the window, empty past."""
+
     def score(ids: np.ndarray) -> np.ndarray:
         mask = np.ones_like(ids)
-        feed = {"input_ids": ids, "attention_mask": mask,
-                "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None].repeat(len(ids), 0),
-                **layout.empty(len(ids))}
+        feed = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None].repeat(len(ids), 0),
+            **layout.empty(len(ids)),
+        }
         return session.run(["logits"], feed)[0]
+
     return score
 
 
@@ -103,6 +110,7 @@ def torch_scorer(model) -> Scorer:
     def score(ids: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model(input_ids=torch.from_numpy(ids)).logits.float().numpy()
+
     return score
 
 
@@ -112,8 +120,8 @@ class ScoredWindow:
     """One window's scored next-token predictions: what the text-generation task's post-processing
     keeps per window, for the teacher and each candidate alike."""
 
-    nll: np.ndarray        # [scored] float32: −log p(actual next token)
-    top1: np.ndarray       # [scored] int32: the most likely next token
+    nll: np.ndarray  # [scored] float32: −log p(actual next token)
+    top1: np.ndarray  # [scored] int32: the most likely next token
     #: [scored, vocab] float16: the whole next-token distribution, for KL (2 bytes per token per vocabulary
     #: entry per model; the rounding moves mean KL by ~0.1 % of itself)
     logprobs: np.ndarray
@@ -124,12 +132,16 @@ def score_window(logits: np.ndarray, ids: np.ndarray, positions: np.ndarray) -> 
     scored positions (position t predicts ids[t + 1])."""
     logp = _log_softmax(logits[positions])
     targets = ids[positions + 1]
-    return ScoredWindow(-logp[np.arange(len(positions)), targets].astype(np.float32),
-                        logits[positions].argmax(-1).astype(np.int32), logp.astype(np.float16))
+    return ScoredWindow(
+        -logp[np.arange(len(positions)), targets].astype(np.float32),
+        logits[positions].argmax(-1).astype(np.int32),
+        logp.astype(np.float16),
+    )
 
 
-def window_sums(teacher: Sequence[ScoredWindow], candidate: Sequence[ScoredWindow], *,
-                kl: bool = True) -> dict[str, np.ndarray]:
+def window_sums(
+    teacher: Sequence[ScoredWindow], candidate: Sequence[ScoredWindow], *, kl: bool = True
+) -> dict[str, np.ndarray]:
     """Per window: scored tokens, NLL sums of both, next-token agreements and (``kl``: the one
     pass over the whole distributions) the KL(teacher ‖ candidate) sum."""
     n, nll_t, nll_c, same, kls = [], [], [], [], []
@@ -143,8 +155,10 @@ def window_sums(teacher: Sequence[ScoredWindow], candidate: Sequence[ScoredWindo
             continue
         lt, lc = t.logprobs.astype(np.float32), c.logprobs.astype(np.float32)
         kls.append(float((np.exp(lt) * (lt - lc)).sum(dtype=np.float64)))
-    return {k: np.asarray(v, dtype=np.float64) for k, v in
-            {"n": n, "nll_t": nll_t, "nll_c": nll_c, "same": same, "kl": kls}.items()}
+    return {
+        k: np.asarray(v, dtype=np.float64)
+        for k, v in {"n": n, "nll_t": nll_t, "nll_c": nll_c, "same": same, "kl": kls}.items()
+    }
 
 
 def lm_metrics(sums: Mapping[str, np.ndarray], *, reference: bool = False) -> dict[str, float]:
@@ -155,5 +169,9 @@ def lm_metrics(sums: Mapping[str, np.ndarray], *, reference: bool = False) -> di
     if reference:
         return {"perplexity": ppl_t, "perplexity_ratio": 1.0, "next_token_agreement": 1.0, "mean_kl": 0.0}
     ppl_c = math.exp(sums["nll_c"].sum() / total)
-    return {"perplexity": ppl_c, "perplexity_ratio": ppl_c / ppl_t,
-            "next_token_agreement": float(sums["same"].sum() / total), "mean_kl": float(sums["kl"].sum() / total)}
+    return {
+        "perplexity": ppl_c,
+        "perplexity_ratio": ppl_c / ppl_t,
+        "next_token_agreement": float(sums["same"].sum() / total),
+        "mean_kl": float(sums["kl"].sum() / total),
+    }

@@ -24,6 +24,7 @@ Metrics of a model's scores:
     a candidate that scores them all alike gets 0)
   * ``score_mse``: the mean squared difference of the candidate's scores from the teacher's, per pair
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,7 @@ from modelpress.modalities.text import TextPair, passages_of
 from modelpress.validate.evalsets import _looks_like_stsb, load_eval_set
 
 FORMATS = ("pairs", "stsb", "ranking")
-K = 10   # the cut-off of NDCG@10 and MRR@10
+K = 10  # the cut-off of NDCG@10 and MRR@10
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class RankingSet:
     """A text-ranking eval set: the pairs the model scores, grouped into queries."""
 
     pairs: tuple[TextPair, ...]
-    queries: tuple[tuple[int, ...], ...]   # per query, its pairs' indices in file order
+    queries: tuple[tuple[int, ...], ...]  # per query, its pairs' indices in file order
     gold: tuple[float, ...] | None = None  # per pair: its gold score (pairs, stsb) or relevance grade (ranking)
     source: str = ""
     format: str = "pairs"
@@ -71,14 +72,23 @@ class RankingSet:
         return tuple(q for q in self.queries if len(q) > 1)
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "format": self.format, "num_examples": len(self.pairs),
-                "num_pairs": len(self.pairs), "num_words": 0, "num_queries": len(self.queries),
-                "num_ranked_queries": len(self.ranked), "has_gold": self.has_gold, "skipped": 0}
+        return {
+            "source": self.source,
+            "format": self.format,
+            "num_examples": len(self.pairs),
+            "num_pairs": len(self.pairs),
+            "num_words": 0,
+            "num_queries": len(self.queries),
+            "num_ranked_queries": len(self.ranked),
+            "has_gold": self.has_gold,
+            "skipped": 0,
+        }
 
 
 # -- readers ----------------------------------------------------------------------------------------
-def load_ranking_set(path: str | Path, *, fmt: str = "auto", text_field: str = "text", label_field: str = "label",
-                     num_samples: int = 0) -> RankingSet:
+def load_ranking_set(
+    path: str | Path, *, fmt: str = "auto", text_field: str = "text", label_field: str = "label", num_samples: int = 0
+) -> RankingSet:
     """The eval set at ``path``; ``num_samples`` keeps the first pairs (pairs formats) or queries (ranking)."""
     path = Path(path)
     if not path.exists():
@@ -99,15 +109,19 @@ def _read_pairs(records, source: str, *, text_field: str, label_field: str, num_
     keys = set(records[0])
     fields = ("query", text_field) if "query" in keys else ("sentence1", "sentence2")
     if not set(fields) <= keys:
-        raise BadInputError(f"{records.where(0)}: a pair needs the fields query and {text_field}, or sentence1 and "
-                            f"sentence2 (fields: {', '.join(map(str, keys))})")
+        raise BadInputError(
+            f"{records.where(0)}: a pair needs the fields query and {text_field}, or sentence1 and "
+            f"sentence2 (fields: {', '.join(map(str, keys))})"
+        )
     gold_field = "score" if "score" in keys else label_field if label_field in keys else None
     rows = range(min(len(records), num_samples or len(records)))
     pairs = [TextPair(_text(records, i, fields[0]), _text(records, i, fields[1])) for i in rows]
     gold = tuple(_number(records, i, gold_field) for i in rows) if gold_field else None
     if gold is not None and len(gold) >= 2 and len(set(gold)) == 1:
-        raise BadInputError(f"{source}: spearman cannot be computed: the {len(gold)} gold scores in '{gold_field}' "
-                            "are all equal; give varied scores")
+        raise BadInputError(
+            f"{source}: spearman cannot be computed: the {len(gold)} gold scores in '{gold_field}' "
+            "are all equal; give varied scores"
+        )
     return _grouped(pairs, gold, source, "pairs")
 
 
@@ -139,8 +153,10 @@ def _read_ranking(records, source: str, num_samples: int) -> RankingSet:
 def _grades(records, i: int, n: int) -> list[float]:
     grades = records[i].get("relevance")
     if not isinstance(grades, list) or len(grades) != n:
-        raise BadInputError(f"{records.where(i)}: 'relevance' must be a list of {n} grades, one per passage "
-                            "(the first line has relevance)")
+        raise BadInputError(
+            f"{records.where(i)}: 'relevance' must be a list of {n} grades, one per passage "
+            "(the first line has relevance)"
+        )
     return [_grade(g, records.where(i)) for g in grades]
 
 
@@ -198,8 +214,11 @@ def mrr_at_k(scores, relevance, k: int = K) -> float:
     for size, r in zip(counts.tolist(), relevant.tolist()):
         if r:
             # the first of r relevant passages among `size` tied ones is at x with C(size - x, r - 1) / C(size, r)
-            return sum(math.comb(size - x, r - 1) / math.comb(size, r) / (before + x)
-                       for x in range(1, size - r + 2) if before + x <= k)
+            return sum(
+                math.comb(size - x, r - 1) / math.comb(size, r) / (before + x)
+                for x in range(1, size - r + 2)
+                if before + x <= k
+            )
         before += size
     return math.nan
 
@@ -224,8 +243,9 @@ def graded_per_query(scores: np.ndarray, rs: RankingSet, measure) -> np.ndarray:
 def top1_agreements(teacher: np.ndarray, candidate: np.ndarray, rs: RankingSet) -> np.ndarray:
     """Per query of ≥ 2 passages: whether the passage the candidate ranks first (of tied ones, the
     earliest, as ``rank()`` orders them) is one the teacher scores highest."""
-    return np.array([teacher[list(q)][candidate[list(q)].argmax()] == teacher[list(q)].max() for q in rs.ranked],
-                    dtype=bool)
+    return np.array(
+        [teacher[list(q)][candidate[list(q)].argmax()] == teacher[list(q)].max() for q in rs.ranked], dtype=bool
+    )
 
 
 def kendall_taus(teacher: np.ndarray, candidate: np.ndarray, rs: RankingSet) -> np.ndarray:
@@ -255,8 +275,10 @@ def gold_metrics(scores: np.ndarray, rs: RankingSet) -> dict[str, float]:
     if rs.gold is None:
         return {}
     if rs.graded:
-        return {"ndcg_at_10": float(graded_per_query(scores, rs, ndcg_at_k).mean()),
-                "mrr_at_10": float(graded_per_query(scores, rs, mrr_at_k).mean())}
+        return {
+            "ndcg_at_10": float(graded_per_query(scores, rs, ndcg_at_k).mean()),
+            "mrr_at_10": float(graded_per_query(scores, rs, mrr_at_k).mean()),
+        }
     gold = np.asarray(rs.gold, dtype=np.float64)
     return {"spearman": spearman(scores, gold), "pearson": float(pearson(np.asarray(scores, np.float64), gold))}
 
@@ -280,6 +302,8 @@ def reference_metrics(teacher: np.ndarray, rs: RankingSet) -> dict[str, float]:
 
 def pearson_drop(scale: float = 100.0):
     """drop = scale · (r(teacher scores, gold) − r(candidate scores, gold)) on the same pairs."""
+
     def stat(t, c, gold, axis=-1):
         return scale * (pearson(t, gold, axis) - pearson(c, gold, axis))
+
     return stat

@@ -1,4 +1,5 @@
 """report.json (stable keys, documented in the README) and report.md (the same, for people)."""
+
 from __future__ import annotations
 
 import json
@@ -32,20 +33,28 @@ def _fmt(v: Any) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    lines = [f"# modelpress report: {report['name']}", "",
-             f"- task: `{report['task']}`; configured as `{json.dumps(report['task_config'])}`",
-             f"- eval set: `{report['eval']['source']}` ({report['eval']['format']}, "
-             f"{report['eval']['num_examples']} examples, {report['eval']['num_pairs']} pairs, "
-             f"{report['eval']['num_words']} words)", ""]
+    lines = [
+        f"# modelpress report: {report['name']}",
+        "",
+        f"- task: `{report['task']}`; configured as `{json.dumps(report['task_config'])}`",
+        f"- eval set: `{report['eval']['source']}` ({report['eval']['format']}, "
+        f"{report['eval']['num_examples']} examples, {report['eval']['num_pairs']} pairs, "
+        f"{report['eval']['num_words']} words)",
+        "",
+    ]
     if "words_without_tokens" in report["eval"]:  # a tagger: how its words met the tokenizer
-        lines[-1:-1] = [f"- every word tagged: {report['eval']['words_without_tokens']} without a token of their "
-                        "own (read at the next word's position, or the previous word's at the end), "
-                        f"{report['eval']['windowed_sentences']} sentences longer than max_length (read in "
-                        "overlapping windows)"]
+        lines[-1:-1] = [
+            f"- every word tagged: {report['eval']['words_without_tokens']} without a token of their "
+            "own (read at the next word's position, or the previous word's at the end), "
+            f"{report['eval']['windowed_sentences']} sentences longer than max_length (read in "
+            "overlapping windows)"
+        ]
     clipped = report.get("defaults_clipped")
     if clipped:  # defaults the model could not take, cut to its positions
-        lines[-1:-1] = ["- defaults fitted to the model's positions: "
-                        + "; ".join(f"`{k}` {c['default']} → {c['used']}" for k, c in clipped.items())]
+        lines[-1:-1] = [
+            "- defaults fitted to the model's positions: "
+            + "; ".join(f"`{k}` {c['default']} → {c['used']}" for k, c in clipped.items())
+        ]
     gate = report.get("gate")
     if gate:
         from modelpress.validate.gate import GateResult
@@ -54,46 +63,82 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"## Gate: **{verdict}**", "", *GateResult.from_dict(gate).line().splitlines(), ""]
     seeds = report.get("calibration_seeds")
     if seeds:
-        lines += [f"Calibration seeds: the bundle ships `{seeds['shipped']}`; the gate judged the worst, "
-                  f"`{seeds['judged']}`; spread {seeds['spread']:.2f} points.", "",
-                  "| candidate | metric | value | drop | 95% interval |", "|---|---|---|---|---|"]
+        lines += [
+            f"Calibration seeds: the bundle ships `{seeds['shipped']}`; the gate judged the worst, "
+            f"`{seeds['judged']}`; spread {seeds['spread']:.2f} points.",
+            "",
+            "| candidate | metric | value | drop | 95% interval |",
+            "|---|---|---|---|---|",
+        ]
         for c in seeds["candidates"]:
             ci = f"[{c['drop_ci95'][0]:.2f}, {c['drop_ci95'][1]:.2f}]" if c.get("drop_ci95") else ""
             lines.append(f"| {c['name']} | {c['metric']} | {c['value']:.2f} | {c['drop']:.2f} | {ci} |")
         lines.append("")
     unc = report.get("uncertainty")
     if unc:
-        lines += ["## Drop per metric, with its 95% paired bootstrap interval (points; > 0 is worse)", "",
-                  "| candidate | metric | drop | interval | n | McNemar p |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## Drop per metric, with its 95% paired bootstrap interval (points; > 0 is worse)",
+            "",
+            "| candidate | metric | drop | interval | n | McNemar p |",
+            "|---|---|---|---|---|---|",
+        ]
         for cand, per in unc.items():
             for metric, iv in per.items():
                 p = "" if iv.get("mcnemar_p") is None else f"{iv['mcnemar_p']:.3g}"
-                lines.append(f"| {cand} | {metric} | {iv['drop']:.2f} | [{iv['drop_ci95'][0]:.2f}, "
-                             f"{iv['drop_ci95'][1]:.2f}] | {iv['n']} {iv['unit']} | {p} |")
+                lines.append(
+                    f"| {cand} | {metric} | {iv['drop']:.2f} | [{iv['drop_ci95'][0]:.2f}, "
+                    f"{iv['drop_ci95'][1]:.2f}] | {iv['n']} {iv['unit']} | {p} |"
+                )
         lines.append("")
     models = report["models"]
     metric_keys = sorted({k for m in models.values() for k in m["metrics"]})
-    lines += ["## Fidelity vs the fp32 teacher", "", "| model | " + " | ".join(metric_keys) + " | size MB |",
-              "|---" * (len(metric_keys) + 2) + "|"]
+    lines += [
+        "## Fidelity vs the fp32 teacher",
+        "",
+        "| model | " + " | ".join(metric_keys) + " | size MB |",
+        "|---" * (len(metric_keys) + 2) + "|",
+    ]
     for name, m in models.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(m["metrics"].get(k)) for k in metric_keys)
-                     + f" | {_fmt(m.get('size_mb'))} |")
-    lines += ["", "## Latency (ms, after warm-up; forward + head, tokenization excluded)", "",
-              "| model | batch × seq | p50 | p95 | p99 | texts/s |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_fmt(m["metrics"].get(k)) for k in metric_keys)
+            + f" | {_fmt(m.get('size_mb'))} |"
+        )
+    lines += [
+        "",
+        "## Latency (ms, after warm-up; forward + head, tokenization excluded)",
+        "",
+        "| model | batch × seq | p50 | p95 | p99 | texts/s |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, m in models.items():
         for row in m["latency"]:
-            lines.append(f"| {name} | {row['batch_size']} × {row['seq_len']} | {row['p50_ms']:.2f} | "
-                         f"{row['p95_ms']:.2f} | {row['p99_ms']:.2f} | {row['throughput_per_s']:.1f} |")
+            lines.append(
+                f"| {name} | {row['batch_size']} × {row['seq_len']} | {row['p50_ms']:.2f} | "
+                f"{row['p95_ms']:.2f} | {row['p99_ms']:.2f} | {row['throughput_per_s']:.1f} |"
+            )
     if any(m.get("decode_latency") for m in models.values()):
-        lines += ["", "## Decode (ms per step of one new token per row, after a prefill of `context` tokens)", "",
-                  "| model | batch × context | p50 | p95 | tokens/s |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Decode (ms per step of one new token per row, after a prefill of `context` tokens)",
+            "",
+            "| model | batch × context | p50 | p95 | tokens/s |",
+            "|---|---|---|---|---|",
+        ]
         for name, m in models.items():
             for row in m.get("decode_latency") or ():
-                lines.append(f"| {name} | {row['batch_size']} × {row['context']} | {row['p50_ms']:.2f} | "
-                             f"{row['p95_ms']:.2f} | {row['tokens_per_s']:.1f} |")
+                lines.append(
+                    f"| {name} | {row['batch_size']} × {row['context']} | {row['p50_ms']:.2f} | "
+                    f"{row['p95_ms']:.2f} | {row['tokens_per_s']:.1f} |"
+                )
     if any(m.get("real_workload") for m in models.values()):
-        lines += ["", "## Real workload (eval texts, length-sorted, batch 32, dynamic padding)", "",
-                  "| model | texts | seconds | texts/s |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Real workload (eval texts, length-sorted, batch 32, dynamic padding)",
+            "",
+            "| model | texts | seconds | texts/s |",
+            "|---|---|---|---|",
+        ]
         for name, m in models.items():
             w = m.get("real_workload")
             if w:
@@ -104,31 +149,47 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"- {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
     q = report.get("quantization")
     if q:
-        lines += ["", "## Quantization", "",
-                  f"- preset `{q['preset']}`, calibration `{q['calibration_method']}`, SmoothQuant {q['smoothquant']}",
-                  f"- int8 nodes: {len(q['quantized_nodes'])}; fp32 MatMul/Gemm nodes: {len(q['fp32_nodes'])}; "
-                  f"weights {q.get('weight_bits', 8)}-bit",
-                  f"- calibration: {q['calibration_seconds']} s, peak RSS {q['peak_rss_mb']} MB"]
+        lines += [
+            "",
+            "## Quantization",
+            "",
+            f"- preset `{q['preset']}`, calibration `{q['calibration_method']}`, SmoothQuant {q['smoothquant']}",
+            f"- int8 nodes: {len(q['quantized_nodes'])}; fp32 MatMul/Gemm nodes: {len(q['fp32_nodes'])}; "
+            f"weights {q.get('weight_bits', 8)}-bit",
+            f"- calibration: {q['calibration_seconds']} s, peak RSS {q['peak_rss_mb']} MB",
+        ]
         auto = q.get("auto")
         if auto:
-            lines += ["", f"### Accuracy-aware search (mode auto): {'passed' if auto['passed'] else 'NO candidate passed'}",
-                      "", "| # | calibration | fp32 modules | int8 nodes | metric | drop | gate | p50 ms | chosen |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                f"### Accuracy-aware search (mode auto): {'passed' if auto['passed'] else 'NO candidate passed'}",
+                "",
+                "| # | calibration | fp32 modules | int8 nodes | metric | drop | gate | p50 ms | chosen |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
             for c in auto["candidates"]:
-                lines.append(f"| {c['index']} | {c['calibration_method']} | {', '.join(c.get('fp32_modules') or c['fp32_nodes']) or '-'} | "
-                             f"{c['int8_nodes']} | {c['metric']:.3f} | {c['drop']:.3f} | "
-                             f"{'pass' if c['passed'] else 'fail'} | {c['latency_ms']:.1f} | "
-                             f"{'✔' if c['index'] == auto['chosen'] else ''} |")
+                kept = ", ".join(c.get("fp32_modules") or c["fp32_nodes"]) or "-"
+                lines.append(
+                    f"| {c['index']} | {c['calibration_method']} | {kept} | "
+                    f"{c['int8_nodes']} | {c['metric']:.3f} | {c['drop']:.3f} | "
+                    f"{'pass' if c['passed'] else 'fail'} | {c['latency_ms']:.1f} | "
+                    f"{'✔' if c['index'] == auto['chosen'] else ''} |"
+                )
     a = report.get("analysis")
     if a and a.get("worst"):
         lines += ["", "## Per-node int8 error (worst first; SQNR in dB, higher is better)", ""]
         if a.get("plot"):
             lines += [f"![per-node error]({a['plot']})", ""]
-        lines += ["| module (ONNX node) | SQNR | weight-only SQNR | activation-only SQNR | rel. L2 |", "|---|---|---|---|---|"]
+        lines += [
+            "| module (ONNX node) | SQNR | weight-only SQNR | activation-only SQNR | rel. L2 |",
+            "|---|---|---|---|---|",
+        ]
         for e in a["worst"]:
             label = f"{e['module']} ({e['node']})" if e.get("module") else e["node"]
-            lines.append(f"| {label} | {e['sqnr_db']:.1f} | {e['weight_only_sqnr_db']:.1f} | "
-                         f"{e['activation_only_sqnr_db']:.1f} | {e['rel_l2']:.4f} |")
+            lines.append(
+                f"| {label} | {e['sqnr_db']:.1f} | {e['weight_only_sqnr_db']:.1f} | "
+                f"{e['activation_only_sqnr_db']:.1f} | {e['rel_l2']:.4f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

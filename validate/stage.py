@@ -5,6 +5,7 @@ accuracy-aware search calls for each candidate graph.
 Runners come from the runtime registry and are opened inside one ``ExitStack``, so a runner that
 fails to open closes the ones opened before it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,9 @@ from modelpress.validate.report import REPORT_SCHEMA
 Opener = Callable[[], Predictor]
 
 
-def open_predictor(runtime: str, source: Any, *, task, encoder, threads: int = 0, name: str,
-                   **runner_options: Any) -> Predictor:
+def open_predictor(
+    runtime: str, source: Any, *, task, encoder, threads: int = 0, name: str, **runner_options: Any
+) -> Predictor:
     """A predictor whose runner (from the runtime registry) is entered."""
     options: dict[str, Any] = {"threads": threads, "name": name, **runner_options}
     if runtime == "torch":
@@ -40,15 +42,26 @@ def teacher_opener(model, *, task, encoder, threads: int, name: str = "teacher")
     return lambda: open_predictor("torch", model, task=task, encoder=encoder, threads=threads, name=name)
 
 
-def file_opener(path: Path, *, task, encoder, threads: int, name: str, runtime: str = "onnxruntime",
-                **runner_options: Any) -> Opener:
-    return lambda: open_predictor(runtime, path, task=task, encoder=encoder, threads=threads, name=name,
-                                  **runner_options)
+def file_opener(
+    path: Path, *, task, encoder, threads: int, name: str, runtime: str = "onnxruntime", **runner_options: Any
+) -> Opener:
+    return lambda: open_predictor(
+        runtime, path, task=task, encoder=encoder, threads=threads, name=name, **runner_options
+    )
 
 
-def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence[Opener], eval_set,
-                   name: str, variants: Sequence[Opener] = (),
-                   other_runtimes: Sequence[Opener] = ()) -> dict[str, Any]:
+def validate_stage(
+    *,
+    task,
+    cfg,
+    gate_cfg,
+    teacher: Opener,
+    candidates: Sequence[Opener],
+    eval_set,
+    name: str,
+    variants: Sequence[Opener] = (),
+    other_runtimes: Sequence[Opener] = (),
+) -> dict[str, Any]:
     """The teacher and the candidates (the last one is gated) on ``eval_set``: the report's core.
 
     ``other_runtimes`` are the gated model on the bundle's other runtimes (``validate.runtimes``):
@@ -59,6 +72,7 @@ def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence
     from modelpress.validate.uncertainty import interval
 
     with contextlib.ExitStack() as stack:
+
         def opened(open_one: Opener) -> Predictor:
             predictor = open_one()
             stack.callback(predictor.runner.close)
@@ -68,10 +82,14 @@ def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence
         cands = [opened(c) for c in candidates]
         others = [opened(o) for o in other_runtimes]
         twins = [opened(v) for v in variants]
-        sizes = {c.name: file_size_mb(c.runner.model_path) for c in [*cands, *others]
-                 if getattr(c.runner, "model_path", None) is not None and Path(c.runner.model_path).is_file()}
-        models, outputs = evaluate(task, ref, [*cands, *others, *twins], eval_set, cfg, sizes_mb=sizes,
-                                   untimed=[t.name for t in twins])
+        sizes = {
+            c.name: file_size_mb(c.runner.model_path)
+            for c in [*cands, *others]
+            if getattr(c.runner, "model_path", None) is not None and Path(c.runner.model_path).is_file()
+        }
+        models, outputs = evaluate(
+            task, ref, [*cands, *others, *twins], eval_set, cfg, sizes_mb=sizes, untimed=[t.name for t in twins]
+        )
     shipped = cands[-1].name
     judged = [shipped, *(o.name for o in others), *(t.name for t in twins)]
     started = time.perf_counter()
@@ -83,13 +101,25 @@ def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence
             if units is not None:
                 uncertainty[cand][metric] = interval(units).to_dict()
     bootstrap_seconds = round(time.perf_counter() - started, 2)
-    table = {n: ratios(models, reference=ref.name, candidate=n) for n in models
-             if n != ref.name and models[n]["latency"]}
-    gates = [decide(task, models[ref.name]["metrics"], models[cand]["metrics"], max_drop=gate_cfg.max_drop,
-                    metric=gate_cfg.metric, candidate_name=cand, policy=gate_cfg.policy,
-                    intervals=uncertainty[cand], latency=table.get(cand) or table.get(shipped),
-                    max_latency_ratio=gate_cfg.max_latency_ratio, latency_shape=gate_cfg.latency_shape or None)
-             for cand in judged]
+    table = {
+        n: ratios(models, reference=ref.name, candidate=n) for n in models if n != ref.name and models[n]["latency"]
+    }
+    gates = [
+        decide(
+            task,
+            models[ref.name]["metrics"],
+            models[cand]["metrics"],
+            max_drop=gate_cfg.max_drop,
+            metric=gate_cfg.metric,
+            candidate_name=cand,
+            policy=gate_cfg.policy,
+            intervals=uncertainty[cand],
+            latency=table.get(cand) or table.get(shipped),
+            max_latency_ratio=gate_cfg.max_latency_ratio,
+            latency_shape=gate_cfg.latency_shape or None,
+        )
+        for cand in judged
+    ]
     gate = worst(gates)
     report = {
         "schema": REPORT_SCHEMA,
@@ -106,10 +136,20 @@ def validate_stage(*, task, cfg, gate_cfg, teacher: Opener, candidates: Sequence
     }
     if twins:
         report["calibration_seeds"] = {
-            "shipped": shipped, "judged": gate.candidate_name,
-            "candidates": [{"name": g.candidate_name, "metric": g.metric, "value": g.candidate, "drop": g.drop,
-                            "drop_ci95": list(g.drop_ci95) if g.drop_ci95 else None} for g in gates],
-            "spread": round(max(g.candidate for g in gates) - min(g.candidate for g in gates), 4)}
+            "shipped": shipped,
+            "judged": gate.candidate_name,
+            "candidates": [
+                {
+                    "name": g.candidate_name,
+                    "metric": g.metric,
+                    "value": g.candidate,
+                    "drop": g.drop,
+                    "drop_ci95": list(g.drop_ci95) if g.drop_ci95 else None,
+                }
+                for g in gates
+            ],
+            "spread": round(max(g.candidate for g in gates) - min(g.candidate for g in gates), 4),
+        }
     return report
 
 

@@ -12,6 +12,7 @@ Formats (``validate.eval_format``):
 Every gold tag must be one of the model's labels; a sentence with words and tags of different
 lengths, or an unknown tag, is an error naming the file and line.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,8 @@ class TaggedEvalSet(EvalSet):
     """An eval set of tagged sentences, with how the model's tokenizer meets its words (counted by
     ``modelpress.modalities.text.TextEncoder.word_coverage``; None until a tokenizer was given)."""
 
-    words_without_tokens: int | None = None   # words read at a neighbour's position (no token of their own)
-    windowed_sentences: int | None = None     # sentences longer than max_length, read in overlapping windows
+    words_without_tokens: int | None = None  # words read at a neighbour's position (no token of their own)
+    windowed_sentences: int | None = None  # sentences longer than max_length, read in overlapping windows
 
     def describe(self) -> dict:
         extra = {"words_without_tokens": self.words_without_tokens, "windowed_sentences": self.windowed_sentences}
@@ -105,18 +106,29 @@ def detect_format(path: Path) -> str:
     return {".conllu": "conllu", ".jsonl": "jsonl"}.get(path.suffix, "conll")
 
 
-def load_tagged(path: str | Path, *, fmt: str = "auto", label2id: Mapping[str, int],
-                num_samples: int = 0, tokens_field: str = "tokens", tags_field: str = "tags"):
+def load_tagged(
+    path: str | Path,
+    *,
+    fmt: str = "auto",
+    label2id: Mapping[str, int],
+    num_samples: int = 0,
+    tokens_field: str = "tokens",
+    tags_field: str = "tags",
+):
     """An EvalSet of sentences (``words``) and gold tag ids (``tags``, None when untagged)."""
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: evaluation data not found")
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt not in TAGGED_FORMATS:
-        raise BadInputError(f"validate.eval_format: token-classification reads {', '.join(TAGGED_FORMATS)}, "
-                            f"not {fmt!r}")
-    rows = {"conllu": lambda: _conllu(path), "conll": lambda: _conll(path),
-            "jsonl": lambda: _jsonl(path, tokens_field, tags_field)}[fmt]()
+        raise BadInputError(
+            f"validate.eval_format: token-classification reads {', '.join(TAGGED_FORMATS)}, not {fmt!r}"
+        )
+    rows = {
+        "conllu": lambda: _conllu(path),
+        "conll": lambda: _conll(path),
+        "jsonl": lambda: _jsonl(path, tokens_field, tags_field),
+    }[fmt]()
     names = {int(i): str(n) for n, i in label2id.items()}
     sentences, tag_ids = [], []
     tagged = None
@@ -148,5 +160,10 @@ def load_tagged(path: str | Path, *, fmt: str = "auto", label2id: Mapping[str, i
     if not sentences:
         raise BadInputError(f"{path}: no sentences")
     label_names = tuple(names[i] for i in sorted(names)) if names else ()
-    return TaggedEvalSet(words=tuple(sentences), tags=tuple(tag_ids) if tagged else None, label_names=label_names,
-                         source=str(path), format=fmt)
+    return TaggedEvalSet(
+        words=tuple(sentences),
+        tags=tuple(tag_ids) if tagged else None,
+        label_names=label_names,
+        source=str(path),
+        format=fmt,
+    )

@@ -11,6 +11,7 @@ two models disagree about gives the p-value of "the candidate is no worse than t
 Each task says which per-example arrays a metric's drop is a statistic of (``Task.paired_units``);
 this module only resamples.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,7 @@ class PairedUnits:
 
     arrays: tuple[np.ndarray, ...]
     statistic: Callable[..., np.ndarray]
-    unit: str                              # "pairs", "texts", "sentences"
+    unit: str  # "pairs", "texts", "sentences"
     discordant: tuple[int, int] | None = None  # (teacher right & candidate wrong, the reverse), for McNemar
 
 
@@ -39,8 +40,8 @@ class PairedUnits:
 class DropInterval:
     n: int
     unit: str
-    drop: float                 # the statistic on the whole eval set (points)
-    lo: float                   # 95 % interval of the drop (points)
+    drop: float  # the statistic on the whole eval set (points)
+    lo: float  # 95 % interval of the drop (points)
     hi: float
     method: str
     mcnemar_p: float | None = None  # exact two-sided McNemar p on the discordant examples
@@ -70,8 +71,16 @@ def interval(units: PairedUnits, *, resamples: int = RESAMPLES, seed: int = SEED
     if n < 2:
         lo = hi = drop
     else:
-        res = bootstrap(units.arrays, units.statistic, paired=True, vectorized=True, n_resamples=resamples,
-                        confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed))
+        res = bootstrap(
+            units.arrays,
+            units.statistic,
+            paired=True,
+            vectorized=True,
+            n_resamples=resamples,
+            confidence_level=CONFIDENCE,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
         if not (math.isfinite(lo) and math.isfinite(hi)):  # a degenerate resample distribution (all equal)
             lo = hi = drop
@@ -79,30 +88,43 @@ def interval(units: PairedUnits, *, resamples: int = RESAMPLES, seed: int = SEED
     if units.discordant is not None:
         b, c = units.discordant
         p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
-    return DropInterval(n, units.unit, round(drop, 4), round(lo, 4), round(hi, 4),
-                        f"{int(CONFIDENCE * 100)}% paired bootstrap ({resamples} resamples of the {units.unit}, "
-                        f"percentile, seed {seed})", None if p is None else round(p, 6))
+    return DropInterval(
+        n,
+        units.unit,
+        round(drop, 4),
+        round(lo, 4),
+        round(hi, 4),
+        f"{int(CONFIDENCE * 100)}% paired bootstrap ({resamples} resamples of the {units.unit}, "
+        f"percentile, seed {seed})",
+        None if p is None else round(p, 6),
+    )
 
 
 # -- vectorized statistics the tasks build their units from --------------------------------------------
 def mean_drop(scale: float = 100.0, *, reference: float = 1.0):
     """drop = scale · (reference − mean(x)): agreement and cosine, whose teacher value is 1."""
+
     def stat(x, axis=-1):
         return scale * (reference - np.mean(x, axis=axis))
+
     return stat
 
 
 def mean_rise(scale: float = 100.0):
     """drop = scale · mean(x): KL, whose teacher value is 0 and which is worse when it rises."""
+
     def stat(x, axis=-1):
         return scale * np.mean(x, axis=axis)
+
     return stat
 
 
 def paired_mean_drop(scale: float = 100.0):
     """drop = scale · (mean(teacher) − mean(candidate)): accuracy against gold labels."""
+
     def stat(t, c, axis=-1):
         return scale * (np.mean(t, axis=axis) - np.mean(c, axis=axis))
+
     return stat
 
 
@@ -120,43 +142,54 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def spearman_drop(scale: float = 100.0):
     """drop = scale · (ρ(teacher sims, gold) − ρ(candidate sims, gold)) on the same pairs."""
+
     def stat(t, c, gold, axis=-1):
         g = _ranks(gold)
         return scale * (_pearson(_ranks(t), g) - _pearson(_ranks(c), g))
+
     return stat
 
 
 def ratio_drop(scale: float = 100.0):
     """drop = scale · (Σ teacher / Σ n − Σ candidate / Σ n): word accuracy over sentences."""
+
     def stat(t, c, n, axis=-1):
         total = np.sum(n, axis=axis)
         return scale * (np.sum(t, axis=axis) - np.sum(c, axis=axis)) / total
+
     return stat
 
 
 def ratio_complement(scale: float = 100.0):
     """drop = scale · (1 − Σ x / Σ n): word agreement over sentences."""
+
     def stat(x, n, axis=-1):
         return scale * (1.0 - np.sum(x, axis=axis) / np.sum(n, axis=axis))
+
     return stat
 
 
 def ratio_rise(scale: float = 100.0):
     """drop = scale · Σ x / Σ n: mean KL per word over sentences."""
+
     def stat(x, n, axis=-1):
         return scale * np.sum(x, axis=axis) / np.sum(n, axis=axis)
+
     return stat
 
 
 def f1_drop(scale: float = 100.0):
     """drop = scale · (F1(teacher) − F1(candidate)), F1 = 2·TP / (predicted + gold) from sentence sums."""
+
     def stat(t_tp, t_pred, c_tp, c_pred, gold, axis=-1):
         g = np.sum(gold, axis=axis)
 
         def f1(tp, pred):
             den = np.sum(pred, axis=axis) + g
             return np.where(den > 0, 2 * np.sum(tp, axis=axis) / np.where(den > 0, den, 1), 0.0)
+
         return scale * (f1(t_tp, t_pred) - f1(c_tp, c_pred))
+
     return stat
 
 

@@ -5,6 +5,7 @@ average of the losses of equal-sized shards of it: training on N processes (DDP 
 gradients) gives the same update as one process with the same global batch. The exception is
 ``similarity_mse``, which compares the sentences of a micro-batch with each other.
 """
+
 from modelpress.distill.losses.attention_kl import AttentionKLLoss, attention_kl
 from modelpress.distill.losses.embedding_cosine import EmbeddingCosineLoss, embedding_cosine
 from modelpress.distill.losses.embedding_mse import EmbeddingMSELoss, embedding_mse
@@ -14,11 +15,18 @@ from modelpress.distill.losses.similarity_mse import SimilarityMSELoss, similari
 from modelpress.distill.losses.soft_target_kl import SoftTargetKLLoss, soft_target_kl
 
 __all__ = [
-    "AttentionKLLoss", "attention_kl",
-    "EmbeddingCosineLoss", "embedding_cosine",
-    "EmbeddingMSELoss", "embedding_mse",
-    "HardLabelCELoss", "hard_label_ce",
-    "HiddenStateMSELoss", "hidden_state_mse",
-    "SimilarityMSELoss", "similarity_mse",
-    "SoftTargetKLLoss", "soft_target_kl",
+    "AttentionKLLoss",
+    "attention_kl",
+    "EmbeddingCosineLoss",
+    "embedding_cosine",
+    "EmbeddingMSELoss",
+    "embedding_mse",
+    "HardLabelCELoss",
+    "hard_label_ce",
+    "HiddenStateMSELoss",
+    "hidden_state_mse",
+    "SimilarityMSELoss",
+    "similarity_mse",
+    "SoftTargetKLLoss",
+    "soft_target_kl",
 ]

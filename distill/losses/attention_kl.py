@@ -2,6 +2,7 @@
 Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained Transformers", eq. 4;
 TinyBERT distils the same maps with MSE). Needs the models' eager attention, which returns the
 attention probabilities."""
+
 from __future__ import annotations
 
 from typing import Sequence

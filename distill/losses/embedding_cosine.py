@@ -1,6 +1,7 @@
 """Embedding cosine loss: align the direction of the student's sentence embedding with the
 teacher's, which is what cosine-similarity search uses (sentence-transformers
 ``CosineSimilarityLoss`` applied to teacher/student pairs; Reimers & Gurevych 2019/2020)."""
+
 from __future__ import annotations
 
 import torch

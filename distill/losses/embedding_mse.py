@@ -1,6 +1,7 @@
 """Embedding MSE for feature extractors: the student's sentence embedding regresses the
 teacher's (Reimers & Gurevych 2020, "Making Monolingual Sentence Embeddings Multilingual using
 Knowledge Distillation"; sentence-transformers ``MSELoss``)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """Hard-label cross-entropy: the ordinary supervised loss on gold labels, mixed with the soft
 targets as in Hinton et al. 2015 and DistilBERT (Sanh et al. 2019)."""
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,9 @@ def hard_label_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     token has no label: each sample's loss is then the mean over its labelled tokens."""
     if student_logits.dim() == 2:
         return F.cross_entropy(student_logits.float(), labels.long())
-    per_token = F.cross_entropy(student_logits.float().transpose(1, 2), labels.long(), ignore_index=IGNORE,
-                                reduction="none")  # [batch, seq], 0 where ignored
+    per_token = F.cross_entropy(
+        student_logits.float().transpose(1, 2), labels.long(), ignore_index=IGNORE, reduction="none"
+    )  # [batch, seq], 0 where ignored
     labelled = (labels != IGNORE).float()
     return ((per_token * labelled).sum(dim=-1) / labelled.sum(dim=-1).clamp_min(1.0)).mean()
 

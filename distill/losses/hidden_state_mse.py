@@ -1,6 +1,7 @@
 """Hidden-state MSE per mapped layer (TinyBERT, Jiao et al. 2020, "TinyBERT: Distilling BERT for
 Natural Language Understanding", eq. 8). When the student is narrower, a learned linear map
 (held by the trainer, not exported) lifts its hidden states to the teacher's width first."""
+
 from __future__ import annotations
 
 from typing import Sequence

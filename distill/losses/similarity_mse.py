@@ -3,6 +3,7 @@ cosine similarities between the sentences of a batch (similarity-preserving dist
 Mori 2019, applied to sentence embeddings). Embedding MSE and cosine pull each embedding towards
 its target one at a time; this loss supervises the relations between sentences, which is what
 semantic-similarity ranking (STS Spearman, retrieval) reads."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """Soft-target distillation loss for classifiers (Hinton, Vinyals & Dean 2015, "Distilling the
 Knowledge in a Neural Network"; the same form as sentence-transformers' ``DistillKLDivLoss``)."""
+
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+def soft_target_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """``T² · mean_b KL(softmax(teacher_b / T) || softmax(student_b / T))``.
 
     Inputs: logits ``[batch, classes]``, or per token ``[batch, seq, classes]`` with ``mask``

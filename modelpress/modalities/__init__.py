@@ -9,6 +9,7 @@ Adding a modality is one module that subclasses :class:`Modality` and registers 
 ``MODALITIES.register("image", "modelpress.modalities.image:IMAGE")
 MODALITIES.register("causal-text", "modelpress.modalities.causal_text:CAUSAL_TEXT")``.
 """
+
 from __future__ import annotations
 
 import abc
@@ -31,7 +32,7 @@ class Batch:
     the examples (for text pre-split into words: the position of each word's first token)."""
 
     feed: Mapping[str, np.ndarray]
-    first_tokens: tuple[np.ndarray, ...] | None = None   # per example: token index of each word
+    first_tokens: tuple[np.ndarray, ...] | None = None  # per example: token index of each word
     #: per example: the positions whose next-token predictions are read (text-generation)
     positions: tuple[np.ndarray, ...] | None = None
     size: int = field(default=0)
@@ -81,20 +82,27 @@ class Modality(abc.ABC):
 
     def read_calibration(self, cal: Any, *, seed: int | None = None) -> list[Any]:
         """The raw examples of a ``[calibration]`` section (``seed``: another sample than its own)."""
-        return self.load_examples(cal.data, field=getattr(cal, self.field_key), num_samples=cal.num_samples,
-                                  seed=cal.seed if seed is None else seed)
+        return self.load_examples(
+            cal.data,
+            field=getattr(cal, self.field_key),
+            num_samples=cal.num_samples,
+            seed=cal.seed if seed is None else seed,
+        )
 
-    def calibration_set(self, cal: Any, preprocessor: Any, *, seed: int | None = None,
-                        examples: Sequence[Any] | None = None) -> Sequence[Any]:
+    def calibration_set(
+        self, cal: Any, preprocessor: Any, *, seed: int | None = None, examples: Sequence[Any] | None = None
+    ) -> Sequence[Any]:
         """What calibration encodes for a ``[calibration]`` section: :meth:`read_calibration`
         (unless ``examples`` were read already), then :meth:`calibration_examples`."""
         seed = cal.seed if seed is None else seed
         raw = self.read_calibration(cal, seed=seed) if examples is None else examples
-        return self.calibration_examples(raw, preprocessor, max_length=cal.max_length, num_samples=cal.num_samples,
-                                         seed=seed)
+        return self.calibration_examples(
+            raw, preprocessor, max_length=cal.max_length, num_samples=cal.num_samples, seed=seed
+        )
 
-    def calibration_examples(self, examples: Sequence[Any], preprocessor: Any, *, max_length: int,
-                             num_samples: int, seed: int = 0) -> Sequence[Any]:
+    def calibration_examples(
+        self, examples: Sequence[Any], preprocessor: Any, *, max_length: int, num_samples: int, seed: int = 0
+    ) -> Sequence[Any]:
         """What calibration encodes, from :meth:`load_examples`' examples once the preprocessor is
         loaded (text-generation packs its text into token sequences here); by default the examples."""
         return examples
@@ -103,8 +111,15 @@ class Modality(abc.ABC):
         preprocessor.save_pretrained(str(folder))
 
     @abc.abstractmethod
-    def distill_corpus(self, cfg: Any, preprocessor: Any, *, label2id: Mapping[str, int] | None,
-                       num_labels: int | None, per_token: bool) -> Any:
+    def distill_corpus(
+        self,
+        cfg: Any,
+        preprocessor: Any,
+        *,
+        label2id: Mapping[str, int] | None,
+        num_labels: int | None,
+        per_token: bool,
+    ) -> Any:
         """What distillation trains on: the ``[distill]`` section's data (``cfg``), with gold labels when
         ``cfg.label_field`` names them, prepared with the teacher's preprocessor. It has ``len``,
         ``lengths`` (a size per row, for batching), ``collate(indices)`` (a batch of torch tensors
@@ -119,8 +134,14 @@ class Modality(abc.ABC):
         return tuple(names)
 
     @abc.abstractmethod
-    def encoder(self, preprocessor: Any, *, input_names: Sequence[str], max_length: int,
-                input_shapes: Mapping[str, Sequence[Any]] | None = None) -> Encoder:
+    def encoder(
+        self,
+        preprocessor: Any,
+        *,
+        input_names: Sequence[str],
+        max_length: int,
+        input_shapes: Mapping[str, Sequence[Any]] | None = None,
+    ) -> Encoder:
         """An encoder for one model's inputs; ``input_shapes`` (name → static dims, None where
         dynamic) for modalities whose feeds need them (a KV cache's head count)."""
 
@@ -167,8 +188,11 @@ class Modality(abc.ABC):
                 values[key] = length.fitted(limit, key)
                 clipped[key] = {"default": _plain_length(length.value), "used": _plain_length(values[key])}
         if clipped:
-            log.info("defaults fitted to the %d positions the model takes: %s", limit,
-                     "; ".join(f"{k} {c['default']} -> {c['used']}" for k, c in clipped.items()))
+            log.info(
+                "defaults fitted to the %d positions the model takes: %s",
+                limit,
+                "; ".join(f"{k} {c['default']} -> {c['used']}" for k, c in clipped.items()),
+            )
         return Fitted(limit, values, clipped)
 
 

@@ -8,6 +8,7 @@ empty past per layer, whose static head count and head size the encoder reads fr
 input shapes. Rows of a batch are right-padded: a causal model's earlier positions never see the
 padding after them, and the mask keeps it out of calibration statistics.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,7 @@ def token_stream(texts: Sequence[str], tokenizer: Any, *, limit: int | None = No
     eos = getattr(tokenizer, "eos_token_id", None)
     pieces, total = [], 0
     for start in range(0, len(texts), 256):  # tokenized in chunks: a large corpus never at once
-        for ids in tokenizer(list(texts[start:start + 256]), add_special_tokens=False)["input_ids"]:
+        for ids in tokenizer(list(texts[start : start + 256]), add_special_tokens=False)["input_ids"]:
             if eos is not None:
                 ids = [*ids, int(eos)]
             pieces.append(np.asarray(ids, dtype=np.int64))
@@ -48,19 +49,21 @@ def pack(texts: Sequence[str], tokenizer: Any, *, length: int, count: int, seed:
     stream = token_stream(order, tokenizer, limit=length * count)
     if len(stream) < 2:
         raise BadInputError("calibration.data: the text has fewer than 2 tokens")
-    chunks = [stream[i:i + length] for i in range(0, len(stream), length)]
+    chunks = [stream[i : i + length] for i in range(0, len(stream), length)]
     chunks = [c for c in chunks if len(c) >= 2]
     if len(chunks) < count:
-        log.info("calibration: the text packs into %d sequence(s) of up to %d tokens (asked %d)",
-                 len(chunks), length, count)
+        log.info(
+            "calibration: the text packs into %d sequence(s) of up to %d tokens (asked %d)", len(chunks), length, count
+        )
     return chunks
 
 
 class CausalEncoder(Encoder):
     """Token sequences (arrays of ids, or ``validate.perplexity.Window``) → prefill feeds."""
 
-    def __init__(self, tokenizer: Any, *, input_names: Sequence[str], max_length: int,
-                 input_shapes: Mapping[str, Sequence[Any]]) -> None:
+    def __init__(
+        self, tokenizer: Any, *, input_names: Sequence[str], max_length: int, input_shapes: Mapping[str, Sequence[Any]]
+    ) -> None:
         from modelpress.export.causal_lm import KVLayout
 
         self.tokenizer = tokenizer
@@ -86,13 +89,16 @@ class CausalEncoder(Encoder):
         mask = np.zeros((len(rows), width), dtype=np.int64)
         positions = []
         for r, (row, scored) in enumerate(rows):
-            ids[r, :len(row)] = row
-            mask[r, :len(row)] = 1
+            ids[r, : len(row)] = row
+            mask[r, : len(row)] = 1
             # position t predicts token t + 1: the last ``scored`` targets of the row
             positions.append(np.arange(len(row) - 1 - scored, len(row) - 1, dtype=np.int64))
-        feed = {"input_ids": ids, "attention_mask": mask,
-                "position_ids": np.arange(width, dtype=np.int64)[None].repeat(len(rows), 0),
-                **self.layout.empty(len(rows))}
+        feed = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": np.arange(width, dtype=np.int64)[None].repeat(len(rows), 0),
+            **self.layout.empty(len(rows)),
+        }
         return Batch({k: feed[k] for k in self.input_names}, positions=tuple(positions))
 
     def lengths(self, examples: Sequence[Any]) -> list[int]:
@@ -116,8 +122,9 @@ class CausalTextModality(TextModality):
 
         return load_texts(path, text_field=field)
 
-    def calibration_examples(self, examples: Sequence[Any], preprocessor: Any, *, max_length: int,
-                             num_samples: int, seed: int = 0) -> list[np.ndarray]:
+    def calibration_examples(
+        self, examples: Sequence[Any], preprocessor: Any, *, max_length: int, num_samples: int, seed: int = 0
+    ) -> list[np.ndarray]:
         return pack(examples, preprocessor, length=max_length, count=num_samples, seed=seed)
 
     def model_inputs(self, model: Any, tokenizer: Any) -> tuple[str, ...]:
@@ -129,15 +136,25 @@ class CausalTextModality(TextModality):
         from modelpress.export.causal_lm import FIXED_INPUTS
 
         if tuple(names[:3]) != FIXED_INPUTS or not any(n.startswith("past_key_values.") for n in names):
-            raise BadInputError(f"{source}: its inputs ({', '.join(names)}) are not a KV-cache decoder's "
-                                f"({', '.join(FIXED_INPUTS)}, past_key_values.*)")
+            raise BadInputError(
+                f"{source}: its inputs ({', '.join(names)}) are not a KV-cache decoder's "
+                f"({', '.join(FIXED_INPUTS)}, past_key_values.*)"
+            )
         return tuple(names)
 
-    def encoder(self, tokenizer: Any, *, input_names: Sequence[str], max_length: int,
-                input_shapes: Mapping[str, Sequence[Any]] | None = None) -> CausalEncoder:
+    def encoder(
+        self,
+        tokenizer: Any,
+        *,
+        input_names: Sequence[str],
+        max_length: int,
+        input_shapes: Mapping[str, Sequence[Any]] | None = None,
+    ) -> CausalEncoder:
         if not input_shapes:
-            raise BadInputError("a text-generation graph's input shapes are needed to feed its cache "
-                                "(bundle.json or the .onnx file gives them)")
+            raise BadInputError(
+                "a text-generation graph's input shapes are needed to feed its cache "
+                "(bundle.json or the .onnx file gives them)"
+            )
         return CausalEncoder(tokenizer, input_names=input_names, max_length=max_length, input_shapes=input_shapes)
 
     def export_examples(self, tokenizer: Any, input_names: Sequence[str]) -> tuple[dict, dict]:
@@ -147,8 +164,9 @@ class CausalTextModality(TextModality):
         raise BadInputError("text-generation exports through export.causal_lm (its own dynamic shapes)")
 
     def engine_profile(self, input_names: Sequence[str], cfg: Any) -> dict[str, dict[str, tuple[int, ...]]]:
-        raise BadInputError("text-generation has no TensorRT engine yet (its cache needs a profile per input); "
-                            "leave [engine] out")
+        raise BadInputError(
+            "text-generation has no TensorRT engine yet (its cache needs a profile per input); leave [engine] out"
+        )
 
 
 CAUSAL_TEXT = CausalTextModality()

@@ -9,6 +9,7 @@ refused) and handed to the processor as channels last, said explicitly: left to 
 processor reads a 3-pixel-high image as channels first. The PIL backend of the processors is used: the
 default one needs torchvision, which the CPU install does not carry.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -41,7 +42,7 @@ class ImageEncoder(Encoder):
         return (None,)
 
     def length_of(self, feed: Mapping[str, np.ndarray]) -> int:
-        return int(feed[INPUT].shape[2])   # the resolution (H) stands where text has its length
+        return int(feed[INPUT].shape[2])  # the resolution (H) stands where text has its length
 
 
 def processed_shape(processor: Any) -> tuple[int, int, int]:
@@ -85,8 +86,14 @@ class ImageModality(Modality):
             raise BadInputError(f"{source}: its inputs ({', '.join(names)}) are not an image model's ({INPUT})")
         return tuple(names)
 
-    def encoder(self, processor: Any, *, input_names: Sequence[str], max_length: int = 0,
-                input_shapes: Mapping[str, Sequence[Any]] | None = None) -> ImageEncoder:
+    def encoder(
+        self,
+        processor: Any,
+        *,
+        input_names: Sequence[str],
+        max_length: int = 0,
+        input_shapes: Mapping[str, Sequence[Any]] | None = None,
+    ) -> ImageEncoder:
         return ImageEncoder(processor, input_names=input_names)
 
     def export_examples(self, processor: Any, input_names: Sequence[str]) -> tuple[dict, dict]:
@@ -104,8 +111,10 @@ class ImageModality(Modality):
         return {INPUT: {0: torch.export.Dim("batch")}}
 
     def engine_profile(self, input_names: Sequence[str], cfg: Any) -> dict[str, dict[str, tuple[int, ...]]]:
-        raise BadInputError("TensorRT engines for image models are not built yet (no GPU to test them on); "
-                            "the tensorrt preset's Q/DQ model is written and rule-checked")
+        raise BadInputError(
+            "TensorRT engines for image models are not built yet (no GPU to test them on); "
+            "the tensorrt preset's Q/DQ model is written and rule-checked"
+        )
 
 
 IMAGE = ImageModality()

@@ -17,6 +17,7 @@ truncated longest-first like sentence-transformers' ``CrossEncoder``. The ``text
 (:data:`TEXT_PAIRS`) is the text modality whose raw examples are pairs: calibration and
 distillation read them with :func:`load_pairs`.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -46,8 +47,11 @@ PARITY_TEXTS = (
 EXAMPLE_SEQ, PARITY_SEQ = 16, 23
 #: the export example and parity batch of a pair model: the same texts, paired both ways
 EXAMPLE_PAIRS = ((EXAMPLE_TEXTS[0], EXAMPLE_TEXTS[1]), (EXAMPLE_TEXTS[1], EXAMPLE_TEXTS[0]))
-PARITY_PAIRS = ((PARITY_TEXTS[1], PARITY_TEXTS[0]), (PARITY_TEXTS[0], PARITY_TEXTS[2]),
-                (PARITY_TEXTS[2], PARITY_TEXTS[1]))
+PARITY_PAIRS = (
+    (PARITY_TEXTS[1], PARITY_TEXTS[0]),
+    (PARITY_TEXTS[0], PARITY_TEXTS[2]),
+    (PARITY_TEXTS[2], PARITY_TEXTS[1]),
+)
 #: families whose position ids start after the padding index (RoBERTa: 514 embeddings, 512 positions)
 OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text"})
 
@@ -84,8 +88,9 @@ class TextEncoder(Encoder):
     that every word gets a position (validation and the bundle); without it they are truncated and
     only the words the truncation reached get one (distillation labels the tokens of its own rows)."""
 
-    def __init__(self, tokenizer: Any, *, input_names: Sequence[str], max_length: int,
-                 window_words: bool = False) -> None:
+    def __init__(
+        self, tokenizer: Any, *, input_names: Sequence[str], max_length: int, window_words: bool = False
+    ) -> None:
         self.tokenizer = tokenizer
         self.input_names = tuple(input_names)
         self.max_length = max_length
@@ -111,48 +116,73 @@ class TextEncoder(Encoder):
         window of context on each side."""
         content = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
         if content < 1:
-            raise BadInputError(f"validate.max_length: {self.max_length} leaves no position for a word beside the "
-                                f"tokenizer's {self.max_length - content} special tokens")
+            raise BadInputError(
+                f"validate.max_length: {self.max_length} leaves no position for a word beside the "
+                f"tokenizer's {self.max_length - content} special tokens"
+            )
         return content // 2
 
     def encode(self, examples: Sequence[Any], *, pad_to: int | None = None) -> Batch:
         if _is_pairs(examples):
             # truncation=True is longest-first: the longer text of a pair loses tokens first
-            enc = self.tokenizer(*_split_pairs(examples), truncation=True, return_tensors="np",
-                                 max_length=pad_to or self.max_length, padding="max_length" if pad_to else "longest")
+            enc = self.tokenizer(
+                *_split_pairs(examples),
+                truncation=True,
+                return_tensors="np",
+                max_length=pad_to or self.max_length,
+                padding="max_length" if pad_to else "longest",
+            )
             return Batch({k: np.ascontiguousarray(enc[k], dtype=np.int64) for k in self.input_names if k in enc})
         texts, starts = self._texts(examples)
         if starts is not None:
             return self._encode_words(texts, starts, [len(words) for words in examples], pad_to=pad_to)
-        enc = self.tokenizer(texts, truncation=True, return_tensors="np", max_length=pad_to or self.max_length,
-                             padding="max_length" if pad_to else "longest")
+        enc = self.tokenizer(
+            texts,
+            truncation=True,
+            return_tensors="np",
+            max_length=pad_to or self.max_length,
+            padding="max_length" if pad_to else "longest",
+        )
         return Batch({k: np.ascontiguousarray(enc[k], dtype=np.int64) for k in self.input_names if k in enc})
 
-    def _encode_words(self, texts: list[str], starts: list[list[int]], counts: list[int], *,
-                      pad_to: int | None) -> WordBatch:
+    def _encode_words(
+        self, texts: list[str], starts: list[list[int]], counts: list[int], *, pad_to: int | None
+    ) -> WordBatch:
         # a batch padded to a length (latency timing) keeps its shape: truncated, never windowed
         windowed = self.window_words and pad_to is None
-        enc = self.tokenizer(texts, truncation=True, return_tensors="np", max_length=pad_to or self.max_length,
-                             padding="max_length" if pad_to else "longest", return_offsets_mapping=True,
-                             **(dict(return_overflowing_tokens=True, stride=self.overlap()) if windowed else {}))
+        enc = self.tokenizer(
+            texts,
+            truncation=True,
+            return_tensors="np",
+            max_length=pad_to or self.max_length,
+            padding="max_length" if pad_to else "longest",
+            return_offsets_mapping=True,
+            **(dict(return_overflowing_tokens=True, stride=self.overlap()) if windowed else {}),
+        )
         owner = np.asarray(enc["overflow_to_sample_mapping"]) if windowed else np.arange(len(texts))
         if enc["input_ids"].shape[1] == 0:  # empty texts and no special tokens: give the model one position
-            enc = self.tokenizer(texts, return_tensors="np", max_length=1, padding="max_length",
-                                 return_offsets_mapping=True)
+            enc = self.tokenizer(
+                texts, return_tensors="np", max_length=1, padding="max_length", return_offsets_mapping=True
+            )
             owner = np.arange(len(texts))
         feed = {k: np.ascontiguousarray(enc[k], dtype=np.int64) for k in self.input_names if k in enc}
         rows, firsts, tokenless, windows = [], [], [], []
         for i, (word_starts, count) in enumerate(zip(starts, counts)):
             mine = np.flatnonzero(owner == i)
-            window, first, missing = _word_positions([enc["offset_mapping"][r] for r in mine],
-                                                     [enc["attention_mask"][r] for r in mine], word_starts, count,
-                                                     every_word=windowed)
+            window, first, missing = _word_positions(
+                [enc["offset_mapping"][r] for r in mine],
+                [enc["attention_mask"][r] for r in mine],
+                word_starts,
+                count,
+                every_word=windowed,
+            )
             rows.append(mine[window])
             firsts.append(first)
             tokenless.append(missing)
             windows.append(len(mine))
-        return WordBatch(feed, first_tokens=tuple(firsts), word_rows=tuple(rows), tokenless=tuple(tokenless),
-                         windows=tuple(windows))
+        return WordBatch(
+            feed, first_tokens=tuple(firsts), word_rows=tuple(rows), tokenless=tuple(tokenless), windows=tuple(windows)
+        )
 
     def word_coverage(self, sentences: Sequence[Sequence[str]], *, batch_size: int = 64) -> dict[str, int]:
         """How the words of ``sentences`` meet the tokenizer, counted by the encoding itself:
@@ -160,7 +190,7 @@ class TextEncoder(Encoder):
         (longer than ``max_length``: read in more than one window)."""
         without = windowed = 0
         for start in range(0, len(sentences), batch_size):
-            batch = self.encode([list(s) for s in sentences[start:start + batch_size]])
+            batch = self.encode([list(s) for s in sentences[start : start + batch_size]])
             without += sum(int(missing.sum()) for missing in batch.tokenless)
             windowed += sum(1 for n in batch.windows if n > 1)
         return {"words_without_tokens": without, "windowed_sentences": windowed}
@@ -170,13 +200,19 @@ class TextEncoder(Encoder):
         return [len(ids) for ids in self.tokenizer(*texts, truncation=True, max_length=self.max_length)["input_ids"]]
 
 
-def _word_positions(offsets: Sequence[np.ndarray], masks: Sequence[np.ndarray], word_starts: Sequence[int],
-                    count: int, *, every_word: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _word_positions(
+    offsets: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    word_starts: Sequence[int],
+    count: int,
+    *,
+    every_word: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One sentence read in ``len(offsets)`` windows: per word, the window and position of its first
     sub-token, and whether it has no token of its own. ``every_word``: all ``count`` words get one;
     else (truncation) the words up to the last one the truncation reached."""
-    first: dict[int, tuple[int, int]] = {}     # word -> its first sub-token, as (end, start) offsets
-    best: dict[tuple[int, int], tuple[int, int, int]] = {}   # token -> (context, -window, position)
+    first: dict[int, tuple[int, int]] = {}  # word -> its first sub-token, as (end, start) offsets
+    best: dict[tuple[int, int], tuple[int, int, int]] = {}  # token -> (context, -window, position)
     for k, (offs, mask) in enumerate(zip(offsets, masks)):
         # special tokens and padding have empty offsets; context is counted in the window's real tokens
         real = [t for t, (s, e) in enumerate(offs) if e > s and mask[t]]
@@ -236,12 +272,19 @@ class TextModality(Modality):
     def check_graph_inputs(self, names: Sequence[str], *, source: object = "") -> tuple[str, ...]:
         unknown = [n for n in names if n not in CANONICAL_INPUTS]
         if unknown or "input_ids" not in names:
-            raise BadInputError(f"{source}: its inputs ({', '.join(names)}) are not a text model's "
-                                f"({', '.join(CANONICAL_INPUTS)})")
+            raise BadInputError(
+                f"{source}: its inputs ({', '.join(names)}) are not a text model's ({', '.join(CANONICAL_INPUTS)})"
+            )
         return tuple(names)
 
-    def encoder(self, tokenizer: Any, *, input_names: Sequence[str], max_length: int,
-                input_shapes: Mapping[str, Sequence[Any]] | None = None) -> TextEncoder:
+    def encoder(
+        self,
+        tokenizer: Any,
+        *,
+        input_names: Sequence[str],
+        max_length: int,
+        input_shapes: Mapping[str, Sequence[Any]] | None = None,
+    ) -> TextEncoder:
         return TextEncoder(tokenizer, input_names=input_names, max_length=max_length, window_words=True)
 
     def export_examples(self, tokenizer: Any, input_names: Sequence[str]) -> tuple[dict, dict]:
@@ -250,6 +293,7 @@ class TextModality(Modality):
         def encode(texts, seq):
             enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
             return {k: enc[k].to(torch.int64) for k in input_names}
+
         return encode(EXAMPLE_TEXTS, EXAMPLE_SEQ), encode(PARITY_TEXTS, PARITY_SEQ)
 
     def dynamic_shapes(self, input_names: Sequence[str]) -> dict[str, dict[int, Any]]:
@@ -265,10 +309,15 @@ class TextModality(Modality):
         """Every text input is [batch, sequence]: one (batch, seq) range from ``[engine]`` fits all."""
         unknown = [n for n in input_names if n not in CANONICAL_INPUTS]
         if unknown:
-            raise BadInputError(f"input '{unknown[0]}' is not one of {', '.join(CANONICAL_INPUTS)}; "
-                                "no optimization profile can be made for it")
-        shapes = {"min": (cfg.min_batch, cfg.min_seq), "opt": (cfg.opt_batch, cfg.opt_seq),
-                  "max": (cfg.max_batch, cfg.max_seq)}
+            raise BadInputError(
+                f"input '{unknown[0]}' is not one of {', '.join(CANONICAL_INPUTS)}; "
+                "no optimization profile can be made for it"
+            )
+        shapes = {
+            "min": (cfg.min_batch, cfg.min_seq),
+            "opt": (cfg.opt_batch, cfg.opt_seq),
+            "max": (cfg.max_batch, cfg.max_seq),
+        }
         return {name: dict(shapes) for name in input_names}
 
     def position_limit(self, model_config: Any, tokenizer: Any = None) -> int | None:
@@ -298,17 +347,22 @@ def load_pairs(path, *, text_field: str = "text") -> list[TextPair]:
     keys = set(records[0])
     fields = next((f for f in (("query", text_field), ("sentence1", "sentence2")) if set(f) <= keys), None)
     if {"query", "passages"} <= keys:
-        pairs = [TextPair(text_of(records, i, "query"), passage)
-                 for i in range(len(records)) for passage in passages_of(records, i)]
+        pairs = [
+            TextPair(text_of(records, i, "query"), passage)
+            for i in range(len(records))
+            for passage in passages_of(records, i)
+        ]
     elif fields is not None:
         pairs = [TextPair(text_of(records, i, fields[0]), text_of(records, i, fields[1])) for i in range(len(records))]
     elif text_field in keys:
         texts = [t for t in (text_of(records, i, text_field) for i in range(len(records))) if t]
         pairs = [TextPair(a, b) for a, b in zip(texts, texts[1:])]
     else:
-        raise BadInputError(f"{path}: no text pairs: expected the fields query and {text_field}, sentence1 and "
-                            f"sentence2, query and passages, or texts in '{text_field}' "
-                            f"(fields: {', '.join(map(str, keys))})")
+        raise BadInputError(
+            f"{path}: no text pairs: expected the fields query and {text_field}, sentence1 and "
+            f"sentence2, query and passages, or texts in '{text_field}' "
+            f"(fields: {', '.join(map(str, keys))})"
+        )
     kept = [p for p in pairs if p.first and p.second]
     if not kept:
         raise BadInputError(f"{path}: no text pairs (a text corpus pairs each text with the next: it needs two)")
@@ -350,19 +404,26 @@ class TextPairModality(TextModality):
         encoded = tokenizer(*_split_pairs(pairs), truncation=True, max_length=cfg.max_length, padding=False)
         features = {name: encoded[name] for name in FEATURES if name in encoded}
         digest = hashlib.sha256()
-        for name in sorted(features):   # segment ids too: the same tokens split elsewhere are another pair
+        for name in sorted(features):  # segment ids too: the same tokens split elsewhere are another pair
             for ids in features[name]:
                 digest.update(len(ids).to_bytes(4, "little") + array("q", ids).tobytes())
-        return TokenizedCorpus(features=features, labels=None, pad_token_id=int(tokenizer.pad_token_id),
-                               fingerprint=digest.hexdigest())
+        return TokenizedCorpus(
+            features=features, labels=None, pad_token_id=int(tokenizer.pad_token_id), fingerprint=digest.hexdigest()
+        )
 
     def export_examples(self, tokenizer: Any, input_names: Sequence[str]) -> tuple[dict, dict]:
         import torch
 
         def encode(pairs, seq):
-            enc = tokenizer(*_split_pairs([TextPair(*p) for p in pairs]), padding="max_length", truncation=True,
-                            max_length=seq, return_tensors="pt")
+            enc = tokenizer(
+                *_split_pairs([TextPair(*p) for p in pairs]),
+                padding="max_length",
+                truncation=True,
+                max_length=seq,
+                return_tensors="pt",
+            )
             return {k: enc[k].to(torch.int64) for k in input_names}
+
         return encode(EXAMPLE_PAIRS, EXAMPLE_SEQ), encode(PARITY_PAIRS, PARITY_SEQ)
 
 

@@ -15,6 +15,7 @@ Adding a task is one module that subclasses :class:`Task` and one line here::
 
     TASKS.register("image-classification", "modelpress.tasks.image_classification:ImageClassification")
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,10 +35,10 @@ HIGHER, LOWER = "higher", "lower"
 class DistillSpec:
     """What distillation compares for a task and with which losses (see modelpress.distill)."""
 
-    output: str                      # kind of the compared output: "embedding" | "logits" | "token_logits" | "scores"
-    losses: frozenset[str]           # losses that apply
-    defaults: Mapping[str, float]    # weights when the recipe sets none
-    label_loss: str | None = None    # the loss switched on by gold labels (distill.label_field)
+    output: str  # kind of the compared output: "embedding" | "logits" | "token_logits" | "scores"
+    losses: frozenset[str]  # losses that apply
+    defaults: Mapping[str, float]  # weights when the recipe sets none
+    label_loss: str | None = None  # the loss switched on by gold labels (distill.label_field)
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ class Task:
 
     name: ClassVar[str]
     modality: ClassVar[str] = "text"
-    auto_class: ClassVar[str]              # attribute of ``transformers`` that loads the model
-    output_name: ClassVar[str]             # the exported graph's output
+    auto_class: ClassVar[str]  # attribute of ``transformers`` that loads the model
+    output_name: ClassVar[str]  # the exported graph's output
     #: every metric the task reports, with the direction in which it is better
     metrics: ClassVar[Mapping[str, str]]
     eval_formats: ClassVar[tuple[str, ...]]
@@ -106,8 +107,15 @@ class Task:
         from modelpress.validate.evalsets import load_eval_set
 
         labels = getattr(model_config, "num_labels", None) if self.needs_labels else None
-        return load_eval_set(path, fmt=cfg.eval_format, text_field=cfg.text_field, label_field=cfg.label_field,
-                             num_samples=cfg.num_samples, formats=self.eval_formats, num_labels=labels)
+        return load_eval_set(
+            path,
+            fmt=cfg.eval_format,
+            text_field=cfg.text_field,
+            label_field=cfg.label_field,
+            num_samples=cfg.num_samples,
+            formats=self.eval_formats,
+            num_labels=labels,
+        )
 
     def eval_outputs(self, predictor: Any, es: Any, cfg: Any) -> Any:
         """What ``predictor`` gives on the eval set, for :meth:`fidelity` and :meth:`paired_units`: by
@@ -156,7 +164,7 @@ class Task:
 
     @classmethod
     def direction(cls, metric: str) -> str:
-        """"higher" or "lower": in which direction the metric is better (unknown keys: higher)."""
+        """ "higher" or "lower": in which direction the metric is better (unknown keys: higher)."""
         return cls.metrics.get(metric, HIGHER)
 
     # -- the bundle ---------------------------------------------------------------------------
@@ -187,8 +195,7 @@ def task_names() -> tuple[str, ...]:
     return TASKS.names()
 
 
-def configure_task(name: str, options: Mapping[str, Any] | None = None, *,
-                   model_dir: str | Path | None = None) -> Task:
+def configure_task(name: str, options: Mapping[str, Any] | None = None, *, model_dir: str | Path | None = None) -> Task:
     """The configured task; unknown options are an error naming ``task_options.<key>``."""
     cls = get_task(name)
     options = dict(options or {})

@@ -6,6 +6,7 @@ teacher: cosine per text (mean, min), nearest-neighbour agreement within the eva
 Spearman correlation of pair similarities with gold scores when the eval set has them (what the
 gate judges then). Eval formats: ``text``, ``pairs``, ``stsb``.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,21 +63,26 @@ def sentence_transformers_pooling(model_dir: str | Path) -> tuple[str | None, bo
 
 @dataclass(frozen=True)
 class FeatureExtraction(Task):
-    pooling: str = "mean"          # "mean" | "cls" ("auto" in a recipe: the sentence-transformers config, else mean)
+    pooling: str = "mean"  # "mean" | "cls" ("auto" in a recipe: the sentence-transformers config, else mean)
     normalize: bool | None = True  # L2-normalize (None in a recipe: as the sentence-transformers config says)
 
     name: ClassVar[str] = "feature-extraction"
     auto_class: ClassVar[str] = "AutoModel"
     output_name: ClassVar[str] = "last_hidden_state"
-    metrics: ClassVar[Mapping[str, str]] = {"mean_cosine": HIGHER, "min_cosine": HIGHER, "nn_agreement": HIGHER,
-                                            "spearman": HIGHER}
+    metrics: ClassVar[Mapping[str, str]] = {
+        "mean_cosine": HIGHER,
+        "min_cosine": HIGHER,
+        "nn_agreement": HIGHER,
+        "spearman": HIGHER,
+    }
     eval_formats: ClassVar[tuple[str, ...]] = ("text", "pairs", "stsb")
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="embedding",
         losses=frozenset({"embedding_mse", "embedding_cos", "similarity_mse", "hidden_mse", "attention_kl"}),
-        defaults={"embedding_mse": 1.0, "embedding_cos": 1.0})
+        defaults={"embedding_mse": 1.0, "embedding_cos": 1.0},
+    )
     api: ClassVar[tuple[str, ...]] = ("embed",)
-    min_n: ClassVar[int] = 30   # pairs (spearman) or texts (cosine): what the gate's interval resamples
+    min_n: ClassVar[int] = 30  # pairs (spearman) or texts (cosine): what the gate's interval resamples
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -89,17 +95,27 @@ class FeatureExtraction(Task):
         pooling, normalize = options.get("pooling", "auto"), options.get("normalize")
         cls(pooling=pooling, normalize=normalize)  # checks the values
         st_pooling, st_normalize = sentence_transformers_pooling(model_dir) if model_dir else (None, None)
-        return cls(pooling=pooling if pooling != "auto" else (st_pooling or "mean"),
-                   normalize=normalize if normalize is not None else bool(st_normalize))
+        return cls(
+            pooling=pooling if pooling != "auto" else (st_pooling or "mean"),
+            normalize=normalize if normalize is not None else bool(st_normalize),
+        )
 
     def postprocess(self, outputs: Mapping[str, np.ndarray], batch: Any) -> np.ndarray:
-        return pool(outputs[self.output_name], batch.feed["attention_mask"], pooling=self.pooling,
-                    normalize=bool(self.normalize))
+        return pool(
+            outputs[self.output_name],
+            batch.feed["attention_mask"],
+            pooling=self.pooling,
+            normalize=bool(self.normalize),
+        )
 
     def torch_target(self, model_output: Any, inputs: Mapping[str, Any]) -> Any:
         """What distillation compares: the pooled embedding, in torch."""
-        return pool(model_output.last_hidden_state, inputs["attention_mask"], pooling=self.pooling,
-                    normalize=bool(self.normalize))
+        return pool(
+            model_output.last_hidden_state,
+            inputs["attention_mask"],
+            pooling=self.pooling,
+            normalize=bool(self.normalize),
+        )
 
     def reference_metrics(self, teacher_out: np.ndarray, es: Any) -> dict[str, float]:
         from modelpress.validate import metrics as M
@@ -118,8 +134,9 @@ class FeatureExtraction(Task):
         if metric == "spearman" and es.pairs:
             i, j, gold = (np.array(col) for col in zip(*es.pairs))
             t, c = M.unit(teacher_out), M.unit(candidate_out)
-            return U.PairedUnits(U.as_arrays((t[i] * t[j]).sum(1), (c[i] * c[j]).sum(1), gold), U.spearman_drop(),
-                                 "pairs")
+            return U.PairedUnits(
+                U.as_arrays((t[i] * t[j]).sum(1), (c[i] * c[j]).sum(1), gold), U.spearman_drop(), "pairs"
+            )
         cos = (M.unit(teacher_out) * M.unit(candidate_out)).sum(axis=1)
         if metric == "mean_cosine":
             return U.PairedUnits(U.as_arrays(cos), U.mean_drop(), "texts")
@@ -141,6 +158,6 @@ class FeatureExtraction(Task):
                 """Sentence embeddings, [n_texts, dim] (a single string gives [1, dim]; no texts, [0, dim])."""
                 texts = self._texts(texts)
                 # no texts: one empty text's run gives the width, so the result is [0, dim] as for any count
-                return self.predict(texts or [""], batch_size=batch_size)[:len(texts)]
+                return self.predict(texts or [""], batch_size=batch_size)[: len(texts)]
 
         return EmbeddingBundle

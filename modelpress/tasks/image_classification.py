@@ -6,6 +6,7 @@ accuracy against gold labels when the eval set has them; the gate judges accurac
 agreement), on the image modality. Eval format ``images`` (``validate.images``): an imagefolder,
 a ``.jsonl`` / ``.csv`` of image paths and labels, or a datasets folder.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,16 +26,22 @@ class ImageClassification(TextClassification):
     auto_class: ClassVar[str] = "AutoModelForImageClassification"
     eval_formats: ClassVar[tuple[str, ...]] = ("images",)
     unit: ClassVar[str] = "images"
-    min_n: ClassVar[int] = 30   # images: fewer and the gate says "too small to decide"
+    min_n: ClassVar[int] = 30  # images: fewer and the gate says "too small to decide"
     distill: ClassVar[DistillSpec] = DistillSpec(
-        output="logits", losses=frozenset({"kl", "ce"}), defaults={"kl": 1.0}, label_loss="ce")
+        output="logits", losses=frozenset({"kl", "ce"}), defaults={"kl": 1.0}, label_loss="ce"
+    )
 
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None):
         from modelpress.validate.images import load_image_eval
 
-        return load_image_eval(path, image_field=cfg.image_field, label_field=cfg.label_field,
-                               label2id=dict(getattr(model_config, "label2id", None) or {}),
-                               num_labels=getattr(model_config, "num_labels", None), num_samples=cfg.num_samples)
+        return load_image_eval(
+            path,
+            image_field=cfg.image_field,
+            label_field=cfg.label_field,
+            label2id=dict(getattr(model_config, "label2id", None) or {}),
+            num_labels=getattr(model_config, "num_labels", None),
+            num_samples=cfg.num_samples,
+        )
 
     @classmethod
     def bundle_class(cls) -> type:
@@ -63,6 +70,8 @@ def _as_list(images: Any) -> list[Any]:
     if isinstance(images, (str, Path)) or hasattr(images, "getbands") or getattr(images, "ndim", 0) in (2, 3):
         return [images]
     if images is None or isinstance(images, (bytes, bytearray, int, float)) or not hasattr(images, "__iter__"):
-        raise TypeError(f"classify(): images must be an image (a path, a PIL image, an array) or a list of them, "
-                        f"got {type(images).__name__}")
+        raise TypeError(
+            f"classify(): images must be an image (a path, a PIL image, an array) or a list of them, "
+            f"got {type(images).__name__}"
+        )
     return list(images)

@@ -4,6 +4,7 @@ Metrics against the teacher: top-1 agreement, mean KL(teacher ‖ model) (lower 
 accuracy against gold labels when the eval set has them (what the gate judges then). Eval format:
 ``text`` with an integer ``label`` field.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,12 +28,15 @@ class TextClassification(Task):
     metrics: ClassVar[Mapping[str, str]] = {"top1_agreement": HIGHER, "mean_kl": LOWER, "accuracy": HIGHER}
     eval_formats: ClassVar[tuple[str, ...]] = ("text",)
     distill: ClassVar[DistillSpec] = DistillSpec(
-        output="logits", losses=frozenset({"kl", "ce", "hidden_mse", "attention_kl"}), defaults={"kl": 1.0},
-        label_loss="ce")
+        output="logits",
+        losses=frozenset({"kl", "ce", "hidden_mse", "attention_kl"}),
+        defaults={"kl": 1.0},
+        label_loss="ce",
+    )
     needs_labels: ClassVar[bool] = True
     api: ClassVar[tuple[str, ...]] = ("classify",)
-    unit: ClassVar[str] = "texts"   # what the gate's interval resamples
-    min_n: ClassVar[int] = 30       # texts: fewer and the gate says "too small to decide"
+    unit: ClassVar[str] = "texts"  # what the gate's interval resamples
+    min_n: ClassVar[int] = 30  # texts: fewer and the gate says "too small to decide"
 
     def torch_target(self, model_output: Any, inputs: Mapping[str, Any]) -> Any:
         return model_output.logits
@@ -55,8 +59,12 @@ class TextClassification(Task):
         if metric == "accuracy" and es.labels is not None:
             gold = np.asarray(es.labels)
             tr, cr = t == gold, c == gold
-            return U.PairedUnits(U.as_arrays(tr, cr), U.paired_mean_drop(), self.unit,
-                                 discordant=(int((tr & ~cr).sum()), int((~tr & cr).sum())))
+            return U.PairedUnits(
+                U.as_arrays(tr, cr),
+                U.paired_mean_drop(),
+                self.unit,
+                discordant=(int((tr & ~cr).sum()), int((~tr & cr).sum())),
+            )
         if metric == "top1_agreement":
             return U.PairedUnits(U.as_arrays(t == c), U.mean_drop(), self.unit)
         if metric == "mean_kl":
@@ -77,7 +85,7 @@ class TextClassification(Task):
                 no texts, [0, n_classes])."""
                 texts = self._texts(texts)
                 # no texts: one empty text's run gives the width, so the result is [0, n_classes]
-                return softmax(self.predict(texts or [""], batch_size=batch_size))[:len(texts)]
+                return softmax(self.predict(texts or [""], batch_size=batch_size))[: len(texts)]
 
             @property
             def labels(self) -> list[str]:

@@ -14,6 +14,7 @@ resamples prompts). Timings: the prefill at ``validate.seq_lengths`` (the latenc
 and one decode step at ``validate.decode_contexts`` (``decode_latency``). The bundle's API is
 ``generate`` (``modelpress.generation.TextGenerator`` on the bundle's runner).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,18 +33,23 @@ class TextGeneration(Task):
     modality: ClassVar[str] = "causal-text"
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
     output_name: ClassVar[str] = "logits"
-    metrics: ClassVar[Mapping[str, str]] = {"perplexity_ratio": LOWER, "perplexity": LOWER,
-                                            "next_token_agreement": HIGHER, "mean_kl": LOWER,
-                                            "greedy_agreement": HIGHER}
+    metrics: ClassVar[Mapping[str, str]] = {
+        "perplexity_ratio": LOWER,
+        "perplexity": LOWER,
+        "next_token_agreement": HIGHER,
+        "mean_kl": LOWER,
+        "greedy_agreement": HIGHER,
+    }
     conditional_metrics: ClassVar[Mapping[str, str]] = {"greedy_agreement": "prompts"}
     eval_formats: ClassVar[tuple[str, ...]] = ("text",)
-    distill: ClassVar[DistillSpec] = DistillSpec(output="token_logits", losses=frozenset({"kl", "hidden_mse"}),
-                                                 defaults={"kl": 1.0})
+    distill: ClassVar[DistillSpec] = DistillSpec(
+        output="token_logits", losses=frozenset({"kl", "hidden_mse"}), defaults={"kl": 1.0}
+    )
     api: ClassVar[tuple[str, ...]] = ("generate",)
     unit: ClassVar[str] = "windows"
-    min_n: ClassVar[int] = 30   # windows (prompts for greedy_agreement): fewer and the gate says "too small to decide"
+    min_n: ClassVar[int] = 30  # windows (prompts for greedy_agreement): fewer and the gate says "too small to decide"
     length_keys: ClassVar[tuple[str, ...]] = ("decode_contexts",)
-    engines: ClassVar[bool] = False   # a KV cache needs a profile per input; no GPU here to build one
+    engines: ClassVar[bool] = False  # a KV cache needs a profile per input; no GPU here to build one
 
     # -- model and export -------------------------------------------------------------------
     def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
@@ -86,7 +92,7 @@ class TextGeneration(Task):
         texts = load_texts(path, text_field=cfg.text_field)
         found = list(windows(token_stream(texts, preprocessor), max_length=cfg.max_length, stride=stride))
         if cfg.num_samples:
-            found = found[:cfg.num_samples]
+            found = found[: cfg.num_samples]
         prompts = None
         if cfg.prompts:
             from modelpress.validate.greedy_agreement import read_prompts
@@ -95,9 +101,14 @@ class TextGeneration(Task):
             if model_config is not None:  # the longest prompt and its new tokens must fit the positions
                 from modelpress.modalities import get_modality
 
-                get_modality(self.modality).check_lengths(model_config, preprocessor, {
-                    "validate.prompts (longest prompt + generation_tokens)":
-                        max(map(len, prompts)) + cfg.generation_tokens})
+                get_modality(self.modality).check_lengths(
+                    model_config,
+                    preprocessor,
+                    {
+                        "validate.prompts (longest prompt + generation_tokens)": max(map(len, prompts))
+                        + cfg.generation_tokens
+                    },
+                )
         return EvalSet(tuple(texts), windows=tuple(found), prompts=prompts, source=str(path), format="text")
 
     def eval_outputs(self, predictor: Any, es: Any, cfg: Any) -> "LMOutputs":
@@ -106,8 +117,10 @@ class TextGeneration(Task):
             return LMOutputs(tuple(windows))
         from modelpress.validate.greedy_agreement import continue_greedily
 
-        return LMOutputs(tuple(windows), continue_greedily(predictor, es.prompts, new_tokens=cfg.generation_tokens,
-                                                           batch_size=cfg.batch_size))
+        return LMOutputs(
+            tuple(windows),
+            continue_greedily(predictor, es.prompts, new_tokens=cfg.generation_tokens, batch_size=cfg.batch_size),
+        )
 
     def reference_metrics(self, teacher_out: Any, es: Any) -> dict[str, float]:
         from modelpress.validate.perplexity import lm_metrics, window_sums
@@ -163,24 +176,37 @@ class TextGeneration(Task):
         from modelpress.bundle import Bundle
 
         class GeneratorBundle(Bundle):
-            def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int | None = None,
-                         stream: bool = False, chat: bool = False, truncate: bool = False, **options: Any):
+            def generate(
+                self,
+                prompts: str | Sequence[str],
+                *,
+                max_new_tokens: int | None = None,
+                stream: bool = False,
+                chat: bool = False,
+                truncate: bool = False,
+                **options: Any,
+            ):
                 """Text from the bundle's model: a str for one prompt, a list for several (an empty
                 list for none), an iterator of pieces with ``stream=True``. A prompt and its new
                 tokens must fit the model's positions: ``max_new_tokens`` (default 32, cut to what
                 fits) past them is refused, and so is a longer prompt unless ``truncate=True`` keeps
                 its last tokens. ``options``: ``do_sample``, ``temperature`` (> 0), ``top_k`` (≥ 0),
                 ``top_p`` (in (0, 1]), ``seed``, ``stop_token_ids`` (``modelpress.generation``)."""
-                return self.generator.generate(prompts, max_new_tokens=max_new_tokens, stream=stream, chat=chat,
-                                               truncate=truncate, **options)
+                return self.generator.generate(
+                    prompts, max_new_tokens=max_new_tokens, stream=stream, chat=chat, truncate=truncate, **options
+                )
 
             @property
             def generator(self):
                 from modelpress.generation import TextGenerator
 
                 if self.__dict__.get("_generator") is None:
-                    self._generator = TextGenerator(self.runner, self.encoder.tokenizer, layout=self.encoder.layout,
-                                                    max_positions=self.max_positions)
+                    self._generator = TextGenerator(
+                        self.runner,
+                        self.encoder.tokenizer,
+                        layout=self.encoder.layout,
+                        max_positions=self.max_positions,
+                    )
                 return self._generator
 
             @property
@@ -188,8 +214,9 @@ class TextGeneration(Task):
                 """The positions the model takes (a prompt and its new tokens share them)."""
                 from modelpress.modalities import get_modality
 
-                return (self.meta.get("max_positions")
-                        or get_modality(self.task.modality).position_limit(None, self.encoder.tokenizer))
+                return self.meta.get("max_positions") or get_modality(self.task.modality).position_limit(
+                    None, self.encoder.tokenizer
+                )
 
         return GeneratorBundle
 
@@ -211,8 +238,10 @@ class LMOutputs:
 def _perplexity_rise(*, relative: bool, scale: float = 100.0):
     """drop = scale · (ppl_c / ppl_t − 1) (relative: percent) or scale · (ppl_c − ppl_t), from
     per-window NLL sums and token counts."""
+
     def stat(nll_t, nll_c, n, axis=-1):
         total = np.sum(n, axis=axis)
         pt, pc = np.exp(np.sum(nll_t, axis=axis) / total), np.exp(np.sum(nll_c, axis=axis) / total)
         return scale * (pc / pt - 1.0) if relative else scale * (pc - pt)
+
     return stat

@@ -13,6 +13,7 @@ top-1 agreement, else the score MSE. Calibration reads pairs (``modelpress.modal
 a plain-text corpus pairs each text with the next). Distillation regresses the teacher's logits
 (``embedding_mse`` on the logits: the score MSE of a one-label model; ``kl`` for classifiers).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ def resolve_score_class(value: int | str | None, labels: Sequence[str]) -> int:
     if len(labels) == 1:
         raise BadInputError(f"task_options.score_class: the model gives one score (its logit); remove {value!r}")
     if value is None:
-        raise BadInputError(f"task_options.score_class: the model has {len(labels)} classes ({known}); name the one "
-                            "whose probability is the relevance score")
+        raise BadInputError(
+            f"task_options.score_class: the model has {len(labels)} classes ({known}); name the one "
+            "whose probability is the relevance score"
+        )
     if isinstance(value, str) and value in labels:
         return list(labels).index(value)
     if isinstance(value, int) and 0 <= value < len(labels):
@@ -58,27 +61,36 @@ def config_labels(model_dir: str | Path) -> list[str] | None:
 
 @dataclass(frozen=True)
 class TextRanking(Task):
-    score_class: int | str | None = None   # num_labels > 1: the class (name or index) whose probability is the score
+    score_class: int | str | None = None  # num_labels > 1: the class (name or index) whose probability is the score
 
     name: ClassVar[str] = "text-ranking"
     modality: ClassVar[str] = "text-pairs"
     auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
     output_name: ClassVar[str] = "logits"
     metrics: ClassVar[Mapping[str, str]] = {
-        "spearman": HIGHER, "pearson": HIGHER, "ndcg_at_10": HIGHER, "mrr_at_10": HIGHER,
-        "top1_agreement": HIGHER, "kendall_tau": HIGHER, "score_mse": LOWER}
+        "spearman": HIGHER,
+        "pearson": HIGHER,
+        "ndcg_at_10": HIGHER,
+        "mrr_at_10": HIGHER,
+        "top1_agreement": HIGHER,
+        "kendall_tau": HIGHER,
+        "score_mse": LOWER,
+    }
     eval_formats: ClassVar[tuple[str, ...]] = ("pairs", "stsb", "ranking")
     # "scores": the held-out check is the score MSE (agreement of a single logit's argmax means nothing)
     distill: ClassVar[DistillSpec] = DistillSpec(
-        output="scores", losses=frozenset({"embedding_mse", "kl", "hidden_mse", "attention_kl"}),
-        defaults={"embedding_mse": 1.0})
-    needs_labels: ClassVar[bool] = True   # a head with its label count, copied into students
+        output="scores",
+        losses=frozenset({"embedding_mse", "kl", "hidden_mse", "attention_kl"}),
+        defaults={"embedding_mse": 1.0},
+    )
+    needs_labels: ClassVar[bool] = True  # a head with its label count, copied into students
     api: ClassVar[tuple[str, ...]] = ("rank", "score")
-    min_n: ClassVar[int] = 30   # pairs (spearman, score_mse) or queries (ndcg, mrr, agreement, tau)
+    min_n: ClassVar[int] = 30  # pairs (spearman, score_mse) or queries (ndcg, mrr, agreement, tau)
 
     def __post_init__(self) -> None:
-        if self.score_class is not None and (isinstance(self.score_class, bool)
-                                             or not isinstance(self.score_class, (int, str))):
+        if self.score_class is not None and (
+            isinstance(self.score_class, bool) or not isinstance(self.score_class, (int, str))
+        ):
             raise BadInputError(f"task_options.score_class: expected a class name or index, got {self.score_class!r}")
 
     @classmethod
@@ -114,10 +126,17 @@ class TextRanking(Task):
             labels = [str(id2label.get(i, i)) for i in range(int(getattr(model_config, "num_labels", 1)))]
             index = resolve_score_class(self.score_class, labels)
             if isinstance(self.score_class, str) and len(labels) > 1:
-                raise BadInputError(f"task_options.score_class: name the class by its index for a model that is "
-                                    f"not a local folder ({self.score_class!r} is {index})")
-        return load_ranking_set(path, fmt=cfg.eval_format, text_field=cfg.text_field, label_field=cfg.label_field,
-                                num_samples=cfg.num_samples)
+                raise BadInputError(
+                    f"task_options.score_class: name the class by its index for a model that is "
+                    f"not a local folder ({self.score_class!r} is {index})"
+                )
+        return load_ranking_set(
+            path,
+            fmt=cfg.eval_format,
+            text_field=cfg.text_field,
+            label_field=cfg.label_field,
+            num_samples=cfg.num_samples,
+        )
 
     def reference_metrics(self, teacher_out: np.ndarray, es: Any) -> dict[str, float]:
         from modelpress.validate.ranking import reference_metrics
@@ -139,8 +158,11 @@ class TextRanking(Task):
             return U.PairedUnits(U.as_arrays(t, c, es.gold), stat, "pairs")
         if metric in ("ndcg_at_10", "mrr_at_10") and es.graded:
             measure = R.ndcg_at_k if metric == "ndcg_at_10" else R.mrr_at_k
-            return U.PairedUnits(U.as_arrays(R.graded_per_query(t, es, measure), R.graded_per_query(c, es, measure)),
-                                 U.paired_mean_drop(), "queries")
+            return U.PairedUnits(
+                U.as_arrays(R.graded_per_query(t, es, measure), R.graded_per_query(c, es, measure)),
+                U.paired_mean_drop(),
+                "queries",
+            )
         if metric == "top1_agreement" and es.ranked:
             return U.PairedUnits(U.as_arrays(R.top1_agreements(t, c, es)), U.mean_drop(), "queries")
         if metric == "kendall_tau" and len(taus := R.kendall_taus(t, c, es)):
@@ -159,8 +181,9 @@ class TextRanking(Task):
         from modelpress.bundle import Bundle
 
         class RerankerBundle(Bundle):
-            def score(self, pairs: Sequence[Sequence[str]], *, batch_size: int = 32,
-                      sigmoid: bool = False) -> np.ndarray:
+            def score(
+                self, pairs: Sequence[Sequence[str]], *, batch_size: int = 32, sigmoid: bool = False
+            ) -> np.ndarray:
                 """One relevance score per (query, passage) pair, [n] (one pair given as a tuple of two
                 strings gives [1]): a one-label model's raw logit (``sigmoid=True``: in (0, 1)), or a
                 classifier's softmax probability of ``score_class``. ``predict(pairs)`` gives the
@@ -174,8 +197,9 @@ class TextRanking(Task):
                 scores = self.task.scores(logits)
                 return 1.0 / (1.0 + np.exp(-scores)) if sigmoid else scores
 
-            def rank(self, query: str, passages: str | Sequence[str], *, top_k: int | None = None,
-                     batch_size: int = 32) -> list[dict[str, Any]]:
+            def rank(
+                self, query: str, passages: str | Sequence[str], *, top_k: int | None = None, batch_size: int = 32
+            ) -> list[dict[str, Any]]:
                 """The passages by score, highest first (ties in the given order), each as
                 ``{"index": its position in passages, "score": ..., "passage": ...}``; ``top_k``
                 keeps the first k."""

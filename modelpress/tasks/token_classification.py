@@ -12,6 +12,7 @@ agreement. Eval formats: ``conllu`` (the UPOS column), ``conll`` (CoNLL-2003 sty
 tag last, blank line between sentences), ``jsonl`` with ``tokens`` and ``tags`` lists.
 Calibration reads plain text; distillation compares token logits (KL, + cross-entropy on gold tags).
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,15 +32,22 @@ class TokenClassification(Task):
     name: ClassVar[str] = "token-classification"
     auto_class: ClassVar[str] = "AutoModelForTokenClassification"
     output_name: ClassVar[str] = "logits"
-    metrics: ClassVar[Mapping[str, str]] = {"top1_agreement": HIGHER, "mean_kl": LOWER, "accuracy": HIGHER,
-                                            "entity_f1": HIGHER}
+    metrics: ClassVar[Mapping[str, str]] = {
+        "top1_agreement": HIGHER,
+        "mean_kl": LOWER,
+        "accuracy": HIGHER,
+        "entity_f1": HIGHER,
+    }
     eval_formats: ClassVar[tuple[str, ...]] = ("conllu", "conll", "jsonl")
     distill: ClassVar[DistillSpec] = DistillSpec(
-        output="token_logits", losses=frozenset({"kl", "ce", "hidden_mse", "attention_kl"}), defaults={"kl": 1.0},
-        label_loss="ce")
+        output="token_logits",
+        losses=frozenset({"kl", "ce", "hidden_mse", "attention_kl"}),
+        defaults={"kl": 1.0},
+        label_loss="ce",
+    )
     needs_labels: ClassVar[bool] = True
     api: ClassVar[tuple[str, ...]] = ("tag",)
-    min_n: ClassVar[int] = 30   # sentences: the interval resamples whole sentences, a cluster bootstrap needs ~30
+    min_n: ClassVar[int] = 30  # sentences: the interval resamples whole sentences, a cluster bootstrap needs ~30
 
     def prepare(self, examples: Sequence[Any]) -> list[Any]:
         """Each example as its words: a string is split on whitespace, a list is taken as words."""
@@ -58,9 +66,14 @@ class TokenClassification(Task):
         from modelpress.validate.tagged import load_tagged
 
         label2id = dict(getattr(model_config, "label2id", None) or {})
-        es = load_tagged(path, fmt=cfg.eval_format, label2id=label2id, num_samples=cfg.num_samples,
-                         tokens_field=cfg.text_field if cfg.text_field != "text" else "tokens",
-                         tags_field=cfg.label_field if cfg.label_field != "label" else "tags")
+        es = load_tagged(
+            path,
+            fmt=cfg.eval_format,
+            label2id=label2id,
+            num_samples=cfg.num_samples,
+            tokens_field=cfg.text_field if cfg.text_field != "text" else "tokens",
+            tags_field=cfg.label_field if cfg.label_field != "label" else "tags",
+        )
         return es if preprocessor is None else self.with_coverage(es, preprocessor, max_length=cfg.max_length)
 
     def with_coverage(self, es: Any, tokenizer: Any, *, max_length: int) -> Any:
@@ -68,14 +81,19 @@ class TokenClassification(Task):
         windowed, as validation's encoder (the text modality's, at ``max_length``) reads them."""
         from modelpress.modalities import get_modality
 
-        encoder = get_modality(self.modality).encoder(tokenizer, input_names=("input_ids", "attention_mask"),
-                                                      max_length=max_length)
+        encoder = get_modality(self.modality).encoder(
+            tokenizer, input_names=("input_ids", "attention_mask"), max_length=max_length
+        )
         counts = encoder.word_coverage(es.words)
         if any(counts.values()):
             log.info(
                 "%s: %d word(s) have no token of their own (each is read at the next word's first "
                 "sub-token); %d sentence(s) are longer than max_length %d (read in overlapping windows)",
-                es.source, counts["words_without_tokens"], counts["windowed_sentences"], max_length)
+                es.source,
+                counts["words_without_tokens"],
+                counts["windowed_sentences"],
+                max_length,
+            )
         return replace(es, **counts)
 
     def reference_metrics(self, teacher_out: list[np.ndarray], es: Any) -> dict[str, float]:
@@ -120,6 +138,7 @@ class TokenClassification(Task):
                     tp.append(len(gc & pc))
                     pred.append(len(pc))
                 return tp, pred
+
             (t_tp, t_pred), (c_tp, c_pred) = counts(teacher_out), counts(candidate_out)
             n_gold = [len(chunks([names[i] for i in g])) for g in gold]
             return U.PairedUnits(U.as_arrays(t_tp, t_pred, c_tp, c_pred, n_gold), U.f1_drop(), "sentences")
@@ -138,8 +157,9 @@ class TokenClassification(Task):
         from modelpress.tasks.text_classification import softmax
 
         class TaggerBundle(Bundle):
-            def tag(self, texts: str | Sequence[str | Sequence[str]], *,
-                    batch_size: int = 32) -> list[list[tuple[str, str | None, float]]]:
+            def tag(
+                self, texts: str | Sequence[str | Sequence[str]], *, batch_size: int = 32
+            ) -> list[list[tuple[str, str | None, float]]]:
                 """Per text (a string, split on whitespace, or a list of words): ``(word, label,
                 probability)`` for every word, in order. A text longer than the model's length
                 limit is read in overlapping windows; a word the tokenizer makes no token of (a
@@ -149,8 +169,9 @@ class TokenClassification(Task):
                 examples = self.task.prepare(self._texts(texts, words=True))
                 names = self.label_names()
                 out = []
-                for words, logits, untagged in zip(examples, self.predict(examples, batch_size=batch_size),
-                                                   self._tokenless_texts(examples)):
+                for words, logits, untagged in zip(
+                    examples, self.predict(examples, batch_size=batch_size), self._tokenless_texts(examples)
+                ):
                     if untagged:  # the encoder read them at the first position ([CLS]): no word's tag
                         out.append([(w, None, 0.0) for w in words])
                         continue
@@ -163,8 +184,9 @@ class TokenClassification(Task):
                 """Per text, whether the tokenizer makes no token of any of its words."""
                 if not examples:
                     return []
-                ids = self.encoder.tokenizer([" ".join(words) for words in examples],
-                                             add_special_tokens=False)["input_ids"]
+                ids = self.encoder.tokenizer([" ".join(words) for words in examples], add_special_tokens=False)[
+                    "input_ids"
+                ]
                 return [len(row) == 0 for row in ids]
 
         return TaggerBundle

@@ -7,6 +7,7 @@ input exposed; on the real-token rows, numpy then computes, with the plan's exac
 which is what ONNX Runtime's MatMulIntegerToFloat computes for the node in isolation (errors of
 earlier nodes are not compounded). SQNR = 10·log10(‖y‖² / ‖y − ŷ‖²) in dB; relative L2 = ‖y − ŷ‖/‖y‖.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -25,10 +26,10 @@ from modelpress.runtimes.quantize.targets import weight_array
 
 @dataclass(frozen=True)
 class NodeError:
-    node: str                # the ONNX node
-    module: str | None       # the module path it came from (encoder.layer.3.output.dense), when known
+    node: str  # the ONNX node
+    module: str | None  # the module path it came from (encoder.layer.3.output.dense), when known
     activation: str
-    sqnr_db: float           # both quantized (what the int8 model does)
+    sqnr_db: float  # both quantized (what the int8 model does)
     rel_l2: float
     weight_only_sqnr_db: float
     activation_only_sqnr_db: float
@@ -69,9 +70,15 @@ def _convolution(node):
     def apply(x: np.ndarray, w: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             xt = F.pad(torch.from_numpy(x), (pads[1], pads[3], pads[0], pads[2]))
-            y = F.conv2d(xt, torch.from_numpy(w), stride=attrs.get("strides", [1, 1]),
-                         dilation=attrs.get("dilations", [1, 1]), groups=attrs.get("group", 1))
+            y = F.conv2d(
+                xt,
+                torch.from_numpy(w),
+                stride=attrs.get("strides", [1, 1]),
+                dilation=attrs.get("dilations", [1, 1]),
+                groups=attrs.get("group", 1),
+            )
         return y.numpy()
+
     return apply
 
 
@@ -81,8 +88,9 @@ def _sqnr(ref_energy: float, err_energy: float) -> float:
     return float(10.0 * np.log10(max(ref_energy, 1e-30) / err_energy))
 
 
-def analyze_plan(plan: QuantPlan, feeds: Iterable[Mapping[str, np.ndarray]], *,
-                 max_batches: int = 4) -> list[NodeError]:
+def analyze_plan(
+    plan: QuantPlan, feeds: Iterable[Mapping[str, np.ndarray]], *, max_batches: int = 4
+) -> list[NodeError]:
     """Errors of every target node of the plan, worst (lowest SQNR) first."""
     feeds = list(itertools.islice(iter(feeds), max_batches))
     acts = list(dict.fromkeys(t.activation for t in plan.targets))
@@ -110,13 +118,24 @@ def analyze_plan(plan: QuantPlan, feeds: Iterable[Mapping[str, np.ndarray]], *,
         xq = fake_quant_activation(x, plan.activation_quant(t.activation))
         y = apply(x, w)
         ref = float(np.sum(y.astype(np.float64) ** 2))
-        errs = {name: float(np.sum((y - yq).astype(np.float64) ** 2))
-                for name, yq in (("both", apply(xq, wq)), ("w", apply(x, wq)), ("a", apply(xq, w)))}
+        errs = {
+            name: float(np.sum((y - yq).astype(np.float64) ** 2))
+            for name, yq in (("both", apply(xq, wq)), ("w", apply(x, wq)), ("a", apply(xq, w)))
+        }
         norm = np.sqrt(max(ref, 1e-30))
-        results.append(NodeError(
-            t.node_name, modules.get(t.node_name), t.activation, _sqnr(ref, errs["both"]), float(np.sqrt(errs["both"]) / norm),
-            _sqnr(ref, errs["w"]), _sqnr(ref, errs["a"]),
-            float(np.sqrt(errs["w"]) / norm), float(np.sqrt(errs["a"]) / norm)))
+        results.append(
+            NodeError(
+                t.node_name,
+                modules.get(t.node_name),
+                t.activation,
+                _sqnr(ref, errs["both"]),
+                float(np.sqrt(errs["both"]) / norm),
+                _sqnr(ref, errs["w"]),
+                _sqnr(ref, errs["a"]),
+                float(np.sqrt(errs["w"]) / norm),
+                float(np.sqrt(errs["a"]) / norm),
+            )
+        )
     return sorted(results, key=lambda e: e.sqnr_db)
 
 

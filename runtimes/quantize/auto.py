@@ -10,6 +10,7 @@
 Evaluation is a callable supplied by the caller (the pipeline measures through ONNX Runtime),
 so this module knows nothing of tasks or metrics.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,10 +31,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Evaluation:
-    metric: float          # the gate metric, in points (× 100)
-    drop: float            # how much worse than the teacher, points (ranks candidates: lower is better)
+    metric: float  # the gate metric, in points (× 100)
+    drop: float  # how much worse than the teacher, points (ranks candidates: lower is better)
     passed: bool
-    latency_ms: float      # p50 at the evaluator's reference shape
+    latency_ms: float  # p50 at the evaluator's reference shape
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,15 @@ class AutoResult:
         return {"candidates": [asdict(c) for c in self.candidates], "chosen": self.chosen, "passed": self.passed}
 
 
-def auto_quantize(model_path: str | Path, out_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]],
-                  cfg: QuantizeConfig, *, evaluate: Callable[[Path], Evaluation],
-                  methods: tuple[str, ...] = CALIBRATION_METHODS) -> AutoResult:
+def auto_quantize(
+    model_path: str | Path,
+    out_path: str | Path,
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    cfg: QuantizeConfig,
+    *,
+    evaluate: Callable[[Path], Evaluation],
+    methods: tuple[str, ...] = CALIBRATION_METHODS,
+) -> AutoResult:
     result = AutoResult()
     budget = cfg.max_candidates
     with tempfile.TemporaryDirectory(prefix="modelpress-auto-", dir=Path(out_path).parent) as tmp:
@@ -75,13 +82,27 @@ def auto_quantize(model_path: str | Path, out_path: str | Path, feeds: Iterable[
             summary = write_quantized(plan, path, keep_fp32=keep)
             ev = evaluate(path)
             modules = module_names(plan.model)
-            cand = Candidate(len(result.candidates), plan.cfg.calibration_method, keep,
-                             tuple(modules.get(n, n) for n in keep), len(summary.quantized_nodes), round(ev.metric, 4), round(ev.drop, 4), ev.passed,
-                             round(ev.latency_ms, 3))
+            cand = Candidate(
+                len(result.candidates),
+                plan.cfg.calibration_method,
+                keep,
+                tuple(modules.get(n, n) for n in keep),
+                len(summary.quantized_nodes),
+                round(ev.metric, 4),
+                round(ev.drop, 4),
+                ev.passed,
+                round(ev.latency_ms, 3),
+            )
             result.candidates.append(cand)
-            log.info("auto candidate %d: %s, %d fp32 node(s): metric %.3f, drop %.3f → %s",
-                     cand.index, cand.calibration_method, len(keep), cand.metric, cand.drop,
-                     "pass" if cand.passed else "fail")
+            log.info(
+                "auto candidate %d: %s, %d fp32 node(s): metric %.3f, drop %.3f → %s",
+                cand.index,
+                cand.calibration_method,
+                len(keep),
+                cand.metric,
+                cand.drop,
+                "pass" if cand.passed else "fail",
+            )
             path.unlink()
             return cand
 
@@ -123,8 +144,9 @@ def auto_quantize(model_path: str | Path, out_path: str | Path, feeds: Iterable[
         else:
             chosen = min(result.candidates, key=lambda c: c.drop)
         if chosen.calibration_method != best_plan.cfg.calibration_method:
-            best_plan = plan_quantization(model_path, feeds, cfg.with_(calibration_method=chosen.calibration_method,
-                                                                         mode="static"))
+            best_plan = plan_quantization(
+                model_path, feeds, cfg.with_(calibration_method=chosen.calibration_method, mode="static")
+            )
             result.plan = best_plan
         result.chosen = chosen.index
         result.passed = chosen.passed

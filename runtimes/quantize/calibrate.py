@@ -5,6 +5,7 @@ The requested tensors are added as extra graph outputs of an in-memory copy of t
 dropped using the feed's ``attention_mask``: padding activations are not what the deployed model
 sees on real text, and they skew the ranges.
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,8 +48,9 @@ def _session_with_outputs(model: onnx.ModelProto, names: list[str]):
     return ort.InferenceSession(augmented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def collect_tensors(model: onnx.ModelProto, tensor_names: Iterable[str],
-                    feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+def collect_tensors(
+    model: onnx.ModelProto, tensor_names: Iterable[str], feeds: Iterable[Mapping[str, np.ndarray]]
+) -> dict[str, list[np.ndarray]]:
     """The raw values of some tensors on a few batches (for analysis; memory grows with batches)."""
     names = list(dict.fromkeys(tensor_names))
     session = _session_with_outputs(model, names)
@@ -60,10 +62,16 @@ def collect_tensors(model: onnx.ModelProto, tensor_names: Iterable[str],
     return values
 
 
-def collect_stats(model: onnx.ModelProto, tensor_names: Iterable[str],
-                  feeds: Iterable[Mapping[str, np.ndarray]], *, histogram: bool = False,
-                  num_bins: int = 2048, exclude_padding: bool = True,
-                  desc: str = "calibrating") -> dict[str, TensorStats]:
+def collect_stats(
+    model: onnx.ModelProto,
+    tensor_names: Iterable[str],
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    *,
+    histogram: bool = False,
+    num_bins: int = 2048,
+    exclude_padding: bool = True,
+    desc: str = "calibrating",
+) -> dict[str, TensorStats]:
     names = list(dict.fromkeys(tensor_names))
     session = _session_with_outputs(model, names)
     input_names = [i.name for i in session.get_inputs()]

@@ -5,6 +5,7 @@ asymmetric uint8 activations, symmetric int8 per-channel weights, Q/DQ that ONNX
 into ``MatMulIntegerToFloat``. The ``tensorrt`` preset is what TensorRT's explicit quantization
 accepts: symmetric int8 activations and weights, zero point 0 (TensorRT supports nothing else).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -22,26 +23,32 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)  # what ONNX Runtime's MatMulNBits kernels 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    mode: str = "static"                 # "static" | "auto" (accuracy-aware search) | "weight-only" (MatMulNBits, see README)
-    preset: str = "onnxruntime"          # "onnxruntime" (u8 act, CPU) | "tensorrt" (s8 symmetric act)
-    format: str = "auto"                 # "qdq" (portable Q/DQ) | "ort" (ORT fused int8 ops) | "auto" (by preset)
-    calibration_method: str = "minmax"   # "minmax" | "entropy" | "percentile"
-    percentile: float = 99.999           # kept share of |values| for calibration_method = "percentile"
-    num_bins: int = field(default=2048, metadata={"min": 128, "max": 65536})                # histogram bins per tensor (entropy / percentile); memory bound
+    mode: str = "static"  # "static" | "auto" (accuracy-aware search) | "weight-only" (MatMulNBits, see README)
+    preset: str = "onnxruntime"  # "onnxruntime" (u8 act, CPU) | "tensorrt" (s8 symmetric act)
+    format: str = "auto"  # "qdq" (portable Q/DQ) | "ort" (ORT fused int8 ops) | "auto" (by preset)
+    calibration_method: str = "minmax"  # "minmax" | "entropy" | "percentile"
+    percentile: float = 99.999  # kept share of |values| for calibration_method = "percentile"
+    num_bins: int = field(
+        default=2048, metadata={"min": 128, "max": 65536}
+    )  # histogram bins per tensor (entropy / percentile); memory bound
     op_types: tuple[str, ...] = ("MatMul", "Gemm", "Conv")  # ops whose *constant-weight* nodes get int8
-    nodes_to_exclude: tuple[str, ...] = ()          # node names kept fp32
-    per_channel: bool = True             # per-output-channel weight scales
+    nodes_to_exclude: tuple[str, ...] = ()  # node names kept fp32
+    per_channel: bool = True  # per-output-channel weight scales
     symmetric_activations: bool | None = None  # None: from the preset
-    reduce_range: bool | None = None     # 7-bit weights (±63); None: where the target's int8 GEMM saturates
-    exclude_padding: bool = True         # calibrate on real tokens only (attention_mask == 1)
-    smoothquant: bool = True             # migrate activation outliers into weights (SmoothQuant)
-    smoothquant_alpha: float = 0.8       # migration strength, 0..1
-    fuse: bool = True                    # "ort" format: write on ONNX Runtime's fused graph (Attention → QAttention)
-    calibration_seeds: int = field(default=1, metadata={"min": 1})  # calibrate K times on different samples; gate the worst
-    max_candidates: int = field(default=8, metadata={"min": 1})             # auto mode: most candidates tried
-    weight_bits: int = 8                 # weight-only: 8 or 4 bits per weight
-    block_size: int = 32                 # weight-only: input rows per weight scale (16, 32, 64, 128, 256)
-    accuracy_level: int = field(default=4, metadata={"min": 0, "max": 4})  # weight-only: MatMulNBits compute (0/1 fp32, 4 int8)
+    reduce_range: bool | None = None  # 7-bit weights (±63); None: where the target's int8 GEMM saturates
+    exclude_padding: bool = True  # calibrate on real tokens only (attention_mask == 1)
+    smoothquant: bool = True  # migrate activation outliers into weights (SmoothQuant)
+    smoothquant_alpha: float = 0.8  # migration strength, 0..1
+    fuse: bool = True  # "ort" format: write on ONNX Runtime's fused graph (Attention → QAttention)
+    calibration_seeds: int = field(
+        default=1, metadata={"min": 1}
+    )  # calibrate K times on different samples; gate the worst
+    max_candidates: int = field(default=8, metadata={"min": 1})  # auto mode: most candidates tried
+    weight_bits: int = 8  # weight-only: 8 or 4 bits per weight
+    block_size: int = 32  # weight-only: input rows per weight scale (16, 32, 64, 128, 256)
+    accuracy_level: int = field(
+        default=4, metadata={"min": 0, "max": 4}
+    )  # weight-only: MatMulNBits compute (0/1 fp32, 4 int8)
     # int8 Q·Kᵀ in the Q/DQ graphs (the OpenVINO IR; model.int8.onnx when format = "qdq"): Q/DQ on the
     # Q and K projection outputs. "auto": on where the target has VNNI/AMX (OpenVINO's int8 MHA kernel), decided
     # by for_target (unpinned: off); never in the "ort" format (ONNX Runtime's fused attention is its own)
@@ -68,18 +75,22 @@ class QuantizeConfig:
         if self.weight_bits not in WEIGHT_BITS:
             raise BadInputError(f"quantize.weight_bits: expected 8 or 4, got {self.weight_bits}")
         if self.block_size not in BLOCK_SIZES:
-            raise BadInputError(f"quantize.block_size: expected one of {', '.join(map(str, BLOCK_SIZES))}, "
-                                f"got {self.block_size}")
+            raise BadInputError(
+                f"quantize.block_size: expected one of {', '.join(map(str, BLOCK_SIZES))}, got {self.block_size}"
+            )
         if not 0 <= self.accuracy_level <= 4:
             raise BadInputError(f"quantize.accuracy_level: expected 0..4, got {self.accuracy_level}")
         if self.mode == "weight-only" and self.calibration_seeds > 1:
             raise BadInputError('quantize.calibration_seeds: "weight-only" reads no calibration data; leave it at 1')
         if self.mode == "weight-only" and self.preset == "tensorrt":
-            raise BadInputError('quantize.mode = "weight-only" writes ONNX Runtime\'s MatMulNBits; TensorRT reads '
-                                'none of it (use "static" for the tensorrt preset)')
+            raise BadInputError(
+                'quantize.mode = "weight-only" writes ONNX Runtime\'s MatMulNBits; TensorRT reads '
+                'none of it (use "static" for the tensorrt preset)'
+            )
         if isinstance(self.attention_scores, str) and self.attention_scores != "auto":
-            raise BadInputError(f'quantize.attention_scores: expected "auto", true or false, '
-                                f'got {self.attention_scores!r}')
+            raise BadInputError(
+                f'quantize.attention_scores: expected "auto", true or false, got {self.attention_scores!r}'
+            )
         unknown = set(self.op_types) - {"MatMul", "Gemm", "Conv"}
         if unknown:
             raise BadInputError(f"quantize.op_types: unsupported {sorted(unknown)}; supported: MatMul, Gemm, Conv")

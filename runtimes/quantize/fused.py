@@ -8,6 +8,7 @@ node reads the activation its Q/K/V projections read and packs their weights col
 factor of that activation scales the packed weight's rows exactly as it scaled each projection's.
 An ``Attention`` stands for its three projections: it is int8 only when all three are.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,9 @@ def _original(activation: str, factors: dict) -> str:
     return activation[: -len(SMOOTHED)] if activation in factors and activation.endswith(SMOOTHED) else activation
 
 
-def carry_over(fused: onnx.ModelProto, targets: list[QuantTarget], ranges: dict, factors: dict,
-               op_types: tuple[str, ...]) -> FusedPlan:
+def carry_over(
+    fused: onnx.ModelProto, targets: list[QuantTarget], ranges: dict, factors: dict, op_types: tuple[str, ...]
+) -> FusedPlan:
     """The fused graph under a plan's calibration (``targets``/``ranges`` of ``model.onnx``,
     ``factors``: its SmoothQuant factors keyed by smoothed activation)."""
     by_activation: dict[str, list[str]] = {}
@@ -62,8 +64,9 @@ def carry_over(fused: onnx.ModelProto, targets: list[QuantTarget], ranges: dict,
         else:
             left.append(t.node_name)
     if left:
-        log.warning("the fused graph keeps %d node(s) fp32 that the plan does not cover: %s", len(left),
-                    ", ".join(left[:5]))
+        log.warning(
+            "the fused graph keeps %d node(s) fp32 that the plan does not cover: %s", len(left), ", ".join(left[:5])
+        )
     by_act = {_original(a, factors): s for a, s in factors.items()}
     model, chosen, _ = apply_smoothing(fused, chosen, {}, 0.0, factors_by_act=by_act) if by_act else (fused, chosen, {})
     missing = [t.node_name for t in chosen if t.activation not in ranges]

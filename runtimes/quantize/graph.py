@@ -5,6 +5,7 @@ Q/DQ insertion, ONNX Runtime's fused int8 ops and SmoothQuant's ``Mul`` nodes ar
 nodes before that one, maybe remove it, add constants": the bookkeeping (topological order kept
 by inserting at the consumer's position, initializers pruned) lives here once.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -22,7 +23,7 @@ class GraphEditor:
         self.nodes = {n.name: n for n in self.graph.node}
         self.position = {n.name: i for i, n in enumerate(self.graph.node)}
         self._before: dict[int, list[onnx.NodeProto]] = defaultdict(list)
-        self._removed: set[int] = set()       # id() of removed nodes
+        self._removed: set[int] = set()  # id() of removed nodes
         self._maybe_unused: set[str] = set()  # initializers to drop if nothing reads them at the end
         self._consumers: dict[str, list[onnx.NodeProto]] | None = None
 

@@ -8,6 +8,7 @@ Add is ~15-20% of a quantized Linear's time at batch 32 on the 2-core CPU, the d
 between matching ORT dynamic int8 and losing to it. The model then needs ONNX Runtime
 (``com.microsoft`` domain); the ``qdq`` format stays portable (TensorRT, other runtimes).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -61,18 +62,32 @@ def _qattention(node: onnx.NodeProto, inputs: list[str]) -> onnx.NodeProto:
     w_scale, mask_index, x_zero_point, w_zero_point, past)``; its attributes carried over."""
     x_q, w_q, x_scale, w_scale, x_zp, w_zp = inputs[:6]
     rest = list(node.input) + [""] * (5 - len(node.input))
-    q = onnx.helper.make_node("QAttention", [x_q, w_q, rest[2], x_scale, w_scale, rest[3], x_zp, w_zp, rest[4]],
-                              list(node.output), name=node.name, domain=MS_DOMAIN)
-    q.attribute.extend(a for a in node.attribute if a.name in ("num_heads", "unidirectional", "do_rotary",
-                                                               "past_present_share_buffer", "mask_filter_value",
-                                                               "scale"))
+    q = onnx.helper.make_node(
+        "QAttention",
+        [x_q, w_q, rest[2], x_scale, w_scale, rest[3], x_zp, w_zp, rest[4]],
+        list(node.output),
+        name=node.name,
+        domain=MS_DOMAIN,
+    )
+    q.attribute.extend(
+        a
+        for a in node.attribute
+        if a.name
+        in ("num_heads", "unidirectional", "do_rotary", "past_present_share_buffer", "mask_filter_value", "scale")
+    )
     while q.input and q.input[-1] == "":
         q.input.pop()
     return q
 
 
-def insert_ort_int8(model: onnx.ModelProto, targets: list[QuantTarget], ranges: dict[str, TensorRange], *,
-                    per_channel: bool = True, weight_qmax: int = 127) -> onnx.ModelProto:
+def insert_ort_int8(
+    model: onnx.ModelProto,
+    targets: list[QuantTarget],
+    ranges: dict[str, TensorRange],
+    *,
+    per_channel: bool = True,
+    weight_qmax: int = 127,
+) -> onnx.ModelProto:
     """MatMul targets (and plain Gemm ones, :func:`ort_gemm`) become MatMulIntegerToFloat and
     Attention targets QAttention (u8 activations, s8 per-column weights)."""
     g = GraphEditor(model)
@@ -84,9 +99,15 @@ def insert_ort_int8(model: onnx.ModelProto, targets: list[QuantTarget], ranges: 
         if base not in quantized_acts:
             g.add_initializer(np.array(p.scale, dtype=np.float32), f"{base}_scale")
             g.add_initializer(onnx.helper.make_tensor(f"{base}_zero_point", TensorProto.UINT8, [], [p.zero_point]))
-            g.insert_before(t.node_name, onnx.helper.make_node(
-                "QuantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"], [f"{base}_quantized"],
-                name=f"{base}_QuantizeLinear"))
+            g.insert_before(
+                t.node_name,
+                onnx.helper.make_node(
+                    "QuantizeLinear",
+                    [base, f"{base}_scale", f"{base}_zero_point"],
+                    [f"{base}_quantized"],
+                    name=f"{base}_QuantizeLinear",
+                ),
+            )
             quantized_acts[base] = f"{base}_quantized"
         gemm = plain_gemm(g.inits, node) if node.op_type == "Gemm" else None
         weight = g.array(t.weight)
@@ -112,8 +133,10 @@ def insert_ort_int8(model: onnx.ModelProto, targets: list[QuantTarget], ranges: 
             inputs.append(bias)
             output = add.output[0]
             g.remove(add)
-        g.insert_before(t.node_name, onnx.helper.make_node("MatMulIntegerToFloat", inputs, [output],
-                                                           name=t.node_name, domain=MS_DOMAIN))
+        g.insert_before(
+            t.node_name,
+            onnx.helper.make_node("MatMulIntegerToFloat", inputs, [output], name=t.node_name, domain=MS_DOMAIN),
+        )
         g.remove(node)
     model = g.finish()
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):

@@ -6,6 +6,7 @@ Outputs stay fp32, so ONNX Runtime fuses ``DQ(x)·DQ(W)`` into ``MatMulIntegerTo
 (QLinearMatMul would also quantize the output and lose accuracy), and TensorRT reads the Q/DQ
 pairs as explicit quantization.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,8 +53,15 @@ def quantize_weight(w: np.ndarray, *, axis: int, per_channel: bool, qmax: int = 
     return q, scale
 
 
-def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], ranges: dict[str, TensorRange], *,
-               symmetric_activations: bool, per_channel: bool = True, weight_qmax: int = 127) -> onnx.ModelProto:
+def insert_qdq(
+    model: onnx.ModelProto,
+    targets: list[QuantTarget],
+    ranges: dict[str, TensorRange],
+    *,
+    symmetric_activations: bool,
+    per_channel: bool = True,
+    weight_qmax: int = 127,
+) -> onnx.ModelProto:
     g = GraphEditor(model)
     act_done: dict[str, str] = {}
     for t in sorted(targets, key=lambda t: g.position[t.node_name]):
@@ -66,11 +74,19 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], ranges: dict[
             g.add_initializer(onnx.helper.make_tensor(f"{base}_zero_point", zp_type, [], [p.zero_point]))
             g.insert_before(
                 t.node_name,
-                onnx.helper.make_node("QuantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"],
-                                      [f"{base}_quantized"], name=f"{base}_QuantizeLinear"),
-                onnx.helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale",
-                                                          f"{base}_zero_point"],
-                                      [f"{base}_dequantized"], name=f"{base}_DequantizeLinear"))
+                onnx.helper.make_node(
+                    "QuantizeLinear",
+                    [base, f"{base}_scale", f"{base}_zero_point"],
+                    [f"{base}_quantized"],
+                    name=f"{base}_QuantizeLinear",
+                ),
+                onnx.helper.make_node(
+                    "DequantizeLinear",
+                    [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                    [f"{base}_dequantized"],
+                    name=f"{base}_DequantizeLinear",
+                ),
+            )
             act_done[t.activation] = f"{base}_dequantized"
         node.input[0] = act_done[t.activation]
 
@@ -80,33 +96,51 @@ def insert_qdq(model: onnx.ModelProto, targets: list[QuantTarget], ranges: dict[
         g.add_initializer(scale, f"{wq}_scale")
         g.add_initializer(np.zeros(scale.shape, dtype=np.int8), f"{wq}_zero_point")
         dq_attrs = {"axis": t.weight_axis} if per_channel else {}
-        g.insert_before(t.node_name, onnx.helper.make_node(
-            "DequantizeLinear", [wq, f"{wq}_scale", f"{wq}_zero_point"], [f"{wq}_dequantized"],
-            name=f"{wq}_DequantizeLinear", **dq_attrs))
+        g.insert_before(
+            t.node_name,
+            onnx.helper.make_node(
+                "DequantizeLinear",
+                [wq, f"{wq}_scale", f"{wq}_zero_point"],
+                [f"{wq}_dequantized"],
+                name=f"{wq}_DequantizeLinear",
+                **dq_attrs,
+            ),
+        )
         node.input[1] = f"{wq}_dequantized"
         g.drop_if_unused(t.weight)
     return g.finish()
 
 
-def insert_score_qdq(model: onnx.ModelProto, scores: list[ScoreMatMul],
-                     ranges: dict[str, TensorRange]) -> onnx.ModelProto:
+def insert_score_qdq(
+    model: onnx.ModelProto, scores: list[ScoreMatMul], ranges: dict[str, TensorRange]
+) -> onnx.ModelProto:
     """Symmetric int8 Q/DQ (zero point 0, one scale per tensor) on the Q and K projection outputs of
     each Q·Kᵀ MatMul, read only by the node on the way to that MatMul: the projection's other readers
     and the attention·V path keep fp32. Signed and symmetric is what NNCF writes there and what
     OpenVINO's int8 MHA kernel takes."""
     g = GraphEditor(model)
-    for tensor, reader in dict.fromkeys((t, r) for s in scores for t, r in ((s.query, s.query_reader),
-                                                                            (s.key, s.key_reader))):
+    for tensor, reader in dict.fromkeys(
+        (t, r) for s in scores for t, r in ((s.query, s.query_reader), (s.key, s.key_reader))
+    ):
         p = activation_params(ranges[tensor], symmetric=True)
         base = f"{tensor}_scores"
         g.add_initializer(np.array(p.scale, dtype=np.float32), f"{base}_scale")
         g.add_initializer(onnx.helper.make_tensor(f"{base}_zero_point", TensorProto.INT8, [], [0]))
-        g.insert_before(reader,
-                        onnx.helper.make_node("QuantizeLinear", [tensor, f"{base}_scale", f"{base}_zero_point"],
-                                              [f"{base}_quantized"], name=f"{base}_QuantizeLinear"),
-                        onnx.helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale",
-                                                                   f"{base}_zero_point"],
-                                              [f"{base}_dequantized"], name=f"{base}_DequantizeLinear"))
+        g.insert_before(
+            reader,
+            onnx.helper.make_node(
+                "QuantizeLinear",
+                [tensor, f"{base}_scale", f"{base}_zero_point"],
+                [f"{base}_quantized"],
+                name=f"{base}_QuantizeLinear",
+            ),
+            onnx.helper.make_node(
+                "DequantizeLinear",
+                [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                [f"{base}_dequantized"],
+                name=f"{base}_DequantizeLinear",
+            ),
+        )
         node = g.nodes[reader]
         node.input[:] = [f"{base}_dequantized" if name == tensor else name for name in node.input]
     return g.finish()

@@ -6,6 +6,7 @@ which ONNX Runtime runs at no measurable cost, unlike a per-channel QuantizeLine
 are multiplied by s, so X·W is unchanged in exact arithmetic but X has a flatter range.
 Consumers that share one activation (Q, K, V projections) share one smoothing factor.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -19,20 +20,23 @@ from modelpress.runtimes.quantize.targets import QuantTarget
 _S_MIN, _S_MAX = 1e-4, 1e4
 
 
-def smoothing_factors(act_absmax: np.ndarray, weights: list[tuple[np.ndarray, int]],
-                      alpha: float) -> np.ndarray:
+def smoothing_factors(act_absmax: np.ndarray, weights: list[tuple[np.ndarray, int]], alpha: float) -> np.ndarray:
     """Per-input-channel factors s for one activation and the weights (array, input axis) it feeds."""
     w_absmax = np.max([np.abs(w).max(axis=1 - axis) if w.ndim == 2 else np.abs(w) for w, axis in weights], axis=0)
     a = np.maximum(act_absmax.astype(np.float64), 1e-5)
     w = np.maximum(w_absmax.astype(np.float64), 1e-5)
-    s = a ** alpha / w ** (1.0 - alpha)
+    s = a**alpha / w ** (1.0 - alpha)
     return np.clip(s, _S_MIN, _S_MAX).astype(np.float32)
 
 
-def apply_smoothing(model: onnx.ModelProto, targets: list[QuantTarget],
-                    act_absmax: dict[str, np.ndarray], alpha: float, *,
-                    factors_by_act: dict[str, np.ndarray] | None = None
-                    ) -> tuple[onnx.ModelProto, list[QuantTarget], dict[str, np.ndarray]]:
+def apply_smoothing(
+    model: onnx.ModelProto,
+    targets: list[QuantTarget],
+    act_absmax: dict[str, np.ndarray],
+    alpha: float,
+    *,
+    factors_by_act: dict[str, np.ndarray] | None = None,
+) -> tuple[onnx.ModelProto, list[QuantTarget], dict[str, np.ndarray]]:
     """A smoothed copy of the model, the targets re-pointed at the smoothed activations, and the
     factors used (keyed by the new activation name). ``factors_by_act`` (keyed by the activation)
     applies factors already chosen, on another form of the same graph (the fused one)."""
@@ -59,8 +63,9 @@ def apply_smoothing(model: onnx.ModelProto, targets: list[QuantTarget],
         s = known[act] if factors_by_act is not None else smoothing_factors(act_absmax[act], weights, alpha)
         smoothed = f"{act}_smoothed"
         inv_name = g.add_initializer((1.0 / s).astype(np.float32), f"{act}_smooth_inv_scale")
-        g.insert_before_index(first_consumer[act],
-                              onnx.helper.make_node("Mul", [act, inv_name], [smoothed], name=f"{act}_smooth_mul"))
+        g.insert_before_index(
+            first_consumer[act], onnx.helper.make_node("Mul", [act, inv_name], [smoothed], name=f"{act}_smooth_mul")
+        )
         factors[smoothed] = s
         for t, (w, axis) in zip(group, weights):
             shape = [1, 1]

@@ -3,6 +3,7 @@ accuracy-aware search), its per-node analysis (``analysis.json``, the sensitivit
 ``quantization.json``; the runtimes write their artifacts from the same plan (``runtimes.artifacts``).
 ``analyze_run`` re-plans a finished run for ``modelpress analyze`` and writes beside the bundle
 (``<run>.analysis/``), never into it."""
+
 from __future__ import annotations
 
 import json
@@ -24,18 +25,23 @@ log = logging.getLogger(__name__)
 @dataclass
 class QuantizeOutcome:
     summary: QuantizeSummary
-    analysis: list            # NodeError, worst first
-    auto: dict | None         # the accuracy-aware search (mode "auto")
-    plan: object = None       # runtimes.quantize.static.QuantPlan of the written model
+    analysis: list  # NodeError, worst first
+    auto: dict | None  # the accuracy-aware search (mode "auto")
+    plan: object = None  # runtimes.quantize.static.QuantPlan of the written model
     analysis_section: dict | None = None
 
     def report_section(self, mode: str) -> dict[str, Any]:
-        return {**{k: v for k, v in self.summary.to_dict().items() if k != "tensors"}, "mode": mode,
-                "auto": self.auto}
+        return {**{k: v for k, v in self.summary.to_dict().items() if k != "tensors"}, "mode": mode, "auto": self.auto}
 
 
-def quantize_model(onnx_path: Path, out_path: Path, feeds: Iterable[Mapping[str, np.ndarray]],
-                   cfg: QuantizeConfig, *, evaluate: Callable | None = None) -> QuantizeOutcome:
+def quantize_model(
+    onnx_path: Path,
+    out_path: Path,
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    cfg: QuantizeConfig,
+    *,
+    evaluate: Callable | None = None,
+) -> QuantizeOutcome:
     """Static int8 (or the accuracy-aware search when ``cfg.mode == "auto"``) plus per-node analysis;
     ``"weight-only"``: MatMulNBits weights (``weight_only``), no calibration and no analysis."""
     from modelpress.runtimes.quantize.analysis import analyze_plan
@@ -63,12 +69,12 @@ def write_analysis(errors: list, paths: Any, *, top: int = 15) -> dict[str, Any]
     rows = [e.to_dict() for e in errors]
     write_json(paths.analysis_json, rows)
     plot = plot_errors(errors, paths.sensitivity_plot)
-    return {"nodes": len(rows), "worst": rows[:top],
-            "plot": str(plot.relative_to(paths.root)) if plot else None}
+    return {"nodes": len(rows), "worst": rows[:top], "plot": str(plot.relative_to(paths.root)) if plot else None}
 
 
-def quantize_stage(paths: Any, feeds: Iterable[Mapping[str, np.ndarray]], cfg: QuantizeConfig, *,
-                   evaluate: Callable | None = None) -> QuantizeOutcome:
+def quantize_stage(
+    paths: Any, feeds: Iterable[Mapping[str, np.ndarray]], cfg: QuantizeConfig, *, evaluate: Callable | None = None
+) -> QuantizeOutcome:
     """``model.onnx`` → ``model.int8.onnx`` (+ analysis and quantization.json). Each runtime then
     writes its own artifact from the outcome's plan (``runtimes.artifacts``)."""
     log.info("quantizing to %s", paths.model_int8_onnx)
@@ -78,8 +84,13 @@ def quantize_stage(paths: Any, feeds: Iterable[Mapping[str, np.ndarray]], cfg: Q
     return outcome
 
 
-def seed_variants(onnx_path: Path, feeds_by_seed: Iterable[tuple[int, Iterable[Mapping[str, np.ndarray]]]],
-                  outcome: QuantizeOutcome, cfg: QuantizeConfig, work: Path) -> list[tuple[int, Path, float]]:
+def seed_variants(
+    onnx_path: Path,
+    feeds_by_seed: Iterable[tuple[int, Iterable[Mapping[str, np.ndarray]]]],
+    outcome: QuantizeOutcome,
+    cfg: QuantizeConfig,
+    work: Path,
+) -> list[tuple[int, Path, float]]:
     """The written model's calibration re-done on other samples (``quantize.calibration_seeds``):
     the same settings (the method and fp32 nodes the run chose), one model per seed, in ``work``.
     Returns (seed, path, calibration seconds) per variant."""
@@ -111,8 +122,10 @@ def recorded_outcome(quantization_json: Path) -> QuantizeOutcome:
     if not isinstance(done, dict) or not required <= set(done):
         raise BadInputError(f"{quantization_json}: not a quantization record of `modelpress quantize`")
     if done["calibration_method"] not in CALIBRATION_METHODS:
-        raise BadInputError(f"{quantization_json}: the model was quantized without calibration "
-                            f"({done['calibration_method']}); there is nothing to calibrate again")
+        raise BadInputError(
+            f"{quantization_json}: the model was quantized without calibration "
+            f"({done['calibration_method']}); there is nothing to calibrate again"
+        )
     return QuantizeOutcome(QuantizeSummary(**{k: v for k, v in done.items() if k in names}), [], done.get("auto"))
 
 
@@ -145,8 +158,12 @@ def analyze_run(run_dir: Path, out_dir: Path | None = None):
     method = done["calibration_method"] if done["calibration_method"] != "none" else recipe.quantize.calibration_method
     cfg = recipe.quantize.with_(mode="static", calibration_method=method)
     preprocessor = modality.load_preprocessor(str(paths.preprocessor(modality)))
-    encoder = modality.encoder(preprocessor, input_names=meta["input_names"], max_length=recipe.calibration.max_length,
-                               input_shapes=meta.get("input_shapes"))
+    encoder = modality.encoder(
+        preprocessor,
+        input_names=meta["input_names"],
+        max_length=recipe.calibration.max_length,
+        input_shapes=meta.get("input_shapes"),
+    )
     cal = recipe.calibration
     feeds = ExampleFeed(modality.calibration_set(cal, preprocessor), encoder, batch_size=cal.batch_size)
     plan = plan_quantization(paths.model_onnx, feeds, cfg)

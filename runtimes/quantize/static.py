@@ -7,6 +7,7 @@ each attention-score MatMul in the same pass → write Q/DQ, or for the ``ort`` 
 int8 ops on its fused graph when there is one (``runtimes.quantize.fused``) → save atomically.
 Returns a summary for the report.
 """
+
 from __future__ import annotations
 
 
@@ -30,8 +31,13 @@ from modelpress.runtimes.quantize.ort_ops import insert_ort_int8, ort_gemm
 from modelpress.runtimes.quantize.qdq import activation_params, insert_qdq, insert_score_qdq
 from modelpress.runtimes.quantize.smoothquant import apply_smoothing
 from modelpress.runtimes.quantize.stats import TensorRange
-from modelpress.runtimes.quantize.targets import (QuantTarget, ScoreMatMul, find_attention_scores, find_targets,
-                                                  fold_weight_transposes)
+from modelpress.runtimes.quantize.targets import (
+    QuantTarget,
+    ScoreMatMul,
+    find_attention_scores,
+    find_targets,
+    fold_weight_transposes,
+)
 
 
 @dataclass(frozen=True)
@@ -52,25 +58,25 @@ class AttentionScoresSummary:
     per tensor) on the Q and K projection outputs, in the Q/DQ graphs written from the plan (present
     when ``quantize.attention_scores`` is on for the target)."""
 
-    in_this_graph: bool                   # False for the "ort" format (ONNX Runtime's attention stays fp32)
-    matmuls: tuple[str, ...]              # the Q·Kᵀ MatMul nodes
+    in_this_graph: bool  # False for the "ort" format (ONNX Runtime's attention stays fp32)
+    matmuls: tuple[str, ...]  # the Q·Kᵀ MatMul nodes
     tensors: tuple[TensorCalibration, ...]  # the Q and K projection outputs and their int8 ranges
 
 
 @dataclass(frozen=True)
 class QuantizeSummary:
     preset: str
-    format: str                           # "qdq" | "ort"
+    format: str  # "qdq" | "ort"
     calibration_method: str
     smoothquant: bool
-    weight_bits: int                      # 8 (±127) or 7 (±63, reduce_range: CPUs whose int8 GEMM saturates)
+    weight_bits: int  # 8 (±127) or 7 (±63, reduce_range: CPUs whose int8 GEMM saturates)
     quantized_nodes: tuple[str, ...]
-    fp32_nodes: tuple[str, ...]           # MatMul/Gemm nodes left in fp32 (excluded or not eligible)
+    fp32_nodes: tuple[str, ...]  # MatMul/Gemm nodes left in fp32 (excluded or not eligible)
     tensors: tuple[TensorCalibration, ...]
     calibration_seconds: float
     peak_rss_mb: float
-    block_size: int | None = None         # weight-only (MatMulNBits): input rows per weight scale
-    accuracy_level: int | None = None     # weight-only: MatMulNBits' compute (0/1 fp32, 4 int8)
+    block_size: int | None = None  # weight-only (MatMulNBits): input rows per weight scale
+    accuracy_level: int | None = None  # weight-only: MatMulNBits' compute (0/1 fp32, 4 int8)
     attention_scores: AttentionScoresSummary | None = None
 
     def to_dict(self) -> dict:
@@ -102,7 +108,7 @@ class QuantPlan:
     cfg: QuantizeConfig
     seconds: float
     peak_rss_bytes: int
-    fused: FusedPlan | None = None   # the same calibration on ORT's fused graph (the ``ort`` format's base)
+    fused: FusedPlan | None = None  # the same calibration on ORT's fused graph (the ``ort`` format's base)
     #: Q·Kᵀ MatMuls and the symmetric ranges of their Q/K projection outputs (cfg.int8_attention_scores)
     scores: list[ScoreMatMul] = field(default_factory=list)
     score_ranges: dict[str, TensorRange] = field(default_factory=dict)
@@ -111,8 +117,9 @@ class QuantPlan:
         return activation_params(self.ranges[activation], symmetric=self.cfg.activation_symmetric)
 
 
-def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]],
-                      cfg: QuantizeConfig) -> QuantPlan:
+def plan_quantization(
+    model_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]], cfg: QuantizeConfig
+) -> QuantPlan:
     """Find targets, smooth (optional) and calibrate: the expensive, data-dependent part. For the
     ``ort`` format (``quantize.fuse``) the same calibration is carried over to ORT's fused graph."""
     start = time.perf_counter()
@@ -131,21 +138,36 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
     acts = [t.activation for t in targets]
     scores = find_attention_scores(model) if cfg.int8_attention_scores else []
     score_tensors = list(dict.fromkeys(t for s in scores for t in (s.query, s.key)))
-    stats = collect_stats(model, acts + score_tensors, feeds, histogram=needs_hist and not cfg.smoothquant,
-                          num_bins=cfg.num_bins, exclude_padding=cfg.exclude_padding,
-                          desc="calibrating (pass 1)")
+    stats = collect_stats(
+        model,
+        acts + score_tensors,
+        feeds,
+        histogram=needs_hist and not cfg.smoothquant,
+        num_bins=cfg.num_bins,
+        exclude_padding=cfg.exclude_padding,
+        desc="calibrating (pass 1)",
+    )
     score_stats = {t: stats[t] for t in score_tensors}
     rss.sample()
     if cfg.smoothquant:
         # Conv inputs are not smoothed (their statistics are not per input channel: NCHW)
         conv_acts = {t.activation for t in targets if t.op_type == "Conv"}
         model, targets, factors = apply_smoothing(
-            model, targets, {a: s.channel_absmax() for a, s in stats.items() if a not in conv_acts},
-            cfg.smoothquant_alpha)
+            model,
+            targets,
+            {a: s.channel_absmax() for a, s in stats.items() if a not in conv_acts},
+            cfg.smoothquant_alpha,
+        )
         if needs_hist:
-            stats = collect_stats(model, [t.activation for t in targets] + score_tensors, feeds, histogram=True,
-                                  num_bins=cfg.num_bins, exclude_padding=cfg.exclude_padding,
-                                  desc="calibrating (pass 2)")
+            stats = collect_stats(
+                model,
+                [t.activation for t in targets] + score_tensors,
+                feeds,
+                histogram=True,
+                num_bins=cfg.num_bins,
+                exclude_padding=cfg.exclude_padding,
+                desc="calibrating (pass 2)",
+            )
             score_stats = {t: stats[t] for t in score_tensors}
             rss.sample()
         else:
@@ -160,12 +182,12 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
             observed[t.activation] = (s.lo, s.hi)
             ranges[t.activation] = s.symmetric() if cfg.activation_symmetric else s
         else:
-            ranges[t.activation] = s.range(method, percentile=cfg.percentile,
-                                           symmetric=cfg.activation_symmetric)
+            ranges[t.activation] = s.range(method, percentile=cfg.percentile, symmetric=cfg.activation_symmetric)
             observed[t.activation] = (s.min, s.max)
     # minmax: pass 1's statistics hold (SmoothQuant rescales the projections' inputs and weights, not their outputs)
-    score_ranges = {name: st.range(method, percentile=cfg.percentile, symmetric=True)
-                    for name, st in score_stats.items()}
+    score_ranges = {
+        name: st.range(method, percentile=cfg.percentile, symmetric=True) for name, st in score_stats.items()
+    }
     observed.update({name: (st.min, st.max) for name, st in score_stats.items()})
     if scores:  # the same sites on the smoothed graph (its readers are the nodes a Q/DQ goes before)
         scores = [sc for sc in find_attention_scores(model) if {sc.query, sc.key} <= score_ranges.keys()]
@@ -173,8 +195,19 @@ def plan_quantization(model_path: str | Path, feeds: Iterable[Mapping[str, np.nd
     fused = None
     if cfg.graph_format == "ort" and cfg.fuse:
         fused = _fused_plan(model_path, feeds, targets, ranges, factors, cfg)
-    return QuantPlan(model, targets, ranges, observed, all_matmuls, cfg,
-                     time.perf_counter() - start, rss.peak, fused, scores, score_ranges)
+    return QuantPlan(
+        model,
+        targets,
+        ranges,
+        observed,
+        all_matmuls,
+        cfg,
+        time.perf_counter() - start,
+        rss.peak,
+        fused,
+        scores,
+        score_ranges,
+    )
 
 
 def _fused_plan(model_path, feeds, targets, ranges, factors, cfg: QuantizeConfig) -> FusedPlan | None:
@@ -202,9 +235,15 @@ def excluded_nodes(model: onnx.ModelProto, names: tuple[str, ...], *, source: ob
 def for_tensorrt(plan: QuantPlan) -> QuantPlan:
     """The same calibration as TensorRT reads it: symmetric int8 activations (±max|range|), Q/DQ.
     Attention scores stay fp32: TensorRT's int8 MHA fusion wants V and the softmax quantized too."""
-    return replace(plan, ranges={a: r.symmetric() for a, r in plan.ranges.items()},
-                   cfg=plan.cfg.with_(preset="tensorrt", format="qdq", symmetric_activations=None,
-                                      reduce_range=False, attention_scores=False), scores=[], score_ranges={})
+    return replace(
+        plan,
+        ranges={a: r.symmetric() for a, r in plan.ranges.items()},
+        cfg=plan.cfg.with_(
+            preset="tensorrt", format="qdq", symmetric_activations=None, reduce_range=False, attention_scores=False
+        ),
+        scores=[],
+        score_ranges={},
+    )
 
 
 def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[str, ...] = ()) -> QuantizeSummary:
@@ -224,18 +263,32 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
         # QGemm and dequantized every weight on every call (a decode step 13× slower than fp32)
         inits = {i.name: i for i in base.graph.initializer}
         nodes = {n.name: n for n in base.graph.node}
-        qdq_acts = {t.activation for t in ort_targets
-                    if t.op_type == "Conv" or (t.op_type == "Gemm" and not ort_gemm(inits, nodes[t.node_name]))}
+        qdq_acts = {
+            t.activation
+            for t in ort_targets
+            if t.op_type == "Conv" or (t.op_type == "Gemm" and not ort_gemm(inits, nodes[t.node_name]))
+        }
         matmuls = [t for t in ort_targets if t.activation not in qdq_acts]
-        qmodel = insert_ort_int8(base, matmuls, plan.ranges, per_channel=cfg.per_channel,
-                                 weight_qmax=cfg.weight_qmax)
+        qmodel = insert_ort_int8(base, matmuls, plan.ranges, per_channel=cfg.per_channel, weight_qmax=cfg.weight_qmax)
         rest = [t for t in ort_targets if t.activation in qdq_acts]
         if rest:
-            qmodel = insert_qdq(qmodel, rest, plan.ranges, symmetric_activations=False, per_channel=cfg.per_channel,
-                                weight_qmax=cfg.weight_qmax)
+            qmodel = insert_qdq(
+                qmodel,
+                rest,
+                plan.ranges,
+                symmetric_activations=False,
+                per_channel=cfg.per_channel,
+                weight_qmax=cfg.weight_qmax,
+            )
     else:
-        qmodel = insert_qdq(plan.model, targets, plan.ranges, symmetric_activations=cfg.activation_symmetric,
-                            per_channel=cfg.per_channel, weight_qmax=cfg.weight_qmax)
+        qmodel = insert_qdq(
+            plan.model,
+            targets,
+            plan.ranges,
+            symmetric_activations=cfg.activation_symmetric,
+            per_channel=cfg.per_channel,
+            weight_qmax=cfg.weight_qmax,
+        )
         if plan.scores:
             qmodel = insert_score_qdq(qmodel, plan.scores, plan.score_ranges)
     save_onnx(qmodel, Path(out_path))
@@ -246,15 +299,24 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
     for act in dict.fromkeys(t.activation for t in targets):
         rng = plan.ranges[act]
         p = plan.activation_quant(act)
-        tensors.append(TensorCalibration(act, rng.lo, rng.hi, plan.observed[act][0], plan.observed[act][1],
-                                         rng.clipped, p.scale, p.zero_point))
+        tensors.append(
+            TensorCalibration(
+                act, rng.lo, rng.hi, plan.observed[act][0], plan.observed[act][1], rng.clipped, p.scale, p.zero_point
+            )
+        )
     return QuantizeSummary(
-        preset=cfg.preset, format=cfg.graph_format, calibration_method=cfg.calibration_method,
-        smoothquant=cfg.smoothquant, weight_bits=8 if cfg.weight_qmax == 127 else 7,
+        preset=cfg.preset,
+        format=cfg.graph_format,
+        calibration_method=cfg.calibration_method,
+        smoothquant=cfg.smoothquant,
+        weight_bits=8 if cfg.weight_qmax == 127 else 7,
         quantized_nodes=quantized,
         fp32_nodes=tuple(n for n in plan.all_matmuls if n not in quantized and n not in int8_scores),
-        tensors=tuple(tensors), calibration_seconds=round(plan.seconds, 2),
-        peak_rss_mb=round(plan.peak_rss_bytes / 2**20, 1), attention_scores=scores)
+        tensors=tuple(tensors),
+        calibration_seconds=round(plan.seconds, 2),
+        peak_rss_mb=round(plan.peak_rss_bytes / 2**20, 1),
+        attention_scores=scores,
+    )
 
 
 def _scores_summary(plan: QuantPlan) -> AttentionScoresSummary | None:
@@ -268,14 +330,21 @@ def _scores_summary(plan: QuantPlan) -> AttentionScoresSummary | None:
     for name in dict.fromkeys(t for s in plan.scores for t in (s.query, s.key)):
         rng = plan.score_ranges[name]
         p = activation_params(rng, symmetric=True)
-        tensors.append(TensorCalibration(name, rng.lo, rng.hi, plan.observed[name][0], plan.observed[name][1],
-                                         rng.clipped, p.scale, p.zero_point))
-    return AttentionScoresSummary(in_this_graph=plan.cfg.graph_format == "qdq",
-                                  matmuls=tuple(s.node_name for s in plan.scores), tensors=tuple(tensors))
+        tensors.append(
+            TensorCalibration(
+                name, rng.lo, rng.hi, plan.observed[name][0], plan.observed[name][1], rng.clipped, p.scale, p.zero_point
+            )
+        )
+    return AttentionScoresSummary(
+        in_this_graph=plan.cfg.graph_format == "qdq",
+        matmuls=tuple(s.node_name for s in plan.scores),
+        tensors=tuple(tensors),
+    )
 
 
-def quantize_static(model_path: str | Path, out_path: str | Path,
-                    feeds: Iterable[Mapping[str, np.ndarray]], cfg: QuantizeConfig) -> QuantizeSummary:
+def quantize_static(
+    model_path: str | Path, out_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]], cfg: QuantizeConfig
+) -> QuantizeSummary:
     """Write the int8 Q/DQ model to ``out_path`` (atomically) and return what was done."""
     return write_quantized(plan_quantization(model_path, feeds, cfg), out_path)
 

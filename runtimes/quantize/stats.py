@@ -5,6 +5,7 @@ and crash on narrow ranges ("Too many bins for data range"). Here each tensor ke
 min/max and one fixed-size histogram over a symmetric range that grows by re-binning, so memory
 is O(channels + bins) per tensor whatever the number of samples.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -125,8 +126,7 @@ class TensorStats:
         edges = self._edges()
         lo_idx = int(np.searchsorted(cdf, tail / 2, side="right"))
         hi_idx = int(np.searchsorted(cdf, total - tail / 2))
-        return (min(float(edges[lo_idx]), 0.0) if lo_idx else self.min,
-                float(edges[min(hi_idx + 1, self.num_bins)]))
+        return (min(float(edges[lo_idx]), 0.0) if lo_idx else self.min, float(edges[min(hi_idx + 1, self.num_bins)]))
 
     def _entropy_threshold(self, *, levels: int) -> float:
         """TensorRT's KL-divergence threshold search on the |x| histogram."""

@@ -11,6 +11,7 @@ transformer preset writes): MiniLM's attention subgraph 45.0 → 33.4 ms at b32�
 Runtime's ``ort`` format keeps its own attention (``QAttention``) and never gets them; its Q/DQ
 graph ran 1–5 % faster with them there.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,10 +26,10 @@ from onnx import numpy_helper
 class QuantTarget:
     node_name: str
     op_type: str
-    activation: str      # name of the run-time input tensor
-    weight: str          # name of the constant weight initializer
-    weight_axis: int     # the weight's output-channel axis (per-channel scales)
-    input_axis: int      # the weight's input-channel axis (SmoothQuant scales its rows)
+    activation: str  # name of the run-time input tensor
+    weight: str  # name of the constant weight initializer
+    weight_axis: int  # the weight's output-channel axis (per-channel scales)
+    input_axis: int  # the weight's input-channel axis (SmoothQuant scales its rows)
 
 
 def _gemm_attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -60,8 +61,12 @@ def fold_weight_transposes(model: onnx.ModelProto, *, keep: Collection[str] = ()
         w = inits[node.input[0]]
         perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
         uses = readers.get(node.output[0], [])
-        if len(w.dims) == 2 and perm == [1, 0] and uses and \
-                all(user.op_type in ("MatMul", "Gemm") and k == 1 and user.name not in keep for user, k in uses):
+        if (
+            len(w.dims) == 2
+            and perm == [1, 0]
+            and uses
+            and all(user.op_type in ("MatMul", "Gemm") and k == 1 and user.name not in keep for user, k in uses)
+        ):
             folds.append(node)
     if not folds:
         return model
@@ -72,8 +77,9 @@ def fold_weight_transposes(model: onnx.ModelProto, *, keep: Collection[str] = ()
     return model
 
 
-def find_targets(model: onnx.ModelProto, *, op_types=("MatMul", "Gemm"),
-                 exclude: tuple[str, ...] = ()) -> list[QuantTarget]:
+def find_targets(
+    model: onnx.ModelProto, *, op_types=("MatMul", "Gemm"), exclude: tuple[str, ...] = ()
+) -> list[QuantTarget]:
     inits = {i.name: i for i in model.graph.initializer}
     targets = []
     for node in model.graph.node:
@@ -104,9 +110,9 @@ class ScoreMatMul:
     """An attention-score MatMul (Q·Kᵀ) and the projection outputs its two inputs are views of."""
 
     node_name: str
-    query: str           # the Q projection's output (bias added), before the reshape to heads
-    key: str             # the K projection's output
-    query_reader: str    # the node that reads ``query`` on the way to the MatMul (Q/DQ goes before it)
+    query: str  # the Q projection's output (bias added), before the reshape to heads
+    key: str  # the K projection's output
+    query_reader: str  # the node that reads ``query`` on the way to the MatMul (Q/DQ goes before it)
     key_reader: str
 
 
@@ -177,8 +183,13 @@ def _is_projection_output(node: onnx.NodeProto, producer, consts) -> bool:
         return False
     bias = [i for i in node.input if i in consts]
     other = [producer.get(i) for i in node.input if i not in consts]
-    return len(bias) == 1 and len(other) == 1 and other[0] is not None and \
-        other[0].op_type in ("MatMul", "Gemm") and _is_projection_output(other[0], producer, consts)
+    return (
+        len(bias) == 1
+        and len(other) == 1
+        and other[0] is not None
+        and other[0].op_type in ("MatMul", "Gemm")
+        and _is_projection_output(other[0], producer, consts)
+    )
 
 
 def _is_scalar_const(name: str, consts) -> bool:

@@ -14,6 +14,7 @@ at batch 1 (one 384×1536 MatMul, 8 bits, block 32, quiet: 2.0 ms at level 0, 0.
 weight) and the KV cache are never touched; ``nodes_to_exclude`` takes node names or module paths, as
 for static int8.
 """
+
 from __future__ import annotations
 
 import copy
@@ -50,7 +51,7 @@ def gemms_as_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(node)
             continue
         trans_b, bias = plain
-        name = node.name or f"Gemm_{index}"   # the summary and exclusions speak of node names
+        name = node.name or f"Gemm_{index}"  # the summary and exclusions speak of node names
         weight = node.input[1]
         if trans_b:
             w = numpy_helper.to_array(inits[weight]).T
@@ -85,10 +86,20 @@ def quantize_weights_only(onnx_path: str | Path, out_path: str | Path, cfg: Quan
     if not eligible:
         raise BadInputError(f"{onnx_path}: no MatMul/Gemm node with a constant weight for weight-only quantization")
     excluded = [n for n in eligible if n in wanted_fp32]
-    log.info("weight-only int%d: %d MatMul weights, block %d, accuracy level %d", cfg.weight_bits,
-             len(eligible) - len(excluded), cfg.block_size, cfg.accuracy_level)
-    algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=True, bits=cfg.weight_bits,
-                                        accuracy_level=cfg.accuracy_level, op_types_to_quantize=("MatMul",))
+    log.info(
+        "weight-only int%d: %d MatMul weights, block %d, accuracy level %d",
+        cfg.weight_bits,
+        len(eligible) - len(excluded),
+        cfg.block_size,
+        cfg.accuracy_level,
+    )
+    algo = DefaultWeightOnlyQuantConfig(
+        block_size=cfg.block_size,
+        is_symmetric=True,
+        bits=cfg.weight_bits,
+        accuracy_level=cfg.accuracy_level,
+        op_types_to_quantize=("MatMul",),
+    )
     quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=list(excluded), algo_config=algo)
     quantizer.process()
     qmodel = quantizer.model.model
@@ -97,9 +108,16 @@ def quantize_weights_only(onnx_path: str | Path, out_path: str | Path, cfg: Quan
     save_onnx(qmodel, Path(out_path))
     quantized = tuple(n for n in eligible if n in written)
     return QuantizeSummary(
-        preset=cfg.preset, format="matmulnbits", calibration_method="none", smoothquant=False,
-        weight_bits=cfg.weight_bits, quantized_nodes=quantized,
-        fp32_nodes=tuple(n for n in eligible if n not in written), tensors=(),
+        preset=cfg.preset,
+        format="matmulnbits",
+        calibration_method="none",
+        smoothquant=False,
+        weight_bits=cfg.weight_bits,
+        quantized_nodes=quantized,
+        fp32_nodes=tuple(n for n in eligible if n not in written),
+        tensors=(),
         calibration_seconds=round(time.perf_counter() - started, 2),
         peak_rss_mb=round(psutil.Process(os.getpid()).memory_info().rss / 2**20, 1),
-        block_size=cfg.block_size, accuracy_level=cfg.accuracy_level)
+        block_size=cfg.block_size,
+        accuracy_level=cfg.accuracy_level,
+    )

@@ -23,6 +23,7 @@ matrix, opset 9..24):
 ``supported-op``         the op must be in the default ONNX domain and parsed by TensorRT.
 ``opset``                the default-domain opset must be in TensorRT's supported range.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,16 +43,52 @@ log = logging.getLogger(__name__)
 # ONNX-TensorRT operator matrix (TensorRT 10.15): the default-domain ops marked unsupported.
 # A deny list rather than an allow list, so a newer op that TensorRT does parse is not refused
 # by a stale list; every non-default domain (com.microsoft contrib ops) is refused separately.
-TRT_UNSUPPORTED_OPS = frozenset({
-    "AffineGrid", "Bernoulli", "BitShift", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor",
-    "CenterCropPad", "Col2Im", "Compress", "ConcatFromSequence", "ConvInteger", "DFT", "Det",
-    "DynamicQuantizeLinear", "ImageDecoder", "MatMulInteger", "MaxRoiPool", "MaxUnpool",
-    "MelWeightMatrix", "Multinomial", "NegativeLogLikelihoodLoss", "Optional",
-    "OptionalGetElement", "OptionalHasElement", "QLinearConv", "QLinearMatMul", "RegexFullMatch",
-    "SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase", "SequenceInsert",
-    "SequenceLength", "SequenceMap", "SoftmaxCrossEntropyLoss", "SplitToSequence", "StringConcat",
-    "StringNormalizer", "StringSplit", "TfIdfVectorizer", "Unique",
-})
+TRT_UNSUPPORTED_OPS = frozenset(
+    {
+        "AffineGrid",
+        "Bernoulli",
+        "BitShift",
+        "BitwiseAnd",
+        "BitwiseNot",
+        "BitwiseOr",
+        "BitwiseXor",
+        "CenterCropPad",
+        "Col2Im",
+        "Compress",
+        "ConcatFromSequence",
+        "ConvInteger",
+        "DFT",
+        "Det",
+        "DynamicQuantizeLinear",
+        "ImageDecoder",
+        "MatMulInteger",
+        "MaxRoiPool",
+        "MaxUnpool",
+        "MelWeightMatrix",
+        "Multinomial",
+        "NegativeLogLikelihoodLoss",
+        "Optional",
+        "OptionalGetElement",
+        "OptionalHasElement",
+        "QLinearConv",
+        "QLinearMatMul",
+        "RegexFullMatch",
+        "SequenceAt",
+        "SequenceConstruct",
+        "SequenceEmpty",
+        "SequenceErase",
+        "SequenceInsert",
+        "SequenceLength",
+        "SequenceMap",
+        "SoftmaxCrossEntropyLoss",
+        "SplitToSequence",
+        "StringConcat",
+        "StringNormalizer",
+        "StringSplit",
+        "TfIdfVectorizer",
+        "Unique",
+    }
+)
 TRT_OPSET_RANGE = (9, 24)  # inclusive, default ONNX domain
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -98,9 +135,7 @@ class _Graph:
     names: Mapping[int, str]  # id(node) -> name used in reports
 
 
-def check_trt_qdq(
-    model: onnx.ModelProto | str | Path, *, require_per_channel_weights: bool = False
-) -> CheckReport:
+def check_trt_qdq(model: onnx.ModelProto | str | Path, *, require_per_channel_weights: bool = False) -> CheckReport:
     """Check a Q/DQ model against TensorRT's explicit-quantization rules (see module docstring).
 
     ``model`` is a loaded model or a path (external data is loaded too, since weights are checked).
@@ -125,30 +160,41 @@ def check_trt_qdq(
         if node.op_type == "DequantizeLinear" and is_weight:
             n_weight += 1
         violations.extend(_check_params(node, name, graph))
-        violations.extend(_check_granularity(node, name, graph, is_weight=is_weight,
-                                             require_per_channel=require_per_channel_weights))
+        violations.extend(
+            _check_granularity(node, name, graph, is_weight=is_weight, require_per_channel=require_per_channel_weights)
+        )
         if node.op_type == "DequantizeLinear":
             violations.extend(_check_pair(node, name, graph))
     return CheckReport(
-        violations=tuple(violations), n_nodes=len(proto.graph.node), n_quantize=n_q,
-        n_dequantize=n_dq, n_weight_dequantize=n_weight, n_per_channel=n_per_channel,
+        violations=tuple(violations),
+        n_nodes=len(proto.graph.node),
+        n_quantize=n_q,
+        n_dequantize=n_dq,
+        n_weight_dequantize=n_weight,
+        n_per_channel=n_per_channel,
     )
 
 
 def format_report(report: CheckReport, *, source: str = "model") -> str:
     """A human-readable report: one summary line, then one ``-[x]`` line per violation."""
-    counts = (f"{report.n_quantize} Q, {report.n_dequantize} DQ "
-              f"({report.n_weight_dequantize} on weights), {report.n_per_channel} per-channel")
+    counts = (
+        f"{report.n_quantize} Q, {report.n_dequantize} DQ "
+        f"({report.n_weight_dequantize} on weights), {report.n_per_channel} per-channel"
+    )
     if report.ok:
         return f"-[✓] {source}: meets TensorRT's explicit-quantization rules ({counts})"
-    lines = [f"-[x] {source}: {len(report.violations)} TensorRT explicit-quantization violation(s) "
-             f"in {len(report.offending_nodes)} node(s) ({counts})"]
+    lines = [
+        f"-[x] {source}: {len(report.violations)} TensorRT explicit-quantization violation(s) "
+        f"in {len(report.offending_nodes)} node(s) ({counts})"
+    ]
     lines += [f"    -[x] {v.node_name}: {v.rule}: {v.detail}" for v in report.violations]
     return "\n".join(lines)
 
 
 def require_trt_compatible(
-    model: onnx.ModelProto | str | Path, *, require_per_channel_weights: bool = False,
+    model: onnx.ModelProto | str | Path,
+    *,
+    require_per_channel_weights: bool = False,
     source: str | None = None,
 ) -> CheckReport:
     """:func:`check_trt_qdq`, raising :class:`BadInputError` (one line) when the model fails.
@@ -201,8 +247,9 @@ def _index(graph: onnx.GraphProto) -> _Graph:
             value = _constant_value(node)
             if value is not None:
                 constants[node.output[0]] = value
-    return _Graph(constants=constants, producers=producers,
-                  consumers={k: tuple(v) for k, v in consumers.items()}, names=names)
+    return _Graph(
+        constants=constants, producers=producers, consumers={k: tuple(v) for k, v in consumers.items()}, names=names
+    )
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
@@ -234,15 +281,19 @@ def _check_opset(proto: onnx.ModelProto) -> Iterable[Violation]:
     low, high = TRT_OPSET_RANGE
     for opset in proto.opset_import:
         if opset.domain in _DEFAULT_DOMAINS and not low <= opset.version <= high:
-            yield Violation(MODEL_NODE, "opset",
-                            f"default-domain opset {opset.version} is outside TensorRT's {low}..{high}")
+            yield Violation(
+                MODEL_NODE, "opset", f"default-domain opset {opset.version} is outside TensorRT's {low}..{high}"
+            )
 
 
 def _check_supported(node: onnx.NodeProto, name: str) -> Iterable[Violation]:
     if node.domain not in _DEFAULT_DOMAINS:
-        yield Violation(name, "supported-op",
-                        f"{node.domain}::{node.op_type} is not an ONNX op TensorRT parses "
-                        "(contrib ops come from ONNX Runtime graph optimizations)")
+        yield Violation(
+            name,
+            "supported-op",
+            f"{node.domain}::{node.op_type} is not an ONNX op TensorRT parses "
+            "(contrib ops come from ONNX Runtime graph optimizations)",
+        )
     elif node.op_type in TRT_UNSUPPORTED_OPS:
         yield Violation(name, "supported-op", f"{node.op_type} is not supported by TensorRT's ONNX parser")
 
@@ -269,8 +320,9 @@ def _check_params(node: onnx.NodeProto, name: str, graph: _Graph) -> Iterable[Vi
     scale_name = node.input[1] if len(node.input) > 1 else ""
     zp_name = node.input[2] if len(node.input) > 2 else ""
     if scale_name not in graph.constants:
-        yield Violation(name, "constant-params",
-                        f"scale '{scale_name}' is computed at run time; TensorRT needs an initializer")
+        yield Violation(
+            name, "constant-params", f"scale '{scale_name}' is computed at run time; TensorRT needs an initializer"
+        )
     else:
         scale = graph.constants[scale_name].astype(np.float64)
         if not np.all(np.isfinite(scale)):
@@ -278,8 +330,9 @@ def _check_params(node: onnx.NodeProto, name: str, graph: _Graph) -> Iterable[Vi
         elif not np.all(scale > 0):
             yield Violation(name, "scale", f"scale '{scale_name}' has values <= 0 (min {scale.min():g})")
     if zp_name and zp_name not in graph.constants:
-        yield Violation(name, "constant-params",
-                        f"zero point '{zp_name}' is computed at run time; TensorRT needs an initializer")
+        yield Violation(
+            name, "constant-params", f"zero point '{zp_name}' is computed at run time; TensorRT needs an initializer"
+        )
     dtype = _quant_dtype(node, graph)
     if dtype is not None and dtype != np.int8:
         why = " (no zero point: ONNX defaults to uint8)" if not zp_name and dtype == np.uint8 else ""
@@ -288,9 +341,12 @@ def _check_params(node: onnx.NodeProto, name: str, graph: _Graph) -> Iterable[Vi
         zero_point = graph.constants[zp_name]
         if np.any(zero_point != 0):
             nonzero = zero_point[zero_point != 0].ravel()
-            yield Violation(name, "zero-point",
-                            f"zero point '{zp_name}' is {nonzero[0]} (not 0): asymmetric quantization; "
-                            "TensorRT only supports symmetric")
+            yield Violation(
+                name,
+                "zero-point",
+                f"zero point '{zp_name}' is {nonzero[0]} (not 0): asymmetric quantization; "
+                "TensorRT only supports symmetric",
+            )
 
 
 def _is_weight_path(node: onnx.NodeProto, graph: _Graph) -> bool:
@@ -299,8 +355,12 @@ def _is_weight_path(node: onnx.NodeProto, graph: _Graph) -> bool:
     if data in graph.constants:
         return True
     producer = graph.producers.get(data)
-    return (node.op_type == "DequantizeLinear" and producer is not None
-            and producer.op_type == "QuantizeLinear" and producer.input[0] in graph.constants)
+    return (
+        node.op_type == "DequantizeLinear"
+        and producer is not None
+        and producer.op_type == "QuantizeLinear"
+        and producer.input[0] in graph.constants
+    )
 
 
 def _expected_weight_axis(consumer: onnx.NodeProto, index: int, rank: int) -> int | None:
@@ -330,15 +390,20 @@ def _check_granularity(
     if scale is None:
         return  # already reported by constant-params
     if scale.ndim > 1:
-        yield Violation(name, "weight-axis" if is_weight else "activation-per-tensor",
-                        f"block-wise scale of shape {list(scale.shape)}: TensorRT only block-quantizes int4")
+        yield Violation(
+            name,
+            "weight-axis" if is_weight else "activation-per-tensor",
+            f"block-wise scale of shape {list(scale.shape)}: TensorRT only block-quantizes int4",
+        )
         return
     per_channel = scale.size > 1
     if not is_weight:
         if per_channel:
-            yield Violation(name, "activation-per-tensor",
-                            f"activation has {scale.size} per-channel scales; TensorRT quantizes "
-                            "activations per tensor only")
+            yield Violation(
+                name,
+                "activation-per-tensor",
+                f"activation has {scale.size} per-channel scales; TensorRT quantizes activations per tensor only",
+            )
         return
     if node.op_type == "QuantizeLinear":
         return  # weight axis is judged on the DQ that feeds the op; q-dq-pair ties the Q to it
@@ -346,30 +411,39 @@ def _check_granularity(
     if not per_channel:
         # only weights of ops that take per-channel scales can be asked for them (not e.g. a
         # Gather embedding table or a LayerNormalization gamma)
-        takes_per_channel = [_expected_weight_axis(c, i, len(shape)) is not None
-                             for c, i in graph.consumers.get(node.output[0], ())]
+        takes_per_channel = [
+            _expected_weight_axis(c, i, len(shape)) is not None for c, i in graph.consumers.get(node.output[0], ())
+        ]
         if require_per_channel and takes_per_channel and all(takes_per_channel):
-            yield Violation(name, "weight-per-channel",
-                            "weight is quantized per tensor; the tensorrt preset requires per-channel")
+            yield Violation(
+                name, "weight-per-channel", "weight is quantized per tensor; the tensorrt preset requires per-channel"
+            )
         return
     axis = _attr_int(node, "axis", 1)
     axis = axis + len(shape) if axis < 0 else axis
     if not 0 <= axis < len(shape) or shape[axis] != scale.size:
-        yield Violation(name, "weight-axis",
-                        f"{scale.size} scales do not match axis {axis} of weight shape {list(shape)}")
+        yield Violation(
+            name, "weight-axis", f"{scale.size} scales do not match axis {axis} of weight shape {list(shape)}"
+        )
         return
     for consumer, index in graph.consumers.get(node.output[0], ()):
         expected = _expected_weight_axis(consumer, index, len(shape))
         consumer_name = graph.names[id(consumer)]
         if expected is None:
-            yield Violation(name, "weight-axis",
-                            f"per-channel weight feeds {consumer.op_type} '{consumer_name}' input "
-                            f"{index}; TensorRT takes per-channel weights only for "
-                            "Conv/ConvTranspose/Gemm/MatMul weights")
+            yield Violation(
+                name,
+                "weight-axis",
+                f"per-channel weight feeds {consumer.op_type} '{consumer_name}' input "
+                f"{index}; TensorRT takes per-channel weights only for "
+                "Conv/ConvTranspose/Gemm/MatMul weights",
+            )
         elif axis != expected:
-            yield Violation(name, "weight-axis",
-                            f"per-channel axis {axis} is not the output-channel axis {expected} of "
-                            f"{consumer.op_type} '{consumer_name}' (weight shape {list(shape)})")
+            yield Violation(
+                name,
+                "weight-axis",
+                f"per-channel axis {axis} is not the output-channel axis {expected} of "
+                f"{consumer.op_type} '{consumer_name}' (weight shape {list(shape)})",
+            )
 
 
 def _check_pair(node: onnx.NodeProto, name: str, graph: _Graph) -> Iterable[Violation]:
@@ -381,15 +455,16 @@ def _check_pair(node: onnx.NodeProto, name: str, graph: _Graph) -> Iterable[Viol
     q_name = graph.names[id(producer)]
     q_scale, dq_scale = graph.constants.get(producer.input[1]), graph.constants.get(node.input[1])
     if q_scale is not None and dq_scale is not None and not _same(q_scale, dq_scale):
-        yield Violation(name, "q-dq-pair",
-                        f"scale differs from its QuantizeLinear '{q_name}'; the pair is not an identity")
+        yield Violation(
+            name, "q-dq-pair", f"scale differs from its QuantizeLinear '{q_name}'; the pair is not an identity"
+        )
     q_zp, dq_zp = _zero_point(producer, graph), _zero_point(node, graph)
     if q_zp is not None and dq_zp is not None and not _same(q_zp, dq_zp):
-        yield Violation(name, "q-dq-pair",
-                        f"zero point differs from its QuantizeLinear '{q_name}'; the pair is not an identity")
+        yield Violation(
+            name, "q-dq-pair", f"zero point differs from its QuantizeLinear '{q_name}'; the pair is not an identity"
+        )
     q_scale = graph.constants.get(producer.input[1])
-    if (q_scale is not None and q_scale.size > 1
-            and _attr_int(producer, "axis", 1) != _attr_int(node, "axis", 1)):
+    if q_scale is not None and q_scale.size > 1 and _attr_int(producer, "axis", 1) != _attr_int(node, "axis", 1):
         yield Violation(name, "q-dq-pair", f"axis differs from its QuantizeLinear '{q_name}'")
 
 

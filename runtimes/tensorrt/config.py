@@ -15,6 +15,7 @@ TensorRT-EP runner read the result. Keys (all optional; the defaults suit the pa
                               one cache between runs on the same GPU
 ``builder_optimization_level`` 0..5; higher builds slower and may run faster (TensorRT default 3)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,7 +52,8 @@ class EngineConfig:
             if not 1 <= low <= opt <= high:
                 raise BadInputError(
                     f"engine.min_{prefix}/opt_{prefix}/max_{prefix}: need 1 <= min <= opt <= max, "
-                    f"got {low}/{opt}/{high}")
+                    f"got {low}/{opt}/{high}"
+                )
         if self.workspace_mb < 1:
             raise BadInputError(f"engine.workspace_mb: must be >= 1, got {self.workspace_mb}")
         level = self.builder_optimization_level

@@ -13,6 +13,7 @@ set_timing_cache / get_timing_cache().serialize(), build_serialized_network.
 
 Not exercised in CI (no GPU there); written against the TensorRT 10 Python API docs.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -50,8 +51,14 @@ def onnx_input_names(onnx_path: Path) -> tuple[str, ...]:
 
 
 def build_engine(
-    onnx_path: Path, plan_path: Path, cfg: EngineConfig, *, input_names: Sequence[str] | None = None,
-    precision: str = "int8", timing_cache: Path | None = None, metadata_path: Path | None = None,
+    onnx_path: Path,
+    plan_path: Path,
+    cfg: EngineConfig,
+    *,
+    input_names: Sequence[str] | None = None,
+    precision: str = "int8",
+    timing_cache: Path | None = None,
+    metadata_path: Path | None = None,
     modality: str = "text",
 ) -> dict[str, Any]:
     """Build ``plan_path`` from ``onnx_path`` and write its metadata; return that metadata.
@@ -81,13 +88,15 @@ def build_engine(
     # parse_from_file (not parse(bytes)) so external-data weights beside the ONNX are found
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise BadInputError(f"{onnx_path}: TensorRT's ONNX parser refused the model: "
-                            f"{errors[0] if errors else 'no error given'}"
-                            + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+        raise BadInputError(
+            f"{onnx_path}: TensorRT's ONNX parser refused the model: "
+            f"{errors[0] if errors else 'no error given'}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")
+        )
     network_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
     if network_inputs != set(names):
-        raise BadInputError(f"{onnx_path}: model inputs {sorted(network_inputs)} differ from the "
-                            f"expected {sorted(names)}")
+        raise BadInputError(
+            f"{onnx_path}: model inputs {sorted(network_inputs)} differ from the expected {sorted(names)}"
+        )
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb * _MIB)
@@ -104,19 +113,26 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     build_seconds = time.perf_counter() - start
     if serialized is None:
-        raise ModelpressError(f"{onnx_path}: TensorRT could not build an engine: "
-                              f"{logger.last_error or 'see the TensorRT log above'}")
+        raise ModelpressError(
+            f"{onnx_path}: TensorRT could not build an engine: {logger.last_error or 'see the TensorRT log above'}"
+        )
     write_bytes(plan_path, memoryview(serialized))
     if cache is not None and timing_cache is not None:
         write_bytes(timing_cache, memoryview(config.get_timing_cache().serialize()))
 
     meta = EngineMetadata(
-        plan=plan_path.name, plan_sha256=file_sha256(plan_path), source_onnx=onnx_path.name,
-        precision=precision, tensorrt_version=trt.__version__, gpu_name=gpu.name,
-        compute_capability=gpu.sm, inputs=names,
+        plan=plan_path.name,
+        plan_sha256=file_sha256(plan_path),
+        source_onnx=onnx_path.name,
+        precision=precision,
+        tensorrt_version=trt.__version__,
+        gpu_name=gpu.name,
+        compute_capability=gpu.sm,
+        inputs=names,
         outputs=tuple(network.get_output(i).name for i in range(network.num_outputs)),
         profiles=({n: {k: list(v) for k, v in s.items()} for n, s in profile.items()},),
-        workspace_mb=cfg.workspace_mb, builder_optimization_level=cfg.builder_optimization_level,
+        workspace_mb=cfg.workspace_mb,
+        builder_optimization_level=cfg.builder_optimization_level,
         timing_cache=str(timing_cache) if timing_cache is not None else None,
         build_seconds=round(build_seconds, 3),
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

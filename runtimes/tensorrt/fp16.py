@@ -11,6 +11,7 @@ already depend on; it is the same code as onnxconverter-common's ``float16``), f
 other candidate. LayerNormalization stays fp32: its variance can overflow fp16's 65504 on
 outlier activations, which TensorRT's docs warn about for fp16 normalization.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -34,7 +35,8 @@ def _converter() -> ModuleType:
             continue
     raise BackendUnavailableError(
         "no fp16 ONNX converter: neither onnxruntime.transformers.float16 nor onnxconverter-common "
-        "is importable (`pip install onnxconverter-common`)")
+        "is importable (`pip install onnxconverter-common`)"
+    )
 
 
 def convert_to_fp16(src: Path, dst: Path) -> Path:

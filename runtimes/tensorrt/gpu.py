@@ -4,6 +4,7 @@ Place in the pipeline: every TensorRT / CUDA code path calls these first, so a C
 one clear :class:`BackendUnavailableError` instead of an ImportError or a CUDA crash, and every
 module of ``runtimes.tensorrt`` stays importable without a GPU.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,7 +70,10 @@ def gpu_identity(device: int = 0) -> GpuIdentity:
     try:
         out = subprocess.run(
             [smi, f"--id={device}", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, check=True, timeout=_NVIDIA_SMI_TIMEOUT_S,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=_NVIDIA_SMI_TIMEOUT_S,
         ).stdout.strip()
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         raise BackendUnavailableError(f"nvidia-smi could not describe GPU {device}: {exc}") from None

@@ -5,6 +5,7 @@ Place in the pipeline: written by ``engine.build_engine`` beside each plan, read
 TensorRT version and GPU it was built for, so loading one built elsewhere is refused here with a
 message that says what differs and how to rebuild, instead of a deserialization crash.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +51,11 @@ class EngineMetadata:
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: Path) -> "EngineMetadata":
         names = {f.name for f in dataclasses.fields(cls)}
-        required = {f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         missing = sorted(required - set(d))
         if missing:
             raise BadInputError(f"{source}: engine metadata lacks {', '.join(missing)}; rebuild the engine")
@@ -63,8 +67,7 @@ class EngineMetadata:
 
     def profile_range(self, input_name: str) -> str:
         """``"[1, 1]..[32, 512]"`` for messages about out-of-profile shapes."""
-        ranges = [f"{p[input_name]['min']}..{p[input_name]['max']}"
-                  for p in self.profiles if input_name in p]
+        ranges = [f"{p[input_name]['min']}..{p[input_name]['max']}" for p in self.profiles if input_name in p]
         return " or ".join(ranges) or "(no profile)"
 
 
@@ -76,7 +79,7 @@ def engine_metadata_path(plan_path: Path) -> Path:
     """
     stem = plan_path.stem
     if stem == "model" or stem.startswith("model."):
-        return plan_path.with_name("engine" + stem[len("model"):] + ".json")
+        return plan_path.with_name("engine" + stem[len("model") :] + ".json")
     return plan_path.with_name(stem + ".engine.json")
 
 
@@ -104,13 +107,18 @@ def load_engine_metadata(path: Path) -> EngineMetadata:
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: engine metadata is not a JSON object")
     if data.get("format_version") != FORMAT_VERSION:
-        raise BadInputError(f"{path}: engine metadata format {data.get('format_version')!r} is not "
-                            f"{FORMAT_VERSION}; rebuild the engine")
+        raise BadInputError(
+            f"{path}: engine metadata format {data.get('format_version')!r} is not {FORMAT_VERSION}; rebuild the engine"
+        )
     return EngineMetadata.from_dict(data, source=path)
 
 
 def check_engine_compatible(
-    meta: EngineMetadata, *, plan_path: Path, tensorrt_version: str, gpu: GpuIdentity,
+    meta: EngineMetadata,
+    *,
+    plan_path: Path,
+    tensorrt_version: str,
+    gpu: GpuIdentity,
     verify_hash: bool = True,
 ) -> None:
     """Refuse a plan built for another TensorRT version or GPU, or not the plan ``meta`` describes.
@@ -127,8 +135,11 @@ def check_engine_compatible(
     if meta.gpu_name != gpu.name:
         problems.append(f"GPU '{meta.gpu_name}' (this machine has '{gpu.name}')")
     if problems:
-        raise BadInputError(f"{plan_path}: engine was built for {'; '.join(problems)}; rebuild it "
-                            "here with `modelpress engine RUN_DIR`")
+        raise BadInputError(
+            f"{plan_path}: engine was built for {'; '.join(problems)}; rebuild it here with `modelpress engine RUN_DIR`"
+        )
     if verify_hash and file_sha256(plan_path) != meta.plan_sha256:
-        raise BadInputError(f"{plan_path}: plan does not match its engine metadata (sha256 differs); "
-                            "rebuild it with `modelpress engine RUN_DIR`")
+        raise BadInputError(
+            f"{plan_path}: plan does not match its engine metadata (sha256 differs); "
+            "rebuild it with `modelpress engine RUN_DIR`"
+        )

@@ -8,6 +8,7 @@ loading raises :class:`BackendUnavailableError`.
 
 Not exercised in CI beyond the refusal path (no GPU there).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,9 +34,18 @@ class OrtGpuRunner(Runner):
     None keeps nothing on disk, so no file is written outside the run folder by default.
     """
 
-    def __init__(self, onnx_path: str | Path, provider: str = "cuda", *, device_id: int = 0,
-                 cfg: EngineConfig | None = None, cache_dir: str | Path | None = None,
-                 modality: str = "text", threads: int = 0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        provider: str = "cuda",
+        *,
+        device_id: int = 0,
+        cfg: EngineConfig | None = None,
+        cache_dir: str | Path | None = None,
+        modality: str = "text",
+        threads: int = 0,
+        name: str | None = None,
+    ) -> None:
         if provider not in PROVIDERS:
             raise BadInputError(f"provider '{provider}' is not one of {', '.join(PROVIDERS)}")
         self.onnx_path = Path(onnx_path)
@@ -63,7 +73,8 @@ class OrtGpuRunner(Runner):
         if wanted not in available:
             raise BackendUnavailableError(
                 f"{self.onnx_path}: ONNX Runtime {ort.__version__} has no {wanted} (available: "
-                f"{', '.join(available)}); install onnxruntime-gpu in place of onnxruntime")
+                f"{', '.join(available)}); install onnxruntime-gpu in place of onnxruntime"
+            )
         if not self.onnx_path.is_file():
             raise BadInputError(f"{self.onnx_path}: no such ONNX file")
         providers: list[Any] = [(wanted, self._provider_options())]
@@ -76,7 +87,8 @@ class OrtGpuRunner(Runner):
         if session.get_providers()[0] != wanted:
             raise BackendUnavailableError(
                 f"{self.onnx_path}: ONNX Runtime could not start {wanted} (session has "
-                f"{', '.join(session.get_providers())}); check the CUDA/cuDNN/TensorRT libraries")
+                f"{', '.join(session.get_providers())}); check the CUDA/cuDNN/TensorRT libraries"
+            )
         self._session = session
         self._inputs = tuple(i.name for i in session.get_inputs())
         self._outputs = tuple(o.name for o in session.get_outputs())
@@ -93,21 +105,29 @@ class OrtGpuRunner(Runner):
         def shapes(which: str) -> str:
             return ",".join(f"{n}:{'x'.join(map(str, s[which]))}" for n, s in profile.items())
 
-        options.update({
-            "trt_max_workspace_size": cfg.workspace_mb * _MIB,
-            # explicit profiles: without them the EP rebuilds its engine whenever a shape grows
-            "trt_profile_min_shapes": shapes("min"),
-            "trt_profile_opt_shapes": shapes("opt"),
-            "trt_profile_max_shapes": shapes("max"),
-            # the EP builds weakly typed networks, where Q/DQ layers still need the INT8 flag
-            "trt_int8_enable": _has_qdq(self.onnx_path),
-        })
+        options.update(
+            {
+                "trt_max_workspace_size": cfg.workspace_mb * _MIB,
+                # explicit profiles: without them the EP rebuilds its engine whenever a shape grows
+                "trt_profile_min_shapes": shapes("min"),
+                "trt_profile_opt_shapes": shapes("opt"),
+                "trt_profile_max_shapes": shapes("max"),
+                # the EP builds weakly typed networks, where Q/DQ layers still need the INT8 flag
+                "trt_int8_enable": _has_qdq(self.onnx_path),
+            }
+        )
         if cfg.builder_optimization_level is not None:
             options["trt_builder_optimization_level"] = cfg.builder_optimization_level
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(self.cache_dir),
-                            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(self.cache_dir)})
+            options.update(
+                {
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(self.cache_dir),
+                    "trt_timing_cache_enable": True,
+                    "trt_timing_cache_path": str(self.cache_dir),
+                }
+            )
         return options
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ get_tensor_shape / set_tensor_address / execute_async_v3.
 
 Not exercised in CI (no GPU there); written against the TensorRT 10 Python API docs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,15 @@ class TensorRTRunner(Runner):
 
     name = "tensorrt"
 
-    def __init__(self, plan_path: str | Path, *, metadata_path: str | Path | None = None, device: int = 0,
-                 threads: int = 0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        plan_path: str | Path,
+        *,
+        metadata_path: str | Path | None = None,
+        device: int = 0,
+        threads: int = 0,
+        name: str | None = None,
+    ) -> None:
         # threads: accepted like every runtime of the registry; a GPU engine has no CPU thread pool
         self.plan_path = Path(plan_path)
         self.metadata_path = Path(metadata_path) if metadata_path else engine_metadata_path(self.plan_path)
@@ -64,8 +72,9 @@ class TensorRTRunner(Runner):
         meta = self.metadata
         trt = require_tensorrt()
         torch = require_torch_cuda()
-        check_engine_compatible(meta, plan_path=self.plan_path, tensorrt_version=trt.__version__,
-                                gpu=gpu_identity(self.device))
+        check_engine_compatible(
+            meta, plan_path=self.plan_path, tensorrt_version=trt.__version__, gpu=gpu_identity(self.device)
+        )
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         engine = runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
@@ -82,8 +91,16 @@ class TensorRTRunner(Runner):
             (inputs if engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT else outputs).append(tensor)
         with torch.cuda.device(self.device):
             stream = torch.cuda.Stream()
-        self._state = _Loaded(torch=torch, runtime=runtime, engine=engine, context=context,
-                              stream=stream, inputs=tuple(inputs), outputs=tuple(outputs), dtypes=dtypes)
+        self._state = _Loaded(
+            torch=torch,
+            runtime=runtime,
+            engine=engine,
+            context=context,
+            stream=stream,
+            inputs=tuple(inputs),
+            outputs=tuple(outputs),
+            dtypes=dtypes,
+        )
 
     def close(self) -> None:
         # context before engine before runtime: TensorRT objects must die in reverse creation order
@@ -106,8 +123,10 @@ class TensorRTRunner(Runner):
             for name in s.inputs:
                 host = np.ascontiguousarray(feed[name], dtype=s.dtypes[name])
                 if not s.context.set_input_shape(name, host.shape):
-                    raise BadInputError(f"{self.plan_path}: input '{name}' of shape {list(host.shape)} is "
-                                        f"outside the engine's profile {self.metadata.profile_range(name)}")
+                    raise BadInputError(
+                        f"{self.plan_path}: input '{name}' of shape {list(host.shape)} is "
+                        f"outside the engine's profile {self.metadata.profile_range(name)}"
+                    )
                 tensor = torch.from_numpy(host).to(device)
                 keep_alive.append(tensor)
                 s.context.set_tensor_address(name, tensor.data_ptr())

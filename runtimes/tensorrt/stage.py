@@ -8,6 +8,7 @@ without TensorRT or a GPU fails before writing anything and leaves the ONNX arti
  4. fp16: ``model.onnx`` -> ``model.fp16.onnx`` -> ``model.fp16.plan`` + ``engine.fp16.json``.
 All builds share one timing cache (``timing.cache`` in the run folder by default).
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,6 +25,7 @@ from modelpress.runtimes.tensorrt.fp16 import convert_to_fp16
 from modelpress.runtimes.tensorrt.gpu import gpu_identity, require_tensorrt
 
 log = logging.getLogger(__name__)
+
 
 def engine_stage(run_dir: Path, *, fp16: bool = False) -> Path:
     """``modelpress engine RUN_DIR``: TensorRT plan(s) from the run's Q/DQ model (GPU + TensorRT).
@@ -65,8 +67,9 @@ def build_engines(run_dir: Path, cfg: EngineConfig, *, modality: str = "text") -
     for precision in cfg.precisions:
         if not sources[precision].is_file():
             step = "quantize" if precision == "int8" else "export"
-            raise BadInputError(f"{sources[precision]}: missing; run `modelpress {step}` before "
-                                f"building the {precision} engine")
+            raise BadInputError(
+                f"{sources[precision]}: missing; run `modelpress {step}` before building the {precision} engine"
+            )
     if "int8" in cfg.precisions:
         require_trt_compatible(sources["int8"], require_per_channel_weights=True)
     require_tensorrt()
@@ -99,8 +102,9 @@ class TensorRTArtifact(RuntimeArtifact):
         if not quant.plan.cfg.tensorrt_readable:
             from modelpress.runtimes.quantize.static import for_tensorrt, write_quantized
 
-            write_quantized(for_tensorrt(quant.plan), paths.model_int8_trt_onnx,
-                            keep_fp32=tuple(quant.summary.fp32_nodes))
+            write_quantized(
+                for_tensorrt(quant.plan), paths.model_int8_trt_onnx, keep_fp32=tuple(quant.summary.fp32_nodes)
+            )
         log.info("building TensorRT engine(s)")
         return {"engines": list(build_engines(paths.root, recipe.engine, modality=task.modality))}
 
