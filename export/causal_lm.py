@@ -232,11 +232,11 @@ def export_causal_lm(
             output_names=["logits", *layout.present_names()],
             verbose=False,
         )
-    with staged_model(program, out_path, model) as (staged, graph, large):
+    with staged_model(program, out_path, model) as (staged, graph, _large):
         seconds = time.perf_counter() - start
         if tuple(i.name for i in graph.graph.input) != names:
             raise BadInputError(f"exported graph inputs {[i.name for i in graph.graph.input]} differ from {names}")
-        save_onnx(graph, staged, external_data=large)
+        save_onnx(graph, staged)
         import onnxruntime as ort
 
         opts = ort.SessionOptions()

@@ -28,6 +28,7 @@ import torch
 from modelpress.errors import BadInputError
 from modelpress.export import fusion
 from modelpress.export.parity import ParityReport, check_parity
+from modelpress import fileio
 from modelpress.fileio import save_onnx
 from modelpress.modalities import get_modality
 
@@ -83,14 +84,17 @@ def strip_debug_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
 @contextlib.contextmanager
 def staged_model(program: Any, out_path: Path, model: torch.nn.Module) -> Iterator[tuple[Path, onnx.ModelProto, bool]]:
     """``program`` saved under a temporary name in a folder beside ``out_path`` and loaded with its
-    debug metadata stripped: ``(staged path, graph, external data?)``. The caller saves the graph
-    back and checks parity; the model is moved into place only when the block ends without error."""
-    large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1_800_000_000
+    debug metadata stripped: ``(staged path, graph, external data?)``. A model past protobuf's limit
+    (``fileio.EXTERNAL_DATA_BYTES``) is saved with its weights in ``<name>.data`` and its graph is
+    loaded without them (they stay in that file: one copy of the weights less in memory). The
+    caller saves the graph back (``save_onnx``: the references stay) and checks parity; the model
+    is moved into place only when the block ends without error."""
+    large = sum(p.numel() * p.element_size() for p in model.parameters()) > fileio.EXTERNAL_DATA_BYTES
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as work:
         staged = Path(work) / out_path.name
         program.save(str(staged), external_data=large)
-        yield staged, strip_debug_metadata(onnx.load(str(staged))), large
+        yield staged, strip_debug_metadata(onnx.load(str(staged), load_external_data=False)), large
         if large:  # the weights first: a complete model.onnx always has its data beside it
             os.replace(staged.with_name(staged.name + ".data"), out_path.with_name(out_path.name + ".data"))
         os.replace(staged, out_path)
@@ -119,14 +123,14 @@ def export_onnx(
             output_names=[task.output_name],
             verbose=False,
         )
-    with staged_model(program, out_path, model) as (staged, graph, large):
+    with staged_model(program, out_path, model) as (staged, graph, _large):
         if fusable:  # what ORT's fusion needs to know, for whoever quantizes this file later
             fusion.write_fusion_metadata(graph, model.config)
         seconds = time.perf_counter() - start
         graph_inputs = tuple(i.name for i in graph.graph.input)
         if graph_inputs != names:
             raise BadInputError(f"exported graph inputs {graph_inputs} differ from the model's {names}")
-        save_onnx(graph, staged, external_data=large)
+        save_onnx(graph, staged)
         with torch.no_grad():
             # the model as users run it (its own attention, the 2-D mask): parity also checks the fusable form
             plain = _TaskModule(model, task, names).eval()

@@ -85,19 +85,96 @@ def graph_input_shapes(path: str | Path) -> dict[str, list[int | None]]:
     }
 
 
-def save_onnx(model, path: str | Path, *, external_data: bool = False) -> Path:
-    """``onnx.save`` through :func:`atomic_path`. With ``external_data`` (models over protobuf's
-    2 GB limit) the weights go to ``<name>.data`` beside it, written before the model is renamed
-    into place, so a complete ``<name>`` always has its data."""
+#: protobuf refuses to serialize a message over 2 GiB: a model whose protobuf passes this many bytes
+#: is written with its weights in external data and handed to ONNX Runtime through a file (tests
+#: lower it to send a tiny model down that path)
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def _external(tensor) -> bool:
+    import onnx
+
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def needs_external_data(model) -> bool:
+    """Whether ``model`` (an in-memory ``ModelProto``) holds too many weight bytes for one protobuf
+    message (tensors already in external data do not count)."""
+    return sum(t.ByteSize() for t in model.graph.initializer if not _external(t)) > EXTERNAL_DATA_BYTES
+
+
+def save_onnx(model, path: str | Path, *, external_data: bool | None = None) -> Path:
+    """``onnx.save`` through :func:`atomic_path`. With ``external_data`` (by default: when the model
+    passes :data:`EXTERNAL_DATA_BYTES`) the weights go to ``<name>.data`` beside it, written before
+    the model is renamed into place, so a complete ``<name>`` always has its data. Writing external
+    data moves the weights out of ``model`` (onnx does so): the caller must not use it afterwards,
+    or must reload them (:func:`session_from_model` does)."""
     import onnx
 
     path = Path(path)
+    if external_data is None:
+        external_data = needs_external_data(model)
+    data = path.with_name(path.name + ".data")
     with atomic_path(path) as tmp:
         if external_data:
-            data = path.with_name(path.name + ".data")
-            if data.exists():
-                data.unlink()  # onnx appends to an existing data file
-            onnx.save(model, str(tmp), save_as_external_data=True, location=data.name)
+            if data.exists() and not any(_external(t) for t in model.graph.initializer):
+                data.unlink()  # onnx appends to an existing data file: only this model's tensors in it
+            onnx.save(model, str(tmp), save_as_external_data=True, location=data.name, size_threshold=1024)
         else:
-            onnx.save(model, str(tmp))
+            onnx.save(model, str(tmp))  # tensors already in external data keep their references
     return path
+
+
+def onnx_files(path: str | Path) -> list[Path]:
+    """The files a saved model is made of: the model and, when it has one, its external data."""
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    return [path, data] if data.exists() else [path]
+
+
+def session_from_model(model, options, providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime session on an in-memory model of any size. Small models go in as bytes; a
+    model past :data:`EXTERNAL_DATA_BYTES` is written with external data to a temporary folder
+    (protobuf cannot serialize it in memory: ``EncodeError: Failed to serialize proto``), the
+    session is made from that file, and the weights are read back into ``model`` so the caller's
+    model is whole again."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    if not needs_external_data(model):
+        return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
+    with tempfile.TemporaryDirectory(prefix="modelpress-session-") as work:
+        path = Path(work) / "model.onnx"
+        onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
+        try:
+            return ort.InferenceSession(str(path), options, providers=list(providers))
+        finally:
+            onnx.load_external_data_for_model(model, work)
+            for tensor in model.graph.initializer:
+                tensor.ClearField("data_location")  # as it was: unset, not DEFAULT
+
+
+def copy_model(model):
+    """A deep copy of an in-memory ``ModelProto`` of any size. protobuf copies a message by
+    serializing it, which fails past 2 GiB; a large model's skeleton is copied with its big
+    tensors' bytes held aside, and each tensor's bytes are then set on both."""
+    import onnx
+
+    if not needs_external_data(model):
+        return onnx.ModelProto.FromString(model.SerializeToString())
+    big = [t for t in model.graph.initializer if t.HasField("raw_data") and t.ByteSize() > 1 << 20]
+    held = []
+    for tensor in big:
+        held.append(tensor.raw_data)
+        tensor.ClearField("raw_data")
+    try:
+        copy = onnx.ModelProto.FromString(model.SerializeToString())
+    finally:
+        for tensor, raw in zip(big, held):
+            tensor.raw_data = raw
+    by_name = {t.name: t for t in copy.graph.initializer}
+    for tensor, raw in zip(big, held):
+        by_name[tensor.name].raw_data = raw
+    return copy

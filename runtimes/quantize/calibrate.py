@@ -8,7 +8,6 @@ sees on real text, and they skew the ranges.
 
 from __future__ import annotations
 
-import copy
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -16,6 +15,7 @@ import onnx
 from tqdm import tqdm
 
 from modelpress.errors import BadInputError
+from modelpress.fileio import session_from_model
 from modelpress.runtimes.quantize.stats import TensorStats
 
 MASK_INPUT = "attention_mask"
@@ -34,18 +34,23 @@ def _token_rows(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def _session_with_outputs(model: onnx.ModelProto, names: list[str]):
+    """A session on ``model`` with ``names`` as extra outputs. The outputs are added to the model
+    itself for the session's making and removed after (a copy would hold the weights twice: GBs for
+    a decoder); a model past protobuf's 2 GiB goes to ONNX Runtime through external data."""
     import onnxruntime as ort
 
-    augmented = copy.deepcopy(model)
-    existing = {o.name for o in augmented.graph.output}
-    for name in names:
-        if name not in existing:
-            augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    existing = {o.name for o in model.graph.output}
+    added = [onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in existing]
     opts = ort.SessionOptions()
     # basic fusions only: the requested intermediate tensors must survive as they are
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.log_severity_level = 3
-    return ort.InferenceSession(augmented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    outputs = len(model.graph.output)
+    model.graph.output.extend(added)
+    try:
+        return session_from_model(model, opts)
+    finally:
+        del model.graph.output[outputs:]
 
 
 def collect_tensors(

@@ -14,10 +14,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from modelpress.fileio import copy_model
+
 
 class GraphEditor:
     def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = onnx.ModelProto.FromString(model.SerializeToString())
+        self.model = copy_model(model)  # past 2 GiB too
         self.graph = self.model.graph
         self.inits = {i.name: i for i in self.graph.initializer}
         self.nodes = {n.name: n for n in self.graph.node}

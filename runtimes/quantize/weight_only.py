@@ -17,7 +17,6 @@ for static int8.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -29,7 +28,7 @@ import psutil
 from onnx import numpy_helper
 
 from modelpress.errors import BadInputError
-from modelpress.fileio import load_onnx, save_onnx
+from modelpress.fileio import copy_model, load_onnx, save_onnx
 from modelpress.runtimes.quantize.config import QuantizeConfig
 from modelpress.runtimes.quantize.ort_ops import plain_gemm
 from modelpress.runtimes.quantize.static import QuantizeSummary, excluded_nodes
@@ -39,9 +38,13 @@ log = logging.getLogger(__name__)
 
 
 def gemms_as_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy where each plain Gemm with a constant weight is ``MatMul(A, W)`` (W transposed into
-    a new initializer when ``transB``) followed by ``Add(bias)``; the MatMul keeps the Gemm's name."""
-    model = copy.deepcopy(model)
+    """``model`` itself when it has no plain Gemm, else a copy where each plain Gemm with a constant
+    weight is ``MatMul(A, W)`` (W transposed into a new initializer when ``transB``) followed by
+    ``Add(bias)``; the MatMul keeps the Gemm's name."""
+    inits = {i.name: i for i in model.graph.initializer}
+    if not any(n.op_type == "Gemm" and plain_gemm(inits, n) is not None for n in model.graph.node):
+        return model  # nothing to rewrite: no copy of the weights
+    model = copy_model(model)  # deepcopy serializes: past 2 GiB it fails
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     nodes = []
