@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 
 def process_peak_rss_mb() -> float | None:
@@ -18,3 +23,36 @@ def process_peak_rss_mb() -> float | None:
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024, 1)
     return None
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak resident set (VmHWM) again from its current size (Linux ≥ 4.0:
+    ``/proc/self/clear_refs``); False where that is not possible (the peak then runs on)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class StageMeter:
+    """Wall time and peak resident memory of each stage of a run (the report's ``stages``): the
+    peak is reset when a stage starts, so each row is that stage's own peak, not the run's so far."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict[str, float | None]] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        import time
+
+        reset_peak_rss()
+        start = time.perf_counter()
+        log.info("stage %s", name)
+        try:
+            yield
+        finally:
+            seconds = round(time.perf_counter() - start, 2)
+            peak = process_peak_rss_mb()
+            self.stages[name] = {"seconds": seconds, "peak_rss_mb": peak}
+            log.info("stage %s: %.1f s, peak RSS %s MiB", name, seconds, peak)

@@ -23,7 +23,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from modelpress.calibration_data.feeds import ExampleFeed
 from modelpress.errors import BadInputError
 from modelpress.fileio import graph_input_shapes
 from modelpress.lock import bundle_lock
+from modelpress.memory import StageMeter
 from modelpress.modalities import get_modality
 from modelpress.models import load_model, load_model_and_preprocessor, resolve_model_ref
 from modelpress.paths import (
@@ -103,6 +104,7 @@ class Run:
     eval_set: Any
     cal_examples: Any
     fitted: Any  # the lengths fitted to the model (modalities.Fitted)
+    meter: StageMeter = field(default_factory=StageMeter)  # each stage's time and peak RSS (report)
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,16 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
     if recipe.source:
         shutil.copyfile(recipe.source, paths.recipe)
     artifacts = wanted_artifacts(recipe)  # a runtime this machine lacks fails now, before any work
-    run = prepare(recipe, out_dir, paths, stack)
-    pressed = _press(run, deployed_model(run), artifacts)
-    report = _validate(run, pressed, artifacts)
+    meter = StageMeter()
+    with meter.stage("prepare"):
+        run = prepare(recipe, out_dir, paths, stack)
+    run.meter = meter
+    with meter.stage("distill" if recipe.distill_enabled else "load"):
+        deployed = deployed_model(run)
+    pressed = _press(run, deployed, artifacts)
+    with meter.stage("validate"):
+        report = _validate(run, pressed, artifacts)
+    report["stages"] = meter.stages
     return _publish(run, report)
 
 
@@ -262,9 +271,11 @@ def _press(run: Run, deployed: Any, artifacts: list) -> _Pressed:
     from modelpress.bundle import write_bundle_meta
 
     task, v = run.task, run.recipe.validate
-    exported = export_model(run, deployed)
+    with run.meter.stage("export"):
+        exported = export_model(run, deployed)
     enc = encoders(run, run.paths.model_onnx, tuple(exported.result.input_names))
-    quant = quantize(run, enc)
+    with run.meter.stage("quantize"):
+        quant = quantize(run, enc)
     write_bundle_meta(
         run.paths.root,
         task=task,
@@ -276,7 +287,9 @@ def _press(run: Run, deployed: Any, artifacts: list) -> _Pressed:
         input_shapes=enc.shapes,
         target=run.target.describe(),
     )
-    return _Pressed(deployed, exported, quant, enc, write_artifacts(run, quant, artifacts))
+    with run.meter.stage("artifacts"):
+        extras = write_artifacts(run, quant, artifacts)
+    return _Pressed(deployed, exported, quant, enc, extras)
 
 
 def seed_variants(run: Run, enc: Encoders, quant: Any) -> tuple[list, list]:

@@ -121,3 +121,86 @@ def test_copy_and_session_of_a_large_model_leave_the_model_whole(monkeypatch):
     assert model.SerializeToString() == before  # the weights read back after the temporary file
     x = np.ones((1, 32), np.float32)
     np.testing.assert_allclose(session.run(None, {"x": x})[0], x @ w, rtol=1e-6)
+
+
+def test_each_stage_reports_its_own_time_and_peak_memory():
+    from modelpress.memory import StageMeter, reset_peak_rss
+
+    if not reset_peak_rss():
+        pytest.skip("no /proc/self/clear_refs: the peak cannot be reset here")
+    meter = StageMeter()
+    with meter.stage("big"):
+        block = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+        del block
+    with meter.stage("small"):
+        pass
+    big, small = meter.stages["big"], meter.stages["small"]
+    assert big["peak_rss_mb"] - small["peak_rss_mb"] > 250  # the small stage's peak starts again
+    assert big["seconds"] >= 0 and small["seconds"] >= 0
+
+
+@pytest.fixture(scope="module")
+def tied_qwen2(tmp_path_factory):
+    """A tiny Qwen2 with tied embeddings (the 0.5 B's layout), exported."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from modelpress.models import load_model_and_preprocessor
+    from modelpress.tasks import configure_task
+
+    work = tmp_path_factory.mktemp("tied")
+    task = configure_task("text-generation")
+    _, tokenizer = load_model_and_preprocessor(str(make_tiny_causal_lm(work / "words", family="llama")), task)
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        max_position_embeddings=128,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    task.export(model, tokenizer, work / "model.onnx", opset=18, atol=1e-4)
+    return work, model, tokenizer
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_tied_embedding_reads_the_quantized_head_weight_and_the_file_holds_the_matrix_once(tied_qwen2, bits):
+    from test_weight_only import _dequantized
+
+    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.runtimes.quantize.weight_only import quantize_weights_only
+
+    work, model, tokenizer = tied_qwen2
+    block = 16
+    cfg = QuantizeConfig(mode="weight-only", weight_bits=bits, block_size=block, accuracy_level=4)
+    summary = quantize_weights_only(work / "model.onnx", work / f"int{bits}.onnx", cfg)
+    assert len(summary.shared_embeddings) == 1
+    q = onnx.load(str(work / f"int{bits}.onnx"))
+    ops = [n.op_type for n in q.graph.node]
+    assert ops.count("GatherBlockQuantized") == 1 and "Gather" not in [
+        n.op_type for n in q.graph.node if n.input and n.input[0] in {i.name for i in q.graph.initializer}
+    ]
+    table = model.get_input_embeddings().weight.detach().numpy()  # [vocab, hidden]
+    # no fp32 copy of the matrix left (the export held two: the table and the head's transpose)
+    shapes = {tuple(i.dims) for i in q.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    assert not shapes & {table.shape, table.shape[::-1]}
+    # the lookup gives the head's blockwise-quantized rows, computed here independently
+    looked = next(n.output[0] for n in q.graph.node if n.op_type == "GatherBlockQuantized")
+    q.graph.output.append(onnx.helper.make_empty_tensor_value_info(looked))
+    from modelpress.export.causal_lm import KVLayout
+
+    ids = np.array([[0, 3, len(tokenizer) - 1, 5]])
+    feed = {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "position_ids": np.arange(4)[None],
+        **KVLayout.from_config(model.config).empty(1),
+    }
+    session = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run([looked], feed)[0]
+    expected = _dequantized(table.T.copy(), bits, block).T[ids]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)

@@ -84,7 +84,8 @@ def gpt2_graph(tmp_path_factory):
 def test_weight_only_graph_equals_the_blockwise_dequantized_reference(gpt2_graph, tmp_path, bits):
     from modelpress.export.causal_lm import KVLayout
     from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.weight_only import gemms_as_matmuls, quantize_weights_only
+    from modelpress.runtimes.quantize.targets import fold_weight_transposes
+    from modelpress.runtimes.quantize.weight_only import gemms_as_matmuls, quantize_weights_only, tied_tables
 
     _, model, tokenizer, result = gpt2_graph
     cfg = QuantizeConfig(mode="weight-only", weight_bits=bits, block_size=16, accuracy_level=0)
@@ -100,10 +101,18 @@ def test_weight_only_graph_equals_the_blockwise_dequantized_reference(gpt2_graph
     ops = [n.op_type for n in quantized.graph.node]
     assert ops.count("MatMulNBits") == 9 and "Gemm" not in ops and "DequantizeLinear" not in ops
     # the reference: the same graph with each weight replaced by its dequantized copy (a copy per
-    # MatMul: GPT-2's lm_head shares its weight with the embedding)
+    # MatMul: GPT-2's lm_head shares its weight with the embedding), and the tied embedding's table
+    # by the head's dequantized weight, transposed (the lookup reads the head's quantized matrix)
     reference = gemms_as_matmuls(onnx.load(result.path))
     inits = {i.name: i for i in reference.graph.initializer}
+    tied = tied_tables(fold_weight_transposes(onnx.load(result.path)))
+    assert len(tied) == 1 and summary.shared_embeddings == ("node_embedding",)
     for node in reference.graph.node:
+        if node.op_type == "Gather" and node.output[0] in tied:
+            table = numpy_helper.to_array(inits[node.input[0]])
+            name = f"{node.name}_dequantized"
+            reference.graph.initializer.append(numpy_helper.from_array(_dequantized(table.T, bits, 16).T, name))
+            node.input[0] = name
         if node.op_type == "MatMul" and node.input[1] in inits:
             w = numpy_helper.to_array(inits[node.input[1]])
             name = f"{node.name}_dequantized"

@@ -78,6 +78,8 @@ class QuantizeSummary:
     block_size: int | None = None  # weight-only (MatMulNBits): input rows per weight scale
     accuracy_level: int | None = None  # weight-only: MatMulNBits' compute (0/1 fp32, 4 int8)
     attention_scores: AttentionScoresSummary | None = None
+    #: weight-only: embedding lookups that read the tied LM head's quantized weight (GatherBlockQuantized)
+    shared_embeddings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -71,6 +71,77 @@ def gemms_as_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def tied_tables(model: onnx.ModelProto) -> dict[str, str]:
+    """Embedding lookups whose table is, transposed, the weight of a MatMul (a tied LM head: the
+    export holds the matrix twice, as the Gather's table and as the head's transposed copy):
+    {Gather output: MatMul node name}. Compared by value, so only a true tie is shared."""
+    inits = {i.name: i for i in model.graph.initializer}
+    by_shape: dict[tuple[int, ...], list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        w = inits.get(node.input[1]) if node.op_type == "MatMul" else None
+        if w is not None and len(w.dims) == 2 and w.data_type == onnx.TensorProto.FLOAT:
+            by_shape.setdefault(tuple(w.dims), []).append(node)
+    tied = {}
+    for node in model.graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if table is None or axis != 0 or len(table.dims) != 2 or table.data_type != onnx.TensorProto.FLOAT:
+            continue
+        heads = by_shape.get((table.dims[1], table.dims[0]), [])
+        if heads:
+            e = numpy_helper.to_array(table)
+            head = next((h for h in heads if np.array_equal(numpy_helper.to_array(inits[h.input[1]]), e.T)), None)
+            if head is not None:
+                tied[node.output[0]] = head.name
+    return tied
+
+
+def share_tied_tables(model: onnx.ModelProto, tied: dict[str, str], bits: int) -> list[str]:
+    """Each tied lookup (:func:`tied_tables`) whose head became ``MatMulNBits`` reads the head's
+    quantized weight through ``GatherBlockQuantized`` (the layout onnxruntime-genai's builder
+    writes): one int4/int8 matrix for both, the fp32 table dropped. MatMulNBits' weight is
+    [N, K/block, block·bits/8] with rows = vocabulary entries: reshaped to [N, K·bits/8] it is the
+    table, blocks along K, zero point 2^(bits−1) (symmetric). Returns the lookups shared."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    heads = {n.name.rsplit(f"_Q{bits}", 1)[0]: n for n in graph.node if n.op_type == "MatMulNBits"}
+    shared = []
+    for index, node in reversed(list(enumerate(graph.node))):
+        head = heads.get(tied.get(node.output[0], "")) if node.op_type == "Gather" else None
+        if head is None or len(head.input) > 3:  # fp32 head, or zero points: not this layout
+            continue
+        attrs = {a.name: a.i for a in head.attribute}
+        k, n, block = attrs["K"], attrs["N"], attrs["block_size"]
+        if k % block:  # padded blocks: the reshaped weight would be wider than the table
+            continue
+        table, scales = f"{head.input[1]}_as_table", f"{head.input[2]}_as_table"
+        graph.initializer.append(numpy_helper.from_array(np.array([n, k * bits // 8], np.int64), f"{table}_shape"))
+        graph.initializer.append(numpy_helper.from_array(np.array([n, k // block], np.int64), f"{scales}_shape"))
+        lookup = [
+            onnx.helper.make_node("Reshape", [head.input[1], f"{table}_shape"], [table], name=f"{node.name}_table"),
+            onnx.helper.make_node("Reshape", [head.input[2], f"{scales}_shape"], [scales], name=f"{node.name}_scales"),
+            onnx.helper.make_node(
+                "GatherBlockQuantized",
+                [table, node.input[1], scales],
+                [node.output[0]],
+                name=node.name,
+                domain="com.microsoft",
+                bits=bits,
+                block_size=block,
+                gather_axis=0,
+                quantize_axis=1,
+            ),
+        ]
+        old_table = node.input[0]
+        del graph.node[index]
+        for offset, new in enumerate(lookup):
+            graph.node.insert(index + offset, new)
+        if not any(old_table in n.input for n in graph.node):
+            graph.initializer.remove(inits[old_table])
+        shared.append(node.name)
+    return shared
+
+
 def _weight_matmuls(model: onnx.ModelProto) -> list[str]:
     inits = {i.name for i in model.graph.initializer}
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
@@ -103,9 +174,13 @@ def quantize_weights_only(onnx_path: str | Path, out_path: str | Path, cfg: Quan
         accuracy_level=cfg.accuracy_level,
         op_types_to_quantize=("MatMul",),
     )
+    tied = tied_tables(model)
     quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=list(excluded), algo_config=algo)
     quantizer.process()
     qmodel = quantizer.model.model
+    shared = share_tied_tables(qmodel, tied, cfg.weight_bits)
+    if shared:
+        log.info("tied embedding %s reads the LM head's %d-bit weight", ", ".join(shared), cfg.weight_bits)
     # ORT's quantizer names each new node "<name>_Q<bits>"; the summary speaks of the graph's names
     written = {n.name.rsplit(f"_Q{cfg.weight_bits}", 1)[0] for n in qmodel.graph.node if n.op_type == "MatMulNBits"}
     save_onnx(qmodel, Path(out_path))
@@ -123,4 +198,5 @@ def quantize_weights_only(onnx_path: str | Path, out_path: str | Path, cfg: Quan
         peak_rss_mb=round(psutil.Process(os.getpid()).memory_info().rss / 2**20, 1),
         block_size=cfg.block_size,
         accuracy_level=cfg.accuracy_level,
+        shared_embeddings=tuple(shared),
     )

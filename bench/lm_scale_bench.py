@@ -1,0 +1,214 @@
+"""`python -m bench.lm_scale_bench`: a decoder of real size through `modelpress run` (issue #24).
+
+Builds a random-weight decoder with the shape of Qwen2.5-0.5B (transformers ``Qwen2Config``:
+hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate 4864, vocabulary 151,936, tied
+embeddings; 494 M parameters, 1.98 GB of fp32 weights) or of Qwen2.5-1.5B (``--size 1.5b``), with
+a byte-level BPE tokenizer trained here on the text of ``../shared/data`` (``bench.tiny_gpt``'s
+split), and presses it with ``modelpress run`` once per mode (``int4``: weight-only MatMulNBits,
+4 bits, block 32, accuracy level 4; ``int8-wo``: the same at 8 bits; ``w8a8``: static int8, the
+default mode). Each run is its own process; its peak RSS is sampled from here (the process and its
+children, every 0.2 s) and the run's own report gives each stage's time and peak RSS
+(``report.json`` → ``stages``). Accuracy on random weights means nothing: the validation is cut to
+a few windows and the gate is opened wide; what counts is that the run finishes, in what time and
+memory, and the file sizes. Results go to ``bench/results/lm_scale.json``.
+
+Memory: one run at a time (a 0.5 B press peaks at a few GB; see the results). Timings from a
+contended machine are indicative only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SHAPES = {
+    "0.5b": dict(
+        hidden_size=896,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        intermediate_size=4864,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "1.5b": dict(
+        hidden_size=1536,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        intermediate_size=8960,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+}
+
+MODES = {
+    "int4": {"mode": "weight-only", "weight_bits": 4, "block_size": 32, "accuracy_level": 4},
+    "int8-wo": {"mode": "weight-only", "weight_bits": 8, "block_size": 32, "accuracy_level": 4},
+    "w8a8": {"mode": "static"},
+}
+
+
+def build(folder: Path, size: str) -> dict:
+    """The random decoder and its tokenizer in ``folder`` (reused when already there)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from bench.tiny_gpt import DATA, train_tokenizer, write_text
+
+    if (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file():
+        return json.loads((folder / "bench_model.json").read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    data = DATA if DATA.is_dir() else Path("/work/shared/data")  # a worktree sits one folder deeper
+    train, _ = write_text(folder, data)
+    tok = train_tokenizer(train, folder)
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        **SHAPES[size],
+        max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    t0 = time.perf_counter()
+    model = Qwen2ForCausalLM(config).eval()
+    params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(str(folder))
+    info = {
+        "size": size,
+        "params": params,
+        "fp32_weight_bytes": params * 4,
+        "build_seconds": round(time.perf_counter() - t0, 1),
+    }
+    (folder / "bench_model.json").write_text(json.dumps(info))
+    return info
+
+
+def recipe(work: Path, model: Path, mode: str) -> Path:
+    q = MODES[mode]
+    quantize = "\n".join(f"{k} = {json.dumps(v)}" for k, v in q.items())
+    text = f"""name = "{mode}"
+teacher = "{model}"
+task = "text-generation"
+
+[calibration]
+data = "{model / "train.txt"}"
+num_samples = 32
+max_length = 128
+batch_size = 4
+
+[quantize]
+{quantize}
+
+[validate]
+eval_data = "{model / "heldout.txt"}"
+max_length = 128
+stride = 64
+num_samples = 8
+batch_size = 1
+batch_sizes = [1]
+seq_lengths = [128]
+decode_contexts = [128]
+latency_runs = 3
+warmup_runs = 1
+real_workload = false
+runtimes = ["onnxruntime"]
+
+[gate]
+max_drop = 1000.0
+"""
+    path = work / f"{mode}.toml"
+    path.write_text(text)
+    return path
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+    except psutil.Error:
+        return 0
+
+
+def press(recipe_path: Path, out: Path, log: Path) -> dict:
+    """``modelpress run`` in its own process: exit code, wall time, sampled peak RSS."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "modelpress", "run", str(recipe_path), "--out", str(out)]
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        peak = [0]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], _tree_rss(proc.pid))
+                done.wait(0.2)
+
+        watcher = threading.Thread(target=sample, daemon=True)
+        watcher.start()
+        rc = proc.wait()
+        done.set()
+        watcher.join()
+    return {"exit_code": rc, "wall_seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": peak[0] >> 20}
+
+
+def _size_mb(path: Path) -> float | None:
+    if not path.is_file():
+        return None
+    data = path.with_name(path.name + ".data")
+    return round((path.stat().st_size + (data.stat().st_size if data.is_file() else 0)) / 2**20, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=sorted(SHAPES), default="0.5b")
+    ap.add_argument("--modes", default="int4,w8a8", help=f"comma-separated, of {sorted(MODES)}")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/modelpress-lm-scale"))
+    ap.add_argument("--results", type=Path, default=ROOT / "bench/results/lm_scale.json")
+    args = ap.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if unknown := [m for m in modes if m not in MODES]:
+        ap.error(f"unknown modes {unknown}")
+    work = args.work / args.size
+    model = work / "model"
+    info = build(model, args.size)
+    print(f"model: {info}", flush=True)
+    results = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    row = results.setdefault(args.size, {"model": info, "runs": {}})
+    row["model"] = info
+    for mode in modes:
+        print(f"pressing {args.size} {mode} ...", flush=True)
+        out = work / "out"
+        for old in (out / mode, out / f"{mode}.rejected"):
+            shutil.rmtree(old, ignore_errors=True)
+        measured = press(recipe(work, model, mode), out, work / f"{mode}.log")
+        bundle = out / mode
+        if not bundle.is_dir():
+            bundle = out / f"{mode}.rejected"
+        report = json.loads((bundle / "report.json").read_text()) if (bundle / "report.json").is_file() else {}
+        files = {name: _size_mb(bundle / name) for name in ("model.onnx", "model.int8.onnx", "model.int4.onnx")}
+        measured.update(
+            stages=report.get("stages"),
+            files_mb={k: v for k, v in files.items() if v is not None},
+            peak_rss_over_fp32_weights=round(measured["peak_rss_mb"] * 2**20 / info["fp32_weight_bytes"], 2),
+            log=str(work / f"{mode}.log"),
+        )
+        row["runs"][mode] = measured
+        print(json.dumps({mode: measured}, indent=1), flush=True)
+        args.results.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
