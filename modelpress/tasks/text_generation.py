@@ -53,9 +53,14 @@ class TextGeneration(Task):
 
     # -- model and export -------------------------------------------------------------------
     def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
+        from modelpress.bundle import INT8_MODEL
         from modelpress.export.causal_lm import export_causal_lm
+        from modelpress.export.genai_config import write_genai_config
 
-        return export_causal_lm(model, preprocessor, out_path, opset=opset, atol=atol)
+        result = export_causal_lm(model, preprocessor, out_path, opset=opset, atol=atol)
+        # onnxruntime-genai runs the bundle's ONNX Runtime model: the export's names are its own
+        write_genai_config(Path(out_path).parent, model.config, preprocessor, filename=INT8_MODEL)
+        return result
 
     def torch_module(self, model: Any) -> Any:
         from modelpress.export.causal_lm import FeedStep

@@ -1,0 +1,72 @@
+"""onnxruntime-genai on a text-generation bundle (issue #24): the bundle's ``genai_config.json``
+lets ``onnxruntime_genai.Model(bundle)`` run the bundle's own model file, and its greedy tokens
+equal our runner's on the same file (tiny Qwen3: grouped KV heads; its int4 weight-only bundle).
+Skipped where onnxruntime-genai is not installed (the ``genai`` extra)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import write_recipe
+
+from modelpress.testing import make_tiny_causal_lm, random_sentences
+
+og = pytest.importorskip("onnxruntime_genai")
+
+PROMPTS = ("the cat sat on", "a dog", "the old film was very good and the plot")
+NEW = 12
+
+
+def _genai_greedy(model, ids: list[int], eos: int) -> list[int]:
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + NEW, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array([ids], np.int32))
+    out = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        out.append(int(generator.get_next_tokens()[0]))
+    return out
+
+
+def test_onnxruntime_genai_generates_the_bundles_greedy_tokens(tmp_path):
+    from modelpress.bundle import load
+    from modelpress.cli import main
+
+    folder = make_tiny_causal_lm(tmp_path / "qwen3", family="qwen3")
+    (tmp_path / "corpus.txt").write_text("\n".join(random_sentences(100, seed=1)) + "\n", encoding="utf-8")
+    (tmp_path / "heldout.txt").write_text("\n".join(random_sentences(60, seed=9)) + "\n", encoding="utf-8")
+    body = {
+        "calibration": {"data": str(tmp_path / "corpus.txt"), "num_samples": 8, "max_length": 32},
+        "quantize": {"mode": "weight-only", "weight_bits": 4, "block_size": 16},
+        "validate": {
+            "latency_runs": 1,
+            "warmup_runs": 1,
+            "batch_sizes": [1],
+            "seq_lengths": [16],
+            "decode_contexts": [24],
+            "real_workload": False,
+            "max_length": 32,
+            "stride": 16,
+            "threads": 1,
+            "eval_data": str(tmp_path / "heldout.txt"),
+        },
+        "gate": {"max_drop": 1000.0},
+    }
+    recipe = write_recipe(tmp_path / "lm.toml", {"name": "lm", "teacher": str(folder), "task": "text-generation"}, body)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    bundle = tmp_path / "out" / "lm"
+    config = json.loads((bundle / "genai_config.json").read_text())
+    decoder = config["model"]["decoder"]
+    assert decoder["filename"] == "model.int8.onnx" and (bundle / decoder["filename"]).is_file()
+    assert (decoder["num_key_value_heads"], decoder["num_attention_heads"], decoder["head_size"]) == (2, 4, 8)
+    genai = og.Model(str(bundle))
+    with load(bundle) as lm:
+        tokenizer = lm.generator.tokenizer
+        eos = tokenizer.eos_token_id
+        for prompt in PROMPTS:
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ours = lm.generator.generate_ids([ids], max_new_tokens=NEW, stop_token_ids=[eos])[0]
+            assert _genai_greedy(genai, ids, eos) == ours, prompt
