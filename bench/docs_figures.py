@@ -381,21 +381,21 @@ def summary() -> str:
             f"STS-B ρ {fmt(vnni['pytorch-fp32']['spearman'], 2)} → {fmt(ov['spearman'], 2)} (OpenVINO int8)",
             f"b32 {fmt(ov['b32_vs_pytorch'])}× PyTorch fp32's time, {fmt(vnni_nncf)}× NNCF's",
             f"{short_machine(vnni_json)}",
-            "`bench_avx512vnni.json`",
+            f"`bench_avx512vnni.json`, {measured_date(RESULTS / 'bench_avx512vnni.json', vnni_json)}",
         ],
         [
             "sentence encoder (all-MiniLM-L6-v2)",
             f"STS-B ρ {fmt(avx2['pytorch-fp32']['spearman'], 2)} → {fmt(ort['spearman'], 2)} (ONNX Runtime int8)",
             f"b32 {fmt(ort['b32_vs_pytorch'])}× PyTorch fp32's time",
             f"{short_machine(avx2_json)}",
-            "`bench_fused_avx2.json`",
+            f"`bench_fused_avx2.json`, {measured_date(RESULTS / 'bench_fused_avx2.json', avx2_json)}",
         ],
         [
             "token tagger (MiniLM fine-tuned)",
             f"accuracy drop {fmt(tag['press']['gate']['drop'], 2)} points",
             f"b32 {fmt(tag_b32['modelpress-int8'] / tag_b32['pytorch-fp32'])}× PyTorch fp32's time",
             f"{short_machine(tag)}",
-            "`tagger.json`",
+            f"`tagger.json`, {measured_date(RESULTS / 'tagger.json', tag)}",
         ],
         [
             "reranker (MiniLM cross-encoder)",
@@ -403,7 +403,7 @@ def summary() -> str:
             f"top-1 agreement {fmt(rr_top1, 2, 100.0, ' %')}",
             f"b32 {fmt(rr['bar']['int8_vs_ort_dynamic_b32x128'])}× ORT dynamic int8's time",
             f"{short_machine(rr)}",
-            "`rerank.json`",
+            f"`rerank.json`, {measured_date(RESULTS / 'rerank.json', rr)}",
         ],
         [
             "image classifiers (digits ViT / ResNet)",
@@ -412,17 +412,17 @@ def summary() -> str:
             f"{fmt(vis['models']['resnet']['peers']['modelpress-int8-openvino']['b32_vs_ort_fp32'])}× ORT fp32's time "
             "(ONNX Runtime / OpenVINO int8)",
             f"{short_machine(vis)}",
-            "`vision_avx512vnni.json`",
+            f"`vision_avx512vnni.json`, {measured_date(RESULTS / 'vision_avx512vnni.json', vis)}",
         ],
         [
             "causal LM (14 M GPT-2)",
             f"perplexity ratio {fmt(lm_f['perplexity_ratio'], 5)}",
             f"decode b1 {fmt(lm_r['decode_b1_c128_tokens_per_s_ratio'], 2)}× PyTorch's tokens/s",
             f"{short_machine(lm)}",
-            "`lm.json`",
+            f"`lm.json`, {measured_date(RESULTS / 'lm.json', lm)}",
         ],
     ]
-    return table(["model", "int8 vs fp32", "speed", "machine", "source"], rows)
+    return table(["model", "int8 vs fp32", "speed", "machine", "source, measured"], rows)
 
 
 def readme_with_summary(text: str) -> str:

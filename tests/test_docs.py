@@ -105,3 +105,16 @@ def test_mkdocs_builds_strict(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "site" / "benchmarks" / "index.html").exists()
+
+
+def test_readme_summary_rows_read_their_json():
+    """Two figures of the README's summary, recomputed here from the JSON files themselves."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    vnni = json.loads((REPO / "bench/results/bench_avx512vnni.json").read_text())["threads"]["2"]
+    lm = json.loads((REPO / "bench/results/lm.json").read_text())
+    fp32, ours = vnni["pytorch-fp32"]["spearman"], vnni["modelpress-int8-openvino"]["spearman"]
+    assert f"STS-B ρ {fp32:.2f} → {ours:.2f} (OpenVINO int8)" in readme
+    assert f"perplexity ratio {lm['fidelity']['modelpress-int8']['perplexity_ratio']:.5f}" in readme
+    start = readme.index(docs_figures.SUMMARY_BEGIN)
+    rows = readme[start : readme.index(docs_figures.SUMMARY_END)].splitlines()[3:]
+    assert len(rows) == 6 and all(".json`, 20" in row for row in rows)
