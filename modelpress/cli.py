@@ -501,14 +501,13 @@ def _run_recipe(args) -> tuple[Any, dict[str, Any] | None]:
     """The recipe file (with --set, --target), or the recipe --model builds; and what --task auto read."""
     from modelpress.cli_model import recipe_for_model
     from modelpress.recipe import load_recipe
-    from modelpress.task_match import AUTO_TASK
 
     if args.recipe and args.model:
         raise BadInputError("run: give a recipe file or --model, not both")
     if not args.recipe and not args.model:
         raise BadInputError("run: give a recipe file, or --model DIR|HUB_ID to press a model without one")
     if args.recipe:
-        if args.task != AUTO_TASK or args.revision:
+        if args.task is not None or args.revision:
             raise BadInputError("--task/--revision go with --model; in a recipe they are the keys task and revision")
         overrides = [*args.overrides, *([f'target="{args.target}"'] if args.target else [])]
         return load_recipe(args.recipe, overrides), None

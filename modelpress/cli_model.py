@@ -45,7 +45,7 @@ def add_model_flags(p: Any, *, required: bool) -> None:
     p.add_argument(
         "--task",
         choices=(AUTO_TASK, *task_names()),
-        default=AUTO_TASK,
+        default=None,
         help="with --model (default auto: read from config.json's architectures)",
     )
     p.add_argument("--revision", default=None, help="with a hub id: the branch, tag or commit to press")
@@ -70,8 +70,9 @@ def model_raw(args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     raw: dict[str, Any] = {"name": model_name(args.model), "teacher": args.model}
     if args.revision:
         raw["revision"] = args.revision
-    inferred: dict[str, Any] = {"task": args.task, "inferred": False}
-    if args.task == AUTO_TASK:
+    given = {None: None, AUTO_TASK: None}.get(args.task, args.task)  # None: read it from the model
+    inferred: dict[str, Any] = {"task": given, "inferred": False}
+    if given is None:
         folder = resolve_model_ref(args.model, revision=args.revision)
         task, architecture = infer_task(folder)
         inferred = {"task": task, "inferred": True, "architecture": architecture}
