@@ -411,3 +411,48 @@ def test_triton_repository_for_openvino_matches_the_ir(pressed, tmp_path, capsys
         for t, p in zip(declared, ports):
             assert t.data_type == types[p.get_element_type().get_type_name()]
             assert len(t.dims) == len(p.get_partial_shape()) - 1
+
+
+#: per kind: the values beyond FAST its run needs (an LM's decode context within its 128 positions; an
+#: image model's own images: none ship)
+KIND_SETS = {
+    "encoder": [],
+    "lm": [
+        "--set",
+        "validate.decode_contexts=[24]",
+        "--set",
+        "validate.stride=16",
+        "--set",
+        "validate.batch_sizes=[1]",
+    ],
+    "vision": [],
+}
+
+
+@pytest.mark.parametrize(
+    "kind, task", [("encoder", "feature-extraction"), ("lm", "text-generation"), ("vision", "image-classification")]
+)
+def test_run_model_presses_each_kind_to_its_task(models, tmp_path, capsys, kind, task):
+    from modelpress.testing import write_images
+
+    sets = list(KIND_SETS[kind])
+    if kind == "vision":
+        write_images(tmp_path / "calib", 16, seed=1)
+        write_images(tmp_path / "eval", 30, seed=2, classes=("class_0", "class_1", "class_2"))
+        sets += [
+            "--set",
+            f'calibration.data="{tmp_path / "calib"}"',
+            "--set",
+            f'validate.eval_data="{tmp_path / "eval"}"',
+        ]
+        sets += ["--set", "calibration.batch_size=8"]
+    argv = ["run", "--model", str(getattr(models, kind)), "--out", str(tmp_path / "out"), *FAST, *sets]
+    code, out, err = run_cli(capsys, *argv, "--set", "gate.max_drop=100", "--json")
+    assert code == 0, err
+    obj = json.loads(out)
+    check_schema(obj, SCHEMA)
+    assert obj["task"]["name"] == task and obj["task"]["inferred"]
+    meta = json.loads((Path(obj["paths"]["bundle"]) / "bundle.json").read_text())
+    assert meta["task"]["task"] == task
+    shipped = kind != "vision"
+    assert obj["data"]["calibration"]["default"] is shipped and obj["data"]["eval"]["default"] is shipped
