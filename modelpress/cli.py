@@ -896,8 +896,40 @@ def _forget_escaped_interrupt() -> None:
     exec("None")
 
 
+class _UsageError(Exception):
+    """A usage error under --json: reported in the one JSON object instead of exiting in argparse."""
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; with --json anywhere, a usage error is one JSON object too (exit 2)."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if "--json" not in words:
+        return parser.parse_args(words)
+
+    def error(message: str) -> None:
+        raise _UsageError(message)
+
+    for p in [parser, *_subparsers(parser)]:
+        p.error = error  # type: ignore[method-assign]
+    try:
+        return parser.parse_args(words)
+    except _UsageError as exc:
+        from modelpress.cli_output import json_object
+
+        print(f"modelpress: error: {exc}", file=sys.stderr)
+        command = next((w for w in words if w in COMMANDS), None) or ""
+        print(json_object(command, EXIT_BAD_INPUT, lines=[], error=str(exc), result={}))
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [p for a in actions for p in a.choices.values()]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     # torch._subclasses.fake_tensor logs its cache stats at exit (INFO): after a SIGINT they would follow

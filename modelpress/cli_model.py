@@ -55,7 +55,10 @@ def model_name(ref: str) -> str:
     """A bundle name from a folder or hub id: its last part, made a plain folder name."""
     from modelpress.models import PACKAGE_PREFIX
 
-    last = ref[len(PACKAGE_PREFIX) :] if ref.startswith(PACKAGE_PREFIX) else Path(ref.rstrip("/")).name
+    if ref.startswith(PACKAGE_PREFIX):
+        last = ref[len(PACKAGE_PREFIX) :]
+    else:  # "." or "../x/" name the folder they resolve to
+        last = (Path(ref).expanduser().resolve() if Path(ref).expanduser().exists() else Path(ref.rstrip("/"))).name
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", last).lstrip(".-") or "model"
     return name
 

