@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
@@ -48,6 +49,8 @@ def machine() -> dict:
         "python": platform.python_version(),
         "kernel_flags": [f for f in KERNEL_FLAGS if f in flags],
         "int8_gemm_saturates": int8_gemm_saturates(),
+        # the day of the run, which the docs' tables show (bench/docs_figures.py); older files have none
+        "measured": datetime.date.today().isoformat(),
     }
 
 
