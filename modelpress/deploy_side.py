@@ -50,3 +50,20 @@ DEPLOY_SIDE_MODULES = (
 
 #: what a deployment host must never need to import
 PRESSING_STACK = ("torch", "transformers")
+#: the import names of the ``press`` extra's packages: a CLI command that needs one on a slim install
+#: is one line (exit 2) saying to install ``modelpress[press]``
+PRESS_MODULES = frozenset(
+    {
+        "torch",
+        "transformers",
+        "onnx",
+        "onnxscript",
+        "onnx_ir",
+        "safetensors",
+        "scipy",
+        "tqdm",
+        "psutil",
+        "archspec",
+        "tomli",
+    }
+)

@@ -36,7 +36,7 @@ BLOCK = textwrap.dedent(
     class _Blocked(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in ("torch", "transformers"):
-                raise ImportError(f"{name} is blocked: the deploy side must not import it")
+                raise ModuleNotFoundError(f"{name} is blocked: the deploy side must not import it", name=name)
 
     sys.meta_path.insert(0, _Blocked())
     """
@@ -426,3 +426,41 @@ def test_images_become_rgb_as_transformers_makes_them():
     for array in (rgba, rgba[..., :1], rgba[..., :3]):
         want = transformers_rgb(array, return_numpy=True, input_data_format="channels_last")
         assert np.array_equal(convert_to_rgb(array), want), array.shape
+
+
+def test_pressing_on_a_slim_install_is_one_line_saying_what_to_install(bundles, tmp_path):
+    """``modelpress run`` where torch and transformers are missing (``pip install modelpress``):
+    exit 2 and the extra to install, not a traceback (exit 1)."""
+    model = Path(bundles["text-classification"]).parent / "model"
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'name = "slim"\nteacher = "{model}"\n', encoding="utf-8")
+    code = "from modelpress.cli import main\nsys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK + code, "run", str(recipe)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("modelpress: error: run needs the pressing stack (") and "modelpress[press]" in last
+
+
+def test_the_slim_install_is_the_deploy_side_and_press_adds_the_pressing_stack():
+    """pyproject: ``pip install modelpress`` pulls only what the deploy side imports; ``[press]`` holds
+    torch and transformers (and every package the CLI names when one is missing); ``dev``, which
+    ``make`` installs, includes press."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from modelpress.deploy_side import PRESS_MODULES, PRESSING_STACK
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = project["optional-dependencies"]
+    assert {Requirement(r).name for r in project["dependencies"]} == {"numpy", "onnxruntime", "tokenizers", "pillow"}
+    press = {Requirement(r).name for r in extras["press"]}
+    assert set(PRESSING_STACK) <= press and press <= PRESS_MODULES
+    assert any(Requirement(r).name == "modelpress" and "press" in Requirement(r).extras for r in extras["dev"])
+    assert "[dev]" in (REPO / "Makefile").read_text(encoding="utf-8")
