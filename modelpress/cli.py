@@ -957,6 +957,16 @@ def _dispatch(args, on_error=None) -> int:
             return COMMANDS[args.command](args)
     except ModelpressError as exc:
         return fail(str(exc), exit_code_for(exc))
+    except ModuleNotFoundError as exc:
+        from modelpress.deploy_side import PRESS_MODULES
+
+        if (exc.name or "").split(".")[0] not in PRESS_MODULES:
+            raise  # a bug, or a broken install of another package: the traceback says which
+        # a deployment host's slim install (pip install modelpress) runs bundles, not the pipeline
+        return fail(
+            f"{args.command} needs the pressing stack ({exc.name} is not installed): pip install 'modelpress[press]'",
+            EXIT_BAD_INPUT,
+        )
     except (OSError, MemoryError) as exc:
         message = user_fault(exc)
         if message is None:
