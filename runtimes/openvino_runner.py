@@ -144,6 +144,21 @@ class OpenVINOArtifact(RuntimeArtifact):
         write_openvino_ir(quant, paths.model_int8_onnx, paths.openvino_xml)
         return {}
 
+    def offers(self, *, recipe: Any, target: Any) -> tuple[list[Any], list[str]]:
+        """Beside the int8 IR: the fp32 export run in f32, and in bf16 where the target has bf16 dot
+        products and is this machine (a bf16 hint elsewhere runs f32, so its timing would say nothing)."""
+        from modelpress.runtimes.artifacts import FP32_MODEL, Offer
+
+        offers, notes = super().offers(recipe=recipe, target=target)
+        wanted = recipe.select.candidates
+        if "fp32" in wanted:
+            offers.append(Offer("openvino-f32", self.runtime, "fp32", FP32_MODEL, {"precision": "f32"}))
+        if "bf16" in wanted and target.has_bf16 and target.detected:
+            offers.append(Offer("openvino-bf16", self.runtime, "bf16", FP32_MODEL, {"precision": "bf16"}))
+        elif "bf16" in wanted:
+            notes.append(f"openvino: no bf16 candidate (the target {target.name} has no bf16 dot products here)")
+        return offers, notes
+
 
 def write_openvino_ir(outcome: Any, int8_onnx: Path, xml_path: Path) -> Path:
     """The written int8 model as OpenVINO IR: the same plan (calibration, SmoothQuant, fp32 nodes)
