@@ -241,12 +241,26 @@ def quantize(run: Run, enc: Encoders) -> Any:
         evaluate = candidate_evaluator(
             task=run.task, teacher=enc.teacher, encoder=enc.encoder, eval_set=run.eval_set, cfg=v, gate_cfg=recipe.gate
         )
-    return quantize_stage(
+    quant = quantize_stage(
         run.paths,
         ExampleFeed(run.cal_examples, enc.cal_encoder, batch_size=cal.batch_size),
         recipe.quantize,
         evaluate=evaluate,
     )
+    if recipe.select.int8_classes == "auto" and quant.plan is not None:
+        quant.int8_classes = int8_where_it_pays(run, enc, quant)
+    return quant
+
+
+def int8_where_it_pays(run: Run, enc: Encoders, quant: Any) -> list:
+    """Each op class of the plan int8 only where it pays (``runtimes.int8_classes``), timed at the
+    largest validation shape on the eval set's examples."""
+    from modelpress.runtimes.int8_classes import keep_paying_classes
+
+    v, examples = run.recipe.validate, list(run.eval_set.examples)
+    size, length = max(v.batch_sizes), max(enc.encoder.timing_lengths(v.seq_lengths), key=lambda s: s or 0)
+    batch = enc.encoder.encode([examples[i % len(examples)] for i in range(size)], pad_to=length)
+    return keep_paying_classes(quant, run.paths.model_int8_onnx, target=run.target, batch=batch, threads=v.threads)
 
 
 def write_artifacts(run: Run, quant: Any, artifacts: list) -> dict[str, Any]:

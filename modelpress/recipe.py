@@ -164,6 +164,9 @@ class SelectConfig:
     candidates: tuple[str, ...] = field(
         default=("int8", "fp32"), metadata={"choices": CANDIDATE_PRECISIONS, "nonempty": True}
     )  # precisions tried on each of validate.runtimes (bf16 where the target has it); ORT fp32 always
+    int8_classes: str = field(
+        default="all", metadata={"choices": ("all", "auto")}
+    )  # "auto": an op class stays int8 only where it pays (timed here, or the target's rules)
 
     def __post_init__(self) -> None:
         check_fields(self, "select")

@@ -160,12 +160,34 @@ def test_a_candidate_made_slower_on_purpose_is_never_the_default(tiny_bert, data
 def test_a_slower_fp32_leaves_the_int8_plan_the_default(tiny_bert, data_files, tmp_path, monkeypatch):
     from modelpress.bundle import load
 
-    code, bundle = _run(tiny_bert, data_files, tmp_path, monkeypatch, slow="onnx-fp32")
+    code, bundle = _run(tiny_bert, data_files, tmp_path, monkeypatch, slow="onnx-fp32", int8_classes="auto")
     assert code == 0
     report = json.loads((bundle / "report.json").read_text())
+    # int8 only where it pays, timed here: the projections (the tiny BERT's only class) decided by the ms
+    q = report["quantization"]
+    (d,) = q["int8_classes"]
+    assert d["op_class"] == "projection" and d["how"] == "measured" and d["nodes"] > 0
+    assert d["speedup"] == pytest.approx(d["without_ms"] / d["with_ms"], abs=2e-3)
+    assert d["int8"] == (d["speedup"] >= 1.02) and bool(q["quantized_nodes"]) == d["int8"]
     assert report["selection"]["chosen"] == "int8" and report["gate"]["candidate_name"] == "int8"
     assert report["gate"]["latency_reference"] == "onnx-fp32" and report["gate"]["latency_ratio"] < 1.0
     with load(bundle) as model:
         assert model.runner.model_path.name == "model.int8.onnx"
     with load(bundle, runtime="onnxruntime", model_file="model.onnx") as fp32:  # keep = "all": both are there
         assert fp32.runner.model_path.name == "model.onnx"
+
+
+def test_a_declared_target_decides_op_classes_by_the_rules_measured_for_its_level():
+    from types import SimpleNamespace
+
+    from modelpress.runtimes.int8_classes import by_rule
+    from modelpress.runtimes.target import resolve_target
+
+    classes = {"projection": ("a", "b"), "conv": ("c",)}
+    v3 = {d.op_class: d for d in by_rule(resolve_target("x86-64-v3"), "openvino", classes)}
+    assert not v3["projection"].int8 and v3["conv"].int8 and v3["projection"].how == "rule"
+    assert "rule for x86-64-v3 on openvino" in v3["projection"].why and "1.8x" in v3["projection"].why
+    ort = {d.op_class: d for d in by_rule(resolve_target("x86-64-v4"), "onnxruntime", classes)}
+    assert ort["projection"].int8 and not ort["conv"].int8  # x86-64-v4 borrows x86-64-v3's figures
+    arm = by_rule(SimpleNamespace(name="arm64"), "onnxruntime", classes)
+    assert all(d.int8 and d.how == "no rule" for d in arm)
