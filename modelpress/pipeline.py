@@ -436,7 +436,7 @@ def set_default(run: Run, report: dict[str, Any]) -> None:
     from modelpress.bundle import record_default
 
     selection = report.get("selection")
-    if selection is None:
+    if selection is None or not selection["passed"]:  # a failed run's bundle opens what the gate failed
         return
     drop = []
     if run.recipe.select.keep == "chosen":

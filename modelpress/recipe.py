@@ -169,7 +169,13 @@ class SelectConfig:
     )  # "auto": an op class stays int8 only where it pays (timed here, or the target's rules)
 
     def __post_init__(self) -> None:
+        import re
+
         check_fields(self, "select")
+        if self.shape not in ("", "workload") and not re.fullmatch(r"b\d+xs\d+", self.shape):
+            raise BadInputError(
+                f'select.shape: expected "workload" or a timed shape such as "b32xs128", got {self.shape!r}'
+            )
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,8 @@ class Recipe:
 
     def __post_init__(self) -> None:
         check_fields(self, "")
+        if self.select.shape == "workload" and not self.validate.real_workload:
+            raise BadInputError('select.shape: "workload" needs validate.real_workload = true')
         if self.student is not None and self.distill_enabled:
             raise BadInputError("student: a recipe names a ready student or distills one ([distill] enabled), not both")
         if not self.name or "/" in self.name or self.name.startswith("."):

@@ -169,6 +169,7 @@ def test_a_slower_fp32_leaves_the_int8_plan_the_default(tiny_bert, data_files, t
     assert d["op_class"] == "projection" and d["how"] == "measured" and d["nodes"] > 0
     assert d["speedup"] == pytest.approx(d["without_ms"] / d["with_ms"], abs=2e-3)
     assert d["int8"] == (d["speedup"] >= 1.02) and bool(q["quantized_nodes"]) == d["int8"]
+    assert f"- projection ({d['nodes']} nodes): " in (bundle / "report.md").read_text()
     assert report["selection"]["chosen"] == "int8" and report["gate"]["candidate_name"] == "int8"
     assert report["gate"]["latency_reference"] == "onnx-fp32" and report["gate"]["latency_ratio"] < 1.0
     with load(bundle) as model:
@@ -191,3 +192,21 @@ def test_a_declared_target_decides_op_classes_by_the_rules_measured_for_its_leve
     assert ort["projection"].int8 and not ort["conv"].int8  # x86-64-v4 borrows x86-64-v3's figures
     arm = by_rule(SimpleNamespace(name="arm64"), "onnxruntime", classes)
     assert all(d.int8 and d.how == "no rule" for d in arm)
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"select": {"shape": "32x128"}}, 'select.shape: expected "workload" or a timed shape'),
+        ({"select": {"keep": "some"}}, "select.keep"),
+        ({"select": {"candidates": ["int4"]}}, "select.candidates"),
+        ({"select": {"shape": "workload"}, "validate": {"real_workload": False}}, "needs validate.real_workload"),
+    ],
+)
+def test_a_bad_select_table_is_one_line(section, message):
+    from modelpress.errors import BadInputError
+    from modelpress.recipe import recipe_from_dict
+
+    with pytest.raises(BadInputError, match=message) as err:
+        recipe_from_dict({"name": "x", "teacher": "t", **section})
+    assert "\n" not in str(err.value)

@@ -176,6 +176,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                     f"{'✔' if c['index'] == auto['chosen'] else ''} |"
                 )
     lines += _selection_lines(report.get("selection"))
+    classes = (report.get("quantization") or {}).get("int8_classes")
+    if classes:  # select.int8_classes = "auto": which op classes stayed int8, and what decided it
+        lines += ["", "## Int8 op classes (int8 only where it pays)", ""]
+        lines += [
+            f"- {d['op_class']} ({d['nodes']} nodes): {'int8' if d['int8'] else 'fp32'} — {d['why']}" for d in classes
+        ]
     a = report.get("analysis")
     if a and a.get("worst"):
         lines += ["", "## Per-node int8 error (worst first; SQNR in dB, higher is better)", ""]
