@@ -71,6 +71,7 @@ def test_a_candidate_failing_accuracy_or_slower_than_fp32_is_never_chosen():
     assert choice.chosen == REF and choice.passed  # fp32 won on speed: a pass, and it says why
     assert "int8" not in choice.eligible and "fast-but-wrong" not in choice.eligible
     assert "fast-but-wrong failed the accuracy check" in choice.reason
+    assert "int8 too slow at b32xs128 (1.30x the reference [1.30, 1.30])" in choice.reason
     assert "int8 does not pay on x86-64-v3" in choice.reason
     # only the reference passed accuracy: the run pressed nothing good enough
     lone = choose(
@@ -81,6 +82,7 @@ def test_a_candidate_failing_accuracy_or_slower_than_fp32_is_never_chosen():
         shape="b32xs128",
     )
     assert lone.chosen == REF and not lone.passed
+    assert lone.reason == "chose onnx-fp32: no other candidate passed; int8 failed the accuracy check"
 
 
 def test_within_noise_the_smaller_artifact_wins():

@@ -150,21 +150,27 @@ def _reason(by_name, ratios, timings, chosen, fastest, eligible, shape, stat, ta
     rest = [n for n in by_name if n != chosen]
     if not rest:
         return f"chose {chosen}: the only candidate"
-    # the runner-up: the fastest candidate when the smaller one won, else the next fastest eligible one
-    pool = [n for n in eligible if n != chosen] or rest
-    second = fastest if fastest != chosen else min(pool, key=lambda n: (ratios[n].value, n))
-    vs = ratio_interval(timings[second], timings[chosen], stat=stat)
-    if vs.ci95[0] <= 1.0 <= vs.ci95[1] and second in eligible:
-        text = (
-            f"chose {chosen}: as fast as {second} {_where(shape)} within noise ({second} ÷ {chosen} "
-            f"{vs.value:.2f}x [{vs.ci95[0]:.2f}, {vs.ci95[1]:.2f}]) and smaller "
-            f"({_mb(c)} vs {_mb(by_name[second])})"
-        )
+    pool = [n for n in eligible if n != chosen]
+    if pool:  # the runner-up: the fastest when the smaller one won, else the next fastest eligible one
+        second = fastest if fastest != chosen else min(pool, key=lambda n: (ratios[n].value, n))
+        vs = ratio_interval(timings[second], timings[chosen], stat=stat)
+        if vs.ci95[0] <= 1.0 <= vs.ci95[1]:
+            text = (
+                f"chose {chosen}: as fast as {second} {_where(shape)} within noise ({second} ÷ {chosen} "
+                f"{vs.value:.2f}x [{vs.ci95[0]:.2f}, {vs.ci95[1]:.2f}]) and smaller "
+                f"({_mb(c)} vs {_mb(by_name[second])})"
+            )
+        else:
+            text = f"chose {chosen}: {vs.value:.2f}x faster than {second} {_where(shape)}"
     else:
-        text = f"chose {chosen}: {vs.value:.2f}x faster than {second} {_where(shape)}"
+        text = f"chose {chosen}: no other candidate passed"
     failed = [n for n in rest if not by_name[n].accuracy_passed]
     if failed:
         text += f"; {', '.join(failed)} failed the accuracy check"
+    for n in rest:
+        if by_name[n].accuracy_passed and n not in eligible:
+            r = ratios[n]
+            text += f"; {n} too slow {_where(shape)} ({r.value:.2f}x the reference [{r.ci95[0]:.2f}, {r.ci95[1]:.2f}])"
     int8 = [n for n in rest if by_name[n].precision == "int8" and by_name[n].accuracy_passed]
     if c.precision != "int8" and int8:
         text += f"; int8 does not pay on {target or 'this CPU'}"

@@ -117,7 +117,7 @@ def validate_stage(
     table = {
         n: ratios(models, reference=ref.name, candidate=n) for n in models if n != ref.name and models[n]["latency"]
     }
-    selection, speed = _select(task, models, uncertainty, gate_cfg, setup, ref.name)
+    selection, speed = _select(task, models, uncertainty, gate_cfg, setup, ref.name, shipped)
 
     def verdict(cand: str, **latency: Any):
         return decide(
@@ -173,9 +173,12 @@ def validate_stage(
     return report
 
 
-def _select(task, models, uncertainty, gate_cfg, setup, teacher: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """(the report's ``selection``, the gate's speed arguments for the int8 plan); no selection
-    without a setup or without the ORT fp32 reference measured (the single-stage validate)."""
+def _select(
+    task, models, uncertainty, gate_cfg, setup, teacher: str, shipped: str
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the report's ``selection``, the gate's speed arguments for the int8 plan: the chosen one's
+    when it is chosen, else the shipped model's); no selection without a setup or without the ORT
+    fp32 reference measured (the single-stage validate)."""
     if setup is None or setup.reference not in models or not models[setup.reference]["latency"]:
         return None, {}
     candidates = []
@@ -227,7 +230,8 @@ def _select(task, models, uncertainty, gate_cfg, setup, teacher: str) -> tuple[d
         "notes": list(setup.notes),
         "candidates": candidate_rows(candidates, models, choice, target=setup.target),
     }
-    return selection, _speed_of(models, choice.chosen, gate_cfg, setup, setup.reference, shape=shape)
+    judged = choice.chosen if chosen.precision == "int8" else shipped
+    return selection, _speed_of(models, judged, gate_cfg, setup, setup.reference, shape=shape)
 
 
 def _speed_of(models, name: str, gate_cfg, setup, reference: str, *, shape: str | None = None) -> dict[str, Any]:
