@@ -247,7 +247,7 @@ def quantize(run: Run, enc: Encoders) -> Any:
         recipe.quantize,
         evaluate=evaluate,
     )
-    if recipe.select.int8_classes == "auto" and quant.plan is not None:
+    if recipe.select.int8_classes == "auto":
         quant.int8_classes = int8_where_it_pays(run, enc, quant)
     return quant
 

@@ -97,7 +97,7 @@ def keep_paying_classes(quant: Any, int8_path: Path, *, target: Any, batch: Any,
     from modelpress.runtimes.quantize.static import write_quantized
 
     plan = quant.plan
-    classes = op_classes(plan)
+    classes = op_classes(plan) if plan is not None else {}  # weight-only: no activation plan, no classes
     if not classes:
         return []
     keep = tuple(quant.summary.fp32_nodes)

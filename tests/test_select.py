@@ -169,7 +169,7 @@ def test_a_slower_fp32_leaves_the_int8_plan_the_default(tiny_bert, data_files, t
     q = report["quantization"]
     (d,) = q["int8_classes"]
     assert d["op_class"] == "projection" and d["how"] == "measured" and d["nodes"] > 0
-    assert d["speedup"] == pytest.approx(d["without_ms"] / d["with_ms"], abs=2e-3)
+    assert d["speedup"] == pytest.approx(d["without_ms"] / d["with_ms"], rel=1e-2)
     assert d["int8"] == (d["speedup"] >= 1.02) and bool(q["quantized_nodes"]) == d["int8"]
     assert f"- projection ({d['nodes']} nodes): " in (bundle / "report.md").read_text()
     assert report["selection"]["chosen"] == "int8" and report["gate"]["candidate_name"] == "int8"
