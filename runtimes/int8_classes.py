@@ -92,8 +92,10 @@ def by_rule(target: Any, runtime: str, classes: dict[str, tuple[str, ...]]) -> l
 
 
 def keep_paying_classes(quant: Any, int8_path: Path, *, target: Any, batch: Any, threads: int) -> list[ClassDecision]:
-    """Decide each op class of ``quant``'s plan (measured on this machine, else by rule), rewrite
-    ``int8_path`` with the classes that do not pay in fp32, and update ``quant.summary``."""
+    """Decide each op class of ``quant``'s plan for ONNX Runtime's graph (measured on this machine,
+    else by rule), rewrite ``int8_path`` with the classes that do not pay in fp32, and update
+    ``quant.plan`` and ``quant.summary`` (the other runtimes' artifacts start from them; OpenVINO's
+    IR then applies its own rules: ``OpenVINOArtifact.write``)."""
     from modelpress.runtimes.quantize.static import write_quantized
 
     plan = quant.plan
@@ -112,6 +114,11 @@ def keep_paying_classes(quant: Any, int8_path: Path, *, target: Any, batch: Any,
         quant.summary = write_quantized(plan, int8_path, keep_fp32=keep)
         log.info("int8 does not pay for %s here: kept fp32", ", ".join(dropped))
     return decisions
+
+
+def classes_without(plan: Any, keep: tuple[str, ...], dropped: Sequence[str]) -> tuple[Any, tuple[str, ...]]:
+    """The plan and its fp32 nodes with the op classes ``dropped`` in fp32 (a runtime's artifact)."""
+    return _without(plan, keep, dropped, op_classes(plan))
 
 
 def _without(plan: Any, keep: tuple[str, ...], dropped: Sequence[str], classes: dict) -> tuple[Any, tuple[str, ...]]:

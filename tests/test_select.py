@@ -4,6 +4,7 @@ interval, and a run in which a candidate made slower on purpose is never the def
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -212,3 +213,40 @@ def test_a_bad_select_table_is_one_line(section, message):
     with pytest.raises(BadInputError, match=message) as err:
         recipe_from_dict({"name": "x", "teacher": "t", **section})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
+def test_the_openvino_ir_for_an_avx2_target_keeps_its_projections_f32_by_the_rule(tiny_bert, data_files, tmp_path):
+    """OpenVINO's int8 FullyConnected is ~1.8x slower than f32 on AVX2: for x86-64-v3 with
+    select.int8_classes = "auto" the IR has no FakeQuantize, while ORT's graph keeps its int8
+    projections (its rule: they pay there) — and the report says a rule decided."""
+    import openvino as ov
+
+    from modelpress.cli import main
+
+    recipe = write_recipe(
+        tmp_path / "ov.toml",
+        {"name": "ov", "teacher": str(tiny_bert.path), "target": "x86-64-v3"},
+        {
+            "calibration": {"data": str(data_files.calibration_txt), **FAST_CALIBRATION},
+            "validate": {
+                "eval_data": str(data_files.pairs_jsonl),
+                **FAST_VALIDATE,
+                "runtimes": ["onnxruntime", "openvino"],
+            },
+            "gate": {"max_drop": 50.0},
+            "select": {"int8_classes": "auto", "candidates": ["int8"]},
+        },
+    )
+    assert main(["-q", "run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    bundle = tmp_path / "out" / "ov"
+    report = json.loads((bundle / "report.json").read_text())
+    (ov_rule,) = report["openvino_int8_classes"]
+    (ort_rule,) = report["quantization"]["int8_classes"]
+    assert (ov_rule["op_class"], ov_rule["int8"], ov_rule["how"]) == ("projection", False, "rule")
+    assert (ort_rule["op_class"], ort_rule["int8"], ort_rule["how"]) == ("projection", True, "rule")
+    assert "x86-64-v3 on openvino" in ov_rule["why"] and report["quantization"]["quantized_nodes"]
+    ops = ov.Core().read_model(str(bundle / "openvino" / "model.xml")).get_ops()
+    assert not [op for op in ops if op.get_type_name() == "FakeQuantize"]
+    # select.candidates = ["int8"]: no openvino-f32 candidate, ORT fp32 (the floor) always
+    assert {c["name"] for c in report["selection"]["candidates"]} == {"onnx-fp32", "int8", "int8-openvino"}
