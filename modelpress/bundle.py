@@ -157,7 +157,7 @@ class Bundle(Predictor):
         check_target(meta, strict=strict)
         task = task_from_dict(meta["task"])
         modality = get_modality(task.modality)
-        preprocessor = modality.load_preprocessor(str(self.root / modality.preprocessor_dir))
+        preprocessor = modality.load_deployed(self.root / modality.preprocessor_dir)
         self.meta = meta
         default = meta.get("default") if runtime is None and model_file is None else None
         if default:  # the selection's choice (validate.select): its runtime, file and runner options
