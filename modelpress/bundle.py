@@ -65,6 +65,23 @@ def write_bundle_meta(
     )
 
 
+def record_default(root: Path, default: Mapping[str, Any], *, drop: Sequence[str] = ()) -> None:
+    """``bundle.json``'s ``default`` (what ``load(dir)`` opens: the selection's choice); the files in
+    ``drop`` leave the bundle (``select.keep = "chosen"``; never the fp32 export) and so do the
+    runtimes whose model they were."""
+    from modelpress.fileio import write_json
+
+    root = Path(root)
+    meta = read_bundle_meta(root)
+    for rel in drop:
+        if rel != "model.onnx":
+            for path in (root / rel, (root / rel).with_suffix(".bin")):
+                path.unlink(missing_ok=True)
+    meta["runtimes"] = {r: f for r, f in meta["runtimes"].items() if (root / f).is_file()}
+    meta["default"] = dict(default)
+    write_json(root / BUNDLE_META, meta)
+
+
 #: targets already warned about in this process (``load()`` warns once per target)
 _WARNED_TARGETS: set[str] = set()
 
@@ -142,7 +159,12 @@ class Bundle(Predictor):
         modality = get_modality(task.modality)
         preprocessor = modality.load_deployed(self.root / modality.preprocessor_dir)
         self.meta = meta
-        runtime, listed = bundle_model_file(meta, runtime)
+        default = meta.get("default") if runtime is None and model_file is None else None
+        if default:  # the selection's choice (validate.select): its runtime, file and runner options
+            runtime, listed, name = default["runtime"], default["file"], name or default["name"]
+            runner_options = {**(default.get("options") or {}), **(runner_options or {})}
+        else:
+            runtime, listed = bundle_model_file(meta, runtime)
         model_file = model_file or listed
         name = name or (
             "int8" if model_file == INT8_MODEL else f"int8-{runtime}" if model_file == listed else model_file

@@ -250,12 +250,26 @@ def quantize(run: Run, enc: Encoders) -> Any:
         evaluate = candidate_evaluator(
             task=run.task, teacher=enc.teacher, encoder=enc.encoder, eval_set=run.eval_set, cfg=v, gate_cfg=recipe.gate
         )
-    return quantize_stage(
+    quant = quantize_stage(
         run.paths,
         ExampleFeed(run.cal_examples, enc.cal_encoder, batch_size=cal.batch_size),
         recipe.quantize,
         evaluate=evaluate,
     )
+    if recipe.select.int8_classes == "auto":
+        quant.int8_classes = int8_where_it_pays(run, enc, quant)
+    return quant
+
+
+def int8_where_it_pays(run: Run, enc: Encoders, quant: Any) -> list:
+    """Each op class of the plan int8 only where it pays (``runtimes.int8_classes``), timed at the
+    largest validation shape on the eval set's examples."""
+    from modelpress.runtimes.int8_classes import keep_paying_classes
+
+    v, examples = run.recipe.validate, list(run.eval_set.examples)
+    size, length = max(v.batch_sizes), max(enc.encoder.timing_lengths(v.seq_lengths), key=lambda s: s or 0)
+    batch = enc.encoder.encode([examples[i % len(examples)] for i in range(size)], pad_to=length)
+    return keep_paying_classes(quant, run.paths.model_int8_onnx, target=run.target, batch=batch, threads=v.threads)
 
 
 def write_artifacts(run: Run, quant: Any, artifacts: list) -> dict[str, Any]:
@@ -324,10 +338,19 @@ def seed_variants(run: Run, enc: Encoders, quant: Any) -> tuple[list, list]:
     ], seeds
 
 
-def judge(run: Run, enc: Encoders, *, measured: list, gated: list, variants: Sequence = ()) -> dict[str, Any]:
+def judge(
+    run: Run,
+    enc: Encoders,
+    *,
+    measured: list,
+    gated: list,
+    variants: Sequence = (),
+    extra: Sequence = (),
+    setup: Any = None,
+) -> dict[str, Any]:
     """Validation against the fp32 teacher: ``measured`` models for the record, ``gated`` (the
     shipped model on each of its runtimes) and its calibration-seed ``variants``, the gate judging
-    the worst of them."""
+    the worst of them; ``extra`` candidates for the default and the selection's ``setup``."""
     from modelpress.validate.stage import validate_stage
 
     recipe = run.recipe
@@ -342,6 +365,8 @@ def judge(run: Run, enc: Encoders, *, measured: list, gated: list, variants: Seq
         name=recipe.name,
         variants=variants,
         other_runtimes=gated[1:],
+        extra=extra,
+        setup=setup,
     )
     report.update(defaults_clipped=dict(run.fitted.clipped), target=run.target.describe(), data=data_section(recipe))
     return report
@@ -363,15 +388,8 @@ def _validate(run: Run, pressed: _Pressed, artifacts: list) -> dict[str, Any]:
             teacher_opener(subset, task=task, encoder=enc.encoder, threads=v.threads, name="untrained-subset-fp32")
         )
     students = recipe.distill_enabled or recipe.student is not None
-    measured.append(
-        file_opener(
-            paths.model_onnx,
-            task=task,
-            encoder=enc.encoder,
-            threads=v.threads,
-            name="student-onnx-fp32" if students else "onnx-fp32",
-        )
-    )
+    fp32 = "student-onnx-fp32" if students else "onnx-fp32"
+    measured.append(file_opener(paths.model_onnx, task=task, encoder=enc.encoder, threads=v.threads, name=fp32))
     measured += [
         file_opener(path, task=task, encoder=enc.encoder, threads=v.threads, name=name, runtime=artifact.runtime)
         for artifact in artifacts
@@ -383,7 +401,23 @@ def _validate(run: Run, pressed: _Pressed, artifacts: list) -> dict[str, Any]:
             paths.root, runtime=runtime, threads=v.threads, verify=False, **v.runner_options(runtime)
         )
 
-    report = judge(run, enc, measured=measured, gated=[bundle_on(r) for r in v.runtimes], variants=variants)
+    setup = candidates_setup(run, artifacts, fp32)
+    extra = [
+        file_opener(
+            paths.root / o.file,
+            task=task,
+            encoder=enc.encoder,
+            threads=v.threads,
+            name=o.name,
+            runtime=o.runtime,
+            **(o.options or {}),
+        )
+        for o in setup.offers
+        if o.precision != "int8" and o.name != fp32  # the int8 plan is gated and the reference measured anyway
+    ]
+    gated = [bundle_on(r) for r in v.runtimes]
+    report = judge(run, enc, measured=measured, gated=gated, variants=variants, extra=extra, setup=setup)
+    set_default(run, report)
     quant = pressed.quant
     report.update(export=pressed.exported.report_section(), quantization=quant.report_section(recipe.quantize.mode))
     if seeds:
@@ -394,6 +428,33 @@ def _validate(run: Run, pressed: _Pressed, artifacts: list) -> dict[str, Any]:
     report["analysis"] = quant.analysis_section
     report.update(pressed.extras)
     return report
+
+
+def candidates_setup(run: Run, artifacts: list, reference: str) -> Any:
+    """Every candidate for the bundle's default (the runtimes' offers and ORT fp32, the reference)."""
+    from modelpress.runtimes.artifacts import reference_offer
+    from modelpress.validate.select import Setup
+
+    offers, notes = [reference_offer(reference)], []
+    for artifact in artifacts:
+        more, why = artifact.offers(recipe=run.recipe, target=run.target)
+        offers += more
+        notes += why
+    return Setup(tuple(offers), reference, run.recipe.select.shape, run.target.name, tuple(notes))
+
+
+def set_default(run: Run, report: dict[str, Any]) -> None:
+    """``bundle.json`` names the selection's choice as what ``load(dir)`` opens; with
+    ``select.keep = "chosen"`` the candidates not chosen leave the bundle (the fp32 export stays)."""
+    from modelpress.bundle import record_default
+
+    selection = report.get("selection")
+    if selection is None or not selection["passed"]:  # a failed run's bundle opens what the gate failed
+        return
+    drop = []
+    if run.recipe.select.keep == "chosen":
+        drop = [c["file"] for c in selection["candidates"] if c["file"] != selection["default"]["file"]]
+    record_default(run.paths.root, selection["default"], drop=drop)
 
 
 def _publish(run: Run, report: dict[str, Any]) -> RunOutcome:

@@ -141,12 +141,41 @@ class GateConfig:
         default="point", metadata={"choices": ("point", "confident", "lenient")}
     )  # how the 95 % interval decides
     max_latency_ratio: float | None = field(
-        default=None, metadata={"gt": 0.0}
-    )  # candidate p50 ÷ teacher p50 must not exceed it
-    latency_shape: str = ""  # the timed shape of max_latency_ratio, e.g. "b32xs128" (default: the last one timed)
+        default=1.0, metadata={"gt": 0.0}
+    )  # candidate ÷ ORT fp32 time at select.shape; fails only when its whole 95 % interval is above it
+    latency_shape: str = ""  # the timed shape of max_latency_ratio, e.g. "b32xs128" (default: select.shape)
 
     def __post_init__(self) -> None:
         check_fields(self, "gate")
+
+
+#: what ``select.candidates`` may name: the precisions a runtime can offer
+CANDIDATE_PRECISIONS = ("int8", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """Which validated candidate the bundle opens by default (``validate.select``)."""
+
+    shape: str = (
+        ""  # "workload" (the eval set) or a timed shape "b32xs128"; "" = the workload when timed, else the last shape
+    )
+    keep: str = field(default="all", metadata={"choices": ("all", "chosen")})  # artifacts the bundle carries
+    candidates: tuple[str, ...] = field(
+        default=("int8", "fp32"), metadata={"choices": CANDIDATE_PRECISIONS, "nonempty": True}
+    )  # precisions tried on each of validate.runtimes (bf16 where the target has it); ORT fp32 always
+    int8_classes: str = field(
+        default="all", metadata={"choices": ("all", "auto")}
+    )  # "auto": an op class stays int8 only where it pays (timed here, or the target's rules)
+
+    def __post_init__(self) -> None:
+        import re
+
+        check_fields(self, "select")
+        if self.shape not in ("", "workload") and not re.fullmatch(r"b\d+xs\d+", self.shape):
+            raise BadInputError(
+                f'select.shape: expected "workload" or a timed shape such as "b32xs128", got {self.shape!r}'
+            )
 
 
 @dataclass(frozen=True)
@@ -171,12 +200,15 @@ class Recipe:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
     engine: EngineConfig | None = None
     source: str = ""  # the recipe file this came from
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)  # as parsed, for the manifest
 
     def __post_init__(self) -> None:
         check_fields(self, "")
+        if self.select.shape == "workload" and not self.validate.real_workload:
+            raise BadInputError('select.shape: "workload" needs validate.real_workload = true')
         if self.student is not None and self.distill_enabled:
             raise BadInputError("student: a recipe names a ready student or distills one ([distill] enabled), not both")
         if not self.name or "/" in self.name or self.name.startswith("."):

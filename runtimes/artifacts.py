@@ -10,10 +10,23 @@ subclass) plus one :func:`register` line below.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from modelpress.registry import Registry
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A candidate for the bundle's default before validation (``validate.select``): what it is and
+    where the bundle keeps it."""
+
+    name: str
+    runtime: str
+    precision: str
+    file: str
+    options: Mapping[str, Any] | None = None
 
 
 class RuntimeArtifact:
@@ -34,6 +47,16 @@ class RuntimeArtifact:
         the report adds (a key per section). Called after ``bundle.json`` is written."""
         return {}
 
+    def offers(self, *, recipe: Any, target: Any) -> tuple[list[Any], list[str]]:
+        """The candidates for the bundle's default this runtime offers (``validate.select.Offer``,
+        files relative to the bundle) for the precisions ``select.candidates`` names, and notes on
+        what it does not offer. Default: the int8 plan's artifact, which validation gates anyway."""
+        if "int8" not in recipe.select.candidates or self.runtime not in BUNDLE_RUNTIMES:
+            return [], []
+        file = BUNDLE_RUNTIMES[self.runtime]
+        options = recipe.validate.runner_options(self.runtime)
+        return [Offer(bundle_model_name(self.runtime, file), self.runtime, "int8", file, options)], []
+
     def measured(self, paths: Any) -> list[tuple[str, Path]]:
         """Models beside the bundle's own that validation measures (report name, file); the bundle's
         model on this runtime is measured anyway when the runtime is in ``validate.runtimes``."""
@@ -43,6 +66,23 @@ class RuntimeArtifact:
 ARTIFACTS: Registry[type[RuntimeArtifact]] = Registry("bundle runtime")
 #: the runtimes ``load(dir, runtime=...)`` opens, and the file each one loads from a bundle
 BUNDLE_RUNTIMES: dict[str, str] = {}
+
+
+#: the fp32 export every bundle keeps, and the reference every candidate is timed against
+FP32_MODEL = "model.onnx"
+REFERENCE_RUNTIME = "onnxruntime"
+
+
+def reference_offer(name: str) -> Any:
+    """ONNX Runtime on the fp32 export: the floor of selection (nothing slower is ever the default)."""
+    return Offer(name, REFERENCE_RUNTIME, "fp32", FP32_MODEL)
+
+
+def bundle_model_name(runtime: str, file: str) -> str:
+    """The report's name of a bundle's model (``load()`` names it so too)."""
+    if file == BUNDLE_RUNTIMES.get(REFERENCE_RUNTIME) and runtime == REFERENCE_RUNTIME:
+        return "int8"
+    return f"int8-{runtime}" if file == BUNDLE_RUNTIMES.get(runtime) else file
 
 
 def register(name: str, entry: str, *, model_file: str | None = None) -> None:

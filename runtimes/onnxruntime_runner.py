@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -16,6 +16,13 @@ class OnnxRuntimeArtifact(RuntimeArtifact):
     """ONNX Runtime ships ``model.int8.onnx``: the quantization plan's own output, nothing more to write."""
 
     runtime = "onnxruntime"
+
+    def offers(self, *, recipe: Any, target: Any) -> tuple[list[Any], list[str]]:
+        # fp32 on ONNX Runtime is selection's reference, offered always (runtimes.artifacts.reference_offer)
+        offers, notes = super().offers(recipe=recipe, target=target)
+        if "bf16" in recipe.select.candidates:
+            notes.append("onnxruntime: no bf16 candidate (ONNX Runtime has no fast bf16 CPU path)")
+        return offers, notes
 
 
 def session_options(threads: int = 0):

@@ -225,14 +225,22 @@ def test_a_run_builds_measures_and_gates_every_runtime(both_runtimes, data_files
     assert meta["runtimes"] == {"onnxruntime": "model.int8.onnx", "openvino": "openvino/model.xml"}
     manifest = json.loads((root / "manifest.json").read_text())
     assert {"openvino/model.xml", "openvino/model.bin"} <= set(manifest["files"]) and verify(root) == []
-    assert list(report["models"]) == ["teacher", "onnx-fp32", "int8", "int8-openvino"]
+    # openvino-f32: the fp32 export on OpenVINO, a candidate for the default (validate.select)
+    assert list(report["models"]) == ["teacher", "onnx-fp32", "int8", "int8-openvino", "openvino-f32"]
+    offered = {c["name"]: (c["runtime"], c["precision"], c["file"]) for c in report["selection"]["candidates"]}
+    assert offered == {
+        "onnx-fp32": ("onnxruntime", "fp32", "model.onnx"),
+        "int8": ("onnxruntime", "int8", "model.int8.onnx"),
+        "int8-openvino": ("openvino", "int8", "openvino/model.xml"),
+        "openvino-f32": ("openvino", "fp32", "model.onnx"),
+    }
     assert report["runtimes"] == {"onnxruntime": "int8", "openvino": "int8-openvino"}
     ov_row = report["models"]["int8-openvino"]
     assert [r["batch_size"] for r in ov_row["latency"]] == [1, 2] and set(report["ratios"]) >= {"int8-openvino"}
     assert ov_row["size_mb"] == round(
         sum((root / "openvino" / f).stat().st_size for f in ("model.xml", "model.bin")) / 2**20, 2
     )
-    assert set(report["uncertainty"]) == {"int8", "int8-openvino"}
+    assert set(report["uncertainty"]) == {"int8", "int8-openvino", "onnx-fp32", "openvino-f32"}
     # the gate judged both and reports the worse one
     drops = {
         n: 100 * (report["models"]["teacher"]["metrics"]["spearman"] - report["models"][n]["metrics"]["spearman"])
@@ -244,7 +252,9 @@ def test_a_run_builds_measures_and_gates_every_runtime(both_runtimes, data_files
     assert gate_report(report).candidate_name == worse  # `modelpress gate` re-judges both too
     # the bundle on either runtime gives the same embeddings (up to int8 rounding)
     texts = list(data_files.eval_texts[:7])
-    with load(root) as ort_bundle, load(root, runtime="openvino") as ov_bundle:
+    with load(root) as default:  # the selection's choice (the fp32 ones are timed slower in the tests)
+        assert default.name == report["selection"]["chosen"] in ("int8", "int8-openvino")
+    with load(root, runtime="onnxruntime") as ort_bundle, load(root, runtime="openvino") as ov_bundle:
         assert (ort_bundle.runtime, ov_bundle.runtime) == ("onnxruntime", "openvino")
         a, b = ort_bundle.embed(texts), ov_bundle.embed(texts)
     assert (a * b).sum(1).min() > 0.999

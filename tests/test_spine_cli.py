@@ -36,6 +36,9 @@ GATE_KEYS = {
     "latency_shape",
     "latency_ratio",
     "max_latency_ratio",
+    "latency_ratio_ci95",
+    "latency_reference",
+    "choice",
 }
 REPORT_KEYS = {"schema", "name", "task", "task_config", "eval", "models", "ratios", "gate", "export", "quantization"}
 BUNDLE_FILES = {

@@ -17,7 +17,10 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+import numpy as np
+
 from modelpress.validate.latency import PeakRss, summarize
+from modelpress.validate.select import slowed
 
 log = logging.getLogger(__name__)
 
@@ -87,31 +90,47 @@ def interleaved_latency(predictors: Sequence, examples: Sequence[Any], cfg) -> d
             # pad to exactly s positions, the fixed-shape serving case (PEERS.md measures the same)
             batches = [p.encode(batch_examples, pad_to=s) for p in predictors]
             times = interleaved_rounds(
-                [lambda p=p, batch=batch: p.predict_batch(batch) for p, batch in zip(predictors, batches)],
+                [
+                    slowed(p.name, lambda p=p, batch=batch: p.predict_batch(batch))
+                    for p, batch in zip(predictors, batches)
+                ],
                 cfg,
                 progress=bar,
             )
             for p, batch, t in zip(predictors, batches, times):
                 seq = p.encoder.length_of(batch.feed)
-                rows[p.name].append(summarize(t, batch_size=b, seq_len=seq).to_dict())
+                # each round's time, in order: selection's paired bootstrap reads them (validate.select)
+                rows[p.name].append({**summarize(t, batch_size=b, seq_len=seq).to_dict(), "rounds_ms": _ms(t)})
     return rows
+
+
+def _ms(seconds: Sequence[float]) -> list[float]:
+    return [round(1e3 * s, 4) for s in seconds]
 
 
 def interleaved_workload(
     predictors: Sequence, examples: Sequence[Any], *, batch_size: int = 32, rounds: int = 2
 ) -> dict[str, dict[str, Any]]:
     """The whole eval set, length-sorted, batches padded to their longest example: serving
-    throughput; ``rounds`` interleaved passes after a warm-up, the median kept."""
+    throughput (tokenization included); ``rounds`` passes after a warm-up, each batch run by every
+    predictor in turn (interleaved per batch), the median pass kept. ``batches_ms``: each batch's
+    time, pass after pass, paired across predictors (selection's bootstrap resamples them)."""
+    examples = list(examples)
     for p in predictors:
         p.predict(examples[: batch_size * 2], batch_size=batch_size)  # warm-up
-    seconds: dict[str, list[float]] = {p.name: [] for p in predictors}
+    order = np.argsort(predictors[0].encoder.lengths(examples), kind="stable")
+    groups = [[examples[i] for i in order[s : s + batch_size]] for s in range(0, len(examples), batch_size)]
+    calls = [[slowed(p.name, lambda p=p, g=g: p.predict_batch(p.encode(g))) for g in groups] for p in predictors]
+    batches: dict[str, list[float]] = {p.name: [] for p in predictors}
     for _ in range(rounds):
-        for p in predictors:
-            t0 = time.perf_counter()
-            p.predict(examples, batch_size=batch_size)
-            seconds[p.name].append(time.perf_counter() - t0)
+        for k in range(len(groups)):
+            for p, runs in zip(predictors, calls):
+                t0 = time.perf_counter()
+                runs[k]()
+                batches[p.name].append(time.perf_counter() - t0)
     out = {}
-    for name, s in seconds.items():
+    for name, b in batches.items():
+        s = [sum(b[r * len(groups) : (r + 1) * len(groups)]) for r in range(rounds)]
         med = sorted(s)[len(s) // 2]
         out[name] = {
             "texts": len(examples),
@@ -121,6 +140,7 @@ def interleaved_workload(
             "max_s": round(max(s), 3),
             "rounds": rounds,
             "texts_per_s": round(len(examples) / med, 2),
+            "batches_ms": _ms(b),
         }
     return out
 

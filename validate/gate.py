@@ -22,7 +22,7 @@ condition: the candidate's p50 ÷ the teacher's at ``gate.latency_shape`` must n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from modelpress.errors import BadInputError
@@ -48,20 +48,25 @@ class GateResult:
     mcnemar_p: float | None = None
     note: str | None = None  # "the eval set is too small to decide ..." when it is
     latency_shape: str | None = None
-    latency_ratio: float | None = None  # candidate p50 / teacher p50 at latency_shape
+    latency_ratio: float | None = None  # candidate ÷ reference time at latency_shape
     max_latency_ratio: float | None = None
+    latency_ratio_ci95: tuple[float, float] | None = None  # over the interleaved rounds (validate.select)
+    latency_reference: str | None = None  # what latency_ratio divides by (ORT fp32; reports before: the teacher)
+    choice: str | None = None  # the selection's line: the bundle's default and why
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["drop_ci95"] is not None:
-            d["drop_ci95"] = list(d["drop_ci95"])
+        for key in ("drop_ci95", "latency_ratio_ci95"):
+            if d[key] is not None:
+                d[key] = list(d[key])
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GateResult":
         d = dict(d)
-        if d.get("drop_ci95") is not None:
-            d["drop_ci95"] = tuple(d["drop_ci95"])
+        for key in ("drop_ci95", "latency_ratio_ci95"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def line(self) -> str:
@@ -80,9 +85,14 @@ class GateResult:
         else:
             text += f" points (max {self.max_drop:.2f})"
         if self.latency_ratio is not None:
+            ci = self.latency_ratio_ci95
             text += (
-                f"; latency {self.latency_shape} {self.latency_ratio:.3f}x teacher (max {self.max_latency_ratio:.3f})"
+                f"; latency {self.latency_shape} {self.latency_ratio:.3f}x {self.latency_reference or 'teacher'}"
+                + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                + f" (max {self.max_latency_ratio:.3f})"
             )
+        if self.choice:
+            text += f"\n{self.choice}"
         if self.note:
             text += f"\n{self.note}"
         return text
@@ -101,9 +111,13 @@ def decide(
     latency: Mapping[str, float] | None = None,
     max_latency_ratio: float | None = None,
     latency_shape: str | None = None,
+    latency_ci95: Mapping[str, Sequence[float]] | None = None,
+    latency_reference: str | None = None,
 ) -> GateResult:
     """The verdict. ``intervals``: per metric the report's ``uncertainty`` entry (``n``, ``unit``,
-    ``drop_ci95``, ``method``, ``mcnemar_p``); ``latency``: the candidate ÷ teacher p50 ratios."""
+    ``drop_ci95``, ``method``, ``mcnemar_p``); ``latency``: the candidate ÷ reference ratios per
+    shape key, ``latency_ci95`` their 95 % intervals where timed round by round: then the speed
+    condition fails only when the whole interval is above ``max_latency_ratio`` (noise cannot fail it)."""
     task = get_task(task) if isinstance(task, str) else task
     if policy not in POLICIES:
         raise BadInputError(f"gate.policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
@@ -132,7 +146,7 @@ def decide(
             + (f"; about {needed} would narrow it to {max_drop:.2f}" if needed else "")
         )
     note = "\n".join(notes) or None
-    ratio = None
+    ratio = ratio_ci = None
     if max_latency_ratio is not None:
         ratios = dict(latency or {})
         shape = latency_shape or (next(reversed(ratios), None) if ratios else None)
@@ -143,7 +157,9 @@ def decide(
                 f"{', '.join(k[:-4] for k in ratios if k.endswith('_p50')) or 'nothing'}"
             )
         ratio, latency_shape = ratios[key], key[:-4] if key.endswith("_p50") else key
-        passed = passed and ratio <= max_latency_ratio
+        ratio_ci = (latency_ci95 or {}).get(key)
+        ratio_ci = (float(ratio_ci[0]), float(ratio_ci[1])) if ratio_ci else None
+        passed = passed and (ratio_ci[0] if ratio_ci else ratio) <= max_latency_ratio
     passed = passed and not short
     return GateResult(
         name,
@@ -163,6 +179,8 @@ def decide(
         latency_shape if ratio is not None else None,
         ratio,
         max_latency_ratio,
+        ratio_ci if ratio is not None else None,
+        latency_reference if ratio is not None else None,
     )
 
 
@@ -214,10 +232,12 @@ def gate_report(
         models = report["models"]
         gate = report["gate"]
         task = get_task(report["task"])
-        ratios = report.get("ratios") or {}
-        # seed twins are untimed: their latency is the shipped model's
-        shipped = next(iter((report.get("runtimes") or {}).values()), gate["candidate_name"])
-        return worst(
+        speed = _recorded_speed(report, gate)
+        names = judged_names(report)
+        chosen = (report.get("selection") or {}).get("chosen")
+        if chosen and chosen not in names and report["selection"].get("passed"):
+            names = [chosen]  # the default is another candidate than the int8 plan: it is what was gated
+        result = worst(
             [
                 decide(
                     task,
@@ -228,12 +248,37 @@ def gate_report(
                     candidate_name=cand,
                     policy=policy or gate.get("policy", "point"),
                     intervals=(report.get("uncertainty") or {}).get(cand),
-                    latency=ratios.get(cand) or ratios.get(shipped),
-                    max_latency_ratio=gate.get("max_latency_ratio"),
-                    latency_shape=gate.get("latency_shape"),
+                    **speed,
                 )
-                for cand in judged_names(report)
+                for cand in names
             ]
         )
+        return replace(result, choice=gate.get("choice"))
     except (KeyError, TypeError) as exc:
         raise BadInputError(f"report.json lacks the key {exc} needed by the gate") from None
+
+
+def _recorded_speed(report: Mapping, gate: Mapping) -> dict[str, Any]:
+    """The speed condition as the run measured it: the default's ratio and interval (reports before
+    selection: each candidate's p50 ÷ the teacher's, from ``ratios``)."""
+    if gate.get("max_latency_ratio") is None:
+        return {}
+    if gate.get("latency_reference") is not None or "selection" in report:
+        if gate.get("latency_ratio") is None:
+            return {}
+        key = f"{gate['latency_shape']}_p50"
+        ci = gate.get("latency_ratio_ci95")
+        return {
+            "latency": {key: gate["latency_ratio"]},
+            "latency_ci95": {key: ci} if ci else None,
+            "latency_shape": gate["latency_shape"],
+            "max_latency_ratio": gate["max_latency_ratio"],
+            "latency_reference": gate.get("latency_reference"),
+        }
+    ratios = report.get("ratios") or {}
+    shipped = next(iter((report.get("runtimes") or {}).values()), gate["candidate_name"])
+    return {
+        "latency": ratios.get(shipped),
+        "max_latency_ratio": gate["max_latency_ratio"],
+        "latency_shape": gate.get("latency_shape"),
+    }

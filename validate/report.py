@@ -175,6 +175,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                     f"{'pass' if c['passed'] else 'fail'} | {c['latency_ms']:.1f} | "
                     f"{'✔' if c['index'] == auto['chosen'] else ''} |"
                 )
+    lines += _selection_lines(report.get("selection"))
+    classes = (report.get("quantization") or {}).get("int8_classes")
+    if classes:  # select.int8_classes = "auto": which op classes stayed int8, and what decided it
+        lines += ["", "## Int8 op classes (int8 only where it pays)", ""]
+        lines += [
+            f"- {d['op_class']} ({d['nodes']} nodes): {'int8' if d['int8'] else 'fp32'} — {d['why']}" for d in classes
+        ]
     a = report.get("analysis")
     if a and a.get("worst"):
         lines += ["", "## Per-node int8 error (worst first; SQNR in dB, higher is better)", ""]
@@ -193,6 +200,71 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _selection_lines(sel: dict[str, Any] | None) -> list[str]:
+    """Every candidate for the bundle's default in one table (``validate.select``)."""
+    if not sel:
+        return []
+    shapes = [f"b{r['batch_size']}xs{r['seq_len']}" for r in sel["candidates"][0]["latency"]]
+    lines = [
+        "",
+        f"## Candidates for the default (selection at {sel['shape']}, ratios ÷ {sel['reference']})",
+        "",
+        sel["reason"],
+        "",
+    ]
+    if sel.get("plot"):
+        lines += [f"![latency vs drop]({sel['plot']})", ""]
+    lines += [f"- {n}" for n in sel.get("notes") or ()]
+    head = ["candidate", "runtime", "precision", "drop [95% CI]", "ratio [95% CI]"]
+    head += [f"{s} p50/p95 ms" for s in shapes] + ["workload s", "size MB", "target", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in sel["candidates"]:
+        ci = c["drop_ci95"]
+        drop = "" if c["drop"] is None else f"{c['drop']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        drop += "" if c["accuracy_passed"] else " (fail)"
+        r = c["ratio"]
+        cells = [
+            c["name"],
+            c["runtime"],
+            c["precision"],
+            drop,
+            f"{r['value']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
+        ]
+        cells += [f"{x['p50_ms']:.2f} / {x['p95_ms']:.2f}" for x in c["latency"]]
+        cells += [_fmt(c["workload_s"]), _fmt(c["size_mb"]), c["target"], "**default**" if c["chosen"] else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def candidates_plot(sel: dict[str, Any], path: Path) -> None:
+    """Latency ratio (÷ ORT fp32, with its interval) against the accuracy drop, one point per candidate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for c in sel["candidates"]:
+        r = c["ratio"]
+        x, lo, hi = r["value"], r["ci95"][0], r["ci95"][1]
+        y = c["drop"] or 0.0
+        marker = "*" if c["chosen"] else ("o" if c["accuracy_passed"] else "x")
+        ax.errorbar([x], [y], xerr=[[x - lo], [hi - x]], fmt=marker, markersize=12 if c["chosen"] else 7, capsize=3)
+        ax.annotate(c["name"], (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    if sel.get("max_latency_ratio") is not None:
+        ax.axvline(sel["max_latency_ratio"], color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel(f"time ÷ {sel['reference']} at {sel['shape']} (95% interval)")
+    ax.set_ylabel("accuracy drop (points; > 0 is worse)")
+    ax.set_title("candidates for the bundle's default (★ chosen, × failed accuracy)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_reports(report: dict[str, Any], root: Path) -> None:
+    if report.get("selection"):  # next to the sensitivity plot
+        candidates_plot(report["selection"], root / "plots" / "candidates.png")
+        report["selection"]["plot"] = "plots/candidates.png"
     write_json(report, root / "report.json")
     (root / "report.md").write_text(render_markdown(report), encoding="utf-8")

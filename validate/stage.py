@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,6 +22,7 @@ from modelpress.validate.compare import evaluate, file_size_mb, ratios
 from modelpress.validate.gate import decide, worst
 from modelpress.validate.latency import time_calls
 from modelpress.validate.report import REPORT_SCHEMA
+from modelpress.validate.select import Candidate, candidate_rows, choose, ratio_interval, timings_at
 
 #: opens (creates and enters) one predictor; validation calls it inside its ExitStack
 Opener = Callable[[], Predictor]
@@ -61,6 +63,8 @@ def validate_stage(
     name: str,
     variants: Sequence[Opener] = (),
     other_runtimes: Sequence[Opener] = (),
+    extra: Sequence[Opener] = (),
+    setup: Any = None,
 ) -> dict[str, Any]:
     """The teacher and the candidates (the last one is gated) on ``eval_set``: the report's core.
 
@@ -68,7 +72,14 @@ def validate_stage(
     measured like it and gated too. ``variants`` are the gated model's calibration-seed twins
     (``quantize.calibration_seeds``): measured for fidelity only. The gate judges the **worst** of
     all of them, so that neither a lucky calibration draw nor the kinder runtime passes it (the
-    bundle ships the recipe's own seed)."""
+    bundle ships the recipe's own seed).
+
+    ``extra`` are more candidates for the bundle's default (fp32 and bf16 on other runtimes), timed
+    beside the rest; ``setup`` (``validate.select.Setup``) names every candidate: each gets its
+    accuracy verdict and interval, and :func:`validate.select.choose` picks the default (the
+    report's ``selection``). The gate then judges the default: the int8 plan as above when it is
+    chosen, else the chosen artifact; when only the ORT fp32 reference passed accuracy it stays
+    the int8 plan's failing verdict (nothing the run pressed is good enough)."""
     from modelpress.validate.uncertainty import interval
 
     with contextlib.ExitStack() as stack:
@@ -81,20 +92,22 @@ def validate_stage(
         ref = opened(teacher)
         cands = [opened(c) for c in candidates]
         others = [opened(o) for o in other_runtimes]
+        more = [opened(e) for e in extra]
         twins = [opened(v) for v in variants]
         sizes = {
             c.name: file_size_mb(c.runner.model_path)
-            for c in [*cands, *others]
+            for c in [*cands, *others, *more]
             if getattr(c.runner, "model_path", None) is not None and Path(c.runner.model_path).is_file()
         }
         models, outputs = evaluate(
-            task, ref, [*cands, *others, *twins], eval_set, cfg, sizes_mb=sizes, untimed=[t.name for t in twins]
+            task, ref, [*cands, *others, *more, *twins], eval_set, cfg, sizes_mb=sizes, untimed=[t.name for t in twins]
         )
     shipped = cands[-1].name
     judged = [shipped, *(o.name for o in others), *(t.name for t in twins)]
     started = time.perf_counter()
+    offered = [o.name for o in setup.offers] if setup is not None else []
     uncertainty = {}
-    for cand in judged:
+    for cand in dict.fromkeys([*judged, *offered]):
         uncertainty[cand] = {}
         for metric in models[cand]["metrics"]:
             units = task.paired_units(metric, outputs[ref.name], outputs[cand], eval_set)
@@ -104,8 +117,10 @@ def validate_stage(
     table = {
         n: ratios(models, reference=ref.name, candidate=n) for n in models if n != ref.name and models[n]["latency"]
     }
-    gates = [
-        decide(
+    selection, speed = _select(task, models, uncertainty, gate_cfg, setup, ref.name, shipped)
+
+    def verdict(cand: str, **latency: Any):
+        return decide(
             task,
             models[ref.name]["metrics"],
             models[cand]["metrics"],
@@ -114,13 +129,16 @@ def validate_stage(
             candidate_name=cand,
             policy=gate_cfg.policy,
             intervals=uncertainty[cand],
-            latency=table.get(cand) or table.get(shipped),
-            max_latency_ratio=gate_cfg.max_latency_ratio,
-            latency_shape=gate_cfg.latency_shape or None,
+            **latency,
         )
-        for cand in judged
-    ]
+
+    gates = [verdict(cand, **speed) for cand in judged]
     gate = worst(gates)
+    if selection is not None:
+        chosen = selection["chosen"]
+        if chosen not in judged and selection["passed"]:
+            gate = verdict(chosen, **_speed_of(models, chosen, gate_cfg, setup, ref.name))
+        gate = replace(gate, choice=selection["reason"])
     report = {
         "schema": REPORT_SCHEMA,
         "name": name,
@@ -134,6 +152,8 @@ def validate_stage(
         "gate": gate.to_dict(),
         "runtimes": {p.runtime: p.name for p in [cands[-1], *others]},
     }
+    if selection is not None:
+        report["selection"] = selection
     if twins:
         report["calibration_seeds"] = {
             "shipped": shipped,
@@ -151,6 +171,84 @@ def validate_stage(
             "spread": round(max(g.candidate for g in gates) - min(g.candidate for g in gates), 4),
         }
     return report
+
+
+def _select(
+    task, models, uncertainty, gate_cfg, setup, teacher: str, shipped: str
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the report's ``selection``, the gate's speed arguments for the int8 plan: the chosen one's
+    when it is chosen, else the shipped model's); no selection without a setup or without the ORT
+    fp32 reference measured (the single-stage validate)."""
+    if setup is None or setup.reference not in models or not models[setup.reference]["latency"]:
+        return None, {}
+    candidates = []
+    for offer in setup.offers:
+        accuracy = decide(
+            task,
+            models[teacher]["metrics"],
+            models[offer.name]["metrics"],
+            max_drop=gate_cfg.max_drop,
+            metric=gate_cfg.metric,
+            candidate_name=offer.name,
+            policy=gate_cfg.policy,
+            intervals=uncertainty.get(offer.name),
+        )
+        candidates.append(
+            Candidate(
+                offer.name,
+                offer.runtime,
+                offer.precision,
+                offer.file,
+                models[offer.name]["size_mb"],
+                accuracy.passed,
+                accuracy.drop,
+                accuracy.drop_ci95,
+                dict(offer.options or {}),
+            )
+        )
+    shape, timings, stat = timings_at(models, [c.name for c in candidates], setup.shape)
+    choice = choose(
+        candidates,
+        timings,
+        reference=setup.reference,
+        max_latency_ratio=gate_cfg.max_latency_ratio if gate_cfg.max_latency_ratio is not None else float("inf"),
+        shape=shape,
+        stat=stat,
+        target=setup.target,
+    )
+    chosen = next(c for c in candidates if c.name == choice.chosen)
+    selection = {
+        "shape": shape,
+        "statistic": stat,
+        "reference": setup.reference,
+        "max_latency_ratio": gate_cfg.max_latency_ratio,
+        "chosen": choice.chosen,
+        "default": {"name": chosen.name, "runtime": chosen.runtime, "file": chosen.file, "options": chosen.options},
+        "reason": choice.reason,
+        "passed": choice.passed,
+        "eligible": list(choice.eligible),
+        "notes": list(setup.notes),
+        "candidates": candidate_rows(candidates, models, choice, target=setup.target),
+    }
+    judged = choice.chosen if chosen.precision == "int8" else shipped
+    return selection, _speed_of(models, judged, gate_cfg, setup, setup.reference, shape=shape)
+
+
+def _speed_of(models, name: str, gate_cfg, setup, reference: str, *, shape: str | None = None) -> dict[str, Any]:
+    """The gate's speed arguments for ``name``: its ratio to the reference, with its interval, at
+    ``gate.latency_shape`` (default: the selection's shape)."""
+    if gate_cfg.max_latency_ratio is None:
+        return {}
+    where, timings, stat = timings_at(models, [name, reference], gate_cfg.latency_shape or shape or setup.shape)
+    r = ratio_interval(timings[name], timings[reference], stat=stat)
+    key = f"{where}_p50"
+    return {
+        "latency": {key: r.value},
+        "latency_ci95": {key: r.ci95},
+        "latency_shape": where,
+        "max_latency_ratio": gate_cfg.max_latency_ratio,
+        "latency_reference": reference,
+    }
 
 
 def candidate_evaluator(*, task, teacher: Opener, encoder, eval_set, cfg, gate_cfg):

@@ -29,9 +29,14 @@ class QuantizeOutcome:
     auto: dict | None  # the accuracy-aware search (mode "auto")
     plan: object = None  # runtimes.quantize.static.QuantPlan of the written model
     analysis_section: dict | None = None
+    int8_classes: list | None = None  # runtimes.int8_classes decisions (select.int8_classes = "auto")
 
     def report_section(self, mode: str) -> dict[str, Any]:
-        return {**{k: v for k, v in self.summary.to_dict().items() if k != "tensors"}, "mode": mode, "auto": self.auto}
+        section = {**{k: v for k, v in self.summary.to_dict().items() if k != "tensors"}, "mode": mode}
+        section["auto"] = self.auto
+        if self.int8_classes is not None:
+            section["int8_classes"] = [d.to_dict() for d in self.int8_classes]
+        return section
 
 
 def quantize_model(
