@@ -203,8 +203,8 @@ def prepare_onnx(model_dir: Path, work: Path, run_dir: Path | None, calib: dict[
     import torch
     from transformers import AutoModel
 
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
 
     fp32, int8 = work / "model.onnx", work / "model.int8.onnx"
     model = AutoModel.from_pretrained(str(model_dir)).eval()

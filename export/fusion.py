@@ -9,7 +9,7 @@ into the additive ``(1 - mask) * min`` term inside the graph (:func:`additive_ma
 scores computed by :func:`fusable_attention` (``QKᵀ / √d + mask``). The computation is the same
 (parity is checked at export either way). ``split_unsqueezes`` undoes the one rewrite of the
 exporter's optimizer (two ``Unsqueeze`` merged into one) that the matcher trips on. The int8
-``ort`` graph is quantized on top of the fused graph (``runtimes.quantize.fused``); the portable
+``ort`` graph is quantized on top of the fused graph (``modelpress.quantize.fused``); the portable
 Q/DQ graphs (TensorRT, OpenVINO) come from ``model.onnx``.
 """
 

@@ -76,7 +76,7 @@ def _from_recipe(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from modelpress.config_check import field_default as d
     from modelpress.recipe import ExportConfig, GateConfig
-    from modelpress.runtimes.quantize.config import CALIBRATION_METHODS, FORMATS, PRESETS
+    from modelpress.quantize.config import CALIBRATION_METHODS, FORMATS, PRESETS
     from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
     from modelpress.runtimes.target import TARGET_CHOICES
     from modelpress.tasks import task_names
@@ -476,8 +476,8 @@ def _quantize_flags(args) -> Any:
     from modelpress.memory import process_peak_rss_mb
     from modelpress.modalities import get_modality
     from modelpress.recipe import CalibrationConfig, section_config
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
     from modelpress.runtimes.target import resolve_target
 
     _stage_recipe(args)  # --set without --recipe is refused
@@ -644,7 +644,7 @@ def cmd_gate(args) -> int:
 
 def cmd_analyze(args) -> int:
     from modelpress.paths import analysis_dir
-    from modelpress.runtimes.quantize.stage import analyze_run
+    from modelpress.quantize.stage import analyze_run
 
     # beside the bundle, never in it (analyze_run refuses that): a file its manifest does not list
     # would break gate and load()

@@ -29,7 +29,7 @@ from modelpress.config_check import PathRule, check_fields, check_section, check
 from modelpress.distill.config import DistillConfig
 from modelpress.errors import BadInputError
 from modelpress.paths import SIBLING_SUFFIXES
-from modelpress.runtimes.quantize.config import QuantizeConfig
+from modelpress.quantize.config import QuantizeConfig
 from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
 from modelpress.runtimes.target import TARGET_CHOICES
 from modelpress.runtimes.tensorrt.config import EngineConfig

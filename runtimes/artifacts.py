@@ -1,6 +1,6 @@
 """What each runtime ships in a bundle, and how it makes it from the one quantization plan.
 
-A run calibrates once (``runtimes.quantize``): the plan's own output is ``model.int8.onnx``. Every
+A run calibrates once (``modelpress.quantize``): the plan's own output is ``model.int8.onnx``. Every
 runtime the recipe asks for then writes its artifact from that plan and the fp32 export — the
 OpenVINO IR of the same plan, TensorRT's Q/DQ twin and engines — and says which of its files
 validation measures. The pipeline only iterates over :func:`wanted_artifacts`: it names no

@@ -156,7 +156,7 @@ def write_openvino_ir(outcome: Any, int8_onnx: Path, xml_path: Path) -> Path:
     import tempfile
     from dataclasses import replace
 
-    from modelpress.runtimes.quantize.static import write_quantized
+    from modelpress.quantize.static import write_quantized
 
     log.info("converting the int8 model to OpenVINO IR (%s)", xml_path)
     plan = outcome.plan

@@ -145,8 +145,8 @@ def test_the_kv_cache_graph_takes_static_int8_and_still_generates(exported, tmp_
 
     from modelpress.export.causal_lm import KVLayout
     from modelpress.generation import TextGenerator
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
     from modelpress.testing import random_sentences
     from modelpress.validate.perplexity import next_token_fidelity, onnx_scorer, perplexity
 

@@ -156,7 +156,7 @@ def validate_stage(
 def candidate_evaluator(*, task, teacher: Opener, encoder, eval_set, cfg, gate_cfg):
     """For ``quantize.mode = "auto"``: ONNX path → Evaluation (the gate's metric, through ONNX Runtime).
     The teacher runs once, here."""
-    from modelpress.runtimes.quantize.auto import Evaluation
+    from modelpress.quantize.auto import Evaluation
 
     examples = list(eval_set.examples)
     ref = teacher()

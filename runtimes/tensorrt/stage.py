@@ -100,7 +100,7 @@ class TensorRTArtifact(RuntimeArtifact):
 
     def write(self, quant: Any, paths: Any, *, recipe: Any, task: Any) -> dict[str, Any]:
         if not quant.plan.cfg.tensorrt_readable:
-            from modelpress.runtimes.quantize.static import for_tensorrt, write_quantized
+            from modelpress.quantize.static import for_tensorrt, write_quantized
 
             write_quantized(
                 for_tensorrt(quant.plan), paths.model_int8_trt_onnx, keep_fp32=tuple(quant.summary.fp32_nodes)

@@ -16,7 +16,7 @@ import onnx
 from tqdm import tqdm
 
 from modelpress.errors import BadInputError
-from modelpress.runtimes.quantize.stats import TensorStats
+from modelpress.quantize.stats import TensorStats
 
 MASK_INPUT = "attention_mask"
 

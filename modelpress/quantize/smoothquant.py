@@ -14,8 +14,8 @@ from collections import defaultdict
 import numpy as np
 import onnx
 
-from modelpress.runtimes.quantize.graph import GraphEditor
-from modelpress.runtimes.quantize.targets import QuantTarget
+from modelpress.quantize.graph import GraphEditor
+from modelpress.quantize.targets import QuantTarget
 
 _S_MIN, _S_MAX = 1e-4, 1e4
 

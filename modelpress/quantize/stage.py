@@ -16,8 +16,8 @@ import numpy as np
 
 from modelpress.errors import BadInputError
 from modelpress.fileio import write_json
-from modelpress.runtimes.quantize.config import CALIBRATION_METHODS, QuantizeConfig
-from modelpress.runtimes.quantize.static import QuantizeSummary
+from modelpress.quantize.config import CALIBRATION_METHODS, QuantizeConfig
+from modelpress.quantize.static import QuantizeSummary
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class QuantizeOutcome:
     summary: QuantizeSummary
     analysis: list  # NodeError, worst first
     auto: dict | None  # the accuracy-aware search (mode "auto")
-    plan: object = None  # runtimes.quantize.static.QuantPlan of the written model
+    plan: object = None  # quantize.static.QuantPlan of the written model
     analysis_section: dict | None = None
 
     def report_section(self, mode: str) -> dict[str, Any]:
@@ -44,9 +44,9 @@ def quantize_model(
 ) -> QuantizeOutcome:
     """Static int8 (or the accuracy-aware search when ``cfg.mode == "auto"``) plus per-node analysis;
     ``"weight-only"``: MatMulNBits weights (``weight_only``), no calibration and no analysis."""
-    from modelpress.runtimes.quantize.analysis import analyze_plan
-    from modelpress.runtimes.quantize.auto import auto_quantize
-    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
+    from modelpress.quantize.analysis import analyze_plan
+    from modelpress.quantize.auto import auto_quantize
+    from modelpress.quantize.static import plan_quantization, write_quantized
 
     if cfg.mode == "auto":
         if evaluate is None:
@@ -54,7 +54,7 @@ def quantize_model(
         result = auto_quantize(onnx_path, out_path, feeds, cfg, evaluate=evaluate)
         return QuantizeOutcome(result.summary, result.analysis, result.to_dict(), result.plan)
     if cfg.mode == "weight-only":  # no calibration, no activation plan: nothing per node to analyze
-        from modelpress.runtimes.quantize.weight_only import quantize_weights_only
+        from modelpress.quantize.weight_only import quantize_weights_only
 
         return QuantizeOutcome(quantize_weights_only(onnx_path, out_path, cfg), [], None, None)
     plan = plan_quantization(onnx_path, feeds, cfg)
@@ -64,7 +64,7 @@ def quantize_model(
 
 def write_analysis(errors: list, paths: Any, *, top: int = 15) -> dict[str, Any]:
     """analysis.json (every node) and plots/sensitivity.png; returns the report's summary of it."""
-    from modelpress.runtimes.quantize.analysis import plot_errors
+    from modelpress.quantize.analysis import plot_errors
 
     rows = [e.to_dict() for e in errors]
     write_json(paths.analysis_json, rows)
@@ -96,7 +96,7 @@ def seed_variants(
     Returns (seed, path, calibration seconds) per variant."""
     import time
 
-    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
+    from modelpress.quantize.static import plan_quantization, write_quantized
 
     chosen = cfg.with_(mode="static", calibration_method=outcome.summary.calibration_method)
     out = []
@@ -139,8 +139,8 @@ def analyze_run(run_dir: Path, out_dir: Path | None = None):
     from modelpress.modalities import get_modality
     from modelpress.paths import RunPaths, analysis_dir, refuse_inside_bundle
     from modelpress.recipe import load_recipe
-    from modelpress.runtimes.quantize.analysis import analyze_plan
-    from modelpress.runtimes.quantize.static import plan_quantization
+    from modelpress.quantize.analysis import analyze_plan
+    from modelpress.quantize.static import plan_quantization
     from modelpress.tasks import task_from_dict
 
     out_dir = Path(out_dir) if out_dir is not None else analysis_dir(Path(run_dir))

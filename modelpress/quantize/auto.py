@@ -22,9 +22,9 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from modelpress.export.names import module_names
-from modelpress.runtimes.quantize.analysis import NodeError, analyze_plan
-from modelpress.runtimes.quantize.config import CALIBRATION_METHODS, QuantizeConfig
-from modelpress.runtimes.quantize.static import QuantizeSummary, QuantPlan, plan_quantization, write_quantized
+from modelpress.quantize.analysis import NodeError, analyze_plan
+from modelpress.quantize.config import CALIBRATION_METHODS, QuantizeConfig
+from modelpress.quantize.static import QuantizeSummary, QuantPlan, plan_quantization, write_quantized
 
 log = logging.getLogger(__name__)
 

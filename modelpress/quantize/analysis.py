@@ -18,10 +18,10 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from modelpress.export.names import module_names
-from modelpress.runtimes.quantize.calibrate import _token_rows, collect_tensors
-from modelpress.runtimes.quantize.qdq import ActivationQuant, quantize_weight
-from modelpress.runtimes.quantize.static import QuantPlan
-from modelpress.runtimes.quantize.targets import weight_array
+from modelpress.quantize.calibrate import _token_rows, collect_tensors
+from modelpress.quantize.qdq import ActivationQuant, quantize_weight
+from modelpress.quantize.static import QuantPlan
+from modelpress.quantize.targets import weight_array
 
 
 @dataclass(frozen=True)
