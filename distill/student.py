@@ -24,7 +24,7 @@ from torch import nn
 
 from modelpress.distill.architectures import layer_spec
 from modelpress.distill.config import DistillConfig
-from modelpress.distill.tasks import TaskSpec
+from modelpress.distill.task_view import DistillTaskView
 from modelpress.errors import BadInputError
 from modelpress.models import resolve_model_ref
 
@@ -107,7 +107,7 @@ def set_dropout(model: nn.Module, p: float) -> None:
             module.p = p
 
 
-def auto_class(spec: TaskSpec):
+def auto_class(spec: DistillTaskView):
     import transformers
 
     return getattr(transformers, spec.auto_class)
@@ -120,7 +120,7 @@ def _has_weights(ref: str) -> bool:
     return any((folder / name).is_file() for name in WEIGHT_FILES)
 
 
-def _head_kwargs(teacher_config: Any, spec: TaskSpec) -> dict[str, Any]:
+def _head_kwargs(teacher_config: Any, spec: DistillTaskView) -> dict[str, Any]:
     if not spec.has_labels:
         return {}
     return {
@@ -158,7 +158,7 @@ def _check_vocab(student_ref: str, tokenizer: Any) -> None:
 
 
 def _load_other_student(
-    cfg: DistillConfig, teacher_model: nn.Module, spec: TaskSpec, *, attn_implementation: str | None
+    cfg: DistillConfig, teacher_model: nn.Module, spec: DistillTaskView, *, attn_implementation: str | None
 ) -> tuple[nn.Module, bool]:
     from transformers import AutoConfig
 
@@ -191,7 +191,7 @@ def _load_other_student(
 def build_student(
     cfg: DistillConfig,
     teacher_model: nn.Module,
-    spec: TaskSpec,
+    spec: DistillTaskView,
     *,
     tokenizer: Any,
     attn_implementation: str | None = None,

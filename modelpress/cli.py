@@ -644,7 +644,7 @@ def cmd_gate(args) -> int:
 
 def cmd_analyze(args) -> int:
     from modelpress.paths import analysis_dir
-    from modelpress.quantize.stage import analyze_run
+    from modelpress.run_commands import analyze_run
 
     # beside the bundle, never in it (analyze_run refuses that): a file its manifest does not list
     # would break gate and load()
@@ -681,7 +681,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_engine(args) -> int:
-    from modelpress.runtimes.tensorrt.stage import engine_stage
+    from modelpress.run_commands import engine_stage
 
     out = engine_stage(Path(args.run_dir), fp16=args.fp16)
     print(f"engine: {out}")

@@ -1,8 +1,7 @@
 """The quantize stage of a run: one calibration plan → ``model.int8.onnx`` (static, or the
 accuracy-aware search), its per-node analysis (``analysis.json``, the sensitivity plot) and
 ``quantization.json``; the runtimes write their artifacts from the same plan (``runtimes.artifacts``).
-``analyze_run`` re-plans a finished run for ``modelpress analyze`` and writes beside the bundle
-(``<run>.analysis/``), never into it."""
+``modelpress analyze`` (``modelpress.run_commands.analyze_run``) re-plans a finished run with it."""
 
 from __future__ import annotations
 
@@ -127,47 +126,3 @@ def recorded_outcome(quantization_json: Path) -> QuantizeOutcome:
             f"({done['calibration_method']}); there is nothing to calibrate again"
         )
     return QuantizeOutcome(QuantizeSummary(**{k: v for k, v in done.items() if k in names}), [], done.get("auto"))
-
-
-def analyze_run(run_dir: Path, out_dir: Path | None = None):
-    """``modelpress analyze``: re-plan the run's quantization (same recipe and calibration data, the
-    calibration method it chose) and write analysis.json + plots/sensitivity.png into ``out_dir``,
-    by default ``<run_dir>.analysis`` beside the bundle. Never inside a bundle (BadInputError): a
-    file its manifest does not list would make ``gate`` and ``load()`` refuse it."""
-    from modelpress.bundle import read_bundle_meta
-    from modelpress.calibration_data.feeds import ExampleFeed
-    from modelpress.modalities import get_modality
-    from modelpress.paths import RunPaths, analysis_dir, refuse_inside_bundle
-    from modelpress.recipe import load_recipe
-    from modelpress.quantize.analysis import analyze_plan
-    from modelpress.quantize.static import plan_quantization
-    from modelpress.tasks import task_from_dict
-
-    out_dir = Path(out_dir) if out_dir is not None else analysis_dir(Path(run_dir))
-    refuse_inside_bundle(out_dir)
-    paths = RunPaths(Path(run_dir))
-    for needed in (paths.model_onnx, paths.recipe, paths.bundle_json, paths.quantization_json):
-        if not needed.exists():
-            raise BadInputError(f"{run_dir}: no {needed.name} (not a completed modelpress run)")
-    recipe = load_recipe(paths.recipe)
-    meta = read_bundle_meta(paths.root)
-    task = task_from_dict(meta["task"])
-    modality = get_modality(task.modality)
-    done = json.loads(paths.quantization_json.read_text(encoding="utf-8"))
-    # a weight-only run calibrated nothing: analyze what static int8 would do, with the recipe's method
-    method = done["calibration_method"] if done["calibration_method"] != "none" else recipe.quantize.calibration_method
-    cfg = recipe.quantize.with_(mode="static", calibration_method=method)
-    preprocessor = modality.load_preprocessor(str(paths.preprocessor(modality)))
-    encoder = modality.encoder(
-        preprocessor,
-        input_names=meta["input_names"],
-        max_length=recipe.calibration.max_length,
-        input_shapes=meta.get("input_shapes"),
-    )
-    cal = recipe.calibration
-    feeds = ExampleFeed(modality.calibration_set(cal, preprocessor), encoder, batch_size=cal.batch_size)
-    plan = plan_quantization(paths.model_onnx, feeds, cfg)
-    errors = analyze_plan(plan, feeds)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_analysis(errors, RunPaths(out_dir))
-    return errors
