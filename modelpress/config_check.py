@@ -108,7 +108,7 @@ def _check(hint: Any, value: Any, key: str, rule: PathRule) -> Any:
             raise BadInputError(f"{key}: expected a table, got {_kind(value)}")
         return MappingProxyType(dict(value))
     if dataclasses.is_dataclass(hint):
-        return check_section(hint, key, value, rule=rule)
+        return check_section(hint, key, value, rule=rule)  # type: ignore[arg-type]  # a dataclass *type*
     raise TypeError(f"{key}: no check for the annotation {hint!r}")  # a bug in the dataclass
 
 

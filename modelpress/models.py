@@ -30,7 +30,7 @@ def _package_folder(module_name: str) -> Path:
         return Path(module.get_model_path())
     if hasattr(module, "MODEL_DIR"):
         return Path(module.MODEL_DIR)
-    return Path(module.__file__).resolve().parent / "model"
+    return Path(module.__file__).resolve().parent / "model"  # type: ignore[arg-type]  # a module loaded from a file
 
 
 def resolve_model_ref(ref: str, *, base_dir: Path | None = None) -> str:

@@ -154,9 +154,6 @@ def write_openvino_ir(outcome: Any, int8_onnx: Path, xml_path: Path) -> Path:
     the plugin runs through its int8 MHA kernel (the Q·Kᵀ MatMuls are fp32 nodes of the ``ort``
     graph, and ``keep_fp32`` names weight targets only)."""
     import tempfile
-    from dataclasses import replace
-
-    from modelpress.quantize.static import write_quantized
 
     log.info("converting the int8 model to OpenVINO IR (%s)", xml_path)
     plan = outcome.plan
@@ -164,7 +161,5 @@ def write_openvino_ir(outcome: Any, int8_onnx: Path, xml_path: Path) -> Path:
         return convert_to_ir(int8_onnx, xml_path)
     with tempfile.TemporaryDirectory(prefix=".openvino-", dir=xml_path.parent.parent) as work:
         qdq = Path(work) / "model.int8.qdq.onnx"
-        write_quantized(
-            replace(plan, cfg=plan.cfg.with_(format="qdq")), qdq, keep_fp32=tuple(outcome.summary.fp32_nodes)
-        )
+        outcome.write_qdq(qdq)
         return convert_to_ir(qdq, xml_path)

@@ -83,9 +83,9 @@ def validate_stage(
         others = [opened(o) for o in other_runtimes]
         twins = [opened(v) for v in variants]
         sizes = {
-            c.name: file_size_mb(c.runner.model_path)
+            c.name: file_size_mb(c.runner.model_path)  # type: ignore[attr-defined]  # the file runners' path
             for c in [*cands, *others]
-            if getattr(c.runner, "model_path", None) is not None and Path(c.runner.model_path).is_file()
+            if getattr(c.runner, "model_path", None) is not None and Path(c.runner.model_path).is_file()  # type: ignore[attr-defined]
         }
         models, outputs = evaluate(
             task, ref, [*cands, *others, *twins], eval_set, cfg, sizes_mb=sizes, untimed=[t.name for t in twins]
@@ -93,7 +93,7 @@ def validate_stage(
     shipped = cands[-1].name
     judged = [shipped, *(o.name for o in others), *(t.name for t in twins)]
     started = time.perf_counter()
-    uncertainty = {}
+    uncertainty: dict[str, dict[str, Any]] = {}
     for cand in judged:
         uncertainty[cand] = {}
         for metric in models[cand]["metrics"]:

@@ -64,7 +64,7 @@ class CausalEncoder(Encoder):
     def __init__(
         self, tokenizer: Any, *, input_names: Sequence[str], max_length: int, input_shapes: Mapping[str, Sequence[Any]]
     ) -> None:
-        from modelpress.export.causal_lm import KVLayout
+        from modelpress.modalities.kv_cache import KVLayout
 
         self.tokenizer = tokenizer
         self.input_names = tuple(input_names)
@@ -128,12 +128,12 @@ class CausalTextModality(TextModality):
         return pack(examples, preprocessor, length=max_length, count=num_samples, seed=seed)
 
     def model_inputs(self, model: Any, tokenizer: Any) -> tuple[str, ...]:
-        from modelpress.export.causal_lm import FIXED_INPUTS, KVLayout
+        from modelpress.modalities.kv_cache import FIXED_INPUTS, KVLayout
 
         return (*FIXED_INPUTS, *KVLayout.from_config(model.config).past_names())
 
     def check_graph_inputs(self, names: Sequence[str], *, source: object = "") -> tuple[str, ...]:
-        from modelpress.export.causal_lm import FIXED_INPUTS
+        from modelpress.modalities.kv_cache import FIXED_INPUTS
 
         if tuple(names[:3]) != FIXED_INPUTS or not any(n.startswith("past_key_values.") for n in names):
             raise BadInputError(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -16,7 +16,7 @@ import numpy as np
 from modelpress.errors import BadInputError
 from modelpress.fileio import write_json
 from modelpress.quantize.config import CALIBRATION_METHODS, QuantizeConfig
-from modelpress.quantize.static import QuantizeSummary
+from modelpress.quantize.static import QuantizeSummary, for_tensorrt, write_quantized
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +26,23 @@ class QuantizeOutcome:
     summary: QuantizeSummary
     analysis: list  # NodeError, worst first
     auto: dict | None  # the accuracy-aware search (mode "auto")
-    plan: object = None  # quantize.static.QuantPlan of the written model
+    plan: Any = None  # quantize.static.QuantPlan of the written model
     analysis_section: dict | None = None
 
     def report_section(self, mode: str) -> dict[str, Any]:
         return {**{k: v for k, v in self.summary.to_dict().items() if k != "tensors"}, "mode": mode, "auto": self.auto}
+
+    # the runtimes write their artifacts from the plan through these (runtimes sit below the quantizer)
+    def write_qdq(self, out_path: Path) -> QuantizeSummary:
+        """The same plan in portable Q/DQ (what OpenVINO reads), the same nodes kept fp32."""
+        plan = self.plan
+        return write_quantized(
+            replace(plan, cfg=plan.cfg.with_(format="qdq")), out_path, keep_fp32=tuple(self.summary.fp32_nodes)
+        )
+
+    def write_tensorrt_twin(self, out_path: Path) -> QuantizeSummary:
+        """The same calibration as TensorRT reads it (``static.for_tensorrt``), the same nodes kept fp32."""
+        return write_quantized(for_tensorrt(self.plan), out_path, keep_fp32=tuple(self.summary.fp32_nodes))
 
 
 def quantize_model(
@@ -51,7 +63,7 @@ def quantize_model(
         if evaluate is None:
             raise BadInputError('quantize.mode = "auto" needs an eval set and the teacher (use `modelpress run`)')
         result = auto_quantize(onnx_path, out_path, feeds, cfg, evaluate=evaluate)
-        return QuantizeOutcome(result.summary, result.analysis, result.to_dict(), result.plan)
+        return QuantizeOutcome(result.summary, result.analysis, result.to_dict(), result.plan)  # type: ignore[arg-type]
     if cfg.mode == "weight-only":  # no calibration, no activation plan: nothing per node to analyze
         from modelpress.quantize.weight_only import quantize_weights_only
 

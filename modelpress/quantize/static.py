@@ -171,7 +171,7 @@ def plan_quantization(
             score_stats = {t: stats[t] for t in score_tensors}
             rss.sample()
         else:
-            stats = _rescaled_minmax(stats, targets, factors)
+            stats = _rescaled_minmax(stats, targets, factors)  # type: ignore[assignment]  # min/max: the same use
     ranges: dict[str, TensorRange] = {}
     observed: dict[str, tuple[float, float]] = {}
     for t in targets:

@@ -75,11 +75,7 @@ class TensorRTArtifact(RuntimeArtifact):
 
     def write(self, quant: Any, paths: Any, *, recipe: Any, task: Any) -> dict[str, Any]:
         if not quant.plan.cfg.tensorrt_readable:
-            from modelpress.quantize.static import for_tensorrt, write_quantized
-
-            write_quantized(
-                for_tensorrt(quant.plan), paths.model_int8_trt_onnx, keep_fp32=tuple(quant.summary.fp32_nodes)
-            )
+            quant.write_tensorrt_twin(paths.model_int8_trt_onnx)
         log.info("building TensorRT engine(s)")
         return {"engines": list(build_engines(paths.root, recipe.engine, modality=task.modality))}
 
