@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.errors import BadInputError
-from modelpress.paths import distill_dir
+from modelpress.paths import DISTILL_JSON, distill_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,6 @@ def untrained_subset(student_dir: Path, teacher_model: Any):
     have chosen them)."""
     from modelpress.distill.student import build_layer_subset
 
-    summary = Path(student_dir) / "distill.json"
+    summary = Path(student_dir) / DISTILL_JSON
     layers = json.loads(summary.read_text(encoding="utf-8")).get("kept_layers") if summary.is_file() else None
     return None if not layers else build_layer_subset(teacher_model, layers).eval()

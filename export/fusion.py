@@ -28,6 +28,7 @@ from onnx import numpy_helper
 
 from modelpress.export.parity import ParityReport, check_parity
 from modelpress.fileio import atomic_path, load_onnx, save_onnx
+from modelpress.paths import MODEL_FUSED_ONNX
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def fuse_exported(
     reference = dict(zip(names, session.run(names, dict(feed))))
     del session
     with tempfile.TemporaryDirectory(prefix=".fused-", dir=Path(model_path).parent) as work:
-        report = _save_checked(fused, Path(work) / "model.fused.onnx", feed, reference, atol=atol, strict=False)
+        report = _save_checked(fused, Path(work) / MODEL_FUSED_ONNX, feed, reference, atol=atol, strict=False)
     if not report.ok:
         log.warning(
             "the fused graph of %s misses parity (max |diff| %.2e > %.0e); the int8 graph is unfused",

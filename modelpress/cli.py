@@ -34,6 +34,7 @@ from modelpress.errors import (
     exit_code_for,
     user_fault,
 )
+from modelpress.paths import REPORT_JSON, REPORT_MD
 from modelpress.signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated, terminate_as_exception
 
 log = logging.getLogger("modelpress")
@@ -545,7 +546,7 @@ def cmd_validate(args) -> int:
     # other stages'), so a report edited by hand afterwards is refused
     write_report_manifest(
         out,
-        [out / "report.json", out / "report.md"],
+        [out / REPORT_JSON, out / REPORT_MD],
         gate=report["gate"],
         candidate=Path(args.candidate) if Path(args.candidate).is_file() else None,
     )

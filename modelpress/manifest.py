@@ -22,8 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.errors import BadInputError
+from modelpress.paths import (
+    ENGINE_FP16_JSON,
+    ENGINE_JSON,
+    FP16_PLAN,
+    INT8_PLAN,
+    MANIFEST_JSON,
+    MODEL_FP16_ONNX,
+    REPORT_JSON,
+    TIMING_CACHE,
+)
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_JSON
 PACKAGES = ("modelpress", "torch", "transformers", "onnx", "onnxruntime", "numpy", "tokenizers")
 
 
@@ -138,12 +148,12 @@ SIGNATURE = "model.sig"
 #: files a bundle may gain after publishing without breaking it (the engine stage adds these on a GPU;
 #: the signature, which covers the manifest, cannot be listed in it)
 LATER_FILES = (
-    "model.plan",
-    "model.fp16.plan",
-    "engine.json",
-    "engine.fp16.json",
-    "timing.cache",
-    "model.fp16.onnx",
+    INT8_PLAN,
+    FP16_PLAN,
+    ENGINE_JSON,
+    ENGINE_FP16_JSON,
+    TIMING_CACHE,
+    MODEL_FP16_ONNX,
     SIGNATURE,
 )
 
@@ -211,11 +221,11 @@ def trusted_report(root: str | Path) -> Path:
     the manifest is there, lists it and still matches, and a validate report's candidate is still
     the file it judged (BadInputError, one line, otherwise)."""
     root = Path(root)
-    if not (root / "report.json").is_file():
-        raise BadInputError(f"{root / 'report.json'}: no report.json (run the pipeline first)")
+    if not (root / REPORT_JSON).is_file():
+        raise BadInputError(f"{root / REPORT_JSON}: no {REPORT_JSON} (run the pipeline first)")
     manifest = require_intact(root)
-    if "report.json" not in manifest["files"]:
-        raise BadInputError(f"{root / MANIFEST}: does not list report.json; the report is not trusted")
+    if REPORT_JSON not in manifest["files"]:
+        raise BadInputError(f"{root / MANIFEST}: does not list {REPORT_JSON}; the report is not trusted")
     judged = manifest.get("candidate") if manifest.get("kind") == "report" else None
     if isinstance(judged, dict):
         path = Path(str(judged.get("path")))
@@ -226,7 +236,7 @@ def trusted_report(root: str | Path) -> Path:
                 f"{path}: the candidate {state} this report judged it; validate it again "
                 "(modelpress validate / make validate)"
             )
-    return root / "report.json"
+    return root / REPORT_JSON
 
 
 def require_not_failed(root: str | Path, manifest: dict[str, Any]) -> None:

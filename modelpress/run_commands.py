@@ -15,7 +15,7 @@ from modelpress.bundle import read_bundle_meta
 from modelpress.calibration_data.feeds import ExampleFeed
 from modelpress.errors import BadInputError
 from modelpress.modalities import get_modality
-from modelpress.paths import RunPaths, analysis_dir, refuse_inside_bundle
+from modelpress.paths import MODEL_INT8_ONNX, RunPaths, analysis_dir, refuse_inside_bundle
 from modelpress.quantize.analysis import analyze_plan
 from modelpress.quantize.stage import write_analysis
 from modelpress.quantize.static import plan_quantization
@@ -67,7 +67,7 @@ def engine_stage(run_dir: Path, *, fp16: bool = False) -> Path:
     """
     paths = RunPaths(Path(run_dir))
     if not paths.model_int8_onnx.is_file():
-        raise BadInputError(f"{run_dir}: no model.int8.onnx (run the pipeline first)")
+        raise BadInputError(f"{run_dir}: no {MODEL_INT8_ONNX} (run the pipeline first)")
     cfg = None
     if paths.recipe.is_file():
         cfg = load_recipe(paths.recipe).engine

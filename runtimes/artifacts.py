@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from modelpress.paths import MODEL_INT8_ONNX, OPENVINO_XML
 from modelpress.registry import Registry
 
 
@@ -53,8 +54,8 @@ def register(name: str, entry: str, *, model_file: str | None = None) -> None:
         BUNDLE_RUNTIMES[name] = model_file
 
 
-register("onnxruntime", "modelpress.runtimes.onnxruntime_runner:OnnxRuntimeArtifact", model_file="model.int8.onnx")
-register("openvino", "modelpress.runtimes.openvino_runner:OpenVINOArtifact", model_file="openvino/model.xml")
+register("onnxruntime", "modelpress.runtimes.onnxruntime_runner:OnnxRuntimeArtifact", model_file=MODEL_INT8_ONNX)
+register("openvino", "modelpress.runtimes.openvino_runner:OpenVINOArtifact", model_file=OPENVINO_XML)
 register("tensorrt", "modelpress.runtimes.tensorrt.stage:TensorRTArtifact")
 
 

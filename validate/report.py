@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from modelpress.paths import RunPaths
+
 REPORT_SCHEMA = 2
 
 
@@ -194,5 +196,6 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_reports(report: dict[str, Any], root: Path) -> None:
-    write_json(report, root / "report.json")
-    (root / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    paths = RunPaths(root)
+    write_json(report, paths.report_json)
+    paths.report_md.write_text(render_markdown(report), encoding="utf-8")

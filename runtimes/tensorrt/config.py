@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from modelpress.errors import BadInputError
+from modelpress.paths import TIMING_CACHE
 
 PRECISIONS = ("int8", "fp16", "both")
-TIMING_CACHE_NAME = "timing.cache"  # default cache file inside the run folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,7 @@ class EngineConfig:
     def timing_cache_path(self, run_dir: Path) -> Path | None:
         """Where the timing cache lives for this run folder, or None when disabled."""
         if self.timing_cache is True:
-            return run_dir / TIMING_CACHE_NAME
+            return run_dir / TIMING_CACHE  # the default: inside the run folder
         if self.timing_cache is False:
             return None
         return Path(self.timing_cache)
