@@ -27,6 +27,9 @@ from modelpress.distill.config import DistillConfig
 from modelpress.distill.task_view import DistillTaskView
 from modelpress.errors import BadInputError
 from modelpress.models import resolve_model_ref
+import transformers
+from transformers import AutoTokenizer
+from transformers import AutoConfig
 
 _DERIVED_CONFIG_KEYS = ("stage_names", "out_features", "out_indices")
 WEIGHT_FILES = (
@@ -108,7 +111,6 @@ def set_dropout(model: nn.Module, p: float) -> None:
 
 
 def auto_class(spec: DistillTaskView):
-    import transformers
 
     return getattr(transformers, spec.auto_class)
 
@@ -149,7 +151,6 @@ def _check_vocab(student_ref: str, tokenizer: Any) -> None:
     folder = Path(student_ref)
     if not folder.is_dir() or not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         return
-    from transformers import AutoTokenizer
 
     if AutoTokenizer.from_pretrained(student_ref).get_vocab() != tokenizer.get_vocab():
         raise BadInputError(
@@ -160,7 +161,6 @@ def _check_vocab(student_ref: str, tokenizer: Any) -> None:
 def _load_other_student(
     cfg: DistillConfig, teacher_model: nn.Module, spec: DistillTaskView, *, attn_implementation: str | None
 ) -> tuple[nn.Module, bool]:
-    from transformers import AutoConfig
 
     cls = auto_class(spec)
     attn = {"attn_implementation": attn_implementation} if attn_implementation else {}

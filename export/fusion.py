@@ -29,6 +29,11 @@ from onnx import numpy_helper
 from modelpress.export.parity import ParityReport, check_parity
 from modelpress.fileio import atomic_path, load_onnx, save_onnx
 from modelpress.paths import MODEL_FUSED_ONNX
+import torch
+from transformers import AttentionInterface
+from onnxruntime.transformers.optimizer import optimize_by_fusion
+import tempfile
+import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,6 @@ def fusable(model_config: Any) -> bool:
 def fusable_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
     """transformers' eager attention written as ``softmax(QKᵀ / √d + mask) V`` (a ``Div``, then
     the mask ``Add``): the shape ORT's BERT attention fusion matches."""
-    import torch
 
     divisor = (1.0 / scaling) if scaling else float(query.shape[-1]) ** 0.5
     scores = torch.matmul(query, key.transpose(-1, -2)) / divisor
@@ -61,7 +65,6 @@ def fusable_attention(module, query, key, value, attention_mask, scaling=None, d
 
 def additive_mask(attention_mask):
     """[B, S] 0/1 → [B, 1, 1, S] additive float mask (transformers passes a 4-D mask through)."""
-    import torch
 
     mask = attention_mask.unsqueeze(1).unsqueeze(2).to(torch.float32)
     return (1.0 - mask) * torch.finfo(torch.float32).min
@@ -70,7 +73,6 @@ def additive_mask(attention_mask):
 @contextlib.contextmanager
 def fusable_form(model: Any) -> Iterator[None]:
     """The model computes attention with :func:`fusable_attention` inside the block."""
-    from transformers import AttentionInterface
 
     AttentionInterface.register(FUSABLE_ATTENTION, fusable_attention)
     before = model.config._attn_implementation
@@ -147,7 +149,6 @@ def fusion_metadata(model: onnx.ModelProto) -> dict | None:
 
 
 def fuse_graph(model: onnx.ModelProto, *, model_type: str, num_heads: int, hidden_size: int) -> onnx.ModelProto:
-    from onnxruntime.transformers.optimizer import optimize_by_fusion
 
     prepared = split_unsqueezes(onnx.ModelProto.FromString(model.SerializeToString()))
     # no ORT graph optimisation first: it would merge the Unsqueezes again before matching (the
@@ -180,9 +181,6 @@ def fuse_exported(
     """The fused graph of an exported file that carries the fusion metadata, checked against the
     file itself on ``feed`` (fp32 against fp32); None where it carries none, the fusion finds no
     attention or misses parity."""
-    import tempfile
-
-    import onnxruntime as ort
 
     model = load_onnx(model_path)
     info = fusion_metadata(model)

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 from modelpress.errors import BadInputError
+from modelpress.calibration_data import shipped_path
 
 _MISSING = object()
 
@@ -45,7 +46,6 @@ class PathRule:
         return cls(tuple(bases))
 
     def resolve(self, value: str) -> str:
-        from modelpress.calibration_data import shipped_path
 
         if not value:  # "" means "none" (an optional file), never the working directory
             return value

@@ -32,6 +32,7 @@ from modelpress.paths import (
     REPORT_JSON,
     TIMING_CACHE,
 )
+from modelpress.fileio import write_json
 
 MANIFEST = MANIFEST_JSON
 PACKAGES = ("modelpress", "torch", "transformers", "onnx", "onnxruntime", "numpy", "tokenizers")
@@ -89,7 +90,6 @@ def write_manifest(
         "gate": gate,
         "verdict": _verdict(gate),
     }
-    from modelpress.fileio import write_json
 
     return write_json(root / MANIFEST, manifest)
 
@@ -101,7 +101,6 @@ def write_report_manifest(
     folder's other files belong to other stages), and the candidate judged, by sha256 (its path
     relative to ``root`` when inside it, so the folder may move; else absolute), which
     :func:`trusted_report` checks: ``make quantize`` may rewrite the candidate after validation."""
-    from modelpress.fileio import write_json
 
     root = Path(root)
     manifest = {

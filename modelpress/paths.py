@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelpress.errors import BadInputError
+import json
 
 # Every file name a run, a bundle or a report folder holds lives here (RunPaths joins them to a folder).
 MODEL_ONNX = "model.onnx"  # the fp32 export
@@ -256,7 +257,6 @@ def is_bundle(folder: Path) -> bool:
 
 def _json_object(path: Path) -> dict | None:
     """The JSON object in ``path``; None when there is none (absent, unreadable, not an object)."""
-    import json
 
     try:
         value = json.loads(path.read_text(encoding="utf-8"))

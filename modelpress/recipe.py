@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from modelpress.runtimes.registry import RUNTIMES
+from modelpress.modalities import Length
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -128,7 +130,6 @@ class ValidateConfig:
 
     def runner_options(self, runtime: str) -> dict[str, Any]:
         """What this section says to one runtime's runner beyond threads."""
-        from modelpress.runtimes.registry import RUNTIMES
 
         return RUNTIMES.get(runtime).options_from(self)
 
@@ -312,7 +313,6 @@ def fit_lengths(
     be absent) with every length the model must take fitted to its positions: a value the user
     wrote (``written(key)``) that does not fit is refused, naming its key; a default that does not
     fit is clipped (``Modality.fit_lengths``). Returns (the sections, the ``Fitted`` record)."""
-    from modelpress.modalities import Length
 
     lengths = {}
     for key in LENGTH_KEYS:

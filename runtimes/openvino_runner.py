@@ -27,6 +27,7 @@ import numpy as np
 from modelpress.errors import BackendUnavailableError, BadInputError
 from modelpress.runtimes.artifacts import RuntimeArtifact
 from modelpress.runtimes.base import Runner
+import tempfile
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,6 @@ def write_openvino_ir(outcome: Any, int8_onnx: Path, xml_path: Path) -> Path:
     VNNI/AMX targets) the Q/DQ form carries them: symmetric int8 Q and K projection outputs, which
     the plugin runs through its int8 MHA kernel (the Q·Kᵀ MatMuls are fp32 nodes of the ``ort``
     graph, and ``keep_fp32`` names weight targets only)."""
-    import tempfile
 
     log.info("converting the int8 model to OpenVINO IR (%s)", xml_path)
     plan = outcome.plan

@@ -21,6 +21,8 @@ from modelpress.validate.compare import evaluate, file_size_mb, ratios
 from modelpress.validate.gate import decide, worst
 from modelpress.validate.latency import time_calls
 from modelpress.validate.report import REPORT_SCHEMA
+from modelpress.validate.uncertainty import interval
+from modelpress.quantize.auto import Evaluation
 
 #: opens (creates and enters) one predictor; validation calls it inside its ExitStack
 Opener = Callable[[], Predictor]
@@ -69,7 +71,6 @@ def validate_stage(
     (``quantize.calibration_seeds``): measured for fidelity only. The gate judges the **worst** of
     all of them, so that neither a lucky calibration draw nor the kinder runtime passes it (the
     bundle ships the recipe's own seed)."""
-    from modelpress.validate.uncertainty import interval
 
     with contextlib.ExitStack() as stack:
 
@@ -156,7 +157,6 @@ def validate_stage(
 def candidate_evaluator(*, task, teacher: Opener, encoder, eval_set, cfg, gate_cfg):
     """For ``quantize.mode = "auto"``: ONNX path → Evaluation (the gate's metric, through ONNX Runtime).
     The teacher runs once, here."""
-    from modelpress.quantize.auto import Evaluation
 
     examples = list(eval_set.examples)
     ref = teacher()

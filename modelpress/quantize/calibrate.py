@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from modelpress.errors import BadInputError
 from modelpress.quantize.stats import TensorStats
+import onnxruntime as ort
 
 MASK_INPUT = "attention_mask"
 
@@ -34,7 +35,6 @@ def _token_rows(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def _session_with_outputs(model: onnx.ModelProto, names: list[str]):
-    import onnxruntime as ort
 
     augmented = copy.deepcopy(model)
     existing = {o.name for o in augmented.graph.output}

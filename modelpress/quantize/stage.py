@@ -17,6 +17,12 @@ from modelpress.errors import BadInputError
 from modelpress.fileio import write_json
 from modelpress.quantize.config import CALIBRATION_METHODS, QuantizeConfig
 from modelpress.quantize.static import QuantizeSummary, for_tensorrt, write_quantized
+from modelpress.quantize.analysis import analyze_plan
+from modelpress.quantize.auto import auto_quantize
+from modelpress.quantize.static import plan_quantization
+from modelpress.quantize.weight_only import quantize_weights_only
+from modelpress.quantize.analysis import plot_errors
+import time
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +61,6 @@ def quantize_model(
 ) -> QuantizeOutcome:
     """Static int8 (or the accuracy-aware search when ``cfg.mode == "auto"``) plus per-node analysis;
     ``"weight-only"``: MatMulNBits weights (``weight_only``), no calibration and no analysis."""
-    from modelpress.quantize.analysis import analyze_plan
-    from modelpress.quantize.auto import auto_quantize
-    from modelpress.quantize.static import plan_quantization, write_quantized
 
     if cfg.mode == "auto":
         if evaluate is None:
@@ -65,8 +68,6 @@ def quantize_model(
         result = auto_quantize(onnx_path, out_path, feeds, cfg, evaluate=evaluate)
         return QuantizeOutcome(result.summary, result.analysis, result.to_dict(), result.plan)  # type: ignore[arg-type]
     if cfg.mode == "weight-only":  # no calibration, no activation plan: nothing per node to analyze
-        from modelpress.quantize.weight_only import quantize_weights_only
-
         return QuantizeOutcome(quantize_weights_only(onnx_path, out_path, cfg), [], None, None)
     plan = plan_quantization(onnx_path, feeds, cfg)
     summary = write_quantized(plan, out_path)
@@ -75,7 +76,6 @@ def quantize_model(
 
 def write_analysis(errors: list, paths: Any, *, top: int = 15) -> dict[str, Any]:
     """analysis.json (every node) and plots/sensitivity.png; returns the report's summary of it."""
-    from modelpress.quantize.analysis import plot_errors
 
     rows = [e.to_dict() for e in errors]
     write_json(paths.analysis_json, rows)
@@ -105,9 +105,6 @@ def seed_variants(
     """The written model's calibration re-done on other samples (``quantize.calibration_seeds``):
     the same settings (the method and fp32 nodes the run chose), one model per seed, in ``work``.
     Returns (seed, path, calibration seconds) per variant."""
-    import time
-
-    from modelpress.quantize.static import plan_quantization, write_quantized
 
     chosen = cfg.with_(mode="static", calibration_method=outcome.summary.calibration_method)
     out = []

@@ -38,6 +38,7 @@ from modelpress.quantize.targets import (
     find_targets,
     fold_weight_transposes,
 )
+from modelpress.export.fusion import fuse_exported
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,6 @@ def plan_quantization(
 
 def _fused_plan(model_path, feeds, targets, ranges, factors, cfg: QuantizeConfig) -> FusedPlan | None:
     """ORT's fused form of the model (when the export wrote it fusable), under this calibration."""
-    from modelpress.export.fusion import fuse_exported
 
     fused = fuse_exported(model_path, next(iter(feeds)))
     return None if fused is None else carry_over(fused, targets, ranges, factors, cfg.op_types)

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 from modelpress.errors import BadInputError
 from modelpress.paths import TIMING_CACHE
+from modelpress.config_check import PathRule, check_section
 
 PRECISIONS = ("int8", "fp16", "both")
 
@@ -77,6 +78,5 @@ class EngineConfig:
     def from_dict(cls, d: Mapping[str, Any] | None, *, base_dir: Path) -> "EngineConfig":
         """The ``[engine]`` table on its own; a relative ``timing_cache`` that exists in ``base_dir``
         resolves there (the recipe loader applies its one path rule)."""
-        from modelpress.config_check import PathRule, check_section
 
         return check_section(cls, "engine", dict(d or {}), rule=PathRule((Path(base_dir),)))
