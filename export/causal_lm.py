@@ -29,7 +29,7 @@ from modelpress.errors import BadInputError
 from modelpress.export.onnx_export import ExportResult, staged_model
 from modelpress.export.parity import ParityReport, compare_outputs
 from modelpress.fileio import save_onnx
-from modelpress.modalities.kv_cache import FIXED_INPUTS, KVLayout, position_ids
+from modelpress.kv_cache import FIXED_INPUTS, KVLayout, past_from_present, position_ids  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 

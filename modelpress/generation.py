@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from modelpress.errors import BadInputError
-from modelpress.modalities.kv_cache import KVLayout, past_from_present, position_ids
+from modelpress.kv_cache import KVLayout, past_from_present, position_ids
 from modelpress.fileio import graph_input_shapes
 from modelpress.runtimes.registry import create_runner
 

@@ -82,7 +82,7 @@ def gpt2_graph(tmp_path_factory):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_weight_only_graph_equals_the_blockwise_dequantized_reference(gpt2_graph, tmp_path, bits):
-    from modelpress.modalities.kv_cache import KVLayout
+    from modelpress.kv_cache import KVLayout
     from modelpress.quantize.config import QuantizeConfig
     from modelpress.quantize.weight_only import gemms_as_matmuls, quantize_weights_only
 

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.registry import Registry
 
@@ -55,6 +56,8 @@ class Task:
     distill: ClassVar[DistillSpec]
     #: what the model's config must provide (e.g. labels) for the task's head to be meaningful
     needs_labels: ClassVar[bool] = False
+    #: the architectures ``--task auto`` maps to this task, and its default data (modelpress.task_match)
+    auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec()
 
     # -- configuration ----------------------------------------------------------------------
     @classmethod

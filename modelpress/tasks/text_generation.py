@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
 
@@ -30,6 +31,7 @@ from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
 @dataclass(frozen=True)
 class TextGeneration(Task):
     name: ClassVar[str] = "text-generation"
+    auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec(architectures=("ForCausalLM", "LMHeadModel"))
     modality: ClassVar[str] = "causal-text"
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
     output_name: ClassVar[str] = "logits"

@@ -1,8 +1,8 @@
-"""The KV-cache layout of a decoder graph (``export.causal_lm`` writes it): its fixed inputs, the past and
-present tensors per layer and how a step's outputs feed the next step.
+"""The KV-cache layout of a decoder graph (``export.causal_lm`` writes it; the bundle's generator
+and validation feed it): names, shapes and the step-to-step plumbing, in numpy only.
 
-Place in the layers: a kind-level fact of the causal-text modality, read by the exporter (a stage), by
-generation and by decode-latency validation, so none of them reaches into another stage for it.
+Deploy-side (``modelpress.deploy_side``): no torch or transformers at import time, so a bundle of a
+causal LM runs on a host that has only numpy, onnxruntime and tokenizers.
 """
 
 from __future__ import annotations
