@@ -42,10 +42,13 @@ run: setup
 
 # two workers on the 2-core CI machine, a test file each at a time (its module fixtures built once)
 TEST_WORKERS ?= 2
-# the house rules a reader should not have to check by eye: ruff's lint and its formatter
+# the house rules a reader should not have to check by eye: ruff's lint and its formatter, the layers
+# (import-linter's contracts in pyproject.toml) and the types (mypy, [tool.mypy] in pyproject.toml)
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) tools/staged_lint.py imports
+	$(PY) tools/staged_lint.py types
 
 # the manual (docs/, mkdocs-material): the benchmark tables generated from bench/results/*.json and a
 # strict build (every link and anchor checked) into build/site; `make test` only checks that the

@@ -37,8 +37,8 @@ def build(work: Path):
     from modelpress.export.onnx_export import export_onnx
     from modelpress.modalities import get_modality
     from modelpress.runtimes.cpu import int8_gemm_saturates
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import plan_quantization, write_quantized
     from modelpress.tasks import configure_task
     from modelpress.testing import write_images
 

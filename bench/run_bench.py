@@ -108,8 +108,8 @@ def prepare_student(work: Path, student_dir: str, task):
     from modelpress.calibration_data.loaders import load_texts, sample
     from modelpress.export.onnx_export import export_onnx
     from modelpress.models import load_model_and_preprocessor
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
 
     student, tokenizer = load_model_and_preprocessor(student_dir, task)
     res = export_onnx(student, tokenizer, work / "student.onnx", task=task)
@@ -144,7 +144,7 @@ def prepare_openvino(work: Path, tokenizer, texts, input_names, outcome) -> dict
         print("note: openvino not installed: no OpenVINO rows (pip install 'modelpress[bench]')", file=sys.stderr)
         return {}
     from modelpress.runtimes.openvino_runner import convert_to_ir, write_openvino_ir
-    from modelpress.runtimes.quantize.static import write_quantized
+    from modelpress.quantize.static import write_quantized
     from modelpress.validate.latency import PeakRss
 
     convert_to_ir(work / "model.onnx", work / "ov-fp32" / "model.xml")
@@ -263,9 +263,9 @@ def prepare_models(work: Path, teacher_ref, task, model, tokenizer):
     from modelpress.export.fusion import fuse_model
     from modelpress.export.onnx_export import export_onnx
     from modelpress.runtimes.cpu import int8_gemm_saturates
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.stage import QuantizeOutcome
-    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.stage import QuantizeOutcome
+    from modelpress.quantize.static import plan_quantization, write_quantized
     from modelpress.runtimes.target import resolve_target
 
     res = export_onnx(model, tokenizer, work / "model.onnx", task=task)

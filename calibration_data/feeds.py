@@ -64,24 +64,6 @@ class TokenizedFeed:
         return -(-len(self.texts) // self.batch_size)
 
 
-class OrtCalibrationReader:
-    """Adapter: a feed as an ONNX Runtime ``CalibrationDataReader`` (for peers in bench/)."""
-
-    def __init__(self, feed: TokenizedFeed, input_names: Sequence[str]):
-        self._feed = feed
-        self._names = tuple(input_names)
-        self._it: Iterator[dict[str, np.ndarray]] | None = None
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._it is None:
-            self._it = iter(self._feed)
-        batch = next(self._it, None)
-        return None if batch is None else {k: batch[k] for k in self._names if k in batch}
-
-    def rewind(self) -> None:
-        self._it = None
-
-
 @dataclass(frozen=True)
 class ExampleFeed:
     """A re-iterable stream of feeds over raw examples of any modality, encoded batch by batch by

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from modelpress.errors import BadInputError
+from modelpress.config_check import check_fields
+from modelpress.config_check import PathRule, check_section
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LAYER_SELECTIONS = ("agreement", "spread")
@@ -52,7 +54,6 @@ class LossWeights:
     attention_kl: float | None = _weight()  # KL of attention distributions per mapped layer (eager attention)
 
     def __post_init__(self) -> None:
-        from modelpress.config_check import check_fields
 
         check_fields(self, "distill.losses")
 
@@ -149,7 +150,6 @@ class DistillConfig:
     seed: int = 0  # data order, splits and initialisation of new parameters
 
     def __post_init__(self) -> None:
-        from modelpress.config_check import check_fields
 
         object.__setattr__(self, "precision", self.precision.lower())
         check_fields(self, "distill")
@@ -185,7 +185,6 @@ class DistillConfig:
     def from_dict(cls, d: Mapping[str, Any], *, base_dir: Path) -> "DistillConfig":
         """The section on its own (``python -m modelpress.distill``): relative paths that exist in
         ``base_dir`` resolve there (the recipe loader uses its own, wider rule)."""
-        from modelpress.config_check import PathRule, check_section
 
         return check_section(cls, "distill", d, rule=PathRule((Path(base_dir),)))
 

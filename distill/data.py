@@ -22,6 +22,8 @@ from modelpress.distill.config import DistillConfig
 from modelpress.errors import BadInputError
 
 from modelpress.distill.losses.hard_label_ce import IGNORE  # noqa: E402  a token without a gold tag
+from modelpress.validate.tagged import load_tagged
+from modelpress.modalities.text import TextEncoder
 
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -61,7 +63,6 @@ def load_corpus(
 
 
 def _load_tagged_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int]) -> Corpus:
-    from modelpress.validate.tagged import load_tagged
 
     es = load_tagged(
         cfg.data,
@@ -151,8 +152,6 @@ def tokenize_corpus(tokenizer: Any, corpus: Corpus, *, max_length: int) -> Token
         raise BadInputError("teacher tokenizer has no padding token; cannot batch texts")
     labels = corpus.labels
     if corpus.texts and not isinstance(corpus.texts[0], str):
-        from modelpress.modalities.text import TextEncoder
-
         names = tuple(n for n in FEATURES if n in getattr(tokenizer, "model_input_names", FEATURES))
         encoder = TextEncoder(tokenizer, input_names=names, max_length=max_length)
         features: dict[str, list[list[int]]] = {n: [] for n in names}

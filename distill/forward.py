@@ -14,7 +14,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from modelpress.distill.tasks import TaskSpec
+from modelpress.distill.task_view import DistillTaskView
 
 #: what a corpus's collated batch carries beside the model's inputs (whatever the modality feeds)
 NOT_MODEL_INPUTS = ("labels", "index")
@@ -44,7 +44,7 @@ def run_model(
     model: nn.Module,
     inputs: Mapping[str, torch.Tensor],
     *,
-    spec: TaskSpec,
+    spec: DistillTaskView,
     need_hidden: bool = False,
     need_attentions: bool = False,
 ) -> ModelOutputs:
@@ -72,7 +72,7 @@ class DistillModule(nn.Module):
         self,
         student: nn.Module,
         *,
-        spec: TaskSpec,
+        spec: DistillTaskView,
         teacher_hidden_size: int | None,
         need_hidden: bool,
         need_attentions: bool,

@@ -19,6 +19,8 @@ import torch
 
 from modelpress.calibration_data.loaders import sample
 from modelpress.errors import BadInputError
+from modelpress.modalities.image import IMAGE
+from modelpress.validate.images import load_image_eval
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,6 @@ def load_image_corpus(
     cfg: Any, processor: Any, *, label2id: Mapping[str, int] | None, num_labels: int | None
 ) -> ImageCorpus:
     """The images of ``cfg.data`` (``[distill]``), sampled to ``cfg.num_samples`` with ``cfg.seed``."""
-    from modelpress.modalities.image import IMAGE
-    from modelpress.validate.images import load_image_eval
 
     try:
         if cfg.label_field is None:

@@ -32,7 +32,7 @@ from modelpress.distill.evaluation import METRICS, mean_metrics, shard_batches
 from modelpress.distill.forward import run_model
 from modelpress.distill.precision import Precision
 from modelpress.distill.student import build_layer_subset, evenly_spaced_layers
-from modelpress.distill.tasks import TaskSpec
+from modelpress.distill.task_view import DistillTaskView
 
 MAX_EXHAUSTIVE = 64  # subsets scored one by one; beyond this, greedy elimination
 MAX_TEXTS = 2000  # corpus texts scored per candidate
@@ -48,7 +48,7 @@ def choose_layers(
     teacher_model: nn.Module,
     *,
     num_layers: int,
-    spec: TaskSpec,
+    spec: DistillTaskView,
     corpus: TokenizedCorpus,
     indices: Sequence[int],
     dist: DistContext,
@@ -101,7 +101,7 @@ class _Scorer:
         self,
         teacher_model: nn.Module,
         *,
-        spec: TaskSpec,
+        spec: DistillTaskView,
         corpus: TokenizedCorpus,
         indices: Sequence[int],
         dist: DistContext,

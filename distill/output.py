@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from modelpress.fileio import atomic_path, write_json
+from modelpress.paths import DISTILL_JSON
 
 ST_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
 
@@ -51,5 +52,5 @@ def write_student_folder(
         tokenizer.save_pretrained(tmp)
         if same_width and Path(teacher_ref).is_dir():
             _copy_sentence_transformers_files(Path(teacher_ref), tmp)
-        write_json(tmp / "distill.json", summary, sort_keys=True)
+        write_json(tmp / DISTILL_JSON, summary, sort_keys=True)
     return dest

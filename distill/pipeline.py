@@ -24,7 +24,7 @@ from modelpress.distill.output import write_student_folder
 from modelpress.distill.precision import resolve_precision
 from modelpress.distill.sampler import DistributedBatchSampler
 from modelpress.distill.student import build_student
-from modelpress.distill.tasks import get_task
+from modelpress.distill.task_view import distill_view
 from modelpress.distill.teacher import TeacherTargets, load_teacher
 from modelpress.distill.trainer import Trainer, TrainPlan, say
 from modelpress.errors import BadInputError
@@ -56,7 +56,7 @@ def run_distillation(
     """
     if not cfg.enabled:
         raise BadInputError("distill.enabled: distillation is switched off in this recipe")
-    spec = get_task(task, task_options, model_dir=teacher if Path(teacher).is_dir() else None)
+    spec = distill_view(task, task_options, model_dir=teacher if Path(teacher).is_dir() else None)
     weights = spec.resolve_weights(cfg.losses, has_labels=cfg.label_field is not None)
     out_dir = Path(out_dir)
     ckpt = CheckpointDir(out_dir / CHECKPOINT_DIR)

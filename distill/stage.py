@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.errors import BadInputError
-from modelpress.paths import distill_dir
+from modelpress.paths import DISTILL_JSON, distill_dir
+from modelpress.distill.pipeline import run_distillation
+from modelpress.models import load_model
+from modelpress.distill.student import build_layer_subset
 
 log = logging.getLogger(__name__)
 
 
 def train_student(recipe: Any, teacher_ref: str, task: Any, out_dir: Path) -> Path:
     """Train (or reuse a finished run of) the recipe's student in ``<out>/<name>.distill/``."""
-    from modelpress.distill.pipeline import run_distillation
 
     if recipe.distill is None:
         raise BadInputError("distill: the recipe has no [distill] section")
@@ -33,7 +35,6 @@ def train_student(recipe: Any, teacher_ref: str, task: Any, out_dir: Path) -> Pa
 
 def distill_stage(recipe: Any, teacher_ref: str, task: Any, out_dir: Path, paths: Any):
     """Train or reuse the student, copy it into the bundle, return it loaded for export."""
-    from modelpress.models import load_model
 
     student_dir = train_student(recipe, teacher_ref, task, out_dir)
     shutil.copytree(student_dir, paths.student)
@@ -44,8 +45,7 @@ def untrained_subset(student_dir: Path, teacher_model: Any):
     """The layer-subset student before training (None for other kinds of student): the teacher
     layers the distillation kept, as its ``distill.json`` records them (``layer_selection`` may
     have chosen them)."""
-    from modelpress.distill.student import build_layer_subset
 
-    summary = Path(student_dir) / "distill.json"
+    summary = Path(student_dir) / DISTILL_JSON
     layers = json.loads(summary.read_text(encoding="utf-8")).get("kept_layers") if summary.is_file() else None
     return None if not layers else build_layer_subset(teacher_model, layers).eval()

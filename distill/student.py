@@ -24,9 +24,12 @@ from torch import nn
 
 from modelpress.distill.architectures import layer_spec
 from modelpress.distill.config import DistillConfig
-from modelpress.distill.tasks import TaskSpec
+from modelpress.distill.task_view import DistillTaskView
 from modelpress.errors import BadInputError
 from modelpress.models import resolve_model_ref
+import transformers
+from transformers import AutoTokenizer
+from transformers import AutoConfig
 
 _DERIVED_CONFIG_KEYS = ("stage_names", "out_features", "out_indices")
 WEIGHT_FILES = (
@@ -107,8 +110,7 @@ def set_dropout(model: nn.Module, p: float) -> None:
             module.p = p
 
 
-def auto_class(spec: TaskSpec):
-    import transformers
+def auto_class(spec: DistillTaskView):
 
     return getattr(transformers, spec.auto_class)
 
@@ -120,7 +122,7 @@ def _has_weights(ref: str) -> bool:
     return any((folder / name).is_file() for name in WEIGHT_FILES)
 
 
-def _head_kwargs(teacher_config: Any, spec: TaskSpec) -> dict[str, Any]:
+def _head_kwargs(teacher_config: Any, spec: DistillTaskView) -> dict[str, Any]:
     if not spec.has_labels:
         return {}
     return {
@@ -149,7 +151,6 @@ def _check_vocab(student_ref: str, tokenizer: Any) -> None:
     folder = Path(student_ref)
     if not folder.is_dir() or not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         return
-    from transformers import AutoTokenizer
 
     if AutoTokenizer.from_pretrained(student_ref).get_vocab() != tokenizer.get_vocab():
         raise BadInputError(
@@ -158,9 +159,8 @@ def _check_vocab(student_ref: str, tokenizer: Any) -> None:
 
 
 def _load_other_student(
-    cfg: DistillConfig, teacher_model: nn.Module, spec: TaskSpec, *, attn_implementation: str | None
+    cfg: DistillConfig, teacher_model: nn.Module, spec: DistillTaskView, *, attn_implementation: str | None
 ) -> tuple[nn.Module, bool]:
-    from transformers import AutoConfig
 
     cls = auto_class(spec)
     attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -191,7 +191,7 @@ def _load_other_student(
 def build_student(
     cfg: DistillConfig,
     teacher_model: nn.Module,
-    spec: TaskSpec,
+    spec: DistillTaskView,
     *,
     tokenizer: Any,
     attn_implementation: str | None = None,

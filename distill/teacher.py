@@ -27,11 +27,11 @@ from modelpress.distill.distributed import DistContext
 from modelpress.distill.forward import ModelOutputs, run_model
 from modelpress.distill.precision import Precision
 from modelpress.distill.student import auto_class
-from modelpress.distill.tasks import TaskSpec
+from modelpress.distill.task_view import DistillTaskView
 from modelpress.errors import BadInputError
 
 
-def load_teacher(ref: str, spec: TaskSpec, *, attn_implementation: str | None = None) -> nn.Module:
+def load_teacher(ref: str, spec: DistillTaskView, *, attn_implementation: str | None = None) -> nn.Module:
     """The teacher in fp32, eval mode, frozen; a classifier must come with its trained head."""
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
@@ -53,7 +53,7 @@ class TeacherTargets:
         self,
         model: nn.Module,
         *,
-        spec: TaskSpec,
+        spec: DistillTaskView,
         precision: Precision,
         device: torch.device,
         need_hidden: bool,

@@ -9,7 +9,7 @@ into the additive ``(1 - mask) * min`` term inside the graph (:func:`additive_ma
 scores computed by :func:`fusable_attention` (``QKᵀ / √d + mask``). The computation is the same
 (parity is checked at export either way). ``split_unsqueezes`` undoes the one rewrite of the
 exporter's optimizer (two ``Unsqueeze`` merged into one) that the matcher trips on. The int8
-``ort`` graph is quantized on top of the fused graph (``runtimes.quantize.fused``); the portable
+``ort`` graph is quantized on top of the fused graph (``modelpress.quantize.fused``); the portable
 Q/DQ graphs (TensorRT, OpenVINO) come from ``model.onnx``.
 """
 
@@ -28,6 +28,12 @@ from onnx import numpy_helper
 
 from modelpress.export.parity import ParityReport, check_parity
 from modelpress.fileio import atomic_path, load_onnx, save_onnx
+from modelpress.paths import MODEL_FUSED_ONNX
+import torch
+from transformers import AttentionInterface
+from onnxruntime.transformers.optimizer import optimize_by_fusion
+import tempfile
+import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +54,6 @@ def fusable(model_config: Any) -> bool:
 def fusable_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
     """transformers' eager attention written as ``softmax(QKᵀ / √d + mask) V`` (a ``Div``, then
     the mask ``Add``): the shape ORT's BERT attention fusion matches."""
-    import torch
 
     divisor = (1.0 / scaling) if scaling else float(query.shape[-1]) ** 0.5
     scores = torch.matmul(query, key.transpose(-1, -2)) / divisor
@@ -60,7 +65,6 @@ def fusable_attention(module, query, key, value, attention_mask, scaling=None, d
 
 def additive_mask(attention_mask):
     """[B, S] 0/1 → [B, 1, 1, S] additive float mask (transformers passes a 4-D mask through)."""
-    import torch
 
     mask = attention_mask.unsqueeze(1).unsqueeze(2).to(torch.float32)
     return (1.0 - mask) * torch.finfo(torch.float32).min
@@ -69,7 +73,6 @@ def additive_mask(attention_mask):
 @contextlib.contextmanager
 def fusable_form(model: Any) -> Iterator[None]:
     """The model computes attention with :func:`fusable_attention` inside the block."""
-    from transformers import AttentionInterface
 
     AttentionInterface.register(FUSABLE_ATTENTION, fusable_attention)
     before = model.config._attn_implementation
@@ -146,7 +149,6 @@ def fusion_metadata(model: onnx.ModelProto) -> dict | None:
 
 
 def fuse_graph(model: onnx.ModelProto, *, model_type: str, num_heads: int, hidden_size: int) -> onnx.ModelProto:
-    from onnxruntime.transformers.optimizer import optimize_by_fusion
 
     prepared = split_unsqueezes(onnx.ModelProto.FromString(model.SerializeToString()))
     # no ORT graph optimisation first: it would merge the Unsqueezes again before matching (the
@@ -179,9 +181,6 @@ def fuse_exported(
     """The fused graph of an exported file that carries the fusion metadata, checked against the
     file itself on ``feed`` (fp32 against fp32); None where it carries none, the fusion finds no
     attention or misses parity."""
-    import tempfile
-
-    import onnxruntime as ort
 
     model = load_onnx(model_path)
     info = fusion_metadata(model)
@@ -199,7 +198,7 @@ def fuse_exported(
     reference = dict(zip(names, session.run(names, dict(feed))))
     del session
     with tempfile.TemporaryDirectory(prefix=".fused-", dir=Path(model_path).parent) as work:
-        report = _save_checked(fused, Path(work) / "model.fused.onnx", feed, reference, atol=atol, strict=False)
+        report = _save_checked(fused, Path(work) / MODEL_FUSED_ONNX, feed, reference, atol=atol, strict=False)
     if not report.ok:
         log.warning(
             "the fused graph of %s misses parity (max |diff| %.2e > %.0e); the int8 graph is unfused",

@@ -13,6 +13,7 @@ GenAI with token ids, or point it at that folder's files.
 
 from __future__ import annotations
 
+from modelpress.export.causal_lm import KVLayout
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,13 @@ def _token(tokenizer: Any, config: Any, name: str) -> int | None:
 
 def genai_config(model_config: Any, tokenizer: Any, *, filename: str, context_length: int | None = None) -> dict:
     """The config for ``filename`` (relative to the bundle) of a decoder with ``model_config``."""
-    from modelpress.export.causal_lm import KVLayout
-
     text = model_config.get_text_config(decoder=True) if hasattr(model_config, "get_text_config") else model_config
     layout = KVLayout.from_config(model_config)
     heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
     hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd")
-    context = context_length or getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", 2048)
+    context = int(
+        context_length or getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None) or 2048
+    )
     eos = _token(tokenizer, text, "eos_token_id")
     bos = _token(tokenizer, text, "bos_token_id")
     pad = _token(tokenizer, text, "pad_token_id")

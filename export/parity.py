@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from modelpress.errors import ParityError
+import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ def check_parity(
     select: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> ParityReport:
     """Run ``onnx_path`` on ``feed`` and :func:`compare_outputs` with ``reference``."""
-    import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3

@@ -9,6 +9,7 @@ from typing import Any
 
 from modelpress.export.onnx_export import ExportResult
 from modelpress.modalities import get_modality
+from modelpress.export.fusion import fuse_model
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ def export_stage(model: Any, preprocessor: Any, *, task: Any, cfg: Any, paths: A
     get_modality(task.modality).save_preprocessor(preprocessor, paths.preprocessor(get_modality(task.modality)))
     model.config.to_json_file(str(paths.config))
     if cfg.fuse:
-        from modelpress.export.fusion import fuse_model
-
         fuse_model(
             paths.model_onnx, paths.model_fused_onnx, exported=result, model_config=model.config, atol=cfg.fuse_atol
         )

@@ -28,12 +28,13 @@ from typing import Any, Mapping, Sequence
 from modelpress.errors import BadInputError
 from modelpress.inference import Predictor
 from modelpress.modalities import get_modality
+from modelpress.paths import BUNDLE_JSON, MODEL_INT8_ONNX
 from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
 from modelpress.runtimes.registry import create_runner
 from modelpress.tasks import task_from_dict
 
-BUNDLE_META = "bundle.json"
-INT8_MODEL = "model.int8.onnx"
+BUNDLE_META = BUNDLE_JSON
+INT8_MODEL = MODEL_INT8_ONNX
 
 
 def write_bundle_meta(

@@ -34,6 +34,7 @@ from modelpress.errors import (
     exit_code_for,
     user_fault,
 )
+from modelpress.paths import REPORT_JSON, REPORT_MD
 from modelpress.signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated, terminate_as_exception
 
 log = logging.getLogger("modelpress")
@@ -199,7 +200,7 @@ def _extra_commands(sub: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from modelpress.config_check import field_default as d
     from modelpress.recipe import ExportConfig, GateConfig
-    from modelpress.runtimes.quantize.config import CALIBRATION_METHODS, FORMATS, PRESETS
+    from modelpress.quantize.config import CALIBRATION_METHODS, FORMATS, PRESETS
     from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
     from modelpress.runtimes.target import TARGET_CHOICES
     from modelpress.tasks import task_names
@@ -631,8 +632,8 @@ def _quantize_flags(args) -> Any:
     from modelpress.memory import process_peak_rss_mb
     from modelpress.modalities import get_modality
     from modelpress.recipe import CalibrationConfig, section_config
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
     from modelpress.runtimes.target import resolve_target
 
     _stage_recipe(args)  # --set without --recipe is refused
@@ -700,7 +701,7 @@ def cmd_validate(args) -> int:
     # other stages'), so a report edited by hand afterwards is refused
     write_report_manifest(
         out,
-        [out / "report.json", out / "report.md"],
+        [out / REPORT_JSON, out / REPORT_MD],
         gate=report["gate"],
         candidate=Path(args.candidate) if Path(args.candidate).is_file() else None,
     )
@@ -799,7 +800,7 @@ def cmd_gate(args) -> int:
 
 def cmd_analyze(args) -> int:
     from modelpress.paths import analysis_dir
-    from modelpress.runtimes.quantize.stage import analyze_run
+    from modelpress.run_commands import analyze_run
 
     # beside the bundle, never in it (analyze_run refuses that): a file its manifest does not list
     # would break gate and load()
@@ -836,7 +837,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_engine(args) -> int:
-    from modelpress.runtimes.tensorrt.stage import engine_stage
+    from modelpress.run_commands import engine_stage
 
     out = engine_stage(Path(args.run_dir), fp16=args.fp16)
     print(f"engine: {out}")

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 from modelpress.errors import BadInputError
+from modelpress.calibration_data import shipped_path
 
 _MISSING = object()
 
@@ -45,7 +46,6 @@ class PathRule:
         return cls(tuple(bases))
 
     def resolve(self, value: str) -> str:
-        from modelpress.calibration_data import shipped_path
 
         if not value:  # "" means "none" (an optional file), never the working directory
             return value
@@ -108,7 +108,7 @@ def _check(hint: Any, value: Any, key: str, rule: PathRule) -> Any:
             raise BadInputError(f"{key}: expected a table, got {_kind(value)}")
         return MappingProxyType(dict(value))
     if dataclasses.is_dataclass(hint):
-        return check_section(hint, key, value, rule=rule)
+        return check_section(hint, key, value, rule=rule)  # type: ignore[arg-type]  # a dataclass *type*
     raise TypeError(f"{key}: no check for the annotation {hint!r}")  # a bug in the dataclass
 
 

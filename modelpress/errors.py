@@ -38,12 +38,6 @@ class BackendUnavailableError(ModelpressError):
     exit_code = EXIT_BAD_INPUT
 
 
-class GateFailedError(ModelpressError):
-    """The pipeline worked, but the candidate lost more accuracy than the gate allows."""
-
-    exit_code = EXIT_GATE_FAILED
-
-
 #: operating-system faults a user causes (a full disk, a read-only or forbidden folder, a file
 #: where a folder is expected): one line and exit 2, not a traceback
 USER_ERRNOS = frozenset(

@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
+from modelpress.errors import BadInputError
 
 
 @contextlib.contextmanager
@@ -59,8 +60,6 @@ def load_onnx(path: str | Path, *, load_external_data: bool = True):
     """``onnx.load``; a missing file or one that is not an ONNX model is a BadInputError."""
     import onnx
     from google.protobuf.message import DecodeError
-
-    from modelpress.errors import BadInputError
 
     path = Path(path)
     if not path.is_file():

@@ -26,6 +26,8 @@ import numpy as np
 
 from modelpress.errors import BadInputError
 from modelpress.kv_cache import KVLayout, past_from_present, position_ids
+from modelpress.fileio import graph_input_shapes
+from modelpress.runtimes.registry import create_runner
 
 #: new tokens per prompt when ``max_new_tokens`` is not given (cut to what the positions leave)
 DEFAULT_NEW_TOKENS = 32
@@ -139,9 +141,6 @@ class TextGenerator:
         with ONNX Runtime); ``layout``: the cache's (read from the file when not given);
         ``max_positions``: the positions the model takes (None: not checked)."""
         if isinstance(model, (str, Path)):
-            from modelpress.fileio import graph_input_shapes
-            from modelpress.runtimes.registry import create_runner
-
             layout = layout or KVLayout.from_shapes(graph_input_shapes(model))
             model = create_runner("onnxruntime", model, threads=threads or 0)
             model.__enter__()

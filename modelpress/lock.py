@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from modelpress.errors import BadInputError
+import fcntl
 
 
 def lock_path(out_dir: Path, name: str) -> Path:
@@ -28,7 +29,6 @@ def lock_path(out_dir: Path, name: str) -> Path:
 @contextlib.contextmanager
 def bundle_lock(out_dir: Path, name: str) -> Iterator[Path]:
     """Hold the lock of bundle ``name`` in ``out_dir`` for the block; BadInputError if taken."""
-    import fcntl
 
     path = lock_path(out_dir, name)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

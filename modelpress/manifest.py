@@ -22,8 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.errors import BadInputError
+from modelpress.paths import (
+    ENGINE_FP16_JSON,
+    ENGINE_JSON,
+    FP16_PLAN,
+    INT8_PLAN,
+    MANIFEST_JSON,
+    MODEL_FP16_ONNX,
+    REPORT_JSON,
+    TIMING_CACHE,
+)
+from modelpress.fileio import write_json
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_JSON
 PACKAGES = (
     "modelpress",
     "torch",
@@ -92,7 +103,6 @@ def write_manifest(
         "verdict": _verdict(gate),
         **(provenance or {}),
     }
-    from modelpress.fileio import write_json
 
     return write_json(root / MANIFEST, manifest)
 
@@ -104,7 +114,6 @@ def write_report_manifest(
     folder's other files belong to other stages), and the candidate judged, by sha256 (its path
     relative to ``root`` when inside it, so the folder may move; else absolute), which
     :func:`trusted_report` checks: ``make quantize`` may rewrite the candidate after validation."""
-    from modelpress.fileio import write_json
 
     root = Path(root)
     manifest = {
@@ -151,12 +160,12 @@ SIGNATURE = "model.sig"
 #: files a bundle may gain after publishing without breaking it (the engine stage adds these on a GPU;
 #: the signature, which covers the manifest, cannot be listed in it)
 LATER_FILES = (
-    "model.plan",
-    "model.fp16.plan",
-    "engine.json",
-    "engine.fp16.json",
-    "timing.cache",
-    "model.fp16.onnx",
+    INT8_PLAN,
+    FP16_PLAN,
+    ENGINE_JSON,
+    ENGINE_FP16_JSON,
+    TIMING_CACHE,
+    MODEL_FP16_ONNX,
     SIGNATURE,
 )
 
@@ -224,11 +233,11 @@ def trusted_report(root: str | Path) -> Path:
     the manifest is there, lists it and still matches, and a validate report's candidate is still
     the file it judged (BadInputError, one line, otherwise)."""
     root = Path(root)
-    if not (root / "report.json").is_file():
-        raise BadInputError(f"{root / 'report.json'}: no report.json (run the pipeline first)")
+    if not (root / REPORT_JSON).is_file():
+        raise BadInputError(f"{root / REPORT_JSON}: no {REPORT_JSON} (run the pipeline first)")
     manifest = require_intact(root)
-    if "report.json" not in manifest["files"]:
-        raise BadInputError(f"{root / MANIFEST}: does not list report.json; the report is not trusted")
+    if REPORT_JSON not in manifest["files"]:
+        raise BadInputError(f"{root / MANIFEST}: does not list {REPORT_JSON}; the report is not trusted")
     judged = manifest.get("candidate") if manifest.get("kind") == "report" else None
     if isinstance(judged, dict):
         path = Path(str(judged.get("path")))
@@ -239,7 +248,7 @@ def trusted_report(root: str | Path) -> Path:
                 f"{path}: the candidate {state} this report judged it; validate it again "
                 "(modelpress validate / make validate)"
             )
-    return root / "report.json"
+    return root / REPORT_JSON
 
 
 def require_not_failed(root: str | Path, manifest: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import logging
 from pathlib import Path
 from typing import Iterator
@@ -44,8 +45,6 @@ class StageMeter:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        import time
-
         reset_peak_rss()
         start = time.perf_counter()
         log.info("stage %s", name)

@@ -15,6 +15,9 @@ import os
 from pathlib import Path
 
 from modelpress.errors import BadInputError
+import urllib.error
+import urllib.request
+from modelpress.modalities import get_modality
 
 PACKAGE_PREFIX = "package:"
 
@@ -30,7 +33,7 @@ def _package_folder(module_name: str) -> Path:
         return Path(module.get_model_path())
     if hasattr(module, "MODEL_DIR"):
         return Path(module.MODEL_DIR)
-    return Path(module.__file__).resolve().parent / "model"
+    return Path(module.__file__).resolve().parent / "model"  # type: ignore[arg-type]  # a module loaded from a file
 
 
 def resolve_model_ref(ref: str, *, base_dir: Path | None = None, revision: str | None = None) -> str:
@@ -80,8 +83,6 @@ def _require_reachable(repo_id: str) -> None:
             f"model '{repo_id}': not a local folder, and HF_HUB_OFFLINE is set with no cached "
             "copy (unset HF_HUB_OFFLINE on a machine with the network, or give a folder)"
         )
-    import urllib.error
-    import urllib.request
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     try:
@@ -135,7 +136,6 @@ def load_model(ref: str, task, *, trust_remote_code: bool = False, allow_new_hea
 
 def load_preprocessor(ref: str, task, *, trust_remote_code: bool = False):
     """The preprocessor of ``task``'s modality (tokenizer, image processor) for the model ``ref``."""
-    from modelpress.modalities import get_modality
 
     modality = get_modality(task.modality)
     try:

@@ -34,9 +34,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelpress.errors import BadInputError
+import json
 
+# Every file name a run, a bundle or a report folder holds lives here (RunPaths joins them to a folder).
+MODEL_ONNX = "model.onnx"  # the fp32 export
+MODEL_FUSED_ONNX = "model.fused.onnx"
+MODEL_INT8_ONNX = "model.int8.onnx"  # the plan's own int8 model (ONNX Runtime's artifact)
+MODEL_INT8_TRT_ONNX = "model.int8.trt.onnx"  # TensorRT's Q/DQ twin
+MODEL_FP16_ONNX = "model.fp16.onnx"
+OPENVINO_XML = "openvino/model.xml"  # the OpenVINO IR (with its .bin beside it)
 #: engine files (the TensorRT stage writes them under these names)
 INT8_PLAN, FP16_PLAN = "model.plan", "model.fp16.plan"
+ENGINE_JSON, ENGINE_FP16_JSON = "engine.json", "engine.fp16.json"
+TIMING_CACHE = "timing.cache"  # TensorRT's timing cache, shared by the builds of one run folder
+BUNDLE_JSON = "bundle.json"
+QUANTIZATION_JSON = "quantization.json"
+ANALYSIS_JSON = "analysis.json"
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+RECIPE_TOML = "recipe.toml"
+MANIFEST_JSON = "manifest.json"
+DISTILL_JSON = "distill.json"  # what a distilled student records of its distillation (in its folder)
 #: ``<out>/<name>.rejected``: a run whose gate failed
 REJECTED_SUFFIX = ".rejected"
 #: the suffixes of the folders beside a bundle (a recipe name may not end in one: its bundle would
@@ -55,27 +72,27 @@ class RunPaths:
 
     @property
     def model_onnx(self) -> Path:
-        return self.root / "model.onnx"
+        return self.root / MODEL_ONNX
 
     @property
     def model_fused_onnx(self) -> Path:
-        return self.root / "model.fused.onnx"
+        return self.root / MODEL_FUSED_ONNX
 
     @property
     def model_int8_onnx(self) -> Path:
-        return self.root / "model.int8.onnx"
+        return self.root / MODEL_INT8_ONNX
 
     @property
     def model_int8_trt_onnx(self) -> Path:
-        return self.root / "model.int8.trt.onnx"
+        return self.root / MODEL_INT8_TRT_ONNX
 
     @property
     def model_fp16_onnx(self) -> Path:
-        return self.root / "model.fp16.onnx"
+        return self.root / MODEL_FP16_ONNX
 
     @property
     def openvino_xml(self) -> Path:
-        return self.root / "openvino" / "model.xml"
+        return self.root / OPENVINO_XML
 
     @property
     def model_plan(self) -> Path:
@@ -87,15 +104,15 @@ class RunPaths:
 
     @property
     def engine_json(self) -> Path:
-        return self.root / "engine.json"
+        return self.root / ENGINE_JSON
 
     @property
     def engine_fp16_json(self) -> Path:
-        return self.root / "engine.fp16.json"
+        return self.root / ENGINE_FP16_JSON
 
     @property
     def timing_cache(self) -> Path:
-        return self.root / "timing.cache"
+        return self.root / TIMING_CACHE
 
     # what inference needs besides the model
     def preprocessor(self, modality) -> Path:
@@ -108,16 +125,16 @@ class RunPaths:
 
     @property
     def bundle_json(self) -> Path:
-        return self.root / "bundle.json"
+        return self.root / BUNDLE_JSON
 
     # how it was made and how good it is
     @property
     def quantization_json(self) -> Path:
-        return self.root / "quantization.json"
+        return self.root / QUANTIZATION_JSON
 
     @property
     def analysis_json(self) -> Path:
-        return self.root / "analysis.json"
+        return self.root / ANALYSIS_JSON
 
     @property
     def plots(self) -> Path:
@@ -129,19 +146,19 @@ class RunPaths:
 
     @property
     def report_json(self) -> Path:
-        return self.root / "report.json"
+        return self.root / REPORT_JSON
 
     @property
     def report_md(self) -> Path:
-        return self.root / "report.md"
+        return self.root / REPORT_MD
 
     @property
     def recipe(self) -> Path:
-        return self.root / "recipe.toml"
+        return self.root / RECIPE_TOML
 
     @property
     def manifest(self) -> Path:
-        return self.root / "manifest.json"
+        return self.root / MANIFEST_JSON
 
 
 def staging_dir(out_dir: Path, name: str) -> Path:
@@ -240,7 +257,6 @@ def is_bundle(folder: Path) -> bool:
 
 def _json_object(path: Path) -> dict | None:
     """The JSON object in ``path``; None when there is none (absent, unreadable, not an object)."""
-    import json
 
     try:
         value = json.loads(path.read_text(encoding="utf-8"))

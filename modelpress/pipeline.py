@@ -1,7 +1,7 @@
 """``modelpress run``: chain the stages of a recipe into a staging folder and publish the bundle.
 
 This module only orders the stages; each lives in its package: distill (modelpress.distill.stage),
-export (modelpress.export.stage), quantize (modelpress.runtimes.quantize.stage), each runtime's
+export (modelpress.export.stage), quantize (modelpress.quantize.stage), each runtime's
 artifact from the plan (modelpress.runtimes.artifacts: the OpenVINO IR, TensorRT's twin and
 engines), validation and the gate (modelpress.validate.stage). It names no runtime: the artifacts
 the recipe wants come from their registry. Data is read before the teacher is loaded, so a bad file
@@ -241,7 +241,7 @@ def encoders(run: Run, graph: Path, input_names: tuple[str, ...] | None = None) 
 def quantize(run: Run, enc: Encoders) -> Any:
     """``paths.model_onnx`` → ``paths.model_int8_onnx`` by the recipe's mode (auto: judged against
     the teacher on the eval set), its analysis and quantization record."""
-    from modelpress.runtimes.quantize.stage import quantize_stage
+    from modelpress.quantize.stage import quantize_stage
     from modelpress.validate.stage import candidate_evaluator
 
     recipe, v, cal = run.recipe, run.recipe.validate, run.recipe.calibration
@@ -262,9 +262,9 @@ def quantize(run: Run, enc: Encoders) -> Any:
 
 
 def int8_where_it_pays(run: Run, enc: Encoders, quant: Any) -> list:
-    """Each op class of the plan int8 only where it pays (``runtimes.int8_classes``), timed at the
+    """Each op class of the plan int8 only where it pays (``quantize.int8_classes``), timed at the
     largest validation shape on the eval set's examples."""
-    from modelpress.runtimes.int8_classes import keep_paying_classes
+    from modelpress.quantize.int8_classes import keep_paying_classes
 
     v, examples = run.recipe.validate, list(run.eval_set.examples)
     size, length = max(v.batch_sizes), max(enc.encoder.timing_lengths(v.seq_lengths), key=lambda s: s or 0)
@@ -310,7 +310,7 @@ def seed_variants(run: Run, enc: Encoders, quant: Any) -> tuple[list, list]:
     """The shipped plan calibrated again on other samples (``quantize.calibration_seeds``) from
     ``paths.model_onnx``, with the method and fp32 nodes ``quant`` chose: their openers, and
     (seed, path, seconds) of each."""
-    from modelpress.runtimes.quantize.stage import seed_variants as calibrate_again
+    from modelpress.quantize.stage import seed_variants as calibrate_again
     from modelpress.validate.stage import file_opener
 
     recipe, cal = run.recipe, run.recipe.calibration

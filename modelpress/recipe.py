@@ -14,11 +14,14 @@ positions once it is loaded (:func:`fit_lengths`): a value the user wrote (the f
 
 from __future__ import annotations
 
+import re
 import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from modelpress.runtimes.registry import RUNTIMES
+from modelpress.modalities import Length
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,7 +32,7 @@ from modelpress.config_check import PathRule, check_fields, check_section, check
 from modelpress.distill.config import DistillConfig
 from modelpress.errors import BadInputError
 from modelpress.paths import SIBLING_SUFFIXES
-from modelpress.runtimes.quantize.config import QuantizeConfig
+from modelpress.quantize.config import QuantizeConfig
 from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
 from modelpress.runtimes.target import TARGET_CHOICES
 from modelpress.runtimes.tensorrt.config import EngineConfig
@@ -128,7 +131,6 @@ class ValidateConfig:
 
     def runner_options(self, runtime: str) -> dict[str, Any]:
         """What this section says to one runtime's runner beyond threads."""
-        from modelpress.runtimes.registry import RUNTIMES
 
         return RUNTIMES.get(runtime).options_from(self)
 
@@ -169,8 +171,6 @@ class SelectConfig:
     )  # "auto": an op class stays int8 only where it pays (timed here, or the target's rules)
 
     def __post_init__(self) -> None:
-        import re
-
         check_fields(self, "select")
         if self.shape not in ("", "workload") and not re.fullmatch(r"b\d+xs\d+", self.shape):
             raise BadInputError(
@@ -361,7 +361,6 @@ def fit_lengths(
     be absent) with every length the model must take fitted to its positions: a value the user
     wrote (``written(key)``) that does not fit is refused, naming its key; a default that does not
     fit is clipped (``Modality.fit_lengths``). Returns (the sections, the ``Fitted`` record)."""
-    from modelpress.modalities import Length
 
     lengths = {}
     for key in LENGTH_KEYS:

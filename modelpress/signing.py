@@ -21,6 +21,8 @@ from pathlib import Path
 
 from modelpress.errors import BackendUnavailableError, BadInputError
 from modelpress.manifest import SIGNATURE
+import re
+from modelpress.manifest import require_intact
 
 #: the password of an encrypted private key (never a command-line flag: those show in `ps`)
 PASSWORD_ENV = "MODELPRESS_KEY_PASSWORD"
@@ -71,7 +73,6 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 def _mismatch(exc: BaseException) -> str:
     """model-signing's "Signature mismatch: [...]" (digests as bytes reprs) as the files that differ."""
-    import re
 
     text = str(exc)  # a list's repr: its quotes may come escaped
     changed = re.findall(r"Hash mismatch for \\?'([^'\\]+)\\?'", text)
@@ -85,7 +86,6 @@ def _mismatch(exc: BaseException) -> str:
 def sign_bundle(bundle: Path, private_key: Path) -> Path:
     """Sign ``bundle`` into ``bundle/model.sig`` (replacing an earlier signature). The bundle must
     match its manifest and not be a failed one. Returns the signature's path."""
-    from modelpress.manifest import require_intact
 
     bundle = Path(bundle)
     key = _key_file(private_key, "private")

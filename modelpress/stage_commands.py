@@ -34,7 +34,7 @@ from modelpress.paths import RunPaths
 from modelpress.pipeline import deployed_model, encoders, export_model, judge, prepare, seed_variants, write_artifacts
 from modelpress.recipe import Recipe
 from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES, wanted_artifacts
-from modelpress.runtimes.quantize.stage import recorded_outcome
+from modelpress.quantize.stage import recorded_outcome
 from modelpress.validate.stage import file_opener
 
 
@@ -85,7 +85,7 @@ def export(recipe: Recipe, out: Path) -> Any:
 
 @dataclass(frozen=True)
 class Quantized:
-    outcome: Any  # runtimes.quantize.stage.QuantizeOutcome
+    outcome: Any  # quantize.stage.QuantizeOutcome
     record: Path  # its quantization.json
     artifacts: dict[str, Path]  # each other runtime's model written from the plan
 

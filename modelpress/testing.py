@@ -12,6 +12,7 @@ import json
 import random
 from pathlib import Path
 from typing import Sequence
+from modelpress.tasks import get_task
 
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 #: the distillation tests' small vocabulary
@@ -104,8 +105,6 @@ def make_tiny_model(
     names (or how many) for tasks with a label space; ``config`` goes to :func:`tiny_config`."""
     import torch
     import transformers
-
-    from modelpress.tasks import get_task
 
     folder = Path(folder)
     if family == "distilbert" and model_input_names is None:

@@ -1,6 +1,6 @@
 """What each runtime ships in a bundle, and how it makes it from the one quantization plan.
 
-A run calibrates once (``runtimes.quantize``): the plan's own output is ``model.int8.onnx``. Every
+A run calibrates once (``modelpress.quantize``): the plan's own output is ``model.int8.onnx``. Every
 runtime the recipe asks for then writes its artifact from that plan and the fp32 export — the
 OpenVINO IR of the same plan, TensorRT's Q/DQ twin and engines — and says which of its files
 validation measures. The pipeline only iterates over :func:`wanted_artifacts`: it names no
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
+from modelpress.paths import MODEL_INT8_ONNX, OPENVINO_XML
 from modelpress.registry import Registry
 
 
@@ -93,8 +94,8 @@ def register(name: str, entry: str, *, model_file: str | None = None) -> None:
         BUNDLE_RUNTIMES[name] = model_file
 
 
-register("onnxruntime", "modelpress.runtimes.onnxruntime_runner:OnnxRuntimeArtifact", model_file="model.int8.onnx")
-register("openvino", "modelpress.runtimes.openvino_runner:OpenVINOArtifact", model_file="openvino/model.xml")
+register("onnxruntime", "modelpress.runtimes.onnxruntime_runner:OnnxRuntimeArtifact", model_file=MODEL_INT8_ONNX)
+register("openvino", "modelpress.runtimes.openvino_runner:OpenVINOArtifact", model_file=OPENVINO_XML)
 register("tensorrt", "modelpress.runtimes.tensorrt.stage:TensorRTArtifact")
 
 

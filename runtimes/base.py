@@ -11,6 +11,7 @@ import abc
 from typing import Mapping
 
 import numpy as np
+from modelpress.fileio import load_onnx
 
 
 class Runner(abc.ABC):
@@ -27,7 +28,6 @@ class Runner(abc.ABC):
     @classmethod
     def graph_inputs(cls, path) -> tuple[str, ...]:
         """The input names of a model file this runtime loads, read without running it (ONNX here)."""
-        from modelpress.fileio import load_onnx
 
         return tuple(i.name for i in load_onnx(path, load_external_data=False).graph.input)
 

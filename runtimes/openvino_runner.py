@@ -26,7 +26,10 @@ import numpy as np
 
 from modelpress.errors import BackendUnavailableError, BadInputError
 from modelpress.runtimes.artifacts import RuntimeArtifact
+from modelpress.runtimes.artifacts import FP32_MODEL, Offer
 from modelpress.runtimes.base import Runner
+from modelpress.runtimes.target import resolve_target
+import tempfile
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +145,12 @@ class OpenVINOArtifact(RuntimeArtifact):
 
     def write(self, quant: Any, paths: Any, *, recipe: Any, task: Any) -> dict[str, Any]:
         """The IR; with ``select.int8_classes = "auto"`` the op classes whose int8 OpenVINO runs
-        slower than f32 on the target (``runtimes.int8_classes.RULES``: int8 FullyConnected on AVX2)
+        slower than f32 on the target (``quantize.int8_classes.RULES``: int8 FullyConnected on AVX2)
         stay f32 in it."""
         if recipe.select.int8_classes != "auto" or quant.plan is None:
             write_openvino_ir(quant, paths.model_int8_onnx, paths.openvino_xml)
             return {}
-        from dataclasses import replace
-
-        from modelpress.runtimes.int8_classes import by_rule, op_classes
-        from modelpress.runtimes.target import resolve_target
-
-        qdq = replace(quant.plan, cfg=quant.plan.cfg.with_(format="qdq"))  # the IR's form: attention scores too
-        decisions = by_rule(resolve_target(recipe.target), self.runtime, op_classes(qdq))
+        decisions = quant.rule_decisions(resolve_target(recipe.target), self.runtime)
         without = tuple(d.op_class for d in decisions if not d.int8)
         write_openvino_ir(quant, paths.model_int8_onnx, paths.openvino_xml, without=without)
         return {"openvino_int8_classes": [d.to_dict() for d in decisions]}
@@ -161,8 +158,6 @@ class OpenVINOArtifact(RuntimeArtifact):
     def offers(self, *, recipe: Any, target: Any) -> tuple[list[Any], list[str]]:
         """Beside the int8 IR: the fp32 export run in f32, and in bf16 where the target has bf16 dot
         products and is this machine (a bf16 hint elsewhere runs f32, so its timing would say nothing)."""
-        from modelpress.runtimes.artifacts import FP32_MODEL, Offer
-
         offers, notes = super().offers(recipe=recipe, target=target)
         wanted = recipe.select.candidates
         if "fp32" in wanted:
@@ -182,19 +177,12 @@ def write_openvino_ir(outcome: Any, int8_onnx: Path, xml_path: Path, *, without:
     VNNI/AMX targets) the Q/DQ form carries them: symmetric int8 Q and K projection outputs, which
     the plugin runs through its int8 MHA kernel (the Q·Kᵀ MatMuls are fp32 nodes of the ``ort``
     graph, and ``keep_fp32`` names weight targets only). ``without``: op classes
-    (``runtimes.int8_classes``) left f32 in the IR."""
-    import tempfile
-    from dataclasses import replace
-
-    from modelpress.runtimes.int8_classes import classes_without
-    from modelpress.runtimes.quantize.static import write_quantized
+    (``quantize.int8_classes``) left f32 in the IR."""
 
     log.info("converting the int8 model to OpenVINO IR (%s)", xml_path)
-    plan = outcome.plan
-    if plan.cfg.graph_format == "qdq" and not without:
+    if outcome.plan.cfg.graph_format == "qdq" and not without:
         return convert_to_ir(int8_onnx, xml_path)
-    plan, keep = classes_without(plan, tuple(outcome.summary.fp32_nodes), without)
     with tempfile.TemporaryDirectory(prefix=".openvino-", dir=xml_path.parent.parent) as work:
         qdq = Path(work) / "model.int8.qdq.onnx"
-        write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), qdq, keep_fp32=keep)
+        outcome.write_qdq(qdq, without=without)
         return convert_to_ir(qdq, xml_path)

@@ -16,8 +16,8 @@ RUNTIMES: Registry[Any] = Registry("runtime")
 RUNTIMES.register("onnxruntime", "modelpress.runtimes.onnxruntime_runner:OnnxRuntimeRunner")
 RUNTIMES.register("torch", "modelpress.runtimes.torch_runner:TorchRunner")
 RUNTIMES.register("tensorrt", "modelpress.runtimes.tensorrt.runner:TensorRTRunner")
-RUNTIMES.register("ort-cuda", "modelpress.runtimes.tensorrt.ort_gpu:ort_cuda_runner")
-RUNTIMES.register("ort-tensorrt", "modelpress.runtimes.tensorrt.ort_gpu:ort_tensorrt_runner")
+RUNTIMES.register("ort-cuda", "modelpress.runtimes.onnxruntime_gpu_runner:ort_cuda_runner")
+RUNTIMES.register("ort-tensorrt", "modelpress.runtimes.onnxruntime_gpu_runner:ort_tensorrt_runner")
 RUNTIMES.register("openvino", "modelpress.runtimes.openvino_runner:OpenVINORunner")
 
 

@@ -16,9 +16,9 @@ from onnx import numpy_helper
 from modelpress.calibration_data.feeds import TokenizedFeed
 from modelpress.errors import BadInputError
 from modelpress.export.names import module_names
-from modelpress.runtimes.quantize.config import QuantizeConfig
-from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
-from modelpress.runtimes.quantize.targets import find_attention_scores
+from modelpress.quantize.config import QuantizeConfig
+from modelpress.quantize.static import plan_quantization, write_quantized
+from modelpress.quantize.targets import find_attention_scores
 from modelpress.runtimes.target import resolve_target
 
 #: the query and key Linear modules of each family, as the exporter's metadata names them
@@ -214,7 +214,7 @@ def test_the_openvino_ir_of_an_ort_plan_carries_them_and_the_ort_graph_does_not(
 
     from modelpress.runtimes.onnxruntime_runner import OnnxRuntimeRunner
     from modelpress.runtimes.openvino_runner import OpenVINORunner, write_openvino_ir
-    from modelpress.runtimes.quantize.stage import QuantizeOutcome, quantize_model
+    from modelpress.quantize.stage import QuantizeOutcome, quantize_model
 
     cfg = QuantizeConfig().for_target(resolve_target("avx512-vnni"))
     assert cfg.attention_scores is True and cfg.graph_format == "ort"
@@ -262,7 +262,7 @@ def test_auto_follows_the_target(target, preset, written, pinned):
 
 
 def test_unpinned_auto_and_tensorrt_twin_keep_scores_fp32(bert_plan):
-    from modelpress.runtimes.quantize.static import for_tensorrt
+    from modelpress.quantize.static import for_tensorrt
 
     assert not QuantizeConfig().int8_attention_scores  # never pinned to a target: off
     _, plan = bert_plan

@@ -26,9 +26,9 @@ from conftest import (
 )
 
 from modelpress.calibration_data.feeds import TokenizedFeed
-from modelpress.runtimes.quantize.analysis import analyze_plan
-from modelpress.runtimes.quantize.config import QuantizeConfig
-from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
+from modelpress.quantize.analysis import analyze_plan
+from modelpress.quantize.config import QuantizeConfig
+from modelpress.quantize.static import plan_quantization, write_quantized
 
 PLANTED_CHANNEL, PLANTED_VALUE = 5, 60.0
 MAX_DROP = 0.05  # points of mean cosine × 100

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from modelpress.distill.config import DistillConfig, LossWeights
-from modelpress.distill.tasks import get_task
+from modelpress.distill.task_view import distill_view
 from modelpress.errors import BadInputError
 
 
@@ -96,7 +96,7 @@ def test_student_folder_relative_to_recipe_becomes_absolute(tmp_path):
 
 
 def test_task_defaults_and_inapplicable_losses():
-    fe, tc = get_task("feature-extraction"), get_task("text-classification")
+    fe, tc = distill_view("feature-extraction"), distill_view("text-classification")
     assert fe.resolve_weights(LossWeights(), has_labels=False) == {
         "embedding_mse": 1.0,
         "embedding_cos": 1.0,
@@ -117,7 +117,7 @@ def test_task_defaults_and_inapplicable_losses():
     with pytest.raises(BadInputError, match="every loss weight is 0"):
         fe.resolve_weights(LossWeights(embedding_mse=0, embedding_cos=0), has_labels=False)
     with pytest.raises(BadInputError, match="task .fill-mask. is not known"):
-        get_task("fill-mask")
+        distill_view("fill-mask")
 
 
 def test_precision_resolution_on_cpu():

@@ -19,7 +19,7 @@ from modelpress.distill.layer_selection import choose_layers
 from modelpress.distill.pipeline import run_distillation
 from modelpress.distill.precision import Precision
 from modelpress.distill.student import build_layer_subset
-from modelpress.distill.tasks import get_task
+from modelpress.distill.task_view import distill_view
 from modelpress.testing import make_teacher, write_corpus
 from modelpress.errors import BadInputError
 
@@ -52,7 +52,7 @@ def _reference_cosine(teacher, tokenizer, texts, layers) -> float:
 
 
 def _choose(teacher, corpus, num_layers):
-    spec = get_task("feature-extraction", {"pooling": "mean", "normalize": True})
+    spec = distill_view("feature-extraction", {"pooling": "mean", "normalize": True})
     return choose_layers(
         teacher,
         num_layers=num_layers,

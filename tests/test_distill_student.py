@@ -9,7 +9,7 @@ from modelpress.distill.config import DistillConfig
 from modelpress.distill.data import Corpus, split_indices, tokenize_corpus
 from modelpress.distill.sampler import DistributedBatchSampler
 from modelpress.distill.student import build_layer_subset, build_student, default_layer_map, evenly_spaced_layers
-from modelpress.distill.tasks import get_task
+from modelpress.distill.task_view import distill_view
 from modelpress.testing import make_teacher, random_sentences
 from modelpress.errors import BadInputError
 
@@ -69,7 +69,7 @@ def test_layer_subset_copies_exactly_the_chosen_teacher_layers(teacher_dir, tmp_
 def test_build_student_variants_and_errors(teacher_dir):
     from transformers import AutoModel, AutoTokenizer
 
-    spec = get_task("feature-extraction", {"pooling": "mean", "normalize": True})
+    spec = distill_view("feature-extraction", {"pooling": "mean", "normalize": True})
     teacher = AutoModel.from_pretrained(teacher_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     cfg = DistillConfig(data="x.txt", num_layers=2, dropout=0.0)

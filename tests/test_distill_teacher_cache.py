@@ -13,7 +13,7 @@ from modelpress.distill.config import DistillConfig
 from modelpress.distill.data import load_corpus, tokenize_corpus
 from modelpress.distill.distributed import DistContext
 from modelpress.distill.precision import Precision
-from modelpress.distill.tasks import get_task
+from modelpress.distill.task_view import distill_view
 from modelpress.distill.teacher import TeacherTargets, load_teacher
 from modelpress.testing import make_teacher, write_corpus
 
@@ -27,7 +27,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     make_teacher(root / "teacher", num_layers=4)
     write_corpus(root / "corpus.txt", 40)
-    spec = get_task("feature-extraction", {"pooling": "mean", "normalize": True})
+    spec = distill_view("feature-extraction", {"pooling": "mean", "normalize": True})
     cfg = DistillConfig.from_dict({"data": "corpus.txt", "num_layers": 2}, base_dir=root)
     tokenizer = AutoTokenizer.from_pretrained(str(root / "teacher"))
     corpus = tokenize_corpus(tokenizer, load_corpus(cfg), max_length=64)

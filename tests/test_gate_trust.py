@@ -169,8 +169,8 @@ def test_the_same_calibration_gives_byte_identical_int8(bert_onnx, tmp_path, dat
     from transformers import AutoTokenizer
 
     from modelpress.calibration_data.feeds import TokenizedFeed
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
 
     tok = AutoTokenizer.from_pretrained(str(bert_onnx.model.path))
     feed = TokenizedFeed(
@@ -326,8 +326,8 @@ def test_planted_regressions_of_a_classifier_and_a_broken_scale(tiny_bert_cls, t
     from modelpress.export.onnx_export import export_onnx
     from modelpress.modalities.text import TEXT
     from modelpress.recipe import GateConfig, ValidateConfig
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
     from modelpress.validate.stage import file_opener, teacher_opener, validate_stage
 
     task = task_for("text-classification")
@@ -388,8 +388,8 @@ def test_calibration_seed_twins_are_measured_and_the_worst_is_gated(bert_onnx, t
     from modelpress.config_check import check_section
     from modelpress.modalities.text import TEXT
     from modelpress.recipe import GateConfig, ValidateConfig
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.stage import quantize_model, seed_variants
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.stage import quantize_model, seed_variants
     from modelpress.validate.stage import file_opener, teacher_opener, validate_stage
 
     model, tok = load_tiny(tiny_bert.path)

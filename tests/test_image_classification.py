@@ -136,8 +136,8 @@ def test_conv_int8_has_per_channel_weights_and_tracks_fp32(tiny_resnet, images, 
     from modelpress.export.onnx_export import export_onnx
     from modelpress.modalities import get_modality
     from modelpress.models import load_model_and_preprocessor
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import plan_quantization, write_quantized
     from modelpress.tasks import configure_task
 
     task = configure_task("image-classification")
@@ -225,8 +225,8 @@ def test_a_tiny_vision_model_goes_through_run_to_a_bundle(family, images, tmp_pa
     # the tensorrt preset's graph of the same model passes TensorRT's explicit-quantization rules
     from modelpress.calibration_data.feeds import ExampleFeed
     from modelpress.modalities import get_modality
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
 
     image = get_modality("image")
     encoder = image.encoder(image.load_preprocessor(str(root / "image_processor")), input_names=("pixel_values",))

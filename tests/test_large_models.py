@@ -34,7 +34,7 @@ def _press(folder, out, cfgs):
     """Export, then each quantize config: the written paths."""
     from modelpress.export.causal_lm import KVLayout
     from modelpress.models import load_model_and_preprocessor
-    from modelpress.runtimes.quantize.stage import quantize_model
+    from modelpress.quantize.stage import quantize_model
     from modelpress.tasks import configure_task
 
     task = configure_task("text-generation")
@@ -71,7 +71,7 @@ def session_spy(monkeypatch):
 def test_a_decoder_past_the_threshold_is_exported_and_quantized_through_external_data(
     tmp_path, monkeypatch, session_spy
 ):
-    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.quantize.config import QuantizeConfig
 
     folder = make_tiny_causal_lm(tmp_path / "llama", family="llama")
     cfgs = {
@@ -171,8 +171,8 @@ def tied_qwen2(tmp_path_factory):
 def test_a_tied_embedding_reads_the_quantized_head_weight_and_the_file_holds_the_matrix_once(tied_qwen2, bits):
     from test_weight_only import _dequantized
 
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.weight_only import quantize_weights_only
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.weight_only import quantize_weights_only
 
     work, model, tokenizer = tied_qwen2
     block = 16

@@ -64,9 +64,9 @@ def test_the_ir_of_our_plan_runs_our_calibration(bert_onnx, tmp_path, data_files
     from modelpress.calibration_data.feeds import TokenizedFeed
     from modelpress.runtimes.onnxruntime_runner import OnnxRuntimeRunner
     from modelpress.runtimes.openvino_runner import OpenVINORunner, write_openvino_ir
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.stage import quantize_model
-    from modelpress.runtimes.quantize.static import write_quantized
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.stage import quantize_model
+    from modelpress.quantize.static import write_quantized
 
     tok = AutoTokenizer.from_pretrained(str(bert_onnx.model.path))
     names = bert_onnx.result.input_names

@@ -12,8 +12,8 @@ import pytest
 from conftest import make_texts
 
 from modelpress.calibration_data.feeds import TokenizedFeed
-from modelpress.runtimes.quantize.config import QuantizeConfig
-from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
+from modelpress.quantize.config import QuantizeConfig
+from modelpress.quantize.static import plan_quantization, write_quantized
 from modelpress.runtimes.tensorrt.checker import check_trt_qdq
 
 
@@ -158,7 +158,7 @@ def test_minilm_tensorrt_preset_passes_and_asymmetric_fails(tmp_path):
 
 
 def test_the_same_calibration_written_for_tensorrt_passes_the_checker(bert_plan, tmp_path):
-    from modelpress.runtimes.quantize.static import for_tensorrt
+    from modelpress.quantize.static import for_tensorrt
 
     _, _, plan = bert_plan
     trt_plan = for_tensorrt(plan)

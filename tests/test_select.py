@@ -184,7 +184,7 @@ def test_a_slower_fp32_leaves_the_int8_plan_the_default(tiny_bert, data_files, t
 def test_a_declared_target_decides_op_classes_by_the_rules_measured_for_its_level():
     from types import SimpleNamespace
 
-    from modelpress.runtimes.int8_classes import by_rule
+    from modelpress.quantize.int8_classes import by_rule
     from modelpress.runtimes.target import resolve_target
 
     classes = {"projection": ("a", "b"), "conv": ("c",)}

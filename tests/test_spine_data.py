@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import NUM_LABELS, SHARED_DATA, STSB_TEST, make_texts, needs_shared_data
 
-from modelpress.calibration_data.feeds import OrtCalibrationReader, TokenizedFeed
+from modelpress.calibration_data.feeds import TokenizedFeed
 from modelpress.calibration_data.loaders import load_texts, read_records, sample
 from modelpress.errors import BadInputError
 from modelpress.validate.evalsets import load_eval_set
@@ -155,16 +155,6 @@ def test_sorted_feed_has_nondecreasing_lengths_same_texts_and_less_padding(token
     assert real == sorted(real)
     pad = lambda bs: sum(int((1 - b["attention_mask"]).sum()) for b in bs)  # noqa: E731
     assert pad(ordered) < pad(plain)
-
-
-def test_ort_calibration_reader_adapter(tokenizer):
-    feed = TokenizedFeed(make_texts(5, seed=9), tokenizer, batch_size=2)
-    reader = OrtCalibrationReader(feed, ["input_ids", "attention_mask"])
-    got = [reader.get_next() for _ in range(4)]
-    assert [g is None for g in got] == [False, False, False, True]
-    assert set(got[0]) == {"input_ids", "attention_mask"}
-    reader.rewind()
-    assert np.array_equal(reader.get_next()["input_ids"], got[0]["input_ids"])
 
 
 # -- eval sets --------------------------------------------------------------------------------------

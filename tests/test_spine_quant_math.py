@@ -8,10 +8,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from modelpress.runtimes.quantize.qdq import activation_params, quantize_weight
-from modelpress.runtimes.quantize.smoothquant import apply_smoothing, smoothing_factors
-from modelpress.runtimes.quantize.stats import TensorRange, TensorStats
-from modelpress.runtimes.quantize.targets import find_targets
+from modelpress.quantize.qdq import activation_params, quantize_weight
+from modelpress.quantize.smoothquant import apply_smoothing, smoothing_factors
+from modelpress.quantize.stats import TensorRange, TensorStats
+from modelpress.quantize.targets import find_targets
 
 
 def _feed_in_batches(stats: TensorStats, x: np.ndarray, n_batches: int) -> None:
@@ -267,7 +267,7 @@ def test_smoothing_the_tiny_bert_export_is_exact(bert_onnx, data_files):
     from transformers import AutoTokenizer
 
     from modelpress.calibration_data.feeds import TokenizedFeed
-    from modelpress.runtimes.quantize.calibrate import collect_stats
+    from modelpress.quantize.calibrate import collect_stats
 
     model = onnx.load(str(bert_onnx.onnx_path))
     tokenizer = AutoTokenizer.from_pretrained(str(bert_onnx.model.path))
@@ -292,8 +292,8 @@ def test_smoothing_the_tiny_bert_export_is_exact(bert_onnx, data_files):
 
 def test_gemm_with_transposed_weight_is_smoothed_and_quantized_per_output_channel(tmp_path):
     """Gemm(x, W[out, in], b, transB=1): the output channels are W's rows (axis 0), the input ones its columns."""
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
 
     rng = np.random.default_rng(10)
     w = (rng.normal(size=(5, 8)) * rng.uniform(0.1, 2.0, size=(5, 1))).astype(np.float32)  # [out=5, in=8]
@@ -349,8 +349,8 @@ def test_ort_format_with_a_matmul_and_a_gemm_reading_one_activation(tmp_path):
     consumers now all take the Q/DQ form."""
     import onnxruntime as ort
 
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
 
     rng = np.random.default_rng(11)
     nodes = [
@@ -397,7 +397,7 @@ def test_saturating_cpus_get_7_bit_weights(monkeypatch):
     """x86 without VNNI saturates u8×s8 pair sums in int16 (runtimes.cpu): the onnxruntime preset
     then quantizes weights to ±63; VNNI/AMX CPUs, ARM and the tensorrt preset keep ±127."""
     from modelpress.runtimes import cpu
-    from modelpress.runtimes.quantize.config import QuantizeConfig
+    from modelpress.quantize.config import QuantizeConfig
 
     monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
     for flags, saturates in (
@@ -431,9 +431,9 @@ def test_a_tied_lm_head_read_through_a_transpose_is_quantized(tmp_path):
     own; one that something else also reads is left alone."""
     import onnxruntime as ort
 
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
-    from modelpress.runtimes.quantize.targets import fold_weight_transposes
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
+    from modelpress.quantize.targets import fold_weight_transposes
 
     rng = np.random.default_rng(3)
     emb, other = rng.normal(size=(20, 8)).astype(np.float32), rng.normal(size=(6, 8)).astype(np.float32)

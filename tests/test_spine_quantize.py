@@ -17,12 +17,12 @@ from onnx import numpy_helper
 from modelpress.calibration_data.feeds import TokenizedFeed
 from modelpress.errors import BadInputError
 from modelpress.tasks.feature_extraction import pool
-from modelpress.runtimes.quantize.calibrate import collect_stats
-from modelpress.runtimes.quantize.config import QuantizeConfig
-from modelpress.runtimes.quantize.qdq import activation_params
-from modelpress.runtimes.quantize.static import quantize_static
-from modelpress.runtimes.quantize.stats import TensorRange
-from modelpress.runtimes.quantize.targets import find_targets
+from modelpress.quantize.calibrate import collect_stats
+from modelpress.quantize.config import QuantizeConfig
+from modelpress.quantize.qdq import activation_params
+from modelpress.quantize.static import quantize_static
+from modelpress.quantize.stats import TensorRange
+from modelpress.quantize.targets import find_targets
 
 
 @pytest.fixture(scope="module")
@@ -387,8 +387,8 @@ def test_calibration_without_batches_is_bad_input(fp32):
 def test_nodes_are_named_by_module_path_and_excluded_by_it(bert_onnx, cal_feed, tmp_path):
     """The analysis speaks in the model's module paths (from the exporter's name scopes), and
     nodes_to_exclude takes them: a path covers the modules under it."""
-    from modelpress.runtimes.quantize.analysis import analyze_plan
-    from modelpress.runtimes.quantize.static import plan_quantization
+    from modelpress.quantize.analysis import analyze_plan
+    from modelpress.quantize.static import plan_quantization
 
     plan = plan_quantization(bert_onnx.onnx_path, cal_feed, QuantizeConfig())
     errors = analyze_plan(plan, cal_feed)

@@ -17,7 +17,7 @@ from modelpress.recipe import (
     load_recipe,
     parse_override,
 )
-from modelpress.runtimes.quantize.config import QuantizeConfig
+from modelpress.quantize.config import QuantizeConfig
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 

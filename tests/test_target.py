@@ -91,8 +91,8 @@ def _one_matmul(tmp_path):
 def test_weight_range_follows_the_target_not_the_build_machine(fake_cpu, tmp_path, build_flags, target, qmax):
     """``target = "x86-64-v3"`` gives 7-bit weights and ``"avx512-vnni"`` 8-bit on any build machine:
     the int8 weights written to the graph reach exactly ±qmax per channel."""
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
 
     fake_cpu(build_flags)
     src, x = _one_matmul(tmp_path)

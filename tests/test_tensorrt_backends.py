@@ -26,7 +26,7 @@ from modelpress.runtimes.tensorrt.engine import build_engine
 from modelpress.runtimes.tensorrt.fp16 import convert_to_fp16
 from modelpress.runtimes.tensorrt.gpu import gpu_identity
 from modelpress.runtimes.tensorrt.metadata import EngineMetadata, write_engine_metadata
-from modelpress.runtimes.tensorrt.ort_gpu import PROVIDERS, OrtGpuRunner
+from modelpress.runtimes.onnxruntime_gpu_runner import PROVIDERS, OrtGpuRunner
 from modelpress.runtimes.tensorrt.runner import TensorRTRunner
 from modelpress.runtimes.tensorrt.stage import build_engines
 
@@ -101,7 +101,7 @@ def test_every_module_imports_without_gpu_stack():
         "import sys, modelpress.errors, runtimes.base, bench; before = set(sys.modules); "
         "import runtimes.tensorrt.checker, runtimes.tensorrt.config, runtimes.tensorrt.engine, "
         "runtimes.tensorrt.fp16, runtimes.tensorrt.gpu, runtimes.tensorrt.metadata, "
-        "runtimes.tensorrt.ort_gpu, runtimes.tensorrt.runner, runtimes.tensorrt.stage, bench.gpu_check; "
+        "runtimes.onnxruntime_gpu_runner, runtimes.tensorrt.runner, runtimes.tensorrt.stage, bench.gpu_check; "
         "heavy = [m for m in ('tensorrt', 'torch', 'onnxruntime') if m in set(sys.modules) - before]; "
         "assert not heavy, heavy"
     )

@@ -44,7 +44,7 @@ def _hf_greedy(model, ids, n):
 def test_the_graph_has_the_kv_cache_layout_and_passed_parity(exported):
     import onnx
 
-    from modelpress.export.causal_lm import KVLayout
+    from modelpress.kv_cache import KVLayout
 
     family, model, _, result = exported
     layout = KVLayout.from_config(model.config)
@@ -103,7 +103,7 @@ def test_streaming_stop_tokens_and_seeded_sampling(exported):
 def test_strided_perplexity_matches_the_transformers_recipe_and_the_onnx_graph(exported):
     import onnxruntime as ort
 
-    from modelpress.export.causal_lm import KVLayout
+    from modelpress.kv_cache import KVLayout
     from modelpress.validate.perplexity import next_token_fidelity, onnx_scorer, perplexity, torch_scorer
 
     _, model, tokenizer, result = exported
@@ -143,10 +143,10 @@ def test_the_kv_cache_graph_takes_static_int8_and_still_generates(exported, tmp_
     import onnx
     import onnxruntime as ort
 
-    from modelpress.export.causal_lm import KVLayout
+    from modelpress.kv_cache import KVLayout
     from modelpress.generation import TextGenerator
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.static import quantize_static
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
     from modelpress.testing import random_sentences
     from modelpress.validate.perplexity import next_token_fidelity, onnx_scorer, perplexity
 

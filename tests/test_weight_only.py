@@ -36,7 +36,7 @@ def _run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
 
 
 def test_plain_gemms_become_matmul_and_bias_with_the_same_result():
-    from modelpress.runtimes.quantize.weight_only import gemms_as_matmuls
+    from modelpress.quantize.weight_only import gemms_as_matmuls
 
     rng = np.random.default_rng(0)
     w_t, b = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal(6).astype(np.float32)
@@ -82,10 +82,10 @@ def gpt2_graph(tmp_path_factory):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_weight_only_graph_equals_the_blockwise_dequantized_reference(gpt2_graph, tmp_path, bits):
-    from modelpress.export.causal_lm import KVLayout
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.targets import fold_weight_transposes
-    from modelpress.runtimes.quantize.weight_only import gemms_as_matmuls, quantize_weights_only, tied_tables
+    from modelpress.kv_cache import KVLayout
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.targets import fold_weight_transposes
+    from modelpress.quantize.weight_only import gemms_as_matmuls, quantize_weights_only, tied_tables
 
     _, model, tokenizer, result = gpt2_graph
     cfg = QuantizeConfig(mode="weight-only", weight_bits=bits, block_size=16, accuracy_level=0)
@@ -214,8 +214,8 @@ def test_weight_only_settings_it_cannot_honour_are_refused_at_load(tmp_path, qua
 
 def test_weight_only_keeps_the_nodes_to_exclude_fp32_by_module_path_as_static_does(gpt2_graph, tmp_path):
     from modelpress.errors import BadInputError
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.weight_only import quantize_weights_only
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.weight_only import quantize_weights_only
 
     path = gpt2_graph[3].path
     summary = quantize_weights_only(
@@ -234,8 +234,8 @@ def test_weight_only_keeps_the_nodes_to_exclude_fp32_by_module_path_as_static_do
 
 def test_a_graph_without_a_constant_weight_matmul_is_refused_not_shipped_as_int8(tmp_path):
     from modelpress.errors import BadInputError
-    from modelpress.runtimes.quantize.config import QuantizeConfig
-    from modelpress.runtimes.quantize.weight_only import quantize_weights_only
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.weight_only import quantize_weights_only
 
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "x"], ["y"], name="add")],

@@ -10,6 +10,7 @@ whichever model happened to be timed at that moment; the report keeps each model
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -90,10 +91,7 @@ def interleaved_latency(predictors: Sequence, examples: Sequence[Any], cfg) -> d
             # pad to exactly s positions, the fixed-shape serving case (PEERS.md measures the same)
             batches = [p.encode(batch_examples, pad_to=s) for p in predictors]
             times = interleaved_rounds(
-                [
-                    slowed(p.name, lambda p=p, batch=batch: p.predict_batch(batch))
-                    for p, batch in zip(predictors, batches)
-                ],
+                [slowed(p.name, functools.partial(p.predict_batch, batch)) for p, batch in zip(predictors, batches)],
                 cfg,
                 progress=bar,
             )
@@ -120,7 +118,7 @@ def interleaved_workload(
         p.predict(examples[: batch_size * 2], batch_size=batch_size)  # warm-up
     order = np.argsort(predictors[0].encoder.lengths(examples), kind="stable")
     groups = [[examples[i] for i in order[s : s + batch_size]] for s in range(0, len(examples), batch_size)]
-    calls = [[slowed(p.name, lambda p=p, g=g: p.predict_batch(p.encode(g))) for g in groups] for p in predictors]
+    calls = [[slowed(p.name, functools.partial(_encode_and_predict, p, g)) for g in groups] for p in predictors]
     batches: dict[str, list[float]] = {p.name: [] for p in predictors}
     for _ in range(rounds):
         for k in range(len(groups)):
@@ -213,3 +211,8 @@ def file_size_mb(path: str | Path) -> float:
         if data is not None and data.exists():
             total += data.stat().st_size
     return round(total / 2**20, 2)
+
+
+def _encode_and_predict(predictor: Any, examples: list) -> Any:
+    """One workload batch as served: tokenized, then run."""
+    return predictor.predict_batch(predictor.encode(examples))

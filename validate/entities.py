@@ -45,7 +45,7 @@ def chunks(tags: Sequence[str]) -> set[tuple[str, int, int]]:
             prev_prefix in ("E", "S") or prefix in ("B", "S", OUTSIDE) or (prefix in ("I", "E") and typ != prev_kind)
         )
         if ends:
-            out.add((kind, start, i - 1))
+            out.add((kind, start, i - 1))  # type: ignore[arg-type]  # ends: start is set
             start = None
         # conlleval's startOfChunk(prev, cur)
         starts = prefix in ("B", "S") or (

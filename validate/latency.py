@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
+import psutil
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,6 @@ class PeakRss:
     """Peak resident memory growth of this process while the block runs (sampled every 5 ms)."""
 
     def __init__(self) -> None:
-        import psutil
 
         self._proc = psutil.Process()
         self.baseline = 0

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from modelpress.paths import RunPaths
+
 REPORT_SCHEMA = 2
 
 
@@ -263,8 +265,9 @@ def candidates_plot(sel: dict[str, Any], path: Path) -> None:
 
 
 def write_reports(report: dict[str, Any], root: Path) -> None:
+    paths = RunPaths(root)
     if report.get("selection"):  # next to the sensitivity plot
         candidates_plot(report["selection"], root / "plots" / "candidates.png")
         report["selection"]["plot"] = "plots/candidates.png"
-    write_json(report, root / "report.json")
-    (root / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    write_json(report, paths.report_json)
+    paths.report_md.write_text(render_markdown(report), encoding="utf-8")

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from modelpress.errors import BadInputError
 from modelpress.runtimes.artifacts import Offer
 
 #: the recipe's ``select.shape`` for the eval workload
@@ -224,8 +225,6 @@ class Setup:
 def timings_at(models: Mapping[str, Mapping[str, Any]], names: Sequence[str], shape: str):
     """(shape, per-round times of each of ``names``, the statistic) at ``shape``: ``"workload"`` (the
     eval set's batches), ``"b32xs128"``, or ``""`` (the workload when it was timed, else the last shape)."""
-    from modelpress.errors import BadInputError
-
     first = models[names[0]]
     if not shape:
         shape = WORKLOAD if (first.get("real_workload") or {}).get("batches_ms") else _key(first["latency"][-1])

@@ -23,6 +23,8 @@ from modelpress.validate.gate import decide, worst
 from modelpress.validate.latency import time_calls
 from modelpress.validate.report import REPORT_SCHEMA
 from modelpress.validate.select import Candidate, candidate_rows, choose, ratio_interval, timings_at
+from modelpress.validate.uncertainty import interval
+from modelpress.quantize.auto import Evaluation
 
 #: opens (creates and enters) one predictor; validation calls it inside its ExitStack
 Opener = Callable[[], Predictor]
@@ -80,7 +82,6 @@ def validate_stage(
     report's ``selection``). The gate then judges the default: the int8 plan as above when it is
     chosen, else the chosen artifact; when only the ORT fp32 reference passed accuracy it stays
     the int8 plan's failing verdict (nothing the run pressed is good enough)."""
-    from modelpress.validate.uncertainty import interval
 
     with contextlib.ExitStack() as stack:
 
@@ -95,9 +96,9 @@ def validate_stage(
         more = [opened(e) for e in extra]
         twins = [opened(v) for v in variants]
         sizes = {
-            c.name: file_size_mb(c.runner.model_path)
+            c.name: file_size_mb(c.runner.model_path)  # type: ignore[attr-defined]  # the file runners' path
             for c in [*cands, *others, *more]
-            if getattr(c.runner, "model_path", None) is not None and Path(c.runner.model_path).is_file()
+            if getattr(c.runner, "model_path", None) is not None and Path(c.runner.model_path).is_file()  # type: ignore[attr-defined]
         }
         models, outputs = evaluate(
             task, ref, [*cands, *others, *more, *twins], eval_set, cfg, sizes_mb=sizes, untimed=[t.name for t in twins]
@@ -106,7 +107,7 @@ def validate_stage(
     judged = [shipped, *(o.name for o in others), *(t.name for t in twins)]
     started = time.perf_counter()
     offered = [o.name for o in setup.offers] if setup is not None else []
-    uncertainty = {}
+    uncertainty: dict[str, dict[str, Any]] = {}
     for cand in dict.fromkeys([*judged, *offered]):
         uncertainty[cand] = {}
         for metric in models[cand]["metrics"]:
@@ -254,7 +255,6 @@ def _speed_of(models, name: str, gate_cfg, setup, reference: str, *, shape: str 
 def candidate_evaluator(*, task, teacher: Opener, encoder, eval_set, cfg, gate_cfg):
     """For ``quantize.mode = "auto"``: ONNX path → Evaluation (the gate's metric, through ONNX Runtime).
     The teacher runs once, here."""
-    from modelpress.runtimes.quantize.auto import Evaluation
 
     examples = list(eval_set.examples)
     ref = teacher()

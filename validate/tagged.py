@@ -40,7 +40,9 @@ class TaggedEvalSet(EvalSet):
 
 
 def _conllu(path: Path):
-    words, tags, start = [], [], None
+    words: list[str] = []
+    tags: list[str] = []
+    start = None
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.rstrip("\n")
@@ -64,7 +66,9 @@ def _conllu(path: Path):
 
 
 def _conll(path: Path):
-    words, tags, start = [], [], None
+    words: list[str] = []
+    tags: list[str] = []
+    start = None
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             cols = line.split()

@@ -55,13 +55,6 @@ class DropInterval:
     def width(self) -> float:
         return self.hi - self.lo
 
-    def examples_needed(self, max_drop: float) -> int | None:
-        """How many examples would make the interval no wider than ``max_drop`` (its width falls
-        as 1/sqrt(n) at the measured variance); None when it already is, or max_drop is 0."""
-        if max_drop <= 0 or self.width <= max_drop:
-            return None
-        return int(math.ceil(self.n * (self.width / max_drop) ** 2))
-
 
 def interval(units: PairedUnits, *, resamples: int = RESAMPLES, seed: int = SEED) -> DropInterval:
     from scipy.stats import binomtest, bootstrap

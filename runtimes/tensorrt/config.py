@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from modelpress.errors import BadInputError
+from modelpress.paths import TIMING_CACHE
+from modelpress.config_check import PathRule, check_section
 
 PRECISIONS = ("int8", "fp16", "both")
-TIMING_CACHE_NAME = "timing.cache"  # default cache file inside the run folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +69,7 @@ class EngineConfig:
     def timing_cache_path(self, run_dir: Path) -> Path | None:
         """Where the timing cache lives for this run folder, or None when disabled."""
         if self.timing_cache is True:
-            return run_dir / TIMING_CACHE_NAME
+            return run_dir / TIMING_CACHE  # the default: inside the run folder
         if self.timing_cache is False:
             return None
         return Path(self.timing_cache)
@@ -77,6 +78,5 @@ class EngineConfig:
     def from_dict(cls, d: Mapping[str, Any] | None, *, base_dir: Path) -> "EngineConfig":
         """The ``[engine]`` table on its own; a relative ``timing_cache`` that exists in ``base_dir``
         resolves there (the recipe loader applies its one path rule)."""
-        from modelpress.config_check import PathRule, check_section
 
         return check_section(cls, "engine", dict(d or {}), rule=PathRule((Path(base_dir),)))

@@ -1,4 +1,5 @@
-"""The ``modelpress engine RUN_DIR`` stage: build the engines a recipe asks for, in one run folder.
+"""The TensorRT engines a recipe asks for, built in one run folder (``modelpress engine RUN_DIR`` is
+``modelpress.run_commands.engine_stage``).
 
 Place in the pipeline: after ``quantize`` (and ``export``). Order of work, so that a machine
 without TensorRT or a GPU fails before writing anything and leaves the ONNX artifacts as they were:
@@ -25,32 +26,6 @@ from modelpress.runtimes.tensorrt.fp16 import convert_to_fp16
 from modelpress.runtimes.tensorrt.gpu import gpu_identity, require_tensorrt
 
 log = logging.getLogger(__name__)
-
-
-def engine_stage(run_dir: Path, *, fp16: bool = False) -> Path:
-    """``modelpress engine RUN_DIR``: TensorRT plan(s) from the run's Q/DQ model (GPU + TensorRT).
-
-    The engine settings come from the run's recipe ``[engine]`` table when it has one.
-    """
-    from dataclasses import replace
-
-    from modelpress.bundle import read_bundle_meta
-    from modelpress.tasks import task_from_dict
-
-    paths = RunPaths(Path(run_dir))
-    if not paths.model_int8_onnx.is_file():
-        raise BadInputError(f"{run_dir}: no model.int8.onnx (run the pipeline first)")
-    cfg = None
-    if paths.recipe.is_file():
-        from modelpress.recipe import load_recipe
-
-        cfg = load_recipe(paths.recipe).engine
-    cfg = cfg or EngineConfig()
-    if fp16:
-        cfg = replace(cfg, precision="both")
-    modality = task_from_dict(read_bundle_meta(paths.root)["task"]).modality
-    build_engines(paths.root, cfg, modality=modality)
-    return paths.model_plan
 
 
 def build_engines(run_dir: Path, cfg: EngineConfig, *, modality: str = "text") -> tuple[dict[str, Any], ...]:
@@ -100,11 +75,7 @@ class TensorRTArtifact(RuntimeArtifact):
 
     def write(self, quant: Any, paths: Any, *, recipe: Any, task: Any) -> dict[str, Any]:
         if not quant.plan.cfg.tensorrt_readable:
-            from modelpress.runtimes.quantize.static import for_tensorrt, write_quantized
-
-            write_quantized(
-                for_tensorrt(quant.plan), paths.model_int8_trt_onnx, keep_fp32=tuple(quant.summary.fp32_nodes)
-            )
+            quant.write_tensorrt_twin(paths.model_int8_trt_onnx)
         log.info("building TensorRT engine(s)")
         return {"engines": list(build_engines(paths.root, recipe.engine, modality=task.modality))}
 

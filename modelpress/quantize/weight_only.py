@@ -29,10 +29,10 @@ from onnx import numpy_helper
 
 from modelpress.errors import BadInputError
 from modelpress.fileio import copy_model, load_onnx, save_onnx
-from modelpress.runtimes.quantize.config import QuantizeConfig
-from modelpress.runtimes.quantize.ort_ops import plain_gemm
-from modelpress.runtimes.quantize.static import QuantizeSummary, excluded_nodes
-from modelpress.runtimes.quantize.targets import fold_weight_transposes
+from modelpress.quantize.config import QuantizeConfig
+from modelpress.quantize.ort_ops import plain_gemm
+from modelpress.quantize.static import QuantizeSummary, excluded_nodes
+from modelpress.quantize.targets import fold_weight_transposes
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from modelpress.errors import BackendUnavailableError, BadInputError, Modelpress
 from modelpress.runtimes.base import Runner
 from modelpress.runtimes.tensorrt.config import EngineConfig
 from modelpress.runtimes.tensorrt.engine import onnx_input_names
+from modelpress.modalities import get_modality
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _MIB = 1 << 20
@@ -97,7 +98,6 @@ class OrtGpuRunner(Runner):
         options: dict[str, Any] = {"device_id": self.device_id}
         if self.provider == "cuda":
             return options
-        from modelpress.modalities import get_modality
 
         cfg = self.cfg
         profile = get_modality(self.modality).engine_profile(self.input_names, cfg)

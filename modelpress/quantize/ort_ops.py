@@ -15,10 +15,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from modelpress.runtimes.quantize.graph import GraphEditor
-from modelpress.runtimes.quantize.qdq import activation_params, quantize_weight
-from modelpress.runtimes.quantize.stats import TensorRange
-from modelpress.runtimes.quantize.targets import QuantTarget
+from modelpress.quantize.graph import GraphEditor
+from modelpress.quantize.qdq import activation_params, quantize_weight
+from modelpress.quantize.stats import TensorRange
+from modelpress.quantize.targets import QuantTarget
 
 MS_DOMAIN = "com.microsoft"
 

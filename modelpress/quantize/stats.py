@@ -51,7 +51,7 @@ class TensorStats:
             self.ch_min, self.ch_max = cmin, cmax
         else:
             np.minimum(self.ch_min, cmin, out=self.ch_min)
-            np.maximum(self.ch_max, cmax, out=self.ch_max)
+            np.maximum(self.ch_max, cmax, out=self.ch_max)  # type: ignore[arg-type]  # set together with ch_min
         self.count += rows.shape[0]
         if self.histogram:
             self._update_histogram(rows, float(max(-cmin.min(), cmax.max())))
@@ -73,14 +73,14 @@ class TensorStats:
     # -- summaries ------------------------------------------------------------------------
     @property
     def min(self) -> float:
-        return float(self.ch_min.min())
+        return float(self.ch_min.min())  # type: ignore[union-attr]  # set by the first update()
 
     @property
     def max(self) -> float:
-        return float(self.ch_max.max())
+        return float(self.ch_max.max())  # type: ignore[union-attr]
 
     def channel_absmax(self) -> np.ndarray:
-        return np.maximum(np.abs(self.ch_min), np.abs(self.ch_max))
+        return np.maximum(np.abs(self.ch_min), np.abs(self.ch_max))  # type: ignore[arg-type]
 
     def range(self, method: str, *, percentile: float = 99.999, symmetric: bool = False) -> TensorRange:
         if self.ch_min is None:

@@ -4,7 +4,7 @@ Pipeline: find constant-weight MatMul/Gemm targets → (optional) SmoothQuant, f
 activation maxima over real tokens → calibrate the inputs of the targets (minmax / percentile /
 entropy, bounded memory), and with ``quantize.attention_scores`` the Q and K projection outputs of
 each attention-score MatMul in the same pass → write Q/DQ, or for the ``ort`` format ONNX Runtime's
-int8 ops on its fused graph when there is one (``runtimes.quantize.fused``) → save atomically.
+int8 ops on its fused graph when there is one (``modelpress.quantize.fused``) → save atomically.
 Returns a summary for the report.
 """
 
@@ -24,20 +24,21 @@ import psutil
 from modelpress.errors import BadInputError
 from modelpress.fileio import load_onnx, save_onnx
 from modelpress.export.names import matches, module_names
-from modelpress.runtimes.quantize.calibrate import collect_stats
-from modelpress.runtimes.quantize.config import QuantizeConfig
-from modelpress.runtimes.quantize.fused import FusedPlan, carry_over
-from modelpress.runtimes.quantize.ort_ops import insert_ort_int8, ort_gemm
-from modelpress.runtimes.quantize.qdq import activation_params, insert_qdq, insert_score_qdq
-from modelpress.runtimes.quantize.smoothquant import apply_smoothing
-from modelpress.runtimes.quantize.stats import TensorRange
-from modelpress.runtimes.quantize.targets import (
+from modelpress.quantize.calibrate import collect_stats
+from modelpress.quantize.config import QuantizeConfig
+from modelpress.quantize.fused import FusedPlan, carry_over
+from modelpress.quantize.ort_ops import insert_ort_int8, ort_gemm
+from modelpress.quantize.qdq import activation_params, insert_qdq, insert_score_qdq
+from modelpress.quantize.smoothquant import apply_smoothing
+from modelpress.quantize.stats import TensorRange
+from modelpress.quantize.targets import (
     QuantTarget,
     ScoreMatMul,
     find_attention_scores,
     find_targets,
     fold_weight_transposes,
 )
+from modelpress.export.fusion import fuse_exported
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def plan_quantization(
             score_stats = {t: stats[t] for t in score_tensors}
             rss.sample()
         else:
-            stats = _rescaled_minmax(stats, targets, factors)
+            stats = _rescaled_minmax(stats, targets, factors)  # type: ignore[assignment]  # min/max: the same use
     ranges: dict[str, TensorRange] = {}
     observed: dict[str, tuple[float, float]] = {}
     for t in targets:
@@ -214,7 +215,6 @@ def plan_quantization(
 
 def _fused_plan(model_path, feeds, targets, ranges, factors, cfg: QuantizeConfig) -> FusedPlan | None:
     """ORT's fused form of the model (when the export wrote it fusable), under this calibration."""
-    from modelpress.export.fusion import fuse_exported
 
     fused = fuse_exported(model_path, next(iter(feeds)))
     return None if fused is None else carry_over(fused, targets, ranges, factors, cfg.op_types)

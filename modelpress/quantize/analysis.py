@@ -18,10 +18,12 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from modelpress.export.names import module_names
-from modelpress.runtimes.quantize.calibrate import _token_rows, collect_tensors
-from modelpress.runtimes.quantize.qdq import ActivationQuant, quantize_weight
-from modelpress.runtimes.quantize.static import QuantPlan
-from modelpress.runtimes.quantize.targets import weight_array
+from modelpress.quantize.calibrate import _token_rows, collect_tensors
+from modelpress.quantize.qdq import ActivationQuant, quantize_weight
+from modelpress.quantize.static import QuantPlan
+from modelpress.quantize.targets import weight_array
+import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,6 @@ def fake_quant_weight(w: np.ndarray, *, axis: int, per_channel: bool, qmax: int 
 def _convolution(node):
     """``(x, w) -> y``: the Conv node's 2-D convolution (strides, pads, dilations, groups; no bias),
     in torch (ONNX pads are [top, left, bottom, right])."""
-    import torch
-    import torch.nn.functional as F
 
     attrs = {a.name: list(a.ints) if a.ints else a.i for a in node.attribute}
     pads = attrs.get("pads", [0, 0, 0, 0])

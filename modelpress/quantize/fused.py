@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from modelpress.runtimes.quantize.smoothquant import apply_smoothing
-from modelpress.runtimes.quantize.targets import QuantTarget, find_targets
+from modelpress.quantize.smoothquant import apply_smoothing
+from modelpress.quantize.targets import QuantTarget, find_targets
 
 log = logging.getLogger(__name__)
 

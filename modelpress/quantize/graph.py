@@ -65,7 +65,7 @@ class GraphEditor:
         self._maybe_unused.add(initializer)
 
     def finish(self) -> onnx.ModelProto:
-        ordered = []
+        ordered: list[onnx.NodeProto] = []
         for idx, node in enumerate(self.graph.node):
             ordered.extend(self._before.get(idx, ()))
             if id(node) not in self._removed:

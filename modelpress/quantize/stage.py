@@ -1,23 +1,29 @@
 """The quantize stage of a run: one calibration plan → ``model.int8.onnx`` (static, or the
 accuracy-aware search), its per-node analysis (``analysis.json``, the sensitivity plot) and
 ``quantization.json``; the runtimes write their artifacts from the same plan (``runtimes.artifacts``).
-``analyze_run`` re-plans a finished run for ``modelpress analyze`` and writes beside the bundle
-(``<run>.analysis/``), never into it."""
+``modelpress analyze`` (``modelpress.run_commands.analyze_run``) re-plans a finished run with it."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from modelpress.errors import BadInputError
 from modelpress.fileio import write_json
-from modelpress.runtimes.quantize.config import CALIBRATION_METHODS, QuantizeConfig
-from modelpress.runtimes.quantize.static import QuantizeSummary
+from modelpress.quantize.config import CALIBRATION_METHODS, QuantizeConfig
+from modelpress.quantize.int8_classes import by_rule, classes_without, op_classes
+from modelpress.quantize.static import QuantizeSummary, for_tensorrt, write_quantized
+from modelpress.quantize.analysis import analyze_plan
+from modelpress.quantize.auto import auto_quantize
+from modelpress.quantize.static import plan_quantization
+from modelpress.quantize.weight_only import quantize_weights_only
+from modelpress.quantize.analysis import plot_errors
+import time
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +33,9 @@ class QuantizeOutcome:
     summary: QuantizeSummary
     analysis: list  # NodeError, worst first
     auto: dict | None  # the accuracy-aware search (mode "auto")
-    plan: object = None  # runtimes.quantize.static.QuantPlan of the written model
+    plan: Any = None  # quantize.static.QuantPlan of the written model
     analysis_section: dict | None = None
-    int8_classes: list | None = None  # runtimes.int8_classes decisions (select.int8_classes = "auto")
+    int8_classes: list | None = None  # quantize.int8_classes decisions (select.int8_classes = "auto")
 
     def report_section(self, mode: str) -> dict[str, Any]:
         section = {**{k: v for k, v in self.summary.to_dict().items() if k != "tensors"}, "mode": mode}
@@ -37,6 +43,23 @@ class QuantizeOutcome:
         if self.int8_classes is not None:
             section["int8_classes"] = [d.to_dict() for d in self.int8_classes]
         return section
+
+    # the runtimes write their artifacts from the plan through these (runtimes sit below the quantizer)
+    def write_qdq(self, out_path: Path, *, without: Sequence[str] = ()) -> QuantizeSummary:
+        """The same plan in portable Q/DQ (what OpenVINO reads), the same nodes kept fp32; ``without``: op
+        classes (``int8_classes``) left fp32 as well."""
+        plan, keep = classes_without(self.plan, tuple(self.summary.fp32_nodes), without)
+        return write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), out_path, keep_fp32=keep)
+
+    def rule_decisions(self, target: Any, runtime: str) -> list:
+        """Each op class of the plan's Q/DQ form (the form with attention scores: what OpenVINO reads),
+        int8 or fp32 by the rules measured for ``target``'s CPU level (``int8_classes.RULES``)."""
+        qdq = replace(self.plan, cfg=self.plan.cfg.with_(format="qdq"))
+        return by_rule(target, runtime, op_classes(qdq))
+
+    def write_tensorrt_twin(self, out_path: Path) -> QuantizeSummary:
+        """The same calibration as TensorRT reads it (``static.for_tensorrt``), the same nodes kept fp32."""
+        return write_quantized(for_tensorrt(self.plan), out_path, keep_fp32=tuple(self.summary.fp32_nodes))
 
 
 def quantize_model(
@@ -49,18 +72,13 @@ def quantize_model(
 ) -> QuantizeOutcome:
     """Static int8 (or the accuracy-aware search when ``cfg.mode == "auto"``) plus per-node analysis;
     ``"weight-only"``: MatMulNBits weights (``weight_only``), no calibration and no analysis."""
-    from modelpress.runtimes.quantize.analysis import analyze_plan
-    from modelpress.runtimes.quantize.auto import auto_quantize
-    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
 
     if cfg.mode == "auto":
         if evaluate is None:
             raise BadInputError('quantize.mode = "auto" needs an eval set and the teacher (use `modelpress run`)')
         result = auto_quantize(onnx_path, out_path, feeds, cfg, evaluate=evaluate)
-        return QuantizeOutcome(result.summary, result.analysis, result.to_dict(), result.plan)
+        return QuantizeOutcome(result.summary, result.analysis, result.to_dict(), result.plan)  # type: ignore[arg-type]
     if cfg.mode == "weight-only":  # no calibration, no activation plan: nothing per node to analyze
-        from modelpress.runtimes.quantize.weight_only import quantize_weights_only
-
         return QuantizeOutcome(quantize_weights_only(onnx_path, out_path, cfg), [], None, None)
     plan = plan_quantization(onnx_path, feeds, cfg)
     summary = write_quantized(plan, out_path)
@@ -69,7 +87,6 @@ def quantize_model(
 
 def write_analysis(errors: list, paths: Any, *, top: int = 15) -> dict[str, Any]:
     """analysis.json (every node) and plots/sensitivity.png; returns the report's summary of it."""
-    from modelpress.runtimes.quantize.analysis import plot_errors
 
     rows = [e.to_dict() for e in errors]
     write_json(paths.analysis_json, rows)
@@ -99,9 +116,6 @@ def seed_variants(
     """The written model's calibration re-done on other samples (``quantize.calibration_seeds``):
     the same settings (the method and fp32 nodes the run chose), one model per seed, in ``work``.
     Returns (seed, path, calibration seconds) per variant."""
-    import time
-
-    from modelpress.runtimes.quantize.static import plan_quantization, write_quantized
 
     chosen = cfg.with_(mode="static", calibration_method=outcome.summary.calibration_method)
     out = []
@@ -132,47 +146,3 @@ def recorded_outcome(quantization_json: Path) -> QuantizeOutcome:
             f"({done['calibration_method']}); there is nothing to calibrate again"
         )
     return QuantizeOutcome(QuantizeSummary(**{k: v for k, v in done.items() if k in names}), [], done.get("auto"))
-
-
-def analyze_run(run_dir: Path, out_dir: Path | None = None):
-    """``modelpress analyze``: re-plan the run's quantization (same recipe and calibration data, the
-    calibration method it chose) and write analysis.json + plots/sensitivity.png into ``out_dir``,
-    by default ``<run_dir>.analysis`` beside the bundle. Never inside a bundle (BadInputError): a
-    file its manifest does not list would make ``gate`` and ``load()`` refuse it."""
-    from modelpress.bundle import read_bundle_meta
-    from modelpress.calibration_data.feeds import ExampleFeed
-    from modelpress.modalities import get_modality
-    from modelpress.paths import RunPaths, analysis_dir, refuse_inside_bundle
-    from modelpress.recipe import load_recipe
-    from modelpress.runtimes.quantize.analysis import analyze_plan
-    from modelpress.runtimes.quantize.static import plan_quantization
-    from modelpress.tasks import task_from_dict
-
-    out_dir = Path(out_dir) if out_dir is not None else analysis_dir(Path(run_dir))
-    refuse_inside_bundle(out_dir)
-    paths = RunPaths(Path(run_dir))
-    for needed in (paths.model_onnx, paths.recipe, paths.bundle_json, paths.quantization_json):
-        if not needed.exists():
-            raise BadInputError(f"{run_dir}: no {needed.name} (not a completed modelpress run)")
-    recipe = load_recipe(paths.recipe)
-    meta = read_bundle_meta(paths.root)
-    task = task_from_dict(meta["task"])
-    modality = get_modality(task.modality)
-    done = json.loads(paths.quantization_json.read_text(encoding="utf-8"))
-    # a weight-only run calibrated nothing: analyze what static int8 would do, with the recipe's method
-    method = done["calibration_method"] if done["calibration_method"] != "none" else recipe.quantize.calibration_method
-    cfg = recipe.quantize.with_(mode="static", calibration_method=method)
-    preprocessor = modality.load_preprocessor(str(paths.preprocessor(modality)))
-    encoder = modality.encoder(
-        preprocessor,
-        input_names=meta["input_names"],
-        max_length=recipe.calibration.max_length,
-        input_shapes=meta.get("input_shapes"),
-    )
-    cal = recipe.calibration
-    feeds = ExampleFeed(modality.calibration_set(cal, preprocessor), encoder, batch_size=cal.batch_size)
-    plan = plan_quantization(paths.model_onnx, feeds, cfg)
-    errors = analyze_plan(plan, feeds)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_analysis(errors, RunPaths(out_dir))
-    return errors

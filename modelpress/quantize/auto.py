@@ -17,14 +17,14 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from modelpress.export.names import module_names
-from modelpress.runtimes.quantize.analysis import NodeError, analyze_plan
-from modelpress.runtimes.quantize.config import CALIBRATION_METHODS, QuantizeConfig
-from modelpress.runtimes.quantize.static import QuantizeSummary, QuantPlan, plan_quantization, write_quantized
+from modelpress.quantize.analysis import NodeError, analyze_plan
+from modelpress.quantize.config import CALIBRATION_METHODS, QuantizeConfig
+from modelpress.quantize.static import QuantizeSummary, QuantPlan, plan_quantization, write_quantized
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,9 @@ def auto_quantize(
             path.unlink()
             return cand
 
-        best_plan, best = None, None
+        # set by the first trial (the budget is at least one candidate); Any: mypy cannot see the loop runs
+        best_plan: Any = None
+        best: Any = None
         for method in methods:
             if len(result.candidates) >= budget:
                 break
@@ -137,10 +139,10 @@ def auto_quantize(
                     if trial(best_plan, trial_keep).passed:
                         keep = list(trial_keep)
 
-        passing = [c for c in result.candidates if c.passed and c.calibration_method == best.calibration_method]
-        passing = passing or [c for c in result.candidates if c.passed]
-        if passing:
-            chosen = max(passing, key=lambda c: (c.int8_nodes, -c.drop))
+        passed = [c for c in result.candidates if c.passed and c.calibration_method == best.calibration_method]
+        passed = passed or [c for c in result.candidates if c.passed]
+        if passed:
+            chosen = max(passed, key=lambda c: (c.int8_nodes, -c.drop))
         else:
             chosen = min(result.candidates, key=lambda c: c.drop)
         if chosen.calibration_method != best_plan.cfg.calibration_method:

@@ -12,11 +12,12 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from tqdm import tqdm
 
 from modelpress.errors import BadInputError
 from modelpress.fileio import session_from_model
-from modelpress.runtimes.quantize.stats import TensorStats
+from modelpress.quantize.stats import TensorStats
 
 MASK_INPUT = "attention_mask"
 
@@ -37,7 +38,6 @@ def _session_with_outputs(model: onnx.ModelProto, names: list[str]):
     """A session on ``model`` with ``names`` as extra outputs. The outputs are added to the model
     itself for the session's making and removed after (a copy would hold the weights twice: GBs for
     a decoder); a model past protobuf's 2 GiB goes to ONNX Runtime through external data."""
-    import onnxruntime as ort
 
     existing = {o.name for o in model.graph.output}
     added = [onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in existing]

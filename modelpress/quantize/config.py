@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelpress.errors import BadInputError
+from modelpress.config_check import check_fields
+from modelpress.runtimes.cpu import int8_gemm_saturates
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 PRESETS = ("onnxruntime", "tensorrt")
@@ -55,7 +57,6 @@ class QuantizeConfig:
     attention_scores: bool | str = "auto"
 
     def __post_init__(self) -> None:
-        from modelpress.config_check import check_fields
 
         check_fields(self, "quantize")
         _check_choice("quantize.mode", self.mode, MODES)
@@ -133,8 +134,6 @@ class QuantizeConfig:
         (:meth:`for_target` not called), the target is the build machine."""
         reduce = self.reduce_range
         if reduce is None:
-            from modelpress.runtimes.cpu import int8_gemm_saturates
-
             reduce = self.preset == "onnxruntime" and int8_gemm_saturates()
         return 63 if reduce else 127
 

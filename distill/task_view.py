@@ -16,7 +16,7 @@ from modelpress.tasks import Task, configure_task
 
 
 @dataclass(frozen=True)
-class TaskSpec:
+class DistillTaskView:
     task: Task  # the configured task (feature extraction: its pooling and normalization)
 
     @property
@@ -72,10 +72,8 @@ class TaskSpec:
         return resolved
 
 
-def get_task(name: str, options: Mapping[str, Any] | None = None, *, model_dir: str | Path | None = None) -> TaskSpec:
+def distill_view(
+    name: str, options: Mapping[str, Any] | None = None, *, model_dir: str | Path | None = None
+) -> DistillTaskView:
     """The distillation view of the task ``name``, configured with its ``[task_options]``."""
-    return TaskSpec(configure_task(name, options, model_dir=model_dir))
-
-
-def spec_for(task: Task) -> TaskSpec:
-    return TaskSpec(task)
+    return DistillTaskView(configure_task(name, options, model_dir=model_dir))

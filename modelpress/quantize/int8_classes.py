@@ -13,11 +13,16 @@ CPU level (README, issue #23), decide, and the report says so. Classes the rules
 from __future__ import annotations
 
 import logging
+import tempfile
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from modelpress.quantize.static import write_quantized
+from modelpress.runtimes.registry import create_runner
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +101,6 @@ def keep_paying_classes(quant: Any, int8_path: Path, *, target: Any, batch: Any,
     else by rule), rewrite ``int8_path`` with the classes that do not pay in fp32, and update
     ``quant.plan`` and ``quant.summary`` (the other runtimes' artifacts start from them; OpenVINO's
     IR then applies its own rules: ``OpenVINOArtifact.write``)."""
-    from modelpress.runtimes.quantize.static import write_quantized
 
     plan = quant.plan
     classes = op_classes(plan) if plan is not None else {}  # weight-only: no activation plan, no classes
@@ -129,10 +133,6 @@ def _without(plan: Any, keep: tuple[str, ...], dropped: Sequence[str], classes: 
 
 
 def _measure(plan, keep, name, nodes, int8_path: Path, batch, threads: int) -> ClassDecision:
-    import tempfile
-
-    from modelpress.runtimes.quantize.static import write_quantized
-    from modelpress.runtimes.registry import create_runner
 
     variant_plan, variant_keep = _without(plan, keep, [name], {name: nodes})
     with tempfile.TemporaryDirectory(prefix=".int8-classes-", dir=int8_path.parent) as work:
@@ -157,7 +157,6 @@ def _measure(plan, keep, name, nodes, int8_path: Path, batch, threads: int) -> C
 
 
 def _interleaved(calls: Sequence[Any]) -> list[list[float]]:
-    import time
 
     times: list[list[float]] = [[] for _ in calls]
     for r in range(ROUNDS + 1):

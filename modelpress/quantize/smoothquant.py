@@ -14,8 +14,8 @@ from collections import defaultdict
 import numpy as np
 import onnx
 
-from modelpress.runtimes.quantize.graph import GraphEditor
-from modelpress.runtimes.quantize.targets import QuantTarget
+from modelpress.quantize.graph import GraphEditor
+from modelpress.quantize.targets import QuantTarget
 
 _S_MIN, _S_MAX = 1e-4, 1e4
 
@@ -41,7 +41,7 @@ def apply_smoothing(
     factors used (keyed by the new activation name). ``factors_by_act`` (keyed by the activation)
     applies factors already chosen, on another form of the same graph (the fused one)."""
     g = GraphEditor(model)
-    weight_users = defaultdict(int)
+    weight_users: dict[str, int] = defaultdict(int)
     for node in g.graph.node:
         for name in node.input:
             if name in g.inits:
@@ -49,7 +49,7 @@ def apply_smoothing(
     by_act: dict[str, list[QuantTarget]] = defaultdict(list)
     for t in targets:
         by_act[t.activation].append(t)
-    first_consumer = {}
+    first_consumer: dict[str, int] = {}
     for idx, node in enumerate(g.graph.node):
         for name in node.input:
             first_consumer.setdefault(name, idx)
