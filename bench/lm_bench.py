@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_budget_s=60.0,
     )
     prefill = interleaved_latency(preds, long, timing)
-    decode = decode_latency(preds, long, replace(timing, batch_sizes=(1, 8), decode_contexts=(128, 512)))
+    decode = decode_latency(preds, long, replace(timing, batch_sizes=(1, 8)), contexts=(128, 512))
 
     # end to end: a 128-token prompt, 64 new tokens, greedy, batch 1 and 8 (interleaved rounds)
     e2e: dict[str, dict[str, float]] = {p.name: {} for p in preds}

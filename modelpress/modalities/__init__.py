@@ -28,13 +28,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Batch:
-    """One encoded batch: the model feed, plus what post-processing needs to map outputs back to
-    the examples (for text pre-split into words: the position of each word's first token)."""
+    """One encoded batch: the model feed. A modality whose tasks need more to map outputs back to
+    the examples (each word's first token, the scored positions) subclasses it: the payload a task
+    declares (``Task.batch_payload``)."""
 
     feed: Mapping[str, np.ndarray]
-    first_tokens: tuple[np.ndarray, ...] | None = None  # per example: token index of each word
-    #: per example: the positions whose next-token predictions are read (text-generation)
-    positions: tuple[np.ndarray, ...] | None = None
     size: int = field(default=0)
 
     def __post_init__(self) -> None:

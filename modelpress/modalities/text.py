@@ -76,6 +76,7 @@ class WordBatch(Batch):
     """A batch of word lists: ``first_tokens[i][w]`` is the position word ``w`` of example ``i`` is
     read at, in feed row ``word_rows[i][w]`` (a long sentence spans several rows: its windows)."""
 
+    first_tokens: tuple[np.ndarray, ...] = ()  # per example: token index of each word
     word_rows: tuple[np.ndarray, ...] = ()
     #: per example, per word: True where the word has no token of its own (read at a neighbour's)
     tokenless: tuple[np.ndarray, ...] = ()

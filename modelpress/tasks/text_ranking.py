@@ -77,6 +77,7 @@ class TextRanking(Task):
         "score_mse": LOWER,
     }
     eval_formats: ClassVar[tuple[str, ...]] = ("pairs", "stsb", "ranking")
+    eval_record: ClassVar[str] = "modelpress.validate.ranking:RankingSet"
     # "scores": the held-out check is the score MSE (agreement of a single logit's argmax means nothing)
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="scores",
@@ -85,9 +86,9 @@ class TextRanking(Task):
     )
     needs_labels: ClassVar[bool] = True  # a head with its label count, copied into students
     api: ClassVar[tuple[str, ...]] = ("rank", "score")
-    min_n: ClassVar[int] = 30  # pairs (spearman, score_mse) or queries (ndcg, mrr, agreement, tau)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.score_class is not None and (
             isinstance(self.score_class, bool) or not isinstance(self.score_class, (int, str))
         ):
@@ -100,6 +101,12 @@ class TextRanking(Task):
         labels = config_labels(model_dir) if model_dir else None
         # without the folder (a recipe checked alone, a hub id) the value waits for the model's config
         return cls(score_class=value if labels is None else resolve_score_class(value, labels))
+
+    def heldout_metric(self) -> Any:
+        """The score MSE: agreement of a single logit's argmax means nothing."""
+        from modelpress.distill.evaluation import MetricSpec
+
+        return MetricSpec(("mse",), _score_sums, lambda m: (-m["mse"],))
 
     # -- inference ------------------------------------------------------------------------------
     def prepare(self, examples: Sequence[Any]) -> list[Any]:
@@ -228,3 +235,8 @@ def _pairs(pairs: Any, where: str) -> list[tuple[str, str]]:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
             raise TypeError(f"{where}: pairs[{i}] must be a (query, passage) pair of strings, got {pair!r:.60}")
     return out
+
+
+def _score_sums(student: Any, teacher: Any) -> Any:
+    """Per pair, the squared difference of the scores (the logits); summed over the batch (torch)."""
+    return (student.sentence.float() - teacher.sentence.float()).pow(2).mean(dim=-1).sum().reshape(1)
