@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pressed {bundle} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     report = json.loads((bundle / "report.json").read_text(encoding="utf-8"))
 
-    task = configure_task("text-generation")
+    task = configure_task(recipe.task, recipe.task_options)  # its stride: the windows the report scored
     tokenizer = CAUSAL_TEXT.load_preprocessor(str(bundle / "tokenizer"))
     teacher = load_model(str(args.gpt / "model"), task)
     shapes = graph_input_shapes(bundle / "model.onnx")

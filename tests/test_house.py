@@ -153,3 +153,20 @@ def test_no_shared_module_names_a_task_owned_field():
                 if isinstance(node, ast.Attribute) and node.attr in named
             ]
     assert not hits, "\n".join(hits)
+
+
+def test_a_modality_variant_is_registered_by_its_own_module_only():
+    """text-pairs (cross-encoders) is the text modality with pairs as examples: text.py registers it,
+    so a task on it adds no line to the modality registry; the name resolves like any other, and a
+    miss still lists every name."""
+    import pytest
+
+    from modelpress.errors import BadInputError
+    from modelpress.modalities import get_modality
+
+    assert 'register("text-pairs"' not in (REPO / "modelpress" / "modalities" / "__init__.py").read_text(
+        encoding="utf-8"
+    )
+    assert get_modality("text-pairs").name == "text-pairs"
+    with pytest.raises(BadInputError, match="known modalitys: .*text-pairs"):
+        get_modality("no-such-modality")

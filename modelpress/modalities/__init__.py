@@ -7,7 +7,8 @@ Tasks name their modality; nothing else asks what kind of input a model takes.
 
 Adding a modality is one module that subclasses :class:`Modality` and registers an instance:
 ``MODALITIES.register("image", "modelpress.modalities.image:IMAGE")
-MODALITIES.register("causal-text", "modelpress.modalities.causal_text:CAUSAL_TEXT")``.
+MODALITIES.register("causal-text", "modelpress.modalities.causal_text:CAUSAL_TEXT")``. A variant of a
+registered modality registers itself in that modality's module (``text-pairs`` in ``text.py``).
 """
 
 from __future__ import annotations
@@ -240,7 +241,6 @@ def _plain_length(value: int | Sequence[int]) -> int | list[int]:
 
 MODALITIES: Registry[Modality] = Registry("modality")
 MODALITIES.register("text", "modelpress.modalities.text:TEXT")
-MODALITIES.register("text-pairs", "modelpress.modalities.text:TEXT_PAIRS")
 MODALITIES.register("image", "modelpress.modalities.image:IMAGE")
 MODALITIES.register("causal-text", "modelpress.modalities.causal_text:CAUSAL_TEXT")
 

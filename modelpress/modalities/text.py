@@ -32,7 +32,7 @@ import numpy as np
 
 from modelpress.calibration_data.loaders import read_records, sample, text_of
 from modelpress.errors import BadInputError
-from modelpress.modalities import Batch, Encoder, Modality
+from modelpress.modalities import MODALITIES, Batch, Encoder, Modality
 
 log = logging.getLogger(__name__)
 
@@ -428,4 +428,4 @@ class TextPairModality(TextModality):
         return encode(EXAMPLE_PAIRS, EXAMPLE_SEQ), encode(PARITY_PAIRS, PARITY_SEQ)
 
 
-TEXT_PAIRS = TextPairModality()
+TEXT_PAIRS = MODALITIES.register("text-pairs", TextPairModality())  # a variant of text: registered here
