@@ -291,14 +291,13 @@ def recipe_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> Reci
 
 
 def _moved_task_options(raw: dict[str, Any]) -> dict[str, Any]:
-    """``raw`` with a task's options written in ``[validate]`` (where text-generation's stride,
-    decode_contexts, prompts, prompt_field and generation_tokens were until 0.x) moved into
-    ``[task_options]``, with one WARNING line; read there for one release, then refused."""
+    """``raw`` with the task's options written in ``[validate]`` where they were until 0.x
+    (``Task.moved_from_validate``) moved into ``[task_options]``, with one WARNING line; read there
+    for one release, then refused."""
     task, validate = raw.get("task", Recipe.task), raw.get("validate")
     if not isinstance(task, str) or task not in task_names() or not isinstance(validate, Mapping):
         return raw
-    known = {f.name for f in dataclasses.fields(ValidateConfig)}
-    moved = [k for k in validate if k not in known and k in get_task(task).options()]
+    moved = [k for k in validate if k in get_task(task).moved_from_validate]
     if not moved:
         return raw
     options = raw.get("task_options", {})

@@ -452,11 +452,11 @@ def test_unusable_language_model_inputs_are_one_line_and_exit_2(tmp_path, capsys
     from modelpress.cli import main
 
     folder = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
-    recipe = _lm_recipe(tmp_path, folder, validate={"stride": 64})
+    recipe = _lm_recipe(tmp_path, folder, task_options={"stride": 64})
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
     assert (
         capsys.readouterr().err.strip().splitlines()[-1]
-        == "modelpress: error: validate.stride: 64 is more than validate.max_length (32)"
+        == "modelpress: error: task_options.stride: 64 is more than validate.max_length (32)"
     )
     (tmp_path / "blank.txt").write_text("\n\n", encoding="utf-8")
     recipe = _lm_recipe(tmp_path, folder, calibration={"data": str(tmp_path / "blank.txt")})

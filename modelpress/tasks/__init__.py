@@ -108,6 +108,9 @@ class Task:
     #: ``"module:Class"``: what it attaches beyond the feed (word positions, scored positions)
     batch_payload: ClassVar[str] = "modelpress.modalities:Batch"
 
+    #: options that were ``[validate]`` keys until 0.x: read from there for one release (a warning)
+    moved_from_validate: ClassVar[tuple[str, ...]] = ()
+
     # -- configuration ----------------------------------------------------------------------
     def __post_init__(self) -> None:
         check_fields(self, "task_options")  # a task built in code is held to the recipe's ranges

@@ -83,6 +83,13 @@ class TextGeneration(Task):
     api: ClassVar[tuple[str, ...]] = ("generate",)
     unit: ClassVar[str] = "windows"
     length_keys: ClassVar[tuple[str, ...]] = ("decode_contexts",)
+    moved_from_validate: ClassVar[tuple[str, ...]] = (
+        "stride",
+        "decode_contexts",
+        "prompts",
+        "prompt_field",
+        "generation_tokens",
+    )
     engines: ClassVar[bool] = False  # a KV cache needs a profile per input; no GPU here to build one
 
     # -- model and export -------------------------------------------------------------------

@@ -17,7 +17,7 @@ a plain-text corpus pairs each text with the next). Distillation regresses the t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -61,7 +61,9 @@ def config_labels(model_dir: str | Path) -> list[str] | None:
 
 @dataclass(frozen=True)
 class TextRanking(Task):
-    score_class: int | str | None = None  # num_labels > 1: the class (name or index) whose probability is the score
+    score_class: int | str | None = field(
+        default=None, metadata={"expected": "a class name or index"}
+    )  # num_labels > 1: the class (name or index) whose probability is the score
 
     name: ClassVar[str] = "text-ranking"
     modality: ClassVar[str] = "text-pairs"
