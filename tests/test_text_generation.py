@@ -427,7 +427,7 @@ def test_a_layer_subset_decoder_is_distilled_and_reported_beside_its_start(tmp_p
             "max_length": 32,
             "layer_selection": "spread",
         },
-        validate={"prompts": str(tmp_path / "prompts.txt"), "generation_tokens": 6},
+        task_options={"prompts": str(tmp_path / "prompts.txt"), "generation_tokens": 6},
         gate={"max_drop": 50.0},
     )
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
