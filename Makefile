@@ -20,7 +20,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo lint test test-fast run distill export quantize validate gate engine analyze bench bench-lm clean
+.PHONY: setup demo lint docs docs-check test test-fast run distill export quantize validate gate engine analyze bench bench-lm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,18 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup lint
+# the manual (docs/, mkdocs-material): the benchmark tables generated from bench/results/*.json and a
+# strict build (every link and anchor checked) into build/site; `make test` only checks that the
+# committed tables match their JSON (docs-check), `make docs` rewrites them
+docs: setup
+	$(PY) -m bench.docs_figures
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d build/site
+
+docs-check: setup
+	$(PY) -m bench.docs_figures --check
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d build/site
+
+test: setup lint docs-check
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
@@ -48,6 +49,8 @@ def machine() -> dict:
         "python": platform.python_version(),
         "kernel_flags": [f for f in KERNEL_FLAGS if f in flags],
         "int8_gemm_saturates": int8_gemm_saturates(),
+        # the day of the run, which the docs' tables show (bench/docs_figures.py); older files have none
+        "measured": datetime.date.today().isoformat(),
     }
 
 
@@ -57,3 +60,24 @@ def write_results(path: str | Path, result: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}")
+
+
+def median_ms_by_shape(preds: dict, shapes: dict, rounds: int, warmup: int = 2) -> dict[str, dict[str, float]]:
+    """Round-robin over shapes and predictors (each round runs every predictor once per shape, so drift and
+    contention hit all alike); the median milliseconds per shape and predictor, warm-up rounds dropped.
+    Closes the predictors' runners."""
+    import time
+
+    import numpy as np
+
+    times: dict[str, dict[str, list[float]]] = {s: {n: [] for n in preds} for s in shapes}
+    for r in range(warmup + rounds):
+        for s, batch in shapes.items():
+            for n, p in preds.items():
+                t0 = time.perf_counter()
+                p.predict_batch(batch)
+                if r >= warmup:
+                    times[s][n].append(time.perf_counter() - t0)
+    for p in preds.values():
+        p.runner.close()
+    return {s: {n: round(1e3 * float(np.median(v)), 2) for n, v in row.items()} for s, row in times.items()}

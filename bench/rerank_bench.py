@@ -8,6 +8,9 @@
    validation on STS-B **test** (1,379 pairs): Spearman of the fp32 teacher and of the int8
    bundle, the gate at max_drop 0.3 points. The report's top-1 agreement groups the test pairs by
    sentence1 (67 queries with ≥ 2 passages).
+   A second press gates on what a reranker's user sees: top-1 agreement with the fp32 ranker ≥ 99 %
+   (``gate.metric = "top1_agreement"``, max_drop 1 point) over 600 queries constructed from STS-B **dev**
+   the same way as in 3., with ``quantize.mode = "auto"`` returning the nodes that cost agreement to fp32.
 3. Ranking agreement on constructed queries: each distinct STS-B test sentence1 is a query; its
    passages are its own partner(s) and 9 sentence2 of other test pairs of the same genre (seeded),
    relevance = the partner's gold score, 0 for the others. Top-1 agreement, Kendall's τ and NDCG@10
@@ -16,7 +19,7 @@
    near-tied unrelated passages on top).
 4. Interleaved latency (round-robin, ORT spinning off) at batch 1 and 32 × 128, at 2 threads: PyTorch
    fp32, ORT fp32, ORT dynamic int8 per-channel (``quantize_dynamic``) on the same model.onnx, and
-   the bundle's int8.
+   both bundles' int8.
 
     python -m bench.rerank_bench [--epochs 3] [--threads 2]
 Writes bench/results/rerank.json and prints the table.
@@ -36,7 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from bench import write_results  # noqa: E402
+from bench import median_ms_by_shape, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STSB = ROOT.parent / "shared" / "data" / "stsb"
@@ -115,7 +118,17 @@ def fine_tune(out: Path, *, epochs: int, batch_size: int, lr: float, threads: in
     }
 
 
-def press(ranker: Path, out: Path, threads: int) -> dict:
+def press(
+    ranker: Path,
+    out: Path,
+    threads: int,
+    *,
+    name: str = "rerank",
+    eval_data: Path = STSB / "sts-test.csv",
+    quantize: dict | None = None,
+    gate: dict | None = None,
+) -> dict:
+    """``modelpress run`` of the ranker: calibration on 512 STS-B dev pairs, the gate on ``eval_data``."""
     from modelpress.pipeline import run_recipe
     from modelpress.recipe import recipe_from_dict
 
@@ -127,19 +140,20 @@ def press(ranker: Path, out: Path, threads: int) -> dict:
     )
     recipe = recipe_from_dict(
         {
-            "name": "rerank",
+            "name": name,
             "teacher": str(ranker),
             "task": "text-ranking",
             "calibration": {"data": str(calibration), "num_samples": 512},
             "validate": {
-                "eval_data": str(STSB / "sts-test.csv"),
+                "eval_data": str(eval_data),
                 "batch_sizes": [1, 32],
                 "seq_lengths": [128],
                 "threads": threads,
                 "latency_runs": 10,
                 "real_workload": False,
             },
-            "gate": {"max_drop": 0.3},
+            "quantize": quantize or {},
+            "gate": gate or {"max_drop": 0.3},
         }
     )
     t0 = time.perf_counter()
@@ -156,10 +170,12 @@ def press(ranker: Path, out: Path, threads: int) -> dict:
     }
 
 
-def constructed_queries(path: Path, seed: int = 0) -> dict:
-    """Every distinct STS-B test sentence1 as a query over its partner(s) and NEGATIVES sentence2
-    of other pairs of its genre; written as a ranking jsonl."""
-    rows = stsb_rows("sts-test.csv")
+def constructed_queries(
+    path: Path, seed: int = 0, *, split: str = "sts-test.csv", negatives: int = NEGATIVES, max_queries: int = 0
+) -> dict:
+    """Every distinct STS-B sentence1 of ``split`` (the first ``max_queries`` when set) as a query over its
+    partner(s) and ``negatives`` sentence2 of other pairs of its genre; written as a ranking jsonl."""
+    rows = stsb_rows(split)
     rng = random.Random(seed)
     partners: dict[str, dict[str, float]] = {}
     genre_of: dict[str, str] = {}
@@ -172,11 +188,15 @@ def constructed_queries(path: Path, seed: int = 0) -> dict:
     lines = []
     for query, own in partners.items():
         pool = [b for b in dict.fromkeys(by_genre[genre_of[query]]) if b not in own and b != query]
-        passages = list(own) + rng.sample(pool, NEGATIVES)
+        passages = list(own) + rng.sample(pool, negatives)
         rng.shuffle(passages)
         lines.append({"query": query, "passages": passages, "relevance": [own.get(p, 0.0) for p in passages]})
+        if len(lines) == max_queries:
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
-    return {"queries": len(lines), "passages": sum(len(r["passages"]) for r in lines), "negatives": NEGATIVES}
+    n = sum(len(r["passages"]) for r in lines)
+    return {"split": split, "queries": len(lines), "passages": n, "negatives": negatives}
 
 
 def dynamic_int8(bundle: Path) -> Path:
@@ -193,10 +213,36 @@ def dynamic_int8(bundle: Path) -> Path:
     return dyn
 
 
-def ranking_agreement(bundle: Path, dyn: Path, ranker: Path, queries: Path, threads: int) -> dict:
+def ranking_press(ranker: Path, work: Path, threads: int) -> dict:
+    """The ranking-fidelity press: the gate on top-1 agreement with the fp32 ranker (max_drop 1 point, i.e.
+    ≥ 99 %) over queries constructed from STS-B **dev** (600 queries, 4 negatives: the test set is never
+    seen), ``quantize.mode = "auto"``, which returns the nodes that cost agreement to fp32 until it passes."""
+    dev_queries = work / "runs" / "stsb-dev-queries.jsonl"
+    construction = constructed_queries(dev_queries, split="sts-dev.csv", negatives=4, max_queries=600)
+    out = press(
+        ranker,
+        work / "runs",
+        threads,
+        name="rerank-top1",
+        eval_data=dev_queries,
+        quantize={"mode": "auto"},
+        gate={"metric": "top1_agreement", "max_drop": 1.0},
+    )
+    report = json.loads((Path(out["bundle"]) / "report.json").read_text())
+    auto = report["quantization"]["auto"]
+    chosen = next(c for c in auto["candidates"] if c["index"] == auto["chosen"])
+    out["auto"] = {"passed": auto["passed"], "candidates": len(auto["candidates"]), "chosen": chosen}
+    out["fp32_nodes"] = list(chosen.get("fp32_modules") or chosen["fp32_nodes"])
+    out["selection_queries"] = construction
+    return out
+
+
+def scores_on(path: Path, fmt: str, artifacts: dict[str, Path], ranker: Path, threads: int) -> dict:
+    """Each artifact against the fp32 PyTorch ranker on the eval set at ``path``: its own metrics (Spearman
+    against gold, NDCG …) and its fidelity to the teacher (top-1 agreement, Kendall τ, score MSE),
+    through the task's own metric code; plus top-1 agreement by the best partner's gold score."""
     import torch
 
-    from modelpress.bundle import load
     from modelpress.modalities import get_modality
     from modelpress.models import load_model_and_preprocessor
     from modelpress.tasks import configure_task
@@ -206,35 +252,33 @@ def ranking_agreement(bundle: Path, dyn: Path, ranker: Path, queries: Path, thre
     torch.set_num_threads(threads)
     task = configure_task("text-ranking", {}, model_dir=ranker)
     model, tok = load_model_and_preprocessor(str(ranker), task)
-    rs = load_ranking_set(queries, fmt="ranking")
+    rs = load_ranking_set(path, fmt=fmt)
     encoder = get_modality(task.modality).encoder(
         tok, input_names=("input_ids", "attention_mask", "token_type_ids"), max_length=128
     )
     teacher = open_predictor("torch", model, task=task, encoder=encoder, threads=threads, name="teacher")
     t = teacher.predict(list(rs.examples), batch_size=32)
     teacher.runner.close()
-    with load(bundle, threads=threads) as int8:
-        c = int8.predict(list(rs.examples), batch_size=32)
-    peer = open_predictor("onnxruntime", dyn, task=task, encoder=encoder, threads=threads, name="dyn")
-    d = peer.predict(list(rs.examples), batch_size=32)
-    peer.runner.close()
-    # a breakdown, not another bar: queries without a similar passage have near-tied unrelated ones on top
-    agree = top1_agreements(task.scores(t), task.scores(c), rs)
-    best = np.array([max(rs.gold[i] for i in q) for q in rs.ranked])
+    result = {"eval": rs.describe(), "teacher": task.reference_metrics(t, rs)}
+    best = np.array([max(rs.gold[i] for i in q) for q in rs.ranked]) if rs.ranked else np.zeros(0)
     bins = {"< 1": best < 1, "1 to < 3": (best >= 1) & (best < 3), ">= 3": best >= 3}
-    by_gold = {
-        k: {"queries": int(sel.sum()), "top1_agreement": round(float(agree[sel].mean()), 4)} for k, sel in bins.items()
-    }
-    return {
-        "eval": rs.describe(),
-        "teacher": task.reference_metrics(t, rs),
-        "int8": task.fidelity(t, c, rs),
-        "ort-dyn-int8-pc": task.fidelity(t, d, rs),
-        "top1_agreement_by_best_partner_gold": by_gold,
-    }
+    for name, artifact in artifacts.items():
+        pred = open_predictor("onnxruntime", artifact, task=task, encoder=encoder, threads=threads, name=name)
+        c = pred.predict(list(rs.examples), batch_size=32)
+        pred.runner.close()
+        row = {"metrics": task.reference_metrics(c, rs), "fidelity": task.fidelity(t, c, rs)}
+        if rs.ranked:
+            # a breakdown, not another bar: queries without a similar passage have near-tied unrelated ones on top
+            agree = top1_agreements(task.scores(t), task.scores(c), rs)
+            row["top1_agreement_by_best_partner_gold"] = {
+                k: {"queries": int(sel.sum()), "top1_agreement": round(float(agree[sel].mean()), 4)}
+                for k, sel in bins.items()
+            }
+        result[name] = row
+    return result
 
 
-def latency(bundle: Path, dyn: Path, ranker: Path, threads: int, rounds: int) -> dict:
+def latency(artifacts: dict[str, Path], ranker: Path, threads: int, rounds: int) -> dict:
     import torch
 
     from modelpress.modalities import get_modality
@@ -248,29 +292,12 @@ def latency(bundle: Path, dyn: Path, ranker: Path, threads: int, rounds: int) ->
     model, tok = load_model_and_preprocessor(str(ranker), task)
     names = ("input_ids", "attention_mask", "token_type_ids")
     enc = get_modality(task.modality).encoder(tok, input_names=names, max_length=128)
-    preds = {
-        "pytorch-fp32": open_predictor("torch", model, task=task, encoder=enc, threads=threads, name="pt"),
-        "ort-fp32": open_predictor(
-            "onnxruntime", bundle / "model.onnx", task=task, encoder=enc, threads=threads, name="ort-fp32"
-        ),
-        "ort-dyn-int8-pc": open_predictor("onnxruntime", dyn, task=task, encoder=enc, threads=threads, name="dyn"),
-        "modelpress-int8": open_predictor(
-            "onnxruntime", bundle / "model.int8.onnx", task=task, encoder=enc, threads=threads, name="int8"
-        ),
-    }
+    preds = {"pytorch-fp32": open_predictor("torch", model, task=task, encoder=enc, threads=threads, name="pt")}
+    for name, artifact in artifacts.items():
+        preds[name] = open_predictor("onnxruntime", artifact, task=task, encoder=enc, threads=threads, name=name)
     pairs = [TextPair(a, b) for _, a, b, _ in stsb_rows("sts-test.csv")]
     shapes = {"b1x128": enc.encode(pairs[:1], pad_to=128), "b32x128": enc.encode(pairs[:32], pad_to=128)}
-    times = {s: {n: [] for n in preds} for s in shapes}
-    for r in range(rounds + 2):
-        for s, batch in shapes.items():
-            for n, p in preds.items():
-                t0 = time.perf_counter()
-                p.predict_batch(batch)
-                if r >= 2:
-                    times[s][n].append(time.perf_counter() - t0)
-    for p in preds.values():
-        p.runner.close()
-    return {s: {n: round(1e3 * float(np.median(v)), 2) for n, v in row.items()} for s, row in times.items()}
+    return median_ms_by_shape(preds, shapes, rounds)
 
 
 def main(argv=None) -> int:
@@ -281,7 +308,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--work", default=str(ROOT / "artifacts" / "bench-rerank"))
-    ap.add_argument("--reuse", action="store_true", help="keep a ranker and bundle already in --work")
+    ap.add_argument("--reuse", action="store_true", help="keep the ranker and bundles already in --work")
     ap.add_argument("--out", default=str(RESULTS / "rerank.json"))
     args = ap.parse_args(argv)
     if not STSB.is_dir():
@@ -301,51 +328,68 @@ def main(argv=None) -> int:
             ranker, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads
         )
         write_results(args.out, result)
-    if args.reuse and "press" in previous and Path(previous["press"]["bundle"]).is_dir():
-        result["press"] = previous["press"]
-    else:
-        print("pressing it (modelpress run, STS-B test) ...", file=sys.stderr)
-        result["press"] = press(ranker, work / "runs", args.threads)
-    bundle = Path(result["press"]["bundle"])
-    dyn = dynamic_int8(bundle)
-    print("ranking agreement on constructed queries ...", file=sys.stderr)
+    for key, make in (
+        ("press", lambda: press(ranker, work / "runs", args.threads)),
+        ("press_top1", lambda: ranking_press(ranker, work, args.threads)),
+    ):
+        if args.reuse and key in previous and Path(previous[key]["bundle"]).is_dir():
+            result[key] = previous[key]
+        else:
+            print(f"pressing it ({key}) ...", file=sys.stderr)
+            result[key] = make()
+            write_results(args.out, result)
+    bundle, bundle_top1 = Path(result["press"]["bundle"]), Path(result["press_top1"]["bundle"])
+    artifacts = {
+        "ort-fp32": bundle / "model.onnx",
+        "ort-dyn-int8-pc": dynamic_int8(bundle),
+        "modelpress-int8": bundle / "model.int8.onnx",
+        "modelpress-int8-top1": bundle_top1 / "model.int8.onnx",
+    }
+    candidates = {k: v for k, v in artifacts.items() if k != "ort-fp32"}
+    print("STS-B test and ranking agreement on constructed test queries ...", file=sys.stderr)
     queries = work / "stsb-test-queries.jsonl"
+    result["stsb_test"] = scores_on(STSB / "sts-test.csv", "stsb", candidates, ranker, args.threads)
     result["queries"] = {
         "construction": constructed_queries(queries),
-        **ranking_agreement(bundle, dyn, ranker, queries, args.threads),
+        **scores_on(queries, "ranking", candidates, ranker, args.threads),
     }
     print("timing (interleaved) ...", file=sys.stderr)
-    result["latency_ms"] = latency(bundle, dyn, ranker, args.threads, args.rounds)
-    m, q, lat = result["press"]["metrics"], result["queries"], result["latency_ms"]
-    drop = 100 * (m["teacher"]["spearman"] - m["int8"]["spearman"])
-    b32 = lat["b32x128"]
-    result["bar"] = {
-        "spearman_drop_points": round(drop, 3),
-        "top1_agreement_constructed": q["int8"]["top1_agreement"],
-        "top1_agreement_by_sentence1": m["int8"].get("top1_agreement"),
-        "int8_vs_ort_dynamic_b32x128": round(b32["modelpress-int8"] / b32["ort-dyn-int8-pc"], 3),
-    }
-    groups = result["press"]["eval"]["num_ranked_queries"]
-    print(
-        f"\nSTS-B test Spearman: teacher {100 * m['teacher']['spearman']:.2f}, "
-        f"int8 {100 * m['int8']['spearman']:.2f} (drop {drop:.2f} points)"
-    )
-    print(
-        f"top-1 agreement: {100 * q['int8']['top1_agreement']:.2f} % of {q['construction']['queries']} constructed "
-        f"queries (Kendall τ {q['int8']['kendall_tau']:.4f}), "
-        f"{100 * m['int8'].get('top1_agreement', float('nan')):.2f} % of {groups} sentence1 groups; ORT dynamic "
-        f"int8 {100 * q['ort-dyn-int8-pc']['top1_agreement']:.2f} % of the constructed queries"
-    )
-    bins = q["top1_agreement_by_best_partner_gold"]
-    print(
-        "top-1 agreement by the best partner's gold score: "
-        + ", ".join(f"{k} {100 * v['top1_agreement']:.2f} % of {v['queries']}" for k, v in bins.items())
-    )
-    for shape, row in lat.items():
-        base = row["ort-dyn-int8-pc"]
-        print(f"{shape}: " + ", ".join(f"{n} {v:.2f} ms ({v / base:.3f}× ORT dyn)" for n, v in row.items()))
+    result["latency_ms"] = latency(artifacts, ranker, args.threads, args.rounds)
+    result["bar"] = {name: bar_row(result, name) for name in ("modelpress-int8", "modelpress-int8-top1")}
+    report(result)
     write_results(args.out, result)
     return 0
+
+
+def bar_row(result: dict, name: str) -> dict:
+    """The issue's three bars for one of our artifacts, all on STS-B test."""
+    st, q, b32 = result["stsb_test"], result["queries"], result["latency_ms"]["b32x128"]
+    return {
+        "spearman_drop_points": round(100 * (st["teacher"]["spearman"] - st[name]["metrics"]["spearman"]), 3),
+        "top1_agreement_constructed": q[name]["fidelity"]["top1_agreement"],
+        "top1_agreement_by_sentence1": st[name]["fidelity"].get("top1_agreement"),
+        "vs_ort_dynamic_b32x128": round(b32[name] / b32["ort-dyn-int8-pc"], 3),
+    }
+
+
+def report(result: dict) -> None:
+    st, q = result["stsb_test"], result["queries"]
+    print(f"\nSTS-B test Spearman: teacher {100 * st['teacher']['spearman']:.2f}")
+    for name in ("modelpress-int8", "modelpress-int8-top1", "ort-dyn-int8-pc"):
+        f = q[name]["fidelity"]
+        bins = q[name].get("top1_agreement_by_best_partner_gold", {})
+        print(
+            f"{name}: Spearman {100 * st[name]['metrics']['spearman']:.2f}; top-1 agreement "
+            f"{100 * f['top1_agreement']:.2f} % of {q['construction']['queries']} constructed test queries "
+            f"(Kendall τ {f['kendall_tau']:.4f}; by the best partner's gold: "
+            + ", ".join(f"{k} {100 * v['top1_agreement']:.2f} % of {v['queries']}" for k, v in bins.items())
+            + ")"
+        )
+    kept = result["press_top1"]["fp32_nodes"]
+    print(f"modelpress-int8-top1 returned {len(kept)} node(s) to fp32 (auto search): {', '.join(kept) or '-'}")
+    for shape, row in result["latency_ms"].items():
+        base = row["ort-dyn-int8-pc"]
+        print(f"{shape}: " + ", ".join(f"{n} {v:.2f} ms ({v / base:.3f}× ORT dyn)" for n, v in row.items()))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from bench import write_results  # noqa: E402
+from bench import median_ms_by_shape, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EWT = ROOT.parent / "shared" / "data" / "ud_ewt"
@@ -176,17 +176,7 @@ def latency(bundle: Path, tagger: Path, threads: int, rounds: int) -> dict:
     label2id = {t: i for i, t in enumerate(UPOS)}
     words = list(load_tagged(EWT / "en_ewt-ud-test.conllu", label2id=label2id).words)
     shapes = {"b1x128": enc.encode(words[:1], pad_to=128), "b32x128": enc.encode(words[:32], pad_to=128)}
-    times = {s: {n: [] for n in preds} for s in shapes}
-    for r in range(rounds + 2):
-        for s, batch in shapes.items():
-            for n, p in preds.items():
-                t0 = time.perf_counter()
-                p.predict_batch(batch)
-                if r >= 2:
-                    times[s][n].append(time.perf_counter() - t0)
-    for p in preds.values():
-        p.runner.close()
-    return {s: {n: round(1e3 * float(np.median(v)), 2) for n, v in row.items()} for s, row in times.items()}
+    return median_ms_by_shape(preds, shapes, rounds)
 
 
 def main(argv=None) -> int:

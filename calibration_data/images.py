@@ -13,7 +13,8 @@ Every image is made an H×W×3 uint8 RGB array the way transformers users expect
 EXIF orientation applied (as ``transformers.image_utils.load_image`` does); 16-bit images (``I;16``,
 ``I;16B``, ``I``, uint16 arrays) scaled by value to 8 bits (65535 → 255), never clipped; palette,
 CMYK, 1-bit and grayscale images by Pillow's ``convert("RGB")``, and transparency (RGBA, LA, a
-palette's transparent entry) composited onto white, both by transformers' own ``convert_to_rgb``.
+palette's transparent entry) composited onto white, both as transformers' ``convert_to_rgb`` does
+(:func:`convert_to_rgb`: the same steps without transformers, so a bundle deploys without it).
 An image with a side under :data:`MIN_IMAGE_SIDE` pixels, or with more pixels than the
 decompression-bomb limit (:func:`pixel_limit`), is a BadInputError naming it, found from the header
 before any pixel is decoded.
@@ -288,10 +289,27 @@ def to_uint8(values: np.ndarray, where: str) -> np.ndarray:
     )
 
 
+def convert_to_rgb(image: Any) -> np.ndarray:
+    """A PIL image or an H×W×C uint8 array (C 1, 3 or 4) as H×W×3 uint8 RGB, transparency composited
+    onto white: transformers' ``image_transforms.convert_to_rgb``, here so that a deployment host
+    needs no transformers (``tests/test_deploy.py`` compares the two)."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        if "A" in image.getbands() or image.info.get("transparency") is not None:
+            rgba = image.convert("RGBA")
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        return np.array(image.convert("RGB"))
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    if image.shape[-1] == 4:
+        alpha = image[..., 3:4] / 255
+        return np.round(alpha * image[..., :3] + (1 - alpha) * 255).astype(image.dtype)
+    return image
+
+
 def _array_rgb(values: Any) -> np.ndarray:
     """An H×W or H×W×C array (C 1, 3 or 4: channels last, as documented) as H×W×3 uint8."""
-    from transformers.image_transforms import convert_to_rgb
-
     where = _name(values)
     values = np.asarray(values)
     if values.ndim == 2:
@@ -299,21 +317,20 @@ def _array_rgb(values: Any) -> np.ndarray:
     if values.ndim != 3 or values.shape[-1] not in (1, 3, 4):
         raise BadInputError(f"{where}: not an image (an array is H x W, or H x W x C with C 1, 3 or 4, channels last)")
     check_size(values.shape[1], values.shape[0], where, None)
-    return convert_to_rgb(to_uint8(values, where), return_numpy=True, input_data_format="channels_last")
+    return convert_to_rgb(to_uint8(values, where))
 
 
 def _pil_rgb(image: Any, where: str) -> np.ndarray:
     """A PIL image as H×W×3 uint8, turned upright by its EXIF orientation as transformers'
     ``load_image`` does."""
     from PIL import Image, ImageOps
-    from transformers.image_transforms import convert_to_rgb
 
     image = ImageOps.exif_transpose(image)
     if image.mode in SIXTEEN_BIT_MODES:
         image = _eight_bit_gray(image, where)
     elif image.mode == "F":
         image = Image.fromarray(to_uint8(np.asarray(image), where))
-    return convert_to_rgb(image, return_numpy=True)
+    return convert_to_rgb(image)
 
 
 def open_image(example: Any) -> np.ndarray:

@@ -140,7 +140,7 @@ class Bundle(Predictor):
         check_target(meta, strict=strict)
         task = task_from_dict(meta["task"])
         modality = get_modality(task.modality)
-        preprocessor = modality.load_preprocessor(str(self.root / modality.preprocessor_dir))
+        preprocessor = modality.load_deployed(self.root / modality.preprocessor_dir)
         self.meta = meta
         runtime, listed = bundle_model_file(meta, runtime)
         model_file = model_file or listed

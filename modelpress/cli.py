@@ -725,6 +725,18 @@ def main(argv: list[str] | None = None) -> int:
     except ModelpressError as exc:
         print(f"modelpress: error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
+    except ModuleNotFoundError as exc:
+        from modelpress.deploy_side import PRESS_MODULES
+
+        if (exc.name or "").split(".")[0] not in PRESS_MODULES:
+            raise  # a bug, or a broken install of another package: the traceback says which
+        # a deployment host's slim install (pip install modelpress) runs bundles, not the pipeline
+        print(
+            f"modelpress: error: {args.command} needs the pressing stack ({exc.name} is not installed): "
+            "pip install 'modelpress[press]'",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     except (OSError, MemoryError) as exc:
         message = user_fault(exc)
         if message is None:

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from modelpress.errors import BadInputError
-from modelpress.export.causal_lm import KVLayout, past_from_present, position_ids
+from modelpress.kv_cache import KVLayout, past_from_present, position_ids
 
 #: new tokens per prompt when ``max_new_tokens`` is not given (cut to what the positions leave)
 DEFAULT_NEW_TOKENS = 32

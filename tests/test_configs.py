@@ -1,4 +1,4 @@
-"""The shipped recipes load and say what the README says they do."""
+"""The shipped recipes load and say what the docs (docs/demo.md, docs/recipes.md) say they do."""
 
 from __future__ import annotations
 

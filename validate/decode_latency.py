@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from modelpress.export.causal_lm import past_from_present
+from modelpress.kv_cache import past_from_present
 from modelpress.validate.compare import interleaved_rounds
 from modelpress.validate.latency import summarize
 

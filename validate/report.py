@@ -1,4 +1,4 @@
-"""report.json (stable keys, documented in the README) and report.md (the same, for people)."""
+"""report.json (stable keys, documented in docs/report.md) and report.md (the same, for people)."""
 
 from __future__ import annotations
 

@@ -74,6 +74,11 @@ class Modality(abc.ABC):
     def load_preprocessor(self, ref: str, *, trust_remote_code: bool = False) -> Any:
         """The preprocessor of a model folder or hub id."""
 
+    def load_deployed(self, folder: str | Path) -> Any:
+        """The preprocessor a bundle saved in ``folder``, as the bundle runs it on a deployment host:
+        without torch or transformers (``modelpress.deploy_side``); by default :meth:`load_preprocessor`."""
+        return self.load_preprocessor(str(folder))
+
     @abc.abstractmethod
     def load_examples(self, path: str | Path, *, field: str, num_samples: int | None, seed: int = 0) -> list[Any]:
         """Raw examples from a data file or folder (calibration, distillation corpora), a

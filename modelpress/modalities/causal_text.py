@@ -73,7 +73,7 @@ class CausalEncoder(Encoder):
     def __init__(
         self, tokenizer: Any, *, input_names: Sequence[str], max_length: int, input_shapes: Mapping[str, Sequence[Any]]
     ) -> None:
-        from modelpress.export.causal_lm import KVLayout
+        from modelpress.kv_cache import KVLayout
 
         self.tokenizer = tokenizer
         self.input_names = tuple(input_names)
@@ -124,6 +124,12 @@ class CausalTextModality(TextModality):
             tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; batches pad with it (masked)
         return tokenizer
 
+    def load_deployed(self, folder: Any) -> Any:
+        tokenizer = super().load_deployed(folder)
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token  # as load_preprocessor: batches pad with it (masked)
+        return tokenizer
+
     def load_examples(self, path, *, field: str, num_samples: int | None, seed: int = 0) -> list[str]:
         """Every text, in file order: they are packed into token sequences once the tokenizer is
         loaded (:meth:`calibration_examples`), so ``num_samples`` counts sequences, not texts."""
@@ -137,12 +143,12 @@ class CausalTextModality(TextModality):
         return pack(examples, preprocessor, length=max_length, count=num_samples, seed=seed)
 
     def model_inputs(self, model: Any, tokenizer: Any) -> tuple[str, ...]:
-        from modelpress.export.causal_lm import FIXED_INPUTS, KVLayout
+        from modelpress.kv_cache import FIXED_INPUTS, KVLayout
 
         return (*FIXED_INPUTS, *KVLayout.from_config(model.config).past_names())
 
     def check_graph_inputs(self, names: Sequence[str], *, source: object = "") -> tuple[str, ...]:
-        from modelpress.export.causal_lm import FIXED_INPUTS
+        from modelpress.kv_cache import FIXED_INPUTS
 
         if tuple(names[:3]) != FIXED_INPUTS or not any(n.startswith("past_key_values.") for n in names):
             raise BadInputError(

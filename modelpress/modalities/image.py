@@ -12,12 +12,15 @@ default one needs torchvision, which the CPU install does not carry.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from modelpress.errors import BadInputError
 from modelpress.modalities import Batch, Encoder, Modality
+
+log = logging.getLogger(__name__)
 
 INPUT = "pixel_values"
 EXAMPLE_BATCH, PARITY_BATCH = 2, 3
@@ -62,6 +65,17 @@ class ImageModality(Modality):
         from transformers import AutoImageProcessor
 
         return AutoImageProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code, backend="pil")
+
+    def load_deployed(self, folder: Any) -> Any:
+        """The bundle's ``preprocessor_config.json`` applied in numpy (``modelpress.image_processing``);
+        a processor type it does not know needs transformers, as before."""
+        from modelpress.image_processing import DeployImageProcessor
+
+        try:
+            return DeployImageProcessor.from_folder(folder)
+        except BadInputError as exc:
+            log.warning("%s; loading the image processor with transformers", exc)
+            return self.load_preprocessor(str(folder))
 
     def load_examples(self, path, *, field: str, num_samples: int | None, seed: int = 0) -> list[Any]:
         from modelpress.calibration_data.images import check_readable, load_images

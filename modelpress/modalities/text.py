@@ -26,6 +26,7 @@ import inspect
 import logging
 from array import array
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -249,6 +250,16 @@ class TextModality(Modality):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
+
+    def load_deployed(self, folder: str | Path) -> Any:
+        """The bundle's ``tokenizer.json`` run by ``tokenizers`` (``modelpress.tokenization``); a folder
+        without one (a slow-only tokenizer) needs transformers, as before."""
+        from modelpress.tokenization import DeployTokenizer
+
+        if not (Path(folder) / "tokenizer.json").is_file():
+            log.warning("%s: no tokenizer.json; loading the tokenizer with transformers", folder)
+            return self.load_preprocessor(str(folder))
+        return DeployTokenizer(folder)
 
     def distill_corpus(self, cfg: Any, tokenizer: Any, *, label2id, num_labels, per_token: bool) -> Any:
         from modelpress.distill.data import load_corpus, tokenize_corpus
