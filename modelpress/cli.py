@@ -73,6 +73,129 @@ def _from_recipe(p: argparse.ArgumentParser) -> None:
     )
 
 
+DESCRIPTION = """Distill, export to ONNX, quantize to int8 and validate a Hugging Face model against its
+fp32 teacher; a bundle that passes the gate is published to <out>/<name>/.
+
+Exit codes: 0 ok, 1 internal error, 2 bad input or usage, 3 gate failed, 130 SIGINT, 143 SIGTERM.
+Logs and progress go to stderr; results to stdout (--json: one JSON object)."""
+
+EXAMPLES = """examples:
+  modelpress run --model ./my-classifier                 press a model folder, no recipe file
+  modelpress run --model org/name --revision v1.0 --json  a hub model at a tag; one JSON object for CI
+  modelpress init --model ./my-classifier --out my.toml  the same as a recipe file, every default written
+  modelpress run my.toml --set gate.max_drop=1.0 -q      a recipe, one value changed, warnings only
+  modelpress inspect artifacts/my-classifier             where a bundle came from (commit, sha256, versions)
+  modelpress triton artifacts/my-classifier models/      a Triton model repository from the bundle
+  modelpress gate artifacts/my-classifier --max-drop 1   judge a published run again
+
+modelpress COMMAND --help shows each command's flags."""
+
+RUN_EXAMPLES = """examples:
+  modelpress run --model ./tagger                        task read from config.json (ForTokenClassification)
+  modelpress run --model ./ranker --task text-ranking    the task given
+  modelpress run --model ./encoder --set validate.eval_data=my_eval.jsonl --set calibration.num_samples=256
+  modelpress run recipes/minilm.toml --target avx512-vnni --json"""
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("modelpress")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _global_flags(p: argparse.ArgumentParser, *, default: Any) -> None:
+    """-v/-q/--json: on the main parser (their defaults) and on every subcommand (SUPPRESS: only a
+    flag given there is set), so they work before or after the subcommand."""
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings and errors only")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=default,
+        help="print one JSON object on stdout (schema: docs/cli-output.schema.json)",
+    )
+
+
+class _Subparsers:
+    """``add_parser`` with the global flags and an examples-friendly help layout on every subcommand."""
+
+    def __init__(self, actions: Any, common: argparse.ArgumentParser) -> None:
+        self._actions, self._common = actions, common
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", kwargs.get("help"))
+        return self._actions.add_parser(
+            name, parents=[self._common], formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
+        )
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """``run RECIPE`` or ``run --model DIR|HUB_ID`` (a recipe built in code)."""
+    from modelpress.cli_model import add_model_flags
+
+    p.add_argument("recipe", nargs="?", help="recipe TOML file (or --model instead)")
+    add_model_flags(p, required=False)
+    p.add_argument("--out", default="artifacts", help="folder that receives <name>/ (default: artifacts)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a recipe value (TOML syntax), repeatable",
+    )
+
+
+def _extra_commands(sub: Any) -> None:
+    """init, inspect, triton."""
+    from modelpress.cli_model import add_model_flags
+    from modelpress.triton import BACKENDS
+
+    p = sub.add_parser(
+        "init",
+        help="write the recipe run --model would press, every key at its value, commented",
+        epilog="example:\n  modelpress init --model ./my-classifier --out my.toml && modelpress run my.toml",
+    )
+    add_model_flags(p, required=True)
+    p.add_argument("--out", default="recipe.toml", help="the recipe file to write (default: recipe.toml)")
+    p.add_argument("--force", action="store_true", help="replace --out when it exists")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a recipe value (TOML syntax) written instead of its default, repeatable",
+    )
+
+    p = sub.add_parser(
+        "inspect",
+        help="what a bundle holds and where it came from: hub commit, weight sha256, versions, target",
+        epilog="example:\n  modelpress inspect artifacts/my-classifier --json",
+    )
+    p.add_argument("bundle")
+
+    p = sub.add_parser(
+        "triton",
+        help="write a Triton model repository (REPO/<name>/config.pbtxt, REPO/<name>/1/model.*) from a bundle",
+        epilog="example:\n  modelpress triton artifacts/my-classifier models/ --runtime openvino\n"
+        "  tritonserver --model-repository models/",
+    )
+    p.add_argument("bundle")
+    p.add_argument("repo", help="the model repository folder (created; other models in it are kept)")
+    p.add_argument(
+        "--runtime",
+        choices=tuple(BACKENDS),
+        default=None,
+        help="which of the bundle's models to serve (default: the first it holds)",
+    )
+    p.add_argument("--name", default=None, help="the model's name in the repository (default: the bundle's folder)")
+    p.add_argument("--force", action="store_true", help="replace REPO/<name> when it exists")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from modelpress.config_check import field_default as d
     from modelpress.recipe import ExportConfig, GateConfig
@@ -81,21 +204,33 @@ def build_parser() -> argparse.ArgumentParser:
     from modelpress.runtimes.target import TARGET_CHOICES
     from modelpress.tasks import task_names
 
-    parser = _Parser(prog="modelpress", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(
+        prog="modelpress",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"modelpress {_version()}")
+    _global_flags(parser, default=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, default=argparse.SUPPRESS)  # -q/-v/--json after the subcommand too
+    sub = _Subparsers(parser.add_subparsers(dest="command", required=True, parser_class=_Parser), common)
 
     p = sub.add_parser(
-        "run", help="all stages of a recipe into <out>/<name>/ (a failed gate: <out>/<name>.rejected/, exit 3)"
+        "run",
+        help="all stages of a recipe (or of --model, no recipe file) into <out>/<name>/ "
+        "(a failed gate: <out>/<name>.rejected/, exit 3)",
+        epilog=RUN_EXAMPLES,
     )
-    _recipe_args(p)
+    _run_args(p)
     p.add_argument(
         "--target",
         choices=TARGET_CHOICES,
         default=None,
         help="the CPU the bundle is for (default: the recipe's target; auto = this machine)",
     )
+
+    _extra_commands(sub)
 
     p = sub.add_parser("distill", help="train the student of a recipe (torchrun-compatible)")
     _recipe_args(p)
@@ -119,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "quantize",
         help="static int8 quantization of an ONNX model (--recipe: by quantize.mode, with each runtime's artifact)",
     )
-    p.add_argument("onnx", help="fp32 ONNX model (from `modelpress export`)")
+    p.add_argument("onnx", help="fp32 ONNX model (from modelpress export)")
     p.add_argument(
         "--tokenizer",
         "--preprocessor",
@@ -362,14 +497,34 @@ def _refuse_bundle_file(out: str) -> None:
     refuse_inside_bundle(Path(out))
 
 
-# -- commands -----------------------------------------------------------------------------------
-def cmd_run(args) -> int:
-    from modelpress.pipeline import run_recipe
+def _run_recipe(args) -> tuple[Any, dict[str, Any] | None]:
+    """The recipe file (with --set, --target), or the recipe --model builds; and what --task auto read."""
+    from modelpress.cli_model import recipe_for_model
     from modelpress.recipe import load_recipe
 
-    overrides = [*args.overrides, *([f'target="{args.target}"'] if args.target else [])]
-    recipe = load_recipe(args.recipe, overrides)
+    if args.recipe and args.model:
+        raise BadInputError("run: give a recipe file or --model, not both")
+    if not args.recipe and not args.model:
+        raise BadInputError("run: give a recipe file, or --model DIR|HUB_ID to press a model without one")
+    if args.recipe:
+        if args.task is not None or args.revision:
+            raise BadInputError("--task/--revision go with --model; in a recipe they are the keys task and revision")
+        overrides = [*args.overrides, *([f'target="{args.target}"'] if args.target else [])]
+        return load_recipe(args.recipe, overrides), None
+    return recipe_for_model(args)
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_run(args) -> int:
+    import time
+
+    from modelpress.cli_output import run_result
+    from modelpress.pipeline import run_recipe
+
+    started = time.perf_counter()
+    recipe, inferred = _run_recipe(args)
     outcome = run_recipe(recipe, Path(args.out))
+    args.result = run_result(outcome.bundle, seconds=time.perf_counter() - started, inferred=inferred)
     if outcome.rejected:
         kept = outcome.bundle.with_name(recipe.name)
         print(
@@ -687,8 +842,39 @@ def cmd_engine(args) -> int:
     return EXIT_OK
 
 
+def cmd_init(args) -> int:
+    from modelpress.cli_model import write_init
+
+    out = write_init(args)
+    args.result = {"paths": {"recipe": str(out)}}
+    print(f"recipe: {out}")
+    return EXIT_OK
+
+
+def cmd_inspect(args) -> int:
+    from modelpress.cli_output import inspect_lines, inspect_result
+
+    info = inspect_result(Path(args.bundle))
+    args.result = {"inspect": info}
+    for line in inspect_lines(info):
+        print(line)
+    return EXIT_OK
+
+
+def cmd_triton(args) -> int:
+    from modelpress.triton import write_repository
+
+    folder = write_repository(args.bundle, args.repo, runtime=args.runtime, name=args.name, force=args.force)
+    args.result = {"paths": {"model": str(folder), "config": str(folder / "config.pbtxt")}}
+    print(f"triton model: {folder} (config {folder / 'config.pbtxt'})")
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": cmd_run,
+    "init": cmd_init,
+    "inspect": cmd_inspect,
+    "triton": cmd_triton,
     "distill": cmd_distill,
     "export": cmd_export,
     "quantize": cmd_quantize,
@@ -709,8 +895,40 @@ def _forget_escaped_interrupt() -> None:
     exec("None")
 
 
+class _UsageError(Exception):
+    """A usage error under --json: reported in the one JSON object instead of exiting in argparse."""
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; with --json anywhere, a usage error is one JSON object too (exit 2)."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if "--json" not in words:
+        return parser.parse_args(words)
+
+    def error(message: str) -> None:
+        raise _UsageError(message)
+
+    for p in [parser, *_subparsers(parser)]:
+        p.error = error  # type: ignore[method-assign]
+    try:
+        return parser.parse_args(words)
+    except _UsageError as exc:
+        from modelpress.cli_output import json_object
+
+        print(f"modelpress: error: {exc}", file=sys.stderr)
+        command = next((w for w in words if w in COMMANDS), None) or ""
+        print(json_object(command, EXIT_BAD_INPUT, lines=[], error=str(exc), result={}))
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [p for a in actions for p in a.choices.values()]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     # torch._subclasses.fake_tensor logs its cache stats at exit (INFO): after a SIGINT they would follow
@@ -719,37 +937,67 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # "torchvision is not installed. Skipping torchvision::nms" and three more on every image export
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    if args.json:
+        return _main_json(args)
+    return _dispatch(args)
+
+
+def _dispatch(args, on_error=None) -> int:
+    """The command, its faults mapped to exit codes and one line on stderr (also given to ``on_error``)."""
+
+    def fail(message: str, code: int) -> int:
+        print(f"modelpress: error: {message}", file=sys.stderr)
+        if on_error is not None:
+            on_error(message)
+        return code
+
     try:
         with terminate_as_exception():
             return COMMANDS[args.command](args)
     except ModelpressError as exc:
-        print(f"modelpress: error: {exc}", file=sys.stderr)
-        return exit_code_for(exc)
+        return fail(str(exc), exit_code_for(exc))
     except ModuleNotFoundError as exc:
         from modelpress.deploy_side import PRESS_MODULES
 
         if (exc.name or "").split(".")[0] not in PRESS_MODULES:
             raise  # a bug, or a broken install of another package: the traceback says which
         # a deployment host's slim install (pip install modelpress) runs bundles, not the pipeline
-        print(
-            f"modelpress: error: {args.command} needs the pressing stack ({exc.name} is not installed): "
-            "pip install 'modelpress[press]'",
-            file=sys.stderr,
+        return fail(
+            f"{args.command} needs the pressing stack ({exc.name} is not installed): pip install 'modelpress[press]'",
+            EXIT_BAD_INPUT,
         )
-        return EXIT_BAD_INPUT
     except (OSError, MemoryError) as exc:
         message = user_fault(exc)
         if message is None:
             raise  # a bug: the traceback is what its report needs
-        print(f"modelpress: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail(message, EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print("modelpress: interrupted (SIGINT); nothing was published", file=sys.stderr)
+        if on_error is not None:
+            on_error("interrupted (SIGINT); nothing was published")
         _forget_escaped_interrupt()
         return EXIT_SIGINT
     except Terminated:
         print("modelpress: terminated (SIGTERM); nothing was published", file=sys.stderr)
+        if on_error is not None:
+            on_error("terminated (SIGTERM); nothing was published")
         return EXIT_SIGTERM
+
+
+def _main_json(args) -> int:
+    """--json: what the command prints on stdout is captured, and one JSON object is printed instead."""
+    import io
+
+    from modelpress.cli_output import json_object
+
+    errors: list[str] = []
+    captured = io.StringIO()
+    args.result = {}
+    with contextlib.redirect_stdout(captured):
+        code = _dispatch(args, on_error=errors.append)
+    lines = captured.getvalue().splitlines()
+    print(json_object(args.command, code, lines=lines, error=errors[-1] if errors else None, result=args.result))
+    return code
 
 
 if __name__ == "__main__":

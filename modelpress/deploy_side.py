@@ -30,6 +30,7 @@ DEPLOY_SIDE_MODULES = (
     "modelpress.modalities.causal_text",
     "modelpress.modalities.image",
     "modelpress.tasks",
+    "modelpress.task_match",  # Task.auto: the architectures --task auto maps, the default data
     "modelpress.tasks.feature_extraction",
     "modelpress.tasks.text_classification",
     "modelpress.tasks.token_classification",

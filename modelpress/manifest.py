@@ -24,7 +24,17 @@ from typing import Any
 from modelpress.errors import BadInputError
 
 MANIFEST = "manifest.json"
-PACKAGES = ("modelpress", "torch", "transformers", "onnx", "onnxruntime", "numpy", "tokenizers")
+PACKAGES = (
+    "modelpress",
+    "torch",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "openvino",
+    "tensorrt",
+    "numpy",
+    "tokenizers",
+)
 
 
 def sha256(path: Path) -> str:
@@ -61,8 +71,10 @@ def write_manifest(
     metrics: dict[str, Any],
     gate: dict[str, Any] | None,
     input_names: list[str],
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
-    """A bundle's manifest: every file under ``root``."""
+    """A bundle's manifest: every file under ``root``; ``provenance`` (``source``: the models pressed,
+    their hub commit and weight sha256; ``target``) is merged in."""
     files = {
         str(p.relative_to(root)): _file_entry(p)
         for p in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
@@ -78,6 +90,7 @@ def write_manifest(
         "metrics": metrics,
         "gate": gate,
         "verdict": _verdict(gate),
+        **(provenance or {}),
     }
     from modelpress.fileio import write_json
 

@@ -33,8 +33,11 @@ def _package_folder(module_name: str) -> Path:
     return Path(module.__file__).resolve().parent / "model"
 
 
-def resolve_model_ref(ref: str, *, base_dir: Path | None = None) -> str:
-    """A local folder path (as str) or a hub id, for ``from_pretrained``."""
+def resolve_model_ref(ref: str, *, base_dir: Path | None = None, revision: str | None = None) -> str:
+    """A local folder path (as str) for ``from_pretrained``: a hub id is fetched as a snapshot of one
+    commit (``revision``, default the main branch) into the hub cache (``modelpress.provenance``)."""
+    if revision is not None and (ref.startswith(PACKAGE_PREFIX) or Path(ref).expanduser().exists()):
+        raise BadInputError(f"--revision {revision}: '{ref}' is not a hub id (revisions are the hub's)")
     if ref.startswith(PACKAGE_PREFIX):
         folder = _package_folder(ref[len(PACKAGE_PREFIX) :])
         if not (folder / "config.json").is_file():
@@ -49,8 +52,11 @@ def resolve_model_ref(ref: str, *, base_dir: Path | None = None) -> str:
         return str(path.resolve())
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         raise BadInputError(f"model '{ref}': no such folder")
-    _require_reachable(ref)
-    return ref  # a hub id: transformers fetches it (or takes the cached copy)
+    from modelpress.provenance import hub_snapshot
+
+    if revision is None:
+        _require_reachable(ref)
+    return hub_snapshot(ref, revision, offline=_offline())
 
 
 def _offline() -> bool:

@@ -146,7 +146,7 @@ def prepare(recipe: Recipe, out_dir: Path, paths: RunPaths, stack: contextlib.Ex
     exporting), the teacher, and every length fitted to what the model takes."""
     from modelpress.recipe import fit_lengths
 
-    teacher_ref = resolve_model_ref(recipe.teacher)
+    teacher_ref = resolve_model_ref(recipe.teacher, revision=recipe.revision)
     task = configure_task(
         recipe.task, recipe.task_options, model_dir=teacher_ref if Path(teacher_ref).is_dir() else None
     )
@@ -331,7 +331,7 @@ def judge(run: Run, enc: Encoders, *, measured: list, gated: list, variants: Seq
         variants=variants,
         other_runtimes=gated[1:],
     )
-    report.update(defaults_clipped=dict(run.fitted.clipped), target=run.target.describe())
+    report.update(defaults_clipped=dict(run.fitted.clipped), target=run.target.describe(), data=data_section(recipe))
     return report
 
 
@@ -399,12 +399,33 @@ def _publish(run: Run, report: dict[str, Any]) -> RunOutcome:
         metrics={k: m["metrics"] for k, m in report["models"].items()},
         gate=report["gate"],
         input_names=list(report["export"]["input_names"]),
+        provenance=_provenance(run),
     )
     gate = GateResult.from_dict(report["gate"]) if report.get("gate") else None
     failed = gate is not None and not gate.passed
     final = rejected_dir(run.out_dir, recipe.name) if failed else run.out_dir / recipe.name
     publish(staging, final)
     return RunOutcome(final, gate)
+
+
+def data_section(recipe: Recipe) -> dict[str, Any]:
+    """report.json's ``data``: the calibration and eval files used, and whether each is the task's
+    default (the recipe named none) rather than the user's."""
+    return {
+        "calibration": {"path": recipe.calibration.data, "default": not recipe.written("calibration.data")},
+        "eval": {"path": recipe.validate.eval_data, "default": not recipe.written("validate.eval_data")},
+    }
+
+
+def _provenance(run: Run) -> dict[str, Any]:
+    """The manifest's record of the models pressed (hub commit, weight sha256) and the target."""
+    from modelpress.provenance import model_source
+
+    recipe = run.recipe
+    source = {"teacher": model_source(recipe.teacher, run.teacher_ref, revision=recipe.revision)}
+    if recipe.student is not None:
+        source["student"] = model_source(recipe.student, resolve_model_ref(recipe.student))
+    return {"source": source, "target": run.target.describe()}
 
 
 def _label_names(config) -> list[str]:

@@ -146,6 +146,7 @@ class Recipe:
     student: str | None = field(
         default=None, metadata={"path": True}
     )  # a trained student to deploy instead (no [distill])
+    revision: str | None = None  # the teacher's hub revision (branch, tag or commit); the manifest records its commit
     task: str = field(default="feature-extraction", metadata={"choices": task_names()})
     trust_remote_code: bool = False  # let transformers run code shipped with the model
     allow_new_heads: bool = False  # a checkpoint without the task's head gets a new one (seeded by seed)
@@ -271,6 +272,22 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return recipe_from_dict(raw, source=path)
 
 
+def _task_default(raw: Mapping[str, Any], section: str, key: str, default: str) -> str:
+    """The data file the recipe's task calibrates / evaluates on when the recipe names none
+    (``Task.auto``); a task with nothing shipped that fits (images) makes the key required."""
+    name = raw.get("task", Recipe.task)
+    if not isinstance(name, str) or name not in task_names():
+        return default  # the field check names the bad task
+    spec = get_task(name).auto
+    value = spec.calibration_data if section == "calibration" else spec.eval_data
+    if value is None:
+        raise BadInputError(
+            f"{section}.{key}: {name} has no shipped default data; name your own "
+            f"(in the recipe, or --set {section}.{key}=PATH)"
+        )
+    return value
+
+
 def recipe_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> Recipe:
     for key in ("name", "teacher"):
         if key not in raw:
@@ -285,7 +302,7 @@ def recipe_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> Reci
     for section, (key, default) in _DEFAULT_FILES.items():
         table = given.get(section, {})
         if isinstance(table, Mapping) and key not in table:
-            given[section] = {**table, key: default}
+            given[section] = {**table, key: _task_default(raw, section, key, default)}
     values = checked_fields(Recipe, "", given, rule=rule, skip=("source", "raw"))
     return Recipe(**values, source=str(source) if source else "", raw=raw)
 

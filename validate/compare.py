@@ -31,28 +31,38 @@ def _shapes(examples: Sequence[Any], cfg, encoder) -> list[tuple[int, int | None
 MIN_TIMED_ROUNDS = 5
 
 
-def interleaved_rounds(calls: Sequence[Any], cfg) -> list[list[float]]:
+def interleaved_rounds(calls: Sequence[Any], cfg, progress: Any = None) -> list[list[float]]:
     """Seconds of each call per timed round: ``warmup_runs`` untimed rounds, then up to
     ``latency_runs`` rounds that each run every call once, in turn, until ``latency_budget_s``
-    is spent (never fewer than ``MIN_TIMED_ROUNDS``)."""
+    is spent (never fewer than ``MIN_TIMED_ROUNDS``). ``progress`` (a tqdm bar) advances a round at
+    a time, and by the rounds a spent budget skipped."""
     budget = getattr(cfg, "latency_budget_s", 0.0)
     times: list[list[float]] = [[] for _ in calls]
     started = None
-    for r in range(cfg.warmup_runs + cfg.latency_runs):
-        if r == cfg.warmup_runs:
-            started = time.perf_counter()
-        elif (
-            started is not None
-            and budget
-            and r - cfg.warmup_runs >= min(MIN_TIMED_ROUNDS, cfg.latency_runs)
-            and time.perf_counter() - started >= budget
-        ):
-            break
-        for k, call in enumerate(calls):
-            t0 = time.perf_counter()
-            call()
-            if r >= cfg.warmup_runs:
-                times[k].append(time.perf_counter() - t0)
+    rounds = cfg.warmup_runs + cfg.latency_runs
+    done = 0
+    try:
+        for r in range(rounds):
+            if r == cfg.warmup_runs:
+                started = time.perf_counter()
+            elif (
+                started is not None
+                and budget
+                and r - cfg.warmup_runs >= min(MIN_TIMED_ROUNDS, cfg.latency_runs)
+                and time.perf_counter() - started >= budget
+            ):
+                break
+            for k, call in enumerate(calls):
+                t0 = time.perf_counter()
+                call()
+                if r >= cfg.warmup_runs:
+                    times[k].append(time.perf_counter() - t0)
+            done += 1
+            if progress is not None:
+                progress.update(1)
+    finally:
+        if progress is not None:
+            progress.update(rounds - done)
     return times
 
 
@@ -62,15 +72,28 @@ def interleaved_latency(predictors: Sequence, examples: Sequence[Any], cfg) -> d
     ``latency_budget_s`` bounds the timed rounds of one shape (never fewer than
     ``MIN_TIMED_ROUNDS``), so a slow machine or a big batch costs minutes, not an hour."""
     rows: dict[str, list[dict[str, Any]]] = {p.name: [] for p in predictors}
-    for b, s, batch_examples in _shapes(examples, cfg, predictors[0].encoder):
-        # pad to exactly s positions, the fixed-shape serving case (PEERS.md measures the same)
-        batches = [p.encode(batch_examples, pad_to=s) for p in predictors]
-        times = interleaved_rounds(
-            [lambda p=p, batch=batch: p.predict_batch(batch) for p, batch in zip(predictors, batches)], cfg
-        )
-        for p, batch, t in zip(predictors, batches, times):
-            seq = p.encoder.length_of(batch.feed)
-            rows[p.name].append(summarize(t, batch_size=b, seq_len=seq).to_dict())
+    shapes = _shapes(examples, cfg, predictors[0].encoder)
+    # each shape may take latency_budget_s (60 s by default): a bar of rounds on stderr, off under -q
+    bar = tqdm(
+        total=len(shapes) * (cfg.warmup_runs + cfg.latency_runs),
+        desc="timing latency",
+        unit="round",
+        leave=False,
+        disable=not log.isEnabledFor(logging.INFO),
+    )
+    with bar:
+        for b, s, batch_examples in shapes:
+            bar.set_postfix_str(f"batch {b} x {s if s is not None else 'natural'}")
+            # pad to exactly s positions, the fixed-shape serving case (PEERS.md measures the same)
+            batches = [p.encode(batch_examples, pad_to=s) for p in predictors]
+            times = interleaved_rounds(
+                [lambda p=p, batch=batch: p.predict_batch(batch) for p, batch in zip(predictors, batches)],
+                cfg,
+                progress=bar,
+            )
+            for p, batch, t in zip(predictors, batches, times):
+                seq = p.encoder.length_of(batch.feed)
+                rows[p.name].append(summarize(t, batch_size=b, seq_len=seq).to_dict())
     return rows
 
 

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from modelpress import task_match
 from modelpress.config_check import check_fields, checked_fields
 from modelpress.errors import BadInputError
 from modelpress.registry import Registry
@@ -107,6 +108,8 @@ class Task:
     #: the batch its modality's encoder hands :meth:`postprocess` (a ``modalities.Batch``), as
     #: ``"module:Class"``: what it attaches beyond the feed (word positions, scored positions)
     batch_payload: ClassVar[str] = "modelpress.modalities:Batch"
+    #: the architectures ``--task auto`` maps to this task, and its default data (modelpress.task_match)
+    auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec()
 
     #: options that were ``[validate]`` keys until 0.x: read from there for one release (a warning)
     moved_from_validate: ClassVar[tuple[str, ...]] = ()

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, DistillSpec, Task
 
@@ -67,6 +68,8 @@ class FeatureExtraction(Task):
     normalize: bool | None = True  # L2-normalize (None in a recipe: as the sentence-transformers config says)
 
     name: ClassVar[str] = "feature-extraction"
+    #: a bare encoder (BertModel, ...); any longer suffix (LMHeadModel, ForXxx) belongs to another task
+    auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec(architectures=("Model",))
     auto_class: ClassVar[str] = "AutoModel"
     output_name: ClassVar[str] = "last_hidden_state"
     metrics: ClassVar[Mapping[str, str]] = {

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from modelpress import task_match
 from modelpress.tasks import DistillSpec
 from modelpress.tasks.text_classification import TextClassification, softmax
 
@@ -22,6 +23,10 @@ from modelpress.tasks.text_classification import TextClassification, softmax
 @dataclass(frozen=True)
 class ImageClassification(TextClassification):
     name: ClassVar[str] = "image-classification"
+    #: no images ship: a recipe names its own calibration and eval images
+    auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec(
+        architectures=("ForImageClassification",), calibration_data=None, eval_data=None
+    )
     modality: ClassVar[str] = "image"
     auto_class: ClassVar[str] = "AutoModelForImageClassification"
     eval_formats: ClassVar[tuple[str, ...]] = ("images",)

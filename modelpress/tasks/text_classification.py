@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from modelpress import task_match
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
 
 
@@ -23,6 +24,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class TextClassification(Task):
     name: ClassVar[str] = "text-classification"
+    auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec(
+        architectures=("ForSequenceClassification",), accepts=lambda c: not task_match.is_cross_encoder(c)
+    )
     auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
     output_name: ClassVar[str] = "logits"
     metrics: ClassVar[Mapping[str, str]] = {"top1_agreement": HIGHER, "mean_kl": LOWER, "accuracy": HIGHER}

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, EvalSet, Task
 
@@ -63,6 +64,7 @@ class TextGeneration(Task):
     generation_tokens: int = field(default=32, metadata={"min": 1})  # greedy new tokens per prompt
 
     name: ClassVar[str] = "text-generation"
+    auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec(architectures=("ForCausalLM", "LMHeadModel"))
     modality: ClassVar[str] = "causal-text"
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
     output_name: ClassVar[str] = "logits"

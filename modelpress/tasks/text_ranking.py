@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
 from modelpress.tasks.text_classification import softmax
@@ -66,6 +67,12 @@ class TextRanking(Task):
     )  # num_labels > 1: the class (name or index) whose probability is the score
 
     name: ClassVar[str] = "text-ranking"
+    #: a cross-encoder (task_match.is_cross_encoder); STS pairs to evaluate on by default
+    auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec(
+        architectures=("ForSequenceClassification",),
+        accepts=task_match.is_cross_encoder,
+        eval_data="calibration_data/en_sts_eval.jsonl",
+    )
     modality: ClassVar[str] = "text-pairs"
     auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
     output_name: ClassVar[str] = "logits"

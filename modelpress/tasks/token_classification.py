@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from modelpress import task_match
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TokenClassification(Task):
     name: ClassVar[str] = "token-classification"
+    #: untagged sentences by default (agreement with the teacher; no gold tags ship)
+    auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec(
+        architectures=("ForTokenClassification",), eval_data="calibration_data/en_words_eval.jsonl"
+    )
     auto_class: ClassVar[str] = "AutoModelForTokenClassification"
     output_name: ClassVar[str] = "logits"
     metrics: ClassVar[Mapping[str, str]] = {
