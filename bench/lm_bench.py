@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pressed {bundle} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     report = json.loads((bundle / "report.json").read_text(encoding="utf-8"))
 
-    task = configure_task("text-generation")
+    task = configure_task(recipe.task, recipe.task_options)  # its stride: the windows the report scored
     tokenizer = CAUSAL_TEXT.load_preprocessor(str(bundle / "tokenizer"))
     teacher = load_model(str(args.gpt / "model"), task)
     shapes = graph_input_shapes(bundle / "model.onnx")
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_budget_s=60.0,
     )
     prefill = interleaved_latency(preds, long, timing)
-    decode = decode_latency(preds, long, replace(timing, batch_sizes=(1, 8), decode_contexts=(128, 512)))
+    decode = decode_latency(preds, long, replace(timing, batch_sizes=(1, 8)), contexts=(128, 512))
 
     # end to end: a 128-token prompt, 64 new tokens, greedy, batch 1 and 8 (interleaved rounds)
     e2e: dict[str, dict[str, float]] = {p.name: {} for p in preds}

@@ -2,6 +2,7 @@
 
 Feature extraction: mean cosine similarity and MSE between student and teacher embeddings.
 Classification: top-1 agreement with the teacher and mean KL(teacher || student) at T = 1.
+A task whose output is of another kind brings its own (``Task.heldout_metric``: a ranker's score MSE).
 Each process evaluates a shard; the metrics are sums reduced over processes, so the result does
 not depend on the number of processes. ``score`` orders results (higher is better) for keeping
 the best checkpoint.
@@ -10,7 +11,7 @@ the best checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,18 +63,23 @@ def _token_logit_sums(student: ModelOutputs, teacher: ModelOutputs) -> torch.Ten
     return torch.stack([agree.sum(), kl.sum()])
 
 
-def _score_sums(student: ModelOutputs, teacher: ModelOutputs) -> torch.Tensor:
-    """Per sample, the squared difference of the scores (a ranker's logits); summed over the batch."""
-    return (student.sentence.float() - teacher.sentence.float()).pow(2).mean(dim=-1).sum().reshape(1)
-
-
-#: by the kind of output a task compares (``DistillSpec.output`` in the task registry)
+#: the held-out metrics by the kind of output a task compares (``DistillSpec.output``); a task whose
+#: output is of another kind gives its own (``Task.heldout_metric``)
 METRICS = {
     "embedding": MetricSpec(("cosine", "mse"), _embedding_sums, lambda m: (m["cosine"],)),
     "logits": MetricSpec(("agreement", "kl"), _logit_sums, lambda m: (m["agreement"], -m["kl"])),
     "token_logits": MetricSpec(("agreement", "kl"), _token_logit_sums, lambda m: (m["agreement"], -m["kl"])),
-    "scores": MetricSpec(("mse",), _score_sums, lambda m: (-m["mse"],)),
 }
+
+
+def metric_spec(spec: Any) -> MetricSpec:
+    """The held-out metrics of a task (``distill.tasks.TaskSpec``): its own, else its output kind's."""
+    own = spec.task.heldout_metric()
+    if own is not None:
+        return own
+    if spec.sentence_output not in METRICS:  # a task module's omission, not a user's
+        raise TypeError(f"{spec.name}: no held-out metric for the output kind {spec.sentence_output!r}")
+    return METRICS[spec.sentence_output]
 
 
 @torch.no_grad()
@@ -89,7 +95,7 @@ def evaluate(
     batch_size: int,
 ) -> EvalResult:
     """Student-vs-teacher metrics over ``indices`` (all processes must call this together)."""
-    spec = METRICS[module.spec.sentence_output]
+    spec = metric_spec(module.spec)
     was_training = module.training
     module.eval()
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from modelpress.distill.data import TokenizedCorpus
 from modelpress.distill.distributed import DistContext
-from modelpress.distill.evaluation import METRICS, mean_metrics, shard_batches
+from modelpress.distill.evaluation import mean_metrics, metric_spec, shard_batches
 from modelpress.distill.forward import run_model
 from modelpress.distill.precision import Precision
 from modelpress.distill.student import build_layer_subset, evenly_spaced_layers
@@ -79,7 +79,7 @@ def choose_layers(
         if layers not in scored:
             scored[layers] = scorer.metrics(layers)
             bar.update()
-        return METRICS[spec.sentence_output].score(scored[layers])
+        return metric_spec(spec).score(scored[layers])
 
     try:
         if exhaustive:
@@ -124,4 +124,4 @@ class _Scorer:
     def metrics(self, layers: tuple[int, ...]) -> dict[str, float]:
         candidate = build_layer_subset(self.teacher_model, layers).to(self.dist.device).eval()
         pairs = ((self._outputs(candidate, batch), target) for batch, target in zip(self.batches, self.targets))
-        return mean_metrics(METRICS[self.spec.sentence_output], pairs, dist=self.dist)
+        return mean_metrics(metric_spec(self.spec), pairs, dist=self.dist)

@@ -741,19 +741,18 @@ def _validate_flags(args) -> dict[str, Any]:
         GateConfig, "gate", {"max_drop": _pick(args.max_drop, None, "gate", "max_drop", GateConfig)}
     )
     modality = get_modality(task.modality)
-    if args.seq_lengths:  # a flag the user gave is refused under its own name
-        modality.check_lengths(model.config, preprocessor, {"--seq-lengths": max(args.seq_lengths)})
-    # the flags' lengths the model cannot take are refused; the defaults are clipped
-    flags = {f"validate.{k}" for k, v in changes.items() if v is not None}
-    fitted_sections, fitted = fit_lengths(
-        {"validate": cfg},
-        task=task,
-        modality=modality,
-        model_config=model.config,
-        preprocessor=preprocessor,
-        written=lambda key: key in flags,
-    )
-    cfg = fitted_sections["validate"]
+    # the flags' lengths the model cannot take are refused, under the flag's own name; the defaults are clipped
+    flags = {f"validate.{k}": (f"--{k.replace('_', '-')}", v) for k, v in changes.items() if v is not None}
+    with _flags_named(flags):
+        fitted_sections, fitted = fit_lengths(
+            {"validate": cfg},
+            task=task,
+            modality=modality,
+            model_config=model.config,
+            preprocessor=preprocessor,
+            written=lambda key: key in flags,
+        )
+    cfg, task = fitted_sections["validate"], task.with_lengths(fitted)
     es = task.read_eval(cfg.eval_data, cfg, model_config=model.config, preprocessor=preprocessor)
     runtime = args.runtime or ("openvino" if args.candidate.endswith(".xml") else "onnxruntime")
     names = modality.check_graph_inputs(RUNTIMES.get(runtime).graph_inputs(args.candidate), source=args.candidate)

@@ -7,7 +7,8 @@ bools, ``float`` takes ints and refuses NaN/infinity, ``tuple[T, ...]`` takes ar
 ``Path`` (and a ``str`` field with ``metadata={"path": True}``) takes a string and applies the one
 rule for relative paths (:class:`PathRule`), nested
 dataclasses are sub-tables, ``X | None`` accepts X. Per-field ``metadata`` adds ``choices``,
-``min``/``max`` (inclusive) and ``gt`` (exclusive); cross-field rules stay in ``__post_init__``.
+``min``/``max`` (inclusive) and ``gt`` (exclusive), and ``expected`` (what a type error says the key
+takes, "a class name or index"); cross-field rules stay in ``__post_init__``.
 """
 
 from __future__ import annotations
@@ -151,12 +152,18 @@ def checked_fields(
     prefix = f"{section}." if section else ""
     for key in raw:
         if key not in fields:
-            raise BadInputError(f"{prefix}{key}: unknown key (known: {', '.join(sorted(fields))})")
+            raise BadInputError(f"{prefix}{key}: unknown key (known: {', '.join(sorted(fields)) or 'none'})")
     hints = typing.get_type_hints(cls)
     out = {}
     for name, value in raw.items():
         key = f"{prefix}{name}"
-        out[name] = _check(hints[name], value, key, rule)
+        expected = fields[name].metadata.get("expected")
+        try:
+            out[name] = _check(hints[name], value, key, rule)
+        except BadInputError:
+            if expected is None:
+                raise
+            raise BadInputError(f"{key}: expected {expected}, got {_kind(value)}") from None
         if fields[name].metadata.get("path") and isinstance(out[name], str):
             out[name] = rule.resolve(out[name])
     return out

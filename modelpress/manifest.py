@@ -195,8 +195,11 @@ def verify(root: str | Path, *, allow_later: bool = False) -> list[str]:
     ``allow_later``: the engine files ``modelpress engine`` adds after publishing, and the signature
     ``modelpress sign`` adds, are not reported. A report manifest (kind ``"report"``) checks only the
     files it lists: the stage folder's other files are not its own."""
-    root = Path(root)
-    manifest = read_manifest(root)
+    return _problems(Path(root), read_manifest(root), allow_later=allow_later)
+
+
+def _problems(root: Path, manifest: dict[str, Any], *, allow_later: bool) -> list[str]:
+    """:func:`verify` on a manifest already read (one read: it is what the caller then trusts)."""
     files = dict(manifest["files"])
     base = root.resolve()
     problems = []
@@ -218,14 +221,15 @@ def verify(root: str | Path, *, allow_later: bool = False) -> list[str]:
 
 def require_intact(root: str | Path, *, allow_later: bool = True) -> dict[str, Any]:
     """The manifest; BadInputError naming what differs when the bundle is not what it says."""
-    problems = verify(root, allow_later=allow_later)
+    manifest = read_manifest(root)
+    problems = _problems(Path(root), manifest, allow_later=allow_later)
     if problems:
         shown = ", ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
         raise BadInputError(
             f"{root}: the bundle does not match its manifest.json ({shown}; "
             "+ added, ! outside the bundle, else changed or missing)"
         )
-    return read_manifest(root)
+    return manifest
 
 
 def trusted_report(root: str | Path) -> Path:

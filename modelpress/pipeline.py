@@ -183,6 +183,7 @@ def prepare(recipe: Recipe, out_dir: Path, paths: RunPaths, stack: contextlib.Ex
         written=recipe.written,
     )
     recipe = recipe.with_(**sections)  # what ran, in the manifest too
+    task = task.with_lengths(fitted)
     v, cal = recipe.validate, recipe.calibration
     es = task.read_eval(v.eval_data, v, model_config=teacher_model.config, preprocessor=preprocessor)
     cal_examples = modality.calibration_set(cal, preprocessor, examples=read)

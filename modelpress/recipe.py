@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import dataclasses
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
 from modelpress.runtimes.target import TARGET_CHOICES
 from modelpress.runtimes.tensorrt.config import EngineConfig
 from modelpress.tasks import configure_task, get_task, task_names
+
+log = logging.getLogger(__name__)
 
 AUTO = "auto"
 
@@ -97,19 +100,6 @@ class ValidateConfig:
         default=(1, 32), metadata={"min": 1, "nonempty": True}
     )  # latency: batch sizes ...
     seq_lengths: tuple[int, ...] = field(default=(128,), metadata={"min": 1, "nonempty": True})  # ... × padded lengths
-    stride: int = field(
-        default=0, metadata={"min": 0}
-    )  # text-generation: perplexity windows start every stride tokens (0 = max_length / 2)
-    decode_contexts: tuple[int, ...] = field(
-        default=(128, 512), metadata={"min": 1, "nonempty": True}
-    )  # text-generation: decode step timed at these past lengths
-    prompts: str = field(
-        default="", metadata={"path": True}
-    )  # text-generation: prompts (.txt a line each, .jsonl/.csv prompt_field) for greedy_agreement ("" = none)
-    prompt_field: str = "prompt"  # text-generation: the prompt field of a .jsonl/.csv prompts file
-    generation_tokens: int = field(
-        default=32, metadata={"min": 1}
-    )  # text-generation: greedy new tokens per prompt compared with the teacher's
     latency_runs: int = field(default=30, metadata={"min": 1})  # timed runs per shape (after warm-up), at most
     latency_budget_s: float = field(
         default=60.0, metadata={"min": 0.0}
@@ -219,7 +209,7 @@ class Recipe:
                 f"({', '.join(SIBLING_SUFFIXES)}); choose another name"
             )
         task = get_task(self.task)
-        configure_task(self.task, self.task_options)  # checks the options (model folder not needed)
+        configured = configure_task(self.task, self.task_options)  # checks the options (model folder not needed)
         if self.validate.eval_format not in (AUTO, *task.eval_formats):
             raise BadInputError(
                 f"validate.eval_format: {self.task} reads {', '.join(task.eval_formats)} "
@@ -240,8 +230,8 @@ class Recipe:
                 f"gate.metric: {self.task} reports {', '.join(task.metrics)} (or auto), not {self.gate.metric!r}"
             )
         needs = task.conditional_metrics.get(self.gate.metric)
-        if needs and not getattr(self.validate, needs):
-            raise BadInputError(f"gate.metric: {self.gate.metric} is measured only with validate.{needs} set")
+        if needs and not getattr(configured, needs):
+            raise BadInputError(f"gate.metric: {self.gate.metric} is measured only with task_options.{needs} set")
 
     def with_(self, **changes: Any) -> "Recipe":
         """This recipe with some fields replaced (checked again); what was written stays ``raw``."""
@@ -335,13 +325,44 @@ def recipe_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> Reci
         if key not in raw:
             raise BadInputError(f"{key}: required recipe key is missing")
     rule = PathRule.for_recipe(source)
+    raw = _moved_task_options(raw)
     given = dict(raw)
+    task = given.get("task", Recipe.task)
+    if isinstance(task, str) and task in task_names() and isinstance(given.get("task_options", {}), Mapping):
+        # typed, and its paths resolved by the recipe's rule (the task re-checks the values when configured)
+        given["task_options"] = checked_fields(get_task(task), "task_options", given.get("task_options", {}), rule=rule)
     for section, (key, default) in _DEFAULT_FILES.items():
         table = given.get(section, {})
         if isinstance(table, Mapping) and key not in table:
             given[section] = {**table, key: _task_default(raw, section, key, default)}
     values = checked_fields(Recipe, "", given, rule=rule, skip=("source", "raw"))
     return Recipe(**values, source=str(source) if source else "", raw=raw)
+
+
+def _moved_task_options(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the task's options written in ``[validate]`` where they were until 0.x
+    (``Task.moved_from_validate``) moved into ``[task_options]``, with one WARNING line; read there
+    for one release, then refused."""
+    task, validate = raw.get("task", Recipe.task), raw.get("validate")
+    if not isinstance(task, str) or task not in task_names() or not isinstance(validate, Mapping):
+        return raw
+    moved = [k for k in validate if k in get_task(task).moved_from_validate]
+    if not moved:
+        return raw
+    options = raw.get("task_options", {})
+    both = [k for k in moved if isinstance(options, Mapping) and k in options]
+    if both:
+        raise BadInputError(f"validate.{both[0]}: also given as task_options.{both[0]}; keep the [task_options] one")
+    log.warning(
+        "%s: deprecated in [validate], a task option now: write %s under [task_options] (read from [validate] "
+        "this release only)",
+        ", ".join(f"validate.{k}" for k in moved),
+        ", ".join(moved),
+    )
+    out = dict(raw)
+    out["validate"] = {k: v for k, v in validate.items() if k not in moved}
+    out["task_options"] = {**(options if isinstance(options, Mapping) else {}), **{k: validate[k] for k in moved}}
+    return out
 
 
 #: recipe values that are lengths the model must take, beyond the task's own (``Task.length_keys``)
@@ -368,14 +389,14 @@ def fit_lengths(
         if section in sections:
             lengths[key] = Length(getattr(sections[section], name), written=written(key))
     if "validate" in sections:  # the task's own: each needs what ``checked_lengths`` says beyond its value
-        for key, need in task.checked_lengths(sections["validate"]).items():
-            value = getattr(sections["validate"], key.split(".")[1])
+        for key, need in task.checked_lengths().items():
+            value = getattr(task, key.split(".")[1])
             lengths[key] = Length(value, extra=need - Length(value).need, written=written(key))
     fitted = modality.fit_lengths(model_config, preprocessor, lengths)
     out = dict(sections)
     for key, value in fitted.values.items():
         section, name = key.split(".")
-        if value != getattr(out[section], name):
+        if section in out and value != getattr(out[section], name):  # the task's: ``Task.with_lengths``
             out[section] = dataclasses.replace(out[section], **{name: value})
     return out, fitted
 

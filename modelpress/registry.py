@@ -2,7 +2,9 @@
 
 An entry is registered under a name, either as an object or as a ``"module:attribute"`` string
 that is imported on first use, so an optional backend (TensorRT, OpenVINO) costs nothing until a
-recipe asks for it. A name that is not registered is a :class:`BadInputError` listing the known
+recipe asks for it. A registered module may register variants of its entry itself when it is
+imported (the text modality's ``text-pairs``): a name not registered yet imports the registered
+modules before it is refused. A name that is not registered is a :class:`BadInputError` listing the known
 names, the one line a user needs to fix a typo.
 """
 
@@ -38,6 +40,8 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._entries:
+            self._import_modules()  # a registered module may register its variants when imported
+        if name not in self._entries:
             raise BadInputError(f"{self.kind} {name!r} is not known; known {self.kind}s: {', '.join(self.names())}")
         entry = self._entries[name]
         if isinstance(entry, str):
@@ -45,6 +49,12 @@ class Registry(Generic[T]):
             entry = getattr(importlib.import_module(module), attr)
             self._entries[name] = entry
         return entry
+
+    def _import_modules(self) -> None:
+        """Import the modules of the lazily registered entries (each registers what it adds)."""
+        for entry in list(self._entries.values()):
+            if isinstance(entry, str):
+                importlib.import_module(entry.partition(":")[0])
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)

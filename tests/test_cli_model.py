@@ -437,9 +437,9 @@ KIND_SETS = {
     "encoder": [],
     "lm": [
         "--set",
-        "validate.decode_contexts=[24]",
+        "task_options.decode_contexts=[24]",
         "--set",
-        "validate.stride=16",
+        "task_options.stride=16",
         "--set",
         "validate.batch_sizes=[1]",
     ],

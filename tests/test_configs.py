@@ -30,7 +30,7 @@ def test_shipped_recipe_loads_and_its_data_files_exist(path):
         return
     if at(recipe.teacher) == GPT / "model":
         # made by bench.tiny_gpt: the model folder, the two text files and the prompts
-        assert (at(recipe.calibration.data), at(recipe.validate.eval_data), at(recipe.validate.prompts)) == (
+        assert (at(recipe.calibration.data), at(recipe.validate.eval_data), at(recipe.task_options["prompts"])) == (
             GPT / "train.txt",
             GPT / "heldout.txt",
             GPT / "prompts.jsonl",

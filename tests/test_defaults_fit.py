@@ -27,7 +27,7 @@ def _fit(recipe, positions, task_name=None):
     from modelpress.recipe import fit_lengths
     from modelpress.tasks import configure_task
 
-    task = configure_task(task_name or recipe.task)
+    task = configure_task(task_name or recipe.task, None if task_name else recipe.task_options)
     config = SimpleNamespace(max_position_embeddings=positions, model_type="llama")
     return fit_lengths(
         {"calibration": recipe.calibration, "validate": recipe.validate},
@@ -41,17 +41,20 @@ def _fit(recipe, positions, task_name=None):
 
 def test_the_default_decode_contexts_are_clipped_to_a_256_position_model(tmp_path, caplog):
     """issue 21 case 9, as measured: 256 positions, the default decode contexts [128, 512]."""
+    from modelpress.tasks import configure_task
+
     recipe = _recipe(tmp_path)
-    assert recipe.validate.decode_contexts == (128, 512)  # the default, not written
+    task = configure_task(recipe.task, recipe.task_options)
+    assert task.decode_contexts == (128, 512)  # the default, not written
     with caplog.at_level(logging.INFO, logger="modelpress"):
         sections, fitted = _fit(recipe, 256)
     # a decode step at context c feeds c + 1 positions: 255 is the longest context 256 positions take
-    assert sections["validate"].decode_contexts == (128, 255)
-    assert fitted.clipped == {"validate.decode_contexts": {"default": [128, 512], "used": [128, 255]}}
+    assert task.with_lengths(fitted).decode_contexts == (128, 255)
+    assert fitted.clipped == {"task_options.decode_contexts": {"default": [128, 512], "used": [128, 255]}}
     assert fitted.limit == 256
     lines = [r.getMessage() for r in caplog.records if "defaults fitted" in r.getMessage()]
     assert lines == [
-        "defaults fitted to the 256 positions the model takes: validate.decode_contexts [128, 512] -> [128, 255]"
+        "defaults fitted to the 256 positions the model takes: task_options.decode_contexts [128, 512] -> [128, 255]"
     ]
     # what fits stays as it was
     assert sections["validate"].seq_lengths == (128,) and sections["calibration"].max_length == 128
@@ -61,27 +64,34 @@ def test_every_default_length_is_clipped_and_only_the_tasks_own_keys_count(tmp_p
     recipe = _recipe(tmp_path)
     sections, fitted = _fit(recipe, 64)
     cal, v = sections["calibration"], sections["validate"]
-    assert (cal.max_length, v.max_length, v.seq_lengths, v.decode_contexts) == (64, 64, (64,), (63,))
+    contexts = fitted.values["task_options.decode_contexts"]
+    assert (cal.max_length, v.max_length, v.seq_lengths, contexts) == (64, 64, (64,), (63,))
     assert set(fitted.clipped) == {
         "calibration.max_length",
         "validate.max_length",
         "validate.seq_lengths",
-        "validate.decode_contexts",
+        "task_options.decode_contexts",
     }
     assert fitted.clipped["validate.seq_lengths"] == {"default": [128], "used": [64]}
     # an encoder has no decode step: its decode contexts are neither checked nor clipped
     _, encoder = _fit(_recipe(tmp_path, "feature-extraction"), 64)
-    assert "validate.decode_contexts" not in encoder.clipped and len(encoder.clipped) == 3
+    assert "task_options.decode_contexts" not in encoder.clipped and len(encoder.clipped) == 3
 
 
 @pytest.mark.parametrize(
     "sections, overrides, message",
     [
-        ({"validate": {"decode_contexts": [128, 512]}}, (), "validate.decode_contexts: 513 is more than the 256"),
+        (
+            {"task_options": {"decode_contexts": [128, 512]}},
+            (),
+            "task_options.decode_contexts: 513 is more than the 256",
+        ),
+        # the spelling of 0.x, read for one release
+        ({"validate": {"decode_contexts": [128, 512]}}, (), "task_options.decode_contexts: 513 is more than the 256"),
         ({"validate": {"seq_lengths": [300]}}, (), "validate.seq_lengths: 300 is more than the 256"),
         ({"calibration": {"max_length": 257}}, (), "calibration.max_length: 257 is more than the 256"),
         ({}, ("validate.max_length=1000",), "validate.max_length: 1000 is more than the 256"),
-        ({}, ("validate.decode_contexts=[256]",), "validate.decode_contexts: 257 is more than the 256"),
+        ({}, ("task_options.decode_contexts=[256]",), "task_options.decode_contexts: 257 is more than the 256"),
     ],
 )
 def test_a_length_the_user_wrote_is_refused_even_when_it_equals_the_default(tmp_path, sections, overrides, message):
@@ -95,7 +105,7 @@ def test_a_recipe_built_in_code_counts_every_key_as_written():
     """No parsed table says what was written: nothing is clipped behind the caller's back."""
     from modelpress.recipe import Recipe
 
-    with pytest.raises(BadInputError, match="validate.decode_contexts: 513 is more than the 256"):
+    with pytest.raises(BadInputError, match="task_options.decode_contexts: 513 is more than the 256"):
         _fit(Recipe(name="r", teacher="unused", task="text-generation"), 256)
 
 
@@ -142,7 +152,7 @@ CLIPPED_64 = {
     "calibration.max_length": {"default": 128, "used": 64},
     "validate.max_length": {"default": 128, "used": 64},
     "validate.seq_lengths": {"default": [128], "used": [64]},
-    "validate.decode_contexts": {"default": [128, 512], "used": [63]},
+    "task_options.decode_contexts": {"default": [128, 512], "used": [63]},
 }
 
 
@@ -185,7 +195,7 @@ def test_run_and_validate_fit_the_defaults_and_refuse_what_the_user_wrote(short_
             == 0
         )
     assert json.loads((tmp_path / "v" / "report.json").read_text())["defaults_clipped"] == {
-        k: c for k, c in CLIPPED_64.items() if k.startswith("validate.")
+        k: c for k, c in CLIPPED_64.items() if not k.startswith("calibration.")
     }
     assert any("defaults fitted" in r.getMessage() for r in caplog.records)
     capsys.readouterr()
@@ -195,7 +205,7 @@ def test_run_and_validate_fit_the_defaults_and_refuse_what_the_user_wrote(short_
     assert main(["run", str(written), "--out", str(tmp_path / "out2")]) == 2
     assert (
         capsys.readouterr().err.strip().splitlines()[-1]
-        == "modelpress: error: validate.decode_contexts: 129 is more than the 64 positions the model takes"
+        == "modelpress: error: task_options.decode_contexts: 129 is more than the 64 positions the model takes"
     )
     assert main(["run", str(recipe), "--out", str(tmp_path / "out2"), "--set", "validate.seq_lengths=[128]"]) == 2
     assert (

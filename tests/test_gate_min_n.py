@@ -81,10 +81,8 @@ def _lm_validate(tmp_path, text: str, **extra):
             "warmup_runs": 0,
             "batch_sizes": [1],
             "seq_lengths": [16],
-            "decode_contexts": [24],
             "real_workload": False,
             "max_length": 32,
-            "stride": 16,
             "threads": 1,
             **extra,
         },
@@ -105,7 +103,7 @@ def test_the_text_generation_gate_does_not_pass_on_two_tokens(tmp_path):
     from modelpress.validate.stage import file_opener, teacher_opener, validate_stage
 
     folder = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
-    task = configure_task("text-generation")
+    task = configure_task("text-generation", {"decode_contexts": [24], "stride": 16})
     model, tok = load_model_and_preprocessor(str(folder), task)
     onnx = task.export(model, tok, tmp_path / "model.onnx", opset=18, atol=1e-4).path
     shapes = graph_input_shapes(onnx)

@@ -88,3 +88,85 @@ def test_the_wheel_holds_only_the_modelpress_package(tmp_path):
         assert f"modelpress/{folder}/__init__.py" in names
     assert "modelpress/calibration_data/en_default.txt" in names
     assert not any(n.startswith(("modelpress/bench/", "bench/", "tests/")) for n in names)
+
+
+#: modules shared by every task: they take a task's eval record and batches through the task's hooks
+SHARED = ("validate", "modelpress/modalities", "modelpress/pipeline.py", "modelpress/cli.py")
+
+
+def _task_owned_fields() -> set[str]:
+    """The fields tasks declare on their eval records and batch payloads beyond the shared ones."""
+    from dataclasses import fields
+
+    from modelpress.modalities import Batch
+    from modelpress.tasks import EvalSet, get_task, task_names
+
+    shared = {f.name for f in fields(EvalSet)} | {f.name for f in fields(Batch)}
+    owned = set()
+    for name in task_names():
+        task = get_task(name)
+        assert issubclass(task.record_type(), EvalSet) and issubclass(task.payload_type(), Batch), name
+        owned |= {f.name for f in fields(task.record_type())} | {f.name for f in fields(task.payload_type())}
+    return owned - shared
+
+
+def _declared_fields(tree: ast.Module) -> set[str]:
+    """The annotated fields of the classes a module declares (a reader may name its own record's)."""
+    return {
+        node.target.id
+        for cls in ast.walk(tree)
+        if isinstance(cls, ast.ClassDef)
+        for node in cls.body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+
+
+def test_shared_records_hold_only_what_every_task_shares():
+    from dataclasses import fields
+
+    from modelpress.modalities import Batch
+    from modelpress.recipe import ValidateConfig
+    from modelpress.tasks import EvalSet, get_task, task_names
+
+    assert {f.name for f in fields(EvalSet)} == {"source", "format", "skipped"}
+    assert {f.name for f in fields(Batch)} == {"feed", "size"}
+    options = {option for name in task_names() for option in get_task(name).options()}
+    assert not options & {f.name for f in fields(ValidateConfig)}, "a task's option is its own: [task_options]"
+
+
+def test_no_shared_module_names_a_task_owned_field():
+    """Validation, the report, the gate, the pipeline, the CLI and the modalities reach a task's
+    eval record and batches through the task (``Task.describe_eval``, ``fidelity``, ``postprocess``,
+    ...); a module may name only the fields of the records it declares itself (a reader, a
+    modality's batch)."""
+    owned = _task_owned_fields()
+    assert {"labels", "pairs", "words", "tags", "images", "windows", "prompts", "first_tokens", "positions"} <= owned
+    hits = []
+    for entry in SHARED:
+        root = REPO / entry
+        for p in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+            tree = ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
+            named = owned - _declared_fields(tree)
+            hits += [
+                f"{p.relative_to(REPO)}:{node.lineno}: .{node.attr}"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Attribute) and node.attr in named
+            ]
+    assert not hits, "\n".join(hits)
+
+
+def test_a_modality_variant_is_registered_by_its_own_module_only():
+    """text-pairs (cross-encoders) is the text modality with pairs as examples: text.py registers it,
+    so a task on it adds no line to the modality registry; the name resolves like any other, and a
+    miss still lists every name."""
+    import pytest
+
+    from modelpress.errors import BadInputError
+    from modelpress.modalities import get_modality
+
+    assert 'register("text-pairs"' not in (REPO / "modelpress" / "modalities" / "__init__.py").read_text(
+        encoding="utf-8"
+    )
+    assert get_modality("text-pairs").name == "text-pairs"
+    with pytest.raises(BadInputError, match="known modalitys: .*text-pairs"):
+        get_modality("no-such-modality")

@@ -250,12 +250,11 @@ LM_VALIDATE = {
     "warmup_runs": 1,
     "batch_sizes": [1],
     "seq_lengths": [16],
-    "decode_contexts": [24],
     "real_workload": False,
     "max_length": 32,
-    "stride": 16,
     "threads": 1,
 }
+LM_OPTIONS = {"decode_contexts": [24], "stride": 16}  # text-generation's own keys
 
 
 def _lm_recipe(tmp_path, folder, **sections):
@@ -266,6 +265,7 @@ def _lm_recipe(tmp_path, folder, **sections):
     (tmp_path / "heldout.txt").write_text("\n".join(random_sentences(60, seed=9)) + "\n", encoding="utf-8")
     body = {
         "calibration": {"data": str(tmp_path / "corpus.txt"), "num_samples": 48, "max_length": 32, "batch_size": 16},
+        "task_options": dict(LM_OPTIONS),
         "validate": {**LM_VALIDATE, "eval_data": str(tmp_path / "heldout.txt")},
         "gate": {"max_drop": 2.0},
     }
@@ -343,7 +343,8 @@ def test_greedy_agreement_on_eval_prompts_is_measured_gated_and_matches_transfor
     recipe = _lm_recipe(
         tmp_path,
         folder,
-        validate={"prompts": str(tmp_path / "prompts.jsonl"), "generation_tokens": 10, "batch_size": 1},
+        task_options={"prompts": str(tmp_path / "prompts.jsonl"), "generation_tokens": 10},
+        validate={"batch_size": 1},
         gate={"metric": "greedy_agreement", "max_drop": 100.0},
     )
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
@@ -368,19 +369,19 @@ def test_greedy_agreement_on_eval_prompts_is_measured_gated_and_matches_transfor
     assert lo <= gate["drop"] <= hi
     # a prompts record without the field, and the gated metric without prompts: one line, exit 2
     (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "a"}) + "\n", encoding="utf-8")
-    bad = _lm_recipe(tmp_path, folder, validate={"prompts": str(tmp_path / "bad.jsonl")})
+    bad = _lm_recipe(tmp_path, folder, task_options={"prompts": str(tmp_path / "bad.jsonl")})
     assert main(["run", str(bad), "--out", str(tmp_path / "out2")]) == 2
     assert "bad.jsonl" in capsys.readouterr().err.strip().splitlines()[-1]
     too_long = _lm_recipe(
-        tmp_path, folder, validate={"prompts": str(tmp_path / "prompts.jsonl"), "generation_tokens": 100000}
+        tmp_path, folder, task_options={"prompts": str(tmp_path / "prompts.jsonl"), "generation_tokens": 100000}
     )
     assert main(["run", str(too_long), "--out", str(tmp_path / "out2")]) == 2
-    assert "validate.prompts (longest prompt + generation_tokens): 1000" in capsys.readouterr().err
+    assert "task_options.prompts (longest prompt + generation_tokens): 1000" in capsys.readouterr().err
     unmeasured = _lm_recipe(tmp_path, folder, gate={"metric": "greedy_agreement"})
     assert main(["run", str(unmeasured), "--out", str(tmp_path / "out2")]) == 2
     assert (
         capsys.readouterr().err.strip().splitlines()[-1]
-        == "modelpress: error: gate.metric: greedy_agreement is measured only with validate.prompts set"
+        == "modelpress: error: gate.metric: greedy_agreement is measured only with task_options.prompts set"
     )
 
 
@@ -426,7 +427,7 @@ def test_a_layer_subset_decoder_is_distilled_and_reported_beside_its_start(tmp_p
             "max_length": 32,
             "layer_selection": "spread",
         },
-        validate={"prompts": str(tmp_path / "prompts.txt"), "generation_tokens": 6},
+        task_options={"prompts": str(tmp_path / "prompts.txt"), "generation_tokens": 6},
         gate={"max_drop": 50.0},
     )
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
@@ -451,11 +452,11 @@ def test_unusable_language_model_inputs_are_one_line_and_exit_2(tmp_path, capsys
     from modelpress.cli import main
 
     folder = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
-    recipe = _lm_recipe(tmp_path, folder, validate={"stride": 64})
+    recipe = _lm_recipe(tmp_path, folder, task_options={"stride": 64})
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
     assert (
         capsys.readouterr().err.strip().splitlines()[-1]
-        == "modelpress: error: validate.stride: 64 is more than validate.max_length (32)"
+        == "modelpress: error: task_options.stride: 64 is more than validate.max_length (32)"
     )
     (tmp_path / "blank.txt").write_text("\n\n", encoding="utf-8")
     recipe = _lm_recipe(tmp_path, folder, calibration={"data": str(tmp_path / "blank.txt")})
@@ -510,3 +511,30 @@ def test_a_causal_lm_bundle_ships_and_generates_on_openvino_too(tmp_path):
         for prompt in PROMPTS:
             ids = tokenizer(prompt)["input_ids"]
             assert gen.generate_ids([ids], max_new_tokens=10, stop_token_ids=[])[0] == _hf_greedy(model, ids, 10)
+
+
+def test_text_generation_keys_in_validate_are_read_for_one_release_with_one_warning(tmp_path, caplog):
+    """0.x wrote text-generation's own keys in [validate]: they are read as [task_options], the
+    recipe says so in one WARNING line; both spellings at once are refused in one line."""
+    import logging
+
+    from modelpress.errors import BadInputError
+    from modelpress.recipe import load_recipe
+    from modelpress.tasks import configure_task
+
+    top = {"name": "lm", "teacher": "unused", "task": "text-generation"}
+    old = write_recipe(tmp_path / "old.toml", top, {"validate": {"stride": 16, "decode_contexts": [24]}})
+    with caplog.at_level(logging.WARNING, logger="modelpress"):
+        recipe = load_recipe(old)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("validate.stride, validate.decode_contexts: deprecated")
+    task = configure_task(recipe.task, recipe.task_options)
+    assert (task.stride, task.decode_contexts) == (16, (24,))
+    assert recipe.written("task_options.decode_contexts")  # written, so refused (not clipped) when too long
+    both = write_recipe(tmp_path / "both.toml", top, {"validate": {"stride": 16}, "task_options": {"stride": 8}})
+    with pytest.raises(BadInputError, match=r"^validate.stride: also given as task_options.stride"):
+        load_recipe(both)
+    # another task has no such option: the key stays unknown in [validate]
+    fe = write_recipe(tmp_path / "fe.toml", {**top, "task": "feature-extraction"}, {"validate": {"stride": 16}})
+    with pytest.raises(BadInputError, match=r"^validate.stride: unknown key"):
+        load_recipe(fe)

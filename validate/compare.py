@@ -190,14 +190,15 @@ def evaluate(
     return models, outputs
 
 
-def ratios(models: dict[str, dict[str, Any]], *, reference: str, candidate: str) -> dict[str, Any]:
-    """Latency ratios (candidate / reference: < 1 is faster) per shape and real workload."""
+def ratios(models: dict[str, dict[str, Any]], *, reference: str, candidate: str, task: Any = None) -> dict[str, Any]:
+    """Latency ratios (candidate / reference: < 1 is faster) per shape, the task's own timings
+    (``Task.extra_ratios``) and real workload."""
     ref, cand = models[reference], models[candidate]
     out: dict[str, Any] = {}
     for r_row, c_row in zip(ref["latency"], cand["latency"]):
         out[f"b{r_row['batch_size']}xs{r_row['seq_len']}_p50"] = round(c_row["p50_ms"] / r_row["p50_ms"], 3)
-    for r_row, c_row in zip(ref.get("decode_latency") or (), cand.get("decode_latency") or ()):
-        out[f"decode_b{r_row['batch_size']}xc{r_row['context']}_p50"] = round(c_row["p50_ms"] / r_row["p50_ms"], 3)
+    if task is not None:
+        out.update(task.extra_ratios(ref, cand))
     if ref.get("real_workload") and cand.get("real_workload"):
         out["real_workload_time"] = round(cand["real_workload"]["seconds"] / ref["real_workload"]["seconds"], 3)
     return out

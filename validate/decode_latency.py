@@ -1,6 +1,6 @@
 """Decode latency of KV-cache graphs (text-generation): ms per new token at a given context.
 
-For each (batch, context) of ``validate.batch_sizes`` × ``validate.decode_contexts``, every
+For each (batch, context) of ``validate.batch_sizes`` × ``task_options.decode_contexts``, every
 predictor prefills ``context`` tokens once (untimed), then one decode step — one new token per row
 on that past — is timed again and again, interleaved round by round across the predictors as the
 prefill latency is (``validate.compare``). The step is always the same (the same past), so every
@@ -40,12 +40,15 @@ def _step_feed(predictor, tokens: np.ndarray, batch: int, context: int) -> dict[
     }
 
 
-def decode_latency(predictors: Sequence[Any], examples: Sequence[Any], cfg) -> dict[str, list[dict[str, Any]]]:
-    """Per predictor, a row per (batch, context): the decode step's latency and tokens/s."""
+def decode_latency(
+    predictors: Sequence[Any], examples: Sequence[Any], cfg, *, contexts: Sequence[int]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per predictor, a row per (batch of ``cfg.batch_sizes``, context of ``contexts``): the decode
+    step's latency and tokens/s."""
     tokens = np.asarray(getattr(examples[0], "ids", examples[0]), dtype=np.int64)
     rows: dict[str, list[dict[str, Any]]] = {p.name: [] for p in predictors}
     for b in cfg.batch_sizes:
-        for context in cfg.decode_contexts:
+        for context in contexts:
             feeds = [_step_feed(p, tokens, b, context) for p in predictors]
             times = interleaved_rounds(
                 [lambda p=p, feed=feed: p.runner.run(feed) for p, feed in zip(predictors, feeds)], cfg

@@ -18,50 +18,34 @@ from pathlib import Path
 
 from modelpress.calibration_data.loaders import read_records, text_of
 from modelpress.errors import BadInputError
+from modelpress.tasks import EvalSet
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EvalSet:
+class TextSet(EvalSet):
+    """The record of the text formats (feature-extraction, text-classification): texts, with a gold
+    class per text or gold-scored pairs of them."""
+
     texts: tuple[str, ...] = ()  # unique texts, in first-seen order
     labels: tuple[int, ...] | None = None  # gold class per text (classification)
     pairs: tuple[tuple[int, int, float], ...] | None = None  # (text index, text index, gold score)
-    words: tuple[tuple[str, ...], ...] | None = None  # sentences as words (token classification)
-    tags: tuple[tuple[int, ...], ...] | None = None  # gold tag id per word
-    label_names: tuple[str, ...] = ()  # tag names by id (entity chunks need them)
-    images: tuple | None = None  # image references (image classification)
-    windows: tuple | None = None  # token windows of held-out text (text-generation)
-    prompts: tuple | None = None  # prompts' token ids for greedy_agreement (text-generation)
-    source: str = ""
-    format: str = "text"
-    skipped: int = 0  # rows skipped by the documented rule (empty texts)
 
     @property
-    def examples(self) -> tuple:
-        """What the model is run on: the images, the word lists of a tagged set, else the texts."""
-        if self.images is not None:
-            return self.images
-        if self.windows is not None:
-            return self.windows
-        return self.words if self.words is not None else self.texts
+    def examples(self) -> tuple[str, ...]:
+        return self.texts
 
     @property
     def has_gold(self) -> bool:
-        return self.labels is not None or self.pairs is not None or self.tags is not None
+        return self.labels is not None or self.pairs is not None
 
-    def describe(self) -> dict:
+    def counts(self) -> dict:
         return {
-            "source": self.source,
-            "format": self.format,
-            "num_examples": len(self.examples),
             "num_texts": len(self.texts),
             "num_pairs": len(self.pairs or ()),
-            "num_words": sum(map(len, self.words)) if self.words is not None else 0,
-            "has_labels": self.labels is not None or self.tags is not None,
-            "skipped": self.skipped,
-            **({"num_scored_tokens": sum(w.scored for w in self.windows)} if self.windows is not None else {}),
-            **({"num_prompts": len(self.prompts)} if self.prompts is not None else {}),
+            "num_words": 0,
+            "has_labels": self.labels is not None,
         }
 
 
@@ -79,13 +63,18 @@ def _looks_like_stsb(path: Path) -> bool:
     return True
 
 
-def _from_pairs(rows: list[tuple[str, str, float]], source: str, fmt: str) -> EvalSet:
+def _from_pairs(rows: list[tuple[str, str, float]], source: str, fmt: str) -> TextSet:
     index: dict[str, int] = {}
     pairs = []
     for s1, s2, score in rows:
         i = index.setdefault(s1, len(index))
         j = index.setdefault(s2, len(index))
         pairs.append((i, j, score))
+    _check_pairs(rows, source)
+    return TextSet(tuple(index), pairs=tuple(pairs), source=source, format=fmt)
+
+
+def _check_pairs(pairs: list[tuple[str, str, float]], source: str) -> None:
     if not pairs:
         raise BadInputError(f"{source}: no sentence pairs")
     if len(pairs) >= 2 and len({s for _, _, s in pairs}) == 1:
@@ -93,10 +82,15 @@ def _from_pairs(rows: list[tuple[str, str, float]], source: str, fmt: str) -> Ev
             f"{source}: spearman cannot be computed: the {len(pairs)} gold score(s) of the eval set "
             "are all equal; give varied scores"
         )
-    return EvalSet(tuple(index), pairs=tuple(pairs), source=source, format=fmt)
 
 
-def _read_stsb(path: Path) -> EvalSet:
+def _read_stsb(path: Path) -> TextSet:
+    return _from_pairs(stsb_rows(path), str(path), "stsb")
+
+
+def stsb_rows(path: Path, *, num_samples: int = 0) -> list[tuple[str, str, float]]:
+    """(sentence1, sentence2, gold score) of an STS Benchmark file, the first ``num_samples`` (0: all),
+    checked as every pairs set is (some pairs; varied scores)."""
     rows = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -110,7 +104,9 @@ def _read_stsb(path: Path) -> EvalSet:
                     _score(fields[4], f"{path}:{lineno}"),
                 )
             )
-    return _from_pairs(rows, str(path), "stsb")
+    rows = rows[:num_samples] if num_samples else rows
+    _check_pairs(rows, str(path))
+    return rows
 
 
 def _score(value, where: str) -> float:
@@ -153,7 +149,7 @@ def load_eval_set(
     num_samples: int = 0,
     formats: tuple[str, ...] = ("text", "pairs", "stsb"),
     num_labels: int | None = None,
-) -> EvalSet:
+) -> TextSet:
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"{path}: evaluation data not found")
@@ -167,7 +163,7 @@ def load_eval_set(
 
 def _load(
     path: Path, *, fmt: str, text_field: str, label_field: str, formats: tuple[str, ...], num_labels: int | None
-) -> EvalSet:
+) -> TextSet:
     if fmt == "stsb" or (fmt == "auto" and "stsb" in formats and _looks_like_stsb(path)):
         return _read_stsb(path)
     else:
@@ -206,7 +202,7 @@ def _load(
                 raise BadInputError(f"{path}: no texts in field '{text_field}'")
             if skipped:
                 log.warning("%s: skipped %d empty text(s) of %d", path, skipped, len(records))
-            return EvalSet(
+            return TextSet(
                 tuple(texts),
                 labels=tuple(labels) if has_labels else None,
                 source=str(path),
@@ -215,7 +211,7 @@ def _load(
             )
 
 
-def _truncate(es: EvalSet, n: int) -> EvalSet:
+def _truncate(es: EvalSet, n: int) -> TextSet:
     if es.pairs is not None:
         return _from_pairs([(es.texts[i], es.texts[j], s) for i, j, s in es.pairs[:n]], es.source, es.format)
-    return EvalSet(es.texts[:n], labels=es.labels[:n] if es.labels else None, source=es.source, format=es.format)
+    return TextSet(es.texts[:n], labels=es.labels[:n] if es.labels else None, source=es.source, format=es.format)

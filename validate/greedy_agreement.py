@@ -1,10 +1,10 @@
 """Greedy-generation agreement (text-generation): how much of the teacher's greedy continuation of
 each eval prompt a candidate reproduces.
 
-The prompts (``validate.prompts``: a .txt with a prompt per line, or .jsonl / .csv with
-``validate.prompt_field``) are tokenized once. Every model — the PyTorch teacher through its own
+The prompts (``task_options.prompts``: a .txt with a prompt per line, or .jsonl / .csv with
+``task_options.prompt_field``) are tokenized once. Every model — the PyTorch teacher through its own
 cache layout, each graph through the bundle's KV-cache loop (``modelpress.generation``) — continues
-them greedily for ``validate.generation_tokens`` new tokens, with no stop token, so every row has
+them greedily for ``task_options.generation_tokens`` new tokens, with no stop token, so every row has
 exactly that many. Prompts are batched by length (``validate.batch_size`` per batch, left-padded)
 in the same batches for every model. The metric, ``greedy_agreement``, is the share of
 position-by-position identical new tokens over all prompts (the issue's "share of the first 32 new

@@ -12,6 +12,7 @@ A class the model does not have is one BadInputError naming it and the model's c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,7 +28,26 @@ from modelpress.calibration_data.images import (
 )
 from modelpress.calibration_data.loaders import open_dataset, read_records
 from modelpress.errors import BadInputError
-from modelpress.validate.evalsets import EvalSet
+from modelpress.tasks import EvalSet
+
+
+@dataclass(frozen=True)
+class ImageSet(EvalSet):
+    """image-classification's record: image references, with a gold class per image when the source has one."""
+
+    images: tuple = ()
+    labels: tuple[int, ...] | None = None
+
+    @property
+    def examples(self) -> tuple:
+        return self.images
+
+    @property
+    def has_gold(self) -> bool:
+        return self.labels is not None
+
+    def counts(self) -> dict:
+        return {"num_texts": 0, "num_pairs": 0, "num_words": 0, "has_labels": self.labels is not None}
 
 
 def _class_id(value: Any, label2id: Mapping[str, int], num_labels: int | None, where: str) -> int:
@@ -55,7 +75,7 @@ def load_image_eval(
     label2id: Mapping[str, int] | None = None,
     num_labels: int | None = None,
     num_samples: int = 0,
-) -> EvalSet:
+) -> ImageSet:
     path = Path(path)
     label2id = dict(label2id or {})
     if not path.exists():
@@ -97,6 +117,6 @@ def load_image_eval(
     if num_samples:
         images, labels = images[:num_samples], (labels[:num_samples] if labels is not None else None)
     check_readable(images)
-    return EvalSet(
+    return ImageSet(
         images=tuple(images), labels=tuple(labels) if labels is not None else None, source=str(path), format="images"
     )

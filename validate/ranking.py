@@ -37,21 +37,20 @@ import numpy as np
 from modelpress.calibration_data.loaders import read_records, text_of
 from modelpress.errors import BadInputError
 from modelpress.modalities.text import TextPair, passages_of
-from modelpress.validate.evalsets import _looks_like_stsb, load_eval_set
+from modelpress.tasks import EvalSet
+from modelpress.validate.evalsets import _looks_like_stsb, stsb_rows
 
 FORMATS = ("pairs", "stsb", "ranking")
 K = 10  # the cut-off of NDCG@10 and MRR@10
 
 
 @dataclass(frozen=True)
-class RankingSet:
-    """A text-ranking eval set: the pairs the model scores, grouped into queries."""
+class RankingSet(EvalSet):
+    """text-ranking's record: the pairs the model scores, grouped into queries."""
 
-    pairs: tuple[TextPair, ...]
-    queries: tuple[tuple[int, ...], ...]  # per query, its pairs' indices in file order
+    pairs: tuple[TextPair, ...] = ()
+    queries: tuple[tuple[int, ...], ...] = ()  # per query, its pairs' indices in file order
     gold: tuple[float, ...] | None = None  # per pair: its gold score (pairs, stsb) or relevance grade (ranking)
-    source: str = ""
-    format: str = "pairs"
 
     @property
     def examples(self) -> tuple[TextPair, ...]:
@@ -71,17 +70,13 @@ class RankingSet:
         """The queries with at least two passages: those an order can be compared on."""
         return tuple(q for q in self.queries if len(q) > 1)
 
-    def describe(self) -> dict[str, Any]:
+    def counts(self) -> dict[str, Any]:
         return {
-            "source": self.source,
-            "format": self.format,
-            "num_examples": len(self.pairs),
             "num_pairs": len(self.pairs),
             "num_words": 0,
             "num_queries": len(self.queries),
             "num_ranked_queries": len(self.ranked),
             "has_gold": self.has_gold,
-            "skipped": 0,
         }
 
 
@@ -96,9 +91,8 @@ def load_ranking_set(
     if fmt not in ("auto", *FORMATS):
         raise BadInputError(f"validate.eval_format: text-ranking reads {', '.join(FORMATS)}, not {fmt!r}")
     if fmt == "stsb" or (fmt == "auto" and _looks_like_stsb(path)):
-        es = load_eval_set(path, fmt="stsb", formats=("stsb",), num_samples=num_samples)
-        pairs = [TextPair(es.texts[i], es.texts[j]) for i, j, _ in es.pairs]
-        return _grouped(pairs, tuple(float(s) for _, _, s in es.pairs), str(path), "stsb")
+        rows = stsb_rows(path, num_samples=num_samples)
+        return _grouped([TextPair(s1, s2) for s1, s2, _ in rows], tuple(s for _, _, s in rows), str(path), "stsb")
     records = read_records(path)
     if fmt == "ranking" or (fmt == "auto" and "passages" in records[0]):
         return _read_ranking(records, str(path), num_samples)
@@ -130,7 +124,9 @@ def _grouped(pairs: list[TextPair], gold: tuple[float, ...] | None, source: str,
     queries: dict[str, list[int]] = {}
     for k, pair in enumerate(pairs):
         queries.setdefault(pair.first, []).append(k)
-    return RankingSet(tuple(pairs), tuple(tuple(q) for q in queries.values()), gold, source, fmt)
+    return RankingSet(
+        pairs=tuple(pairs), queries=tuple(tuple(q) for q in queries.values()), gold=gold, source=source, format=fmt
+    )
 
 
 def _read_ranking(records, source: str, num_samples: int) -> RankingSet:
@@ -147,7 +143,13 @@ def _read_ranking(records, source: str, num_samples: int) -> RankingSet:
             gold += _grades(records, i, len(passages))
     if graded and not any(g > 0 for g in gold):
         raise BadInputError(f"{source}: no passage is relevant (relevance > 0): NDCG@10 and MRR@10 need one")
-    return RankingSet(tuple(pairs), tuple(queries), tuple(gold) if graded else None, source, "ranking")
+    return RankingSet(
+        pairs=tuple(pairs),
+        queries=tuple(queries),
+        gold=tuple(gold) if graded else None,
+        source=source,
+        format="ranking",
+    )
 
 
 def _grades(records, i: int, n: int) -> list[float]:

@@ -34,23 +34,24 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def _counts(eval_desc: dict[str, Any]) -> str:
+    """The eval set's counts (``num_<what>``, as its record gives them), "12 examples, 3 queries"."""
+    counts = {k[len("num_") :]: v for k, v in eval_desc.items() if k.startswith("num_") and v}
+    return ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
+
+
 def render_markdown(report: dict[str, Any]) -> str:
+    from modelpress.tasks import get_task
+
+    task = get_task(report["task"])
     lines = [
         f"# modelpress report: {report['name']}",
         "",
         f"- task: `{report['task']}`; configured as `{json.dumps(report['task_config'])}`",
-        f"- eval set: `{report['eval']['source']}` ({report['eval']['format']}, "
-        f"{report['eval']['num_examples']} examples, {report['eval']['num_pairs']} pairs, "
-        f"{report['eval']['num_words']} words)",
+        f"- eval set: `{report['eval']['source']}` ({report['eval']['format']}, {_counts(report['eval'])})",
+        *task.eval_lines(report["eval"]),
         "",
     ]
-    if "words_without_tokens" in report["eval"]:  # a tagger: how its words met the tokenizer
-        lines[-1:-1] = [
-            f"- every word tagged: {report['eval']['words_without_tokens']} without a token of their "
-            "own (read at the next word's position, or the previous word's at the end), "
-            f"{report['eval']['windowed_sentences']} sentences longer than max_length (read in "
-            "overlapping windows)"
-        ]
     clipped = report.get("defaults_clipped")
     if clipped:  # defaults the model could not take, cut to its positions
         lines[-1:-1] = [
@@ -119,20 +120,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {name} | {row['batch_size']} × {row['seq_len']} | {row['p50_ms']:.2f} | "
                 f"{row['p95_ms']:.2f} | {row['p99_ms']:.2f} | {row['throughput_per_s']:.1f} |"
             )
-    if any(m.get("decode_latency") for m in models.values()):
-        lines += [
-            "",
-            "## Decode (ms per step of one new token per row, after a prefill of `context` tokens)",
-            "",
-            "| model | batch × context | p50 | p95 | tokens/s |",
-            "|---|---|---|---|---|",
-        ]
-        for name, m in models.items():
-            for row in m.get("decode_latency") or ():
-                lines.append(
-                    f"| {name} | {row['batch_size']} × {row['context']} | {row['p50_ms']:.2f} | "
-                    f"{row['p95_ms']:.2f} | {row['tokens_per_s']:.1f} |"
-                )
+    lines += task.report_sections(models)
     if any(m.get("real_workload") for m in models.values()):
         lines += [
             "",

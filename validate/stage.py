@@ -116,7 +116,9 @@ def validate_stage(
                 uncertainty[cand][metric] = interval(units).to_dict()
     bootstrap_seconds = round(time.perf_counter() - started, 2)
     table = {
-        n: ratios(models, reference=ref.name, candidate=n) for n in models if n != ref.name and models[n]["latency"]
+        n: ratios(models, reference=ref.name, candidate=n, task=task)
+        for n in models
+        if n != ref.name and models[n]["latency"]
     }
     selection, speed = _select(task, models, uncertainty, gate_cfg, setup, ref.name, shipped)
 
@@ -145,7 +147,7 @@ def validate_stage(
         "name": name,
         "task": task.name,
         "task_config": task.describe(),
-        "eval": eval_set.describe(),
+        "eval": task.describe_eval(eval_set),
         "models": models,
         "ratios": table,
         "uncertainty": uncertainty,

@@ -21,22 +21,40 @@ from pathlib import Path
 from typing import Mapping
 
 from modelpress.errors import BadInputError
-from modelpress.validate.evalsets import EvalSet
+from modelpress.tasks import EvalSet
 
 TAGGED_FORMATS = ("conllu", "conll", "jsonl")
 
 
 @dataclass(frozen=True)
 class TaggedEvalSet(EvalSet):
-    """An eval set of tagged sentences, with how the model's tokenizer meets its words (counted by
-    ``modelpress.modalities.text.TextEncoder.word_coverage``; None until a tokenizer was given)."""
+    """token-classification's record: sentences as words, with a gold tag id per word, and how the
+    model's tokenizer meets its words (counted by ``modelpress.modalities.text.TextEncoder.word_coverage``;
+    None until a tokenizer was given)."""
 
+    words: tuple[tuple[str, ...], ...] = ()  # sentences as words
+    tags: tuple[tuple[int, ...], ...] | None = None  # gold tag id per word
+    label_names: tuple[str, ...] = ()  # tag names by id (entity chunks need them)
     words_without_tokens: int | None = None  # words read at a neighbour's position (no token of their own)
     windowed_sentences: int | None = None  # sentences longer than max_length, read in overlapping windows
 
-    def describe(self) -> dict:
+    @property
+    def examples(self) -> tuple[tuple[str, ...], ...]:
+        return self.words
+
+    @property
+    def has_gold(self) -> bool:
+        return self.tags is not None
+
+    def counts(self) -> dict:
         extra = {"words_without_tokens": self.words_without_tokens, "windowed_sentences": self.windowed_sentences}
-        return {**super().describe(), **{k: v for k, v in extra.items() if v is not None}}
+        return {
+            "num_texts": 0,
+            "num_pairs": 0,
+            "num_words": sum(map(len, self.words)),
+            "has_labels": self.tags is not None,
+            **{k: v for k, v in extra.items() if v is not None},
+        }
 
 
 def _conllu(path: Path):

@@ -7,7 +7,8 @@ Tasks name their modality; nothing else asks what kind of input a model takes.
 
 Adding a modality is one module that subclasses :class:`Modality` and registers an instance:
 ``MODALITIES.register("image", "modelpress.modalities.image:IMAGE")
-MODALITIES.register("causal-text", "modelpress.modalities.causal_text:CAUSAL_TEXT")``.
+MODALITIES.register("causal-text", "modelpress.modalities.causal_text:CAUSAL_TEXT")``. A variant of a
+registered modality registers itself in that modality's module (``text-pairs`` in ``text.py``).
 """
 
 from __future__ import annotations
@@ -28,13 +29,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Batch:
-    """One encoded batch: the model feed, plus what post-processing needs to map outputs back to
-    the examples (for text pre-split into words: the position of each word's first token)."""
+    """One encoded batch: the model feed. A modality whose tasks need more to map outputs back to
+    the examples (each word's first token, the scored positions) subclasses it: the payload a task
+    declares (``Task.batch_payload``)."""
 
     feed: Mapping[str, np.ndarray]
-    first_tokens: tuple[np.ndarray, ...] | None = None  # per example: token index of each word
-    #: per example: the positions whose next-token predictions are read (text-generation)
-    positions: tuple[np.ndarray, ...] | None = None
     size: int = field(default=0)
 
     def __post_init__(self) -> None:
@@ -247,7 +246,6 @@ def _plain_length(value: int | Sequence[int]) -> int | list[int]:
 
 MODALITIES: Registry[Modality] = Registry("modality")
 MODALITIES.register("text", "modelpress.modalities.text:TEXT")
-MODALITIES.register("text-pairs", "modelpress.modalities.text:TEXT_PAIRS")
 MODALITIES.register("image", "modelpress.modalities.image:IMAGE")
 MODALITIES.register("causal-text", "modelpress.modalities.causal_text:CAUSAL_TEXT")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -58,6 +59,14 @@ def pack(texts: Sequence[str], tokenizer: Any, *, length: int, count: int, seed:
     return chunks
 
 
+@dataclass(frozen=True)
+class ScoredBatch(Batch):
+    """A batch of token rows: ``positions[i]`` are the positions of row ``i`` whose next-token
+    predictions are read (a window's scored tokens; a timing batch's last one)."""
+
+    positions: tuple[np.ndarray, ...] = ()
+
+
 class CausalEncoder(Encoder):
     """Token sequences (arrays of ids, or ``validate.perplexity.Window``) → prefill feeds."""
 
@@ -80,7 +89,7 @@ class CausalEncoder(Encoder):
         ids = np.asarray(ids, dtype=np.int64)
         return ids, int(getattr(example, "scored", len(ids) - 1))
 
-    def encode(self, examples: Sequence[Any], *, pad_to: int | None = None) -> Batch:
+    def encode(self, examples: Sequence[Any], *, pad_to: int | None = None) -> "ScoredBatch":
         rows = [self._ids(e) for e in examples]
         if pad_to:  # a timing batch: pad_to tokens each, only the last prediction read back
             rows = [(ids[:pad_to], 1) for ids, _ in rows]
@@ -99,7 +108,7 @@ class CausalEncoder(Encoder):
             "position_ids": np.arange(width, dtype=np.int64)[None].repeat(len(rows), 0),
             **self.layout.empty(len(rows)),
         }
-        return Batch({k: feed[k] for k in self.input_names}, positions=tuple(positions))
+        return ScoredBatch({k: feed[k] for k in self.input_names}, positions=tuple(positions))
 
     def lengths(self, examples: Sequence[Any]) -> list[int]:
         return [len(self._ids(e)[0]) for e in examples]

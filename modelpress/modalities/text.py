@@ -33,7 +33,7 @@ import numpy as np
 
 from modelpress.calibration_data.loaders import read_records, sample, text_of
 from modelpress.errors import BadInputError
-from modelpress.modalities import Batch, Encoder, Modality
+from modelpress.modalities import MODALITIES, Batch, Encoder, Modality
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class WordBatch(Batch):
     """A batch of word lists: ``first_tokens[i][w]`` is the position word ``w`` of example ``i`` is
     read at, in feed row ``word_rows[i][w]`` (a long sentence spans several rows: its windows)."""
 
+    first_tokens: tuple[np.ndarray, ...] = ()  # per example: token index of each word
     word_rows: tuple[np.ndarray, ...] = ()
     #: per example, per word: True where the word has no token of its own (read at a neighbour's)
     tokenless: tuple[np.ndarray, ...] = ()
@@ -438,4 +439,4 @@ class TextPairModality(TextModality):
         return encode(EXAMPLE_PAIRS, EXAMPLE_SEQ), encode(PARITY_PAIRS, PARITY_SEQ)
 
 
-TEXT_PAIRS = TextPairModality()
+TEXT_PAIRS = MODALITIES.register("text-pairs", TextPairModality())  # a variant of text: registered here

@@ -7,7 +7,8 @@ the bundle API it offers, and what distillation compares and with which losses. 
 the CLI's choices, validation, the gate, the bundle and distillation ask the registry; nothing
 outside the task modules branches on a task's name.
 
-A task is a frozen dataclass whose fields are its ``[task_options]``; an instance is a configured
+A task is a frozen dataclass whose fields are its ``[task_options]`` (typed, and checked by the one
+config checker, ``modelpress.config_check``); an instance is a configured
 task (for feature extraction: its pooling and normalization), stored in ``bundle.json`` by
 :meth:`Task.describe` and rebuilt by :func:`task_from_dict`.
 
@@ -19,6 +20,7 @@ Adding a task is one module that subclasses :class:`Task` and one line here::
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -26,6 +28,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from modelpress import task_match
+from modelpress.config_check import check_fields, checked_fields
 from modelpress.errors import BadInputError
 from modelpress.registry import Registry
 
@@ -42,6 +45,50 @@ class DistillSpec:
     label_loss: str | None = None  # the loss switched on by gold labels (distill.label_field)
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvalSet:
+    """What every task's eval record shares (the record a task's ``read_eval`` returns subclasses it
+    and adds the task's own fields: gold labels, pairs, tagged words, windows, ...). Nothing outside
+    a task's modules reads those fields: validation, the report and the gate ask the task."""
+
+    source: str = ""
+    format: str = "text"
+    skipped: int = 0  # rows skipped by the documented rule (empty texts)
+
+    @property
+    def examples(self) -> tuple:
+        """What the model is run on (texts, word lists, images, windows, pairs)."""
+        raise NotImplementedError
+
+    @property
+    def n(self) -> int:
+        return len(self.examples)
+
+    @property
+    def has_gold(self) -> bool:
+        return False
+
+    def counts(self) -> dict[str, Any]:
+        """The record's own counts, for the report's ``eval``."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """The report's ``eval``: the shared keys, then the record's :meth:`counts`."""
+        return {
+            "source": self.source,
+            "format": self.format,
+            "num_examples": self.n,
+            **self.counts(),
+            "skipped": self.skipped,
+        }
+
+
+def _resolve(ref: str) -> Any:
+    """``"module:attribute"`` → the attribute (the registries' lazy reference)."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 @dataclass(frozen=True)
 class Task:
     """Base of every task; subclasses set the class attributes and implement the methods."""
@@ -56,10 +103,21 @@ class Task:
     distill: ClassVar[DistillSpec]
     #: what the model's config must provide (e.g. labels) for the task's head to be meaningful
     needs_labels: ClassVar[bool] = False
+    #: the record :meth:`read_eval` returns (an :class:`EvalSet`), as ``"module:Class"``
+    eval_record: ClassVar[str]
+    #: the batch its modality's encoder hands :meth:`postprocess` (a ``modalities.Batch``), as
+    #: ``"module:Class"``: what it attaches beyond the feed (word positions, scored positions)
+    batch_payload: ClassVar[str] = "modelpress.modalities:Batch"
     #: the architectures ``--task auto`` maps to this task, and its default data (modelpress.task_match)
     auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec()
 
+    #: options that were ``[validate]`` keys until 0.x: read from there for one release (a warning)
+    moved_from_validate: ClassVar[tuple[str, ...]] = ()
+
     # -- configuration ----------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        check_fields(self, "task_options")  # a task built in code is held to the recipe's ranges
+
     @classmethod
     def options(cls) -> tuple[str, ...]:
         """The ``[task_options]`` keys this task takes (its dataclass fields)."""
@@ -76,6 +134,11 @@ class Task:
 
     #: whether TensorRT engines can be built for this task's graphs (``[engine]``)
     engines: ClassVar[bool] = True
+
+    def heldout_metric(self) -> Any:
+        """Distillation's held-out student-vs-teacher metrics (``distill.evaluation.MetricSpec``) when
+        the standard ones of :attr:`distill`'s output kind do not fit; None: those."""
+        return None
 
     # -- model and export -------------------------------------------------------------------
     def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
@@ -126,7 +189,37 @@ class Task:
         the eval prompts)."""
         return predictor.predict(list(es.examples), batch_size=cfg.batch_size)
 
-    #: metrics reported only when a ``[validate]`` key is set: ``{metric: key}``
+    @classmethod
+    def record_type(cls) -> type:
+        """The class of :attr:`eval_record`."""
+        return _resolve(cls.eval_record)
+
+    @classmethod
+    def payload_type(cls) -> type:
+        """The class of :attr:`batch_payload`."""
+        return _resolve(cls.batch_payload)
+
+    def describe_eval(self, es: Any) -> dict[str, Any]:
+        """The report's ``eval`` for the eval set ``es``."""
+        return es.describe()
+
+    @classmethod
+    def eval_lines(cls, eval_desc: Mapping[str, Any]) -> list[str]:
+        """report.md's lines about the eval set beyond its source and counts (none by default)."""
+        return []
+
+    @classmethod
+    def extra_ratios(cls, reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> dict[str, float]:
+        """Latency ratios (candidate / reference) of the timings :meth:`extra_latency` adds, from two
+        models' report entries (none by default)."""
+        return {}
+
+    @classmethod
+    def report_sections(cls, models: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """report.md's lines for the timings :meth:`extra_latency` adds (none by default)."""
+        return []
+
+    #: metrics reported only when an option is set: ``{metric: option}``
     conditional_metrics: ClassVar[Mapping[str, str]] = {}
 
     def reference_metrics(self, teacher_out: Any, es: Any) -> dict[str, float]:
@@ -152,13 +245,19 @@ class Task:
     #: (fewer: it is too narrow, and a lucky draw passes); each task states its own.
     min_n: ClassVar[int] = 30
 
-    #: ``[validate]`` keys whose values are lengths the model must take (beyond max_length, seq_lengths)
+    #: options (``[task_options]`` keys) whose values are lengths the model must take
     length_keys: ClassVar[tuple[str, ...]] = ()
 
-    def checked_lengths(self, cfg: Any) -> dict[str, int]:
-        """``{"validate.<key>": longest input it makes}`` for :attr:`length_keys` (a decode step at
+    def checked_lengths(self) -> dict[str, int]:
+        """``{"task_options.<key>": longest input it makes}`` for :attr:`length_keys` (a decode step at
         context c feeds c + 1 positions), for ``Modality.check_lengths``."""
-        return {f"validate.{key}": max(getattr(cfg, key)) + 1 for key in self.length_keys}
+        return {f"task_options.{key}": max(getattr(self, key)) + 1 for key in self.length_keys}
+
+    def with_lengths(self, fitted: Any) -> "Task":
+        """This task with its :attr:`length_keys` as ``recipe.fit_lengths`` fitted them (``Fitted``)."""
+        prefix = "task_options."
+        changes = {k[len(prefix) :]: v for k, v in fitted.values.items() if k.startswith(prefix)}
+        return dataclasses.replace(self, **changes) if changes else self
 
     def extra_latency(self, predictors: Sequence[Any], examples: Sequence[Any], cfg: Any) -> dict[str, dict[str, list]]:
         """Timings beyond the forward pass, per predictor: ``{name: {report key: rows}}`` (text-generation:
@@ -206,7 +305,7 @@ def configure_task(name: str, options: Mapping[str, Any] | None = None, *, model
     for key in options:
         if key not in known:
             raise BadInputError(f"task_options.{key}: unknown for {name} (known: {', '.join(known) or 'none'})")
-    return cls.configure(options, model_dir)
+    return cls.configure(checked_fields(cls, "task_options", options), model_dir)
 
 
 def task_from_dict(d: Mapping[str, Any]) -> Task:
@@ -214,4 +313,6 @@ def task_from_dict(d: Mapping[str, Any]) -> Task:
     if not isinstance(d, Mapping) or "task" not in d:
         raise BadInputError("bundle metadata names no task")
     cls = get_task(str(d["task"]))
-    return cls(**{k: v for k, v in d.items() if k != "task" and k in cls.options()})
+    return cls(
+        **checked_fields(cls, "task_options", {k: v for k, v in d.items() if k != "task" and k in cls.options()})
+    )

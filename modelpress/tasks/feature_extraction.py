@@ -79,15 +79,16 @@ class FeatureExtraction(Task):
         "spearman": HIGHER,
     }
     eval_formats: ClassVar[tuple[str, ...]] = ("text", "pairs", "stsb")
+    eval_record: ClassVar[str] = "modelpress.validate.evalsets:TextSet"
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="embedding",
         losses=frozenset({"embedding_mse", "embedding_cos", "similarity_mse", "hidden_mse", "attention_kl"}),
         defaults={"embedding_mse": 1.0, "embedding_cos": 1.0},
     )
     api: ClassVar[tuple[str, ...]] = ("embed",)
-    min_n: ClassVar[int] = 30  # pairs (spearman) or texts (cosine): what the gate's interval resamples
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.pooling not in POOLINGS:
             raise BadInputError(f"task_options.pooling: expected one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.normalize is not None and not isinstance(self.normalize, bool):

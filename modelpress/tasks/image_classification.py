@@ -30,8 +30,8 @@ class ImageClassification(TextClassification):
     modality: ClassVar[str] = "image"
     auto_class: ClassVar[str] = "AutoModelForImageClassification"
     eval_formats: ClassVar[tuple[str, ...]] = ("images",)
+    eval_record: ClassVar[str] = "modelpress.validate.images:ImageSet"
     unit: ClassVar[str] = "images"
-    min_n: ClassVar[int] = 30  # images: fewer and the gate says "too small to decide"
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="logits", losses=frozenset({"kl", "ce"}), defaults={"kl": 1.0}, label_loss="ce"
     )

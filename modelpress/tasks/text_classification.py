@@ -31,6 +31,7 @@ class TextClassification(Task):
     output_name: ClassVar[str] = "logits"
     metrics: ClassVar[Mapping[str, str]] = {"top1_agreement": HIGHER, "mean_kl": LOWER, "accuracy": HIGHER}
     eval_formats: ClassVar[tuple[str, ...]] = ("text",)
+    eval_record: ClassVar[str] = "modelpress.validate.evalsets:TextSet"
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="logits",
         losses=frozenset({"kl", "ce", "hidden_mse", "attention_kl"}),
@@ -40,7 +41,6 @@ class TextClassification(Task):
     needs_labels: ClassVar[bool] = True
     api: ClassVar[tuple[str, ...]] = ("classify",)
     unit: ClassVar[str] = "texts"  # what the gate's interval resamples
-    min_n: ClassVar[int] = 30  # texts: fewer and the gate says "too small to decide"
 
     def torch_target(self, model_output: Any, inputs: Mapping[str, Any]) -> Any:
         return model_output.logits

@@ -4,20 +4,20 @@ and decode steps), validated on held-out text and generated with by the bundle.
 
 Eval set: held-out text (``text`` format: a .txt with a text per line, or .jsonl/.csv with
 ``validate.text_field``), tokenized into one stream (``modalities.causal_text``) and cut into
-windows of ``validate.max_length`` tokens every ``validate.stride`` (``validate.perplexity``).
+windows of ``validate.max_length`` tokens every ``task_options.stride`` (``validate.perplexity``).
 Metrics on the scored tokens: ``perplexity``; ``perplexity_ratio`` (the candidate's ÷ the
 teacher's: the gate reads its drop, 100 × (ratio − 1), as the perplexity increase in percent, its
 default metric); ``next_token_agreement`` (top-1) and ``mean_kl`` (teacher ‖ candidate). Their
-intervals resample windows. With ``validate.prompts``, also ``greedy_agreement``: the share of the
+intervals resample windows. With ``task_options.prompts``, also ``greedy_agreement``: the share of the
 teacher's greedy new tokens each model reproduces (``validate.greedy_agreement``; its interval
 resamples prompts). Timings: the prefill at ``validate.seq_lengths`` (the latency rows)
-and one decode step at ``validate.decode_contexts`` (``decode_latency``). The bundle's API is
+and one decode step at ``task_options.decode_contexts`` (``decode_latency``). The bundle's API is
 ``generate`` (``modelpress.generation.TextGenerator`` on the bundle's runner).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -25,11 +25,44 @@ import numpy as np
 
 from modelpress import task_match
 from modelpress.errors import BadInputError
-from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
+from modelpress.tasks import HIGHER, LOWER, DistillSpec, EvalSet, Task
+
+
+@dataclass(frozen=True)
+class LMEvalSet(EvalSet):
+    """text-generation's record: the held-out texts, their token windows (the examples), and the
+    eval prompts' token ids for ``greedy_agreement`` (None: no ``task_options.prompts``)."""
+
+    texts: tuple[str, ...] = ()
+    windows: tuple = ()  # ``validate.perplexity.Window``s of the texts' token stream
+    prompts: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def examples(self) -> tuple:
+        return self.windows
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "num_texts": len(self.texts),
+            "num_pairs": 0,
+            "num_words": 0,
+            "has_labels": False,
+            "num_scored_tokens": sum(w.scored for w in self.windows),
+            **({"num_prompts": len(self.prompts)} if self.prompts is not None else {}),
+        }
 
 
 @dataclass(frozen=True)
 class TextGeneration(Task):
+    # its [task_options] (in [validate] until 0.x: read from there for one release, with a warning)
+    stride: int = field(default=0, metadata={"min": 0})  # perplexity windows start every stride tokens (0: half)
+    decode_contexts: tuple[int, ...] = field(
+        default=(128, 512), metadata={"min": 1, "nonempty": True}
+    )  # the decode step is timed at these past lengths
+    prompts: str = field(default="", metadata={"path": True})  # greedy_agreement's prompts ("" = none)
+    prompt_field: str = "prompt"  # the prompt field of a .jsonl/.csv prompts file
+    generation_tokens: int = field(default=32, metadata={"min": 1})  # greedy new tokens per prompt
+
     name: ClassVar[str] = "text-generation"
     auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec(architectures=("ForCausalLM", "LMHeadModel"))
     modality: ClassVar[str] = "causal-text"
@@ -43,14 +76,22 @@ class TextGeneration(Task):
         "greedy_agreement": HIGHER,
     }
     conditional_metrics: ClassVar[Mapping[str, str]] = {"greedy_agreement": "prompts"}
+    eval_record: ClassVar[str] = "modelpress.tasks.text_generation:LMEvalSet"
+    batch_payload: ClassVar[str] = "modelpress.modalities.causal_text:ScoredBatch"
     eval_formats: ClassVar[tuple[str, ...]] = ("text",)
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="token_logits", losses=frozenset({"kl", "hidden_mse"}), defaults={"kl": 1.0}
     )
     api: ClassVar[tuple[str, ...]] = ("generate",)
     unit: ClassVar[str] = "windows"
-    min_n: ClassVar[int] = 30  # windows (prompts for greedy_agreement): fewer and the gate says "too small to decide"
     length_keys: ClassVar[tuple[str, ...]] = ("decode_contexts",)
+    moved_from_validate: ClassVar[tuple[str, ...]] = (
+        "stride",
+        "decode_contexts",
+        "prompts",
+        "prompt_field",
+        "generation_tokens",
+    )
     engines: ClassVar[bool] = False  # a KV cache needs a profile per input; no GPU here to build one
 
     # -- model and export -------------------------------------------------------------------
@@ -86,25 +127,24 @@ class TextGeneration(Task):
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None) -> Any:
         from modelpress.calibration_data.loaders import load_texts
         from modelpress.modalities.causal_text import token_stream
-        from modelpress.validate.evalsets import EvalSet
         from modelpress.validate.perplexity import windows
 
         if not Path(path).exists():
             raise BadInputError(f"{path}: evaluation data not found")
         if preprocessor is None:
             raise BadInputError("text-generation: the eval text needs the model's tokenizer")
-        stride = cfg.stride or max(1, cfg.max_length // 2)
+        stride = self.stride or max(1, cfg.max_length // 2)
         if stride > cfg.max_length:
-            raise BadInputError(f"validate.stride: {stride} is more than validate.max_length ({cfg.max_length})")
+            raise BadInputError(f"task_options.stride: {stride} is more than validate.max_length ({cfg.max_length})")
         texts = load_texts(path, text_field=cfg.text_field)
         found = list(windows(token_stream(texts, preprocessor), max_length=cfg.max_length, stride=stride))
         if cfg.num_samples:
             found = found[: cfg.num_samples]
         prompts = None
-        if cfg.prompts:
+        if self.prompts:
             from modelpress.validate.greedy_agreement import read_prompts
 
-            prompts = read_prompts(cfg.prompts, preprocessor, field=cfg.prompt_field)
+            prompts = read_prompts(self.prompts, preprocessor, field=self.prompt_field)
             if model_config is not None:  # the longest prompt and its new tokens must fit the positions
                 from modelpress.modalities import get_modality
 
@@ -112,11 +152,11 @@ class TextGeneration(Task):
                     model_config,
                     preprocessor,
                     {
-                        "validate.prompts (longest prompt + generation_tokens)": max(map(len, prompts))
-                        + cfg.generation_tokens
+                        "task_options.prompts (longest prompt + generation_tokens)": max(map(len, prompts))
+                        + self.generation_tokens
                     },
                 )
-        return EvalSet(tuple(texts), windows=tuple(found), prompts=prompts, source=str(path), format="text")
+        return LMEvalSet(texts=tuple(texts), windows=tuple(found), prompts=prompts, source=str(path), format="text")
 
     def eval_outputs(self, predictor: Any, es: Any, cfg: Any) -> "LMOutputs":
         windows = predictor.predict(list(es.examples), batch_size=cfg.batch_size)
@@ -126,7 +166,7 @@ class TextGeneration(Task):
 
         return LMOutputs(
             tuple(windows),
-            continue_greedily(predictor, es.prompts, new_tokens=cfg.generation_tokens, batch_size=cfg.batch_size),
+            continue_greedily(predictor, es.prompts, new_tokens=self.generation_tokens, batch_size=cfg.batch_size),
         )
 
     def reference_metrics(self, teacher_out: Any, es: Any) -> dict[str, float]:
@@ -175,7 +215,34 @@ class TextGeneration(Task):
     def extra_latency(self, predictors: Sequence[Any], examples: Sequence[Any], cfg: Any) -> dict[str, dict[str, list]]:
         from modelpress.validate.decode_latency import decode_latency
 
-        return {name: {"decode_latency": rows} for name, rows in decode_latency(predictors, examples, cfg).items()}
+        return {
+            name: {"decode_latency": rows}
+            for name, rows in decode_latency(predictors, examples, cfg, contexts=self.decode_contexts).items()
+        }
+
+    @classmethod
+    def extra_ratios(cls, reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> dict[str, float]:
+        rows = zip(reference.get("decode_latency") or (), candidate.get("decode_latency") or ())
+        return {f"decode_b{r['batch_size']}xc{r['context']}_p50": round(c["p50_ms"] / r["p50_ms"], 3) for r, c in rows}
+
+    @classmethod
+    def report_sections(cls, models: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        if not any(m.get("decode_latency") for m in models.values()):
+            return []
+        lines = [
+            "",
+            "## Decode (ms per step of one new token per row, after a prefill of `context` tokens)",
+            "",
+            "| model | batch × context | p50 | p95 | tokens/s |",
+            "|---|---|---|---|---|",
+        ]
+        for name, m in models.items():
+            for row in m.get("decode_latency") or ():
+                lines.append(
+                    f"| {name} | {row['batch_size']} × {row['context']} | {row['p50_ms']:.2f} | "
+                    f"{row['p95_ms']:.2f} | {row['tokens_per_s']:.1f} |"
+                )
+        return lines
 
     # -- the bundle ---------------------------------------------------------------------------
     @classmethod

@@ -17,7 +17,7 @@ a plain-text corpus pairs each text with the next). Distillation regresses the t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -62,7 +62,9 @@ def config_labels(model_dir: str | Path) -> list[str] | None:
 
 @dataclass(frozen=True)
 class TextRanking(Task):
-    score_class: int | str | None = None  # num_labels > 1: the class (name or index) whose probability is the score
+    score_class: int | str | None = field(
+        default=None, metadata={"expected": "a class name or index"}
+    )  # num_labels > 1: the class (name or index) whose probability is the score
 
     name: ClassVar[str] = "text-ranking"
     #: a cross-encoder (task_match.is_cross_encoder); STS pairs to evaluate on by default
@@ -84,6 +86,7 @@ class TextRanking(Task):
         "score_mse": LOWER,
     }
     eval_formats: ClassVar[tuple[str, ...]] = ("pairs", "stsb", "ranking")
+    eval_record: ClassVar[str] = "modelpress.validate.ranking:RankingSet"
     # "scores": the held-out check is the score MSE (agreement of a single logit's argmax means nothing)
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="scores",
@@ -92,9 +95,9 @@ class TextRanking(Task):
     )
     needs_labels: ClassVar[bool] = True  # a head with its label count, copied into students
     api: ClassVar[tuple[str, ...]] = ("rank", "score")
-    min_n: ClassVar[int] = 30  # pairs (spearman, score_mse) or queries (ndcg, mrr, agreement, tau)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.score_class is not None and (
             isinstance(self.score_class, bool) or not isinstance(self.score_class, (int, str))
         ):
@@ -107,6 +110,12 @@ class TextRanking(Task):
         labels = config_labels(model_dir) if model_dir else None
         # without the folder (a recipe checked alone, a hub id) the value waits for the model's config
         return cls(score_class=value if labels is None else resolve_score_class(value, labels))
+
+    def heldout_metric(self) -> Any:
+        """The score MSE: agreement of a single logit's argmax means nothing."""
+        from modelpress.distill.evaluation import MetricSpec
+
+        return MetricSpec(("mse",), _score_sums, lambda m: (-m["mse"],))
 
     # -- inference ------------------------------------------------------------------------------
     def prepare(self, examples: Sequence[Any]) -> list[Any]:
@@ -235,3 +244,8 @@ def _pairs(pairs: Any, where: str) -> list[tuple[str, str]]:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
             raise TypeError(f"{where}: pairs[{i}] must be a (query, passage) pair of strings, got {pair!r:.60}")
     return out
+
+
+def _score_sums(student: Any, teacher: Any) -> Any:
+    """Per pair, the squared difference of the scores (the logits); summed over the batch (torch)."""
+    return (student.sentence.float() - teacher.sentence.float()).pow(2).mean(dim=-1).sum().reshape(1)

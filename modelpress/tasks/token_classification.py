@@ -44,6 +44,8 @@ class TokenClassification(Task):
         "entity_f1": HIGHER,
     }
     eval_formats: ClassVar[tuple[str, ...]] = ("conllu", "conll", "jsonl")
+    eval_record: ClassVar[str] = "modelpress.validate.tagged:TaggedEvalSet"
+    batch_payload: ClassVar[str] = "modelpress.modalities.text:WordBatch"
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="token_logits",
         losses=frozenset({"kl", "ce", "hidden_mse", "attention_kl"}),
@@ -52,7 +54,18 @@ class TokenClassification(Task):
     )
     needs_labels: ClassVar[bool] = True
     api: ClassVar[tuple[str, ...]] = ("tag",)
-    min_n: ClassVar[int] = 30  # sentences: the interval resamples whole sentences, a cluster bootstrap needs ~30
+
+    @classmethod
+    def eval_lines(cls, eval_desc: Mapping[str, Any]) -> list[str]:
+        """How the eval set's words met the tokenizer (counted once a tokenizer read them)."""
+        if "words_without_tokens" not in eval_desc:
+            return []
+        return [
+            f"- every word tagged: {eval_desc['words_without_tokens']} without a token of their "
+            "own (read at the next word's position, or the previous word's at the end), "
+            f"{eval_desc['windowed_sentences']} sentences longer than max_length (read in "
+            "overlapping windows)"
+        ]
 
     def prepare(self, examples: Sequence[Any]) -> list[Any]:
         """Each example as its words: a string is split on whitespace, a list is taken as words."""
@@ -126,7 +139,7 @@ class TokenClassification(Task):
             return U.PairedUnits(U.as_arrays(kl, words), U.ratio_rise(), "sentences")
         if es.tags is None:
             return None
-        gold = [np.asarray(g[: len(c)]) for g, c in zip(es.tags, candidate_out)]
+        gold = [np.asarray(g) for g in es.tags]  # every word has its tag (modelpress.modalities.text)
         if metric == "accuracy":
             t_ok = [int((t.argmax(-1) == g).sum()) for t, g in zip(teacher_out, gold)]
             c_ok = [int((c.argmax(-1) == g).sum()) for c, g in zip(candidate_out, gold)]
