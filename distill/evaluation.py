@@ -11,7 +11,7 @@ the best checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from modelpress.distill.distributed import DistContext
 from modelpress.distill.forward import DistillModule, ModelOutputs
 from modelpress.distill.precision import Precision
 from modelpress.distill.teacher import TeacherTargets
+from modelpress.tasks import MetricSpec
 
 
 @dataclass(frozen=True)
@@ -28,13 +29,6 @@ class EvalResult:
     step: int
     metrics: dict[str, float]
     score: tuple[float, ...]  # compared lexicographically; higher is better
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    names: tuple[str, ...]
-    sums: Callable[[ModelOutputs, ModelOutputs], torch.Tensor]  # per-metric sums over the batch
-    score: Callable[[dict[str, float]], tuple[float, ...]]
 
 
 def _embedding_sums(student: ModelOutputs, teacher: ModelOutputs) -> torch.Tensor:

@@ -211,7 +211,7 @@ def _load(
             )
 
 
-def _truncate(es: EvalSet, n: int) -> TextSet:
+def _truncate(es: TextSet, n: int) -> TextSet:
     if es.pairs is not None:
         return _from_pairs([(es.texts[i], es.texts[j], s) for i, j, s in es.pairs[:n]], es.source, es.format)
     return TextSet(es.texts[:n], labels=es.labels[:n] if es.labels else None, source=es.source, format=es.format)

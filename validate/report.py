@@ -6,19 +6,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+from modelpress.errors import BadInputError
+from modelpress.fileio import write_json as _write_json
 from modelpress.paths import RunPaths
+from modelpress.tasks import get_task
+from modelpress.validate.gate import GateResult
 
 REPORT_SCHEMA = 2
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
-    from modelpress.fileio import write_json as write
-
-    write(path, report)
+    _write_json(path, report)
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    from modelpress.errors import BadInputError
 
     if not path.is_file():
         raise BadInputError(f"{path}: no report.json (run the pipeline first)")
@@ -41,7 +42,6 @@ def _counts(eval_desc: dict[str, Any]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    from modelpress.tasks import get_task
 
     task = get_task(report["task"])
     lines = [
@@ -60,8 +60,6 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
     gate = report.get("gate")
     if gate:
-        from modelpress.validate.gate import GateResult
-
         verdict = "PASS" if gate["passed"] else "FAIL"
         lines += [f"## Gate: **{verdict}**", "", *GateResult.from_dict(gate).line().splitlines(), ""]
     seeds = report.get("calibration_seeds")

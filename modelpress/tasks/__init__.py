@@ -23,7 +23,7 @@ import dataclasses
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -43,6 +43,16 @@ class DistillSpec:
     losses: frozenset[str]  # losses that apply
     defaults: Mapping[str, float]  # weights when the recipe sets none
     label_loss: str | None = None  # the loss switched on by gold labels (distill.label_field)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A held-out metric distillation keeps the best student by (``Task.heldout_metric``): its names,
+    the per-metric sums of a batch of student and teacher outputs, and the score to maximise."""
+
+    names: tuple[str, ...]
+    sums: Callable[[Any, Any], Any]  # (student outputs, teacher outputs) -> per-metric sums over the batch
+    score: Callable[[dict[str, float]], tuple[float, ...]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,7 +146,7 @@ class Task:
     engines: ClassVar[bool] = True
 
     def heldout_metric(self) -> Any:
-        """Distillation's held-out student-vs-teacher metrics (``distill.evaluation.MetricSpec``) when
+        """Distillation's held-out student-vs-teacher metrics (:class:`MetricSpec`) when
         the standard ones of :attr:`distill`'s output kind do not fit; None: those."""
         return None
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from modelpress import task_match
 from modelpress.errors import BadInputError
-from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
+from modelpress.tasks import HIGHER, LOWER, DistillSpec, MetricSpec, Task
 from modelpress.tasks.text_classification import softmax
 
 
@@ -113,8 +113,6 @@ class TextRanking(Task):
 
     def heldout_metric(self) -> Any:
         """The score MSE: agreement of a single logit's argmax means nothing."""
-        from modelpress.distill.evaluation import MetricSpec
-
         return MetricSpec(("mse",), _score_sums, lambda m: (-m["mse"],))
 
     # -- inference ------------------------------------------------------------------------------
