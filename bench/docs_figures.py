@@ -269,24 +269,71 @@ def _gate_line(gate: dict) -> str:
 
 
 def render_rerank(data: dict) -> str:
-    """bench/rerank_bench.py: MiniLM fine-tuned as a cross-encoder on STS-B dev, pressed and ranked."""
-    press, queries = data["press"], data.get("queries", {})
-    ft = data.get("fine_tune", {})
+    """bench/rerank_bench.py: MiniLM fine-tuned as a cross-encoder on STS-B dev, pressed twice (the Spearman
+    gate; the top-1 agreement gate with auto mode), scored on STS-B test and constructed test queries."""
+    st, queries, ft = data["stsb_test"], data["queries"], data.get("fine_tune", {})
+    kept = data.get("press_top1", {}).get("fp32_nodes", [])
+    names = {
+        "modelpress-int8": "modelpress int8 (Spearman gate)",
+        "modelpress-int8-top1": f"modelpress int8, top-1 gate + auto ({len(kept)} node(s) fp32)",
+        "ort-dyn-int8-pc": "ORT dynamic int8 (per-channel)",
+    }
+    b32 = data.get("latency_ms", {}).get("b32x128", {})
+    base = b32.get("ort-dyn-int8-pc")
     rows = [
-        [name, fmt((queries.get(name) or {}).get("top1_agreement"), 2, 100.0, " %")]
-        for name in ("int8", "ort-dyn-int8-pc")
+        [
+            label,
+            fmt(100 * (st["teacher"]["spearman"] - st[name]["metrics"]["spearman"]), 2),
+            fmt(queries[name]["fidelity"]["top1_agreement"], 2, 100.0, " %"),
+            fmt(queries[name]["fidelity"]["kendall_tau"], 4),
+            fmt(b32[name] / base if base and name in b32 else None, 3),
+        ]
+        for name, label in names.items()
     ]
     lines = [
         f"Fine-tune: {ft.get('pairs', '?')} STS-B dev pairs, {ft.get('epochs', '?')} epochs, "
-        f"{fmt(ft.get('seconds'), 0)} s. "
-        f"STS-B test {_gate_line(press.get('gate', {}))}.",
-        f"Top-1 ranking agreement with fp32 over {queries.get('construction', {}).get('queries', '?')} "
-        "constructed queries:",
-        table(["model", "top-1 agreement"], rows),
+        f"{fmt(ft.get('seconds'), 0)} s. STS-B test Spearman of the fp32 ranker: "
+        f"{fmt(100 * st['teacher']['spearman'], 2)}. Top-1 agreement and Kendall τ with the fp32 ranker over "
+        f"{queries.get('construction', {}).get('queries', '?')} queries constructed from STS-B test; the second "
+        f"press chose its fp32 nodes on queries from STS-B dev ({', '.join(kept) or 'none'}).",
+        table(
+            ["artifact", "Spearman drop (points)", "top-1 agreement", "Kendall τ", "b32×128 time ÷ ORT dynamic"], rows
+        ),
         "Latency (p50):",
         _latency_table(data.get("latency_ms", {})),
     ]
     return "\n\n".join(lines)
+
+
+def render_lm_scale(data: dict) -> str:
+    """bench/lm_scale_bench.py: random-weight decoders of real LLM shapes pressed end to end (memory, time)."""
+    parts = []
+    for size, block in data.items():
+        model = block["model"]
+        parts.append(
+            f"**{size}**: {model['params']:,} parameters, fp32 weights {fmt(model['fp32_weight_bytes'] / 1e9, 2)} GB. "
+            f"{block.get('machine', '')}"
+        )
+        rows = []
+        for mode, run in block["runs"].items():
+            stages = run.get("stages", {})
+            cell = {k: f"{fmt(v['seconds'], 0)} s / {fmt(v['peak_rss_mb'] / 1e3, 2)} GB" for k, v in stages.items()}
+            files = run.get("files_mb", {})
+            rows.append(
+                [
+                    mode,
+                    cell.get("export", "-"),
+                    cell.get("quantize", "-"),
+                    cell.get("validate", "-"),
+                    f"{fmt(run['wall_seconds'], 0)} s / {fmt(run['peak_rss_mb'] / 1e3, 2)} GB "
+                    f"({fmt(run.get('peak_rss_over_fp32_weights'), 2)}× the weights)",
+                    ", ".join(f"{k} {fmt(v, 1)} MB" for k, v in files.items()) or "-",
+                    str(run.get("exit_code")),
+                ]
+            )
+        parts.append(table(["mode", "export", "quantize", "validate", "whole run", "files", "exit"], rows))
+        parts.extend(f"*{mode}*: {run['note']}" for mode, run in block["runs"].items() if run.get("note"))
+    return "\n\n".join(parts)
 
 
 def render_tagger(data: dict) -> str:
@@ -329,7 +376,8 @@ RENDERERS: list[tuple[Callable[[dict], bool], Callable[[dict], str]]] = [
     (lambda d: "threads" in d and isinstance(d["threads"], dict), render_encoders),
     (lambda d: "models" in d, render_vision),
     (lambda d: "fidelity" in d, render_lm),
-    (lambda d: "queries" in d and "press" in d, render_rerank),
+    (lambda d: "queries" in d and "stsb_test" in d, render_rerank),
+    (lambda d: all(isinstance(v, dict) and "runs" in v for v in d.values()), render_lm_scale),
     (lambda d: "press" in d, render_tagger),
     (lambda d: "stsb_test_spearman" in d, render_distill),
 ]
@@ -371,7 +419,7 @@ def summary() -> str:
     vnni_nncf = _load("bench_avx512vnni.json")["vs_openvino_nncf"]["2"]["b32"]["ratio"]
     ov, ort = vnni["modelpress-int8-openvino"], avx2["modelpress-int8"]
     tag_b32 = tag["latency_ms"]["b32x128"]
-    rr_top1 = rr["bar"]["top1_agreement_constructed"]
+    rr_bar = rr["bar"]["modelpress-int8"]
     lm_r = lm["ratios_vs_pytorch"]["modelpress-int8"]
     lm_f = lm["fidelity"]["modelpress-int8"]
     vit, resnet = vis["models"]["vit"]["static"]["gate"], vis["models"]["resnet"]["static"]["gate"]
@@ -399,9 +447,9 @@ def summary() -> str:
         ],
         [
             "reranker (MiniLM cross-encoder)",
-            f"Spearman drop {fmt(rr['press']['gate']['drop'], 2)} points; "
-            f"top-1 agreement {fmt(rr_top1, 2, 100.0, ' %')}",
-            f"b32 {fmt(rr['bar']['int8_vs_ort_dynamic_b32x128'])}× ORT dynamic int8's time",
+            f"Spearman drop {fmt(rr_bar['spearman_drop_points'], 2)} points; "
+            f"top-1 agreement {fmt(rr_bar['top1_agreement_constructed'], 2, 100.0, ' %')}",
+            f"b32 {fmt(rr_bar['vs_ort_dynamic_b32x128'])}× ORT dynamic int8's time",
             f"{short_machine(rr)}",
             f"`rerank.json`, {measured_date(RESULTS / 'rerank.json', rr)}",
         ],
