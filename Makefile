@@ -27,6 +27,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	@# the Triton tests parse configs with tritonclient's model_config protobuf; tritonclient[grpc] pins
+	@# protobuf < 7 and ml-dtypes <= 0.5, older than onnx needs, so it goes in without its pins
+	$(PY) -m pip install --quiet --no-deps "tritonclient[grpc]>=2.50" "grpcio>=1.60" "python-rapidjson>=1.10"
 	touch $@
 
 setup: $(VENV)/.installed

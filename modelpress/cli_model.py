@@ -88,10 +88,12 @@ def model_raw(args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def recipe_for_model(args: Any) -> tuple[Any, dict[str, Any]]:
     """The recipe ``run --model`` presses, and what ``--task auto`` read."""
-    from modelpress.recipe import recipe_from_dict
+    from modelpress.recipe import recipe_from_dict, require_data
 
     raw, inferred = model_raw(args)
-    return recipe_from_dict(raw), inferred
+    recipe = recipe_from_dict(raw)
+    require_data(recipe)
+    return recipe, inferred
 
 
 # -- init: the recipe as a commented TOML file --------------------------------------------------
@@ -205,7 +207,7 @@ def recipe_toml(raw: Mapping[str, Any], *, header: str = "") -> str:
 
 def write_init(args: Any) -> Path:
     """``modelpress init``: the recipe ``run --model`` would press, as a file."""
-    from modelpress.recipe import load_recipe
+    from modelpress.recipe import load_recipe, recipe_from_dict, require_data
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -213,6 +215,7 @@ def write_init(args: Any) -> Path:
     raw, inferred = model_raw(args)
     if Path(args.model).expanduser().exists():  # the file may be read from another folder
         raw["teacher"] = str(Path(args.model).expanduser().resolve())
+    require_data(recipe_from_dict(dict(raw)))  # an image model names its data first (one line)
     how = f"read from config.json's {inferred['architecture']}" if inferred.get("inferred") else "given"
     header = (
         f"modelpress recipe for {args.model} (task {raw['task']}: {how}).\n"

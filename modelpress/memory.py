@@ -47,11 +47,14 @@ class StageMeter:
     def stage(self, name: str) -> Iterator[None]:
         reset_peak_rss()
         start = time.perf_counter()
-        log.info("stage %s", name)
+        log.debug("stage %s", name)
+        failed = True
         try:
             yield
+            failed = False
         finally:
             seconds = round(time.perf_counter() - start, 2)
             peak = process_peak_rss_mb()
             self.stages[name] = {"seconds": seconds, "peak_rss_mb": peak}
-            log.info("stage %s: %.1f s, peak RSS %s MiB", name, seconds, peak)
+            # a failed stage's line is debug only: a fault the user caused stays one line on stderr
+            log.log(logging.DEBUG if failed else logging.INFO, "stage %s: %.1f s, peak RSS %s MiB", name, seconds, peak)

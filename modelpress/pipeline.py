@@ -153,8 +153,9 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
 def prepare(recipe: Recipe, out_dir: Path, paths: RunPaths, stack: contextlib.ExitStack) -> Run:
     """The task, the target, the data (first: a bad file fails in a second, not after loading and
     exporting), the teacher, and every length fitted to what the model takes."""
-    from modelpress.recipe import fit_lengths
+    from modelpress.recipe import fit_lengths, require_data
 
+    require_data(recipe)
     teacher_ref = resolve_model_ref(recipe.teacher, revision=recipe.revision)
     task = configure_task(
         recipe.task, recipe.task_options, model_dir=teacher_ref if Path(teacher_ref).is_dir() else None

@@ -312,12 +312,19 @@ def _task_default(raw: Mapping[str, Any], section: str, key: str, default: str) 
         return default  # the field check names the bad task
     spec = get_task(name).auto
     value = spec.calibration_data if section == "calibration" else spec.eval_data
-    if value is None:
-        raise BadInputError(
-            f"{section}.{key}: {name} has no shipped default data; name your own "
-            f"(in the recipe, or --set {section}.{key}=PATH)"
-        )
-    return value
+    # nothing shipped fits (images): "" (none) until a stage needs it (require_data); `distill` does not
+    return "" if value is None else value
+
+
+def require_data(recipe: Recipe) -> None:
+    """Refuse, in one line, a recipe whose task ships no default data and that names none: what
+    ``run``, the single stages and ``init`` need before any work."""
+    for section, (key, _) in _DEFAULT_FILES.items():
+        if not getattr(getattr(recipe, section), key):
+            raise BadInputError(
+                f"{section}.{key}: {recipe.task} has no shipped default data; name your own "
+                f"(in the recipe, or --set {section}.{key}=PATH)"
+            )
 
 
 def recipe_from_dict(raw: dict[str, Any], *, source: Path | None = None) -> Recipe:
