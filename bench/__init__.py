@@ -81,3 +81,16 @@ def median_ms_by_shape(preds: dict, shapes: dict, rounds: int, warmup: int = 2) 
     for p in preds.values():
         p.runner.close()
     return {s: {n: round(1e3 * float(np.median(v)), 2) for n, v in row.items()} for s, row in times.items()}
+
+
+def ort_dynamic_int8(source: Path, target: Path, **extra) -> Path:
+    """The peer a user tries first: ONNX Runtime's ``quantize_dynamic``, per-channel int8 weights, with
+    7-bit weights where this CPU's int8 GEMM saturates (ORT's own advice for CPUs without VNNI)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from modelpress.runtimes.cpu import int8_gemm_saturates
+
+    quantize_dynamic(
+        source, target, per_channel=True, weight_type=QuantType.QInt8, reduce_range=int8_gemm_saturates(), **extra
+    )
+    return target

@@ -39,7 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from bench import median_ms_by_shape, write_results  # noqa: E402
+from bench import median_ms_by_shape, ort_dynamic_int8, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STSB = ROOT.parent / "shared" / "data" / "stsb"
@@ -201,16 +201,7 @@ def constructed_queries(
 
 def dynamic_int8(bundle: Path) -> Path:
     """The peer: ORT's quantize_dynamic, per-channel, of the bundle's own model.onnx."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from modelpress.runtimes.cpu import int8_gemm_saturates
-
-    dyn = bundle.parent / "rerank.dyn-int8-pc.onnx"
-    # ORT's advice on CPUs without VNNI (u8s8 saturation): 7-bit weights
-    quantize_dynamic(
-        bundle / "model.onnx", dyn, per_channel=True, weight_type=QuantType.QInt8, reduce_range=int8_gemm_saturates()
-    )
-    return dyn
+    return ort_dynamic_int8(bundle / "model.onnx", bundle.parent / "rerank.dyn-int8-pc.onnx")
 
 
 def ranking_press(ranker: Path, work: Path, threads: int) -> dict:

@@ -47,6 +47,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
+from bench import ort_dynamic_int8  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
@@ -256,7 +258,6 @@ def prepare_torchscript_fused(work: Path, teacher_ref: str, tokenizer, input_nam
 
 def prepare_models(work: Path, teacher_ref, task, model, tokenizer):
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from modelpress.calibration_data.feeds import TokenizedFeed
     from modelpress.calibration_data.loaders import load_texts, sample
@@ -275,14 +276,7 @@ def prepare_models(work: Path, teacher_ref, task, model, tokenizer):
         ("model.onnx", "model.dyn-int8-pc.onnx"),
         ("model.fused.onnx", "model.fused.dyn-int8-pc.onnx"),
     ):
-        quantize_dynamic(
-            work / source,
-            work / target,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            reduce_range=int8_gemm_saturates(),
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        ort_dynamic_int8(work / source, work / target, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     torchscript = prepare_torchscript_fused(work, teacher_ref, tokenizer, res.input_names, int8_gemm_saturates())
     texts = sample(load_texts(ROOT / "calibration_data" / "en_default.txt"), 512)
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from bench import median_ms_by_shape, write_results  # noqa: E402
+from bench import median_ms_by_shape, ort_dynamic_int8, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EWT = ROOT.parent / "shared" / "data" / "ud_ewt"
@@ -144,11 +144,9 @@ def press(tagger: Path, out: Path, threads: int) -> dict:
 
 def latency(bundle: Path, tagger: Path, threads: int, rounds: int) -> dict:
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from modelpress.models import load_model_and_preprocessor
     from modelpress.modalities.text import TEXT
-    from modelpress.runtimes.cpu import int8_gemm_saturates
     from modelpress.tasks import configure_task
     from modelpress.validate.stage import open_predictor
     from modelpress.validate.tagged import load_tagged
@@ -156,11 +154,7 @@ def latency(bundle: Path, tagger: Path, threads: int, rounds: int) -> dict:
     torch.set_num_threads(threads)
     task = configure_task("token-classification")
     model, tok = load_model_and_preprocessor(str(tagger), task)
-    dyn = bundle.parent / "tagger.dyn-int8-pc.onnx"
-    # ORT's advice on CPUs without VNNI (u8s8 saturation): 7-bit weights
-    quantize_dynamic(
-        bundle / "model.onnx", dyn, per_channel=True, weight_type=QuantType.QInt8, reduce_range=int8_gemm_saturates()
-    )
+    dyn = ort_dynamic_int8(bundle / "model.onnx", bundle.parent / "tagger.dyn-int8-pc.onnx")
     names = ("input_ids", "attention_mask", "token_type_ids")
     enc = TEXT.encoder(tok, input_names=names, max_length=128)
     preds = {

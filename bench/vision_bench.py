@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from bench import write_results  # noqa: E402
+from bench import ort_dynamic_int8, write_results  # noqa: E402
 from bench.digits import train, write_digits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +121,7 @@ def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work:
     """Interleaved b1 / b32 latency and test accuracy of every variant."""
     import onnx
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
     from modelpress.bundle import load
     from modelpress.calibration_data.feeds import ExampleFeed
@@ -149,13 +149,7 @@ def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work:
     quantize_static(str(fp32), str(work / f"{kind}.ort-static.onnx"), Reader(), reduce_range=int8_gemm_saturates())
     files["ort-static-int8-defaults"] = work / f"{kind}.ort-static.onnx"
     if any(n.op_type == "MatMul" for n in onnx.load(str(fp32)).graph.node):
-        quantize_dynamic(
-            fp32,
-            work / f"{kind}.ort-dyn.onnx",
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            reduce_range=int8_gemm_saturates(),
-        )
+        ort_dynamic_int8(fp32, work / f"{kind}.ort-dyn.onnx")
         files["ort-dyn-int8-pc"] = work / f"{kind}.ort-dyn.onnx"
     torch.set_num_threads(threads)
     import transformers

@@ -49,29 +49,20 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_BAD_INPUT)
 
 
+def _set_flag(p: argparse.ArgumentParser, help: str) -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable), gathered in ``args.overrides``."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=help)
+
+
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe TOML file")
     p.add_argument("--out", default="artifacts", help="folder that receives <name>/ (default: artifacts)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a recipe value (TOML syntax), repeatable",
-    )
+    _set_flag(p, "override a recipe value (TOML syntax), repeatable")
 
 
 def _from_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default=None, help="take every flag not given from this recipe")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a value of --recipe (TOML syntax), repeatable",
-    )
+    _set_flag(p, "override a value of --recipe (TOML syntax), repeatable")
 
 
 DESCRIPTION = """Distill, export to ONNX, quantize to int8 and validate a Hugging Face model against its
@@ -140,14 +131,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", help="recipe TOML file (or --model instead)")
     add_model_flags(p, required=False)
     p.add_argument("--out", default="artifacts", help="folder that receives <name>/ (default: artifacts)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a recipe value (TOML syntax), repeatable",
-    )
+    _set_flag(p, "override a recipe value (TOML syntax), repeatable")
 
 
 def _extra_commands(sub: Any) -> None:
@@ -163,14 +147,7 @@ def _extra_commands(sub: Any) -> None:
     add_model_flags(p, required=True)
     p.add_argument("--out", default="recipe.toml", help="the recipe file to write (default: recipe.toml)")
     p.add_argument("--force", action="store_true", help="replace --out when it exists")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="a recipe value (TOML syntax) written instead of its default, repeatable",
-    )
+    _set_flag(p, "a recipe value (TOML syntax) written instead of its default, repeatable")
 
     p = sub.add_parser(
         "inspect",

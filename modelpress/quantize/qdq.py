@@ -53,6 +53,31 @@ def quantize_weight(w: np.ndarray, *, axis: int, per_channel: bool, qmax: int = 
     return q, scale
 
 
+def _activation_qdq(g: GraphEditor, tensor: str, base: str, p: ActivationQuant, *, before: str) -> str:
+    """A QuantizeLinear → DequantizeLinear pair on ``tensor`` (per-tensor ``p``; int8 zero point when
+    signed, else uint8), its initializers named after ``base``, inserted before node ``before``;
+    returns the dequantized tensor's name."""
+    zp_type = TensorProto.INT8 if p.signed else TensorProto.UINT8
+    g.add_initializer(np.array(p.scale, dtype=np.float32), f"{base}_scale")
+    g.add_initializer(onnx.helper.make_tensor(f"{base}_zero_point", zp_type, [], [p.zero_point]))
+    g.insert_before(
+        before,
+        onnx.helper.make_node(
+            "QuantizeLinear",
+            [tensor, f"{base}_scale", f"{base}_zero_point"],
+            [f"{base}_quantized"],
+            name=f"{base}_QuantizeLinear",
+        ),
+        onnx.helper.make_node(
+            "DequantizeLinear",
+            [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+            [f"{base}_dequantized"],
+            name=f"{base}_DequantizeLinear",
+        ),
+    )
+    return f"{base}_dequantized"
+
+
 def insert_qdq(
     model: onnx.ModelProto,
     targets: list[QuantTarget],
@@ -68,26 +93,7 @@ def insert_qdq(
         node = g.nodes[t.node_name]
         if t.activation not in act_done:
             p = activation_params(ranges[t.activation], symmetric=symmetric_activations)
-            base = t.activation
-            zp_type = TensorProto.INT8 if p.signed else TensorProto.UINT8
-            g.add_initializer(np.array(p.scale, dtype=np.float32), f"{base}_scale")
-            g.add_initializer(onnx.helper.make_tensor(f"{base}_zero_point", zp_type, [], [p.zero_point]))
-            g.insert_before(
-                t.node_name,
-                onnx.helper.make_node(
-                    "QuantizeLinear",
-                    [base, f"{base}_scale", f"{base}_zero_point"],
-                    [f"{base}_quantized"],
-                    name=f"{base}_QuantizeLinear",
-                ),
-                onnx.helper.make_node(
-                    "DequantizeLinear",
-                    [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
-                    [f"{base}_dequantized"],
-                    name=f"{base}_DequantizeLinear",
-                ),
-            )
-            act_done[t.activation] = f"{base}_dequantized"
+            act_done[t.activation] = _activation_qdq(g, t.activation, t.activation, p, before=t.node_name)
         node.input[0] = act_done[t.activation]
 
         q, scale = quantize_weight(g.array(t.weight), axis=t.weight_axis, per_channel=per_channel, qmax=weight_qmax)
@@ -123,24 +129,7 @@ def insert_score_qdq(
         (t, r) for s in scores for t, r in ((s.query, s.query_reader), (s.key, s.key_reader))
     ):
         p = activation_params(ranges[tensor], symmetric=True)
-        base = f"{tensor}_scores"
-        g.add_initializer(np.array(p.scale, dtype=np.float32), f"{base}_scale")
-        g.add_initializer(onnx.helper.make_tensor(f"{base}_zero_point", TensorProto.INT8, [], [0]))
-        g.insert_before(
-            reader,
-            onnx.helper.make_node(
-                "QuantizeLinear",
-                [tensor, f"{base}_scale", f"{base}_zero_point"],
-                [f"{base}_quantized"],
-                name=f"{base}_QuantizeLinear",
-            ),
-            onnx.helper.make_node(
-                "DequantizeLinear",
-                [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
-                [f"{base}_dequantized"],
-                name=f"{base}_DequantizeLinear",
-            ),
-        )
+        dequantized = _activation_qdq(g, tensor, f"{tensor}_scores", p, before=reader)
         node = g.nodes[reader]
-        node.input[:] = [f"{base}_dequantized" if name == tensor else name for name in node.input]
+        node.input[:] = [dequantized if name == tensor else name for name in node.input]
     return g.finish()
