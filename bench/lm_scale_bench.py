@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from modelpress.paths import MODEL_ONNX, PRESSED_FILES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SHAPES = {
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if not bundle.is_dir():
             bundle = out / f"{mode}.rejected"
         report = json.loads((bundle / "report.json").read_text()) if (bundle / "report.json").is_file() else {}
-        files = {name: _size_mb(bundle / name) for name in ("model.onnx", "model.int8.onnx", "model.int4.onnx")}
+        files = {name: _size_mb(bundle / name) for name in (MODEL_ONNX, *PRESSED_FILES.values())}
         measured.update(
             stages=report.get("stages") or stages_from_log(work / f"{mode}.log"),
             files_mb={k: v for k, v in files.items() if v is not None},

@@ -40,8 +40,6 @@ def _read(path: Path) -> dict[str, Any]:
 
 def run_result(bundle: Path, *, seconds: float, inferred: dict[str, Any] | None) -> dict[str, Any]:
     """``run``'s part of the ``--json`` object, from the published bundle's report and bundle.json."""
-    from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
-
     report = _read(bundle / "report.json")
     meta = _read(bundle / "bundle.json")
     gate = report.get("gate") or None
@@ -67,7 +65,7 @@ def run_result(bundle: Path, *, seconds: float, inferred: dict[str, Any] | None)
         },
         "artifact": {
             "runtime": runtime,
-            "file": BUNDLE_RUNTIMES.get(runtime) if runtime else None,
+            "file": meta["runtimes"][runtime] if runtime else None,
             "runtimes": runtimes,
             "quantize_mode": quantization.get("mode"),
             "chosen": auto.get("chosen") if isinstance(auto, dict) else None,

@@ -60,7 +60,7 @@ def test_onnxruntime_genai_generates_the_bundles_greedy_tokens(tmp_path):
     bundle = tmp_path / "out" / "lm"
     config = json.loads((bundle / "genai_config.json").read_text())
     decoder = config["model"]["decoder"]
-    assert decoder["filename"] == "model.int8.onnx" and (bundle / decoder["filename"]).is_file()
+    assert decoder["filename"] == "model.int4.onnx" and (bundle / decoder["filename"]).is_file()
     assert (decoder["num_key_value_heads"], decoder["num_attention_heads"], decoder["head_size"]) == (2, 4, 8)
     genai = og.Model(str(bundle))
     with load(bundle) as lm:

@@ -151,8 +151,12 @@ class Task:
         return None
 
     # -- model and export -------------------------------------------------------------------
-    def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
-        """``model`` → ONNX at ``out_path``, parity-checked (``export.onnx_export.ExportResult``)."""
+    def export(
+        self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float, pressed: str = ""
+    ) -> Any:
+        """``model`` → ONNX at ``out_path``, parity-checked (``export.onnx_export.ExportResult``).
+        ``pressed``: the file name the quantize stage will write beside it (``paths.PRESSED_FILES``),
+        for a task whose export writes a config naming the deployed model."""
         from modelpress.export.onnx_export import export_onnx
 
         return export_onnx(model, preprocessor, out_path, task=self, opset=opset, atol=atol)

@@ -25,6 +25,7 @@ import numpy as np
 
 from modelpress import task_match
 from modelpress.errors import BadInputError
+from modelpress.paths import MODEL_INT8_ONNX
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, EvalSet, Task
 
 
@@ -95,14 +96,15 @@ class TextGeneration(Task):
     engines: ClassVar[bool] = False  # a KV cache needs a profile per input; no GPU here to build one
 
     # -- model and export -------------------------------------------------------------------
-    def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
-        from modelpress.bundle import INT8_MODEL
+    def export(
+        self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float, pressed: str = ""
+    ) -> Any:
         from modelpress.export.causal_lm import export_causal_lm
         from modelpress.export.genai_config import write_genai_config
 
         result = export_causal_lm(model, preprocessor, out_path, opset=opset, atol=atol)
         # onnxruntime-genai runs the bundle's ONNX Runtime model: the export's names are its own
-        write_genai_config(Path(out_path).parent, model.config, preprocessor, filename=INT8_MODEL)
+        write_genai_config(Path(out_path).parent, model.config, preprocessor, filename=pressed or MODEL_INT8_ONNX)
         return result
 
     def torch_module(self, model: Any) -> Any:
