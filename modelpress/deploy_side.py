@@ -20,6 +20,7 @@ DEPLOY_SIDE_MODULES = (
     "modelpress.manifest",
     "modelpress.signing",
     "modelpress.bundle",
+    "modelpress.bundle_base",
     "modelpress.inference",
     "modelpress.generation",
     "modelpress.kv_cache",

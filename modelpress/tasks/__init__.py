@@ -31,6 +31,7 @@ from modelpress import task_match
 from modelpress.config_check import check_fields, checked_fields
 from modelpress.errors import BadInputError
 from modelpress.registry import Registry
+from modelpress.bundle_base import Bundle
 
 HIGHER, LOWER = "higher", "lower"
 
@@ -285,8 +286,6 @@ class Task:
 
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
-
         return Bundle
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, DistillSpec, Task
+from modelpress.bundle_base import Bundle
 
 POOLINGS = ("auto", "mean", "cls")
 
@@ -155,8 +156,6 @@ class FeatureExtraction(Task):
 
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
-
         class EmbeddingBundle(Bundle):
             def embed(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
                 """Sentence embeddings, [n_texts, dim] (a single string gives [1, dim]; no texts, [0, dim])."""

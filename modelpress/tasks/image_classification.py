@@ -18,6 +18,7 @@ import numpy as np
 from modelpress import task_match
 from modelpress.tasks import DistillSpec
 from modelpress.tasks.text_classification import TextClassification, softmax
+from modelpress.bundle_base import Bundle
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,6 @@ class ImageClassification(TextClassification):
 
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
-
         class ImageClassifierBundle(Bundle):
             def classify(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
                 """Class probabilities, [n_images, n_classes]: paths, PIL images or HxW / HxWxC

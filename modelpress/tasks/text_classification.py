@@ -14,6 +14,7 @@ import numpy as np
 
 from modelpress import task_match
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
+from modelpress.bundle_base import Bundle
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -81,8 +82,6 @@ class TextClassification(Task):
 
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
-
         class ClassifierBundle(Bundle):
             def classify(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
                 """Class probabilities, [n_texts, n_classes] (a single string gives [1, n_classes];

@@ -26,6 +26,8 @@ import numpy as np
 from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, EvalSet, Task
+from modelpress.bundle_base import Bundle
+from modelpress.paths import MODEL_INT8_ONNX
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,12 @@ class TextGeneration(Task):
 
     # -- model and export -------------------------------------------------------------------
     def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
-        from modelpress.bundle import INT8_MODEL
         from modelpress.export.causal_lm import export_causal_lm
         from modelpress.export.genai_config import write_genai_config
 
         result = export_causal_lm(model, preprocessor, out_path, opset=opset, atol=atol)
         # onnxruntime-genai runs the bundle's ONNX Runtime model: the export's names are its own
-        write_genai_config(Path(out_path).parent, model.config, preprocessor, filename=INT8_MODEL)
+        write_genai_config(Path(out_path).parent, model.config, preprocessor, filename=MODEL_INT8_ONNX)
         return result
 
     def torch_module(self, model: Any) -> Any:
@@ -247,8 +248,6 @@ class TextGeneration(Task):
     # -- the bundle ---------------------------------------------------------------------------
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
-
         class GeneratorBundle(Bundle):
             def generate(
                 self,

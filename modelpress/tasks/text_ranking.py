@@ -27,6 +27,7 @@ from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, MetricSpec, Task
 from modelpress.tasks.text_classification import softmax
+from modelpress.bundle_base import Bundle
 
 
 def resolve_score_class(value: int | str | None, labels: Sequence[str]) -> int:
@@ -192,8 +193,6 @@ class TextRanking(Task):
     # -- the bundle ---------------------------------------------------------------------------------
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
-
         class RerankerBundle(Bundle):
             def score(
                 self, pairs: Sequence[Sequence[str]], *, batch_size: int = 32, sigmoid: bool = False

@@ -24,6 +24,7 @@ import numpy as np
 
 from modelpress import task_match
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
+from modelpress.bundle_base import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,6 @@ class TokenClassification(Task):
 
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
         from modelpress.tasks.text_classification import softmax
 
         class TaggerBundle(Bundle):
