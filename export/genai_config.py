@@ -13,11 +13,13 @@ GenAI with token ids, or point it at that folder's files.
 
 from __future__ import annotations
 
-from modelpress.export.causal_lm import KVLayout
+from modelpress.export.causal_lm import KVLayout, export_causal_lm
+from modelpress.export.onnx_export import ExportResult
 from pathlib import Path
 from typing import Any
 
 from modelpress.fileio import write_json
+from modelpress.paths import MODEL_INT8_ONNX
 
 FILE = "genai_config.json"
 #: model types GenAI runs through its plain decoder with these names; another family (GPT-2 too: GenAI
@@ -91,3 +93,13 @@ def genai_config(model_config: Any, tokenizer: Any, *, filename: str, context_le
 
 def write_genai_config(folder: str | Path, model_config: Any, tokenizer: Any, *, filename: str) -> Path:
     return write_json(Path(folder) / FILE, genai_config(model_config, tokenizer, filename=filename))
+
+
+def export_for_genai(
+    model: Any, tokenizer: Any, out_path: str | Path, *, task: Any, opset: int, atol: float
+) -> ExportResult:
+    """The causal LM exported with its KV cache, and beside it the config onnxruntime-genai runs the bundle's
+    ONNX Runtime model by (the export's names are its own). The text-generation task's exporter."""
+    result = export_causal_lm(model, tokenizer, out_path, opset=opset, atol=atol)
+    write_genai_config(Path(out_path).parent, model.config, tokenizer, filename=MODEL_INT8_ONNX)
+    return result

@@ -11,6 +11,7 @@ import torch
 from conftest import write_recipe
 
 from modelpress.testing import CAUSAL_FAMILIES, make_tiny_causal_lm
+from modelpress.export.exporters import export_model
 
 PROMPTS = ("the cat sat on", "a dog", "the old film was very good and the plot")
 ONCE = pytest.mark.parametrize("exported", ["gpt2"], indirect=True)
@@ -24,7 +25,7 @@ def exported(request, tmp_path_factory):
     folder = make_tiny_causal_lm(tmp_path_factory.mktemp(request.param), family=request.param)
     task = configure_task("text-generation")
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
-    result = task.export(model, tokenizer, folder / "model.onnx", opset=18, atol=1e-4)
+    result = export_model(task, model, tokenizer, folder / "model.onnx", opset=18, atol=1e-4)
     return request.param, model, tokenizer, result
 
 

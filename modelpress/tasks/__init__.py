@@ -152,11 +152,9 @@ class Task:
         return None
 
     # -- model and export -------------------------------------------------------------------
-    def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
-        """``model`` → ONNX at ``out_path``, parity-checked (``export.onnx_export.ExportResult``)."""
-        from modelpress.export.onnx_export import export_onnx
-
-        return export_onnx(model, preprocessor, out_path, task=self, opset=opset, atol=atol)
+    #: the exporter that turns the model into ONNX (``modelpress.export.exporters``): "onnx" traces
+    #: :meth:`torch_output` through the modality's inputs
+    exporter: ClassVar[str] = "onnx"
 
     def torch_output(self, model_output: Any) -> Any:
         """The tensor export traces, from the transformers model's output (or a mapping of named

@@ -27,7 +27,6 @@ from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, EvalSet, Task
 from modelpress.bundle_base import Bundle
-from modelpress.paths import MODEL_INT8_ONNX
 
 
 @dataclass(frozen=True)
@@ -97,17 +96,11 @@ class TextGeneration(Task):
     engines: ClassVar[bool] = False  # a KV cache needs a profile per input; no GPU here to build one
 
     # -- model and export -------------------------------------------------------------------
-    def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
-        from modelpress.export.causal_lm import export_causal_lm
-        from modelpress.export.genai_config import write_genai_config
-
-        result = export_causal_lm(model, preprocessor, out_path, opset=opset, atol=atol)
-        # onnxruntime-genai runs the bundle's ONNX Runtime model: the export's names are its own
-        write_genai_config(Path(out_path).parent, model.config, preprocessor, filename=MODEL_INT8_ONNX)
-        return result
+    #: a decoder with its KV cache, and onnxruntime-genai's config beside it
+    exporter: ClassVar[str] = "causal-lm"
 
     def torch_module(self, model: Any) -> Any:
-        from modelpress.export.causal_lm import FeedStep
+        from modelpress.tasks.causal_lm_torch import FeedStep
 
         return FeedStep(model)
 
