@@ -3,7 +3,7 @@ tokenized once with the teacher's tokenizer, split into train / held-out eval, a
 batches on demand. Only text is needed; the teacher provides the targets.
 
 A tagger (per-token target) with ``distill.label_field`` reads a tagged corpus instead (CoNLL-U,
-CoNLL, or jsonl with token and tag lists: the eval readers of ``validate.tagged``); its gold tag
+CoNLL, or jsonl with token and tag lists: the eval readers of ``tasks.tagged``); its gold tag
 sits on each word's first sub-token, every other token carries ``IGNORE`` (-100).
 """
 
@@ -22,7 +22,7 @@ from modelpress.distill.config import DistillConfig
 from modelpress.errors import BadInputError
 
 from modelpress.distill.losses.hard_label_ce import IGNORE  # noqa: E402  a token without a gold tag
-from modelpress.validate.tagged import load_tagged
+from modelpress.tasks.tagged import load_tagged
 from modelpress.modalities.text import TextEncoder
 
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")

@@ -1,5 +1,5 @@
 """The distillation corpus of an image model: image references (files, dataset rows) and optional
-gold classes, read with the eval readers of ``validate.images`` (an imagefolder's class
+gold classes, read with the eval readers of ``tasks.images`` (an imagefolder's class
 sub-folders, a .jsonl / .csv of paths and labels, a datasets folder) or the calibration readers
 when there are no labels. Images are decoded and run through the teacher's image processor one
 batch at a time when a batch is collated, so memory holds a batch, never the corpus.
@@ -20,7 +20,7 @@ import torch
 from modelpress.calibration_data.loaders import sample
 from modelpress.errors import BadInputError
 from modelpress.modalities.image import IMAGE
-from modelpress.validate.images import load_image_eval
+from modelpress.tasks.images import load_image_eval
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ DEPLOY_SIDE_MODULES = (
     "modelpress.runtimes.target",
     "modelpress.calibration_data.loaders",
     "modelpress.calibration_data.images",
-    "modelpress.validate.perplexity",
+    "modelpress.measures.perplexity",
 )
 
 #: what a deployment host must never need to import

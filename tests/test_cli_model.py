@@ -266,7 +266,7 @@ def test_a_usage_error_under_json_is_one_object_too(capsys):
 
 
 def test_latency_progress_counts_every_round_even_when_the_budget_cuts_a_shape_short():
-    from modelpress.validate.compare import interleaved_rounds
+    from modelpress.measures.latency import interleaved_rounds
 
     class Bar:
         n = 0

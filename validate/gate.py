@@ -3,7 +3,7 @@ how sure is that?
 
 The task registry says which metric is primary and in which direction each metric is better, so
 the drop is always "how much worse", whatever the metric (KL rising is a drop). With the drop's
-paired 95 % interval (``validate.uncertainty``) the verdict follows ``gate.policy``:
+paired 95 % interval (``measures.uncertainty``) the verdict follows ``gate.policy``:
 
 * ``point``      pass when the measured drop ≤ max_drop (the interval is reported, not used);
 * ``confident``  pass only when the interval's upper end ≤ max_drop: a release gate that a lucky

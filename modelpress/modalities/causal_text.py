@@ -2,7 +2,7 @@
 
 A corpus becomes one token stream (each text, then the end-of-sequence token: the GPT-2 training
 convention), cut into sequences (calibration: packed ``calibration.max_length``-token sequences)
-or strided windows (perplexity, ``validate.perplexity``). A feed is the KV-cache graph's prefill
+or strided windows (perplexity, ``measures.perplexity``). A feed is the KV-cache graph's prefill
 (``export.causal_lm``): ``input_ids`` / ``attention_mask`` / ``position_ids`` [batch, n] and an
 empty past per layer, whose static head count and head size the encoder reads from the graph's
 input shapes. Rows of a batch are right-padded: a causal model's earlier positions never see the
@@ -68,7 +68,7 @@ class ScoredBatch(Batch):
 
 
 class CausalEncoder(Encoder):
-    """Token sequences (arrays of ids, or ``validate.perplexity.Window``) → prefill feeds."""
+    """Token sequences (arrays of ids, or ``measures.perplexity.Window``) → prefill feeds."""
 
     def __init__(
         self, tokenizer: Any, *, input_names: Sequence[str], max_length: int, input_shapes: Mapping[str, Sequence[Any]]

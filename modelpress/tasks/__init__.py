@@ -177,9 +177,9 @@ class Task:
 
     # -- evaluation -----------------------------------------------------------------------------
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None) -> Any:
-        """The eval set (``modelpress.validate.evalsets.EvalSet``) in one of ``eval_formats``; ``cfg``
+        """The eval set (``modelpress.tasks.evalsets.EvalSet``) in one of ``eval_formats``; ``cfg``
         is the recipe's ``[validate]``. The default reads the text formats (text, pairs, stsb)."""
-        from modelpress.validate.evalsets import load_eval_set
+        from modelpress.tasks.evalsets import load_eval_set
 
         labels = getattr(model_config, "num_labels", None) if self.needs_labels else None
         return load_eval_set(
@@ -240,7 +240,7 @@ class Task:
 
     def paired_units(self, metric: str, teacher_out: Any, candidate_out: Any, es: Any):
         """What the drop of ``metric`` is a statistic of, per resampling unit
-        (``modelpress.validate.uncertainty.PairedUnits``), or None when it has no interval."""
+        (``modelpress.measures.uncertainty.PairedUnits``), or None when it has no interval."""
         return None
 
     @classmethod

@@ -80,7 +80,7 @@ class FeatureExtraction(Task):
         "spearman": HIGHER,
     }
     eval_formats: ClassVar[tuple[str, ...]] = ("text", "pairs", "stsb")
-    eval_record: ClassVar[str] = "modelpress.validate.evalsets:TextSet"
+    eval_record: ClassVar[str] = "modelpress.tasks.evalsets:TextSet"
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="embedding",
         losses=frozenset({"embedding_mse", "embedding_cos", "similarity_mse", "hidden_mse", "attention_kl"}),
@@ -123,18 +123,18 @@ class FeatureExtraction(Task):
         )
 
     def reference_metrics(self, teacher_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.validate import metrics as M
+        from modelpress.measures import metrics as M
 
         return M.embedding_reference_metrics(teacher_out, es.pairs)
 
     def fidelity(self, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.validate import metrics as M
+        from modelpress.measures import metrics as M
 
         return M.embedding_metrics(teacher_out, candidate_out, es.pairs)
 
     def paired_units(self, metric: str, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any):
-        from modelpress.validate import metrics as M
-        from modelpress.validate import uncertainty as U
+        from modelpress.measures import metrics as M
+        from modelpress.measures import uncertainty as U
 
         if metric == "spearman" and es.pairs:
             i, j, gold = (np.array(col) for col in zip(*es.pairs))

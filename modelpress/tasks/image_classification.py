@@ -3,7 +3,7 @@
 
 The head and the metrics are text classification's (top-1 agreement, mean KL(teacher ‖ model),
 accuracy against gold labels when the eval set has them; the gate judges accuracy, else
-agreement), on the image modality. Eval format ``images`` (``validate.images``): an imagefolder,
+agreement), on the image modality. Eval format ``images`` (``tasks.images``): an imagefolder,
 a ``.jsonl`` / ``.csv`` of image paths and labels, or a datasets folder.
 """
 
@@ -31,14 +31,14 @@ class ImageClassification(TextClassification):
     modality: ClassVar[str] = "image"
     auto_class: ClassVar[str] = "AutoModelForImageClassification"
     eval_formats: ClassVar[tuple[str, ...]] = ("images",)
-    eval_record: ClassVar[str] = "modelpress.validate.images:ImageSet"
+    eval_record: ClassVar[str] = "modelpress.tasks.images:ImageSet"
     unit: ClassVar[str] = "images"
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="logits", losses=frozenset({"kl", "ce"}), defaults={"kl": 1.0}, label_loss="ce"
     )
 
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None):
-        from modelpress.validate.images import load_image_eval
+        from modelpress.tasks.images import load_image_eval
 
         return load_image_eval(
             path,

@@ -32,7 +32,7 @@ class TextClassification(Task):
     output_name: ClassVar[str] = "logits"
     metrics: ClassVar[Mapping[str, str]] = {"top1_agreement": HIGHER, "mean_kl": LOWER, "accuracy": HIGHER}
     eval_formats: ClassVar[tuple[str, ...]] = ("text",)
-    eval_record: ClassVar[str] = "modelpress.validate.evalsets:TextSet"
+    eval_record: ClassVar[str] = "modelpress.tasks.evalsets:TextSet"
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="logits",
         losses=frozenset({"kl", "ce", "hidden_mse", "attention_kl"}),
@@ -47,18 +47,18 @@ class TextClassification(Task):
         return model_output.logits
 
     def reference_metrics(self, teacher_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.validate import metrics as M
+        from modelpress.measures import metrics as M
 
         return M.classification_reference_metrics(teacher_out, es.labels)
 
     def fidelity(self, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.validate import metrics as M
+        from modelpress.measures import metrics as M
 
         return M.classification_metrics(teacher_out, candidate_out, es.labels)
 
     def paired_units(self, metric: str, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any):
-        from modelpress.validate import metrics as M
-        from modelpress.validate import uncertainty as U
+        from modelpress.measures import metrics as M
+        from modelpress.measures import uncertainty as U
 
         t, c = teacher_out.argmax(-1), candidate_out.argmax(-1)
         if metric == "accuracy" and es.labels is not None:

@@ -4,12 +4,12 @@ and decode steps), validated on held-out text and generated with by the bundle.
 
 Eval set: held-out text (``text`` format: a .txt with a text per line, or .jsonl/.csv with
 ``validate.text_field``), tokenized into one stream (``modalities.causal_text``) and cut into
-windows of ``validate.max_length`` tokens every ``task_options.stride`` (``validate.perplexity``).
+windows of ``validate.max_length`` tokens every ``task_options.stride`` (``measures.perplexity``).
 Metrics on the scored tokens: ``perplexity``; ``perplexity_ratio`` (the candidate's ÷ the
 teacher's: the gate reads its drop, 100 × (ratio − 1), as the perplexity increase in percent, its
 default metric); ``next_token_agreement`` (top-1) and ``mean_kl`` (teacher ‖ candidate). Their
 intervals resample windows. With ``task_options.prompts``, also ``greedy_agreement``: the share of the
-teacher's greedy new tokens each model reproduces (``validate.greedy_agreement``; its interval
+teacher's greedy new tokens each model reproduces (``tasks.greedy_agreement``; its interval
 resamples prompts). Timings: the prefill at ``validate.seq_lengths`` (the latency rows)
 and one decode step at ``task_options.decode_contexts`` (``decode_latency``). The bundle's API is
 ``generate`` (``modelpress.generation.TextGenerator`` on the bundle's runner).
@@ -35,7 +35,7 @@ class LMEvalSet(EvalSet):
     eval prompts' token ids for ``greedy_agreement`` (None: no ``task_options.prompts``)."""
 
     texts: tuple[str, ...] = ()
-    windows: tuple = ()  # ``validate.perplexity.Window``s of the texts' token stream
+    windows: tuple = ()  # ``measures.perplexity.Window``s of the texts' token stream
     prompts: tuple[tuple[int, ...], ...] | None = None
 
     @property
@@ -112,7 +112,7 @@ class TextGeneration(Task):
 
     # -- inference ------------------------------------------------------------------------------
     def postprocess(self, outputs: Mapping[str, np.ndarray], batch: Any) -> list:
-        from modelpress.validate.perplexity import score_window
+        from modelpress.measures.perplexity import score_window
 
         logits, ids = outputs["logits"], batch.feed["input_ids"]
         return [score_window(logits[r], ids[r], pos) for r, pos in enumerate(batch.positions)]
@@ -121,7 +121,7 @@ class TextGeneration(Task):
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None) -> Any:
         from modelpress.calibration_data.loaders import load_texts
         from modelpress.modalities.causal_text import token_stream
-        from modelpress.validate.perplexity import windows
+        from modelpress.measures.perplexity import windows
 
         if not Path(path).exists():
             raise BadInputError(f"{path}: evaluation data not found")
@@ -136,7 +136,7 @@ class TextGeneration(Task):
             found = found[: cfg.num_samples]
         prompts = None
         if self.prompts:
-            from modelpress.validate.greedy_agreement import read_prompts
+            from modelpress.tasks.greedy_agreement import read_prompts
 
             prompts = read_prompts(self.prompts, preprocessor, field=self.prompt_field)
             if model_config is not None:  # the longest prompt and its new tokens must fit the positions
@@ -156,7 +156,7 @@ class TextGeneration(Task):
         windows = predictor.predict(list(es.examples), batch_size=cfg.batch_size)
         if not es.prompts:
             return LMOutputs(tuple(windows))
-        from modelpress.validate.greedy_agreement import continue_greedily
+        from modelpress.tasks.greedy_agreement import continue_greedily
 
         return LMOutputs(
             tuple(windows),
@@ -164,15 +164,15 @@ class TextGeneration(Task):
         )
 
     def reference_metrics(self, teacher_out: Any, es: Any) -> dict[str, float]:
-        from modelpress.validate.perplexity import lm_metrics, window_sums
+        from modelpress.measures.perplexity import lm_metrics, window_sums
 
         t = LMOutputs.of(teacher_out)
         metrics = lm_metrics(window_sums(t.windows, t.windows, kl=False), reference=True)
         return {**metrics, "greedy_agreement": 1.0} if t.continuations is not None else metrics
 
     def fidelity(self, teacher_out: Any, candidate_out: Any, es: Any) -> dict[str, float]:
-        from modelpress.validate.greedy_agreement import greedy_agreement
-        from modelpress.validate.perplexity import lm_metrics, window_sums
+        from modelpress.tasks.greedy_agreement import greedy_agreement
+        from modelpress.measures.perplexity import lm_metrics, window_sums
 
         t, c = LMOutputs.of(teacher_out), LMOutputs.of(candidate_out)
         metrics = lm_metrics(window_sums(t.windows, c.windows))
@@ -181,14 +181,14 @@ class TextGeneration(Task):
         return metrics
 
     def paired_units(self, metric: str, teacher_out: Any, candidate_out: Any, es: Any):
-        from modelpress.validate import uncertainty as U
-        from modelpress.validate.perplexity import window_sums
+        from modelpress.measures import uncertainty as U
+        from modelpress.measures.perplexity import window_sums
 
         t, c = LMOutputs.of(teacher_out), LMOutputs.of(candidate_out)
         if metric == "greedy_agreement":
             if t.continuations is None or c.continuations is None:
                 return None
-            from modelpress.validate.greedy_agreement import agreement_counts
+            from modelpress.tasks.greedy_agreement import agreement_counts
 
             return U.PairedUnits(agreement_counts(t.continuations, c.continuations), U.ratio_complement(), "prompts")
         s = window_sums(t.windows, c.windows, kl=metric == "mean_kl")  # KL: the costly pass
@@ -207,7 +207,7 @@ class TextGeneration(Task):
         return "perplexity_ratio"
 
     def extra_latency(self, predictors: Sequence[Any], examples: Sequence[Any], cfg: Any) -> dict[str, dict[str, list]]:
-        from modelpress.validate.decode_latency import decode_latency
+        from modelpress.measures.decode_latency import decode_latency
 
         return {
             name: {"decode_latency": rows}
@@ -290,7 +290,7 @@ class TextGeneration(Task):
 @dataclass(frozen=True)
 class LMOutputs:
     """A model's outputs on a text-generation eval set: its scored windows and, with eval prompts,
-    its greedy continuations (``validate.greedy_agreement.Continuations``)."""
+    its greedy continuations (``tasks.greedy_agreement.Continuations``)."""
 
     windows: tuple = ()
     continuations: Any = None

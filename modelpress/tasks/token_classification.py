@@ -45,7 +45,7 @@ class TokenClassification(Task):
         "entity_f1": HIGHER,
     }
     eval_formats: ClassVar[tuple[str, ...]] = ("conllu", "conll", "jsonl")
-    eval_record: ClassVar[str] = "modelpress.validate.tagged:TaggedEvalSet"
+    eval_record: ClassVar[str] = "modelpress.tasks.tagged:TaggedEvalSet"
     batch_payload: ClassVar[str] = "modelpress.modalities.text:WordBatch"
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="token_logits",
@@ -82,7 +82,7 @@ class TokenClassification(Task):
         return model_output.logits
 
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None):
-        from modelpress.validate.tagged import load_tagged
+        from modelpress.tasks.tagged import load_tagged
 
         label2id = dict(getattr(model_config, "label2id", None) or {})
         es = load_tagged(
@@ -116,20 +116,20 @@ class TokenClassification(Task):
         return replace(es, **counts)
 
     def reference_metrics(self, teacher_out: list[np.ndarray], es: Any) -> dict[str, float]:
-        from modelpress.validate import metrics as M
+        from modelpress.measures import metrics as M
 
         return M.token_metrics(teacher_out, teacher_out, es.tags, es.label_names)
 
     def fidelity(self, teacher_out: list[np.ndarray], candidate_out: list[np.ndarray], es: Any) -> dict[str, float]:
-        from modelpress.validate import metrics as M
+        from modelpress.measures import metrics as M
 
         return M.token_metrics(teacher_out, candidate_out, es.tags, es.label_names)
 
     def paired_units(self, metric: str, teacher_out: list[np.ndarray], candidate_out: list[np.ndarray], es: Any):
         """Sentences are the units (words of a sentence are not independent); word metrics are
         ratios of per-sentence sums."""
-        from modelpress.validate import metrics as M
-        from modelpress.validate import uncertainty as U
+        from modelpress.measures import metrics as M
+        from modelpress.measures import uncertainty as U
 
         words = [len(c) for c in candidate_out]
         if metric == "top1_agreement":
@@ -146,7 +146,7 @@ class TokenClassification(Task):
             c_ok = [int((c.argmax(-1) == g).sum()) for c, g in zip(candidate_out, gold)]
             return U.PairedUnits(U.as_arrays(t_ok, c_ok, words), U.ratio_drop(), "sentences")
         if metric == "entity_f1" and es.label_names:
-            from modelpress.validate.entities import chunks
+            from modelpress.measures.entities import chunks
 
             names = list(es.label_names)
 

@@ -99,7 +99,7 @@ def token_metrics(
     """Word-level metrics of a tagger: per sentence an array [words, labels] of logits, a row for
     every input word (long sentences are windowed, a word without a token of its own is read at a
     neighbour's position). ``entity_f1`` only when the labels are a BIO/BIOES tag set."""
-    from modelpress.validate.entities import entity_scores, is_chunk_tagset
+    from modelpress.measures.entities import entity_scores, is_chunk_tagset
 
     out = classification_metrics(np.concatenate(teacher), np.concatenate(candidate))
     if tags is not None:
