@@ -47,7 +47,16 @@ DEPLOY_SIDE_MODULES = (
     "modelpress.runtimes.target",
     "modelpress.calibration_data.loaders",
     "modelpress.calibration_data.images",
+    "modelpress.measures",
     "modelpress.measures.perplexity",
+    "modelpress.measures.metrics",
+    "modelpress.measures.uncertainty",
+    "modelpress.measures.entities",
+    "modelpress.tasks.evalsets",
+    "modelpress.tasks.ranking",
+    "modelpress.tasks.tagged",
+    "modelpress.tasks.images",
+    "modelpress.tasks.greedy_agreement",
 )
 
 #: what a deployment host must never need to import

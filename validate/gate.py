@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, get_task
+import math
 
 POLICIES = ("point", "confident", "lenient")
 
@@ -202,8 +203,6 @@ def _too_few(task, iv: Mapping[str, Any] | None, intervals: Mapping[str, Mapping
 
 
 def _examples_needed(n: int, width: float, max_drop: float) -> int | None:
-    import math
-
     return None if max_drop <= 0 else int(math.ceil(n * (width / max_drop) ** 2))
 
 

@@ -20,6 +20,8 @@ from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, DistillSpec, Task
 from modelpress.bundle_base import Bundle
+from modelpress.measures import uncertainty as U
+from modelpress.measures import metrics as M
 
 POOLINGS = ("auto", "mean", "cls")
 
@@ -123,19 +125,12 @@ class FeatureExtraction(Task):
         )
 
     def reference_metrics(self, teacher_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.measures import metrics as M
-
         return M.embedding_reference_metrics(teacher_out, es.pairs)
 
     def fidelity(self, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.measures import metrics as M
-
         return M.embedding_metrics(teacher_out, candidate_out, es.pairs)
 
     def paired_units(self, metric: str, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any):
-        from modelpress.measures import metrics as M
-        from modelpress.measures import uncertainty as U
-
         if metric == "spearman" and es.pairs:
             i, j, gold = (np.array(col) for col in zip(*es.pairs))
             t, c = M.unit(teacher_out), M.unit(candidate_out)

@@ -19,6 +19,7 @@ from modelpress import task_match
 from modelpress.tasks import DistillSpec
 from modelpress.tasks.text_classification import TextClassification, softmax
 from modelpress.bundle_base import Bundle
+from modelpress.tasks.images import load_image_eval
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,6 @@ class ImageClassification(TextClassification):
     )
 
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None):
-        from modelpress.tasks.images import load_image_eval
-
         return load_image_eval(
             path,
             image_field=cfg.image_field,

@@ -15,6 +15,8 @@ import numpy as np
 from modelpress import task_match
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
 from modelpress.bundle_base import Bundle
+from modelpress.measures import uncertainty as U
+from modelpress.measures import metrics as M
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -47,19 +49,12 @@ class TextClassification(Task):
         return model_output.logits
 
     def reference_metrics(self, teacher_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.measures import metrics as M
-
         return M.classification_reference_metrics(teacher_out, es.labels)
 
     def fidelity(self, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.measures import metrics as M
-
         return M.classification_metrics(teacher_out, candidate_out, es.labels)
 
     def paired_units(self, metric: str, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any):
-        from modelpress.measures import metrics as M
-        from modelpress.measures import uncertainty as U
-
         t, c = teacher_out.argmax(-1), candidate_out.argmax(-1)
         if metric == "accuracy" and es.labels is not None:
             gold = np.asarray(es.labels)

@@ -27,6 +27,13 @@ from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, EvalSet, Task
 from modelpress.bundle_base import Bundle
+from modelpress.calibration_data.loaders import load_texts
+from modelpress.generation import TextGenerator
+from modelpress.measures import uncertainty as U
+from modelpress.measures.perplexity import lm_metrics, score_window, window_sums, windows
+from modelpress.modalities import get_modality
+from modelpress.modalities.causal_text import token_stream
+from modelpress.tasks.greedy_agreement import agreement_counts, continue_greedily, greedy_agreement, read_prompts
 
 
 @dataclass(frozen=True)
@@ -112,17 +119,11 @@ class TextGeneration(Task):
 
     # -- inference ------------------------------------------------------------------------------
     def postprocess(self, outputs: Mapping[str, np.ndarray], batch: Any) -> list:
-        from modelpress.measures.perplexity import score_window
-
         logits, ids = outputs["logits"], batch.feed["input_ids"]
         return [score_window(logits[r], ids[r], pos) for r, pos in enumerate(batch.positions)]
 
     # -- evaluation -------------------------------------------------------------------------------
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None) -> Any:
-        from modelpress.calibration_data.loaders import load_texts
-        from modelpress.modalities.causal_text import token_stream
-        from modelpress.measures.perplexity import windows
-
         if not Path(path).exists():
             raise BadInputError(f"{path}: evaluation data not found")
         if preprocessor is None:
@@ -136,12 +137,8 @@ class TextGeneration(Task):
             found = found[: cfg.num_samples]
         prompts = None
         if self.prompts:
-            from modelpress.tasks.greedy_agreement import read_prompts
-
             prompts = read_prompts(self.prompts, preprocessor, field=self.prompt_field)
             if model_config is not None:  # the longest prompt and its new tokens must fit the positions
-                from modelpress.modalities import get_modality
-
                 get_modality(self.modality).check_lengths(
                     model_config,
                     preprocessor,
@@ -156,7 +153,6 @@ class TextGeneration(Task):
         windows = predictor.predict(list(es.examples), batch_size=cfg.batch_size)
         if not es.prompts:
             return LMOutputs(tuple(windows))
-        from modelpress.tasks.greedy_agreement import continue_greedily
 
         return LMOutputs(
             tuple(windows),
@@ -164,16 +160,11 @@ class TextGeneration(Task):
         )
 
     def reference_metrics(self, teacher_out: Any, es: Any) -> dict[str, float]:
-        from modelpress.measures.perplexity import lm_metrics, window_sums
-
         t = LMOutputs.of(teacher_out)
         metrics = lm_metrics(window_sums(t.windows, t.windows, kl=False), reference=True)
         return {**metrics, "greedy_agreement": 1.0} if t.continuations is not None else metrics
 
     def fidelity(self, teacher_out: Any, candidate_out: Any, es: Any) -> dict[str, float]:
-        from modelpress.tasks.greedy_agreement import greedy_agreement
-        from modelpress.measures.perplexity import lm_metrics, window_sums
-
         t, c = LMOutputs.of(teacher_out), LMOutputs.of(candidate_out)
         metrics = lm_metrics(window_sums(t.windows, c.windows))
         if t.continuations is not None and c.continuations is not None:
@@ -181,14 +172,10 @@ class TextGeneration(Task):
         return metrics
 
     def paired_units(self, metric: str, teacher_out: Any, candidate_out: Any, es: Any):
-        from modelpress.measures import uncertainty as U
-        from modelpress.measures.perplexity import window_sums
-
         t, c = LMOutputs.of(teacher_out), LMOutputs.of(candidate_out)
         if metric == "greedy_agreement":
             if t.continuations is None or c.continuations is None:
                 return None
-            from modelpress.tasks.greedy_agreement import agreement_counts
 
             return U.PairedUnits(agreement_counts(t.continuations, c.continuations), U.ratio_complement(), "prompts")
         s = window_sums(t.windows, c.windows, kl=metric == "mean_kl")  # KL: the costly pass
@@ -264,8 +251,6 @@ class TextGeneration(Task):
 
             @property
             def generator(self):
-                from modelpress.generation import TextGenerator
-
                 if self.__dict__.get("_generator") is None:
                     self._generator = TextGenerator(
                         self.runner,
@@ -278,8 +263,6 @@ class TextGeneration(Task):
             @property
             def max_positions(self) -> int | None:
                 """The positions the model takes (a prompt and its new tokens share them)."""
-                from modelpress.modalities import get_modality
-
                 return self.meta.get("max_positions") or get_modality(self.task.modality).position_limit(
                     None, self.encoder.tokenizer
                 )

@@ -28,6 +28,10 @@ from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, MetricSpec, Task
 from modelpress.tasks.text_classification import softmax
 from modelpress.bundle_base import Bundle
+from modelpress.measures import uncertainty as U
+from modelpress.modalities.text import TextPair
+from modelpress.tasks.ranking import load_ranking_set, ranking_metrics, reference_metrics
+from modelpress.tasks import ranking as R
 
 
 def resolve_score_class(value: int | str | None, labels: Sequence[str]) -> int:
@@ -118,8 +122,6 @@ class TextRanking(Task):
 
     # -- inference ------------------------------------------------------------------------------
     def prepare(self, examples: Sequence[Any]) -> list[Any]:
-        from modelpress.modalities.text import TextPair
-
         return [TextPair(*e) for e in examples]
 
     def scores(self, logits: np.ndarray) -> np.ndarray:
@@ -134,8 +136,6 @@ class TextRanking(Task):
 
     # -- evaluation -------------------------------------------------------------------------------
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None):
-        from modelpress.tasks.ranking import load_ranking_set
-
         if model_config is not None:  # the loaded model's head: the score class must be one of its classes
             id2label = getattr(model_config, "id2label", None) or {}
             labels = [str(id2label.get(i, i)) for i in range(int(getattr(model_config, "num_labels", 1)))]
@@ -154,19 +154,12 @@ class TextRanking(Task):
         )
 
     def reference_metrics(self, teacher_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.tasks.ranking import reference_metrics
-
         return reference_metrics(self.scores(teacher_out), es)
 
     def fidelity(self, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.tasks.ranking import ranking_metrics
-
         return ranking_metrics(self.scores(teacher_out), self.scores(candidate_out), es)
 
     def paired_units(self, metric: str, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any):
-        from modelpress.tasks import ranking as R
-        from modelpress.measures import uncertainty as U
-
         t, c = self.scores(teacher_out), self.scores(candidate_out)
         if metric in ("spearman", "pearson") and es.gold is not None and not es.graded:
             stat = U.spearman_drop() if metric == "spearman" else R.pearson_drop()
