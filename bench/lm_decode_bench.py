@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench/results/lm_decode.json"
 
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     ours, theirs = rows["modelpress fused int4"], rows["onnxruntime-genai builder int4"]
     result = {
+        "machine": machine(),
+        "note": "Measured on a machine shared with other jobs: read the ratios, not the absolute figures.",
         "model": json.loads((args.model / "bench_model.json").read_text()),
         "settings": {
             "threads": args.threads,

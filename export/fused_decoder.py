@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
@@ -322,8 +323,6 @@ def _parity(model: Any, session: Any, layout: KVLayout, vocab: int, *, atol: flo
 
 def export_fused_decoder(model: Any, tokenizer: Any, out_path: str | Path, *, atol: float = 1e-4) -> ExportResult:
     """``model`` → ``out_path`` in the fused layout, parity-checked."""
-    import onnxruntime as ort
-
     out_path = Path(out_path)
     model = model.eval()
     layout = KVLayout.from_config(model.config)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import onnxruntime as ort
 
 from modelpress.errors import BadInputError
 from modelpress.kv_cache import FIXED_INPUTS, PADDING_KEY, KVLayout
@@ -27,8 +28,6 @@ class OnnxRuntimeArtifact(RuntimeArtifact):
 
 
 def session_options(threads: int = 0):
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
@@ -47,8 +46,6 @@ class InPlaceCache:
     (``past_present_share_buffer``), so no step copies or reallocates the cache."""
 
     def __init__(self, session: Any, layout: KVLayout, batch: int, capacity: int) -> None:
-        import onnxruntime as ort
-
         self.session = session
         self.layout = layout
         shape = (batch, layout.num_kv_heads, capacity, layout.head_dim)
@@ -90,8 +87,6 @@ class OnnxRuntimeRunner(Runner):
         self._session = None
 
     def _load(self) -> None:
-        import onnxruntime as ort
-
         if not self.model_path.is_file():
             raise BadInputError(f"{self.model_path}: ONNX model not found")
         try:
