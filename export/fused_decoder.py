@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import onnx
@@ -46,7 +46,7 @@ from onnx import TensorProto, helper, numpy_helper
 from modelpress.errors import BadInputError
 from modelpress.export.onnx_export import ExportResult
 from modelpress.export.parity import ParityReport, compare_outputs
-from modelpress.fileio import save_onnx
+from modelpress.fileio import EXTERNAL_DATA_BYTES, save_onnx
 from modelpress.kv_cache import FIXED_INPUTS, PADDING_KEY, KVLayout
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,29 @@ def supports(config: Any) -> str | None:
 
 
 class _Graph:
-    """Nodes and initializers appended in order; names are the builder's own."""
+    """Nodes and initializers appended in order; names are the builder's own. With ``data`` (an open
+    binary file beside the model) every weight of 1 KiB or more is written there as it is made and
+    the initializer only refers to it: the graph of a large model never holds its weights in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, data: BinaryIO | None = None, location: str = "") -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        self.data, self.location = data, location
 
     def const(self, name: str, array: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)
+        if self.data is None or array.nbytes < 1024:
+            self.inits.append(numpy_helper.from_array(array, name))
+            return name
+        offset = -self.data.tell() % 4096 + self.data.tell()  # page-aligned: ONNX Runtime can map it
+        self.data.seek(offset)
+        self.data.write(memoryview(array).cast("B"))
+        tensor = onnx.TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", self.location), ("offset", str(offset)), ("length", str(array.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        self.inits.append(tensor)
         return name
 
     def node(self, op: str, inputs: list[str], outputs: int | list[str] = 1, *, name: str, **attrs: Any) -> list[str]:
@@ -188,8 +203,16 @@ def _mask_lengths(g: _Graph) -> tuple[str, str]:
     return seqlens, width
 
 
-def build_graph(model: Any, *, positions: int | None = None) -> onnx.ModelProto:
-    """The fused decoder graph of ``model`` (a Llama / Qwen2 / Qwen3 ``*ForCausalLM``)."""
+def build_graph(model: Any, *, positions: int | None = None, data: Path | None = None) -> onnx.ModelProto:
+    """The fused decoder graph of ``model`` (a Llama / Qwen2 / Qwen3 ``*ForCausalLM``); with ``data``
+    its weights are streamed into that file (the graph refers to it by name: keep it beside the model)."""
+    if data is None:
+        return _build(model, _Graph(), positions)
+    with open(data, "wb") as fh:
+        return _build(model, _Graph(fh, data.name), positions)
+
+
+def _build(model: Any, g: _Graph, positions: int | None) -> onnx.ModelProto:
     cfg = model.config
     why = supports(cfg)
     if why is not None:
@@ -197,7 +220,6 @@ def build_graph(model: Any, *, positions: int | None = None) -> onnx.ModelProto:
     layout = KVLayout.from_config(cfg)
     positions = int(positions or cfg.max_position_embeddings)
     eps = float(cfg.rms_norm_eps)
-    g = _Graph()
     cos, sin = _rotary_caches(model, positions, layout.head_dim)
     g.const("cos_cache", cos)
     g.const("sin_cache", sin)
@@ -327,9 +349,14 @@ def export_fused_decoder(model: Any, tokenizer: Any, out_path: str | Path, *, at
     model = model.eval()
     layout = KVLayout.from_config(model.config)
     start = time.perf_counter()
-    graph = build_graph(model)
+    # a large model's weights stream to <file>.data as they are made (weights + a tied head's copy may pass 2 GiB)
+    large = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES // 2
+    data = out_path.with_name(out_path.name + ".data")
+    if not large and data.exists():
+        data.unlink()  # a stale file of an earlier export: this model's weights stay inline
+    graph = build_graph(model, data=data if large else None)
     vocab = int(model.get_output_embeddings().weight.shape[0])
-    save_onnx(graph, out_path)
+    save_onnx(graph, out_path, external_data=False)
     del graph
     seconds = time.perf_counter() - start
     opts = ort.SessionOptions()

@@ -174,3 +174,23 @@ def test_a_family_outside_the_fused_layout_is_refused_in_one_line():
     odd = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**SMALL, head_dim=8))
     with pytest.raises(BadInputError, match="head size 8"):
         build_graph(odd)
+
+
+def test_a_large_models_weights_stream_to_external_data(tmp_path, monkeypatch):
+    """Past the size where a tied head's copy could pass protobuf's 2 GiB, the weights go to
+    ``<file>.data`` as they are made (the graph never holds them); the export's parity check runs on
+    the file as written, so it still equals PyTorch."""
+    from modelpress.export import fused_decoder
+
+    monkeypatch.setattr(fused_decoder, "EXTERNAL_DATA_BYTES", 0)  # every model counts as large
+    torch.manual_seed(0)
+    model = FAMILIES["qwen2"]().eval()
+    path = tmp_path / "model.onnx"
+    export_fused_decoder(model, None, path)
+    graph = onnx.load(str(path), load_external_data=False)
+    external = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert {e.value for t in external for e in t.external_data if e.key == "location"} == {"model.onnx.data"}
+    assert (
+        sum(np.prod(t.dims) for t in external) * 4 > sum(p.numel() for p in model.parameters()) * 4
+    )  # + the head's copy
+    assert path.stat().st_size < 100_000
