@@ -361,6 +361,14 @@ def render_lm_decode(data: dict) -> str:
         f"{fmt(data['prefill_ratio'], 2)}. {data.get('note', '')}",
         table(["int4 model", "decode tokens/s", "prefill (ms)", "file (MB)", "nodes"], rows),
     ]
+    export = data.get("fused_export")
+    if export:
+        parts.append(
+            f"The fused fp32 export of this model: peak RSS {fmt(export['peak_rss_mb'] / 1e3, 2)} GB "
+            f"({fmt(export['peak_rss_over_fp32_weights'], 2)}× the fp32 weights), {fmt(export['graph_seconds'], 0)} s "
+            f"to write the graph, {fmt(export['with_parity_seconds'], 0)} s with loading and the parity check "
+            f"(max |diff| {export['parity_max_abs_diff']:.1e} against PyTorch)."
+        )
     if ops:
         parts += [
             f"One decode step of ours under ONNX Runtime's profiler: {fmt(profile.get('step_ms_median'), 1)} ms a "
