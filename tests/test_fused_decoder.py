@@ -10,6 +10,7 @@ KV heads), head size 16 (GroupQueryAttention's multiple)."""
 from __future__ import annotations
 
 import inspect
+import json
 import numpy as np
 import onnx
 import pytest
@@ -194,3 +195,44 @@ def test_a_large_models_weights_stream_to_external_data(tmp_path, monkeypatch):
         sum(np.prod(t.dims) for t in external) * 4 > sum(p.numel() for p in model.parameters()) * 4
     )  # + the head's copy
     assert path.stat().st_size < 100_000
+
+
+def test_static_int8_presses_the_fused_graph_end_to_end(tmp_path):
+    """The default mode on a fused export: every weight MatMul (5 a layer and the head) becomes
+    int8, GroupQueryAttention stays, validation times the in-place decode step, and the bundle
+    generates (right-padded, in place)."""
+    from conftest import write_recipe
+
+    from modelpress.bundle import load
+    from modelpress.cli import main
+    from modelpress.testing import make_tiny_causal_lm, random_sentences
+
+    folder = make_tiny_causal_lm(tmp_path / "llama", family="llama")  # head size 16
+    (tmp_path / "corpus.txt").write_text("\n".join(random_sentences(100, seed=1)) + "\n", encoding="utf-8")
+    (tmp_path / "heldout.txt").write_text("\n".join(random_sentences(60, seed=9)) + "\n", encoding="utf-8")
+    body = {
+        "calibration": {"data": str(tmp_path / "corpus.txt"), "num_samples": 8, "max_length": 32},
+        "validate": {
+            "latency_runs": 1,
+            "warmup_runs": 1,
+            "batch_sizes": [1],
+            "seq_lengths": [16],
+            "real_workload": False,
+            "max_length": 32,
+            "threads": 1,
+            "eval_data": str(tmp_path / "heldout.txt"),
+        },
+        "gate": {"max_drop": 1000.0},
+        "task_options": {"decoder_graph": "fused", "decode_contexts": [24]},
+    }
+    recipe = write_recipe(tmp_path / "lm.toml", {"name": "lm", "teacher": str(folder), "task": "text-generation"}, body)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    bundle = tmp_path / "out" / "lm"
+    kinds = [n.op_type for n in onnx.load(str(bundle / "model.int8.onnx")).graph.node]
+    assert kinds.count("MatMulIntegerToFloat") == 11 and "MatMul" not in kinds
+    assert kinds.count("GroupQueryAttention") == 2
+    report = json.loads((bundle / "report.json").read_text())
+    assert report["task_config"]["decoder_graph"] == "fused"
+    with load(bundle) as lm:
+        assert lm.generator.runner.kv_cache(lm.generator.layout, 1, 8) is not None
+        assert len(lm.generator.generate_ids([[5, 6, 7]], max_new_tokens=4, stop_token_ids=[])[0]) == 4
