@@ -236,3 +236,17 @@ def test_static_int8_presses_the_fused_graph_end_to_end(tmp_path):
     with load(bundle) as lm:
         assert lm.generator.runner.kv_cache(lm.generator.layout, 1, 8) is not None
         assert len(lm.generator.generate_ids([[5, 6, 7]], max_new_tokens=4, stop_token_ids=[])[0]) == 4
+
+
+def test_a_fused_graph_for_another_runtime_is_refused_at_the_recipe(tmp_path):
+    from modelpress.recipe import load_recipe
+
+    path = tmp_path / "r.toml"
+    head = 'name = "lm"\nteacher = "org/some-model"\ntask = "text-generation"\n'
+    path.write_text(
+        head + '[task_options]\ndecoder_graph = "fused"\n[validate]\nruntimes = ["onnxruntime", "openvino"]\n'
+    )
+    with pytest.raises(BadInputError, match='decoder_graph = "fused".*onnxruntime only'):
+        load_recipe(path)
+    path.write_text(head + '[task_options]\ndecoder_graph = "fused"\n')
+    assert load_recipe(path).task_options["decoder_graph"] == "fused"
