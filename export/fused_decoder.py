@@ -91,7 +91,7 @@ class _Graph:
             return name
         offset = -self.data.tell() % 4096 + self.data.tell()  # page-aligned: ONNX Runtime can map it
         self.data.seek(offset)
-        self.data.write(memoryview(array).cast("B"))
+        self.data.write(array.data)  # the array's own memory, not a copy
         tensor = onnx.TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
         tensor.data_location = onnx.TensorProto.EXTERNAL
         for key, value in (("location", self.location), ("offset", str(offset)), ("length", str(array.nbytes))):
@@ -227,13 +227,13 @@ def _build(model: Any, g: _Graph, positions: int | None) -> onnx.ModelProto:
     table = _np(model.model.embed_tokens.weight)
     (hidden,) = g.node("Gather", [g.const("model.embed_tokens.weight", table), "input_ids"], name="/model/embed_tokens")
     residual = hidden
-    pending = None  # the last sublayer's output, still to be added to the residual
+    pending = ""  # the last sublayer's output, still to be added to the residual ("": none yet)
     norms = [(layer.input_layernorm, layer.post_attention_layernorm) for layer in model.model.layers]
     for i, layer in enumerate(model.model.layers):
         for part, norm in zip(("attn", "mlp"), norms[i]):
             name = f"/model/layers.{i}/{part}_norm"
             weight = g.const(f"{name}.weight", _np(norm.weight))
-            if pending is None:
+            if not pending:
                 (x,) = g.node(
                     "SimplifiedLayerNormalization", [residual, weight], name=name, axis=-1, epsilon=eps, stash_type=1
                 )
