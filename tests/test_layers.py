@@ -50,7 +50,6 @@ DEBT: dict[str, int] = {
     "modelpress/testing.py": 10,
     "modelpress/tokenization.py": 2,
     "runtimes/onnxruntime_gpu_runner.py": 1,
-    "runtimes/onnxruntime_runner.py": 2,
     "runtimes/target.py": 1,
     "runtimes/tensorrt/gpu.py": 2,
     "runtimes/torch_runner.py": 2,

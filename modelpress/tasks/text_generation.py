@@ -70,6 +70,9 @@ class TextGeneration(Task):
     prompts: str = field(default="", metadata={"path": True})  # greedy_agreement's prompts ("" = none)
     prompt_field: str = "prompt"  # the prompt field of a .jsonl/.csv prompts file
     generation_tokens: int = field(default=32, metadata={"min": 1})  # greedy new tokens per prompt
+    # "traced": torch.onnx's graph of the family's code (every family, every runtime); "fused": Llama / Qwen2 /
+    # Qwen3 written with ONNX Runtime's fused operators (GroupQueryAttention, in-place cache; export.fused_decoder)
+    decoder_graph: str = field(default="traced", metadata={"choices": ("traced", "fused")})
 
     name: ClassVar[str] = "text-generation"
     auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec(architectures=("ForCausalLM", "LMHeadModel"))
@@ -103,8 +106,11 @@ class TextGeneration(Task):
     engines: ClassVar[bool] = False  # a KV cache needs a profile per input; no GPU here to build one
 
     # -- model and export -------------------------------------------------------------------
-    #: a decoder with its KV cache, and onnxruntime-genai's config beside it
-    exporter: ClassVar[str] = "causal-lm"
+    @property
+    def exporter(self) -> str:  # type: ignore[override]  # the decoder graph option picks it
+        """A decoder with its KV cache and onnxruntime-genai's config beside it (``modelpress.export.exporters``):
+        traced by torch.onnx, or written with ONNX Runtime's fused operators (``decoder_graph = "fused"``)."""
+        return "causal-lm-fused" if self.decoder_graph == "fused" else "causal-lm"
 
     def torch_module(self, model: Any) -> Any:
         from modelpress.tasks.causal_lm_torch import FeedStep
