@@ -148,3 +148,49 @@ def test_a_norm_the_residual_reads_keeps_its_mul():
     x = np.random.default_rng(7).normal(size=(8, 6)).astype(np.float32)
     _assert_close(_run(folded, {"x": x}), _run(model, {"x": x}))
 
+
+def test_the_profile_tool_times_the_models_own_int8_gemms(bert_onnx, data_files, tmp_path):
+    """tools/int8_profile.py's denominator: one MatMulIntegerToFloat per int8 GEMM of the model (each
+    QAttention's packed Q/K/V weight as one), computing (x − zp)·x_scale · W·w_scale + bias."""
+    import importlib.util
+    from pathlib import Path
+
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from modelpress.calibration_data.feeds import TokenizedFeed
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import quantize_static
+
+    spec = importlib.util.spec_from_file_location(
+        "int8_profile", Path(__file__).parents[1] / "tools" / "int8_profile.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tokenizer = AutoTokenizer.from_pretrained(str(bert_onnx.model.path))
+    names = bert_onnx.result.input_names
+    cal = TokenizedFeed(data_files.calibration_texts, tokenizer, batch_size=16, max_length=32, input_names=names)
+    out = tmp_path / "m.int8.onnx"
+    quantize_static(bert_onnx.onnx_path, out, cal, QuantizeConfig(format="ort"))
+    model = onnx.load(str(out))
+    int8 = [n for n in model.graph.node if n.op_type in ("MatMulIntegerToFloat", "QAttention")]
+    gemms = tool.gemm_only(model, rows=8)
+    assert [n.name for n in gemms.graph.node] == [n.name for n in int8] and len(int8) >= 8
+    rng = np.random.default_rng(0)
+    feed = {
+        i.name: rng.integers(0, 256, (8, i.type.tensor_type.shape.dim[1].dim_value), dtype=np.uint8)
+        for i in gemms.graph.input
+    }
+    got = dict(
+        zip([o.name for o in gemms.graph.output], ort.InferenceSession(gemms.SerializeToString()).run(None, feed))
+    )
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in int8:
+        if node.op_type == "QAttention":
+            x_s, w, bias, w_s, x_zp = node.input[3], node.input[1], node.input[2], node.input[4], node.input[6]
+        else:
+            bias = node.input[6] if len(node.input) > 6 else ""
+            x_s, w, w_s, x_zp = node.input[2], node.input[1], node.input[3], node.input[4]
+        x = feed[f"x{inits[w].shape[0]}"].astype(np.float64) - float(inits[x_zp])
+        ref = (x * float(inits[x_s])) @ (inits[w].astype(np.float64) * inits[w_s]) + (inits[bias] if bias else 0.0)
+        np.testing.assert_allclose(got[f"{node.name}_out"], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
