@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from modelpress.manifest import read_manifest, verify
 
 #: the ``--json`` object's layout version (bump on an incompatible change)
 JSON_SCHEMA_VERSION = 1
@@ -91,8 +92,6 @@ def run_result(bundle: Path, *, seconds: float, inferred: dict[str, Any] | None)
 
 def inspect_result(bundle: Path) -> dict[str, Any]:
     """What ``modelpress inspect`` shows: the manifest's provenance, the verdict, the files."""
-    from modelpress.manifest import read_manifest, verify
-
     manifest = read_manifest(bundle)
     problems = verify(bundle, allow_later=True)
     recipe = manifest.get("recipe") or {}
