@@ -269,7 +269,7 @@ def test_export_parity_never_holds_the_graph_and_the_pytorch_weights_at_once(tmp
     task = configure_task("text-generation")
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
     with caplog.at_level(logging.INFO, logger="modelpress.export"):
-        result = task.export(model, tokenizer, tmp_path / "model.onnx", opset=18, atol=1e-4)
+        result = export_model(task, model, tokenizer, tmp_path / "model.onnx", opset=18, atol=1e-4)
     assert result.parity.ok
     assert len(open_at_torch_step) == cl.PARITY["steps"] + 1 and not any(open_at_torch_step)
     assert released == [0]  # before the graph's session was made
