@@ -5,6 +5,8 @@
 2. If it still fails the gate: per-node analysis of that plan, then return the most sensitive nodes
    to fp32, greedily from the worst (1, 2, 4, … nodes), until the gate passes; then prune back the
    ones not needed (re-quantize each kept node, least sensitive first, if the gate still passes).
+   Most sensitive: the lowest SQNR (``analysis``), or with ``auto_sensitivity = "output"`` the
+   largest fall of the model's output error when the node alone is fp32 (``sensitivity``).
 3. Choose the passing candidate with the most int8 nodes (ties: better metric); if none passes, the
    best candidate is written anyway and the result says so, with every candidate tried.
 Evaluation is a callable supplied by the caller (the pipeline measures through ONNX Runtime),
@@ -24,6 +26,7 @@ import numpy as np
 from modelpress.export.names import module_names
 from modelpress.quantize.analysis import NodeError, analyze_plan
 from modelpress.quantize.config import CALIBRATION_METHODS, QuantizeConfig
+from modelpress.quantize.sensitivity import OutputSensitivity, output_sensitivity
 from modelpress.quantize.static import QuantizeSummary, QuantPlan, plan_quantization, write_quantized
 
 log = logging.getLogger(__name__)
@@ -56,11 +59,17 @@ class AutoResult:
     chosen: int = -1
     passed: bool = False
     analysis: list[NodeError] = field(default_factory=list)
+    sensitivity: list[OutputSensitivity] = field(default_factory=list)  # auto_sensitivity = "output" only
     summary: QuantizeSummary | None = None
     plan: QuantPlan | None = None
 
     def to_dict(self) -> dict:
-        return {"candidates": [asdict(c) for c in self.candidates], "chosen": self.chosen, "passed": self.passed}
+        return {
+            "candidates": [asdict(c) for c in self.candidates],
+            "chosen": self.chosen,
+            "passed": self.passed,
+            "sensitivity": [s.to_dict() for s in self.sensitivity] or None,
+        }
 
 
 def auto_quantize(
@@ -123,6 +132,9 @@ def auto_quantize(
 
         if not best.passed:
             order = [e.node for e in result.analysis]  # worst first
+            if cfg.auto_sensitivity == "output":
+                result.sensitivity = output_sensitivity(best_plan, model_path, feeds)
+                order = [s.node for s in result.sensitivity]
             k, passing = 1, None
             while len(result.candidates) < budget and k <= len(order):
                 cand = trial(best_plan, tuple(order[:k]))
