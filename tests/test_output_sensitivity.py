@@ -21,7 +21,7 @@ from modelpress.export.onnx_export import export_onnx
 from modelpress.models import load_model_and_preprocessor
 from modelpress.quantize.analysis import analyze_plan
 from modelpress.quantize.auto import Evaluation, auto_quantize
-from modelpress.quantize.config import QuantizeConfig
+from modelpress.quantize.config import CALIBRATION_METHODS, QuantizeConfig
 from modelpress.quantize.sensitivity import output_sensitivity
 from modelpress.quantize.static import plan_quantization, write_quantized
 from modelpress.recipe import recipe_from_dict
@@ -147,3 +147,25 @@ def test_the_recipe_key_is_checked():
     )
     with pytest.raises(BadInputError, match="quantize.auto_sensitivity"):
         QuantizeConfig(auto_sensitivity="loss")
+
+
+def test_with_no_method_passing_the_node_search_starts_from_the_plan_closest_to_the_scores(planted, tmp_path):
+    exported, feeds, logits, _ = planted
+    errors = {}
+    for method in CALIBRATION_METHODS:
+        write_quantized(
+            plan_quantization(exported.path, feeds, CFG.with_(calibration_method=method)), tmp_path / "m.onnx"
+        )
+        errors[method] = _score_rms(tmp_path / "m.onnx", feeds, logits)
+    closest = min(errors, key=errors.get)
+    assert closest != CALIBRATION_METHODS[-1]  # the gate below favours the last method tried: they must differ
+    drops = iter(range(9, 0, -1))
+
+    def evaluate(path):  # never passes; each candidate's drop a little lower than the one before
+        return Evaluation(metric=0.0, drop=float(next(drops)), passed=False, latency_ms=0.0)
+
+    cfg = CFG.with_(mode="auto", auto_sensitivity="output", max_candidates=len(CALIBRATION_METHODS) + 1)
+    result = auto_quantize(exported.path, tmp_path / "o.onnx", feeds, cfg, evaluate=evaluate)
+    assert result.candidates[-1].calibration_method == closest and result.candidates[-1].fp32_nodes
+    assert result.plan.cfg.calibration_method == closest
+    assert set(result.to_dict()["method_output_rms"]) == set(CALIBRATION_METHODS)

@@ -59,6 +59,17 @@ def _rms(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
+def int8_output_rms(
+    plan: QuantPlan, fp32_model: str | Path, feeds: Iterable[Mapping[str, np.ndarray]], *, max_batches: int = 16
+) -> float:
+    """The RMS error of the plan's int8 model's outputs (every target int8) against ``fp32_model``."""
+    batches = list(itertools.islice(iter(feeds), max_batches))
+    with tempfile.TemporaryDirectory(prefix="modelpress-sensitivity-") as work:
+        path = Path(work) / "int8.onnx"
+        write_quantized(plan, path)
+        return _rms(_outputs(_session(path), batches), _outputs(_session(Path(fp32_model)), batches))
+
+
 def output_sensitivity(
     plan: QuantPlan, fp32_model: str | Path, feeds: Iterable[Mapping[str, np.ndarray]], *, max_batches: int = 16
 ) -> list[OutputSensitivity]:
