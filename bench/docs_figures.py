@@ -302,6 +302,16 @@ def render_rerank(data: dict) -> str:
         "Latency (p50):",
         _latency_table(data.get("latency_ms", {})),
     ]
+    sensitivity = data.get("press_top1", {}).get("sensitivity_top")
+    if sensitivity:  # the order the second press's search returned nodes to fp32 in (auto_sensitivity = "output")
+        lines.insert(
+            2,
+            'The second press\'s search order (`auto_sensitivity = "output"`: the score RMS against fp32 on the '
+            "calibration pairs with the node alone in fp32; plain int8 "
+            f"{fmt(sensitivity[0]['output_rms'] + sensitivity[0]['gain'], 4)}): "
+            + ", ".join(f"{r['module']} {fmt(r['output_rms'], 4)}" for r in sensitivity[:4])
+            + ".",
+        )
     return "\n\n".join(lines)
 
 
