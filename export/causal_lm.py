@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from modelpress.errors import BadInputError
@@ -138,8 +139,6 @@ def export_causal_lm(
         if tuple(i.name for i in graph.graph.input) != names:
             raise BadInputError(f"exported graph inputs {[i.name for i in graph.graph.input]} differ from {names}")
         save_onnx(graph, staged)
-        import onnxruntime as ort
-
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         session = ort.InferenceSession(str(staged), opts, providers=["CPUExecutionProvider"])
