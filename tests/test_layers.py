@@ -175,3 +175,32 @@ def test_the_staged_copy_holds_every_installed_package(tmp_path: Path):
     sources = {p.relative_to(REPO / "modelpress").as_posix() for p in (REPO / "modelpress").rglob("*.py")}
     staged = {p.relative_to(tmp_path / "modelpress").as_posix() for p in (tmp_path / "modelpress").rglob("*.py")}
     assert sources <= staged
+
+
+def test_cli_help_loads_no_stage_and_every_command_resolves():
+    """``modelpress --help`` and ``gate`` stay light: the command table names its functions by string, imported
+    when the command runs; each entry names a function its module defines."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, contextlib, io\n"
+        "from modelpress import cli\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    cli.main(['--help'])\n"
+        "heavy = ('torch', 'transformers', 'onnx', 'modelpress.pipeline', 'modelpress.commands.run')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "cli.command('gate')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["[]", "[]"], out.stdout
+    from modelpress.cli import COMMANDS
+
+    for name, target in COMMANDS.items():
+        module, _, function = str(target).partition(":")
+        assert module.startswith("modelpress.commands."), name
+        path = REPO / (module.replace(".", "/") + ".py")
+        defined = {n.name for n in ast.parse(path.read_text(encoding="utf-8")).body if isinstance(n, ast.FunctionDef)}
+        assert function in defined, f"{name}: {target}"
