@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from modelpress.errors import BadInputError
 
@@ -61,6 +60,8 @@ class DeployTokenizer:
     """A saved fast tokenizer folder, callable like transformers' tokenizer for what modelpress uses."""
 
     def __init__(self, folder: str | Path) -> None:
+        from tokenizers import Tokenizer
+
         folder = Path(folder)
         path = folder / "tokenizer.json"
         if not path.is_file():

@@ -41,6 +41,8 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     ("modelpress/image_processing.py", "PIL"): "Pillow only where an image is resized: a text bundle does not load it",
     ("modelpress/modalities/image.py", "PIL"): "Pillow only for the export's probe image",
     ("calibration_data/images.py", "PIL"): "Pillow only where image files are read: text calibration does not load it",
+    ("modelpress/tokenization.py", "tokenizers"): "loads with modalities.text, which the task registry and so the "
+    "CLI parser (--task choices) import: `modelpress --help` would pay ~40 ms for tokenizers",
     ("modelpress/models.py", "huggingface_hub"): "models is imported by the CLI parser (cli_model: resolve_model_ref, "
     "PACKAGE_PREFIX): the loaders keep the hub client, transformers and torch inside the functions that load",
     ("modelpress/models.py", "transformers"): "as above (models.py)",
