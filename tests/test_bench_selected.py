@@ -195,3 +195,13 @@ def test_the_docs_render_the_selected_row_and_its_ratios(results, monkeypatch):
     assert "archspec `zen4` (target `x`)" in vnni
     vision = docs_figures.render(results / "vision.json")
     assert vision.count("Selected artifact") == 2 and "b32: ÷ fastest peer (`openvino-nncf-int8`) 0.970×" in vision
+
+
+def test_the_machine_record_names_the_cpu_by_archspec_and_its_target_level():
+    from bench import machine
+    from modelpress.runtimes.cpu import cpu_flags
+    from modelpress.runtimes.target import host_target
+
+    m = machine()
+    assert m["target"] == host_target().name and m["microarchitecture"] == host_target().microarchitecture
+    assert m["flags"] == sorted(cpu_flags()) and set(m["kernel_flags"]) <= set(m["flags"])
