@@ -25,7 +25,7 @@ import io
 import logging
 import sys
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from modelpress.cli_model import add_model_flags
 from modelpress.cli_output import json_object
@@ -51,7 +51,7 @@ log = logging.getLogger("modelpress")
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on usage errors, which is our bad-input code; keep its one-line message."""
 
-    def error(self, message: str) -> None:  # noqa: D401
+    def error(self, message: str) -> NoReturn:  # noqa: D401
         self.print_usage(sys.stderr)
         print(f"modelpress: error: {message}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
@@ -376,7 +376,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if "--json" not in words:
         return parser.parse_args(words)
 
-    def error(message: str) -> None:
+    def error(message: str) -> NoReturn:
         raise _UsageError(message)
 
     for p in [parser, *_subparsers(parser)]:

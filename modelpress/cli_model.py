@@ -158,13 +158,13 @@ def _key_lines(
 def _sections() -> list[tuple[str, type, bool]]:
     """(name, class, optional) of each recipe section, in the Recipe's field order."""
     hints = typing.get_type_hints(Recipe)
-    out = []
+    out: list[tuple[str, type, bool]] = []
     for f in dataclasses.fields(Recipe):
         hint = hints[f.name]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         cls = hint if dataclasses.is_dataclass(hint) else args[0] if len(args) == 1 else None
         if cls is not None and dataclasses.is_dataclass(cls):
-            out.append((f.name, cls, f.default is None))
+            out.append((f.name, typing.cast(type, cls), f.default is None))
     return out
 
 
