@@ -5,7 +5,8 @@ calibration batches with bounded memory — never all the activations.
 Per activation: the per-channel mean |x| (AWQ's salience), a uniform sample of at most
 ``sample_rows`` token rows (the rows on which methods measure output error: AWQ's scale and clip
 search, the per-layer error and the int4/int8 sensitivity), and for GPTQ XᵀX over every real token
-(its Hessian, K×K in float64). Padding rows are dropped as the static calibration drops them.
+(its Hessian, K×K in float32: 95 MB for a 4,864-wide input). Padding rows are dropped as the
+static calibration drops them.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class ActivationStats:
         self._keys = np.zeros(0)
         self._rng = np.random.default_rng(self.seed)
         if self.hessian:
-            self.xtx = np.zeros((self.channels, self.channels), np.float64)
+            self.xtx = np.zeros((self.channels, self.channels), np.float32)
 
     def update(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows, np.float32)
@@ -54,7 +55,7 @@ class ActivationStats:
         self.count += rows.shape[0]
         self.abs_sum += np.abs(rows).sum(axis=0, dtype=np.float64)
         if self.xtx is not None:
-            self.xtx += rows.T.astype(np.float64) @ rows.astype(np.float64)
+            self.xtx += rows.T @ rows
         # a uniform sample of every row seen (random keys, the smallest kept), whatever the batch order
         keys = np.concatenate([self._keys, self._rng.random(rows.shape[0])])
         sample = np.concatenate([self.sample, rows])

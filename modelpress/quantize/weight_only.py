@@ -5,14 +5,16 @@ Every constant-weight ``MatMul`` (and every plain ``Gemm``: GPT-2's projections,
 ``MatMul`` + bias ``Add`` with the same node name) becomes ONNX Runtime's ``MatMulNBits`` through ORT's
 own quantizer (``onnxruntime.quantization.matmul_nbits_quantizer``): weights in ``weight_bits`` (8
 or 4) bits, symmetric, one fp32 scale per block of ``block_size`` input rows of each output column
-(blockwise: finer than per-channel; ORT's kernels take blocks of 16–256). No calibration data is
-read: activations stay fp32 in the graph. ``accuracy_level`` is ``MatMulNBits``' attribute: 0 or 1
-compute in fp32 on dequantized weights; 4 lets the CPU kernel quantize each activation block to
-int8 on the fly and use its int8 dot products — on this project's AVX2 CPU the only fast kernel
-at batch 1 (one 384×1536 MatMul, 8 bits, block 32, quiet: 2.0 ms at level 0, 0.060 ms at level 4,
-0.053 ms fp32). ``nodes_to_exclude`` stays fp32; attention-score MatMuls (no constant
-weight) and the KV cache are never touched; ``nodes_to_exclude`` takes node names or module paths, as
-for static int8.
+(blockwise: finer than per-channel; ORT's kernels take blocks of 16–256). Activations stay fp32 in
+the graph. Round to nearest (``int4_method = "rtn"``, and every 8-bit graph) reads no calibration
+data; at 4 bits, ``int4_method = "awq"`` / ``"gptq"`` and ``int8_budget`` choose the integers from
+the calibration set (``int4_data``) and write the same ``MatMulNBits`` nodes. ``accuracy_level``
+is ``MatMulNBits``' attribute: 0 or 1 compute in fp32 on dequantized weights; 4 lets the CPU
+kernel quantize each activation block to int8 on the fly and use its int8 dot products — on this
+project's AVX2 CPU the only fast kernel at batch 1 (one 384×1536 MatMul, 8 bits, block 32, quiet:
+2.0 ms at level 0, 0.060 ms at level 4, 0.053 ms fp32). ``nodes_to_exclude`` stays fp32;
+attention-score MatMuls (no constant weight) and the KV cache are never touched;
+``nodes_to_exclude`` takes node names or module paths, as for static int8.
 """
 
 from __future__ import annotations
