@@ -78,10 +78,9 @@ def pack(q: BlockQuant) -> tuple[np.ndarray, np.ndarray]:
     unsigned = (q.codes.astype(np.int16) + half).astype(np.uint8).T  # [N, K_padded]
     n, kp = unsigned.shape
     unsigned[:, q.k :] = 0  # the padding rows: never read by the kernel
-    if q.bits == 4:
-        unsigned = unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)
+    packed = (unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)).astype(np.uint8) if q.bits == 4 else unsigned
     blob = q.block * q.bits // 8
-    return np.ascontiguousarray(unsigned.reshape(n, kp // q.block, blob)), np.ascontiguousarray(q.scales.T)
+    return np.ascontiguousarray(packed.reshape(n, kp // q.block, blob)), np.ascontiguousarray(q.scales.T)
 
 
 def matmulnbits_node(

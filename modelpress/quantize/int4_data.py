@@ -82,14 +82,13 @@ def _quantize_group(
 def _keep_int8(layers: list[_Layer], budget: float) -> set[str]:
     """The MatMuls kept 8-bit: most sensitive first (largest int4 error over int8's), while the
     bytes they add stay within ``budget`` × the all-int4 weights' bytes."""
-    total = sum(la.quant.nbytes for la in layers)  # type: ignore[union-attr]  # quantized above
-    allowed, kept = budget * total, set()
-    for la in sorted(layers, key=lambda la: la.record.error - la.record.error_int8, reverse=True):  # type: ignore[union-attr]
-        extra = la.quant.nbytes  # type: ignore[union-attr]  # int8 codes: twice the int4 bytes, the same scales
-        extra -= la.quant.scales.size * 4  # type: ignore[union-attr]
+    done = [(la.name, la.quant, la.record) for la in layers if la.quant is not None and la.record is not None]
+    allowed, kept = budget * sum(q.nbytes for _, q, _ in done), set()
+    for name, q, record in sorted(done, key=lambda d: d[2].error - d[2].error_int8, reverse=True):
+        extra = q.nbytes - q.scales.size * 4  # int8 codes: twice the int4 bytes, the same scales
         if extra <= allowed:
             allowed -= extra
-            kept.add(la.name)
+            kept.add(name)
     return kept
 
 
