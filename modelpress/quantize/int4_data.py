@@ -61,7 +61,12 @@ def _quantize_group(
     s = scales.scales if scales is not None else np.ones(x.shape[1], np.float32)
     for la in layers:
         if method == "awq":
-            la.quant = clip_search(la.weight * s[:, None], x / s, bits=4, block=block)
+            # the clip search weighs each block alone (no cross-block terms): kept only where the whole
+            # weight's output error falls
+            plain = quantize_rtn(la.weight * s[:, None], 4, block)
+            clipped = clip_search(la.weight * s[:, None], x / s, bits=4, block=block)
+            errors = [output_error(x, la.weight, q.dequantized() / s[:, None]) for q in (plain, clipped)]
+            la.quant = clipped if errors[1] < errors[0] else plain
         elif method == "gptq":
             la.quant = gptq_quantize(la.weight, stats.xtx, bits=4, block=block)  # type: ignore[arg-type]  # hessian=True
         else:
