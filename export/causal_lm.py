@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from modelpress.errors import BadInputError
+from modelpress.export.fused_decoder import export_fused_decoder
 from modelpress.export.onnx_export import ExportResult, staged_model
 from modelpress.export.parity import ParityReport, compare_outputs
 from modelpress.fileio import save_onnx
@@ -138,9 +139,18 @@ def _parity_feeds(
 
 
 def export_causal_lm(
-    model: torch.nn.Module, tokenizer: Any, out_path: str | Path, *, opset: int = 18, atol: float = 1e-4
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out_path: str | Path,
+    *,
+    opset: int = 18,
+    atol: float = 1e-4,
+    fused: bool = False,
 ) -> ExportResult:
-    """``model`` (an ``AutoModelForCausalLM``) → ``out_path`` with its KV cache, parity-checked."""
+    """``model`` (an ``AutoModelForCausalLM``) → ``out_path`` with its KV cache, parity-checked;
+    ``fused``: the graph written with ONNX Runtime's fused operators (``export.fused_decoder``)."""
+    if fused:
+        return export_fused_decoder(model, tokenizer, out_path, atol=atol)
     out_path = Path(out_path)
     layout = KVLayout.from_config(model.config)
     module = _CausalLMWithPast(model.eval(), layout).eval()

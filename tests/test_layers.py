@@ -57,7 +57,7 @@ DEBT: dict[str, int] = {
     "modelpress/tokenization.py": 2,
     "modelpress/triton.py": 5,
     "runtimes/onnxruntime_gpu_runner.py": 1,
-    "runtimes/onnxruntime_runner.py": 2,
+    "runtimes/onnxruntime_runner.py": 0,
     "runtimes/target.py": 1,
     "runtimes/tensorrt/gpu.py": 2,
     "runtimes/torch_runner.py": 2,

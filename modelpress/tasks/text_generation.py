@@ -62,6 +62,9 @@ class TextGeneration(Task):
     prompts: str = field(default="", metadata={"path": True})  # greedy_agreement's prompts ("" = none)
     prompt_field: str = "prompt"  # the prompt field of a .jsonl/.csv prompts file
     generation_tokens: int = field(default=32, metadata={"min": 1})  # greedy new tokens per prompt
+    # "traced": torch.onnx's graph of the family's code (every family, every runtime); "fused": Llama / Qwen2 /
+    # Qwen3 written with ONNX Runtime's fused operators (GroupQueryAttention, in-place cache; export.fused_decoder)
+    decoder_graph: str = field(default="traced", metadata={"choices": ("traced", "fused")})
 
     name: ClassVar[str] = "text-generation"
     auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec(architectures=("ForCausalLM", "LMHeadModel"))
@@ -100,9 +103,10 @@ class TextGeneration(Task):
         from modelpress.export.causal_lm import export_causal_lm
         from modelpress.export.genai_config import write_genai_config
 
-        result = export_causal_lm(model, preprocessor, out_path, opset=opset, atol=atol)
+        fused = self.decoder_graph == "fused"
+        result = export_causal_lm(model, preprocessor, out_path, opset=opset, atol=atol, fused=fused)
         # onnxruntime-genai runs the bundle's ONNX Runtime model: the export's names are its own
-        write_genai_config(Path(out_path).parent, model.config, preprocessor, filename=INT8_MODEL)
+        write_genai_config(Path(out_path).parent, model.config, preprocessor, filename=INT8_MODEL, share_buffer=fused)
         return result
 
     def torch_module(self, model: Any) -> Any:
