@@ -45,10 +45,11 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.vectorize(erf)(x / np.sqrt(2.0)))
 
 
-def _outlier_layer(tmp_path):
-    """x → LayerNormalization → MatMul w1 → Gelu → MatMul w2, with correlated inputs (as real
-    activations are), one LayerNorm output channel 25× the others and one hidden channel 10× (a w1
-    column); the calibration rows and an independent numpy forward of the fp32 graph."""
+def _outlier_layer(tmp_path, norm: str):
+    """x → ``norm`` (LayerNormalization, or the RMSNorm of ORT's fused graphs) → MatMul w1 → Gelu →
+    MatMul w2, with correlated inputs (as real activations are), one norm output channel 25× the
+    others and one hidden channel 10× (a w1 column); the calibration rows and an independent numpy
+    forward of the fp32 graph."""
     rng = np.random.default_rng(0)
     d, h, rows = 64, 128, 512
     x = (rng.standard_normal((rows, 16)) @ rng.standard_normal((16, d)) + 0.3 * rng.standard_normal((rows, d))).astype(
@@ -59,8 +60,9 @@ def _outlier_layer(tmp_path):
     w1 = (rng.standard_normal((d, h)) * 0.1).astype(np.float32)
     w1[:, 7] *= 10.0
     w2 = (rng.standard_normal((h, d)) * 0.1).astype(np.float32)
+    rms = norm == "SimplifiedLayerNormalization"
     nodes = [
-        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], name="ln", epsilon=1e-5),
+        helper.make_node(norm, ["x", "gamma"] if rms else ["x", "gamma", "beta"], ["n"], name="ln", epsilon=1e-5),
         helper.make_node("MatMul", ["n", "w1"], ["a"], name="fc1"),
         helper.make_node("Gelu", ["a"], ["g"], name="gelu", domain="com.microsoft"),
         helper.make_node("MatMul", ["g", "w2"], ["y"], name="fc2"),
@@ -77,16 +79,20 @@ def _outlier_layer(tmp_path):
     )
     path = tmp_path / "outlier.onnx"
     onnx.save(model, str(path))
-    mu, var = x.mean(1, keepdims=True), x.var(1, keepdims=True)
-    n = (x - mu) / np.sqrt(var + 1e-5) * gamma + beta
+    if rms:
+        n = x / np.sqrt((x**2).mean(1, keepdims=True) + 1e-5) * gamma
+    else:
+        mu, var = x.mean(1, keepdims=True), x.var(1, keepdims=True)
+        n = (x - mu) / np.sqrt(var + 1e-5) * gamma + beta
     y = _gelu(n @ w1) @ w2
     return path, x, y
 
 
-def test_awq_and_gptq_cut_the_output_error_of_a_planted_outlier_channel(tmp_path):
+@pytest.mark.parametrize("norm", ["LayerNormalization", "SimplifiedLayerNormalization"])
+def test_awq_and_gptq_cut_the_output_error_of_a_planted_outlier_channel(tmp_path, norm):
     from modelpress.quantize.weight_only import quantize_weights_only
 
-    path, x, y = _outlier_layer(tmp_path)
+    path, x, y = _outlier_layer(tmp_path, norm)
     feeds = [{"x": x[i : i + 128]} for i in range(0, len(x), 128)]
     errors, summaries = {}, {}
     for method in ("rtn", "awq", "gptq"):
@@ -101,7 +107,7 @@ def test_awq_and_gptq_cut_the_output_error_of_a_planted_outlier_channel(tmp_path
     assert awq["fc1"].alpha > 0 and awq["fc1"].error < awq["fc1"].error_rtn  # the outlier channel was scaled
     ops = [(n.op_type, n.name) for n in onnx.load(str(tmp_path / "awq.onnx")).graph.node]
     # fc1's 1/s went into the LayerNorm's weights; fc2's input comes from the Gelu: an explicit Mul (when scaled)
-    assert ops[:2] == [("LayerNormalization", "ln"), ("MatMulNBits", "fc1_Q4")], ops
+    assert ops[:2] == [(norm, "ln"), ("MatMulNBits", "fc1_Q4")], ops
     assert ("Mul" in dict(ops)) == (awq["fc2"].alpha > 0)
     assert summaries["rtn"].layers == () and summaries["gptq"].int4_method == "gptq"
 

@@ -53,8 +53,8 @@ class QuantizeConfig:
         default=4, metadata={"min": 0, "max": 4}
     )  # weight-only: MatMulNBits compute (0/1 fp32, 4 int8)
     int4_method: str = field(
-        default="rtn", metadata={"choices": INT4_METHODS}
-    )  # weight-only int4: "rtn" (no data) | "awq" | "gptq" (from the calibration set)
+        default="gptq", metadata={"choices": INT4_METHODS}
+    )  # weight-only int4: "gptq" | "awq" (from the calibration set) | "rtn" (round to nearest, no data)
     int8_budget: float = field(
         default=0.0, metadata={"min": 0.0, "max": 1.0}
     )  # weight-only int4: the most sensitive MatMuls stay int8 while they add ≤ this share of the int4 bytes

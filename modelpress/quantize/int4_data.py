@@ -9,7 +9,8 @@ relative output error on the calibration sample, ‖x·W − x·Ŵ‖² / ‖x·
 weight, for int4 round-to-nearest and for int8: with ``int8_budget`` > 0, the MatMuls whose int4
 error is largest stay 8-bit until the extra bytes reach that share of the all-int4 weights.
 AWQ's 1/s goes into the norm before the group where the input comes straight from one
-(``LayerNormalization``'s scale and bias; an RMSNorm's ``Mul`` by its weight) and nothing else reads
+(``LayerNormalization``'s scale and bias, ``SimplifiedLayerNormalization``'s and the Skip forms' of
+ONNX Runtime's fused graphs; an RMSNorm exported as a ``Mul`` by its weight) and nothing else reads
 it, else into an explicit ``Mul``; a LM head tied to the embedding table is never scaled (the
 lookup shares its quantized matrix).
 """
@@ -35,6 +36,13 @@ from modelpress.quantize.static import LayerQuant
 log = logging.getLogger(__name__)
 
 SAMPLE_ROWS = 1024  # calibration token rows per MatMul input on which errors are measured
+#: norms whose first output is linear in these inputs (scale, and the bias added after it): 1/s goes there
+NORM_SCALES = {
+    "LayerNormalization": (1, 2),
+    "SimplifiedLayerNormalization": (1,),
+    "SkipLayerNormalization": (2, 3),
+    "SkipSimplifiedLayerNormalization": (2,),
+}
 
 
 @dataclass
@@ -106,10 +114,13 @@ def _fold_scales(model: onnx.ModelProto, activation: str, s: np.ndarray, group: 
     inits = {i.name: i for i in graph.initializer}
     only_group = {n.name for n in readers} == set(group) and activation not in {o.name for o in graph.output}
     if producer is not None and only_group:
-        if producer.op_type == "LayerNormalization" and all(i in inits for i in producer.input[1:]):
-            for slot in range(1, len(producer.input)):
-                producer.input[slot] = _divided(model, inits[producer.input[slot]], s, producer.name)
-            return "norm"
+        slots = NORM_SCALES.get(producer.op_type)
+        if slots is not None and producer.output[0] == activation:
+            present = [i for i in slots if i < len(producer.input) and producer.input[i]]
+            if all(producer.input[i] in inits for i in present):
+                for i in present:
+                    producer.input[i] = _divided(model, inits[producer.input[i]], s, producer.name)
+                return "norm"
         consts = [i for i, name in enumerate(producer.input) if name in inits]
         if producer.op_type == "Mul" and len(consts) == 1 and inits[producer.input[consts[0]]].dims[-1:] == [s.size]:
             slot = consts[0]
