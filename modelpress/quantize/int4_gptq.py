@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from modelpress.quantize.blockwise import BlockQuant, block_scales, codes_for
+from modelpress.quantize.blockwise import BlockQuant, block_scales
 
 DAMP = 0.01
 LAZY_ROWS = 128
-CLIP_RATIOS = tuple(1.0 - i / 40 for i in range(13))  # 1.0 … 0.7: each block's scale, searched
 
 
 def inverse_cholesky(xtx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,25 +31,10 @@ def inverse_cholesky(xtx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.linalg.cholesky(hinv).T, dead  # upper U with H⁻¹ = Uᵀ·U
 
 
-def searched_scales(rows: np.ndarray, h_diag: np.ndarray, bits: int, block: int) -> np.ndarray:
-    """One block's scales [N]: per column the clip ratio (``CLIP_RATIOS``) of least Σ H_ii·(w_i − ŵ_i)²
-    over the block's rows as they stand (GPTQ's errors of the rows before added)."""
-    w = rows.astype(np.float32)
-    best_err, best = np.full(w.shape[1], np.inf), block_scales(w, bits, block)[0]
-    for r in CLIP_RATIOS:
-        scale = block_scales(w, bits, block, r)[0]
-        err = h_diag[:, None] * (w - codes_for(w, scale[None], bits, block)[: w.shape[0]] * scale) ** 2
-        total = err.sum(axis=0)
-        better = total < best_err
-        best_err, best = np.where(better, total, best_err), np.where(better, scale, best)
-    return best
-
-
 def gptq_quantize(w: np.ndarray, xtx: np.ndarray, *, bits: int, block: int) -> BlockQuant:
     """``w`` [K, N] quantized by GPTQ against the Hessian ``xtx`` [K, K]."""
     k, n = w.shape
     u, dead = inverse_cholesky(xtx)
-    h_diag = np.diag(xtx).astype(np.float64)
     work = w.astype(np.float64).copy()  # rows are updated in place as errors arrive
     work[dead] = 0.0
     kp = k + (-k % block)
@@ -63,7 +47,7 @@ def gptq_quantize(w: np.ndarray, xtx: np.ndarray, *, bits: int, block: int) -> B
         errs = np.zeros((stop - start, n))
         for i in range(start, stop):
             if i % block == 0:
-                scales[i // block] = searched_scales(work[i : i + block], h_diag[i : i + block], bits, block)
+                scales[i // block] = block_scales(work[i : i + block].astype(np.float32), bits, block)[0]
             scale = scales[i // block].astype(np.float64)
             q = np.clip(np.round(work[i] / np.where(scale == 0, 1.0, scale)), -half, half - 1)
             codes[i] = q
