@@ -40,7 +40,7 @@ VARIANTS = (
 
 def _interval(units, *, agreement: bool) -> dict:
     """The metric and its 95 % interval from a drop interval in points."""
-    from modelpress.validate import uncertainty as U
+    from modelpress.measures import uncertainty as U
 
     d = U.interval(units)
     if agreement:  # drop = 100 (1 − agreement)
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from modelpress.calibration_data.feeds import ExampleFeed
+    from modelpress.export.exporters import export_model
     from modelpress.fileio import graph_input_shapes
     from modelpress.generation import TextGenerator
     from modelpress.modalities.causal_text import CAUSAL_TEXT
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from modelpress.quantize.weight_only import quantize_weights_only
     from modelpress.recipe import load_recipe
     from modelpress.tasks import configure_task
-    from modelpress.validate import uncertainty as U
-    from modelpress.validate.greedy_agreement import Continuations, agreement_counts
+    from modelpress.measures import uncertainty as U
+    from modelpress.tasks.greedy_agreement import Continuations, agreement_counts
     from modelpress.validate.stage import open_predictor
 
     torch.set_num_threads(args.threads)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher = load_model(str(args.gpt / "model"), task)
     work = Path(tempfile.mkdtemp(prefix="lm-int4-"))
     fp32 = work / "model.onnx"
-    task.export(teacher, tokenizer, fp32, opset=recipe.export.opset, atol=recipe.export.atol)
+    export_model(task, teacher, tokenizer, fp32, opset=recipe.export.opset, atol=recipe.export.atol)
     shapes = graph_input_shapes(fp32)
     names = tuple(shapes)
     cal = recipe.calibration

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from modelpress.export.exporters import export_model
 from modelpress.quantize.config import QuantizeConfig
 from modelpress.testing import make_tiny_causal_lm
 
@@ -162,7 +163,7 @@ def gpt2(tmp_path_factory):
     folder = make_tiny_causal_lm(tmp_path_factory.mktemp("gpt2"), family="gpt2")
     task = configure_task("text-generation")
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
-    result = task.export(model, tokenizer, folder / "model.onnx", opset=18, atol=1e-4)
+    result = export_model(task, model, tokenizer, folder / "model.onnx", opset=18, atol=1e-4)
     layout = KVLayout.from_config(model.config)
     rng = np.random.default_rng(3)
 
