@@ -294,7 +294,7 @@ def render_lm_int4(data: dict) -> str:
         f"{data.get('windows', '?')} held-out windows, greedy agreement over {data.get('prompts', '?')} "
         "held-out 16-token openings (32 new tokens), intervals: 95 % paired bootstrap (windows; prompts)."
     )
-    return "\n\n".join([intro, table(head, rows)])
+    return "\n\n".join([intro, table(head, rows)] + ([data["note"]] if data.get("note") else []))
 
 
 def _latency_table(latency: dict) -> str:
