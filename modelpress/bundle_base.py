@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from modelpress.errors import BadInputError
 from modelpress.inference import Predictor
 from modelpress.modalities import get_modality
-from modelpress.paths import BUNDLE_JSON, MODEL_INT8_ONNX
-from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
+from modelpress.paths import BUNDLE_JSON, MODEL_INT8_ONNX, precision_of_file
+from modelpress.runtimes.artifacts import runtime_file
 from modelpress.runtimes.registry import create_runner
 from modelpress.fileio import write_json
 from modelpress.runtimes.target import Target, missing_flags
@@ -40,7 +40,9 @@ def write_bundle_meta(
     runtimes: Sequence[str] = ("onnxruntime",),
     input_shapes: Mapping[str, Sequence[int | None]] | None = None,
     target: Mapping[str, Any] | None = None,
+    precision: str = "int8",
 ) -> None:
+    """``precision``: what the pressed model holds (``paths.PRESSED_FILES``): the file ONNX Runtime loads."""
     write_json(
         root / BUNDLE_META,
         {
@@ -50,7 +52,7 @@ def write_bundle_meta(
             "max_length": max_length,
             "max_positions": max_positions,
             "label_names": list(label_names),
-            "runtimes": {r: BUNDLE_RUNTIMES[r] for r in runtimes},
+            "runtimes": {r: runtime_file(r, precision) for r in runtimes},
             "target": dict(target) if target else None,
         },
     )
@@ -154,9 +156,7 @@ class Bundle(Predictor):
         else:
             runtime, listed = bundle_model_file(meta, runtime)
         model_file = model_file or listed
-        name = name or (
-            "int8" if model_file == INT8_MODEL else f"int8-{runtime}" if model_file == listed else model_file
-        )
+        name = name or (precision_of_file(model_file) or (f"int8-{runtime}" if model_file == listed else model_file))
         runner = create_runner(runtime, self.root / model_file, threads=threads, name=name, **(runner_options or {}))
         runner.__enter__()
         # inputs are truncated to what the model can take, whatever bundle.json says

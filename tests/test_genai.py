@@ -67,7 +67,7 @@ def test_onnxruntime_genai_generates_the_bundles_greedy_tokens(graph, tmp_path):
     bundle = tmp_path / "out" / "lm"
     config = json.loads((bundle / "genai_config.json").read_text())
     decoder = config["model"]["decoder"]
-    assert decoder["filename"] == "model.int8.onnx" and (bundle / decoder["filename"]).is_file()
+    assert decoder["filename"] == "model.int4.onnx" and (bundle / decoder["filename"]).is_file()
     assert (decoder["num_key_value_heads"], decoder["num_attention_heads"], decoder["head_size"]) == (2, 4, head_dim)
     assert config["search"]["past_present_share_buffer"] is (graph == "fused")
     kinds = {n.op_type for n in onnx.load(str(bundle / decoder["filename"]), load_external_data=False).graph.node}
