@@ -68,6 +68,9 @@ LM_VARIANTS = {
     "modelpress-int8-head-fp32": 'modelpress static W8A8, `nodes_to_exclude = ["lm_head"]`',
     "modelpress-weight-only-int8": "modelpress weight-only int8 (`MatMulNBits`, block 32)",
     "modelpress-weight-only-int4": "modelpress weight-only int4 (block 32)",
+    "modelpress-weight-only-int4-awq": "modelpress weight-only int4 AWQ (block 32)",
+    "modelpress-weight-only-int4-gptq": "modelpress weight-only int4 GPTQ (block 32)",
+    "modelpress-weight-only-int4-awq-int8-10pct": "modelpress weight-only int4 AWQ, `int8_budget = 0.1`",
     "openvino-fp32": "OpenVINO fp32",
     "openvino-nncf-int8-weights": "OpenVINO + NNCF int8 weight compression",
     "modelpress-int8-openvino": "modelpress static W8A8 on OpenVINO (same plan)",
@@ -282,6 +285,49 @@ def render_lm(data: dict) -> str:
     return "\n\n".join([intro, table(head, rows), outro, selected_line(data.get("selected"))])
 
 
+INT4_VARIANTS = {
+    "int8-rtn": "weight-only int8, round to nearest",
+    "int4-rtn": "int4 round to nearest (ORT's quantizer)",
+    "int4-awq": "**int4 AWQ**",
+    "int4-gptq": "**int4 GPTQ**",
+    "int4-awq-int8-10pct": "int4 AWQ, `int8_budget = 0.1`",
+    "int4-gptq-int8-10pct": "int4 GPTQ, `int8_budget = 0.1`",
+}
+
+
+def render_lm_int4(data: dict) -> str:
+    """bench/int4_accuracy.py: the bench GPT's fidelity per weight-only int4 method, with intervals."""
+
+    def with_ci(m: dict, digits: int, scale: float = 1.0, suffix: str = "") -> str:
+        lo, hi = m.get("ci95") or (None, None)
+        return f"{fmt(m.get('value'), digits, scale, suffix)} [{fmt(lo, digits, scale)}, {fmt(hi, digits, scale)}]"
+
+    rows = []
+    for key, r in data["int4"].items():
+        bits8 = sum(1 for layer in r.get("layers", []) if layer["bits"] == 8)
+        rows.append(
+            [
+                INT4_VARIANTS.get(key, key),
+                with_ci(r["perplexity_ratio"], 4),
+                with_ci(r["next_token_agreement"], 1, 100.0, " %"),
+                with_ci(r["greedy_agreement_32"], 1, 100.0, " %"),
+                fmt(r.get("mean_kl"), 4),
+                f"{fmt(r.get('file_mb'), 2)}" + (f" ({bits8} int8)" if bits8 else ""),
+                fmt(r.get("seconds"), 1),
+            ]
+        )
+    head = ["model", "perplexity ratio [95 %]", "next-token agreement [95 %]", "greedy agreement @32 [95 %]"]
+    head += ["mean KL", "file MB (MatMuls kept int8)", "quantize s"]
+    gpt = data.get("gpt", {})
+    intro = (
+        f"The GPT-2 of `bench.tiny_gpt` ({gpt.get('parameters', 0):,} parameters), weight-only from one "
+        f"export, block {data.get('block_size', '?')}, accuracy level {data.get('accuracy_level', '?')}; "
+        f"{data.get('windows', '?')} held-out windows, greedy agreement over {data.get('prompts', '?')} "
+        "held-out 16-token openings (32 new tokens), intervals: 95 % paired bootstrap (windows; prompts)."
+    )
+    return "\n\n".join([intro, table(head, rows)] + ([data["note"]] if data.get("note") else []))
+
+
 def _latency_table(latency: dict) -> str:
     shapes = list(latency)
     names = list(dict.fromkeys(n for s in shapes for n in latency[s]))
@@ -462,6 +508,7 @@ RENDERERS: list[tuple[Callable[[dict], bool], Callable[[dict], str]]] = [
     (lambda d: "threads" in d and isinstance(d["threads"], dict), render_encoders),
     (lambda d: "models" in d, render_vision),
     (lambda d: "fidelity" in d, render_lm),
+    (lambda d: "int4" in d, render_lm_int4),
     (lambda d: "queries" in d and "stsb_test" in d, render_rerank),
     (lambda d: all(isinstance(v, dict) and "runs" in v for v in d.values()), render_lm_scale),
     (lambda d: "press" in d, render_tagger),

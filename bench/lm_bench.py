@@ -9,7 +9,8 @@ by side, in one process, with the same threads, interleaved round by round:
 * **ORT fp32** (``model.onnx``), **ORT dynamic int8** (``quantize_dynamic``, per-channel, of the
   same graph: the peer a user tries first), **ours** (``model.int8.onnx``, static W8A8 with
   SmoothQuant, calibrated on packed training text) and our **weight-only** alternative
-  (``quantize.mode = "weight-only"``: MatMulNBits, 8 and 4 bits, block 32, accuracy level 4), and ours
+  (``quantize.mode = "weight-only"``: MatMulNBits, 8 and 4 bits, block 32, accuracy level 4; int4
+  also by AWQ and GPTQ from the calibration set, and AWQ with ``int8_budget = 0.1``), and ours
   with the tied LM head kept fp32;
 * **OpenVINO fp32** (its IR of ``model.onnx``), **NNCF int8 weight compression** of it
   (``nncf.compress_weights``' default) and **ours on OpenVINO** (the bundle's IR of the same plan);
@@ -130,8 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     # the documented alternative, from the same fp32 graph: weight-only MatMulNBits at 8 and 4 bits
     for bits in (8, 4):
         path = work / f"weight-only.int{bits}.onnx"
-        quantize_weights_only(bundle / "model.onnx", path, recipe.quantize.with_(mode="weight-only", weight_bits=bits))
+        rtn = recipe.quantize.with_(mode="weight-only", weight_bits=bits, int4_method="rtn", int8_budget=0.0)
+        quantize_weights_only(bundle / "model.onnx", path, rtn)
         files[f"modelpress-weight-only-int{bits}"] = path
+    # data-aware int4 from the recipe's calibration set (quantize.int4_method; int8_budget: the mix)
+    for suffix, keys in (
+        ("awq", {"int4_method": "awq"}),
+        ("gptq", {"int4_method": "gptq"}),
+        ("awq-int8-10pct", {"int4_method": "awq", "int8_budget": 0.1}),
+    ):
+        path = work / f"weight-only.int4-{suffix}.onnx"
+        cfg = recipe.quantize.with_(mode="weight-only", weight_bits=4, **keys)
+        quantize_weights_only(bundle / "model.onnx", path, cfg, feeds)
+        files[f"modelpress-weight-only-int4-{suffix}"] = path
     # OpenVINO: its fp32 IR of the graph, NNCF's int8 weight compression of it (its default, INT8_ASYM)
     # and the bundle's IR of our plan (the recipe asks for the openvino runtime)
     import nncf
