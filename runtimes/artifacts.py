@@ -97,6 +97,7 @@ def register(name: str, entry: str, *, model_file: str | None = None) -> None:
 register("onnxruntime", "modelpress.runtimes.onnxruntime_runner:OnnxRuntimeArtifact", model_file=MODEL_INT8_ONNX)
 register("openvino", "modelpress.runtimes.openvino_runner:OpenVINOArtifact", model_file=OPENVINO_XML)
 register("tensorrt", "modelpress.runtimes.tensorrt.stage:TensorRTArtifact")
+register("onnxruntime-genai", "modelpress.runtimes.genai_runner:GenAIArtifact", model_file=MODEL_INT8_ONNX)
 
 
 def wanted_artifacts(recipe: Any) -> list[RuntimeArtifact]:

@@ -37,7 +37,7 @@ def _press(folder, out, cfgs):
     from modelpress.quantize.stage import quantize_model
     from modelpress.tasks import configure_task
 
-    task = configure_task("text-generation")
+    task = configure_task("text-generation", {"decoder_graph": "traced"})  # the traced graph's feeds
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
     out.mkdir()
     result = task.export(model, tokenizer, out / "model.onnx", opset=18, atol=1e-4)
