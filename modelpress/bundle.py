@@ -29,7 +29,7 @@ from modelpress.errors import BadInputError
 from modelpress.inference import Predictor
 from modelpress.modalities import get_modality
 from modelpress.paths import BUNDLE_JSON, MODEL_INT8_ONNX
-from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
+from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES, bundle_model_name
 from modelpress.runtimes.registry import create_runner
 from modelpress.tasks import task_from_dict
 
@@ -167,8 +167,13 @@ class Bundle(Predictor):
         else:
             runtime, listed = bundle_model_file(meta, runtime)
         model_file = model_file or listed
+        # a runtime's own bundle model is named for the runtime (onnxruntime-genai's is model.int8.onnx too)
         name = name or (
-            "int8" if model_file == INT8_MODEL else f"int8-{runtime}" if model_file == listed else model_file
+            bundle_model_name(runtime, model_file)
+            if model_file == listed
+            else "int8"
+            if model_file == INT8_MODEL
+            else model_file
         )
         runner = create_runner(runtime, self.root / model_file, threads=threads, name=name, **(runner_options or {}))
         runner.__enter__()
