@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     from modelpress.tasks import configure_task
     from modelpress.generation import TextGenerator
     from modelpress.validate.compare import interleaved_latency
-    from modelpress.validate.decode_latency import decode_latency
-    from modelpress.validate.greedy_agreement import Continuations, greedy_agreement
+    from modelpress.measures.decode_latency import decode_latency
+    from modelpress.tasks.greedy_agreement import Continuations, greedy_agreement
     from modelpress.validate.stage import open_predictor
 
     torch.set_num_threads(args.threads)

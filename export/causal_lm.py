@@ -16,7 +16,6 @@ fed with the graph's own ``present`` outputs.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from modelpress.export.fused_decoder import export_fused_decoder
 from modelpress.export.onnx_export import ExportResult, staged_model
 from modelpress.export.parity import ParityReport, compare_outputs
 from modelpress.fileio import save_onnx
+from modelpress.tasks.causal_lm_torch import CausalLMWithPast
 from modelpress.kv_cache import FIXED_INPUTS, KVLayout, past_from_present, position_ids  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -38,57 +38,7 @@ EXAMPLE = {"batch": 2, "new": 3, "past": 4}  # the trace example: no dimension 0
 PARITY = {"batch": 3, "prompt": 7, "steps": 3}  # prefill 3×7 on an empty past, then 3 decode steps
 
 
-class _CausalLMWithPast(torch.nn.Module):
-    """Flat tensors in, flat tensors out: what ``torch.onnx.export`` can trace."""
-
-    def __init__(self, model: torch.nn.Module, layout: KVLayout) -> None:
-        super().__init__()
-        self.model = model
-        self.layout = layout
-        # transformers 5.2x renames ``past_key_values`` to ``cache`` (the old name warns)
-        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-    def forward(self, input_ids, attention_mask, position_ids, past):
-        from transformers import DynamicCache
-
-        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.layout.num_layers)]
-        cache = DynamicCache(ddp_cache_data=pairs, config=self.model.config)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            return_dict=True,
-            **{self.cache_arg: cache},
-        )
-        present = []
-        for layer in getattr(out, self.cache_arg).layers:
-            present += [layer.keys, layer.values]
-        return (out.logits, *present)
-
-
-class FeedStep(torch.nn.Module):
-    """The model with the graph's interface: the same named feed in, the same named outputs out
-    (``logits``, ``present.*``), so the PyTorch teacher runs wherever the graph does (validation's
-    torch runner). A prefill feed made for another graph (a student's: fewer layers, other heads)
-    works too: an empty or missing past is replaced by this model's own empty past."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.layout = KVLayout.from_config(model.config)
-        self.step = _CausalLMWithPast(model, self.layout)
-        self.input_names = (*FIXED_INPUTS, *self.layout.past_names())
-
-    def forward(self, **feed: torch.Tensor) -> dict[str, torch.Tensor]:
-        past = [feed.get(k) for k in self.layout.past_names()]
-        if any(p is None for p in past) or all(p.shape[2] == 0 for p in past):
-            batch = feed["input_ids"].shape[0]
-            past = [torch.from_numpy(v) for v in self.layout.empty(batch).values()]
-        outs = self.step(*(feed[k] for k in FIXED_INPUTS), tuple(past))
-        return dict(zip(("logits", *self.layout.present_names()), outs))
-
-
-def _torch_step(module: _CausalLMWithPast, feed: dict[str, np.ndarray], layout: KVLayout) -> dict[str, np.ndarray]:
+def _torch_step(module: CausalLMWithPast, feed: dict[str, np.ndarray], layout: KVLayout) -> dict[str, np.ndarray]:
     with torch.no_grad():
         outs = module(
             *(torch.from_numpy(feed[k]) for k in FIXED_INPUTS),
@@ -98,7 +48,7 @@ def _torch_step(module: _CausalLMWithPast, feed: dict[str, np.ndarray], layout: 
 
 
 def _parity_feeds(
-    vocab: int, layout: KVLayout, session: Any, module: _CausalLMWithPast, *, atol: float, path: str
+    vocab: int, layout: KVLayout, session: Any, module: CausalLMWithPast, *, atol: float, path: str
 ) -> list[ParityReport]:
     """Prefill on an empty past, then decode steps fed with the graph's own ``present``."""
     rng = np.random.default_rng(0)
@@ -153,7 +103,7 @@ def export_causal_lm(
         return export_fused_decoder(model, tokenizer, out_path, atol=atol)
     out_path = Path(out_path)
     layout = KVLayout.from_config(model.config)
-    module = _CausalLMWithPast(model.eval(), layout).eval()
+    module = CausalLMWithPast(model.eval(), layout).eval()
     vocab = int(model.get_output_embeddings().weight.shape[0])
     gen = torch.Generator().manual_seed(0)
     b, s, p = EXAMPLE["batch"], EXAMPLE["new"], EXAMPLE["past"]

@@ -14,11 +14,13 @@ GenAI with token ids, or point it at that folder's files.
 
 from __future__ import annotations
 
-from modelpress.export.causal_lm import KVLayout
+from modelpress.export.causal_lm import KVLayout, export_causal_lm
+from modelpress.export.onnx_export import ExportResult
 from pathlib import Path
 from typing import Any
 
 from modelpress.fileio import write_json
+from modelpress.paths import MODEL_INT8_ONNX
 
 FILE = "genai_config.json"
 #: model types GenAI runs through its plain decoder with these names; another family (GPT-2 too: GenAI
@@ -105,3 +107,20 @@ def write_genai_config(
     return write_json(
         Path(folder) / FILE, genai_config(model_config, tokenizer, filename=filename, share_buffer=share_buffer)
     )
+
+
+def export_for_genai(
+    model: Any, tokenizer: Any, out_path: str | Path, *, task: Any, opset: int, atol: float, fused: bool = False
+) -> ExportResult:
+    """The causal LM exported with its KV cache, and beside it the config onnxruntime-genai runs the bundle's
+    ONNX Runtime model by (the export's names are its own). The text-generation task's exporters: ``fused``,
+    the graph with ONNX Runtime's fused operators (``export.fused_decoder``), whose past and present share one
+    buffer."""
+    result = export_causal_lm(model, tokenizer, out_path, opset=opset, atol=atol, fused=fused)
+    write_genai_config(Path(out_path).parent, model.config, tokenizer, filename=MODEL_INT8_ONNX, share_buffer=fused)
+    return result
+
+
+def export_fused_for_genai(model: Any, tokenizer: Any, out_path: str | Path, *, task: Any, opset: int, atol: float):
+    """:func:`export_for_genai` of the fused graph (``task_options.decoder_graph = "fused"``)."""
+    return export_for_genai(model, tokenizer, out_path, task=task, opset=opset, atol=atol, fused=True)

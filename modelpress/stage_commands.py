@@ -136,6 +136,7 @@ def validate(recipe: Recipe, candidate: Path, out: Path) -> dict[str, Any]:
         run = prepare(recipe, out, paths, stack)
         enc = encoders(run, candidate)
         v = run.recipe.validate
+        first = next((r for r, f in files.items() if f == candidate), None)  # onnxruntime-genai: the same file
         gated = [
             file_opener(
                 file,
@@ -143,7 +144,7 @@ def validate(recipe: Recipe, candidate: Path, out: Path) -> dict[str, Any]:
                 encoder=enc.encoder,
                 threads=v.threads,
                 runtime=runtime,
-                name="int8" if file == candidate else f"int8-{runtime}",
+                name="int8" if runtime == first else f"int8-{runtime}",
                 **v.runner_options(runtime),
             )
             for runtime, file in files.items()

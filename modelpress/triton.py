@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from modelpress.errors import BadInputError
+from modelpress.cli_model import model_name
+from modelpress.fileio import load_onnx
+from modelpress.manifest import require_intact, require_not_failed
+from modelpress.paths import refuse_inside_bundle
 
 #: ONNX TensorProto element types → Triton data types
 ONNX_TYPES = {
@@ -94,8 +98,6 @@ BACKENDS = {
 
 def onnx_io(path: Path) -> tuple[list[Tensor], list[Tensor]]:
     """Inputs and outputs of an ONNX graph (initializers listed as inputs are not inputs)."""
-    from modelpress.fileio import load_onnx
-
     graph = load_onnx(path, load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
 
@@ -179,7 +181,6 @@ def _external_data(bundle: Path, backend: Backend) -> list[tuple[str, str]]:
     """The files an ONNX model keeps its tensors in (a large model's), under the names it refers to."""
     if not backend.graph.endswith(".onnx") or backend.runtime == "tensorrt":
         return []
-    from modelpress.fileio import load_onnx
 
     graph = load_onnx(bundle / backend.graph, load_external_data=False).graph
     locations = {
@@ -197,10 +198,6 @@ def write_repository(
     bundle: str | Path, repo: str | Path, *, runtime: str | None = None, name: str | None = None, force: bool = False
 ) -> Path:
     """``repo/<name>/`` (config.pbtxt, ``1/model.*``) for one model of the published ``bundle``."""
-    from modelpress.cli_model import model_name
-    from modelpress.manifest import require_intact, require_not_failed
-    from modelpress.paths import refuse_inside_bundle
-
     bundle, repo = Path(bundle), Path(repo)
     manifest = require_intact(bundle)
     require_not_failed(bundle, manifest)

@@ -13,6 +13,7 @@ import pytest
 
 from modelpress import fileio
 from modelpress.testing import make_tiny_causal_lm, random_sentences
+from modelpress.export.exporters import export_model
 
 LOW = 4096  # bytes: every tiny model is "large" under it
 
@@ -40,7 +41,7 @@ def _press(folder, out, cfgs):
     task = configure_task("text-generation", {"decoder_graph": "traced"})  # the traced graph's feeds
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
     out.mkdir()
-    result = task.export(model, tokenizer, out / "model.onnx", opset=18, atol=1e-4)
+    result = export_model(task, model, tokenizer, out / "model.onnx", opset=18, atol=1e-4)
     feeds = _feeds(tokenizer, KVLayout.from_config(model.config))
     paths = {"fp32": out / "model.onnx"}
     for name, cfg in cfgs.items():
@@ -163,7 +164,7 @@ def tied_qwen2(tmp_path_factory):
         max_position_embeddings=128,
     )
     model = Qwen2ForCausalLM(config).eval()
-    task.export(model, tokenizer, work / "model.onnx", opset=18, atol=1e-4)
+    export_model(task, model, tokenizer, work / "model.onnx", opset=18, atol=1e-4)
     return work, model, tokenizer
 
 

@@ -13,6 +13,7 @@ from conftest import write_recipe
 from onnx import TensorProto, helper, numpy_helper
 
 from modelpress.testing import make_tiny_causal_lm
+from modelpress.export.exporters import export_model
 
 
 def _dequantized(w: np.ndarray, bits: int, block: int) -> np.ndarray:
@@ -76,7 +77,7 @@ def gpt2_graph(tmp_path_factory):
     folder = make_tiny_causal_lm(tmp_path_factory.mktemp("gpt2"), family="gpt2")
     task = configure_task("text-generation")
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
-    result = task.export(model, tokenizer, folder / "model.onnx", opset=18, atol=1e-4)
+    result = export_model(task, model, tokenizer, folder / "model.onnx", opset=18, atol=1e-4)
     return folder, model, tokenizer, result
 
 

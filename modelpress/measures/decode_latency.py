@@ -16,8 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from modelpress.kv_cache import past_from_present
-from modelpress.validate.compare import interleaved_rounds
-from modelpress.validate.latency import summarize
+from modelpress.measures.latency import interleaved_rounds, summarize
 
 
 def _step_feed(predictor, tokens: np.ndarray, batch: int, context: int) -> dict[str, np.ndarray]:
