@@ -19,16 +19,17 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from modelpress.errors import BadInputError
 from modelpress.export.fused_decoder import export_fused_decoder
-from modelpress.export.onnx_export import ExportResult, staged_model
+from modelpress.export.onnx_export import ExportResult, export_progress, export_step, staged_model
 from modelpress.export.parity import ParityReport, compare_outputs
 from modelpress.fileio import save_onnx
+from modelpress.memory import release_weight_pages
 from modelpress.tasks.causal_lm_torch import CausalLMWithPast
 from modelpress.kv_cache import FIXED_INPUTS, KVLayout, past_from_present, position_ids  # noqa: F401 (re-exported)
 
@@ -48,9 +49,19 @@ def _torch_step(module: CausalLMWithPast, feed: dict[str, np.ndarray], layout: K
 
 
 def _parity_feeds(
-    vocab: int, layout: KVLayout, session: Any, module: CausalLMWithPast, *, atol: float, path: str
+    vocab: int,
+    layout: KVLayout,
+    open_session: Callable[[], Any],
+    module: CausalLMWithPast,
+    *,
+    atol: float,
+    path: str,
+    bar: Any = None,
 ) -> list[ParityReport]:
-    """Prefill on an empty past, then decode steps fed with the graph's own ``present``."""
+    """Prefill on an empty past, then decode steps fed with the graph's own ``present``. The graph
+    runs every step first and its session is closed before PyTorch runs the same feeds: the fp32
+    graph's weights and the model's are never in memory together (2× the weights of a 0.5 B decoder
+    at once, otherwise)."""
     rng = np.random.default_rng(0)
     b, n = PARITY["batch"], PARITY["prompt"]
     mask = np.ones((b, n), np.int64)
@@ -61,22 +72,12 @@ def _parity_feeds(
         "position_ids": position_ids(mask, n),
         **layout.empty(b),
     }
-    reports = []
+    names = ["logits", *layout.present_names()]
+    session = open_session()
+    ran = []  # (feed, the graph's outputs): a few MB (3 rows of 7–10 tokens)
     for step in range(PARITY["steps"] + 1):
-        reference = _torch_step(module, feed, layout)
-        label = "export (prefill)" if step == 0 else f"export (decode step {step})"
-        real = feed["attention_mask"].astype(bool)  # what is computed at left padding is undefined
-        new = real[:, -feed["input_ids"].shape[1] :]
-        select = {
-            "logits": lambda a, m=new: a[m],
-            **{name: (lambda a, m=real: np.moveaxis(a, 2, 1)[m]) for name in layout.present_names()},
-        }
-        got = dict(zip(reference, session.run(list(reference), feed)))  # once: compared, then fed back
-        reports.append(
-            compare_outputs(
-                got, reference, atol=atol, label=label, source=path, feed_shape=feed["input_ids"].shape, select=select
-            )
-        )
+        got = dict(zip(names, session.run(names, feed)))  # once: compared, then fed back
+        ran.append((feed, got))
         nxt = got["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
         mask = np.concatenate([mask, np.ones((b, 1), np.int64)], axis=1)
         feed = {
@@ -85,6 +86,26 @@ def _parity_feeds(
             "position_ids": position_ids(mask, 1),
             **{p: got[q] for p, q in zip(layout.past_names(), layout.present_names())},
         }
+    del session
+    reports = []
+    for step, (feed, got) in enumerate(ran):
+        label = "export (prefill)" if step == 0 else f"export (decode step {step})"
+        if bar is not None:
+            bar.set_postfix_str(f"parity: {label[8:-1]}")
+        reference = _torch_step(module, feed, layout)
+        real = feed["attention_mask"].astype(bool)  # what is computed at left padding is undefined
+        new = real[:, -feed["input_ids"].shape[1] :]
+        select = {
+            "logits": lambda a, m=new: a[m],
+            **{name: (lambda a, m=real: np.moveaxis(a, 2, 1)[m]) for name in layout.present_names()},
+        }
+        reports.append(
+            compare_outputs(
+                got, reference, atol=atol, label=label, source=path, feed_shape=feed["input_ids"].shape, select=select
+            )
+        )
+        if bar is not None:
+            bar.update()
     return reports
 
 
@@ -122,29 +143,40 @@ def export_causal_lm(
     shapes = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, tuple({0: dyn, 2: dyn} for _ in past))
     names = (*FIXED_INPUTS, *layout.past_names())
     start = time.perf_counter()
-    with torch.no_grad():
-        program = torch.onnx.export(
-            module,
-            example,
-            dynamic_shapes=shapes,
-            dynamo=True,
-            opset_version=opset,
-            input_names=list(names),
-            output_names=["logits", *layout.present_names()],
-            verbose=False,
-        )
-    with staged_model(program, out_path, model) as (staged, graph, _large):
-        seconds = time.perf_counter() - start
-        if tuple(i.name for i in graph.graph.input) != names:
-            raise BadInputError(f"exported graph inputs {[i.name for i in graph.graph.input]} differ from {names}")
-        save_onnx(graph, staged)
-        import onnxruntime as ort
+    # a 0.5 B decoder takes minutes here: tracing, writing the weights, the ONNX Runtime session, each
+    # parity step (stderr, like calibration's and validation's bars)
+    with export_progress(3 + PARITY["steps"] + 1) as bar:
+        with torch.no_grad():
+            program = torch.onnx.export(
+                module,
+                example,
+                dynamic_shapes=shapes,
+                dynamo=True,
+                opset_version=opset,
+                input_names=list(names),
+                output_names=["logits", *layout.present_names()],
+                verbose=False,
+            )
+        export_step(bar, "traced", start)
+        with staged_model(program, out_path, model) as (staged, graph, _large):
+            seconds = time.perf_counter() - start
+            if tuple(i.name for i in graph.graph.input) != names:
+                raise BadInputError(f"exported graph inputs {[i.name for i in graph.graph.input]} differ from {names}")
+            save_onnx(graph, staged)
+            export_step(bar, "written", start)
+            import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(staged), opts, providers=["CPUExecutionProvider"])
-        reports = _parity_feeds(vocab, layout, session, module, atol=atol, path=str(staged))
-        del session
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            # writing the graph read every weight of the model: not needed again until parity's PyTorch half
+            release_weight_pages()
+
+            def open_session():
+                session = ort.InferenceSession(str(staged), opts, providers=["CPUExecutionProvider"])
+                export_step(bar, "ONNX Runtime session made", start)
+                return session
+
+            reports = _parity_feeds(vocab, layout, open_session, module, atol=atol, path=str(staged), bar=bar)
     worst = max(reports, key=lambda r: r.max_abs_diff)
     log.info(
         "exported %s in %.1fs (parity max |diff| %.2e over a prefill and %d decode steps)",

@@ -14,17 +14,34 @@ from typing import Any, Callable
 
 from modelpress.export.genai_config import export_for_genai, export_fused_for_genai
 from modelpress.export.onnx_export import export_onnx
+from modelpress.paths import MODEL_INT8_ONNX
 from modelpress.registry import Registry
 
 EXPORTERS: Registry[Callable[..., Any]] = Registry("exporter")
 EXPORTERS.register("onnx", export_onnx)
 EXPORTERS.register("causal-lm", export_for_genai)
 EXPORTERS.register("causal-lm-fused", export_fused_for_genai)
+#: the exporters whose config names the pressed model (``genai_config.json`` → ``filename``)
+NAMES_THE_PRESSED_MODEL = (export_for_genai, export_fused_for_genai)
 
 
-def export_model(task: Any, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
+def export_model(
+    task: Any,
+    model: Any,
+    preprocessor: Any,
+    out_path: str | Path,
+    *,
+    opset: int,
+    atol: float,
+    pressed: str = MODEL_INT8_ONNX,
+) -> Any:
     """``model`` → ONNX at ``out_path`` through ``task``'s exporter, parity-checked (``onnx_export.ExportResult``).
-    An option a run decides with the model (an ``"auto"``) and not decided yet (``modelpress export`` without a
-    recipe) is decided here with the model alone, no runtime limiting it (``Task.for_model``)."""
+    ``pressed``: the file the quantize stage writes beside it (``paths.PRESSED_FILES``), for an exporter
+    that writes a config naming the deployed model (onnxruntime-genai's). An option a run decides with the model
+    (an ``"auto"``) and not decided yet (``modelpress export`` without a recipe) is decided here with the model
+    alone, no runtime limiting it (``Task.for_model``)."""
     task = task.for_model(getattr(model, "config", None), {})
-    return EXPORTERS.get(task.exporter)(model, preprocessor, out_path, task=task, opset=opset, atol=atol)
+    export = EXPORTERS.get(task.exporter)
+    if export in NAMES_THE_PRESSED_MODEL:
+        return export(model, preprocessor, out_path, task=task, opset=opset, atol=atol, pressed=pressed)
+    return export(model, preprocessor, out_path, task=task, opset=opset, atol=atol)

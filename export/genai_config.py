@@ -110,17 +110,34 @@ def write_genai_config(
 
 
 def export_for_genai(
-    model: Any, tokenizer: Any, out_path: str | Path, *, task: Any, opset: int, atol: float, fused: bool = False
+    model: Any,
+    tokenizer: Any,
+    out_path: str | Path,
+    *,
+    task: Any,
+    opset: int,
+    atol: float,
+    fused: bool = False,
+    pressed: str = MODEL_INT8_ONNX,
 ) -> ExportResult:
     """The causal LM exported with its KV cache, and beside it the config onnxruntime-genai runs the bundle's
     ONNX Runtime model by (the export's names are its own). The text-generation task's exporters: ``fused``,
     the graph with ONNX Runtime's fused operators (``export.fused_decoder``), whose past and present share one
     buffer."""
     result = export_causal_lm(model, tokenizer, out_path, opset=opset, atol=atol, fused=fused)
-    write_genai_config(Path(out_path).parent, model.config, tokenizer, filename=MODEL_INT8_ONNX, share_buffer=fused)
+    write_genai_config(Path(out_path).parent, model.config, tokenizer, filename=pressed, share_buffer=fused)
     return result
 
 
-def export_fused_for_genai(model: Any, tokenizer: Any, out_path: str | Path, *, task: Any, opset: int, atol: float):
+def export_fused_for_genai(
+    model: Any,
+    tokenizer: Any,
+    out_path: str | Path,
+    *,
+    task: Any,
+    opset: int,
+    atol: float,
+    pressed: str = MODEL_INT8_ONNX,
+):
     """:func:`export_for_genai` of the fused graph (``task_options.decoder_graph = "fused"``)."""
-    return export_for_genai(model, tokenizer, out_path, task=task, opset=opset, atol=atol, fused=True)
+    return export_for_genai(model, tokenizer, out_path, task=task, opset=opset, atol=atol, fused=True, pressed=pressed)

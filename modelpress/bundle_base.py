@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from modelpress.errors import BadInputError
 from modelpress.inference import Predictor
 from modelpress.modalities import get_modality
-from modelpress.paths import BUNDLE_JSON, MODEL_INT8_ONNX
-from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES, bundle_model_name
+from modelpress.paths import BUNDLE_JSON, MODEL_INT8_ONNX, precision_of_file
+from modelpress.runtimes.artifacts import bundle_model_name, runtime_file
 from modelpress.runtimes.registry import create_runner
 from modelpress.fileio import write_json
 from modelpress.runtimes.target import Target, missing_flags
@@ -40,7 +40,9 @@ def write_bundle_meta(
     runtimes: Sequence[str] = ("onnxruntime",),
     input_shapes: Mapping[str, Sequence[int | None]] | None = None,
     target: Mapping[str, Any] | None = None,
+    precision: str = "int8",
 ) -> None:
+    """``precision``: what the pressed model holds (``paths.PRESSED_FILES``): the file ONNX Runtime loads."""
     write_json(
         root / BUNDLE_META,
         {
@@ -50,7 +52,7 @@ def write_bundle_meta(
             "max_length": max_length,
             "max_positions": max_positions,
             "label_names": list(label_names),
-            "runtimes": {r: BUNDLE_RUNTIMES[r] for r in runtimes},
+            "runtimes": {r: runtime_file(r, precision) for r in runtimes},
             "target": dict(target) if target else None,
         },
     )
@@ -154,13 +156,12 @@ class Bundle(Predictor):
         else:
             runtime, listed = bundle_model_file(meta, runtime)
         model_file = model_file or listed
-        # a runtime's own bundle model is named for the runtime (onnxruntime-genai's is model.int8.onnx too)
+        # a runtime's listed model is named for it: the pressed file by its precision on ONNX Runtime,
+        # "<precision>-onnxruntime-genai" on GenAI (the same file), "int8-openvino" for the IR
         name = name or (
             bundle_model_name(runtime, model_file)
             if model_file == listed
-            else "int8"
-            if model_file == INT8_MODEL
-            else model_file
+            else precision_of_file(model_file) or model_file
         )
         runner = create_runner(runtime, self.root / model_file, threads=threads, name=name, **(runner_options or {}))
         runner.__enter__()

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 from modelpress.manifest import read_manifest, verify
-from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
 
 #: the ``--json`` object's layout version (bump on an incompatible change)
 JSON_SCHEMA_VERSION = 1
@@ -67,7 +66,7 @@ def run_result(bundle: Path, *, seconds: float, inferred: dict[str, Any] | None)
         },
         "artifact": {
             "runtime": runtime,
-            "file": BUNDLE_RUNTIMES.get(runtime) if runtime else None,
+            "file": meta["runtimes"][runtime] if runtime else None,
             "runtimes": runtimes,
             "quantize_mode": quantization.get("mode"),
             "chosen": auto.get("chosen") if isinstance(auto, dict) else None,

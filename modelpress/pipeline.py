@@ -31,11 +31,12 @@ from modelpress.calibration_data.feeds import ExampleFeed
 from modelpress.errors import BadInputError
 from modelpress.fileio import graph_input_shapes
 from modelpress.lock import bundle_lock
-from modelpress.memory import StageMeter
+from modelpress.memory import StageMeter, release_weight_pages
 from modelpress.modalities import get_modality
 from modelpress.models import load_model, load_model_and_preprocessor, resolve_model_ref
 from modelpress.paths import (
     RunPaths,
+    pressed_precision,
     publish,
     recover,
     refuse_inside_bundle,
@@ -144,7 +145,7 @@ class _Pressed:
 
 
 def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitStack) -> RunOutcome:
-    paths = RunPaths(staging)
+    paths = RunPaths(staging, precision=pressed_precision(recipe.quantize.mode, recipe.quantize.weight_bits))
     if recipe.source:
         shutil.copyfile(recipe.source, paths.recipe)
     artifacts = wanted_artifacts(recipe)  # a runtime this machine lacks fails now, before any work
@@ -246,7 +247,7 @@ def encoders(run: Run, graph: Path, input_names: tuple[str, ...] | None = None) 
 
 
 def quantize(run: Run, enc: Encoders) -> Any:
-    """``paths.model_onnx`` → ``paths.model_int8_onnx`` by the recipe's mode (auto: judged against
+    """``paths.model_onnx`` → ``paths.pressed_onnx`` by the recipe's mode (auto: judged against
     the teacher on the eval set), its analysis and quantization record."""
     recipe, v, cal = run.recipe, run.recipe.validate, run.recipe.calibration
     evaluate = None
@@ -271,7 +272,7 @@ def int8_where_it_pays(run: Run, enc: Encoders, quant: Any) -> list:
     v, examples = run.recipe.validate, list(run.eval_set.examples)
     size, length = max(v.batch_sizes), max(enc.encoder.timing_lengths(v.seq_lengths), key=lambda s: s or 0)
     batch = enc.encoder.encode([examples[i % len(examples)] for i in range(size)], pad_to=length)
-    return keep_paying_classes(quant, run.paths.model_int8_onnx, target=run.target, batch=batch, threads=v.threads)
+    return keep_paying_classes(quant, run.paths.pressed_onnx, target=run.target, batch=batch, threads=v.threads)
 
 
 def write_artifacts(run: Run, quant: Any, artifacts: list) -> dict[str, Any]:
@@ -287,9 +288,13 @@ def _press(run: Run, deployed: Any, artifacts: list) -> _Pressed:
     task, v = run.task, run.recipe.validate
     with run.meter.stage("export"):
         exported = export_model(run, deployed)
+    # the PyTorch weights the export read stay resident (mapped from safetensors) until validation
+    # reads them again: handed back, quantization has the memory to itself (issue #24: ≤ 2.5× the weights)
+    release_weight_pages()
     enc = encoders(run, run.paths.model_onnx, tuple(exported.result.input_names))
     with run.meter.stage("quantize"):
         quant = quantize(run, enc)
+    release_weight_pages()  # the accuracy-aware search runs the teacher
     write_bundle_meta(
         run.paths.root,
         task=task,
@@ -300,6 +305,7 @@ def _press(run: Run, deployed: Any, artifacts: list) -> _Pressed:
         runtimes=v.runtimes,
         input_shapes=enc.shapes,
         target=run.target.describe(),
+        precision=run.paths.precision,
     )
     with run.meter.stage("artifacts"):
         extras = write_artifacts(run, quant, artifacts)

@@ -67,7 +67,7 @@ def test_onnxruntime_genai_generates_the_bundles_greedy_tokens(graph, tmp_path):
     bundle = tmp_path / "out" / "lm"
     config = json.loads((bundle / "genai_config.json").read_text())
     decoder = config["model"]["decoder"]
-    assert decoder["filename"] == "model.int8.onnx" and (bundle / decoder["filename"]).is_file()
+    assert decoder["filename"] == "model.int4.onnx" and (bundle / decoder["filename"]).is_file()
     assert (decoder["num_key_value_heads"], decoder["num_attention_heads"], decoder["head_size"]) == (2, 4, head_dim)
     assert config["search"]["past_present_share_buffer"] is (graph == "fused")
     kinds = {n.op_type for n in onnx.load(str(bundle / decoder["filename"]), load_external_data=False).graph.node}
@@ -119,13 +119,13 @@ def test_onnxruntime_genai_is_a_runtime_measured_and_gated_with_our_greedy_token
     report = json.loads((bundle / "report.json").read_text())
     assert report["task_config"]["decoder_graph"] == "fused"
     assert report["task_config"]["decoder_graph_why"].startswith("auto: llama takes it")
-    assert report["runtimes"] == {"onnxruntime": "int8", "onnxruntime-genai": "int8-onnxruntime-genai"}
-    genai, ours = report["models"]["int8-onnxruntime-genai"], report["models"]["int8"]
+    assert report["runtimes"] == {"onnxruntime": "int4", "onnxruntime-genai": "int4-onnxruntime-genai"}
+    genai, ours = report["models"]["int4-onnxruntime-genai"], report["models"]["int4"]
     assert genai["metrics"]["greedy_agreement"] == ours["metrics"]["greedy_agreement"]
     assert genai["metrics"]["perplexity"] == pytest.approx(ours["metrics"]["perplexity"], rel=1e-6)
     assert [(r["batch_size"], r["context"]) for r in genai["decode_latency"]] == [(1, 24), (2, 24)]
     assert all(r["tokens_per_s"] > 0 for r in genai["decode_latency"])
-    assert "perplexity_ratio" in report["uncertainty"]["int8-onnxruntime-genai"]  # gated: the worst decides
+    assert "perplexity_ratio" in report["uncertainty"]["int4-onnxruntime-genai"]  # gated: the worst decides
     model = og.Model(str(bundle))
     with load(bundle, runtime="onnxruntime-genai") as on_genai, load(bundle, runtime="onnxruntime") as on_ort:
         layout = on_genai.generator.layout
