@@ -13,6 +13,9 @@ by side, in one process, with the same threads, interleaved round by round:
   with the tied LM head kept fp32;
 * **OpenVINO fp32** (its IR of ``model.onnx``), **NNCF int8 weight compression** of it
   (``nncf.compress_weights``' default) and **ours on OpenVINO** (the bundle's IR of the same plan);
+* **the selected artifact**: the run presses for both runtimes with the default ``[select]``; its
+  default, opened by ``modelpress.bundle.load`` (the JSON's ``selected``: bench.selected, with its
+  ratios per prefill shape; the decode step and end to end are in the usual tables);
 
 fidelity on the held-out text (strided perplexity, its ratio to the teacher's, next-token
 agreement, mean KL) and greedy-generation agreement (share of the first 32 new tokens identical
@@ -32,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import machine
+from bench.selected import SELECTED, open_selected, print_selected, selected_record
 
 import numpy as np
 
@@ -62,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="reuse artifacts/gpt-small when it is there")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20, help="timed rounds per shape")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 rounds per shape")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lm.json")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds = 3
 
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -150,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, path in ov_files.items()
     ]
     files.update(ov_files)
+    preds.append(open_selected(bundle, args.threads))  # last in both: the generators zip files with preds
+    files[SELECTED] = bundle
 
     # fidelity on the recipe's eval windows
     es = task.read_eval(recipe.validate.eval_data, recipe.validate, preprocessor=tokenizer)
@@ -224,11 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     for p in preds:
         p.runner.close()
     torch_row = {(r["batch_size"], r["context"]): r for r in decode["pytorch-fp32"]}
+    by_shape = {
+        f"b{r['batch_size']}xs{r['seq_len']}": {n: rows[i]["rounds_ms"] for n, rows in prefill.items()}
+        for i, r in enumerate(prefill["pytorch-fp32"])
+    }
+    selected = {**selected_record(bundle, by_shape), "gate_passed": report["gate"]["passed"]}
     result = {
         "machine": machine(),
         "threads": args.threads,
         "gpt": info,
         "run_gate": report["gate"],
+        "selected": selected,
         "nncf_compress_seconds": nncf_seconds,
         "fidelity": fidelity,
         "greedy_generation_agreement_32": gen_agree,
@@ -282,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             + f"{e2e[p.name]['b1_tokens_per_s']:.0f} | {e2e[p.name]['b8_tokens_per_s']:.0f} |"
         )
     print("\nratios vs PyTorch fp32 eager:", json.dumps(result["ratios_vs_pytorch"], indent=1))
+    print_selected(selected)
     print(f"results: {args.out}")
     return 0
 

@@ -19,6 +19,7 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 PRESETS = ("onnxruntime", "tensorrt")
 FORMATS = ("auto", "qdq", "ort")
 MODES = ("static", "auto", "weight-only")
+AUTO_SENSITIVITIES = ("sqnr", "output")
 WEIGHT_BITS = (8, 4)
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # what ONNX Runtime's MatMulNBits kernels take
 
@@ -46,6 +47,10 @@ class QuantizeConfig:
         default=1, metadata={"min": 1}
     )  # calibrate K times on different samples; gate the worst
     max_candidates: int = field(default=8, metadata={"min": 1})  # auto mode: most candidates tried
+    # auto mode: the order nodes go back to fp32: "sqnr" (each node alone on fp32 inputs, cheap) or "output"
+    # (the whole int8 model's output error with the node alone in fp32: sees errors grow through later layers;
+    # one write and run per node, quantize.sensitivity)
+    auto_sensitivity: str = "sqnr"
     weight_bits: int = 8  # weight-only: 8 or 4 bits per weight
     block_size: int = 32  # weight-only: input rows per weight scale (16, 32, 64, 128, 256)
     accuracy_level: int = field(
@@ -71,6 +76,7 @@ class QuantizeConfig:
             raise BadInputError(f"quantize.num_bins: expected 128..65536, got {self.num_bins}")
         if not 0.0 <= self.smoothquant_alpha <= 1.0:
             raise BadInputError(f"quantize.smoothquant_alpha: expected 0..1, got {self.smoothquant_alpha}")
+        _check_choice("quantize.auto_sensitivity", self.auto_sensitivity, AUTO_SENSITIVITIES)
         if self.max_candidates < 1:
             raise BadInputError("quantize.max_candidates must be >= 1")
         if self.weight_bits not in WEIGHT_BITS:
