@@ -90,8 +90,11 @@ def runtime_file(runtime: str, precision: str = "int8") -> str:
 def bundle_model_name(runtime: str, file: str) -> str:
     """The report's name of a bundle's model (``load()`` names it so too): the plan's own output by
     its precision ("int8", "int4", "w8"), another runtime's artifact of the plan "int8-<runtime>"."""
-    if runtime == REFERENCE_RUNTIME and precision_of_file(file) is not None:
-        return str(precision_of_file(file))
+    precision = precision_of_file(file)
+    if runtime == REFERENCE_RUNTIME and precision is not None:
+        return str(precision)
+    if precision is not None and BUNDLE_RUNTIMES.get(runtime) == MODEL_INT8_ONNX:  # the pressed file elsewhere
+        return f"{precision}-{runtime}"  # (onnxruntime-genai)
     return f"int8-{runtime}" if file == BUNDLE_RUNTIMES.get(runtime) else file
 
 
@@ -106,6 +109,7 @@ def register(name: str, entry: str, *, model_file: str | None = None) -> None:
 register("onnxruntime", "modelpress.runtimes.onnxruntime_runner:OnnxRuntimeArtifact", model_file=MODEL_INT8_ONNX)
 register("openvino", "modelpress.runtimes.openvino_runner:OpenVINOArtifact", model_file=OPENVINO_XML)
 register("tensorrt", "modelpress.runtimes.tensorrt.stage:TensorRTArtifact")
+register("onnxruntime-genai", "modelpress.runtimes.genai_runner:GenAIArtifact", model_file=MODEL_INT8_ONNX)
 
 
 def wanted_artifacts(recipe: Any) -> list[RuntimeArtifact]:

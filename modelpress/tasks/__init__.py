@@ -131,8 +131,18 @@ class Task:
 
     @classmethod
     def options(cls) -> tuple[str, ...]:
-        """The ``[task_options]`` keys this task takes (its dataclass fields)."""
-        return tuple(f.name for f in dataclasses.fields(cls))
+        """The ``[task_options]`` keys this task takes (its dataclass fields, but for what a run decides:
+        ``metadata={"decided": True}``, reported in ``task_config`` and never read back)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if not f.metadata.get("decided"))
+
+    def check_runtimes(self, runners: Mapping[str, Any]) -> None:
+        """Refuse, in one line, an option a runtime of ``validate.runtimes`` cannot honour; ``runners``:
+        name → runner class, whose class attributes say what it runs (``runtimes.base.Runner``)."""
+
+    def for_model(self, model_config: Any, runners: Mapping[str, Any]) -> "Task":
+        """This task with the options that depend on the model and the runtimes (an ``"auto"``) decided,
+        and checked against them; itself by default."""
+        return self
 
     @classmethod
     def configure(cls, options: Mapping[str, Any], model_dir: str | Path | None) -> "Task":
