@@ -24,6 +24,9 @@ OPTIONAL = frozenset(
         "google",
         "nncf",
         "onnxruntime_genai",
+        "openvino_genai",
+        "openvino_tokenizers",
+        "llama_cpp",
         "fcntl",
     }
 )
