@@ -68,6 +68,19 @@ def _llama_windows(peer, es) -> list:
     return scored
 
 
+def _with_n_ctx(hf: Path, out: Path) -> Path:
+    """``hf`` (links to its files) with ``n_ctx`` in its config: llama.cpp's GPT-2 converter reads
+    it, and transformers 5's ``GPT2Config`` writes ``n_positions`` only."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in hf.iterdir():
+        if f.name != "config.json" and not (out / f.name).exists():
+            (out / f.name).symlink_to(f.resolve())
+    config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
+    config.setdefault("n_ctx", config.get("n_positions"))
+    (out / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    return out
+
+
 def gpt_peers(args, *, bundle: Path, recipe, task, tokenizer, encoder, held: list[str]) -> dict:
     """The LLM peers (``bench.lm_peers``) on the trained GPT, in this process: builds, sizes, load
     RSS, prefill/decode rows, and fidelity against the PyTorch teacher (perplexity ratio and
@@ -100,7 +113,7 @@ def gpt_peers(args, *, bundle: Path, recipe, task, tokenizer, encoder, held: lis
         bundle / "model.onnx", bundle / "tokenizer", work / "ov", feeds
     )
     for q in ("q4_0", "q8_0"):
-        builds[f"llama.cpp-{q}"] = P.build_gguf(hf, work / f"gpt.{q}.gguf", q)
+        builds[f"llama.cpp-{q}"] = P.build_gguf(_with_n_ctx(hf, work / "hf"), work / f"gpt.{q}.gguf", q)
 
     teacher = load_model(str(hf), task)
     es = task.read_eval(recipe.validate.eval_data, recipe.validate, preprocessor=tokenizer)

@@ -11,7 +11,9 @@ built from the same Hugging Face folder and timed in the bench's process beside 
 * **llama.cpp** through llama-cpp-python (the ``llama-cpp`` extra): the GGUF written by llama.cpp's
   ``convert_hf_to_gguf.py`` (from llama-cpp-python's sdist, ``vendor/llama.cpp``; ``LLAMA_CONVERT``
   names it) at Q8_0, and Q4_0 quantized from its f16 GGUF with ``llama_model_quantize``; batch 1
-  only (the high-level API holds one sequence).
+  only (the high-level API holds one sequence). The converter refuses a BPE tokenizer whose
+  pre-tokenizer it does not know by hash, as the benches' tokenizers (trained here); they are
+  byte-level BPE with GPT-2's pre-tokenizer, and the converter is told so (``_CONVERT``).
 
 Every peer gives the same rows: the build (seconds, peak RSS, or why it was refused), the deployed
 size, the RSS its ``load`` adds to the process, prefill ms at each length (batch 1) and decode ms
@@ -235,6 +237,24 @@ class OVGenAIPeer(Peer):
 
 
 # -- llama.cpp ---------------------------------------------------------------------------------------
+#: llama.cpp's converter, told that a BPE tokenizer whose pre-tokenizer hash it does not know (the
+#: benches' tokenizers are trained here: byte-level BPE with GPT-2's pre-tokenizer) is GPT-2's
+_CONVERT = """
+import runpy, sys
+sys.path.insert(0, {root!r})
+import conversion.base as base
+known = base.TextModel.get_vocab_base_pre
+def pre(self, tokenizer):
+    try:
+        return known(self, tokenizer)
+    except NotImplementedError:
+        return "gpt-2"
+base.TextModel.get_vocab_base_pre = pre
+sys.argv = {argv!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def build_gguf(hf: Path, out: Path, qtype: str) -> dict[str, Any]:
     """GGUF of ``hf`` at ``qtype`` (``q8_0``: the converter's own; ``q4_0``: quantized from f16)."""
     script = LLAMA_CONVERT / "convert_hf_to_gguf.py"
@@ -243,10 +263,11 @@ def build_gguf(hf: Path, out: Path, qtype: str) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     outtype = "q8_0" if qtype == "q8_0" else "f16"
     first = out.with_name(f"{out.stem}.{outtype}.gguf") if qtype != "q8_0" else out
+    argv = [str(script), str(hf), "--outfile", str(first), "--outtype", outtype]
     built = run_measured(
-        [sys.executable, str(script), str(hf), "--outfile", str(first), "--outtype", outtype],
-        out.with_suffix(".log"),
+        [sys.executable, "-c", _CONVERT.format(root=str(LLAMA_CONVERT), argv=argv)], out.with_suffix(".log")
     )
+    built["pre_tokenizer"] = "gpt-2 where llama.cpp does not know the tokenizer's hash"
     if built.get("error"):
         return built
     if qtype == "q4_0":
