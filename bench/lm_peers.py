@@ -271,8 +271,10 @@ def build_gguf(hf: Path, out: Path, qtype: str) -> dict[str, Any]:
     if built.get("error"):
         return built
     if qtype == "q4_0":
-        import llama_cpp
-
+        try:
+            import llama_cpp
+        except ImportError:
+            return {**built, "error": "llama-cpp-python is not installed (pip install 'modelpress[llama-cpp]')"}
         t0 = time.perf_counter()
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
