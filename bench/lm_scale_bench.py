@@ -194,7 +194,7 @@ def _size_mb(path: Path) -> float | None:
     return round((path.stat().st_size + (data.stat().st_size if data.is_file() else 0)) / 2**20, 1)
 
 
-def peer_rows(model: Path, work: Path, ours: Path | None, *, threads: int, rounds: int) -> dict:
+def peer_rows(model: Path, work: Path, ours: Path | None, *, threads: int, rounds: int, reuse: bool = False) -> dict:
     """The LLM peers (``bench.lm_peers``) built from the same random decoder and timed in this process
     beside ours (``ours``: the int4 run's bundle model, on ONNX Runtime): the builds, sizes, load
     RSS, prefill and decode rows. Accuracy on random weights means nothing, so none is measured."""
@@ -212,8 +212,11 @@ def peer_rows(model: Path, work: Path, ours: Path | None, *, threads: int, round
     stream = np.array(tok(text[:200_000])["input_ids"], np.int64)
     builds: dict[str, dict] = {}
     for precision in ("int4", "int8"):
-        builds[f"ort-genai-builder-{precision}"] = P.build_ort_genai(
-            model, peers_dir / f"ort-genai-{precision}", precision
+        built = peers_dir / f"ort-genai-{precision}"
+        builds[f"ort-genai-builder-{precision}"] = (
+            {"reused": str(built), "file_mb": P.size_mb(built / "model.onnx") + P.size_mb(built / "model.onnx.data")}
+            if reuse and (built / "genai_config.json").is_file()
+            else P.build_ort_genai(model, built, precision)
         )
     fp32 = work / "out" / "int4" / "model.onnx"
     if not fp32.is_file():
@@ -230,8 +233,13 @@ def peer_rows(model: Path, work: Path, ours: Path | None, *, threads: int, round
         }
         for i in range(16)
     ]
+    ov_folder = peers_dir / "ov-nncf-int4" / "genai"
     try:
-        builds["openvino-genai-nncf-int4"] = P.build_ov_nncf_int4(fp32, model, peers_dir / "ov-nncf-int4", feeds)
+        builds["openvino-genai-nncf-int4"] = (
+            {"reused": str(ov_folder), "file_mb": P.size_mb(ov_folder / "openvino_model.bin")}
+            if reuse and (ov_folder / "openvino_model.xml").is_file()
+            else P.build_ov_nncf_int4(fp32, model, peers_dir / "ov-nncf-int4", feeds)
+        )
     except Exception as exc:  # noqa: BLE001 (a peer that fails to build is a row saying why)
         builds["openvino-genai-nncf-int4"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     for q in ("q4_0", "q8_0"):
@@ -287,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", action="store_true", help="also build and time the LLM peers (bench.lm_peers)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds of the peers' rows")
+    ap.add_argument("--reuse-peers", action="store_true", help="reuse the peers' builds found in WORK/SIZE/peers")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if unknown := [m for m in modes if m not in MODES]:
@@ -324,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             ours = work / "out" / "int4.rejected" / "model.int8.onnx"
         row["peers"] = {
             "threads": args.threads,
-            "rows": peer_rows(model, work, ours, threads=args.threads, rounds=args.rounds),
+            "rows": peer_rows(model, work, ours, threads=args.threads, rounds=args.rounds, reuse=args.reuse_peers),
         }
         print(json.dumps(row["peers"], indent=1), flush=True)
         args.results.write_text(json.dumps(results, indent=1) + "\n")
