@@ -82,7 +82,7 @@ def train(kind: str, train_dir: Path, out: Path, *, epochs: int, seed: int = 0) 
     import torch
 
     from modelpress.modalities.image import ImageEncoder
-    from modelpress.validate.images import load_image_eval
+    from modelpress.tasks.images import load_image_eval
 
     torch.manual_seed(seed)
     model, processor = new_model(kind)

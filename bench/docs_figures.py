@@ -371,6 +371,48 @@ def render_lm_peers(peers: dict) -> str:
     return "\n\n".join([text, table(head, rows), *notes])
 
 
+def render_lm_decode(data: dict) -> str:
+    """bench/lm_decode_bench.py: our fused decoder graph against onnxruntime-genai's builder, int4, decode b1."""
+    model, st = data["model"], data["settings"]
+    rows = [
+        [
+            name,
+            fmt(row["decode_tokens_per_s"], 1),
+            fmt(row["prefill_ms"], 1),
+            fmt(data.get("files_mb", {}).get(name), 1),
+            str(data.get("nodes", {}).get(name, "-")),
+        ]
+        for name, row in data["rows"].items()
+    ]
+    profile = data.get("profile", {})
+    ops = [
+        [op, fmt(v["ms_per_step"], 2), fmt(100 * v["share"], 1, suffix=" %")]
+        for op, v in list(profile.get("by_op", {}).items())[:8]
+    ]
+    parts = [
+        f"{model.get('params', 0):,} parameters (random weights), batch 1, {st['threads']} threads, a "
+        f"{st['prompt']}-token prompt then {st['new']} greedy tokens, medians of {st['rounds']} interleaved rounds. "
+        f"Decode: ours ÷ theirs **{fmt(data['decode_ratio'], 2)}×** tokens/s; prefill time ours ÷ theirs "
+        f"{fmt(data['prefill_ratio'], 2)}. {data.get('note', '')}",
+        table(["int4 model", "decode tokens/s", "prefill (ms)", "file (MB)", "nodes"], rows),
+    ]
+    export = data.get("fused_export")
+    if export:
+        parts.append(
+            f"The fused fp32 export of this model: peak RSS {fmt(export['peak_rss_mb'] / 1e3, 2)} GB "
+            f"({fmt(export['peak_rss_over_fp32_weights'], 2)}× the fp32 weights), {fmt(export['graph_seconds'], 0)} s "
+            f"to write the graph, {fmt(export['with_parity_seconds'], 0)} s with loading and the parity check "
+            f"(max |diff| {export['parity_max_abs_diff']:.1e} against PyTorch)."
+        )
+    if ops:
+        parts += [
+            f"One decode step of ours under ONNX Runtime's profiler: {fmt(profile.get('step_ms_median'), 1)} ms a "
+            f"step, {fmt(profile.get('kernel_ms_per_step'), 1)} ms of it in kernels:",
+            table(["operator", "ms per step", "share of kernel time"], ops),
+        ]
+    return "\n\n".join(parts)
+
+
 def render_tagger(data: dict) -> str:
     """bench/tagger_bench.py: a fine-tuned MiniLM tagger pressed for token classification."""
     press, ft = data["press"], data.get("fine_tune", {})
@@ -414,6 +456,7 @@ RENDERERS: list[tuple[Callable[[dict], bool], Callable[[dict], str]]] = [
     (lambda d: "queries" in d and "stsb_test" in d, render_rerank),
     (lambda d: all(isinstance(v, dict) and "runs" in v for v in d.values()), render_lm_scale),
     (lambda d: "press" in d, render_tagger),
+    (lambda d: "decode_ratio" in d, render_lm_decode),
     (lambda d: "stsb_test_spearman" in d, render_distill),
 ]
 

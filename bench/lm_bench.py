@@ -55,9 +55,9 @@ def _hf_generate(model, prompts: np.ndarray, new: int) -> list[list[int]]:
 
 
 def _llama_windows(peer, es) -> list:
-    """llama.cpp's scored windows (``validate.perplexity.ScoredWindow``) on the eval windows: its
+    """llama.cpp's scored windows (``measures.perplexity.ScoredWindow``) on the eval windows: its
     logits of every position (the peer opened with ``logits_all``)."""
-    from modelpress.validate.perplexity import score_window
+    from modelpress.measures.perplexity import score_window
 
     scored = []
     for w in es.windows:
@@ -91,7 +91,7 @@ def gpt_peers(args, *, bundle: Path, recipe, task, tokenizer, encoder, held: lis
     from modelpress.generation import TextGenerator
     from modelpress.kv_cache import position_ids
     from modelpress.models import load_model
-    from modelpress.validate.greedy_agreement import Continuations, greedy_agreement
+    from modelpress.tasks.greedy_agreement import Continuations, greedy_agreement
     from modelpress.validate.stage import open_predictor
 
     hf, work = args.gpt / "model", Path(tempfile.mkdtemp(prefix="lm-peers-"))
@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     from modelpress.tasks import configure_task
     from modelpress.generation import TextGenerator
     from modelpress.validate.compare import interleaved_latency
-    from modelpress.validate.decode_latency import decode_latency
-    from modelpress.validate.greedy_agreement import Continuations, greedy_agreement
+    from modelpress.measures.decode_latency import decode_latency
+    from modelpress.tasks.greedy_agreement import Continuations, greedy_agreement
     from modelpress.validate.stage import open_predictor
 
     torch.set_num_threads(args.threads)

@@ -12,8 +12,10 @@ children, every 0.2 s) and the run's own report gives each stage's time and peak
 a few windows and the gate is opened wide; what counts is that the run finishes, in what time and
 memory, and the file sizes. Results go to ``bench/results/lm_scale.json``.
 
-Memory: one run at a time (measured here at 0.5 B: int4 6.6 GB, static W8A8 past 16.9 GB). Timings from a
-contended machine are indicative only.
+Memory: one run at a time, under the shared big-job lock (measured here at 0.5 B, contended: int4 6.6 GB before
+the export and quantize stages stopped holding the PyTorch weights beside ONNX Runtime's, export 3.1 GB and
+quantize 4.7 GB after; static W8A8 past 16.9 GB, not re-measured). Peak RSS is valid under contention; timings
+from a contended machine are indicative only.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from modelpress.paths import MODEL_ONNX, PRESSED_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -317,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         if not bundle.is_dir():
             bundle = out / f"{mode}.rejected"
         report = json.loads((bundle / "report.json").read_text()) if (bundle / "report.json").is_file() else {}
-        files = {name: _size_mb(bundle / name) for name in ("model.onnx", "model.int8.onnx", "model.int4.onnx")}
+        files = {name: _size_mb(bundle / name) for name in (MODEL_ONNX, *PRESSED_FILES.values())}
         measured.update(
             stages=report.get("stages") or stages_from_log(work / f"{mode}.log"),
             files_mb={k: v for k, v in files.items() if v is not None},
@@ -328,9 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({mode: measured}, indent=1), flush=True)
         args.results.write_text(json.dumps(results, indent=1) + "\n")
     if args.peers:
-        ours = work / "out" / "int4" / "model.int8.onnx"
-        if not ours.is_file():
-            ours = work / "out" / "int4.rejected" / "model.int8.onnx"
+        # the int4 run's model, by its precision's name (``model.int8.onnx`` in bundles pressed before the names)
+        found = [
+            work / "out" / f"int4{d}" / f for d in ("", ".rejected") for f in (PRESSED_FILES["int4"], "model.int8.onnx")
+        ]
+        ours = next((f for f in found if f.is_file()), None)
         row["peers"] = {
             "threads": args.threads,
             "rows": peer_rows(model, work, ours, threads=args.threads, rounds=args.rounds, reuse=args.reuse_peers),

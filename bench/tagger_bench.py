@@ -58,7 +58,7 @@ def fine_tune(out: Path, *, epochs: int, batch_size: int, lr: float, threads: in
     from modelpress.distill.data import Corpus, tokenize_corpus
     from modelpress.distill.losses.hard_label_ce import hard_label_ce
     from modelpress.models import resolve_model_ref
-    from modelpress.validate.tagged import load_tagged
+    from modelpress.tasks.tagged import load_tagged
 
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
@@ -149,7 +149,7 @@ def latency(bundle: Path, tagger: Path, threads: int, rounds: int) -> dict:
     from modelpress.modalities.text import TEXT
     from modelpress.tasks import configure_task
     from modelpress.validate.stage import open_predictor
-    from modelpress.validate.tagged import load_tagged
+    from modelpress.tasks.tagged import load_tagged
 
     torch.set_num_threads(threads)
     task = configure_task("token-classification")

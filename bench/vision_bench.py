@@ -128,7 +128,7 @@ def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work:
     from modelpress.calibration_data.images import load_images
     from modelpress.runtimes.cpu import int8_gemm_saturates
     from modelpress.tasks import configure_task
-    from modelpress.validate.images import load_image_eval
+    from modelpress.tasks.images import load_image_eval
     from modelpress.validate.stage import open_predictor
 
     task = configure_task("image-classification")

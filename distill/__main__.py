@@ -19,7 +19,7 @@ from pathlib import Path
 try:
     import tomllib
 except ImportError:  # Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[no-redef]  # the same API
 
 from modelpress.distill.config import DistillConfig
 from modelpress.distill.pipeline import run_distillation

@@ -3,7 +3,7 @@ tokenized once with the teacher's tokenizer, split into train / held-out eval, a
 batches on demand. Only text is needed; the teacher provides the targets.
 
 A tagger (per-token target) with ``distill.label_field`` reads a tagged corpus instead (CoNLL-U,
-CoNLL, or jsonl with token and tag lists: the eval readers of ``validate.tagged``); its gold tag
+CoNLL, or jsonl with token and tag lists: the eval readers of ``tasks.tagged``); its gold tag
 sits on each word's first sub-token, every other token carries ``IGNORE`` (-100).
 """
 
@@ -22,7 +22,7 @@ from modelpress.distill.config import DistillConfig
 from modelpress.errors import BadInputError
 
 from modelpress.distill.losses.hard_label_ce import IGNORE  # noqa: E402  a token without a gold tag
-from modelpress.validate.tagged import load_tagged
+from modelpress.tasks.tagged import load_tagged
 from modelpress.modalities.text import TextEncoder
 
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
@@ -65,9 +65,9 @@ def load_corpus(
 def _load_tagged_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int]) -> Corpus:
 
     es = load_tagged(
-        cfg.data,
+        cfg.data,  # type: ignore[arg-type]  # distill.data is set: distillation refuses a recipe without it first
         label2id=label2id,
-        tags_field=cfg.label_field,
+        tags_field=cfg.label_field,  # type: ignore[arg-type]  # set: only a tagged corpus with a label field comes here
         tokens_field=cfg.text_field if cfg.text_field != "text" else "tokens",
     )
     if es.tags is None:
@@ -80,10 +80,10 @@ def _load_tagged_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int]) -> C
 
 def _load_corpus(cfg: DistillConfig, *, label2id: Mapping[str, int] | None, num_labels: int) -> Corpus:
     if cfg.label_field is None:
-        texts = sample(load_texts(cfg.data, text_field=cfg.text_field), cfg.num_samples, seed=cfg.seed)
+        texts = sample(load_texts(cfg.data, text_field=cfg.text_field), cfg.num_samples, seed=cfg.seed)  # type: ignore[arg-type]  # distill.data is set: distillation refuses a recipe without it first
         corpus = Corpus(texts=tuple(texts))
     else:
-        records = read_records(cfg.data)
+        records = read_records(cfg.data)  # type: ignore[arg-type]  # distill.data is set: distillation refuses a recipe without it first
         for field in (cfg.text_field, cfg.label_field):
             if field not in records[0]:
                 raise BadInputError(f"{cfg.data}: no field '{field}' (fields: {', '.join(map(str, records[0]))})")
@@ -163,7 +163,7 @@ def tokenize_corpus(tokenizer: Any, corpus: Corpus, *, max_length: int) -> Token
                 features[name].append(batch.feed[name][0, :n].tolist())
             row = [IGNORE] * n
             if labels is not None:
-                for w, t in enumerate(batch.first_tokens[0]):
+                for w, t in enumerate(batch.first_tokens[0]):  # type: ignore[attr-defined]  # a word-list batch (text modality's WordBatch)
                     row[int(t)] = int(labels[k][w])
             token_labels.append(tuple(row))
         labels = tuple(token_labels) if labels is not None else None

@@ -49,7 +49,7 @@ def _logit_sums(student: ModelOutputs, teacher: ModelOutputs) -> torch.Tensor:
 def _token_logit_sums(student: ModelOutputs, teacher: ModelOutputs) -> torch.Tensor:
     """Per sample, agreement and KL averaged over its real tokens; summed over the batch."""
     s, t = student.sentence.float(), teacher.sentence.float()
-    mask = student.mask.float()
+    mask = student.mask.float()  # type: ignore[union-attr]  # per-token outputs always carry their mask
     tokens = mask.sum(dim=-1).clamp_min(1.0)
     agree = ((s.argmax(dim=-1) == t.argmax(dim=-1)).float() * mask).sum(dim=-1) / tokens
     log_t = F.log_softmax(t, dim=-1)

@@ -1,5 +1,5 @@
 """The distillation corpus of an image model: image references (files, dataset rows) and optional
-gold classes, read with the eval readers of ``validate.images`` (an imagefolder's class
+gold classes, read with the eval readers of ``tasks.images`` (an imagefolder's class
 sub-folders, a .jsonl / .csv of paths and labels, a datasets folder) or the calibration readers
 when there are no labels. Images are decoded and run through the teacher's image processor one
 batch at a time when a batch is collated, so memory holds a batch, never the corpus.
@@ -20,7 +20,7 @@ import torch
 from modelpress.calibration_data.loaders import sample
 from modelpress.errors import BadInputError
 from modelpress.modalities.image import IMAGE
-from modelpress.validate.images import load_image_eval
+from modelpress.tasks.images import load_image_eval
 
 
 @dataclass(frozen=True)
@@ -78,14 +78,14 @@ def load_image_corpus(
             )
             if es.labels is None:
                 raise BadInputError(f"{cfg.data}: no labels in '{cfg.label_field}' (distill.label_field)")
-            pairs = list(zip(es.images, es.labels))
+            pairs = list(zip(es.images, es.labels))  # type: ignore[arg-type]  # labels were checked not None above
     except BadInputError as exc:
         raise BadInputError(f"distill.data: {exc}") from None
     pairs = sample(pairs, cfg.num_samples, seed=cfg.seed)
     if len(pairs) < 2:
         raise BadInputError(f"distill.data: {cfg.data}: need at least 2 images to distill, found {len(pairs)}")
     images = tuple(ref for ref, _ in pairs)
-    labels = tuple(int(lab) for _, lab in pairs) if cfg.label_field is not None else None
+    labels = tuple(int(lab) for _, lab in pairs) if cfg.label_field is not None else None  # type: ignore[call-overload]  # with a label field every image has its label
     return ImageCorpus(
         images=images,
         labels=labels,

@@ -15,6 +15,7 @@ import torch
 
 from modelpress.distill.checkpoint import CheckpointDir, fingerprint
 from modelpress.distill.config import DistillConfig
+from modelpress.distill.corpora import build_corpus
 from modelpress.distill.data import split_indices
 from modelpress.distill.distributed import distributed_context
 from modelpress.distill.forward import DistillModule
@@ -66,7 +67,8 @@ def run_distillation(
         precision = resolve_precision(cfg.precision, dist.device)
         preprocessor = load_preprocessor(teacher, spec.task)  # a tokenizer, an image processor
         teacher_model = load_teacher(teacher, spec, attn_implementation=attn)
-        corpus = get_modality(spec.task.modality).distill_corpus(
+        corpus = build_corpus(
+            get_modality(spec.task.modality),
             cfg,
             preprocessor,
             label2id=getattr(teacher_model.config, "label2id", None),

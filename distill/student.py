@@ -178,7 +178,7 @@ def _load_other_student(
         except (TypeError, ValueError) as exc:
             raise BadInputError(f"distill.student_config: {str(exc).splitlines()[0]}") from None
         return cls.from_config(config, **attn), False
-    ref = resolve_model_ref(cfg.student)
+    ref = resolve_model_ref(cfg.student)  # type: ignore[arg-type]  # cfg.student is set on this path (no layer subset)
     head = _head_kwargs(teacher_model.config, spec)
     try:
         if _has_weights(ref):
@@ -203,7 +203,7 @@ def build_student(
     teacher_layers = getattr(teacher_model.config, "num_hidden_layers", None)  # CNNs count stages instead
     kept: tuple[int, ...] | None = None
     if cfg.layers is not None or cfg.num_layers is not None:
-        kept = cfg.layers if cfg.layers is not None else evenly_spaced_layers(teacher_layers, cfg.num_layers)
+        kept = cfg.layers if cfg.layers is not None else evenly_spaced_layers(teacher_layers, cfg.num_layers)  # type: ignore[arg-type]  # num_layers is set here (the test above); a teacher without layers fails inside
         student, pretrained = build_layer_subset(teacher_model, kept), True
     else:
         torch.manual_seed(cfg.seed)  # same random init on every process

@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -74,7 +74,8 @@ def build_optimizer(module: nn.Module, cfg: DistillConfig) -> torch.optim.AdamW:
     bias: softmax ignores a shift shared by all keys) only see rounding noise, and a tiny eps
     would let Adam blow that noise up into full-size steps.
     """
-    decay, no_decay = [], []
+    decay: list[Any] = []
+    no_decay: list[Any] = []
     for param in module.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
@@ -240,10 +241,10 @@ class Trainer:
         elapsed = max(time.perf_counter() - self._started, 1e-9)
         if not math.isfinite(losses["loss"]):
             raise FloatingPointError(f"distillation loss became {losses['loss']} at step {step}")
-        self._bar.set_postfix(
+        self._bar.set_postfix(  # type: ignore[union-attr]  # the bar is open while training (start() made it)
             loss=f"{losses['loss']:.4g}", samples_s=f"{self._samples_seen / elapsed:.0f}", refresh=False
         )
-        self._bar.update(1)
+        self._bar.update(1)  # type: ignore[union-attr]  # as above
         final = step >= self.plan.total_steps
         if self.plan.eval_every and step % self.plan.eval_every == 0:
             self._evaluate()

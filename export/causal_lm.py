@@ -16,19 +16,21 @@ fed with the graph's own ``present`` outputs.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from modelpress.errors import BadInputError
-from modelpress.export.onnx_export import ExportResult, staged_model
+from modelpress.export.fused_decoder import export_fused_decoder
+from modelpress.export.onnx_export import ExportResult, export_progress, export_step, staged_model
 from modelpress.export.parity import ParityReport, compare_outputs
 from modelpress.fileio import save_onnx
+from modelpress.memory import release_weight_pages
+from modelpress.tasks.causal_lm_torch import CausalLMWithPast
 from modelpress.kv_cache import FIXED_INPUTS, KVLayout, past_from_present, position_ids  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -37,57 +39,7 @@ EXAMPLE = {"batch": 2, "new": 3, "past": 4}  # the trace example: no dimension 0
 PARITY = {"batch": 3, "prompt": 7, "steps": 3}  # prefill 3×7 on an empty past, then 3 decode steps
 
 
-class _CausalLMWithPast(torch.nn.Module):
-    """Flat tensors in, flat tensors out: what ``torch.onnx.export`` can trace."""
-
-    def __init__(self, model: torch.nn.Module, layout: KVLayout) -> None:
-        super().__init__()
-        self.model = model
-        self.layout = layout
-        # transformers 5.2x renames ``past_key_values`` to ``cache`` (the old name warns)
-        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-    def forward(self, input_ids, attention_mask, position_ids, past):
-        from transformers import DynamicCache
-
-        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.layout.num_layers)]
-        cache = DynamicCache(ddp_cache_data=pairs, config=self.model.config)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            return_dict=True,
-            **{self.cache_arg: cache},
-        )
-        present = []
-        for layer in getattr(out, self.cache_arg).layers:
-            present += [layer.keys, layer.values]
-        return (out.logits, *present)
-
-
-class FeedStep(torch.nn.Module):
-    """The model with the graph's interface: the same named feed in, the same named outputs out
-    (``logits``, ``present.*``), so the PyTorch teacher runs wherever the graph does (validation's
-    torch runner). A prefill feed made for another graph (a student's: fewer layers, other heads)
-    works too: an empty or missing past is replaced by this model's own empty past."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.layout = KVLayout.from_config(model.config)
-        self.step = _CausalLMWithPast(model, self.layout)
-        self.input_names = (*FIXED_INPUTS, *self.layout.past_names())
-
-    def forward(self, **feed: torch.Tensor) -> dict[str, torch.Tensor]:
-        past = [feed.get(k) for k in self.layout.past_names()]
-        if any(p is None for p in past) or all(p.shape[2] == 0 for p in past):
-            batch = feed["input_ids"].shape[0]
-            past = [torch.from_numpy(v) for v in self.layout.empty(batch).values()]
-        outs = self.step(*(feed[k] for k in FIXED_INPUTS), tuple(past))
-        return dict(zip(("logits", *self.layout.present_names()), outs))
-
-
-def _torch_step(module: _CausalLMWithPast, feed: dict[str, np.ndarray], layout: KVLayout) -> dict[str, np.ndarray]:
+def _torch_step(module: CausalLMWithPast, feed: dict[str, np.ndarray], layout: KVLayout) -> dict[str, np.ndarray]:
     with torch.no_grad():
         outs = module(
             *(torch.from_numpy(feed[k]) for k in FIXED_INPUTS),
@@ -97,9 +49,19 @@ def _torch_step(module: _CausalLMWithPast, feed: dict[str, np.ndarray], layout: 
 
 
 def _parity_feeds(
-    vocab: int, layout: KVLayout, session: Any, module: _CausalLMWithPast, *, atol: float, path: str
+    vocab: int,
+    layout: KVLayout,
+    open_session: Callable[[], Any],
+    module: CausalLMWithPast,
+    *,
+    atol: float,
+    path: str,
+    bar: Any = None,
 ) -> list[ParityReport]:
-    """Prefill on an empty past, then decode steps fed with the graph's own ``present``."""
+    """Prefill on an empty past, then decode steps fed with the graph's own ``present``. The graph
+    runs every step first and its session is closed before PyTorch runs the same feeds: the fp32
+    graph's weights and the model's are never in memory together (2× the weights of a 0.5 B decoder
+    at once, otherwise)."""
     rng = np.random.default_rng(0)
     b, n = PARITY["batch"], PARITY["prompt"]
     mask = np.ones((b, n), np.int64)
@@ -110,22 +72,12 @@ def _parity_feeds(
         "position_ids": position_ids(mask, n),
         **layout.empty(b),
     }
-    reports = []
+    names = ["logits", *layout.present_names()]
+    session = open_session()
+    ran = []  # (feed, the graph's outputs): a few MB (3 rows of 7–10 tokens)
     for step in range(PARITY["steps"] + 1):
-        reference = _torch_step(module, feed, layout)
-        label = "export (prefill)" if step == 0 else f"export (decode step {step})"
-        real = feed["attention_mask"].astype(bool)  # what is computed at left padding is undefined
-        new = real[:, -feed["input_ids"].shape[1] :]
-        select = {
-            "logits": lambda a, m=new: a[m],
-            **{name: (lambda a, m=real: np.moveaxis(a, 2, 1)[m]) for name in layout.present_names()},
-        }
-        got = dict(zip(reference, session.run(list(reference), feed)))  # once: compared, then fed back
-        reports.append(
-            compare_outputs(
-                got, reference, atol=atol, label=label, source=path, feed_shape=feed["input_ids"].shape, select=select
-            )
-        )
+        got = dict(zip(names, session.run(names, feed)))  # once: compared, then fed back
+        ran.append((feed, got))
         nxt = got["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
         mask = np.concatenate([mask, np.ones((b, 1), np.int64)], axis=1)
         feed = {
@@ -134,16 +86,45 @@ def _parity_feeds(
             "position_ids": position_ids(mask, 1),
             **{p: got[q] for p, q in zip(layout.past_names(), layout.present_names())},
         }
+    del session
+    reports = []
+    for step, (feed, got) in enumerate(ran):
+        label = "export (prefill)" if step == 0 else f"export (decode step {step})"
+        if bar is not None:
+            bar.set_postfix_str(f"parity: {label[8:-1]}")
+        reference = _torch_step(module, feed, layout)
+        real = feed["attention_mask"].astype(bool)  # what is computed at left padding is undefined
+        new = real[:, -feed["input_ids"].shape[1] :]
+        select = {
+            "logits": lambda a, m=new: a[m],
+            **{name: (lambda a, m=real: np.moveaxis(a, 2, 1)[m]) for name in layout.present_names()},
+        }
+        reports.append(
+            compare_outputs(
+                got, reference, atol=atol, label=label, source=path, feed_shape=feed["input_ids"].shape, select=select
+            )
+        )
+        if bar is not None:
+            bar.update()
     return reports
 
 
 def export_causal_lm(
-    model: torch.nn.Module, tokenizer: Any, out_path: str | Path, *, opset: int = 18, atol: float = 1e-4
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out_path: str | Path,
+    *,
+    opset: int = 18,
+    atol: float = 1e-4,
+    fused: bool = False,
 ) -> ExportResult:
-    """``model`` (an ``AutoModelForCausalLM``) → ``out_path`` with its KV cache, parity-checked."""
+    """``model`` (an ``AutoModelForCausalLM``) → ``out_path`` with its KV cache, parity-checked;
+    ``fused``: the graph written with ONNX Runtime's fused operators (``export.fused_decoder``)."""
+    if fused:
+        return export_fused_decoder(model, tokenizer, out_path, atol=atol)
     out_path = Path(out_path)
     layout = KVLayout.from_config(model.config)
-    module = _CausalLMWithPast(model.eval(), layout).eval()
+    module = CausalLMWithPast(model.eval(), layout).eval()
     vocab = int(model.get_output_embeddings().weight.shape[0])
     gen = torch.Generator().manual_seed(0)
     b, s, p = EXAMPLE["batch"], EXAMPLE["new"], EXAMPLE["past"]
@@ -162,29 +143,40 @@ def export_causal_lm(
     shapes = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, tuple({0: dyn, 2: dyn} for _ in past))
     names = (*FIXED_INPUTS, *layout.past_names())
     start = time.perf_counter()
-    with torch.no_grad():
-        program = torch.onnx.export(
-            module,
-            example,
-            dynamic_shapes=shapes,
-            dynamo=True,
-            opset_version=opset,
-            input_names=list(names),
-            output_names=["logits", *layout.present_names()],
-            verbose=False,
-        )
-    with staged_model(program, out_path, model) as (staged, graph, _large):
-        seconds = time.perf_counter() - start
-        if tuple(i.name for i in graph.graph.input) != names:
-            raise BadInputError(f"exported graph inputs {[i.name for i in graph.graph.input]} differ from {names}")
-        save_onnx(graph, staged)
-        import onnxruntime as ort
+    # a 0.5 B decoder takes minutes here: tracing, writing the weights, the ONNX Runtime session, each
+    # parity step (stderr, like calibration's and validation's bars)
+    with export_progress(3 + PARITY["steps"] + 1) as bar:
+        with torch.no_grad():
+            program = torch.onnx.export(
+                module,
+                example,
+                dynamic_shapes=shapes,
+                dynamo=True,
+                opset_version=opset,
+                input_names=list(names),
+                output_names=["logits", *layout.present_names()],
+                verbose=False,
+            )
+        export_step(bar, "traced", start)
+        with staged_model(program, out_path, model) as (staged, graph, _large):
+            seconds = time.perf_counter() - start
+            if tuple(i.name for i in graph.graph.input) != names:
+                raise BadInputError(f"exported graph inputs {[i.name for i in graph.graph.input]} differ from {names}")
+            save_onnx(graph, staged)
+            export_step(bar, "written", start)
+            import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(staged), opts, providers=["CPUExecutionProvider"])
-        reports = _parity_feeds(vocab, layout, session, module, atol=atol, path=str(staged))
-        del session
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            # writing the graph read every weight of the model: not needed again until parity's PyTorch half
+            release_weight_pages()
+
+            def open_session():
+                session = ort.InferenceSession(str(staged), opts, providers=["CPUExecutionProvider"])
+                export_step(bar, "ONNX Runtime session made", start)
+                return session
+
+            reports = _parity_feeds(vocab, layout, open_session, module, atol=atol, path=str(staged), bar=bar)
     worst = max(reports, key=lambda r: r.max_abs_diff)
     log.info(
         "exported %s in %.1fs (parity max |diff| %.2e over a prefill and %d decode steps)",

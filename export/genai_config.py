@@ -3,7 +3,8 @@
 The KV-cache export (``export.causal_lm``) already uses the input and output names ONNX Runtime
 GenAI's decoder expects (``input_ids``, ``attention_mask``, ``position_ids``,
 ``past_key_values.%d.key`` / ``.value`` in, ``logits``, ``present.%d.key`` / ``.value`` out), with
-a past that grows by the new tokens each step (GenAI's default: no shared past/present buffer). The
+a past that grows by the new tokens each step (GenAI's default: no shared past/present buffer; the
+fused graph, ``export.fused_decoder``, shares one max-length buffer: ``past_present_share_buffer``). The
 config names those, the decoder's shape (layers, heads, KV heads, head size), the special tokens
 and greedy search, and the model file: by default the bundle's ONNX Runtime model, so
 ``onnxruntime_genai.Model(bundle)`` runs the file our runner runs. GenAI's tokenizer reads
@@ -13,11 +14,13 @@ GenAI with token ids, or point it at that folder's files.
 
 from __future__ import annotations
 
-from modelpress.export.causal_lm import KVLayout
+from modelpress.export.causal_lm import KVLayout, export_causal_lm
+from modelpress.export.onnx_export import ExportResult
 from pathlib import Path
 from typing import Any
 
 from modelpress.fileio import write_json
+from modelpress.paths import MODEL_INT8_ONNX
 
 FILE = "genai_config.json"
 #: model types GenAI runs through its plain decoder with these names; another family (GPT-2 too: GenAI
@@ -32,8 +35,17 @@ def _token(tokenizer: Any, config: Any, name: str) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def genai_config(model_config: Any, tokenizer: Any, *, filename: str, context_length: int | None = None) -> dict:
-    """The config for ``filename`` (relative to the bundle) of a decoder with ``model_config``."""
+def genai_config(
+    model_config: Any,
+    tokenizer: Any,
+    *,
+    filename: str,
+    context_length: int | None = None,
+    share_buffer: bool = False,
+) -> dict:
+    """The config for ``filename`` (relative to the bundle) of a decoder with ``model_config``;
+    ``share_buffer``: the graph takes one max-length buffer as past and present (the fused graph's
+    GroupQueryAttention), so GenAI allocates the cache once and never copies it."""
     text = model_config.get_text_config(decoder=True) if hasattr(model_config, "get_text_config") else model_config
     layout = KVLayout.from_config(model_config)
     heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
@@ -80,7 +92,7 @@ def genai_config(model_config: Any, tokenizer: Any, *, filename: str, context_le
             "num_beams": 1,
             "max_length": int(context),
             "min_length": 0,
-            "past_present_share_buffer": False,
+            "past_present_share_buffer": bool(share_buffer),
             "repetition_penalty": 1.0,
             "temperature": 1.0,
             "top_k": 1,
@@ -89,5 +101,43 @@ def genai_config(model_config: Any, tokenizer: Any, *, filename: str, context_le
     }
 
 
-def write_genai_config(folder: str | Path, model_config: Any, tokenizer: Any, *, filename: str) -> Path:
-    return write_json(Path(folder) / FILE, genai_config(model_config, tokenizer, filename=filename))
+def write_genai_config(
+    folder: str | Path, model_config: Any, tokenizer: Any, *, filename: str, share_buffer: bool = False
+) -> Path:
+    return write_json(
+        Path(folder) / FILE, genai_config(model_config, tokenizer, filename=filename, share_buffer=share_buffer)
+    )
+
+
+def export_for_genai(
+    model: Any,
+    tokenizer: Any,
+    out_path: str | Path,
+    *,
+    task: Any,
+    opset: int,
+    atol: float,
+    fused: bool = False,
+    pressed: str = MODEL_INT8_ONNX,
+) -> ExportResult:
+    """The causal LM exported with its KV cache, and beside it the config onnxruntime-genai runs the bundle's
+    ONNX Runtime model by (the export's names are its own). The text-generation task's exporters: ``fused``,
+    the graph with ONNX Runtime's fused operators (``export.fused_decoder``), whose past and present share one
+    buffer."""
+    result = export_causal_lm(model, tokenizer, out_path, opset=opset, atol=atol, fused=fused)
+    write_genai_config(Path(out_path).parent, model.config, tokenizer, filename=pressed, share_buffer=fused)
+    return result
+
+
+def export_fused_for_genai(
+    model: Any,
+    tokenizer: Any,
+    out_path: str | Path,
+    *,
+    task: Any,
+    opset: int,
+    atol: float,
+    pressed: str = MODEL_INT8_ONNX,
+):
+    """:func:`export_for_genai` of the fused graph (``task_options.decoder_graph = "fused"``)."""
+    return export_for_genai(model, tokenizer, out_path, task=task, opset=opset, atol=atol, fused=True, pressed=pressed)

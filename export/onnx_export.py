@@ -24,6 +24,7 @@ import numpy as np
 
 import onnx
 import torch
+from tqdm import tqdm
 
 from modelpress.errors import BadInputError
 from modelpress.export import fusion
@@ -73,6 +74,20 @@ class ExportResult:
     reference: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
+def export_progress(total: int) -> Any:
+    """The export's progress bar on stderr (the steps: tracing, writing, the parity session and runs)."""
+    bar = tqdm(total=total, desc="exporting", unit="step", leave=False)
+    bar.set_postfix_str("tracing (torch.onnx.export)")
+    return bar
+
+
+def export_step(bar: Any, done: str, start: float) -> None:
+    """One export step done: the bar moves on, and a log line says when (a bar leaves no trace in a log file)."""
+    bar.update()
+    bar.set_postfix_str("")
+    log.info("export: %s (%.1f s)", done, time.perf_counter() - start)
+
+
 def strip_debug_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in model.graph.node:
         kept = [p for p in node.metadata_props if p.key not in DEBUG_METADATA]
@@ -112,30 +127,34 @@ def export_onnx(
     example, parity_feed = modality.export_examples(preprocessor, names)
     dynamic = modality.dynamic_shapes(names)
     start = time.perf_counter()
-    with torch.no_grad(), fusion.fusable_form(model) if fusable else contextlib.nullcontext():
-        program = torch.onnx.export(
-            module,
-            tuple(example[k] for k in names),
-            dynamic_shapes=(tuple(dynamic[k] for k in names),),
-            dynamo=True,
-            opset_version=opset,
-            input_names=list(names),
-            output_names=[task.output_name],
-            verbose=False,
-        )
-    with staged_model(program, out_path, model) as (staged, graph, _large):
-        if fusable:  # what ORT's fusion needs to know, for whoever quantizes this file later
-            fusion.write_fusion_metadata(graph, model.config)
-        seconds = time.perf_counter() - start
-        graph_inputs = tuple(i.name for i in graph.graph.input)
-        if graph_inputs != names:
-            raise BadInputError(f"exported graph inputs {graph_inputs} differ from the model's {names}")
-        save_onnx(graph, staged)
-        with torch.no_grad():
-            # the model as users run it (its own attention, the 2-D mask): parity also checks the fusable form
-            plain = _TaskModule(model, task, names).eval()
-            reference = {task.output_name: plain(*(parity_feed[k] for k in names)).numpy()}
-        feed = {k: v.numpy() for k, v in parity_feed.items()}
-        report = check_parity(str(staged), feed, reference, atol=atol, label="export")
+    with export_progress(3) as bar:
+        with torch.no_grad(), fusion.fusable_form(model) if fusable else contextlib.nullcontext():
+            program = torch.onnx.export(
+                module,
+                tuple(example[k] for k in names),
+                dynamic_shapes=(tuple(dynamic[k] for k in names),),
+                dynamo=True,
+                opset_version=opset,
+                input_names=list(names),
+                output_names=[task.output_name],
+                verbose=False,
+            )
+        export_step(bar, "traced", start)
+        with staged_model(program, out_path, model) as (staged, graph, _large):
+            if fusable:  # what ORT's fusion needs to know, for whoever quantizes this file later
+                fusion.write_fusion_metadata(graph, model.config)
+            seconds = time.perf_counter() - start
+            graph_inputs = tuple(i.name for i in graph.graph.input)
+            if graph_inputs != names:
+                raise BadInputError(f"exported graph inputs {graph_inputs} differ from the model's {names}")
+            save_onnx(graph, staged)
+            export_step(bar, "written", start)
+            with torch.no_grad():
+                # the model as users run it (its own attention, the 2-D mask): parity also checks the fusable form
+                plain = _TaskModule(model, task, names).eval()
+                reference = {task.output_name: plain(*(parity_feed[k] for k in names)).numpy()}
+            feed = {k: v.numpy() for k, v in parity_feed.items()}
+            report = check_parity(str(staged), feed, reference, atol=atol, label="export")
+            export_step(bar, "parity checked", start)
     log.info("exported %s in %.1fs (parity max |diff| %.2e)", out_path, seconds, report.max_abs_diff)
     return ExportResult(str(out_path), names, task.output_name, opset, round(seconds, 2), report, feed, reference)

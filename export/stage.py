@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from modelpress.export.exporters import export_model
 from modelpress.export.onnx_export import ExportResult
 from modelpress.modalities import get_modality
 from modelpress.export.fusion import fuse_model
@@ -34,7 +35,9 @@ class ExportOutcome:
 def export_stage(model: Any, preprocessor: Any, *, task: Any, cfg: Any, paths: Any) -> ExportOutcome:
     """``cfg``: the recipe's ``[export]``; ``paths``: the run folder's :class:`RunPaths`."""
     log.info("exporting %s", paths.model_onnx)
-    result = task.export(model, preprocessor, paths.model_onnx, opset=cfg.opset, atol=cfg.atol)
+    result = export_model(
+        task, model, preprocessor, paths.model_onnx, opset=cfg.opset, atol=cfg.atol, pressed=paths.pressed_onnx.name
+    )
     get_modality(task.modality).save_preprocessor(preprocessor, paths.preprocessor(get_modality(task.modality)))
     model.config.to_json_file(str(paths.config))
     if cfg.fuse:

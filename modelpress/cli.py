@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import dataclasses
+import io
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +94,7 @@ RUN_EXAMPLES = """examples:
 
 
 def _version() -> str:
-    from importlib import metadata
+    from importlib import metadata  # stdlib, but slow to import (email, zipfile): only for --version
 
     try:
         return metadata.version("modelpress")
@@ -330,8 +334,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- helpers ----------------------------------------------------------------------------------------
 def _eval_formats() -> tuple[str, ...]:
-    import dataclasses
-
     from modelpress.recipe import ValidateConfig
 
     return next(f.metadata["choices"] for f in dataclasses.fields(ValidateConfig) if f.name == "eval_format")
@@ -409,8 +411,6 @@ def _given_flags(args) -> dict[str, tuple[str, Any]]:
 def _recipe_with_flags(args, given: dict[str, tuple[str, Any]]) -> Any:
     """``--recipe`` (with ``--set``) and the stage flags ``given`` on top of it, as if written in the
     recipe (a written length the model cannot take is refused, not clipped)."""
-    import copy
-
     from modelpress.recipe import recipe_from_dict
 
     recipe = _stage_recipe(args)
@@ -494,8 +494,6 @@ def _run_recipe(args) -> tuple[Any, dict[str, Any] | None]:
 
 # -- commands -----------------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    import time
-
     from modelpress.cli_output import run_result
     from modelpress.pipeline import run_recipe
 
@@ -559,6 +557,7 @@ def cmd_export(args) -> int:
 
 def _export_flags(args) -> Any:
     """``modelpress export MODEL`` without a recipe: the flags and the dataclass defaults."""
+    from modelpress.export.exporters import export_model
     from modelpress.models import load_model_and_preprocessor
     from modelpress.recipe import ExportConfig, section_config
 
@@ -569,7 +568,7 @@ def _export_flags(args) -> Any:
     ref = _model_ref(args.model, None, "model")
     task = _task(args, None, ref)
     model, preprocessor = load_model_and_preprocessor(ref, task, trust_remote_code=args.trust_remote_code)
-    return task.export(model, preprocessor, args.out, opset=opset, atol=atol)
+    return export_model(task, model, preprocessor, args.out, opset=opset, atol=atol)
 
 
 def cmd_quantize(args) -> int:
@@ -691,8 +690,6 @@ def cmd_validate(args) -> int:
 def _validate_flags(args) -> dict[str, Any]:
     """``modelpress validate`` without a recipe: one candidate on one runtime, from the flags and the
     dataclass defaults."""
-    import dataclasses
-
     from modelpress.fileio import graph_input_shapes
     from modelpress.modalities import get_modality
     from modelpress.models import load_model_and_preprocessor
@@ -964,8 +961,6 @@ def _dispatch(args, on_error=None) -> int:
 
 def _main_json(args) -> int:
     """--json: what the command prints on stdout is captured, and one JSON object is printed instead."""
-    import io
-
     from modelpress.cli_output import json_object
 
     errors: list[str] = []

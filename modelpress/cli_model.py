@@ -1,7 +1,7 @@
 """``modelpress run --model`` and ``modelpress init``: a recipe built in code from a model and flags.
 
 ``run --model DIR|HUB_ID`` needs no recipe file: the recipe is the dataclasses' defaults, the task
-read from the model (``--task auto``, :func:`modelpress.task_match.infer_task`), the task's default
+read from the model (``--task auto``, :func:`modelpress.tasks.infer_task`), the task's default
 data (``Task.auto``: ``recipe_from_dict`` fills it), the name from the folder or hub id, and the
 ``--set`` values on top. ``init`` writes the same recipe as a commented TOML file with every key at
 its value, generated from the dataclasses (their inline comments are read from the source), so the
@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from modelpress.errors import BadInputError
+from modelpress.task_match import AUTO_TASK
 
 log = logging.getLogger("modelpress")
 
 
 def add_model_flags(p: Any, *, required: bool) -> None:
     """``--model``, ``--task``, ``--revision`` (``run`` without a recipe, ``init``)."""
-    from modelpress.task_match import AUTO_TASK
     from modelpress.tasks import task_names
 
     p.add_argument(
@@ -68,7 +68,7 @@ def model_raw(args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     from the resolved folder (a hub id's snapshot); the teacher stays as given."""
     from modelpress.models import resolve_model_ref
     from modelpress.recipe import apply_overrides
-    from modelpress.task_match import AUTO_TASK, infer_task
+    from modelpress.tasks import infer_task
 
     raw: dict[str, Any] = {"name": model_name(args.model), "teacher": args.model}
     if args.revision:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from modelpress.manifest import read_manifest, verify
 
 #: the ``--json`` object's layout version (bump on an incompatible change)
 JSON_SCHEMA_VERSION = 1
@@ -40,8 +41,6 @@ def _read(path: Path) -> dict[str, Any]:
 
 def run_result(bundle: Path, *, seconds: float, inferred: dict[str, Any] | None) -> dict[str, Any]:
     """``run``'s part of the ``--json`` object, from the published bundle's report and bundle.json."""
-    from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
-
     report = _read(bundle / "report.json")
     meta = _read(bundle / "bundle.json")
     gate = report.get("gate") or None
@@ -67,7 +66,7 @@ def run_result(bundle: Path, *, seconds: float, inferred: dict[str, Any] | None)
         },
         "artifact": {
             "runtime": runtime,
-            "file": BUNDLE_RUNTIMES.get(runtime) if runtime else None,
+            "file": meta["runtimes"][runtime] if runtime else None,
             "runtimes": runtimes,
             "quantize_mode": quantization.get("mode"),
             "chosen": auto.get("chosen") if isinstance(auto, dict) else None,
@@ -93,8 +92,6 @@ def run_result(bundle: Path, *, seconds: float, inferred: dict[str, Any] | None)
 
 def inspect_result(bundle: Path) -> dict[str, Any]:
     """What ``modelpress inspect`` shows: the manifest's provenance, the verdict, the files."""
-    from modelpress.manifest import read_manifest, verify
-
     manifest = read_manifest(bundle)
     problems = verify(bundle, allow_later=True)
     recipe = manifest.get("recipe") or {}

@@ -20,6 +20,7 @@ DEPLOY_SIDE_MODULES = (
     "modelpress.manifest",
     "modelpress.signing",
     "modelpress.bundle",
+    "modelpress.bundle_base",
     "modelpress.inference",
     "modelpress.generation",
     "modelpress.kv_cache",
@@ -47,7 +48,16 @@ DEPLOY_SIDE_MODULES = (
     "modelpress.runtimes.target",
     "modelpress.calibration_data.loaders",
     "modelpress.calibration_data.images",
-    "modelpress.validate.perplexity",
+    "modelpress.measures",
+    "modelpress.measures.perplexity",
+    "modelpress.measures.metrics",
+    "modelpress.measures.uncertainty",
+    "modelpress.measures.entities",
+    "modelpress.tasks.evalsets",
+    "modelpress.tasks.ranking",
+    "modelpress.tasks.tagged",
+    "modelpress.tasks.images",
+    "modelpress.tasks.greedy_agreement",
 )
 
 #: what a deployment host must never need to import

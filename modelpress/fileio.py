@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 from modelpress.errors import BadInputError
+import tempfile
 
 
 @contextlib.contextmanager
@@ -137,8 +138,6 @@ def session_from_model(model, options, providers=("CPUExecutionProvider",)):
     (protobuf cannot serialize it in memory: ``EncodeError: Failed to serialize proto``), the
     session is made from that file, and the weights are read back into ``model`` so the caller's
     model is whole again."""
-    import tempfile
-
     import onnx
     import onnxruntime as ort
 

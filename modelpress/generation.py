@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from modelpress.errors import BadInputError
-from modelpress.kv_cache import KVLayout, past_from_present, position_ids
+from modelpress.kv_cache import PADDING_KEY, KVLayout, past_from_present, position_ids
 from modelpress.fileio import graph_input_shapes
 from modelpress.runtimes.registry import create_runner
 
@@ -125,6 +125,81 @@ def prompt_list(prompts: Any) -> list[str]:
     return texts
 
 
+class _LeftPadded:
+    """A traced graph's decode (``export.causal_lm``): prompts left-padded to one width (every row's
+    newest token last), positions fed, each step's ``present`` fed back as the next past."""
+
+    def __init__(self, runner: Any, layout: KVLayout, prompts: Sequence[Sequence[int]], pad: int, new: int) -> None:
+        self.runner, self.pad = runner, pad
+        width = max(len(p) for p in prompts)
+        ids = np.full((len(prompts), width), pad, dtype=np.int64)
+        self.mask = np.zeros((len(prompts), width), dtype=np.int64)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p) :] = p
+            self.mask[r, width - len(p) :] = 1
+        self.feed = {
+            "input_ids": ids,
+            "attention_mask": self.mask,
+            "position_ids": position_ids(self.mask, width),
+            **layout.empty(len(prompts)),
+        }
+
+    def start(self) -> np.ndarray:
+        """The prompts' next-token logits [batch, vocab]."""
+        self.out = self.runner.run(self.feed)
+        return self.out["logits"][:, -1]
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """``tokens`` [batch] appended; their next-token logits."""
+        self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
+        feed = {
+            "input_ids": tokens[:, None],
+            "attention_mask": self.mask,
+            "position_ids": position_ids(self.mask, 1),
+            **past_from_present(self.out),
+        }
+        self.out = self.runner.run(feed)
+        return self.out["logits"][:, -1]
+
+
+class _RightPadded:
+    """A fused graph's decode (``export.fused_decoder``): prompts right-padded, each row's length
+    read from its mask (its length in ones, then zeros), the new token of a row placed right after
+    it. With the runner's in-place cache (``Runner.kv_cache``) the past and present share one
+    buffer of the prompt + new tokens' length, written in place; otherwise ``present`` is fed back."""
+
+    def __init__(self, runner: Any, layout: KVLayout, prompts: Sequence[Sequence[int]], pad: int, new: int) -> None:
+        self.runner, self.layout = runner, layout
+        self.lengths = np.array([len(p) for p in prompts], dtype=np.int64)
+        width = int(self.lengths.max())
+        self.ids = np.full((len(prompts), width), pad, dtype=np.int64)
+        for r, p in enumerate(prompts):
+            self.ids[r, : len(p)] = p
+        self.width = width
+        self.cache = runner.kv_cache(layout, len(prompts), width + new)
+        self.past = layout.empty(len(prompts))
+
+    def _mask(self) -> np.ndarray:
+        return (np.arange(self.width)[None] < self.lengths[:, None]).astype(np.int64)
+
+    def _run(self, ids: np.ndarray) -> np.ndarray:
+        if self.cache is not None:
+            return self.cache.run(ids, self._mask())
+        feed = {"input_ids": ids, "attention_mask": self._mask(), "position_ids": np.zeros_like(ids), **self.past}
+        out = self.runner.run(feed)
+        self.past = past_from_present(out)
+        return out["logits"]
+
+    def start(self) -> np.ndarray:
+        logits = self._run(self.ids)
+        return logits[np.arange(len(self.lengths)), self.lengths - 1]
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        self.lengths += 1
+        self.width += 1
+        return self._run(tokens[:, None])[:, 0]
+
+
 class TextGenerator:
     """A KV-cache graph and its tokenizer; ``generate`` makes text, ``generate_ids`` token ids."""
 
@@ -182,37 +257,21 @@ class TextGenerator:
             )
         pad = getattr(self.tokenizer, "pad_token_id", None)
         pad = int(pad if pad is not None else (getattr(self.tokenizer, "eos_token_id", None) or 0))
-        width = max(len(p) for p in prompts)
-        ids = np.full((len(prompts), width), pad, dtype=np.int64)
-        mask = np.zeros((len(prompts), width), dtype=np.int64)
-        for r, p in enumerate(prompts):  # left padding: every row's last token is the newest
-            ids[r, width - len(p) :] = p
-            mask[r, width - len(p) :] = 1
-        feed = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "position_ids": position_ids(mask, width),
-            **self.layout.empty(len(prompts)),
-        }
+        right = self.runner.metadata.get(PADDING_KEY) == "right"
+        decoder = (_RightPadded if right else _LeftPadded)(self.runner, self.layout, prompts, pad, max_new_tokens)
         rng = np.random.default_rng(seed)
         stops = self._stops(stop_token_ids)
         done = np.zeros(len(prompts), dtype=bool)
-        for _ in range(max_new_tokens):
-            out = self.runner.run(feed)
-            token = _pick(
-                out["logits"][:, -1], do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng
-            )
+        logits = decoder.start()
+        token = np.zeros(len(prompts), dtype=np.int64)
+        for step in range(max_new_tokens):
+            if step:
+                logits = decoder.step(np.where(done, pad, token).astype(np.int64))
+            token = _pick(logits, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
             yield np.where(done, -1, token)
             done |= np.isin(token, list(stops))
             if done.all():
                 return
-            mask = np.concatenate([mask, np.ones((len(prompts), 1), dtype=np.int64)], axis=1)
-            feed = {
-                "input_ids": np.where(done, pad, token)[:, None].astype(np.int64),
-                "attention_mask": mask,
-                "position_ids": position_ids(mask, 1),
-                **past_from_present(out),
-            }
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], **options: Any) -> list[list[int]]:
         """The new token ids of each prompt (a stop token, when one ends the row, included)."""

@@ -16,6 +16,9 @@ import numpy as np
 from modelpress.errors import BadInputError
 
 FIXED_INPUTS = ("input_ids", "attention_mask", "position_ids")
+#: graph metadata: "right" where the graph reads each row's length from the mask and puts new tokens
+#: right after it (``export.fused_decoder``: GroupQueryAttention); absent: left padding, positions fed
+PADDING_KEY = "modelpress.padding"
 
 
 @dataclass(frozen=True)

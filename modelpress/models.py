@@ -18,6 +18,7 @@ from modelpress.errors import BadInputError
 import urllib.error
 import urllib.request
 from modelpress.modalities import get_modality
+from modelpress.provenance import hub_snapshot
 
 PACKAGE_PREFIX = "package:"
 
@@ -55,7 +56,6 @@ def resolve_model_ref(ref: str, *, base_dir: Path | None = None, revision: str |
         return str(path.resolve())
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         raise BadInputError(f"model '{ref}': no such folder")
-    from modelpress.provenance import hub_snapshot
 
     if revision is None:
         _require_reachable(ref)

@@ -39,7 +39,15 @@ import json
 # Every file name a run, a bundle or a report folder holds lives here (RunPaths joins them to a folder).
 MODEL_ONNX = "model.onnx"  # the fp32 export
 MODEL_FUSED_ONNX = "model.fused.onnx"
-MODEL_INT8_ONNX = "model.int8.onnx"  # the plan's own int8 model (ONNX Runtime's artifact)
+MODEL_INT8_ONNX = "model.int8.onnx"  # static W8A8 (int8 weights and activations): the plan's own model
+MODEL_INT4_ONNX = "model.int4.onnx"  # weight-only int4 (MatMulNBits 4 bits, activations fp32)
+MODEL_W8_ONNX = "model.w8.onnx"  # weight-only int8 (MatMulNBits 8 bits, activations fp32)
+#: the pressed model ONNX Runtime ships, by what it holds (the report's row and candidate name too).
+#: "int8" is what static int8 has always been called (W8A8, Optimum's and ORT's ``quantize_static``);
+#: "int4" is weight-only wherever LLM users meet it (onnxruntime-genai's ``-p int4``, OpenVINO's
+#: ``--weight-format int4``), so it needs no qualifier; 8-bit weights exist in both forms, so the
+#: weight-only one is "w8" (8-bit weights, float activations), never mistaken for W8A8.
+PRESSED_FILES = {"int8": MODEL_INT8_ONNX, "int4": MODEL_INT4_ONNX, "w8": MODEL_W8_ONNX}
 MODEL_INT8_TRT_ONNX = "model.int8.trt.onnx"  # TensorRT's Q/DQ twin
 MODEL_FP16_ONNX = "model.fp16.onnx"
 OPENVINO_XML = "openvino/model.xml"  # the OpenVINO IR (with its .bin beside it)
@@ -63,9 +71,25 @@ REJECTED_SUFFIX = ".rejected"
 SIBLING_SUFFIXES = (REJECTED_SUFFIX, ".analysis", ".stages", ".distill")
 
 
+def pressed_precision(mode: str, weight_bits: int) -> str:
+    """What a quantize config's model holds (a key of :data:`PRESSED_FILES`): ``"int4"`` / ``"w8"``
+    for weight-only 4 / 8 bits, ``"int8"`` for static and auto (W8A8; 7-bit weights included)."""
+    if mode == "weight-only":
+        return "int4" if weight_bits == 4 else "w8"
+    return "int8"
+
+
+def precision_of_file(file: str) -> str | None:
+    """The precision a bundle file name says it holds (:data:`PRESSED_FILES`), else None. A bundle
+    from before the names followed the precision keeps weight-only weights in ``model.int8.onnx``:
+    its row stays "int8", what its bundle.json lists is what loads."""
+    return next((p for p, f in PRESSED_FILES.items() if f == file), None)
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
+    precision: str = "int8"  # what the pressed model holds (PRESSED_FILES): its file name
 
     # models
     @property
@@ -81,8 +105,9 @@ class RunPaths:
         return self.root / MODEL_FUSED_ONNX
 
     @property
-    def model_int8_onnx(self) -> Path:
-        return self.root / MODEL_INT8_ONNX
+    def pressed_onnx(self) -> Path:
+        """The quantize stage's model (ONNX Runtime's artifact), named by what it holds."""
+        return self.root / PRESSED_FILES[self.precision]
 
     @property
     def model_int8_trt_onnx(self) -> Path:

@@ -31,11 +31,12 @@ from modelpress.calibration_data.feeds import ExampleFeed
 from modelpress.errors import BadInputError
 from modelpress.fileio import graph_input_shapes
 from modelpress.lock import bundle_lock
-from modelpress.memory import StageMeter
+from modelpress.memory import StageMeter, release_weight_pages
 from modelpress.modalities import get_modality
 from modelpress.models import load_model, load_model_and_preprocessor, resolve_model_ref
 from modelpress.paths import (
     RunPaths,
+    pressed_precision,
     publish,
     recover,
     refuse_inside_bundle,
@@ -47,6 +48,18 @@ from modelpress.recipe import Recipe
 from modelpress.runtimes.target import resolve_target
 from modelpress.tasks import configure_task
 from modelpress.validate.gate import GateResult
+from modelpress.bundle import load as load_bundle, record_default, write_bundle_meta
+from modelpress.distill.stage import distill_stage, untrained_subset
+from modelpress.export.stage import export_stage
+from modelpress.manifest import write_manifest
+from modelpress.provenance import model_source
+from modelpress.quantize.int8_classes import keep_paying_classes
+from modelpress.quantize.stage import quantize_stage, seed_variants as calibrate_again
+from modelpress.recipe import fit_lengths, require_data
+from modelpress.runtimes.artifacts import reference_offer, wanted_artifacts
+from modelpress.validate.report import write_reports
+from modelpress.validate.select import Setup
+from modelpress.validate.stage import candidate_evaluator, file_opener, teacher_opener, validate_stage
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +144,7 @@ class _Pressed:
 
 
 def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitStack) -> RunOutcome:
-    from modelpress.runtimes.artifacts import wanted_artifacts
-
-    paths = RunPaths(staging)
+    paths = RunPaths(staging, precision=pressed_precision(recipe.quantize.mode, recipe.quantize.weight_bits))
     if recipe.source:
         shutil.copyfile(recipe.source, paths.recipe)
     artifacts = wanted_artifacts(recipe)  # a runtime this machine lacks fails now, before any work
@@ -153,8 +164,6 @@ def _chain(recipe: Recipe, out_dir: Path, staging: Path, stack: contextlib.ExitS
 def prepare(recipe: Recipe, out_dir: Path, paths: RunPaths, stack: contextlib.ExitStack) -> Run:
     """The task, the target, the data (first: a bad file fails in a second, not after loading and
     exporting), the teacher, and every length fitted to what the model takes."""
-    from modelpress.recipe import fit_lengths, require_data
-
     require_data(recipe)
     teacher_ref = resolve_model_ref(recipe.teacher, revision=recipe.revision)
     task = configure_task(
@@ -207,8 +216,6 @@ def prepare(recipe: Recipe, out_dir: Path, paths: RunPaths, stack: contextlib.Ex
 
 def deployed_model(run: Run) -> Any:
     """What the bundle deploys: the student distilled now, a given student, or the teacher."""
-    from modelpress.distill.stage import distill_stage
-
     recipe = run.recipe
     if recipe.distill_enabled:
         return distill_stage(recipe, run.teacher_ref, run.task, run.out_dir, run.paths)
@@ -220,15 +227,11 @@ def deployed_model(run: Run) -> Any:
 
 def export_model(run: Run, deployed: Any) -> Any:
     """The deployed model → ``paths.model_onnx`` (parity-checked), its preprocessor and config beside it."""
-    from modelpress.export.stage import export_stage
-
     return export_stage(deployed, run.preprocessor, task=run.task, cfg=run.recipe.export, paths=run.paths)
 
 
 def encoders(run: Run, graph: Path, input_names: tuple[str, ...] | None = None) -> Encoders:
     """How ``graph`` is fed (its inputs, as the export named them or as the graph lists them)."""
-    from modelpress.validate.stage import teacher_opener
-
     v, cal = run.recipe.validate, run.recipe.calibration
     shapes = graph_input_shapes(graph)
     names = tuple(input_names or run.modality.check_graph_inputs(tuple(shapes), source=graph))
@@ -241,11 +244,8 @@ def encoders(run: Run, graph: Path, input_names: tuple[str, ...] | None = None) 
 
 
 def quantize(run: Run, enc: Encoders) -> Any:
-    """``paths.model_onnx`` → ``paths.model_int8_onnx`` by the recipe's mode (auto: judged against
+    """``paths.model_onnx`` → ``paths.pressed_onnx`` by the recipe's mode (auto: judged against
     the teacher on the eval set), its analysis and quantization record."""
-    from modelpress.quantize.stage import quantize_stage
-    from modelpress.validate.stage import candidate_evaluator
-
     recipe, v, cal = run.recipe, run.recipe.validate, run.recipe.calibration
     evaluate = None
     if recipe.quantize.mode == "auto":
@@ -266,12 +266,10 @@ def quantize(run: Run, enc: Encoders) -> Any:
 def int8_where_it_pays(run: Run, enc: Encoders, quant: Any) -> list:
     """Each op class of the plan int8 only where it pays (``quantize.int8_classes``), timed at the
     largest validation shape on the eval set's examples."""
-    from modelpress.quantize.int8_classes import keep_paying_classes
-
     v, examples = run.recipe.validate, list(run.eval_set.examples)
     size, length = max(v.batch_sizes), max(enc.encoder.timing_lengths(v.seq_lengths), key=lambda s: s or 0)
     batch = enc.encoder.encode([examples[i % len(examples)] for i in range(size)], pad_to=length)
-    return keep_paying_classes(quant, run.paths.model_int8_onnx, target=run.target, batch=batch, threads=v.threads)
+    return keep_paying_classes(quant, run.paths.pressed_onnx, target=run.target, batch=batch, threads=v.threads)
 
 
 def write_artifacts(run: Run, quant: Any, artifacts: list) -> dict[str, Any]:
@@ -284,14 +282,16 @@ def write_artifacts(run: Run, quant: Any, artifacts: list) -> dict[str, Any]:
 
 def _press(run: Run, deployed: Any, artifacts: list) -> _Pressed:
     """Export, one calibration plan, ``bundle.json``, and each runtime's artifact from the plan."""
-    from modelpress.bundle import write_bundle_meta
-
     task, v = run.task, run.recipe.validate
     with run.meter.stage("export"):
         exported = export_model(run, deployed)
+    # the PyTorch weights the export read stay resident (mapped from safetensors) until validation
+    # reads them again: handed back, quantization has the memory to itself (issue #24: ≤ 2.5× the weights)
+    release_weight_pages()
     enc = encoders(run, run.paths.model_onnx, tuple(exported.result.input_names))
     with run.meter.stage("quantize"):
         quant = quantize(run, enc)
+    release_weight_pages()  # the accuracy-aware search runs the teacher
     write_bundle_meta(
         run.paths.root,
         task=task,
@@ -302,6 +302,7 @@ def _press(run: Run, deployed: Any, artifacts: list) -> _Pressed:
         runtimes=v.runtimes,
         input_shapes=enc.shapes,
         target=run.target.describe(),
+        precision=run.paths.precision,
     )
     with run.meter.stage("artifacts"):
         extras = write_artifacts(run, quant, artifacts)
@@ -312,9 +313,6 @@ def seed_variants(run: Run, enc: Encoders, quant: Any) -> tuple[list, list]:
     """The shipped plan calibrated again on other samples (``quantize.calibration_seeds``) from
     ``paths.model_onnx``, with the method and fp32 nodes ``quant`` chose: their openers, and
     (seed, path, seconds) of each."""
-    from modelpress.quantize.stage import seed_variants as calibrate_again
-    from modelpress.validate.stage import file_opener
-
     recipe, cal = run.recipe, run.recipe.calibration
     if recipe.quantize.calibration_seeds <= 1:
         return [], []
@@ -353,8 +351,6 @@ def judge(
     """Validation against the fp32 teacher: ``measured`` models for the record, ``gated`` (the
     shipped model on each of its runtimes) and its calibration-seed ``variants``, the gate judging
     the worst of them; ``extra`` candidates for the default and the selection's ``setup``."""
-    from modelpress.validate.stage import validate_stage
-
     recipe = run.recipe
     log.info("validating against the fp32 teacher")
     report = validate_stage(
@@ -377,10 +373,6 @@ def judge(
 def _validate(run: Run, pressed: _Pressed, artifacts: list) -> dict[str, Any]:
     """Every model beside the fp32 teacher; the gated one is the bundle itself (its manifest comes
     after validation) on each of its runtimes, and its calibration-seed twins."""
-    from modelpress.bundle import load as load_bundle
-    from modelpress.distill.stage import untrained_subset
-    from modelpress.validate.stage import file_opener, teacher_opener
-
     recipe, task, v, paths, enc = run.recipe, run.task, run.recipe.validate, run.paths, pressed.enc
     variants, seeds = seed_variants(run, enc, pressed.quant)
     measured = []
@@ -434,9 +426,6 @@ def _validate(run: Run, pressed: _Pressed, artifacts: list) -> dict[str, Any]:
 
 def candidates_setup(run: Run, artifacts: list, reference: str) -> Any:
     """Every candidate for the bundle's default (the runtimes' offers and ORT fp32, the reference)."""
-    from modelpress.runtimes.artifacts import reference_offer
-    from modelpress.validate.select import Setup
-
     offers, notes = [reference_offer(reference)], []
     for artifact in artifacts:
         more, why = artifact.offers(recipe=run.recipe, target=run.target)
@@ -448,8 +437,6 @@ def candidates_setup(run: Run, artifacts: list, reference: str) -> Any:
 def set_default(run: Run, report: dict[str, Any]) -> None:
     """``bundle.json`` names the selection's choice as what ``load(dir)`` opens; with
     ``select.keep = "chosen"`` the candidates not chosen leave the bundle (the fp32 export stays)."""
-    from modelpress.bundle import record_default
-
     selection = report.get("selection")
     if selection is None or not selection["passed"]:  # a failed run's bundle opens what the gate failed
         return
@@ -462,9 +449,6 @@ def set_default(run: Run, report: dict[str, Any]) -> None:
 def _publish(run: Run, report: dict[str, Any]) -> RunOutcome:
     """The reports and the manifest, then the staging folder into place: ``<out>/<name>``, or
     ``<out>/<name>.rejected`` when the gate failed (never over the last passing bundle)."""
-    from modelpress.manifest import write_manifest
-    from modelpress.validate.report import write_reports
-
     recipe, staging = run.recipe, run.paths.root
     write_reports(report, staging)
     write_manifest(
@@ -494,8 +478,6 @@ def data_section(recipe: Recipe) -> dict[str, Any]:
 
 def _provenance(run: Run) -> dict[str, Any]:
     """The manifest's record of the models pressed (hub commit, weight sha256) and the target."""
-    from modelpress.provenance import model_source
-
     recipe = run.recipe
     source = {"teacher": model_source(recipe.teacher, run.teacher_ref, revision=recipe.revision)}
     if recipe.student is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.errors import BadInputError
+from modelpress.manifest import sha256
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,6 @@ def snapshot_commit(folder: str | Path) -> str | None:
 
 def weight_files(folder: str | Path) -> dict[str, str]:
     """{path relative to ``folder``: sha256} of every weight file in it (sub-folders included)."""
-    from modelpress.manifest import sha256
-
     folder = Path(folder)
     if not folder.is_dir():
         return {}

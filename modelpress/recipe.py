@@ -228,6 +228,13 @@ class Recipe:
                 )
             if self.engine is not None and self.engine.enabled:
                 raise BadInputError('[engine]: quantize.mode = "weight-only" has no TensorRT form; use "static"')
+        if getattr(configured, "decoder_graph", "traced") == "fused" and any(
+            r != "onnxruntime" for r in self.validate.runtimes
+        ):
+            raise BadInputError(
+                'validate.runtimes: task_options.decoder_graph = "fused" is written with ONNX Runtime\'s '
+                'com.microsoft operators (GroupQueryAttention); ship it on onnxruntime only, or use "traced"'
+            )
         if self.engine is not None and self.engine.enabled and not task.engines:
             raise BadInputError(f"[engine]: {self.task} has no TensorRT engine yet; leave [engine] out")
         if self.gate.metric != AUTO and self.gate.metric not in task.metrics:

@@ -66,7 +66,7 @@ def engine_stage(run_dir: Path, *, fp16: bool = False) -> Path:
     The engine settings come from the run's recipe ``[engine]`` table when it has one.
     """
     paths = RunPaths(Path(run_dir))
-    if not paths.model_int8_onnx.is_file():
+    if not paths.pressed_onnx.is_file():
         raise BadInputError(f"{run_dir}: no {MODEL_INT8_ONNX} (run the pipeline first)")
     cfg = None
     if paths.recipe.is_file():

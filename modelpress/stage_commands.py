@@ -30,7 +30,7 @@ from typing import Any
 
 from modelpress import pipeline
 from modelpress.errors import BadInputError
-from modelpress.paths import RunPaths
+from modelpress.paths import RunPaths, pressed_precision
 from modelpress.pipeline import deployed_model, encoders, export_model, judge, prepare, seed_variants, write_artifacts
 from modelpress.recipe import Recipe
 from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES, wanted_artifacts
@@ -43,7 +43,7 @@ class StagePaths(RunPaths):
     """A stage folder: the run folder's layout, with the models where the command names them."""
 
     fp32: Path | None = None  # the fp32 ONNX model (default: <root>/model.onnx)
-    int8: Path | None = None  # the int8 ONNX model (default: <root>/model.int8.onnx)
+    int8: Path | None = None  # the pressed ONNX model (default: <root>/model.<precision>.onnx)
     student_dir: Path | None = None  # where distillation's student is copied (default: <root>/student)
 
     @property
@@ -51,8 +51,8 @@ class StagePaths(RunPaths):
         return self.fp32 or super().model_onnx
 
     @property
-    def model_int8_onnx(self) -> Path:
-        return self.int8 or super().model_int8_onnx
+    def pressed_onnx(self) -> Path:
+        return self.int8 or super().pressed_onnx
 
     @property
     def quantization_json(self) -> Path:
@@ -70,6 +70,11 @@ def _out_dir(stage: Path, recipe: Recipe) -> Path:
     return stage.parent if stage.name == f"{recipe.name}.stages" else stage
 
 
+def _precision(recipe: Recipe) -> str:
+    """What the recipe's quantize stage writes (``paths.PRESSED_FILES``)."""
+    return pressed_precision(recipe.quantize.mode, recipe.quantize.weight_bits)
+
+
 def export(recipe: Recipe, out: Path) -> Any:
     """The deployed model (distilled now, the recipe's student, or the teacher) → ``out``."""
     stage = out.parent
@@ -78,7 +83,7 @@ def export(recipe: Recipe, out: Path) -> Any:
         student = None
         if recipe.distill_enabled:  # the student is exported from a copy that goes with the command
             student = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".student-", dir=stage)))
-        paths = StagePaths(stage, fp32=out, student_dir=student / "student" if student else None)
+        paths = StagePaths(stage, _precision(recipe), fp32=out, student_dir=student / "student" if student else None)
         run = prepare(recipe, _out_dir(stage, recipe), paths, stack)
         return export_model(run, deployed_model(run))
 
@@ -97,7 +102,7 @@ def quantize(recipe: Recipe, onnx: Path, out: Path) -> Quantized:
     artifacts = wanted_artifacts(recipe)  # a runtime this machine lacks fails now, before any work
     stage.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        paths = StagePaths(stage, fp32=onnx, int8=out)
+        paths = StagePaths(stage, _precision(recipe), fp32=onnx, int8=out)
         run = prepare(recipe, stage, paths, stack)
         outcome = pipeline.quantize(run, encoders(run, onnx))
         write_artifacts(run, outcome, artifacts)
@@ -108,9 +113,9 @@ def quantize(recipe: Recipe, onnx: Path, out: Path) -> Quantized:
 def runtime_files(paths: RunPaths, runtimes: tuple[str, ...]) -> dict[str, Path]:
     """The model each runtime runs in a stage folder: the int8 model for the runtime that ships the
     plan's own output, the bundle's file of the others (``openvino/model.xml``) in its folder."""
-    own = RunPaths(paths.root).model_int8_onnx
+    own = RunPaths(paths.root).pressed_onnx
     return {
-        r: paths.model_int8_onnx if paths.root / BUNDLE_RUNTIMES[r] == own else paths.root / BUNDLE_RUNTIMES[r]
+        r: paths.pressed_onnx if paths.root / BUNDLE_RUNTIMES[r] == own else paths.root / BUNDLE_RUNTIMES[r]
         for r in runtimes
     }
 
@@ -121,7 +126,7 @@ def validate(recipe: Recipe, candidate: Path, out: Path) -> dict[str, Any]:
     measures only for the record (the fp32 export, the untrained subset)."""
     if not candidate.is_file():
         raise BadInputError(f"--candidate {candidate}: not found")
-    paths = StagePaths(candidate.parent, int8=candidate)
+    paths = StagePaths(candidate.parent, _precision(recipe), int8=candidate)
     wanted_artifacts(recipe)  # each runtime available here
     files = runtime_files(paths, recipe.validate.runtimes)
     for runtime, file in files.items():
@@ -143,7 +148,7 @@ def validate(recipe: Recipe, candidate: Path, out: Path) -> dict[str, Any]:
                 encoder=enc.encoder,
                 threads=v.threads,
                 runtime=runtime,
-                name="int8" if file == candidate else f"int8-{runtime}",
+                name=paths.precision if file == candidate else f"int8-{runtime}",
                 **v.runner_options(runtime),
             )
             for runtime, file in files.items()

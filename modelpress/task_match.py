@@ -3,7 +3,7 @@
 Each task module declares an :class:`AutoSpec` (``Task.auto``): the ``config.architectures``
 suffixes it handles (``ForTokenClassification``, ``LMHeadModel``, the bare ``Model`` of an encoder),
 an optional test of the config that settles a suffix two tasks share, and the shipped data a recipe
-that names none calibrates and evaluates on. :func:`infer_task` asks every task; the longest
+that names none calibrates and evaluates on. :func:`modelpress.tasks.infer_task` asks every task; the longest
 matching suffix wins (``GPT2LMHeadModel`` is a causal LM, not a bare ``...Model``), and no match or
 a tie is one line listing the choices. Nothing here imports torch or transformers: the config is
 read as JSON.
@@ -73,38 +73,3 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise BadInputError(f"{path}: not a model config (a JSON object)")
     return config
-
-
-def _suffix_length(architecture: str, spec: AutoSpec) -> int:
-    """The longest of ``spec``'s suffixes that ``architecture`` ends with (0: none)."""
-    return max((len(s) for s in spec.architectures if architecture.endswith(s)), default=0)
-
-
-def infer_task(model_dir: str | Path) -> tuple[str, str]:
-    """(task name, the architecture it was read from) for the model folder ``model_dir``."""
-    from modelpress.tasks import get_task, task_names
-
-    config = read_config(model_dir)
-    architectures = [str(a) for a in config.get("architectures") or () if isinstance(a, str)]
-    choices = ", ".join(task_names())
-    if not architectures:
-        raise BadInputError(
-            f"{model_dir}: config.json names no architectures, so the task cannot be read from it; "
-            f"give --task (one of {choices})"
-        )
-    best: dict[str, tuple[int, str]] = {}  # task → (suffix length, architecture)
-    for name in task_names():
-        spec = get_task(name).auto
-        for arch in architectures:
-            length = _suffix_length(arch, spec)
-            if length and spec.accepts(config) and length > best.get(name, (0, ""))[0]:
-                best[name] = (length, arch)
-    if not best:
-        raise BadInputError(f"{model_dir}: no task handles {', '.join(architectures)}; give --task (one of {choices})")
-    top = max(length for length, _ in best.values())
-    winners = [name for name, (length, _) in best.items() if length == top]
-    if len(winners) > 1:
-        raise BadInputError(
-            f"{model_dir}: {', '.join(architectures)} fits several tasks ({', '.join(winners)}); give --task"
-        )
-    return winners[0], best[winners[0]][1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 from modelpress.tasks import get_task
 
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -152,9 +152,11 @@ CAUSAL_FAMILIES = {
 }
 
 
-def make_tiny_causal_lm(folder: Path, *, family: str = "gpt2", seed: int = 0, initializer_range: float = 0.2) -> Path:
+def make_tiny_causal_lm(
+    folder: Path, *, family: str = "gpt2", seed: int = 0, initializer_range: float = 0.2, **config: Any
+) -> Path:
     """A random tiny causal LM of ``family`` (:data:`CAUSAL_FAMILIES`) with the word tokenizer;
-    ``[SEP]`` is its end-of-sequence token, ``[PAD]`` its padding."""
+    ``[SEP]`` is its end-of-sequence token, ``[PAD]`` its padding. ``config``: keys over the family's."""
     import torch
     import transformers
 
@@ -167,7 +169,7 @@ def make_tiny_causal_lm(folder: Path, *, family: str = "gpt2", seed: int = 0, in
         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id
     )
     cfg = getattr(transformers, cfg_name)(
-        vocab_size=len(tokenizer), initializer_range=initializer_range, **specials, **keys
+        vocab_size=len(tokenizer), initializer_range=initializer_range, **specials, **{**keys, **config}
     )
     torch.manual_seed(seed)
     transformers.AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(str(folder))

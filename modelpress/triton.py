@@ -1,7 +1,8 @@
 """``modelpress triton BUNDLE REPO``: a published bundle as a Triton Inference Server model repository.
 
 Writes ``REPO/<name>/config.pbtxt`` and ``REPO/<name>/1/model.*`` for one of the bundle's models:
-the int8 ONNX model on the ONNX Runtime backend (``platform: "onnxruntime_onnx"``), the OpenVINO IR
+the pressed ONNX model bundle.json lists (``model.int8.onnx``, ``model.int4.onnx``, ...) on the ONNX Runtime
+backend (``platform: "onnxruntime_onnx"``), the OpenVINO IR
 on the OpenVINO backend (``backend: "openvino"``), or a TensorRT engine (``platform:
 "tensorrt_plan"``), as the bundle holds them. Inputs and outputs (names, dtypes, dims) are read from
 the graph the server will load (the ONNX file, the IR through OpenVINO, an engine's Q/DQ ONNX twin);
@@ -14,12 +15,17 @@ Nothing here needs torch, transformers or tritonclient; OpenVINO is imported onl
 
 from __future__ import annotations
 
+import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from modelpress.errors import BadInputError
+from modelpress.cli_model import model_name
+from modelpress.fileio import load_onnx
+from modelpress.manifest import require_intact, require_not_failed
+from modelpress.paths import BUNDLE_JSON, INT8_PLAN, MODEL_INT8_ONNX, MODEL_INT8_TRT_ONNX, refuse_inside_bundle
 
 #: ONNX TensorProto element types → Triton data types
 ONNX_TYPES = {
@@ -76,8 +82,8 @@ BACKENDS = {
         "onnxruntime",
         'platform: "onnxruntime_onnx"',
         "KIND_CPU",
-        (("model.int8.onnx", "model.onnx"),),
-        "model.int8.onnx",
+        ((MODEL_INT8_ONNX, "model.onnx"),),
+        MODEL_INT8_ONNX,
     ),
     "openvino": Backend(
         "openvino",
@@ -87,15 +93,32 @@ BACKENDS = {
         "openvino/model.xml",
     ),
     "tensorrt": Backend(
-        "tensorrt", 'platform: "tensorrt_plan"', "KIND_GPU", (("model.plan", "model.plan"),), "model.int8.trt.onnx"
+        "tensorrt", 'platform: "tensorrt_plan"', "KIND_GPU", ((INT8_PLAN, INT8_PLAN),), MODEL_INT8_TRT_ONNX
     ),
 }
 
 
+def backend_for(bundle: Path, runtime: str) -> Backend:
+    """``BACKENDS[runtime]`` with the ONNX model the bundle's ``bundle.json`` lists for that runtime
+    (``model.int4.onnx`` for weight-only int4; the model is always ``1/model.onnx`` in Triton)."""
+    backend = BACKENDS[runtime]
+    listed = (_bundle_runtimes(bundle)).get(runtime)
+    if not isinstance(listed, str) or not listed.endswith(".onnx") or listed == backend.graph:
+        return backend
+    return replace(backend, files=((listed, "model.onnx"),), graph=listed)
+
+
+def _bundle_runtimes(bundle: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((Path(bundle) / BUNDLE_JSON).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    runtimes = meta.get("runtimes") if isinstance(meta, dict) else None
+    return runtimes if isinstance(runtimes, dict) else {}
+
+
 def onnx_io(path: Path) -> tuple[list[Tensor], list[Tensor]]:
     """Inputs and outputs of an ONNX graph (initializers listed as inputs are not inputs)."""
-    from modelpress.fileio import load_onnx
-
     graph = load_onnx(path, load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
 
@@ -134,7 +157,7 @@ def graph_io(bundle: Path, backend: Backend) -> tuple[list[Tensor], list[Tensor]
 
 def available(bundle: Path) -> list[str]:
     """The runtimes of ``BACKENDS`` whose files the bundle holds."""
-    return [name for name, b in BACKENDS.items() if all((bundle / src).is_file() for src, _ in b.files)]
+    return [name for name in BACKENDS if all((bundle / src).is_file() for src, _ in backend_for(bundle, name).files)]
 
 
 def batching(inputs: Sequence[Tensor], outputs: Sequence[Tensor]) -> bool:
@@ -179,7 +202,6 @@ def _external_data(bundle: Path, backend: Backend) -> list[tuple[str, str]]:
     """The files an ONNX model keeps its tensors in (a large model's), under the names it refers to."""
     if not backend.graph.endswith(".onnx") or backend.runtime == "tensorrt":
         return []
-    from modelpress.fileio import load_onnx
 
     graph = load_onnx(bundle / backend.graph, load_external_data=False).graph
     locations = {
@@ -197,10 +219,6 @@ def write_repository(
     bundle: str | Path, repo: str | Path, *, runtime: str | None = None, name: str | None = None, force: bool = False
 ) -> Path:
     """``repo/<name>/`` (config.pbtxt, ``1/model.*``) for one model of the published ``bundle``."""
-    from modelpress.cli_model import model_name
-    from modelpress.manifest import require_intact, require_not_failed
-    from modelpress.paths import refuse_inside_bundle
-
     bundle, repo = Path(bundle), Path(repo)
     manifest = require_intact(bundle)
     require_not_failed(bundle, manifest)
@@ -211,7 +229,7 @@ def write_repository(
     runtime = runtime or held[0]
     if runtime not in held:
         raise BadInputError(f"--runtime {runtime}: {bundle} holds {', '.join(held)}")
-    backend = BACKENDS[runtime]
+    backend = backend_for(bundle, runtime)
     name = name or model_name(str(bundle.resolve()))
     folder = repo / name
     if folder.exists() and not force:

@@ -1,6 +1,7 @@
 """What each runtime ships in a bundle, and how it makes it from the one quantization plan.
 
-A run calibrates once (``modelpress.quantize``): the plan's own output is ``model.int8.onnx``. Every
+A run calibrates once (``modelpress.quantize``): the plan's own output is ``model.int8.onnx`` (static
+W8A8; weight-only writes ``model.int4.onnx`` / ``model.w8.onnx``: ``paths.PRESSED_FILES``). Every
 runtime the recipe asks for then writes its artifact from that plan and the fp32 export — the
 OpenVINO IR of the same plan, TensorRT's Q/DQ twin and engines — and says which of its files
 validation measures. The pipeline only iterates over :func:`wanted_artifacts`: it names no
@@ -14,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from modelpress.paths import MODEL_INT8_ONNX, OPENVINO_GENAI_XML, OPENVINO_XML
+from modelpress.paths import (
+    MODEL_INT8_ONNX,
+    OPENVINO_GENAI_XML,
+    OPENVINO_XML,
+    PRESSED_FILES,
+    precision_of_file,
+    pressed_precision,
+)
 from modelpress.registry import Registry
 
 
@@ -54,7 +62,7 @@ class RuntimeArtifact:
         what it does not offer. Default: the int8 plan's artifact, which validation gates anyway."""
         if "int8" not in recipe.select.candidates or self.runtime not in BUNDLE_RUNTIMES:
             return [], []
-        file = BUNDLE_RUNTIMES[self.runtime]
+        file = runtime_file(self.runtime, pressed_precision(recipe.quantize.mode, recipe.quantize.weight_bits))
         options = recipe.validate.runner_options(self.runtime)
         return [Offer(bundle_model_name(self.runtime, file), self.runtime, "int8", file, options)], []
 
@@ -81,10 +89,18 @@ def reference_offer(name: str) -> Any:
     return Offer(name, REFERENCE_RUNTIME, "fp32", FP32_MODEL)
 
 
+def runtime_file(runtime: str, precision: str = "int8") -> str:
+    """The file ``runtime`` loads from a bundle whose pressed model holds ``precision``: the runtime
+    that ships the plan's own output loads it under its precision's name (``model.int4.onnx``)."""
+    file = BUNDLE_RUNTIMES[runtime]
+    return PRESSED_FILES[precision] if file == MODEL_INT8_ONNX else file
+
+
 def bundle_model_name(runtime: str, file: str) -> str:
-    """The report's name of a bundle's model (``load()`` names it so too)."""
-    if file == BUNDLE_RUNTIMES.get(REFERENCE_RUNTIME) and runtime == REFERENCE_RUNTIME:
-        return "int8"
+    """The report's name of a bundle's model (``load()`` names it so too): the plan's own output by
+    its precision ("int8", "int4", "w8"), another runtime's artifact of the plan "int8-<runtime>"."""
+    if runtime == REFERENCE_RUNTIME and precision_of_file(file) is not None:
+        return str(precision_of_file(file))
     return f"int8-{runtime}" if file == BUNDLE_RUNTIMES.get(runtime) else file
 
 

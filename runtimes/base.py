@@ -8,7 +8,7 @@ names, and maps a feed of numpy arrays to a dict of numpy outputs. Shaped after 
 from __future__ import annotations
 
 import abc
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from modelpress.fileio import load_onnx
@@ -53,6 +53,17 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One forward pass. ``feed`` may hold extra keys; only ``input_names`` are used."""
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The model file's metadata (key → value; none by default)."""
+        return {}
+
+    def kv_cache(self, layout: Any, batch: int, capacity: int) -> Any:
+        """A decoder that updates a KV cache of ``capacity`` positions in place
+        (``onnxruntime_runner.InPlaceCache``), or None: this runtime feeds the past and gets a
+        longer present each step."""
+        return None
 
     def select(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The part of ``feed`` this model takes (tokenizers also emit e.g. token_type_ids)."""

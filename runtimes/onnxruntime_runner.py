@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import onnxruntime as ort
 
 from modelpress.errors import BadInputError
+from modelpress.kv_cache import FIXED_INPUTS, PADDING_KEY, KVLayout
 from modelpress.runtimes.artifacts import RuntimeArtifact
 from modelpress.runtimes.base import Runner
 
@@ -26,8 +28,6 @@ class OnnxRuntimeArtifact(RuntimeArtifact):
 
 
 def session_options(threads: int = 0):
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
@@ -37,6 +37,38 @@ def session_options(threads: int = 0):
     # idle ORT thread pools spin and steal the cores from whatever runs next (PEERS.md pitfall 9)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
+
+
+class InPlaceCache:
+    """A right-padded decoder graph's KV cache (``export.fused_decoder``) in buffers of
+    ``capacity`` positions, each bound with IO binding as both a layer's past and its present:
+    GroupQueryAttention writes each step's keys and values at each row's length in that buffer
+    (``past_present_share_buffer``), so no step copies or reallocates the cache."""
+
+    def __init__(self, session: Any, layout: KVLayout, batch: int, capacity: int) -> None:
+        self.session = session
+        self.layout = layout
+        shape = (batch, layout.num_kv_heads, capacity, layout.head_dim)
+        # zeros, not uninitialised memory: rows shorter than the batch's width never read past their length,
+        # but nothing stale can leak in either
+        self.buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in layout.past_names()]
+        self.binding = session.io_binding()
+        self.binding.bind_output("logits")  # the first output bound: get_outputs()[0]
+        for past, present, buffer in zip(layout.past_names(), layout.present_names(), self.buffers):
+            self.binding.bind_ortvalue_input(past, buffer)
+            self.binding.bind_ortvalue_output(present, buffer)
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """One step: the new tokens [batch, new] and each row's mask (its length in ones, then
+        zeros) → logits [batch, new, vocab]."""
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
+        feed["position_ids"] = np.zeros_like(ids)
+        for name in FIXED_INPUTS:  # the binding points at the arrays' memory: they live until the run ends
+            self.binding.bind_cpu_input(name, feed[name])
+        self.binding.bind_output("logits")  # a step's logits have the step's shape: ORT allocates them anew
+        self.session.run_with_iobinding(self.binding)
+        return self.binding.get_outputs()[0].numpy()
 
 
 class OnnxRuntimeRunner(Runner):
@@ -55,8 +87,6 @@ class OnnxRuntimeRunner(Runner):
         self._session = None
 
     def _load(self) -> None:
-        import onnxruntime as ort
-
         if not self.model_path.is_file():
             raise BadInputError(f"{self.model_path}: ONNX model not found")
         try:
@@ -80,3 +110,12 @@ class OnnxRuntimeRunner(Runner):
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._outputs, self._session.run(self._outputs, self.select(feed))))
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self._session.get_modelmeta().custom_metadata_map)
+
+    def kv_cache(self, layout: KVLayout, batch: int, capacity: int) -> InPlaceCache | None:
+        if self.metadata.get(PADDING_KEY) != "right":  # a traced graph concatenates: nothing to share
+            return None
+        return InPlaceCache(self._session, layout, batch, capacity)

@@ -57,7 +57,7 @@ class OpenVINOGenAIArtifact(RuntimeArtifact):
     def write(self, quant: Any, paths: Any, *, recipe: Any, task: Any) -> dict[str, Any]:
         folder = paths.root / GENAI_DIR
         with tempfile.TemporaryDirectory(prefix=".openvino-genai-", dir=paths.root) as work:
-            xml = write_openvino_ir(quant, paths.model_int8_onnx, Path(work) / "ir" / "model.xml")
+            xml = write_openvino_ir(quant, paths.pressed_onnx, Path(work) / "ir" / "model.xml")
             write_genai_folder(xml, folder, paths.root / TOKENIZER_DIR)
         return {}
 

@@ -148,11 +148,11 @@ class OpenVINOArtifact(RuntimeArtifact):
         slower than f32 on the target (``quantize.int8_classes.RULES``: int8 FullyConnected on AVX2)
         stay f32 in it."""
         if recipe.select.int8_classes != "auto" or quant.plan is None:
-            write_openvino_ir(quant, paths.model_int8_onnx, paths.openvino_xml)
+            write_openvino_ir(quant, paths.pressed_onnx, paths.openvino_xml)
             return {}
         decisions = quant.rule_decisions(resolve_target(recipe.target), self.runtime)
         without = tuple(d.op_class for d in decisions if not d.int8)
-        write_openvino_ir(quant, paths.model_int8_onnx, paths.openvino_xml, without=without)
+        write_openvino_ir(quant, paths.pressed_onnx, paths.openvino_xml, without=without)
         return {"openvino_int8_classes": [d.to_dict() for d in decisions]}
 
     def offers(self, *, recipe: Any, target: Any) -> tuple[list[Any], list[str]]:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from modelpress.errors import BadInputError
+from modelpress.export.exporters import export_model
 
 POSITIONS = 128  # the tiny GPT-2's n_positions (modelpress.testing.CAUSAL_FAMILIES)
 
@@ -53,7 +54,7 @@ def lm(tmp_path_factory):
     task = configure_task("text-generation")
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
     assert model.config.n_positions == POSITIONS
-    result = task.export(model, tokenizer, root / "model.onnx", opset=18, atol=1e-4)
+    result = export_model(task, model, tokenizer, root / "model.onnx", opset=18, atol=1e-4)
     bundle = _assemble(root / "bundle", result.path, tokenizer, task, max_positions=POSITIONS)
     yield bundle, model, tokenizer
     bundle.close()
@@ -215,7 +216,7 @@ def classifier(tiny_bert_cls, tmp_path_factory):
     task = task_for("text-classification")
     model, tokenizer = load_tiny(tiny_bert_cls.path, task)
     root = tmp_path_factory.mktemp("cls")
-    result = task.export(model, tokenizer, root / "model.onnx", opset=18, atol=1e-4)
+    result = export_model(task, model, tokenizer, root / "model.onnx", opset=18, atol=1e-4)
     bundle = _assemble(
         root / "bundle", result.path, tokenizer, task, label_names=[f"class_{i}" for i in range(NUM_LABELS)]
     )
@@ -285,7 +286,7 @@ def test_image_classify_of_nothing_and_of_a_number(tmp_path):
     folder = make_tiny_vision_model(tmp_path / "vit", family="vit", labels=["a", "b", "c", "d"])
     task = configure_task("image-classification")
     model, processor = load_model_and_preprocessor(str(folder), task)
-    result = task.export(model, processor, tmp_path / "model.onnx", opset=18, atol=1e-4)
+    result = export_model(task, model, processor, tmp_path / "model.onnx", opset=18, atol=1e-4)
     with _assemble(tmp_path / "bundle", result.path, processor, task, label_names=list("abcd")) as bundle:
         assert bundle.classify([]).shape == (0, 4)
         rgb = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)

@@ -115,7 +115,7 @@ def models(tmp_path_factory) -> SimpleNamespace:
 
 
 def test_task_auto_reads_each_kind_of_model(models):
-    from modelpress.task_match import infer_task
+    from modelpress.tasks import infer_task
 
     expected = {
         "classifier": ("text-classification", "BertForSequenceClassification"),
@@ -130,7 +130,7 @@ def test_task_auto_reads_each_kind_of_model(models):
 
 
 def test_a_sentence_transformers_cross_encoder_with_labels_is_text_ranking(models, tmp_path):
-    from modelpress.task_match import infer_task
+    from modelpress.tasks import infer_task
 
     config = json.loads((models.classifier / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "sentence_transformers": {"version": "4.0"}}))
@@ -152,13 +152,13 @@ def test_no_task_for_the_model_is_one_line_listing_the_choices_exit_2(capsys, tm
 
 def test_two_tasks_at_the_same_suffix_are_an_ambiguity(tmp_path, monkeypatch):
     from modelpress import task_match
-    from modelpress.tasks import get_task
+    from modelpress.tasks import get_task, infer_task
 
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["XForSequenceClassification"]}))
     # both claim it: the ranker's own test is switched off
     monkeypatch.setattr(get_task("text-ranking"), "auto", task_match.AutoSpec(("ForSequenceClassification",)))
     with pytest.raises(BadInputError, match=r"fits several tasks \(text-classification, text-ranking\)"):
-        task_match.infer_task(tmp_path)
+        infer_task(tmp_path)
 
 
 # -- init --------------------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def test_a_usage_error_under_json_is_one_object_too(capsys):
 
 
 def test_latency_progress_counts_every_round_even_when_the_budget_cuts_a_shape_short():
-    from modelpress.validate.compare import interleaved_rounds
+    from modelpress.measures.latency import interleaved_rounds
 
     class Bar:
         n = 0

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from modelpress.testing import write_tokenizer
+from modelpress.export.exporters import export_model
 
 REPO = Path(__file__).resolve().parents[1]
 SNIPPETS = REPO / "docs" / "snippets"
@@ -281,7 +282,7 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
             make_tiny_model(folder, task=name, seed=3, **model_args)
         task = configure_task(name, options, model_dir=folder)
         model, preprocessor = load_model_and_preprocessor(str(folder), task)
-        graph = task.export(model, preprocessor, root / name / "model.onnx", opset=18, atol=1e-4).path
+        graph = export_model(task, model, preprocessor, root / name / "model.onnx", opset=18, atol=1e-4).path
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)] if task.needs_labels else ()
         positions = getattr(model.config, "n_positions", None)
         made[name] = _bundle(

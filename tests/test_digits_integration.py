@@ -33,7 +33,7 @@ def test_a_resnet_trained_on_real_digits_keeps_its_accuracy_in_int8(digits, tmp_
     from modelpress.cli import main
     from modelpress.modalities.image import ImageEncoder
     from modelpress.modalities import get_modality
-    from modelpress.validate.images import load_image_eval
+    from modelpress.tasks.images import load_image_eval
 
     recipe = write_recipe(
         tmp_path / "r.toml",

@@ -8,6 +8,7 @@ import pytest
 
 from modelpress.tasks import get_task, task_names
 from modelpress.validate.gate import POLICIES, decide, gate_report
+from modelpress.export.exporters import export_model
 
 #: the gated metric of each task and the unit its interval resamples
 GATED = {
@@ -105,7 +106,7 @@ def test_the_text_generation_gate_does_not_pass_on_two_tokens(tmp_path):
     folder = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
     task = configure_task("text-generation", {"decode_contexts": [24], "stride": 16})
     model, tok = load_model_and_preprocessor(str(folder), task)
-    onnx = task.export(model, tok, tmp_path / "model.onnx", opset=18, atol=1e-4).path
+    onnx = export_model(task, model, tok, tmp_path / "model.onnx", opset=18, atol=1e-4).path
     shapes = graph_input_shapes(onnx)
     encoder = CAUSAL_TEXT.encoder(tok, input_names=tuple(shapes), max_length=32, input_shapes=shapes)
 

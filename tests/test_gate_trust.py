@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from modelpress.validate import uncertainty as U
+from modelpress.measures import uncertainty as U
 from modelpress.validate.gate import decide, gate_report
 
 
@@ -141,7 +141,8 @@ def test_the_latency_budget_bounds_the_timed_rounds_but_keeps_five():
     import time
     from types import SimpleNamespace
 
-    from modelpress.validate.compare import MIN_TIMED_ROUNDS, interleaved_latency
+    from modelpress.measures.latency import MIN_TIMED_ROUNDS
+    from modelpress.validate.compare import interleaved_latency
 
     class Slow:
         name = "slow"

@@ -1,6 +1,7 @@
 """onnxruntime-genai on a text-generation bundle (issue #24): the bundle's ``genai_config.json``
 lets ``onnxruntime_genai.Model(bundle)`` run the bundle's own model file, and its greedy tokens
-equal our runner's on the same file (tiny Qwen3: grouped KV heads; its int4 weight-only bundle).
+equal our runner's on the same file (tiny Qwen3: grouped KV heads; its int4 weight-only bundle), for
+the traced graph and the fused one (``task_options.decoder_graph = "fused"``).
 Skipped where onnxruntime-genai is not installed (the ``genai`` extra)."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 from conftest import write_recipe
 
@@ -31,11 +33,15 @@ def _genai_greedy(model, ids: list[int], eos: int) -> list[int]:
     return out
 
 
-def test_onnxruntime_genai_generates_the_bundles_greedy_tokens(tmp_path):
+@pytest.mark.parametrize("graph", ["traced", "fused"])
+def test_onnxruntime_genai_generates_the_bundles_greedy_tokens(graph, tmp_path):
+    """traced: the torch export, a past that grows; fused: GroupQueryAttention on one shared
+    max-length buffer (GenAI's past_present_share_buffer), head size 16 (GQA's multiple)."""
     from modelpress.bundle import load
     from modelpress.cli import main
 
-    folder = make_tiny_causal_lm(tmp_path / "qwen3", family="qwen3")
+    head_dim = 16 if graph == "fused" else 8
+    folder = make_tiny_causal_lm(tmp_path / "qwen3", family="qwen3", head_dim=head_dim)
     (tmp_path / "corpus.txt").write_text("\n".join(random_sentences(100, seed=1)) + "\n", encoding="utf-8")
     (tmp_path / "heldout.txt").write_text("\n".join(random_sentences(60, seed=9)) + "\n", encoding="utf-8")
     body = {
@@ -54,14 +60,18 @@ def test_onnxruntime_genai_generates_the_bundles_greedy_tokens(tmp_path):
             "eval_data": str(tmp_path / "heldout.txt"),
         },
         "gate": {"max_drop": 1000.0},
+        "task_options": {"decoder_graph": graph},
     }
     recipe = write_recipe(tmp_path / "lm.toml", {"name": "lm", "teacher": str(folder), "task": "text-generation"}, body)
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
     bundle = tmp_path / "out" / "lm"
     config = json.loads((bundle / "genai_config.json").read_text())
     decoder = config["model"]["decoder"]
-    assert decoder["filename"] == "model.int8.onnx" and (bundle / decoder["filename"]).is_file()
-    assert (decoder["num_key_value_heads"], decoder["num_attention_heads"], decoder["head_size"]) == (2, 4, 8)
+    assert decoder["filename"] == "model.int4.onnx" and (bundle / decoder["filename"]).is_file()
+    assert (decoder["num_key_value_heads"], decoder["num_attention_heads"], decoder["head_size"]) == (2, 4, head_dim)
+    assert config["search"]["past_present_share_buffer"] is (graph == "fused")
+    kinds = {n.op_type for n in onnx.load(str(bundle / decoder["filename"]), load_external_data=False).graph.node}
+    assert ("GroupQueryAttention" in kinds) is (graph == "fused") and "MatMulNBits" in kinds
     genai = og.Model(str(bundle))
     with load(bundle) as lm:
         tokenizer = lm.generator.tokenizer

@@ -57,7 +57,7 @@ def _torch_logits(model_dir, paths):
 
 # -- data -------------------------------------------------------------------------------------------
 def test_imagefolder_jsonl_and_flat_folder_eval_sets(images, tmp_path):
-    from modelpress.validate.images import load_image_eval
+    from modelpress.tasks.images import load_image_eval
 
     label2id = {n: i for i, n in enumerate(LABELS)}
     es = load_image_eval(images / "eval", label2id=label2id)
@@ -77,7 +77,7 @@ def test_imagefolder_jsonl_and_flat_folder_eval_sets(images, tmp_path):
 
 
 def test_a_class_folder_the_model_does_not_have_is_refused(images, tmp_path):
-    from modelpress.validate.images import load_image_eval
+    from modelpress.tasks.images import load_image_eval
 
     write_images(tmp_path / "eval", 4, classes=("cat", "zebra"))
     with pytest.raises(BadInputError, match="label 'zebra' is not a class of the model"):

@@ -50,7 +50,7 @@ def _kl(teacher: np.ndarray, student: np.ndarray) -> float:
 def test_a_vit_layer_subset_is_distilled_pressed_and_reported_beside_its_start(images, tmp_path, capsys):
     from modelpress.cli import main
     from modelpress.distill.student import build_layer_subset
-    from modelpress.validate.images import load_image_eval
+    from modelpress.tasks.images import load_image_eval
 
     teacher = make_tiny_vision_model(
         tmp_path / "vit", family="vit", labels=LABELS, num_hidden_layers=4, initializer_range=0.2

@@ -6,6 +6,8 @@ output equals the one of the in-memory path bit for bit."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,6 +15,7 @@ import pytest
 
 from modelpress import fileio
 from modelpress.testing import make_tiny_causal_lm, random_sentences
+from modelpress.export.exporters import export_model
 
 LOW = 4096  # bytes: every tiny model is "large" under it
 
@@ -40,7 +43,7 @@ def _press(folder, out, cfgs):
     task = configure_task("text-generation")
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
     out.mkdir()
-    result = task.export(model, tokenizer, out / "model.onnx", opset=18, atol=1e-4)
+    result = export_model(task, model, tokenizer, out / "model.onnx", opset=18, atol=1e-4)
     feeds = _feeds(tokenizer, KVLayout.from_config(model.config))
     paths = {"fp32": out / "model.onnx"}
     for name, cfg in cfgs.items():
@@ -163,7 +166,7 @@ def tied_qwen2(tmp_path_factory):
         max_position_embeddings=128,
     )
     model = Qwen2ForCausalLM(config).eval()
-    task.export(model, tokenizer, work / "model.onnx", opset=18, atol=1e-4)
+    export_model(task, model, tokenizer, work / "model.onnx", opset=18, atol=1e-4)
     return work, model, tokenizer
 
 
@@ -204,3 +207,71 @@ def test_a_tied_embedding_reads_the_quantized_head_weight_and_the_file_holds_the
     got = session.run([looked], feed)[0]
     expected = _dequantized(table.T.copy(), bits, block).T[ids]
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def _status_mb(key: str) -> float:
+    line = next(x for x in open("/proc/self/status") if x.startswith(key + ":"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux /proc")
+def test_released_weight_pages_leave_the_process_and_read_back_the_same(tmp_path):
+    """What the export read of a mapped safetensors file stays resident until handed back: after
+    ``release_weight_pages`` the process's file-backed RSS falls by (nearly) the file, and the mapping
+    still reads the same bytes (they come back from the file)."""
+    from modelpress.memory import release_weight_pages
+
+    path = tmp_path / "w.safetensors"
+    size = 64 << 20
+    want = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
+    want.tofile(path)
+    mapped = np.memmap(path, dtype=np.uint8, mode="r")
+    checksum = int(mapped[::4096].sum())  # touches every page
+    before = _status_mb("RssFile")
+    assert release_weight_pages() >= size
+    after = _status_mb("RssFile")
+    assert before - after > 0.9 * size / 2**20, (before, after)
+    assert int(mapped[::4096].sum()) == checksum and np.array_equal(mapped[-100:], want[-100:])
+
+
+def test_export_parity_never_holds_the_graph_and_the_pytorch_weights_at_once(tmp_path, monkeypatch, caplog):
+    """The decoder export's parity ran PyTorch and the fp32 graph's session side by side (2× the
+    weights resident: the 0.5 B export's 4.96 GB peak); now the graph runs every step first, its
+    session is gone before PyTorch runs, and the model's mapped weights are handed back before the
+    session is made. Each step says where the export is (stderr bar, log lines)."""
+    import logging
+    import weakref
+
+    import modelpress.export.causal_lm as cl
+    from modelpress.models import load_model_and_preprocessor
+    from modelpress.tasks import configure_task
+
+    live: list = []
+    real_session = ort.InferenceSession
+
+    def spy(*args, **kwargs):
+        session = real_session(*args, **kwargs)
+        live.append(weakref.ref(session))
+        return session
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    open_at_torch_step: list[bool] = []
+    real_step = cl._torch_step
+
+    def torch_step(*args, **kwargs):
+        open_at_torch_step.append(any(r() is not None for r in live))
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(cl, "_torch_step", torch_step)
+    released: list[int] = []
+    monkeypatch.setattr(cl, "release_weight_pages", lambda: released.append(len(live)) or 0)
+    folder = make_tiny_causal_lm(tmp_path / "llama", family="llama")
+    task = configure_task("text-generation")
+    model, tokenizer = load_model_and_preprocessor(str(folder), task)
+    with caplog.at_level(logging.INFO, logger="modelpress.export"):
+        result = export_model(task, model, tokenizer, tmp_path / "model.onnx", opset=18, atol=1e-4)
+    assert result.parity.ok
+    assert len(open_at_torch_step) == cl.PARITY["steps"] + 1 and not any(open_at_torch_step)
+    assert released == [0]  # before the graph's session was made
+    steps = [r.getMessage().split(" (")[0] for r in caplog.records if r.getMessage().startswith("export: ")]
+    assert steps == ["export: traced", "export: written", "export: ONNX Runtime session made"]

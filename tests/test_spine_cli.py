@@ -501,7 +501,7 @@ def test_run_with_distillation_reports_the_subset_it_started_from(data_files, tm
     from modelpress.tasks.feature_extraction import pool
     from modelpress.distill.student import build_layer_subset
     from modelpress.testing import make_teacher
-    from modelpress.validate.evalsets import load_eval_set
+    from modelpress.tasks.evalsets import load_eval_set
 
     teacher_dir = make_teacher(tmp_path / "teacher", num_layers=4, initializer_range=0.3, seed=2)
     recipe = write_recipe(

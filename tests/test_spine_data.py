@@ -12,7 +12,7 @@ from conftest import NUM_LABELS, SHARED_DATA, STSB_TEST, make_texts, needs_share
 from modelpress.calibration_data.feeds import TokenizedFeed
 from modelpress.calibration_data.loaders import load_texts, read_records, sample
 from modelpress.errors import BadInputError
-from modelpress.validate.evalsets import load_eval_set
+from modelpress.tasks.evalsets import load_eval_set
 
 
 # -- loaders ------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from modelpress.manifest import sha256, verify, write_manifest
 from modelpress.paths import publish, staging_dir
 from modelpress.modalities import Batch
 from modelpress.tasks import configure_task, task_from_dict
-from modelpress.validate import metrics as M
+from modelpress.measures import metrics as M
 from modelpress.validate.gate import GateResult, decide, gate_report
-from modelpress.validate.latency import summarize, time_calls
+from modelpress.measures.latency import summarize, time_calls
 
 
 # -- embeddings ---------------------------------------------------------------------------------------

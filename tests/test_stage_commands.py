@@ -120,14 +120,15 @@ def _verdict(report: dict) -> dict:
     return {k: report["gate"][k] for k in VERDICT}
 
 
-def _same_as_run(capsys, recipe: Path, tmp_path: Path) -> tuple[dict, dict]:
-    """Stage commands and `run` of one recipe: the same int8 bytes, exit code and verdict."""
+def _same_as_run(capsys, recipe: Path, tmp_path: Path, *, pressed: str = "model.int8.onnx") -> tuple[dict, dict]:
+    """Stage commands and `run` of one recipe: the same int8 bytes, exit code and verdict. ``pressed``:
+    the bundle's name of the file the stages write as model.int8.onnx (the Makefile's fixed name)."""
     stage = tmp_path / "eq.stages"
     code = _stages(capsys, recipe, stage)
     run_code, bundle = _run(capsys, recipe, tmp_path / "out")
     assert code == run_code
     assert _sha(stage / "model.onnx") == _sha(bundle / "model.onnx")
-    assert _sha(stage / "model.int8.onnx") == _sha(bundle / "model.int8.onnx")
+    assert _sha(stage / "model.int8.onnx") == _sha(bundle / pressed)
     staged, ran = _report(stage), _report(bundle)
     assert _verdict(staged) == _verdict(ran)
     assert staged["models"]["teacher"]["metrics"] == ran["models"]["teacher"]["metrics"]
@@ -153,7 +154,9 @@ def test_weight_only_stages_equal_run(capsys, tiny_bert, data_files, tmp_path):
     import onnx
 
     recipe = _recipe(tmp_path / "r.toml", tiny_bert.path, data_files, quantize={"mode": "weight-only"})
-    _same_as_run(capsys, recipe, tmp_path)
+    staged, ran = _same_as_run(capsys, recipe, tmp_path, pressed="model.w8.onnx")
+    # the row is named by what the model holds (weight-only 8 bits: "w8"), in the stages as in run
+    assert staged["gate"]["candidate_name"] == ran["gate"]["candidate_name"] == "w8"
     ops = {n.op_type for n in onnx.load(str(tmp_path / "eq.stages" / "model.int8.onnx")).graph.node}
     assert "MatMulNBits" in ops and "QuantizeLinear" not in ops and "DynamicQuantizeLinear" not in ops
     assert json.loads((tmp_path / "eq.stages" / "model.int8.quantization.json").read_text())["block_size"] == 32

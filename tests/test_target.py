@@ -147,7 +147,7 @@ def test_a_run_for_a_declared_target_records_it_and_follows_it(tiny_bert, data_f
 
 
 def test_load_warns_once_on_a_cpu_without_the_targets_instructions_and_strict_refuses(fake_cpu):
-    from modelpress import bundle as B
+    from modelpress import bundle_base as B
 
     fake_cpu(ZEN2)
     B._WARNED_TARGETS.discard("avx512-vnni")

@@ -11,6 +11,7 @@ import torch
 from conftest import write_recipe
 
 from modelpress.testing import CAUSAL_FAMILIES, make_tiny_causal_lm
+from modelpress.export.exporters import export_model
 
 PROMPTS = ("the cat sat on", "a dog", "the old film was very good and the plot")
 ONCE = pytest.mark.parametrize("exported", ["gpt2"], indirect=True)
@@ -24,7 +25,7 @@ def exported(request, tmp_path_factory):
     folder = make_tiny_causal_lm(tmp_path_factory.mktemp(request.param), family=request.param)
     task = configure_task("text-generation")
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
-    result = task.export(model, tokenizer, folder / "model.onnx", opset=18, atol=1e-4)
+    result = export_model(task, model, tokenizer, folder / "model.onnx", opset=18, atol=1e-4)
     return request.param, model, tokenizer, result
 
 
@@ -104,7 +105,7 @@ def test_strided_perplexity_matches_the_transformers_recipe_and_the_onnx_graph(e
     import onnxruntime as ort
 
     from modelpress.kv_cache import KVLayout
-    from modelpress.validate.perplexity import next_token_fidelity, onnx_scorer, perplexity, torch_scorer
+    from modelpress.measures.perplexity import next_token_fidelity, onnx_scorer, perplexity, torch_scorer
 
     _, model, tokenizer, result = exported
     stream = tokenizer(" ".join(PROMPTS * 6))["input_ids"]
@@ -148,7 +149,7 @@ def test_the_kv_cache_graph_takes_static_int8_and_still_generates(exported, tmp_
     from modelpress.quantize.config import QuantizeConfig
     from modelpress.quantize.static import quantize_static
     from modelpress.testing import random_sentences
-    from modelpress.validate.perplexity import next_token_fidelity, onnx_scorer, perplexity
+    from modelpress.measures.perplexity import next_token_fidelity, onnx_scorer, perplexity
 
     _, model, tokenizer, result = exported
     layout = KVLayout.from_config(model.config)
@@ -181,7 +182,7 @@ def test_the_kv_cache_graph_takes_static_int8_and_still_generates(exported, tmp_
 
 # -- the metrics, against independent computations ---------------------------------------------------
 def test_scored_windows_give_torch_cross_entropy_and_kl():
-    from modelpress.validate.perplexity import lm_metrics, score_window, window_sums
+    from modelpress.measures.perplexity import lm_metrics, score_window, window_sums
 
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 50, 400)
@@ -205,8 +206,8 @@ def test_scored_windows_give_torch_cross_entropy_and_kl():
 def test_the_gate_reads_the_perplexity_ratio_as_percent_and_its_interval_resamples_windows():
     from modelpress.tasks import configure_task
     from modelpress.validate.gate import decide
-    from modelpress.validate.perplexity import ScoredWindow
-    from modelpress.validate.uncertainty import interval
+    from modelpress.measures.perplexity import ScoredWindow
+    from modelpress.measures.uncertainty import interval
 
     task = configure_task("text-generation")
     rng = np.random.default_rng(1)
@@ -283,7 +284,7 @@ def test_run_presses_a_causal_lm_into_a_bundle_that_generates_the_teachers_token
     from modelpress.models import load_model_and_preprocessor
     from modelpress.modalities.causal_text import token_stream
     from modelpress.tasks import configure_task
-    from modelpress.validate.perplexity import perplexity, torch_scorer
+    from modelpress.measures.perplexity import perplexity, torch_scorer
 
     folder = make_tiny_causal_lm(tmp_path / family, family=family)
     assert main(["run", str(_lm_recipe(tmp_path, folder)), "--out", str(tmp_path / "out")]) == 0
@@ -392,7 +393,7 @@ def test_left_padded_batches_of_prompts_continue_as_each_prompt_alone(exported):
     from modelpress.fileio import graph_input_shapes
     from modelpress.modalities.causal_text import CAUSAL_TEXT
     from modelpress.tasks import configure_task
-    from modelpress.validate.greedy_agreement import continue_greedily
+    from modelpress.tasks.greedy_agreement import continue_greedily
     from modelpress.validate.stage import open_predictor
 
     _, model, tokenizer, result = exported

@@ -17,7 +17,7 @@ from conftest import FAST_CALIBRATION, FAST_VALIDATE, INIT_RANGE, SPECIAL_TOKENS
 
 from modelpress.errors import BadInputError
 from modelpress.modalities.text import TextEncoder, TextPair, load_pairs
-from modelpress.validate import ranking as R
+from modelpress.tasks import ranking as R
 
 NLI = ("contradiction", "entailment", "neutral")
 

@@ -13,9 +13,9 @@ import pytest
 from conftest import FAST_CALIBRATION, FAST_VALIDATE, VOCAB, WORDS, cli, write_recipe
 
 from modelpress.errors import BadInputError
-from modelpress.validate.entities import chunks, entity_scores, is_chunk_tagset
-from modelpress.validate.metrics import token_metrics
-from modelpress.validate.tagged import load_tagged
+from modelpress.measures.entities import chunks, entity_scores, is_chunk_tagset
+from modelpress.measures.metrics import token_metrics
+from modelpress.tasks.tagged import load_tagged
 
 UPOS = {"NOUN": 0, "VERB": 1, "DET": 2, "PUNCT": 3}
 BIO = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")

@@ -4,6 +4,7 @@ rewrite, the graph against an independent blockwise-dequantized reference, and a
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -13,6 +14,7 @@ from conftest import write_recipe
 from onnx import TensorProto, helper, numpy_helper
 
 from modelpress.testing import make_tiny_causal_lm
+from modelpress.export.exporters import export_model
 
 
 def _dequantized(w: np.ndarray, bits: int, block: int) -> np.ndarray:
@@ -76,7 +78,7 @@ def gpt2_graph(tmp_path_factory):
     folder = make_tiny_causal_lm(tmp_path_factory.mktemp("gpt2"), family="gpt2")
     task = configure_task("text-generation")
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
-    result = task.export(model, tokenizer, folder / "model.onnx", opset=18, atol=1e-4)
+    result = export_model(task, model, tokenizer, folder / "model.onnx", opset=18, atol=1e-4)
     return folder, model, tokenizer, result
 
 
@@ -161,6 +163,8 @@ def _wo_recipe(tmp_path, folder, quantize=None, validate=None, task="text-genera
 def test_a_weight_only_run_ships_a_bundle_that_generates_and_says_what_it_wrote(gpt2_graph, tmp_path):
     from modelpress.bundle import load
     from modelpress.cli import main
+    from modelpress.cli_output import run_result
+    from modelpress.triton import write_repository
 
     folder = gpt2_graph[0]
     assert (
@@ -185,11 +189,52 @@ def test_a_weight_only_run_ships_a_bundle_that_generates_and_says_what_it_wrote(
         4,
     )
     assert len(q["quantized_nodes"]) == 9 and report["analysis"]["nodes"] == 0
-    m = report["models"]["int8"]["metrics"]
+    # named by what it holds: weight-only 8 bits is "w8" (file, report row, bundle.json, genai config)
+    m = report["models"]["w8"]["metrics"]
+    assert "int8" not in report["models"]
     assert m["next_token_agreement"] > 0.95 and m["perplexity_ratio"] < 1.01, m
-    assert report["gate"]["passed"]
+    assert report["gate"]["passed"] and report["gate"]["candidate_name"] == "w8"
+    assert (bundle / "model.w8.onnx").is_file() and not (bundle / "model.int8.onnx").exists()
+    assert json.loads((bundle / "bundle.json").read_text())["runtimes"] == {"onnxruntime": "model.w8.onnx"}
+    assert "model.w8.onnx" in json.loads((bundle / "manifest.json").read_text())["files"]
+    genai = json.loads((bundle / "genai_config.json").read_text())
+    assert genai["model"]["decoder"]["filename"] == "model.w8.onnx"
     with load(bundle) as lm:
+        assert lm.name == "w8"
         assert len(lm.generator.generate_ids([[1, 2, 3]], max_new_tokens=5, stop_token_ids=[])[0]) == 5
+    # --json's artifact and the Triton model follow bundle.json, not a fixed file name
+    assert run_result(bundle, seconds=1.0, inferred=None)["artifact"]["file"] == "model.w8.onnx"
+    served = write_repository(bundle, tmp_path / "repo", name="wo")
+    assert (served / "1" / "model.onnx").read_bytes() == (bundle / "model.w8.onnx").read_bytes()
+    _loads_in_the_old_layout(bundle, tmp_path / "old")
+
+
+def _loads_in_the_old_layout(bundle, old):
+    """A bundle from before the names followed the precision (weight-only weights in model.int8.onnx,
+    bundle.json and the manifest saying so) still loads, and generates what the new one does."""
+    from modelpress.bundle import load
+    from modelpress.manifest import _file_entry
+
+    shutil.copytree(bundle, old)
+    (old / "model.w8.onnx").rename(old / "model.int8.onnx")
+    meta = json.loads((old / "bundle.json").read_text())
+    meta["runtimes"] = {"onnxruntime": "model.int8.onnx"}
+    meta.get("default", {}).update(file="model.int8.onnx", name="int8")
+    (old / "bundle.json").write_text(json.dumps(meta))
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["files"]["model.w8.onnx"]
+    for name in ("model.int8.onnx", "bundle.json"):
+        manifest["files"][name] = _file_entry(old / name)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    prompt = [[1, 2, 3]]
+    with load(bundle) as new_lm, load(old) as old_lm:
+        assert old_lm.name == "int8"  # the name it always had; the file bundle.json lists is what loads
+        assert old_lm.runner.model_path.name == "model.int8.onnx"
+        got, want = (
+            [list(map(int, ids)) for ids in lm.generator.generate_ids(prompt, max_new_tokens=5, stop_token_ids=[])]
+            for lm in (old_lm, new_lm)
+        )
+        assert got == want
 
 
 @pytest.mark.parametrize(

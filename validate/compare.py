@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 import numpy as np
 
-from modelpress.validate.latency import PeakRss, summarize
+from modelpress.measures.latency import PeakRss, interleaved_rounds, summarize
 from modelpress.validate.select import slowed
 
 log = logging.getLogger(__name__)
@@ -29,45 +29,6 @@ log = logging.getLogger(__name__)
 def _shapes(examples: Sequence[Any], cfg, encoder) -> list[tuple[int, int | None, list[Any]]]:
     lengths = encoder.timing_lengths(cfg.seq_lengths)
     return [(b, s, [examples[i % len(examples)] for i in range(b)]) for b in cfg.batch_sizes for s in lengths]
-
-
-#: timed rounds kept per shape even when ``validate.latency_budget_s`` is spent
-MIN_TIMED_ROUNDS = 5
-
-
-def interleaved_rounds(calls: Sequence[Any], cfg, progress: Any = None) -> list[list[float]]:
-    """Seconds of each call per timed round: ``warmup_runs`` untimed rounds, then up to
-    ``latency_runs`` rounds that each run every call once, in turn, until ``latency_budget_s``
-    is spent (never fewer than ``MIN_TIMED_ROUNDS``). ``progress`` (a tqdm bar) advances a round at
-    a time, and by the rounds a spent budget skipped."""
-    budget = getattr(cfg, "latency_budget_s", 0.0)
-    times: list[list[float]] = [[] for _ in calls]
-    started = None
-    rounds = cfg.warmup_runs + cfg.latency_runs
-    done = 0
-    try:
-        for r in range(rounds):
-            if r == cfg.warmup_runs:
-                started = time.perf_counter()
-            elif (
-                started is not None
-                and budget
-                and r - cfg.warmup_runs >= min(MIN_TIMED_ROUNDS, cfg.latency_runs)
-                and time.perf_counter() - started >= budget
-            ):
-                break
-            for k, call in enumerate(calls):
-                t0 = time.perf_counter()
-                call()
-                if r >= cfg.warmup_runs:
-                    times[k].append(time.perf_counter() - t0)
-            done += 1
-            if progress is not None:
-                progress.update(1)
-    finally:
-        if progress is not None:
-            progress.update(rounds - done)
-    return times
 
 
 def interleaved_latency(predictors: Sequence, examples: Sequence[Any], cfg) -> dict[str, list[dict[str, Any]]]:

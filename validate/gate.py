@@ -3,7 +3,7 @@ how sure is that?
 
 The task registry says which metric is primary and in which direction each metric is better, so
 the drop is always "how much worse", whatever the metric (KL rising is a drop). With the drop's
-paired 95 % interval (``validate.uncertainty``) the verdict follows ``gate.policy``:
+paired 95 % interval (``measures.uncertainty``) the verdict follows ``gate.policy``:
 
 * ``point``      pass when the measured drop ≤ max_drop (the interval is reported, not used);
 * ``confident``  pass only when the interval's upper end ≤ max_drop: a release gate that a lucky
@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, get_task
+import math
 
 POLICIES = ("point", "confident", "lenient")
 
@@ -202,8 +203,6 @@ def _too_few(task, iv: Mapping[str, Any] | None, intervals: Mapping[str, Mapping
 
 
 def _examples_needed(n: int, width: float, max_drop: float) -> int | None:
-    import math
-
     return None if max_drop <= 0 else int(math.ceil(n * (width / max_drop) ** 2))
 
 

@@ -20,10 +20,10 @@ from modelpress.inference import Predictor
 from modelpress.runtimes.registry import create_runner
 from modelpress.validate.compare import evaluate, file_size_mb, ratios
 from modelpress.validate.gate import decide, worst
-from modelpress.validate.latency import time_calls
+from modelpress.measures.latency import time_calls
 from modelpress.validate.report import REPORT_SCHEMA
 from modelpress.validate.select import Candidate, candidate_rows, choose, ratio_interval, timings_at
-from modelpress.validate.uncertainty import interval
+from modelpress.measures.uncertainty import interval
 from modelpress.quantize.auto import Evaluation
 
 #: opens (creates and enters) one predictor; validation calls it inside its ExitStack

@@ -114,20 +114,10 @@ class Modality(abc.ABC):
     def save_preprocessor(self, preprocessor: Any, folder: Path) -> None:
         preprocessor.save_pretrained(str(folder))
 
-    @abc.abstractmethod
-    def distill_corpus(
-        self,
-        cfg: Any,
-        preprocessor: Any,
-        *,
-        label2id: Mapping[str, int] | None,
-        num_labels: int | None,
-        per_token: bool,
-    ) -> Any:
-        """What distillation trains on: the ``[distill]`` section's data (``cfg``), with gold labels when
-        ``cfg.label_field`` names them, prepared with the teacher's preprocessor. It has ``len``,
-        ``lengths`` (a size per row, for batching), ``collate(indices)`` (a batch of torch tensors
-        with ``index``) and ``fingerprint``."""
+    #: what distillation trains on for this modality: the name of its corpus builder in the distill stage's
+    #: registry (``modelpress.distill.corpora``: the ``[distill]`` data, with gold labels when ``label_field``
+    #: names them, prepared with the teacher's preprocessor)
+    corpus: str
 
     @abc.abstractmethod
     def model_inputs(self, model: Any, preprocessor: Any) -> tuple[str, ...]:

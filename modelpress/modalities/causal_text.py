@@ -2,7 +2,7 @@
 
 A corpus becomes one token stream (each text, then the end-of-sequence token: the GPT-2 training
 convention), cut into sequences (calibration: packed ``calibration.max_length``-token sequences)
-or strided windows (perplexity, ``validate.perplexity``). A feed is the KV-cache graph's prefill
+or strided windows (perplexity, ``measures.perplexity``). A feed is the KV-cache graph's prefill
 (``export.causal_lm``): ``input_ids`` / ``attention_mask`` / ``position_ids`` [batch, n] and an
 empty past per layer, whose static head count and head size the encoder reads from the graph's
 input shapes. Rows of a batch are right-padded: a causal model's earlier positions never see the
@@ -21,6 +21,8 @@ import numpy as np
 from modelpress.errors import BadInputError
 from modelpress.modalities import Batch, Encoder
 from modelpress.modalities.text import TextModality
+from modelpress.calibration_data.loaders import load_texts
+from modelpress.kv_cache import FIXED_INPUTS, KVLayout
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +70,11 @@ class ScoredBatch(Batch):
 
 
 class CausalEncoder(Encoder):
-    """Token sequences (arrays of ids, or ``validate.perplexity.Window``) → prefill feeds."""
+    """Token sequences (arrays of ids, or ``measures.perplexity.Window``) → prefill feeds."""
 
     def __init__(
         self, tokenizer: Any, *, input_names: Sequence[str], max_length: int, input_shapes: Mapping[str, Sequence[Any]]
     ) -> None:
-        from modelpress.kv_cache import KVLayout
-
         self.tokenizer = tokenizer
         self.input_names = tuple(input_names)
         self.max_length = max_length
@@ -133,8 +133,6 @@ class CausalTextModality(TextModality):
     def load_examples(self, path, *, field: str, num_samples: int | None, seed: int = 0) -> list[str]:
         """Every text, in file order: they are packed into token sequences once the tokenizer is
         loaded (:meth:`calibration_examples`), so ``num_samples`` counts sequences, not texts."""
-        from modelpress.calibration_data.loaders import load_texts
-
         return load_texts(path, text_field=field)
 
     def calibration_examples(
@@ -143,13 +141,9 @@ class CausalTextModality(TextModality):
         return pack(examples, preprocessor, length=max_length, count=num_samples, seed=seed)
 
     def model_inputs(self, model: Any, tokenizer: Any) -> tuple[str, ...]:
-        from modelpress.kv_cache import FIXED_INPUTS, KVLayout
-
         return (*FIXED_INPUTS, *KVLayout.from_config(model.config).past_names())
 
     def check_graph_inputs(self, names: Sequence[str], *, source: object = "") -> tuple[str, ...]:
-        from modelpress.kv_cache import FIXED_INPUTS
-
         if tuple(names[:3]) != FIXED_INPUTS or not any(n.startswith("past_key_values.") for n in names):
             raise BadInputError(
                 f"{source}: its inputs ({', '.join(names)}) are not a KV-cache decoder's "

@@ -19,6 +19,10 @@ import numpy as np
 
 from modelpress.errors import BadInputError
 from modelpress.modalities import Batch, Encoder, Modality
+from modelpress.calibration_data.images import check_readable, load_images, open_image
+from modelpress.calibration_data.loaders import sample
+from modelpress.image_processing import DeployImageProcessor
+import inspect
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,6 @@ class ImageEncoder(Encoder):
 
     def encode(self, examples: Sequence[Any], *, pad_to: int | None = None) -> Batch:
         """``pad_to`` does not apply: every image is processed to the model's resolution."""
-        from modelpress.calibration_data.images import open_image
-
         if not examples:
             raise BadInputError("no images to encode")
         images = [open_image(e) for e in examples]
@@ -58,6 +60,7 @@ def processed_shape(processor: Any) -> tuple[int, int, int]:
 
 class ImageModality(Modality):
     name = "image"
+    corpus = "image"  # distillation's corpus builder (modelpress.distill.corpora)
     preprocessor_dir = "image_processor"
     field_key = "image_field"
 
@@ -69,8 +72,6 @@ class ImageModality(Modality):
     def load_deployed(self, folder: Any) -> Any:
         """The bundle's ``preprocessor_config.json`` applied in numpy (``modelpress.image_processing``);
         a processor type it does not know needs transformers, as before."""
-        from modelpress.image_processing import DeployImageProcessor
-
         try:
             return DeployImageProcessor.from_folder(folder)
         except BadInputError as exc:
@@ -78,19 +79,9 @@ class ImageModality(Modality):
             return self.load_preprocessor(str(folder))
 
     def load_examples(self, path, *, field: str, num_samples: int | None, seed: int = 0) -> list[Any]:
-        from modelpress.calibration_data.images import check_readable, load_images
-        from modelpress.calibration_data.loaders import sample
-
         return check_readable(sample(load_images(path, field=field), num_samples, seed=seed))
 
-    def distill_corpus(self, cfg: Any, processor: Any, *, label2id, num_labels, per_token: bool) -> Any:
-        from modelpress.distill.image_data import load_image_corpus
-
-        return load_image_corpus(cfg, processor, label2id=label2id, num_labels=num_labels)
-
     def model_inputs(self, model: Any, processor: Any) -> tuple[str, ...]:
-        import inspect
-
         if INPUT not in inspect.signature(model.forward).parameters:
             raise BadInputError(f"{type(model).__name__}: not an image model (its forward takes no pixel_values)")
         return (INPUT,)

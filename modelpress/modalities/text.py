@@ -21,10 +21,8 @@ distillation read them with :func:`load_pairs`.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import inspect
 import logging
-from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
@@ -34,6 +32,8 @@ import numpy as np
 from modelpress.calibration_data.loaders import read_records, sample, text_of
 from modelpress.errors import BadInputError
 from modelpress.modalities import MODALITIES, Batch, Encoder, Modality
+from modelpress.calibration_data.loaders import load_texts
+from modelpress.tokenization import DeployTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _is_pairs(examples: Sequence[Any]) -> bool:
     return bool(examples) and isinstance(examples[0], TextPair)
 
 
-def _split_pairs(pairs: Sequence[TextPair]) -> tuple[list[str], list[str]]:
+def split_pairs(pairs: Sequence[TextPair]) -> tuple[list[str], list[str]]:
     return [p.first for p in pairs], [p.second for p in pairs]
 
 
@@ -128,7 +128,7 @@ class TextEncoder(Encoder):
         if _is_pairs(examples):
             # truncation=True is longest-first: the longer text of a pair loses tokens first
             enc = self.tokenizer(
-                *_split_pairs(examples),
+                *split_pairs(examples),
                 truncation=True,
                 return_tensors="np",
                 max_length=pad_to or self.max_length,
@@ -198,7 +198,7 @@ class TextEncoder(Encoder):
         return {"words_without_tokens": without, "windowed_sentences": windowed}
 
     def lengths(self, examples: Sequence[Any]) -> list[int]:
-        texts = _split_pairs(examples) if _is_pairs(examples) else (self._texts(examples)[0],)
+        texts = split_pairs(examples) if _is_pairs(examples) else (self._texts(examples)[0],)
         return [len(ids) for ids in self.tokenizer(*texts, truncation=True, max_length=self.max_length)["input_ids"]]
 
 
@@ -244,6 +244,7 @@ def _word_positions(
 
 class TextModality(Modality):
     name = "text"
+    corpus = "text"  # distillation's corpus builder (modelpress.distill.corpora)
     preprocessor_dir = "tokenizer"
 
     def load_preprocessor(self, ref: str, *, trust_remote_code: bool = False) -> Any:
@@ -254,22 +255,12 @@ class TextModality(Modality):
     def load_deployed(self, folder: str | Path) -> Any:
         """The bundle's ``tokenizer.json`` run by ``tokenizers`` (``modelpress.tokenization``); a folder
         without one (a slow-only tokenizer) needs transformers, as before."""
-        from modelpress.tokenization import DeployTokenizer
-
         if not (Path(folder) / "tokenizer.json").is_file():
             log.warning("%s: no tokenizer.json; loading the tokenizer with transformers", folder)
             return self.load_preprocessor(str(folder))
         return DeployTokenizer(folder)
 
-    def distill_corpus(self, cfg: Any, tokenizer: Any, *, label2id, num_labels, per_token: bool) -> Any:
-        from modelpress.distill.data import load_corpus, tokenize_corpus
-
-        corpus = load_corpus(cfg, label2id=label2id, num_labels=num_labels or 0, per_token=per_token)
-        return tokenize_corpus(tokenizer, corpus, max_length=cfg.max_length)
-
     def load_examples(self, path, *, field: str, num_samples: int | None, seed: int = 0) -> list[str]:
-        from modelpress.calibration_data.loaders import load_texts, sample
-
         return sample(load_texts(path, text_field=field), num_samples, seed=seed)
 
     def model_inputs(self, model: Any, tokenizer: Any) -> tuple[str, ...]:
@@ -395,40 +386,17 @@ class TextPairModality(TextModality):
     """Text pairs (cross-encoders): the text modality's tokenizer and inputs, pairs as raw examples."""
 
     name = "text-pairs"
+    corpus = "text-pairs"
 
     def load_examples(self, path, *, field: str, num_samples: int | None, seed: int = 0) -> list[TextPair]:
         return sample(load_pairs(path, text_field=field), num_samples, seed=seed)
-
-    def distill_corpus(self, cfg: Any, tokenizer: Any, *, label2id, num_labels, per_token: bool) -> Any:
-        """The pairs of ``distill.data`` tokenized together; the teacher's scores are the only targets."""
-        from modelpress.distill.data import FEATURES, TokenizedCorpus
-
-        if cfg.label_field is not None:
-            raise BadInputError("distill.label_field: text pairs distil on the teacher's scores only; remove it")
-        try:
-            pairs = self.load_examples(cfg.data, field=cfg.text_field, num_samples=cfg.num_samples, seed=cfg.seed)
-        except BadInputError as exc:
-            raise BadInputError(f"distill.data: {exc}") from None
-        if len(pairs) < 2:
-            raise BadInputError(f"distill.data: {cfg.data}: need at least 2 pairs to distill, found {len(pairs)}")
-        if tokenizer.pad_token_id is None:
-            raise BadInputError("teacher tokenizer has no padding token; cannot batch texts")
-        encoded = tokenizer(*_split_pairs(pairs), truncation=True, max_length=cfg.max_length, padding=False)
-        features = {name: encoded[name] for name in FEATURES if name in encoded}
-        digest = hashlib.sha256()
-        for name in sorted(features):  # segment ids too: the same tokens split elsewhere are another pair
-            for ids in features[name]:
-                digest.update(len(ids).to_bytes(4, "little") + array("q", ids).tobytes())
-        return TokenizedCorpus(
-            features=features, labels=None, pad_token_id=int(tokenizer.pad_token_id), fingerprint=digest.hexdigest()
-        )
 
     def export_examples(self, tokenizer: Any, input_names: Sequence[str]) -> tuple[dict, dict]:
         import torch
 
         def encode(pairs, seq):
             enc = tokenizer(
-                *_split_pairs([TextPair(*p) for p in pairs]),
+                *split_pairs([TextPair(*p) for p in pairs]),
                 padding="max_length",
                 truncation=True,
                 max_length=seq,

@@ -5,6 +5,13 @@ For an activation X feeding weights W (rows = input channels), per channel j:
 which ONNX Runtime runs at no measurable cost, unlike a per-channel QuantizeLinear) and W's rows
 are multiplied by s, so X·W is unchanged in exact arithmetic but X has a flatter range.
 Consumers that share one activation (Q, K, V projections) share one smoothing factor.
+
+Where it is exact the division is folded into the producer instead of a ``Mul``
+(:mod:`modelpress.quantize.smooth_fold`): a LayerNorm read only by the smoothed projections (pre-LN
+decoders) takes it in its gamma and beta; the attention context (softmax · V) takes it in the V
+projection's weight columns and bias, since softmax mixes tokens, never channels. A post-LN
+encoder's LayerNorm (BERT) also feeds the residual, and a GELU output is not linear in its input:
+those keep their ``Mul``.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import numpy as np
 import onnx
 
 from modelpress.quantize.graph import GraphEditor
+from modelpress.quantize.smooth_fold import fold_division
 from modelpress.quantize.targets import QuantTarget
 
 _S_MIN, _S_MAX = 1e-4, 1e4
@@ -54,23 +62,25 @@ def apply_smoothing(
         for name in node.input:
             first_consumer.setdefault(name, idx)
     new_targets, factors = [], {}
+    # every factor from the weights as exported, before a fold rescales a weight another group reads (V's
+    # columns): the factors are those of the unfolded graph
+    chosen: dict[str, np.ndarray] = {}
     for act, group in by_act.items():
-        known = factors_by_act if factors_by_act is not None else act_absmax
-        if act not in known:
+        if factors_by_act is not None:
+            if act in factors_by_act:
+                chosen[act] = factors_by_act[act]
+        elif act in act_absmax:
+            chosen[act] = smoothing_factors(act_absmax[act], [(g.array(t.weight), t.input_axis) for t in group], alpha)
+    # the weights' rows first: a fold below may rescale a projection's columns (V), and reads its weight here
+    for act, group in by_act.items():
+        if act not in chosen:
             new_targets.extend(group)
             continue
-        weights = [(g.array(t.weight), t.input_axis) for t in group]
-        s = known[act] if factors_by_act is not None else smoothing_factors(act_absmax[act], weights, alpha)
         smoothed = f"{act}_smoothed"
-        inv_name = g.add_initializer((1.0 / s).astype(np.float32), f"{act}_smooth_inv_scale")
-        g.insert_before_index(
-            first_consumer[act], onnx.helper.make_node("Mul", [act, inv_name], [smoothed], name=f"{act}_smooth_mul")
-        )
-        factors[smoothed] = s
-        for t, (w, axis) in zip(group, weights):
+        for t in group:
             shape = [1, 1]
-            shape[axis] = -1
-            scaled = (w * s.reshape(shape)).astype(np.float32)
+            shape[t.input_axis] = -1
+            scaled = (g.array(t.weight) * chosen[act].reshape(shape)).astype(np.float32)
             weight_name = t.weight
             if weight_users[t.weight] > 1:  # shared weight: give this node its own copy
                 weight_name = g.add_initializer(scaled, f"{t.weight}_smoothed_{t.node_name}")
@@ -80,4 +90,13 @@ def apply_smoothing(
             node.input[0] = smoothed
             node.input[1] = weight_name
             new_targets.append(QuantTarget(t.node_name, t.op_type, smoothed, weight_name, t.weight_axis, t.input_axis))
+    for act, s in chosen.items():
+        smoothed = f"{act}_smoothed"
+        factors[smoothed] = s
+        if not fold_division(g, act, smoothed, s):
+            inv_name = g.add_initializer((1.0 / s).astype(np.float32), f"{act}_smooth_inv_scale")
+            g.insert_before_index(
+                first_consumer[act],
+                onnx.helper.make_node("Mul", [act, inv_name], [smoothed], name=f"{act}_smooth_mul"),
+            )
     return g.finish(), new_targets, factors

@@ -99,8 +99,8 @@ def quantize_stage(
 ) -> QuantizeOutcome:
     """``model.onnx`` → ``model.int8.onnx`` (+ analysis and quantization.json). Each runtime then
     writes its own artifact from the outcome's plan (``runtimes.artifacts``)."""
-    log.info("quantizing to %s", paths.model_int8_onnx)
-    outcome = quantize_model(paths.model_onnx, paths.model_int8_onnx, feeds, cfg, evaluate=evaluate)
+    log.info("quantizing to %s", paths.pressed_onnx)
+    outcome = quantize_model(paths.model_onnx, paths.pressed_onnx, feeds, cfg, evaluate=evaluate)
     outcome.analysis_section = write_analysis(outcome.analysis, paths)
     write_json(paths.quantization_json, {**outcome.summary.to_dict(), "auto": outcome.auto})
     return outcome

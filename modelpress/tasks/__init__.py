@@ -31,6 +31,7 @@ from modelpress import task_match
 from modelpress.config_check import check_fields, checked_fields
 from modelpress.errors import BadInputError
 from modelpress.registry import Registry
+from modelpress.bundle_base import Bundle
 
 HIGHER, LOWER = "higher", "lower"
 
@@ -151,11 +152,9 @@ class Task:
         return None
 
     # -- model and export -------------------------------------------------------------------
-    def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
-        """``model`` → ONNX at ``out_path``, parity-checked (``export.onnx_export.ExportResult``)."""
-        from modelpress.export.onnx_export import export_onnx
-
-        return export_onnx(model, preprocessor, out_path, task=self, opset=opset, atol=atol)
+    #: the exporter that turns the model into ONNX (``modelpress.export.exporters``): "onnx" traces
+    #: :meth:`torch_output` through the modality's inputs
+    exporter: ClassVar[str] = "onnx"
 
     def torch_output(self, model_output: Any) -> Any:
         """The tensor export traces, from the transformers model's output (or a mapping of named
@@ -178,9 +177,9 @@ class Task:
 
     # -- evaluation -----------------------------------------------------------------------------
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None) -> Any:
-        """The eval set (``modelpress.validate.evalsets.EvalSet``) in one of ``eval_formats``; ``cfg``
+        """The eval set (``modelpress.tasks.evalsets.EvalSet``) in one of ``eval_formats``; ``cfg``
         is the recipe's ``[validate]``. The default reads the text formats (text, pairs, stsb)."""
-        from modelpress.validate.evalsets import load_eval_set
+        from modelpress.tasks.evalsets import load_eval_set
 
         labels = getattr(model_config, "num_labels", None) if self.needs_labels else None
         return load_eval_set(
@@ -241,7 +240,7 @@ class Task:
 
     def paired_units(self, metric: str, teacher_out: Any, candidate_out: Any, es: Any):
         """What the drop of ``metric`` is a statistic of, per resampling unit
-        (``modelpress.validate.uncertainty.PairedUnits``), or None when it has no interval."""
+        (``modelpress.measures.uncertainty.PairedUnits``), or None when it has no interval."""
         return None
 
     @classmethod
@@ -285,8 +284,6 @@ class Task:
 
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
-
         return Bundle
 
 
@@ -326,3 +323,36 @@ def task_from_dict(d: Mapping[str, Any]) -> Task:
     return cls(
         **checked_fields(cls, "task_options", {k: v for k, v in d.items() if k != "task" and k in cls.options()})
     )
+
+
+def _suffix_length(architecture: str, spec: task_match.AutoSpec) -> int:
+    """The longest of ``spec``'s suffixes that ``architecture`` ends with (0: none)."""
+    return max((len(s) for s in spec.architectures if architecture.endswith(s)), default=0)
+
+
+def infer_task(model_dir: str | Path) -> tuple[str, str]:
+    """(task name, the architecture it was read from) for the model folder ``model_dir``."""
+    config = task_match.read_config(model_dir)
+    architectures = [str(a) for a in config.get("architectures") or () if isinstance(a, str)]
+    choices = ", ".join(task_names())
+    if not architectures:
+        raise BadInputError(
+            f"{model_dir}: config.json names no architectures, so the task cannot be read from it; "
+            f"give --task (one of {choices})"
+        )
+    best: dict[str, tuple[int, str]] = {}  # task → (suffix length, architecture)
+    for name in task_names():
+        spec = get_task(name).auto
+        for arch in architectures:
+            length = _suffix_length(arch, spec)
+            if length and spec.accepts(config) and length > best.get(name, (0, ""))[0]:
+                best[name] = (length, arch)
+    if not best:
+        raise BadInputError(f"{model_dir}: no task handles {', '.join(architectures)}; give --task (one of {choices})")
+    top = max(length for length, _ in best.values())
+    winners = [name for name, (length, _) in best.items() if length == top]
+    if len(winners) > 1:
+        raise BadInputError(
+            f"{model_dir}: {', '.join(architectures)} fits several tasks ({', '.join(winners)}); give --task"
+        )
+    return winners[0], best[winners[0]][1]

@@ -19,6 +19,9 @@ import numpy as np
 from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, DistillSpec, Task
+from modelpress.bundle_base import Bundle
+from modelpress.measures import uncertainty as U
+from modelpress.measures import metrics as M
 
 POOLINGS = ("auto", "mean", "cls")
 
@@ -79,7 +82,7 @@ class FeatureExtraction(Task):
         "spearman": HIGHER,
     }
     eval_formats: ClassVar[tuple[str, ...]] = ("text", "pairs", "stsb")
-    eval_record: ClassVar[str] = "modelpress.validate.evalsets:TextSet"
+    eval_record: ClassVar[str] = "modelpress.tasks.evalsets:TextSet"
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="embedding",
         losses=frozenset({"embedding_mse", "embedding_cos", "similarity_mse", "hidden_mse", "attention_kl"}),
@@ -122,19 +125,12 @@ class FeatureExtraction(Task):
         )
 
     def reference_metrics(self, teacher_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.validate import metrics as M
-
         return M.embedding_reference_metrics(teacher_out, es.pairs)
 
     def fidelity(self, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.validate import metrics as M
-
         return M.embedding_metrics(teacher_out, candidate_out, es.pairs)
 
     def paired_units(self, metric: str, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any):
-        from modelpress.validate import metrics as M
-        from modelpress.validate import uncertainty as U
-
         if metric == "spearman" and es.pairs:
             i, j, gold = (np.array(col) for col in zip(*es.pairs))
             t, c = M.unit(teacher_out), M.unit(candidate_out)
@@ -155,8 +151,6 @@ class FeatureExtraction(Task):
 
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
-
         class EmbeddingBundle(Bundle):
             def embed(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
                 """Sentence embeddings, [n_texts, dim] (a single string gives [1, dim]; no texts, [0, dim])."""

@@ -3,7 +3,7 @@
 
 The head and the metrics are text classification's (top-1 agreement, mean KL(teacher ‖ model),
 accuracy against gold labels when the eval set has them; the gate judges accuracy, else
-agreement), on the image modality. Eval format ``images`` (``validate.images``): an imagefolder,
+agreement), on the image modality. Eval format ``images`` (``tasks.images``): an imagefolder,
 a ``.jsonl`` / ``.csv`` of image paths and labels, or a datasets folder.
 """
 
@@ -18,6 +18,8 @@ import numpy as np
 from modelpress import task_match
 from modelpress.tasks import DistillSpec
 from modelpress.tasks.text_classification import TextClassification, softmax
+from modelpress.bundle_base import Bundle
+from modelpress.tasks.images import load_image_eval
 
 
 @dataclass(frozen=True)
@@ -30,15 +32,13 @@ class ImageClassification(TextClassification):
     modality: ClassVar[str] = "image"
     auto_class: ClassVar[str] = "AutoModelForImageClassification"
     eval_formats: ClassVar[tuple[str, ...]] = ("images",)
-    eval_record: ClassVar[str] = "modelpress.validate.images:ImageSet"
+    eval_record: ClassVar[str] = "modelpress.tasks.images:ImageSet"
     unit: ClassVar[str] = "images"
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="logits", losses=frozenset({"kl", "ce"}), defaults={"kl": 1.0}, label_loss="ce"
     )
 
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None):
-        from modelpress.validate.images import load_image_eval
-
         return load_image_eval(
             path,
             image_field=cfg.image_field,
@@ -50,8 +50,6 @@ class ImageClassification(TextClassification):
 
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
-
         class ImageClassifierBundle(Bundle):
             def classify(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
                 """Class probabilities, [n_images, n_classes]: paths, PIL images or HxW / HxWxC

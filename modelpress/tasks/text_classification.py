@@ -14,6 +14,9 @@ import numpy as np
 
 from modelpress import task_match
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
+from modelpress.bundle_base import Bundle
+from modelpress.measures import uncertainty as U
+from modelpress.measures import metrics as M
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -31,7 +34,7 @@ class TextClassification(Task):
     output_name: ClassVar[str] = "logits"
     metrics: ClassVar[Mapping[str, str]] = {"top1_agreement": HIGHER, "mean_kl": LOWER, "accuracy": HIGHER}
     eval_formats: ClassVar[tuple[str, ...]] = ("text",)
-    eval_record: ClassVar[str] = "modelpress.validate.evalsets:TextSet"
+    eval_record: ClassVar[str] = "modelpress.tasks.evalsets:TextSet"
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="logits",
         losses=frozenset({"kl", "ce", "hidden_mse", "attention_kl"}),
@@ -46,19 +49,12 @@ class TextClassification(Task):
         return model_output.logits
 
     def reference_metrics(self, teacher_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.validate import metrics as M
-
         return M.classification_reference_metrics(teacher_out, es.labels)
 
     def fidelity(self, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.validate import metrics as M
-
         return M.classification_metrics(teacher_out, candidate_out, es.labels)
 
     def paired_units(self, metric: str, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any):
-        from modelpress.validate import metrics as M
-        from modelpress.validate import uncertainty as U
-
         t, c = teacher_out.argmax(-1), candidate_out.argmax(-1)
         if metric == "accuracy" and es.labels is not None:
             gold = np.asarray(es.labels)
@@ -81,8 +77,6 @@ class TextClassification(Task):
 
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
-
         class ClassifierBundle(Bundle):
             def classify(self, texts: str | Sequence[str], *, batch_size: int = 32) -> np.ndarray:
                 """Class probabilities, [n_texts, n_classes] (a single string gives [1, n_classes];

@@ -4,12 +4,12 @@ and decode steps), validated on held-out text and generated with by the bundle.
 
 Eval set: held-out text (``text`` format: a .txt with a text per line, or .jsonl/.csv with
 ``validate.text_field``), tokenized into one stream (``modalities.causal_text``) and cut into
-windows of ``validate.max_length`` tokens every ``task_options.stride`` (``validate.perplexity``).
+windows of ``validate.max_length`` tokens every ``task_options.stride`` (``measures.perplexity``).
 Metrics on the scored tokens: ``perplexity``; ``perplexity_ratio`` (the candidate's ÷ the
 teacher's: the gate reads its drop, 100 × (ratio − 1), as the perplexity increase in percent, its
 default metric); ``next_token_agreement`` (top-1) and ``mean_kl`` (teacher ‖ candidate). Their
 intervals resample windows. With ``task_options.prompts``, also ``greedy_agreement``: the share of the
-teacher's greedy new tokens each model reproduces (``validate.greedy_agreement``; its interval
+teacher's greedy new tokens each model reproduces (``tasks.greedy_agreement``; its interval
 resamples prompts). Timings: the prefill at ``validate.seq_lengths`` (the latency rows)
 and one decode step at ``task_options.decode_contexts`` (``decode_latency``). The bundle's API is
 ``generate`` (``modelpress.generation.TextGenerator`` on the bundle's runner).
@@ -26,6 +26,14 @@ import numpy as np
 from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, EvalSet, Task
+from modelpress.bundle_base import Bundle
+from modelpress.calibration_data.loaders import load_texts
+from modelpress.generation import TextGenerator
+from modelpress.measures import uncertainty as U
+from modelpress.measures.perplexity import lm_metrics, score_window, window_sums, windows
+from modelpress.modalities import get_modality
+from modelpress.modalities.causal_text import token_stream
+from modelpress.tasks.greedy_agreement import agreement_counts, continue_greedily, greedy_agreement, read_prompts
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,7 @@ class LMEvalSet(EvalSet):
     eval prompts' token ids for ``greedy_agreement`` (None: no ``task_options.prompts``)."""
 
     texts: tuple[str, ...] = ()
-    windows: tuple = ()  # ``validate.perplexity.Window``s of the texts' token stream
+    windows: tuple = ()  # ``measures.perplexity.Window``s of the texts' token stream
     prompts: tuple[tuple[int, ...], ...] | None = None
 
     @property
@@ -62,6 +70,9 @@ class TextGeneration(Task):
     prompts: str = field(default="", metadata={"path": True})  # greedy_agreement's prompts ("" = none)
     prompt_field: str = "prompt"  # the prompt field of a .jsonl/.csv prompts file
     generation_tokens: int = field(default=32, metadata={"min": 1})  # greedy new tokens per prompt
+    # "traced": torch.onnx's graph of the family's code (every family, every runtime); "fused": Llama / Qwen2 /
+    # Qwen3 written with ONNX Runtime's fused operators (GroupQueryAttention, in-place cache; export.fused_decoder)
+    decoder_graph: str = field(default="traced", metadata={"choices": ("traced", "fused")})
 
     name: ClassVar[str] = "text-generation"
     auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec(architectures=("ForCausalLM", "LMHeadModel"))
@@ -95,18 +106,14 @@ class TextGeneration(Task):
     engines: ClassVar[bool] = False  # a KV cache needs a profile per input; no GPU here to build one
 
     # -- model and export -------------------------------------------------------------------
-    def export(self, model: Any, preprocessor: Any, out_path: str | Path, *, opset: int, atol: float) -> Any:
-        from modelpress.bundle import INT8_MODEL
-        from modelpress.export.causal_lm import export_causal_lm
-        from modelpress.export.genai_config import write_genai_config
-
-        result = export_causal_lm(model, preprocessor, out_path, opset=opset, atol=atol)
-        # onnxruntime-genai runs the bundle's ONNX Runtime model: the export's names are its own
-        write_genai_config(Path(out_path).parent, model.config, preprocessor, filename=INT8_MODEL)
-        return result
+    @property
+    def exporter(self) -> str:  # type: ignore[override]  # the decoder graph option picks it
+        """A decoder with its KV cache and onnxruntime-genai's config beside it (``modelpress.export.exporters``):
+        traced by torch.onnx, or written with ONNX Runtime's fused operators (``decoder_graph = "fused"``)."""
+        return "causal-lm-fused" if self.decoder_graph == "fused" else "causal-lm"
 
     def torch_module(self, model: Any) -> Any:
-        from modelpress.export.causal_lm import FeedStep
+        from modelpress.tasks.causal_lm_torch import FeedStep
 
         return FeedStep(model)
 
@@ -118,17 +125,11 @@ class TextGeneration(Task):
 
     # -- inference ------------------------------------------------------------------------------
     def postprocess(self, outputs: Mapping[str, np.ndarray], batch: Any) -> list:
-        from modelpress.validate.perplexity import score_window
-
         logits, ids = outputs["logits"], batch.feed["input_ids"]
         return [score_window(logits[r], ids[r], pos) for r, pos in enumerate(batch.positions)]
 
     # -- evaluation -------------------------------------------------------------------------------
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None) -> Any:
-        from modelpress.calibration_data.loaders import load_texts
-        from modelpress.modalities.causal_text import token_stream
-        from modelpress.validate.perplexity import windows
-
         if not Path(path).exists():
             raise BadInputError(f"{path}: evaluation data not found")
         if preprocessor is None:
@@ -142,12 +143,8 @@ class TextGeneration(Task):
             found = found[: cfg.num_samples]
         prompts = None
         if self.prompts:
-            from modelpress.validate.greedy_agreement import read_prompts
-
             prompts = read_prompts(self.prompts, preprocessor, field=self.prompt_field)
             if model_config is not None:  # the longest prompt and its new tokens must fit the positions
-                from modelpress.modalities import get_modality
-
                 get_modality(self.modality).check_lengths(
                     model_config,
                     preprocessor,
@@ -162,7 +159,6 @@ class TextGeneration(Task):
         windows = predictor.predict(list(es.examples), batch_size=cfg.batch_size)
         if not es.prompts:
             return LMOutputs(tuple(windows))
-        from modelpress.validate.greedy_agreement import continue_greedily
 
         return LMOutputs(
             tuple(windows),
@@ -170,16 +166,11 @@ class TextGeneration(Task):
         )
 
     def reference_metrics(self, teacher_out: Any, es: Any) -> dict[str, float]:
-        from modelpress.validate.perplexity import lm_metrics, window_sums
-
         t = LMOutputs.of(teacher_out)
         metrics = lm_metrics(window_sums(t.windows, t.windows, kl=False), reference=True)
         return {**metrics, "greedy_agreement": 1.0} if t.continuations is not None else metrics
 
     def fidelity(self, teacher_out: Any, candidate_out: Any, es: Any) -> dict[str, float]:
-        from modelpress.validate.greedy_agreement import greedy_agreement
-        from modelpress.validate.perplexity import lm_metrics, window_sums
-
         t, c = LMOutputs.of(teacher_out), LMOutputs.of(candidate_out)
         metrics = lm_metrics(window_sums(t.windows, c.windows))
         if t.continuations is not None and c.continuations is not None:
@@ -187,14 +178,10 @@ class TextGeneration(Task):
         return metrics
 
     def paired_units(self, metric: str, teacher_out: Any, candidate_out: Any, es: Any):
-        from modelpress.validate import uncertainty as U
-        from modelpress.validate.perplexity import window_sums
-
         t, c = LMOutputs.of(teacher_out), LMOutputs.of(candidate_out)
         if metric == "greedy_agreement":
             if t.continuations is None or c.continuations is None:
                 return None
-            from modelpress.validate.greedy_agreement import agreement_counts
 
             return U.PairedUnits(agreement_counts(t.continuations, c.continuations), U.ratio_complement(), "prompts")
         s = window_sums(t.windows, c.windows, kl=metric == "mean_kl")  # KL: the costly pass
@@ -213,7 +200,7 @@ class TextGeneration(Task):
         return "perplexity_ratio"
 
     def extra_latency(self, predictors: Sequence[Any], examples: Sequence[Any], cfg: Any) -> dict[str, dict[str, list]]:
-        from modelpress.validate.decode_latency import decode_latency
+        from modelpress.measures.decode_latency import decode_latency
 
         return {
             name: {"decode_latency": rows}
@@ -247,8 +234,6 @@ class TextGeneration(Task):
     # -- the bundle ---------------------------------------------------------------------------
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
-
         class GeneratorBundle(Bundle):
             def generate(
                 self,
@@ -272,8 +257,6 @@ class TextGeneration(Task):
 
             @property
             def generator(self):
-                from modelpress.generation import TextGenerator
-
                 if self.__dict__.get("_generator") is None:
                     self._generator = TextGenerator(
                         self.runner,
@@ -286,8 +269,6 @@ class TextGeneration(Task):
             @property
             def max_positions(self) -> int | None:
                 """The positions the model takes (a prompt and its new tokens share them)."""
-                from modelpress.modalities import get_modality
-
                 return self.meta.get("max_positions") or get_modality(self.task.modality).position_limit(
                     None, self.encoder.tokenizer
                 )
@@ -298,7 +279,7 @@ class TextGeneration(Task):
 @dataclass(frozen=True)
 class LMOutputs:
     """A model's outputs on a text-generation eval set: its scored windows and, with eval prompts,
-    its greedy continuations (``validate.greedy_agreement.Continuations``)."""
+    its greedy continuations (``tasks.greedy_agreement.Continuations``)."""
 
     windows: tuple = ()
     continuations: Any = None

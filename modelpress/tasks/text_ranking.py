@@ -6,7 +6,7 @@ logit; a model with several labels (NLI-style) ranks by the softmax probability 
 ``[task_options] score_class`` (its name or index: the recipe must say which, there is no safe
 default). Passages are ranked by score, highest first.
 
-Metrics (``modelpress.validate.ranking``): Spearman and Pearson against gold scores (``pairs``,
+Metrics (``modelpress.tasks.ranking``): Spearman and Pearson against gold scores (``pairs``,
 ``stsb``), NDCG@10 and MRR@10 against graded relevance (``ranking``), top-1 agreement and Kendall's
 τ per query and the score MSE against the teacher. The gate judges Spearman, else NDCG@10, else
 top-1 agreement, else the score MSE. Calibration reads pairs (``modelpress.modalities.text.load_pairs``:
@@ -27,6 +27,11 @@ from modelpress import task_match
 from modelpress.errors import BadInputError
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, MetricSpec, Task
 from modelpress.tasks.text_classification import softmax
+from modelpress.bundle_base import Bundle
+from modelpress.measures import uncertainty as U
+from modelpress.modalities.text import TextPair
+from modelpress.tasks.ranking import load_ranking_set, ranking_metrics, reference_metrics
+from modelpress.tasks import ranking as R
 
 
 def resolve_score_class(value: int | str | None, labels: Sequence[str]) -> int:
@@ -86,7 +91,7 @@ class TextRanking(Task):
         "score_mse": LOWER,
     }
     eval_formats: ClassVar[tuple[str, ...]] = ("pairs", "stsb", "ranking")
-    eval_record: ClassVar[str] = "modelpress.validate.ranking:RankingSet"
+    eval_record: ClassVar[str] = "modelpress.tasks.ranking:RankingSet"
     # "scores": the held-out check is the score MSE (agreement of a single logit's argmax means nothing)
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="scores",
@@ -117,8 +122,6 @@ class TextRanking(Task):
 
     # -- inference ------------------------------------------------------------------------------
     def prepare(self, examples: Sequence[Any]) -> list[Any]:
-        from modelpress.modalities.text import TextPair
-
         return [TextPair(*e) for e in examples]
 
     def scores(self, logits: np.ndarray) -> np.ndarray:
@@ -133,8 +136,6 @@ class TextRanking(Task):
 
     # -- evaluation -------------------------------------------------------------------------------
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None):
-        from modelpress.validate.ranking import load_ranking_set
-
         if model_config is not None:  # the loaded model's head: the score class must be one of its classes
             id2label = getattr(model_config, "id2label", None) or {}
             labels = [str(id2label.get(i, i)) for i in range(int(getattr(model_config, "num_labels", 1)))]
@@ -153,19 +154,12 @@ class TextRanking(Task):
         )
 
     def reference_metrics(self, teacher_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.validate.ranking import reference_metrics
-
         return reference_metrics(self.scores(teacher_out), es)
 
     def fidelity(self, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any) -> dict[str, float]:
-        from modelpress.validate.ranking import ranking_metrics
-
         return ranking_metrics(self.scores(teacher_out), self.scores(candidate_out), es)
 
     def paired_units(self, metric: str, teacher_out: np.ndarray, candidate_out: np.ndarray, es: Any):
-        from modelpress.validate import ranking as R
-        from modelpress.validate import uncertainty as U
-
         t, c = self.scores(teacher_out), self.scores(candidate_out)
         if metric in ("spearman", "pearson") and es.gold is not None and not es.graded:
             stat = U.spearman_drop() if metric == "spearman" else R.pearson_drop()
@@ -192,8 +186,6 @@ class TextRanking(Task):
     # -- the bundle ---------------------------------------------------------------------------------
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
-
         class RerankerBundle(Bundle):
             def score(
                 self, pairs: Sequence[Sequence[str]], *, batch_size: int = 32, sigmoid: bool = False

@@ -24,6 +24,13 @@ import numpy as np
 
 from modelpress import task_match
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, Task
+from modelpress.bundle_base import Bundle
+from modelpress.measures import uncertainty as U
+from modelpress.measures.entities import chunks
+from modelpress.modalities import get_modality
+from modelpress.tasks.tagged import load_tagged
+from modelpress.tasks.text_classification import softmax
+from modelpress.measures import metrics as M
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +51,7 @@ class TokenClassification(Task):
         "entity_f1": HIGHER,
     }
     eval_formats: ClassVar[tuple[str, ...]] = ("conllu", "conll", "jsonl")
-    eval_record: ClassVar[str] = "modelpress.validate.tagged:TaggedEvalSet"
+    eval_record: ClassVar[str] = "modelpress.tasks.tagged:TaggedEvalSet"
     batch_payload: ClassVar[str] = "modelpress.modalities.text:WordBatch"
     distill: ClassVar[DistillSpec] = DistillSpec(
         output="token_logits",
@@ -81,8 +88,6 @@ class TokenClassification(Task):
         return model_output.logits
 
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None):
-        from modelpress.validate.tagged import load_tagged
-
         label2id = dict(getattr(model_config, "label2id", None) or {})
         es = load_tagged(
             path,
@@ -97,8 +102,6 @@ class TokenClassification(Task):
     def with_coverage(self, es: Any, tokenizer: Any, *, max_length: int) -> Any:
         """``es`` with the count of its words that have no token and of its sentences that are
         windowed, as validation's encoder (the text modality's, at ``max_length``) reads them."""
-        from modelpress.modalities import get_modality
-
         encoder = get_modality(self.modality).encoder(
             tokenizer, input_names=("input_ids", "attention_mask"), max_length=max_length
         )
@@ -115,21 +118,14 @@ class TokenClassification(Task):
         return replace(es, **counts)
 
     def reference_metrics(self, teacher_out: list[np.ndarray], es: Any) -> dict[str, float]:
-        from modelpress.validate import metrics as M
-
         return M.token_metrics(teacher_out, teacher_out, es.tags, es.label_names)
 
     def fidelity(self, teacher_out: list[np.ndarray], candidate_out: list[np.ndarray], es: Any) -> dict[str, float]:
-        from modelpress.validate import metrics as M
-
         return M.token_metrics(teacher_out, candidate_out, es.tags, es.label_names)
 
     def paired_units(self, metric: str, teacher_out: list[np.ndarray], candidate_out: list[np.ndarray], es: Any):
         """Sentences are the units (words of a sentence are not independent); word metrics are
         ratios of per-sentence sums."""
-        from modelpress.validate import metrics as M
-        from modelpress.validate import uncertainty as U
-
         words = [len(c) for c in candidate_out]
         if metric == "top1_agreement":
             agree = [int((t.argmax(-1) == c.argmax(-1)).sum()) for t, c in zip(teacher_out, candidate_out)]
@@ -145,8 +141,6 @@ class TokenClassification(Task):
             c_ok = [int((c.argmax(-1) == g).sum()) for c, g in zip(candidate_out, gold)]
             return U.PairedUnits(U.as_arrays(t_ok, c_ok, words), U.ratio_drop(), "sentences")
         if metric == "entity_f1" and es.label_names:
-            from modelpress.validate.entities import chunks
-
             names = list(es.label_names)
 
             def counts(out):
@@ -171,9 +165,6 @@ class TokenClassification(Task):
 
     @classmethod
     def bundle_class(cls) -> type:
-        from modelpress.bundle import Bundle
-        from modelpress.tasks.text_classification import softmax
-
         class TaggerBundle(Bundle):
             def tag(
                 self, texts: str | Sequence[str | Sequence[str]], *, batch_size: int = 32

@@ -37,7 +37,7 @@ def build_engines(run_dir: Path, cfg: EngineConfig, *, modality: str = "text") -
     """
     paths = RunPaths(Path(run_dir))
     # the TensorRT-style Q/DQ twin of the calibration when the run wrote one, else model.int8.onnx
-    int8 = paths.model_int8_trt_onnx if paths.model_int8_trt_onnx.is_file() else paths.model_int8_onnx
+    int8 = paths.model_int8_trt_onnx if paths.model_int8_trt_onnx.is_file() else paths.pressed_onnx
     sources = {"int8": int8, "fp16": paths.model_onnx}
     for precision in cfg.precisions:
         if not sources[precision].is_file():

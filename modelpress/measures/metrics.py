@@ -10,7 +10,9 @@ a task gates on, and in which direction each is better, is the task registry's (
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import spearmanr
+
+from modelpress.errors import BadInputError
+from modelpress.measures.entities import entity_scores, is_chunk_tagset
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -32,12 +34,12 @@ def pair_spearman(emb: np.ndarray, pairs) -> float:
     j = np.array([p[1] for p in pairs])
     gold = np.array([p[2] for p in pairs])
     if len(pairs) < 3 or np.ptp(gold) == 0:
-        from modelpress.errors import BadInputError
-
         raise BadInputError(
             f"spearman cannot be computed: the {len(pairs)} gold score(s) of the eval set are "
             f"{'all equal' if len(pairs) >= 3 else 'too few'}; give varied scores"
         )
+    from scipy.stats import spearmanr  # the pressing side's (a deployment host has no scipy)
+
     sims = (e[i] * e[j]).sum(axis=1)
     return float(spearmanr(sims, gold).statistic)
 
@@ -99,8 +101,6 @@ def token_metrics(
     """Word-level metrics of a tagger: per sentence an array [words, labels] of logits, a row for
     every input word (long sentences are windowed, a word without a token of its own is read at a
     neighbour's position). ``entity_f1`` only when the labels are a BIO/BIOES tag set."""
-    from modelpress.validate.entities import entity_scores, is_chunk_tagset
-
     out = classification_metrics(np.concatenate(teacher), np.concatenate(candidate))
     if tags is not None:
         gold = [np.asarray(t[: len(c)]) for t, c in zip(tags, candidate)]

@@ -10,7 +10,7 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import psutil
@@ -87,3 +87,42 @@ class PeakRss:
     @property
     def growth_mb(self) -> float:
         return round((self.peak - self.baseline) / 2**20, 1)
+
+
+#: timed rounds kept per shape even when ``validate.latency_budget_s`` is spent
+MIN_TIMED_ROUNDS = 5
+
+
+def interleaved_rounds(calls: Sequence[Any], cfg, progress: Any = None) -> list[list[float]]:
+    """Seconds of each call per timed round: ``warmup_runs`` untimed rounds, then up to
+    ``latency_runs`` rounds that each run every call once, in turn, until ``latency_budget_s``
+    is spent (never fewer than ``MIN_TIMED_ROUNDS``). ``progress`` (a tqdm bar) advances a round at
+    a time, and by the rounds a spent budget skipped."""
+    budget = getattr(cfg, "latency_budget_s", 0.0)
+    times: list[list[float]] = [[] for _ in calls]
+    started = None
+    rounds = cfg.warmup_runs + cfg.latency_runs
+    done = 0
+    try:
+        for r in range(rounds):
+            if r == cfg.warmup_runs:
+                started = time.perf_counter()
+            elif (
+                started is not None
+                and budget
+                and r - cfg.warmup_runs >= min(MIN_TIMED_ROUNDS, cfg.latency_runs)
+                and time.perf_counter() - started >= budget
+            ):
+                break
+            for k, call in enumerate(calls):
+                t0 = time.perf_counter()
+                call()
+                if r >= cfg.warmup_runs:
+                    times[k].append(time.perf_counter() - t0)
+            done += 1
+            if progress is not None:
+                progress.update(1)
+    finally:
+        if progress is not None:
+            progress.update(rounds - done)
+    return times

@@ -4,7 +4,7 @@ Formats (``validate.eval_format``):
   * ``pairs``    .jsonl / .csv / .tsv / datasets folder: ``query`` and ``validate.text_field`` (a
                  query and its passage), or ``sentence1`` and ``sentence2``; a gold score in
                  ``score`` (else in ``validate.label_field`` when the file has it), optional
-  * ``stsb``     the original STS Benchmark files (read by ``validate.evalsets``)
+  * ``stsb``     the original STS Benchmark files (read by ``tasks.evalsets``)
   * ``ranking``  .jsonl, a line per query: ``{"query": ..., "passages": [...], "relevance": [...]}``,
                  relevance (optional) a grade ≥ 0 per passage, 0 = not relevant
   * ``auto``     ranking when the first record has ``passages``, stsb when the file looks like it,
@@ -38,7 +38,7 @@ from modelpress.calibration_data.loaders import read_records, text_of
 from modelpress.errors import BadInputError
 from modelpress.modalities.text import TextPair, passages_of
 from modelpress.tasks import EvalSet
-from modelpress.validate.evalsets import _looks_like_stsb, stsb_rows
+from modelpress.tasks.evalsets import _looks_like_stsb, stsb_rows
 
 FORMATS = ("pairs", "stsb", "ranking")
 K = 10  # the cut-off of NDCG@10 and MRR@10

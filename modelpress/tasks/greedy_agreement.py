@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from modelpress.calibration_data.loaders import load_texts
+from modelpress.generation import TextGenerator
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,6 @@ class Continuations:
 
 def read_prompts(path: str | Path, tokenizer: Any, *, field: str) -> tuple[tuple[int, ...], ...]:
     """The prompts' token ids (the tokenizer's own special tokens included, as ``generate`` encodes)."""
-    from modelpress.calibration_data.loaders import load_texts
-
     texts = load_texts(path, text_field="text" if Path(path).suffix == ".txt" else field)
     return tuple(tuple(int(t) for t in tokenizer(text)["input_ids"]) for text in texts)
 
@@ -39,8 +39,6 @@ def continue_greedily(
     predictor: Any, prompts: Sequence[Sequence[int]], *, new_tokens: int, batch_size: int
 ) -> Continuations:
     """``predictor``'s greedy continuations of ``prompts`` (``new_tokens`` each, no stop token)."""
-    from modelpress.generation import TextGenerator
-
     # the graph's layout makes the prefill's empty past; every step feeds back the model's own
     # present by name, so the PyTorch teacher keeps its own cache (its FeedStep replaces an empty past)
     generator = TextGenerator(predictor.runner, predictor.encoder.tokenizer, layout=predictor.encoder.layout)

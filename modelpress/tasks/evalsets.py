@@ -1,5 +1,5 @@
 """Evaluation sets: texts (+ optional labels), sentence pairs with gold similarity scores, or (read
-by ``validate.tagged``) sentences of words with gold tags. Each task reads the formats it declares.
+by ``tasks.tagged``) sentences of words with gold tags. Each task reads the formats it declares.
 
 Formats (``validate.eval_format``):
   * ``text``  .jsonl / .csv / .tsv / .txt with a text field and an optional label field

@@ -1,0 +1,252 @@
+"""The fused decoder graph (``export.fused_decoder``: GroupQueryAttention, rotary inside, fused QKV,
+(Skip)SimplifiedLayerNormalization) against transformers, and the in-place KV cache our runner
+decodes with (``runtimes.onnxruntime_runner.InPlaceCache``).
+
+References are independent of the graph: transformers' own forward with its own cache (logits of a
+prefill and every decode step) and its own ``generate`` (greedy tokens). Tiny Llama (llama3 rope
+scaling), Qwen2 (q/k/v biases, tied head, grouped KV heads) and Qwen3 (per-head q/k norms, grouped
+KV heads), head size 16 (GroupQueryAttention's multiple)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import numpy as np
+import onnx
+import pytest
+import torch
+import transformers
+
+from modelpress.errors import BadInputError
+from modelpress.export.fused_decoder import build_graph, export_fused_decoder
+from modelpress.generation import TextGenerator
+from modelpress.kv_cache import KVLayout
+from modelpress.runtimes.registry import create_runner
+
+SMALL = dict(
+    vocab_size=97,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=96,
+    max_position_embeddings=64,
+    initializer_range=0.2,
+)
+FAMILIES = {
+    "llama": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            **{**SMALL, "num_key_value_heads": 4},
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+        )
+    ),
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**SMALL, tie_word_embeddings=True)),
+    "qwen3": lambda: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**SMALL, head_dim=16)),
+}
+STEPS = 5
+#: transformers 5.2x renames ``past_key_values`` to ``cache`` (the old name warns)
+CACHE_ARG = (
+    "cache" if "cache" in inspect.signature(transformers.LlamaForCausalLM.forward).parameters else "past_key_values"
+)
+
+
+class _Tokens:
+    """The generator's tokenizer: only the ids it reads (no end-of-sequence: every step is made)."""
+
+    eos_token_id = None
+    pad_token_id = 0
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def fused(request, tmp_path_factory):
+    torch.manual_seed(0)
+    model = FAMILIES[request.param]().eval()
+    if request.param == "qwen2":  # random biases: zeros would hide a bias left out
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                torch.nn.init.normal_(proj.bias, std=0.2)
+    path = tmp_path_factory.mktemp(request.param) / "model.onnx"
+    export_fused_decoder(model, None, path)  # its own right-padded parity check passes first
+    with create_runner("onnxruntime", path, threads=1) as runner:
+        yield request.param, model, runner
+
+
+def test_the_graph_is_the_fused_layout(fused):
+    family, model, runner = fused
+    graph = onnx.load(str(runner.model_path))
+    kinds = [n.op_type for n in graph.graph.node]
+    layers = model.config.num_hidden_layers
+    assert kinds.count("GroupQueryAttention") == layers
+    assert kinds.count("SkipSimplifiedLayerNormalization") == 2 * layers  # every norm after the first
+    # q, k and v in one MatMul per layer: 4 per layer (qkv, o, gate/up, down... gate and up apart) + the head
+    assert kinds.count("MatMul") == 5 * layers + 1
+    assert not {"Pow", "ReduceMean", "Sqrt", "Softmax", "Concat"} & set(kinds)
+
+
+def test_logits_equal_transformers_on_a_prefill_and_decode_steps(fused):
+    """Batch 1 through the in-place cache against transformers' own incremental decode."""
+    family, model, runner = fused
+    layout = KVLayout.from_config(model.config)
+    prompt = torch.tensor([[5, 17, 3, 88, 41, 9, 60]])
+    cache = runner.kv_cache(layout, 1, prompt.shape[1] + STEPS)
+    with torch.no_grad():
+        out = model(input_ids=prompt, use_cache=True)
+    ours = cache.run(prompt.numpy(), np.ones(prompt.shape, np.int64))
+    np.testing.assert_allclose(ours, out.logits.numpy(), atol=1e-4, rtol=0)
+    past, length = out.past_key_values, prompt.shape[1]
+    for _ in range(STEPS):
+        token = out.logits[:, -1:].argmax(-1)
+        length += 1
+        with torch.no_grad():
+            out = model(input_ids=token, use_cache=True, **{CACHE_ARG: past})
+        past = out.past_key_values
+        ours = cache.run(token.numpy(), np.ones((1, length), np.int64))
+        assert ours.shape == (1, 1, model.config.vocab_size)  # only the new position's logits
+        np.testing.assert_allclose(ours, out.logits.numpy(), atol=1e-4, rtol=0)
+
+
+def test_greedy_tokens_equal_transformers_generate_on_a_ragged_batch(fused):
+    """Prompts of three lengths in one batch (right-padded, each row's cache at its own length)."""
+    family, model, runner = fused
+    generator = TextGenerator(runner, _Tokens(), layout=KVLayout.from_config(model.config))
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [3, 4, 5, 6]]
+    ours = generator.generate_ids(prompts, max_new_tokens=10, stop_token_ids=[])
+    for prompt, got in zip(prompts, ours):
+        with torch.no_grad():
+            reference = model.generate(
+                torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0
+            )
+        assert got == reference[0, len(prompt) :].tolist()
+
+
+def test_a_decode_step_writes_the_cache_in_place(fused):
+    """The same buffers, at the same addresses, are every step's past and present; a step writes the
+    new token's keys at each row's length, leaves the past as it was and nothing after the batch's
+    width is touched (a right-padded row's padding may be written: it is past the row's length,
+    never read, and the row's next token overwrites it)."""
+    family, model, runner = fused
+    layout = KVLayout.from_config(model.config)
+    cache = runner.kv_cache(layout, 2, 12)
+    addresses = [b.data_ptr() for b in cache.buffers]
+    lengths = np.array([4, 2])
+    cache.run(np.array([[5, 6, 7, 8], [9, 10, 0, 0]]), np.array([[1, 1, 1, 1], [1, 1, 0, 0]]))
+    keys = cache.buffers[0].numpy()
+    assert np.abs(keys[0, :, :4]).min() > 0 and np.abs(keys[1, :, :2]).min() > 0
+    assert not keys[:, :, 4:].any()
+    for step in range(3):
+        before = cache.buffers[0].numpy().copy()
+        width = 5 + step
+        mask = (np.arange(width)[None] < (lengths + 1)[:, None]).astype(np.int64)
+        cache.run(np.array([[1], [2]]), mask)
+        after = cache.buffers[0].numpy()
+        for row, length in enumerate(lengths):
+            np.testing.assert_array_equal(after[row, :, :length], before[row, :, :length])  # the past stays put
+            assert np.abs(after[row, :, length] - before[row, :, length]).min() > 0  # the new token's keys
+        assert not after[:, :, width:].any()
+        lengths = lengths + 1
+        assert [b.data_ptr() for b in cache.buffers] == addresses
+        assert [o.data_ptr() for o in cache.binding.get_outputs()[1:]] == addresses  # present is the past's buffer
+
+
+def test_the_generator_decodes_in_place(fused, monkeypatch):
+    """generate makes one cache for the whole run: the traced graph's path (feeding present back)
+    is never taken."""
+    family, model, runner = fused
+    made, runs = [], []
+    real_cache, real_run = runner.kv_cache, runner.run
+    monkeypatch.setattr(runner, "kv_cache", lambda *a: made.append(a) or real_cache(*a))
+    monkeypatch.setattr(runner, "run", lambda feed: runs.append(feed) or real_run(feed))
+    generator = TextGenerator(runner, _Tokens(), layout=KVLayout.from_config(model.config))
+    generator.generate_ids([[5, 6, 7]], max_new_tokens=6, stop_token_ids=[])
+    assert len(made) == 1 and made[0][1:] == (1, 3 + 6) and runs == []
+
+
+def test_a_family_outside_the_fused_layout_is_refused_in_one_line():
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50))
+    with pytest.raises(BadInputError, match="model_type 'gpt2'"):
+        build_graph(gpt2)
+    odd = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**SMALL, head_dim=8))
+    with pytest.raises(BadInputError, match="head size 8"):
+        build_graph(odd)
+
+
+def test_a_large_models_weights_stream_to_external_data(tmp_path, monkeypatch):
+    """Past the size where a tied head's copy could pass protobuf's 2 GiB, the weights go to
+    ``<file>.data`` as they are made (the graph never holds them); the export's parity check runs on
+    the file as written, so it still equals PyTorch."""
+    from modelpress.export import fused_decoder
+
+    monkeypatch.setattr(fused_decoder, "EXTERNAL_DATA_BYTES", 0)  # every model counts as large
+    torch.manual_seed(0)
+    model = FAMILIES["qwen2"]().eval()
+    path = tmp_path / "model.onnx"
+    export_fused_decoder(model, None, path)
+    graph = onnx.load(str(path), load_external_data=False)
+    external = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert {e.value for t in external for e in t.external_data if e.key == "location"} == {"model.onnx.data"}
+    assert (
+        sum(np.prod(t.dims) for t in external) * 4 > sum(p.numel() for p in model.parameters()) * 4
+    )  # + the head's copy
+    assert path.stat().st_size < 100_000
+
+
+def test_static_int8_presses_the_fused_graph_end_to_end(tmp_path):
+    """The default mode on a fused export: every weight MatMul (5 a layer and the head) becomes
+    int8, GroupQueryAttention stays, validation times the in-place decode step, and the bundle
+    generates (right-padded, in place)."""
+    from conftest import write_recipe
+
+    from modelpress.bundle import load
+    from modelpress.cli import main
+    from modelpress.testing import make_tiny_causal_lm, random_sentences
+
+    folder = make_tiny_causal_lm(tmp_path / "llama", family="llama")  # head size 16
+    (tmp_path / "corpus.txt").write_text("\n".join(random_sentences(100, seed=1)) + "\n", encoding="utf-8")
+    (tmp_path / "heldout.txt").write_text("\n".join(random_sentences(60, seed=9)) + "\n", encoding="utf-8")
+    body = {
+        "calibration": {"data": str(tmp_path / "corpus.txt"), "num_samples": 8, "max_length": 32},
+        "validate": {
+            "latency_runs": 1,
+            "warmup_runs": 1,
+            "batch_sizes": [1],
+            "seq_lengths": [16],
+            "real_workload": False,
+            "max_length": 32,
+            "threads": 1,
+            "eval_data": str(tmp_path / "heldout.txt"),
+        },
+        "gate": {"max_drop": 1000.0},
+        "task_options": {"decoder_graph": "fused", "decode_contexts": [24]},
+    }
+    recipe = write_recipe(tmp_path / "lm.toml", {"name": "lm", "teacher": str(folder), "task": "text-generation"}, body)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    bundle = tmp_path / "out" / "lm"
+    kinds = [n.op_type for n in onnx.load(str(bundle / "model.int8.onnx")).graph.node]
+    assert kinds.count("MatMulIntegerToFloat") == 11 and "MatMul" not in kinds
+    assert kinds.count("GroupQueryAttention") == 2
+    report = json.loads((bundle / "report.json").read_text())
+    assert report["task_config"]["decoder_graph"] == "fused"
+    with load(bundle) as lm:
+        assert lm.generator.runner.kv_cache(lm.generator.layout, 1, 8) is not None
+        assert len(lm.generator.generate_ids([[5, 6, 7]], max_new_tokens=4, stop_token_ids=[])[0]) == 4
+
+
+def test_a_fused_graph_for_another_runtime_is_refused_at_the_recipe(tmp_path):
+    from modelpress.recipe import load_recipe
+
+    path = tmp_path / "r.toml"
+    head = 'name = "lm"\nteacher = "org/some-model"\ntask = "text-generation"\n'
+    path.write_text(
+        head + '[task_options]\ndecoder_graph = "fused"\n[validate]\nruntimes = ["onnxruntime", "openvino"]\n'
+    )
+    with pytest.raises(BadInputError, match='decoder_graph = "fused".*onnxruntime only'):
+        load_recipe(path)
+    path.write_text(head + '[task_options]\ndecoder_graph = "fused"\n')
+    assert load_recipe(path).task_options["decoder_graph"] == "fused"
