@@ -38,6 +38,7 @@ def _pipeline_greedy(folder, ids: list[int], n: int, *, reference: list[int]) ->
 @pytest.fixture(scope="module")
 def fp32_folder(tmp_path_factory):
     """A tiny Qwen3 (grouped KV heads), its fp32 export as a GenAI folder."""
+    from modelpress.export.exporters import export_model
     from modelpress.models import load_model_and_preprocessor
     from modelpress.runtimes.openvino_genai_folder import write_genai_folder
     from modelpress.runtimes.openvino_runner import convert_to_ir
@@ -47,7 +48,7 @@ def fp32_folder(tmp_path_factory):
     folder = make_tiny_causal_lm(tmp / "model", family="qwen3")
     task = configure_task("text-generation")
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
-    onnx_path = task.export(model, tokenizer, tmp / "model.onnx", opset=18, atol=1e-4).path
+    onnx_path = export_model(task, model, tokenizer, tmp / "model.onnx", opset=18, atol=1e-4).path
     xml = convert_to_ir(onnx_path, tmp / "ir" / "model.xml")
     return model, tokenizer, xml, write_genai_folder(xml, tmp / "genai", folder)
 
