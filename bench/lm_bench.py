@@ -9,10 +9,14 @@ by side, in one process, with the same threads, interleaved round by round:
 * **ORT fp32** (``model.onnx``), **ORT dynamic int8** (``quantize_dynamic``, per-channel, of the
   same graph: the peer a user tries first), **ours** (``model.int8.onnx``, static W8A8 with
   SmoothQuant, calibrated on packed training text) and our **weight-only** alternative
-  (``quantize.mode = "weight-only"``: MatMulNBits, 8 and 4 bits, block 32, accuracy level 4), and ours
+  (``quantize.mode = "weight-only"``: MatMulNBits, 8 and 4 bits, block 32, accuracy level 4; int4
+  also by AWQ and GPTQ from the calibration set, and AWQ with ``int8_budget = 0.1``), and ours
   with the tied LM head kept fp32;
 * **OpenVINO fp32** (its IR of ``model.onnx``), **NNCF int8 weight compression** of it
   (``nncf.compress_weights``' default) and **ours on OpenVINO** (the bundle's IR of the same plan);
+* **the selected artifact**: the run presses for both runtimes with the default ``[select]``; its
+  default, opened by ``modelpress.bundle.load`` (the JSON's ``selected``: bench.selected, with its
+  ratios per prefill shape; the decode step and end to end are in the usual tables);
 
 fidelity on the held-out text (strided perplexity, its ratio to the teacher's, next-token
 agreement, mean KL) and greedy-generation agreement (share of the first 32 new tokens identical
@@ -32,6 +36,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import machine
+from bench.selected import SELECTED, open_selected, print_selected, selected_record
 
 import numpy as np
 
@@ -209,11 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="reuse artifacts/gpt-small when it is there")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20, help="timed rounds per shape")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 rounds per shape")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lm.json")
     parser.add_argument("--peers", action="store_true", help="also build and time the LLM peers (bench.lm_peers)")
     parser.add_argument("--peers-only", action="store_true", help="only the peers' rows (into --out's peers key)")
     parser.add_argument("--rounds-peers", type=int, default=3, help="timed rounds of the peers' rows")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds = 3
 
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -284,8 +292,19 @@ def main(argv: list[str] | None = None) -> int:
     # the documented alternative, from the same fp32 graph: weight-only MatMulNBits at 8 and 4 bits
     for bits in (8, 4):
         path = work / f"weight-only.int{bits}.onnx"
-        quantize_weights_only(bundle / "model.onnx", path, recipe.quantize.with_(mode="weight-only", weight_bits=bits))
+        rtn = recipe.quantize.with_(mode="weight-only", weight_bits=bits, int4_method="rtn", int8_budget=0.0)
+        quantize_weights_only(bundle / "model.onnx", path, rtn)
         files[f"modelpress-weight-only-int{bits}"] = path
+    # data-aware int4 from the recipe's calibration set (quantize.int4_method; int8_budget: the mix)
+    for suffix, keys in (
+        ("awq", {"int4_method": "awq"}),
+        ("gptq", {"int4_method": "gptq"}),
+        ("awq-int8-10pct", {"int4_method": "awq", "int8_budget": 0.1}),
+    ):
+        path = work / f"weight-only.int4-{suffix}.onnx"
+        cfg = recipe.quantize.with_(mode="weight-only", weight_bits=4, **keys)
+        quantize_weights_only(bundle / "model.onnx", path, cfg, feeds)
+        files[f"modelpress-weight-only-int4-{suffix}"] = path
     # OpenVINO: its fp32 IR of the graph, NNCF's int8 weight compression of it (its default, INT8_ASYM)
     # and the bundle's IR of our plan (the recipe asks for the openvino runtime)
     import nncf
@@ -311,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, path in ov_files.items()
     ]
     files.update(ov_files)
+    preds.append(open_selected(bundle, args.threads))  # last in both: the generators zip files with preds
+    files[SELECTED] = bundle
 
     # fidelity on the recipe's eval windows
     es = task.read_eval(recipe.validate.eval_data, recipe.validate, preprocessor=tokenizer)
@@ -385,11 +406,17 @@ def main(argv: list[str] | None = None) -> int:
     for p in preds:
         p.runner.close()
     torch_row = {(r["batch_size"], r["context"]): r for r in decode["pytorch-fp32"]}
+    by_shape = {
+        f"b{r['batch_size']}xs{r['seq_len']}": {n: rows[i]["rounds_ms"] for n, rows in prefill.items()}
+        for i, r in enumerate(prefill["pytorch-fp32"])
+    }
+    selected = {**selected_record(bundle, by_shape), "gate_passed": report["gate"]["passed"]}
     result = {
         "machine": machine(),
         "threads": args.threads,
         "gpt": info,
         "run_gate": report["gate"],
+        "selected": selected,
         "nncf_compress_seconds": nncf_seconds,
         "fidelity": fidelity,
         "greedy_generation_agreement_32": gen_agree,
@@ -445,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             + f"{e2e[p.name]['b1_tokens_per_s']:.0f} | {e2e[p.name]['b8_tokens_per_s']:.0f} |"
         )
     print("\nratios vs PyTorch fp32 eager:", json.dumps(result["ratios_vs_pytorch"], indent=1))
+    print_selected(selected)
     print(f"results: {args.out}")
     return 0
 

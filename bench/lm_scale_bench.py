@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import machine
 from modelpress.paths import MODEL_ONNX, PRESSED_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             files_mb={k: v for k, v in files.items() if v is not None},
             peak_rss_over_fp32_weights=round(measured["peak_rss_mb"] * 2**20 / info["fp32_weight_bytes"], 2),
             log=str(work / f"{mode}.log"),
+            machine=machine(),  # the CPU it was pressed on: archspec's name, target level, flags
         )
         row["runs"][mode] = measured
         print(json.dumps({mode: measured}, indent=1), flush=True)

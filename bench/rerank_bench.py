@@ -10,7 +10,9 @@
    sentence1 (67 queries with ≥ 2 passages).
    A second press gates on what a reranker's user sees: top-1 agreement with the fp32 ranker ≥ 99 %
    (``gate.metric = "top1_agreement"``, max_drop 1 point) over 600 queries constructed from STS-B **dev**
-   the same way as in 3., with ``quantize.mode = "auto"`` returning the nodes that cost agreement to fp32.
+   the same way as in 3., with ``quantize.mode = "auto"`` returning the nodes that cost agreement to fp32,
+   in the order of ``quantize.auto_sensitivity = "output"``: how much the score error on the calibration
+   pairs falls when the node alone is fp32 (the per-node SQNR misses errors that grow through later layers).
 3. Ranking agreement on constructed queries: each distinct STS-B test sentence1 is a query; its
    passages are its own partner(s) and 9 sentence2 of other test pairs of the same genre (seeded),
    relevance = the partner's gold score, 0 for the others. Top-1 agreement, Kendall's τ and NDCG@10
@@ -207,7 +209,8 @@ def dynamic_int8(bundle: Path) -> Path:
 def ranking_press(ranker: Path, work: Path, threads: int) -> dict:
     """The ranking-fidelity press: the gate on top-1 agreement with the fp32 ranker (max_drop 1 point, i.e.
     ≥ 99 %) over queries constructed from STS-B **dev** (600 queries, 4 negatives: the test set is never
-    seen), ``quantize.mode = "auto"``, which returns the nodes that cost agreement to fp32 until it passes."""
+    seen), ``quantize.mode = "auto"``, which returns the nodes that cost agreement to fp32 until it passes,
+    those that cost the score most first (``auto_sensitivity = "output"``, measured on the calibration pairs)."""
     dev_queries = work / "runs" / "stsb-dev-queries.jsonl"
     construction = constructed_queries(dev_queries, split="sts-dev.csv", negatives=4, max_queries=600)
     out = press(
@@ -216,7 +219,7 @@ def ranking_press(ranker: Path, work: Path, threads: int) -> dict:
         threads,
         name="rerank-top1",
         eval_data=dev_queries,
-        quantize={"mode": "auto"},
+        quantize={"mode": "auto", "auto_sensitivity": "output"},
         gate={"metric": "top1_agreement", "max_drop": 1.0},
     )
     report = json.loads((Path(out["bundle"]) / "report.json").read_text())
@@ -224,6 +227,13 @@ def ranking_press(ranker: Path, work: Path, threads: int) -> dict:
     chosen = next(c for c in auto["candidates"] if c["index"] == auto["chosen"])
     out["auto"] = {"passed": auto["passed"], "candidates": len(auto["candidates"]), "chosen": chosen}
     out["fp32_nodes"] = list(chosen.get("fp32_modules") or chosen["fp32_nodes"])
+    out["auto_sensitivity"] = "output"
+    # the order the search returned nodes in: the score error (logits RMS on the calibration pairs) with the node
+    # alone fp32, against the int8 model's (the first row's gain is what the first node buys)
+    out["sensitivity_top"] = [
+        {"module": r["module"] or r["node"], "output_rms": round(r["output_rms"], 5), "gain": round(r["gain"], 5)}
+        for r in (auto.get("sensitivity") or [])[:6]
+    ]
     out["selection_queries"] = construction
     return out
 
@@ -378,6 +388,8 @@ def report(result: dict) -> None:
         )
     kept = result["press_top1"]["fp32_nodes"]
     print(f"modelpress-int8-top1 returned {len(kept)} node(s) to fp32 (auto search): {', '.join(kept) or '-'}")
+    for row in result["press_top1"].get("sensitivity_top", []):
+        print(f"  output sensitivity: {row['module']} score RMS {row['output_rms']:.4f} (gain {row['gain']:.4f})")
     for shape, row in result["latency_ms"].items():
         base = row["ort-dyn-int8-pc"]
         print(f"{shape}: " + ", ".join(f"{n} {v:.2f} ms ({v / base:.3f}× ORT dyn)" for n, v in row.items()))
