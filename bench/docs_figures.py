@@ -282,7 +282,8 @@ def render_lm(data: dict) -> str:
         f"modelpress static W8A8 vs PyTorch: prefill 128 {fmt(ratios.get('prefill_128_speedup'), 2)}× faster, "
         f"decode b1 c128 {fmt(ratios.get('decode_b1_c128_tokens_per_s_ratio'), 2)}× the tokens/s."
     )
-    return "\n\n".join([intro, table(head, rows), outro, selected_line(data.get("selected"))])
+    peers = [render_lm_peers(data["peers"])] if data.get("peers") else []
+    return "\n\n".join([intro, table(head, rows), outro, selected_line(data.get("selected")), *peers])
 
 
 INT4_VARIANTS = {
@@ -422,7 +423,41 @@ def render_lm_scale(data: dict) -> str:
             )
         parts.append(table(["mode", "export", "quantize", "validate", "whole run", "files", "exit"], rows))
         parts.extend(f"*{mode}*: {run['note']}" for mode, run in block["runs"].items() if run.get("note"))
+        if block.get("peers"):
+            parts.append(render_lm_peers(block["peers"]))
     return "\n\n".join(parts)
+
+
+def render_lm_peers(peers: dict) -> str:
+    """bench/lm_peers.py's rows (the LM benches' ``peers``): each peer's build, size, load and speed;
+    a peer that could not be built or loaded says why."""
+    rows, notes = [], []
+    for name, r in peers["rows"].items():
+        build, failed = r.get("build", {}), r.get("build", {}).get("error") or r.get("error")
+        if failed:
+            notes.append(f"*{name}*: not run ({failed})")
+            continue
+        rss = build.get("peak_rss_mb")
+        rows.append(
+            [
+                name,
+                f"{fmt(build.get('seconds'), 0)} s" + (f" / {fmt(rss / 1e3, 2)} GB" if rss else "")
+                if build.get("seconds")
+                else DASH,
+                fmt(build.get("file_mb"), 0),
+                f"{fmt(r.get('load_seconds'), 2)} s / +{fmt(r.get('load_rss_mb'), 0)} MB",
+                fmt(r.get("prefill_128_ms"), 1),
+                fmt(r.get("prefill_512_ms"), 1),
+                fmt((r.get("decode_b1_c128") or {}).get("tokens_per_s"), 1),
+                fmt((r.get("decode_b8_c128") or {}).get("tokens_per_s"), 1),
+                fmt(r.get("greedy_agreement_32"), 4),
+                fmt(r.get("perplexity_ratio"), 4),
+            ]
+        )
+    head = ["model", "build (wall / peak RSS)", "file MB", "load (s / RSS)", "prefill 128 ms", "prefill 512 ms"]
+    head += ["decode b1 tok/s", "decode b8 tok/s", "greedy agree @32", "ppl ratio"]
+    text = f"Peers ({peers.get('threads', '?')} threads, one interleaved process; decode after 128 tokens):"
+    return "\n\n".join([text, table(head, rows), *notes])
 
 
 def render_lm_decode(data: dict) -> str:

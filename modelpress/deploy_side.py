@@ -44,6 +44,7 @@ DEPLOY_SIDE_MODULES = (
     "modelpress.runtimes.onnxruntime_runner",
     "modelpress.runtimes.openvino_runner",
     "modelpress.runtimes.genai_runner",
+    "modelpress.runtimes.openvino_genai_runner",
     "modelpress.runtimes.cpu",
     "modelpress.runtimes.target",
     "modelpress.calibration_data.loaders",

@@ -34,7 +34,7 @@ from modelpress.distill.config import DistillConfig
 from modelpress.errors import BadInputError
 from modelpress.paths import SIBLING_SUFFIXES
 from modelpress.quantize.config import QuantizeConfig
-from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
+from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES, TASK_API
 from modelpress.runtimes.target import TARGET_CHOICES
 from modelpress.runtimes.tensorrt.config import EngineConfig
 from modelpress.tasks import configure_task, get_task, task_names
@@ -215,6 +215,11 @@ class Recipe:
                 f"validate.eval_format: {self.task} reads {', '.join(task.eval_formats)} "
                 f"(or auto), not {self.validate.eval_format!r}"
             )
+        for runtime in self.validate.runtimes:
+            if TASK_API.get(runtime, "") not in ("", *task.api):
+                raise BadInputError(
+                    f"validate.runtimes: {runtime} runs only tasks with {TASK_API[runtime]}(); {self.task} has none"
+                )
         if self.quantize.mode == "weight-only":
             if any(not RUNTIMES.get(r).contrib_ops for r in self.validate.runtimes):
                 raise BadInputError(

@@ -25,6 +25,7 @@ OPTIONAL = frozenset(
         "cryptography",
         "google",
         "onnxruntime_genai",
+        "openvino_tokenizers",
         "llama_cpp",
         "jinja2",  # transformers' dependency, not ours: a bundle's chat template only
         "fcntl",
