@@ -55,6 +55,7 @@ DEPLOY_SIDE_MODULES = (
     "modelpress.measures.uncertainty",
     "modelpress.measures.entities",
     "modelpress.tasks.evalsets",
+    "modelpress.tasks.records",
     "modelpress.tasks.ranking",
     "modelpress.tasks.tagged",
     "modelpress.tasks.images",

@@ -53,8 +53,6 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     "not load the hub client",
     ("modelpress/quantize/weight_only.py", "onnxruntime"): "onnxruntime.quantization.matmul_nbits_quantizer takes "
     "~5 s to import (it loads torch): only quantize.mode = weight-only pays",
-    ("modelpress/tasks/__init__.py", "modelpress.tasks.evalsets"): "a cycle: evalsets imports the Task base from "
-    "tasks/__init__ (read_eval's default reader)",
     ("modelpress/testing.py", "transformers"): "the tiny-model builders for tests and benches: each loads only the "
     "stack its model needs",
     ("modelpress/testing.py", "torch"): "as above (testing.py)",

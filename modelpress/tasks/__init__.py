@@ -32,6 +32,8 @@ from modelpress.config_check import check_fields, checked_fields
 from modelpress.errors import BadInputError
 from modelpress.registry import Registry
 from modelpress.bundle_base import Bundle
+from modelpress.tasks.evalsets import load_eval_set
+from modelpress.tasks.records import EvalSet as EvalSet  # re-exported: the readers subclass it
 
 HIGHER, LOWER = "higher", "lower"
 
@@ -54,44 +56,6 @@ class MetricSpec:
     names: tuple[str, ...]
     sums: Callable[[Any, Any], Any]  # (student outputs, teacher outputs) -> per-metric sums over the batch
     score: Callable[[dict[str, float]], tuple[float, ...]]
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvalSet:
-    """What every task's eval record shares (the record a task's ``read_eval`` returns subclasses it
-    and adds the task's own fields: gold labels, pairs, tagged words, windows, ...). Nothing outside
-    a task's modules reads those fields: validation, the report and the gate ask the task."""
-
-    source: str = ""
-    format: str = "text"
-    skipped: int = 0  # rows skipped by the documented rule (empty texts)
-
-    @property
-    def examples(self) -> tuple:
-        """What the model is run on (texts, word lists, images, windows, pairs)."""
-        raise NotImplementedError
-
-    @property
-    def n(self) -> int:
-        return len(self.examples)
-
-    @property
-    def has_gold(self) -> bool:
-        return False
-
-    def counts(self) -> dict[str, Any]:
-        """The record's own counts, for the report's ``eval``."""
-        return {}
-
-    def describe(self) -> dict[str, Any]:
-        """The report's ``eval``: the shared keys, then the record's :meth:`counts`."""
-        return {
-            "source": self.source,
-            "format": self.format,
-            "num_examples": self.n,
-            **self.counts(),
-            "skipped": self.skipped,
-        }
 
 
 def _resolve(ref: str) -> Any:
@@ -189,8 +153,6 @@ class Task:
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None) -> Any:
         """The eval set (``modelpress.tasks.evalsets.EvalSet``) in one of ``eval_formats``; ``cfg``
         is the recipe's ``[validate]``. The default reads the text formats (text, pairs, stsb)."""
-        from modelpress.tasks.evalsets import load_eval_set
-
         labels = getattr(model_config, "num_labels", None) if self.needs_labels else None
         return load_eval_set(
             path,
