@@ -20,7 +20,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo lint docs docs-check test test-fast run distill export quantize validate gate engine analyze bench bench-lm clean
+.PHONY: setup demo lint docs docs-check test test-fast run distill export quantize validate gate engine analyze bench bench-lm bars clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -106,6 +106,9 @@ $(GPT): | setup  ## a ~14 M-parameter GPT-2 trained on ../shared/data's English 
 
 bench-lm: $(GPT)  ## text-generation: press configs/gpt-small.toml, then PyTorch / ORT fp32 / ORT dynamic int8 / ours
 	$(PY) -m bench.lm_bench
+
+bars:  ## issue #23's bars (met / not met / not measured, with each file's machine) from bench/results/*.json
+	$(PY) -m bench.bars
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -28,6 +28,7 @@ def machine() -> dict:
     """The CPU every figure of a bench was measured on: its name, cores and kernel-relevant flags.
     Figures are only comparable within one run; this says which machine that run was."""
     from modelpress.runtimes.cpu import cpu_flags, int8_gemm_saturates
+    from modelpress.runtimes.target import host_target
 
     fields = {"model name": platform.processor() or platform.machine()}
     info = Path("/proc/cpuinfo")
@@ -41,6 +42,7 @@ def machine() -> dict:
             if not line.strip():
                 break
     flags = cpu_flags()
+    target = host_target()
     return {
         "cpu": fields["model name"],
         "family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
@@ -49,6 +51,11 @@ def machine() -> dict:
         "python": platform.python_version(),
         "kernel_flags": [f for f in KERNEL_FLAGS if f in flags],
         "int8_gemm_saturates": int8_gemm_saturates(),
+        # archspec's name of the CPU and the target level it satisfies (what `target = "auto"` pins), with
+        # every flag the CPU reports, so a figure can be matched to the CPU level a bundle is pressed for
+        "microarchitecture": target.microarchitecture,
+        "target": target.name,
+        "flags": sorted(flags),
         # the day of the run, which the docs' tables show (bench/docs_figures.py); older files have none
         "measured": datetime.date.today().isoformat(),
     }
@@ -66,9 +73,20 @@ def median_ms_by_shape(preds: dict, shapes: dict, rounds: int, warmup: int = 2) 
     """Round-robin over shapes and predictors (each round runs every predictor once per shape, so drift and
     contention hit all alike); the median milliseconds per shape and predictor, warm-up rounds dropped.
     Closes the predictors' runners."""
-    import time
+    return medians_ms(rounds_by_shape(preds, shapes, rounds, warmup))
 
+
+def medians_ms(times: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """Per shape and predictor: the median of :func:`rounds_by_shape`'s seconds, in milliseconds."""
     import numpy as np
+
+    return {s: {n: round(1e3 * float(np.median(v)), 2) for n, v in row.items()} for s, row in times.items()}
+
+
+def rounds_by_shape(preds: dict, shapes: dict, rounds: int, warmup: int = 2) -> dict[str, dict[str, list[float]]]:
+    """:func:`median_ms_by_shape`'s timing, each round's seconds kept (paired across predictors by round,
+    for bench.selected's intervals). Closes the predictors' runners."""
+    import time
 
     times: dict[str, dict[str, list[float]]] = {s: {n: [] for n in preds} for s in shapes}
     for r in range(warmup + rounds):
@@ -80,7 +98,7 @@ def median_ms_by_shape(preds: dict, shapes: dict, rounds: int, warmup: int = 2) 
                     times[s][n].append(time.perf_counter() - t0)
     for p in preds.values():
         p.runner.close()
-    return {s: {n: round(1e3 * float(np.median(v)), 2) for n, v in row.items()} for s, row in times.items()}
+    return times
 
 
 def ort_dynamic_int8(source: Path, target: Path, **extra) -> Path:

@@ -47,6 +47,7 @@ ENCODER_VARIANTS = {
     "student-pytorch-fp32": "distilled student, PyTorch fp32",
     "student-modelpress-int8": "distilled student, modelpress int8",
     "modelpress-int8-openvino-fp32att": "modelpress int8, OpenVINO, fp32 attention scores",
+    "modelpress-selected": "**modelpress selected** (`load(dir)`)",
 }
 PEER_VARIANTS = {
     "pytorch-fp32": "PyTorch fp32",
@@ -57,6 +58,7 @@ PEER_VARIANTS = {
     "openvino-fp32": "OpenVINO fp32",
     "modelpress-int8-openvino": "**modelpress int8, OpenVINO**",
     "openvino-nncf-int8": "OpenVINO + NNCF int8",
+    "modelpress-selected": "**modelpress selected** (`load(dir)`)",
 }
 LM_VARIANTS = {
     "pytorch-fp32": "PyTorch fp32 eager, KV cache",
@@ -66,9 +68,13 @@ LM_VARIANTS = {
     "modelpress-int8-head-fp32": 'modelpress static W8A8, `nodes_to_exclude = ["lm_head"]`',
     "modelpress-weight-only-int8": "modelpress weight-only int8 (`MatMulNBits`, block 32)",
     "modelpress-weight-only-int4": "modelpress weight-only int4 (block 32)",
+    "modelpress-weight-only-int4-awq": "modelpress weight-only int4 AWQ (block 32)",
+    "modelpress-weight-only-int4-gptq": "modelpress weight-only int4 GPTQ (block 32)",
+    "modelpress-weight-only-int4-awq-int8-10pct": "modelpress weight-only int4 AWQ, `int8_budget = 0.1`",
     "openvino-fp32": "OpenVINO fp32",
     "openvino-nncf-int8-weights": "OpenVINO + NNCF int8 weight compression",
     "modelpress-int8-openvino": "modelpress static W8A8 on OpenVINO (same plan)",
+    "modelpress-selected": "**modelpress selected** (`load(dir)`)",
 }
 DASH = "–"
 
@@ -118,6 +124,8 @@ def machine_line(data: dict) -> str:
         parts.append(f"family/model {m['family_model']}")
     else:
         parts.append("no family/model recorded")
+    if m.get("microarchitecture"):  # bench.machine() records archspec's name since issue #23
+        parts.append(f"archspec `{m['microarchitecture']}` (target `{m.get('target', '?')}`)")
     flags = m.get("kernel_flags") or m.get("int8_flags")
     parts.append(f"flags `{' '.join(flags)}`" if flags else "no flags recorded")
     if m.get("cores"):
@@ -129,6 +137,30 @@ def machine_line(data: dict) -> str:
 
 def provenance(path: Path, data: dict) -> str:
     return f"*Source `bench/results/{path.name}`, measured {measured_date(path, data)}; {machine_line(data)}.*"
+
+
+def _ratio(r: dict) -> str:
+    ci = r.get("ci95")
+    interval = f" [{fmt(ci[0])}, {fmt(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else ""
+    return f"{fmt(r.get('value'))}×{interval}"
+
+
+def selected_line(sel: dict | None) -> str:
+    """The JSON's ``selected`` (bench/selected.py): the candidate the run ships, its reason, and its time ÷
+    the fastest peer row and ÷ ORT fp32 per shape; files measured before it existed say so."""
+    if not isinstance(sel, dict) or not sel.get("candidate"):
+        return "Selected artifact (what `load(dir)` opens): not measured in this file."
+    gate = "" if sel.get("gate_passed", True) else " (its gate failed)"
+    parts = []
+    for shape, r in (sel.get("ratios") or {}).items():
+        cells = []
+        if "vs_fastest_peer" in r:
+            cells.append(f"÷ fastest peer (`{r['vs_fastest_peer'].get('peer')}`) {_ratio(r['vs_fastest_peer'])}")
+        if "vs_ort_fp32" in r:
+            cells.append(f"÷ ORT fp32 {_ratio(r['vs_ort_fp32'])}")
+        parts.append(f"{shape}: {', '.join(cells) or DASH}")
+    times = f" Time ratios (95 % interval over the rounds): {'; '.join(parts)}." if parts else ""
+    return f"Selected artifact (what `load(dir)` opens): `{sel['candidate']}`{gate} — {sel.get('reason', DASH)}.{times}"
 
 
 # --- one renderer per kind of result file -------------------------------------------------------
@@ -165,6 +197,7 @@ def render_encoders(data: dict) -> str:
     for threads, shapes in sorted(nncf.items(), key=lambda kv: int(kv[0])):
         cells = ", ".join(f"{shape} {fmt(s.get('ratio'))} (`{s.get('ours')}`)" for shape, s in shapes.items())
         parts.append(f"Our fastest int8 ÷ OpenVINO + NNCF at {threads} thread(s): {cells}.")
+    parts.append(selected_line(data.get("selected")))
     return "\n\n".join(parts)
 
 
@@ -197,6 +230,7 @@ def render_vision(data: dict) -> str:
         ]
         head = ["variant", "b1 ms", "b32 ms", "b1 ÷ORT fp32", "b32 ÷ORT fp32", "accuracy", "agreement with fp32"]
         parts.append(table(head, rows))
+        parts.append(selected_line(model.get("selected")))
         distilled = model.get("distilled")
         if distilled:
             metrics = distilled.get("metrics", {})
@@ -248,7 +282,51 @@ def render_lm(data: dict) -> str:
         f"modelpress static W8A8 vs PyTorch: prefill 128 {fmt(ratios.get('prefill_128_speedup'), 2)}× faster, "
         f"decode b1 c128 {fmt(ratios.get('decode_b1_c128_tokens_per_s_ratio'), 2)}× the tokens/s."
     )
-    return "\n\n".join([intro, table(head, rows), outro])
+    peers = [render_lm_peers(data["peers"])] if data.get("peers") else []
+    return "\n\n".join([intro, table(head, rows), outro, selected_line(data.get("selected")), *peers])
+
+
+INT4_VARIANTS = {
+    "int8-rtn": "weight-only int8, round to nearest",
+    "int4-rtn": "int4 round to nearest (ORT's quantizer)",
+    "int4-awq": "**int4 AWQ**",
+    "int4-gptq": "**int4 GPTQ**",
+    "int4-awq-int8-10pct": "int4 AWQ, `int8_budget = 0.1`",
+    "int4-gptq-int8-10pct": "int4 GPTQ, `int8_budget = 0.1`",
+}
+
+
+def render_lm_int4(data: dict) -> str:
+    """bench/int4_accuracy.py: the bench GPT's fidelity per weight-only int4 method, with intervals."""
+
+    def with_ci(m: dict, digits: int, scale: float = 1.0, suffix: str = "") -> str:
+        lo, hi = m.get("ci95") or (None, None)
+        return f"{fmt(m.get('value'), digits, scale, suffix)} [{fmt(lo, digits, scale)}, {fmt(hi, digits, scale)}]"
+
+    rows = []
+    for key, r in data["int4"].items():
+        bits8 = sum(1 for layer in r.get("layers", []) if layer["bits"] == 8)
+        rows.append(
+            [
+                INT4_VARIANTS.get(key, key),
+                with_ci(r["perplexity_ratio"], 4),
+                with_ci(r["next_token_agreement"], 1, 100.0, " %"),
+                with_ci(r["greedy_agreement_32"], 1, 100.0, " %"),
+                fmt(r.get("mean_kl"), 4),
+                f"{fmt(r.get('file_mb'), 2)}" + (f" ({bits8} int8)" if bits8 else ""),
+                fmt(r.get("seconds"), 1),
+            ]
+        )
+    head = ["model", "perplexity ratio [95 %]", "next-token agreement [95 %]", "greedy agreement @32 [95 %]"]
+    head += ["mean KL", "file MB (MatMuls kept int8)", "quantize s"]
+    gpt = data.get("gpt", {})
+    intro = (
+        f"The GPT-2 of `bench.tiny_gpt` ({gpt.get('parameters', 0):,} parameters), weight-only from one "
+        f"export, block {data.get('block_size', '?')}, accuracy level {data.get('accuracy_level', '?')}; "
+        f"{data.get('windows', '?')} held-out windows, greedy agreement over {data.get('prompts', '?')} "
+        "held-out 16-token openings (32 new tokens), intervals: 95 % paired bootstrap (windows; prompts)."
+    )
+    return "\n\n".join([intro, table(head, rows)] + ([data["note"]] if data.get("note") else []))
 
 
 def _latency_table(latency: dict) -> str:
@@ -312,6 +390,8 @@ def render_rerank(data: dict) -> str:
             + ", ".join(f"{r['module']} {fmt(r['output_rms'], 4)}" for r in sensitivity[:4])
             + ".",
         )
+    if data.get("selected"):  # rerank_bench.py records none yet
+        lines.append(selected_line(data["selected"]))
     return "\n\n".join(lines)
 
 
@@ -343,7 +423,41 @@ def render_lm_scale(data: dict) -> str:
             )
         parts.append(table(["mode", "export", "quantize", "validate", "whole run", "files", "exit"], rows))
         parts.extend(f"*{mode}*: {run['note']}" for mode, run in block["runs"].items() if run.get("note"))
+        if block.get("peers"):
+            parts.append(render_lm_peers(block["peers"]))
     return "\n\n".join(parts)
+
+
+def render_lm_peers(peers: dict) -> str:
+    """bench/lm_peers.py's rows (the LM benches' ``peers``): each peer's build, size, load and speed;
+    a peer that could not be built or loaded says why."""
+    rows, notes = [], []
+    for name, r in peers["rows"].items():
+        build, failed = r.get("build", {}), r.get("build", {}).get("error") or r.get("error")
+        if failed:
+            notes.append(f"*{name}*: not run ({failed})")
+            continue
+        rss = build.get("peak_rss_mb")
+        rows.append(
+            [
+                name,
+                f"{fmt(build.get('seconds'), 0)} s" + (f" / {fmt(rss / 1e3, 2)} GB" if rss else "")
+                if build.get("seconds")
+                else DASH,
+                fmt(build.get("file_mb"), 0),
+                f"{fmt(r.get('load_seconds'), 2)} s / +{fmt(r.get('load_rss_mb'), 0)} MB",
+                fmt(r.get("prefill_128_ms"), 1),
+                fmt(r.get("prefill_512_ms"), 1),
+                fmt((r.get("decode_b1_c128") or {}).get("tokens_per_s"), 1),
+                fmt((r.get("decode_b8_c128") or {}).get("tokens_per_s"), 1),
+                fmt(r.get("greedy_agreement_32"), 4),
+                fmt(r.get("perplexity_ratio"), 4),
+            ]
+        )
+    head = ["model", "build (wall / peak RSS)", "file MB", "load (s / RSS)", "prefill 128 ms", "prefill 512 ms"]
+    head += ["decode b1 tok/s", "decode b8 tok/s", "greedy agree @32", "ppl ratio"]
+    text = f"Peers ({peers.get('threads', '?')} threads, one interleaved process; decode after 128 tokens):"
+    return "\n\n".join([text, table(head, rows), *notes])
 
 
 def render_lm_decode(data: dict) -> str:
@@ -398,6 +512,7 @@ def render_tagger(data: dict) -> str:
             f"{_gate_line(press.get('gate', {}))}; {press.get('weight_bits', '?')}-bit weights.",
             "Latency (p50):",
             _latency_table(data.get("latency_ms", {})),
+            selected_line(data.get("selected")),
         ]
     )
 
@@ -428,6 +543,7 @@ RENDERERS: list[tuple[Callable[[dict], bool], Callable[[dict], str]]] = [
     (lambda d: "threads" in d and isinstance(d["threads"], dict), render_encoders),
     (lambda d: "models" in d, render_vision),
     (lambda d: "fidelity" in d, render_lm),
+    (lambda d: "int4" in d, render_lm_int4),
     (lambda d: "queries" in d and "stsb_test" in d, render_rerank),
     (lambda d: all(isinstance(v, dict) and "runs" in v for v in d.values()), render_lm_scale),
     (lambda d: "press" in d, render_tagger),

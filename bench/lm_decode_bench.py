@@ -53,7 +53,9 @@ def ours_int4(model_dir: Path, work: Path) -> Path:
     export_fused_decoder(model, None, fp32)
     print(f"fused export: {time.perf_counter() - start:.1f} s", flush=True)
     del model
-    cfg = QuantizeConfig(mode="weight-only", weight_bits=4, block_size=32, accuracy_level=4)
+    # round to nearest, as the builder's `-p int4`: the integers (not the kernel) are what GPTQ/AWQ change,
+    # and random weights have no calibration set worth the name
+    cfg = QuantizeConfig(mode="weight-only", weight_bits=4, block_size=32, accuracy_level=4, int4_method="rtn")
     start = time.perf_counter()
     quantize_weights_only(fp32, out, cfg)
     print(f"int4: {time.perf_counter() - start:.1f} s", flush=True)

@@ -32,11 +32,24 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
+from bench import machine
 from modelpress.paths import MODEL_ONNX, PRESSED_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 
 SHAPES = {
+    # a few MB: the peers' and the runs' plumbing in a minute (``--size smoke``), no figure to report
+    "smoke": dict(
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=256,
+        vocab_size=8192,
+        tie_word_embeddings=True,
+    ),
     "0.5b": dict(
         hidden_size=896,
         num_hidden_layers=24,
@@ -188,6 +201,98 @@ def _size_mb(path: Path) -> float | None:
     return round((path.stat().st_size + (data.stat().st_size if data.is_file() else 0)) / 2**20, 1)
 
 
+def peer_rows(model: Path, work: Path, ours: Path | None, *, threads: int, rounds: int, reuse: bool = False) -> dict:
+    """The LLM peers (``bench.lm_peers``) built from the same random decoder and timed in this process
+    beside ours (``ours``: the int4 run's bundle model, on ONNX Runtime): the builds, sizes, load
+    RSS, prefill and decode rows. Accuracy on random weights means nothing, so none is measured."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from bench import lm_peers as P
+    from modelpress.fileio import graph_input_shapes
+    from modelpress.kv_cache import KVLayout, position_ids
+    from modelpress.runtimes.registry import create_runner
+
+    peers_dir = work / "peers"
+    peers_dir.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(str(model))
+    text = (model / "heldout.txt").read_text(encoding="utf-8")
+    stream = np.array(tok(text[:200_000])["input_ids"], np.int64)
+    builds: dict[str, dict] = {}
+    for precision in ("int4", "int8"):
+        built = peers_dir / f"ort-genai-{precision}"
+        builds[f"ort-genai-builder-{precision}"] = (
+            {"reused": str(built), "file_mb": P.size_mb(built / "model.onnx") + P.size_mb(built / "model.onnx.data")}
+            if reuse and (built / "genai_config.json").is_file()
+            else P.build_ort_genai(model, built, precision)
+        )
+    fp32 = work / "out" / "int4" / "model.onnx"
+    if not fp32.is_file():
+        fp32 = work / "out" / "int4.rejected" / "model.onnx"
+    train = np.array(tok((model / "train.txt").read_text(encoding="utf-8")[:100_000])["input_ids"], np.int64)
+    layout = KVLayout.from_config(AutoConfig.from_pretrained(str(model)))
+    mask = np.ones((1, 128), np.int64)
+    feeds = [
+        {
+            "input_ids": train[i * 128 : (i + 1) * 128][None],
+            "attention_mask": mask,
+            "position_ids": position_ids(mask, 128),
+            **layout.empty(1),
+        }
+        for i in range(16)
+    ]
+    ov_folder = peers_dir / "ov-nncf-int4" / "genai"
+    try:
+        builds["openvino-genai-nncf-int4"] = (
+            {"reused": str(ov_folder), "file_mb": P.size_mb(ov_folder / "openvino_model.bin")}
+            if reuse and (ov_folder / "openvino_model.xml").is_file()
+            else P.build_ov_nncf_int4(fp32, model, peers_dir / "ov-nncf-int4", feeds)
+        )
+    except Exception as exc:  # noqa: BLE001 (a peer that fails to build is a row saying why)
+        builds["openvino-genai-nncf-int4"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    for q in ("q4_0", "q8_0"):
+        builds[f"llama.cpp-{q}"] = P.build_gguf(model, peers_dir / f"model.{q}.gguf", q)
+    print(json.dumps(builds, indent=1), flush=True)
+
+    makers = {
+        **{
+            f"ort-genai-builder-{p}": (
+                lambda p=p: P.OrtGenAIPeer(f"ort-genai-builder-{p}", peers_dir / f"ort-genai-{p}", threads)
+            )
+            for p in ("int4", "int8")
+        },
+        "openvino-genai-nncf-int4": lambda: P.OVGenAIPeer(
+            "openvino-genai-nncf-int4", peers_dir / "ov-nncf-int4" / "genai", threads
+        ),
+        **{
+            f"llama.cpp-{q}": (lambda q=q: P.LlamaCppPeer(f"llama.cpp-{q}", peers_dir / f"model.{q}.gguf", threads))
+            for q in ("q4_0", "q8_0")
+        },
+    }
+    if ours is not None and ours.is_file():
+        builds["modelpress-int4"] = {"file_mb": P.size_mb(ours)}  # built by the int4 run (its row above)
+        ours_layout = KVLayout.from_shapes(graph_input_shapes(ours))
+        makers = {
+            "modelpress-int4": lambda: P.RunnerPeer(
+                "modelpress-int4", create_runner("onnxruntime", ours, threads=threads).__enter__(), ours_layout
+            ),
+            **makers,
+        }
+    loaded, rows = [], {}
+    for name, make in makers.items():
+        if builds.get(name, {}).get("error"):
+            rows[name] = {"build": builds[name]}
+            continue
+        peer, load = P.open_peer(make)
+        rows[name] = {"build": builds.get(name, {}), **load}
+        if peer is not None:
+            loaded.append(peer)
+    timed = P.time_peers(loaded, stream, rounds=rounds)
+    for peer in loaded:
+        rows[peer.name].update(timed[peer.name])
+        peer.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(SHAPES), default="0.5b")
@@ -197,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--contended", action="store_true", help="the machine was shared: the rows' times are indicative only"
     )
+    ap.add_argument("--peers", action="store_true", help="also build and time the LLM peers (bench.lm_peers)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds of the peers' rows")
+    ap.add_argument("--reuse-peers", action="store_true", help="reuse the peers' builds found in WORK/SIZE/peers")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if unknown := [m for m in modes if m not in MODES]:
@@ -225,9 +334,22 @@ def main(argv: list[str] | None = None) -> int:
             peak_rss_over_fp32_weights=round(measured["peak_rss_mb"] * 2**20 / info["fp32_weight_bytes"], 2),
             log=str(work / f"{mode}.log"),
             contended=args.contended,  # peak RSS holds under contention; the times do not
+            machine=machine(),  # the CPU it was pressed on: archspec's name, target level, flags
         )
         row["runs"][mode] = measured
         print(json.dumps({mode: measured}, indent=1), flush=True)
+        args.results.write_text(json.dumps(results, indent=1) + "\n")
+    if args.peers:
+        # the int4 run's model, by its precision's name (``model.int8.onnx`` in bundles pressed before the names)
+        found = [
+            work / "out" / f"int4{d}" / f for d in ("", ".rejected") for f in (PRESSED_FILES["int4"], "model.int8.onnx")
+        ]
+        ours = next((f for f in found if f.is_file()), None)
+        row["peers"] = {
+            "threads": args.threads,
+            "rows": peer_rows(model, work, ours, threads=args.threads, rounds=args.rounds, reuse=args.reuse_peers),
+        }
+        print(json.dumps(row["peers"], indent=1), flush=True)
         args.results.write_text(json.dumps(results, indent=1) + "\n")
     return 0
 

@@ -23,12 +23,18 @@ Variants (all with the same pooling head, tokenization excluded from timings):
                      int8 attention scores, Q/DQ on the Q and K projection outputs, on VNNI/AMX CPUs)
   modelpress-int8-openvino-fp32att  the same IR with the attention scores fp32 (the form before; only
                      where the plan quantizes them)
+  modelpress-selected  what a modelpress run ships: the teacher pressed by ``modelpress run`` for both
+                     runtimes with the default ``[select]``, its default opened by ``modelpress.bundle.load``
+                     (the JSON's ``selected``: the candidate, the run's reason, its ratios to the fastest
+                     peer row and to ORT fp32 per shape with their intervals: bench.selected)
 OpenVINO rows are left out when the openvino package is missing (NNCF's when nncf is).
 Shapes: batch 1 × 128 and batch 32 × 128 (padded), and a real workload (every STS-B test sentence,
 length-sorted, batch 32, padded to the longest in each batch), at 1 and 2 threads. Runs are
 interleaved (round-robin across variants) with ORT thread spinning off (PEERS.md pitfall 9).
 Also: calibration peak RSS per method, each in a fresh subprocess.
 Prints a table with ratios vs PyTorch fp32 and vs ORT dynamic int8; writes bench/results/bench.json.
+``--quick``: a smoke run (2 threads, 3/2/1 rounds, no calibration RSS, the press validated on the
+project's 300 STS pairs); its figures are not for the docs.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 from bench import ort_dynamic_int8  # noqa: E402
+from bench.selected import SELECTED, open_selected, print_selected, selected_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -102,6 +109,35 @@ def build_variants(work: Path, threads: int, teacher_ref: str, task, model, toke
     for name, path in files.items():
         preds[name] = open_predictor("onnxruntime", path, task=task, encoder=encoder, threads=threads, name=name)
     return preds
+
+
+def press_selected(out: Path, teacher_ref: str, eval_data: Path, threads: int, latency_runs: int) -> dict:
+    """``modelpress run`` of the teacher for ONNX Runtime and OpenVINO with the default ``[select]``: the
+    bundle whose default the ``modelpress-selected`` row opens."""
+    from modelpress.pipeline import run_recipe
+    from modelpress.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(
+        {
+            "name": "minilm-bench",
+            "teacher": teacher_ref,
+            "task": "feature-extraction",
+            "calibration": {"data": str(ROOT / "calibration_data" / "en_default.txt"), "num_samples": 512},
+            "validate": {
+                "eval_data": str(eval_data),
+                "batch_sizes": [1, 32],
+                "seq_lengths": [128],
+                "threads": threads,
+                "latency_runs": latency_runs,
+                "runtimes": ["onnxruntime", "openvino"],
+            },
+            "gate": {"max_drop": 0.5},
+        }
+    )
+    t0 = time.perf_counter()
+    outcome = run_recipe(recipe, out)
+    report = json.loads((outcome.bundle / "report.json").read_text(encoding="utf-8"))
+    return {"bundle": str(outcome.bundle), "seconds": round(time.perf_counter() - t0, 1), "gate": report["gate"]}
 
 
 def prepare_student(work: Path, student_dir: str, task):
@@ -365,7 +401,11 @@ def main(argv=None) -> int:
         help="time only these variants (pytorch-fp32 and ort-dyn-int8-pc, the ratios' references, always)",
     )
     ap.add_argument("--out", default=str(RESULTS / "bench.json"))
+    ap.add_argument("--bundle", default=None, help="a MiniLM bundle already pressed: time its default (no press)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run (see the module's docstring)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.threads, args.rounds_b1, args.rounds_b32, args.rounds_real, args.skip_rss = [2], 3, 2, 1, True
 
     from modelpress.models import load_model_and_preprocessor, resolve_model_ref
     from modelpress.tasks import configure_task
@@ -387,10 +427,22 @@ def main(argv=None) -> int:
         result["modelpress_attention_scores"] = None if scores is None else [t.tensor for t in scores.tensors]
         result["peers"] = peers  # NNCF's time and memory, the fused TorchScript graph's ops
         student = prepare_student(work, args.student, task) if args.student else None
+        if args.bundle:
+            bundle = Path(args.bundle)
+        else:
+            print("pressing the teacher (modelpress run, both runtimes, default [select]) ...", file=sys.stderr)
+            quick_eval = ROOT / "calibration_data" / "en_sts_eval.jsonl"
+            eval_data = quick_eval if args.quick else Path(es.source)
+            result["press"] = press_selected(
+                work / "runs", teacher_ref, eval_data, max(args.threads), 3 if args.quick else 10
+            )
+            bundle = Path(result["press"]["bundle"])
+        selected = {}
         for threads in args.threads:
             preds = build_variants(work, threads, teacher_ref, task, model, tokenizer, input_names, student)
+            preds[SELECTED] = open_selected(bundle, threads)
             if args.variants:
-                keep = {"pytorch-fp32", "ort-dyn-int8-pc", *args.variants}
+                keep = {"pytorch-fp32", "ort-dyn-int8-pc", "ort-fp32", SELECTED, *args.variants}
                 for name in [n for n in preds if n not in keep]:
                     preds.pop(name).runner.close()
             some = preds["pytorch-fp32"]
@@ -436,6 +488,16 @@ def main(argv=None) -> int:
                 p.runner.close()
             print_table(threads, rows)
             result.setdefault("vs_openvino_nncf", {})[str(threads)] = versus_nncf(rows)
+            selected[str(threads)] = selected_record(bundle, {"b1xs128": t_b1, "b32xs128": t_b32, "workload": t_real})
+            print_selected(selected[str(threads)], f"[threads={threads}] ")
+        last = str(args.threads[-1])  # the ratios at the last thread count (the issue's bars: 2 threads)
+        result["selected"] = {
+            **selected[last],
+            "threads": int(last),
+            "by_threads": {t: r.get("ratios") for t, r in selected.items()},
+        }
+        if "press" in result:
+            result["selected"]["gate_passed"] = result["press"]["gate"]["passed"]
         if not args.skip_rss:
             result["calibration_rss"] = calibration_rss(work, teacher_ref)
             print("\ncalibration (512 samples, seq 128), `modelpress quantize` in a fresh process each:")

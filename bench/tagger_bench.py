@@ -5,10 +5,13 @@
    cross-entropy on each word's first sub-token (the corpus code of modelpress.distill.data).
 2. ``modelpress run`` on it: calibration on the project's own corpus (plain text), validation on EWT
    **test** (2,077 sentences, 25,094 words): word accuracy, agreement with the fp32 tagger, the gate.
-3. Interleaved latency (round-robin, 2 threads, ORT spinning off) at batch 32 × 128: PyTorch fp32,
-   ORT fp32, ORT dynamic int8 per-channel on the same model.onnx, and the bundle's int8.
+   Pressed for both runtimes (ONNX Runtime, OpenVINO) with the default ``[select]``: the run picks the
+   bundle's default.
+3. Interleaved latency (round-robin, 2 threads, ORT spinning off) at batch 1 and 32 × 128: PyTorch fp32,
+   ORT fp32, ORT dynamic int8 per-channel on the same model.onnx, the bundle's int8, and the selected
+   artifact as ``modelpress.bundle.load(bundle)`` opens it (``selected``: bench.selected).
 
-    python -m bench.tagger_bench [--epochs 3] [--threads 2]
+    python -m bench.tagger_bench [--epochs 3] [--threads 2] [--quick]
 Writes bench/results/tagger.json and prints the table.
 """
 
@@ -25,7 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from bench import median_ms_by_shape, ort_dynamic_int8, write_results  # noqa: E402
+from bench import medians_ms, ort_dynamic_int8, rounds_by_shape, write_results  # noqa: E402
+from bench.selected import SELECTED, open_selected, print_selected, selected_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EWT = ROOT.parent / "shared" / "data" / "ud_ewt"
@@ -51,7 +55,9 @@ UPOS = (
 )
 
 
-def fine_tune(out: Path, *, epochs: int, batch_size: int, lr: float, threads: int, seed: int = 0) -> dict:
+def fine_tune(
+    out: Path, *, epochs: int, batch_size: int, lr: float, threads: int, seed: int = 0, sentences: int | None = None
+) -> dict:
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
@@ -69,7 +75,8 @@ def fine_tune(out: Path, *, epochs: int, batch_size: int, lr: float, threads: in
     model = AutoModelForTokenClassification.from_pretrained(
         ref, num_labels=len(UPOS), id2label=dict(enumerate(UPOS)), label2id=label2id
     )
-    corpus = tokenize_corpus(tok, Corpus(texts=es.words, labels=es.tags), max_length=128)
+    words, tags = es.words[:sentences], es.tags[:sentences]  # sentences: fewer for --quick
+    corpus = tokenize_corpus(tok, Corpus(texts=words, labels=tags), max_length=128)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps = epochs * (len(corpus) // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.0, 1 - s / steps))
@@ -109,7 +116,7 @@ def fine_tune(out: Path, *, epochs: int, batch_size: int, lr: float, threads: in
     }
 
 
-def press(tagger: Path, out: Path, threads: int) -> dict:
+def press(tagger: Path, out: Path, threads: int, *, latency_runs: int = 10) -> dict:
     from modelpress.pipeline import run_recipe
     from modelpress.recipe import recipe_from_dict
 
@@ -124,8 +131,9 @@ def press(tagger: Path, out: Path, threads: int) -> dict:
                 "batch_sizes": [1, 32],
                 "seq_lengths": [128],
                 "threads": threads,
-                "latency_runs": 10,
+                "latency_runs": latency_runs,
                 "real_workload": False,
+                "runtimes": ["onnxruntime", "openvino"],  # the selection chooses among both
             },
             "gate": {"max_drop": 0.3},
         }
@@ -142,7 +150,8 @@ def press(tagger: Path, out: Path, threads: int) -> dict:
     }
 
 
-def latency(bundle: Path, tagger: Path, threads: int, rounds: int) -> dict:
+def latency(bundle: Path, tagger: Path, threads: int, rounds: int) -> tuple[dict, dict]:
+    """Median ms per shape and row (``latency_ms``), and the selected artifact's record."""
     import torch
 
     from modelpress.models import load_model_and_preprocessor
@@ -166,11 +175,15 @@ def latency(bundle: Path, tagger: Path, threads: int, rounds: int) -> dict:
         "modelpress-int8": open_predictor(
             "onnxruntime", bundle / "model.int8.onnx", task=task, encoder=enc, threads=threads, name="int8"
         ),
+        SELECTED: open_selected(bundle, threads),
     }
     label2id = {t: i for i, t in enumerate(UPOS)}
     words = list(load_tagged(EWT / "en_ewt-ud-test.conllu", label2id=label2id).words)
     shapes = {"b1x128": enc.encode(words[:1], pad_to=128), "b32x128": enc.encode(words[:32], pad_to=128)}
-    return median_ms_by_shape(preds, shapes, rounds)
+    times = rounds_by_shape(preds, shapes, rounds)
+    # the selection's names for the shapes, so bench.bars finds the selection shape among them
+    record = selected_record(bundle, {s.replace("x", "xs"): t for s, t in times.items()})
+    return medians_ms(times), record
 
 
 def main(argv=None) -> int:
@@ -182,8 +195,16 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--work", default=str(ROOT / "artifacts" / "bench-tagger"))
     ap.add_argument("--reuse", action="store_true", help="keep a tagger and bundle already in --work")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 1 epoch on 256 sentences, 3 rounds (figures not for the docs)",
+    )
     ap.add_argument("--out", default=str(RESULTS / "tagger.json"))
     args = ap.parse_args(argv)
+    sentences, latency_runs = None, 10
+    if args.quick:
+        args.epochs, args.rounds, sentences, latency_runs = 1, 3, 256, 3
     if not EWT.is_dir():
         print(f"{EWT} is absent: this bench needs UD English EWT from ../shared/data", file=sys.stderr)
         return 2
@@ -198,7 +219,12 @@ def main(argv=None) -> int:
     else:
         print("fine-tuning MiniLM as a UPOS tagger on EWT dev ...", file=sys.stderr)
         result["fine_tune"] = fine_tune(
-            tagger, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads
+            tagger,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            threads=args.threads,
+            sentences=sentences,
         )
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -206,9 +232,11 @@ def main(argv=None) -> int:
         result["press"] = previous["press"]
     else:
         print("pressing it (modelpress run, EWT test) ...", file=sys.stderr)
-        result["press"] = press(tagger, work / "runs", args.threads)
+        result["press"] = press(tagger, work / "runs", args.threads, latency_runs=latency_runs)
     print("timing (interleaved) ...", file=sys.stderr)
-    result["latency_ms"] = latency(Path(result["press"]["bundle"]), tagger, args.threads, args.rounds)
+    bundle = Path(result["press"]["bundle"])
+    result["latency_ms"], result["selected"] = latency(bundle, tagger, args.threads, args.rounds)
+    result["selected"]["gate_passed"] = result["press"]["gate"]["passed"]
     m, lat = result["press"]["metrics"], result["latency_ms"]
     print(
         f"\nEWT test: teacher word accuracy {100 * m['teacher']['accuracy']:.2f}, int8 "
@@ -218,6 +246,7 @@ def main(argv=None) -> int:
     for shape, row in lat.items():
         base = row["ort-dyn-int8-pc"]
         print(f"{shape}: " + ", ".join(f"{n} {v:.2f} ms ({v / base:.3f}× ORT dyn)" for n, v in row.items()))
+    print_selected(result["selected"])
     write_results(args.out, result)
     return 0
 

@@ -6,9 +6,11 @@ training images; eval: the test imagefolder; gate: accuracy, max drop 0.5 points
 the gate, the
 accuracy-aware ``auto`` run is reported too. Then, interleaved round-robin at 2 threads on the same
 test images: PyTorch fp32 eager, ORT fp32, ORT ``quantize_static`` with its defaults (the peer a
-user tries first), ORT ``quantize_dynamic`` per-channel (MatMul models), and ours, at b1 and b32,
-with accuracy and top-1 agreement with fp32 on the whole test split.
-Writes ``bench/results/vision.json``.
+user tries first), ORT ``quantize_dynamic`` per-channel (MatMul models), OpenVINO fp32 and NNCF int8,
+ours on both runtimes, and the selected artifact (the runs press for ONNX Runtime and OpenVINO with the
+default ``[select]``; ``modelpress.bundle.load`` opens the shipped run's default: bench.selected), at b1
+and b32, with accuracy and top-1 agreement with fp32 on the whole test split.
+Writes ``bench/results/vision.json``; ``--quick`` is a smoke run (3 epochs, 3 rounds, no students).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from bench import ort_dynamic_int8, write_results  # noqa: E402
 from bench.digits import train, write_digits  # noqa: E402
+from bench.selected import SELECTED, open_selected, print_selected, selected_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -117,8 +120,20 @@ def press(
     }
 
 
-def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work: Path, threads: int) -> dict:
-    """Interleaved b1 / b32 latency and test accuracy of every variant."""
+def peers(
+    kind: str,
+    teacher: Path,
+    bundle: Path,
+    calib: Path,
+    test: Path,
+    work: Path,
+    threads: int,
+    *,
+    shipped: Path | None = None,
+    rounds: tuple[int, int] = (40, 10),
+) -> tuple[dict, dict]:
+    """Interleaved b1 / b32 latency and test accuracy of every variant, and the ``selected`` record of
+    ``shipped`` (the bundle the runs ship: ``bundle`` unless its gate failed)."""
     import onnx
     import torch
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
@@ -164,10 +179,12 @@ def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work:
         preds[name] = open_predictor("onnxruntime", path, task=task, encoder=encoder, threads=threads, name=name)
     for name, path in ov_files.items():
         preds[name] = open_predictor("openvino", path, task=task, encoder=encoder, threads=threads, name=name)
+    preds[SELECTED] = open_selected(shipped or bundle, threads)
     es = load_image_eval(test, label2id=model.config.label2id)
     images = list(es.examples)
-    t1 = interleaved(preds, [encoder.encode(images[:1])], 40)
-    t32 = interleaved(preds, [encoder.encode(images[:32])], 10)
+    t1 = interleaved(preds, [encoder.encode(images[:1])], rounds[0])
+    t32 = interleaved(preds, [encoder.encode(images[:32])], rounds[1])
+    record = selected_record(shipped or bundle, {"b1": t1, "b32": t32})
     ref = preds["pytorch-fp32"].predict(images).argmax(1)
     gold = np.asarray(es.labels)
     rows = {}
@@ -184,7 +201,7 @@ def peers(kind: str, teacher: Path, bundle: Path, calib: Path, test: Path, work:
             row[f"{key.split('_')[0]}_vs_ort_fp32"] = round(row[key] / rows["ort-fp32"][key], 3)
     for p in preds.values():
         p.runner.close()
-    return rows
+    return rows, record
 
 
 def openvino_peers(kind: str, fp32: Path, bundle: Path, feed, work: Path) -> dict[str, Path]:
@@ -231,7 +248,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-distill", dest="distill", action="store_false", help="skip the distilled students")
     ap.add_argument("--out", default=str(RESULTS / "vision.json"))
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 3 epochs, no students, 3 rounds")
     args = ap.parse_args(argv)
+    rounds = (40, 10)
+    if args.quick:
+        args.epochs, args.distill, rounds = 3, False, (3, 3)
     from bench import machine
 
     result = {"machine": machine(), "data": "sklearn digits, 32x32 RGB, 1,197 train / 600 test", "models": {}}
@@ -243,21 +264,36 @@ def main(argv=None) -> int:
             row = {"training": train(kind, train_dir, work / kind, epochs=args.epochs)}
             print(f"[{kind}] pressing ...", file=sys.stderr)
             row["static"] = press(kind, work / kind, calib, test, work, runtimes=("onnxruntime", "openvino"))
+            shipped = Path(row["static"]["bundle"])
             if not row["static"]["gate"]["passed"]:
-                row["auto"] = press(kind, work / kind, calib, test, work, mode="auto")
+                both = ("onnxruntime", "openvino")
+                row["auto"] = press(kind, work / kind, calib, test, work, mode="auto", runtimes=both)
+                shipped = Path(row["auto"]["bundle"]) if row["auto"]["gate"]["passed"] else shipped
             if args.distill:
                 print(f"[{kind}] distilling and pressing the student ...", file=sys.stderr)
                 row["distilled"] = press(kind, work / kind, calib, test, work, train_dir=train_dir, max_drop=100.0)
             print(f"[{kind}] timing ...", file=sys.stderr)
-            row["peers"] = peers(kind, work / kind, Path(row["static"]["bundle"]), calib, test, work, args.threads)
+            row["peers"], row["selected"] = peers(
+                kind,
+                work / kind,
+                Path(row["static"]["bundle"]),
+                calib,
+                test,
+                work,
+                args.threads,
+                shipped=shipped,
+                rounds=rounds,
+            )
+            row["selected"]["gate_passed"] = (row.get("auto") or row["static"])["gate"]["passed"]
             result["models"][kind] = row
-            print(json.dumps({kind: {k: v for k, v in row.items() if k != "peers"}}, indent=1))
+            print(json.dumps({kind: {k: v for k, v in row.items() if k not in ("peers", "selected")}}, indent=1))
             for name, r in row["peers"].items():
                 print(
                     f"  {name:<26} b1 {r['b1_median_ms']:>8.2f} ms ({r['b1_vs_ort_fp32']:.3f}× ORT fp32)  "
                     f"b32 {r['b32_median_ms']:>9.1f} ms ({r['b32_vs_ort_fp32']:.3f}×)  acc {r['accuracy']:.2f}  "
                     f"agree {r['top1_agreement_with_fp32']:.2f}"
                 )
+            print_selected(row["selected"], f"  [{kind}] ")
     write_results(args.out, result)
     return 0
 

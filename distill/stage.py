@@ -23,7 +23,7 @@ def train_student(recipe: Any, teacher_ref: str, task: Any, out_dir: Path) -> Pa
 
     if recipe.distill is None:
         raise BadInputError("distill: the recipe has no [distill] section")
-    options = {k: v for k, v in task.describe().items() if k != "task"}
+    options = {k: v for k, v in task.describe().items() if k in task.options()}  # not what the run decided
     return run_distillation(
         recipe.distill,
         teacher=teacher_ref,

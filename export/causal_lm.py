@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from modelpress.errors import BadInputError
@@ -164,8 +165,6 @@ def export_causal_lm(
                 raise BadInputError(f"exported graph inputs {[i.name for i in graph.graph.input]} differ from {names}")
             save_onnx(graph, staged)
             export_step(bar, "written", start)
-            import onnxruntime as ort
-
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
             # writing the graph read every weight of the model: not needed again until parity's PyTorch half

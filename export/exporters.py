@@ -37,7 +37,10 @@ def export_model(
 ) -> Any:
     """``model`` → ONNX at ``out_path`` through ``task``'s exporter, parity-checked (``onnx_export.ExportResult``).
     ``pressed``: the file the quantize stage writes beside it (``paths.PRESSED_FILES``), for an exporter
-    that writes a config naming the deployed model (onnxruntime-genai's)."""
+    that writes a config naming the deployed model (onnxruntime-genai's). An option a run decides with the model
+    (an ``"auto"``) and not decided yet (``modelpress export`` without a recipe) is decided here with the model
+    alone, no runtime limiting it (``Task.for_model``)."""
+    task = task.for_model(getattr(model, "config", None), {})
     export = EXPORTERS.get(task.exporter)
     if export in NAMES_THE_PRESSED_MODEL:
         return export(model, preprocessor, out_path, task=task, opset=opset, atol=atol, pressed=pressed)

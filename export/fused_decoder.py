@@ -48,30 +48,12 @@ from modelpress.export.onnx_export import ExportResult
 from modelpress.export.parity import ParityReport, compare_outputs
 from modelpress.fileio import EXTERNAL_DATA_BYTES, save_onnx
 from modelpress.kv_cache import FIXED_INPUTS, PADDING_KEY, KVLayout
+from modelpress.kv_cache import fused_graph_unsupported as supports
 
 log = logging.getLogger(__name__)
 
-#: the families written here (their layers: RMSNorm, rotary, GQA, SiLU-gated MLP)
-FAMILIES = ("llama", "qwen2", "qwen3")
 PARITY = {"batch": 2, "prompt": 6, "steps": 3}  # a right-padded prefill, then decode steps
 OPSET = 21
-
-
-def supports(config: Any) -> str | None:
-    """Why ``config`` cannot take the fused graph (None: it can)."""
-    kind = getattr(config, "model_type", "")
-    if kind not in FAMILIES:
-        return f"model_type {kind!r} (the fused decoder graph covers {', '.join(FAMILIES)})"
-    if getattr(config, "hidden_act", "silu") != "silu":
-        return f"hidden_act {config.hidden_act!r} (the fused graph's MLP is SiLU-gated)"
-    layout = KVLayout.from_config(config)
-    if layout.head_dim % 16:
-        return f"head size {layout.head_dim} (GroupQueryAttention takes multiples of 16)"
-    if getattr(config, "mlp_bias", False):
-        return "mlp_bias"
-    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
-        return "a sliding attention window"
-    return None
 
 
 class _Graph:

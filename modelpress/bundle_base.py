@@ -18,7 +18,7 @@ from modelpress.errors import BadInputError
 from modelpress.inference import Predictor
 from modelpress.modalities import get_modality
 from modelpress.paths import BUNDLE_JSON, MODEL_INT8_ONNX, precision_of_file
-from modelpress.runtimes.artifacts import runtime_file
+from modelpress.runtimes.artifacts import bundle_model_name, runtime_file
 from modelpress.runtimes.registry import create_runner
 from modelpress.fileio import write_json
 from modelpress.runtimes.target import Target, missing_flags
@@ -156,7 +156,13 @@ class Bundle(Predictor):
         else:
             runtime, listed = bundle_model_file(meta, runtime)
         model_file = model_file or listed
-        name = name or (precision_of_file(model_file) or (f"int8-{runtime}" if model_file == listed else model_file))
+        # a runtime's listed model is named for it: the pressed file by its precision on ONNX Runtime,
+        # "<precision>-onnxruntime-genai" on GenAI (the same file), "int8-openvino" for the IR
+        name = name or (
+            bundle_model_name(runtime, model_file)
+            if model_file == listed
+            else precision_of_file(model_file) or model_file
+        )
         runner = create_runner(runtime, self.root / model_file, threads=threads, name=name, **(runner_options or {}))
         runner.__enter__()
         # inputs are truncated to what the model can take, whatever bundle.json says

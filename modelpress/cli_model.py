@@ -27,15 +27,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from modelpress.errors import BadInputError
+from modelpress.models import PACKAGE_PREFIX, resolve_model_ref
+from modelpress.recipe import Recipe, _task_default, apply_overrides, load_recipe, recipe_from_dict, require_data
 from modelpress.task_match import AUTO_TASK
+from modelpress.tasks import get_task, infer_task, task_names
 
 log = logging.getLogger("modelpress")
 
 
 def add_model_flags(p: Any, *, required: bool) -> None:
     """``--model``, ``--task``, ``--revision`` (``run`` without a recipe, ``init``)."""
-    from modelpress.tasks import task_names
-
     p.add_argument(
         "--model",
         required=required,
@@ -53,8 +54,6 @@ def add_model_flags(p: Any, *, required: bool) -> None:
 
 def model_name(ref: str) -> str:
     """A bundle name from a folder or hub id: its last part, made a plain folder name."""
-    from modelpress.models import PACKAGE_PREFIX
-
     if ref.startswith(PACKAGE_PREFIX):
         last = ref[len(PACKAGE_PREFIX) :]
     else:  # "." or "../x/" name the folder they resolve to
@@ -66,10 +65,6 @@ def model_name(ref: str) -> str:
 def model_raw(args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the recipe table ``--model`` and the flags write, what ``--task auto`` read). The task comes
     from the resolved folder (a hub id's snapshot); the teacher stays as given."""
-    from modelpress.models import resolve_model_ref
-    from modelpress.recipe import apply_overrides
-    from modelpress.tasks import infer_task
-
     raw: dict[str, Any] = {"name": model_name(args.model), "teacher": args.model}
     if args.revision:
         raw["revision"] = args.revision
@@ -88,8 +83,6 @@ def model_raw(args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def recipe_for_model(args: Any) -> tuple[Any, dict[str, Any]]:
     """The recipe ``run --model`` presses, and what ``--task auto`` read."""
-    from modelpress.recipe import recipe_from_dict, require_data
-
     raw, inferred = model_raw(args)
     recipe = recipe_from_dict(raw)
     require_data(recipe)
@@ -164,16 +157,14 @@ def _key_lines(
 
 def _sections() -> list[tuple[str, type, bool]]:
     """(name, class, optional) of each recipe section, in the Recipe's field order."""
-    from modelpress.recipe import Recipe
-
     hints = typing.get_type_hints(Recipe)
-    out = []
+    out: list[tuple[str, type, bool]] = []
     for f in dataclasses.fields(Recipe):
         hint = hints[f.name]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         cls = hint if dataclasses.is_dataclass(hint) else args[0] if len(args) == 1 else None
         if cls is not None and dataclasses.is_dataclass(cls):
-            out.append((f.name, cls, f.default is None))
+            out.append((f.name, typing.cast(type, cls), f.default is None))
     return out
 
 
@@ -181,9 +172,6 @@ def recipe_toml(raw: Mapping[str, Any], *, header: str = "") -> str:
     """The recipe ``raw`` (a table as parsed: top-level keys and sections) as commented TOML, with
     every key the dataclasses define at its value (given in ``raw``, else the default; the
     ``calibration.data`` / ``validate.eval_data`` defaults are the task's)."""
-    from modelpress.recipe import Recipe, _task_default
-    from modelpress.tasks import get_task
-
     lines = [f"# {line}".rstrip() for line in header.splitlines()] + [""] if header else []
     lines += _key_lines(Recipe, raw, skip=tuple(name for name, _, _ in _sections()))
     task_cls = get_task(str(raw.get("task", Recipe.task)))
@@ -207,8 +195,6 @@ def recipe_toml(raw: Mapping[str, Any], *, header: str = "") -> str:
 
 def write_init(args: Any) -> Path:
     """``modelpress init``: the recipe ``run --model`` would press, as a file."""
-    from modelpress.recipe import load_recipe, recipe_from_dict, require_data
-
     out = Path(args.out)
     if out.exists() and not args.force:
         raise BadInputError(f"--out {out}: exists; give another path or --force")

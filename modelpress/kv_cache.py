@@ -19,6 +19,8 @@ FIXED_INPUTS = ("input_ids", "attention_mask", "position_ids")
 #: graph metadata: "right" where the graph reads each row's length from the mask and puts new tokens
 #: right after it (``export.fused_decoder``: GroupQueryAttention); absent: left padding, positions fed
 PADDING_KEY = "modelpress.padding"
+#: the families the fused decoder graph is written for (their layers: RMSNorm, rotary, GQA, SiLU-gated MLP)
+FUSED_FAMILIES = ("llama", "qwen2", "qwen3")
 
 
 @dataclass(frozen=True)
@@ -76,3 +78,20 @@ def position_ids(attention_mask: np.ndarray, new: int) -> np.ndarray:
     """Positions of the last ``new`` tokens: count of real tokens before each (left padding gets 0)."""
     positions = np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0)
     return positions[:, -new:].astype(np.int64)
+
+
+def fused_graph_unsupported(config: Any) -> str | None:
+    """Why ``config`` cannot take the fused decoder graph (``export.fused_decoder``; None: it can)."""
+    kind = getattr(config, "model_type", "")
+    if kind not in FUSED_FAMILIES:
+        return f"model_type {kind!r} (the fused decoder graph covers {', '.join(FUSED_FAMILIES)})"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"hidden_act {config.hidden_act!r} (the fused graph's MLP is SiLU-gated)"
+    layout = KVLayout.from_config(config)
+    if layout.head_dim % 16:
+        return f"head size {layout.head_dim} (GroupQueryAttention takes multiples of 16)"
+    if getattr(config, "mlp_bias", False):
+        return "mlp_bias"
+    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+        return "a sliding attention window"
+    return None

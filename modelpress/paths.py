@@ -51,6 +51,8 @@ PRESSED_FILES = {"int8": MODEL_INT8_ONNX, "int4": MODEL_INT4_ONNX, "w8": MODEL_W
 MODEL_INT8_TRT_ONNX = "model.int8.trt.onnx"  # TensorRT's Q/DQ twin
 MODEL_FP16_ONNX = "model.fp16.onnx"
 OPENVINO_XML = "openvino/model.xml"  # the OpenVINO IR (with its .bin beside it)
+#: OpenVINO GenAI's folder (LLMPipeline opens it): the stateful IR beside its tokenizer IRs
+OPENVINO_GENAI_XML = "openvino_genai/openvino_model.xml"
 #: engine files (the TensorRT stage writes them under these names)
 INT8_PLAN, FP16_PLAN = "model.plan", "model.fp16.plan"
 ENGINE_JSON, ENGINE_FP16_JSON = "engine.json", "engine.fp16.json"

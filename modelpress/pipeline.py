@@ -45,6 +45,7 @@ from modelpress.paths import (
     staging_dir,
 )
 from modelpress.recipe import Recipe
+from modelpress.runtimes.registry import RUNTIMES
 from modelpress.runtimes.target import resolve_target
 from modelpress.tasks import configure_task
 from modelpress.validate.gate import GateResult
@@ -194,6 +195,8 @@ def prepare(recipe: Recipe, out_dir: Path, paths: RunPaths, stack: contextlib.Ex
     )
     recipe = recipe.with_(**sections)  # what ran, in the manifest too
     task = task.with_lengths(fitted)
+    # what the task leaves to the model and the runtimes ("auto") is decided once, here, and reported
+    task = task.for_model(teacher_model.config, {r: RUNTIMES.get(r) for r in recipe.validate.runtimes})
     v, cal = recipe.validate, recipe.calibration
     es = task.read_eval(v.eval_data, v, model_config=teacher_model.config, preprocessor=preprocessor)
     cal_examples = modality.calibration_set(cal, preprocessor, examples=read)

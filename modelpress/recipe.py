@@ -34,7 +34,7 @@ from modelpress.distill.config import DistillConfig
 from modelpress.errors import BadInputError
 from modelpress.paths import SIBLING_SUFFIXES
 from modelpress.quantize.config import QuantizeConfig
-from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES
+from modelpress.runtimes.artifacts import BUNDLE_RUNTIMES, TASK_API
 from modelpress.runtimes.target import TARGET_CHOICES
 from modelpress.runtimes.tensorrt.config import EngineConfig
 from modelpress.tasks import configure_task, get_task, task_names
@@ -215,21 +215,20 @@ class Recipe:
                 f"validate.eval_format: {self.task} reads {', '.join(task.eval_formats)} "
                 f"(or auto), not {self.validate.eval_format!r}"
             )
+        for runtime in self.validate.runtimes:
+            if TASK_API.get(runtime, "") not in ("", *task.api):
+                raise BadInputError(
+                    f"validate.runtimes: {runtime} runs only tasks with {TASK_API[runtime]}(); {self.task} has none"
+                )
         if self.quantize.mode == "weight-only":
-            if any(r != "onnxruntime" for r in self.validate.runtimes):
+            if any(not RUNTIMES.get(r).contrib_ops for r in self.validate.runtimes):
                 raise BadInputError(
                     'validate.runtimes: quantize.mode = "weight-only" writes ONNX Runtime\'s '
-                    "MatMulNBits; ship it on onnxruntime only"
+                    "MatMulNBits; ship it on onnxruntime (or onnxruntime-genai) only"
                 )
             if self.engine is not None and self.engine.enabled:
                 raise BadInputError('[engine]: quantize.mode = "weight-only" has no TensorRT form; use "static"')
-        if getattr(configured, "decoder_graph", "traced") == "fused" and any(
-            r != "onnxruntime" for r in self.validate.runtimes
-        ):
-            raise BadInputError(
-                'validate.runtimes: task_options.decoder_graph = "fused" is written with ONNX Runtime\'s '
-                'com.microsoft operators (GroupQueryAttention); ship it on onnxruntime only, or use "traced"'
-            )
+        configured.check_runtimes({r: RUNTIMES.get(r) for r in self.validate.runtimes})
         if self.engine is not None and self.engine.enabled and not task.engines:
             raise BadInputError(f"[engine]: {self.task} has no TensorRT engine yet; leave [engine] out")
         if self.gate.metric != AUTO and self.gate.metric not in task.metrics:

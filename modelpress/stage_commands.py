@@ -141,6 +141,7 @@ def validate(recipe: Recipe, candidate: Path, out: Path) -> dict[str, Any]:
         run = prepare(recipe, out, paths, stack)
         enc = encoders(run, candidate)
         v = run.recipe.validate
+        first = next((r for r, f in files.items() if f == candidate), None)  # onnxruntime-genai: the same file
         gated = [
             file_opener(
                 file,
@@ -148,7 +149,11 @@ def validate(recipe: Recipe, candidate: Path, out: Path) -> dict[str, Any]:
                 encoder=enc.encoder,
                 threads=v.threads,
                 runtime=runtime,
-                name=paths.precision if file == candidate else f"int8-{runtime}",
+                name=paths.precision
+                if runtime == first
+                else f"{paths.precision}-{runtime}"
+                if file == candidate
+                else f"int8-{runtime}",
                 **v.runner_options(runtime),
             )
             for runtime, file in files.items()

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from modelpress.paths import MODEL_INT8_ONNX, OPENVINO_XML, PRESSED_FILES, precision_of_file, pressed_precision
+from modelpress.paths import (
+    MODEL_INT8_ONNX,
+    OPENVINO_GENAI_XML,
+    OPENVINO_XML,
+    PRESSED_FILES,
+    precision_of_file,
+    pressed_precision,
+)
 from modelpress.registry import Registry
 
 
@@ -68,6 +75,8 @@ class RuntimeArtifact:
 ARTIFACTS: Registry[type[RuntimeArtifact]] = Registry("bundle runtime")
 #: the runtimes ``load(dir, runtime=...)`` opens, and the file each one loads from a bundle
 BUNDLE_RUNTIMES: dict[str, str] = {}
+#: the bundle method (``Task.api``) a runtime needs of the task, where it runs only some tasks
+TASK_API: dict[str, str] = {}
 
 
 #: the fp32 export every bundle keeps, and the reference every candidate is timed against
@@ -90,22 +99,35 @@ def runtime_file(runtime: str, precision: str = "int8") -> str:
 def bundle_model_name(runtime: str, file: str) -> str:
     """The report's name of a bundle's model (``load()`` names it so too): the plan's own output by
     its precision ("int8", "int4", "w8"), another runtime's artifact of the plan "int8-<runtime>"."""
-    if runtime == REFERENCE_RUNTIME and precision_of_file(file) is not None:
-        return str(precision_of_file(file))
+    precision = precision_of_file(file)
+    if runtime == REFERENCE_RUNTIME and precision is not None:
+        return str(precision)
+    if precision is not None and BUNDLE_RUNTIMES.get(runtime) == MODEL_INT8_ONNX:  # the pressed file elsewhere
+        return f"{precision}-{runtime}"  # (onnxruntime-genai)
     return f"int8-{runtime}" if file == BUNDLE_RUNTIMES.get(runtime) else file
 
 
-def register(name: str, entry: str, *, model_file: str | None = None) -> None:
+def register(name: str, entry: str, *, model_file: str | None = None, task_api: str | None = None) -> None:
     """One runtime's artifact class (``"module:Class"``, imported when a recipe wants it); with
-    ``model_file`` it is a bundle runtime (``validate.runtimes``, ``load(dir, runtime=name)``)."""
+    ``model_file`` it is a bundle runtime (``validate.runtimes``, ``load(dir, runtime=name)``); with
+    ``task_api`` it runs only the tasks whose bundle has that method (the recipe checks it)."""
     ARTIFACTS.register(name, entry)
     if model_file is not None:
         BUNDLE_RUNTIMES[name] = model_file
+    if task_api is not None:
+        TASK_API[name] = task_api
 
 
 register("onnxruntime", "modelpress.runtimes.onnxruntime_runner:OnnxRuntimeArtifact", model_file=MODEL_INT8_ONNX)
 register("openvino", "modelpress.runtimes.openvino_runner:OpenVINOArtifact", model_file=OPENVINO_XML)
+register(
+    "openvino-genai",
+    "modelpress.runtimes.openvino_genai_folder:OpenVINOGenAIArtifact",
+    model_file=OPENVINO_GENAI_XML,
+    task_api="generate",
+)
 register("tensorrt", "modelpress.runtimes.tensorrt.stage:TensorRTArtifact")
+register("onnxruntime-genai", "modelpress.runtimes.genai_runner:GenAIArtifact", model_file=MODEL_INT8_ONNX)
 
 
 def wanted_artifacts(recipe: Any) -> list[RuntimeArtifact]:

@@ -8,7 +8,7 @@ names, and maps a feed of numpy arrays to a dict of numpy outputs. Shaped after 
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 from modelpress.fileio import load_onnx
@@ -19,6 +19,11 @@ class Runner(abc.ABC):
 
     #: short human-readable label used in reports and benchmark tables
     name: str = "runner"
+    #: whether it runs ONNX Runtime's ``com.microsoft`` operators (MatMulNBits of weight-only int4/int8,
+    #: GroupQueryAttention of the fused decoder graph); the recipe checks ask this, never the runtime's name
+    contrib_ops: ClassVar[bool] = False
+    #: the text-generation graphs it generates with (``task_options.decoder_graph``: "traced", "fused")
+    decoder_graphs: ClassVar[tuple[str, ...]] = ("traced",)
 
     @classmethod
     def options_from(cls, validate_cfg) -> dict:

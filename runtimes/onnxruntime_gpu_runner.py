@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from modelpress.errors import BackendUnavailableError, BadInputError, ModelpressError
 from modelpress.runtimes.base import Runner
@@ -67,8 +68,6 @@ class OrtGpuRunner(Runner):
         return self._inputs
 
     def _load(self) -> None:
-        import onnxruntime as ort
-
         wanted = PROVIDERS[self.provider]
         available = ort.get_available_providers()
         if wanted not in available:

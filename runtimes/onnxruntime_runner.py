@@ -72,6 +72,9 @@ class InPlaceCache:
 
 
 class OnnxRuntimeRunner(Runner):
+    contrib_ops = True
+    decoder_graphs = ("traced", "fused")
+
     def __init__(
         self,
         model_path: str | Path,

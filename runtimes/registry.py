@@ -19,6 +19,8 @@ RUNTIMES.register("tensorrt", "modelpress.runtimes.tensorrt.runner:TensorRTRunne
 RUNTIMES.register("ort-cuda", "modelpress.runtimes.onnxruntime_gpu_runner:ort_cuda_runner")
 RUNTIMES.register("ort-tensorrt", "modelpress.runtimes.onnxruntime_gpu_runner:ort_tensorrt_runner")
 RUNTIMES.register("openvino", "modelpress.runtimes.openvino_runner:OpenVINORunner")
+RUNTIMES.register("onnxruntime-genai", "modelpress.runtimes.genai_runner:GenAIRunner")
+RUNTIMES.register("openvino-genai", "modelpress.runtimes.openvino_genai_runner:OpenVINOGenAIRunner")
 
 
 def create_runner(runtime: str, source: Any, **options: Any) -> Runner:

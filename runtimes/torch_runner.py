@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
+import torch
 
 from modelpress.runtimes.base import Runner
 
@@ -34,8 +35,6 @@ class TorchRunner(Runner):
         self.name = name
 
     def _load(self) -> None:
-        import torch
-
         if self.threads:
             torch.set_num_threads(self.threads)
         self.model.to(self.device)
@@ -48,8 +47,6 @@ class TorchRunner(Runner):
         return self._inputs
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         with torch.inference_mode():
             inputs = {
                 k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in self.select(feed).items()

@@ -72,7 +72,11 @@ def test_the_pipeline_names_no_runtime_and_chains_in_few_lines():
 
 
 def test_bundle_runtimes_are_the_registered_ones_with_a_model_file():
-    assert A.BUNDLE_RUNTIMES == {"onnxruntime": "model.int8.onnx", "openvino": "openvino/model.xml"}
+    assert A.BUNDLE_RUNTIMES == {
+        "onnxruntime": "model.int8.onnx",
+        "openvino": "openvino/model.xml",
+        "onnxruntime-genai": "model.int8.onnx",  # the pressed file (model.int4.onnx ...), with genai_config.json
+    }
     assert set(A.BUNDLE_RUNTIMES) < set(A.ARTIFACTS.names())
     for name in A.ARTIFACTS.names():
         assert A.ARTIFACTS.get(name).runtime == name

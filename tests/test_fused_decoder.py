@@ -238,15 +238,78 @@ def test_static_int8_presses_the_fused_graph_end_to_end(tmp_path):
         assert len(lm.generator.generate_ids([[5, 6, 7]], max_new_tokens=4, stop_token_ids=[])[0]) == 4
 
 
-def test_a_fused_graph_for_another_runtime_is_refused_at_the_recipe(tmp_path):
+def _llama(**keys):
+    return transformers.LlamaConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **keys
+    )
+
+
+def test_auto_takes_the_fused_graph_where_the_model_and_every_runtime_can_and_says_why_not():
+    """``decoder_graph = "auto"`` (the default) asks each runtime's runner class what it runs
+    (``Runner.decoder_graphs``), never its name: fused for a Llama of head size 16 on ONNX Runtime or
+    onnxruntime-genai; traced, with the reason, for OpenVINO in the list, a head size of 8 or GPT-2;
+    a runtime that runs only the fused graph on a model that cannot take it is one line."""
+    from modelpress.runtimes.registry import RUNTIMES
+    from modelpress.tasks.text_generation import choose_decoder_graph
+
+    def runners(*names):
+        return {n: RUNTIMES.get(n) for n in names}
+
+    assert choose_decoder_graph("auto", _llama(), runners("onnxruntime"))[0] == "fused"
+    assert choose_decoder_graph("auto", _llama(), runners("onnxruntime", "onnxruntime-genai"))[0] == "fused"
+    graph, why = choose_decoder_graph("auto", _llama(), runners("onnxruntime", "openvino"))
+    assert graph == "traced" and why == "openvino cannot run GroupQueryAttention"
+    graph, why = choose_decoder_graph("auto", _llama(head_dim=8), runners("onnxruntime"))
+    assert graph == "traced" and "head size 8" in why
+    gpt2 = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2)
+    assert choose_decoder_graph("auto", gpt2, runners("onnxruntime")) == (
+        "traced",
+        "not for model_type 'gpt2' (the fused decoder graph covers llama, qwen2, qwen3)",
+    )
+    with pytest.raises(
+        BadInputError, match=r"fused graph \(needed by onnxruntime-genai\) is not for model_type 'gpt2'"
+    ):
+        choose_decoder_graph("auto", gpt2, runners("onnxruntime", "onnxruntime-genai"))
+    with pytest.raises(BadInputError, match="fused graph is not for head size 8"):
+        choose_decoder_graph("fused", _llama(head_dim=8), runners("onnxruntime"))
+    assert choose_decoder_graph("traced", _llama(), runners("onnxruntime")) == ("traced", "asked for")
+
+
+def test_the_auto_decision_is_one_info_line_and_the_task_config_records_it(caplog):
+    import logging
+
+    from modelpress.runtimes.registry import RUNTIMES
+    from modelpress.tasks import configure_task, task_from_dict
+
+    task = configure_task("text-generation")
+    assert task.decoder_graph == "auto"
+    with caplog.at_level(logging.INFO, logger="modelpress"):
+        decided = task.for_model(_llama(), {"openvino": RUNTIMES.get("openvino")})
+    lines = [r.getMessage() for r in caplog.records if "decoder graph" in r.getMessage()]
+    assert lines == ["decoder graph: traced (auto: openvino cannot run GroupQueryAttention)"]
+    config = decided.describe()
+    assert (config["decoder_graph"], config["decoder_graph_why"]) == (
+        "traced",
+        "auto: openvino cannot run GroupQueryAttention",
+    )
+    assert task_from_dict(config).decoder_graph == "traced"  # bundle.json reads the decision back
+    with pytest.raises(BadInputError, match="decoder_graph_why: unknown"):  # a decision, not an option
+        configure_task("text-generation", {"decoder_graph_why": "x"})
+
+
+@pytest.mark.parametrize(
+    ("graph", "runtimes", "refused"),
+    [("traced", ["onnxruntime-genai"], "onnxruntime-genai"), ("fused", ["onnxruntime", "openvino"], "openvino")],
+)
+def test_a_graph_a_runtime_cannot_run_is_refused_at_the_recipe(graph, runtimes, refused, tmp_path):
     from modelpress.recipe import load_recipe
 
     path = tmp_path / "r.toml"
     head = 'name = "lm"\nteacher = "org/some-model"\ntask = "text-generation"\n'
     path.write_text(
-        head + '[task_options]\ndecoder_graph = "fused"\n[validate]\nruntimes = ["onnxruntime", "openvino"]\n'
+        f'{head}[task_options]\ndecoder_graph = "{graph}"\n[validate]\nruntimes = {runtimes!r}\n'.replace("'", '"')
     )
-    with pytest.raises(BadInputError, match='decoder_graph = "fused".*onnxruntime only'):
+    with pytest.raises(BadInputError, match=f'{refused} cannot run task_options.decoder_graph = "{graph}"'):
         load_recipe(path)
-    path.write_text(head + '[task_options]\ndecoder_graph = "fused"\n')
-    assert load_recipe(path).task_options["decoder_graph"] == "fused"
+    path.write_text(f"{head}[validate]\nruntimes = {runtimes!r}\n".replace("'", '"'))
+    assert load_recipe(path).validate.runtimes == tuple(runtimes)  # "auto" decides with the model

@@ -80,3 +80,71 @@ def test_onnxruntime_genai_generates_the_bundles_greedy_tokens(graph, tmp_path):
             ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             ours = lm.generator.generate_ids([ids], max_new_tokens=NEW, stop_token_ids=[eos])[0]
             assert _genai_greedy(genai, ids, eos) == ours, prompt
+
+
+def test_onnxruntime_genai_is_a_runtime_measured_and_gated_with_our_greedy_tokens(tmp_path):
+    """``validate.runtimes = ["onnxruntime", "onnxruntime-genai"]`` on a tiny Llama (head size 16),
+    decoder graph left to "auto": the fused graph, int4 weight-only; the run ends 0 and the report has
+    GenAI's row, its greedy agreement and decode rows measured by ``onnxruntime_genai.Generator``
+    (``GenAIRunner.kv_cache``) equal to ONNX Runtime's on the same file, its perplexity that file's
+    through ONNX Runtime; the bundle opened on GenAI generates our tokens and GenAI's own greedy search's."""
+    from modelpress.bundle import load
+    from modelpress.cli import main
+    from modelpress.runtimes.genai_runner import GenAICache
+
+    folder = make_tiny_causal_lm(tmp_path / "llama", family="llama")
+    (tmp_path / "corpus.txt").write_text("\n".join(random_sentences(100, seed=1)) + "\n", encoding="utf-8")
+    (tmp_path / "heldout.txt").write_text("\n".join(random_sentences(60, seed=9)) + "\n", encoding="utf-8")
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    body = {
+        "calibration": {"data": str(tmp_path / "corpus.txt"), "num_samples": 8, "max_length": 32},
+        "quantize": {"mode": "weight-only", "weight_bits": 4, "block_size": 16},
+        "validate": {
+            "latency_runs": 1,
+            "warmup_runs": 1,
+            "batch_sizes": [1, 2],
+            "seq_lengths": [16],
+            "real_workload": False,
+            "max_length": 32,
+            "threads": 1,
+            "eval_data": str(tmp_path / "heldout.txt"),
+            "runtimes": ["onnxruntime", "onnxruntime-genai"],
+        },
+        "gate": {"max_drop": 1000.0},
+        "task_options": {"decode_contexts": [24], "stride": 16, "prompts": str(tmp_path / "prompts.txt")},
+    }
+    recipe = write_recipe(tmp_path / "lm.toml", {"name": "lm", "teacher": str(folder), "task": "text-generation"}, body)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    bundle = tmp_path / "out" / "lm"
+    report = json.loads((bundle / "report.json").read_text())
+    assert report["task_config"]["decoder_graph"] == "fused"
+    assert report["task_config"]["decoder_graph_why"].startswith("auto: llama takes it")
+    assert report["runtimes"] == {"onnxruntime": "int4", "onnxruntime-genai": "int4-onnxruntime-genai"}
+    genai, ours = report["models"]["int4-onnxruntime-genai"], report["models"]["int4"]
+    assert genai["metrics"]["greedy_agreement"] == ours["metrics"]["greedy_agreement"]
+    assert genai["metrics"]["perplexity"] == pytest.approx(ours["metrics"]["perplexity"], rel=1e-6)
+    assert [(r["batch_size"], r["context"]) for r in genai["decode_latency"]] == [(1, 24), (2, 24)]
+    assert all(r["tokens_per_s"] > 0 for r in genai["decode_latency"])
+    assert "perplexity_ratio" in report["uncertainty"]["int4-onnxruntime-genai"]  # gated: the worst decides
+    model = og.Model(str(bundle))
+    with load(bundle, runtime="onnxruntime-genai") as on_genai, load(bundle, runtime="onnxruntime") as on_ort:
+        layout = on_genai.generator.layout
+        assert isinstance(on_genai.generator.runner.kv_cache(layout, 1, 8), GenAICache)
+        tokenizer = on_ort.generator.tokenizer
+        batch = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+        theirs = on_genai.generator.generate_ids(batch, max_new_tokens=NEW, stop_token_ids=[])
+        assert theirs == on_ort.generator.generate_ids(batch, max_new_tokens=NEW, stop_token_ids=[])
+        eos = tokenizer.eos_token_id  # GenAI's own search stops there
+        for ids in batch:
+            alone = on_genai.generator.generate_ids([ids], max_new_tokens=NEW, stop_token_ids=[eos])[0]
+            assert alone == _genai_greedy(model, ids, eos)
+
+
+def test_the_genai_runner_refuses_a_folder_without_genai_config_in_one_line(tmp_path):
+    from modelpress.errors import BadInputError
+    from modelpress.runtimes.registry import create_runner
+
+    (tmp_path / "model.onnx").write_bytes(b"")
+    with pytest.raises(BadInputError, match="no genai_config.json beside model.onnx"):
+        with create_runner("onnxruntime-genai", tmp_path / "model.onnx"):
+            pass

@@ -40,7 +40,7 @@ def _press(folder, out, cfgs):
     from modelpress.quantize.stage import quantize_model
     from modelpress.tasks import configure_task
 
-    task = configure_task("text-generation")
+    task = configure_task("text-generation", {"decoder_graph": "traced"})  # the traced graph's feeds
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
     out.mkdir()
     result = export_model(task, model, tokenizer, out / "model.onnx", opset=18, atol=1e-4)
@@ -179,7 +179,7 @@ def test_a_tied_embedding_reads_the_quantized_head_weight_and_the_file_holds_the
 
     work, model, tokenizer = tied_qwen2
     block = 16
-    cfg = QuantizeConfig(mode="weight-only", weight_bits=bits, block_size=block, accuracy_level=4)
+    cfg = QuantizeConfig(mode="weight-only", weight_bits=bits, block_size=block, accuracy_level=4, int4_method="rtn")
     summary = quantize_weights_only(work / "model.onnx", work / f"int{bits}.onnx", cfg)
     assert len(summary.shared_embeddings) == 1
     q = onnx.load(str(work / f"int{bits}.onnx"))
@@ -266,7 +266,7 @@ def test_export_parity_never_holds_the_graph_and_the_pytorch_weights_at_once(tmp
     released: list[int] = []
     monkeypatch.setattr(cl, "release_weight_pages", lambda: released.append(len(live)) or 0)
     folder = make_tiny_causal_lm(tmp_path / "llama", family="llama")
-    task = configure_task("text-generation")
+    task = configure_task("text-generation", {"decoder_graph": "traced"})  # the traced exporter's parity order
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
     with caplog.at_level(logging.INFO, logger="modelpress.export"):
         result = export_model(task, model, tokenizer, tmp_path / "model.onnx", opset=18, atol=1e-4)

@@ -23,7 +23,7 @@ def exported(request, tmp_path_factory):
     from modelpress.tasks import configure_task
 
     folder = make_tiny_causal_lm(tmp_path_factory.mktemp(request.param), family=request.param)
-    task = configure_task("text-generation")
+    task = configure_task("text-generation", {"decoder_graph": "traced"})  # the traced graph of every family
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
     result = export_model(task, model, tokenizer, folder / "model.onnx", opset=18, atol=1e-4)
     return request.param, model, tokenizer, result

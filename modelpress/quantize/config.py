@@ -21,6 +21,7 @@ FORMATS = ("auto", "qdq", "ort")
 MODES = ("static", "auto", "weight-only")
 AUTO_SENSITIVITIES = ("sqnr", "output")
 WEIGHT_BITS = (8, 4)
+INT4_METHODS = ("rtn", "awq", "gptq")
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # what ONNX Runtime's MatMulNBits kernels take
 
 
@@ -56,6 +57,12 @@ class QuantizeConfig:
     accuracy_level: int = field(
         default=4, metadata={"min": 0, "max": 4}
     )  # weight-only: MatMulNBits compute (0/1 fp32, 4 int8)
+    int4_method: str = field(
+        default="gptq", metadata={"choices": INT4_METHODS}
+    )  # weight-only int4: "gptq" | "awq" (from the calibration set) | "rtn" (round to nearest, no data)
+    int8_budget: float = field(
+        default=0.0, metadata={"min": 0.0, "max": 1.0}
+    )  # weight-only int4: the most sensitive MatMuls stay int8 while they add ≤ this share of the int4 bytes
     # int8 Q·Kᵀ in the Q/DQ graphs (the OpenVINO IR; model.int8.onnx when format = "qdq"): Q/DQ on the
     # Q and K projection outputs. "auto": on where the target has VNNI/AMX (OpenVINO's int8 MHA kernel), decided
     # by for_target (unpinned: off); never in the "ort" format (ONNX Runtime's fused attention is its own)
@@ -87,6 +94,8 @@ class QuantizeConfig:
             )
         if not 0 <= self.accuracy_level <= 4:
             raise BadInputError(f"quantize.accuracy_level: expected 0..4, got {self.accuracy_level}")
+        if self.int8_budget > 0 and (self.mode != "weight-only" or self.weight_bits != 4):
+            raise BadInputError('quantize.int8_budget: only for mode = "weight-only" with weight_bits = 4')
         if self.mode == "weight-only" and self.calibration_seeds > 1:
             raise BadInputError('quantize.calibration_seeds: "weight-only" reads no calibration data; leave it at 1')
         if self.mode == "weight-only" and self.preset == "tensorrt":

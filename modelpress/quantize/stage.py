@@ -71,7 +71,8 @@ def quantize_model(
     evaluate: Callable | None = None,
 ) -> QuantizeOutcome:
     """Static int8 (or the accuracy-aware search when ``cfg.mode == "auto"``) plus per-node analysis;
-    ``"weight-only"``: MatMulNBits weights (``weight_only``), no calibration and no analysis."""
+    ``"weight-only"``: MatMulNBits weights (``weight_only``; the calibration set only for the data-aware
+    int4 methods), no activation plan and no analysis."""
 
     if cfg.mode == "auto":
         if evaluate is None:
@@ -79,7 +80,7 @@ def quantize_model(
         result = auto_quantize(onnx_path, out_path, feeds, cfg, evaluate=evaluate)
         return QuantizeOutcome(result.summary, result.analysis, result.to_dict(), result.plan)  # type: ignore[arg-type]
     if cfg.mode == "weight-only":  # no calibration, no activation plan: nothing per node to analyze
-        return QuantizeOutcome(quantize_weights_only(onnx_path, out_path, cfg), [], None, None)
+        return QuantizeOutcome(quantize_weights_only(onnx_path, out_path, cfg, feeds), [], None, None)
     plan = plan_quantization(onnx_path, feeds, cfg)
     summary = write_quantized(plan, out_path)
     return QuantizeOutcome(summary, analyze_plan(plan, feeds), None, plan)

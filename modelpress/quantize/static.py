@@ -65,6 +65,20 @@ class AttentionScoresSummary:
 
 
 @dataclass(frozen=True)
+class LayerQuant:
+    """One MatMul of a data-aware weight-only graph (``quantize.int4_method``, ``int8_budget``): its
+    bits and method, and its relative output error ‖x·W − x·Ŵ‖² / ‖x·W‖² on calibration rows."""
+
+    node: str
+    bits: int  # 4, or 8 where the int8 budget kept it
+    method: str  # "awq" | "gptq" | "rtn" (the int8 layers are round-to-nearest)
+    error: float  # of the weight written
+    error_rtn: float  # of int4 round-to-nearest: what the method improves on
+    error_int8: float  # of int8: what keeping it 8-bit would leave
+    alpha: float | None = None  # AWQ's scale exponent (s = mean|x|^alpha); 0: no scaling
+
+
+@dataclass(frozen=True)
 class QuantizeSummary:
     preset: str
     format: str  # "qdq" | "ort"
@@ -81,6 +95,9 @@ class QuantizeSummary:
     attention_scores: AttentionScoresSummary | None = None
     #: weight-only: embedding lookups that read the tied LM head's quantized weight (GatherBlockQuantized)
     shared_embeddings: tuple[str, ...] = ()
+    #: weight-only int4: how the integers were chosen ("rtn" | "awq" | "gptq"), and per MatMul what it got
+    int4_method: str | None = None
+    layers: tuple[LayerQuant, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -5,14 +5,16 @@ Every constant-weight ``MatMul`` (and every plain ``Gemm``: GPT-2's projections,
 ``MatMul`` + bias ``Add`` with the same node name) becomes ONNX Runtime's ``MatMulNBits`` through ORT's
 own quantizer (``onnxruntime.quantization.matmul_nbits_quantizer``): weights in ``weight_bits`` (8
 or 4) bits, symmetric, one fp32 scale per block of ``block_size`` input rows of each output column
-(blockwise: finer than per-channel; ORT's kernels take blocks of 16–256). No calibration data is
-read: activations stay fp32 in the graph. ``accuracy_level`` is ``MatMulNBits``' attribute: 0 or 1
-compute in fp32 on dequantized weights; 4 lets the CPU kernel quantize each activation block to
-int8 on the fly and use its int8 dot products — on this project's AVX2 CPU the only fast kernel
-at batch 1 (one 384×1536 MatMul, 8 bits, block 32, quiet: 2.0 ms at level 0, 0.060 ms at level 4,
-0.053 ms fp32). ``nodes_to_exclude`` stays fp32; attention-score MatMuls (no constant
-weight) and the KV cache are never touched; ``nodes_to_exclude`` takes node names or module paths, as
-for static int8.
+(blockwise: finer than per-channel; ORT's kernels take blocks of 16–256). Activations stay fp32 in
+the graph. Round to nearest (``int4_method = "rtn"``, and every 8-bit graph) reads no calibration
+data; at 4 bits, ``int4_method = "awq"`` / ``"gptq"`` and ``int8_budget`` choose the integers from
+the calibration set (``int4_data``) and write the same ``MatMulNBits`` nodes. ``accuracy_level``
+is ``MatMulNBits``' attribute: 0 or 1 compute in fp32 on dequantized weights; 4 lets the CPU
+kernel quantize each activation block to int8 on the fly and use its int8 dot products — on this
+project's AVX2 CPU the only fast kernel at batch 1 (one 384×1536 MatMul, 8 bits, block 32, quiet:
+2.0 ms at level 0, 0.060 ms at level 4, 0.053 ms fp32). ``nodes_to_exclude`` stays fp32;
+attention-score MatMuls (no constant weight) and the KV cache are never touched;
+``nodes_to_exclude`` takes node names or module paths, as for static int8.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -30,6 +33,7 @@ from onnx import numpy_helper
 from modelpress.errors import BadInputError
 from modelpress.fileio import copy_model, load_onnx, save_onnx
 from modelpress.quantize.config import QuantizeConfig
+from modelpress.quantize.int4_data import quantize_data_aware
 from modelpress.quantize.ort_ops import plain_gemm
 from modelpress.quantize.static import QuantizeSummary, excluded_nodes
 from modelpress.quantize.targets import fold_weight_transposes
@@ -96,22 +100,22 @@ def tied_tables(model: onnx.ModelProto) -> dict[str, str]:
     return tied
 
 
-def share_tied_tables(model: onnx.ModelProto, tied: dict[str, str], bits: int) -> list[str]:
+def share_tied_tables(model: onnx.ModelProto, tied: dict[str, str]) -> list[str]:
     """Each tied lookup (:func:`tied_tables`) whose head became ``MatMulNBits`` reads the head's
     quantized weight through ``GatherBlockQuantized`` (the layout onnxruntime-genai's builder
-    writes): one int4/int8 matrix for both, the fp32 table dropped. MatMulNBits' weight is
-    [N, K/block, block·bits/8] with rows = vocabulary entries: reshaped to [N, K·bits/8] it is the
-    table, blocks along K, zero point 2^(bits−1) (symmetric). Returns the lookups shared."""
+    writes): one int4/int8 matrix for both (the head's bits), the fp32 table dropped. MatMulNBits'
+    weight is [N, K/block, block·bits/8] with rows = vocabulary entries: reshaped to [N, K·bits/8] it
+    is the table, blocks along K, zero point 2^(bits−1) (symmetric). Returns the lookups shared."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    heads = {n.name.rsplit(f"_Q{bits}", 1)[0]: n for n in graph.node if n.op_type == "MatMulNBits"}
+    heads = {_original_name(n): n for n in graph.node if n.op_type == "MatMulNBits"}
     shared = []
     for index, node in reversed(list(enumerate(graph.node))):
         head = heads.get(tied.get(node.output[0], "")) if node.op_type == "Gather" else None
         if head is None or len(head.input) > 3:  # fp32 head, or zero points: not this layout
             continue
         attrs = {a.name: a.i for a in head.attribute}
-        k, n, block = attrs["K"], attrs["N"], attrs["block_size"]
+        k, n, block, bits = attrs["K"], attrs["N"], attrs["block_size"], attrs["bits"]
         if k % block:  # padded blocks: the reshaped weight would be wider than the table
             continue
         table, scales = f"{head.input[1]}_as_table", f"{head.input[2]}_as_table"
@@ -142,15 +146,45 @@ def share_tied_tables(model: onnx.ModelProto, tied: dict[str, str], bits: int) -
     return shared
 
 
+def _original_name(node: onnx.NodeProto) -> str:
+    """The MatMul a ``MatMulNBits`` replaced: its quantizers name it "<name>_Q<bits>"."""
+    return node.name.rsplit("_Q", 1)[0]
+
+
 def _weight_matmuls(model: onnx.ModelProto) -> list[str]:
     inits = {i.name for i in model.graph.initializer}
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
 
 
-def quantize_weights_only(onnx_path: str | Path, out_path: str | Path, cfg: QuantizeConfig) -> QuantizeSummary:
-    """``onnx_path`` → ``out_path`` with ``MatMulNBits`` weights (atomically); what was done."""
+def data_aware(cfg: QuantizeConfig) -> bool:
+    """Whether ``cfg`` reads the calibration set (``int4_method`` other than RTN, or an int8 budget)."""
+    return cfg.mode == "weight-only" and cfg.weight_bits == 4 and (cfg.int4_method != "rtn" or cfg.int8_budget > 0)
+
+
+def _ort_rtn(model: onnx.ModelProto, excluded: list[str], cfg: QuantizeConfig) -> onnx.ModelProto:
+    """ORT's own round-to-nearest quantizer on ``model``: every eligible MatMul but ``excluded``."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    algo = DefaultWeightOnlyQuantConfig(
+        block_size=cfg.block_size,
+        is_symmetric=True,
+        bits=cfg.weight_bits,
+        accuracy_level=cfg.accuracy_level,
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=list(excluded), algo_config=algo)
+    quantizer.process()
+    return quantizer.model.model
+
+
+def quantize_weights_only(
+    onnx_path: str | Path,
+    out_path: str | Path,
+    cfg: QuantizeConfig,
+    feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
+) -> QuantizeSummary:
+    """``onnx_path`` → ``out_path`` with ``MatMulNBits`` weights (atomically); what was done.
+    ``feeds``: the calibration batches the data-aware int4 methods read (:func:`data_aware`)."""
     started = time.perf_counter()
     original = load_onnx(onnx_path)
     # node names or module paths, as static int8 reads them (the rewritten Gemms keep their names)
@@ -167,22 +201,23 @@ def quantize_weights_only(onnx_path: str | Path, out_path: str | Path, cfg: Quan
         cfg.block_size,
         cfg.accuracy_level,
     )
-    algo = DefaultWeightOnlyQuantConfig(
-        block_size=cfg.block_size,
-        is_symmetric=True,
-        bits=cfg.weight_bits,
-        accuracy_level=cfg.accuracy_level,
-        op_types_to_quantize=("MatMul",),
-    )
     tied = tied_tables(model)
-    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=list(excluded), algo_config=algo)
-    quantizer.process()
-    qmodel = quantizer.model.model
-    shared = share_tied_tables(qmodel, tied, cfg.weight_bits)
+    layers: list = []
+    if data_aware(cfg):
+        if feeds is None:
+            raise BadInputError(
+                f"quantize.int4_method = {cfg.int4_method!r} needs the calibration set (calibration.data)"
+            )
+        log.info("int4 %s from the calibration set (int8 budget %.0f %%)", cfg.int4_method, 100 * cfg.int8_budget)
+        targets = [n for n in eligible if n not in wanted_fp32]
+        qmodel, layers = quantize_data_aware(model, targets, feeds, cfg, tied_heads=set(tied.values()))
+    else:
+        qmodel = _ort_rtn(model, excluded, cfg)
+    shared = share_tied_tables(qmodel, tied)
     if shared:
-        log.info("tied embedding %s reads the LM head's %d-bit weight", ", ".join(shared), cfg.weight_bits)
-    # ORT's quantizer names each new node "<name>_Q<bits>"; the summary speaks of the graph's names
-    written = {n.name.rsplit(f"_Q{cfg.weight_bits}", 1)[0] for n in qmodel.graph.node if n.op_type == "MatMulNBits"}
+        log.info("tied embedding %s reads the LM head's quantized weight", ", ".join(shared))
+    # the quantizers name each new node "<name>_Q<bits>"; the summary speaks of the graph's names
+    written = {_original_name(n) for n in qmodel.graph.node if n.op_type == "MatMulNBits"}
     save_onnx(qmodel, Path(out_path))
     quantized = tuple(n for n in eligible if n in written)
     return QuantizeSummary(
@@ -199,4 +234,6 @@ def quantize_weights_only(onnx_path: str | Path, out_path: str | Path, cfg: Quan
         block_size=cfg.block_size,
         accuracy_level=cfg.accuracy_level,
         shared_embeddings=tuple(shared),
+        int4_method=cfg.int4_method if cfg.weight_bits == 4 else None,
+        layers=tuple(layers),
     )

@@ -32,6 +32,8 @@ from modelpress.config_check import check_fields, checked_fields
 from modelpress.errors import BadInputError
 from modelpress.registry import Registry
 from modelpress.bundle_base import Bundle
+from modelpress.tasks.evalsets import load_eval_set
+from modelpress.tasks.records import EvalSet as EvalSet  # re-exported: the readers subclass it
 
 HIGHER, LOWER = "higher", "lower"
 
@@ -54,44 +56,6 @@ class MetricSpec:
     names: tuple[str, ...]
     sums: Callable[[Any, Any], Any]  # (student outputs, teacher outputs) -> per-metric sums over the batch
     score: Callable[[dict[str, float]], tuple[float, ...]]
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvalSet:
-    """What every task's eval record shares (the record a task's ``read_eval`` returns subclasses it
-    and adds the task's own fields: gold labels, pairs, tagged words, windows, ...). Nothing outside
-    a task's modules reads those fields: validation, the report and the gate ask the task."""
-
-    source: str = ""
-    format: str = "text"
-    skipped: int = 0  # rows skipped by the documented rule (empty texts)
-
-    @property
-    def examples(self) -> tuple:
-        """What the model is run on (texts, word lists, images, windows, pairs)."""
-        raise NotImplementedError
-
-    @property
-    def n(self) -> int:
-        return len(self.examples)
-
-    @property
-    def has_gold(self) -> bool:
-        return False
-
-    def counts(self) -> dict[str, Any]:
-        """The record's own counts, for the report's ``eval``."""
-        return {}
-
-    def describe(self) -> dict[str, Any]:
-        """The report's ``eval``: the shared keys, then the record's :meth:`counts`."""
-        return {
-            "source": self.source,
-            "format": self.format,
-            "num_examples": self.n,
-            **self.counts(),
-            "skipped": self.skipped,
-        }
 
 
 def _resolve(ref: str) -> Any:
@@ -131,8 +95,18 @@ class Task:
 
     @classmethod
     def options(cls) -> tuple[str, ...]:
-        """The ``[task_options]`` keys this task takes (its dataclass fields)."""
-        return tuple(f.name for f in dataclasses.fields(cls))
+        """The ``[task_options]`` keys this task takes (its dataclass fields, but for what a run decides:
+        ``metadata={"decided": True}``, reported in ``task_config`` and never read back)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if not f.metadata.get("decided"))
+
+    def check_runtimes(self, runners: Mapping[str, Any]) -> None:
+        """Refuse, in one line, an option a runtime of ``validate.runtimes`` cannot honour; ``runners``:
+        name → runner class, whose class attributes say what it runs (``runtimes.base.Runner``)."""
+
+    def for_model(self, model_config: Any, runners: Mapping[str, Any]) -> "Task":
+        """This task with the options that depend on the model and the runtimes (an ``"auto"``) decided,
+        and checked against them; itself by default."""
+        return self
 
     @classmethod
     def configure(cls, options: Mapping[str, Any], model_dir: str | Path | None) -> "Task":
@@ -179,8 +153,6 @@ class Task:
     def read_eval(self, path: str | Path, cfg: Any, *, model_config: Any = None, preprocessor: Any = None) -> Any:
         """The eval set (``modelpress.tasks.evalsets.EvalSet``) in one of ``eval_formats``; ``cfg``
         is the recipe's ``[validate]``. The default reads the text formats (text, pairs, stsb)."""
-        from modelpress.tasks.evalsets import load_eval_set
-
         labels = getattr(model_config, "num_labels", None) if self.needs_labels else None
         return load_eval_set(
             path,

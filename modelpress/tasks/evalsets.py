@@ -18,7 +18,7 @@ from pathlib import Path
 
 from modelpress.calibration_data.loaders import read_records, text_of
 from modelpress.errors import BadInputError
-from modelpress.tasks import EvalSet
+from modelpress.tasks.records import EvalSet
 
 log = logging.getLogger(__name__)
 

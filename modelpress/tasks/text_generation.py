@@ -17,6 +17,8 @@ and one decode step at ``task_options.decode_contexts`` (``decode_latency``). Th
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -25,6 +27,7 @@ import numpy as np
 
 from modelpress import task_match
 from modelpress.errors import BadInputError
+from modelpress.kv_cache import fused_graph_unsupported
 from modelpress.tasks import HIGHER, LOWER, DistillSpec, EvalSet, Task
 from modelpress.bundle_base import Bundle
 from modelpress.calibration_data.loaders import load_texts
@@ -34,6 +37,8 @@ from modelpress.measures.perplexity import against_teacher, lm_metrics, score_wi
 from modelpress.modalities import get_modality
 from modelpress.modalities.causal_text import token_stream
 from modelpress.tasks.greedy_agreement import agreement_counts, continue_greedily, greedy_agreement, read_prompts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,33 @@ class LMEvalSet(EvalSet):
         }
 
 
+AUTO_GRAPH, TRACED, FUSED = "auto", "traced", "fused"
+
+
+def _graphs_run(runners: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Each runtime's decoder graphs (``Runner.decoder_graphs``)."""
+    return {name: tuple(getattr(cls, "decoder_graphs", (TRACED,))) for name, cls in runners.items()}
+
+
+def choose_decoder_graph(asked: str, model_config: Any, runners: Mapping[str, Any]) -> tuple[str, str]:
+    """The decoder graph for ``asked`` ("auto", "traced", "fused"), the model and the runtimes, and
+    why; a graph that was asked for (or the only one a runtime runs) and cannot be had is refused."""
+    graphs = _graphs_run(runners)
+    lacking = {g: [n for n, runs in graphs.items() if g not in runs] for g in (TRACED, FUSED)}
+    unfit = fused_graph_unsupported(model_config)
+    if asked == AUTO_GRAPH:
+        if unfit is None and not lacking[FUSED]:
+            return FUSED, f"{getattr(model_config, 'model_type', '?')} takes it and {', '.join(graphs)} run it"
+        if not lacking[TRACED]:
+            why = f"not for {unfit}" if unfit else f"{', '.join(lacking[FUSED])} cannot run GroupQueryAttention"
+            return TRACED, why
+        asked = FUSED  # a runtime that runs the fused graph only: as if it were asked for
+    if asked == FUSED and unfit is not None:
+        runtimes = f" (needed by {', '.join(lacking[TRACED])})" if lacking[TRACED] else ""
+        raise BadInputError(f"task_options.decoder_graph: the fused graph{runtimes} is not for {unfit}; use 'traced'")
+    return asked, "asked for"
+
+
 @dataclass(frozen=True)
 class TextGeneration(Task):
     # its [task_options] (in [validate] until 0.x: read from there for one release, with a warning)
@@ -71,8 +103,11 @@ class TextGeneration(Task):
     prompt_field: str = "prompt"  # the prompt field of a .jsonl/.csv prompts file
     generation_tokens: int = field(default=32, metadata={"min": 1})  # greedy new tokens per prompt
     # "traced": torch.onnx's graph of the family's code (every family, every runtime); "fused": Llama / Qwen2 /
-    # Qwen3 written with ONNX Runtime's fused operators (GroupQueryAttention, in-place cache; export.fused_decoder)
-    decoder_graph: str = field(default="traced", metadata={"choices": ("traced", "fused")})
+    # Qwen3 written with ONNX Runtime's fused operators (GroupQueryAttention, in-place cache; export.fused_decoder);
+    # "auto": fused where the model takes it and every runtime of validate.runtimes runs it, else traced
+    decoder_graph: str = field(default=AUTO_GRAPH, metadata={"choices": (AUTO_GRAPH, TRACED, FUSED)})
+    # what "auto" decided and why (the report's task_config; a run's decision, not an option)
+    decoder_graph_why: str = field(default="", metadata={"decided": True})
 
     name: ClassVar[str] = "text-generation"
     auto: ClassVar[task_match.AutoSpec] = task_match.AutoSpec(architectures=("ForCausalLM", "LMHeadModel"))
@@ -105,12 +140,32 @@ class TextGeneration(Task):
     )
     engines: ClassVar[bool] = False  # a KV cache needs a profile per input; no GPU here to build one
 
+    def check_runtimes(self, runners: Mapping[str, Any]) -> None:
+        if self.decoder_graph == AUTO_GRAPH:
+            return  # decided with the model (for_model): every runtime runs one of the graphs at least
+        lacking = [name for name, runs in _graphs_run(runners).items() if self.decoder_graph not in runs]
+        if lacking:
+            fused = self.decoder_graph == FUSED
+            why = " (ONNX Runtime's com.microsoft GroupQueryAttention)" if fused else ""
+            raise BadInputError(
+                f"validate.runtimes: {', '.join(lacking)} cannot run task_options.decoder_graph = "
+                f'"{self.decoder_graph}"{why}; use "{TRACED if fused else FUSED}" or "auto", '
+                f"or leave {', '.join(lacking)} out"
+            )
+
+    def for_model(self, model_config: Any, runners: Mapping[str, Any]) -> "TextGeneration":
+        graph, why = choose_decoder_graph(self.decoder_graph, model_config, runners)
+        if self.decoder_graph == AUTO_GRAPH:
+            log.info("decoder graph: %s (auto: %s)", graph, why)
+            why = f"auto: {why}"
+        return dataclasses.replace(self, decoder_graph=graph, decoder_graph_why=why)
+
     # -- model and export -------------------------------------------------------------------
     @property
     def exporter(self) -> str:  # type: ignore[override]  # the decoder graph option picks it
         """A decoder with its KV cache and onnxruntime-genai's config beside it (``modelpress.export.exporters``):
         traced by torch.onnx, or written with ONNX Runtime's fused operators (``decoder_graph = "fused"``)."""
-        return "causal-lm-fused" if self.decoder_graph == "fused" else "causal-lm"
+        return "causal-lm-fused" if self.decoder_graph == FUSED else "causal-lm"  # "auto": decided by for_model
 
     def torch_module(self, model: Any) -> Any:
         from modelpress.tasks.causal_lm_torch import FeedStep

@@ -1,0 +1,205 @@
+"""Data-aware weight-only int4 (``quantize.int4_method`` = "awq" | "gptq", and the int4/int8 mix of
+``quantize.int8_budget``): the calibration set's activations choose the integers that go into the
+same ``MatMulNBits`` graph the round-to-nearest path writes (``weight_only`` calls this).
+
+One streamed pass of the fp32 graph over the calibration feeds (``int4_stats``) gathers, per MatMul
+input, what the method reads. Per group of MatMuls sharing an input: AWQ searches its scales and
+clip ratios (``int4_awq``), GPTQ quantizes each weight against XᵀX (``int4_gptq``). Each MatMul's
+relative output error on the calibration sample, ‖x·W − x·Ŵ‖² / ‖x·W‖², is measured for its int4
+weight, for int4 round-to-nearest and for int8: with ``int8_budget`` > 0, the MatMuls whose int4
+error is largest stay 8-bit until the extra bytes reach that share of the all-int4 weights.
+AWQ's 1/s goes into the norm before the group where the input comes straight from one
+(``LayerNormalization``'s scale and bias, ``SimplifiedLayerNormalization``'s and the Skip forms' of
+ONNX Runtime's fused graphs; an RMSNorm exported as a ``Mul`` by its weight) and nothing else reads
+it, else into an explicit ``Mul``; a LM head tied to the embedding table is never scaled (the
+lookup shares its quantized matrix).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from modelpress.quantize.blockwise import BlockQuant, matmulnbits_node, quantize_rtn
+from modelpress.quantize.config import QuantizeConfig
+from modelpress.quantize.int4_awq import AwqScales, clip_search, output_error, search_scales
+from modelpress.quantize.int4_gptq import gptq_quantize
+from modelpress.quantize.int4_stats import ActivationStats, collect_activation_stats
+from modelpress.quantize.static import LayerQuant
+
+log = logging.getLogger(__name__)
+
+SAMPLE_ROWS = 1024  # calibration token rows per MatMul input on which errors are measured
+#: norms whose first output is linear in these inputs (scale, and the bias added after it): 1/s goes there
+NORM_SCALES = {
+    "LayerNormalization": (1, 2),
+    "SimplifiedLayerNormalization": (1,),
+    "SkipLayerNormalization": (2, 3),
+    "SkipSimplifiedLayerNormalization": (2,),
+}
+
+
+@dataclass
+class _Layer:
+    name: str
+    weight: np.ndarray  # [K, N] fp32
+    quant: BlockQuant | None = None  # of weight·diag(s)
+    record: LayerQuant | None = None
+
+
+def _relative(x: np.ndarray, w: np.ndarray, w_hat: np.ndarray) -> float:
+    ref = x @ w
+    return output_error(x, w, w_hat) / max(float(np.einsum("ij,ij->", ref, ref, dtype=np.float64)), 1e-30)
+
+
+def _quantize_group(
+    layers: list[_Layer], stats: ActivationStats, cfg: QuantizeConfig, *, fixed: bool
+) -> AwqScales | None:
+    """Each layer's int4 weight by the method; AWQ's scales for the group (None: not scaled)."""
+    x, block, method = stats.sample, cfg.block_size, cfg.int4_method
+    scales = None
+    if method == "awq":
+        scales = search_scales(stats.mean_abs, x, [la.weight for la in layers], bits=4, block=block, fixed=fixed)
+    s = scales.scales if scales is not None else np.ones(x.shape[1], np.float32)
+    for la in layers:
+        if method == "awq":
+            # the clip search weighs each block alone (no cross-block terms): kept only where the whole
+            # weight's output error falls
+            plain = quantize_rtn(la.weight * s[:, None], 4, block)
+            clipped = clip_search(la.weight * s[:, None], x / s, bits=4, block=block)
+            errors = [output_error(x, la.weight, q.dequantized() / s[:, None]) for q in (plain, clipped)]
+            la.quant = clipped if errors[1] < errors[0] else plain
+        elif method == "gptq":
+            la.quant = gptq_quantize(la.weight, stats.xtx, bits=4, block=block)  # type: ignore[arg-type]  # hessian=True
+        else:
+            la.quant = quantize_rtn(la.weight, 4, block)
+        int8 = quantize_rtn(la.weight * s[:, None], 8, block)
+        la.record = LayerQuant(
+            node=la.name,
+            bits=4,
+            method=method,
+            error=round(_relative(x, la.weight, la.quant.dequantized() / s[:, None]), 8),
+            error_rtn=round(_relative(x, la.weight, quantize_rtn(la.weight, 4, block).dequantized()), 8),
+            error_int8=round(_relative(x, la.weight, int8.dequantized() / s[:, None]), 8),
+            alpha=scales.alpha if scales is not None else None,
+        )
+    return scales if scales is not None and scales.alpha > 0 else None
+
+
+def _keep_int8(layers: list[_Layer], budget: float) -> set[str]:
+    """The MatMuls kept 8-bit: most sensitive first (largest int4 error over int8's), while the
+    bytes they add stay within ``budget`` × the all-int4 weights' bytes."""
+    done = [(la.name, la.quant, la.record) for la in layers if la.quant is not None and la.record is not None]
+    allowed, kept = budget * sum(q.nbytes for _, q, _ in done), set()
+    for name, q, record in sorted(done, key=lambda d: d[2].error - d[2].error_int8, reverse=True):
+        extra = q.nbytes - q.scales.size * 4  # int8 codes: twice the int4 bytes, the same scales
+        if extra <= allowed:
+            allowed -= extra
+            kept.add(name)
+    return kept
+
+
+def _fold_scales(model: onnx.ModelProto, activation: str, s: np.ndarray, group: list[str]) -> str:
+    """Divide ``activation`` by ``s`` for the MatMuls of ``group``: in its norm's weights when it comes
+    straight from one and only the group reads it, else through a new ``Mul``. Returns where."""
+    graph = model.graph
+    readers = [n for n in graph.node if activation in n.input]
+    producer = next((n for n in graph.node if activation in n.output), None)
+    inits = {i.name: i for i in graph.initializer}
+    only_group = {n.name for n in readers} == set(group) and activation not in {o.name for o in graph.output}
+    if producer is not None and only_group:
+        slots = NORM_SCALES.get(producer.op_type)
+        if slots is not None and producer.output[0] == activation:
+            present = [i for i in slots if i < len(producer.input) and producer.input[i]]
+            if all(producer.input[i] in inits for i in present):
+                for i in present:
+                    producer.input[i] = _divided(model, inits[producer.input[i]], s, producer.name)
+                return "norm"
+        consts = [i for i, name in enumerate(producer.input) if name in inits]
+        if producer.op_type == "Mul" and len(consts) == 1 and inits[producer.input[consts[0]]].dims[-1:] == [s.size]:
+            slot = consts[0]
+            producer.input[slot] = _divided(model, inits[producer.input[slot]], s, producer.name)
+            return "norm"
+    scaled, inv = f"{activation}_awq", f"{activation}_awq_inv_scale"
+    graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv))
+    first = min(i for i, n in enumerate(graph.node) if n.name in group)
+    graph.node.insert(first, onnx.helper.make_node("Mul", [activation, inv], [scaled], name=f"{activation}_awq_mul"))
+    for node in graph.node:
+        if node.name in group:
+            node.input[0] = scaled
+    return "mul"
+
+
+def _divided(model: onnx.ModelProto, tensor: onnx.TensorProto, s: np.ndarray, owner: str) -> str:
+    """A new initializer: ``tensor`` ÷ ``s`` along its last axis (the old one may be shared)."""
+    name = f"{tensor.name}_awq_of_{owner}"
+    value = numpy_helper.to_array(tensor).astype(np.float32) / s
+    model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
+    return name
+
+
+def quantize_data_aware(
+    model: onnx.ModelProto,
+    targets: list[str],
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    cfg: QuantizeConfig,
+    *,
+    tied_heads: set[str],
+) -> tuple[onnx.ModelProto, list[LayerQuant]]:
+    """``model`` (edited in place) with each of ``targets`` (MatMul names, constant [K, N] weights) as
+    ``MatMulNBits`` of the method's integers; one record per MatMul."""
+    inits = {i.name: i for i in model.graph.initializer}
+    wanted = set(targets)
+    groups: dict[str, list[_Layer]] = defaultdict(list)
+    for node in model.graph.node:
+        if node.name in wanted:
+            w = numpy_helper.to_array(inits[node.input[1]])
+            if w.ndim == 2:
+                groups[node.input[0]].append(_Layer(node.name, w.astype(np.float32)))
+    stats = collect_activation_stats(
+        model,
+        {a: layers[0].weight.shape[0] for a, layers in groups.items()},
+        feeds,
+        sample_rows=SAMPLE_ROWS,
+        hessian=cfg.int4_method == "gptq",
+        exclude_padding=cfg.exclude_padding,
+    )
+    folded: dict[str, AwqScales] = {}
+    for activation, layers in groups.items():
+        fixed = any(la.name in tied_heads for la in layers)
+        scales = _quantize_group(layers, stats.pop(activation), cfg, fixed=fixed)
+        if scales is not None:
+            folded[activation] = scales
+        log.info(
+            "%s: %s",
+            ", ".join(la.name for la in layers),
+            ", ".join(f"{la.record.error:.2e} (rtn {la.record.error_rtn:.2e})" for la in layers),  # type: ignore[union-attr]
+        )
+    every = [la for layers in groups.values() for la in layers]
+    int8 = _keep_int8(every, cfg.int8_budget) if cfg.int8_budget > 0 else set()
+    for activation, scales in folded.items():
+        where = _fold_scales(model, activation, scales.scales, [la.name for la in groups[activation]])
+        log.debug("AWQ scales of %s (alpha %.2f) folded into the %s", activation, scales.alpha, where)
+    nodes = {n.name: n for n in model.graph.node}
+    written = {}
+    for activation, layers in groups.items():
+        s = folded[activation].scales[:, None] if activation in folded else np.float32(1.0)
+        for la in layers:
+            if la.name in int8:
+                la.quant = quantize_rtn(la.weight * s, 8, cfg.block_size)
+                la.record = replace(la.record, bits=8, method="rtn")  # type: ignore[type-var]
+            written[la.name] = matmulnbits_node(model, nodes[la.name], la.quant, accuracy_level=cfg.accuracy_level)  # type: ignore[arg-type]
+    rewritten = [written.get(n.name, n) for n in model.graph.node]
+    del model.graph.node[:]
+    model.graph.node.extend(rewritten)
+    used = {name for n in model.graph.node for name in n.input}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model, [la.record for la in every]  # type: ignore[misc]

@@ -1,0 +1,58 @@
+"""GPTQ (Frantar et al., 2023) for ``quantize.int4_method = "gptq"``: quantize a MatMul's weight one
+input row at a time and push each row's rounding error onto the rows not yet quantized, through the
+inverse of H = XᵀX (the calibration inputs' Gram matrix: the output error ‖X·ΔW‖² is ΔWᵀ·H·ΔW).
+
+Written for MatMulNBits' layout (``blockwise``): W is [K, N], blocks of ``block`` input rows per
+output column, symmetric (no zero points: the node's implied 2^(bits−1)), each block's scale taken
+from the block's peak once the errors of the rows before it have been added (as GPTQ's grouped
+variant does; rows in their natural order, so blocks stay contiguous). H is damped by
+``DAMP`` × its mean diagonal; dead inputs (never non-zero) are zeroed; the updates are applied lazily
+per ``LAZY_ROWS`` rows (the paper's block updates). numpy, float64 for the Cholesky factor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from modelpress.quantize.blockwise import BlockQuant, block_scales
+
+DAMP = 0.01
+LAZY_ROWS = 128
+
+
+def inverse_cholesky(xtx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The upper Cholesky factor of (H + damping)⁻¹ and the mask of dead inputs."""
+    h = xtx.astype(np.float64).copy()
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices_from(h)] += DAMP * np.mean(np.diag(h))
+    inv = np.linalg.inv(np.linalg.cholesky(h))  # L⁻¹, H = L·Lᵀ → H⁻¹ = L⁻ᵀ·L⁻¹
+    hinv = inv.T @ inv
+    return np.linalg.cholesky(hinv).T, dead  # upper U with H⁻¹ = Uᵀ·U
+
+
+def gptq_quantize(w: np.ndarray, xtx: np.ndarray, *, bits: int, block: int) -> BlockQuant:
+    """``w`` [K, N] quantized by GPTQ against the Hessian ``xtx`` [K, K]."""
+    k, n = w.shape
+    u, dead = inverse_cholesky(xtx)
+    work = w.astype(np.float64).copy()  # rows are updated in place as errors arrive
+    work[dead] = 0.0
+    kp = k + (-k % block)
+    codes = np.zeros((kp, n), np.int8)
+    scales = np.zeros((kp // block, n), np.float32)
+    half = 1 << (bits - 1)
+    lazy = max(LAZY_ROWS // block, 1) * block  # a whole number of blocks: a block's scale sees its rows updated
+    for start in range(0, k, lazy):
+        stop = min(start + lazy, k)
+        errs = np.zeros((stop - start, n))
+        for i in range(start, stop):
+            if i % block == 0:
+                scales[i // block] = block_scales(work[i : i + block].astype(np.float32), bits, block)[0]
+            scale = scales[i // block].astype(np.float64)
+            q = np.clip(np.round(work[i] / np.where(scale == 0, 1.0, scale)), -half, half - 1)
+            codes[i] = q
+            err = (work[i] - q * scale) / u[i, i]
+            work[i + 1 : stop] -= np.outer(u[i, i + 1 : stop], err)
+            errs[i - start] = err
+        work[stop:] -= u[start:stop, stop:].T @ errs
+    return BlockQuant(codes, scales, bits, block, k)
