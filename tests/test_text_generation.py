@@ -539,3 +539,68 @@ def test_text_generation_keys_in_validate_are_read_for_one_release_with_one_warn
     fe = write_recipe(tmp_path / "fe.toml", {**top, "task": "feature-extraction"}, {"validate": {"stride": 16}})
     with pytest.raises(BadInputError, match=r"^validate.stride: unknown key"):
         load_recipe(fe)
+
+
+def test_a_candidates_outputs_keep_kl_sums_not_distributions_and_give_the_same_metrics_and_intervals():
+    from modelpress.measures.perplexity import score_window
+    from modelpress.measures.uncertainty import interval
+    from modelpress.tasks import configure_task
+    from modelpress.tasks.text_generation import LMOutputs
+
+    task = configure_task("text-generation")
+    rng = np.random.default_rng(3)
+    teacher, cand = [], []
+    for _ in range(30):
+        ids = rng.integers(0, 60, 33)
+        t_logits = 3 * rng.normal(size=(33, 60))
+        pos = np.arange(16, 32)
+        teacher.append(score_window(t_logits, ids, pos))
+        cand.append(score_window(t_logits + 0.3 * rng.normal(size=t_logits.shape), ids, pos))
+    t, c = LMOutputs(tuple(teacher)), LMOutputs(tuple(cand))
+    reduced = task.reduce_outputs(t, c)
+    assert all(w.logprobs is None and w.kl is not None for w in reduced.windows)
+    assert task.fidelity(t, reduced, None) == pytest.approx(task.fidelity(t, c, None), rel=1e-12, abs=1e-12)
+    assert task.fidelity(t, c, None)["mean_kl"] > 0
+    for metric in ("perplexity_ratio", "perplexity", "next_token_agreement", "mean_kl"):
+        before, after = (interval(task.paired_units(metric, t, x, None)).to_dict() for x in (c, reduced))
+        assert after == before, metric
+
+
+def test_a_large_teacher_runs_alone_and_closes_before_any_graph_opens_with_the_same_metrics(tmp_path, monkeypatch):
+    import json
+
+    import modelpress.validate.stage as stage
+    from modelpress.cli import main
+
+    folder = make_tiny_causal_lm(tmp_path / "gpt2", family="gpt2")
+    recipe = _lm_recipe(tmp_path, folder)
+    events = []
+    plain_open = stage.open_predictor
+
+    def logged_open(runtime, source, **kw):
+        predictor = plain_open(runtime, source, **kw)
+        events.append(("open", kw["name"]))
+        close = predictor.runner.close
+        predictor.runner.close = lambda: (events.append(("close", kw["name"])), close())[1]
+        return predictor
+
+    monkeypatch.setattr(stage, "open_predictor", logged_open)
+
+    def report(out):
+        events.clear()
+        assert main(["run", str(recipe), "--out", str(tmp_path / out)]) == 0
+        return json.loads((tmp_path / out / "lm" / "report.json").read_text())
+
+    interleaved = report("interleaved")
+    assert not interleaved["teacher_timed_apart"] and events.index(("close", "teacher")) > 2
+    monkeypatch.setattr(stage, "TEACHER_APART_BYTES", 0)  # the tiny teacher counts as large
+    apart = report("apart")
+    assert apart["teacher_timed_apart"]
+    # the teacher is closed before any graph opens: its weights and a graph's are never both in use
+    assert events[:2] == [("open", "teacher"), ("close", "teacher")] and len(events) > 2
+    assert list(apart["models"]) == list(interleaved["models"]) == ["teacher", "onnx-fp32", "int8"]
+    for name, m in apart["models"].items():
+        assert m["metrics"] == pytest.approx(interleaved["models"][name]["metrics"], abs=1e-6), name
+        assert [r["seq_len"] for r in m["latency"]] == [16] and m["decode_latency"], name
+    assert apart["uncertainty"] == interleaved["uncertainty"]
+    assert set(apart["ratios"]["int8"]) == {"b1xs16_p50", "decode_b1xc24_p50"}

@@ -113,24 +113,29 @@ def evaluate(
     *,
     sizes_mb: dict[str, float] | None = None,
     untimed: Sequence[str] = (),
+    teacher_done: tuple[dict[str, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """``teacher`` and ``candidates`` are entered predictors (runner loaded). Returns
     (report['models'], each model's outputs on the eval set). Models named in ``untimed`` get
-    metrics only (calibration-seed variants)."""
+    metrics only (calibration-seed variants). ``teacher_done``: the teacher was measured and timed
+    in its own phase (this function's result for it alone) and closed since; ``teacher`` is then None.
+    A candidate's outputs keep only what its metrics read against the teacher's (``Task.reduce_outputs``)."""
     examples = list(es.examples)
     sizes_mb = sizes_mb or {}
-    models: dict[str, dict[str, Any]] = {}
-    outputs: dict[str, Any] = {}
-    everyone = [teacher, *candidates]
+    models, outputs = ({}, {}) if teacher_done is None else (dict(teacher_done[0]), dict(teacher_done[1]))
+    everyone = [*([teacher] if teacher is not None else []), *candidates]
+    reference = teacher.name if teacher is not None else next(iter(models))
     for predictor in tqdm(everyone, desc="validating", unit="model", leave=False):
         with PeakRss() as mem:
             t0 = time.perf_counter()
             out = task.eval_outputs(predictor, es, cfg)
             accuracy_s = time.perf_counter() - t0
+        if predictor is teacher:
+            metrics = task.reference_metrics(out, es)
+        else:
+            metrics = task.fidelity(outputs[reference], out, es)
+            out = task.reduce_outputs(outputs[reference], out)
         outputs[predictor.name] = out
-        metrics = (
-            task.reference_metrics(out, es) if predictor is teacher else task.fidelity(outputs[teacher.name], out, es)
-        )
         models[predictor.name] = {
             "metrics": {k: round(v, 6) for k, v in metrics.items()},
             "latency": [],
@@ -141,6 +146,8 @@ def evaluate(
         }
         log.info("%s: %s", predictor.name, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     timed = [p for p in everyone if p.name not in untimed]
+    if not timed:
+        return models, outputs
     for name, rows in interleaved_latency(timed, examples, cfg).items():
         models[name]["latency"] = rows
     for name, extra in task.extra_latency(timed, examples, cfg).items():

@@ -9,6 +9,7 @@ fails to open closes the ones opened before it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from modelpress.inference import Predictor
+from modelpress.memory import release_weight_pages
 from modelpress.runtimes.registry import create_runner
 from modelpress.validate.compare import evaluate, file_size_mb, ratios
 from modelpress.validate.gate import decide, worst
@@ -54,6 +56,29 @@ def file_opener(
     )
 
 
+#: a teacher with at least this many bytes of weights is measured and timed in its own phase, then closed and
+#: its mapped weights handed back, before any graph opens: interleaved, the PyTorch weights, the fp32 graph's
+#: and the quantized graph's would all be resident at once (issue #24: 3.3x the fp32 weights at 0.5 B)
+TEACHER_APART_BYTES = 2**30
+
+
+def weight_bytes(predictor: Predictor) -> int:
+    """The bytes of an in-memory model's parameters (0 for a runner without one: a graph file's)."""
+    parameters = getattr(getattr(predictor.runner, "model", None), "parameters", None)
+    return sum(p.numel() * p.element_size() for p in parameters()) if callable(parameters) else 0
+
+
+def _teacher_apart(task, teacher: Predictor, eval_set, cfg) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The teacher alone: its outputs and timings, then closed and its mapped weights paged out."""
+    try:
+        done = evaluate(task, teacher, [], eval_set, cfg)
+    finally:
+        teacher.runner.close()
+    gc.collect()
+    release_weight_pages()
+    return done
+
+
 def validate_stage(
     *,
     task,
@@ -81,7 +106,10 @@ def validate_stage(
     accuracy verdict and interval, and :func:`validate.select.choose` picks the default (the
     report's ``selection``). The gate then judges the default: the int8 plan as above when it is
     chosen, else the chosen artifact; when only the ORT fp32 reference passed accuracy it stays
-    the int8 plan's failing verdict (nothing the run pressed is good enough)."""
+    the int8 plan's failing verdict (nothing the run pressed is good enough).
+
+    A teacher of ``TEACHER_APART_BYTES`` or more runs alone first (outputs and timings), and is closed
+    before any candidate opens (report ``teacher_timed_apart``)."""
 
     with contextlib.ExitStack() as stack:
 
@@ -90,7 +118,16 @@ def validate_stage(
             stack.callback(predictor.runner.close)
             return predictor
 
-        ref = opened(teacher)
+        first = teacher()
+        ref_name = first.name
+        ref: Predictor | None = first
+        done = None
+        if weight_bytes(first) >= TEACHER_APART_BYTES:
+            done = _teacher_apart(task, first, eval_set, cfg)
+            ref = None
+        else:
+            stack.callback(first.runner.close)
+        del first  # the apart teacher's runner goes with it
         cands = [opened(c) for c in candidates]
         others = [opened(o) for o in other_runtimes]
         more = [opened(e) for e in extra]
@@ -101,7 +138,14 @@ def validate_stage(
             if getattr(c.runner, "model_path", None) is not None and Path(c.runner.model_path).is_file()  # type: ignore[attr-defined]
         }
         models, outputs = evaluate(
-            task, ref, [*cands, *others, *more, *twins], eval_set, cfg, sizes_mb=sizes, untimed=[t.name for t in twins]
+            task,
+            ref,
+            [*cands, *others, *more, *twins],
+            eval_set,
+            cfg,
+            sizes_mb=sizes,
+            untimed=[t.name for t in twins],
+            teacher_done=done,
         )
     shipped = cands[-1].name
     judged = [shipped, *(o.name for o in others), *(t.name for t in twins)]
@@ -111,21 +155,21 @@ def validate_stage(
     for cand in dict.fromkeys([*judged, *offered]):
         uncertainty[cand] = {}
         for metric in models[cand]["metrics"]:
-            units = task.paired_units(metric, outputs[ref.name], outputs[cand], eval_set)
+            units = task.paired_units(metric, outputs[ref_name], outputs[cand], eval_set)
             if units is not None:
                 uncertainty[cand][metric] = interval(units).to_dict()
     bootstrap_seconds = round(time.perf_counter() - started, 2)
     table = {
-        n: ratios(models, reference=ref.name, candidate=n, task=task)
+        n: ratios(models, reference=ref_name, candidate=n, task=task)
         for n in models
-        if n != ref.name and models[n]["latency"]
+        if n != ref_name and models[n]["latency"]
     }
-    selection, speed = _select(task, models, uncertainty, gate_cfg, setup, ref.name, shipped)
+    selection, speed = _select(task, models, uncertainty, gate_cfg, setup, ref_name, shipped)
 
     def verdict(cand: str, **latency: Any):
         return decide(
             task,
-            models[ref.name]["metrics"],
+            models[ref_name]["metrics"],
             models[cand]["metrics"],
             max_drop=gate_cfg.max_drop,
             metric=gate_cfg.metric,
@@ -140,7 +184,7 @@ def validate_stage(
     if selection is not None:
         chosen = selection["chosen"]
         if chosen not in judged and selection["passed"]:
-            gate = verdict(chosen, **_speed_of(models, chosen, gate_cfg, setup, ref.name))
+            gate = verdict(chosen, **_speed_of(models, chosen, gate_cfg, setup, ref_name))
         gate = replace(gate, choice=selection["reason"])
     report = {
         "schema": REPORT_SCHEMA,
@@ -154,6 +198,7 @@ def validate_stage(
         "uncertainty_seconds": bootstrap_seconds,
         "gate": gate.to_dict(),
         "runtimes": {p.runtime: p.name for p in [cands[-1], *others]},
+        "teacher_timed_apart": done is not None,
     }
     if selection is not None:
         report["selection"] = selection

@@ -123,8 +123,32 @@ class ScoredWindow:
     nll: np.ndarray  # [scored] float32: −log p(actual next token)
     top1: np.ndarray  # [scored] int32: the most likely next token
     #: [scored, vocab] float16: the whole next-token distribution, for KL (2 bytes per token per vocabulary
-    #: entry per model; the rounding moves mean KL by ~0.1 % of itself)
-    logprobs: np.ndarray
+    #: entry; the rounding moves mean KL by ~0.1 % of itself). None once :func:`against_teacher` has
+    #: reduced a candidate's window to its KL sum: only the teacher keeps its distributions (issue #24: at a
+    #: 151,936-token vocabulary they are ~300 MB a model)
+    logprobs: np.ndarray | None
+    kl: float | None = None  # sum over the scored tokens of KL(teacher ‖ this), once reduced
+
+
+def _kl_sum(t: ScoredWindow, c: ScoredWindow) -> float:
+    if c.logprobs is None:
+        if c.kl is None:
+            raise ValueError("a reduced window without its KL sum")
+        return c.kl
+    if t.logprobs is None:
+        raise ValueError("the teacher's window was reduced: its distributions are gone")
+    lt, lc = t.logprobs.astype(np.float32), c.logprobs.astype(np.float32)
+    return float((np.exp(lt) * (lt - lc)).sum(dtype=np.float64))
+
+
+def against_teacher(teacher: Sequence[ScoredWindow], candidate: Sequence[ScoredWindow]) -> tuple[ScoredWindow, ...]:
+    """``candidate``'s windows with their distributions replaced by the KL(teacher ‖ candidate) sums
+    :func:`window_sums` would compute from them (the same numbers), so that a candidate's outputs cost
+    a few bytes per token instead of a vocabulary's worth."""
+    return tuple(
+        c if c is t else ScoredWindow(c.nll, c.top1, None, _kl_sum(t, c))
+        for t, c in zip(teacher, candidate, strict=True)
+    )
 
 
 def score_window(logits: np.ndarray, ids: np.ndarray, positions: np.ndarray) -> ScoredWindow:
@@ -150,11 +174,8 @@ def window_sums(
         nll_t.append(float(t.nll.sum(dtype=np.float64)))
         nll_c.append(float(c.nll.sum(dtype=np.float64)))
         same.append(int((t.top1 == c.top1).sum()))
-        if not kl or c is t:  # not asked, or the teacher against itself (its reference values)
-            kls.append(0.0)
-            continue
-        lt, lc = t.logprobs.astype(np.float32), c.logprobs.astype(np.float32)
-        kls.append(float((np.exp(lt) * (lt - lc)).sum(dtype=np.float64)))
+        # not asked, or the teacher against itself (its reference values)
+        kls.append(0.0 if not kl or c is t else _kl_sum(t, c))
     return {
         k: np.asarray(v, dtype=np.float64)
         for k, v in {"n": n, "nll_t": nll_t, "nll_c": nll_c, "same": same, "kl": kls}.items()

@@ -210,6 +210,11 @@ class Task:
     def fidelity(self, teacher_out: Any, candidate_out: Any, es: Any) -> dict[str, float]:
         raise NotImplementedError
 
+    def reduce_outputs(self, teacher_out: Any, candidate_out: Any) -> Any:
+        """``candidate_out`` with only what ``fidelity`` and ``paired_units`` read against
+        ``teacher_out`` (validation keeps every model's outputs until the end): by default all of it."""
+        return candidate_out
+
     def paired_units(self, metric: str, teacher_out: Any, candidate_out: Any, es: Any):
         """What the drop of ``metric`` is a statistic of, per resampling unit
         (``modelpress.measures.uncertainty.PairedUnits``), or None when it has no interval."""

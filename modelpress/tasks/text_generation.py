@@ -33,7 +33,7 @@ from modelpress.bundle_base import Bundle
 from modelpress.calibration_data.loaders import load_texts
 from modelpress.generation import TextGenerator
 from modelpress.measures import uncertainty as U
-from modelpress.measures.perplexity import lm_metrics, score_window, window_sums, windows
+from modelpress.measures.perplexity import against_teacher, lm_metrics, score_window, window_sums, windows
 from modelpress.modalities import get_modality
 from modelpress.modalities.causal_text import token_stream
 from modelpress.tasks.greedy_agreement import agreement_counts, continue_greedily, greedy_agreement, read_prompts
@@ -231,6 +231,11 @@ class TextGeneration(Task):
         if t.continuations is not None and c.continuations is not None:
             metrics["greedy_agreement"] = greedy_agreement(t.continuations, c.continuations)
         return metrics
+
+    def reduce_outputs(self, teacher_out: Any, candidate_out: Any) -> "LMOutputs":
+        """Each window's KL sum instead of its full-vocabulary distribution (``against_teacher``)."""
+        t, c = LMOutputs.of(teacher_out), LMOutputs.of(candidate_out)
+        return LMOutputs(against_teacher(t.windows, c.windows), c.continuations)
 
     def paired_units(self, metric: str, teacher_out: Any, candidate_out: Any, es: Any):
         t, c = LMOutputs.of(teacher_out), LMOutputs.of(candidate_out)
