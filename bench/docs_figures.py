@@ -354,8 +354,10 @@ def render_rerank(data: dict) -> str:
     names = {
         "modelpress-int8": "modelpress int8 (Spearman gate)",
         "modelpress-int8-top1": f"modelpress int8, top-1 gate + auto ({len(kept)} node(s) fp32)",
+        "modelpress-int8-top1-openvino": "the same top-1 plan on OpenVINO",
         "ort-dyn-int8-pc": "ORT dynamic int8 (per-channel)",
     }
+    names = {k: v for k, v in names.items() if k in st}  # older files have no OpenVINO row
     b32 = data.get("latency_ms", {}).get("b32x128", {})
     base = b32.get("ort-dyn-int8-pc")
     rows = [

@@ -129,6 +129,7 @@ def press(
     eval_data: Path = STSB / "sts-test.csv",
     quantize: dict | None = None,
     gate: dict | None = None,
+    runtimes: tuple[str, ...] = ("onnxruntime",),
 ) -> dict:
     """``modelpress run`` of the ranker: calibration on 512 STS-B dev pairs, the gate on ``eval_data``."""
     from modelpress.pipeline import run_recipe
@@ -153,6 +154,7 @@ def press(
                 "threads": threads,
                 "latency_runs": 10,
                 "real_workload": False,
+                "runtimes": list(runtimes),
             },
             "quantize": quantize or {},
             "gate": gate or {"max_drop": 0.3},
@@ -221,6 +223,8 @@ def ranking_press(ranker: Path, work: Path, threads: int) -> dict:
         eval_data=dev_queries,
         quantize={"mode": "auto", "auto_sensitivity": "output"},
         gate={"metric": "top1_agreement", "max_drop": 1.0},
+        # both CPU runtimes: the run's selection ships the faster passing one (the gate judges the worse)
+        runtimes=("onnxruntime", "openvino"),
     )
     report = json.loads((Path(out["bundle"]) / "report.json").read_text())
     auto = report["quantization"]["auto"]
@@ -238,7 +242,7 @@ def ranking_press(ranker: Path, work: Path, threads: int) -> dict:
     return out
 
 
-def scores_on(path: Path, fmt: str, artifacts: dict[str, Path], ranker: Path, threads: int) -> dict:
+def scores_on(path: Path, fmt: str, artifacts: dict[str, tuple[str, Path]], ranker: Path, threads: int) -> dict:
     """Each artifact against the fp32 PyTorch ranker on the eval set at ``path``: its own metrics (Spearman
     against gold, NDCG …) and its fidelity to the teacher (top-1 agreement, Kendall τ, score MSE),
     through the task's own metric code; plus top-1 agreement by the best partner's gold score."""
@@ -263,8 +267,8 @@ def scores_on(path: Path, fmt: str, artifacts: dict[str, Path], ranker: Path, th
     result = {"eval": rs.describe(), "teacher": task.reference_metrics(t, rs)}
     best = np.array([max(rs.gold[i] for i in q) for q in rs.ranked]) if rs.ranked else np.zeros(0)
     bins = {"< 1": best < 1, "1 to < 3": (best >= 1) & (best < 3), ">= 3": best >= 3}
-    for name, artifact in artifacts.items():
-        pred = open_predictor("onnxruntime", artifact, task=task, encoder=encoder, threads=threads, name=name)
+    for name, (runtime, artifact) in artifacts.items():
+        pred = open_predictor(runtime, artifact, task=task, encoder=encoder, threads=threads, name=name)
         c = pred.predict(list(rs.examples), batch_size=32)
         pred.runner.close()
         row = {"metrics": task.reference_metrics(c, rs), "fidelity": task.fidelity(t, c, rs)}
@@ -279,7 +283,7 @@ def scores_on(path: Path, fmt: str, artifacts: dict[str, Path], ranker: Path, th
     return result
 
 
-def latency(artifacts: dict[str, Path], ranker: Path, threads: int, rounds: int) -> dict:
+def latency(artifacts: dict[str, tuple[str, Path]], ranker: Path, threads: int, rounds: int) -> dict:
     import torch
 
     from modelpress.modalities import get_modality
@@ -294,8 +298,8 @@ def latency(artifacts: dict[str, Path], ranker: Path, threads: int, rounds: int)
     names = ("input_ids", "attention_mask", "token_type_ids")
     enc = get_modality(task.modality).encoder(tok, input_names=names, max_length=128)
     preds = {"pytorch-fp32": open_predictor("torch", model, task=task, encoder=enc, threads=threads, name="pt")}
-    for name, artifact in artifacts.items():
-        preds[name] = open_predictor("onnxruntime", artifact, task=task, encoder=enc, threads=threads, name=name)
+    for name, (runtime, artifact) in artifacts.items():
+        preds[name] = open_predictor(runtime, artifact, task=task, encoder=enc, threads=threads, name=name)
     pairs = [TextPair(a, b) for _, a, b, _ in stsb_rows("sts-test.csv")]
     shapes = {"b1x128": enc.encode(pairs[:1], pad_to=128), "b32x128": enc.encode(pairs[:32], pad_to=128)}
     return median_ms_by_shape(preds, shapes, rounds)
@@ -341,11 +345,14 @@ def main(argv=None) -> int:
             write_results(args.out, result)
     bundle, bundle_top1 = Path(result["press"]["bundle"]), Path(result["press_top1"]["bundle"])
     artifacts = {
-        "ort-fp32": bundle / "model.onnx",
-        "ort-dyn-int8-pc": dynamic_int8(bundle),
-        "modelpress-int8": bundle / "model.int8.onnx",
-        "modelpress-int8-top1": bundle_top1 / "model.int8.onnx",
+        "ort-fp32": ("onnxruntime", bundle / "model.onnx"),
+        "ort-dyn-int8-pc": ("onnxruntime", dynamic_int8(bundle)),
+        "modelpress-int8": ("onnxruntime", bundle / "model.int8.onnx"),
+        "modelpress-int8-top1": ("onnxruntime", bundle_top1 / "model.int8.onnx"),
     }
+    if (bundle_top1 / "openvino" / "model.xml").is_file():  # the same plan's OpenVINO IR (both runtimes pressed)
+        artifacts["modelpress-int8-top1-openvino"] = ("openvino", bundle_top1 / "openvino" / "model.xml")
+        result["press_top1"]["default"] = json.loads((bundle_top1 / "bundle.json").read_text()).get("default")
     candidates = {k: v for k, v in artifacts.items() if k != "ort-fp32"}
     print("STS-B test and ranking agreement on constructed test queries ...", file=sys.stderr)
     queries = work / "stsb-test-queries.jsonl"
@@ -356,7 +363,8 @@ def main(argv=None) -> int:
     }
     print("timing (interleaved) ...", file=sys.stderr)
     result["latency_ms"] = latency(artifacts, ranker, args.threads, args.rounds)
-    result["bar"] = {name: bar_row(result, name) for name in ("modelpress-int8", "modelpress-int8-top1")}
+    ours = [n for n in artifacts if n.startswith("modelpress-")]
+    result["bar"] = {name: bar_row(result, name) for name in ours}
     report(result)
     write_results(args.out, result)
     return 0
@@ -376,7 +384,7 @@ def bar_row(result: dict, name: str) -> dict:
 def report(result: dict) -> None:
     st, q = result["stsb_test"], result["queries"]
     print(f"\nSTS-B test Spearman: teacher {100 * st['teacher']['spearman']:.2f}")
-    for name in ("modelpress-int8", "modelpress-int8-top1", "ort-dyn-int8-pc"):
+    for name in [n for n in result["bar"]] + ["ort-dyn-int8-pc"]:
         f = q[name]["fidelity"]
         bins = q[name].get("top1_agreement_by_best_partner_gold", {})
         print(
