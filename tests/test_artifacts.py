@@ -76,6 +76,7 @@ def test_bundle_runtimes_are_the_registered_ones_with_a_model_file():
         "onnxruntime": "model.int8.onnx",
         "openvino": "openvino/model.xml",
         "onnxruntime-genai": "model.int8.onnx",  # the pressed file (model.int4.onnx ...), with genai_config.json
+        "openvino-genai": "openvino_genai/openvino_model.xml",  # LLMPipeline's folder
     }
     assert set(A.BUNDLE_RUNTIMES) < set(A.ARTIFACTS.names())
     for name in A.ARTIFACTS.names():

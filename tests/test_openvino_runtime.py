@@ -174,7 +174,10 @@ def test_without_the_package_a_recipe_asking_for_openvino_fails_first(monkeypatc
 @pytest.mark.parametrize(
     "runtimes, match",
     [
-        (["onnxruntime", "tensorrt"], "expected one of onnxruntime, openvino, got 'tensorrt'"),
+        (
+            ["onnxruntime", "tensorrt"],
+            "expected one of onnxruntime, openvino, openvino-genai, onnxruntime-genai, got 'tensorrt'",
+        ),
         (["openvino", "openvino"], "each runtime once"),
         ([], "validate.runtimes"),
     ],
