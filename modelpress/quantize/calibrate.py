@@ -8,7 +8,7 @@ sees on real text, and they skew the ranges.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Protocol, TypeVar
 
 import numpy as np
 import onnx
@@ -67,20 +67,28 @@ def collect_tensors(
     return values
 
 
-def collect_stats(
+class RowStats(Protocol):
+    """A statistic fed one tensor's token rows ([rows, channels]) batch by batch."""
+
+    def update(self, rows: np.ndarray) -> None: ...
+
+
+S = TypeVar("S", bound=RowStats)
+
+
+def stream_stats(
     model: onnx.ModelProto,
-    tensor_names: Iterable[str],
+    stats: dict[str, S],
     feeds: Iterable[Mapping[str, np.ndarray]],
     *,
-    histogram: bool = False,
-    num_bins: int = 2048,
     exclude_padding: bool = True,
     desc: str = "calibrating",
-) -> dict[str, TensorStats]:
-    names = list(dict.fromkeys(tensor_names))
+) -> dict[str, S]:
+    """One pass of the fp32 ``model`` over ``feeds``, each named tensor's token rows handed to its statistic
+    (never all activations at once); ``stats`` is returned, updated."""
+    names = list(stats)
     session = _session_with_outputs(model, names)
     input_names = [i.name for i in session.get_inputs()]
-    stats = {n: TensorStats(num_bins=num_bins, histogram=histogram) for n in names}
     batches = 0
     for feed in tqdm(feeds, desc=desc, unit="batch", leave=False):
         outputs = session.run(names, {k: feed[k] for k in input_names})
@@ -91,3 +99,17 @@ def collect_stats(
     if batches == 0:
         raise BadInputError("calibration data produced no batches")
     return stats
+
+
+def collect_stats(
+    model: onnx.ModelProto,
+    tensor_names: Iterable[str],
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    *,
+    histogram: bool = False,
+    num_bins: int = 2048,
+    exclude_padding: bool = True,
+    desc: str = "calibrating",
+) -> dict[str, TensorStats]:
+    stats = {n: TensorStats(num_bins=num_bins, histogram=histogram) for n in dict.fromkeys(tensor_names)}
+    return stream_stats(model, stats, feeds, exclude_padding=exclude_padding, desc=desc)

@@ -16,10 +16,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
-from modelpress.errors import BadInputError
-from modelpress.quantize.calibrate import MASK_INPUT, _session_with_outputs, _token_rows
+from modelpress.quantize.calibrate import stream_stats
 
 #: the most bytes one activation's row sample may hold (a 4,864-wide MLP input: 862 rows)
 SAMPLE_BYTES = 16 * 2**20
@@ -78,20 +76,8 @@ def collect_activation_stats(
 ) -> dict[str, ActivationStats]:
     """{activation: its statistics}, from one pass of the fp32 ``model`` over ``feeds``;
     ``activations`` maps each tensor name to its channel count."""
-    names = list(activations)
     stats = {
         n: ActivationStats(c, max(16, min(sample_rows, SAMPLE_BYTES // (4 * c))), hessian, seed=i)
         for i, (n, c) in enumerate(activations.items())
     }
-    session = _session_with_outputs(model, names)
-    input_names = [i.name for i in session.get_inputs()]
-    batches = 0
-    for feed in tqdm(feeds, desc="int4 calibration", unit="batch", leave=False):
-        outputs = session.run(names, {k: feed[k] for k in input_names})
-        mask = feed.get(MASK_INPUT) if exclude_padding else None
-        for name, value in zip(names, outputs):
-            stats[name].update(_token_rows(value, mask))
-        batches += 1
-    if batches == 0:
-        raise BadInputError("calibration data produced no batches")
-    return stats
+    return stream_stats(model, stats, feeds, exclude_padding=exclude_padding, desc="int4 calibration")
