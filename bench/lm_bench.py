@@ -94,7 +94,6 @@ def gpt_peers(args, *, bundle: Path, recipe, task, tokenizer, encoder, held: lis
     ``bench.lm_scale_bench --peers`` has it)."""
     from bench import lm_peers as P
     from modelpress.generation import TextGenerator
-    from modelpress.kv_cache import position_ids
     from modelpress.models import load_model
     from modelpress.tasks.greedy_agreement import Continuations, greedy_agreement
     from modelpress.validate.stage import open_predictor
@@ -104,16 +103,7 @@ def gpt_peers(args, *, bundle: Path, recipe, task, tokenizer, encoder, held: lis
     for precision in ("int4", "int8"):
         builds[f"ort-genai-builder-{precision}"] = P.build_ort_genai(hf, work / f"ort-genai-{precision}", precision)
     train = np.array(tokenizer((args.gpt / "train.txt").read_text(encoding="utf-8")[:200_000])["input_ids"], np.int64)
-    mask = np.ones((1, 128), np.int64)
-    feeds = [
-        {
-            "input_ids": train[i * 128 : (i + 1) * 128][None],
-            "attention_mask": mask,
-            "position_ids": position_ids(mask, 128),
-            **encoder.layout.empty(1),
-        }
-        for i in range(32)
-    ]
+    feeds = P.packed_feeds(train, encoder.layout, 32)
     builds["openvino-genai-nncf-int4"] = P.build_ov_nncf_int4(
         bundle / "model.onnx", bundle / "tokenizer", work / "ov", feeds
     )

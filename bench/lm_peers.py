@@ -55,11 +55,13 @@ def _tree_rss(pid: int) -> int:
         return 0
 
 
-def run_measured(cmd: Sequence[str], log: Path, *, cwd: Path | None = None) -> dict[str, Any]:
+def run_measured(
+    cmd: Sequence[str], log: Path, *, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """``cmd`` in its own process: exit code, wall seconds, peak RSS sampled every 0.2 s."""
     start = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, cwd=cwd)
+        proc = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         peak, done = [0], threading.Event()
 
         def sample() -> None:
@@ -77,6 +79,23 @@ def run_measured(cmd: Sequence[str], log: Path, *, cwd: Path | None = None) -> d
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
         out["error"] = (lines[-1] if lines else f"exit {rc}")[:300]
     return out
+
+
+def packed_feeds(ids: np.ndarray, layout: Any, count: int, length: int = 128) -> list[dict[str, np.ndarray]]:
+    """``count`` consecutive ``length``-token windows of ``ids`` as batch-1 feeds with an empty KV cache (the
+    calibration feeds NNCF's data-aware int4 reads)."""
+    from modelpress.kv_cache import position_ids
+
+    mask = np.ones((1, length), np.int64)
+    return [
+        {
+            "input_ids": ids[i * length : (i + 1) * length][None],
+            "attention_mask": mask,
+            "position_ids": position_ids(mask, length),
+            **layout.empty(1),
+        }
+        for i in range(count)
+    ]
 
 
 def size_mb(path: Path) -> float:

@@ -26,15 +26,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench import machine
+from bench import lm_peers, machine
 from modelpress.paths import MODEL_ONNX, PRESSED_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,37 +147,12 @@ max_drop = 1000.0
     return path
 
 
-def _tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
-    except psutil.Error:
-        return 0
-
-
 def press(recipe_path: Path, out: Path, log: Path) -> dict:
     """``modelpress run`` in its own process: exit code, wall time, sampled peak RSS."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "modelpress", "run", str(recipe_path), "--out", str(out)]
-    start = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        peak = [0]
-        done = threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], _tree_rss(proc.pid))
-                done.wait(0.2)
-
-        watcher = threading.Thread(target=sample, daemon=True)
-        watcher.start()
-        rc = proc.wait()
-        done.set()
-        watcher.join()
-    return {"exit_code": rc, "wall_seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": peak[0] >> 20}
+    run = lm_peers.run_measured(cmd, log, cwd=ROOT, env=env)
+    return {"exit_code": run["exit_code"], "wall_seconds": run["seconds"], "peak_rss_mb": run["peak_rss_mb"]}
 
 
 def stages_from_log(log: Path) -> dict:
@@ -207,9 +180,9 @@ def peer_rows(model: Path, work: Path, ours: Path | None, *, threads: int, round
     RSS, prefill and decode rows. Accuracy on random weights means nothing, so none is measured."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from bench import lm_peers as P
+    P = lm_peers
     from modelpress.fileio import graph_input_shapes
-    from modelpress.kv_cache import KVLayout, position_ids
+    from modelpress.kv_cache import KVLayout
     from modelpress.runtimes.registry import create_runner
 
     peers_dir = work / "peers"
@@ -230,16 +203,7 @@ def peer_rows(model: Path, work: Path, ours: Path | None, *, threads: int, round
         fp32 = work / "out" / "int4.rejected" / "model.onnx"
     train = np.array(tok((model / "train.txt").read_text(encoding="utf-8")[:100_000])["input_ids"], np.int64)
     layout = KVLayout.from_config(AutoConfig.from_pretrained(str(model)))
-    mask = np.ones((1, 128), np.int64)
-    feeds = [
-        {
-            "input_ids": train[i * 128 : (i + 1) * 128][None],
-            "attention_mask": mask,
-            "position_ids": position_ids(mask, 128),
-            **layout.empty(1),
-        }
-        for i in range(16)
-    ]
+    feeds = lm_peers.packed_feeds(train, layout, 16)
     ov_folder = peers_dir / "ov-nncf-int4" / "genai"
     try:
         builds["openvino-genai-nncf-int4"] = (
