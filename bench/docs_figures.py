@@ -487,6 +487,17 @@ def render_lm_decode(data: dict) -> str:
         f"{fmt(data['prefill_ratio'], 2)}. {data.get('note', '')}",
         table(["int4 model", "decode tokens/s", "prefill (ms)", "file (MB)", "nodes"], rows),
     ]
+    by_block = data.get("by_block", {})
+    if by_block:
+        parts.append(
+            "Each block size, ours ÷ the builder's at the same block size: "
+            + "; ".join(
+                f"block {b}: decode {fmt(r['decode_ratio'], 2)}×, prefill time {fmt(r['prefill_ratio'], 2)}×, "
+                f"greedy tokens {'equal' if r['greedy_tokens_equal'] else 'differ'}"
+                for b, r in by_block.items()
+            )
+            + "."
+        )
     export = data.get("fused_export")
     if export:
         parts.append(

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=128, help="held-out 16-token openings for greedy agreement")
     parser.add_argument("--variants", nargs="*", default=[name for name, _ in VARIANTS])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--block-size", type=int, default=32, help="input rows per weight scale")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lm_int4.json")
     args = parser.parse_args(argv)
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     cal = recipe.calibration
     cal_encoder = CAUSAL_TEXT.encoder(tokenizer, input_names=names, max_length=cal.max_length, input_shapes=shapes)
     feeds = ExampleFeed(CAUSAL_TEXT.calibration_set(cal, tokenizer), cal_encoder, batch_size=cal.batch_size)
-    base = recipe.quantize.with_(mode="weight-only", block_size=32, accuracy_level=4)
+    base = recipe.quantize.with_(mode="weight-only", block_size=args.block_size, accuracy_level=4)
 
     files, quant = {}, {}
     for name, keys in VARIANTS:
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpt": gpt,
         "windows": len(es.windows),
         "prompts": len(prompt_ids),
-        "block_size": 32,
+        "block_size": args.block_size,
         "accuracy_level": 4,
         "int4": rows,
     }

@@ -11,7 +11,9 @@ by side, in one process, with the same threads, interleaved round by round:
   SmoothQuant, calibrated on packed training text) and our **weight-only** alternative
   (``quantize.mode = "weight-only"``: MatMulNBits, 8 and 4 bits, block 32, accuracy level 4; int4
   also by AWQ and GPTQ from the calibration set, and AWQ with ``int8_budget = 0.1``), and ours
-  with the tied LM head kept fp32;
+  with the tied LM head kept fp32 — no ONNX Runtime session's threads spin between runs (a spinning
+  pool steals the cores from the next row: PEERS.md pitfall 9; ``load()`` of a text-generation bundle
+  spins, measured by ``bench.lm_decode_bench``);
 * **OpenVINO fp32** (its IR of ``model.onnx``), **NNCF int8 weight compression** of it
   (``nncf.compress_weights``' default) and **ours on OpenVINO** (the bundle's IR of the same plan);
 * **the selected artifact**: the run presses for both runtimes with the default ``[select]``; its

@@ -26,6 +26,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench/results/lm_decode.json"
 
 
-def ours_int4(model_dir: Path, work: Path) -> Path:
-    """The fused graph of ``model_dir``, int4 weight-only (reused when already written)."""
-    out = work / "ours" / "model.int4.onnx"
+def ours_int4(model_dir: Path, work: Path, block: int = 32) -> Path:
+    """The fused graph of ``model_dir``, int4 weight-only with ``block`` input rows per scale (reused when
+    already written: remove ``work`` after changing the graph)."""
+    out = work / "ours" / f"model.int4.b{block}.onnx"
     if out.is_file():
         return out
     import transformers
@@ -48,26 +50,29 @@ def ours_int4(model_dir: Path, work: Path) -> Path:
 
     fp32 = work / "ours" / "model.onnx"
     fp32.parent.mkdir(parents=True, exist_ok=True)
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
-    start = time.perf_counter()
-    export_fused_decoder(model, None, fp32)
-    print(f"fused export: {time.perf_counter() - start:.1f} s", flush=True)
-    del model
+    if not fp32.is_file():
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
+        start = time.perf_counter()
+        export_fused_decoder(model, None, fp32)
+        print(f"fused export: {time.perf_counter() - start:.1f} s", flush=True)
+        del model
     # round to nearest, as the builder's `-p int4`: the integers (not the kernel) are what GPTQ/AWQ change,
     # and random weights have no calibration set worth the name
-    cfg = QuantizeConfig(mode="weight-only", weight_bits=4, block_size=32, accuracy_level=4, int4_method="rtn")
+    cfg = QuantizeConfig(mode="weight-only", weight_bits=4, block_size=block, accuracy_level=4, int4_method="rtn")
     start = time.perf_counter()
     quantize_weights_only(fp32, out, cfg)
     print(f"int4: {time.perf_counter() - start:.1f} s", flush=True)
     return out
 
 
-def theirs_int4(model_dir: Path, work: Path, threads: int) -> Path:
-    """onnxruntime-genai's builder int4 of ``model_dir`` (reused when already built)."""
-    out = work / "genai"
+def theirs_int4(model_dir: Path, work: Path, threads: int, block: int = 32) -> Path:
+    """onnxruntime-genai's builder int4 of ``model_dir`` (reused when already built); block 32 is its
+    default for the CPU, another through its ``block_size`` extra option."""
+    out = work / ("genai" if block == 32 else f"genai-b{block}")
     if not (out / "genai_config.json").is_file():
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(model_dir), "-o", str(out)]
-        subprocess.run([*cmd, "-p", "int4", "-e", "cpu"], check=True)
+        extra = [] if block == 32 else ["--extra_options", f"block_size={block}"]
+        subprocess.run([*cmd, "-p", "int4", "-e", "cpu", *extra], check=True)
     config = json.loads((out / "genai_config.json").read_text())
     options = config["model"]["decoder"]["session_options"]
     options["intra_op_num_threads"], options["inter_op_num_threads"] = threads, 1
@@ -81,7 +86,8 @@ class _Ours:
         from modelpress.kv_cache import KVLayout
         from modelpress.runtimes.registry import create_runner
 
-        self.runner = create_runner("onnxruntime", path, threads=threads).__enter__()
+        # as load() opens a text-generation bundle: its threads spin between the decode loop's runs
+        self.runner = create_runner("onnxruntime", path, threads=threads, spin=True).__enter__()
         layout = KVLayout.from_graph(self.runner._session.get_inputs())
         self.generator = TextGenerator(self.runner, _NoStop(), layout=layout)
 
@@ -131,7 +137,7 @@ def profile_decode(path: Path, threads: int, prompt: list[int], new: int, work: 
     from modelpress.kv_cache import KVLayout
     from modelpress.runtimes.onnxruntime_runner import InPlaceCache, session_options
 
-    opts = session_options(threads)
+    opts = session_options(threads, spin=True)
     opts.enable_profiling = True
     opts.profile_file_prefix = str(work / "decode_profile")
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -182,17 +188,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--contended", action="store_true", help="say in the results that other jobs shared the CPU")
+    ap.add_argument(
+        "--blocks", type=int, nargs="+", default=[32, 128], help="int4 block sizes, each ours beside the builder's"
+    )
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    ours_path = ours_int4(args.model, args.work)
-    theirs_path = theirs_int4(args.model, args.work, args.threads)
+    ours_path = {b: ours_int4(args.model, args.work, b) for b in args.blocks}
+    theirs_path = {b: theirs_int4(args.model, args.work, args.threads, b) for b in args.blocks}
     rng = np.random.default_rng(0)
     vocab = json.loads((args.model / "config.json").read_text())["vocab_size"]
     prompt = rng.integers(0, vocab, args.prompt).tolist()
-    contenders = {
-        "modelpress fused int4": _Ours(ours_path, args.threads),
-        "onnxruntime-genai builder int4": _Theirs(theirs_path),
-    }
+    contenders: dict[str, Any] = {}
+    for b in args.blocks:
+        contenders[_row(OURS, b)] = _Ours(ours_path[b], args.threads)
+        contenders[_row(THEIRS, b)] = _Theirs(theirs_path[b])
     times: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in contenders}
     tokens = {}
     for name, c in contenders.items():  # warm-up
@@ -211,7 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, t in times.items()
     }
-    ours, theirs = rows["modelpress fused int4"], rows["onnxruntime-genai builder int4"]
+    default = args.blocks[0]
+    ours, theirs = rows[_row(OURS, default)], rows[_row(THEIRS, default)]
+    files, nodes = {}, {}
+    for b in args.blocks:
+        files[_row(OURS, b)] = _size_mb(ours_path[b].parent, [ours_path[b].name, ours_path[b].name + ".data"])
+        files[_row(THEIRS, b)] = _size_mb(theirs_path[b], ["model.onnx", "model.onnx.data"])
+        nodes[_row(OURS, b)], nodes[_row(THEIRS, b)] = _nodes(ours_path[b]), _nodes(theirs_path[b] / "model.onnx")
     result = {
         "machine": machine(),
         "note": NOTE_CONTENDED if args.contended else NOTE_QUIET,
@@ -222,24 +237,38 @@ def main(argv: list[str] | None = None) -> int:
             "new": args.new,
             "rounds": args.rounds,
             "batch": 1,
+            "blocks": args.blocks,
         },
         "rows": rows,
+        # the first block size's pair (32: the builder's default for the CPU) is the headline
         "decode_ratio": round(ours["decode_tokens_per_s"] / theirs["decode_tokens_per_s"], 3),
         "prefill_ratio": round(ours["prefill_ms"] / theirs["prefill_ms"], 3),
-        "greedy_tokens_equal": len(set(map(tuple, tokens.values()))) == 1,
-        "files_mb": {
-            "modelpress fused int4": _size_mb(ours_path.parent, [ours_path.name, ours_path.name + ".data"]),
-            "onnxruntime-genai builder int4": _size_mb(theirs_path, ["model.onnx", "model.onnx.data"]),
+        "by_block": {
+            str(b): {
+                "decode_ratio": round(
+                    rows[_row(OURS, b)]["decode_tokens_per_s"] / rows[_row(THEIRS, b)]["decode_tokens_per_s"], 3
+                ),
+                "prefill_ratio": round(rows[_row(OURS, b)]["prefill_ms"] / rows[_row(THEIRS, b)]["prefill_ms"], 3),
+                "greedy_tokens_equal": tokens[_row(OURS, b)] == tokens[_row(THEIRS, b)],
+            }
+            for b in args.blocks
         },
-        "nodes": {
-            "modelpress fused int4": _nodes(ours_path),
-            "onnxruntime-genai builder int4": _nodes(theirs_path / "model.onnx"),
-        },
-        "profile": profile_decode(ours_path, args.threads, prompt, args.new, args.work),
+        "greedy_tokens_equal": tokens[_row(OURS, default)] == tokens[_row(THEIRS, default)],
+        "files_mb": files,
+        "nodes": nodes,
+        "profile": profile_decode(ours_path[default], args.threads, prompt, args.new, args.work),
     }
     print(json.dumps(result, indent=1))
     args.results.write_text(json.dumps(result, indent=1) + "\n")
     return 0
+
+
+OURS, THEIRS = "modelpress fused int4", "onnxruntime-genai builder int4"
+
+
+def _row(name: str, block: int) -> str:
+    """A row's name: block 32 (the builder's default) unnamed, as in earlier results."""
+    return name if block == 32 else f"{name} block {block}"
 
 
 def _nodes(path: Path) -> int:

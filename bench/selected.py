@@ -40,8 +40,9 @@ def read_selection(bundle: str | Path) -> dict[str, Any] | None:
 
 def open_selected(bundle: str | Path, threads: int):
     """The bundle's default as ``modelpress.bundle.load`` opens it (a gate-failed bundle too: the bench still
-    times what the run chose, and the record says the gate failed)."""
-    opened = load(bundle, threads=threads, allow_failed=True)
+    times what the run chose, and the record says the gate failed), with no thread pool spinning between
+    runs, as every other row of an interleaved bench (PEERS.md pitfall 9)."""
+    opened = load(bundle, threads=threads, allow_failed=True, back_to_back=False)
     opened.name = SELECTED  # the bench's row name (the runner keeps the candidate's)
     return opened
 

@@ -51,6 +51,7 @@ def load(
     allow_failed: bool = False,
     require_signature: str | Path | None = None,
     strict: bool = False,
+    back_to_back: bool | None = None,
     **runner_options: Any,
 ) -> Bundle:
     """The bundle at ``bundle_dir``, as its task's bundle class (methods: ``task.api``).
@@ -62,7 +63,10 @@ def load(
     inspection; refused otherwise. ``require_signature``: the signer's public key (PEM); the
     bundle's ``model.sig`` must verify against it (``modelpress sign``) before the model is loaded.
     ``strict``: refuse a bundle pressed for a CPU level whose instructions this CPU lacks (else a
-    warning, once per target)."""
+    warning, once per target). ``back_to_back``: open the runner with its runtime's options for runs
+    made back to back (``Runner.back_to_back_options``; ONNX Runtime: its threads spin between runs);
+    None: where the task's API runs so (text generation's decode loop). A benchmark that interleaves
+    several runtimes in one process passes False: a spinning pool steals the cores from the next one."""
     meta = read_bundle_meta(Path(bundle_dir))
     task = task_from_dict(meta["task"])
     return task.bundle_class()(
@@ -75,6 +79,7 @@ def load(
         allow_failed=allow_failed,
         require_signature=require_signature,
         strict=strict,
+        back_to_back=back_to_back,
         task=task,
         every_api=_every_api,
     )

@@ -19,7 +19,7 @@ from modelpress.inference import Predictor
 from modelpress.modalities import get_modality
 from modelpress.paths import BUNDLE_JSON, MODEL_INT8_ONNX, precision_of_file
 from modelpress.runtimes.artifacts import bundle_model_name, runtime_file
-from modelpress.runtimes.registry import create_runner
+from modelpress.runtimes.registry import RUNTIMES, create_runner
 from modelpress.fileio import write_json
 from modelpress.runtimes.target import Target, missing_flags
 from modelpress.manifest import MANIFEST, read_manifest, require_intact, require_not_failed
@@ -139,6 +139,7 @@ class Bundle(Predictor):
         allow_failed: bool = False,
         require_signature: str | Path | None = None,
         strict: bool = False,
+        back_to_back: bool | None = None,
         task: Any,
         every_api: Callable[[], Iterable[str]] = tuple,
     ):
@@ -163,6 +164,8 @@ class Bundle(Predictor):
             if model_file == listed
             else precision_of_file(model_file) or model_file
         )
+        if task.runs_back_to_back if back_to_back is None else back_to_back:
+            runner_options = {**RUNTIMES.get(runtime).back_to_back_options, **(runner_options or {})}
         runner = create_runner(runtime, self.root / model_file, threads=threads, name=name, **(runner_options or {}))
         runner.__enter__()
         # inputs are truncated to what the model can take, whatever bundle.json says

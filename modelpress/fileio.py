@@ -76,12 +76,20 @@ def load_onnx(path: str | Path, *, load_external_data: bool = True):
     return model
 
 
+def fed_inputs(graph: Any) -> list[Any]:
+    """The inputs of ``graph`` a caller feeds: an input with an initializer of its name is optional, that
+    initializer its default (ONNX Runtime lists it apart, as an overridable initializer: the fused
+    decoder's ``logits_to_keep``)."""
+    defaults = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in defaults]
+
+
 def graph_input_shapes(path: str | Path) -> dict[str, list[int | None]]:
-    """Each input of an ONNX model and its dims (None where dynamic), read without its weights."""
+    """Each input of an ONNX model a caller feeds and its dims (None where dynamic), read without its weights."""
     graph = load_onnx(path, load_external_data=False).graph
     return {
         i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
-        for i in graph.input
+        for i in fed_inputs(graph)
     }
 
 

@@ -182,17 +182,21 @@ class _RightPadded:
     def _mask(self) -> np.ndarray:
         return (np.arange(self.width)[None] < self.lengths[:, None]).astype(np.int64)
 
-    def _run(self, ids: np.ndarray) -> np.ndarray:
+    def _run(self, ids: np.ndarray, keep: int = 0) -> np.ndarray:
+        """The logits of the step's last ``keep`` positions (0: all) — or of all of them, where the
+        graph or the runtime cannot keep fewer (``logits_to_keep``: the in-place cache's runs)."""
         if self.cache is not None:
-            return self.cache.run(ids, self._mask())
+            return self.cache.run(ids, self._mask(), keep)
         feed = {"input_ids": ids, "attention_mask": self._mask(), "position_ids": np.zeros_like(ids), **self.past}
         out = self.runner.run(feed)
         self.past = past_from_present(out)
         return out["logits"]
 
     def start(self) -> np.ndarray:
-        logits = self._run(self.ids)
-        return logits[np.arange(len(self.lengths)), self.lengths - 1]
+        # the LM head on the positions from the shortest prompt's last token on: every row's is among them
+        logits = self._run(self.ids, self.width - int(self.lengths.min()) + 1)
+        first = self.width - logits.shape[1]  # the position of the logits' first row
+        return logits[np.arange(len(self.lengths)), self.lengths - 1 - first]
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         self.lengths += 1
@@ -217,7 +221,7 @@ class TextGenerator:
         ``max_positions``: the positions the model takes (None: not checked)."""
         if isinstance(model, (str, Path)):
             layout = layout or KVLayout.from_shapes(graph_input_shapes(model))
-            model = create_runner("onnxruntime", model, threads=threads or 0)
+            model = create_runner("onnxruntime", model, threads=threads or 0, spin=True)  # a decode loop's runs
             model.__enter__()
         if layout is None:
             raise BadInputError("TextGenerator: give the cache layout with a runner")

@@ -16,6 +16,10 @@ import numpy as np
 from modelpress.errors import BadInputError
 
 FIXED_INPUTS = ("input_ids", "attention_mask", "position_ids")
+#: the fused graph's optional input (transformers' ``logits_to_keep``): logits for only the last k positions
+#: of the step (0, its default: all of them); a prefill that needs one token's logits skips the LM head
+#: for the rest of the prompt
+LOGITS_TO_KEEP = "logits_to_keep"
 #: graph metadata: "right" where the graph reads each row's length from the mask and puts new tokens
 #: right after it (``export.fused_decoder``: GroupQueryAttention); absent: left padding, positions fed
 PADDING_KEY = "modelpress.padding"

@@ -11,7 +11,7 @@ import abc
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
-from modelpress.fileio import load_onnx
+from modelpress.fileio import fed_inputs, load_onnx
 
 
 class Runner(abc.ABC):
@@ -24,6 +24,10 @@ class Runner(abc.ABC):
     contrib_ops: ClassVar[bool] = False
     #: the text-generation graphs it generates with (``task_options.decoder_graph``: "traced", "fused")
     decoder_graphs: ClassVar[tuple[str, ...]] = ("traced",)
+    #: runner options for a caller that runs the model back to back (a decode loop: one run per new token),
+    #: where waking idle worker threads for each of a step's few hundred small kernels costs more than the
+    #: kernels save (ONNX Runtime: its threads keep spinning between runs, its own default)
+    back_to_back_options: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def options_from(cls, validate_cfg) -> dict:
@@ -34,7 +38,7 @@ class Runner(abc.ABC):
     def graph_inputs(cls, path) -> tuple[str, ...]:
         """The input names of a model file this runtime loads, read without running it (ONNX here)."""
 
-        return tuple(i.name for i in load_onnx(path, load_external_data=False).graph.input)
+        return tuple(i.name for i in fed_inputs(load_onnx(path, load_external_data=False).graph))
 
     def __enter__(self) -> "Runner":
         self._load()

@@ -63,9 +63,10 @@ class GenAICache:
             params.set_search_options(max_length=capacity, do_sample=False)
             self.generators.append(og.Generator(model, params))
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, keep: int = 0) -> np.ndarray:
         """The new tokens [batch, new] (right-padded; each row's length after them in its mask) →
-        logits [batch, new, vocab], zero at padding. A row whose Generator already holds tokens past
+        logits [batch, new, vocab], zero at padding (all ``new``, whatever ``keep`` asks: GenAI feeds
+        the graph no ``logits_to_keep``). A row whose Generator already holds tokens past
         where these go is rewound first (the decode timing steps at the same position again)."""
         lengths = np.asarray(attention_mask).sum(1).astype(int)
         new = input_ids.shape[1]

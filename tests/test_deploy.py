@@ -465,3 +465,22 @@ def test_the_slim_install_is_the_deploy_side_and_press_adds_the_pressing_stack()
     assert set(PRESSING_STACK) <= press and press <= PRESS_MODULES
     assert any(Requirement(r).name == "modelpress" and "press" in Requirement(r).extras for r in extras["dev"])
     assert "[dev]" in (REPO / "Makefile").read_text(encoding="utf-8")
+
+
+def test_only_a_bundle_whose_api_runs_back_to_back_keeps_onnx_runtimes_threads_spinning(bundles):
+    """generate() is one run per token: waking idle threads for each small kernel costs more than it
+    saves there (Task.runs_back_to_back → Runner.back_to_back_options); every other task's runs are
+    single calls, and an idle spinning pool would steal the cores from whatever runs next."""
+    from modelpress.bundle import load
+
+    for task in ("text-generation", "text-classification"):
+        with load(bundles[task], threads=1) as b:
+            options = b.runner._session.get_session_options()
+            spinning = options.get_session_config_entry("session.intra_op.allow_spinning")
+            assert spinning == ("1" if task == "text-generation" else "0"), task
+    with load(bundles["text-generation"], threads=1, back_to_back=False) as b:  # an interleaved benchmark's
+        options = b.runner._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with load(bundles["text-generation"], threads=1, spin=False) as b:  # the caller's own option wins
+        options = b.runner._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

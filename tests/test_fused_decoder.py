@@ -19,9 +19,11 @@ import transformers
 
 from modelpress.errors import BadInputError
 from modelpress.export.fused_decoder import build_graph, export_fused_decoder
+from modelpress.fileio import graph_input_shapes
 from modelpress.generation import TextGenerator
-from modelpress.kv_cache import KVLayout
+from modelpress.kv_cache import LOGITS_TO_KEEP, KVLayout
 from modelpress.runtimes.registry import create_runner
+from modelpress.runtimes.onnxruntime_runner import InPlaceCache
 
 SMALL = dict(
     vocab_size=97,
@@ -85,9 +87,36 @@ def test_the_graph_is_the_fused_layout(fused):
     layers = model.config.num_hidden_layers
     assert kinds.count("GroupQueryAttention") == layers
     assert kinds.count("SkipSimplifiedLayerNormalization") == 2 * layers  # every norm after the first
-    # q, k and v in one MatMul per layer: 4 per layer (qkv, o, gate/up, down... gate and up apart) + the head
-    assert kinds.count("MatMul") == 5 * layers + 1
+    # q, k and v in one MatMul per layer, gate and up in another: 4 per layer (qkv, o, gate/up, down) + the head
+    assert kinds.count("MatMul") == 4 * layers + 1
     assert not {"Pow", "ReduceMean", "Sqrt", "Softmax", "Concat"} & set(kinds)
+    # the norms' mean and inverse deviation are never asked for: ONNX Runtime need not write them
+    assert not any(any(n.output[1:3]) for n in graph.graph.node if n.op_type.startswith("SkipSimplified"))
+
+
+def test_logits_to_keep_runs_the_head_on_the_last_positions_only(fused, monkeypatch):
+    """The overridable ``logits_to_keep`` (default 0: all positions, what validation scores) gives the
+    last k positions' logits, equal to those of the full run; the LM head's MatMul sees only those rows."""
+    family, model, runner = fused
+    layout = KVLayout.from_config(model.config)
+    prompt = np.array([[5, 17, 3, 88, 41, 9, 60]])
+    full = runner.kv_cache(layout, 1, 8).run(prompt, np.ones(prompt.shape, np.int64))
+    assert full.shape[1] == prompt.shape[1]
+    for keep in (1, 3):
+        kept = runner.kv_cache(layout, 1, 8).run(prompt, np.ones(prompt.shape, np.int64), keep)
+        assert kept.shape == (1, keep, model.config.vocab_size)
+        np.testing.assert_allclose(kept, full[:, -keep:], atol=1e-5, rtol=0)
+    # an encoder or GenAI never has to feed it: no list of the inputs to feed names it
+    assert LOGITS_TO_KEEP not in runner.input_names
+    assert LOGITS_TO_KEEP not in graph_input_shapes(runner.model_path)
+    assert LOGITS_TO_KEEP not in type(runner).graph_inputs(runner.model_path)
+    # the generator's prefill keeps the positions from the shortest prompt's last token on (its tokens: the
+    # ragged-batch test's, equal to transformers')
+    seen: list[int] = []
+    first = InPlaceCache._first
+    monkeypatch.setattr(InPlaceCache, "_first", lambda self, feed, keep: seen.append(keep) or first(self, feed, keep))
+    TextGenerator(runner, _Tokens(), layout=layout).generate_ids([[5, 6, 7, 8, 9, 10], [11, 12]], max_new_tokens=2)
+    assert seen == [5]  # positions 1 (the short row's last) to 5
 
 
 def test_logits_equal_transformers_on_a_prefill_and_decode_steps(fused):
@@ -229,12 +258,15 @@ def test_static_int8_presses_the_fused_graph_end_to_end(tmp_path):
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
     bundle = tmp_path / "out" / "lm"
     kinds = [n.op_type for n in onnx.load(str(bundle / "model.int8.onnx")).graph.node]
-    assert kinds.count("MatMulIntegerToFloat") == 11 and "MatMul" not in kinds
+    assert kinds.count("MatMulIntegerToFloat") == 9 and "MatMul" not in kinds  # 4 per layer and the head
     assert kinds.count("GroupQueryAttention") == 2
     report = json.loads((bundle / "report.json").read_text())
     assert report["task_config"]["decoder_graph"] == "fused"
     with load(bundle) as lm:
         assert lm.generator.runner.kv_cache(lm.generator.layout, 1, 8) is not None
+        # generate() runs the model back to back: ONNX Runtime's threads keep spinning between its runs
+        options = lm.generator.runner._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
         assert len(lm.generator.generate_ids([[5, 6, 7]], max_new_tokens=4, stop_token_ids=[])[0]) == 4
 
 

@@ -22,7 +22,7 @@ from modelpress.commands.flags import (
     task_for,
 )
 from modelpress.errors import EXIT_OK, BadInputError
-from modelpress.fileio import graph_input_shapes, load_onnx, write_json
+from modelpress.fileio import fed_inputs, graph_input_shapes, load_onnx, write_json
 from modelpress.memory import process_peak_rss_mb
 from modelpress.modalities import get_modality
 from modelpress.quantize.config import QuantizeConfig
@@ -87,7 +87,7 @@ def _quantize_flags(args) -> Any:
     )
     modality = get_modality(task.modality)
     preprocessor = modality.load_preprocessor(ref)
-    names = modality.check_graph_inputs(tuple(i.name for i in graph.graph.input), source=args.onnx)
+    names = modality.check_graph_inputs(tuple(i.name for i in fed_inputs(graph.graph)), source=args.onnx)
     examples = modality.calibration_set(cal, preprocessor)
     encoder = modality.encoder(
         preprocessor, input_names=names, max_length=cal.max_length, input_shapes=graph_input_shapes(args.onnx)

@@ -88,6 +88,9 @@ class Task:
 
     #: options that were ``[validate]`` keys until 0.x: read from there for one release (a warning)
     moved_from_validate: ClassVar[tuple[str, ...]] = ()
+    #: whether its API runs the model back to back (a decode loop): a loaded bundle's runner then takes
+    #: its runtime's ``Runner.back_to_back_options``
+    runs_back_to_back: ClassVar[bool] = False
 
     # -- configuration ----------------------------------------------------------------------
     def __post_init__(self) -> None:

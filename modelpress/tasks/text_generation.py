@@ -139,6 +139,7 @@ class TextGeneration(Task):
         "generation_tokens",
     )
     engines: ClassVar[bool] = False  # a KV cache needs a profile per input; no GPU here to build one
+    runs_back_to_back: ClassVar[bool] = True  # generate(): one run per new token
 
     def check_runtimes(self, runners: Mapping[str, Any]) -> None:
         if self.decoder_graph == AUTO_GRAPH:
