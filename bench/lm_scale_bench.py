@@ -68,17 +68,12 @@ SHAPES = {
     ),
 }
 
+# round to nearest: on random weights a calibration set says nothing GPTQ/AWQ could use (their accuracy
+# comes from the trained GPT: bench.int4_accuracy); "int4-gptq" measures what GPTQ's XᵀX costs in memory
+INT4 = {"mode": "weight-only", "weight_bits": 4, "block_size": 32, "accuracy_level": 4, "int4_method": "rtn"}
 MODES = {
-    # round to nearest: on random weights a calibration set says nothing GPTQ/AWQ could use (their accuracy
-    # comes from the trained GPT: bench.int4_accuracy); "int4-gptq" measures what GPTQ's XᵀX costs in memory
-    "int4": {"mode": "weight-only", "weight_bits": 4, "block_size": 32, "accuracy_level": 4, "int4_method": "rtn"},
-    "int4-gptq": {
-        "mode": "weight-only",
-        "weight_bits": 4,
-        "block_size": 32,
-        "accuracy_level": 4,
-        "int4_method": "gptq",
-    },
+    "int4": INT4,
+    "int4-gptq": {**INT4, "int4_method": "gptq"},
     "int8-wo": {"mode": "weight-only", "weight_bits": 8, "block_size": 32, "accuracy_level": 4},
     "w8a8": {"mode": "static"},
 }

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from modelpress.errors import BadInputError
 from modelpress.cli_model import model_name
-from modelpress.fileio import load_onnx
+from modelpress.fileio import fed_inputs, load_onnx
 from modelpress.manifest import require_intact, require_not_failed
 from modelpress.paths import BUNDLE_JSON, INT8_PLAN, MODEL_INT8_ONNX, MODEL_INT8_TRT_ONNX, refuse_inside_bundle
 
@@ -120,7 +120,6 @@ def _bundle_runtimes(bundle: Path) -> dict[str, Any]:
 def onnx_io(path: Path) -> tuple[list[Tensor], list[Tensor]]:
     """Inputs and outputs of an ONNX graph (initializers listed as inputs are not inputs)."""
     graph = load_onnx(path, load_external_data=False).graph
-    initializers = {i.name for i in graph.initializer}
 
     def tensor(v: Any) -> Tensor:
         t = v.type.tensor_type
@@ -129,7 +128,7 @@ def onnx_io(path: Path) -> tuple[list[Tensor], list[Tensor]]:
         dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
         return Tensor(v.name, ONNX_TYPES[t.elem_type], dims)
 
-    return [tensor(v) for v in graph.input if v.name not in initializers], [tensor(v) for v in graph.output]
+    return [tensor(v) for v in fed_inputs(graph)], [tensor(v) for v in graph.output]
 
 
 def openvino_io(path: Path) -> tuple[list[Tensor], list[Tensor]]:

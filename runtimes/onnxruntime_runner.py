@@ -36,7 +36,7 @@ def session_options(threads: int = 0, *, spin: bool = False):
         opts.inter_op_num_threads = 1
     # idle ORT thread pools spin and steal the cores from whatever runs next (PEERS.md pitfall 9); a decode
     # loop's back-to-back runs want them spinning: waking them for each small kernel cost the 0.5 B int4
-    # decoder 11 % of its tokens/s (52.7 → 59.3 tok/s, bench.lm_decode_bench, AVX512-VNNI Zen 4)
+    # decoder 11 % of its tokens/s (52.7 → 59.3 tok/s, bench.lm_decode_bench's runners, AVX512-VNNI Zen 4)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return opts
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from modelpress.errors import BadInputError
 from modelpress.runtimes.base import Runner
-from modelpress.runtimes.openvino_runner import PRECISIONS, _existing, _readable
+from modelpress.runtimes.openvino_runner import _existing, _readable, checked_precision
 
 #: LLMPipeline's properties for what validation measured at ``openvino_precision = "f32"``
 PIPELINE_PROPERTIES = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
@@ -54,8 +54,7 @@ class OpenVINOGenAIRunner(Runner):
     def __init__(
         self, model_path: str | Path, *, threads: int = 0, precision: str = "f32", name: str | None = None
     ) -> None:
-        if precision not in PRECISIONS:
-            raise BadInputError(f"openvino precision: expected one of f32, bf16, got {precision!r}")
+        checked_precision(precision)
         self.model_path = Path(model_path)
         self.threads = threads
         self.precision = precision

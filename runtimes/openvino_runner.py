@@ -45,12 +45,18 @@ def require_openvino():
         ) from None
 
 
+def checked_precision(precision: str) -> str:
+    """``precision`` (``validate.openvino_precision``, ``load(..., precision=)``) when OpenVINO takes it."""
+    if precision not in PRECISIONS:
+        raise BadInputError(f"openvino precision: expected one of f32, bf16, got {precision!r}")
+    return precision
+
+
 class OpenVINORunner(Runner):
     def __init__(
         self, model_path: str | Path, *, threads: int = 0, precision: str = "f32", name: str | None = None
     ) -> None:
-        if precision not in PRECISIONS:
-            raise BadInputError(f"openvino precision: expected one of f32, bf16, got {precision!r}")
+        checked_precision(precision)
         self.model_path = Path(model_path)
         self.threads = threads
         self.precision = precision

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import onnx
 
 from modelpress.errors import BadInputError, ModelpressError
-from modelpress.fileio import write_bytes
+from modelpress.fileio import fed_inputs, write_bytes
 from modelpress.modalities import get_modality
 from modelpress.runtimes.tensorrt.config import EngineConfig
 from modelpress.runtimes.tensorrt.gpu import gpu_identity, require_tensorrt
@@ -45,9 +45,7 @@ def onnx_input_names(onnx_path: Path) -> tuple[str, ...]:
     """Graph inputs that are not initializers (weights are not loaded)."""
     if not onnx_path.is_file():
         raise BadInputError(f"{onnx_path}: no such ONNX file")
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    initializers = {t.name for t in model.graph.initializer}
-    return tuple(i.name for i in model.graph.input if i.name not in initializers)
+    return tuple(i.name for i in fed_inputs(onnx.load(str(onnx_path), load_external_data=False).graph))
 
 
 def build_engine(
