@@ -140,15 +140,23 @@ def onnx_files(path: str | Path) -> list[Path]:
     return [path, data] if data.exists() else [path]
 
 
-def session_from_model(model, options, providers=("CPUExecutionProvider",)):
+def session_from_model(model, options, providers=("CPUExecutionProvider",), *, weights_dir: Path | None = None):
     """An ONNX Runtime session on an in-memory model of any size. Small models go in as bytes; a
     model past :data:`EXTERNAL_DATA_BYTES` is written with external data to a temporary folder
     (protobuf cannot serialize it in memory: ``EncodeError: Failed to serialize proto``), the
     session is made from that file, and the weights are read back into ``model`` so the caller's
-    model is whole again."""
+    model is whole again. ``weights_dir``: ``model``'s weights are external data in that folder
+    (``quantize.offload``): its graph is written there and the session reads them from disk."""
     import onnx
     import onnxruntime as ort
 
+    if weights_dir is not None:
+        path = Path(tempfile.mkstemp(suffix=".onnx", dir=weights_dir)[1])
+        try:
+            onnx.save(model, str(path))  # only the graph: the weights stay where they are
+            return ort.InferenceSession(str(path), options, providers=list(providers))
+        finally:
+            path.unlink()
     if not needs_external_data(model):
         return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
     with tempfile.TemporaryDirectory(prefix="modelpress-session-") as work:

@@ -256,3 +256,82 @@ def test_the_int4_keys_refuse_bad_values_in_one_line_exit_2(tmp_path, capsys, qu
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def _matmulnbits_weights(path) -> dict[str, np.ndarray]:
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    return {
+        f"{n.name}:{k}": numpy_helper.to_array(inits[n.input[k]])
+        for n in graph.node
+        if n.op_type == "MatMulNBits"
+        for k in (1, 2)
+    }
+
+
+@pytest.mark.parametrize("method, budget", [("awq", 0.0), ("gptq", 0.2)])
+def test_statistics_in_many_passes_write_the_graph_one_pass_writes(gpt2, tmp_path, monkeypatch, caplog, method, budget):
+    """The memory bound splits calibration into passes (here one per activation); each activation is
+    sampled as in one pass, so the integers, the records and the int8 choice are the same."""
+    from modelpress.quantize import int4_data
+    from modelpress.quantize.weight_only import quantize_weights_only
+
+    path, feeds, _ = gpt2
+    cfg = QuantizeConfig(mode="weight-only", weight_bits=4, block_size=16, int4_method=method, int8_budget=budget)
+    one = quantize_weights_only(path, tmp_path / "one.onnx", cfg, iter(feeds))
+    monkeypatch.setattr(int4_data, "STATS_SHARE", 1e-9)
+    with caplog.at_level("INFO", logger="modelpress.quantize.int4_data"):
+        many = quantize_weights_only(path, tmp_path / "many.onnx", cfg, iter(feeds))  # a one-shot iterator too
+    # one pass per MatMul input: 4 per block, 2 blocks, and the head's
+    assert any("statistics in 9 calibration passes" in r.getMessage() for r in caplog.records)
+    assert many.layers == one.layers and {layer.bits for layer in one.layers} == ({4, 8} if budget else {4})
+    a, b = _matmulnbits_weights(tmp_path / "one.onnx"), _matmulnbits_weights(tmp_path / "many.onnx")
+    assert a.keys() == b.keys() and len(a) == 18
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert not list(tmp_path.glob(".int4-weights-*"))  # the weights' work folder is gone
+
+
+def test_gptq_by_column_chunks_equals_gptq_on_the_whole_weight(monkeypatch):
+    """Columns are independent under GPTQ (one Hessian): chunking them (an LM head's bounded memory)
+    changes nothing, and an all-zero input row (a dead channel) stays code 0."""
+    from modelpress.quantize import blockwise
+    from modelpress.quantize.int4_gptq import gptq_quantize
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((300, 70)) @ rng.standard_normal((70, 70))
+    x[:, 3] = 0.0
+    xtx = (x.T @ x).astype(np.float32)
+    w = rng.standard_normal((70, 45)).astype(np.float32)
+    whole = gptq_quantize(w, xtx, bits=4, block=16)
+    monkeypatch.setattr(blockwise, "COLUMNS", 8)
+    chunked = gptq_quantize(w, xtx, bits=4, block=16)
+    np.testing.assert_allclose(chunked.dequantized(), whole.dequantized(), rtol=0, atol=1e-6)
+    assert (chunked.codes == whole.codes).mean() > 0.999 and (whole.codes[3] == 0).all()
+    np.testing.assert_array_equal(chunked.dequantized(slice(8, 16)), chunked.dequantized()[:, 8:16])
+
+
+def test_offloaded_weights_leave_memory_and_come_back_equal(tmp_path):
+    """``offload`` keeps only references in the model it returns; ``array`` reads each weight back
+    and ``reload`` restores the rest, bit for bit."""
+    from modelpress.quantize.offload import array, offload, reload
+
+    rng = np.random.default_rng(0)
+    values = {f"w{i}": rng.standard_normal((64, 32)).astype(np.float32) for i in range(3)}
+    values["tiny"] = np.arange(4, dtype=np.float32)  # under the threshold: stays in the graph
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w0"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+        [numpy_helper.from_array(v, k) for k, v in values.items()],
+    )
+    skeleton = offload(helper.make_model(graph), tmp_path)
+    held = {t.name: len(t.raw_data) for t in skeleton.graph.initializer}
+    assert held["tiny"] == 16 and all(held[f"w{i}"] == 0 for i in range(3))
+    for tensor in skeleton.graph.initializer:
+        np.testing.assert_array_equal(array(tensor, tmp_path), values[tensor.name])
+    reload(skeleton, tmp_path)
+    for tensor in skeleton.graph.initializer:
+        assert not tensor.HasField("data_location")
+        np.testing.assert_array_equal(numpy_helper.to_array(tensor), values[tensor.name])

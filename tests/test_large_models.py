@@ -234,17 +234,10 @@ def test_released_weight_pages_leave_the_process_and_read_back_the_same(tmp_path
     assert int(mapped[::4096].sum()) == checksum and np.array_equal(mapped[-100:], want[-100:])
 
 
-def test_export_parity_never_holds_the_graph_and_the_pytorch_weights_at_once(tmp_path, monkeypatch, caplog):
-    """The decoder export's parity ran PyTorch and the fp32 graph's session side by side (2× the
-    weights resident: the 0.5 B export's 4.96 GB peak); now the graph runs every step first, its
-    session is gone before PyTorch runs, and the model's mapped weights are handed back before the
-    session is made. Each step says where the export is (stderr bar, log lines)."""
-    import logging
+def _watch_sessions_and_torch(monkeypatch, module, torch_fn: str) -> tuple[list[bool], list[int]]:
+    """Spies for the parity order: per call of ``module.torch_fn`` (PyTorch's step), whether an ONNX
+    Runtime session was alive; per ``release_weight_pages`` call, how many sessions had been made."""
     import weakref
-
-    import modelpress.export.causal_lm as cl
-    from modelpress.models import load_model_and_preprocessor
-    from modelpress.tasks import configure_task
 
     live: list = []
     real_session = ort.InferenceSession
@@ -255,16 +248,31 @@ def test_export_parity_never_holds_the_graph_and_the_pytorch_weights_at_once(tmp
         return session
 
     monkeypatch.setattr(ort, "InferenceSession", spy)
-    open_at_torch_step: list[bool] = []
-    real_step = cl._torch_step
+    open_at_torch: list[bool] = []
+    real_torch = getattr(module, torch_fn)
 
     def torch_step(*args, **kwargs):
-        open_at_torch_step.append(any(r() is not None for r in live))
-        return real_step(*args, **kwargs)
+        open_at_torch.append(any(r() is not None for r in live))
+        return real_torch(*args, **kwargs)
 
-    monkeypatch.setattr(cl, "_torch_step", torch_step)
+    monkeypatch.setattr(module, torch_fn, torch_step)
     released: list[int] = []
-    monkeypatch.setattr(cl, "release_weight_pages", lambda: released.append(len(live)) or 0)
+    monkeypatch.setattr(module, "release_weight_pages", lambda: released.append(len(live)) or 0)
+    return open_at_torch, released
+
+
+def test_export_parity_never_holds_the_graph_and_the_pytorch_weights_at_once(tmp_path, monkeypatch, caplog):
+    """The decoder export's parity ran PyTorch and the fp32 graph's session side by side (2× the
+    weights resident: the 0.5 B export's 4.96 GB peak); now the graph runs every step first, its
+    session is gone before PyTorch runs, and the model's mapped weights are handed back before the
+    session is made. Each step says where the export is (stderr bar, log lines)."""
+    import logging
+
+    import modelpress.export.causal_lm as cl
+    from modelpress.models import load_model_and_preprocessor
+    from modelpress.tasks import configure_task
+
+    open_at_torch_step, released = _watch_sessions_and_torch(monkeypatch, cl, "_torch_step")
     folder = make_tiny_causal_lm(tmp_path / "llama", family="llama")
     task = configure_task("text-generation", {"decoder_graph": "traced"})  # the traced exporter's parity order
     model, tokenizer = load_model_and_preprocessor(str(folder), task)
@@ -275,3 +283,22 @@ def test_export_parity_never_holds_the_graph_and_the_pytorch_weights_at_once(tmp
     assert released == [0]  # before the graph's session was made
     steps = [r.getMessage().split(" (")[0] for r in caplog.records if r.getMessage().startswith("export: ")]
     assert steps == ["export: traced", "export: written", "export: ONNX Runtime session made"]
+
+
+def test_the_fused_export_runs_its_graph_and_pytorch_one_after_the_other(tmp_path, monkeypatch):
+    """The fused decoder's parity ran PyTorch beside the graph's session (the 0.5 B export peaked at
+    2.53x its fp32 weights, past the 2.5x bound); now the graph's steps run first on its own greedy
+    tokens, the session is gone before PyTorch's references, and the model's mapped weights are handed
+    back before the session is made. The parity itself still compares every step."""
+    import modelpress.export.fused_decoder as fd
+    from modelpress.models import load_model_and_preprocessor
+    from modelpress.tasks import configure_task
+
+    open_at_reference, released = _watch_sessions_and_torch(monkeypatch, fd, "_reference_logits")
+    folder = make_tiny_causal_lm(tmp_path / "llama", family="llama")
+    task = configure_task("text-generation", {"decoder_graph": "fused"})
+    model, tokenizer = load_model_and_preprocessor(str(folder), task)
+    result = export_model(task, model, tokenizer, tmp_path / "model.onnx", opset=18, atol=1e-4)
+    assert result.parity.ok and 0 < result.parity.max_abs_diff < 1e-4
+    assert len(open_at_reference) == fd.PARITY["steps"] + 1 and not any(open_at_reference)
+    assert released == [0]  # before the graph's session was made

@@ -31,15 +31,25 @@ class BlockQuant:
     block: int
     k: int  # the unpadded K
 
-    def dequantized(self) -> np.ndarray:
-        """The [K, N] fp32 weight the kernel computes with."""
-        expanded = np.repeat(self.scales, self.block, axis=0)
-        return (self.codes.astype(np.float32) * expanded)[: self.k]
+    def dequantized(self, columns: slice = slice(None)) -> np.ndarray:
+        """The [K, N] fp32 weight the kernel computes with (``columns``: only those output columns)."""
+        expanded = np.repeat(self.scales[:, columns], self.block, axis=0)
+        return (self.codes[:, columns].astype(np.float32) * expanded)[: self.k]
 
     @property
     def nbytes(self) -> int:
         """Bytes in the graph: packed codes and fp32 scales."""
         return self.codes.size * self.bits // 8 + self.scales.size * 4
+
+
+#: output columns handled at once by the int4 methods: every column is quantized on its own, and a
+#: 151,936-word LM head's float64 working copy would otherwise be 1 GB
+COLUMNS = 8192
+
+
+def column_chunks(n: int) -> list[slice]:
+    """``n`` output columns in slices of at most :data:`COLUMNS`."""
+    return [slice(start, min(start + COLUMNS, n)) for start in range(0, n, COLUMNS)]
 
 
 def padded(w: np.ndarray, block: int) -> np.ndarray:

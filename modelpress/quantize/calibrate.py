@@ -8,6 +8,7 @@ sees on real text, and they skew the ranges.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Mapping, Protocol, TypeVar
 
 import numpy as np
@@ -34,10 +35,11 @@ def _token_rows(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return value.reshape(-1, value.shape[-1])
 
 
-def _session_with_outputs(model: onnx.ModelProto, names: list[str]):
+def _session_with_outputs(model: onnx.ModelProto, names: list[str], *, weights_dir: Path | None = None):
     """A session on ``model`` with ``names`` as extra outputs. The outputs are added to the model
     itself for the session's making and removed after (a copy would hold the weights twice: GBs for
-    a decoder); a model past protobuf's 2 GiB goes to ONNX Runtime through external data."""
+    a decoder); a model past protobuf's 2 GiB goes to ONNX Runtime through external data, a model
+    whose weights are on disk (``weights_dir``: ``offload``) reads them from there."""
 
     existing = {o.name for o in model.graph.output}
     added = [onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in existing]
@@ -48,7 +50,7 @@ def _session_with_outputs(model: onnx.ModelProto, names: list[str]):
     outputs = len(model.graph.output)
     model.graph.output.extend(added)
     try:
-        return session_from_model(model, opts)
+        return session_from_model(model, opts, weights_dir=weights_dir)
     finally:
         del model.graph.output[outputs:]
 
@@ -83,11 +85,13 @@ def stream_stats(
     *,
     exclude_padding: bool = True,
     desc: str = "calibrating",
+    weights_dir: Path | None = None,
 ) -> dict[str, S]:
     """One pass of the fp32 ``model`` over ``feeds``, each named tensor's token rows handed to its statistic
-    (never all activations at once); ``stats`` is returned, updated."""
+    (never all activations at once); ``stats`` is returned, updated. ``weights_dir``: where the
+    model's weights are when they are on disk (``offload``)."""
     names = list(stats)
-    session = _session_with_outputs(model, names)
+    session = _session_with_outputs(model, names, weights_dir=weights_dir)
     input_names = [i.name for i in session.get_inputs()]
     batches = 0
     for feed in tqdm(feeds, desc=desc, unit="batch", leave=False):

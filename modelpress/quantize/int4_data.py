@@ -13,6 +13,14 @@ AWQ's 1/s goes into the norm before the group where the input comes straight fro
 ONNX Runtime's fused graphs; an RMSNorm exported as a ``Mul`` by its weight) and nothing else reads
 it, else into an explicit ``Mul``; a LM head tied to the embedding table is never scaled (the
 lookup shares its quantized matrix).
+
+Memory is bounded for decoders of 0.5 B parameters and more: the weights stay on disk (``offload``)
+and each MatMul's is read when its group's turn comes; the statistics (GPTQ's XᵀX: 95 MB per
+4,864-wide input, 2.3 GB for a 0.5 B decoder's) are gathered in as many calibration passes as it
+takes to keep each pass's within :data:`STATS_SHARE` of the target weights' bytes, each pass's
+groups quantized before the next pass starts; wide weights (the LM head) are quantized and measured
+a chunk of output columns at a time (``blockwise.COLUMNS``). Every pass samples each activation as
+one pass would: the result does not depend on how many passes there were.
 """
 
 from __future__ import annotations
@@ -20,22 +28,26 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from modelpress.quantize.blockwise import BlockQuant, matmulnbits_node, quantize_rtn
+from modelpress.quantize.blockwise import BlockQuant, column_chunks, matmulnbits_node, quantize_rtn
 from modelpress.quantize.config import QuantizeConfig
 from modelpress.quantize.int4_awq import AwqScales, clip_search, output_error, search_scales
 from modelpress.quantize.int4_gptq import gptq_quantize
-from modelpress.quantize.int4_stats import ActivationStats, collect_activation_stats
+from modelpress.quantize.int4_stats import ActivationStats, collect_activation_stats, stats_bytes
+from modelpress.quantize.offload import array
 from modelpress.quantize.static import LayerQuant
 
 log = logging.getLogger(__name__)
 
 SAMPLE_ROWS = 1024  # calibration token rows per MatMul input on which errors are measured
+#: the most bytes of statistics one calibration pass holds, as a share of the target weights' bytes
+STATS_SHARE = 0.5
 #: norms whose first output is linear in these inputs (scale, and the bias added after it): 1/s goes there
 NORM_SCALES = {
     "LayerNormalization": (1, 2),
@@ -48,48 +60,79 @@ NORM_SCALES = {
 @dataclass
 class _Layer:
     name: str
-    weight: np.ndarray  # [K, N] fp32
+    tensor: str  # its [K, N] weight's initializer
+    k: int
+    n: int
     quant: BlockQuant | None = None  # of weight·diag(s)
     record: LayerQuant | None = None
 
 
-def _relative(x: np.ndarray, w: np.ndarray, w_hat: np.ndarray) -> float:
-    ref = x @ w
-    return output_error(x, w, w_hat) / max(float(np.einsum("ij,ij->", ref, ref, dtype=np.float64)), 1e-30)
+def _sum_sq(a: np.ndarray) -> float:
+    return float(np.einsum("ij,ij->", a, a, dtype=np.float64))
+
+
+def _errors(x: np.ndarray, w: np.ndarray, quant: BlockQuant, s: np.ndarray, block: int) -> tuple[float, float, float]:
+    """Relative output errors ‖x·W − x·Ŵ‖² / ‖x·W‖² on the sample ``x`` of ``quant`` (of W·diag(s), so
+    Ŵ = its dequantized ÷ s), of int4 round-to-nearest and of int8 (of W·diag(s)); by column chunks."""
+    ref = err = rtn = int8 = 0.0
+    for c in column_chunks(w.shape[1]):
+        wc = w[:, c]
+        ref += _sum_sq(x @ wc)
+        err += output_error(x, wc, quant.dequantized(c) / s)
+        rtn += output_error(x, wc, quantize_rtn(wc, 4, block).dequantized())
+        int8 += output_error(x, wc, quantize_rtn(wc * s, 8, block).dequantized() / s)
+    ref = max(ref, 1e-30)
+    return err / ref, rtn / ref, int8 / ref
 
 
 def _quantize_group(
-    layers: list[_Layer], stats: ActivationStats, cfg: QuantizeConfig, *, fixed: bool
+    layers: list[_Layer], weights: list[np.ndarray], stats: ActivationStats, cfg: QuantizeConfig, *, fixed: bool
 ) -> AwqScales | None:
     """Each layer's int4 weight by the method; AWQ's scales for the group (None: not scaled)."""
     x, block, method = stats.sample, cfg.block_size, cfg.int4_method
     scales = None
     if method == "awq":
-        scales = search_scales(stats.mean_abs, x, [la.weight for la in layers], bits=4, block=block, fixed=fixed)
-    s = scales.scales if scales is not None else np.ones(x.shape[1], np.float32)
-    for la in layers:
+        scales = search_scales(stats.mean_abs, x, weights, bits=4, block=block, fixed=fixed)
+    s = scales.scales[:, None] if scales is not None else np.ones((x.shape[1], 1), np.float32)
+    for la, w in zip(layers, weights):
         if method == "awq":
             # the clip search weighs each block alone (no cross-block terms): kept only where the whole
             # weight's output error falls
-            plain = quantize_rtn(la.weight * s[:, None], 4, block)
-            clipped = clip_search(la.weight * s[:, None], x / s, bits=4, block=block)
-            errors = [output_error(x, la.weight, q.dequantized() / s[:, None]) for q in (plain, clipped)]
+            plain = quantize_rtn(w * s, 4, block)
+            clipped = clip_search(w * s, x / s[:, 0], bits=4, block=block)
+            errors = [output_error(x, w, q.dequantized() / s) for q in (plain, clipped)]
             la.quant = clipped if errors[1] < errors[0] else plain
         elif method == "gptq":
-            la.quant = gptq_quantize(la.weight, stats.xtx, bits=4, block=block)  # type: ignore[arg-type]  # hessian=True
+            la.quant = gptq_quantize(w, stats.xtx, bits=4, block=block)  # type: ignore[arg-type]  # hessian=True
         else:
-            la.quant = quantize_rtn(la.weight, 4, block)
-        int8 = quantize_rtn(la.weight * s[:, None], 8, block)
+            la.quant = quantize_rtn(w, 4, block)
+        error, error_rtn, error_int8 = _errors(x, w, la.quant, s, block)
         la.record = LayerQuant(
             node=la.name,
             bits=4,
             method=method,
-            error=round(_relative(x, la.weight, la.quant.dequantized() / s[:, None]), 8),
-            error_rtn=round(_relative(x, la.weight, quantize_rtn(la.weight, 4, block).dequantized()), 8),
-            error_int8=round(_relative(x, la.weight, int8.dequantized() / s[:, None]), 8),
+            error=round(error, 8),
+            error_rtn=round(error_rtn, 8),
+            error_int8=round(error_int8, 8),
             alpha=scales.alpha if scales is not None else None,
         )
     return scales if scales is not None and scales.alpha > 0 else None
+
+
+def _passes(groups: Mapping[str, list[_Layer]], *, hessian: bool) -> list[list[str]]:
+    """The activations in calibration passes, in graph order, each pass's statistics within
+    :data:`STATS_SHARE` of the target weights' bytes (a pass has at least one activation)."""
+    budget = STATS_SHARE * sum(4 * la.k * la.n for layers in groups.values() for la in layers)
+    passes: list[list[str]] = []
+    held = 0
+    for activation, layers in groups.items():
+        need = stats_bytes(layers[0].k, SAMPLE_ROWS, hessian)
+        if not passes or (passes[-1] and held + need > budget):
+            passes.append([])
+            held = 0
+        passes[-1].append(activation)
+        held += need
+    return passes
 
 
 def _keep_int8(layers: list[_Layer], budget: float) -> set[str]:
@@ -105,7 +148,9 @@ def _keep_int8(layers: list[_Layer], budget: float) -> set[str]:
     return kept
 
 
-def _fold_scales(model: onnx.ModelProto, activation: str, s: np.ndarray, group: list[str]) -> str:
+def _fold_scales(
+    model: onnx.ModelProto, activation: str, s: np.ndarray, group: list[str], weights_dir: Path | None
+) -> str:
     """Divide ``activation`` by ``s`` for the MatMuls of ``group``: in its norm's weights when it comes
     straight from one and only the group reads it, else through a new ``Mul``. Returns where."""
     graph = model.graph
@@ -119,12 +164,12 @@ def _fold_scales(model: onnx.ModelProto, activation: str, s: np.ndarray, group: 
             present = [i for i in slots if i < len(producer.input) and producer.input[i]]
             if all(producer.input[i] in inits for i in present):
                 for i in present:
-                    producer.input[i] = _divided(model, inits[producer.input[i]], s, producer.name)
+                    producer.input[i] = _divided(model, inits[producer.input[i]], s, producer.name, weights_dir)
                 return "norm"
         consts = [i for i, name in enumerate(producer.input) if name in inits]
         if producer.op_type == "Mul" and len(consts) == 1 and inits[producer.input[consts[0]]].dims[-1:] == [s.size]:
             slot = consts[0]
-            producer.input[slot] = _divided(model, inits[producer.input[slot]], s, producer.name)
+            producer.input[slot] = _divided(model, inits[producer.input[slot]], s, producer.name, weights_dir)
             return "norm"
     scaled, inv = f"{activation}_awq", f"{activation}_awq_inv_scale"
     graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv))
@@ -136,10 +181,12 @@ def _fold_scales(model: onnx.ModelProto, activation: str, s: np.ndarray, group: 
     return "mul"
 
 
-def _divided(model: onnx.ModelProto, tensor: onnx.TensorProto, s: np.ndarray, owner: str) -> str:
+def _divided(
+    model: onnx.ModelProto, tensor: onnx.TensorProto, s: np.ndarray, owner: str, weights_dir: Path | None
+) -> str:
     """A new initializer: ``tensor`` ÷ ``s`` along its last axis (the old one may be shared)."""
     name = f"{tensor.name}_awq_of_{owner}"
-    value = numpy_helper.to_array(tensor).astype(np.float32) / s
+    value = array(tensor, weights_dir).astype(np.float32) / s
     model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
     return name
 
@@ -151,40 +198,57 @@ def quantize_data_aware(
     cfg: QuantizeConfig,
     *,
     tied_heads: set[str],
+    weights_dir: Path | None = None,
 ) -> tuple[onnx.ModelProto, list[LayerQuant]]:
     """``model`` (edited in place) with each of ``targets`` (MatMul names, constant [K, N] weights) as
-    ``MatMulNBits`` of the method's integers; one record per MatMul."""
+    ``MatMulNBits`` of the method's integers; one record per MatMul. ``weights_dir``: the folder
+    holding ``model``'s weights (``offload``); those not replaced are still there on return."""
     inits = {i.name: i for i in model.graph.initializer}
     wanted = set(targets)
     groups: dict[str, list[_Layer]] = defaultdict(list)
     for node in model.graph.node:
         if node.name in wanted:
-            w = numpy_helper.to_array(inits[node.input[1]])
-            if w.ndim == 2:
-                groups[node.input[0]].append(_Layer(node.name, w.astype(np.float32)))
-    stats = collect_activation_stats(
-        model,
-        {a: layers[0].weight.shape[0] for a, layers in groups.items()},
-        feeds,
-        sample_rows=SAMPLE_ROWS,
-        hessian=cfg.int4_method == "gptq",
-        exclude_padding=cfg.exclude_padding,
-    )
+            w = inits[node.input[1]]
+            if len(w.dims) == 2:
+                groups[node.input[0]].append(_Layer(node.name, w.name, *w.dims))
+    hessian = cfg.int4_method == "gptq"
+    passes = _passes(groups, hessian=hessian)
+    if len(passes) > 1:
+        feeds = list(feeds)  # read once per pass
+        log.info("int4 %s: statistics in %d calibration passes (memory bound)", cfg.int4_method, len(passes))
+    seeds = {a: i for i, a in enumerate(groups)}
+
+    def weight(la: _Layer) -> np.ndarray:
+        return array(inits[la.tensor], weights_dir).astype(np.float32)
+
     folded: dict[str, AwqScales] = {}
-    for activation, layers in groups.items():
-        fixed = any(la.name in tied_heads for la in layers)
-        scales = _quantize_group(layers, stats.pop(activation), cfg, fixed=fixed)
-        if scales is not None:
-            folded[activation] = scales
-        log.info(
-            "%s: %s",
-            ", ".join(la.name for la in layers),
-            ", ".join(f"{la.record.error:.2e} (rtn {la.record.error_rtn:.2e})" for la in layers),  # type: ignore[union-attr]
+    for number, activations in enumerate(passes, 1):
+        stats = collect_activation_stats(
+            model,
+            {a: groups[a][0].k for a in activations},
+            feeds,
+            sample_rows=SAMPLE_ROWS,
+            hessian=hessian,
+            exclude_padding=cfg.exclude_padding,
+            seeds=seeds,
+            weights_dir=weights_dir,
+            desc="int4 calibration" if len(passes) == 1 else f"int4 calibration {number}/{len(passes)}",
         )
+        for activation in activations:
+            layers = groups[activation]
+            fixed = any(la.name in tied_heads for la in layers)
+            scales = _quantize_group(layers, [weight(la) for la in layers], stats.pop(activation), cfg, fixed=fixed)
+            if scales is not None:
+                folded[activation] = scales
+            log.info(
+                "%s: %s",
+                ", ".join(la.name for la in layers),
+                ", ".join(f"{la.record.error:.2e} (rtn {la.record.error_rtn:.2e})" for la in layers),  # type: ignore[union-attr]
+            )
     every = [la for layers in groups.values() for la in layers]
     int8 = _keep_int8(every, cfg.int8_budget) if cfg.int8_budget > 0 else set()
     for activation, scales in folded.items():
-        where = _fold_scales(model, activation, scales.scales, [la.name for la in groups[activation]])
+        where = _fold_scales(model, activation, scales.scales, [la.name for la in groups[activation]], weights_dir)
         log.debug("AWQ scales of %s (alpha %.2f) folded into the %s", activation, scales.alpha, where)
     nodes = {n.name: n for n in model.graph.node}
     written = {}
@@ -192,9 +256,10 @@ def quantize_data_aware(
         s = folded[activation].scales[:, None] if activation in folded else np.float32(1.0)
         for la in layers:
             if la.name in int8:
-                la.quant = quantize_rtn(la.weight * s, 8, cfg.block_size)
+                la.quant = quantize_rtn(weight(la) * s, 8, cfg.block_size)
                 la.record = replace(la.record, bits=8, method="rtn")  # type: ignore[type-var]
             written[la.name] = matmulnbits_node(model, nodes[la.name], la.quant, accuracy_level=cfg.accuracy_level)  # type: ignore[arg-type]
+            la.quant = None  # packed into the graph: the codes go
     rewritten = [written.get(n.name, n) for n in model.graph.node]
     del model.graph.node[:]
     model.graph.node.extend(rewritten)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from modelpress.quantize.blockwise import BlockQuant, block_scales
+from modelpress.quantize.blockwise import BlockQuant, block_scales, column_chunks
 
 DAMP = 0.01
 LAZY_ROWS = 128
@@ -32,14 +32,25 @@ def inverse_cholesky(xtx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gptq_quantize(w: np.ndarray, xtx: np.ndarray, *, bits: int, block: int) -> BlockQuant:
-    """``w`` [K, N] quantized by GPTQ against the Hessian ``xtx`` [K, K]."""
+    """``w`` [K, N] quantized by GPTQ against the Hessian ``xtx`` [K, K]. Output columns are
+    independent (H is shared): they are done a chunk at a time to bound the float64 working copy."""
     k, n = w.shape
     u, dead = inverse_cholesky(xtx)
-    work = w.astype(np.float64).copy()  # rows are updated in place as errors arrive
-    work[dead] = 0.0
     kp = k + (-k % block)
     codes = np.zeros((kp, n), np.int8)
     scales = np.zeros((kp // block, n), np.float32)
+    for columns in column_chunks(n):
+        work = w[:, columns].astype(np.float64)  # rows are updated in place as errors arrive
+        work[dead] = 0.0
+        _gptq_columns(work, u, codes[:, columns], scales[:, columns], bits=bits, block=block)
+    return BlockQuant(codes, scales, bits, block, k)
+
+
+def _gptq_columns(
+    work: np.ndarray, u: np.ndarray, codes: np.ndarray, scales: np.ndarray, *, bits: int, block: int
+) -> None:
+    """GPTQ on the columns of ``work`` [K, n] (consumed), writing their ``codes`` and ``scales``."""
+    k, n = work.shape
     half = 1 << (bits - 1)
     lazy = max(LAZY_ROWS // block, 1) * block  # a whole number of blocks: a block's scale sees its rows updated
     for start in range(0, k, lazy):
@@ -55,4 +66,3 @@ def gptq_quantize(w: np.ndarray, xtx: np.ndarray, *, bits: int, block: int) -> B
             work[i + 1 : stop] -= np.outer(u[i, i + 1 : stop], err)
             errs[i - start] = err
         work[stop:] -= u[start:stop, stop:].T @ errs
-    return BlockQuant(codes, scales, bits, block, k)

@@ -12,6 +12,7 @@ static calibration drops them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -65,6 +66,16 @@ class ActivationStats:
         return (self.abs_sum / max(self.count, 1)).astype(np.float32)
 
 
+def rows_kept(channels: int, sample_rows: int) -> int:
+    """How many sample rows an activation of ``channels`` keeps (at most :data:`SAMPLE_BYTES`)."""
+    return max(16, min(sample_rows, SAMPLE_BYTES // (4 * channels)))
+
+
+def stats_bytes(channels: int, sample_rows: int, hessian: bool) -> int:
+    """The bytes one activation's statistics hold: its row sample, and XᵀX for GPTQ."""
+    return 4 * channels * rows_kept(channels, sample_rows) + (4 * channels * channels if hessian else 0)
+
+
 def collect_activation_stats(
     model: onnx.ModelProto,
     activations: Mapping[str, int],
@@ -73,11 +84,15 @@ def collect_activation_stats(
     sample_rows: int,
     hessian: bool,
     exclude_padding: bool = True,
+    seeds: Mapping[str, int] | None = None,
+    weights_dir: Path | None = None,
+    desc: str = "int4 calibration",
 ) -> dict[str, ActivationStats]:
     """{activation: its statistics}, from one pass of the fp32 ``model`` over ``feeds``;
-    ``activations`` maps each tensor name to its channel count."""
+    ``activations`` maps each tensor name to its channel count; ``seeds`` each one's sampling seed
+    (default: its position), so a pass over part of the activations samples as the whole pass would."""
     stats = {
-        n: ActivationStats(c, max(16, min(sample_rows, SAMPLE_BYTES // (4 * c))), hessian, seed=i)
+        n: ActivationStats(c, rows_kept(c, sample_rows), hessian, seed=seeds[n] if seeds is not None else i)
         for i, (n, c) in enumerate(activations.items())
     }
-    return stream_stats(model, stats, feeds, exclude_padding=exclude_padding, desc="int4 calibration")
+    return stream_stats(model, stats, feeds, exclude_padding=exclude_padding, desc=desc, weights_dir=weights_dir)

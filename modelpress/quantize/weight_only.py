@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -34,6 +35,7 @@ from modelpress.errors import BadInputError
 from modelpress.fileio import copy_model, load_onnx, save_onnx
 from modelpress.quantize.config import QuantizeConfig
 from modelpress.quantize.int4_data import quantize_data_aware
+from modelpress.quantize.offload import offload, reload
 from modelpress.quantize.ort_ops import plain_gemm
 from modelpress.quantize.static import QuantizeSummary, excluded_nodes
 from modelpress.quantize.targets import fold_weight_transposes
@@ -190,6 +192,7 @@ def quantize_weights_only(
     # node names or module paths, as static int8 reads them (the rewritten Gemms keep their names)
     wanted_fp32 = set(excluded_nodes(original, cfg.nodes_to_exclude, source=onnx_path))
     model = gemms_as_matmuls(fold_weight_transposes(original, keep=wanted_fp32))
+    del original  # the data-aware path frees the in-memory weights: no other reference may hold them
     eligible = _weight_matmuls(model)
     if not eligible:
         raise BadInputError(f"{onnx_path}: no MatMul/Gemm node with a constant weight for weight-only quantization")
@@ -210,10 +213,17 @@ def quantize_weights_only(
             )
         log.info("int4 %s from the calibration set (int8 budget %.0f %%)", cfg.int4_method, 100 * cfg.int8_budget)
         targets = [n for n in eligible if n not in wanted_fp32]
-        qmodel, layers = quantize_data_aware(model, targets, feeds, cfg, tied_heads=set(tied.values()))
+        # beside the output (the same disk as the export), never a RAM-backed /tmp
+        with tempfile.TemporaryDirectory(prefix=".int4-weights-", dir=Path(out_path).parent) as work:
+            model = offload(model, Path(work))  # rebound: the in-memory weights are freed
+            qmodel, layers = quantize_data_aware(
+                model, targets, feeds, cfg, tied_heads=set(tied.values()), weights_dir=Path(work)
+            )
+            shared = share_tied_tables(qmodel, tied)  # before reloading: a shared table stays on disk
+            reload(qmodel, Path(work))
     else:
         qmodel = _ort_rtn(model, excluded, cfg)
-    shared = share_tied_tables(qmodel, tied)
+        shared = share_tied_tables(qmodel, tied)
     if shared:
         log.info("tied embedding %s reads the LM head's quantized weight", ", ".join(shared))
     # the quantizers name each new node "<name>_Q<bits>"; the summary speaks of the graph's names
