@@ -409,7 +409,8 @@ def render_lm_scale(data: dict) -> str:
         rows = []
         for mode, run in block["runs"].items():
             stages = run.get("stages", {})
-            cell = {k: f"{fmt(v['seconds'], 0)} s / {fmt(v['peak_rss_mb'] / 1e3, 2)} GB" for k, v in stages.items()}
+            # peak_rss_mb is MiB (psutil's bytes / 2^20): shown in GiB
+            cell = {k: f"{fmt(v['seconds'], 0)} s / {fmt(v['peak_rss_mb'] / 1024, 2)} GiB" for k, v in stages.items()}
             files = run.get("files_mb", {})
             rows.append(
                 [
@@ -417,7 +418,7 @@ def render_lm_scale(data: dict) -> str:
                     cell.get("export", "-"),
                     cell.get("quantize", "-"),
                     cell.get("validate", "-"),
-                    f"{fmt(run['wall_seconds'], 0)} s / {fmt(run['peak_rss_mb'] / 1e3, 2)} GB "
+                    f"{fmt(run['wall_seconds'], 0)} s / {fmt(run['peak_rss_mb'] / 1024, 2)} GiB "
                     f"({fmt(run.get('peak_rss_over_fp32_weights'), 2)}× the weights)",
                     ", ".join(f"{k} {fmt(v, 1)} MB" for k, v in files.items()) or "-",
                     str(run.get("exit_code")),

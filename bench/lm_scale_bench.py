@@ -15,8 +15,9 @@ memory, and the file sizes. Results go to ``bench/results/lm_scale.json``.
 Memory: one run at a time, under the shared big-job lock (measured here at 0.5 B, contended: int4 6.6 GB before
 the export and quantize stages stopped holding the PyTorch weights beside ONNX Runtime's, export 3.1 GB and
 quantize 4.7 GB after; validation 6.2 GB before it kept KL sums instead of every model's log-probs and ran
-the teacher alone, 4.2 GB after: int4 4.68 GB whole run, 2.48x the fp32 weights; static W8A8 past 16.9 GB, not
-re-measured). Peak RSS is valid under contention; timings
+the teacher alone, 4.2 GB after: int4 4.68 GB whole run, 2.48x the fp32 weights; static W8A8 past 16.5 GiB and
+GPTQ 14.0 GiB before the fp32 weights stayed on disk while quantizing, about 4.3 GiB each after, alone). Peak RSS is
+valid under contention; timings
 from a contended machine are indicative only.
 """
 

@@ -46,7 +46,7 @@ from onnx import TensorProto, helper, numpy_helper
 from modelpress.errors import BadInputError
 from modelpress.export.onnx_export import ExportResult
 from modelpress.export.parity import ParityReport, compare_outputs
-from modelpress.fileio import EXTERNAL_DATA_BYTES, save_onnx
+from modelpress.fileio import EXTERNAL_DATA_BYTES, external_tensor, save_onnx
 from modelpress.memory import release_weight_pages
 from modelpress.kv_cache import FIXED_INPUTS, LOGITS_TO_KEEP, PADDING_KEY, KVLayout
 from modelpress.kv_cache import fused_graph_unsupported as supports
@@ -72,15 +72,7 @@ class _Graph:
         if self.data is None or array.nbytes < 1024:
             self.inits.append(numpy_helper.from_array(array, name))
             return name
-        offset = -self.data.tell() % 4096 + self.data.tell()  # page-aligned: ONNX Runtime can map it
-        self.data.seek(offset)
-        self.data.write(array.data)  # the array's own memory, not a copy
-        tensor = onnx.TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        for key, value in (("location", self.location), ("offset", str(offset)), ("length", str(array.nbytes))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
-        self.inits.append(tensor)
+        self.inits.append(external_tensor(self.data, self.location, array, name))
         return name
 
     def node(self, op: str, inputs: list[str], outputs: int | list[str] = 1, *, name: str, **attrs: Any) -> list[str]:

@@ -182,6 +182,8 @@ def fuse_exported(
     file itself on ``feed`` (fp32 against fp32); None where it carries none, the fusion finds no
     attention or misses parity."""
 
+    if fusion_metadata(load_onnx(model_path, load_external_data=False)) is None:
+        return None  # read without its weights: a decoder's are GBs, and it carries none
     model = load_onnx(model_path)
     info = fusion_metadata(model)
     if info is None or model.ByteSize() > 1_800_000_000:  # the fusion copies the graph in one protobuf

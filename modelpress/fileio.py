@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 from modelpress.errors import BadInputError
 import tempfile
 
@@ -168,6 +170,24 @@ def session_from_model(model, options, providers=("CPUExecutionProvider",), *, w
             onnx.load_external_data_for_model(model, work)
             for tensor in model.graph.initializer:
                 tensor.ClearField("data_location")  # as it was: unset, not DEFAULT
+
+
+def external_tensor(data: Any, location: str, array: Any, name: str):
+    """``array`` appended to the open binary file ``data`` (at a page-aligned offset: ONNX Runtime can
+    map it), and the ``TensorProto`` that refers to it as external data at ``location`` (the file's
+    name, relative to the model's folder). The array's own memory is written, not a copy."""
+    import onnx
+
+    array = np.ascontiguousarray(array)
+    offset = -data.tell() % 4096 + data.tell()
+    data.seek(offset)
+    data.write(array.data)
+    tensor = onnx.TensorProto(name=name, dims=array.shape, data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(array.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
 
 
 def copy_model(model):

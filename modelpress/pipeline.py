@@ -309,6 +309,7 @@ def _press(run: Run, deployed: Any, artifacts: list) -> _Pressed:
     )
     with run.meter.stage("artifacts"):
         extras = write_artifacts(run, quant, artifacts)
+    quant.close()  # the plan's fp32 weights' work folder is in the staging folder: gone before publishing
     return _Pressed(deployed, exported, quant, enc, extras)
 
 

@@ -312,9 +312,10 @@ def test_gptq_by_column_chunks_equals_gptq_on_the_whole_weight(monkeypatch):
 
 
 def test_offloaded_weights_leave_memory_and_come_back_equal(tmp_path):
-    """``offload`` keeps only references in the model it returns; ``array`` reads each weight back
-    and ``reload`` restores the rest, bit for bit."""
-    from modelpress.quantize.offload import array, offload, reload
+    """``offload`` keeps only references in the model it returns; ``DiskWeights`` reads each weight
+    back, writes new large ones beside them (page-aligned, appended) and ``reload`` restores the
+    rest, bit for bit; ``close`` removes its folder."""
+    from modelpress.quantize.offload import DiskWeights, offload
 
     rng = np.random.default_rng(0)
     values = {f"w{i}": rng.standard_normal((64, 32)).astype(np.float32) for i in range(3)}
@@ -326,12 +327,49 @@ def test_offloaded_weights_leave_memory_and_come_back_equal(tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
         [numpy_helper.from_array(v, k) for k, v in values.items()],
     )
-    skeleton = offload(helper.make_model(graph), tmp_path)
+    (tmp_path / "model.onnx").write_bytes(b"")
+    weights = DiskWeights.beside(tmp_path / "model.onnx", ".w-")
+    skeleton = offload(helper.make_model(graph), weights.folder)
     held = {t.name: len(t.raw_data) for t in skeleton.graph.initializer}
     assert held["tiny"] == 16 and all(held[f"w{i}"] == 0 for i in range(3))
     for tensor in skeleton.graph.initializer:
-        np.testing.assert_array_equal(array(tensor, tmp_path), values[tensor.name])
-    reload(skeleton, tmp_path)
+        np.testing.assert_array_equal(weights.array(tensor), values[tensor.name])
+    for i in range(2):  # two appended to one file, each at its own page
+        values[f"new{i}"] = rng.standard_normal((33, 17)).astype(np.float32)
+        written = weights.tensor(values[f"new{i}"], f"new{i}")
+        assert written.data_location == TensorProto.EXTERNAL and int(written.external_data[1].value) % 4096 == 0
+        skeleton.graph.initializer.append(written)
+    assert weights.tensor(np.ones(3, np.float32), "small").raw_data  # small: in the graph
+    weights.reload(skeleton)
     for tensor in skeleton.graph.initializer:
         assert not tensor.HasField("data_location")
         np.testing.assert_array_equal(numpy_helper.to_array(tensor), values[tensor.name])
+    weights.close()
+    assert not weights.folder.exists()
+
+
+def test_a_read_only_model_folder_puts_the_weights_work_folder_in_the_temporary_folder(tmp_path, monkeypatch):
+    """The work folder goes beside the model; where that folder cannot be written (a read-only model
+    store: simulated, as root writes anywhere) it goes to the system's temporary folder instead."""
+    import tempfile
+    from pathlib import Path
+
+    from modelpress.quantize import offload
+
+    store = tmp_path / "store"
+    store.mkdir()
+    beside = offload.DiskWeights.beside(store / "model.onnx", ".w-")
+    assert beside.folder.parent == store
+    beside.close()
+    real = tempfile.TemporaryDirectory
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == store:
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(offload.tempfile, "TemporaryDirectory", read_only)
+    weights = offload.DiskWeights.beside(store / "model.onnx", ".w-")
+    assert weights.folder.parent == Path(tempfile.gettempdir()) and weights.folder.is_dir()
+    weights.close()
+    assert not weights.folder.exists()

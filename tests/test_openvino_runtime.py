@@ -228,6 +228,8 @@ def test_a_run_builds_measures_and_gates_every_runtime(both_runtimes, data_files
     assert meta["runtimes"] == {"onnxruntime": "model.int8.onnx", "openvino": "openvino/model.xml"}
     manifest = json.loads((root / "manifest.json").read_text())
     assert {"openvino/model.xml", "openvino/model.bin"} <= set(manifest["files"]) and verify(root) == []
+    # the plan's fp32 weights lived in a work folder in the staging folder until the IR was written
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".")]
     # openvino-f32: the fp32 export on OpenVINO, a candidate for the default (validate.select)
     assert list(report["models"]) == ["teacher", "onnx-fp32", "int8", "int8-openvino", "openvino-f32"]
     offered = {c["name"]: (c["runtime"], c["precision"], c["file"]) for c in report["selection"]["candidates"]}

@@ -427,10 +427,9 @@ def test_the_per_node_analysis_holds_one_batch_and_equals_the_whole_set_at_once(
     once (numpy on the fp32 graph's node inputs, the plan's scales)."""
     import onnxruntime as ort
 
-    from modelpress.quantize import analysis
+    from modelpress.quantize import analysis, blockwise
     from modelpress.quantize.calibrate import _session_with_outputs, _token_rows
     from modelpress.quantize.static import plan_quantization
-    from modelpress.quantize.targets import weight_array
 
     plan = plan_quantization(bert_onnx.onnx_path, cal_feed, QuantizeConfig())
     feeds = list(cal_feed)[:3]
@@ -443,17 +442,18 @@ def test_the_per_node_analysis_holds_one_batch_and_equals_the_whole_set_at_once(
         return real_run(self, names, feed, *args)
 
     monkeypatch.setattr(ort.InferenceSession, "run", run)
+    monkeypatch.setattr(blockwise, "COLUMNS", 5)  # every weight by chunks of columns too (an LM head's bound)
     errors = {e.node: e for e in analysis.analyze_plan(plan, feeds)}
     assert len(runs) == len(feeds)  # one session run per batch: nothing re-run, nothing held across
     monkeypatch.setattr(ort.InferenceSession, "run", real_run)
 
     acts = list(dict.fromkeys(t.activation for t in plan.targets))
-    session = _session_with_outputs(plan.model, acts)
+    session = _session_with_outputs(plan.model, acts, weights_dir=plan.weights.folder)  # its weights are on disk
     names = [i.name for i in session.get_inputs()]
     outs = [dict(zip(acts, session.run(acts, {k: f[k] for k in names}))) for f in feeds]
     for t in plan.targets:
         x = np.concatenate([_token_rows(o[t.activation], f["attention_mask"]) for o, f in zip(outs, feeds)])
-        w = weight_array(plan.model, t.weight).astype(np.float32)
+        w = plan.weight(t.weight).astype(np.float32)
         p = plan.activation_quant(t.activation)
         xq = (np.clip(np.round(x / p.scale) + p.zero_point, 0, 255) - p.zero_point) * p.scale
         scale = np.abs(w).max(axis=0) / 127  # per output channel, symmetric

@@ -18,10 +18,10 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from modelpress.export.names import module_names
+from modelpress.quantize.blockwise import column_chunks
 from modelpress.quantize.calibrate import _session_with_outputs, _token_rows
 from modelpress.quantize.qdq import ActivationQuant, quantize_weight
 from modelpress.quantize.static import QuantPlan
-from modelpress.quantize.targets import weight_array
 import torch
 import torch.nn.functional as F
 
@@ -96,7 +96,7 @@ def analyze_plan(
     every batch's inputs of every node was 1.5 GB and its concatenated copy as much again at 0.5 B)."""
     feeds = list(itertools.islice(iter(feeds), max_batches))
     acts = list(dict.fromkeys(t.activation for t in plan.targets))
-    session = _session_with_outputs(plan.model, acts)
+    session = _session_with_outputs(plan.model, acts, weights_dir=plan.weights.folder if plan.weights else None)
     input_names = [i.name for i in session.get_inputs()]
     nodes = {n.name: n for n in plan.model.graph.node}
     energy = {t.node_name: dict.fromkeys(("ref", "both", "w", "a"), 0.0) for t in plan.targets}
@@ -131,7 +131,7 @@ def analyze_plan(
 
 def _add_energies(energy: dict, plan: QuantPlan, t: Any, value: np.ndarray, rows: np.ndarray, nodes: dict) -> None:
     """One batch's ‖y‖² and ‖y − ŷ‖² (both quantized, weight only, activation only) of target ``t``."""
-    w = weight_array(plan.model, t.weight).astype(np.float32)
+    w = plan.weight(t.weight).astype(np.float32, copy=False)
     if t.op_type == "Conv":  # the whole NCHW input through the node's own convolution
         x = value.astype(np.float32)
         apply = _convolution(nodes[t.node_name])
@@ -144,12 +144,21 @@ def _add_energies(energy: dict, plan: QuantPlan, t: Any, value: np.ndarray, rows
             axis = 1
         else:
             axis = t.weight_axis
-    wq = fake_quant_weight(w, axis=axis, per_channel=plan.cfg.per_channel, qmax=plan.cfg.weight_qmax)
     xq = fake_quant_activation(x, plan.activation_quant(t.activation))
-    y = apply(x, w)
-    energy["ref"] += float(np.sum(y.astype(np.float64) ** 2))
-    for name, yq in (("both", apply(xq, wq)), ("w", apply(x, wq)), ("a", apply(xq, w))):
-        energy[name] += float(np.sum((y - yq).astype(np.float64) ** 2))
+    # per output column, the columns are independent: a wide weight (a 151,936-word LM head: 0.6 GB, and
+    # each product as much) goes a chunk of columns at a time
+    by_column = t.op_type != "Conv" and plan.cfg.per_channel and axis == w.ndim - 1
+    for c in column_chunks(w.shape[-1]) if by_column else [slice(None)]:
+        wc = w[..., c]
+        wq = fake_quant_weight(wc, axis=axis, per_channel=plan.cfg.per_channel, qmax=plan.cfg.weight_qmax)
+        y = apply(x, wc)
+        energy["ref"] += _sum_sq(y)
+        for name, yq in (("both", apply(xq, wq)), ("w", apply(x, wq)), ("a", apply(xq, wc))):
+            energy[name] += _sum_sq(y - yq)
+
+
+def _sum_sq(a: np.ndarray) -> float:
+    return float(np.sum(a.astype(np.float64) ** 2))
 
 
 def plot_errors(errors: list[NodeError], path: Path, *, top: int = 40) -> Path | None:

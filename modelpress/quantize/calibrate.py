@@ -114,6 +114,7 @@ def collect_stats(
     num_bins: int = 2048,
     exclude_padding: bool = True,
     desc: str = "calibrating",
+    weights_dir: Path | None = None,
 ) -> dict[str, TensorStats]:
     stats = {n: TensorStats(num_bins=num_bins, histogram=histogram) for n in dict.fromkeys(tensor_names)}
-    return stream_stats(model, stats, feeds, exclude_padding=exclude_padding, desc=desc)
+    return stream_stats(model, stats, feeds, exclude_padding=exclude_padding, desc=desc, weights_dir=weights_dir)

@@ -15,11 +15,17 @@ import onnx
 from onnx import numpy_helper
 
 from modelpress.fileio import copy_model
+from modelpress.quantize.offload import DiskWeights
 
 
 class GraphEditor:
-    def __init__(self, model: onnx.ModelProto) -> None:
+    """``weights``: where the model's weights are when it is offloaded (``offload``): read from there,
+    and every new or replaced large weight is written there too (:meth:`DiskWeights.reload` brings
+    back what the finished graph reads)."""
+
+    def __init__(self, model: onnx.ModelProto, weights: DiskWeights | None = None) -> None:
         self.model = copy_model(model)  # past 2 GiB too
+        self.weights = weights
         self.graph = self.model.graph
         self.inits = {i.name: i for i in self.graph.initializer}
         self.nodes = {n.name: n for n in self.graph.node}
@@ -41,16 +47,23 @@ class GraphEditor:
         return tensor in {o.name for o in self.graph.output}
 
     def array(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.inits[name])
+        tensor = self.inits[name]
+        return self.weights.array(tensor) if self.weights is not None else numpy_helper.to_array(tensor)
 
     def add_initializer(self, value: np.ndarray | onnx.TensorProto, name: str | None = None) -> str:
-        tensor = value if isinstance(value, onnx.TensorProto) else numpy_helper.from_array(value, name)
+        if isinstance(value, onnx.TensorProto):
+            tensor = value
+        elif self.weights is not None:
+            tensor = self.weights.tensor(value, name)  # type: ignore[arg-type]  # a name comes with an array
+        else:
+            tensor = numpy_helper.from_array(value, name)
         self.graph.initializer.append(tensor)
         self.inits[tensor.name] = self.graph.initializer[-1]
         return tensor.name
 
     def replace_initializer(self, name: str, value: np.ndarray) -> None:
-        self.inits[name].CopyFrom(numpy_helper.from_array(value, name))
+        tensor = self.weights.tensor(value, name) if self.weights is not None else numpy_helper.from_array(value, name)
+        self.inits[name].CopyFrom(tensor)
 
     def insert_before(self, node_name: str, *nodes: onnx.NodeProto) -> None:
         self._before[self.position[node_name]].extend(nodes)

@@ -28,8 +28,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -40,7 +39,7 @@ from modelpress.quantize.config import QuantizeConfig
 from modelpress.quantize.int4_awq import AwqScales, clip_search, output_error, search_scales
 from modelpress.quantize.int4_gptq import gptq_quantize
 from modelpress.quantize.int4_stats import ActivationStats, collect_activation_stats, stats_bytes
-from modelpress.quantize.offload import array
+from modelpress.quantize.offload import DiskWeights
 from modelpress.quantize.static import LayerQuant
 
 log = logging.getLogger(__name__)
@@ -148,9 +147,7 @@ def _keep_int8(layers: list[_Layer], budget: float) -> set[str]:
     return kept
 
 
-def _fold_scales(
-    model: onnx.ModelProto, activation: str, s: np.ndarray, group: list[str], weights_dir: Path | None
-) -> str:
+def _fold_scales(model: onnx.ModelProto, activation: str, s: np.ndarray, group: list[str], read: Callable) -> str:
     """Divide ``activation`` by ``s`` for the MatMuls of ``group``: in its norm's weights when it comes
     straight from one and only the group reads it, else through a new ``Mul``. Returns where."""
     graph = model.graph
@@ -164,12 +161,12 @@ def _fold_scales(
             present = [i for i in slots if i < len(producer.input) and producer.input[i]]
             if all(producer.input[i] in inits for i in present):
                 for i in present:
-                    producer.input[i] = _divided(model, inits[producer.input[i]], s, producer.name, weights_dir)
+                    producer.input[i] = _divided(model, inits[producer.input[i]], s, producer.name, read)
                 return "norm"
         consts = [i for i, name in enumerate(producer.input) if name in inits]
         if producer.op_type == "Mul" and len(consts) == 1 and inits[producer.input[consts[0]]].dims[-1:] == [s.size]:
             slot = consts[0]
-            producer.input[slot] = _divided(model, inits[producer.input[slot]], s, producer.name, weights_dir)
+            producer.input[slot] = _divided(model, inits[producer.input[slot]], s, producer.name, read)
             return "norm"
     scaled, inv = f"{activation}_awq", f"{activation}_awq_inv_scale"
     graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv))
@@ -181,12 +178,10 @@ def _fold_scales(
     return "mul"
 
 
-def _divided(
-    model: onnx.ModelProto, tensor: onnx.TensorProto, s: np.ndarray, owner: str, weights_dir: Path | None
-) -> str:
+def _divided(model: onnx.ModelProto, tensor: onnx.TensorProto, s: np.ndarray, owner: str, read: Callable) -> str:
     """A new initializer: ``tensor`` ÷ ``s`` along its last axis (the old one may be shared)."""
     name = f"{tensor.name}_awq_of_{owner}"
-    value = array(tensor, weights_dir).astype(np.float32) / s
+    value = read(tensor).astype(np.float32) / s
     model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
     return name
 
@@ -198,11 +193,11 @@ def quantize_data_aware(
     cfg: QuantizeConfig,
     *,
     tied_heads: set[str],
-    weights_dir: Path | None = None,
+    weights: DiskWeights | None = None,
 ) -> tuple[onnx.ModelProto, list[LayerQuant]]:
     """``model`` (edited in place) with each of ``targets`` (MatMul names, constant [K, N] weights) as
-    ``MatMulNBits`` of the method's integers; one record per MatMul. ``weights_dir``: the folder
-    holding ``model``'s weights (``offload``); those not replaced are still there on return."""
+    ``MatMulNBits`` of the method's integers; one record per MatMul. ``weights``: where ``model``'s
+    weights are when it is offloaded; those not replaced are still there on return."""
     inits = {i.name: i for i in model.graph.initializer}
     wanted = set(targets)
     groups: dict[str, list[_Layer]] = defaultdict(list)
@@ -218,8 +213,10 @@ def quantize_data_aware(
         log.info("int4 %s: statistics in %d calibration passes (memory bound)", cfg.int4_method, len(passes))
     seeds = {a: i for i, a in enumerate(groups)}
 
+    read = weights.array if weights is not None else numpy_helper.to_array
+
     def weight(la: _Layer) -> np.ndarray:
-        return array(inits[la.tensor], weights_dir).astype(np.float32)
+        return read(inits[la.tensor]).astype(np.float32, copy=False)
 
     folded: dict[str, AwqScales] = {}
     for number, activations in enumerate(passes, 1):
@@ -231,7 +228,7 @@ def quantize_data_aware(
             hessian=hessian,
             exclude_padding=cfg.exclude_padding,
             seeds=seeds,
-            weights_dir=weights_dir,
+            weights_dir=weights.folder if weights is not None else None,
             desc="int4 calibration" if len(passes) == 1 else f"int4 calibration {number}/{len(passes)}",
         )
         for activation in activations:
@@ -248,7 +245,7 @@ def quantize_data_aware(
     every = [la for layers in groups.values() for la in layers]
     int8 = _keep_int8(every, cfg.int8_budget) if cfg.int8_budget > 0 else set()
     for activation, scales in folded.items():
-        where = _fold_scales(model, activation, scales.scales, [la.name for la in groups[activation]], weights_dir)
+        where = _fold_scales(model, activation, scales.scales, [la.name for la in groups[activation]], read)
         log.debug("AWQ scales of %s (alpha %.2f) folded into the %s", activation, scales.alpha, where)
     nodes = {n.name: n for n in model.graph.node}
     written = {}

@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto
 
 from modelpress.quantize.graph import GraphEditor
+from modelpress.quantize.offload import DiskWeights
 from modelpress.quantize.qdq import activation_params, quantize_weight
 from modelpress.quantize.stats import TensorRange
 from modelpress.quantize.targets import QuantTarget
@@ -87,10 +88,11 @@ def insert_ort_int8(
     *,
     per_channel: bool = True,
     weight_qmax: int = 127,
+    weights: DiskWeights | None = None,
 ) -> onnx.ModelProto:
     """MatMul targets (and plain Gemm ones, :func:`ort_gemm`) become MatMulIntegerToFloat and
     Attention targets QAttention (u8 activations, s8 per-column weights)."""
-    g = GraphEditor(model)
+    g = GraphEditor(model, weights)
     quantized_acts: dict[str, str] = {}
     for t in sorted(targets, key=lambda t: g.position[t.node_name]):
         node = g.nodes[t.node_name]

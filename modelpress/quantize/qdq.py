@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto
 
 from modelpress.quantize.graph import GraphEditor
+from modelpress.quantize.offload import DiskWeights
 
 from modelpress.quantize.stats import TensorRange
 from modelpress.quantize.targets import QuantTarget, ScoreMatMul
@@ -86,8 +87,9 @@ def insert_qdq(
     symmetric_activations: bool,
     per_channel: bool = True,
     weight_qmax: int = 127,
+    weights: DiskWeights | None = None,
 ) -> onnx.ModelProto:
-    g = GraphEditor(model)
+    g = GraphEditor(model, weights)
     act_done: dict[str, str] = {}
     for t in sorted(targets, key=lambda t: g.position[t.node_name]):
         node = g.nodes[t.node_name]
@@ -118,13 +120,17 @@ def insert_qdq(
 
 
 def insert_score_qdq(
-    model: onnx.ModelProto, scores: list[ScoreMatMul], ranges: dict[str, TensorRange]
+    model: onnx.ModelProto,
+    scores: list[ScoreMatMul],
+    ranges: dict[str, TensorRange],
+    *,
+    weights: DiskWeights | None = None,
 ) -> onnx.ModelProto:
     """Symmetric int8 Q/DQ (zero point 0, one scale per tensor) on the Q and K projection outputs of
     each Q·Kᵀ MatMul, read only by the node on the way to that MatMul: the projection's other readers
     and the attention·V path keep fp32. Signed and symmetric is what NNCF writes there and what
     OpenVINO's int8 MHA kernel takes."""
-    g = GraphEditor(model)
+    g = GraphEditor(model, weights)
     for tensor, reader in dict.fromkeys(
         (t, r) for s in scores for t, r in ((s.query, s.query_reader), (s.key, s.key_reader))
     ):

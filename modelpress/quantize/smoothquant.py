@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from modelpress.quantize.graph import GraphEditor
+from modelpress.quantize.offload import DiskWeights
 from modelpress.quantize.smooth_fold import fold_division
 from modelpress.quantize.targets import QuantTarget
 
@@ -44,11 +45,13 @@ def apply_smoothing(
     alpha: float,
     *,
     factors_by_act: dict[str, np.ndarray] | None = None,
+    weights: DiskWeights | None = None,
 ) -> tuple[onnx.ModelProto, list[QuantTarget], dict[str, np.ndarray]]:
     """A smoothed copy of the model, the targets re-pointed at the smoothed activations, and the
     factors used (keyed by the new activation name). ``factors_by_act`` (keyed by the activation)
-    applies factors already chosen, on another form of the same graph (the fused one)."""
-    g = GraphEditor(model)
+    applies factors already chosen, on another form of the same graph (the fused one). ``weights``:
+    an offloaded model's (the rescaled weights are written there too)."""
+    g = GraphEditor(model, weights)
     weight_users: dict[str, int] = defaultdict(int)
     for node in g.graph.node:
         for name in node.input:

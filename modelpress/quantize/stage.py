@@ -37,6 +37,12 @@ class QuantizeOutcome:
     analysis_section: dict | None = None
     int8_classes: list | None = None  # quantize.int8_classes decisions (select.int8_classes = "auto")
 
+    def close(self) -> None:
+        """Remove the plan's weights work folder (``offload``): after the runtimes' artifacts, before
+        the bundle is published; nothing is written from the plan after."""
+        if self.plan is not None:
+            self.plan.close()
+
     def report_section(self, mode: str) -> dict[str, Any]:
         section = {**{k: v for k, v in self.summary.to_dict().items() if k != "tensors"}, "mode": mode}
         section["auto"] = self.auto

@@ -20,6 +20,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import onnx
 import psutil
+from onnx import numpy_helper
 
 from modelpress.errors import BadInputError
 from modelpress.fileio import load_onnx, save_onnx
@@ -27,6 +28,7 @@ from modelpress.export.names import matches, module_names
 from modelpress.quantize.calibrate import collect_stats
 from modelpress.quantize.config import QuantizeConfig
 from modelpress.quantize.fused import FusedPlan, carry_over
+from modelpress.quantize.offload import DiskWeights, offload
 from modelpress.quantize.ort_ops import insert_ort_int8, ort_gemm
 from modelpress.quantize.qdq import activation_params, insert_qdq, insert_score_qdq
 from modelpress.quantize.smoothquant import apply_smoothing
@@ -132,9 +134,21 @@ class QuantPlan:
     #: Q·Kᵀ MatMuls and the symmetric ranges of their Q/K projection outputs (cfg.int8_attention_scores)
     scores: list[ScoreMatMul] = field(default_factory=list)
     score_ranges: dict[str, TensorRange] = field(default_factory=dict)
+    #: where ``model``'s weights are (it is offloaded: ``offload``); they live until :meth:`close`
+    weights: DiskWeights | None = None
 
     def activation_quant(self, activation: str):
         return activation_params(self.ranges[activation], symmetric=self.cfg.activation_symmetric)
+
+    def weight(self, name: str) -> np.ndarray:
+        """The value of one of ``model``'s initializers."""
+        tensor = next(i for i in self.model.graph.initializer if i.name == name)
+        return self.weights.array(tensor) if self.weights is not None else numpy_helper.to_array(tensor)
+
+    def close(self) -> None:
+        """Remove the weights' work folder: nothing can be written from this plan after."""
+        if self.weights is not None:
+            self.weights.close()
 
 
 def plan_quantization(
@@ -147,6 +161,10 @@ def plan_quantization(
     model = load_onnx(model_path)
     excluded = excluded_nodes(model, cfg.nodes_to_exclude, source=model_path)
     model = fold_weight_transposes(model, keep=excluded)
+    # the fp32 weights on disk from here: calibration's sessions read them there, SmoothQuant writes
+    # its rescaled ones there, and the writers read each as they quantize it (0.5 B W8A8 passed 15 GB)
+    weights = DiskWeights.beside(Path(model_path), ".int8-weights-")
+    model = offload(model, weights.folder)  # rebound: the in-memory weights are freed
     all_matmuls = [n.name for n in model.graph.node if n.op_type in cfg.op_types]
     targets = find_targets(model, op_types=cfg.op_types, exclude=excluded)
     if not targets:
@@ -166,6 +184,7 @@ def plan_quantization(
         num_bins=cfg.num_bins,
         exclude_padding=cfg.exclude_padding,
         desc="calibrating (pass 1)",
+        weights_dir=weights.folder,
     )
     score_stats = {t: stats[t] for t in score_tensors}
     rss.sample()
@@ -177,6 +196,7 @@ def plan_quantization(
             targets,
             {a: s.channel_absmax() for a, s in stats.items() if a not in conv_acts},
             cfg.smoothquant_alpha,
+            weights=weights,
         )
         if needs_hist:
             stats = collect_stats(
@@ -187,6 +207,7 @@ def plan_quantization(
                 num_bins=cfg.num_bins,
                 exclude_padding=cfg.exclude_padding,
                 desc="calibrating (pass 2)",
+                weights_dir=weights.folder,
             )
             score_stats = {t: stats[t] for t in score_tensors}
             rss.sample()
@@ -227,6 +248,7 @@ def plan_quantization(
         fused,
         scores,
         score_ranges,
+        weights,
     )
 
 
@@ -288,7 +310,10 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
             if t.op_type == "Conv" or (t.op_type == "Gemm" and not ort_gemm(inits, nodes[t.node_name]))
         }
         matmuls = [t for t in ort_targets if t.activation not in qdq_acts]
-        qmodel = insert_ort_int8(base, matmuls, plan.ranges, per_channel=cfg.per_channel, weight_qmax=cfg.weight_qmax)
+        on_disk = plan.weights if base is plan.model else None  # the fused graph is in memory
+        qmodel = insert_ort_int8(
+            base, matmuls, plan.ranges, per_channel=cfg.per_channel, weight_qmax=cfg.weight_qmax, weights=on_disk
+        )
         rest = [t for t in ort_targets if t.activation in qdq_acts]
         if rest:
             qmodel = insert_qdq(
@@ -298,6 +323,7 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
                 symmetric_activations=False,
                 per_channel=cfg.per_channel,
                 weight_qmax=cfg.weight_qmax,
+                weights=on_disk,
             )
     else:
         qmodel = insert_qdq(
@@ -307,9 +333,12 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
             symmetric_activations=cfg.activation_symmetric,
             per_channel=cfg.per_channel,
             weight_qmax=cfg.weight_qmax,
+            weights=plan.weights,
         )
         if plan.scores:
-            qmodel = insert_score_qdq(qmodel, plan.scores, plan.score_ranges)
+            qmodel = insert_score_qdq(qmodel, plan.scores, plan.score_ranges, weights=plan.weights)
+    if plan.weights is not None:
+        plan.weights.reload(qmodel)  # what the int8 graph still reads of the fp32 weights
     save_onnx(qmodel, Path(out_path))
     scores = _scores_summary(plan)
     int8_scores = set(scores.matmuls) if scores is not None and scores.in_this_graph else set()

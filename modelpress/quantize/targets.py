@@ -216,10 +216,3 @@ def _reaches_softmax(tensor: str, readers, depth: int = 4) -> bool:
                     nxt.extend(node.output)
         frontier = nxt
     return False
-
-
-def weight_array(model: onnx.ModelProto, name: str):
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    raise KeyError(name)

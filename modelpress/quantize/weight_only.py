@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -35,7 +34,7 @@ from modelpress.errors import BadInputError
 from modelpress.fileio import copy_model, load_onnx, save_onnx
 from modelpress.quantize.config import QuantizeConfig
 from modelpress.quantize.int4_data import quantize_data_aware
-from modelpress.quantize.offload import offload, reload
+from modelpress.quantize.offload import DiskWeights, offload
 from modelpress.quantize.ort_ops import plain_gemm
 from modelpress.quantize.static import QuantizeSummary, excluded_nodes
 from modelpress.quantize.targets import fold_weight_transposes
@@ -213,14 +212,16 @@ def quantize_weights_only(
             )
         log.info("int4 %s from the calibration set (int8 budget %.0f %%)", cfg.int4_method, 100 * cfg.int8_budget)
         targets = [n for n in eligible if n not in wanted_fp32]
-        # beside the output (the same disk as the export), never a RAM-backed /tmp
-        with tempfile.TemporaryDirectory(prefix=".int4-weights-", dir=Path(out_path).parent) as work:
-            model = offload(model, Path(work))  # rebound: the in-memory weights are freed
+        weights = DiskWeights.beside(Path(out_path), ".int4-weights-")
+        try:
+            model = offload(model, weights.folder)  # rebound: the in-memory weights are freed
             qmodel, layers = quantize_data_aware(
-                model, targets, feeds, cfg, tied_heads=set(tied.values()), weights_dir=Path(work)
+                model, targets, feeds, cfg, tied_heads=set(tied.values()), weights=weights
             )
             shared = share_tied_tables(qmodel, tied)  # before reloading: a shared table stays on disk
-            reload(qmodel, Path(work))
+            weights.reload(qmodel)
+        finally:
+            weights.close()
     else:
         qmodel = _ort_rtn(model, excluded, cfg)
         shared = share_tied_tables(qmodel, tied)
