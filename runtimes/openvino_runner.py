@@ -182,12 +182,14 @@ def write_openvino_ir(outcome: Any, int8_onnx: Path, xml_path: Path, *, without:
     Where the plan quantizes attention scores (``quantize.attention_scores``, on by ``"auto"`` for
     VNNI/AMX targets) the Q/DQ form carries them: symmetric int8 Q and K projection outputs, which
     the plugin runs through its int8 MHA kernel (the Q·Kᵀ MatMuls are fp32 nodes of the ``ort``
-    graph, and ``keep_fp32`` names weight targets only). ``without``: op classes
-    (``quantize.int8_classes``) left f32 in the IR."""
+    graph, and ``keep_fp32`` names weight targets only). A convolutional network's residual Add and
+    pooling inputs are int8 in the IR only (``QuantPlan.eltwise``: NNCF's placement; OpenVINO then
+    keeps the data int8 between blocks). ``without``: op classes (``quantize.int8_classes``) left f32
+    in the IR."""
 
     log.info("converting the int8 model to OpenVINO IR (%s)", xml_path)
-    if outcome.plan.cfg.graph_format == "qdq" and not without:
-        return convert_to_ir(int8_onnx, xml_path)
+    if outcome.plan.cfg.graph_format == "qdq" and not without and not outcome.plan.eltwise:
+        return convert_to_ir(int8_onnx, xml_path)  # ONNX Runtime's Q/DQ file is already this graph
     with tempfile.TemporaryDirectory(prefix=".openvino-", dir=xml_path.parent.parent) as work:
         qdq = Path(work) / "model.int8.qdq.onnx"
         outcome.write_qdq(qdq, without=without)

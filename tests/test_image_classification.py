@@ -186,6 +186,68 @@ def test_conv_int8_has_per_channel_weights_and_tracks_fp32(tiny_resnet, images, 
     assert np.all(np.abs(w * scale[:, None, None, None] - original) <= scale[:, None, None, None] / 2 + 1e-7)
 
 
+def test_the_openvino_form_quantizes_residual_adds_and_pooling_as_nncf_places_them(
+    tiny_resnet, tiny_vit, images, tmp_path
+):
+    """Issue #23: NNCF's int8 ResNet IR quantizes the residual Adds' and the pooling nodes' inputs
+    beside the Convs'; ours did the Convs' only. The Q/DQ form OpenVINO reads now carries them too (a
+    tensor a Conv's pair already quantizes is read through that pair), ONNX Runtime's graph does not,
+    and a ViT (a Conv patch embedding, Adds feeding norms) has no such site."""
+    import onnxruntime as ort
+
+    from modelpress.calibration_data.feeds import ExampleFeed
+    from modelpress.export.onnx_export import export_onnx
+    from modelpress.modalities import get_modality
+    from modelpress.models import load_model_and_preprocessor
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import plan_quantization, write_quantized
+    from modelpress.quantize.targets import POOLING, find_eltwise_inputs, find_targets
+    from modelpress.tasks import configure_task
+
+    task = configure_task("image-classification")
+    image = get_modality("image")
+    for folder, name in ((tiny_vit, "vit"), (tiny_resnet, "resnet")):
+        model, processor = load_model_and_preprocessor(str(folder), task)
+        export_onnx(model, processor, tmp_path / f"{name}.onnx", task=task)
+    vit = onnx.load(str(tmp_path / "vit.onnx"))
+    ops = QuantizeConfig().op_types
+    assert any(n.op_type == "Conv" for n in vit.graph.node)
+    assert find_eltwise_inputs(vit, find_targets(vit, op_types=ops)) == []
+    fp32 = onnx.load(str(tmp_path / "resnet.onnx"))
+    produced = {o for n in fp32.graph.node for o in n.output}
+    residual = [n for n in fp32.graph.node if n.op_type == "Add" and all(x in produced for x in n.input)]
+    pools = [n for n in fp32.graph.node if n.op_type in POOLING or n.op_type == "ReduceMean"]
+    sites = find_eltwise_inputs(fp32, find_targets(fp32, op_types=ops))
+    assert residual and pools and len(sites) == 2 * len(residual) + len(pools)
+    feed = ExampleFeed(
+        image.load_examples(images / "calib", field="image", num_samples=None),
+        image.encoder(processor, input_names=("pixel_values",)),
+        batch_size=8,
+    )
+    plan = plan_quantization(tmp_path / "resnet.onnx", feed, QuantizeConfig(format="qdq"))
+    write_quantized(plan, tmp_path / "plain.onnx")
+    write_quantized(plan, tmp_path / "openvino.onnx", eltwise=True)
+    for path, quantized in (("plain", False), ("openvino", True)):
+        q = onnx.load(str(tmp_path / f"{path}.onnx"))
+        producers = {o: n for n in q.graph.node for o in n.output}
+        readers = {n.name: n for n in q.graph.node}
+        for site in sites:
+            source = producers[next(x for x in readers[site.reader].input if x.startswith(site.tensor))]
+            assert (source.op_type == "DequantizeLinear") == quantized, (path, site)
+    q = onnx.load(str(tmp_path / "openvino.onnx"))
+    targets = {t.activation for t in plan.targets}  # the Convs' inputs and the classifier's
+    own = {s.tensor for s in sites} - targets  # a Conv input among the sites reads the Conv's pair
+    assert own and len(own) < len(sites)
+    acts = [n for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(acts) == len(targets) + len(own)
+    batch = next(iter(feed))
+    out = {
+        k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"]).run(None, batch)[0]
+        for k in ("resnet", "plain", "openvino")
+    }
+    assert 0 < np.abs(out["openvino"] - out["resnet"]).max() < 0.1 * np.abs(out["resnet"]).max()
+
+
 # -- every family through `modelpress run` ------------------------------------------------------------
 @pytest.mark.parametrize("family", sorted(VISION_FAMILIES))
 def test_a_tiny_vision_model_goes_through_run_to_a_bundle(family, images, tmp_path):

@@ -19,7 +19,7 @@ from modelpress.quantize.graph import GraphEditor
 from modelpress.quantize.offload import DiskWeights
 
 from modelpress.quantize.stats import TensorRange
-from modelpress.quantize.targets import QuantTarget, ScoreMatMul
+from modelpress.quantize.targets import EltwiseInput, QuantTarget, ScoreMatMul
 
 
 @dataclass(frozen=True)
@@ -138,4 +138,31 @@ def insert_score_qdq(
         dequantized = _activation_qdq(g, tensor, f"{tensor}_scores", p, before=reader)
         node = g.nodes[reader]
         node.input[:] = [dequantized if name == tensor else name for name in node.input]
+    return g.finish()
+
+
+def insert_eltwise_qdq(
+    model: onnx.ModelProto,
+    sites: list[EltwiseInput],
+    ranges: dict[str, TensorRange],
+    *,
+    symmetric: bool,
+    weights: DiskWeights | None = None,
+) -> onnx.ModelProto:
+    """Int8 Q/DQ on each residual Add's and pooling node's input (``targets.find_eltwise_inputs``): a
+    tensor a Conv's Q/DQ pair already quantizes (the same calibrated range) is read through that
+    pair, as NNCF shares one FakeQuantize; else one new pair per tensor."""
+    g = GraphEditor(model, weights)
+    producer = {o: n.name for n in g.graph.node for o in n.output}
+    done: dict[str, str] = {}
+    for site in sites:
+        if site.tensor not in done:
+            shared = f"{site.tensor}_dequantized"
+            if shared in producer and g.position[producer[shared]] < g.position[site.reader]:
+                done[site.tensor] = shared
+            else:
+                p = activation_params(ranges[site.tensor], symmetric=symmetric)
+                done[site.tensor] = _activation_qdq(g, site.tensor, f"{site.tensor}_eltwise", p, before=site.reader)
+        node = g.nodes[site.reader]
+        node.input[:] = [done[site.tensor] if name == site.tensor else name for name in node.input]
     return g.finish()

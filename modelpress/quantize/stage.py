@@ -52,10 +52,11 @@ class QuantizeOutcome:
 
     # the runtimes write their artifacts from the plan through these (runtimes sit below the quantizer)
     def write_qdq(self, out_path: Path, *, without: Sequence[str] = ()) -> QuantizeSummary:
-        """The same plan in portable Q/DQ (what OpenVINO reads), the same nodes kept fp32; ``without``: op
-        classes (``int8_classes``) left fp32 as well."""
+        """The same plan in portable Q/DQ (what OpenVINO reads), the same nodes kept fp32, and a
+        convolutional network's residual Add and pooling inputs int8 too; ``without``: op classes
+        (``int8_classes``) left fp32 as well."""
         plan, keep = classes_without(self.plan, tuple(self.summary.fp32_nodes), without)
-        return write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), out_path, keep_fp32=keep)
+        return write_quantized(replace(plan, cfg=plan.cfg.with_(format="qdq")), out_path, keep_fp32=keep, eltwise=True)
 
     def rule_decisions(self, target: Any, runtime: str) -> list:
         """Each op class of the plan's Q/DQ form (the form with attention scores: what OpenVINO reads),

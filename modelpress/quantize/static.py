@@ -30,13 +30,15 @@ from modelpress.quantize.config import QuantizeConfig
 from modelpress.quantize.fused import FusedPlan, carry_over
 from modelpress.quantize.offload import DiskWeights, offload
 from modelpress.quantize.ort_ops import insert_ort_int8, ort_gemm
-from modelpress.quantize.qdq import activation_params, insert_qdq, insert_score_qdq
+from modelpress.quantize.qdq import activation_params, insert_eltwise_qdq, insert_qdq, insert_score_qdq
 from modelpress.quantize.smoothquant import apply_smoothing
 from modelpress.quantize.stats import TensorRange
 from modelpress.quantize.targets import (
+    EltwiseInput,
     QuantTarget,
     ScoreMatMul,
     find_attention_scores,
+    find_eltwise_inputs,
     find_targets,
     fold_weight_transposes,
 )
@@ -134,6 +136,10 @@ class QuantPlan:
     #: Q·Kᵀ MatMuls and the symmetric ranges of their Q/K projection outputs (cfg.int8_attention_scores)
     scores: list[ScoreMatMul] = field(default_factory=list)
     score_ranges: dict[str, TensorRange] = field(default_factory=dict)
+    #: a convolutional network's residual Add and pooling inputs, quantized in the Q/DQ form OpenVINO
+    #: reads (``write_quantized(eltwise=True)``), and their ranges
+    eltwise: list[EltwiseInput] = field(default_factory=list)
+    eltwise_ranges: dict[str, TensorRange] = field(default_factory=dict)
     #: where ``model``'s weights are (it is offloaded: ``offload``); they live until :meth:`close`
     weights: DiskWeights | None = None
 
@@ -176,9 +182,11 @@ def plan_quantization(
     acts = [t.activation for t in targets]
     scores = find_attention_scores(model) if cfg.int8_attention_scores else []
     score_tensors = list(dict.fromkeys(t for s in scores for t in (s.query, s.key)))
+    eltwise = find_eltwise_inputs(model, targets)
+    eltwise_tensors = list(dict.fromkeys(e.tensor for e in eltwise))
     stats = collect_stats(
         model,
-        acts + score_tensors,
+        acts + score_tensors + eltwise_tensors,
         feeds,
         histogram=needs_hist and not cfg.smoothquant,
         num_bins=cfg.num_bins,
@@ -187,6 +195,7 @@ def plan_quantization(
         weights_dir=weights.folder,
     )
     score_stats = {t: stats[t] for t in score_tensors}
+    eltwise_stats = {t: stats[t] for t in eltwise_tensors}
     rss.sample()
     if cfg.smoothquant:
         # Conv inputs are not smoothed (their statistics are not per input channel: NCHW)
@@ -201,7 +210,7 @@ def plan_quantization(
         if needs_hist:
             stats = collect_stats(
                 model,
-                [t.activation for t in targets] + score_tensors,
+                [t.activation for t in targets] + score_tensors + eltwise_tensors,
                 feeds,
                 histogram=True,
                 num_bins=cfg.num_bins,
@@ -210,6 +219,7 @@ def plan_quantization(
                 weights_dir=weights.folder,
             )
             score_stats = {t: stats[t] for t in score_tensors}
+            eltwise_stats = {t: stats[t] for t in eltwise_tensors}
             rss.sample()
         else:
             stats = _rescaled_minmax(stats, targets, factors)  # type: ignore[assignment]  # min/max: the same use
@@ -230,6 +240,11 @@ def plan_quantization(
         name: st.range(method, percentile=cfg.percentile, symmetric=True) for name, st in score_stats.items()
     }
     observed.update({name: (st.min, st.max) for name, st in score_stats.items()})
+    # as an activation's (a Conv input's: the same range, and the writer shares its pair)
+    eltwise_ranges = {}
+    for name, st in eltwise_stats.items():
+        eltwise_ranges[name] = st.range(method, percentile=cfg.percentile, symmetric=cfg.activation_symmetric)
+        observed[name] = (st.min, st.max)
     if scores:  # the same sites on the smoothed graph (its readers are the nodes a Q/DQ goes before)
         scores = [sc for sc in find_attention_scores(model) if {sc.query, sc.key} <= score_ranges.keys()]
     rss.sample()
@@ -248,6 +263,8 @@ def plan_quantization(
         fused,
         scores,
         score_ranges,
+        eltwise,
+        eltwise_ranges,
         weights,
     )
 
@@ -287,8 +304,12 @@ def for_tensorrt(plan: QuantPlan) -> QuantPlan:
     )
 
 
-def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[str, ...] = ()) -> QuantizeSummary:
-    """Write the Q/DQ model of a plan, leaving the nodes named in ``keep_fp32`` unquantized."""
+def write_quantized(
+    plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[str, ...] = (), eltwise: bool = False
+) -> QuantizeSummary:
+    """Write the Q/DQ model of a plan, leaving the nodes named in ``keep_fp32`` unquantized.
+    ``eltwise`` (the Q/DQ form OpenVINO reads): with int8 Convs, the plan's residual Add and pooling
+    inputs are quantized too."""
     cfg = plan.cfg
     targets = [t for t in plan.targets if t.node_name not in keep_fp32]
     if cfg.graph_format == "ort":
@@ -337,6 +358,10 @@ def write_quantized(plan: QuantPlan, out_path: str | Path, *, keep_fp32: tuple[s
         )
         if plan.scores:
             qmodel = insert_score_qdq(qmodel, plan.scores, plan.score_ranges, weights=plan.weights)
+        if eltwise and plan.eltwise and any(t.op_type == "Conv" for t in targets):
+            qmodel = insert_eltwise_qdq(
+                qmodel, plan.eltwise, plan.eltwise_ranges, symmetric=cfg.activation_symmetric, weights=plan.weights
+            )
     if plan.weights is not None:
         plan.weights.reload(qmodel)  # what the int8 graph still reads of the fp32 weights
     save_onnx(qmodel, Path(out_path))

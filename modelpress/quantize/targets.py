@@ -116,6 +116,64 @@ class ScoreMatMul:
     key_reader: str
 
 
+#: pooling ops whose input a convolutional network's int8 graph quantizes (OpenVINO then pools int8 data)
+POOLING = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
+
+
+@dataclass(frozen=True)
+class EltwiseInput:
+    """An input of a convolutional network's residual Add or pooling node (``reader``)."""
+
+    tensor: str
+    reader: str
+
+
+def find_eltwise_inputs(model: onnx.ModelProto, targets: list["QuantTarget"]) -> list[EltwiseInput]:
+    """Where a convolutional network's int8 graph for OpenVINO also quantizes (NNCF's placement: its
+    ResNet IR has FakeQuantize on these beside the Conv inputs): both inputs of each residual ``Add``
+    (two run-time inputs) whose output a Conv or a pooling node reads, directly or through a Relu,
+    and the input of each pooling node (a ``ReduceMean`` over H and W is one: the global average
+    pool). None without a Conv target, and none for a transformer's residual Adds (a ViT's patch
+    embedding is a Conv, but its Adds feed norms)."""
+    if not any(t.op_type == "Conv" for t in targets):
+        return []
+    graph = model.graph
+    produced = {o for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    inits = {i.name: i for i in graph.initializer}
+
+    def pools(node: onnx.NodeProto) -> bool:
+        if node.op_type in POOLING:
+            return True
+        if node.op_type != "ReduceMean":  # a global average pool, exported over H and W
+            return False
+        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        if axes is None and len(node.input) > 1 and node.input[1] in inits:
+            axes = numpy_helper.to_array(inits[node.input[1]]).tolist()
+        return axes is not None and set(axes) in ({2, 3}, {-2, -1})
+
+    def feeds_conv_or_pool(tensor: str) -> bool:
+        for reader in readers.get(tensor, []):
+            if reader.op_type == "Conv" or pools(reader):
+                return True
+            if reader.op_type == "Relu" and feeds_conv_or_pool(reader.output[0]):
+                return True
+        return False
+
+    sites: list[EltwiseInput] = []
+    for node in graph.node:
+        if node.op_type == "Add" and len(node.input) == 2 and all(x in produced for x in node.input):
+            if feeds_conv_or_pool(node.output[0]):
+                sites.extend(EltwiseInput(x, node.name) for x in node.input)
+        elif pools(node) and node.input[0] in produced:
+            sites.append(EltwiseInput(node.input[0], node.name))
+    return sites
+
+
 #: ops that only move or rename values: a Q/DQ before them quantizes exactly what comes out of them
 _LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Flatten"})
 #: ops between the score MatMul and its Softmax: the 1/√d scale, the additive mask, masked_fill
