@@ -312,10 +312,10 @@ def test_gptq_by_column_chunks_equals_gptq_on_the_whole_weight(monkeypatch):
 
 
 def test_offloaded_weights_leave_memory_and_come_back_equal(tmp_path):
-    """``offload`` keeps only references in the model it returns; ``DiskWeights`` reads each weight
+    """``DiskWeights.offload`` keeps only references in the model it returns; it reads each weight
     back, writes new large ones beside them (page-aligned, appended) and ``reload`` restores the
     rest, bit for bit; ``close`` removes its folder."""
-    from modelpress.quantize.offload import DiskWeights, offload
+    from modelpress.quantize.offload import DiskWeights
 
     rng = np.random.default_rng(0)
     values = {f"w{i}": rng.standard_normal((64, 32)).astype(np.float32) for i in range(3)}
@@ -329,7 +329,7 @@ def test_offloaded_weights_leave_memory_and_come_back_equal(tmp_path):
     )
     (tmp_path / "model.onnx").write_bytes(b"")
     weights = DiskWeights.beside(tmp_path / "model.onnx", ".w-")
-    skeleton = offload(helper.make_model(graph), weights.folder)
+    skeleton = weights.offload(helper.make_model(graph))
     held = {t.name: len(t.raw_data) for t in skeleton.graph.initializer}
     assert held["tiny"] == 16 and all(held[f"w{i}"] == 0 for i in range(3))
     for tensor in skeleton.graph.initializer:

@@ -4,7 +4,7 @@ pass the press's memory bound (issue #24: peak RSS ≤ 2.5× the fp32 weights). 
 (``weight_only`` → ``int4_data``) and static int8 (``static.plan_quantization``: calibration,
 SmoothQuant, the Q/DQ writers through ``graph.GraphEditor``) both work on an offloaded model.
 
-:func:`offload` writes the model's initializers to one external-data file in a work folder and
+:meth:`DiskWeights.offload` writes the model's initializers to one external-data file in a work folder and
 returns a new in-memory model that holds only their references: a calibration session (made from
 that folder, :func:`modelpress.fileio.session_from_model`) is then the only holder of the weights
 while it runs. :class:`DiskWeights` reads a weight back when its turn comes, writes new large
@@ -29,18 +29,8 @@ from onnx import numpy_helper
 from modelpress.fileio import external_tensor
 
 DATA_FILE = "weights.data"
-WRITTEN_FILE = "written.data"  # the weights made since (SmoothQuant's rescaled ones)
+WRITTEN_FILE = "written.data"  # the weights made since (SmoothQuant's rescaled ones, the int8 ones)
 INLINE_BYTES = 1024  # smaller tensors stay in the graph, as onnx's own size threshold leaves them
-
-
-def offload(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
-    """``model``'s skeleton, its initializers in ``folder``/:data:`DATA_FILE` (``model`` itself is left
-    pointing there too, its bytes held until the caller drops it)."""
-    path = folder / "offloaded.onnx"
-    onnx.save(model, str(path), save_as_external_data=True, location=DATA_FILE, size_threshold=INLINE_BYTES)
-    skeleton = onnx.load(str(path), load_external_data=False)
-    path.unlink()
-    return skeleton
 
 
 class DiskWeights:
@@ -60,6 +50,15 @@ class DiskWeights:
         except OSError:  # a read-only model folder (a shared model store)
             owner = tempfile.TemporaryDirectory(prefix=prefix)
         return cls(Path(owner.name), owner)
+
+    def offload(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """``model``'s skeleton, its initializers in the folder's :data:`DATA_FILE` (``model`` itself is
+        left pointing there too, its bytes held until the caller drops it)."""
+        path = self.folder / "offloaded.onnx"
+        onnx.save(model, str(path), save_as_external_data=True, location=DATA_FILE, size_threshold=INLINE_BYTES)
+        skeleton = onnx.load(str(path), load_external_data=False)
+        path.unlink()
+        return skeleton
 
     def array(self, tensor: onnx.TensorProto) -> np.ndarray:
         """The value of ``tensor``, read from the folder when it lives there."""

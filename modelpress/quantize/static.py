@@ -28,7 +28,7 @@ from modelpress.export.names import matches, module_names
 from modelpress.quantize.calibrate import collect_stats
 from modelpress.quantize.config import QuantizeConfig
 from modelpress.quantize.fused import FusedPlan, carry_over
-from modelpress.quantize.offload import DiskWeights, offload
+from modelpress.quantize.offload import DiskWeights
 from modelpress.quantize.ort_ops import insert_ort_int8, ort_gemm
 from modelpress.quantize.qdq import activation_params, insert_eltwise_qdq, insert_qdq, insert_score_qdq
 from modelpress.quantize.smoothquant import apply_smoothing
@@ -170,7 +170,7 @@ def plan_quantization(
     # the fp32 weights on disk from here: calibration's sessions read them there, SmoothQuant writes
     # its rescaled ones there, and the writers read each as they quantize it (0.5 B W8A8 passed 15 GB)
     weights = DiskWeights.beside(Path(model_path), ".int8-weights-")
-    model = offload(model, weights.folder)  # rebound: the in-memory weights are freed
+    model = weights.offload(model)  # rebound: the in-memory weights are freed
     all_matmuls = [n.name for n in model.graph.node if n.op_type in cfg.op_types]
     targets = find_targets(model, op_types=cfg.op_types, exclude=excluded)
     if not targets:

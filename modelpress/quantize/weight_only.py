@@ -34,7 +34,7 @@ from modelpress.errors import BadInputError
 from modelpress.fileio import copy_model, load_onnx, save_onnx
 from modelpress.quantize.config import QuantizeConfig
 from modelpress.quantize.int4_data import quantize_data_aware
-from modelpress.quantize.offload import DiskWeights, offload
+from modelpress.quantize.offload import DiskWeights
 from modelpress.quantize.ort_ops import plain_gemm
 from modelpress.quantize.static import QuantizeSummary, excluded_nodes
 from modelpress.quantize.targets import fold_weight_transposes
@@ -214,7 +214,7 @@ def quantize_weights_only(
         targets = [n for n in eligible if n not in wanted_fp32]
         weights = DiskWeights.beside(Path(out_path), ".int4-weights-")
         try:
-            model = offload(model, weights.folder)  # rebound: the in-memory weights are freed
+            model = weights.offload(model)  # rebound: the in-memory weights are freed
             qmodel, layers = quantize_data_aware(
                 model, targets, feeds, cfg, tied_heads=set(tied.values()), weights=weights
             )
