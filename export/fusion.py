@@ -182,11 +182,13 @@ def fuse_exported(
     file itself on ``feed`` (fp32 against fp32); None where it carries none, the fusion finds no
     attention or misses parity."""
 
-    if fusion_metadata(load_onnx(model_path, load_external_data=False)) is None:
-        return None  # read without its weights: a decoder's are GBs, and it carries none
-    model = load_onnx(model_path)
+    model = load_onnx(model_path, load_external_data=False)  # a decoder's weights are GBs, and it carries none
     info = fusion_metadata(model)
-    if info is None or model.ByteSize() > 1_800_000_000:  # the fusion copies the graph in one protobuf
+    if info is None:
+        return None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        model = load_onnx(model_path)
+    if model.ByteSize() > 1_800_000_000:  # the fusion copies the graph in one protobuf
         return None
     fused = fuse_graph(model, **info)
     counts = fused_op_counts(fused)

@@ -188,8 +188,8 @@ def write_openvino_ir(outcome: Any, int8_onnx: Path, xml_path: Path, *, without:
     in the IR."""
 
     log.info("converting the int8 model to OpenVINO IR (%s)", xml_path)
-    if outcome.plan.cfg.graph_format == "qdq" and not without and not outcome.plan.eltwise:
-        return convert_to_ir(int8_onnx, xml_path)  # ONNX Runtime's Q/DQ file is already this graph
+    if outcome.pressed_is_qdq_form(without=without):
+        return convert_to_ir(int8_onnx, xml_path)
     with tempfile.TemporaryDirectory(prefix=".openvino-", dir=xml_path.parent.parent) as work:
         qdq = Path(work) / "model.int8.qdq.onnx"
         outcome.write_qdq(qdq, without=without)

@@ -295,7 +295,7 @@ def test_statistics_in_many_passes_write_the_graph_one_pass_writes(gpt2, tmp_pat
 def test_gptq_by_column_chunks_equals_gptq_on_the_whole_weight(monkeypatch):
     """Columns are independent under GPTQ (one Hessian): chunking them (an LM head's bounded memory)
     changes nothing, and an all-zero input row (a dead channel) stays code 0."""
-    from modelpress.quantize import blockwise
+    from modelpress.quantize import chunks
     from modelpress.quantize.int4_gptq import gptq_quantize
 
     rng = np.random.default_rng(7)
@@ -304,7 +304,7 @@ def test_gptq_by_column_chunks_equals_gptq_on_the_whole_weight(monkeypatch):
     xtx = (x.T @ x).astype(np.float32)
     w = rng.standard_normal((70, 45)).astype(np.float32)
     whole = gptq_quantize(w, xtx, bits=4, block=16)
-    monkeypatch.setattr(blockwise, "COLUMNS", 8)
+    monkeypatch.setattr(chunks, "COLUMNS", 8)
     chunked = gptq_quantize(w, xtx, bits=4, block=16)
     np.testing.assert_allclose(chunked.dequantized(), whole.dequantized(), rtol=0, atol=1e-6)
     assert (chunked.codes == whole.codes).mean() > 0.999 and (whole.codes[3] == 0).all()

@@ -427,7 +427,7 @@ def test_the_per_node_analysis_holds_one_batch_and_equals_the_whole_set_at_once(
     once (numpy on the fp32 graph's node inputs, the plan's scales)."""
     import onnxruntime as ort
 
-    from modelpress.quantize import analysis, blockwise
+    from modelpress.quantize import analysis, chunks
     from modelpress.quantize.calibrate import _session_with_outputs, _token_rows
     from modelpress.quantize.static import plan_quantization
 
@@ -442,7 +442,7 @@ def test_the_per_node_analysis_holds_one_batch_and_equals_the_whole_set_at_once(
         return real_run(self, names, feed, *args)
 
     monkeypatch.setattr(ort.InferenceSession, "run", run)
-    monkeypatch.setattr(blockwise, "COLUMNS", 5)  # every weight by chunks of columns too (an LM head's bound)
+    monkeypatch.setattr(chunks, "COLUMNS", 5)  # every weight by chunks of columns too (an LM head's bound)
     errors = {e.node: e for e in analysis.analyze_plan(plan, feeds)}
     assert len(runs) == len(feeds)  # one session run per batch: nothing re-run, nothing held across
     monkeypatch.setattr(ort.InferenceSession, "run", real_run)

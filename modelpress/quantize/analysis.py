@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from modelpress.export.names import module_names
-from modelpress.quantize.blockwise import column_chunks
+from modelpress.quantize.chunks import column_chunks, sum_sq
 from modelpress.quantize.calibrate import _session_with_outputs, _token_rows
 from modelpress.quantize.qdq import ActivationQuant, quantize_weight
 from modelpress.quantize.static import QuantPlan
@@ -152,13 +152,9 @@ def _add_energies(energy: dict, plan: QuantPlan, t: Any, value: np.ndarray, rows
         wc = w[..., c]
         wq = fake_quant_weight(wc, axis=axis, per_channel=plan.cfg.per_channel, qmax=plan.cfg.weight_qmax)
         y = apply(x, wc)
-        energy["ref"] += _sum_sq(y)
+        energy["ref"] += sum_sq(y)
         for name, yq in (("both", apply(xq, wq)), ("w", apply(x, wq)), ("a", apply(xq, wc))):
-            energy[name] += _sum_sq(y - yq)
-
-
-def _sum_sq(a: np.ndarray) -> float:
-    return float(np.sum(a.astype(np.float64) ** 2))
+            energy[name] += sum_sq(y - yq)
 
 
 def plot_errors(errors: list[NodeError], path: Path, *, top: int = 40) -> Path | None:

@@ -42,16 +42,6 @@ class BlockQuant:
         return self.codes.size * self.bits // 8 + self.scales.size * 4
 
 
-#: output columns handled at once by the int4 methods: every column is quantized on its own, and a
-#: 151,936-word LM head's float64 working copy would otherwise be 1 GB
-COLUMNS = 8192
-
-
-def column_chunks(n: int) -> list[slice]:
-    """``n`` output columns in slices of at most :data:`COLUMNS`."""
-    return [slice(start, min(start + COLUMNS, n)) for start in range(0, n, COLUMNS)]
-
-
 def padded(w: np.ndarray, block: int) -> np.ndarray:
     """``w`` [K, N] with zero rows appended up to a whole number of blocks."""
     k = w.shape[0]

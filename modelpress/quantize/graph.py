@@ -51,19 +51,17 @@ class GraphEditor:
         return self.weights.array(tensor) if self.weights is not None else numpy_helper.to_array(tensor)
 
     def add_initializer(self, value: np.ndarray | onnx.TensorProto, name: str | None = None) -> str:
-        if isinstance(value, onnx.TensorProto):
-            tensor = value
-        elif self.weights is not None:
-            tensor = self.weights.tensor(value, name)  # type: ignore[arg-type]  # a name comes with an array
-        else:
-            tensor = numpy_helper.from_array(value, name)
+        tensor = value if isinstance(value, onnx.TensorProto) else self._tensor(value, name)  # type: ignore[arg-type]
         self.graph.initializer.append(tensor)
         self.inits[tensor.name] = self.graph.initializer[-1]
         return tensor.name
 
     def replace_initializer(self, name: str, value: np.ndarray) -> None:
-        tensor = self.weights.tensor(value, name) if self.weights is not None else numpy_helper.from_array(value, name)
-        self.inits[name].CopyFrom(tensor)
+        self.inits[name].CopyFrom(self._tensor(value, name))
+
+    def _tensor(self, value: np.ndarray, name: str) -> onnx.TensorProto:
+        """``value`` as an initializer: on disk when the model's weights are (and it is large)."""
+        return self.weights.tensor(value, name) if self.weights is not None else numpy_helper.from_array(value, name)
 
     def insert_before(self, node_name: str, *nodes: onnx.NodeProto) -> None:
         self._before[self.position[node_name]].extend(nodes)

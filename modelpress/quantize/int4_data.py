@@ -19,7 +19,7 @@ and each MatMul's is read when its group's turn comes; the statistics (GPTQ's X�
 4,864-wide input, 2.3 GB for a 0.5 B decoder's) are gathered in as many calibration passes as it
 takes to keep each pass's within :data:`STATS_SHARE` of the target weights' bytes, each pass's
 groups quantized before the next pass starts; wide weights (the LM head) are quantized and measured
-a chunk of output columns at a time (``blockwise.COLUMNS``). Every pass samples each activation as
+a chunk of output columns at a time (``chunks.COLUMNS``). Every pass samples each activation as
 one pass would: the result does not depend on how many passes there were.
 """
 
@@ -34,7 +34,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from modelpress.quantize.blockwise import BlockQuant, column_chunks, matmulnbits_node, quantize_rtn
+from modelpress.quantize.blockwise import BlockQuant, matmulnbits_node, quantize_rtn
+from modelpress.quantize.chunks import column_chunks, sum_sq
 from modelpress.quantize.config import QuantizeConfig
 from modelpress.quantize.int4_awq import AwqScales, clip_search, output_error, search_scales
 from modelpress.quantize.int4_gptq import gptq_quantize
@@ -66,17 +67,13 @@ class _Layer:
     record: LayerQuant | None = None
 
 
-def _sum_sq(a: np.ndarray) -> float:
-    return float(np.einsum("ij,ij->", a, a, dtype=np.float64))
-
-
 def _errors(x: np.ndarray, w: np.ndarray, quant: BlockQuant, s: np.ndarray, block: int) -> tuple[float, float, float]:
     """Relative output errors ‖x·W − x·Ŵ‖² / ‖x·W‖² on the sample ``x`` of ``quant`` (of W·diag(s), so
     Ŵ = its dequantized ÷ s), of int4 round-to-nearest and of int8 (of W·diag(s)); by column chunks."""
     ref = err = rtn = int8 = 0.0
     for c in column_chunks(w.shape[1]):
         wc = w[:, c]
-        ref += _sum_sq(x @ wc)
+        ref += sum_sq(x @ wc)
         err += output_error(x, wc, quant.dequantized(c) / s)
         rtn += output_error(x, wc, quantize_rtn(wc, 4, block).dequantized())
         int8 += output_error(x, wc, quantize_rtn(wc * s, 8, block).dequantized() / s)
@@ -126,7 +123,7 @@ def _passes(groups: Mapping[str, list[_Layer]], *, hessian: bool) -> list[list[s
     held = 0
     for activation, layers in groups.items():
         need = stats_bytes(layers[0].k, SAMPLE_ROWS, hessian)
-        if not passes or (passes[-1] and held + need > budget):
+        if not passes or held + need > budget:
             passes.append([])
             held = 0
         passes[-1].append(activation)

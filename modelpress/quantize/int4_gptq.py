@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from modelpress.quantize.blockwise import BlockQuant, block_scales, column_chunks
+from modelpress.quantize.blockwise import BlockQuant, block_scales
+from modelpress.quantize.chunks import column_chunks
 
 DAMP = 0.01
 LAZY_ROWS = 128

@@ -51,6 +51,11 @@ class QuantizeOutcome:
         return section
 
     # the runtimes write their artifacts from the plan through these (runtimes sit below the quantizer)
+    def pressed_is_qdq_form(self, *, without: Sequence[str] = ()) -> bool:
+        """Whether the pressed file already is :meth:`write_qdq`'s graph (a Q/DQ plan with nothing
+        left out and no OpenVINO-only sites), so a runtime may convert it as it is."""
+        return self.plan.cfg.graph_format == "qdq" and not without and not self.plan.eltwise
+
     def write_qdq(self, out_path: Path, *, without: Sequence[str] = ()) -> QuantizeSummary:
         """The same plan in portable Q/DQ (what OpenVINO reads), the same nodes kept fp32, and a
         convolutional network's residual Add and pooling inputs int8 too; ``without``: op classes
