@@ -99,7 +99,11 @@ def packed_feeds(ids: np.ndarray, layout: Any, count: int, length: int = 128) ->
 
 
 def size_mb(path: Path) -> float:
+    """A folder's files, or a file with its external data (``<name>.data``) when it has some."""
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    data = path.with_name(path.name + ".data")
+    if path.is_file() and data.is_file():
+        files.append(data)
     return round(sum(p.stat().st_size for p in files) / 2**20, 1)
 
 
@@ -132,9 +136,7 @@ def build_ort_genai(hf: Path, out: Path, precision: str) -> dict[str, Any]:
     if not built.get("error") and not (out / "genai_config.json").is_file():
         built["error"] = "the builder wrote no genai_config.json"
     if not built.get("error"):
-        built["file_mb"] = size_mb(out / "model.onnx") + (
-            size_mb(out / "model.onnx.data") if (out / "model.onnx.data").is_file() else 0
-        )
+        built["file_mb"] = size_mb(out / "model.onnx")  # with model.onnx.data
     return built
 
 
@@ -249,7 +251,8 @@ class OVGenAIPeer(Peer):
         return float(self._generate(rows, 1).perf_metrics.get_ttft().mean)
 
     def decode_ms(self, rows: np.ndarray, steps: int) -> float:
-        return float(self._generate(rows, steps + 1).perf_metrics.get_tpot().mean)
+        # GenAI's time per output token divides each step by the batch's rows: a step is rows × TPOT
+        return float(self._generate(rows, steps + 1).perf_metrics.get_tpot().mean) * rows.shape[0]
 
     def greedy(self, ids: list[int], new: int) -> list[int]:
         return [int(t) for t in self._generate(np.array([ids]), new).tokens[0]]

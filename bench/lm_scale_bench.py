@@ -179,6 +179,21 @@ def _size_mb(path: Path) -> float | None:
     return round((path.stat().st_size + (data.stat().st_size if data.is_file() else 0)) / 2**20, 1)
 
 
+def traced_export(model: Path, out: Path) -> Path:
+    """The traced KV-cache graph of ``model`` (the one OpenVINO converts: our bundles hold the fused
+    graph, whose ``GroupQueryAttention`` is ONNX Runtime's), reused when already written."""
+    if out.is_file():
+        return out
+    from modelpress.export.exporters import export_model
+    from modelpress.models import load_model_and_preprocessor
+    from modelpress.tasks import configure_task
+
+    task = configure_task("text-generation", {"decoder_graph": "traced"})
+    decoder, tokenizer = load_model_and_preprocessor(str(model), task)
+    export_model(task, decoder, tokenizer, out, opset=18, atol=1e-3)
+    return out
+
+
 def peer_rows(model: Path, work: Path, ours: Path | None, *, threads: int, rounds: int, reuse: bool = False) -> dict:
     """The LLM peers (``bench.lm_peers``) built from the same random decoder and timed in this process
     beside ours (``ours``: the int4 run's bundle model, on ONNX Runtime): the builds, sizes, load
@@ -199,13 +214,11 @@ def peer_rows(model: Path, work: Path, ours: Path | None, *, threads: int, round
     for precision in ("int4", "int8"):
         built = peers_dir / f"ort-genai-{precision}"
         builds[f"ort-genai-builder-{precision}"] = (
-            {"reused": str(built), "file_mb": P.size_mb(built / "model.onnx") + P.size_mb(built / "model.onnx.data")}
+            {"reused": str(built), "file_mb": P.size_mb(built / "model.onnx")}
             if reuse and (built / "genai_config.json").is_file()
             else P.build_ort_genai(model, built, precision)
         )
-    fp32 = work / "out" / "int4" / "model.onnx"
-    if not fp32.is_file():
-        fp32 = work / "out" / "int4.rejected" / "model.onnx"
+    fp32 = traced_export(model, peers_dir / "traced" / "model.onnx")  # OpenVINO reads no GroupQueryAttention
     train = np.array(tok((model / "train.txt").read_text(encoding="utf-8")[:100_000])["input_ids"], np.int64)
     layout = KVLayout.from_config(AutoConfig.from_pretrained(str(model)))
     feeds = lm_peers.packed_feeds(train, layout, 16)

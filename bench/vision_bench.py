@@ -16,6 +16,7 @@ Writes ``bench/results/vision.json``; ``--quick`` is a smoke run (3 epochs, 3 ro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -249,6 +250,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-distill", dest="distill", action="store_false", help="skip the distilled students")
     ap.add_argument("--out", default=str(RESULTS / "vision.json"))
     ap.add_argument("--quick", action="store_true", help="a smoke run: 3 epochs, no students, 3 rounds")
+    ap.add_argument("--work", type=Path, help="keep the models, bundles and IRs here (default: a temporary folder)")
     args = ap.parse_args(argv)
     rounds = (40, 10)
     if args.quick:
@@ -256,8 +258,8 @@ def main(argv=None) -> int:
     from bench import machine
 
     result = {"machine": machine(), "data": "sklearn digits, 32x32 RGB, 1,197 train / 600 test", "models": {}}
-    with tempfile.TemporaryDirectory(prefix="mp-vision-") as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mp-vision-")))
         train_dir, test, calib = write_digits(work / "digits")
         for kind in args.models:
             print(f"[{kind}] training ...", file=sys.stderr)

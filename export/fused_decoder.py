@@ -17,7 +17,7 @@ step), this module writes the graph a layer at a time with ONNX Runtime's fused 
 - Qwen3's per-head q/k RMSNorm as ``SimplifiedLayerNormalization`` on [.., heads, head_dim]
   (ONNX Runtime's CPU kernel does not take GQA's ``q_norm_weight``), before the rotary;
 - SiLU-gated MLP; the LM head a ``MatMul`` on the embedding's transposed copy when tied, so
-  weight-only int4 shares one matrix for both (``quantize.weight_only.tied_tables``).
+  weight-only int4 shares one matrix for both (``quantize.tied.tied_tables``).
 
 The interface is the traced export's (``kv_cache``): ``input_ids``, ``attention_mask``,
 ``position_ids``, ``past_key_values.%d.key/value`` in; ``logits``, ``present.%d.key/value`` out.

@@ -311,6 +311,25 @@ def test_gptq_by_column_chunks_equals_gptq_on_the_whole_weight(monkeypatch):
     np.testing.assert_array_equal(chunked.dequantized(slice(8, 16)), chunked.dequantized()[:, 8:16])
 
 
+def test_gptq_hessian_factor_is_the_upper_cholesky_factor_of_the_damped_inverse():
+    """One factorization and one triangular inverse give what GPTQ's reference computes (H⁻¹, then its
+    upper Cholesky factor): U upper, UᵀU = (H + damping)⁻¹, a dead input's row left as the identity's."""
+    from modelpress.quantize.int4_gptq import DAMP, inverse_cholesky
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((400, 90)) * rng.uniform(0.05, 4.0, 90)
+    x[:, 11] = 0.0
+    h = (x.T @ x).astype(np.float32)  # as the statistics hold it
+    u, dead = inverse_cholesky(h)
+    damped = h.astype(np.float64)
+    damped[11, 11] = 1.0
+    damped[np.diag_indices_from(damped)] += DAMP * np.mean(np.diag(damped))
+    reference = np.linalg.cholesky(np.linalg.inv(damped)).T
+    assert dead.tolist() == [i == 11 for i in range(90)] and np.allclose(u, np.triu(u))
+    np.testing.assert_allclose(u, reference, rtol=1e-6, atol=1e-9 * np.abs(reference).max())
+    np.testing.assert_allclose(u.T @ u, np.linalg.inv(damped), rtol=1e-6, atol=1e-9 * np.abs(reference).max() ** 2)
+
+
 def test_offloaded_weights_leave_memory_and_come_back_equal(tmp_path):
     """``DiskWeights.offload`` keeps only references in the model it returns; it reads each weight
     back, writes new large ones beside them (page-aligned, appended) and ``reload`` restores the

@@ -101,6 +101,28 @@ def test_a_decoder_past_the_threshold_is_exported_and_quantized_through_external
     assert result.parity.max_abs_diff < 1e-4
 
 
+def test_a_pressed_model_past_the_mapped_size_keeps_its_weights_beside_it(tmp_path, monkeypatch):
+    """A pressed model with more weight bytes than ``MAPPED_WEIGHTS_BYTES`` (an LLM's) is saved as the
+    builder saves it, graph + ``<name>.data`` (ONNX Runtime maps the weights instead of parsing them);
+    the fp32 export keeps its own rule; the outputs equal the one-file model's bit for bit."""
+    from modelpress.quantize.config import QuantizeConfig
+
+    folder = make_tiny_causal_lm(tmp_path / "llama", family="llama")
+    cfgs = {
+        "int8": QuantizeConfig(),
+        "int4": QuantizeConfig(mode="weight-only", weight_bits=4, block_size=16, accuracy_level=4),
+    }
+    one_file, feed, _ = _press(folder, tmp_path / "one", cfgs)
+    monkeypatch.setattr(fileio, "MAPPED_WEIGHTS_BYTES", LOW)
+    mapped, feed, _ = _press(folder, tmp_path / "mapped", cfgs)
+    assert not mapped["fp32"].with_name("model.onnx.data").exists()
+    for name in cfgs:
+        assert fileio.onnx_files(one_file[name]) == [one_file[name]], name
+        assert fileio.onnx_files(mapped[name]) == [mapped[name], mapped[name].with_name(f"model.{name}.onnx.data")]
+        for got, want in zip(_outputs(mapped[name], feed), _outputs(one_file[name], feed)):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
 def test_copy_and_session_of_a_large_model_leave_the_model_whole(monkeypatch):
     from onnx import TensorProto, helper, numpy_helper
 

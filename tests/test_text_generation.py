@@ -136,6 +136,22 @@ def test_strided_perplexity_matches_the_transformers_recipe_and_the_onnx_graph(e
     assert fid.top1_agreement == 1.0 and fid.mean_kl < 1e-8 and fid.positions == counted
 
 
+def _calibration_feeds(tokenizer, layout) -> list[dict[str, np.ndarray]]:
+    """16 packed 32-token sequences of random sentences, each on an empty past."""
+    from modelpress.testing import random_sentences
+
+    stream = tokenizer(" ".join(random_sentences(200, seed=1)))["input_ids"]
+    return [
+        {
+            "input_ids": np.array([stream[s : s + 32]]),
+            "attention_mask": np.ones((1, 32), np.int64),
+            "position_ids": np.arange(32)[None],
+            **layout.empty(1),
+        }
+        for s in range(0, 512, 32)
+    ]
+
+
 @ONCE
 def test_the_kv_cache_graph_takes_static_int8_and_still_generates(exported, tmp_path):
     """The existing static quantizer, calibrated on packed token sequences with an empty past,
@@ -153,16 +169,7 @@ def test_the_kv_cache_graph_takes_static_int8_and_still_generates(exported, tmp_
 
     _, model, tokenizer, result = exported
     layout = KVLayout.from_config(model.config)
-    stream = tokenizer(" ".join(random_sentences(200, seed=1)))["input_ids"]
-    feeds = [
-        {
-            "input_ids": np.array([stream[s : s + 32]]),
-            "attention_mask": np.ones((1, 32), np.int64),
-            "position_ids": np.arange(32)[None],
-            **layout.empty(1),
-        }
-        for s in range(0, 512, 32)
-    ]
+    feeds = _calibration_feeds(tokenizer, layout)
     summary = quantize_static(result.path, tmp_path / "int8.onnx", feeds, QuantizeConfig())
     assert len(summary.quantized_nodes) == 4 * 2 + 1  # c_attn, attn c_proj, c_fc, mlp c_proj per layer; lm_head
     assert len(summary.fp32_nodes) == 2 * 2  # QKᵀ and attention·V stay fp32
@@ -178,6 +185,51 @@ def test_the_kv_cache_graph_takes_static_int8_and_still_generates(exported, tmp_
     assert next_token_fidelity(fp32, int8, held_out, max_length=64, stride=32).top1_agreement > 0.9
     gen = TextGenerator(tmp_path / "int8.onnx", tokenizer)
     assert len(gen.generate_ids([tokenizer(PROMPTS[0])["input_ids"]], max_new_tokens=8, stop_token_ids=[])[0]) == 8
+
+
+@ONCE
+@pytest.mark.parametrize("graph_format", ["ort", "qdq"])
+def test_static_int8_reads_the_tied_embedding_from_the_int8_head(exported, tmp_path, graph_format):
+    """GPT-2 ties its embedding to its LM head: the static int8 file keeps one matrix, the head's int8
+    weight, and the lookup reads its columns — each embedding row within half its int8 step (the step
+    of the smoothed head's column, divided back by SmoothQuant's factor) of PyTorch's table."""
+    import onnx
+    import onnxruntime as ort
+
+    from modelpress.kv_cache import KVLayout
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.static import plan_quantization, write_quantized
+
+    _, model, tokenizer, result = exported
+    layout = KVLayout.from_config(model.config)
+    feeds = _calibration_feeds(tokenizer, layout)
+    plan = plan_quantization(result.path, feeds, QuantizeConfig(format=graph_format))
+    summary = write_quantized(plan, tmp_path / "int8.onnx")
+    assert summary.shared_embeddings == ("node_embedding",)
+    table = model.transformer.wte.weight.detach().numpy()
+    written = onnx.load(str(tmp_path / "int8.onnx"))
+    assert not [i.name for i in written.graph.initializer if list(i.dims) == list(table.shape)]  # one matrix left
+    head = next(t for t in plan.targets if t.node_name in plan.tied.values())
+    f = plan.smoothing[head.activation]  # the head's rows were multiplied by f
+    assert np.abs(f - 1).max() > 0.1  # so a lookup that forgot to divide it back would fail below
+    plan.close()
+
+    lookup = next(n for n in written.graph.node if n.name == "node_embedding").output[0]
+    written.graph.output.append(onnx.helper.make_tensor_value_info(lookup, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(written.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids = np.array([[0, 5, 17, table.shape[0] - 1], [3, 3, table.shape[0] // 2, 7]], np.int64)
+    feed = {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "position_ids": np.arange(4)[None].repeat(2, 0),
+        **layout.empty(2),
+    }
+    rows = session.run([lookup], feed)[0]
+    want = table[ids]
+    step = np.abs(table * f).max(axis=1) / plan.cfg.weight_qmax  # the int8 step of each smoothed column
+    bound = step[ids][..., None] / f / 2 + 1e-6
+    assert rows.shape == want.shape and (np.abs(rows - want) <= bound).all()
+    assert np.abs(rows - want).max() > 0  # it is the int8 matrix, not an fp32 copy
 
 
 # -- the metrics, against independent computations ---------------------------------------------------

@@ -87,7 +87,8 @@ def test_weight_only_graph_equals_the_blockwise_dequantized_reference(gpt2_graph
     from modelpress.kv_cache import KVLayout
     from modelpress.quantize.config import QuantizeConfig
     from modelpress.quantize.targets import fold_weight_transposes
-    from modelpress.quantize.weight_only import gemms_as_matmuls, quantize_weights_only, tied_tables
+    from modelpress.quantize.tied import tied_tables
+    from modelpress.quantize.weight_only import gemms_as_matmuls, quantize_weights_only
 
     _, model, tokenizer, result = gpt2_graph
     cfg = QuantizeConfig(mode="weight-only", weight_bits=bits, block_size=16, accuracy_level=0, int4_method="rtn")

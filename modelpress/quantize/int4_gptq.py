@@ -13,6 +13,7 @@ per ``LAZY_ROWS`` rows (the paper's block updates). numpy, float64 for the Chole
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import lapack
 
 from modelpress.quantize.blockwise import BlockQuant, block_scales
 from modelpress.quantize.chunks import column_chunks
@@ -22,14 +23,20 @@ LAZY_ROWS = 128
 
 
 def inverse_cholesky(xtx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The upper Cholesky factor of (H + damping)⁻¹ and the mask of dead inputs."""
+    """The upper Cholesky factor U of (H + damping)⁻¹ (H⁻¹ = Uᵀ·U) and the mask of dead inputs.
+
+    One factorization and one triangular inverse (2K³/3 flops), not H⁻¹ and its Cholesky factor
+    (~5K³; a 1.5 B model's 8,960-input down projections spent most of GPTQ's time there): H = R·Rᵀ with
+    R upper is the Cholesky factor of H with its rows and columns reversed, reversed back, and U = R⁻¹."""
     h = xtx.astype(np.float64).copy()
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     h[np.diag_indices_from(h)] += DAMP * np.mean(np.diag(h))
-    inv = np.linalg.inv(np.linalg.cholesky(h))  # L⁻¹, H = L·Lᵀ → H⁻¹ = L⁻ᵀ·L⁻¹
-    hinv = inv.T @ inv
-    return np.linalg.cholesky(hinv).T, dead  # upper U with H⁻¹ = Uᵀ·U
+    upper = np.ascontiguousarray(np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1])
+    u, info = lapack.dtrtri(upper, lower=0, overwrite_c=1)
+    if info != 0:  # a zero on R's diagonal: H (damped) is positive definite, so this is not reachable
+        raise np.linalg.LinAlgError(f"GPTQ: the inverse of the Hessian's factor failed (LAPACK info {info})")
+    return u, dead
 
 
 def gptq_quantize(w: np.ndarray, xtx: np.ndarray, *, bits: int, block: int) -> BlockQuant:

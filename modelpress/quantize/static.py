@@ -11,6 +11,7 @@ Returns a summary for the report.
 from __future__ import annotations
 
 
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -23,7 +24,7 @@ import psutil
 from onnx import numpy_helper
 
 from modelpress.errors import BadInputError
-from modelpress.fileio import load_onnx, save_onnx
+from modelpress.fileio import maps_weights, load_onnx, save_onnx
 from modelpress.export.names import matches, module_names
 from modelpress.quantize.calibrate import collect_stats
 from modelpress.quantize.config import QuantizeConfig
@@ -33,6 +34,7 @@ from modelpress.quantize.ort_ops import insert_ort_int8, ort_gemm
 from modelpress.quantize.qdq import activation_params, insert_eltwise_qdq, insert_qdq, insert_score_qdq
 from modelpress.quantize.smoothquant import apply_smoothing
 from modelpress.quantize.stats import TensorRange
+from modelpress.quantize.tied import share_with_int8_head, tied_tables
 from modelpress.quantize.targets import (
     EltwiseInput,
     QuantTarget,
@@ -43,6 +45,8 @@ from modelpress.quantize.targets import (
     fold_weight_transposes,
 )
 from modelpress.export.fusion import fuse_exported
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,10 @@ class QuantPlan:
     eltwise_ranges: dict[str, TensorRange] = field(default_factory=dict)
     #: where ``model``'s weights are (it is offloaded: ``offload``); they live until :meth:`close`
     weights: DiskWeights | None = None
+    #: tied embedding lookups {Gather output: head MatMul} (``tied.tied_tables``): written to read the head's weight
+    tied: dict[str, str] = field(default_factory=dict)
+    #: SmoothQuant's factors, keyed by the smoothed activation (its producer's output divided by them)
+    smoothing: dict[str, np.ndarray] = field(default_factory=dict)
 
     def activation_quant(self, activation: str):
         return activation_params(self.ranges[activation], symmetric=self.cfg.activation_symmetric)
@@ -171,6 +179,7 @@ def plan_quantization(
     # its rescaled ones there, and the writers read each as they quantize it (0.5 B W8A8 passed 15 GB)
     weights = DiskWeights.beside(Path(model_path), ".int8-weights-")
     model = weights.offload(model)  # rebound: the in-memory weights are freed
+    tied = tied_tables(model, read=weights.array)  # before SmoothQuant rescales the head's weight
     all_matmuls = [n.name for n in model.graph.node if n.op_type in cfg.op_types]
     targets = find_targets(model, op_types=cfg.op_types, exclude=excluded)
     if not targets:
@@ -266,6 +275,8 @@ def plan_quantization(
         eltwise,
         eltwise_ranges,
         weights,
+        tied,
+        factors,
     )
 
 
@@ -301,6 +312,7 @@ def for_tensorrt(plan: QuantPlan) -> QuantPlan:
         ),
         scores=[],
         score_ranges={},
+        tied={},  # TensorRT reads int8 tensors only through Q/DQ: a lookup on the int8 head is not one
     )
 
 
@@ -362,9 +374,12 @@ def write_quantized(
             qmodel = insert_eltwise_qdq(
                 qmodel, plan.eltwise, plan.eltwise_ranges, symmetric=cfg.activation_symmetric, weights=plan.weights
             )
+    shared = share_with_int8_head(qmodel, plan.tied, _unsmoothing(plan)) if plan.tied else []
+    if shared:
+        log.info("tied embedding %s reads the LM head's weight", ", ".join(shared))
     if plan.weights is not None:
         plan.weights.reload(qmodel)  # what the int8 graph still reads of the fp32 weights
-    save_onnx(qmodel, Path(out_path))
+    save_onnx(qmodel, Path(out_path), external_data=maps_weights(qmodel))
     scores = _scores_summary(plan)
     int8_scores = set(scores.matmuls) if scores is not None and scores.in_this_graph else set()
     quantized = tuple(t.node_name for t in targets)
@@ -389,7 +404,18 @@ def write_quantized(
         calibration_seconds=round(plan.seconds, 2),
         peak_rss_mb=round(plan.peak_rss_bytes / 2**20, 1),
         attention_scores=scores,
+        shared_embeddings=tuple(shared),
     )
+
+
+def _unsmoothing(plan: QuantPlan) -> dict[str, np.ndarray]:
+    """{tied head: 1/f} for each tied head whose input SmoothQuant divided by f (its weight is diag(f)·Eᵀ)."""
+    targets = {t.node_name: t for t in plan.targets}
+    return {
+        head: (1.0 / plan.smoothing[targets[head].activation]).astype(np.float32)
+        for head in plan.tied.values()
+        if head in targets and targets[head].activation in plan.smoothing
+    }
 
 
 def _scores_summary(plan: QuantPlan) -> AttentionScoresSummary | None:

@@ -31,13 +31,14 @@ import psutil
 from onnx import numpy_helper
 
 from modelpress.errors import BadInputError
-from modelpress.fileio import copy_model, load_onnx, save_onnx
+from modelpress.fileio import maps_weights, copy_model, load_onnx, save_onnx
 from modelpress.quantize.config import QuantizeConfig
 from modelpress.quantize.int4_data import quantize_data_aware
 from modelpress.quantize.offload import DiskWeights
 from modelpress.quantize.ort_ops import plain_gemm
 from modelpress.quantize.static import QuantizeSummary, excluded_nodes
 from modelpress.quantize.targets import fold_weight_transposes
+from modelpress.quantize.tied import nbits_original_name, share_with_nbits_head, tied_tables
 
 log = logging.getLogger(__name__)
 
@@ -74,82 +75,6 @@ def gemms_as_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(nodes)
     return model
-
-
-def tied_tables(model: onnx.ModelProto) -> dict[str, str]:
-    """Embedding lookups whose table is, transposed, the weight of a MatMul (a tied LM head: the
-    export holds the matrix twice, as the Gather's table and as the head's transposed copy):
-    {Gather output: MatMul node name}. Compared by value, so only a true tie is shared."""
-    inits = {i.name: i for i in model.graph.initializer}
-    by_shape: dict[tuple[int, ...], list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        w = inits.get(node.input[1]) if node.op_type == "MatMul" else None
-        if w is not None and len(w.dims) == 2 and w.data_type == onnx.TensorProto.FLOAT:
-            by_shape.setdefault(tuple(w.dims), []).append(node)
-    tied = {}
-    for node in model.graph.node:
-        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if table is None or axis != 0 or len(table.dims) != 2 or table.data_type != onnx.TensorProto.FLOAT:
-            continue
-        heads = by_shape.get((table.dims[1], table.dims[0]), [])
-        if heads:
-            e = numpy_helper.to_array(table)
-            head = next((h for h in heads if np.array_equal(numpy_helper.to_array(inits[h.input[1]]), e.T)), None)
-            if head is not None:
-                tied[node.output[0]] = head.name
-    return tied
-
-
-def share_tied_tables(model: onnx.ModelProto, tied: dict[str, str]) -> list[str]:
-    """Each tied lookup (:func:`tied_tables`) whose head became ``MatMulNBits`` reads the head's
-    quantized weight through ``GatherBlockQuantized`` (the layout onnxruntime-genai's builder
-    writes): one int4/int8 matrix for both (the head's bits), the fp32 table dropped. MatMulNBits'
-    weight is [N, K/block, block·bits/8] with rows = vocabulary entries: reshaped to [N, K·bits/8] it
-    is the table, blocks along K, zero point 2^(bits−1) (symmetric). Returns the lookups shared."""
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    heads = {_original_name(n): n for n in graph.node if n.op_type == "MatMulNBits"}
-    shared = []
-    for index, node in reversed(list(enumerate(graph.node))):
-        head = heads.get(tied.get(node.output[0], "")) if node.op_type == "Gather" else None
-        if head is None or len(head.input) > 3:  # fp32 head, or zero points: not this layout
-            continue
-        attrs = {a.name: a.i for a in head.attribute}
-        k, n, block, bits = attrs["K"], attrs["N"], attrs["block_size"], attrs["bits"]
-        if k % block:  # padded blocks: the reshaped weight would be wider than the table
-            continue
-        table, scales = f"{head.input[1]}_as_table", f"{head.input[2]}_as_table"
-        graph.initializer.append(numpy_helper.from_array(np.array([n, k * bits // 8], np.int64), f"{table}_shape"))
-        graph.initializer.append(numpy_helper.from_array(np.array([n, k // block], np.int64), f"{scales}_shape"))
-        lookup = [
-            onnx.helper.make_node("Reshape", [head.input[1], f"{table}_shape"], [table], name=f"{node.name}_table"),
-            onnx.helper.make_node("Reshape", [head.input[2], f"{scales}_shape"], [scales], name=f"{node.name}_scales"),
-            onnx.helper.make_node(
-                "GatherBlockQuantized",
-                [table, node.input[1], scales],
-                [node.output[0]],
-                name=node.name,
-                domain="com.microsoft",
-                bits=bits,
-                block_size=block,
-                gather_axis=0,
-                quantize_axis=1,
-            ),
-        ]
-        old_table = node.input[0]
-        del graph.node[index]
-        for offset, new in enumerate(lookup):
-            graph.node.insert(index + offset, new)
-        if not any(old_table in n.input for n in graph.node):
-            graph.initializer.remove(inits[old_table])
-        shared.append(node.name)
-    return shared
-
-
-def _original_name(node: onnx.NodeProto) -> str:
-    """The MatMul a ``MatMulNBits`` replaced: its quantizers name it "<name>_Q<bits>"."""
-    return node.name.rsplit("_Q", 1)[0]
 
 
 def _weight_matmuls(model: onnx.ModelProto) -> list[str]:
@@ -218,18 +143,18 @@ def quantize_weights_only(
             qmodel, layers = quantize_data_aware(
                 model, targets, feeds, cfg, tied_heads=set(tied.values()), weights=weights
             )
-            shared = share_tied_tables(qmodel, tied)  # before reloading: a shared table stays on disk
+            shared = share_with_nbits_head(qmodel, tied)  # before reloading: a shared table stays on disk
             weights.reload(qmodel)
         finally:
             weights.close()
     else:
         qmodel = _ort_rtn(model, excluded, cfg)
-        shared = share_tied_tables(qmodel, tied)
+        shared = share_with_nbits_head(qmodel, tied)
     if shared:
         log.info("tied embedding %s reads the LM head's quantized weight", ", ".join(shared))
     # the quantizers name each new node "<name>_Q<bits>"; the summary speaks of the graph's names
-    written = {_original_name(n) for n in qmodel.graph.node if n.op_type == "MatMulNBits"}
-    save_onnx(qmodel, Path(out_path))
+    written = {nbits_original_name(n) for n in qmodel.graph.node if n.op_type == "MatMulNBits"}
+    save_onnx(qmodel, Path(out_path), external_data=maps_weights(qmodel))
     quantized = tuple(n for n in eligible if n in written)
     return QuantizeSummary(
         preset=cfg.preset,
