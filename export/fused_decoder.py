@@ -16,8 +16,8 @@ step), this module writes the graph a layer at a time with ONNX Runtime's fused 
   gets a present one step longer, as the traced export's;
 - Qwen3's per-head q/k RMSNorm as ``SimplifiedLayerNormalization`` on [.., heads, head_dim]
   (ONNX Runtime's CPU kernel does not take GQA's ``q_norm_weight``), before the rotary;
-- SiLU-gated MLP; the LM head a ``MatMul`` on the embedding's transposed copy when tied, so
-  weight-only int4 shares one matrix for both (``quantize.tied.tied_tables``).
+- SiLU-gated MLP; the LM head a ``MatMul`` on a ``Transpose`` of the embedding table when tied (the
+  file holds the matrix once; the quantizers fold it and share one quantized matrix: ``quantize.tied``).
 
 The interface is the traced export's (``kv_cache``): ``input_ids``, ``attention_mask``,
 ``position_ids``, ``past_key_values.%d.key/value`` in; ``logits``, ``present.%d.key/value`` out.
@@ -243,8 +243,14 @@ def _build(model: Any, g: _Graph, positions: int | None) -> onnx.ModelProto:
     end = g.const("/lm_head/keep/end", np.array([np.iinfo(np.int64).max], np.int64))
     (x,) = g.node("Slice", [x, keep, end, g.const("/lm_head/keep/axis", np.array([1], np.int64))], name="/lm_head/keep")
     head = model.get_output_embeddings().weight
-    # a tied head gets the table's transposed copy: weight-only quantization shares one matrix for both
-    g.node("MatMul", [x, g.const("lm_head.weight", _np(head).T)], ["logits"], name="/lm_head/MatMul")
+    if head is model.model.embed_tokens.weight:
+        # tied: the head reads the table through a Transpose (the file holds the matrix once; ONNX Runtime
+        # folds it when it opens the graph, and the quantizers fold it into the head's own weight and
+        # then share one quantized matrix for both: quantize.tied)
+        (weight,) = g.node("Transpose", ["model.embed_tokens.weight"], name="/lm_head/tied", perm=[1, 0])
+    else:
+        weight = g.const("lm_head.weight", _np(head).T)
+    g.node("MatMul", [x, weight], ["logits"], name="/lm_head/MatMul")
     return _model(g, layout, vocab=int(head.shape[0]))
 
 

@@ -92,6 +92,11 @@ def test_the_graph_is_the_fused_layout(fused):
     assert not {"Pow", "ReduceMean", "Sqrt", "Softmax", "Concat"} & set(kinds)
     # the norms' mean and inverse deviation are never asked for: ONNX Runtime need not write them
     assert not any(any(n.output[1:3]) for n in graph.graph.node if n.op_type.startswith("SkipSimplified"))
+    # a tied head reads the table through a Transpose: the file holds the matrix once
+    vocab, hidden = model.get_input_embeddings().weight.shape
+    tables = [i.name for i in graph.graph.initializer if sorted(i.dims) == sorted([vocab, hidden])]
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert len(tables) == (1 if tied else 2) and (kinds.count("Transpose") == 1) == tied, family
 
 
 def test_logits_to_keep_runs_the_head_on_the_last_positions_only(fused, monkeypatch):

@@ -424,6 +424,47 @@ def test_quantize_weight_in_a_reduced_range():
     assert np.abs(q.astype(np.float32) * scale - w).max() <= scale.max() / 2 + 1e-7
 
 
+def test_a_tie_is_found_by_value_in_memory_and_on_disk_or_by_its_fold(tmp_path):
+    """A head holding its own copy of the table, transposed, is tied (compared by value: in memory,
+    and through a map of an offloaded model's weights); a copy that differs in one entry is not; a
+    head folded from a Transpose of the table is tied without reading either."""
+    from modelpress.quantize.offload import DiskWeights
+    from modelpress.quantize.targets import fold_weight_transposes
+    from modelpress.quantize.tied import tied_tables
+
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(300, 8)).astype(np.float32)
+
+    def model(head: np.ndarray | None) -> onnx.ModelProto:
+        weight = "W" if head is not None else "E_t"
+        nodes = [helper.make_node("Gather", ["E", "ids"], ["h"], name="embedding")]
+        if head is None:
+            nodes.append(helper.make_node("Transpose", ["E"], ["E_t"], name="tie", perm=[1, 0]))
+        nodes.append(helper.make_node("MatMul", ["h", weight], ["logits"], name="lm_head"))
+        inits = [numpy_helper.from_array(emb, "E")] + ([numpy_helper.from_array(head, "W")] if head is not None else [])
+        graph = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+            inits,
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+    other = emb.T.copy()
+    other[3, 250] += 1e-3
+    assert tied_tables(model(emb.T.copy())) == {"h": "lm_head"} and tied_tables(model(other)) == {}
+    weights = DiskWeights(tmp_path)
+    offloaded = weights.offload(model(emb.T.copy()))
+    assert all(t.data_location == TensorProto.EXTERNAL for t in offloaded.graph.initializer)
+    assert tied_tables(offloaded, read=weights.view) == {"h": "lm_head"}
+
+    def never(tensor):
+        raise AssertionError(f"{tensor.name} was read")
+
+    assert tied_tables(fold_weight_transposes(model(None)), read=never) == {"h": "lm_head"}
+
+
 def test_a_tied_lm_head_read_through_a_transpose_is_quantized(tmp_path):
     """A tied LM head exports as MatMul(h, Transpose(embedding)) with the embedding also read by a
     Gather: the head used to be no target (its weight is computed at run time) and stayed fp32, the

@@ -188,8 +188,8 @@ def test_the_kv_cache_graph_takes_static_int8_and_still_generates(exported, tmp_
 
 
 @ONCE
-@pytest.mark.parametrize("graph_format", ["ort", "qdq"])
-def test_static_int8_reads_the_tied_embedding_from_the_int8_head(exported, tmp_path, graph_format):
+@pytest.mark.parametrize("graph_format, per_channel", [("ort", True), ("qdq", True), ("qdq", False)])
+def test_static_int8_reads_the_tied_embedding_from_the_int8_head(exported, tmp_path, graph_format, per_channel):
     """GPT-2 ties its embedding to its LM head: the static int8 file keeps one matrix, the head's int8
     weight, and the lookup reads its columns — each embedding row within half its int8 step (the step
     of the smoothed head's column, divided back by SmoothQuant's factor) of PyTorch's table."""
@@ -203,7 +203,7 @@ def test_static_int8_reads_the_tied_embedding_from_the_int8_head(exported, tmp_p
     _, model, tokenizer, result = exported
     layout = KVLayout.from_config(model.config)
     feeds = _calibration_feeds(tokenizer, layout)
-    plan = plan_quantization(result.path, feeds, QuantizeConfig(format=graph_format))
+    plan = plan_quantization(result.path, feeds, QuantizeConfig(format=graph_format, per_channel=per_channel))
     summary = write_quantized(plan, tmp_path / "int8.onnx")
     assert summary.shared_embeddings == ("node_embedding",)
     table = model.transformer.wte.weight.detach().numpy()
@@ -226,7 +226,8 @@ def test_static_int8_reads_the_tied_embedding_from_the_int8_head(exported, tmp_p
     }
     rows = session.run([lookup], feed)[0]
     want = table[ids]
-    step = np.abs(table * f).max(axis=1) / plan.cfg.weight_qmax  # the int8 step of each smoothed column
+    peaks = np.abs(table * f).max(axis=1) if per_channel else np.full(len(table), np.abs(table * f).max())
+    step = peaks / plan.cfg.weight_qmax  # the int8 step of each smoothed column (or of the whole matrix)
     bound = step[ids][..., None] / f / 2 + 1e-6
     assert rows.shape == want.shape and (np.abs(rows - want) <= bound).all()
     assert np.abs(rows - want).max() > 0  # it is the int8 matrix, not an fp32 copy

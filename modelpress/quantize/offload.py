@@ -64,6 +64,17 @@ class DiskWeights:
         """The value of ``tensor``, read from the folder when it lives there."""
         return numpy_helper.to_array(tensor, base_dir=str(self.folder))
 
+    def view(self, tensor: onnx.TensorProto) -> np.ndarray:
+        """The value of ``tensor`` without reading it into memory: a read-only map of its bytes in the
+        folder (for comparisons that touch each byte once), or its in-graph value."""
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            return numpy_helper.to_array(tensor)
+        where = {entry.key: entry.value for entry in tensor.external_data}
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        offset = int(where.get("offset", 0))
+        path = self.folder / where["location"]
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(tensor.dims))
+
     def tensor(self, array: np.ndarray, name: str) -> onnx.TensorProto:
         """``array`` as an initializer: in the folder when it is large, else in the graph."""
         if array.nbytes < INLINE_BYTES:

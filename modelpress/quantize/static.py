@@ -179,7 +179,7 @@ def plan_quantization(
     # its rescaled ones there, and the writers read each as they quantize it (0.5 B W8A8 passed 15 GB)
     weights = DiskWeights.beside(Path(model_path), ".int8-weights-")
     model = weights.offload(model)  # rebound: the in-memory weights are freed
-    tied = tied_tables(model, read=weights.array)  # before SmoothQuant rescales the head's weight
+    tied = tied_tables(model, read=weights.view)  # before SmoothQuant rescales the head's weight
     all_matmuls = [n.name for n in model.graph.node if n.op_type in cfg.op_types]
     targets = find_targets(model, op_types=cfg.op_types, exclude=excluded)
     if not targets:

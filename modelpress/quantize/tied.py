@@ -23,13 +23,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from modelpress.quantize.chunks import column_chunks
+from modelpress.quantize.targets import TRANSPOSE_OF
 
-def tied_tables(
-    model: onnx.ModelProto, read: Callable[[onnx.TensorProto], np.ndarray] = numpy_helper.to_array
-) -> dict[str, str]:
+
+def tied_tables(model: onnx.ModelProto, read: Callable[[onnx.TensorProto], np.ndarray] | None = None) -> dict[str, str]:
     """Embedding lookups whose table is, transposed, the weight of a MatMul: {Gather output: MatMul
     node name}. Compared by value, so only a true tie is shared; ``read`` gives an initializer's value
-    (an offloaded model's: ``DiskWeights.array``)."""
+    (an offloaded model's: ``DiskWeights.view``, a map of its bytes). A head folded from a ``Transpose`` of the
+    table (``targets.fold_weight_transposes``) is tied by construction: not read at all."""
+    read = read or numpy_helper.to_array
     inits = {i.name: i for i in model.graph.initializer}
     by_shape: dict[tuple[int, ...], list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -43,12 +46,20 @@ def tied_tables(
         if table is None or axis != 0 or len(table.dims) != 2 or table.data_type != TensorProto.FLOAT:
             continue
         heads = by_shape.get((table.dims[1], table.dims[0]), [])
-        if heads:
+        # a head folded from a Transpose of this very table is its transpose by construction
+        folded = f"{TRANSPOSE_OF}{table.name}"
+        head = next((h for h in heads if inits[h.input[1]].doc_string == folded), None)
+        if head is None and heads:
             e = read(table)
-            head = next((h for h in heads if np.array_equal(read(inits[h.input[1]]), e.T)), None)
-            if head is not None:
-                tied[node.output[0]] = head.name
+            head = next((h for h in heads if _transposed(read(inits[h.input[1]]), e)), None)
+        if head is not None:
+            tied[node.output[0]] = head.name
     return tied
+
+
+def _transposed(w: np.ndarray, e: np.ndarray) -> bool:
+    """``w == eᵀ``, a chunk of columns at a time (no whole-matrix temporary)."""
+    return all(np.array_equal(w[:, c], e[c].T) for c in column_chunks(w.shape[1]))
 
 
 def share_with_nbits_head(model: onnx.ModelProto, tied: dict[str, str]) -> list[str]:
@@ -158,13 +169,16 @@ def _column_lookup(graph, node, matrix: str, scale: str | None, k: int, inverse:
     ]
     rows = f"{name}_rows"
     if scale is not None:
-        graph.initializer.append(numpy_helper.from_array(np.array([-1, 1], np.int64), f"{name}_column"))
-        steps += [
-            make("Cast", [rows], [f"{name}_float"], name=f"{name}_float", to=TensorProto.FLOAT),
-            make("Reshape", [scale, f"{name}_column"], [f"{name}_scales"], name=f"{name}_scales"),
-            make("Gather", [f"{name}_scales", f"{name}_ids"], [f"{name}_scale"], name=f"{name}_scale", axis=0),
-            make("Mul", [f"{name}_float", f"{name}_scale"], [f"{name}_dequantized"], name=f"{name}_dequantized"),
-        ]
+        steps.append(make("Cast", [rows], [f"{name}_float"], name=f"{name}_float", to=TensorProto.FLOAT))
+        per_column = bool(next(i for i in graph.initializer if i.name == scale).dims)
+        if per_column:  # each looked-up row's own column scale
+            graph.initializer.append(numpy_helper.from_array(np.array([-1, 1], np.int64), f"{name}_column"))
+            steps += [
+                make("Reshape", [scale, f"{name}_column"], [f"{name}_scales"], name=f"{name}_scales"),
+                make("Gather", [f"{name}_scales", f"{name}_ids"], [f"{name}_scale"], name=f"{name}_scale", axis=0),
+            ]
+        scale = f"{name}_scale" if per_column else scale
+        steps.append(make("Mul", [f"{name}_float", scale], [f"{name}_dequantized"], name=f"{name}_dequantized"))
         rows = f"{name}_dequantized"
     if inverse is not None:
         graph.initializer.append(numpy_helper.from_array(inverse.astype(np.float32), f"{name}_unsmooth"))
