@@ -293,6 +293,8 @@ INT4_VARIANTS = {
     "int4-gptq": "**int4 GPTQ**",
     "int4-awq-int8-10pct": "int4 AWQ, `int8_budget = 0.1`",
     "int4-gptq-int8-10pct": "int4 GPTQ, `int8_budget = 0.1`",
+    "int4-gptq-int8-30pct": "int4 GPTQ, `int8_budget = 0.3`",
+    "int4-gptq-fp32-head": 'int4 GPTQ, the LM head fp32 (`nodes_to_exclude = ["lm_head"]`)',
 }
 
 

@@ -35,6 +35,9 @@ VARIANTS = (
     ("int4-gptq", {"weight_bits": 4, "int4_method": "gptq"}),
     ("int4-awq-int8-10pct", {"weight_bits": 4, "int4_method": "awq", "int8_budget": 0.1}),
     ("int4-gptq-int8-10pct", {"weight_bits": 4, "int4_method": "gptq", "int8_budget": 0.1}),
+    ("int4-gptq-int8-30pct", {"weight_bits": 4, "int4_method": "gptq", "int8_budget": 0.3}),
+    # the tied LM head left fp32 (llama.cpp's Q4_0 keeps its head at 6 bits): what the head's int4 costs
+    ("int4-gptq-fp32-head", {"weight_bits": 4, "int4_method": "gptq", "nodes_to_exclude": ("lm_head",)}),
 )
 
 
