@@ -57,8 +57,9 @@ def load(
     """The bundle at ``bundle_dir``, as its task's bundle class (methods: ``task.api``).
     ``runtime``: one the bundle was built for (``bundle.json`` lists them; default its first);
     ``runner_options`` go to that runner (OpenVINO: ``precision="bf16"``).
-    ``verify``: check every file against ``manifest.json`` first (a missing manifest, a changed,
-    added or missing file is an error); validation turns it off for the run's own unpublished
+    ``verify``: check the bundle against ``manifest.json`` first (a missing manifest, a changed,
+    added or missing file is an error; the large files this load does not open — the fp32 export beside
+    an int4 model — by their size, the rest by their hash); validation turns it off for the run's own unpublished
     staging folder. ``allow_failed``: open a bundle whose gate failed (``<name>.rejected/``), for
     inspection; refused otherwise. ``require_signature``: the signer's public key (PEM); the
     bundle's ``model.sig`` must verify against it (``modelpress sign``) before the model is loaded.

@@ -144,13 +144,18 @@ class Bundle(Predictor):
         every_api: Callable[[], Iterable[str]] = tuple,
     ):
         self.root = Path(root)
-        _prove(self.root, verify=verify, allow_failed=allow_failed, require_signature=require_signature)
+        # which model opens comes from bundle.json, read here and hashed below before anything is used
         meta = read_bundle_meta(self.root)
+        default = meta.get("default") if runtime is None and model_file is None else None
+        try:
+            chosen: str | None = model_file or (default["file"] if default else bundle_model_file(meta, runtime)[1])
+        except BadInputError:  # said again below, after the manifest check (which then hashes every file)
+            chosen = None
+        _prove(self.root, verify=verify, allow_failed=allow_failed, require_signature=require_signature, model=chosen)
         check_target(meta, strict=strict)
         modality = get_modality(task.modality)
         preprocessor = modality.load_deployed(self.root / modality.preprocessor_dir)
         self.meta = meta
-        default = meta.get("default") if runtime is None and model_file is None else None
         if default:  # the selection's choice (validate.select): its runtime, file and runner options
             runtime, listed, name = default["runtime"], default["file"], name or default["name"]
             runner_options = {**(default.get("options") or {}), **(runner_options or {})}
@@ -223,8 +228,24 @@ class Bundle(Predictor):
         return out if words else [t if isinstance(t, str) else " ".join(t) for t in out]
 
 
-def _prove(root: Path, *, verify: bool, allow_failed: bool, require_signature: str | Path | None) -> None:
-    """The checks before loading: the signature, the manifest, the verdict (BadInputError, one line)."""
+def opened_with(model: str, manifest: dict[str, Any]) -> set[str]:
+    """The listed files that open with ``model``: it, its weights beside it (``<model>.data``, an IR's ``.bin``)
+    and, for a model in a folder (an OpenVINO IR, an OpenVINO GenAI folder), that folder's files."""
+    path = Path(model)
+    return {
+        rel
+        for rel in manifest["files"]
+        if rel.startswith(model)
+        or Path(rel).with_suffix("") == path.with_suffix("")
+        or (path.parent != Path(".") and path.parent in Path(rel).parents)
+    }
+
+
+def _prove(
+    root: Path, *, verify: bool, allow_failed: bool, require_signature: str | Path | None, model: str | None = None
+) -> None:
+    """The checks before loading: the signature, the manifest, the verdict (BadInputError, one line).
+    ``model``: the model file that will open; the bundle's other large models are checked by size."""
     if require_signature is not None:  # first: it vouches for the manifest the other checks read
         if not isinstance(require_signature, (str, os.PathLike)):
             raise TypeError(
@@ -233,7 +254,7 @@ def _prove(root: Path, *, verify: bool, allow_failed: bool, require_signature: s
             )
         verify_signature(root, Path(require_signature), flag="require_signature=")
     if verify:  # a bundle is what its manifest says, or it is not loaded
-        manifest = require_intact(root)
+        manifest = require_intact(root, opened=None if model is None else opened_with(model, read_manifest(root)))
     elif (root / MANIFEST).is_file():  # unverified (a run's own staging folder has no manifest yet)
         manifest = read_manifest(root)
     else:

@@ -120,6 +120,38 @@ def test_load_refuses_a_failed_bundle_unless_allowed(runs, data_files):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_load_hashes_the_model_it_opens_and_sizes_the_large_ones_it_does_not(runs, tmp_path, monkeypatch):
+    """``load()`` opens one model: a large file it does not open (the fp32 export) is checked by its size, not
+    hashed (an LLM bundle's 1.9 GB spent 1.5 s there); the model it opens is hashed, and ``verify`` (the CLI's
+    check) still hashes every file."""
+    from modelpress import manifest
+    from modelpress.bundle import load
+
+    bundle = tmp_path / "pub"
+    shutil.copytree(runs.passed, bundle)
+    monkeypatch.setattr(manifest, "UNOPENED_BYTES", 1024)  # the tiny bundle's models count as large
+    with load(bundle) as loaded:
+        opened = loaded.runner.model_path.name
+    assert opened == "model.int8.onnx"
+    fp32 = bundle / "model.onnx"
+    data = bytearray(fp32.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    fp32.write_bytes(bytes(data))
+    with load(bundle):  # not opened: its size still matches
+        pass
+    assert verify(bundle) == ["model.onnx"]
+    fp32.write_bytes(bytes(data[:-1]))  # another size: refused
+    with pytest.raises(BadInputError, match=r"does not match its manifest.json \(model.onnx;"):
+        load(bundle)
+    shutil.copy(runs.passed / "model.onnx", fp32)
+    int8 = bundle / opened
+    data = bytearray(int8.read_bytes())
+    data[-1] ^= 0xFF
+    int8.write_bytes(bytes(data))
+    with pytest.raises(BadInputError, match=r"does not match its manifest.json \(model.int8.onnx;"):
+        load(bundle)  # the model load() opens is hashed
+
+
 def test_gate_and_make_gate_judge_the_rejected_run_when_asked(runs, capsys):
     from modelpress.cli import main
 
