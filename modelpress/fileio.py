@@ -117,7 +117,7 @@ def maps_weights(model) -> bool:
     """Whether a pressed ``model`` is saved with its weights in ``<name>.data``: past
     :data:`MAPPED_WEIGHTS_BYTES`, or past what one protobuf message holds (:func:`needs_external_data`)."""
     held = sum(t.ByteSize() for t in model.graph.initializer if not _external(t))
-    return held > MAPPED_WEIGHTS_BYTES or needs_external_data(model)
+    return held > min(MAPPED_WEIGHTS_BYTES, EXTERNAL_DATA_BYTES)
 
 
 def needs_external_data(model) -> bool:

@@ -75,7 +75,6 @@ def fold_weight_transposes(model: onnx.ModelProto, *, keep: Collection[str] = ()
     if not folds:
         return model
     for node in folds:
-        # the read copy goes as soon as the transposed one exists (a tied 0.5 B head: 544 MB each)
         weight = np.ascontiguousarray(numpy_helper.to_array(inits[node.input[0]]).T)
         folded = numpy_helper.from_array(weight, node.output[0])
         del weight

@@ -126,9 +126,10 @@ def share_with_int8_head(
         if head is None or weight is None:
             continue
         matrix, scale = weight
-        k = inits[matrix].dims[0]
+        per_column = scale is not None and bool(inits[scale].dims)
         inverse = (inverse_factors or {}).get(head.name)
-        _replace(graph, index, _column_lookup(graph, node, matrix, scale, k, inverse), inits)
+        lookup = _column_lookup(graph, node, matrix, scale, per_column, inits[matrix].dims[0], inverse)
+        _replace(graph, index, lookup, inits)
         shared.append(node.name)
     return shared
 
@@ -156,8 +157,11 @@ def _head_weight(
     return matrix, scale
 
 
-def _column_lookup(graph, node, matrix: str, scale: str | None, k: int, inverse: np.ndarray | None) -> list:
-    """``node``'s rows read from ``matrix``'s columns: [*ids.shape, K] like the table's lookup."""
+def _column_lookup(
+    graph, node, matrix: str, scale: str | None, per_column: bool, k: int, inverse: np.ndarray | None
+) -> list:
+    """``node``'s rows read from ``matrix``'s columns: [*ids.shape, K] like the table's lookup; ``scale``
+    one per column (``per_column``) or one for the matrix, None for an fp32 head."""
     name, ids, out = node.name, node.input[1], node.output[0]
     graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), f"{name}_flat"))
     graph.initializer.append(numpy_helper.from_array(np.array([k], np.int64), f"{name}_width"))
@@ -170,7 +174,6 @@ def _column_lookup(graph, node, matrix: str, scale: str | None, k: int, inverse:
     rows = f"{name}_rows"
     if scale is not None:
         steps.append(make("Cast", [rows], [f"{name}_float"], name=f"{name}_float", to=TensorProto.FLOAT))
-        per_column = bool(next(i for i in graph.initializer if i.name == scale).dims)
         if per_column:  # each looked-up row's own column scale
             graph.initializer.append(numpy_helper.from_array(np.array([-1, 1], np.int64), f"{name}_column"))
             steps += [
