@@ -295,6 +295,8 @@ INT4_VARIANTS = {
     "int4-gptq-int8-10pct": "int4 GPTQ, `int8_budget = 0.1`",
     "int4-gptq-int8-30pct": "int4 GPTQ, `int8_budget = 0.3`",
     "int4-gptq-fp32-head": 'int4 GPTQ, the LM head fp32 (`nodes_to_exclude = ["lm_head"]`)',
+    "int4-rtn-int8-head": "int4 round to nearest, the LM head 8-bit (`head_bits = 8`)",
+    "int4-gptq-int8-head": "**int4 GPTQ, the LM head 8-bit (`head_bits = 8`)**",
 }
 
 
@@ -307,7 +309,11 @@ def render_lm_int4(data: dict) -> str:
 
     rows = []
     for key, r in data["int4"].items():
-        bits8 = sum(1 for layer in r.get("layers", []) if layer["bits"] == 8)
+        bits8 = (
+            len(r["eight_bit_nodes"])
+            if "eight_bit_nodes" in r
+            else sum(1 for layer in r.get("layers", []) if layer["bits"] == 8)
+        )
         rows.append(
             [
                 INT4_VARIANTS.get(key, key),
@@ -433,6 +439,16 @@ def render_lm_scale(data: dict) -> str:
     return "\n\n".join(parts)
 
 
+def _peer_label(name: str) -> str:
+    """``modelpress-int4-b128-head8`` (``bench.lm_scale_bench --ours-variants``) → what its settings are."""
+    if name == "modelpress-int4":
+        return "modelpress int4 (the `int4` run's bundle: `block_size = 32`, `head_bits = 4`)"
+    if not name.startswith("modelpress-int4-b"):
+        return name
+    block, _, head = name.removeprefix("modelpress-int4-b").partition("-")
+    return f"modelpress int4, `block_size = {block}`, `head_bits = {8 if head == 'head8' else 4}`"
+
+
 def render_lm_peers(peers: dict) -> str:
     """bench/lm_peers.py's rows (the LM benches' ``peers``): each peer's build, size, load and speed;
     a peer that could not be built or loaded says why."""
@@ -445,7 +461,7 @@ def render_lm_peers(peers: dict) -> str:
         rss = build.get("peak_rss_mb")
         rows.append(
             [
-                name,
+                _peer_label(name),
                 f"{fmt(build.get('seconds'), 0)} s" + (f" / {fmt(rss / 1e3, 2)} GB" if rss else "")
                 if build.get("seconds")
                 else DASH,

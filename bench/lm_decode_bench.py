@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import machine
+from bench import machine, with_huge_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench/results/lm_decode.json"
@@ -58,7 +58,9 @@ def ours_int4(model_dir: Path, work: Path, block: int = 32) -> Path:
         del model
     # round to nearest, as the builder's `-p int4`: the integers (not the kernel) are what GPTQ/AWQ change,
     # and random weights have no calibration set worth the name
-    cfg = QuantizeConfig(mode="weight-only", weight_bits=4, block_size=block, accuracy_level=4, int4_method="rtn")
+    cfg = QuantizeConfig(
+        mode="weight-only", weight_bits=4, block_size=block, head_bits=4, accuracy_level=4, int4_method="rtn"
+    )  # every weight int4, as the builder's `-p int4` writes it
     start = time.perf_counter()
     quantize_weights_only(fp32, out, cfg)
     print(f"int4: {time.perf_counter() - start:.1f} s", flush=True)
@@ -191,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--blocks", type=int, nargs="+", default=[32, 128], help="int4 block sizes, each ours beside the builder's"
     )
+    ap.add_argument("--small-pages", action="store_true", help="without huge pages (bench.with_huge_pages)")
     args = ap.parse_args(argv)
+    if not args.small_pages:
+        with_huge_pages("bench.lm_decode_bench", argv)
     args.work.mkdir(parents=True, exist_ok=True)
     ours_path = {b: ours_int4(args.model, args.work, b) for b in args.blocks}
     theirs_path = {b: theirs_int4(args.model, args.work, args.threads, b) for b in args.blocks}

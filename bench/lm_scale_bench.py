@@ -5,7 +5,8 @@ hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate 4864, vocabulary 151,9
 embeddings; 494 M parameters, 1.98 GB of fp32 weights) or of Qwen2.5-1.5B (``--size 1.5b``), with
 a byte-level BPE tokenizer trained here on the text of ``../shared/data`` (``bench.tiny_gpt``'s
 split), and presses it with ``modelpress run`` once per mode (``int4``: weight-only MatMulNBits,
-4 bits, block 32, accuracy level 4; ``int8-wo``: the same at 8 bits; ``w8a8``: static int8, the
+4 bits, block 32, accuracy level 4, every weight int4 — the builder's ``-p int4``; ``int4-b128``: the defaults,
+block 128 and the LM head 8-bit; ``int8-wo``: 8 bits, block 32; ``w8a8``: static int8, the
 default mode). Each run is its own process; its peak RSS is sampled from here (the process and its
 children, every 0.2 s) and the run's own report gives each stage's time and peak RSS
 (``report.json`` → ``stages``). Accuracy on random weights means nothing: the validation is cut to
@@ -30,10 +31,11 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from bench import lm_peers, machine
+from bench import lm_peers, machine, with_huge_pages
 from modelpress.paths import MODEL_ONNX, PRESSED_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,10 +73,21 @@ SHAPES = {
 
 # round to nearest: on random weights a calibration set says nothing GPTQ/AWQ could use (their accuracy
 # comes from the trained GPT: bench.int4_accuracy); "int4-gptq" measures what GPTQ's XᵀX costs in memory
-INT4 = {"mode": "weight-only", "weight_bits": 4, "block_size": 32, "accuracy_level": 4, "int4_method": "rtn"}
+# "int4" / "int4-gptq": the builder's `-p int4` settings (block 32, every weight int4); the "-b128" modes: the
+# defaults since stop 32 (block 128, the head 8-bit)
+INT4 = {
+    "mode": "weight-only",
+    "weight_bits": 4,
+    "block_size": 32,
+    "head_bits": 4,
+    "accuracy_level": 4,
+    "int4_method": "rtn",
+}
 MODES = {
     "int4": INT4,
     "int4-gptq": {**INT4, "int4_method": "gptq"},
+    "int4-b128": {**INT4, "block_size": 128, "head_bits": 8},
+    "int4-gptq-b128": {**INT4, "block_size": 128, "head_bits": 8, "int4_method": "gptq"},
     "int8-wo": {"mode": "weight-only", "weight_bits": 8, "block_size": 32, "accuracy_level": 4},
     "w8a8": {"mode": "static"},
 }
@@ -154,7 +167,8 @@ max_drop = 1000.0
 
 def press(recipe_path: Path, out: Path, log: Path) -> dict:
     """``modelpress run`` in its own process: exit code, wall time, sampled peak RSS."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # a press as a user runs it: not with the peers' huge pages (bench.with_huge_pages), which move its RSS
+    env = {**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "modelpress", "run", str(recipe_path), "--out", str(out)]
     run = lm_peers.run_measured(cmd, log, cwd=ROOT, env=env)
     return {"exit_code": run["exit_code"], "wall_seconds": run["seconds"], "peak_rss_mb": run["peak_rss_mb"]}
@@ -194,16 +208,45 @@ def traced_export(model: Path, out: Path) -> Path:
     return out
 
 
-def peer_rows(model: Path, work: Path, ours: Path | None, *, threads: int, rounds: int, reuse: bool = False) -> dict:
+def ours_variant(fp32: Path, out: Path, spec: str) -> Path:
+    """Our int4 (round to nearest, accuracy level 4) of the bundle's fp32 graph ``fp32`` as ``spec``
+    says: "b<block>" with "+head8" for ``head_bits = 8`` (e.g. "b128+head8"); reused when written."""
+    from modelpress.quantize.config import QuantizeConfig
+    from modelpress.quantize.weight_only import quantize_weights_only
+
+    block, _, head = spec.partition("+")
+    path = out / spec / PRESSED_FILES["int4"]
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cfg = QuantizeConfig(
+            mode="weight-only",
+            weight_bits=4,
+            block_size=int(block.removeprefix("b")),
+            accuracy_level=4,
+            int4_method="rtn",
+            head_bits=8 if head == "head8" else 4,
+        )
+        quantize_weights_only(fp32, path, cfg)
+    return path
+
+
+def peer_rows(
+    model: Path,
+    work: Path,
+    ours: Path | None,
+    *,
+    threads: int,
+    rounds: int,
+    reuse: bool = False,
+    variants: Sequence[str] = (),
+) -> dict:
     """The LLM peers (``bench.lm_peers``) built from the same random decoder and timed in this process
     beside ours (``ours``: the int4 run's bundle model, on ONNX Runtime): the builds, sizes, load
     RSS, prefill and decode rows. Accuracy on random weights means nothing, so none is measured."""
     from transformers import AutoConfig, AutoTokenizer
 
     P = lm_peers
-    from modelpress.fileio import graph_input_shapes
     from modelpress.kv_cache import KVLayout
-    from modelpress.runtimes.registry import create_runner
 
     peers_dir = work / "peers"
     peers_dir.mkdir(parents=True, exist_ok=True)
@@ -252,11 +295,16 @@ def peer_rows(model: Path, work: Path, ours: Path | None, *, threads: int, round
     }
     if ours is not None and ours.is_file():
         builds["modelpress-int4"] = {"file_mb": P.size_mb(ours)}  # built by the int4 run (its row above)
-        ours_layout = KVLayout.from_shapes(graph_input_shapes(ours))
+        paths = {"modelpress-int4": ours}
+        for spec in variants:  # other int4 settings of the same fp32 graph, timed beside
+            name = f"modelpress-int4-{spec.replace('+', '-')}"
+            paths[name] = ours_variant(ours.parent / MODEL_ONNX, work / "variants", spec)
+            builds[name] = {"spec": spec, "file_mb": P.size_mb(paths[name])}
         makers = {
-            "modelpress-int4": lambda: P.RunnerPeer(
-                "modelpress-int4", create_runner("onnxruntime", ours, threads=threads).__enter__(), ours_layout
-            ),
+            **{
+                name: (lambda name=name, path=path: P.GeneratorPeer(name, path, threads))
+                for name, path in paths.items()
+            },
             **makers,
         }
     loaded, rows = [], {}
@@ -288,7 +336,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds of the peers' rows")
     ap.add_argument("--reuse-peers", action="store_true", help="reuse the peers' builds found in WORK/SIZE/peers")
+    ap.add_argument(
+        "--ours-variants",
+        default="",
+        help='comma-separated int4 settings of ours timed beside the peers, e.g. "b128,b32+head8" (see ours_variant)',
+    )
+    ap.add_argument(
+        "--small-pages", action="store_true", help="time the peers without huge pages (bench.with_huge_pages)"
+    )
     args = ap.parse_args(argv)
+    if args.peers and not args.small_pages:
+        with_huge_pages("bench.lm_scale_bench", argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if unknown := [m for m in modes if m not in MODES]:
         ap.error(f"unknown modes {unknown}")
@@ -328,8 +386,17 @@ def main(argv: list[str] | None = None) -> int:
         ]
         ours = next((f for f in found if f.is_file()), None)
         row["peers"] = {
+            "machine": machine(),  # with the malloc tunables the peers ran under
             "threads": args.threads,
-            "rows": peer_rows(model, work, ours, threads=args.threads, rounds=args.rounds, reuse=args.reuse_peers),
+            "rows": peer_rows(
+                model,
+                work,
+                ours,
+                threads=args.threads,
+                rounds=args.rounds,
+                reuse=args.reuse_peers,
+                variants=[v.strip() for v in args.ours_variants.split(",") if v.strip()],
+            ),
         }
         print(json.dumps(row["peers"], indent=1), flush=True)
         args.results.write_text(json.dumps(results, indent=1) + "\n")

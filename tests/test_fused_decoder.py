@@ -135,6 +135,7 @@ def test_logits_equal_transformers_on_a_prefill_and_decode_steps(fused):
     ours = cache.run(prompt.numpy(), np.ones(prompt.shape, np.int64))
     np.testing.assert_allclose(ours, out.logits.numpy(), atol=1e-4, rtol=0)
     past, length = out.past_key_values, prompt.shape[1]
+    steps = []
     for _ in range(STEPS):
         token = out.logits[:, -1:].argmax(-1)
         length += 1
@@ -144,6 +145,9 @@ def test_logits_equal_transformers_on_a_prefill_and_decode_steps(fused):
         ours = cache.run(token.numpy(), np.ones((1, length), np.int64))
         assert ours.shape == (1, 1, model.config.vocab_size)  # only the new position's logits
         np.testing.assert_allclose(ours, out.logits.numpy(), atol=1e-4, rtol=0)
+        steps.append((ours, out.logits.numpy()))
+    for ours, theirs in steps:  # what a step returned is its own: later steps do not overwrite it
+        np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
 def test_greedy_tokens_equal_transformers_generate_on_a_ragged_batch(fused):

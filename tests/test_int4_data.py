@@ -97,7 +97,9 @@ def test_awq_and_gptq_cut_the_output_error_of_a_planted_outlier_channel(tmp_path
     feeds = [{"x": x[i : i + 128]} for i in range(0, len(x), 128)]
     errors, summaries = {}, {}
     for method in ("rtn", "awq", "gptq"):
-        cfg = QuantizeConfig(mode="weight-only", weight_bits=4, block_size=16, accuracy_level=0, int4_method=method)
+        cfg = QuantizeConfig(
+            mode="weight-only", weight_bits=4, block_size=16, head_bits=4, accuracy_level=0, int4_method=method
+        )
         out = tmp_path / f"{method}.onnx"
         summaries[method] = quantize_weights_only(path, out, cfg, feeds)
         got = _session(onnx.load(str(out))).run(None, {"x": x})[0]
@@ -185,7 +187,13 @@ def test_the_data_aware_graph_runs_and_equals_its_dequantized_weights(gpt2, tmp_
 
     path, feeds, probe = gpt2
     cfg = QuantizeConfig(
-        mode="weight-only", weight_bits=4, block_size=16, accuracy_level=0, int4_method=method, int8_budget=budget
+        mode="weight-only",
+        weight_bits=4,
+        block_size=16,
+        head_bits=4,
+        accuracy_level=0,
+        int4_method=method,
+        int8_budget=budget,
     )
     summary = quantize_weights_only(path, tmp_path / "q.onnx", cfg, feeds)
     assert len(summary.layers) == 9 and summary.shared_embeddings == ("node_embedding",)
@@ -207,7 +215,9 @@ def test_the_int8_budget_keeps_the_most_sensitive_matmuls_8_bit_within_its_bytes
 
     path, feeds, _ = gpt2
     budget = 0.2
-    cfg = QuantizeConfig(mode="weight-only", weight_bits=4, block_size=16, int4_method="awq", int8_budget=budget)
+    cfg = QuantizeConfig(
+        mode="weight-only", weight_bits=4, block_size=16, head_bits=4, int4_method="awq", int8_budget=budget
+    )
     summary = quantize_weights_only(path, tmp_path / "q.onnx", cfg, feeds)
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     inits = {i.name: i for i in graph.initializer}
@@ -241,6 +251,7 @@ def test_the_int8_budget_keeps_the_most_sensitive_matmuls_8_bit_within_its_bytes
             {"weight_bits": 8, "int8_budget": 0.1},
             'quantize.int8_budget: only for mode = "weight-only" with weight_bits',
         ),
+        ({"weight_bits": 4, "head_bits": 6}, "quantize.head_bits: expected 8 or 4, got 6"),
     ],
 )
 def test_the_int4_keys_refuse_bad_values_in_one_line_exit_2(tmp_path, capsys, quantize, message):
@@ -256,6 +267,93 @@ def test_the_int4_keys_refuse_bad_values_in_one_line_exit_2(tmp_path, capsys, qu
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def _bits_by_node(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """{replaced MatMul: (bits, block_size)} of each MatMulNBits."""
+    out = {}
+    for node in model.graph.node:
+        if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
+            attrs = {a.name: a.i for a in node.attribute}
+            out[node.name.rsplit("_Q", 1)[0]] = (attrs["bits"], attrs["block_size"])
+    return out
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_head_bits_8_writes_the_lm_head_8_bit_and_the_tied_lookup_reads_it(gpt2, tmp_path, method):
+    from modelpress.quantize.weight_only import quantize_weights_only
+
+    path, feeds, probe = gpt2
+    fp32 = onnx.load(str(path))
+    head = next(n.name for n in fp32.graph.node if n.output[0] == fp32.graph.output[0].name)  # writes the logits
+    cfg = QuantizeConfig(
+        mode="weight-only", weight_bits=4, block_size=16, accuracy_level=0, int4_method=method, head_bits=8
+    )
+    summary = quantize_weights_only(path, tmp_path / "q.onnx", cfg, feeds if method != "rtn" else None)
+    quantized = onnx.load(str(tmp_path / "q.onnx"))
+    bits = _bits_by_node(quantized)
+    lookup = summary.shared_embeddings[0]
+    # hidden 32: no whole block of 128 rows, so the head keeps the graph's block
+    assert bits.pop(head) == (8, 16) and bits.pop(lookup) == (8, 16)
+    assert len(bits) == 8 and set(bits.values()) == {(4, 16)}
+    assert summary.eight_bit_nodes == (head,)
+    if method == "gptq":
+        assert {(layer.node, layer.bits, layer.method) for layer in summary.layers if layer.bits == 8} == {
+            (head, 8, "rtn")
+        }
+    got = _session(quantized).run(None, probe)[0]
+    want = _session(_dequantized_reference(quantized)).run(None, probe)[0]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    # closer to fp32 than the same graph with the head at 4 bits
+    all_int4 = quantize_weights_only(path, tmp_path / "q4.onnx", cfg.with_(head_bits=4), feeds)
+    assert all_int4.eight_bit_nodes == ()
+    reference = _session(fp32).run(None, probe)[0]
+    int4_error = np.abs(_session(onnx.load(str(tmp_path / "q4.onnx"))).run(None, probe)[0] - reference).mean()
+    assert np.abs(got - reference).mean() < int4_error
+
+
+def test_an_8_bit_head_of_whole_128_row_blocks_takes_them_and_the_lookup_reads_its_rows(tmp_path):
+    """ids → Gather(E) → MatMul(W1) → MatMul(Eᵀ) → logits, K = 256: the body int4 at block 32, the tied
+    head 8-bit at block 128; lookups and logits against numpy's own blockwise quantization."""
+    from test_weight_only import _dequantized
+
+    from modelpress.quantize.blockwise import head_block
+    from modelpress.quantize.weight_only import quantize_weights_only
+
+    assert (head_block(896, 32), head_block(70, 32), head_block(256, 256)) == (128, 32, 256)
+    rng = np.random.default_rng(5)
+    vocab, k = 300, 256
+    table = rng.standard_normal((vocab, k)).astype(np.float32)
+    w1 = (rng.standard_normal((k, k)) / 16).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["E", "ids"], ["x"], name="embed"),
+            helper.make_node("MatMul", ["x", "W1"], ["h"], name="body"),
+            helper.make_node("Transpose", ["E"], ["Et"], name="tie", perm=[1, 0]),
+            helper.make_node("MatMul", ["h", "Et"], ["logits"], name="lm_head"),
+        ],
+        "tied",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 5])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5, vocab])],
+        [numpy_helper.from_array(table, "E"), numpy_helper.from_array(w1, "W1")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "m.onnx")
+    cfg = QuantizeConfig(
+        mode="weight-only", weight_bits=4, block_size=32, accuracy_level=0, int4_method="rtn", head_bits=8
+    )
+    summary = quantize_weights_only(tmp_path / "m.onnx", tmp_path / "q.onnx", cfg)
+    quantized = onnx.load(str(tmp_path / "q.onnx"))
+    assert _bits_by_node(quantized) == {"body": (4, 32), "lm_head": (8, 128), "embed": (8, 128)}
+    assert summary.shared_embeddings == ("embed",) and summary.eight_bit_nodes == ("lm_head",)
+    shapes = {tuple(i.dims) for i in quantized.graph.initializer if i.data_type == TensorProto.FLOAT}
+    assert not shapes & {(vocab, k), (k, vocab)}  # the fp32 table and its transpose are gone
+    ids = np.array([[0, 7, 299, 7, 150]])
+    head = _dequantized(table.T.copy(), 8, 128)  # [K, V]
+    rows = head.T[ids]
+    quantized.graph.output.append(helper.make_empty_tensor_value_info("x"))
+    got_rows, got_logits = _session(quantized).run(["x", "logits"], {"ids": ids})
+    np.testing.assert_allclose(got_rows, rows, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got_logits, rows @ _dequantized(w1, 4, 32) @ head, rtol=1e-4, atol=1e-4)
 
 
 def _matmulnbits_weights(path) -> dict[str, np.ndarray]:
@@ -277,7 +375,9 @@ def test_statistics_in_many_passes_write_the_graph_one_pass_writes(gpt2, tmp_pat
     from modelpress.quantize.weight_only import quantize_weights_only
 
     path, feeds, _ = gpt2
-    cfg = QuantizeConfig(mode="weight-only", weight_bits=4, block_size=16, int4_method=method, int8_budget=budget)
+    cfg = QuantizeConfig(
+        mode="weight-only", weight_bits=4, block_size=16, head_bits=4, int4_method=method, int8_budget=budget
+    )
     one = quantize_weights_only(path, tmp_path / "one.onnx", cfg, iter(feeds))
     monkeypatch.setattr(int4_data, "STATS_SHARE", 1e-9)
     with caplog.at_level("INFO", logger="modelpress.quantize.int4_data"):
@@ -392,3 +492,29 @@ def test_a_read_only_model_folder_puts_the_weights_work_folder_in_the_temporary_
     assert weights.folder.parent == Path(tempfile.gettempdir()) and weights.folder.is_dir()
     weights.close()
     assert not weights.folder.exists()
+
+
+def test_an_8_bit_head_is_quantized_a_chunk_of_columns_at_a_time_and_equals_the_whole(gpt2, tmp_path, monkeypatch):
+    """A Qwen-sized head is 544 MB in fp32: GPTQ's pass quantizes it 8-bit a chunk of output columns at a
+    time (whole, the 0.5 B default press peaked at 3.18× its fp32 weights), and the chunks' codes and
+    scales are the whole matrix's."""
+    from modelpress.quantize import blockwise, chunks
+    from modelpress.quantize.weight_only import quantize_weights_only
+
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((64, 50)).astype(np.float32)
+    rows = rng.uniform(0.5, 2.0, (64, 1)).astype(np.float32)
+    monkeypatch.setattr(chunks, "COLUMNS", 8)
+    whole, by_columns = blockwise.quantize_rtn(w * rows, 8, 32), blockwise.quantize_rtn_by_columns(w, 8, 32, rows)
+    np.testing.assert_array_equal(by_columns.codes, whole.codes)
+    np.testing.assert_array_equal(by_columns.scales, whole.scales)
+    widths = []
+    real = blockwise.quantize_rtn
+    monkeypatch.setattr(
+        blockwise, "quantize_rtn", lambda w, bits, *a: widths.append((bits, w.shape[1])) or real(w, bits, *a)
+    )
+    path, feeds, _ = gpt2
+    cfg = QuantizeConfig(mode="weight-only", weight_bits=4, block_size=16, int4_method="gptq", head_bits=8)
+    assert quantize_weights_only(path, tmp_path / "q.onnx", cfg, feeds).eight_bit_nodes
+    eight = [width for bits, width in widths if bits == 8]
+    assert eight and max(eight) <= 8

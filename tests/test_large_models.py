@@ -201,7 +201,9 @@ def test_a_tied_embedding_reads_the_quantized_head_weight_and_the_file_holds_the
 
     work, model, tokenizer = tied_qwen2
     block = 16
-    cfg = QuantizeConfig(mode="weight-only", weight_bits=bits, block_size=block, accuracy_level=4, int4_method="rtn")
+    cfg = QuantizeConfig(
+        mode="weight-only", weight_bits=bits, block_size=block, head_bits=4, accuracy_level=4, int4_method="rtn"
+    )
     summary = quantize_weights_only(work / "model.onnx", work / f"int{bits}.onnx", cfg)
     assert len(summary.shared_embeddings) == 1
     q = onnx.load(str(work / f"int{bits}.onnx"))

@@ -153,13 +153,16 @@ def test_weight_only_stages_equal_run(capsys, tiny_bert, data_files, tmp_path):
     """`quantize --recipe` used to write static int8 for a weight-only recipe."""
     import onnx
 
+    from modelpress.quantize.config import QuantizeConfig
+
     recipe = _recipe(tmp_path / "r.toml", tiny_bert.path, data_files, quantize={"mode": "weight-only"})
     staged, ran = _same_as_run(capsys, recipe, tmp_path, pressed="model.w8.onnx")
     # the row is named by what the model holds (weight-only 8 bits: "w8"), in the stages as in run
     assert staged["gate"]["candidate_name"] == ran["gate"]["candidate_name"] == "w8"
     ops = {n.op_type for n in onnx.load(str(tmp_path / "eq.stages" / "model.int8.onnx")).graph.node}
     assert "MatMulNBits" in ops and "QuantizeLinear" not in ops and "DynamicQuantizeLinear" not in ops
-    assert json.loads((tmp_path / "eq.stages" / "model.int8.quantization.json").read_text())["block_size"] == 32
+    written = json.loads((tmp_path / "eq.stages" / "model.int8.quantization.json").read_text())
+    assert written["block_size"] == QuantizeConfig().block_size  # the recipe's default reached the quantizer
 
 
 def test_calibration_seeds_stages_equal_run(capsys, tiny_bert, data_files, tmp_path):

@@ -91,7 +91,9 @@ def test_weight_only_graph_equals_the_blockwise_dequantized_reference(gpt2_graph
     from modelpress.quantize.weight_only import gemms_as_matmuls, quantize_weights_only
 
     _, model, tokenizer, result = gpt2_graph
-    cfg = QuantizeConfig(mode="weight-only", weight_bits=bits, block_size=16, accuracy_level=0, int4_method="rtn")
+    cfg = QuantizeConfig(
+        mode="weight-only", weight_bits=bits, block_size=16, head_bits=4, accuracy_level=0, int4_method="rtn"
+    )
     summary = quantize_weights_only(result.path, tmp_path / "wo.onnx", cfg)
     assert len(summary.quantized_nodes) == 4 * 2 + 1 and summary.fp32_nodes == ()  # 4 per layer + lm_head
     assert (summary.format, summary.weight_bits, summary.block_size, summary.calibration_method) == (

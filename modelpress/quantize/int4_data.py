@@ -28,13 +28,20 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Collection, Iterable, Mapping
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from modelpress.quantize.blockwise import BlockQuant, matmulnbits_node, quantize_rtn
+from modelpress.quantize.blockwise import (
+    BlockQuant,
+    head_block,
+    matmulnbits_node,
+    quantize_rtn,
+    quantize_rtn_by_columns,
+    replace_nodes,
+)
 from modelpress.quantize.chunks import column_chunks, sum_sq
 from modelpress.quantize.config import QuantizeConfig
 from modelpress.quantize.int4_awq import AwqScales, clip_search, output_error, search_scales
@@ -82,16 +89,26 @@ def _errors(x: np.ndarray, w: np.ndarray, quant: BlockQuant, s: np.ndarray, bloc
 
 
 def _quantize_group(
-    layers: list[_Layer], weights: list[np.ndarray], stats: ActivationStats, cfg: QuantizeConfig, *, fixed: bool
+    layers: list[_Layer],
+    weights: list[np.ndarray],
+    stats: ActivationStats,
+    cfg: QuantizeConfig,
+    *,
+    fixed: bool,
+    eight_bit: Collection[str] = (),
 ) -> AwqScales | None:
-    """Each layer's int4 weight by the method; AWQ's scales for the group (None: not scaled)."""
+    """Each layer's int4 weight by the method (those in ``eight_bit``: 8-bit round to nearest, at
+    :func:`~modelpress.quantize.blockwise.head_block`); AWQ's scales for the group (None: not scaled)."""
     x, block, method = stats.sample, cfg.block_size, cfg.int4_method
     scales = None
     if method == "awq":
         scales = search_scales(stats.mean_abs, x, weights, bits=4, block=block, fixed=fixed)
     s = scales.scales[:, None] if scales is not None else np.ones((x.shape[1], 1), np.float32)
     for la, w in zip(layers, weights):
-        if method == "awq":
+        bits = 8 if la.name in eight_bit else 4
+        if bits == 8:
+            la.quant = quantize_rtn_by_columns(w, 8, head_block(la.k, block), s if scales is not None else None)
+        elif method == "awq":
             # the clip search weighs each block alone (no cross-block terms): kept only where the whole
             # weight's output error falls
             plain = quantize_rtn(w * s, 4, block)
@@ -105,8 +122,8 @@ def _quantize_group(
         error, error_rtn, error_int8 = _errors(x, w, la.quant, s, block)
         la.record = LayerQuant(
             node=la.name,
-            bits=4,
-            method=method,
+            bits=bits,
+            method=method if bits == 4 else "rtn",
             error=round(error, 8),
             error_rtn=round(error_rtn, 8),
             error_int8=round(error_int8, 8),
@@ -134,7 +151,11 @@ def _passes(groups: Mapping[str, list[_Layer]], *, hessian: bool) -> list[list[s
 def _keep_int8(layers: list[_Layer], budget: float) -> set[str]:
     """The MatMuls kept 8-bit: most sensitive first (largest int4 error over int8's), while the
     bytes they add stay within ``budget`` × the all-int4 weights' bytes."""
-    done = [(la.name, la.quant, la.record) for la in layers if la.quant is not None and la.record is not None]
+    done = [
+        (la.name, la.quant, la.record)
+        for la in layers
+        if la.quant is not None and la.record is not None and la.quant.bits == 4  # not already 8-bit
+    ]
     allowed, kept = budget * sum(q.nbytes for _, q, _ in done), set()
     for name, q, record in sorted(done, key=lambda d: d[2].error - d[2].error_int8, reverse=True):
         extra = q.nbytes - q.scales.size * 4  # int8 codes: twice the int4 bytes, the same scales
@@ -191,10 +212,12 @@ def quantize_data_aware(
     *,
     tied_heads: set[str],
     weights: DiskWeights | None = None,
+    eight_bit: Collection[str] = (),
 ) -> tuple[onnx.ModelProto, list[LayerQuant]]:
     """``model`` (edited in place) with each of ``targets`` (MatMul names, constant [K, N] weights) as
     ``MatMulNBits`` of the method's integers; one record per MatMul. ``weights``: where ``model``'s
-    weights are when it is offloaded; those not replaced are still there on return."""
+    weights are when it is offloaded; those not replaced are still there on return. ``eight_bit``:
+    targets written 8-bit whatever the budget (``quantize.head_bits = 8``)."""
     inits = {i.name: i for i in model.graph.initializer}
     wanted = set(targets)
     groups: dict[str, list[_Layer]] = defaultdict(list)
@@ -231,7 +254,9 @@ def quantize_data_aware(
         for activation in activations:
             layers = groups[activation]
             fixed = any(la.name in tied_heads for la in layers)
-            scales = _quantize_group(layers, [weight(la) for la in layers], stats.pop(activation), cfg, fixed=fixed)
+            scales = _quantize_group(
+                layers, [weight(la) for la in layers], stats.pop(activation), cfg, fixed=fixed, eight_bit=eight_bit
+            )
             if scales is not None:
                 folded[activation] = scales
             log.info(
@@ -254,11 +279,5 @@ def quantize_data_aware(
                 la.record = replace(la.record, bits=8, method="rtn")  # type: ignore[type-var]
             written[la.name] = matmulnbits_node(model, nodes[la.name], la.quant, accuracy_level=cfg.accuracy_level)  # type: ignore[arg-type]
             la.quant = None  # packed into the graph: the codes go
-    rewritten = [written.get(n.name, n) for n in model.graph.node]
-    del model.graph.node[:]
-    model.graph.node.extend(rewritten)
-    used = {name for n in model.graph.node for name in n.input}
-    kept = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    replace_nodes(model, written)
     return model, [la.record for la in every]  # type: ignore[misc]

@@ -106,6 +106,8 @@ class QuantizeSummary:
     #: weight-only int4: how the integers were chosen ("rtn" | "awq" | "gptq"), and per MatMul what it got
     int4_method: str | None = None
     layers: tuple[LayerQuant, ...] = ()
+    #: weight-only int4: the MatMuls written 8-bit (``head_bits = 8``'s output layer, ``int8_budget``'s picks)
+    eight_bit_nodes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)

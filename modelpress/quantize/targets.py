@@ -84,6 +84,35 @@ def fold_weight_transposes(model: onnx.ModelProto, *, keep: Collection[str] = ()
     return model
 
 
+#: what may stand between an output layer and the graph output it writes (a bias, a cast)
+_OUTPUT_HOPS = ("Add", "Cast", "Identity")
+
+
+def output_layers(model: onnx.ModelProto, names: Collection[str]) -> list[str]:
+    """Those of ``names`` (weight MatMuls) that write a graph output — directly or through a bias
+    ``Add``, a ``Cast`` or an ``Identity`` read by nothing else: an LM's head, a classifier. A KV
+    projection (reshaped, rotated, concatenated before it is a ``present``) is not one."""
+    outputs = {o.name for o in model.graph.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    found = []
+    for node in model.graph.node:
+        if node.name not in names:
+            continue
+        tensor = node.output[0]
+        for _ in range(len(_OUTPUT_HOPS) + 1):
+            if tensor in outputs:
+                found.append(node.name)
+                break
+            users = readers.get(tensor, [])
+            if len(users) != 1 or users[0].op_type not in _OUTPUT_HOPS:
+                break
+            tensor = users[0].output[0]
+    return found
+
+
 def find_targets(
     model: onnx.ModelProto, *, op_types=("MatMul", "Gemm"), exclude: tuple[str, ...] = ()
 ) -> list[QuantTarget]:

@@ -8,7 +8,10 @@ or 4) bits, symmetric, one fp32 scale per block of ``block_size`` input rows of 
 (blockwise: finer than per-channel; ORT's kernels take blocks of 16–256). Activations stay fp32 in
 the graph. Round to nearest (``int4_method = "rtn"``, and every 8-bit graph) reads no calibration
 data; at 4 bits, ``int4_method = "awq"`` / ``"gptq"`` and ``int8_budget`` choose the integers from
-the calibration set (``int4_data``) and write the same ``MatMulNBits`` nodes. ``accuracy_level``
+the calibration set (``int4_data``) and write the same ``MatMulNBits`` nodes; ``head_bits = 8`` writes
+the output layer (``targets.output_layers``: an LM head, a classifier) 8-bit, round to nearest, at
+``blockwise.head_block`` — the one weight whose error reaches the outputs undiluted by the residual
+stream, and on the bench GPT most of what int4 loses. ``accuracy_level``
 is ``MatMulNBits``' attribute: 0 or 1 compute in fp32 on dequantized weights; 4 lets the CPU
 kernel quantize each activation block to int8 on the fly and use its int8 dot products — on this
 project's AVX2 CPU the only fast kernel at batch 1 (one 384×1536 MatMul, 8 bits, block 32, quiet:
@@ -33,11 +36,12 @@ from onnx import numpy_helper
 from modelpress.errors import BadInputError
 from modelpress.fileio import maps_weights, copy_model, load_onnx, save_onnx
 from modelpress.quantize.config import QuantizeConfig
+from modelpress.quantize.blockwise import head_block, matmulnbits_node, quantize_rtn_by_columns, replace_nodes
 from modelpress.quantize.int4_data import quantize_data_aware
 from modelpress.quantize.offload import DiskWeights
 from modelpress.quantize.ort_ops import plain_gemm
 from modelpress.quantize.static import QuantizeSummary, excluded_nodes
-from modelpress.quantize.targets import fold_weight_transposes
+from modelpress.quantize.targets import fold_weight_transposes, output_layers
 from modelpress.quantize.tied import nbits_original_name, share_with_nbits_head, tied_tables
 
 log = logging.getLogger(__name__)
@@ -103,6 +107,22 @@ def _ort_rtn(model: onnx.ModelProto, excluded: list[str], cfg: QuantizeConfig) -
     return quantizer.model.model
 
 
+def _eight_bit_heads(model: onnx.ModelProto, heads: list[str], cfg: QuantizeConfig) -> onnx.ModelProto:
+    """``model`` with each of ``heads`` (fp32 MatMuls) as an 8-bit ``MatMulNBits``, round to nearest."""
+    if not heads:
+        return model
+    inits = {i.name: i for i in model.graph.initializer}
+    written = {}
+    for node in model.graph.node:
+        if node.name in heads:
+            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32, copy=False)
+            q = quantize_rtn_by_columns(w, 8, head_block(w.shape[0], cfg.block_size))
+            del w
+            written[node.name] = matmulnbits_node(model, node, q, accuracy_level=cfg.accuracy_level)
+    replace_nodes(model, written)
+    return model
+
+
 def quantize_weights_only(
     onnx_path: str | Path,
     out_path: str | Path,
@@ -129,6 +149,9 @@ def quantize_weights_only(
         cfg.accuracy_level,
     )
     tied = tied_tables(model)
+    heads = output_layers(model, [n for n in eligible if n not in wanted_fp32]) if cfg.eight_bit_head else []
+    if heads:
+        log.info("8-bit output layer (head_bits = 8): %s", ", ".join(heads))
     layers: list = []
     if data_aware(cfg):
         if feeds is None:
@@ -141,19 +164,24 @@ def quantize_weights_only(
         try:
             model = weights.offload(model)  # rebound: the in-memory weights are freed
             qmodel, layers = quantize_data_aware(
-                model, targets, feeds, cfg, tied_heads=set(tied.values()), weights=weights
+                model, targets, feeds, cfg, tied_heads=set(tied.values()), weights=weights, eight_bit=heads
             )
             shared = share_with_nbits_head(qmodel, tied)  # before reloading: a shared table stays on disk
             weights.reload(qmodel)
         finally:
             weights.close()
     else:
-        qmodel = _ort_rtn(model, excluded, cfg)
+        qmodel = _eight_bit_heads(_ort_rtn(model, excluded + heads, cfg), heads, cfg)
         shared = share_with_nbits_head(qmodel, tied)
     if shared:
         log.info("tied embedding %s reads the LM head's quantized weight", ", ".join(shared))
     # the quantizers name each new node "<name>_Q<bits>"; the summary speaks of the graph's names
     written = {nbits_original_name(n) for n in qmodel.graph.node if n.op_type == "MatMulNBits"}
+    eight_bit = {
+        nbits_original_name(n)
+        for n in qmodel.graph.node
+        if n.op_type == "MatMulNBits" and any(a.name == "bits" and a.i == 8 for a in n.attribute)
+    }
     save_onnx(qmodel, Path(out_path), external_data=maps_weights(qmodel))
     quantized = tuple(n for n in eligible if n in written)
     return QuantizeSummary(
@@ -172,4 +200,5 @@ def quantize_weights_only(
         shared_embeddings=tuple(shared),
         int4_method=cfg.int4_method if cfg.weight_bits == 4 else None,
         layers=tuple(layers),
+        eight_bit_nodes=tuple(n for n in eligible if n in eight_bit) if cfg.weight_bits == 4 else (),
     )
