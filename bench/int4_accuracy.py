@@ -4,8 +4,9 @@ fp32 teacher (accuracy only: no timing, so a contended machine measures it as we
 The GPT trained by ``bench.tiny_gpt`` (``--gpt``, default ``artifacts/gpt``) is exported as
 ``modelpress run`` exports it, then weight-only quantized from the same graph — int8 and int4
 round-to-nearest (ORT's quantizer: no data), int4 AWQ and GPTQ from the recipe's calibration set
-(``configs/gpt-small.toml``'s ``[calibration]``), and each with an int8 budget — block 32,
-accuracy level 4 (the recipe's weight-only settings). Each is scored against the PyTorch teacher
+(``configs/gpt-small.toml``'s ``[calibration]``), each with an int8 budget, the LM head left fp32 or
+8-bit (``head_bits``; every other row keeps it int4) — block 32 unless ``--block-size`` says otherwise (the
+defaults since stop 32: 128 and the head 8-bit), accuracy level 4. Each is scored against the PyTorch teacher
 on the recipe's held-out windows (perplexity ratio, next-token agreement, mean KL) and on greedy
 generation (the share of the teacher's first 32 new tokens reproduced, on ``--prompts`` held-out
 16-token openings, as ``bench.lm_bench`` picks them), each with its 95 % paired bootstrap interval
