@@ -272,10 +272,10 @@ def quantize_data_aware(
     nodes = {n.name: n for n in model.graph.node}
     written = {}
     for activation, layers in groups.items():
-        s = folded[activation].scales[:, None] if activation in folded else np.float32(1.0)
+        s = folded[activation].scales[:, None] if activation in folded else None
         for la in layers:
-            if la.name in int8:
-                la.quant = quantize_rtn(weight(la) * s, 8, cfg.block_size)
+            if la.name in int8:  # by column chunks: the budget may pick a 151,936-column head
+                la.quant = quantize_rtn_by_columns(weight(la), 8, cfg.block_size, s)
                 la.record = replace(la.record, bits=8, method="rtn")  # type: ignore[type-var]
             written[la.name] = matmulnbits_node(model, nodes[la.name], la.quant, accuracy_level=cfg.accuracy_level)  # type: ignore[arg-type]
             la.quant = None  # packed into the graph: the codes go
